@@ -1,0 +1,213 @@
+"""Typed, frozen model configuration: the one place a detector's structure is described.
+
+A :class:`ModelConfig` travels with the weights (as JSON in the model card), so a checkpoint rebuilds its own
+model with no code edits. Presets in :mod:`efpn.zoo` only fill these dataclasses; :func:`efpn.zoo.build` is the one
+builder that reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+BackboneKind = Literal["cspdarknet", "resnet"]
+NeckKind = Literal["fpn", "pan"]
+HeadKind = Literal["retina", "yolov5", "yolov8"]
+AssignerKind = Literal["maxiou", "atss", "yolov5", "tal"]
+
+
+@dataclass(frozen=True)
+class SGDMConfig:
+    """Where and how SGDM replaces stride-2 3x3 convolutions (SPEC §6).
+
+    ``backbone_stages`` names the backbone stages whose entry downsampling conv is replaced (``"c2".."c5"``);
+    ``pan`` also replaces the PAN's two bottom-up downsampling convs. ``guided=False`` gives plain RDConv
+    (no static guidance); ``shared_bank=False`` gives every channel its own static bank (the unshared ablation).
+    """
+
+    backbone_stages: tuple[str, ...] = ()
+    pan: bool = False
+    guided: bool = True
+    shared_bank: bool = True
+    groups: int = 8
+    kernel_size: int = 3
+    block: Literal["sgdm", "cbam", "static"] = "sgdm"
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Backbone family. CSPDarknet: ``variant`` is ``"c3"`` (YOLOv5) or ``"c2f"`` (YOLOv8); ResNet: ``"resnet18"``
+    or ``"resnet50"`` (random init, or ``weights`` = a local torchvision state-dict file; nothing is downloaded)."""
+
+    kind: BackboneKind = "cspdarknet"
+    variant: str = "c2f"
+    width: float = 0.25
+    depth: float = 0.33
+    out_levels: tuple[str, ...] = ("c3", "c4", "c5")
+    sgdm: SGDMConfig = field(default_factory=SGDMConfig)
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    """Context Enhancement Module (SPEC §2): fuse ``source_levels`` into each of ``target_levels``."""
+
+    source_levels: tuple[str, ...] = ("p5", "p6")
+    target_levels: tuple[str, ...] = ("p3",)
+    mid_channels: int = 64
+    use_local: bool = True
+    use_global: bool = True
+    upsample: Literal["bilinear", "pixelshuffle"] = "bilinear"
+    gate: Literal["alpha", "learned"] = "alpha"
+
+
+@dataclass(frozen=True)
+class FBSMConfig:
+    """Foreground-Background Separation Module (SPEC §3) on each of ``levels``; ``mask_loss_weight`` 0 = unsupervised."""
+
+    levels: tuple[str, ...] = ("p3",)
+    hidden_channels: int = 64
+    bg_suppression: bool = False
+    mask_loss_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class NeckConfig:
+    """FPN (top-down, optional extra levels by stride-2 convs) or PAN (YOLO top-down + bottom-up).
+
+    ``levels`` are the output pyramid levels; ``channels`` the FPN width (PAN widths follow the backbone).
+    ``cem``/``fbsm`` switch the E-FPN-BS modules on (FPN only).
+    """
+
+    kind: NeckKind = "fpn"
+    levels: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")
+    channels: int = 256
+    cem: CEMConfig | None = None
+    fbsm: FBSMConfig | None = None
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Dense head and its label assignment.
+
+    ``retina``: shared cls/box towers of ``num_convs`` 3x3 convs over anchors (base size ``anchor_scale * stride``,
+    scales 2^{0,1/3,2/3}, ratios {0.5,1,2}). ``yolov5``: 1x1 conv per level over 3 anchors with objectness.
+    ``yolov8``: decoupled anchor-free head with a DFL of ``reg_max`` bins.
+    """
+
+    kind: HeadKind = "retina"
+    assigner: AssignerKind = "maxiou"
+    num_convs: int = 4
+    anchor_scale: float = 4.0
+    anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    yolo_anchors: tuple[tuple[float, ...], ...] = (
+        (10, 13, 16, 30, 33, 23),
+        (30, 61, 62, 45, 59, 119),
+        (116, 90, 156, 198, 373, 326),
+    )
+    reg_max: int = 16
+    pos_iou: float = 0.5
+    neg_iou: float = 0.4
+    prior_prob: float = 0.01
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights and DCLoss (SPEC §4). ``box`` is ``giou`` or ``ciou``."""
+
+    box: Literal["giou", "ciou"] = "giou"
+    cls_weight: float = 1.0
+    box_weight: float = 1.0
+    obj_weight: float = 1.0
+    dfl_weight: float = 1.5
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    dcloss: bool = False
+    dcloss_eta: float = 0.5
+    dcloss_momentum: float = 0.9
+    dcloss_warmup: int = 500
+    dcloss_focusing: bool = False
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Decoding and NMS defaults (overridable per call)."""
+
+    score_thresh: float = 0.05
+    nms_iou: float = 0.5
+    max_det: int = 300
+    pre_nms_topk: int = 1000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A whole detector. ``to_dict``/``from_dict`` round-trip through JSON for model cards."""
+
+    name: str
+    num_classes: int
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    image_size: int = 640
+    class_names: tuple[str, ...] = ()
+    #: per-channel normalisation applied inside the model to [0, 1] RGB input
+    pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """Rebuild from :meth:`to_dict` output (lists become tuples; unknown keys are an error)."""
+        return _from_dict(cls, d)
+
+
+def _from_dict(tp: type, d: Any) -> Any:
+    if not dataclasses.is_dataclass(tp):
+        return d
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a mapping for {tp.__name__}, got {type(d).__name__}")
+    hints = {f.name: f for f in dataclasses.fields(tp)}
+    unknown = set(d) - set(hints)
+    if unknown:
+        raise ValueError(f"unknown {tp.__name__} keys: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    nested = {
+        "backbone": BackboneConfig,
+        "neck": NeckConfig,
+        "head": HeadConfig,
+        "loss": LossConfig,
+        "postprocess": PostprocessConfig,
+        "sgdm": SGDMConfig,
+        "cem": CEMConfig,
+        "fbsm": FBSMConfig,
+    }
+    for k, v in d.items():
+        if k in nested and v is not None:
+            kwargs[k] = _from_dict(nested[k], v)
+        else:
+            kwargs[k] = _tuplify(v)
+    return tp(**kwargs)
+
+
+def _tuplify(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_tuplify(x) for x in v)
+    return v

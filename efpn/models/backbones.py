@@ -1,0 +1,162 @@
+"""Backbones: CSPDarknet (C3 = YOLOv5, C2f = YOLOv8 flavours) and torchvision ResNet.
+
+Both return a named dict of stage outputs ``{"c2".."c5"}`` and publish ``out_channels`` / ``strides`` as data.
+Nothing is downloaded: ResNet weights come from random init or a local state-dict file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from efpn.layers.conv import ConvBNAct
+from efpn.models.blocks import C2f, C3, SPPF, make_divisible, scaled_depth, supports_internals
+
+#: (stage name, base channels, base repeats for C3, base repeats for C2f); stride of c{i} is 2**i.
+_CSP_STAGES: tuple[tuple[str, int, int, int], ...] = (
+    ("c2", 128, 3, 3),
+    ("c3", 256, 6, 6),
+    ("c4", 512, 9, 6),
+    ("c5", 1024, 3, 3),
+)
+
+#: A factory for a stage's stride-2 entry conv: ``(stage_name, c_in, c_out) -> module``.
+DownsampleFactory = Callable[[str, int, int], nn.Module]
+
+
+def plain_downsample(stage: str, c_in: int, c_out: int) -> nn.Module:
+    """The default stride-2 3x3 ConvBNAct (what SGDM replaces)."""
+    return ConvBNAct(c_in, c_out, 3, 2)
+
+
+def _call(module: nn.Module, x: Tensor, internals: dict[str, Tensor] | None, prefix: str) -> Tensor:
+    """Run ``module``; when ``internals`` is a dict and the module exposes internals, collect them under prefix."""
+    if internals is not None and supports_internals(module):
+        out, inner = module(x, return_internals=True)
+        internals.update({f"{prefix}.{k}": v for k, v in inner.items()})
+        return out
+    return module(x)
+
+
+class CSPDarknet(nn.Module):
+    """YOLO CSPDarknet.
+
+    ``variant="c3"``: YOLOv5 (6x6 stride-2 stem, C3 blocks with shortcuts); ``"c2f"``: YOLOv8 (3x3 stem, C2f).
+    ``width``/``depth`` scale channels and repeats (n: 0.25/0.33, s: 0.5/0.33). ``downsample`` builds each stage's
+    stride-2 entry conv, so SGDM/CBAM can be placed per stage without flags inside the backbone.
+    Output: ``{name: (N, C_name, H/stride, W/stride)}`` for ``out_levels`` (subset of c2..c5; c5 is after SPPF).
+    """
+
+    def __init__(
+        self,
+        variant: str = "c2f",
+        width: float = 0.25,
+        depth: float = 0.33,
+        out_levels: Sequence[str] = ("c3", "c4", "c5"),
+        downsample: DownsampleFactory = plain_downsample,
+    ):
+        super().__init__()
+        if variant not in ("c3", "c2f"):
+            raise ValueError(f"CSPDarknet variant must be 'c3' or 'c2f', got {variant!r}")
+        valid = [s[0] for s in _CSP_STAGES]
+        bad = [lv for lv in out_levels if lv not in valid]
+        if bad:
+            raise ValueError(f"unknown backbone levels {bad}; CSPDarknet provides {valid}")
+        self.variant = variant
+        self.out_levels = tuple(out_levels)
+        c_stem = make_divisible(64 * width)
+        # YOLOv5 v6+ uses a 6x6 stride-2 stem; YOLOv8 a 3x3 one.
+        self.stem = ConvBNAct(3, c_stem, 6, 2, 2) if variant == "c3" else ConvBNAct(3, c_stem, 3, 2)
+        self.stages = nn.ModuleDict()
+        self.out_channels: dict[str, int] = {}
+        self.strides: dict[str, int] = {}
+        c_prev = c_stem
+        for name, base_c, n_c3, n_c2f in _CSP_STAGES:
+            c = make_divisible(base_c * width)
+            if variant == "c3":
+                block: nn.Module = C3(c, c, scaled_depth(n_c3, depth), shortcut=True)
+            else:
+                block = C2f(c, c, scaled_depth(n_c2f, depth), shortcut=True)
+            layers = [downsample(name, c_prev, c), block]
+            if name == "c5":
+                layers.append(SPPF(c, c, 5))
+            self.stages[name] = nn.ModuleList(layers)
+            self.out_channels[name] = c
+            self.strides[name] = 2 ** int(name[1:])
+            c_prev = c
+
+    def forward(
+        self, x: Tensor, return_internals: bool = False
+    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, Tensor]]:
+        internals: dict[str, Tensor] | None = {} if return_internals else None
+        x = self.stem(x)  # (N, 3, H, W) -> (N, C1, H/2, W/2)
+        feats: dict[str, Tensor] = {}
+        for name, layers in self.stages.items():
+            x = _call(layers[0], x, internals, f"{name}.down")  # stride-2 entry: (N, C, H/s, W/s)
+            for layer in layers[1:]:
+                x = layer(x)
+            if name in self.out_levels:
+                feats[name] = x
+        return (feats, internals) if internals is not None else feats
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet-18/50 trunk returning ``{"c2".."c5"}`` (strides 4..32).
+
+    ``weights``: optional local path to a torchvision ``state_dict`` (``.pth`` saved tensors, loaded with
+    ``weights_only=True``, or ``.safetensors``); the classifier head keys are ignored. Nothing is downloaded.
+    """
+
+    def __init__(self, depth: int = 18, out_levels: Sequence[str] = ("c3", "c4", "c5"), weights: str | None = None):
+        super().__init__()
+        builders = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}
+        if depth not in builders:
+            raise ValueError(f"ResNet depth must be one of {sorted(builders)}, got {depth}")
+        net = builders[depth](weights=None)
+        if weights:
+            _load_local_weights(net, weights)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layers = nn.ModuleDict({"c2": net.layer1, "c3": net.layer2, "c4": net.layer3, "c5": net.layer4})
+        widths = (64, 128, 256, 512) if depth == 18 else (256, 512, 1024, 2048)
+        bad = [lv for lv in out_levels if lv not in self.layers]
+        if bad:
+            raise ValueError(f"unknown backbone levels {bad}; ResNet provides {list(self.layers)}")
+        self.out_levels = tuple(out_levels)
+        self.out_channels = dict(zip(("c2", "c3", "c4", "c5"), widths))
+        self.strides = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
+
+    def forward(
+        self, x: Tensor, return_internals: bool = False
+    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, Tensor]]:
+        x = self.stem(x)  # (N, 64, H/4, W/4)
+        feats: dict[str, Tensor] = {}
+        for name, layer in self.layers.items():
+            x = layer(x)
+            if name in self.out_levels:
+                feats[name] = x
+            if name == self.out_levels[-1]:
+                break
+        return (feats, {}) if return_internals else feats
+
+
+def _load_local_weights(net: nn.Module, path: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"backbone weights file {p} not found (give a local torchvision state_dict file)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"backbone weights {p} do not fit: missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+        )

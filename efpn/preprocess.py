@@ -1,0 +1,98 @@
+"""Turning what users hold (arrays, PIL images, tensors, file paths) into model input, and back.
+
+One convention everywhere: the image is resized so its long side equals the model size (aspect kept, no padding
+here — the detector pads bottom/right itself), and ``scale = network px / original px`` maps boxes both ways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: Refuse images above this many pixels (decompression bombs); the studio downsizes before this.
+MAX_PIXELS = 50_000_000
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch-of-one network input and the mapping back to the original image."""
+
+    tensor: Tensor  # (1, 3, h, w) float in [0, 1]
+    scale: float  # network px / original px
+    orig_hw: tuple[int, int]
+
+
+def to_rgb_uint8(image: Any) -> np.ndarray:
+    """Any supported image -> contiguous (H, W, 3) uint8 RGB.
+
+    Accepts a path (read with :func:`efpn.data.dataset.read_image`), a PIL image, a numpy array (H, W),
+    (H, W, 1), (H, W, 3), (H, W, 4) of uint8 / uint16 / float in [0, 1], or a tensor (3, H, W) / (H, W, 3).
+    Raises ValueError with the reason for anything else.
+    """
+    if isinstance(image, (str, Path)):
+        from efpn.data.dataset import read_image
+
+        return read_image(Path(image))
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    if isinstance(image, Tensor):
+        t = image.detach().cpu()
+        if t.dim() == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"unsupported image type {type(image).__name__}; give a path, PIL image, array or tensor")
+    a = image
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {a.shape}")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"image is empty (shape {a.shape})")
+    if a.shape[0] * a.shape[1] > MAX_PIXELS:
+        raise ValueError(f"image has {a.shape[0] * a.shape[1]:,} pixels, over the {MAX_PIXELS:,} limit; downscale it")
+    if a.dtype == np.uint16:
+        a = (a.astype(np.float32) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError("image contains NaN or infinite values")
+        hi = 255.0 if a.max() > 1.0 else 1.0
+        a = (np.clip(a / hi, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"unsupported image dtype {a.dtype}; use uint8, uint16 or float")
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.shape[2] == 4:
+        a = a[..., :3]
+    return np.ascontiguousarray(a)
+
+
+def prepare(image: Any, image_size: int) -> Prepared:
+    """Resize so the long side is ``image_size`` (bilinear, antialiased when shrinking) -> :class:`Prepared`."""
+    rgb = to_rgb_uint8(image)
+    h, w = rgb.shape[:2]
+    scale = image_size / max(h, w)
+    t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if (nh, nw) != (h, w):
+        t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1).clamp(0, 1)
+    return Prepared(t, scale, (h, w))
+
+
+def boxes_to_network(boxes: Tensor | np.ndarray, scale: float) -> Tensor:
+    """Original-pixel xyxy boxes -> network pixels (float32 tensor)."""
+    return torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)) * scale
+
+
+def boxes_to_original(boxes: Tensor, scale: float, orig_hw: tuple[int, int]) -> Tensor:
+    """Network-pixel xyxy boxes -> original pixels, clipped to the original image."""
+    out = boxes / scale
+    out[:, 0::2] = out[:, 0::2].clamp(0, orig_hw[1])
+    out[:, 1::2] = out[:, 1::2].clamp(0, orig_hw[0])
+    return out
