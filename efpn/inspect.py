@@ -99,7 +99,7 @@ def _kernels(bb_int: dict[str, Tensor], prefix_strides: dict[str, int]) -> dict[
         if d is None:
             continue
 
-        def get(name: str) -> Tensor | None:
+        def get(name: str, layer: str = layer) -> Tensor | None:
             v = bb_int.get(f"{layer}.{name}")
             return None if v is None else v.detach().float().cpu()[0] if v.dim() > 2 else v.detach().float().cpu()
 

@@ -36,7 +36,7 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
     Raises ValueError with the reason for anything else.
     """
     if isinstance(image, (str, Path)):
-        from efpn.data.dataset import read_image
+        from efpn.data.images import read_image
 
         return read_image(Path(image))
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL

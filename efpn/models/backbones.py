@@ -14,7 +14,7 @@ import torchvision
 from torch import Tensor, nn
 
 from efpn.layers.conv import ConvBNAct
-from efpn.models.blocks import C2f, C3, SPPF, make_divisible, scaled_depth, supports_internals
+from efpn.models.blocks import C3, SPPF, C2f, make_divisible, scaled_depth, supports_internals
 
 #: (stage name, base channels, base repeats for C3, base repeats for C2f); stride of c{i} is 2**i.
 _CSP_STAGES: tuple[tuple[str, int, int, int], ...] = (

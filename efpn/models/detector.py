@@ -150,14 +150,15 @@ class Detector(nn.Module):
             x = F.pad(x, (0, pw, 0, ph))
         return x
 
-    def _run(self, images: Tensor, internals: bool) -> dict[str, Any]:
+    def _run(self, images: Tensor, internals: bool, bypass_cem: bool = False) -> dict[str, Any]:
         x = self._prepare(images)
+        neck_kw = {"bypass_cem": True} if bypass_cem else {}
         if internals:
             feats, bb_int = self.backbone(x, return_internals=True)
-            pyramid, neck_int = self.neck(feats, return_internals=True)
+            pyramid, neck_int = self.neck(feats, return_internals=True, **neck_kw)
         else:
             feats, bb_int = self.backbone(x), {}
-            pyramid, neck_int = self.neck(feats), {}
+            pyramid, neck_int = self.neck(feats, **neck_kw), {}
         out: HeadOutput = self.head(pyramid)
         priors: Priors = self.head.priors(out.feature_sizes, device=images.device)
         return {

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efpn.layers.conv import ConvBNAct
-from efpn.models.blocks import C2f, C3, scaled_depth, supports_internals
+from efpn.models.blocks import C3, C2f, scaled_depth, supports_internals
 
 NeckOutput = dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, Tensor]]
 
@@ -58,12 +58,11 @@ class FPN(nn.Module):
             nn.init.kaiming_uniform_(m.weight, a=1)
             nn.init.zeros_(m.bias)
 
-    def forward(self, feats: Mapping[str, Tensor], return_internals: bool = False) -> NeckOutput:
-        internals: dict[str, Tensor] = {}
-        # top-down: coarsest backbone level first
+    def trunk(self, feats: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The plain FPN: top-down lateral sums, 3x3 output convs, extra coarse levels -> ``{p*: (N, C, H, W)}``."""
         out: dict[str, Tensor] = {}
         prev: Tensor | None = None
-        for c in reversed(self.backbone_levels):
+        for c in reversed(self.backbone_levels):  # coarsest backbone level first
             lat = self.lateral[c](feats[c])  # (N, C, H_c, W_c)
             if prev is not None:
                 lat = lat + F.interpolate(prev, size=lat.shape[-2:], mode="nearest")
@@ -73,8 +72,15 @@ class FPN(nn.Module):
         for name, conv in self.extra.items():
             last = conv(last if name == "p6" else F.relu(last))  # (N, C, H/2, W/2)
             out[name] = last
-        pyramid = {lv: out[lv] for lv in self.levels}
-        if self.cem is not None:
+        return {lv: out[lv] for lv in self.levels}
+
+    def enhance(
+        self, pyramid: Mapping[str, Tensor], return_internals: bool = False, bypass_cem: bool = False
+    ) -> NeckOutput:
+        """E-FPN-BS on top of the trunk: CEM (unless absent or bypassed), then the FBSM gates."""
+        internals: dict[str, Tensor] = {}
+        pyramid = dict(pyramid)
+        if self.cem is not None and not bypass_cem:
             if return_internals:
                 pyramid, cem_int = self.cem(pyramid, return_internals=True)
                 internals.update({f"cem.{k}": v for k, v in cem_int.items()})
@@ -89,6 +95,12 @@ class FPN(nn.Module):
                 else:
                     pyramid[lv] = gate(pyramid[lv])
         return (pyramid, internals) if return_internals else pyramid
+
+    def forward(
+        self, feats: Mapping[str, Tensor], return_internals: bool = False, bypass_cem: bool = False
+    ) -> NeckOutput:
+        """``bypass_cem=True`` skips CEM for this call only (the "without CEM" counterfactual; no state changes)."""
+        return self.enhance(self.trunk(feats), return_internals=return_internals, bypass_cem=bypass_cem)
 
 
 #: Factory for the PAN's bottom-up stride-2 convs: ``(name, c_in, c_out) -> module``.

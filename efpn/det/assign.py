@@ -1,0 +1,733 @@
+"""Label assignment (SPEC §8): which priors are positive for which ground-truth box, and how many per level.
+
+Every assigner is a ``@torch.no_grad()`` pure function of boxes (TAL also of predictions) that returns an
+:class:`Assignment`: positives as ``(prior, gt)`` pairs, so one prior may serve several GTs (YOLOv5), plus the
+dense ``ignore`` mask. :func:`account` turns an assignment into a :class:`LevelAccounting` (positives per
+level and per level x size bucket, positives per GT, starved GTs), and :func:`assign_boxes` runs a box-only
+protocol with its published default priors, no model needed.
+
+Shared conventions:
+
+* GT boxes are ``(M, 4)`` xyxy in the same pixels as the priors; ``M`` may be 0 (then nothing is positive and
+  nothing is ignored). A GT with zero or negative width/height, or a non-finite coordinate, is never positive.
+  Boxes may extend outside the image.
+* "Strictly inside" a box means every one of ``l, t, r, b`` (point to box edge) is ``> 0``.
+* Conflicts (one prior positive for several GTs) go to the highest IoU; exact ties to the lowest GT index.
+* Pairs are returned sorted by ``(prior_idx, gt_idx)``.
+* IoU matrices are computed in blocks of GTs, so memory stays ``O(R)`` per block even for images with hundreds
+  of boxes on a million priors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from efpn.det.priors import (
+    Priors,
+    anchor_priors,
+    feature_sizes_for,
+    point_priors,
+    yolo_priors,
+)
+from efpn.vocab import BUCKETS, box_size, level_stride, size_bucket
+
+#: FCOS regression ranges for p3..p7 (max of l, t, r, b in pixels), lower and upper bound inclusive.
+FCOS_SIZE_RANGES: tuple[tuple[float, float], ...] = (
+    (0.0, 64.0),
+    (64.0, 128.0),
+    (128.0, 256.0),
+    (256.0, 512.0),
+    (512.0, math.inf),
+)
+
+#: Upper bound on the elements of one (GT block x R) temporary.
+_BLOCK_ELEMS = 1 << 22
+#: GTs per block in MaxIoU's banded IoU (smaller blocks -> thinner bands -> fewer priors per block).
+_BAND_GTS = 16
+#: matched_gt() values.
+IGNORE = -2
+BACKGROUND = -1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Result
+
+
+@dataclass(frozen=True, eq=False)
+class Assignment:
+    """Positives of one image as ``(prior, gt)`` pairs plus the dense ignore mask.
+
+    A prior that is neither in ``prior_idx`` nor ``ignore`` is background (negative). ``fallback`` marks pairs
+    that are positive only through the low-quality (best-anchor) rule of MaxIoU. ``quality`` is TAL's
+    normalised alignment metric (the soft classification target); ``iou`` is the IoU behind the pair (prior
+    box vs GT for box-based assigners, predicted box vs GT for TAL; ``None`` for FCOS), used to resolve
+    repeated priors.
+    """
+
+    prior_idx: Tensor  # (P,) int64 index into R; may repeat (YOLOv5)
+    gt_idx: Tensor  # (P,) int64 index into M
+    fallback: Tensor  # (P,) bool: positive only through the low-quality rule
+    ignore: Tensor  # (R,) bool: neither positive nor negative
+    num_priors: int  # R
+    quality: Tensor | None = None  # (P,) float, TAL only
+    iou: Tensor | None = None  # (P,) float
+
+    @property
+    def num_pos(self) -> int:
+        """Number of positive pairs P (a repeated prior counts once per GT)."""
+        return int(self.prior_idx.numel())
+
+    def matched_gt(self) -> Tensor:
+        """Dense (R,) int64: -2 ignore, -1 background, else the GT index (for a repeated prior the highest-IoU
+        GT, ties and ``iou is None`` -> the lowest GT index)."""
+        out = torch.full((self.num_priors,), BACKGROUND, dtype=torch.int64, device=self.ignore.device)
+        out[self.ignore] = IGNORE
+        if self.num_pos:
+            key = self.iou if self.iou is not None else torch.zeros_like(self.prior_idx, dtype=torch.float32)
+            keep = _best_pair_per_prior(self.prior_idx, self.gt_idx, key, self.num_priors)
+            out[self.prior_idx[keep]] = self.gt_idx[keep]
+        return out
+
+
+def _assignment(
+    prior_idx: Tensor,
+    gt_idx: Tensor,
+    num_priors: int,
+    *,
+    fallback: Tensor | None = None,
+    ignore: Tensor | None = None,
+    iou: Tensor | None = None,
+    quality: Tensor | None = None,
+) -> Assignment:
+    """Build an :class:`Assignment` with pairs sorted by (prior, gt); missing masks default to all False."""
+    device = prior_idx.device
+    order = torch.argsort(prior_idx * (int(gt_idx.max()) + 1) + gt_idx) if prior_idx.numel() else prior_idx
+    if fallback is None:
+        fallback = torch.zeros(order.numel(), dtype=torch.bool, device=device)
+    if ignore is None:
+        ignore = torch.zeros(num_priors, dtype=torch.bool, device=device)
+    return Assignment(
+        prior_idx=prior_idx[order],
+        gt_idx=gt_idx[order],
+        fallback=fallback[order],
+        ignore=ignore,
+        num_priors=num_priors,
+        quality=None if quality is None else quality[order],
+        iou=None if iou is None else iou[order],
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Geometry helpers (private; the public box library is efpn.det.boxes)
+
+
+def _as_gt(gt_boxes: Tensor, priors: Priors) -> tuple[Tensor, Tensor]:
+    """GT boxes as float32 (M, 4) on the priors' device, and the (M,) mask of usable (valid) boxes."""
+    gt = gt_boxes.to(device=priors.device, dtype=torch.float32).reshape(-1, 4)
+    valid = torch.isfinite(gt).all(1) & (gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])
+    return gt, valid
+
+
+def _iou(a: Tensor, b: Tensor) -> Tensor:
+    """All-pairs IoU (N, R); 0 where both boxes have zero area (torchvision gives NaN there)."""
+    return box_iou(a, b).nan_to_num_(0.0)
+
+
+def _paired_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of a[i] with b[i]: (P, 4), (P, 4) -> (P,); 0 for an empty union."""
+    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(1)
+    union = area_a + area_b - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
+
+
+def _ltrb(points: Tensor, boxes: Tensor) -> Tensor:
+    """Distances from points (R, 2) to the edges of boxes (N, 4): (N, R, 4) as (l, t, r, b)."""
+    x, y = points[None, :, 0], points[None, :, 1]  # (1, R)
+    return torch.stack([x - boxes[:, 0:1], y - boxes[:, 1:2], boxes[:, 2:3] - x, boxes[:, 3:4] - y], dim=2)
+
+
+def _gt_blocks(m: int, r: int, per_prior: int = 1, max_block: int | None = None) -> Iterator[slice]:
+    """Slices over M GTs such that a (block, R, per_prior) temporary stays under _BLOCK_ELEMS (and a block
+    holds at most ``max_block`` GTs)."""
+    step = max(1, _BLOCK_ELEMS // max(1, r * per_prior))
+    if max_block is not None:
+        step = min(step, max_block)
+    for start in range(0, m, step):
+        yield slice(start, min(m, start + step))
+
+
+def _best_pair_per_prior(prior_idx: Tensor, gt_idx: Tensor, key: Tensor, num_priors: int) -> Tensor:
+    """(P,) bool keeping, for every prior, the one pair with the largest ``key`` (ties -> lowest GT index)."""
+    best = torch.full((num_priors,), -math.inf, dtype=key.dtype, device=key.device)
+    best = best.scatter_reduce(0, prior_idx, key, reduce="amax")
+    is_best = key == best[prior_idx]
+    sentinel = torch.iinfo(torch.int64).max
+    gt_cand = torch.where(is_best, gt_idx, torch.full_like(gt_idx, sentinel))
+    first = torch.full((num_priors,), sentinel, dtype=torch.int64, device=key.device)
+    first = first.scatter_reduce(0, prior_idx, gt_cand, reduce="amin")
+    return is_best & (gt_idx == first[prior_idx])
+
+
+def _covered_by_regions(priors: Priors, regions: Tensor, min_iof: float) -> Tensor:
+    """(R,) bool: priors covered by any ignore region for at least ``min_iof`` of their own area (for
+    zero-size priors: centre inside a region, edges included)."""
+    boxes = priors.boxes
+    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(1)  # (R,)
+    covered = torch.zeros(len(priors), dtype=torch.bool, device=boxes.device)
+    for sl in _gt_blocks(regions.shape[0], len(priors), per_prior=2):
+        reg = regions[sl]
+        wh = (
+            torch.minimum(boxes[None, :, 2:], reg[:, None, 2:])
+            - torch.maximum(boxes[None, :, :2], reg[:, None, :2])
+        ).clamp(min=0)  # (Q, R, 2)
+        iof = wh.prod(2) / area.clamp(min=1e-12)  # (Q, R)
+        point_in = _ltrb(priors.points, reg).amin(2) >= 0  # (Q, R)
+        hit = torch.where(area > 0, iof >= min_iof, point_in)
+        covered |= hit.any(0)
+    return covered
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Assigners
+
+
+@torch.no_grad()
+def assign_maxiou(
+    priors: Priors,
+    gt_boxes: Tensor,
+    pos_iou: float = 0.5,
+    neg_iou: float = 0.4,
+    low_quality: bool = True,
+    ignore_regions: Tensor | None = None,
+    ignore_iof: float = 0.5,
+) -> Assignment:
+    """RetinaNet / Faster R-CNN MaxIoU assignment on prior boxes.
+
+    Each prior takes its highest-IoU GT (ties -> lowest GT index): positive if that IoU >= ``pos_iou``,
+    negative if < ``neg_iou``, ignored in between. With ``low_quality`` each GT also takes its best prior(s)
+    (every prior that reaches the GT's maximum IoU, exact float ties included, only if that maximum is > 0);
+    such a prior is labelled with ITS highest-IoU GT (detectron2/torchvision ``Matcher`` semantics, so a GT
+    can lose its best prior to a better-overlapping GT), and ``fallback=True`` when that IoU is < ``pos_iou``.
+    ``ignore_regions`` (Q, 4): non-positive priors covered by a region for >= ``ignore_iof`` of their area are
+    ignored too (VisDrone "ignored regions"); positives are never overridden.
+    """
+    r = len(priors)
+    gt, valid = _as_gt(gt_boxes, priors)
+    device = priors.device
+    best_iou = torch.zeros(r, device=device)  # (R,) max IoU over GTs
+    best_gt = torch.full((r,), -1, dtype=torch.int64, device=device)  # (R,) its GT, -1: no overlap at all
+    low_q = torch.zeros(r, dtype=torch.bool, device=device)  # (R,) some GT's best prior
+    # Blocks of GTs sorted by centre y: a block only overlaps the priors crossing its bounding box (a band of
+    # the image), and priors outside it have IoU 0 with every GT of the block, so they are skipped exactly.
+    idx_valid = valid.nonzero().squeeze(1)
+    by_y = idx_valid[torch.argsort(gt[idx_valid, 1] + gt[idx_valid, 3], stable=True)]  # (M_valid,)
+    for sl in _gt_blocks(by_y.numel(), r, max_block=_BAND_GTS):
+        ids = by_y[sl].sort().values  # (b,) GT indices, ascending
+        g = gt[ids]  # (b, 4)
+        lo, hi = g[:, :2].amin(0), g[:, 2:].amax(0)  # the block's bounding box
+        boxes = priors.boxes
+        near = (boxes[:, 0] < hi[0]) & (boxes[:, 2] > lo[0]) & (boxes[:, 1] < hi[1]) & (boxes[:, 3] > lo[1])
+        sel = near.nonzero().squeeze(1)  # (S,) priors that can overlap the block
+        if sel.numel() == 0:
+            continue
+        iou = _iou(g, boxes[sel])  # (b, S)
+        block_best, block_arg = iou.max(0)  # (S,) first maximum = lowest GT index (ids are sorted)
+        block_gt = ids[block_arg]  # (S,)
+        old_iou, old_gt = best_iou[sel], best_gt[sel]
+        # higher IoU wins; an exact tie between blocks goes to the lower GT index
+        better = (block_best > old_iou) | ((block_best == old_iou) & (block_best > 0) & (block_gt < old_gt))
+        best_iou[sel] = torch.where(better, block_best, old_iou)
+        best_gt[sel] = torch.where(better, block_gt, old_gt)
+        if low_quality:
+            gt_best = iou.amax(1, keepdim=True)  # (b, 1)
+            low_q[sel] |= ((iou == gt_best) & (gt_best > 0)).any(0)
+
+    pos = ((best_iou >= pos_iou) | low_q) & (best_gt >= 0)
+    ignore = ~pos & (best_iou >= neg_iou)
+    if ignore_regions is not None and ignore_regions.numel():
+        regions = ignore_regions.to(device=device, dtype=torch.float32).reshape(-1, 4)
+        ignore |= ~pos & _covered_by_regions(priors, regions, ignore_iof)
+    prior_idx = pos.nonzero().squeeze(1)  # (P,) sorted, each prior once
+    pair_iou = best_iou[prior_idx]
+    return _assignment(
+        prior_idx, best_gt[prior_idx], r, fallback=pair_iou < pos_iou, ignore=ignore, iou=pair_iou
+    )
+
+
+@torch.no_grad()
+def assign_atss(priors: Priors, gt_boxes: Tensor, topk: int = 9) -> Assignment:
+    """ATSS (Zhang et al. 2020): adaptive IoU threshold from the statistics of nearby anchors.
+
+    Per GT and per level, the ``topk`` priors whose centres are nearest the GT centre (L2) are candidates; the
+    GT's threshold is ``mean + std`` (unbiased std, as the reference code; 0 with a single candidate) of the
+    candidates' IoUs. A candidate is positive if its IoU >= threshold and its centre is strictly inside the
+    GT. A prior positive for several GTs goes to the highest IoU. Nothing is ignored.
+    """
+    r = len(priors)
+    gt, valid = _as_gt(gt_boxes, priors)
+    centres = (gt[:, :2] + gt[:, 2:]) / 2  # (M, 2)
+    level_slices = [sl for sl in priors.level_slices().values() if sl.stop > sl.start]
+    pairs_p, pairs_g, pairs_iou = [], [], []
+    for sl in _gt_blocks(gt.shape[0], r, per_prior=4):
+        iou = _iou(gt[sl], priors.boxes)  # (b, R)
+        dist = ((centres[sl, None, :] - priors.points[None]) ** 2).sum(2)  # (b, R) squared distance
+        cand = torch.cat(
+            [
+                dist[:, ls].topk(min(topk, ls.stop - ls.start), dim=1, largest=False).indices + ls.start
+                for ls in level_slices
+            ],
+            dim=1,
+        )  # (b, C) candidate prior indices, C = sum_l min(topk, R_l)
+        cand_iou = iou.gather(1, cand)  # (b, C)
+        std = cand_iou.std(1) if cand.shape[1] > 1 else torch.zeros_like(cand_iou[:, 0])
+        thr = cand_iou.mean(1) + std  # (b,)
+        inside = _ltrb(priors.points, gt[sl]).amin(2) > 0  # (b, R) prior centre strictly inside
+        pos = (cand_iou >= thr[:, None]) & inside.gather(1, cand) & valid[sl, None]  # (b, C)
+        g, c = pos.nonzero(as_tuple=True)
+        pairs_p.append(cand[g, c])
+        pairs_g.append(g + sl.start)
+        pairs_iou.append(cand_iou[g, c])
+    return _resolved(pairs_p, pairs_g, pairs_iou, r, priors.device)
+
+
+@torch.no_grad()
+def assign_yolov5(priors: Priors, gt_boxes: Tensor, anchor_t: float = 4.0, offset: float = 0.5) -> Assignment:
+    """Ultralytics YOLOv5 ``build_targets`` on :func:`~efpn.det.priors.yolo_priors`.
+
+    On every level, anchor ``a`` matches a GT when ``max(w/a_w, a_w/w, h/a_h, a_h/h) < anchor_t``. The
+    matched anchor is positive in the cell holding the GT centre and in up to two neighbours picked by the
+    centre's fractional position ``g`` (grid units):
+
+    * left if ``g_x % 1 < offset`` and ``g_x > 1``; right if ``(W - g_x) % 1 < offset`` and ``W - g_x > 1``;
+      likewise up / down with ``g_y`` and ``H``;
+    * a neighbour is the cell holding ``g -/+ offset``.
+
+    Cells are clamped to the grid (centres outside the image) and duplicate ``(prior, gt)`` pairs are dropped
+    (Ultralytics would count the centre cell twice when ``g_x`` is an exact integer). A prior may repeat for
+    several GTs; nothing is fallback or ignored.
+    """
+    r = len(priors)
+    device = priors.device
+    gt, valid = _as_gt(gt_boxes, priors)
+    m, a = gt.shape[0], priors.anchors_per_loc
+    if m == 0:
+        return _resolved([], [], [], r, device, resolve=False)
+    centre = (gt[:, :2] + gt[:, 2:]) / 2  # (M, 2) x, y
+    wh = (gt[:, 2:] - gt[:, :2]).clamp(min=1e-12)  # (M, 2); invalid boxes are masked below
+    # centre cell, then the left, up, right, down neighbours: cell = floor(g - shift)
+    directions = [[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]]
+    shifts = offset * torch.tensor(directions, dtype=torch.float32, device=device)  # (5, 2)
+    sizes = priors.feature_sizes()
+    pairs_p, pairs_g = [], []
+    for name, sl in priors.level_slices().items():
+        h, w = sizes[name]
+        if h == 0 or w == 0:
+            continue
+        anchor_wh = priors.boxes[sl][:a, 2:] - priors.boxes[sl][:a, :2]  # (A, 2)
+        ratio = wh[:, None, :] / anchor_wh[None]  # (M, A, 2)
+        match = torch.maximum(ratio, 1 / ratio).amax(2) < anchor_t  # (M, A)
+        match &= valid[:, None]
+        g = centre / level_stride(name)  # (M, 2) grid units
+        g_inv = torch.tensor([w, h], dtype=torch.float32, device=device) - g  # (M, 2) distance to far edge
+        lo = (g % 1 < offset) & (g > 1)  # (M, 2) left, up
+        hi = (g_inv % 1 < offset) & (g_inv > 1)  # (M, 2) right, down
+        use = torch.cat([torch.ones_like(lo[:, :1]), lo, hi], dim=1)  # (M, 5)
+        cells = (g[:, None, :] - shifts[None]).floor().long()  # (M, 5, 2) x, y
+        cx = cells[..., 0].clamp(0, w - 1)
+        cy = cells[..., 1].clamp(0, h - 1)
+        loc = cy * w + cx  # (M, 5)
+        gi, di, ai = (use[:, :, None] & match[:, None, :]).nonzero(as_tuple=True)
+        pairs_p.append(sl.start + loc[gi, di] * a + ai)
+        pairs_g.append(gi)
+    if not pairs_p:
+        return _resolved([], [], [], r, device, resolve=False)
+    key = torch.unique(torch.cat(pairs_p) * m + torch.cat(pairs_g))  # sorted, duplicates dropped
+    prior_idx, gt_idx = key // m, key % m
+    iou = _paired_iou(priors.boxes[prior_idx], gt[gt_idx])
+    return _assignment(prior_idx, gt_idx, r, iou=iou)
+
+
+@torch.no_grad()
+def assign_tal(
+    priors: Priors,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    pred_scores: Tensor,
+    pred_boxes: Tensor,
+    topk: int = 10,
+    alpha: float = 0.5,
+    beta: float = 6.0,
+    eps: float = 1e-9,
+) -> Assignment:
+    """Task-aligned assignment (TOOD; YOLOv8's TaskAlignedAssigner) on point priors.
+
+    ``pred_scores`` (R, K) are probabilities (after sigmoid), ``pred_boxes`` (R, 4) decoded xyxy,
+    ``gt_labels`` (M,) in [0, K). Candidates of a GT are the priors whose point is strictly inside it; the
+    alignment metric is ``t = score[gt_label] ** alpha * IoU(pred, gt) ** beta`` (plain IoU; Ultralytics uses
+    CIoU clamped at 0); the ``topk`` candidates by ``t`` are positive (fewer when the GT holds fewer points).
+    A point claimed by several GTs goes to the one with the highest IoU among them. ``quality`` is the
+    normalised metric ``t / (max t of the GT's positives + eps) * (max IoU of the GT's positives)`` — the soft
+    class target.
+    """
+    r = len(priors)
+    device = priors.device
+    gt, valid = _as_gt(gt_boxes, priors)
+    labels = gt_labels.to(device=device, dtype=torch.int64).reshape(-1)
+    scores = pred_scores.to(device=device, dtype=torch.float32)
+    boxes = pred_boxes.to(device=device, dtype=torch.float32)
+    if scores.shape[0] != r or boxes.shape != (r, 4) or labels.shape[0] != gt.shape[0]:
+        raise ValueError(
+            f"need pred_scores (R, K), pred_boxes (R, 4) with R={r} and one label per GT; got "
+            f"{tuple(scores.shape)}, {tuple(boxes.shape)}, {tuple(labels.shape)}"
+        )
+    if labels.numel() and (labels.min() < 0 or labels.max() >= scores.shape[1]):
+        raise ValueError(f"gt_labels must lie in [0, {scores.shape[1]}), got {labels.tolist()}")
+    pairs_p, pairs_g, pairs_iou, pairs_t = [], [], [], []
+    for sl in _gt_blocks(gt.shape[0], r, per_prior=4):
+        inside = (_ltrb(priors.points, gt[sl]).amin(2) > 0) & valid[sl, None]  # (b, R)
+        iou = _iou(gt[sl], boxes)  # (b, R)
+        t = scores[:, labels[sl]].T.clamp(min=0).pow(alpha) * iou.pow(beta)  # (b, R)
+        top_t, top_idx = torch.where(inside, t, -1.0).topk(min(topk, r), dim=1)  # (b, k); -1: not a candidate
+        g, j = (top_t >= 0).nonzero(as_tuple=True)
+        p = top_idx[g, j]
+        pairs_p.append(p)
+        pairs_g.append(g + sl.start)
+        pairs_iou.append(iou[g, p])
+        pairs_t.append(t[g, p])
+    if not pairs_p:  # M == 0
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        none = torch.zeros(0, device=device)
+        return _assignment(empty, empty, r, iou=none, quality=none)
+    prior_idx, gt_idx = torch.cat(pairs_p), torch.cat(pairs_g)
+    iou, t = torch.cat(pairs_iou), torch.cat(pairs_t)
+    keep = _best_pair_per_prior(prior_idx, gt_idx, iou, r)
+    prior_idx, gt_idx, iou, t = prior_idx[keep], gt_idx[keep], iou[keep], t[keep]
+    m = gt.shape[0]
+    max_t = torch.zeros(m, device=device).scatter_reduce(0, gt_idx, t, reduce="amax")  # (M,)
+    max_iou = torch.zeros(m, device=device).scatter_reduce(0, gt_idx, iou, reduce="amax")  # (M,)
+    quality = t / (max_t[gt_idx] + eps) * max_iou[gt_idx]  # (P,)
+    return _assignment(prior_idx, gt_idx, r, iou=iou, quality=quality)
+
+
+@torch.no_grad()
+def assign_fcos(
+    priors: Priors,
+    gt_boxes: Tensor,
+    size_ranges: Sequence[tuple[float, float]] | Mapping[str, tuple[float, float]] = FCOS_SIZE_RANGES,
+    center_radius: float = 1.5,
+) -> Assignment:
+    """Box-only FCOS (Tian et al. 2019) with centre sampling, on point priors.
+
+    A point is positive for a GT when it lies strictly inside the GT and strictly inside the centre region (GT
+    centre +- ``center_radius * stride``, clipped to the GT; ``center_radius <= 0`` disables it), and the
+    largest of its ``l, t, r, b`` distances falls in its level's range ``lo <= d <= hi``. ``size_ranges`` is a
+    sequence aligned with ``priors.levels`` (default: p3..p7) or a mapping level name -> range. A point
+    claimed by several GTs goes to the smallest-area GT. Nothing is ignored; ``iou`` is None (points have no
+    box).
+    """
+    r = len(priors)
+    device = priors.device
+    gt, valid = _as_gt(gt_boxes, priors)
+    if isinstance(size_ranges, Mapping):
+        missing = [n for n in priors.levels if n not in size_ranges]
+        if missing:
+            raise ValueError(f"size_ranges has no range for levels {missing}")
+        ranges = [size_ranges[n] for n in priors.levels]
+    else:
+        ranges = list(size_ranges)
+        if len(ranges) != len(priors.levels):
+            raise ValueError(f"{len(ranges)} size ranges for {len(priors.levels)} levels {priors.levels}")
+    lo = torch.tensor([rg[0] for rg in ranges], dtype=torch.float32, device=device)[priors.level]  # (R,)
+    hi = torch.tensor([rg[1] for rg in ranges], dtype=torch.float32, device=device)[priors.level]  # (R,)
+    area = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])  # (M,)
+    pairs_p, pairs_g, pairs_key = [], [], []
+    for sl in _gt_blocks(gt.shape[0], r, per_prior=8):
+        box = gt[sl]
+        ltrb = _ltrb(priors.points, box)  # (b, R, 4)
+        pos = (ltrb.amin(2) > 0) & (ltrb.amax(2) >= lo) & (ltrb.amax(2) <= hi) & valid[sl, None]  # (b, R)
+        if center_radius > 0:
+            c = (box[:, :2] + box[:, 2:]) / 2  # (b, 2)
+            rad = priors.strides[None, :, None] * center_radius  # (1, R, 1)
+            region_lo = torch.maximum(c[:, None] - rad, box[:, None, :2])  # (b, R, 2) clipped to the GT
+            region_hi = torch.minimum(c[:, None] + rad, box[:, None, 2:])  # (b, R, 2)
+            pts = priors.points[None]  # (1, R, 2)
+            pos &= torch.cat([pts - region_lo, region_hi - pts], dim=2).amin(2) > 0
+        g, p = pos.nonzero(as_tuple=True)
+        pairs_p.append(p)
+        pairs_g.append(g + sl.start)
+        pairs_key.append(-area[g + sl.start])  # larger key = smaller area wins
+    return _resolved(pairs_p, pairs_g, pairs_key, r, device, keep_key=False)
+
+
+def _resolved(
+    pairs_p: list[Tensor],
+    pairs_g: list[Tensor],
+    pairs_key: list[Tensor],
+    num_priors: int,
+    device: torch.device,
+    *,
+    resolve: bool = True,
+    keep_key: bool = True,
+) -> Assignment:
+    """Concatenate per-block pairs, keep one GT per prior (largest key), store the key as ``iou`` if asked."""
+    if not pairs_p:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return _assignment(empty, empty, num_priors, iou=torch.zeros(0, device=device) if keep_key else None)
+    prior_idx, gt_idx, key = torch.cat(pairs_p), torch.cat(pairs_g), torch.cat(pairs_key)
+    if resolve:
+        keep = _best_pair_per_prior(prior_idx, gt_idx, key, num_priors)
+        prior_idx, gt_idx, key = prior_idx[keep], gt_idx[keep], key[keep]
+    return _assignment(prior_idx, gt_idx, num_priors, iou=key if keep_key else None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Accounting
+
+
+@dataclass
+class LevelAccounting:
+    """Per-level positive accounting for one image or (after :meth:`merge`) a dataset (SPEC §8).
+
+    Counts are of positive pairs (a YOLOv5 prior serving two GTs counts twice). Buckets (efpn.vocab.BUCKETS)
+    are by the GT's ORIGINAL size. A GT is *starved* when it has no positive at all or, if the accounting was
+    made with ``pos_iou``, no regular positive (non-fallback and IoU >= ``pos_iou``).
+    """
+
+    levels: list[str]
+    positives_per_level: dict[str, int]  # level -> positive pairs
+    fallback_per_level: dict[str, int]  # level -> low-quality (fallback) pairs
+    per_level_bucket: dict[str, dict[str, int]]  # level -> bucket -> positive pairs
+    positives_per_gt: list[int]  # (num_gt,)
+    regular_per_gt: list[int]  # (num_gt,) positives that are not fallback
+    gt_buckets: list[str]  # (num_gt,) bucket name
+    starved: list[int]  # GT indices (dataset-wide after merge)
+    num_gt: int
+    num_images: int
+    positives_per_gt_level: list[list[int]] = field(default_factory=list)  # (num_gt, L)
+    gt_sizes: list[float] = field(default_factory=list)  # (num_gt,) sqrt(w*h) in original pixels
+
+    @classmethod
+    def empty(cls, levels: Sequence[str]) -> LevelAccounting:
+        """The neutral element of :meth:`merge` for these levels (zero images)."""
+        levels = list(levels)
+        return cls(
+            levels=levels,
+            positives_per_level=dict.fromkeys(levels, 0),
+            fallback_per_level=dict.fromkeys(levels, 0),
+            per_level_bucket={lv: dict.fromkeys(BUCKETS, 0) for lv in levels},
+            positives_per_gt=[],
+            regular_per_gt=[],
+            gt_buckets=[],
+            starved=[],
+            num_gt=0,
+            num_images=0,
+        )
+
+    def merge(self, other: LevelAccounting) -> LevelAccounting:
+        """Sum of two accountings over the same levels: counts add, per-GT lists concatenate (``other``'s GT
+        indices are offset by ``self.num_gt``)."""
+        if list(other.levels) != list(self.levels):
+            raise ValueError(f"cannot merge accountings over {self.levels} and {other.levels}")
+        return LevelAccounting(
+            levels=list(self.levels),
+            positives_per_level={
+                lv: self.positives_per_level[lv] + other.positives_per_level[lv] for lv in self.levels
+            },
+            fallback_per_level={
+                lv: self.fallback_per_level[lv] + other.fallback_per_level[lv] for lv in self.levels
+            },
+            per_level_bucket={
+                lv: {b: self.per_level_bucket[lv][b] + other.per_level_bucket[lv][b] for b in BUCKETS}
+                for lv in self.levels
+            },
+            positives_per_gt=self.positives_per_gt + other.positives_per_gt,
+            regular_per_gt=self.regular_per_gt + other.regular_per_gt,
+            gt_buckets=self.gt_buckets + other.gt_buckets,
+            starved=self.starved + [i + self.num_gt for i in other.starved],
+            num_gt=self.num_gt + other.num_gt,
+            num_images=self.num_images + other.num_images,
+            positives_per_gt_level=self.positives_per_gt_level + other.positives_per_gt_level,
+            gt_sizes=self.gt_sizes + other.gt_sizes,
+        )
+
+    def histogram(self) -> list[int]:
+        """``h[k]`` = number of GTs with exactly ``k`` positives (length max + 1; ``[]`` without GTs)."""
+        if not self.positives_per_gt:
+            return []
+        h = [0] * (max(self.positives_per_gt) + 1)
+        for k in self.positives_per_gt:
+            h[k] += 1
+        return h
+
+    def zero_high_level_share(self) -> dict[str, float]:
+        """For each level ``q >= p5`` in ``levels``: share of GTs with zero positives on ``q`` and every
+        coarser level (0.0 without GTs). ``{"p5": 1.0}`` means no GT trains p5, p6 or p7 — SPEC §1's
+        dead-end."""
+        out: dict[str, float] = {}
+        for i, name in enumerate(self.levels):
+            if level_stride(name) < 32:
+                continue
+            zero = sum(1 for row in self.positives_per_gt_level if sum(row[i:]) == 0)
+            out[name] = zero / self.num_gt if self.num_gt else 0.0
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON-ready form: every field plus ``num_positives``, ``starved_rate`` (0.0 without GTs),
+        ``zero_positive_rate``, ``zero_high_level_share`` and ``histogram``."""
+        n = self.num_gt
+        return {
+            "levels": list(self.levels),
+            "num_images": self.num_images,
+            "num_gt": n,
+            "num_positives": sum(self.positives_per_level.values()),
+            "positives_per_level": dict(self.positives_per_level),
+            "fallback_per_level": dict(self.fallback_per_level),
+            "per_level_bucket": {lv: dict(b) for lv, b in self.per_level_bucket.items()},
+            "positives_per_gt": list(self.positives_per_gt),
+            "regular_per_gt": list(self.regular_per_gt),
+            "positives_per_gt_level": [list(row) for row in self.positives_per_gt_level],
+            "gt_buckets": list(self.gt_buckets),
+            "gt_sizes": list(self.gt_sizes),
+            "starved": list(self.starved),
+            "starved_rate": len(self.starved) / n if n else 0.0,
+            "zero_positive_rate": sum(1 for k in self.positives_per_gt if k == 0) / n if n else 0.0,
+            "zero_high_level_share": self.zero_high_level_share(),
+            "histogram": self.histogram(),
+        }
+
+
+def account(
+    assignment: Assignment,
+    priors: Priors,
+    gt_boxes: Tensor,
+    pos_iou: float | None = None,
+    scale: float = 1.0,
+) -> LevelAccounting:
+    """Count one image's positives per level, per level x size bucket and per GT (see
+    :class:`LevelAccounting`).
+
+    ``gt_boxes`` (M, 4) are in network pixels like the priors; ``scale`` is the resize factor original ->
+    network, so buckets and ``gt_sizes`` use ``size / scale`` (original pixels). With ``pos_iou`` a GT counts
+    as starved unless it has a positive that is not fallback and whose IoU (``assignment.iou``, else prior box
+    vs GT) is >= ``pos_iou``.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    gt = gt_boxes.to(device=priors.device, dtype=torch.float32).reshape(-1, 4)
+    m, n_lv, n_b = gt.shape[0], len(priors.levels), len(BUCKETS)
+    pi, gi, fb = assignment.prior_idx, assignment.gt_idx, assignment.fallback
+    lvl = priors.level[pi]  # (P,)
+    sane = torch.where(torch.isfinite(gt).all(1, keepdim=True), gt, torch.zeros_like(gt))  # NaN box -> size 0
+    bucket = size_bucket(sane / scale)  # (M,) index into BUCKETS
+    per_gt_level = torch.bincount(gi * n_lv + lvl, minlength=m * n_lv).view(m, n_lv)  # (M, L)
+    per_level = torch.bincount(lvl, minlength=n_lv)  # (L,)
+    fallback_level = torch.bincount(lvl[fb], minlength=n_lv)  # (L,)
+    level_bucket = torch.bincount(lvl * n_b + bucket[gi], minlength=n_lv * n_b).view(n_lv, n_b)  # (L, 5)
+    positives = per_gt_level.sum(1)  # (M,)
+    regular = torch.bincount(gi[~fb], minlength=m)  # (M,)
+    if pos_iou is None:
+        starved = positives == 0
+    else:
+        iou = assignment.iou if assignment.iou is not None else _paired_iou(priors.boxes[pi], gt[gi])
+        strong = torch.bincount(gi[~fb & (iou >= pos_iou)], minlength=m)
+        starved = strong == 0
+    lv_names = priors.levels
+    return LevelAccounting(
+        levels=list(lv_names),
+        positives_per_level=dict(zip(lv_names, per_level.tolist())),
+        fallback_per_level=dict(zip(lv_names, fallback_level.tolist())),
+        per_level_bucket={lv: dict(zip(BUCKETS, row)) for lv, row in zip(lv_names, level_bucket.tolist())},
+        positives_per_gt=positives.tolist(),
+        regular_per_gt=regular.tolist(),
+        gt_buckets=[BUCKETS[b] for b in bucket.tolist()],
+        starved=starved.nonzero().squeeze(1).tolist(),
+        num_gt=m,
+        num_images=1,
+        positives_per_gt_level=per_gt_level.tolist(),
+        gt_sizes=(box_size(sane) / scale).tolist(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Box-only protocols with published defaults
+
+
+P3_P7: tuple[str, ...] = ("p3", "p4", "p5", "p6", "p7")
+P2_P6: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")
+P3_P5: tuple[str, ...] = ("p3", "p4", "p5")
+
+_Protocol = Callable[[Tensor, tuple[int, int]], tuple[Assignment, Priors, float | None]]
+
+
+def _maxiou(gt: Tensor, hw: tuple[int, int]) -> tuple[Assignment, Priors, float | None]:
+    # RetinaNet: 9 anchors (3 ratios x 3 octave scales), base 4 * stride, IoU 0.5 / 0.4, low-quality on
+    priors = anchor_priors(feature_sizes_for(hw, P3_P7), device=gt.device)
+    return assign_maxiou(priors, gt, 0.5, 0.4, low_quality=True), priors, 0.5
+
+
+def _atss(gt: Tensor, hw: tuple[int, int]) -> tuple[Assignment, Priors, float | None]:
+    # ATSS: one square anchor per location, 8 * stride, topk 9 per level
+    priors = anchor_priors(
+        feature_sizes_for(hw, P3_P7), anchor_scale=8.0, scales=(1.0,), ratios=(1.0,), device=gt.device
+    )
+    return assign_atss(priors, gt, topk=9), priors, None
+
+
+def _yolov5(gt: Tensor, hw: tuple[int, int]) -> tuple[Assignment, Priors, float | None]:
+    priors = yolo_priors(feature_sizes_for(hw, P3_P5), device=gt.device)
+    return assign_yolov5(priors, gt, anchor_t=4.0, offset=0.5), priors, None
+
+
+def _fcos(gt: Tensor, hw: tuple[int, int]) -> tuple[Assignment, Priors, float | None]:
+    priors = point_priors(feature_sizes_for(hw, P3_P7), device=gt.device)
+    return assign_fcos(priors, gt), priors, None
+
+
+def _rpn(gt: Tensor, hw: tuple[int, int]) -> tuple[Assignment, Priors, float | None]:
+    # Faster R-CNN FPN RPN: sizes 32..512 on p2..p6 (8 * stride), 3 ratios, IoU 0.7 / 0.3, low-quality on
+    priors = anchor_priors(feature_sizes_for(hw, P2_P6), anchor_scale=8.0, scales=(1.0,), device=gt.device)
+    return assign_maxiou(priors, gt, 0.7, 0.3, low_quality=True), priors, 0.7
+
+
+_PROTOCOLS: dict[str, _Protocol] = {
+    "maxiou": _maxiou,
+    "atss": _atss,
+    "yolov5": _yolov5,
+    "fcos": _fcos,
+    "rpn": _rpn,
+}
+#: Names accepted by :func:`assign_boxes`.
+PROTOCOLS: tuple[str, ...] = tuple(_PROTOCOLS)
+
+
+def assign_boxes(
+    protocol: str,
+    gt_boxes: Tensor,
+    image_size: tuple[int, int],
+    scale: float = 1.0,
+) -> tuple[Assignment, Priors, LevelAccounting]:
+    """Run a box-only protocol with its published default priors on one image of ``image_size`` (H, W).
+
+    * ``maxiou``: RetinaNet p3-p7, 9 anchors (base 4 * stride), IoU 0.5 / 0.4 + low-quality matches;
+    * ``atss``: p3-p7, one 8 * stride anchor per location, topk 9;
+    * ``yolov5``: p3-p5 with the YOLOv5 default anchors, anchor_t 4, offset 0.5;
+    * ``fcos``: p3-p7 points, default ranges, centre sampling 1.5;
+    * ``rpn``: Faster R-CNN RPN p2-p6, anchors 32..512 x 3 ratios, IoU 0.7 / 0.3 + low-quality matches.
+
+    The accounting of the IoU protocols (maxiou, rpn) uses their ``pos_iou``, so fallback-only GTs are
+    starved. ``scale`` (original -> network) is passed to :func:`account`. Unknown names raise ValueError.
+    """
+    if protocol not in _PROTOCOLS:
+        raise ValueError(f"unknown assignment protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    gt = gt_boxes.to(torch.float32).reshape(-1, 4)
+    assignment, priors, pos_iou = _PROTOCOLS[protocol](gt, (int(image_size[0]), int(image_size[1])))
+    return assignment, priors, account(assignment, priors, gt, pos_iou=pos_iou, scale=scale)
