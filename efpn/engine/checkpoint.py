@@ -1,0 +1,568 @@
+"""Checkpoints: safetensors weights plus a JSON model card that rebuilds the model; resumable training state.
+
+A checkpoint is two files with the same stem::
+
+    runs/efpn_n_sar/model.safetensors   state_dict tensors (safetensors: no pickle, no code on load)
+    runs/efpn_n_sar/model.json          model card: {"format": "efpn", "config": ModelConfig.to_dict(), ...}
+
+The card carries the :class:`~efpn.config.ModelConfig`, so :func:`load_model` rebuilds the model with
+:func:`efpn.zoo.build` and no code edits (STYLE principle 2), then checks every key and shape before loading.
+Weights are never unpickled: a ``.pt``/``.pth`` file is refused with instructions to convert it.
+
+Training state for resuming (optimizer, scaler, scheduler, EMA, RNG) is a separate ``torch.save`` file holding
+only tensors, numbers, strings and containers, so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from efpn.config import ModelConfig
+
+#: ``format`` of a model card and of the safetensors metadata (``FORMAT_VERSION`` changes with the layout).
+FORMAT = "efpn"
+FORMAT_VERSION = 1
+#: ``format`` of a training-state file.
+TRAIN_FORMAT = "efpn-train"
+
+Builder = Callable[[ModelConfig], nn.Module]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be saved or loaded as asked; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------- paths & cards
+
+
+def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(weights, card)`` for a checkpoint named by either file (or a folder holding exactly one checkpoint).
+
+    ``model.safetensors`` or ``model.json`` -> ``(model.safetensors, model.json)``; any other suffix is taken
+    as the weights file (so a ``.pt`` reaches the pickle check and is refused with a clear message).
+    """
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.safetensors"))
+        if len(found) != 1:
+            names = ", ".join(f.name for f in found) or "none"
+            raise CheckpointError(
+                f"{p} must hold exactly one .safetensors checkpoint to be named by its folder "
+                f"(found: {names}); pass the file instead"
+            )
+        p = found[0]
+    if p.suffix == ".json":
+        return p.with_suffix(".safetensors"), p
+    return p, p.with_suffix(".json")
+
+
+def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model card of a checkpoint named by its ``.safetensors`` or ``.json`` file, as a dict."""
+    weights, card_path = checkpoint_paths(path)
+    if not card_path.is_file():
+        raise CheckpointError(
+            f"no model card {card_path} beside {weights.name}: an efpn checkpoint is model.safetensors + "
+            "model.json (both written by efpn.engine.checkpoint.save_checkpoint); the card holds the config "
+            "that rebuilds the model. Copy the .json that came with these weights next to them."
+        )
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"model card {card_path} is not readable JSON: {e}") from e
+    if not isinstance(card, dict):
+        raise CheckpointError(f"model card {card_path} must be a JSON object, got {type(card).__name__}")
+    if card.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{card_path} is not an efpn model card (format={card.get('format')!r}, expected {FORMAT!r})"
+        )
+    return card
+
+
+def config_from_card(card: Mapping[str, Any]) -> ModelConfig:
+    """Rebuild the card's :class:`ModelConfig`; CheckpointError if it is missing or invalid."""
+    if "config" not in card:
+        raise CheckpointError(
+            "the model card has no 'config' entry, so the model cannot be rebuilt; re-save the "
+            "checkpoint with save_checkpoint(model, path, card)"
+        )
+    try:
+        return ModelConfig.from_dict(card["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the model card's 'config' is not a valid ModelConfig for this efpn version: {e}") from e
+
+
+# ------------------------------------------------------------------------------------------------ save
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module with plain state_dict keys (strips DDP's ``.module``, torch.compile's ``._orig_mod``)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _fits_half(t: torch.Tensor) -> bool:
+    """True when casting ``t`` to fp16 keeps every finite value finite (BN running_var can exceed 65504)."""
+    return bool(torch.isfinite(t.to(torch.float16)).eq(torch.isfinite(t)).all())
+
+
+def _weights_to_save(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
+    """state_dict as independent contiguous CPU tensors (tied weights become separate copies, which
+    safetensors needs: it refuses tensors sharing storage); with ``half`` floats become fp16 where that cannot
+    overflow."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor; "
+                "safetensors can only store tensors"
+            )
+        t = value.detach().cpu().contiguous().clone()
+        if half and t.is_floating_point() and t.dtype != torch.float16 and _fits_half(t):
+            t = t.to(torch.float16)
+        out[key] = t
+    return out
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, ModelConfig):
+        return obj.to_dict()
+    if isinstance(obj, np.generic | torch.Tensor) and getattr(obj, "ndim", 0) == 0:
+        return obj.item()
+    if isinstance(obj, np.ndarray | torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"model card values must be JSON data (numbers, strings, lists, dicts); got {type(obj).__name__}")
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file and rename, so an interrupted save never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _default_name(weights: Path) -> str:
+    """Display name of a checkpoint: its file stem, or its folder's name for ``model.safetensors``."""
+    return weights.parent.name if weights.stem == "model" and weights.parent.name else weights.stem
+
+
+def _efpn_version() -> str | None:
+    try:
+        return importlib.metadata.version("efpn")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return None
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    card: Mapping[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write ``path`` (``*.safetensors``) and its model card (same stem, ``.json``); returns the weights path.
+
+    ``card`` is copied into the model card as given (classes, image_size, data, epochs, hardware, wall_time,
+    metrics, ...). ``card["config"]`` (a ModelConfig or its ``to_dict()``) defaults to ``model.config``; it
+    must round-trip through :meth:`ModelConfig.from_dict`. The card also gets ``format``, ``format_version``,
+    ``name`` (default: the file stem, or the folder name for ``model.safetensors``), ``preset`` (default: the
+    config's name), ``classes``/``image_size`` (defaults from the config), ``weights`` (file name),
+    ``weights_dtype``, ``num_parameters``, ``created`` (UTC ISO time) and library versions.
+    ``half=True`` stores floating tensors (BN statistics included) as fp16, except any that would overflow;
+    :func:`load_model` casts them back to the model's dtype. Values must be JSON data; NaN/inf are refused.
+    """
+    weights_path = Path(path)
+    if weights_path.suffix != ".safetensors":
+        raise CheckpointError(f"checkpoint path must end in .safetensors, got {weights_path.name!r}")
+    model = _unwrap(model)
+    info = dict(card or {})
+    config = info.get("config", getattr(model, "config", None))
+    if config is None:
+        raise CheckpointError(
+            "the card needs a 'config' (ModelConfig.to_dict()) and the model has no .config; "
+            "pass card={'config': config.to_dict(), ...}"
+        )
+    if not isinstance(config, ModelConfig | Mapping):
+        raise CheckpointError(f"card config must be a ModelConfig or a dict, got {type(config).__name__}")
+    config_dict = config.to_dict() if isinstance(config, ModelConfig) else dict(config)
+    cfg = config_from_card({"config": config_dict})  # refuse a card that could not rebuild the model
+
+    tensors = _weights_to_save(model, half)
+    preset = str(info.get("preset") or cfg.name)
+    info.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        config=config_dict,
+        weights=weights_path.name,
+        weights_dtype="float16" if half else "float32",
+        num_parameters=sum(p.numel() for p in model.parameters()),
+    )
+    info.setdefault("name", _default_name(weights_path))
+    info["preset"] = preset
+    if cfg.class_names:
+        info.setdefault("classes", list(cfg.class_names))
+    info.setdefault("image_size", cfg.image_size)
+    info.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    info.setdefault("torch_version", torch.__version__)
+    info.setdefault("efpn_version", _efpn_version())
+    try:
+        text = json.dumps(info, indent=2, allow_nan=False, default=_json_default)
+    except ValueError as e:
+        raise CheckpointError(f"model card values must be finite (use null for a missing metric): {e}") from e
+
+    from safetensors.torch import save_file
+
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": FORMAT, "preset": preset, "dtype": info["weights_dtype"]}
+    _atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    # the card goes last: a card on disk means its weights are complete
+    _atomic_write(weights_path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    return weights_path
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
+
+
+def _refuse_non_safetensors(path: Path) -> None:
+    """Raise CheckpointError unless ``path`` starts like safetensors (u64 header length, then ``{``)."""
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} not found")
+    with path.open("rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if len(head) == 9 and 0 < n <= min(_SAFETENSORS_MAX_HEADER, size - 8) and head[8:9] == b"{":
+        return
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":  # pickle protocol 2+, or torch.save's zip container
+        raise CheckpointError(
+            f"refusing to unpickle {path}: efpn loads weights only from safetensors, because unpickling a "
+            f"file can run arbitrary code. If you trust it, convert it once: sd = torch.load({str(path)!r}, "
+            "weights_only=True); model = efpn.zoo.build(config); model.load_state_dict(sd); "
+            "efpn.engine.checkpoint.save_checkpoint(model, 'model.safetensors', card={...})"
+        )
+    raise CheckpointError(f"{path} is not a safetensors file (bad header: truncated or corrupt?)")
+
+
+def _describe(keys: list[str], limit: int = 10) -> str:
+    more = f", ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], strict: bool = True
+) -> list[str]:
+    """Compare checkpoint tensors ``found`` with a model's ``expected`` state_dict.
+
+    Returns one line per problem (missing keys, unexpected keys, shape or dtype-kind mismatches); with
+    ``strict=False`` missing/unexpected keys are tolerated but mismatches are still reported.
+    """
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if strict and missing:
+        problems.append(f"missing from the weights ({len(missing)}): {_describe(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected in the weights ({len(unexpected)}): {_describe(unexpected)}")
+    mismatched = []
+    for key in sorted(set(expected) & set(found)):
+        e, f = expected[key], found[key]
+        if e.shape != f.shape:
+            mismatched.append(f"{key} weights {tuple(f.shape)} vs model {tuple(e.shape)}")
+        elif e.is_floating_point() != f.is_floating_point():
+            mismatched.append(f"{key} weights {f.dtype} vs model {e.dtype}")
+    if mismatched:
+        problems.append(f"shape/dtype mismatch ({len(mismatched)}): {_describe(mismatched)}")
+    return problems
+
+
+def _default_builder(config: ModelConfig) -> nn.Module:
+    from efpn import zoo  # imported here: zoo imports every model module, checkpoint helpers should not
+
+    return zoo.build(config)
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    strict: bool = True,
+    builder: Builder | None = None,
+) -> nn.Module:
+    """Rebuild a checkpoint's model from its card and load its weights; returns the model in eval mode.
+
+    ``path`` is the ``.safetensors`` file, its ``.json`` card, or a folder holding one checkpoint. ``builder``
+    (default :func:`efpn.zoo.build`) turns the card's config into a fresh module. Every key and shape is
+    checked first: CheckpointError names missing, unexpected and mismatched keys (``strict=False`` tolerates
+    missing and unexpected keys, never mismatched shapes). fp16 weights are cast to the model's dtypes.
+    Pickled files are refused. The card is attached as ``model.card`` (a dict; treat it as read-only).
+    """
+    weights_path, card_path = checkpoint_paths(path)
+    _refuse_non_safetensors(weights_path)
+    card = read_card(card_path)
+    config = config_from_card(card)
+    model = (builder or _default_builder)(config)
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read safetensors file {weights_path}: {e}") from e
+    expected = model.state_dict()
+    problems = check_state_dict(expected, tensors, strict)
+    if problems:
+        raise CheckpointError(
+            f"the card's config does not match the weights in {weights_path.name} "
+            f"(config {config.name!r} from {card_path.name}): "
+            + "; ".join(problems)
+            + ". The config builds a different model than the one "
+            "that saved these weights: restore the card that came with them, or fix its 'config' (e.g. "
+            "num_classes, preset options); strict=False skips missing/unexpected keys, not shape mismatches."
+        )
+    state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in tensors.items()}
+    model.load_state_dict(state, strict=strict)
+    model.card = card
+    return model.to(device).eval()
+
+
+def list_checkpoints(folder: str | os.PathLike[str], recursive: bool = True) -> list[dict[str, Any]]:
+    """Every checkpoint (a ``.safetensors`` with a card beside it) under ``folder``, sorted by name.
+
+    Each entry: ``path`` (weights), ``card_path``, ``name`` (card name, else the file stem, else the folder
+    name for ``model.safetensors``), ``preset``, ``classes``, ``image_size``, ``metrics`` (the card's, may be
+    empty), ``created``, ``size_mb``; a checkpoint whose card is missing or unreadable is listed with an
+    ``error`` instead.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    pattern = "**/*.safetensors" if recursive else "*.safetensors"
+    entries = []
+    for weights in sorted(root.glob(pattern)):
+        fallback = _default_name(weights)
+        entry: dict[str, Any] = {
+            "path": str(weights),
+            "card_path": str(weights.with_suffix(".json")),
+            "name": fallback,
+            "size_mb": round(weights.stat().st_size / 2**20, 3),
+        }
+        try:
+            card = read_card(weights)
+        except CheckpointError as e:
+            entry["error"] = str(e)
+        else:
+            entry.update(
+                name=str(card.get("name") or fallback),
+                preset=card.get("preset"),
+                classes=card.get("classes", []),
+                image_size=card.get("image_size"),
+                metrics=card.get("metrics", {}),
+                created=card.get("created"),
+            )
+        entries.append(entry)
+    return sorted(entries, key=lambda e: (e["name"], e["path"]))
+
+
+# --------------------------------------------------------------------------------------------- training state
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), Python ``random`` and NumPy global RNG states, as tensors and
+    numbers (loadable with ``weights_only=True``); restore with :func:`restore_rng_states`."""
+    py_version, py_state, py_gauss = random.getstate()
+    # the legacy global NumPy RNG is what third-party augmentation code draws from, so it is the one to save
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()  # noqa: NPY002
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {
+            "version": py_version,
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_states` (CUDA states only when CUDA is available here)."""
+    torch.set_rng_state(states["torch"].cpu())
+    py = states["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
+    npy = states["numpy"]
+    keys = npy["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))  # noqa: NPY002
+    if "cuda" in states and torch.cuda.is_available():
+        cuda = list(states["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+#: Exactly the types ``torch.load(weights_only=True)`` accepts, checked by type, not isinstance: a numpy
+#: float64 *is* a float but pickles as a numpy object that weights_only refuses.
+_PLAIN_LEAVES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.Tensor,
+    nn.Parameter,
+    torch.Size,
+    torch.dtype,
+    torch.device,
+)
+_PLAIN_CONTAINERS = (dict, OrderedDict, list, tuple, set)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Raise TypeError naming the first value ``torch.load(weights_only=True)`` would refuse."""
+    tp = type(obj)
+    if tp in _PLAIN_LEAVES:
+        return
+    if tp in (dict, OrderedDict):
+        for k, v in obj.items():
+            _check_plain(k, f"{where} key {k!r}")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if tp in _PLAIN_CONTAINERS:
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    hint = " (convert numpy with torch.from_numpy(...) or .item())" if tp.__module__.startswith("numpy") else ""
+    raise TypeError(
+        f"training state entry {where} is a {tp.__module__}.{tp.__qualname__}; only tensors, numbers, "
+        f"strings and dict/list/tuple containers are saved, so the file loads with "
+        f"torch.load(weights_only=True){hint}"
+    )
+
+
+def _state_of(obj: Any, what: str) -> Any:
+    if obj is None:
+        return None
+    if not hasattr(obj, "state_dict"):
+        raise TypeError(f"{what} must have a state_dict() method, got {type(obj).__name__}")
+    return obj.state_dict()
+
+
+def save_training_state(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any | None = None,
+    scheduler: Any | None = None,
+    ema: Any | None = None,
+    epoch: int = 0,
+    step: int = 0,
+    rng_states: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save everything needed to resume training to ``path`` with ``torch.save`` (atomically); returns it.
+
+    ``scaler``/``scheduler``/``ema`` are anything with ``state_dict()`` (GradScaler, an LR scheduler, an EMA
+    module). ``rng_states`` defaults to :func:`capture_rng_states`. ``extra`` is the caller's own plain data
+    (the model card, best metric, ...). Everything is checked to be plain data first (TypeError naming the
+    entry), so :func:`load_training_state` can use ``weights_only=True``.
+    """
+    state = {
+        "format": TRAIN_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": _unwrap(model).state_dict(),
+        "optimizer": _state_of(optimizer, "optimizer"),
+        "scaler": _state_of(scaler, "scaler"),
+        "scheduler": _state_of(scheduler, "scheduler"),
+        "ema": _state_of(_unwrap(ema) if isinstance(ema, nn.Module) else ema, "ema"),
+        "epoch": int(epoch),
+        "step": int(step),
+        "rng": dict(rng_states) if rng_states is not None else capture_rng_states(),
+        "extra": dict(extra or {}),
+    }
+    _check_plain(state, "state")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, lambda tmp: torch.save(state, tmp))
+    return out
+
+
+def load_training_state(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a :func:`save_training_state` file with ``torch.load(weights_only=True)``.
+
+    Returns ``{"model", "optimizer", "scaler", "scheduler", "ema", "epoch", "step", "rng", "extra", ...}``
+    (absent parts are None); apply it with :func:`restore_training_state`.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"training state {p} not found")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # UnpicklingError for foreign objects, RuntimeError for a corrupt zip
+        raise CheckpointError(
+            f"cannot load training state {p} with weights_only=True "
+            f"(not an efpn training state, or it holds objects other than tensors): {e}"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{p} is not an efpn training state (expected format {TRAIN_FORMAT!r})")
+    return state
+
+
+def restore_training_state(
+    state: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any | None = None,
+    scheduler: Any | None = None,
+    ema: Any | None = None,
+    restore_rng: bool = True,
+) -> None:
+    """Load a :func:`load_training_state` dict into the given objects (each one passed must have been saved).
+
+    Resume at ``state["epoch"]``/``state["step"]`` (the values saved; whether they count done or next is the
+    training loop's convention).
+    """
+    _unwrap(model).load_state_dict(state["model"])
+    targets = {
+        "optimizer": optimizer,
+        "scaler": scaler,
+        "scheduler": scheduler,
+        "ema": _unwrap(ema) if isinstance(ema, nn.Module) else ema,
+    }
+    for key, obj in targets.items():
+        if obj is None:
+            continue
+        if state.get(key) is None:
+            raise CheckpointError(f"the training state has no {key} state to restore")
+        obj.load_state_dict(state[key])
+    if restore_rng and state.get("rng"):
+        restore_rng_states(state["rng"])
