@@ -88,7 +88,7 @@ def accounting_for_records(
     image_size: int = 640,
     progress: bool = False,
 ) -> dict[str, LevelAccounting]:
-    """Merged accounting per protocol over records with ``width``, ``height``, ``boxes`` (xyxy original px)."""
+    """Merged accounting per protocol over :class:`~efpn.data.records.ImageRecord` s (target boxes, original px)."""
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
         raise ValueError(f"unknown assignment protocol(s) {bad}; choose from {list(PROTOCOLS)}")
@@ -96,7 +96,8 @@ def accounting_for_records(
     for rec in tqdm(records, desc="assigning", unit="img", disable=not progress):
         scale = image_size / max(rec.width, rec.height)
         hw = (max(1, round(rec.height * scale)), max(1, round(rec.width * scale)))
-        boxes = torch.as_tensor(rec.boxes, dtype=torch.float32).reshape(-1, 4) * scale
+        target_boxes, _ = rec.target_boxes()  # crowd boxes are not targets
+        boxes = torch.as_tensor(target_boxes, dtype=torch.float32).reshape(-1, 4) * scale
         for p in protocols:
             _, _, acc = assign_boxes(p, boxes, hw, scale=scale)
             merged[p] = acc if merged[p] is None else merged[p].merge(acc)

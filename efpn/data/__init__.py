@@ -1,0 +1,69 @@
+"""Datasets for tiny-object detection: format loaders, records, the torch dataset, transforms, synthetic data.
+
+Every loader returns ``(records, class_names, SkipReport)`` with records in one form (:class:`ImageRecord`,
+boxes ``xyxy`` px, contiguous labels ``0..K-1``); a data YAML (:func:`load_data_config`, :func:`load_split`)
+picks the loader and its sources. See ``docs/architecture.md`` (Data) for the boundaries.
+"""
+
+from efpn.data.coco import load_coco, records_to_coco
+from efpn.data.config import (
+    FORMATS,
+    DataConfig,
+    load_data_config,
+    load_split,
+    parse_data_config,
+    split_records,
+)
+from efpn.data.dataset import DetectionDataset, collate
+from efpn.data.dota import DOTA_V1_CLASSES, load_dota
+from efpn.data.images import CorruptImageError, image_size, read_image
+from efpn.data.names import read_names
+from efpn.data.records import POLICIES, ImageRecord, Policy, SkipReport
+from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample, write_synthetic_dataset
+from efpn.data.transforms import (
+    DetectionTransform,
+    LetterboxInfo,
+    RandomTileCrop,
+    build_transforms,
+    letterbox,
+    unletterbox_boxes,
+)
+from efpn.data.visdrone import VISDRONE_CLASSES, load_visdrone
+from efpn.data.voc import load_voc
+from efpn.data.yolo import load_yolo
+
+__all__ = [
+    "DOTA_V1_CLASSES",
+    "FORMATS",
+    "POLICIES",
+    "SYNTH_CLASSES",
+    "VISDRONE_CLASSES",
+    "CorruptImageError",
+    "DataConfig",
+    "DetectionDataset",
+    "DetectionTransform",
+    "ImageRecord",
+    "LetterboxInfo",
+    "Policy",
+    "RandomTileCrop",
+    "SkipReport",
+    "build_transforms",
+    "collate",
+    "image_size",
+    "letterbox",
+    "load_coco",
+    "load_data_config",
+    "load_dota",
+    "load_split",
+    "load_visdrone",
+    "load_voc",
+    "load_yolo",
+    "make_synthetic_sample",
+    "parse_data_config",
+    "read_image",
+    "read_names",
+    "records_to_coco",
+    "split_records",
+    "unletterbox_boxes",
+    "write_synthetic_dataset",
+]

@@ -1,0 +1,195 @@
+"""COCO JSON annotations -> :class:`~efpn.data.records.ImageRecord` (and back, for evaluation).
+
+Contract of :func:`load_coco`:
+
+* categories are mapped to contiguous labels ``0..K-1`` in increasing category-id order (COCO's 1..90 with
+  gaps become 0..79; SSDD's id 0 becomes 0); ``class_names`` follows the same order;
+* ``bbox = [x, y, w, h]`` becomes ``xyxy``; boxes past the edge are clipped, degenerate ones dropped
+  (both counted);
+* ``iscrowd=1`` annotations follow the ``crowd`` policy (default ``"crowd"``: kept with ``iscrowd=True``,
+  never a training target); annotations with ``ignore=1`` (AI-TOD / VisDrone-in-COCO style) become ignore
+  regions;
+* images without annotations are kept with no boxes (counted as ``image_without_labels``);
+* with an ``images`` folder, entries whose file is missing are dropped (``label_without_image``);
+  without one, records are boxes-only (``path=None``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from efpn.data.images import CorruptImageError, image_size
+from efpn.data.records import ImageRecord, Policy, SkipReport, check_policy, make_record
+
+__all__ = ["load_coco", "read_json", "records_to_coco"]
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; FileNotFoundError / ValueError name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"annotation file {p} does not exist")
+    try:
+        with p.open("rb") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p} is not valid JSON ({e}); is it really a COCO annotation file?") from e
+
+
+def _resolve_image(images: Path, file_name: str) -> Path | None:
+    for candidate in (images / file_name, images / Path(file_name).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _bbox_xyxy(bbox: Any) -> list[float] | None:
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+        return None
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return None
+    return [x, y, x + w, y + h]
+
+
+def load_coco(
+    annotations: str | Path,
+    images: str | Path | None = None,
+    *,
+    crowd: Policy = "crowd",
+    check_images: bool = True,
+    name: str | None = None,
+) -> tuple[list[ImageRecord], list[str], SkipReport]:
+    """Load a COCO detection JSON.
+
+    Args:
+        annotations: the ``instances_*.json`` file.
+        images: folder holding ``file_name`` of every image (also tried: its base name); ``None`` = boxes-only
+            records with ``path=None`` (sizes from the JSON).
+        crowd: policy for ``iscrowd=1`` annotations (see :data:`~efpn.data.records.Policy`).
+        check_images: with ``images``, drop entries whose file is missing (one ``stat`` per image).
+        name: dataset name for the report (default: the JSON file stem).
+
+    Returns:
+        ``(records, class_names, report)``; records in the JSON's image order, ``image_id`` = the COCO id.
+    """
+    check_policy("crowd", crowd)
+    ann_path = Path(annotations)
+    data = read_json(ann_path)
+    if not isinstance(data, dict) or "images" not in data or "categories" not in data:
+        raise ValueError(f"{ann_path} is not a COCO detection file: it needs top-level 'images' and 'categories' lists")
+    report = SkipReport(dataset=name or ann_path.stem)
+    img_dir = Path(images) if images is not None else None
+
+    cats = sorted(data["categories"], key=lambda c: int(c["id"]))
+    cat_to_label = {int(c["id"]): i for i, c in enumerate(cats)}
+    class_names = [str(c.get("name", c["id"])) for c in cats]
+
+    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for ann in data.get("annotations") or []:
+        by_image[int(ann.get("image_id", -1))].append(ann)
+
+    records: list[ImageRecord] = []
+    seen: set[int] = set()
+    for entry in data["images"]:
+        image_id = int(entry["id"])
+        file_name = str(entry.get("file_name", ""))
+        anns = by_image.pop(image_id, [])
+        if image_id in seen:
+            report.add("malformed", 1, f"duplicate image id {image_id}")
+            continue
+        seen.add(image_id)
+        path: Path | None = None
+        if img_dir is not None:
+            path = _resolve_image(img_dir, file_name) if check_images else img_dir / file_name
+            if path is None:
+                report.add("label_without_image", 1, file_name)
+                continue
+        width, height = int(entry.get("width") or 0), int(entry.get("height") or 0)
+        if width <= 0 or height <= 0:
+            if path is None:
+                report.add("malformed", 1, f"{file_name} (no width/height and no image)")
+                continue
+            try:
+                width, height = image_size(path)
+            except CorruptImageError:
+                report.add("unreadable_image", 1, file_name)
+                continue
+
+        boxes, labels, roles = [], [], []
+        for ann in anns:
+            xyxy = _bbox_xyxy(ann.get("bbox"))
+            if xyxy is None:
+                report.add("malformed", 1, file_name)
+                continue
+            if ann.get("ignore"):
+                report.add("ignored_regions", 1, file_name)
+                boxes.append(xyxy), labels.append(-1), roles.append("ignore")
+                continue
+            label = cat_to_label.get(int(ann.get("category_id", -1)))
+            if label is None:
+                report.add("unknown_class", 1, file_name)
+                continue
+            role = "target"
+            if ann.get("iscrowd"):
+                report.add("crowd", 1, file_name)
+                role = crowd
+            boxes.append(xyxy), labels.append(label), roles.append(role)
+        if not anns:
+            report.add("image_without_labels", 1, file_name)
+        records.append(make_record(image_id, path, width, height, boxes, labels, roles, report))
+
+    orphans = sum(len(v) for v in by_image.values())
+    report.add("label_without_image", orphans, f"annotations of unknown image ids {sorted(by_image)[:3]}")
+    return records, class_names, report.tally(records)
+
+
+def records_to_coco(
+    records: Sequence[ImageRecord], class_names: Sequence[str], first_category_id: int = 1
+) -> dict[str, Any]:
+    """A COCO ground-truth dict from records (for pycocotools / faster-coco-eval, or to save a dataset).
+
+    Label ``k`` becomes category id ``first_category_id + k``; crowd boxes keep their label with
+    ``iscrowd=1``. A label-less ignore region becomes one ``iscrowd=1, ignore=1`` box *per category*, because
+    pycocotools lets a crowd box absorb detections of its own category only. ``file_name`` is the image's base
+    name; coordinates are rounded to 1/1000 px so the output is stable byte for byte.
+    """
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+
+    def add(image_id: int, box: Any, label: int, iscrowd: int, ignore: bool) -> None:
+        x1, y1, x2, y2 = (round(float(v), 3) for v in box)
+        w, h = round(x2 - x1, 3), round(y2 - y1, 3)
+        ann = {
+            "id": len(anns) + 1,
+            "image_id": image_id,
+            "category_id": first_category_id + label,
+            "bbox": [x1, y1, w, h],
+            "area": round(w * h, 3),
+            "iscrowd": iscrowd,
+        }
+        if ignore:
+            ann["ignore"] = 1
+        anns.append(ann)
+
+    for r in records:
+        images.append(
+            {
+                "id": int(r.image_id),
+                "file_name": r.path.name if r.path is not None else f"{r.image_id}.jpg",
+                "width": int(r.width),
+                "height": int(r.height),
+            }
+        )
+        for box, label, crowd in zip(r.boxes, r.labels, r.iscrowd):
+            add(int(r.image_id), box, int(label), int(crowd), False)
+        for box in r.ignore:
+            for k in range(len(class_names)):
+                add(int(r.image_id), box, k, 1, True)
+    categories = [{"id": first_category_id + k, "name": str(n)} for k, n in enumerate(class_names)]
+    return {"images": images, "annotations": anns, "categories": categories}

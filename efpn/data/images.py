@@ -1,0 +1,202 @@
+"""Image files: decoding to RGB uint8, header-only sizes, and finding the image that belongs to a label file.
+
+Decoding goes through Pillow first because it *reports* a truncated file (OpenCV silently returns the
+partial image with grey rows); OpenCV is the fallback for files Pillow cannot identify (e.g. 16-bit
+multi-channel TIFF) or refuses as too large. EXIF orientation is applied both when decoding and when reading
+a size from the header, so boxes annotated on the displayed image line up.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "CorruptImageError",
+    "ImageSource",
+    "image_size",
+    "index_images",
+    "read_image",
+    "to_rgb_uint8",
+]
+
+#: File suffixes (lower case) treated as images when scanning folders.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+#: What :func:`read_image` accepts: a path, raw file bytes, or a binary file object (e.g. an upload).
+ImageSource = str | Path | bytes | BinaryIO
+
+# EXIF orientations 5..8 are transposed: the displayed image has width and height swapped.
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+class CorruptImageError(ValueError):
+    """An image file that exists but cannot be decoded (truncated, corrupt, or not an image at all)."""
+
+
+def _describe(src: ImageSource) -> str:
+    if isinstance(src, str | Path):
+        return str(src)
+    if isinstance(src, bytes):
+        return f"<{len(src)} bytes>"
+    return str(getattr(src, "name", "<file object>"))
+
+
+def _corrupt(src: ImageSource, why: str) -> CorruptImageError:
+    return CorruptImageError(
+        f"cannot decode image {_describe(src)}: {why}. Re-export or re-download the file, remove it from the "
+        "annotations, or build the dataset with skip_corrupt=True to skip unreadable images."
+    )
+
+
+def _as_bytes(src: ImageSource) -> bytes:
+    if isinstance(src, bytes):
+        return src
+    if isinstance(src, str | Path):
+        return Path(src).read_bytes()
+    data = src.read()
+    if hasattr(src, "seek"):
+        src.seek(0)
+    return data
+
+
+def _check_exists(src: ImageSource) -> None:
+    if isinstance(src, str | Path):
+        p = Path(src)
+        if not p.exists():
+            raise FileNotFoundError(f"image file {p} does not exist; check the image folder in the data YAML")
+        if p.is_dir():
+            raise CorruptImageError(f"{p} is a folder, not an image file")
+
+
+def to_rgb_uint8(arr: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """Any decoded pixel array -> (H, W, 3) uint8 RGB, contiguous.
+
+    * (H, W) or (H, W, 1) grayscale is repeated to 3 channels; (H, W, 2) gray+alpha keeps the gray;
+      a 4th (alpha) channel is dropped.
+    * uint16 is mapped linearly ``v / 257`` (65535 -> 255); other integer types with values above 255 the same
+      way, else taken as 8-bit; float images in [0, 1] are scaled by 255, others clipped to [0, 255].
+    * ``bgr=True`` for OpenCV-decoded colour arrays.
+    """
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 3 and a.shape[2] == 2:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise CorruptImageError(f"unsupported pixel array shape {a.shape}")
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype.kind in "ui":
+        is_16bit = (a.dtype.kind == "u" and a.dtype.itemsize == 2) or (a.size > 0 and int(a.max()) > 255)
+        scaled = np.round(a.astype(np.float64) / 257.0) if is_16bit else a
+        a = np.clip(scaled, 0, 255).astype(np.uint8)
+    else:
+        f = np.nan_to_num(a.astype(np.float64))
+        if f.size and f.max() <= 1.0:
+            f = f * 255.0
+        a = np.clip(np.round(f), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    a = a[:, :, :3]
+    if bgr:
+        a = a[:, :, ::-1]
+    a = np.ascontiguousarray(a)
+    return a if a.flags.writeable else a.copy()  # Pillow's buffers are read-only; torch wants writable
+
+
+def _pil_to_array(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F", "L", "RGB"):
+        return np.asarray(im)
+    if im.mode == "1":
+        return np.asarray(im.convert("L"))
+    return np.asarray(im.convert("RGB"))  # P, PA, LA, RGBA, CMYK, YCbCr, ...
+
+
+def _decode_cv2(data: bytes, src: ImageSource) -> np.ndarray:
+    buf = np.frombuffer(data, dtype=np.uint8)
+    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if arr is None:
+        raise _corrupt(src, "not a recognised image format")
+    colour = arr.ndim == 3 and arr.shape[2] >= 3
+    return to_rgb_uint8(arr, bgr=colour)
+
+
+def read_image(src: ImageSource, exif_transpose: bool = True) -> np.ndarray:
+    """Decode an image file to an (H, W, 3) uint8 RGB array.
+
+    Handles grayscale, palette, RGBA (alpha dropped), 16-bit and float images (see :func:`to_rgb_uint8`).
+
+    Raises:
+        FileNotFoundError: ``src`` is a path that does not exist.
+        CorruptImageError: the file is truncated, corrupt or not an image; the message names the file and
+            what to do.
+    """
+    _check_exists(src)
+    data = _as_bytes(src)
+    if not data:
+        raise _corrupt(src, "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        return _decode_cv2(data, src)  # formats Pillow cannot open, and very large images
+    except (OSError, SyntaxError, ValueError) as e:
+        raise _corrupt(src, str(e)) from e
+    try:
+        with im:
+            im.load()  # truncated files raise here ("image file is truncated")
+            if exif_transpose:
+                im = ImageOps.exif_transpose(im)
+            arr = _pil_to_array(im)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise _corrupt(src, str(e) or type(e).__name__) from e
+    return to_rgb_uint8(arr)
+
+
+def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]:
+    """``(width, height)`` from the file header without decoding the pixels (EXIF orientation applied).
+
+    Raises FileNotFoundError for a missing file and :class:`CorruptImageError` when the header is unreadable.
+    """
+    _check_exists(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if exif_transpose and im.getexif().get(_EXIF_ORIENTATION_TAG) in _TRANSPOSED_ORIENTATIONS:
+                    w, h = h, w
+                return int(w), int(h)
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        h, w = read_image(path, exif_transpose=exif_transpose).shape[:2]
+        return int(w), int(h)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise _corrupt(path, str(e)) from e
+
+
+def index_images(folder: str | Path, recursive: bool = True) -> dict[str, Path]:
+    """Map ``relative/path/stem`` (POSIX, no suffix) -> image path for every image under ``folder``.
+
+    When two files share a stem (``a.jpg`` and ``a.png``) the first in sorted order wins.
+    """
+    root = Path(folder)
+    pattern: Iterable[Path] = root.rglob("*") if recursive else root.iterdir()
+    out: dict[str, Path] = {}
+    for p in sorted(pattern):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+            key = p.relative_to(root).with_suffix("").as_posix()
+            out.setdefault(key, p)
+    return out

@@ -1,0 +1,45 @@
+"""Class-name lists: given inline, or read from a YOLO-style YAML or a one-name-per-line text file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ClassNames", "parse_names", "read_names"]
+
+#: Class names as a user gives them: a list, or a path to a ``names.yaml`` / ``classes.txt``.
+ClassNames = Sequence[str] | str | Path
+
+
+def parse_names(value: Any, source: str = "names") -> list[str]:
+    """Normalise a ``names`` value: a list, or a YOLO ``{0: person, 1: bicycle}`` dict (keys 0..K-1)."""
+    if isinstance(value, dict):
+        try:
+            keyed = {int(k): str(v) for k, v in value.items()}
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: class-name keys must be integers 0..K-1, got {list(value)[:5]}") from e
+        if sorted(keyed) != list(range(len(keyed))):
+            raise ValueError(f"{source}: class-name keys must be exactly 0..{len(keyed) - 1}, got {sorted(keyed)}")
+        return [keyed[i] for i in range(len(keyed))]
+    if isinstance(value, list | tuple) and all(isinstance(v, str | int) for v in value):
+        return [str(v) for v in value]
+    raise ValueError(f"{source}: expected a list of class names or a {{index: name}} mapping, got {value!r:.80}")
+
+
+def read_names(src: ClassNames) -> list[str]:
+    """Class names from a list, or from a file: ``.yaml``/``.yml`` with a ``names`` key (list or index->name
+    mapping, as in YOLO data files), otherwise a text file with one name per line (blank lines skipped)."""
+    if not isinstance(src, str | Path):
+        return parse_names(list(src))
+    p = Path(src)
+    if not p.is_file():
+        raise FileNotFoundError(f"class-name file {p} does not exist")
+    if p.suffix.lower() in (".yaml", ".yml"):
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "names" not in data:
+            raise ValueError(f"{p} has no 'names' key; expected e.g. 'names: [cat, dog]' or 'names: {{0: cat}}'")
+        return parse_names(data["names"], source=str(p))
+    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,296 @@
+"""Dataset records: one :class:`ImageRecord` per image, and the :class:`SkipReport` every loader returns.
+
+Every loader in :mod:`efpn.data` turns an annotation format into the same in-memory form, so the dataset,
+the transforms, the assignment statistics and the evaluator never see a format again:
+
+* boxes are ``xyxy`` in absolute pixels of the image as stored (SPEC §0), clipped to ``[0, W] x [0, H]`` and
+  with positive width and height;
+* ``labels`` are contiguous class indices in ``[0, K)`` into the loader's ``class_names``;
+* ``iscrowd`` flags boxes that are real objects but must neither be trained on nor penalised (COCO crowd,
+  VOC/DOTA "difficult" by default); the dataset hands them to the model as ignore regions and an evaluator can
+  pass them to pycocotools as ``iscrowd=1``;
+* ``ignore`` holds label-less regions (VisDrone category 0 and score-0 boxes, COCO ``ignore=1``).
+
+Nothing is dropped silently: every box that is clipped, dropped or re-routed is counted by reason in a
+:class:`SkipReport` whose :meth:`SkipReport.summary` is printed once per dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "POLICIES",
+    "REASONS",
+    "ImageRecord",
+    "Policy",
+    "SkipReport",
+    "assign_image_ids",
+    "check_policy",
+    "make_record",
+]
+
+#: What a loader does with a special kind of annotation (crowd, difficult, VisDrone "others"):
+#: ``target`` = an ordinary training target; ``crowd`` = kept in ``boxes`` with ``iscrowd=True`` (not trained
+#: on, not penalised, evaluable as a COCO crowd box); ``ignore`` = moved to the label-less ``ignore`` regions;
+#: ``drop`` = removed.
+Policy = Literal["target", "crowd", "ignore", "drop"]
+POLICIES: tuple[str, ...] = ("target", "crowd", "ignore", "drop")
+
+#: Boxes this far (px) past an image edge are counted as clipped; closer ones are clipped silently
+#: (normalised YOLO coordinates such as 1.0000001 are rounding, not annotation errors).
+_CLIP_TOL: float = 1e-3
+
+
+def _empty_boxes() -> np.ndarray:
+    return np.zeros((0, 4), dtype=np.float32)
+
+
+@dataclass
+class ImageRecord:
+    """One annotated image.
+
+    Attributes:
+        image_id: unique within a loader's output (the COCO id for COCO; the numeric file stem when every stem
+            is numeric, else the index in the loader's order: sorted files, or the VOC list order).
+        path: the image file, or ``None`` in boxes-only mode (annotations without images, e.g. VisDrone
+            statistics); such records cannot be put in a :class:`~efpn.data.dataset.DetectionDataset`.
+        width, height: image size in pixels (from the annotation, the image header, or in boxes-only mode the
+            box extent).
+        boxes: (M, 4) float32 ``xyxy`` px, clipped to the image, positive width and height.
+        labels: (M,) int64 in ``[0, K)``.
+        iscrowd: (M,) bool; ``True`` = not a training target and not penalised (see module docstring).
+        ignore: (Q, 4) float32 ``xyxy`` px label-less ignore regions.
+
+    Arrays are coerced to these dtypes on construction; inconsistent shapes raise ``ValueError``.
+    """
+
+    image_id: int
+    path: Path | None
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=_empty_boxes)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
+    iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=bool))  # empty = all False
+    ignore: np.ndarray = field(default_factory=_empty_boxes)
+
+    def __post_init__(self) -> None:
+        self.image_id = int(self.image_id)
+        self.path = None if self.path is None else Path(self.path)
+        self.width, self.height = int(self.width), int(self.height)
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        m = len(self.boxes)
+        self.iscrowd = np.asarray(self.iscrowd, dtype=bool).reshape(-1)
+        if len(self.iscrowd) == 0:
+            self.iscrowd = np.zeros((m,), dtype=bool)
+        self.ignore = np.asarray(self.ignore, dtype=np.float32).reshape(-1, 4)
+        if len(self.labels) != m or len(self.iscrowd) != m:
+            raise ValueError(
+                f"image {self.image_id}: boxes {self.boxes.shape}, labels {self.labels.shape} and iscrowd "
+                f"{self.iscrowd.shape} must have the same length M"
+            )
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"image {self.image_id}: size must be positive, got {self.width}x{self.height}")
+
+    @property
+    def num_targets(self) -> int:
+        """Number of training targets (boxes that are not crowd)."""
+        return int((~self.iscrowd).sum())
+
+    def target_boxes(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(boxes (T, 4), labels (T,))`` of the non-crowd boxes: what a detector is trained on."""
+        keep = ~self.iscrowd
+        return self.boxes[keep], self.labels[keep]
+
+    def ignore_regions(self) -> np.ndarray:
+        """(Q + C, 4): the ignore regions followed by the crowd boxes; neither positive nor negative."""
+        return np.concatenate([self.ignore, self.boxes[self.iscrowd]], axis=0)
+
+
+#: Reasons a :class:`SkipReport` counts, with what happened to the item (shown in :meth:`SkipReport.summary`).
+REASONS: dict[str, str] = {
+    "zero_size_boxes": "boxes with zero or negative width/height in the file: dropped",
+    "outside_image": "boxes entirely outside the image: dropped",
+    "clipped_boxes": "boxes reaching past the image edge: clipped to it and kept",
+    "ignored_regions": "ignored-region annotations (VisDrone category 0, COCO ignore=1): ignore regions",
+    "score_zero": "VisDrone boxes with score 0: kept as ignore regions",
+    "others": "VisDrone category 11 'others': handled by the `others` policy",
+    "crowd": "crowd annotations (COCO iscrowd=1): handled by the `crowd` policy",
+    "difficult": "difficult objects (VOC/DOTA): handled by the `difficult` policy",
+    "unknown_class": "objects whose class is not among the class names: dropped",
+    "malformed": "annotation entries or files that could not be parsed: dropped",
+    "label_without_image": "annotations whose image file is missing: dropped",
+    "image_without_labels": "images without a label file or any annotation: kept with no boxes",
+    "unreadable_image": "images whose header or pixels could not be read: dropped (dataset: skipped)",
+    "estimated_size": "images of unknown size (boxes-only mode): size estimated from the box extent",
+}
+
+_MAX_EXAMPLES = 3
+
+
+@dataclass
+class SkipReport:
+    """Counters, by reason, of everything a loader (or the dataset) dropped, clipped or re-routed.
+
+    One integer field per reason in :data:`REASONS`; ``images`` / ``boxes`` / ``ignore`` count what was
+    loaded (records, non-crowd target boxes, ignore regions incl. crowd). ``examples`` keeps the first few
+    file names per reason so a user can look at them. Reports of several splits or workers add up with
+    :meth:`merge`.
+    """
+
+    dataset: str = ""
+    images: int = 0
+    boxes: int = 0
+    ignore: int = 0
+    zero_size_boxes: int = 0
+    outside_image: int = 0
+    clipped_boxes: int = 0
+    ignored_regions: int = 0
+    score_zero: int = 0
+    others: int = 0
+    crowd: int = 0
+    difficult: int = 0
+    unknown_class: int = 0
+    malformed: int = 0
+    label_without_image: int = 0
+    image_without_labels: int = 0
+    unreadable_image: int = 0
+    estimated_size: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, n: int = 1, example: str | Path | None = None) -> None:
+        """Count ``n`` items under ``reason`` (a key of :data:`REASONS`), remembering ``example`` (a file)."""
+        if reason not in REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; valid reasons: {', '.join(REASONS)}")
+        if n <= 0:
+            return
+        setattr(self, reason, getattr(self, reason) + n)
+        if example is not None:
+            seen = self.examples.setdefault(reason, [])
+            name = str(example)
+            if len(seen) < _MAX_EXAMPLES and name not in seen:
+                seen.append(name)
+
+    def counts(self) -> dict[str, int]:
+        """Non-zero reason counters, in :data:`REASONS` order."""
+        return {r: getattr(self, r) for r in REASONS if getattr(self, r)}
+
+    def tally(self, records: Sequence[ImageRecord]) -> SkipReport:
+        """Set ``images`` / ``boxes`` / ``ignore`` from ``records``; returns ``self``."""
+        self.images = len(records)
+        self.boxes = sum(r.num_targets for r in records)
+        self.ignore = sum(len(r.ignore) + int(r.iscrowd.sum()) for r in records)
+        return self
+
+    def merge(self, other: SkipReport) -> SkipReport:
+        """A new report with every counter summed (``dataset`` names joined with ``+`` when they differ)."""
+        out = SkipReport(
+            dataset=self.dataset
+            if self.dataset == other.dataset
+            else "+".join(n for n in (self.dataset, other.dataset) if n)
+        )
+        for f in dataclasses.fields(self):
+            if f.type in ("int", int):
+                setattr(out, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for src in (self.examples, other.examples):
+            for reason, names in src.items():
+                seen = out.examples.setdefault(reason, [])
+                seen.extend(n for n in names if n not in seen)
+                del seen[_MAX_EXAMPLES:]
+        return out
+
+    def summary(self) -> str:
+        """Multi-line human summary: what was loaded, then one line per non-zero reason with examples."""
+        head = (
+            f"{self.dataset or 'dataset'}: {self.images} images, {self.boxes} target boxes, "
+            f"{self.ignore} ignore regions and crowd boxes"
+        )
+        lines = [head]
+        for reason, n in self.counts().items():
+            ex = self.examples.get(reason)
+            tail = f" (e.g. {', '.join(ex)})" if ex else ""
+            lines.append(f"  {n:>7} {REASONS[reason]}{tail}")
+        if len(lines) == 1:
+            lines.append("  nothing skipped or changed")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def assign_image_ids(stems: Sequence[str]) -> list[int]:
+    """Image ids for files in the given (sorted) order: ``int(stem)`` when every stem is a distinct number
+    (COCO-style names such as ``000000000009`` keep their COCO id), else the index ``0..N-1``."""
+    if stems and all(s.isdigit() for s in stems):
+        ids = [int(s) for s in stems]
+        if len(set(ids)) == len(ids):
+            return ids
+    return list(range(len(stems)))
+
+
+def make_record(
+    image_id: int,
+    path: Path | None,
+    width: int,
+    height: int,
+    boxes: np.ndarray | Sequence[Sequence[float]],
+    labels: np.ndarray | Sequence[int],
+    roles: Sequence[str],
+    report: SkipReport,
+    source: str | None = None,
+) -> ImageRecord:
+    """Clean raw boxes and build an :class:`ImageRecord`; the one place boxes are clipped and counted.
+
+    Args:
+        boxes: (n, 4) raw ``xyxy`` px as annotated (may reach past the edges or be degenerate).
+        labels: (n,) class index per box (ignored for ``ignore``/``drop`` roles; use -1 there).
+        roles: (n,) one of :data:`POLICIES` per box, already decided by the loader's policies.
+        report: counts ``zero_size_boxes`` (degenerate in the file), ``outside_image`` (degenerate only after
+            clipping) and ``clipped_boxes`` (partly outside, clipped and kept), each box at most once.
+        source: the annotation file named in the report's examples (default: the image file name).
+    """
+    raw = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    roles_arr = np.asarray(list(roles), dtype=object).reshape(-1)
+    if not len(raw) == len(labels) == len(roles_arr):
+        raise ValueError(f"boxes ({len(raw)}), labels ({len(labels)}) and roles ({len(roles_arr)}) differ in length")
+    example = source or (path.name if path is not None else f"image {image_id}")
+    keep_role = roles_arr != "drop"
+    raw, labels, roles_arr = raw[keep_role], labels[keep_role], roles_arr[keep_role]
+
+    degenerate = (raw[:, 2] <= raw[:, 0]) | (raw[:, 3] <= raw[:, 1])
+    limits = np.array([width, height, width, height], dtype=np.float64)
+    clipped = np.clip(raw, 0.0, limits)
+    moved = (np.abs(clipped - raw) > _CLIP_TOL).any(axis=1)
+    empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    report.add("zero_size_boxes", int(degenerate.sum()), example)
+    report.add("outside_image", int((empty & ~degenerate).sum()), example)
+    report.add("clipped_boxes", int((moved & ~empty).sum()), example)
+
+    ok = ~empty
+    clipped, labels, roles_arr = clipped[ok], labels[ok], roles_arr[ok]
+    is_box = (roles_arr == "target") | (roles_arr == "crowd")
+    return ImageRecord(
+        image_id=image_id,
+        path=path,
+        width=width,
+        height=height,
+        boxes=clipped[is_box].astype(np.float32),
+        labels=labels[is_box],
+        iscrowd=roles_arr[is_box] == "crowd",
+        ignore=clipped[roles_arr == "ignore"].astype(np.float32),
+    )
+
+
+def check_policy(name: str, value: str) -> str:
+    """Validate a policy option (``crowd=``, ``difficult=``, ``others=``) against :data:`POLICIES`."""
+    if value not in POLICIES:
+        raise ValueError(f"{name}={value!r} is not a valid policy; choose one of {', '.join(POLICIES)}")
+    return value

@@ -1,0 +1,170 @@
+"""Pascal VOC XML annotations -> :class:`~efpn.data.records.ImageRecord`.
+
+Layout: ``Annotations/<id>.xml``, ``JPEGImages/<id>.<ext>``, and split lists ``ImageSets/Main/<split>.txt``
+(one id per line; a second column, as in the per-class lists, is ignored).
+
+Contract of :func:`load_voc`:
+
+* coordinates are taken as written (``xmin ymin xmax ymax`` in pixels), clipped to ``<size>``; zero-size boxes
+  (e.g. BCCD ``BloodImage_00338.xml``) are dropped and counted;
+* ``<difficult>1</difficult>`` objects follow the ``difficult`` policy (default ``"crowd"``: kept, flagged,
+  not trained on - the VOC evaluation also ignores them);
+* the image is ``JPEGImages/<id>.<any image ext>``, else the XML ``<filename>``; if neither exists the entry
+  is dropped (``label_without_image``); a missing or zero ``<size>`` is read from the image header;
+* class names: given, or discovered as the sorted set of names in the loaded files (pass ``names`` to keep
+  the same indices across splits; :func:`efpn.data.config.load_split` does this for you).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from efpn.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size
+from efpn.data.names import ClassNames, read_names
+from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record
+
+__all__ = ["load_voc", "read_voc_list"]
+
+
+@dataclass
+class _VocFile:
+    stem: str
+    filename: str
+    width: int
+    height: int
+    objects: list[tuple[str, list[float], bool]] = field(default_factory=list)  # (name, xyxy, difficult)
+    bad_objects: int = 0
+
+
+def read_voc_list(list_file: str | Path) -> list[str]:
+    """Ids from an ``ImageSets`` list file (first column; blank lines skipped)."""
+    p = Path(list_file)
+    if not p.is_file():
+        raise FileNotFoundError(f"VOC split list {p} does not exist")
+    return [line.split()[0] for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _text(node: ET.Element | None, tag: str) -> str | None:
+    child = node.find(tag) if node is not None else None
+    return child.text.strip() if child is not None and child.text else None
+
+
+def _parse_xml(path: Path) -> _VocFile:
+    root = ET.parse(path).getroot()
+    size = root.find("size")
+
+    def dim(tag: str) -> int:
+        try:
+            return int(float(_text(size, tag) or 0))
+        except ValueError:
+            return 0
+
+    out = _VocFile(path.stem, _text(root, "filename") or "", dim("width"), dim("height"))
+    for obj in root.iter("object"):
+        bnd = obj.find("bndbox")
+        cls = _text(obj, "name")
+        try:
+            box = [float(_text(bnd, k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")]
+        except ValueError:
+            box = []
+        if cls is None or len(box) != 4 or any(v != v for v in box):
+            out.bad_objects += 1
+            continue
+        out.objects.append((cls, box, (_text(obj, "difficult") or "0") not in ("0", "false", "False")))
+    return out
+
+
+def _find_image(images: Path, stem: str, filename: str) -> Path | None:
+    for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
+        p = images / f"{stem}{ext}"
+        if p.is_file():
+            return p
+    p = images / filename if filename else None
+    return p if p is not None and p.is_file() else None
+
+
+def load_voc(
+    root: str | Path,
+    list_file: str | Path | None = None,
+    *,
+    names: ClassNames | None = None,
+    difficult: Policy = "crowd",
+    annotations: str | Path = "Annotations",
+    images: str | Path = "JPEGImages",
+    name: str | None = None,
+) -> tuple[list[ImageRecord], list[str], SkipReport]:
+    """Load a Pascal VOC split.
+
+    Args:
+        root: the VOC folder (``VOC2007``, ``bccd``, ...).
+        list_file: ``ImageSets/Main/<split>.txt`` (relative to ``root`` or absolute); ``None`` = every XML.
+        names: class names (list or file); ``None`` = sorted names found in the loaded files.
+        difficult: policy for difficult objects.
+        annotations, images: the XML and image folders, relative to ``root`` or absolute.
+        name: dataset name for the report (default: ``root`` folder name, plus the list stem).
+
+    Returns:
+        ``(records, class_names, report)`` in list order (sorted XML order without a list).
+    """
+    check_policy("difficult", difficult)
+    root = Path(root)
+    ann_dir, img_dir = root / annotations, root / images
+    for what, d in (("annotation", ann_dir), ("image", img_dir)):
+        if not d.is_dir():
+            raise FileNotFoundError(f"VOC {what} folder {d} does not exist")
+    if list_file is not None:
+        stems = read_voc_list(root / list_file)
+    else:
+        stems = sorted(p.stem for p in ann_dir.glob("*.xml"))
+    report = SkipReport(dataset=name or (root.name + (f"/{Path(list_file).stem}" if list_file else "")))
+
+    parsed: list[tuple[int, _VocFile, Path]] = []
+    for image_id, stem in zip(assign_image_ids(stems), stems):
+        xml_path = ann_dir / f"{stem}.xml"
+        if not xml_path.is_file():
+            report.add("malformed", 1, f"{stem}.xml (listed but missing)")
+            continue
+        try:
+            voc = _parse_xml(xml_path)
+        except ET.ParseError:
+            report.add("malformed", 1, xml_path.name)
+            continue
+        report.add("malformed", voc.bad_objects, xml_path.name)
+        img = _find_image(img_dir, stem, voc.filename)
+        if img is None:
+            report.add("label_without_image", 1, xml_path.name)
+            continue
+        if voc.width <= 0 or voc.height <= 0:
+            try:
+                voc.width, voc.height = image_size(img)
+            except CorruptImageError:
+                report.add("unreadable_image", 1, img.name)
+                continue
+        parsed.append((image_id, voc, img))
+
+    if names is not None:
+        class_names = read_names(names)
+    else:
+        class_names = sorted({cls for _, voc, _ in parsed for cls, _, _ in voc.objects})
+    label_of = {n: i for i, n in enumerate(class_names)}
+
+    records: list[ImageRecord] = []
+    for image_id, voc, img in parsed:
+        boxes, labels, roles = [], [], []
+        for cls, box, is_difficult in voc.objects:
+            if cls not in label_of:
+                report.add("unknown_class", 1, f"{voc.stem}.xml ({cls})")
+                continue
+            role = "target"
+            if is_difficult:
+                report.add("difficult", 1, f"{voc.stem}.xml")
+                role = difficult
+            boxes.append(box), labels.append(label_of[cls]), roles.append(role)
+        if not voc.objects:
+            report.add("image_without_labels", 1, f"{voc.stem}.xml")
+        records.append(
+            make_record(image_id, img, voc.width, voc.height, boxes, labels, roles, report, f"{voc.stem}.xml")
+        )
+    return records, class_names, report.tally(records)

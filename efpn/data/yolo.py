@@ -1,0 +1,130 @@
+"""YOLO txt labels -> :class:`~efpn.data.records.ImageRecord`.
+
+Layout: an image folder and a label folder that mirror each other (``images/a/b.jpg`` <-> ``labels/a/b.txt``).
+Each label line is ``class cx cy w h`` normalised to [0, 1] by the image size, or a segment
+``class x1 y1 x2 y2 x3 y3 ...`` (Ultralytics polygon labels; its bounding box is used).
+
+Contract of :func:`load_yolo`:
+
+* every image under ``images`` becomes a record; its size is read from the file header (no decoding);
+  an unreadable header drops the image (``unreadable_image``);
+* an image with no label file (or an empty one) is kept with no boxes (``image_without_labels``);
+* a label file with no image is skipped (``label_without_image``); ``classes.txt`` (LabelImg) is not a
+  label file;
+* class ids outside ``0..K-1`` are dropped (``unknown_class``), unparsable lines are dropped (``malformed``);
+* ``image_id`` is the numeric file stem when every stem is a number (COCO-style names keep their COCO id),
+  else the index in sorted path order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from efpn.data.images import CorruptImageError, image_size, index_images
+from efpn.data.names import ClassNames, read_names
+from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record
+
+__all__ = ["default_label_dir", "load_yolo"]
+
+_NOT_LABEL_FILES = {"classes.txt"}
+
+
+def default_label_dir(images: str | Path) -> Path:
+    """The Ultralytics convention: replace the last ``images`` path component by ``labels``."""
+    parts = list(Path(images).parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts)
+    raise ValueError(f"cannot infer the label folder of {images}: no 'images' component; give labels= explicitly")
+
+
+def _parse_line(tokens: list[str], width: int, height: int) -> tuple[int, list[float]] | None:
+    """``(class, xyxy px)`` of one label line, or ``None`` if it is malformed."""
+    try:
+        cls_f = float(tokens[0])
+        values = [float(t) for t in tokens[1:]]
+    except ValueError:
+        return None
+    if cls_f != int(cls_f) or not all(np.isfinite(values)):
+        return None
+    if len(values) == 4:
+        cx, cy, w, h = values
+        box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+    elif len(values) >= 6 and len(values) % 2 == 0:  # polygon segment
+        xs, ys = values[0::2], values[1::2]
+        box = [min(xs), min(ys), max(xs), max(ys)]
+    else:
+        return None
+    return int(cls_f), [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
+
+
+def load_yolo(
+    images: str | Path,
+    labels: str | Path | None = None,
+    *,
+    names: ClassNames,
+    name: str | None = None,
+) -> tuple[list[ImageRecord], list[str], SkipReport]:
+    """Load a YOLO-format split.
+
+    Args:
+        images: image folder (searched recursively).
+        labels: label folder mirroring ``images``; default: :func:`default_label_dir`.
+        names: class names (list, or a ``names.yaml`` / ``classes.txt`` path); index ``i`` = class id ``i``.
+        name: dataset name for the report (default: the image folder name).
+
+    Returns:
+        ``(records, class_names, report)``, records in sorted image-path order.
+    """
+    img_dir = Path(images)
+    lbl_dir = Path(labels) if labels is not None else default_label_dir(img_dir)
+    for what, d in (("image", img_dir), ("label", lbl_dir)):
+        if not d.is_dir():
+            raise FileNotFoundError(f"YOLO {what} folder {d} does not exist")
+    class_names = read_names(names)
+    report = SkipReport(dataset=name or img_dir.name)
+
+    image_index = index_images(img_dir)
+    label_files = {
+        p.relative_to(lbl_dir).with_suffix("").as_posix(): p
+        for p in sorted(lbl_dir.rglob("*.txt"))
+        if p.name not in _NOT_LABEL_FILES
+    }
+    for key in sorted(set(label_files) - set(image_index)):
+        report.add("label_without_image", 1, label_files[key].name)
+
+    keys = sorted(image_index)
+    ids = assign_image_ids([Path(k).name for k in keys])
+    records: list[ImageRecord] = []
+    for key, image_id in zip(keys, ids):
+        path = image_index[key]
+        try:
+            width, height = image_size(path)
+        except CorruptImageError:
+            report.add("unreadable_image", 1, path.name)
+            continue
+        boxes, classes = [], []
+        label_path = label_files.get(key)
+        lines = label_path.read_text(encoding="utf-8", errors="replace").splitlines() if label_path else []
+        for line in lines:
+            tokens = line.split()
+            if not tokens:
+                continue
+            parsed = _parse_line(tokens, width, height)
+            if parsed is None:
+                report.add("malformed", 1, label_path.name if label_path else None)
+                continue
+            cls, box = parsed
+            if not 0 <= cls < len(class_names):
+                report.add("unknown_class", 1, label_path.name if label_path else None)
+                continue
+            boxes.append(box), classes.append(cls)
+        if not lines or not any(line.strip() for line in lines):
+            report.add("image_without_labels", 1, path.name)
+        roles = ["target"] * len(boxes)
+        source = label_path.name if label_path else None
+        records.append(make_record(image_id, path, width, height, boxes, classes, roles, report, source))
+    return records, class_names, report.tally(records)

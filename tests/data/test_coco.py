@@ -1,0 +1,112 @@
+"""COCO loader: category mapping, crowd / ignore routing, counted skips, real SSDD and COCO128 counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from efpn.data import load_coco, records_to_coco
+
+
+def test_fixture_counts_and_mapping(coco_dir: Path) -> None:
+    records, names, report = load_coco(coco_dir / "annotations" / "train.json", coco_dir / "images")
+    assert names == ["a", "b"]  # category ids 3, 7 in id order
+    assert [r.image_id for r in records] == [1, 2, 4]  # image 3's file is missing
+    a, b, d = records
+    # target 'b' (id 7 -> label 1), crowd 'a', the clipped 'a'; the ignore=1 box is a region
+    np.testing.assert_array_equal(a.boxes, [[10, 10, 30, 20], [0, 0, 40, 40], [90, 60, 100, 70]])
+    np.testing.assert_array_equal(a.labels, [1, 0, 0])
+    np.testing.assert_array_equal(a.iscrowd, [False, True, False])
+    np.testing.assert_array_equal(a.ignore, [[50, 50, 55, 55]])
+    assert a.boxes.dtype == np.float32 and a.labels.dtype == np.int64
+    assert (b.width, b.height, len(b.boxes)) == (50, 50, 0)
+    assert len(d.boxes) == 0
+    assert report.counts() == {
+        "zero_size_boxes": 1,
+        "clipped_boxes": 1,
+        "ignored_regions": 1,
+        "crowd": 1,
+        "unknown_class": 1,
+        "malformed": 1,
+        "label_without_image": 2,  # image 3 (file missing) + the annotation of unknown image id 42
+        "image_without_labels": 1,
+    }
+    assert (report.images, report.boxes, report.ignore) == (3, 2, 2)
+
+
+def test_crowd_policies(coco_dir: Path) -> None:
+    ann = coco_dir / "annotations" / "train.json"
+    ignore = load_coco(ann, coco_dir / "images", crowd="ignore")[0][0]
+    assert len(ignore.boxes) == 2 and len(ignore.ignore) == 2
+    drop = load_coco(ann, coco_dir / "images", crowd="drop")[0][0]
+    assert len(drop.boxes) == 2 and len(drop.ignore) == 1
+    target = load_coco(ann, coco_dir / "images", crowd="target")[0][0]
+    assert not target.iscrowd.any() and target.num_targets == 3
+    with pytest.raises(ValueError, match="crowd='nope' is not a valid policy"):
+        load_coco(ann, crowd="nope")  # type: ignore[arg-type]
+
+
+def test_boxes_only_without_images(coco_dir: Path) -> None:
+    records, _, report = load_coco(coco_dir / "annotations" / "train.json")
+    assert [r.image_id for r in records] == [1, 2, 3, 4] and all(r.path is None for r in records)
+    assert report.label_without_image == 1  # only the annotation of unknown image id 42
+
+
+def test_not_coco_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_coco(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_coco(bad)
+    bad.write_text(json.dumps({"annotations": []}))
+    with pytest.raises(ValueError, match="'images' and 'categories'"):
+        load_coco(bad)
+
+
+def test_records_to_coco_round_trip(coco_dir: Path, tmp_path: Path) -> None:
+    records, names, _ = load_coco(coco_dir / "annotations" / "train.json", coco_dir / "images")
+    out = tmp_path / "rt.json"
+    out.write_text(json.dumps(records_to_coco(records, names)))
+    again, names2, report = load_coco(out, coco_dir / "images")
+    assert names2 == names
+    for r1, r2 in zip(records, again):
+        np.testing.assert_allclose(r2.boxes, r1.boxes)
+        np.testing.assert_array_equal(r2.labels, r1.labels)
+        np.testing.assert_array_equal(r2.iscrowd, r1.iscrowd)
+    # the one ignore region becomes one crowd+ignore box per category (2), read back as 2 ignore regions
+    assert len(again[0].ignore) == len(names)
+    assert report.zero_size_boxes == 0
+
+
+@pytest.mark.realdata
+def test_ssdd(shared_data: Path) -> None:
+    root = shared_data / "ssdd"
+    records, names, report = load_coco(root / "annotations" / "instances_train.json", root / "images")
+    assert names == ["ship"]
+    assert len(records) == 928 and sum(len(r.boxes) for r in records) == 2007
+    assert report.counts() == {}  # nothing to skip in SSDD
+    assert all(r.path is not None and r.path.is_file() for r in records[:5])
+    # independent check against the raw JSON: boxes are bbox xywh -> xyxy
+    raw = json.loads((root / "annotations" / "instances_train.json").read_text())
+    first = raw["annotations"][0]
+    x, y, w, h = first["bbox"]
+    rec = next(r for r in records if r.image_id == first["image_id"])
+    assert [x, y, x + w, y + h] in rec.boxes.tolist()
+
+
+@pytest.mark.realdata
+def test_coco128(shared_data: Path) -> None:
+    root = shared_data / "coco128"
+    records, names, report = load_coco(root / "annotations" / "instances_train2017.json", root / "images" / "train2017")
+    assert len(names) == 80 and names[0] == "person" and names[-1] == "toothbrush"
+    assert len(records) == 128
+    assert report.crowd == 10 and sum(int(r.iscrowd.sum()) for r in records) == 10
+    assert report.boxes == 929  # 939 annotations - 10 crowd
+    assert report.image_without_labels == 2
+    empty = sorted(r.path.name for r in records if len(r.boxes) == 0 and r.path is not None)
+    assert empty == ["000000000250.jpg", "000000000508.jpg"]
+    assert int(max(r.labels.max() for r in records if len(r.labels))) <= 79

@@ -1,0 +1,100 @@
+"""read_image / image_size: colour modes, bit depths, EXIF, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from efpn.data import CorruptImageError, image_size, read_image
+
+
+def _save(path: Path, im: Image.Image, **kw: object) -> Path:
+    im.save(path, **kw)
+    return path
+
+
+def test_rgb_png_exact(tmp_path: Path) -> None:
+    arr = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    out = read_image(_save(tmp_path / "a.png", Image.fromarray(arr)))
+    assert out.dtype == np.uint8 and out.flags.writeable
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_grayscale_rgba_palette(tmp_path: Path) -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    out = read_image(_save(tmp_path / "g.png", Image.fromarray(gray)))
+    assert out.shape == (3, 4, 3) and (out == gray[..., None]).all()
+    rgba = np.zeros((3, 4, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 10
+    out = read_image(_save(tmp_path / "a.png", Image.fromarray(rgba, "RGBA")))
+    assert out.shape == (3, 4, 3) and (out[..., 0] == 200).all()  # alpha dropped, colour kept
+    pal = Image.fromarray(np.zeros((3, 4), dtype=np.uint8), "P")
+    pal.putpalette([10, 20, 30] + [0] * 765)  # every pixel is palette entry 0
+    assert (read_image(_save(tmp_path / "p.png", pal)) == [10, 20, 30]).all()
+
+
+def test_16bit(tmp_path: Path) -> None:
+    gray16 = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "g16.png"), gray16)
+    np.testing.assert_array_equal(read_image(tmp_path / "g16.png")[0, :, 0], [0, 100, 255])
+    rgb16 = np.zeros((2, 2, 3), dtype=np.uint16)
+    rgb16[..., 2] = 65535  # BGR order on disk: red
+    cv2.imwrite(str(tmp_path / "c16.tif"), rgb16)
+    out = read_image(tmp_path / "c16.tif")
+    assert out.shape == (2, 2, 3) and (out[..., 0] == 255).all() and (out[..., 2] == 0).all()
+
+
+def test_exif_orientation(tmp_path: Path) -> None:
+    im = Image.fromarray(np.zeros((10, 30, 3), dtype=np.uint8))  # 30 wide, 10 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: displayed 10 wide, 30 high
+    path = _save(tmp_path / "r.jpg", im, exif=exif)
+    assert image_size(path) == (10, 30) and read_image(path).shape == (30, 10, 3)
+    assert image_size(path, exif_transpose=False) == (30, 10)
+
+
+def test_bytes_and_file_objects(tmp_path: Path) -> None:
+    path = _save(tmp_path / "a.png", Image.fromarray(np.full((2, 3, 3), 9, dtype=np.uint8)))
+    assert read_image(path.read_bytes()).shape == (2, 3, 3)
+    assert read_image(io.BytesIO(path.read_bytes())).shape == (2, 3, 3)
+
+
+def test_bad_files(tmp_path: Path, truncated_jpeg: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_image(tmp_path / "missing.jpg")
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello, I am not an image")
+    with pytest.raises(CorruptImageError, match="notes.jpg.*not a recognised image"):
+        read_image(text)
+    with pytest.raises(CorruptImageError):
+        image_size(text)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(CorruptImageError, match="empty"):
+        read_image(empty)
+    truncated = truncated_jpeg
+    assert image_size(truncated) == (64, 48)  # the header survives
+    with pytest.raises(CorruptImageError, match="t.jpg.*truncated.*skip_corrupt=True"):
+        read_image(truncated)
+    assert issubclass(CorruptImageError, ValueError)
+
+
+@pytest.mark.realdata
+def test_real_truncated_jpeg(shared_data: Path) -> None:
+    path = shared_data / "broken" / "truncated.jpg"
+    assert image_size(path) == (590, 393)
+    with pytest.raises(CorruptImageError, match="truncated.jpg"):
+        read_image(path)
+
+
+@pytest.mark.realdata
+def test_real_grayscale_coco_image(shared_data: Path) -> None:
+    folder = shared_data / "coco128" / "images" / "train2017"
+    gray = next(p for p in sorted(folder.iterdir()) if Image.open(p).mode == "L")
+    out = read_image(gray)
+    assert out.ndim == 3 and out.shape[2] == 3 and (out[..., 0] == out[..., 2]).all()

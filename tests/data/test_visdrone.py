@@ -1,0 +1,73 @@
+"""VisDrone loader: ignore regions (category 0, score 0), 'others' policy, sizes with and without images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from efpn.data import VISDRONE_CLASSES, DetectionDataset, load_visdrone
+
+
+def test_fixture_boxes_only_with_sizes(visdrone_dir: Path) -> None:
+    records, names, report = load_visdrone(visdrone_dir / "annotations", image_sizes=visdrone_dir / "sizes.json")
+    assert names == list(VISDRONE_CLASSES)
+    a, b = records
+    assert a.path is None and (a.width, a.height) == (200, 100)  # from sizes.json
+    np.testing.assert_array_equal(a.boxes, [[10, 10, 30, 20], [190, 50, 200, 70]])  # car, clipped van
+    np.testing.assert_array_equal(a.labels, [3, 4])
+    # category-0 region, the score-0 pedestrian, and 'others' (default policy: ignore)
+    np.testing.assert_array_equal(a.ignore, [[0, 0, 50, 50], [60, 60, 65, 70], [70, 10, 78, 18]])
+    assert (b.width, b.height) == (40, 60)  # estimated from the box extent
+    np.testing.assert_array_equal(b.labels, [8])
+    assert report.counts() == {
+        "zero_size_boxes": 1,  # b's zero-height region
+        "clipped_boxes": 1,
+        "ignored_regions": 2,
+        "score_zero": 1,
+        "others": 1,
+        "unknown_class": 1,
+        "malformed": 1,
+        "estimated_size": 1,
+    }
+
+
+def test_others_as_class_and_with_images(visdrone_dir: Path) -> None:
+    records, names, _ = load_visdrone(visdrone_dir / "annotations", others="target")
+    assert names[-1] == "others" and len(names) == 11
+    assert 10 in records[0].labels.tolist()
+    records, _, report = load_visdrone(visdrone_dir / "annotations", visdrone_dir / "images")
+    assert len(records) == 1 and records[0].path == visdrone_dir / "images" / "a.jpg"
+    assert report.label_without_image == 1  # b.txt has no image
+    with pytest.raises(ValueError, match="boxes-only"):
+        DetectionDataset(load_visdrone(visdrone_dir / "annotations")[0])
+
+
+@pytest.mark.realdata
+def test_visdrone_annotations(shared_data: Path) -> None:
+    root = shared_data / "visdrone-annotations"
+    sizes = root / "visdrone2019-det-train-first50image.json"
+    records, names, report = load_visdrone(root / "train", image_sizes=sizes)
+    assert len(records) == 1000 and names == list(VISDRONE_CLASSES)
+    # independent reading: 74470 lines; category 0: 2879 (all score 0); category 11: 186 (all score 0);
+    # one zero-height category-0 region (0000293_03401_d_0000939.txt: 1008,374,3,0)
+    lines = [line.split(",") for f in sorted((root / "train").glob("*.txt")) for line in f.read_text().split()]
+    cats = np.array([int(v[5]) for v in lines])
+    scores = np.array([int(v[4]) for v in lines])
+    assert len(lines) == 74470
+    assert report.ignored_regions == int((cats == 0).sum()) == 2879
+    assert report.others == int((cats == 11).sum()) == 186
+    assert report.score_zero == int(((scores == 0) & (cats >= 1) & (cats <= 10)).sum()) == 0
+    assert report.zero_size_boxes == 1
+    assert report.boxes == int(((cats >= 1) & (cats <= 10)).sum()) == 71405
+    assert report.ignore == 2879 + 186 - 1
+    # 11 of the 50 images in the JSON are among these 1000 files; the rest get sizes from their boxes
+    assert report.estimated_size == 989
+    assert all(r.path is None for r in records)
+    raw = json.loads(sizes.read_text())["images"]
+    json_sizes = {Path(im["file_name"]).stem: (im["width"], im["height"]) for im in raw}
+    stems = sorted(f.stem for f in (root / "train").glob("*.txt"))
+    matched = {s: (r.width, r.height) for s, r in zip(stems, records) if s in json_sizes}
+    assert len(matched) == 11 and all(json_sizes[s] == wh for s, wh in matched.items())

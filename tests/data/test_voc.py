@@ -1,0 +1,78 @@
+"""VOC loader: split lists, difficult policy, zero-size boxes, sizes from the header, real BCCD counts."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from efpn.data import load_voc
+
+
+def test_fixture(voc_dir: Path) -> None:
+    records, names, report = load_voc(voc_dir, "ImageSets/Main/train.txt")
+    assert names == ["RBC", "WBC"]  # discovered from the loaded files, sorted
+    assert [r.path.name for r in records if r.path] == ["img1.jpg", "img2.jpg"]
+    img1, img2 = records
+    np.testing.assert_array_equal(img1.boxes, [[10, 10, 20, 20], [30, 30, 50, 50], [60, 50, 70, 60]])
+    np.testing.assert_array_equal(img1.iscrowd, [False, True, False])  # WBC is difficult
+    assert (img2.width, img2.height) == (30, 20)  # no <size>: read from the image header
+    assert report.counts() == {
+        "zero_size_boxes": 1,
+        "clipped_boxes": 1,
+        "difficult": 1,
+        "label_without_image": 1,  # img3
+        "image_without_labels": 1,  # img2
+    }
+
+
+def test_difficult_policies_and_names(voc_dir: Path) -> None:
+    rec = load_voc(voc_dir, "ImageSets/Main/train.txt", difficult="drop")[0][0]
+    assert len(rec.boxes) == 2
+    rec = load_voc(voc_dir, "ImageSets/Main/train.txt", difficult="ignore")[0][0]
+    assert len(rec.boxes) == 2 and len(rec.ignore) == 1
+    records, names, report = load_voc(voc_dir, "ImageSets/Main/val.txt", names=["RBC", "WBC"])
+    assert names == ["RBC", "WBC"] and report.unknown_class == 1 and len(records[0].boxes) == 0
+    all_records, all_names, _ = load_voc(voc_dir)  # no list: every XML
+    assert len(all_records) == 3 and all_names == ["Platelets", "RBC", "WBC"]
+
+
+def test_missing_folders(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="VOC annotation folder"):
+        load_voc(tmp_path)
+
+
+@pytest.mark.realdata
+def test_bccd(shared_data: Path) -> None:
+    root = shared_data / "bccd"
+    splits = {
+        s: load_voc(root, f"ImageSets/Main/{s}.txt", names=["Platelets", "RBC", "WBC"])
+        for s in ("train", "val", "test")
+    }
+    assert {s: len(r[0]) for s, r in splits.items()} == {"train": 205, "val": 87, "test": 72}
+    # independent reading of the XML files of the train list
+    objects = zero = 0
+    for stem in (root / "ImageSets/Main/train.txt").read_text().split():
+        for obj in ET.parse(root / "Annotations" / f"{stem}.xml").getroot().iter("object"):
+            b = [float(obj.find(f"bndbox/{k}").text) for k in ("xmin", "ymin", "xmax", "ymax")]
+            objects += 1
+            zero += b[2] <= b[0] or b[3] <= b[1]
+    train_report = splits["train"][2]
+    assert train_report.boxes == objects - zero and train_report.zero_size_boxes == zero == 1
+    # BloodImage_00338.xml (val) has the other zero-size box; over all files 4888 objects, 2 of them zero-size
+    assert splits["val"][2].zero_size_boxes == 1
+    assert "BloodImage_00338.xml" in splits["val"][2].examples["zero_size_boxes"]
+    records, names, report = load_voc(root)
+    assert names == ["Platelets", "RBC", "WBC"]
+    assert (len(records), report.boxes, report.zero_size_boxes) == (364, 4886, 2)
+    assert all((r.width, r.height) == (640, 480) for r in records)
+
+
+@pytest.mark.realdata
+def test_broken_voc_is_loaded(shared_data: Path) -> None:
+    """The truncated JPEG's header is readable, so loading works; decoding fails later (test_dataset)."""
+    records, names, _ = load_voc(shared_data / "broken", annotations=".", images=".")
+    assert names == ["kangaroo"] and len(records) == 1 and len(records[0].boxes) == 3
+    assert records[0].path is not None and records[0].path.name == "truncated.jpg"
