@@ -28,7 +28,8 @@ class CBAM(nn.Module):
         if spatial_kernel < 1 or spatial_kernel % 2 == 0:
             raise ValueError(f"spatial_kernel must be odd, got {spatial_kernel}")
         self.channels = channels
-        hidden = max(1, channels // reduction)
+        # At least 4 hidden units: with 1-2 a ReLU unit can start dead and the MLP never learns (narrow stages).
+        hidden = max(min(4, channels), channels // reduction)
         self.mlp = nn.Sequential(
             nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(), nn.Conv2d(hidden, channels, 1, bias=False)
         )

@@ -64,6 +64,9 @@ class StaticBank(nn.Module):
         )
         return s.flatten(1)  # (n_banks, k*k)
 
+    def extra_repr(self) -> str:
+        return f"n_banks={self.square.shape[0]}, k={self.kernel_size}"
+
 
 def guide_kernels(dynamic: Tensor, bank: Tensor, eps: float = 1e-6) -> Tensor:
     """``K = S ⊙ D / (Σ_q |S ⊙ D| + eps)``: (N, G, k*k, H', W') x (G, k*k) -> (N, G, k*k, H', W').
