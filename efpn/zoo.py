@@ -116,13 +116,17 @@ def _efpn_n(k: int, **kw: Any) -> ModelConfig:
     )
 
 
+_R18_LIGHT: dict[str, Any] = {"channels": 128, "num_convs": 2}
+
 PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     # paper 1: baseline and E-FPN-BS, with the single-part ablations
-    "fpn_r18": lambda k: _fpn_r(18, k, name="fpn_r18"),
-    "fpn_r18_cem": lambda k: _fpn_r(18, k, cem=True, name="fpn_r18_cem"),
-    "fpn_r18_fbsm": lambda k: _fpn_r(18, k, fbsm=True, name="fpn_r18_fbsm"),
-    "fpn_r18_dcloss": lambda k: _fpn_r(18, k, dcloss=True, name="fpn_r18_dcloss"),
-    "efpn_bs_r18": lambda k: _fpn_r(18, k, cem=True, fbsm=True, dcloss=True, name="efpn_bs_r18"),
+    # ResNet-18 presets use a light head (128-ch FPN, 2-conv towers) so they train on modest hardware; the R50
+    # ones keep RetinaNet's 256 channels and 4-conv towers. Baseline and E-FPN-BS always share the head.
+    "fpn_r18": lambda k: _fpn_r(18, k, name="fpn_r18", **_R18_LIGHT),
+    "fpn_r18_cem": lambda k: _fpn_r(18, k, cem=True, name="fpn_r18_cem", **_R18_LIGHT),
+    "fpn_r18_fbsm": lambda k: _fpn_r(18, k, fbsm=True, name="fpn_r18_fbsm", **_R18_LIGHT),
+    "fpn_r18_dcloss": lambda k: _fpn_r(18, k, dcloss=True, name="fpn_r18_dcloss", **_R18_LIGHT),
+    "efpn_bs_r18": lambda k: _fpn_r(18, k, cem=True, fbsm=True, dcloss=True, name="efpn_bs_r18", **_R18_LIGHT),
     "fpn_r50": lambda k: _fpn_r(50, k, name="fpn_r50"),
     "efpn_bs_r50": lambda k: _fpn_r(50, k, cem=True, fbsm=True, dcloss=True, name="efpn_bs_r50"),
     # paper 2: YOLO baselines, SGDM, and its comparisons (plain RDConv, unshared bank, CBAM at the same place)
