@@ -107,10 +107,11 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         tp, _ = _field_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help") if f.metadata else None
         if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=tp, default=None, metavar=f.name.upper())
+            parser.add_argument(flag, dest=f.name, type=tp, default=None, metavar=f.name.upper(), help=help_text)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -65,7 +65,7 @@ class CEMConfig:
 
 @dataclass(frozen=True)
 class FBSMConfig:
-    """Foreground-Background Separation Module (SPEC §3) on each of ``levels``; ``mask_loss_weight`` 0 = unsupervised."""
+    """Foreground-Background Separation Module (SPEC §3) on ``levels``; ``mask_loss_weight`` 0 = unsupervised."""
 
     levels: tuple[str, ...] = ("p3",)
     hidden_channels: int = 64

@@ -37,7 +37,8 @@ def test_assign_on_synthetic_dataset(tmp_path: Path, capsys: pytest.CaptureFixtu
     main(["data", "synth", "--out", str(tmp_path / "synth"), "--num-images", "3", "--image-size", "128"])
     ann = next((tmp_path / "synth").rglob("*.json"))
     yaml = tmp_path / "d.yaml"
-    yaml.write_text(f"format: coco\nroot: {tmp_path / 'synth'}\ntrain:\n  annotations: {ann.relative_to(tmp_path / 'synth')}\n")
+    rel = ann.relative_to(tmp_path / "synth")
+    yaml.write_text(f"format: coco\nroot: {tmp_path / 'synth'}\ntrain:\n  annotations: {rel}\n")
     out = tmp_path / "acc.json"
     main(["assign", "--data", str(yaml), "--protocol", "maxiou", "atss", "--json", str(out), "--image-size", "128"])
     d = json.loads(out.read_text())

@@ -178,7 +178,18 @@ class Detector(nn.Module):
         self.check_images(images)
         targets = self.check_targets(targets, images)
         run = self._run(images, internals=self._needs_internals_for_loss())
-        return self.criterion(run["head"], run["priors"], targets, run["neck_internals"])
+        # The criterion runs in float32 even under autocast: box decoding and IoU in bf16 resolve only 2-4 px at
+        # 320-640 px inputs, too coarse for tiny objects.
+        out: HeadOutput = run["head"]
+        out32 = HeadOutput(
+            out.cls_logits.float(),
+            out.box.float(),
+            None if out.obj_logits is None else out.obj_logits.float(),
+            out.feature_sizes,
+        )
+        internals = {k: v.float() for k, v in run["neck_internals"].items()}
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self.criterion(out32, run["priors"], targets, internals)
 
     @torch.no_grad()
     def postprocess(

@@ -1,0 +1,859 @@
+"""Training: a flat :class:`TrainConfig`, and :func:`train` with one visible loop (STYLE §10).
+
+The loop, in :func:`train`, reads top to bottom::
+
+    for epoch:                                  # DistributedSampler.set_epoch -> same shuffle on every rank
+        for step:                               # one optimizer step = `accumulate` micro-batches per rank
+            for micro-batch:
+                autocast -> (losses, stats) = model(images, targets)
+                finite check (agreed across ranks)      # a non-finite loss skips the step, never crashes
+                scaled backward (DDP syncs gradients on the last micro-batch only)
+            unscale, clip, optimizer step -> EMA update -> scheduler step (linear warm-up + cosine)
+        validate the EMA weights, save best/last checkpoints and the resumable state (rank 0), log telemetry
+
+Data parallelism (``torchrun``; NCCL on CUDA, gloo on CPU) and mixed precision (bf16, or fp16 with a
+GradScaler) are written inline. ``batch_size`` is the GLOBAL batch: each optimizer step consumes exactly
+``batch_size`` images split over ``world_size x accumulate`` micro-batches, so 2 GPUs x batch 8 and 1 GPU with
+``accumulate=2`` take the same steps on the same images (and, since BatchNorm normalises per micro-batch, the
+same gradients: the DDP test checks this).
+
+Reproducibility: every sample's augmentation is seeded by ``(seed, epoch, index)`` (not by worker or rank),
+the shuffle by ``(seed, epoch)``, so a run gives the same batches whatever ``workers`` is, and a resumed run
+continues exactly where the interrupted one stopped (mid-epoch too): the resume test checks bit-equality.
+
+Run directory (``out/name``)::
+
+    config.yaml         the TrainConfig of the run
+    data_split.json     data YAML, splits, and the image ids of train and val (val carved here or by the YAML)
+    metrics.csv         one row per logged step (kind=step) and per epoch (kind=epoch, with val AP)
+    telemetry.jsonl     one JSON object per epoch: loss parts, positives per level, starved-GT rate, fallback
+                        share, FBSM gate mass in boxes, DCLoss G/N/w, grad norm reaching p5/p6, lr, img/s, val
+    tb/                 TensorBoard events
+    last.safetensors    latest weights (EMA when ema=True) + last.json model card
+    best.safetensors    weights with the best val AP + best.json model card
+    last_state.pt       everything to resume (model, EMA, optimizer, scaler, scheduler, step, RNG), weights_only
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+import typing
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from efpn.analysis import high_level_grad_norms
+from efpn.config import ModelConfig
+from efpn.data.config import DataConfig, load_data_config, load_split, split_records
+from efpn.data.dataset import DetectionDataset, collate
+from efpn.data.records import ImageRecord
+from efpn.data.transforms import DetectionTransform, Letterbox, RandomTileCrop, build_transforms
+from efpn.engine import distributed as D
+from efpn.engine.checkpoint import (
+    load_training_state,
+    restore_training_state,
+    save_checkpoint,
+    save_training_state,
+)
+from efpn.engine.ema import ModelEMA
+from efpn.engine.evaluate import EvalResult
+from efpn.engine.telemetry import EpochTelemetry, RunLogger, finite_or_none
+from efpn.engine.validate import validate
+from efpn.models.criterion import CriterionStats
+from efpn.models.detector import Detector
+from efpn.zoo import PRESETS, build, get_config
+
+__all__ = [
+    "LossStep",
+    "SeededSamples",
+    "StepBatchSampler",
+    "TrainConfig",
+    "TrainResult",
+    "WarmupCosine",
+    "load_train_config",
+    "param_groups",
+    "train",
+]
+
+STATE_FILE = "last_state.pt"
+
+# ==================================================================================================== config
+
+
+def _field(default: Any, help: str) -> Any:
+    """A dataclass field with a one-line ``help`` in its metadata (the CLI's flag help)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs, as flat simple-typed fields: each maps to a ``--field-name`` flag and
+    a recipe YAML key, and carries a one-line ``help`` in its field metadata (``dataclasses.fields``), which
+    the CLI can show. Values are checked on construction (ValueError naming the field); the data YAML's
+    existence when training starts (FileNotFoundError).
+
+    ``batch_size`` is GLOBAL: each optimizer step consumes ``batch_size`` images over ``world_size x
+    accumulate`` micro-batches. ``max_steps`` only stops the run early; the schedule always spans ``epochs``.
+    Paths in a recipe YAML are relative to the recipe (see :func:`load_train_config`).
+    """
+
+    # model and data
+    model: str = _field("efpn_n", "model preset (efpn.zoo.PRESETS); classes come from the data YAML")
+    data: str = _field("", "data YAML (format, root, splits, names; see efpn.data.config)")
+    train_split: str = _field("train", "split of the data YAML to train on")
+    val_split: str | None = _field("val", "split to validate on; None/'none' = no validation")
+    val_fraction: float = _field(0.1, "share of train carved out as val when the data YAML has no val split and "
+                                      "no val_fraction of its own (ids recorded in data_split.json)")
+    image_size: int = _field(640, "network input side S (train letterbox; val resizes the long side to S)")
+    tile: bool = _field(True, "train on native-resolution S x S crops of larger images (each holding a box when "
+                              "possible) instead of shrinking them: tiny objects keep their pixels")
+    mosaic: bool = _field(False, "YOLO mosaic of 4 native-resolution crops, with probability 0.5")
+    flip_vertical: bool = _field(True, "vertical flips too (right for aerial/SAR/microscopy, not street scenes)")
+    # optimisation
+    epochs: int = _field(100, "epochs (the lr schedule spans all of them)")
+    batch_size: int = _field(16, "GLOBAL batch per optimizer step, over all processes and micro-batches")
+    accumulate: int = _field(1, "micro-batches per optimizer step in each process (gradient accumulation)")
+    optimizer: Literal["adamw", "sgd"] = _field("adamw", "adamw, or sgd (Nesterov momentum)")
+    lr: float = _field(0.002, "peak learning rate")
+    weight_decay: float = _field(0.01, "weight decay on conv/linear weights (none on biases, norms, gains)")
+    momentum: float = _field(0.9, "SGD momentum, or AdamW beta1")
+    warmup_iters: int = _field(500, "linear lr warm-up in optimizer steps (at most a third of the run)")
+    final_lr_ratio: float = _field(0.01, "cosine decay from lr to lr * final_lr_ratio")
+    clip_grad: float | None = _field(10.0, "max gradient norm; None/0 = no clipping")
+    nonfinite_limit: int = _field(10, "stop with an error after this many consecutive non-finite steps")
+    # weight averaging and speed
+    ema: bool = _field(True, "keep an EMA of the weights; it is what gets validated and saved")
+    ema_decay: float = _field(0.9999, "EMA decay d (ramped: d * (1 - exp(-updates / ema_tau)))")
+    ema_tau: float = _field(2000.0, "EMA ramp length in updates")
+    amp: Literal["off", "bf16", "fp16"] = _field("off", "mixed precision: off, bf16, or fp16 (GradScaler; CUDA)")
+    channels_last: bool = _field(False, "channels-last memory format (faster convs on tensor cores)")
+    compile: bool = _field(False, "torch.compile backbone, neck and head (assignment and losses stay eager)")
+    sync_bn: bool = _field(False, "SyncBatchNorm across GPUs (CUDA, several processes)")
+    workers: int = _field(4, "DataLoader worker processes per training process")
+    device: Literal["auto", "cpu", "cuda"] = _field("auto", "auto (CUDA when available), cpu or cuda")
+    # reproducibility and run control
+    seed: int = _field(0, "seed of weights, shuffling and per-sample augmentation")
+    deterministic: bool = _field(False, "deterministic kernels (process-wide; slower on GPU)")
+    out: str = _field("runs", "folder holding run directories")
+    name: str | None = _field(None, "run directory name under out (default {model}_{dataset}; -2, -3... "
+                                    "appended when it exists and this is not a resume)")
+    resume: str | None = _field(None, "resume from a run dir or its last_state.pt; 'auto' = out/name if it "
+                                      "holds a state, else start fresh")
+    val_every: int = _field(1, "validate (and save best) every this many epochs, and after the last")
+    val_batch_size: int | None = _field(None, "validation batch (default 2 x the per-process train batch)")
+    max_steps: int | None = _field(None, "stop after this many optimizer steps in total (tests, smoke runs)")
+    half_checkpoint: bool = _field(False, "store the .safetensors weights in fp16")
+    log_every: int = _field(10, "log a CSV/TensorBoard row every this many steps")
+    progress: bool = _field(True, "progress bars and per-epoch lines on stdout (rank 0)")
+
+    def __post_init__(self) -> None:
+        # command-line spellings of "off" for the optional fields (a flag cannot pass None)
+        if isinstance(self.val_split, str) and self.val_split.lower() == "none":
+            object.__setattr__(self, "val_split", None)
+        if self.clip_grad == 0:
+            object.__setattr__(self, "clip_grad", None)
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig: {msg}")
+
+        need(self.model in PRESETS, f"unknown model preset {self.model!r}; choose one of: {', '.join(PRESETS)}")
+        need(self.optimizer in ("adamw", "sgd"), f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        need(self.amp in ("off", "bf16", "fp16"), f"amp must be 'off', 'bf16' or 'fp16', got {self.amp!r}")
+        need(self.device in ("auto", "cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.accumulate >= 1, f"accumulate must be >= 1, got {self.accumulate}")
+        need(self.image_size >= 32 and self.image_size % 32 == 0,
+             f"image_size must be a positive multiple of 32, got {self.image_size}")
+        need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(self.warmup_iters >= 0, f"warmup_iters must be >= 0, got {self.warmup_iters}")
+        need(0 <= self.final_lr_ratio <= 1, f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+        need(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
+        need(self.nonfinite_limit >= 1, f"nonfinite_limit must be >= 1, got {self.nonfinite_limit}")
+        need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        need(self.ema_tau > 0, f"ema_tau must be > 0, got {self.ema_tau}")
+        need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        need(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        need(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
+        need(self.val_batch_size is None or self.val_batch_size >= 1,
+             f"val_batch_size must be >= 1, got {self.val_batch_size}")
+        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        need(self.train_split in ("train", "val"), f"train_split must be 'train' or 'val', got {self.train_split!r}")
+        need(self.val_split in (None, "train", "val"),
+             f"val_split must be 'train', 'val' or None, got {self.val_split!r}")
+        need(bool(self.out), "out (the runs folder) must not be empty")
+        need(self.name is None or (self.name and "/" not in self.name and self.name not in (".", "..")),
+             f"name must be a plain folder name, got {self.name!r}")
+
+    def check_paths(self) -> None:
+        """Filesystem checks done when training starts: the data YAML must be given and exist."""
+        if not self.data:
+            raise ValueError("TrainConfig: data is required: the path of a data YAML (e.g. recipes/data/synth.yaml)")
+        if not Path(self.data).is_file():
+            raise FileNotFoundError(
+                f"TrainConfig: data YAML {self.data} does not exist (resolved: {Path(self.data).resolve()}); "
+                "give the path of a data YAML, e.g. recipes/data/ssdd.yaml, or write one with `efpn data synth`"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: Fields whose change on resume does not change what the run computes.
+_RESUME_FREE = frozenset({"resume", "epochs", "max_steps", "val_every", "val_batch_size", "log_every", "workers",
+                          "progress", "out", "name", "half_checkpoint"})
+
+
+def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
+    """A YAML value checked (and numbers widened) against a TrainConfig field's annotation."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{where}: '{name}' may not be null")
+    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not Literal \
+        else hint
+    if typing.get_origin(base) is Literal:
+        choices = typing.get_args(base)
+        if value not in choices:
+            raise ValueError(f"{where}: '{name}' must be one of {list(choices)}, got {value!r}")
+        return value
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: '{name}' must be true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: '{name}' must be an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where}: '{name}' must be a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ValueError(f"{where}: '{name}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def load_train_config(yaml_path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
+    """Read a training recipe YAML (keys = :class:`TrainConfig` fields) and apply ``overrides`` on top.
+
+    A relative ``data`` path written in the recipe is resolved against the recipe's folder (a ``data``
+    override is taken as given, relative to the working directory). Overrides whose value is None are ignored
+    (unset CLI flags). Raises FileNotFoundError for a missing recipe, ValueError for an unknown key (listing
+    the valid ones), a wrong type, or an invalid value.
+    """
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training recipe {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"training recipe {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"training recipe {path} must be a mapping of TrainConfig fields, got {type(raw).__name__}")
+    hints = typing.get_type_hints(TrainConfig)
+    valid = [f.name for f in dataclasses.fields(TrainConfig)]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    for what, keys in ((f"training recipe {path}", raw), ("override", overrides)):
+        unknown = sorted(set(keys) - set(valid))
+        if unknown:
+            raise ValueError(f"{what}: unknown key(s) {unknown}; valid keys: {', '.join(valid)}")
+    values = {k: _coerce(k, v, hints[k], f"training recipe {path}") for k, v in raw.items()}
+    if values.get("data") and not Path(values["data"]).is_absolute():
+        values["data"] = str((path.resolve().parent / values["data"]).resolve())
+    values.update({k: _coerce(k, v, hints[k], "override") for k, v in overrides.items()})
+    return TrainConfig(**values)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (the same on every rank).
+
+    ``last``/``best``: ``.safetensors`` checkpoints with model cards (``best`` is None without validation);
+    ``state``: the resumable ``last_state.pt``; ``metrics``: the last validation
+    (:meth:`EvalResult.to_json_dict`, ``{}`` without one); ``telemetry``: the last epoch's summary;
+    ``steps`` counts optimizer steps including the ``skipped_steps`` whose loss was not finite.
+    """
+
+    run_dir: Path
+    last: Path | None = None
+    best: Path | None = None
+    state: Path | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    best_ap: float | None = None
+    epochs: int = 0
+    steps: int = 0
+    skipped_steps: int = 0
+    wall_time_s: float = 0.0
+    telemetry: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        ap = self.metrics.get("AP")
+        ap50 = self.metrics.get("AP50")
+        val = f"AP {ap:.4f} AP50 {ap50:.4f}" if isinstance(ap, float) and isinstance(ap50, float) else "no validation"
+        return (f"run {self.run_dir}: {self.epochs} epochs, {self.steps} steps ({self.skipped_steps} skipped), "
+                f"{val}, {self.wall_time_s:.0f} s; best {self.best}, last {self.last}")
+
+
+# ==================================================================================================== pieces
+
+
+class WarmupCosine:
+    """LR factor for LambdaLR: linear warm-up over ``warmup`` steps, then cosine from 1 to ``final_ratio``.
+
+    Step ``t`` (optimizer steps already taken): ``(t + 1) / warmup`` while ``t < warmup``, then
+    ``final + (1 - final) * (1 + cos(pi * p)) / 2`` with ``p = (t - warmup) / (total - 1 - warmup)``. A plain
+    object (not a closure) so LambdaLR's state_dict records its parameters.
+    """
+
+    def __init__(self, total_steps: int, warmup: int, final_ratio: float):
+        self.total_steps = max(1, int(total_steps))
+        # a warm-up longer than a third of the run would leave no time at the peak lr
+        self.warmup = min(int(warmup), self.total_steps // 3)
+        self.final_ratio = float(final_ratio)
+
+    def __call__(self, t: int) -> float:
+        if t < self.warmup:
+            return (t + 1) / self.warmup
+        span = max(1, self.total_steps - 1 - self.warmup)
+        p = min(1.0, (t - self.warmup) / span)
+        return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two optimizer groups: weight decay on conv/linear weights (ndim > 1), none on biases, norm weights and
+    scalar gains (CEM α, FBSM β), where decay would only pull a learned scale towards zero."""
+    decay, no_decay = [], []
+    for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one sample of one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]) % (1 << 63)
+
+
+class SeededSamples(Dataset):
+    """``dataset[(epoch, index)]``: sample ``index`` with its augmentation RNG seeded by ``(seed, epoch, index)``.
+
+    Random augmentation then depends on neither the DataLoader worker nor the rank that loads the sample, so
+    runs with different ``workers``/``world_size`` and a resumed run see identical samples. The caller's
+    torch RNG is left untouched (``workers=0`` loads in the training process). Adds ``scale`` = network px /
+    original px to the target, read from the letterbox the train pipeline records.
+    """
+
+    def __init__(self, dataset: DetectionDataset, seed: int):
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_sample_seed(self.seed, epoch, index))
+            image, target = self.dataset[index]
+        # the train letterbox records [scale_x, scale_y, pad_left, pad_top]; tile and mosaic crops are native
+        # resolution, so the letterbox's scale is the whole network/original scale (size buckets need it)
+        target["scale"] = float(target["letterbox"][0]) if "letterbox" in target else 1.0
+        return image, target
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This process's micro-batches, step by step, from a :class:`DistributedSampler`.
+
+    Step ``j`` of an epoch uses global shuffle positions ``[j*B, (j+1)*B)``; the DistributedSampler gives rank
+    ``r`` the positions ``≡ r (mod W)`` of them, and micro-batch ``a`` of ``A`` takes every ``A``-th of those.
+    So sample ``k`` of a step lands on "virtual replica" ``r + W*a = k mod (W*A)``: the world-size-2 run and
+    the one-process ``accumulate=2`` run group the same images into the same (BatchNorm) micro-batches.
+    Yields lists of ``(epoch, index)`` keys for :class:`SeededSamples`; ``start_step`` skips already-done
+    steps of the first epoch after a resume.
+    """
+
+    def __init__(self, sampler: DistributedSampler, per_rank_batch: int, accumulate: int):
+        if per_rank_batch % accumulate:
+            raise ValueError(f"per-process batch {per_rank_batch} is not divisible by accumulate={accumulate}")
+        self.sampler = sampler
+        self.per_rank_batch = per_rank_batch
+        self.accumulate = accumulate
+        self.epoch = 0
+        self.start_step = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler) // self.per_rank_batch
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.epoch = epoch
+        self.start_step = start_step
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.accumulate
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = list(self.sampler)
+        b, a = self.per_rank_batch, self.accumulate
+        for j in range(self.start_step, self.steps_per_epoch):
+            chunk = order[j * b : (j + 1) * b]
+            for m in range(a):
+                yield [(self.epoch, int(i)) for i in chunk[m::a]]
+
+
+def _train_transforms(cfg: TrainConfig) -> DetectionTransform:
+    """The data package's train pipeline, with the letterbox recording its scale (for ``scale`` in targets)
+    and without the random tile crop when ``tile=False``."""
+    t = build_transforms(True, cfg.image_size, mosaic=cfg.mosaic, flip_vertical=cfg.flip_vertical)
+    for step in t.steps:
+        if isinstance(step, Letterbox):
+            step.record = True
+    if not cfg.tile:
+        t.pre_steps = [s for s in t.pre_steps if not isinstance(s, RandomTileCrop)]
+    return t
+
+
+class LossStep(nn.Module):
+    """What DDP wraps: ``forward(images, targets) -> (losses, CriterionStats)`` = ``Detector.compute_losses``.
+
+    DDP only synchronises gradients of work done inside its ``forward``; the detector's own ``forward`` returns
+    the losses without the statistics that the telemetry needs, so the wrapper exposes both in one pass.
+    """
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: Tensor, targets: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Tensor], CriterionStats]:
+        return self.detector.compute_losses(images, targets)
+
+
+@dataclass
+class _Data:
+    train: list[ImageRecord]
+    val: list[ImageRecord]
+    class_names: list[str]
+    config: DataConfig
+    split: dict[str, Any]
+
+
+def _load_data(cfg: TrainConfig, verbose: bool) -> _Data:
+    """Train and val records from the data YAML; val is carved from train when the YAML gives none."""
+    data_cfg = load_data_config(cfg.data)
+    train_records, names, report = load_split(data_cfg, cfg.train_split)
+    if verbose:
+        print(report.summary())
+    split: dict[str, Any] = {"data": str(Path(cfg.data).resolve()), "train_split": cfg.train_split,
+                             "val_split": cfg.val_split, "dataset": data_cfg.name}
+    val_records: list[ImageRecord] = []
+    if cfg.val_split is None:
+        split["val_source"] = "none"
+    elif cfg.val_split == cfg.train_split:  # asked for explicitly: measures fitting, not generalisation
+        val_records = list(train_records)
+        split["val_source"] = "the train split itself"
+    elif data_cfg.has_split(cfg.val_split):
+        val_records, _, _ = load_split(data_cfg, cfg.val_split)
+        carved = cfg.val_split == "val" and "val" not in data_cfg.sources
+        split["val_source"] = "carved from train by the data YAML" if carved else "data YAML"
+        if carved:
+            split.update(val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed)
+    else:
+        train_records, val_records = split_records(train_records, cfg.val_fraction, data_cfg.split_seed)
+        split.update(val_source="carved from train by the trainer", val_fraction=cfg.val_fraction,
+                     split_seed=data_cfg.split_seed)
+    if not train_records:
+        raise ValueError(f"data YAML {cfg.data}: split {cfg.train_split!r} has no images to train on")
+    split["num_train"], split["num_val"] = len(train_records), len(val_records)
+    split["val_ids"] = [r.image_id for r in val_records]
+    split["train_ids"] = [r.image_id for r in train_records]
+    return _Data(train_records, val_records, list(names), data_cfg, split)
+
+
+def _default_name(cfg: TrainConfig) -> str:
+    p = Path(cfg.data)
+    dataset = p.parent.name if p.stem == "data" and p.parent.name else p.stem
+    return f"{cfg.model}_{dataset}"
+
+
+def _run_dir_and_state(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """``(run_dir, state file to resume or None)`` following ``name``/``resume`` (decided on rank 0)."""
+    if cfg.resume not in (None, "auto"):
+        p = Path(cfg.resume)
+        state = p / STATE_FILE if p.is_dir() else p
+        if not state.is_file():
+            raise FileNotFoundError(f"resume={cfg.resume!r}: no training state at {state} (expected a run dir "
+                                    f"holding {STATE_FILE}, or the file itself)")
+        return state.parent, state
+    base = Path(cfg.out) / (cfg.name or _default_name(cfg))
+    if cfg.resume == "auto" and (base / STATE_FILE).is_file():
+        return base, base / STATE_FILE
+    run_dir, k = base, 1
+    while run_dir.exists() and any(run_dir.iterdir()):  # never overwrite another run
+        k += 1
+        run_dir = base.with_name(f"{base.name}-{k}")
+    return run_dir, None
+
+
+def _hardware(device: torch.device, world_size: int) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {"device": device.type, "device_name": name, "world_size": world_size,
+            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def _to_device(images: Tensor, targets: Sequence[Mapping[str, Any]], device: torch.device,
+               channels_last: bool) -> tuple[Tensor, list[dict[str, Any]]]:
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    moved = [{"boxes": t["boxes"].to(device, non_blocking=True), "labels": t["labels"].to(device, non_blocking=True),
+              "scale": t["scale"]} for t in targets]
+    return images, moved
+
+
+def _check_resume_config(saved: Mapping[str, Any] | None, cfg: TrainConfig) -> None:
+    if not saved:
+        return
+    now = cfg.to_dict()
+    diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in _RESUME_FREE and saved.get(k) != now[k]]
+    if diff:
+        warnings.warn("resuming with a different configuration than the run was started with (the result will "
+                      "differ from an uninterrupted run): " + "; ".join(diff), stacklevel=3)
+
+
+# ==================================================================================================== train
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data``; returns a :class:`TrainResult` (see the module docstring).
+
+    Works under plain ``python`` (one process) and under ``torchrun`` (one process per device; rank 0 logs,
+    validates and saves while the others wait at barriers). Raises ValueError / FileNotFoundError for a bad
+    configuration before any work, and RuntimeError after ``nonfinite_limit`` consecutive non-finite losses.
+    """
+    cfg.check_paths()
+    started = time.perf_counter()
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    info = D.setup_distributed(cfg.device)
+    device, world, main = info.device, info.world_size, info.is_main
+    verbose = main and cfg.progress
+    logger: RunLogger | None = None
+    try:
+        # ------------------------------------------------------------------ checks that need the world size
+        if cfg.batch_size % (world * cfg.accumulate):
+            raise ValueError(f"batch_size {cfg.batch_size} (global) must be divisible by world_size x accumulate "
+                             f"= {world} x {cfg.accumulate}")
+        if cfg.amp == "fp16" and device.type != "cuda":
+            raise ValueError("amp='fp16' needs CUDA (its GradScaler guards fp16 overflow on GPU); "
+                             "use amp='bf16' on CPU")
+        if cfg.sync_bn and world > 1 and device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
+        D.seed_everything(cfg.seed, cfg.deterministic)  # same seed on every rank: identical initial weights
+
+        # ------------------------------------------------------------------ data, run dir
+        data = _load_data(cfg, verbose)
+        run_dir, state_path = D.broadcast_object(_run_dir_and_state(cfg) if main else None)
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+            (run_dir / "data_split.json").write_text(json.dumps(data.split, indent=1) + "\n", encoding="utf-8")
+        per_rank_batch = cfg.batch_size // world
+        dataset = SeededSamples(DetectionDataset(data.train, _train_transforms(cfg), skip_corrupt=True), cfg.seed)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=info.rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=True)
+        batches_of = StepBatchSampler(sampler, per_rank_batch, cfg.accumulate)
+        steps_per_epoch = batches_of.steps_per_epoch
+        if steps_per_epoch < 1:
+            raise ValueError(f"the train split has {len(dataset)} images, fewer than one global batch of "
+                             f"{cfg.batch_size}; lower batch_size")
+        loader = DataLoader(
+            dataset, batch_sampler=batches_of, num_workers=cfg.workers, collate_fn=collate,
+            pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+            worker_init_fn=D.worker_init_fn if cfg.workers > 0 else None,
+            # its own generator, so creating an iterator never draws from the global RNG
+            generator=torch.Generator().manual_seed(cfg.seed + info.rank),
+        )
+        total_steps = cfg.epochs * steps_per_epoch
+
+        # ------------------------------------------------------------------ model, optimiser, schedule, EMA
+        model_cfg: ModelConfig = get_config(cfg.model, num_classes=len(data.class_names),
+                                            class_names=tuple(data.class_names), image_size=cfg.image_size)
+        model = build(model_cfg).to(device)
+        if cfg.sync_bn and world > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = _optimizer(cfg, model)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, WarmupCosine(total_steps, cfg.warmup_iters, cfg.final_lr_ratio)
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+        ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
+
+        step, start_epoch, start_step = 0, 0, 0
+        best_ap: float | None = None
+        skipped, prior_wall = 0, 0.0
+        last_metrics: dict[str, Any] = {}
+        tel = EpochTelemetry()
+        if state_path is not None:
+            state = load_training_state(state_path, map_location="cpu")
+            _check_resume_config(state["extra"].get("train_config"), cfg)
+            restore_training_state(state, model, optimizer, scaler if scaler.is_enabled() else None, scheduler, ema)
+            extra = state["extra"]
+            step, start_epoch, start_step = int(state["step"]), int(state["epoch"]), int(extra.get("epoch_step", 0))
+            best_ap, skipped = extra.get("best_ap"), int(extra.get("skipped", 0))
+            prior_wall, last_metrics = float(extra.get("wall_time_s", 0.0)), dict(extra.get("metrics") or {})
+            if main and start_step:  # the interrupted epoch's telemetry so far (summed over ranks when saved)
+                tel.load_state_dict(extra.get("telemetry") or {})
+            if verbose:
+                print(f"resuming {state_path} at epoch {start_epoch + 1}, step {step}")
+        if cfg.compile:
+            # the dense network only: assignment and losses are data-dependent Python and stay eager.
+            # Module.compile() compiles in place, so state_dict keys do not change.
+            for part in (model.backbone, model.neck, model.head):
+                part.compile()
+        step_module: nn.Module = LossStep(model)
+        ddp: nn.parallel.DistributedDataParallel | None = None
+        if world > 1:
+            ddp = nn.parallel.DistributedDataParallel(
+                step_module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+            step_module = ddp
+        params = [p for p in model.parameters() if p.requires_grad]
+        logger = RunLogger(run_dir, enabled=main, resume_step=step if state_path is not None else None)
+        eval_model = ema.module if ema is not None else model
+        hardware = _hardware(device, world)
+        if verbose:
+            print(f"training {cfg.model} ({sum(p.numel() for p in params) / 1e6:.2f} M params) on "
+                  f"{len(dataset)} images, {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, batch "
+                  f"{cfg.batch_size} = {world} process(es) x {cfg.accumulate} x {per_rank_batch // cfg.accumulate}"
+                  f", {device}; run dir {run_dir}")
+
+        consecutive_bad = 0
+        epochs_done = start_epoch
+        stop = cfg.max_steps is not None and step >= cfg.max_steps
+        # ================================================================== the loop
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop:
+                break
+            first = start_step if epoch == start_epoch else 0
+            batches_of.set_epoch(epoch, start_step=first)
+            step_module.train()
+            if first == 0:
+                tel = EpochTelemetry()
+            batches = iter(loader)
+            bar = None
+            if verbose:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           unit="step", dynamic_ncols=True, leave=False)
+            t_epoch, images_epoch = time.perf_counter(), 0
+            t_log, images_log, log_sums, log_batches = time.perf_counter(), 0, {}, 0
+            epoch_step = first
+            while epoch_step < steps_per_epoch and not stop:
+                optimizer.zero_grad(set_to_none=True)
+                finite = True
+                for micro in range(cfg.accumulate):
+                    images, targets = _to_device(*next(batches), device, cfg.channels_last)
+                    last_micro = micro == cfg.accumulate - 1
+                    # DDP all-reduces gradients in the backward of the step's last micro-batch only
+                    with ddp.no_sync() if ddp is not None and not last_micro else contextlib.nullcontext():
+                        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
+                            losses, stats = step_module(images, targets)
+                            loss = sum(losses.values())
+                        # every rank must agree: a rank skipping a backward the others run would hang them in
+                        # the gradient all-reduce
+                        bad = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0])
+                        finite = finite and bool(D.all_reduce_max(bad)[0] == 0)
+                        if finite:
+                            scaler.scale(loss / cfg.accumulate).backward()
+                    # one device->host copy for all loss parts
+                    values = dict(zip(losses, torch.stack([v.detach().float() for v in losses.values()]).tolist()))
+                    tel.add_batch(values, stats, images.shape[0])
+                    for k, v in values.items():
+                        log_sums[k] = log_sums.get(k, 0.0) + v
+                    log_batches += 1
+                    images_epoch += images.shape[0] * world
+                    images_log += images.shape[0] * world
+
+                grad_norm = float("nan")
+                if finite:
+                    scaler.unscale_(optimizer)  # true gradients, for clipping and the p5/p6 telemetry
+                    grad_norm = float(nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf")))
+                    # fp16: the scaler skips inf/nan gradients itself (and lowers its scale); fp32/bf16: we do
+                    finite = scaler.is_enabled() or math.isfinite(grad_norm)
+                if finite:
+                    high = high_level_grad_norms(model)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if ema is not None:
+                        ema.update(model)
+                    tel.add_step(high if math.isfinite(grad_norm) else {}, grad_norm)
+                    consecutive_bad = 0
+                    scheduler.step()
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    consecutive_bad += 1
+                    tel.add_skipped()
+                    if main:
+                        warnings.warn(f"step {step + 1}: non-finite loss or gradient "
+                                      f"({', '.join(f'{k} {v:.4g}' for k, v in values.items())}); step skipped "
+                                      f"({skipped} so far)", RuntimeWarning, stacklevel=2)
+                    if consecutive_bad >= cfg.nonfinite_limit:
+                        raise RuntimeError(
+                            f"{consecutive_bad} consecutive steps had a non-finite loss or gradient (last: "
+                            f"{values}, lr {optimizer.param_groups[0]['lr']:.3g}); training diverged. Lower lr, "
+                            "keep clip_grad on, use amp='bf16' or 'off' instead of fp16, and check the data "
+                            f"(boxes, labels); the last good state is in {run_dir / STATE_FILE} if one was saved"
+                        )
+                    with warnings.catch_warnings():  # the schedule follows the data even when a step is skipped
+                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                        scheduler.step()
+                step += 1
+                epoch_step += 1
+                stop = cfg.max_steps is not None and step >= cfg.max_steps
+
+                if step % cfg.log_every == 0 or epoch_step == steps_per_epoch or stop:
+                    mean = {k: v / max(1, log_batches) for k, v in log_sums.items()}
+                    mean["loss"] = sum(mean.values())
+                    mean = D.all_reduce_mean(mean)
+                    elapsed = max(time.perf_counter() - t_log, 1e-9)
+                    row = {**mean, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                           "img_per_s": images_log / elapsed, "skipped": skipped}
+                    logger.log_step(epoch + 1, step, row)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}",
+                                        lr=f"{row['lr']:.2e}", refresh=False)
+                    t_log, images_log, log_sums, log_batches = time.perf_counter(), 0, {}, 0
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            del batches  # release the epoch's iterator (persistent workers stay)
+
+            # ------------------------------------------------------------------ end of epoch (or of max_steps)
+            epoch_done = epoch_step == steps_per_epoch
+            if epoch_done:
+                epochs_done = epoch + 1
+            last_epoch = (epoch_done and epoch + 1 == cfg.epochs) or stop
+            tel.sums = D.gather_sum(tel.sums)  # every rank takes part; rank 0 uses the totals
+            summary = tel.summary()
+            val_now = bool(data.val) and (last_epoch or (epoch_done and (epoch + 1) % cfg.val_every == 0))
+            D.barrier()
+            if main:
+                wall = prior_wall + time.perf_counter() - started
+                record = {**summary, "lr": optimizer.param_groups[0]["lr"], "partial": not epoch_done,
+                          "img_per_s": images_epoch / max(time.perf_counter() - t_epoch, 1e-9), "wall_time_s": wall}
+                improved = False
+                if val_now:
+                    result: EvalResult = validate(
+                        eval_model, data.val, data.class_names, image_size=cfg.image_size,
+                        batch_size=cfg.val_batch_size or 2 * per_rank_batch, device=device,
+                        threads=max(1, min(cfg.workers, 4)), progress=verbose,
+                    )
+                    last_metrics = result.to_json_dict()
+                    record["val"] = last_metrics
+                    ap = last_metrics.get("AP")
+                    improved = ap is not None and (best_ap is None or ap > best_ap)
+                    if improved:
+                        best_ap = float(ap)
+                logger.log_epoch(epoch + 1, step, record)
+                card = {
+                    "name": run_dir.name,
+                    "preset": cfg.model,
+                    "config": model_cfg.to_dict(),
+                    "classes": list(data.class_names),
+                    "image_size": cfg.image_size,
+                    "data": {"yaml": data.split["data"], "dataset": data.split["dataset"],
+                             "train_split": cfg.train_split, "val_split": cfg.val_split,
+                             "val_source": data.split["val_source"], "num_train": len(data.train),
+                             "num_val": len(data.val), "ids_file": str(run_dir / "data_split.json")},
+                    "training": cfg.to_dict(),
+                    "epochs": epochs_done,
+                    "steps": step,
+                    "ema": cfg.ema,
+                    "hardware": hardware,
+                    "wall_time_s": round(wall, 2),
+                    "metrics": last_metrics if val_now else {},
+                    "telemetry": finite_or_none(summary),
+                }
+                save_checkpoint(eval_model, run_dir / "last.safetensors", {**card, "checkpoint": "last"},
+                                half=cfg.half_checkpoint)
+                if improved:
+                    save_checkpoint(eval_model, run_dir / "best.safetensors", {**card, "checkpoint": "best"},
+                                    half=cfg.half_checkpoint)
+                save_training_state(
+                    run_dir / STATE_FILE, model, optimizer, scaler if scaler.is_enabled() else None, scheduler,
+                    ema, epoch=epoch + 1 if epoch_done else epoch, step=step,
+                    extra={"epoch_step": 0 if epoch_done else epoch_step, "best_ap": best_ap, "skipped": skipped,
+                           "wall_time_s": wall, "metrics": last_metrics, "train_config": cfg.to_dict(),
+                           "telemetry": tel.state_dict() if not epoch_done else {}},
+                )
+                if verbose:
+                    ap_txt = (f", val AP {last_metrics.get('AP'):.4f} AP50 {last_metrics.get('AP50'):.4f}"
+                              if val_now and last_metrics.get("AP") is not None else "")
+                    print(f"epoch {epoch + 1}/{cfg.epochs}: loss {summary.get('loss_total') or float('nan'):.4f}"
+                          f"{ap_txt}, {record['img_per_s']:.1f} img/s, starved {summary.get('starved_rate')}")
+            D.barrier()  # nobody starts the next epoch (or returns) before rank 0 has saved
+            if stop:
+                break
+
+        wall = prior_wall + time.perf_counter() - started
+        best_path = run_dir / "best.safetensors"
+        return TrainResult(
+            run_dir=run_dir,
+            last=run_dir / "last.safetensors" if (run_dir / "last.safetensors").is_file() else None,
+            best=best_path if best_path.is_file() else None,
+            state=run_dir / STATE_FILE if (run_dir / STATE_FILE).is_file() else None,
+            metrics=D.broadcast_object(last_metrics),
+            best_ap=D.broadcast_object(best_ap),
+            epochs=epochs_done,
+            steps=step,
+            skipped_steps=skipped,
+            wall_time_s=wall,
+            telemetry=D.broadcast_object(tel.summary() if main else {}),
+        )
+    finally:
+        if logger is not None:
+            logger.close()
+        if owns_group:
+            D.cleanup_distributed()
