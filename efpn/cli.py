@@ -184,6 +184,17 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"boxes {rep.max_abs_diff_boxes:.2e}, scores {rep.max_abs_diff_scores:.2e}")
 
 
+# ------------------------------------------------------------------------------------------------ ship
+
+
+def cmd_ship(args: argparse.Namespace) -> None:
+    from efpn.ship import ship
+
+    path = ship(args.run, args.name, out_dir=args.out, dataset=args.dataset, shared_root=args.shared_root,
+                recipe=args.recipe)
+    print(f"shipped {path}")
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 
@@ -273,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None)
     s.add_argument("--image-size", type=int, default=None)
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("ship", help="validate a run's best weights and write them to checkpoints/ with a model card")
+    s.add_argument("run", help="run directory (runs/NAME)")
+    s.add_argument("--name", required=True, help="checkpoint name, e.g. efpn_n_synth")
+    s.add_argument("--out", default="checkpoints")
+    s.add_argument("--dataset", default="synth", help="attribution key: synth or ssdd")
+    s.add_argument("--shared-root", default=None, help="record sanity images relative to this data folder")
+    s.add_argument("--recipe", default=None, help="the training command, recorded in the card")
+    s.set_defaults(func=cmd_ship)
 
     s = sub.add_parser("report", help="regenerate the measured claims of both papers (tables + charts)")
     s.add_argument("--out", default="docs/claims")

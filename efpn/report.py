@@ -123,3 +123,56 @@ def assignment_report(
         records = records[:limit]
     acc = accounting_for_records(records, protocols, image_size, progress)
     return AssignmentReport(str(data_yaml), split, image_size, len(records), acc)
+
+
+# ------------------------------------------------------------------------------------------------ claims
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def fmt(v: object) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def assignment_claims(shared_data: str | Path, image_size: int = 640) -> dict[str, AssignmentReport]:
+    """Accounting of the box-only assigners on the SAR ships (SSDD) and VisDrone, when that data is present."""
+    from efpn.data.coco import load_coco
+    from efpn.data.visdrone import load_visdrone
+
+    root = Path(shared_data)
+    out: dict[str, AssignmentReport] = {}
+    protocols = ("maxiou", "atss", "yolov5", "fcos")
+    ssdd = root / "ssdd" / "annotations" / "instances_train.json"
+    if ssdd.is_file():
+        recs, _, _ = load_coco(ssdd, None)
+        out["ssdd"] = AssignmentReport(str(ssdd), "train", image_size, len(recs),
+                                       accounting_for_records(recs, protocols, image_size, progress=True))
+    vd = root / "visdrone-annotations" / "train"
+    if vd.is_dir():
+        recs, _, _ = load_visdrone(vd)
+        out["visdrone"] = AssignmentReport(str(vd), "train", image_size, len(recs),
+                                           accounting_for_records(recs, protocols, image_size, progress=True))
+    return out
+
+
+def _assignment_section(reports: dict[str, AssignmentReport]) -> str:
+    rows = []
+    for ds, rep in reports.items():
+        for p, acc in rep.accounting.items():
+            d = acc.to_dict()
+            high = d.get("zero_high_level_share", {})
+            tiny = [i for i, b in enumerate(acc.gt_buckets) if b in ("vt", "t")]
+            tiny_starved = len(set(tiny) & set(acc.starved)) / max(1, len(tiny))
+            rows.append([ds, p, acc.num_gt, high.get("p5"), high.get("p6"), d.get("starved_rate"), tiny_starved,
+                         " ".join(f"{lv}:{acc.positives_per_level[lv]}" for lv in acc.levels)])
+    return _md_table(
+        ["data", "assigner", "GTs", "zero on p5+", "zero on p6+", "starved", "starved (<16 px)", "positives per level"],
+        rows,
+    )
