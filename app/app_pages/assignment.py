@@ -1,0 +1,254 @@
+"""Assignment: which priors become positives for each GT box, on which level, and which GTs starve."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import streamlit as st
+
+from app import plots, resources, state
+from efpn.data.config import load_split
+from efpn.vocab import BUCKET_LABELS, level_stride
+
+ctx = state.context()
+st.title("Assignment")
+st.caption(
+    "Training decides, for every ground-truth box, which priors (anchors or points) are its positives. Under "
+    "standard assigners a tiny object gets positives only on the finest levels, so p5/p6 never learn from it: "
+    "a 'semantic dead-end'. A GT with no positive at all is *starved*: the detector is never taught to find it."
+)
+model = state.require_model(ctx)
+image = state.require_image(ctx)
+h, w = image.rgb.shape[:2]
+names = ctx.class_names or (ctx.gt.class_names if ctx.gt else ["object"])
+def _assignment_section(gt: state.GroundTruth) -> None:
+    """Assignment of the current GT, and the baseline vs E-FPN-BS comparison."""
+
+    # ------------------------------------------------------------------------------------------- assignment
+    st.subheader("Assignment")
+    options = [resources.MODEL_ASSIGNER, *resources.BOX_PROTOCOLS, resources.TAL]
+    choice = st.radio("Assigner", options, horizontal=True, key="assigner",
+                      help="Box-only protocols use their published priors on the image resized to the model's input "
+                           "size; the model's own assigner and TAL use the checkpoint's priors.")
+    gkey = gt.for_model(model.num_classes)
+    try:
+        if choice in resources.BOX_PROTOCOLS:
+            summary = resources.box_assignment(resources.BOX_PROTOCOLS[choice], gkey, (h, w), model.config.image_size)
+        else:
+            summary = resources.model_assignment(model, ctx.ckpt_key, image.rgb, image.digest, gkey,
+                                                 tal=choice == resources.TAL)
+    except ValueError as e:
+        st.error(f"These boxes cannot be assigned: {e}. Fix them in the table above.")
+        return
+    acc = summary.accounting
+    if summary.note:
+        st.caption(summary.note)
+
+    m = st.columns(4)
+    m[0].metric("GT boxes", acc["num_gt"])
+    m[1].metric("Positive pairs", acc["num_positives"])
+    m[2].metric("Starved GTs", len(acc["starved"]), help="No positive, or (IoU assigners) only fallback matches "
+                "below the positive IoU.")
+    zero = acc["zero_high_level_share"]
+    if zero:
+        lv0 = next(iter(zero))
+        m[3].metric(f"GTs with no positive on {lv0}+", f"{100 * zero[lv0]:.0f} %",
+                    help="Share of GTs that train none of the coarse levels: their semantic dead-end.")
+
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(plots.positives_bar_figure(acc), width="stretch", key="asg_bar")
+    c2.plotly_chart(plots.level_bucket_figure(acc), width="stretch", key="asg_matrix")
+
+    shown = st.multiselect("Draw the positives of", acc["levels"], default=acc["levels"],
+                           key=f"asg_levels_{'_'.join(acc['levels'])}")
+    hover = []
+    for i, (size, bucket, npos) in enumerate(zip(acc["gt_sizes"], acc["gt_buckets"], acc["positives_per_gt"])):
+        per = acc["positives_per_gt_level"][i] if acc["positives_per_gt_level"] else []
+        where = ", ".join(f"{lv} {n}" for lv, n in zip(acc["levels"], per) if n) or "none"
+        hover.append(f"GT {i} · {names[int(gt.labels[i])] if int(gt.labels[i]) < len(names) else gt.labels[i]}"
+                     f"<br>size {size:.1f} px ({bucket})<br>{npos} positives: {where}")
+    positives = {lv: b for lv, b in summary.positives.items() if lv in shown}
+    st.plotly_chart(plots.assignment_figure(image.rgb, gt.boxes, hover, acc["starved"], positives), width="stretch",
+                    key="asg_image")
+    c1, c2 = st.columns(2)
+    if acc["histogram"]:
+        c1.plotly_chart(plots.histogram_figure(acc["histogram"]), width="stretch", key="asg_hist")
+    if acc["starved"]:
+        c2.markdown("**Starved GTs**")
+        c2.dataframe([
+            {"GT": i, "size px": round(acc["gt_sizes"][i], 1), "bucket": BUCKET_LABELS[acc["gt_buckets"][i]],
+             "positives": acc["positives_per_gt"][i], "regular": acc["regular_per_gt"][i]}
+            for i in acc["starved"]
+        ], hide_index=True, width="stretch")
+    else:
+        c2.success("No starved GT under this assigner.")
+    st.download_button("Download the accounting (JSON)", json.dumps(acc, indent=2), file_name="assignment.json",
+                       mime="application/json", key="asg_dl")
+
+    # ------------------------------------------------------------------------------------------- baseline vs E-FPN-BS
+    st.subheader("Baseline FPN vs E-FPN-BS")
+    st.caption(
+        "Assignment depends only on boxes and priors, so CEM does not change it: both sides get the same positives. "
+        "What changes is where the gradient of those positives flows. Left: the model with CEM bypassed (the "
+        "baseline FPN path); right: with CEM (measured with the checkpoint's own assigner and loss)."
+    )
+    try:
+        reach = resources.gradient_reach_pair(model, ctx.ckpt_key, image.rgb, image.digest, gkey)
+    except ValueError as e:
+        st.error(f"Gradient reach could not be measured for these boxes: {e}")
+        return
+    own = resources.model_assignment(model, ctx.ckpt_key, image.rgb, image.digest, gkey, tal=False)
+    coarse = [lv for lv in ("p5", "p6") if f"{lv}.output_conv.positive" in reach["with"]]
+    left, right = st.columns(2)
+    for col, title, key, r in ((left, "Baseline FPN (CEM bypassed)", "without", reach["without"]),
+                               (right, "E-FPN-BS (CEM on)", "with", reach["with"])):
+        with col:
+            st.markdown(f"**{title}**")
+            st.plotly_chart(plots.positives_bar_figure(own.accounting, title=f"Positives per level ({own.name})"),
+                            width="stretch", key=f"asg_side_{key}")
+            st.plotly_chart(plots.gradient_reach_figure(r, None, "positive", title="Positive-driven gradient reach"),
+                            width="stretch", key=f"asg_reach_{key}")
+            for lv in coarse:
+                st.metric(f"‖∂L_pos/∂θ‖ of the {lv} output conv", f"{r[f'{lv}.output_conv.positive']:.3e}")
+    if model.config.neck.cem is None:
+        st.info("This checkpoint has no CEM, so both sides are the baseline. Choose an E-FPN-BS / efpn_n checkpoint.")
+
+
+tab_image, tab_data = st.tabs(["This image", "Dataset-wide"])
+
+# ----------------------------------------------------------------------------------------------- ground truth
+with tab_image:
+    st.subheader("Ground truth")
+    gt = ctx.gt
+    st.caption(f"{len(gt.boxes)} boxes from {gt.source}." if gt is not None else "This image has no ground truth yet.")
+    version = st.session_state.setdefault("gt_version", 0)
+
+    def _set(boxes: np.ndarray, labels: np.ndarray, class_names: list[str], source: str) -> None:
+        b, ok = state.clean_boxes(boxes, (h, w))
+        state.set_ground_truth(image.digest, state.GroundTruth(b[ok], np.asarray(labels, np.int64)[ok],
+                                                               class_names, source))
+        st.session_state["gt_version"] = st.session_state.get("gt_version", 0) + 1
+
+    with st.expander("Change the ground truth: upload, draw, or edit", expanded=gt is None):
+        c1, c2 = st.columns(2)
+        ann = c1.file_uploader("Annotation file (COCO .json, YOLO .txt, Pascal VOC .xml)", type=["json", "txt", "xml"],
+                               key=f"gt_upload_{version}")
+        if ann is not None:
+            try:
+                parsed = resources.parse_annotation(ann.name, ann.getvalue(), image.rgb, image.name, names)
+            except resources.AnnotationError as e:
+                st.error(f"{e}\n\nThe ground truth is unchanged. Upload a COCO JSON, a YOLO txt (class cx cy w h, "
+                         "normalised) or a Pascal VOC XML for this image.")
+            else:
+                _set(parsed.boxes, parsed.labels, parsed.class_names, f"uploaded {parsed.fmt}")
+                if "nothing skipped" not in parsed.report:
+                    st.session_state["gt_report"] = parsed.report
+                st.rerun()
+        report = st.session_state.pop("gt_report", None)
+        if report:
+            st.warning(f"Read with some entries skipped:\n```\n{report}\n```")
+        with c2:
+            if st.button("Use the detections as ground truth", key="gt_from_det"):
+                ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+                _set(ins.detections["boxes"].numpy(), ins.detections["labels"].numpy(), names, "detections")
+                st.rerun()
+            if st.button("Reset to the original ground truth", key="gt_reset"):
+                state.set_ground_truth(image.digest, None)
+                st.session_state["gt_version"] = version + 1
+                st.rerun()
+            state.keep_valid("gt_draw_class", list(range(len(names))))
+            new_class = st.selectbox("Class of drawn boxes", list(range(len(names))), format_func=lambda i: names[i],
+                                     key="gt_draw_class")
+
+        st.markdown("**Draw**: drag a rectangle on the image to add a box.")
+        base = gt.boxes if gt is not None else np.zeros((0, 4), np.float32)
+        event = st.plotly_chart(plots.draw_gt_figure(image.rgb, base), width="stretch", key=f"gt_draw_{version}",
+                                on_select="rerun", selection_mode=("box",))
+        boxes_sel = (event.selection.box if event and event.selection else []) or []
+        if boxes_sel:
+            xs, ys = boxes_sel[-1].get("x", []), boxes_sel[-1].get("y", [])
+            if len(xs) >= 2 and len(ys) >= 2:
+                new = np.array([[min(xs), min(ys), max(xs), max(ys)]], dtype=np.float32)
+                old_labels = gt.labels if gt is not None else np.zeros(0, np.int64)
+                _set(np.concatenate([base, new]), np.concatenate([old_labels, [new_class]]), names, "drawn")
+                st.rerun()
+
+        st.markdown("**Edit** the table (add or delete rows), then apply.")
+        rows = [{"x1": float(b[0]), "y1": float(b[1]), "x2": float(b[2]), "y2": float(b[3]),
+                 "class": names[int(c)] if 0 <= int(c) < len(names) else names[0]}
+                for b, c in zip(base, gt.labels if gt is not None else [])]
+        edited = st.data_editor(
+            rows or [{"x1": 0.0, "y1": 0.0, "x2": 0.0, "y2": 0.0, "class": names[0]}][:0], num_rows="dynamic",
+            key=f"gt_table_{version}", width="stretch",
+            column_config={"class": st.column_config.SelectboxColumn("class", options=names, required=True)},
+        )
+        if st.button("Apply the table", key="gt_apply"):
+            table = [r for r in (edited or []) if all(r.get(k) is not None for k in ("x1", "y1", "x2", "y2"))]
+            boxes = np.array([[r["x1"], r["y1"], r["x2"], r["y2"]] for r in table], dtype=np.float32).reshape(-1, 4)
+            labels = np.array([names.index(r["class"]) if r.get("class") in names else 0 for r in table], np.int64)
+            _set(boxes, labels, names, "edited table")
+            st.rerun()
+
+    gt = state.context().gt
+    if gt is None or not len(gt.boxes):
+        st.info("Add at least one ground-truth box to see its assignment.")
+    else:
+        _assignment_section(gt)
+
+# ----------------------------------------------------------------------------------------------- dataset-wide
+with tab_data:
+    st.caption("Positive accounting over a whole dataset (box-only protocols, no model needed).")
+    c1, c2 = st.columns([3, 1])
+    yaml_path = c1.text_input("Data YAML", value=str(resources.SAMPLE_DATA_YAML.relative_to(resources.REPO)),
+                              key="ds_yaml", help="format, root, train/val sources: see efpn/data/config.py")
+    split = c2.selectbox("Split", ["train", "val"], key="ds_split")
+    c1, c2, c3 = st.columns(3)
+    protocol_name = c1.selectbox("Protocol", list(resources.BOX_PROTOCOLS), key="ds_protocol")
+    long_side = c2.number_input("Resize long side to (0 = native)", 0, 4096, int(model.config.image_size), 32,
+                                key="ds_long_side")
+    limit = c3.number_input("At most this many images", 1, 100_000, 500, key="ds_limit")
+    if st.button("Run over the dataset", key="ds_run"):
+        path = resources.REPO / yaml_path if not yaml_path.startswith("/") else yaml_path
+        try:
+            records, class_names, report = load_split(path, split)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            st.error(f"The dataset could not be loaded: {e}")
+        else:
+            records = records[: int(limit)]
+            bar = st.progress(0.0, text="Assigning ...")
+            total = None
+            steps = resources.iter_dataset_accounting(records, resources.BOX_PROTOCOLS[protocol_name],
+                                                      int(long_side) or None)
+            for i, running in steps:
+                total = running
+                if i % 10 == 0 or i == len(records):
+                    bar.progress(i / max(len(records), 1), text=f"{i}/{len(records)} images")
+            bar.empty()
+            st.session_state["ds_result"] = {
+                "data": str(yaml_path), "split": split, "protocol": protocol_name, "long_side": int(long_side),
+                "accounting": total.to_dict() if total is not None else None, "report": report.summary(),
+            }
+    result = st.session_state.get("ds_result")
+    if result and result["accounting"]:
+        acc = result["accounting"]
+        st.markdown(f"**{result['data']}** · {result['split']} · {result['protocol']} · long side "
+                    f"{result['long_side'] or 'native'}")
+        m = st.columns(4)
+        m[0].metric("Images", acc["num_images"])
+        m[1].metric("GT boxes", acc["num_gt"])
+        m[2].metric("Starved", f"{100 * acc['starved_rate']:.1f} %")
+        m[3].metric("No positive at all", f"{100 * acc['zero_positive_rate']:.1f} %")
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(plots.positives_bar_figure(acc), width="stretch", key="ds_bar")
+        c2.plotly_chart(plots.level_bucket_figure(acc), width="stretch", key="ds_matrix")
+        if acc["histogram"]:
+            st.plotly_chart(plots.histogram_figure(acc["histogram"]), width="stretch", key="ds_hist")
+        st.dataframe([{"coarse level": lv, "stride": level_stride(lv), "GTs training none of it or coarser":
+                       f"{100 * v:.1f} %"} for lv, v in acc["zero_high_level_share"].items()], hide_index=True)
+        with st.expander("Loader report"):
+            st.code(result["report"])
+        st.download_button("Download (JSON)", json.dumps(result, indent=2), file_name="dataset_assignment.json",
+                           mime="application/json", key="ds_dl")
+    elif result:
+        st.info("The dataset has no images in this split.")

@@ -1,0 +1,89 @@
+"""Compare: two checkpoints on the same image, and their validation metrics from the model cards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app import plots, resources, state, views
+from efpn.engine.checkpoint import CheckpointError
+
+ctx = state.context()
+st.title("Compare")
+st.caption("Two checkpoints side by side on the current image, with the same thresholds, and their validation "
+           "metrics (AP by object size) from their model cards.")
+state.require_model(ctx)
+image = state.require_image(ctx)
+
+options = [e["path"] for e in ctx.entries if "error" not in e] + list(st.session_state.get(state.UPLOADED_CKPTS, []))
+if ctx.checkpoint and ctx.checkpoint not in options:
+    options.insert(0, ctx.checkpoint)
+names = {e["path"]: e["name"] for e in ctx.entries}
+label = lambda p: names.get(p, Path(p).stem)  # noqa: E731
+if len(options) < 2:
+    st.info("Only one checkpoint is available; add another to checkpoints/ (or upload one in the sidebar) to compare.")
+state.keep_valid("cmp_a", options)
+state.keep_valid("cmp_b", options)
+c1, c2 = st.columns(2)
+a = c1.selectbox("Checkpoint A", options, index=options.index(ctx.checkpoint) if ctx.checkpoint in options else 0,
+                 format_func=label, key="cmp_a")
+b = c2.selectbox("Checkpoint B", options, index=min(1, len(options) - 1), format_func=label, key="cmp_b")
+
+def _dataset(card: dict) -> str:
+    """What a card says it was evaluated on."""
+    data = card.get("data") or card.get("dataset") or "?"
+    if isinstance(data, dict):
+        return str(data.get("dataset") or data.get("yaml") or "?") + (f" ({data['val_split']})" if
+                                                                     data.get("val_split") else "")
+    return str(data)
+
+
+results = {}
+for col, path in ((c1, a), (c2, b)):
+    with col:
+        try:
+            model = resources.load_detector(path)
+        except CheckpointError as e:
+            st.error(f"{label(path)} cannot be loaded: {e}")
+            continue
+        key = resources.checkpoint_key(path)
+        det = resources.predict_detections(model, key, image.rgb, image.digest, ctx.score, ctx.nms)
+        names_k = list(model.config.class_names) or [str(i) for i in range(model.num_classes)]
+        rows = views.detection_rows(det, model.levels, names_k)
+        st.plotly_chart(plots.detections_figure(image.rgb, rows, gt_boxes=ctx.gt.boxes if ctx.gt else None, height=420),
+                        width="stretch", key=f"cmp_fig_{'a' if col is c1 else 'b'}")
+        card = dict(getattr(model, "card", {}) or {})
+        st.caption(f"{card.get('preset', model.config.name)} · {card.get('num_parameters', 0) / 1e6:.2f} M params · "
+                   f"input {model.config.image_size} px · {len(rows)} detections · "
+                   f"{det['forward_ms']:.0f} ms")
+        results[label(path) + (" (A)" if col is c1 else " (B)")] = (rows, model.levels, card)
+
+if results:
+    counts = {name: views.level_counts(rows, levels) for name, (rows, levels, _) in results.items()}
+    st.plotly_chart(plots.counts_by_level_figure(counts), width="stretch", key="cmp_counts")
+
+    st.subheader("Validation metrics (from the model cards)")
+    metrics = {name: card.get("metrics") or {} for name, (_, _, card) in results.items()}
+    if any(metrics.values()):
+        st.plotly_chart(plots.ap_by_size_figure(metrics), width="stretch", key="cmp_ap")
+        keys = ["AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "AR"]
+        st.dataframe([{"checkpoint": n, **{k: m.get(k) for k in keys}} for n, m in metrics.items()],
+                     hide_index=True, width="stretch")
+        st.caption("Evaluated on: " + "; ".join(f"{n}: {_dataset(card)}" for n, (_, _, card) in results.items()))
+    else:
+        st.info("Neither model card holds validation metrics (the `metrics` entry a training run with validation "
+                "writes).")
+    telemetry = {n: card.get("telemetry") for n, (_, _, card) in results.items() if card.get("telemetry")}
+    if telemetry:
+        st.subheader("Training telemetry (last epoch, from the model cards)")
+        def fmt(v: object) -> str:
+            if isinstance(v, dict):
+                return ", ".join(f"{k} {x:.3g}" if isinstance(x, float) else f"{k} {x}" for k, x in v.items())
+            return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+        st.dataframe([{"checkpoint": n, "starved GT rate": fmt(t.get("starved_rate")),
+                       "fallback share": fmt(t.get("fallback_share")),
+                       "positives per image": fmt(t.get("positives_per_image")),
+                       "gate mass in boxes": fmt(t.get("gate_mass"))} for n, t in telemetry.items()],
+                     hide_index=True, width="stretch")

@@ -1,0 +1,120 @@
+"""Detect: upload images (or a sample, or a webcam photo), see the boxes coloured by the level that found them."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app import plots, resources, state, views
+from efpn.slicing import num_tiles, suggested_tile
+
+ctx = state.context()
+st.title("Detect")
+st.caption(
+    "Upload images or pick a sample in the sidebar. Each box is coloured by the pyramid level (p2 = stride 4, "
+    "p3 = 8, ...) that produced it: tiny objects can only come from the fine levels."
+)
+
+up_col, opt_col = st.columns([3, 1])
+with up_col:
+    st.file_uploader(
+        "Upload images (PNG, JPEG, BMP, TIFF incl. 16-bit and grayscale)", type=state.IMAGE_TYPES,
+        accept_multiple_files=True, key="detect_uploader", on_change=state.on_upload, args=("detect_uploader",),
+    )
+with opt_col:
+    mode = st.radio("Inference", ["Whole image", "Sliced (tiles)"], key="detect_mode",
+                    help="Sliced: detect on overlapping tiles at full resolution and merge with NMS (large images).")
+    use_camera = st.toggle("Use the webcam", key="use_camera")
+if use_camera:
+    st.camera_input("Take a photo", key="detect_camera", on_change=state.on_camera, args=("detect_camera",))
+
+for err in st.session_state.pop("upload_errors", []) or []:
+    st.error(f"{err}\n\nUpload a PNG, JPEG, BMP or TIFF file; the other images are unaffected.")
+
+model = state.require_model(ctx)
+image = state.require_image(ctx)
+if image.notice:
+    st.warning(image.notice)
+
+h, w = image.rgb.shape[:2]
+tiles = None
+if mode == "Sliced (tiles)":
+    c1, c2 = st.columns(2)
+    largest = max(64, h, w)
+    if st.session_state.get("tile_side", 0) > largest:  # a smaller image than the last one
+        del st.session_state["tile_side"]
+    tile = c1.slider("Tile side (px)", 32, largest, suggested_tile((h, w), model.config.image_size), 16,
+                     key="tile_side", help="Each tile is resized to the model's input size, so small tiles enlarge "
+                                           "small objects.")
+    overlap = c2.slider("Overlap", 0.0, 0.5, 0.2, 0.05, key="tile_overlap")
+    st.caption(f"{num_tiles((h, w), tile, overlap)} tiles + one whole-image pass, merged with class-aware NMS.")
+    out = resources.sliced_detections(model, ctx.ckpt_key, image.rgb, image.digest, tile, overlap, ctx.score, ctx.nms)
+    detections = out
+    tiles = out["tiles"]
+    timing = None
+else:
+    ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+    detections = ins.detections
+    timing = ins.timings_ms
+
+rows = views.detection_rows(detections, model.levels, ctx.class_names)
+fig = plots.detections_figure(image.rgb, rows, gt_boxes=ctx.gt.boxes if ctx.gt is not None and
+                              st.session_state.get("show_gt", True) else None, tiles=tiles)
+
+left, right = st.columns([3, 1])
+with left:
+    event = st.plotly_chart(fig, width="stretch", key="detect_fig", on_select="rerun", selection_mode="points")
+picked = [p.get("customdata") for p in ((event.selection.points if event and event.selection else []) or [])]
+picked = [int(c[0] if isinstance(c, list) else c) for c in picked if c is not None]
+if picked and picked[-1] < len(rows):
+    st.session_state["selected_detection"] = (image.digest, picked[-1])
+with right:
+    st.metric("Detections", len(rows))
+    counts = views.level_counts(rows, model.levels)
+    st.dataframe([{"level": lv, "detections": n} for lv, n in counts.items()], hide_index=True, width="stretch")
+    if ctx.gt is not None:
+        st.toggle("Show ground truth", value=True, key="show_gt", help=f"{len(ctx.gt.boxes)} boxes ({ctx.gt.source})")
+    if timing:
+        st.caption(f"Forward {timing['forward']:.0f} ms on {w}x{h} px (network input "
+                   f"{model.config.image_size} px long side).")
+    if not rows:
+        st.info("No detection above the score threshold; lower it in the sidebar to see weaker ones.")
+    digest, sel = st.session_state.get("selected_detection") or (None, None)
+    if digest == image.digest and sel is not None and sel < len(rows):
+        r = rows[sel]
+        st.caption(f"Selected #{sel}: {r['class']} {r['score']:.3f} on {r['level']}. The **Attribution** page "
+                   "explains it.")
+    else:
+        st.caption("Click a box centre to select it for the Attribution page.")
+
+st.subheader("Detections")
+st.dataframe(views.table_rows(rows), hide_index=True, width="stretch", key="detect_table")
+
+d1, d2 = st.columns(2)
+stem = image.name.replace(" ", "_").rsplit(".", 1)[0]
+d1.download_button(
+    "Download JSON",
+    views.detections_json(detections, model.levels, ctx.class_names, image.name, (h, w), ctx.checkpoint or "",
+                          ctx.score, ctx.nms),
+    file_name=f"{stem}_detections.json", mime="application/json", key="dl_json",
+)
+d2.download_button("Download drawn image (PNG)", views.drawn_png(image.rgb, detections, model.levels, ctx.class_names),
+                   file_name=f"{stem}_detections.png", mime="image/png", key="dl_png")
+
+uploads: dict[str, bytes] = st.session_state.get(state.UPLOADS, {})
+if len(uploads) > 1:
+    with st.expander(f"All {len(uploads)} uploaded images", expanded=False):
+        summary = []
+        bar = st.progress(0.0, text="Detecting on every upload ...")
+        for i, (name, data) in enumerate(uploads.items(), start=1):
+            digest = resources.digest_of(data)
+            decoded = resources.decode_image(digest, data, resources.max_pixels())
+            det = resources.predict_detections(model, ctx.ckpt_key, decoded.rgb, digest, ctx.score, ctx.nms)
+            per = views.level_counts(views.detection_rows(det, model.levels, ctx.class_names), model.levels)
+            best = float(np.max(det["scores"])) if len(det["scores"]) else 0.0
+            summary.append({"image": name, "size": f"{decoded.rgb.shape[1]}x{decoded.rgb.shape[0]}",
+                            "detections": int(sum(per.values())), "best score": round(best, 3), **per})
+            bar.progress(i / len(uploads), text=f"{i}/{len(uploads)} images")
+        bar.empty()
+        st.dataframe(summary, hide_index=True, width="stretch")
+        st.caption("Pick one in the sidebar's Image list to inspect it on every page.")

@@ -1,0 +1,98 @@
+"""Kernels: click a pixel and see its RDConv dynamic kernel D, the SGDM-guided kernel K and the static bank S."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app import plots, resources, state
+from efpn.visual import kernel_at, kernels_inside_outside
+
+ctx = state.context()
+st.title("Kernels")
+st.caption(
+    "SGDM replaces a stride-2 convolution with a per-pixel dynamic kernel D (RDConv: generated from a 2-channel "
+    "'razor' summary), guided by a static bank S shared within each group: K = S⊙D / Σ|S⊙D|. The bank acts as a "
+    "low-pass prior that keeps kernels from chasing pixel noise."
+)
+model = state.require_model(ctx)
+image = state.require_image(ctx)
+ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+if not ins.kernels:
+    st.info("This checkpoint has no RDConv/SGDM layers. Choose a *_sgdm or efpn_n checkpoint to see dynamic kernels.")
+    st.stop()
+
+layers = list(ins.kernels)
+state.keep_valid("kernel_layer", layers)
+layer = st.selectbox("Layer", layers, key="kernel_layer",
+                     format_func=lambda n: f"{n} (stride {ins.kernels[n].stride})")
+km = ins.kernels[layer]
+g, kk, fh, fw = tuple(km.dynamic.shape)
+stride_orig = km.stride / ins.scale  # one kernel cell in original pixels
+h, w = image.rgb.shape[:2]
+
+# A click (previous run) or another image: set the picker's inputs before they are drawn.
+pending = st.session_state.pop("kernel_pending", None)
+if pending is not None:
+    st.session_state["kernel_x"], st.session_state["kernel_y"] = pending
+st.session_state["kernel_x"] = min(float(st.session_state.get("kernel_x", w // 2)), float(w - 1))
+st.session_state["kernel_y"] = min(float(st.session_state.get("kernel_y", h // 2)), float(h - 1))
+c_fig, c_side = st.columns([3, 2])
+with c_side:
+    what = st.radio("Map under the picker", ["entropy", "high-frequency energy", "none"], key="kernel_map",
+                    help="Per-pixel kernel entropy (spread of D) or Laplacian energy of K, averaged over groups.")
+    x = st.number_input("x (px)", 0.0, float(w - 1), key="kernel_x", step=1.0)
+    y = st.number_input("y (px)", 0.0, float(h - 1), key="kernel_y", step=1.0)
+
+maps = {"entropy": km.entropy, "high-frequency energy": km.hf_energy}
+overlay = maps.get(what)
+if overlay is not None:
+    fig = plots.heatmap_overlay_figure(image.rgb, overlay.numpy().mean(axis=0), stride_orig, 0.45, colorscale="Viridis",
+                                       colorbar_title=what.split()[0], height=460)
+else:
+    fig = plots.image_figure(image.rgb, height=460)
+fig.add_trace(plots.pick_grid_trace((h, w), stride_orig))
+fig.add_scatter(x=[x], y=[y], mode="markers", marker=dict(symbol="cross-thin-open", size=18, color="white",
+                                                          line=dict(width=3, color="white")),
+                name="picked", hoverinfo="skip")
+with c_fig:
+    event = st.plotly_chart(fig, width="stretch", key="kernel_fig", on_select="rerun", selection_mode="points")
+points = (event.selection.points if event and event.selection else []) or []
+if points:
+    px, py = float(points[-1]["x"]), float(points[-1]["y"])
+    if (px, py) != st.session_state.get("kernel_last_click"):
+        st.session_state["kernel_last_click"] = (px, py)
+        st.session_state["kernel_pending"] = (min(max(px, 0.0), w - 1.0), min(max(py, 0.0), h - 1.0))
+        st.rerun()
+
+x_net, y_net = x * ins.scale, y * ins.scale
+dyn, (row, col) = kernel_at(km.dynamic, x_net, y_net, km.stride)
+guided = kernel_at(km.guided, x_net, y_net, km.stride)[0] if km.guided is not None else None
+side = int(round(kk**0.5))
+bank = km.bank.numpy().reshape(-1, side, side) if km.bank is not None else None
+with c_side:
+    st.markdown(f"**Picked pixel** ({x:.0f}, {y:.0f}) → cell (row {row}, col {col}) of {fh} x {fw} "
+                f"· {g} group(s) · {side} x {side} kernels")
+    if km.entropy is not None:
+        st.caption(f"entropy here {float(km.entropy[:, row, col].mean()):.3f} "
+                   f"(max {np.log(kk):.3f} = uniform kernel)")
+
+st.plotly_chart(plots.kernel_grid_figure({"D dynamic": dyn, "K guided": guided, "S bank": bank},
+                                         title=f"Kernels at ({x:.0f}, {y:.0f}) in {layer}"),
+                width="stretch", key="kernel_grid")
+
+st.subheader("Foreground vs background kernels")
+gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
+st.caption(how_boxes)
+if gt is not None:
+    kind = st.radio("Kernel", ["guided K", "dynamic D"], horizontal=True, key="kernel_fgbg_kind")
+    source = km.guided if (kind == "guided K" and km.guided is not None) else km.dynamic
+    fg, bg = kernels_inside_outside(source, gt.boxes * ins.scale, km.stride)
+    diff = fg - bg if fg is not None and bg is not None else None
+    st.plotly_chart(plots.kernel_grid_figure({"inside boxes": fg, "outside": bg, "difference": diff},
+                                             title=f"Mean {kind} inside vs outside the boxes"),
+                    width="stretch", key="kernel_fgbg")
+if km.hf_energy is not None and km.entropy is not None:
+    st.plotly_chart(plots.maps_grid_figure({"entropy (mean over groups)": km.entropy.numpy().mean(0),
+                                            "high-frequency energy": km.hf_energy.numpy().mean(0)}, height=260),
+                    width="stretch", key="kernel_maps")

@@ -1,0 +1,152 @@
+"""Learn: a step-by-step walk through the detector on the current image, each step explained and drawn live."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from app import plots, resources, state, views
+from efpn.visual import count_candidates, level_colour, reduce_channels
+from efpn.vocab import level_stride
+
+ctx = state.context()
+st.title("Learn")
+model = state.require_model(ctx)
+image = state.require_image(ctx)
+gt = ctx.gt
+gkey = gt.for_model(model.num_classes) if gt is not None and len(gt.boxes) else None
+try:
+    ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms, gkey)
+except ValueError as e:  # ground truth the model refuses (e.g. boxes outside the image)
+    st.warning(f"The ground truth cannot be used for the training steps ({e}); showing inference only.")
+    ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+
+STEPS = ["1 Input", "2 Backbone", "3 FPN", "4 CEM", "5 FBSM", "6 Dynamic kernels", "7 Head",
+         "8 Assignment and loss", "9 Decoding and NMS"]
+st.session_state.setdefault("learn_step", STEPS[0])
+c_prev, c_sel, c_next = st.columns([1, 6, 1])
+i = STEPS.index(st.session_state["learn_step"])
+if c_prev.button("◀ Back", disabled=i == 0, key="learn_prev"):
+    st.session_state["learn_step"] = STEPS[i - 1]
+    st.rerun()
+if c_next.button("Next ▶", disabled=i == len(STEPS) - 1, key="learn_next"):
+    st.session_state["learn_step"] = STEPS[i + 1]
+    st.rerun()
+step = c_sel.select_slider("Step", STEPS, key="learn_step", label_visibility="collapsed")
+st.header(step)
+
+
+def pca_grid(feats: dict, title_suffix: str = "") -> None:
+    """A row of PCA -> RGB pictures, one per named feature map."""
+    pics = {f"{k} {tuple(v.shape[-2:])}{title_suffix}": reduce_channels(v, "pca") for k, v in feats.items()}
+    st.plotly_chart(plots.maps_grid_figure(pics, height=230), width="stretch", key=f"learn_grid_{step}")
+
+
+nh, nw = ins.network_hw
+if step == STEPS[0]:
+    st.markdown(
+        f"The detector sees your {image.rgb.shape[1]}x{image.rgb.shape[0]} image resized so its long side is "
+        f"**{model.config.image_size} px** (scale {ins.scale:.3f}): a {nw}x{nh} RGB tensor with values in [0, 1], "
+        "normalised inside the model and padded at the bottom/right to a multiple of 32. An object of s px "
+        f"becomes **{ins.scale:.2f}·s px**: a 10 px object becomes {10 * ins.scale:.1f} px. That is why tiny "
+        "objects in large images are hard, and why the Detect page offers sliced inference."
+    )
+    net_rgb = (resources.prepared(model, image.rgb).tensor[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(plots.image_figure(image.rgb, height=380, title="your image"), width="stretch",
+                    key="learn_input")
+    c2.plotly_chart(plots.image_figure(net_rgb, height=380, title=f"what the network sees ({nw}x{nh})"),
+                    width="stretch", key="learn_net")
+elif step == STEPS[1]:
+    st.markdown(
+        "The **backbone** turns pixels into features, halving the resolution at every stage: c2 (stride 4), c3 (8), "
+        "c4 (16), c5 (32). Deeper stages know more *what* but less *where*: one c5 cell covers 32x32 px, so an 8 px "
+        "object is a small fraction of a single cell. Below, each stage's channels projected on their first three "
+        "principal components (similar colour = similar features)."
+    )
+    pca_grid(ins.backbone)
+elif step == STEPS[2]:
+    st.markdown(
+        "The **FPN** (feature pyramid network) adds the coarse, semantic stages back into the fine ones (top-down) "
+        "and outputs one map per level p2..p6 with the same channels, so one head can look at all of them. Small "
+        "objects are predicted on fine levels (p2, p3), large ones on coarse levels."
+    )
+    pca_grid(ins.pyramid_before_cem)
+elif step == STEPS[3]:
+    if ins.cem_fused:
+        st.markdown(
+            "**CEM** (Context Enhancement Module) compresses p5/p6 (local branch: 1x1 conv, resize, align; global "
+            "branch: pooled context), fuses them into F and adds it to the fine levels: p' = p + α·F. The fine "
+            "levels get context, *and* p5/p6 now receive gradient from tiny objects' positives (see Pyramid)."
+        )
+        pca_grid(ins.cem_fused, " F")
+        st.write({f"α on {lv}": round(a, 5) for lv, a in ins.cem_alpha.items()})
+    else:
+        st.info("This checkpoint has no CEM; with it, p5/p6 context would be fused into the fine levels.")
+elif step == STEPS[4]:
+    if ins.gates:
+        st.markdown(
+            "**FBSM** predicts a foreground mask M per fine level and amplifies features under it: x' = x·(1 + β·M). "
+            "Trained with the boxes as target (the cell of every box centre always counts), it learns where small "
+            "objects are, so the head is not drowned in background."
+        )
+        lv = next(iter(ins.gates))
+        st.plotly_chart(plots.heatmap_overlay_figure(image.rgb, ins.gates[lv].numpy(), level_stride(lv) / ins.scale,
+                                                     0.55, colorscale="Inferno", zmin=0, zmax=1, height=420,
+                                                     title=f"FBSM gate on {lv}"), width="stretch", key="learn_gate")
+    else:
+        st.info("This checkpoint has no FBSM gates.")
+elif step == STEPS[5]:
+    if ins.kernels:
+        layer = next(iter(ins.kernels))
+        km = ins.kernels[layer]
+        st.markdown(
+            f"**SGDM** downsampling (layer {layer}) uses a different 3x3 kernel at every pixel (RDConv), generated "
+            "from a 2-channel summary of the input, and steered by a static bank shared within each group. Below: "
+            "how spread out each pixel's kernel is (entropy; high = smooth averaging, low = a sharp, selective "
+            "kernel). Explore single kernels on the Kernels page."
+        )
+        ent = km.entropy.numpy().mean(0) if km.entropy is not None else km.dynamic.numpy().std(1).mean(0)
+        st.plotly_chart(plots.heatmap_overlay_figure(image.rgb, ent, km.stride / ins.scale, 0.5, height=420,
+                                                     title=f"kernel entropy, {layer}"), width="stretch",
+                        key="learn_kernels")
+    else:
+        st.info("This checkpoint uses ordinary (static) convolutions: the same kernel at every pixel.")
+elif step == STEPS[6]:
+    st.markdown(
+        "The **head** predicts, at every location of every level (and for every anchor there), a score per class "
+        "and a box. Below: the best class score at each location, per level. Tiny objects can only light up the "
+        "fine levels: on p5 one cell is already 32 px wide."
+    )
+    maps = resources.score_maps(model, ctx.ckpt_key, image.rgb, image.digest)
+    st.plotly_chart(plots.maps_grid_figure(maps, colorscale="Inferno", zmin=0, zmax=1, height=240), width="stretch",
+                    key="learn_scores")
+elif step == STEPS[7]:
+    st.markdown(
+        "In **training**, an assigner decides which priors are positive for each ground-truth box; only those "
+        "learn to predict it. The losses then pull positives' scores up and boxes onto the GT, and negatives' "
+        "scores down. A GT with no positive is never learnt (see the Assignment page)."
+    )
+    if ins.assignment is None:
+        st.info("This image has no ground truth; add some on the Assignment page to see the assignment and loss.")
+    else:
+        acc = ins.assignment.accounting.to_dict()
+        c1, c2 = st.columns([2, 1])
+        c1.plotly_chart(plots.positives_bar_figure(acc, title=f"Positives per level ({ins.assignment.assigner})"),
+                        width="stretch", key="learn_pos")
+        c2.dataframe([{"loss": k, "value": round(v, 4)} for k, v in ins.losses.items()], hide_index=True)
+        c2.metric("Starved GTs", f"{len(acc['starved'])} of {acc['num_gt']}")
+else:
+    st.markdown(
+        f"At **inference**, every (location, class) scoring above the threshold ({ctx.score:.2f}) is decoded into a "
+        f"box; then non-maximum suppression keeps the best of overlapping boxes of the same class (IoU > "
+        f"{ctx.nms:.2f}). Each final detection remembers the level it came from."
+    )
+    maps = resources.score_maps(model, ctx.ckpt_key, image.rgb, image.digest)
+    rows = views.detection_rows(ins.detections, model.levels, ctx.class_names)
+    st.plotly_chart(plots.candidates_figure(count_candidates({k: np.asarray(v) for k, v in maps.items()}, ctx.score),
+                                            views.level_counts(rows, model.levels)), width="stretch", key="learn_nms")
+    st.plotly_chart(plots.detections_figure(image.rgb, rows, height=420), width="stretch", key="learn_dets")
+    st.caption(" · ".join(f"{lv}: {n}" for lv, n in views.level_counts(rows, model.levels).items()) or "no detections")
+    st.markdown(" ".join(f"<span style='color:{level_colour(lv)}'>■ {lv}</span>" for lv in model.levels),
+                unsafe_allow_html=True)

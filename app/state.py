@@ -1,0 +1,293 @@
+"""Session state of the studio: the chosen checkpoint, the current image and its ground truth, thresholds.
+
+The sidebar (rendered once per run by ``streamlit_app.py``, before the page) resolves everything into a
+:class:`Context` stored in ``st.session_state``; pages read it with :func:`context`. Uploads are kept per
+session as bytes, so switching pages never loses them and nothing is shared with other sessions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from app import resources as res
+from efpn.data.images import CorruptImageError
+from efpn.engine.checkpoint import CheckpointError
+from efpn.models.detector import Detector
+
+_CTX = "efpn_ctx"
+UPLOADS = "uploads"  # name -> bytes, in upload order
+UPLOADED_CKPTS = "uploaded_checkpoints"  # list of weights paths
+GT_OVERRIDES = "gt_overrides"  # image digest -> GroundTruth
+IMAGE_CHOICE = "image_choice"
+CKPT_CHOICE = "checkpoint_choice"
+IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"]
+
+
+@dataclass
+class GroundTruth:
+    """GT boxes of the current image in ORIGINAL pixels, their labels, class names and where they came from."""
+
+    boxes: np.ndarray  # (M, 4) float32 xyxy
+    labels: np.ndarray  # (M,) int64
+    class_names: list[str]
+    source: str
+
+    def key(self) -> tuple | None:
+        return res.gt_key(self.boxes, self.labels)
+
+    def for_model(self, num_classes: int) -> tuple | None:
+        """Cache key / targets with labels outside the model's classes mapped to 0 (boxes drive assignment)."""
+        labels = np.where((self.labels >= 0) & (self.labels < num_classes), self.labels, 0)
+        return res.gt_key(self.boxes, labels)
+
+
+@dataclass
+class ImageItem:
+    """The current image: display name, SHA-1 of its bytes, decoded pixels and a notice (e.g. downscaled)."""
+
+    name: str
+    digest: str
+    rgb: np.ndarray
+    original_hw: tuple[int, int]
+    notice: str | None = None
+
+
+@dataclass
+class Context:
+    """Everything a page needs, resolved by the sidebar for this run."""
+
+    checkpoint: str | None = None
+    ckpt_key: str = ""
+    model: Detector | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+    checkpoint_error: str | None = None
+    image: ImageItem | None = None
+    gt: GroundTruth | None = None
+    score: float = 0.25
+    nms: float = 0.5
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def class_names(self) -> list[str]:
+        if self.model is None:
+            return []
+        names = list(self.model.config.class_names) or list(self.card.get("classes") or [])
+        return names if len(names) == self.model.num_classes else [str(i) for i in range(self.model.num_classes)]
+
+
+def context() -> Context:
+    """The context the sidebar resolved in this run (an empty one before the first sidebar run)."""
+    return st.session_state.get(_CTX) or Context()
+
+
+def _init() -> None:
+    st.session_state.setdefault(UPLOADS, {})
+    st.session_state.setdefault(UPLOADED_CKPTS, [])
+    st.session_state.setdefault(GT_OVERRIDES, {})
+
+
+# ----------------------------------------------------------------------------------------------- callbacks
+
+
+def add_image(name: str, data: bytes) -> str | None:
+    """Decode and keep an uploaded image for this session; returns an error message instead on failure."""
+    try:
+        res.decode_image(res.digest_of(data), data, res.max_pixels())
+    except (CorruptImageError, ValueError, OSError) as e:
+        return f"**{name}** could not be read as an image: {e}"
+    uploads: dict[str, bytes] = st.session_state[UPLOADS]
+    label = f"upload {name}"
+    if label in uploads and uploads[label] != data:
+        label = f"upload {name} ({res.digest_of(data)[:6]})"
+    uploads[label] = data
+    st.session_state[IMAGE_CHOICE] = label
+    return None
+
+
+def on_upload(key: str) -> None:
+    """Callback of the Detect page's uploader: keep every readable file, report the others."""
+    _init()
+    files = st.session_state.get(key) or []
+    files = files if isinstance(files, list) else [files]
+    errors = [err for f in files if (err := add_image(f.name, f.getvalue()))]
+    st.session_state["upload_errors"] = errors
+
+
+def on_camera(key: str) -> None:
+    """Callback of the webcam input: the photo becomes the current image."""
+    _init()
+    photo = st.session_state.get(key)
+    if photo is not None:
+        n = sum(1 for k in st.session_state[UPLOADS] if k.startswith("upload camera")) + 1
+        err = add_image(f"camera-{n}.jpg", photo.getvalue())
+        st.session_state["upload_errors"] = [err] if err else []
+
+
+def _on_checkpoint_upload() -> None:
+    weights = st.session_state.get("ckpt_upload_weights")
+    card = st.session_state.get("ckpt_upload_card")
+    st.session_state["ckpt_upload_error"] = None
+    if weights is None or card is None:
+        st.session_state["ckpt_upload_error"] = (
+            "Upload both files: the weights (.safetensors) and the model card (.json) saved beside them."
+        )
+        return
+    path = res.save_uploaded_checkpoint(weights.name, weights.getvalue(), card.getvalue())
+    try:
+        res.load_detector(str(path))
+    except CheckpointError as e:
+        st.session_state["ckpt_upload_error"] = str(e)
+        return
+    if str(path) not in st.session_state[UPLOADED_CKPTS]:
+        st.session_state[UPLOADED_CKPTS].append(str(path))
+    st.session_state[CKPT_CHOICE] = str(path)
+
+
+def set_ground_truth(digest: str, gt: GroundTruth | None) -> None:
+    """Replace (or with ``None`` reset) the GT of an image for this session."""
+    _init()
+    if gt is None:
+        st.session_state[GT_OVERRIDES].pop(digest, None)
+    else:
+        st.session_state[GT_OVERRIDES][digest] = gt
+
+
+def clean_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Clip xyxy boxes to the image -> (clipped (M, 4), (M,) mask of boxes at least 1 px wide and high)."""
+    b = np.nan_to_num(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), nan=-1.0)
+    h, w = hw
+    b[:, 0::2] = b[:, 0::2].clip(0, w)
+    b[:, 1::2] = b[:, 1::2].clip(0, h)
+    ok = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)
+    return b, ok
+
+
+# ----------------------------------------------------------------------------------------------- sidebar
+
+
+def _checkpoint_picker(ctx: Context) -> None:
+    entries = res.available_checkpoints()
+    ctx.entries = entries
+    options = [e["path"] for e in entries] + [p for p in st.session_state[UPLOADED_CKPTS]]
+    names = {e["path"]: e["name"] + (" (unreadable card)" if "error" in e else "") for e in entries}
+    names.update({p: f"uploaded {Path(p).stem}" for p in st.session_state[UPLOADED_CKPTS]})
+    if not options:
+        return
+    if st.session_state.get(CKPT_CHOICE) not in options:
+        st.session_state[CKPT_CHOICE] = res.default_checkpoint(entries) or options[0]
+    choice = st.selectbox("Checkpoint", options, key=CKPT_CHOICE, format_func=lambda p: names.get(p, Path(p).stem),
+                          help=f"Checkpoints found in {res.checkpoint_dir()} (set EFPN_CHECKPOINT_DIR to change).")
+    ctx.checkpoint = choice
+    try:
+        ctx.model = res.load_detector(choice)
+        ctx.ckpt_key = res.checkpoint_key(choice)
+        ctx.card = dict(getattr(ctx.model, "card", {}) or {})
+    except (CheckpointError, OSError, ValueError) as e:
+        ctx.checkpoint_error = str(e)
+
+
+def _checkpoint_upload() -> None:
+    with st.expander("Upload a checkpoint"):
+        st.caption("Weights load only from safetensors; pickled .pt/.pth files are refused.")
+        st.file_uploader("Weights (.safetensors)", key="ckpt_upload_weights")
+        st.file_uploader("Model card (.json)", type=["json"], key="ckpt_upload_card")
+        st.button("Load uploaded checkpoint", on_click=_on_checkpoint_upload, key="ckpt_upload_go")
+        err = st.session_state.get("ckpt_upload_error")
+        if err:
+            st.error(f"{err}\n\nThe studio keeps running on the previous checkpoint.")
+
+
+def _image_picker(ctx: Context) -> None:
+    samples, sample_names = res.load_samples()
+    by_name = {s.name: s for s in samples}
+    uploads: dict[str, bytes] = st.session_state[UPLOADS]
+    options = list(by_name) + list(uploads)
+    if not options:
+        return
+    if st.session_state.get(IMAGE_CHOICE) not in options:
+        st.session_state[IMAGE_CHOICE] = options[0]
+    choice = st.selectbox("Image", options, key=IMAGE_CHOICE,
+                          help="A bundled sample (with ground truth) or one of your uploads (Detect page).")
+    data = by_name[choice].path.read_bytes() if choice in by_name else uploads[choice]
+    digest = res.digest_of(data)
+    try:
+        decoded = res.decode_image(digest, data, res.max_pixels())
+    except (CorruptImageError, ValueError, OSError) as e:
+        st.error(f"{choice} cannot be decoded: {e}")
+        return
+    ctx.image = ImageItem(choice, digest, decoded.rgb, decoded.original_hw, decoded.notice)
+    override = st.session_state[GT_OVERRIDES].get(digest)
+    if override is not None:
+        ctx.gt = override
+    elif choice in by_name:
+        s = by_name[choice]
+        ctx.gt = GroundTruth(s.boxes, s.labels, sample_names, "sample annotation")
+
+
+def render_sidebar() -> Context:
+    """Draw the shared sidebar (checkpoint, image, thresholds) and store the resolved :class:`Context`."""
+    _init()
+    ctx = Context()
+    with st.sidebar:
+        _checkpoint_picker(ctx)
+        _checkpoint_upload()
+        _image_picker(ctx)
+        default_nms = ctx.model.config.postprocess.nms_iou if ctx.model is not None else 0.5
+        ctx.score = st.slider("Score threshold", 0.0, 1.0, 0.25, 0.01, key="score_thresh",
+                              help="Keep detections scoring above this.")
+        ctx.nms = st.slider("NMS IoU", 0.05, 0.95, float(default_nms), 0.05, key="nms_iou",
+                            help="Suppress a box overlapping a better one of the same class by more than this.")
+    st.session_state[_CTX] = ctx
+    return ctx
+
+
+def require_model(ctx: Context) -> Detector:
+    """The model, or stop the page with what to do."""
+    if ctx.model is None:
+        if ctx.checkpoint_error:
+            st.error(
+                f"The checkpoint could not be loaded: {ctx.checkpoint_error}\n\n"
+                "Choose another checkpoint in the sidebar, or upload a .safetensors file with its model card."
+            )
+        elif not ctx.entries and not st.session_state.get(UPLOADED_CKPTS):
+            st.warning(
+                f"No checkpoint found in `{res.checkpoint_dir()}`. Train the bundled one with\n\n"
+                f"```\n{res.TRAIN_HINT}\n```\n\nor point the studio at a folder of checkpoints with "
+                "`EFPN_CHECKPOINT_DIR=runs make app` (every run's best/last checkpoint is listed), or open one file "
+                "with `EFPN_CHECKPOINT=/path/model.safetensors make app`."
+            )
+        st.stop()
+    return ctx.model  # type: ignore[return-value]
+
+
+def require_image(ctx: Context) -> ImageItem:
+    """The current image, or stop the page pointing to the Detect page."""
+    if ctx.image is None:
+        st.info("Pick a sample in the sidebar or upload an image on the **Detect** page.")
+        st.stop()
+    return ctx.image  # type: ignore[return-value]
+
+
+def boxes_for_analysis(ctx: Context, detections: dict[str, Any] | None) -> tuple[GroundTruth | None, str]:
+    """GT of the image, else the detections as stand-in boxes; with a caption saying which."""
+    if ctx.gt is not None and len(ctx.gt.boxes):
+        return ctx.gt, f"Boxes: ground truth ({ctx.gt.source}, {len(ctx.gt.boxes)} boxes)."
+    if detections is not None and len(detections["boxes"]):
+        boxes = np.asarray(detections["boxes"], dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(detections["labels"], dtype=np.int64)
+        gt = GroundTruth(boxes, labels, ctx.class_names, "detections")
+        return gt, (f"Boxes: this image has no ground truth, so the {len(boxes)} detections stand in for it "
+                    "(add GT on the Assignment page).")
+    return None, "No boxes: this image has no ground truth and no detections at this threshold."
+
+
+def keep_valid(key: str, options: list[Any]) -> None:
+    """Drop a widget's remembered value when it is no longer among ``options`` (another image or checkpoint
+    changed them), so the widget falls back to its default instead of failing."""
+    if key in st.session_state and st.session_state[key] not in options:
+        del st.session_state[key]

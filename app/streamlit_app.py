@@ -1,0 +1,38 @@
+"""efpn studio: see why a detector finds or misses a tiny object. Router only (``st.navigation``).
+
+Run ``make app`` (or ``streamlit run app/streamlit_app.py``). Environment: ``EFPN_CHECKPOINT`` (the checkpoint to
+open), ``EFPN_CHECKPOINT_DIR`` (the folder listed in the sidebar, default ``checkpoints/``),
+``EFPN_STUDIO_MAX_PIXELS`` (larger images are downscaled). The pages in ``app_pages/`` are UI only; model logic
+is in ``efpn``, figures in ``app/plots.py``, cached calls in ``app/resources.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only app/ on the path
+    sys.path.insert(0, str(ROOT))
+
+from app import state  # noqa: E402
+
+PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
+
+st.set_page_config(page_title="efpn studio", page_icon=":material/search:", layout="wide")
+
+pages = [
+    st.Page(PAGES_DIR / "detect.py", title="Detect", icon=":material/center_focus_strong:", default=True),
+    st.Page(PAGES_DIR / "pyramid.py", title="Pyramid", icon=":material/stacks:"),
+    st.Page(PAGES_DIR / "gates.py", title="Gates", icon=":material/filter_alt:"),
+    st.Page(PAGES_DIR / "kernels.py", title="Kernels", icon=":material/grid_on:"),
+    st.Page(PAGES_DIR / "assignment.py", title="Assignment", icon=":material/assignment:"),
+    st.Page(PAGES_DIR / "attribution.py", title="Attribution", icon=":material/biotech:"),
+    st.Page(PAGES_DIR / "compare.py", title="Compare", icon=":material/compare:"),
+    st.Page(PAGES_DIR / "learn.py", title="Learn", icon=":material/school:"),
+]
+page = st.navigation(pages)
+state.render_sidebar()
+page.run()

@@ -1,0 +1,25 @@
+"""Shared constants and helpers of the studio tests (imported by name: tests/app is on sys.path under pytest)."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # the studio is the `app` package at the repository root
+    sys.path.insert(0, str(REPO))
+
+APP = REPO / "app" / "streamlit_app.py"
+PAGES = ("detect", "pyramid", "gates", "kernels", "assignment", "attribution", "compare", "learn")
+SHARED_BROKEN = REPO.parent / "shared" / "data" / "broken" / "truncated.jpg"
+
+
+def png_bytes(image: np.ndarray, fmt: str = "PNG", **kw: object) -> bytes:
+    """Encode an array with Pillow (PNG by default)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt, **kw)
+    return buf.getvalue()

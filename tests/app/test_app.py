@@ -1,0 +1,329 @@
+"""AppTest of the studio: every page renders without an exception, and the main interactions work.
+
+The app runs on a random-weight tiny_efpn_n (128 px input): its scores sit near the focal prior (about 0.01), so
+tests that need detections lower the score threshold to 0.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from studio_helpers import APP, PAGES, SHARED_BROKEN, png_bytes
+
+
+def _ok(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def _metric(at, label: str) -> str:
+    found = [m.value for m in at.metric if m.label == label]
+    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    return found[0]
+
+
+def _goto(at, page: str):
+    return at.switch_page(f"app_pages/{page}.py").run()
+
+
+# ----------------------------------------------------------------------------------------------- smoke
+
+
+@pytest.mark.parametrize("score", [0.25, 0.0], ids=["default-threshold", "all-detections"])
+def test_every_page_renders(app, score: float) -> None:
+    """Each page, on the default sample and checkpoint, with no and with many detections."""
+    app.sidebar.slider(key="score_thresh").set_value(score).run()
+    for page in PAGES:
+        _goto(app, page)
+        _ok(app)
+        assert app.title[0].value.lower() == page, (page, [t.value for t in app.title])
+        assert not _errors(app), (page, _errors(app))
+
+
+def test_every_page_on_a_yolo_checkpoint(app, app_env: Path) -> None:
+    """tiny_yolov8_sgdm: a PAN neck without CEM/FBSM, TAL assignment, anchor-free head."""
+    app.sidebar.selectbox(key="checkpoint_choice").set_value(str(app_env / "tiny_yolov8_sgdm.safetensors")).run()
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
+    for page in PAGES:
+        _goto(app, page)
+        _ok(app)
+        assert not _errors(app), (page, _errors(app))
+    assert any("no FBSM" in i.value for i in _goto(app, "gates").info)
+
+
+def test_every_page_without_ground_truth(app, sample_rgb: np.ndarray) -> None:
+    """An uploaded image has no GT: pages fall back to detections or say what to do."""
+    app.file_uploader(key="detect_uploader").set_value(("mine.png", png_bytes(sample_rgb), "image/png")).run()
+    assert app.sidebar.selectbox(key="image_choice").value == "upload mine.png"
+    for score in (0.25, 0.0):
+        app.sidebar.slider(key="score_thresh").set_value(score).run()
+        for page in PAGES:
+            _goto(app, page)
+            _ok(app)
+            assert not _errors(app), (page, _errors(app))
+
+
+# ----------------------------------------------------------------------------------------------- detect
+
+
+def test_upload_many_formats(app, sample_rgb: np.ndarray) -> None:
+    """PNG, JPEG, BMP, 16-bit grayscale TIFF and an 8-bit grayscale PNG all become images of the session."""
+    gray16 = (sample_rgb.mean(axis=2) * 257).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(gray16).save(buf, format="TIFF")
+    files = [
+        ("a.png", png_bytes(sample_rgb), "image/png"),
+        ("b.jpg", png_bytes(sample_rgb, "JPEG", quality=90), "image/jpeg"),
+        ("c.bmp", png_bytes(sample_rgb, "BMP"), "image/bmp"),
+        ("d.tiff", buf.getvalue(), "image/tiff"),
+        ("e.png", png_bytes(sample_rgb[..., 0]), "image/png"),
+    ]
+    app.file_uploader(key="detect_uploader").set_value(files).run()
+    _ok(app)
+    assert not _errors(app)
+    options = app.sidebar.selectbox(key="image_choice").options
+    assert all(f"upload {name}" in options for name, _, _ in files), options
+    assert app.sidebar.selectbox(key="image_choice").value == "upload e.png"  # the last upload is current
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
+    _ok(app)
+    assert int(_metric(app, "Detections")) > 0
+    assert any("uploaded images" in e.label for e in app.expander)  # the multi-image summary
+
+
+def test_threshold_slider_changes_detections(app) -> None:
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
+    many = int(_metric(app, "Detections"))
+    assert many > 0
+    app.sidebar.slider(key="score_thresh").set_value(0.99).run()
+    assert int(_metric(app, "Detections")) == 0
+    assert any("lower it" in i.value for i in app.info)
+    app.sidebar.slider(key="nms_iou").set_value(0.2).run()
+    _ok(app)
+
+
+def test_downloads_hold_detections(app) -> None:
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
+    labels = [b.label for b in app.get("download_button")]
+    assert "Download JSON" in labels and "Download drawn image (PNG)" in labels
+
+
+def test_sliced_inference(app) -> None:
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
+    app.radio(key="detect_mode").set_value("Sliced (tiles)").run()
+    app.slider(key="tile_side").set_value(128).run()
+    _ok(app)
+    assert int(_metric(app, "Detections")) > 0
+    assert any("tiles" in c.value for c in app.caption)
+
+
+def test_corrupt_and_fake_images_are_reported(app) -> None:
+    """A truncated JPEG and a text file named .png give an error each; the session goes on."""
+    truncated = SHARED_BROKEN.read_bytes() if SHARED_BROKEN.is_file() else png_bytes(
+        np.full((64, 64, 3), 90, np.uint8), "JPEG")[:300]
+    app.file_uploader(key="detect_uploader").set_value([
+        ("truncated.jpg", truncated, "image/jpeg"), ("notes.png", b"this is not an image", "image/png"),
+    ]).run()
+    _ok(app)
+    errors = _errors(app)
+    assert len(errors) == 2 and "truncated.jpg" in errors[0] and "notes.png" in errors[1], errors
+    assert app.sidebar.selectbox(key="image_choice").value.startswith("sample")
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()  # still working
+    _ok(app)
+    assert int(_metric(app, "Detections")) > 0
+
+
+def test_oversized_image_is_downscaled(app, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EFPN_STUDIO_MAX_PIXELS", str(80 * 80))
+    big = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    app.file_uploader(key="detect_uploader").set_value(("big.png", png_bytes(big), "image/png")).run()
+    _ok(app)
+    assert any("downscaled" in w.value for w in app.warning), [w.value for w in app.warning]
+
+
+def test_decompression_bomb_is_refused_before_decoding(app) -> None:
+    buf = io.BytesIO()
+    Image.new("L", (16_000, 16_000)).save(buf, format="PNG")  # 256 MP of zeros, a few hundred kB
+    app.file_uploader(key="detect_uploader").set_value(("bomb.png", buf.getvalue(), "image/png")).run()
+    _ok(app)
+    assert any("bomb.png" in e and "MP" in e for e in _errors(app)), _errors(app)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_pickle_checkpoint_is_refused(app) -> None:
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    octet, js = "application/octet-stream", "application/json"
+    app.sidebar.file_uploader(key="ckpt_upload_weights").set_value(("model.pt", buf.getvalue(), octet))
+    app.sidebar.file_uploader(key="ckpt_upload_card").set_value(("model.json", b'{"format": "efpn"}', js))
+    app.sidebar.button(key="ckpt_upload_go").click().run()
+    _ok(app)
+    errors = [e.value for e in app.sidebar.error]
+    assert errors and "unpickle" in errors[0], errors
+    assert app.sidebar.selectbox(key="checkpoint_choice").value.endswith("tiny_efpn_n.safetensors")
+    _ok(app.sidebar.slider(key="score_thresh").set_value(0.0).run())
+
+
+def test_uploaded_safetensors_checkpoint_is_used(app, app_env: Path) -> None:
+    weights = (app_env / "tiny_yolov8_sgdm.safetensors").read_bytes()
+    card = (app_env / "tiny_yolov8_sgdm.json").read_bytes()
+    octet = "application/octet-stream"
+    app.sidebar.file_uploader(key="ckpt_upload_weights").set_value(("mine.safetensors", weights, octet))
+    app.sidebar.file_uploader(key="ckpt_upload_card").set_value(("mine.json", card, "application/json"))
+    app.sidebar.button(key="ckpt_upload_go").click().run()
+    _ok(app)
+    assert not [e.value for e in app.sidebar.error]
+    assert Path(app.sidebar.selectbox(key="checkpoint_choice").value).stem == "mine"
+
+
+def test_mismatched_card_shows_error_and_recovers(app, app_env: Path) -> None:
+    app.sidebar.selectbox(key="checkpoint_choice").set_value(str(app_env / "zz_mismatched.safetensors")).run()
+    _ok(app)
+    assert any("does not match" in e for e in _errors(app)), _errors(app)
+    app.sidebar.selectbox(key="checkpoint_choice").set_value(str(app_env / "tiny_efpn_n.safetensors")).run()
+    _ok(app)
+    assert not _errors(app)
+    assert app.title[0].value == "Detect"
+
+
+def test_no_checkpoint_shows_how_to_train(app_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("EFPN_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.delenv("EFPN_CHECKPOINT")
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    _ok(at)
+    assert any("No checkpoint found" in w.value and "efpn train" in w.value for w in at.warning)
+
+
+# ----------------------------------------------------------------------------------------------- assignment
+
+
+def test_assignment_every_assigner(app) -> None:
+    _goto(app, "assignment")
+    radio = app.radio(key="assigner")
+    for option in radio.options:
+        app.radio(key="assigner").set_value(option).run()
+        _ok(app)
+        assert int(_metric(app, "GT boxes")) > 0, option
+        assert int(_metric(app, "Positive pairs")) > 0, option
+
+
+def test_assignment_annotation_upload(app) -> None:
+    _goto(app, "assignment")
+    app.file_uploader(key="gt_upload_0").set_value(("000000.txt", b"1 0.5 0.5 0.1 0.1\n0 0.2 0.3 0.05 0.05\n",
+                                                    "text/plain")).run()
+    _ok(app)
+    assert any("2 boxes from uploaded YOLO txt" in c.value for c in app.caption), [c.value for c in app.caption]
+    assert _metric(app, "GT boxes") == "2"
+
+
+def test_assignment_bad_annotation_keeps_gt(app) -> None:
+    _goto(app, "assignment")
+    before = _metric(app, "GT boxes")
+    app.file_uploader(key="gt_upload_0").set_value(("broken.json", b"{not json", "application/json")).run()
+    _ok(app)
+    assert any("could not be parsed" in e for e in _errors(app)), _errors(app)
+    assert _metric(app, "GT boxes") == before
+
+
+def test_assignment_table_editor_and_reset(app) -> None:
+    _goto(app, "assignment")
+    app.button(key="gt_from_det").click().run()  # threshold 0.25: no detection -> empty GT
+    _ok(app)
+    assert any("Add at least one" in i.value for i in app.info)
+    app.button(key="gt_reset").click().run()
+    _ok(app)
+    assert int(_metric(app, "GT boxes")) > 0
+
+
+def test_assignment_dataset_mode(app) -> None:
+    _goto(app, "assignment")
+    app.number_input(key="ds_limit").set_value(2).run()
+    app.button(key="ds_run").click().run()
+    _ok(app)
+    assert _metric(app, "Images") == "2"
+    app.text_input(key="ds_yaml").set_value("does/not/exist.yaml").run()
+    app.button(key="ds_run").click().run()
+    _ok(app)
+    assert any("could not be loaded" in e for e in _errors(app))
+
+
+# ----------------------------------------------------------------------------------------------- other pages
+
+
+def test_attribution_for_a_selected_detection(app) -> None:
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
+    _goto(app, "attribution")
+    app.selectbox(key="attr_det").set_value(2).run()
+    app.slider(key="attr_ig_steps").set_value(4).run()
+    app.slider(key="attr_occ_evals").set_value(16).run()
+    app.button(key="attr_run").click().run()
+    _ok(app)
+    assert float(_metric(app, "Target score T")) > 0
+    assert any("inside the box" in c.value for c in app.caption)
+
+
+def test_kernels_pick_a_pixel(app) -> None:
+    _goto(app, "kernels")
+    app.number_input(key="kernel_x").set_value(10.0).run()
+    app.number_input(key="kernel_y").set_value(200.0).run()
+    _ok(app)
+    assert any("(10, 200)" in m.value for m in app.markdown), [m.value for m in app.markdown]
+    layers = app.selectbox(key="kernel_layer").options
+    app.selectbox(key="kernel_layer").set_value(layers[-1]).run()
+    app.radio(key="kernel_map").set_value("high-frequency energy").run()
+    _ok(app)
+
+
+def test_pyramid_reductions(app) -> None:
+    _goto(app, "pyramid")
+    for how in ("max", "pca"):
+        app.radio(key="pyr_reduce").set_value(how).run()
+        _ok(app)
+    app.radio(key="pyr_part").set_value("total").run()
+    _ok(app)
+
+
+def test_compare_two_checkpoints(app) -> None:
+    _goto(app, "compare")
+    assert app.selectbox(key="cmp_b").value.endswith("tiny_yolov8_sgdm.safetensors")
+    _ok(app)
+    assert not _errors(app)
+    assert any("Training telemetry" in h.value for h in app.subheader)
+    assert any("synthetic (test) (val)" in c.value for c in app.caption)
+
+
+def test_learn_walks_every_step(app) -> None:
+    _goto(app, "learn")
+    for _ in range(8):
+        app.button(key="learn_next").click().run()
+        _ok(app)
+    assert app.header[0].value.startswith("9")
+
+
+def test_sessions_are_isolated(app, app_env: Path, sample_rgb: np.ndarray) -> None:
+    """One user's uploads, broken files and ground truth never reach another session."""
+    from streamlit.testing.v1 import AppTest
+
+    other = AppTest.from_file(str(APP), default_timeout=180).run()
+    app.file_uploader(key="detect_uploader").set_value([
+        ("mine.png", png_bytes(sample_rgb), "image/png"), ("bad.png", b"nope", "image/png")]).run()
+    _goto(app, "assignment")
+    app.file_uploader(key="gt_upload_0").set_value(("mine.txt", b"0 0.5 0.5 0.2 0.2\n", "text/plain")).run()
+    assert _metric(app, "GT boxes") == "1"
+    other.run()
+    _ok(other)
+    assert not _errors(other)
+    assert "upload mine.png" not in other.sidebar.selectbox(key="image_choice").options
+    _goto(other, "assignment")
+    assert int(_metric(other, "GT boxes")) > 1  # the sample's own annotation

@@ -1,0 +1,228 @@
+"""The studio in a real browser: Playwright drives Debian's Chromium against `streamlit run`.
+
+Chromium is the system package at /usr/bin/chromium (``apt-get install -y chromium``); Playwright's own browser
+download is never used. Without it these tests skip with that instruction. Screenshots go to test-artifacts/
+(gitignored). ``EFPN_STUDIO_SCREENSHOT=docs/studio.png`` also writes the Detect page there (the README's picture;
+run it with ``EFPN_CHECKPOINT`` pointing at the bundled checkpoint for a trained model's boxes).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from studio_helpers import APP, REPO, png_bytes
+
+from efpn.data.synthetic import make_synthetic_sample
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path(os.environ.get("EFPN_CHROMIUM", "/usr/bin/chromium"))
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+PAGE_TITLES = ("Detect", "Pyramid", "Gates", "Kernels", "Assignment", "Attribution", "Compare", "Learn")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"streamlit did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`streamlit run app/streamlit_app.py` on a free port of 127.0.0.1, on the tiny checkpoints."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"Chromium not found at {CHROMIUM}; install Debian's chromium: apt-get install -y chromium")
+    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(EFPN_CHECKPOINT_DIR=str(checkpoint_dir), EFPN_CHECKPOINT=str(checkpoint_dir / "tiny_efpn_n.safetensors"))
+    if os.environ.get("EFPN_STUDIO_CHECKPOINT"):  # screenshot runs on a real checkpoint
+        env["EFPN_CHECKPOINT"] = os.environ["EFPN_STUDIO_CHECKPOINT"]
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(server: str) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, server: str) -> Iterator[object]:
+    """A fresh browser session (its own Streamlit session) on the Detect page."""
+    context = browser.new_context(viewport={"width": 1440, "height": 1100})
+    pg = context.new_page()
+    pg.set_default_timeout(90_000)
+    pg.goto(server)
+    pg.get_by_role("heading", name="Detect", exact=True).wait_for()
+    _settle(pg)
+    yield pg
+    context.close()
+
+
+def _settle(pg, quiet: float = 1.5, timeout: float = 120.0) -> None:
+    """Wait until the app has stopped running (no status widget) for ``quiet`` seconds."""
+    time.sleep(0.5)  # a rerun shows its status widget only after a moment
+    deadline = time.monotonic() + timeout
+    calm_since = None
+    while time.monotonic() < deadline:
+        running = pg.locator("[data-testid='stStatusWidget']").count() > 0
+        if running:
+            calm_since = None
+        elif calm_since is None:
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= quiet:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the app kept running")
+
+
+def _no_exception(pg) -> None:
+    exc = pg.locator("[data-testid='stException']")
+    assert exc.count() == 0, exc.first.inner_text()
+
+
+def _shot(pg, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def _set_slider_min(pg, label: str) -> None:
+    """Move a sidebar slider to its minimum with the keyboard and wait for the rerun."""
+    from playwright.sync_api import expect
+
+    slider = pg.locator("[data-testid='stSlider']").filter(has_text=label)
+    slider.locator("input[type='range']").first.focus()
+    pg.keyboard.press("Home")
+    expect(slider.locator("[data-testid='stSliderThumbValue']")).to_have_text("0.00")
+    _settle(pg)
+
+
+def _open(pg, title: str) -> None:
+    pg.locator("[data-testid='stSidebarNav'] a").filter(has_text=title).first.click()
+    pg.get_by_role("heading", name=title, exact=True).wait_for()
+    _settle(pg)
+
+
+def test_upload_an_image_and_see_detections(page, tmp_path: Path) -> None:
+    rgb = make_synthetic_sample(5, 0, (192, 144), 3, 20, (5, 10)).image
+    path = tmp_path / "street.png"
+    path.write_bytes(png_bytes(rgb))
+    page.locator("[data-testid='stMain'] input[type='file']").first.set_input_files(str(path))
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("combobox", name="Image")).to_have_value("upload street.png", timeout=90_000)
+    _settle(page)
+    _set_slider_min(page, "Score threshold")
+    metric = page.locator("[data-testid='stMetric']").filter(has_text="Detections")
+    expect(metric.locator("[data-testid='stMetricValue']")).not_to_have_text("0", timeout=90_000)
+    assert int(metric.locator("[data-testid='stMetricValue']").inner_text()) > 0
+    plot = page.locator("[data-testid='stMain'] .js-plotly-plot").first
+    plot.wait_for()
+    # boxes are drawn as plotly line traces, one per level, plus the image
+    assert plot.locator(".scatterlayer .trace").count() >= 2
+    _no_exception(page)
+    _shot(page, "detect_upload")
+
+
+def test_every_page_opens(page) -> None:
+    _set_slider_min(page, "Score threshold")
+    for title in PAGE_TITLES:
+        _open(page, title)
+        _no_exception(page)
+        assert page.locator("[data-testid='stMain'] [data-testid='stAlert']").filter(has_text="could not").count() == 0
+        _shot(page, f"page_{title.lower()}")
+
+
+def test_click_a_pixel_on_the_kernels_page(page) -> None:
+    _open(page, "Kernels")
+    picked = page.locator("[data-testid='stMarkdownContainer']").filter(has_text="Picked pixel").first
+    before = picked.inner_text()
+    drag = page.locator("[data-testid='stMain'] .js-plotly-plot .nsewdrag").first
+    box = drag.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 0.2 * box["width"], box["y"] + 0.25 * box["height"])
+    deadline = time.monotonic() + 60
+    while picked.inner_text() == before and time.monotonic() < deadline:
+        time.sleep(0.3)
+    _settle(page)
+    after = page.locator("[data-testid='stMarkdownContainer']").filter(has_text="Picked pixel").first.inner_text()
+    assert after != before, after
+    _no_exception(page)
+    _shot(page, "kernels_click")
+
+
+def test_detect_page_screenshot(page) -> None:
+    """The README picture: the Detect page on a sample (copied to $EFPN_STUDIO_SCREENSHOT when set)."""
+    if not os.environ.get("EFPN_STUDIO_CHECKPOINT"):
+        _set_slider_min(page, "Score threshold")
+    page.set_viewport_size({"width": 1440, "height": 1000})
+    _settle(page)
+    page.locator("[data-testid='stMain'] .js-plotly-plot image").first.wait_for()  # the picture is drawn
+    page.locator("[data-testid='stMain'] [data-testid='stDataFrame']").first.wait_for()
+    _settle(page, quiet=3.0)
+    path = ARTIFACTS / "studio.png"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(path))
+    assert path.stat().st_size > 10_000
+    target = os.environ.get("EFPN_STUDIO_SCREENSHOT")
+    if target:
+        shutil.copyfile(path, REPO / target)
+
+
+def test_bad_upload_in_browser_keeps_session(page, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(png_bytes(np.full((32, 32, 3), 120, np.uint8), "JPEG")[:200])
+    page.locator("[data-testid='stMain'] input[type='file']").first.set_input_files(str(bad))
+    page.locator("[data-testid='stAlert']").filter(has_text="broken.jpg").first.wait_for()
+    _settle(page)
+    _no_exception(page)
+    _open(page, "Pyramid")
+    _no_exception(page)
