@@ -16,7 +16,7 @@ from efpn.vocab import box_size
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 #: One colour per pyramid level (RGB), so a drawing shows which level found each object.
 LEVEL_COLOURS = {
-    "p2": (230, 25, 75), "p3": (60, 180, 75), "p4": (0, 130, 200), "p5": (245, 130, 48),
+    "p2": (255, 200, 0), "p3": (60, 180, 75), "p4": (0, 130, 200), "p5": (245, 130, 48),
     "p6": (145, 30, 180), "p7": (70, 240, 240),
 }
 
