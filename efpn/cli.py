@@ -31,11 +31,11 @@ def cmd_models(args: argparse.Namespace) -> None:
 
     import efpn
 
-    torch.set_grad_enabled(False)
     names = list(efpn.PRESETS) if args.all else list(efpn.MAIN_PRESETS)
     rows = []
     for name in tqdm(names, desc="measuring", disable=args.json or not sys.stderr.isatty(), leave=False):
-        m = efpn.build_model(name, num_classes=args.num_classes).eval()
+        with torch.no_grad():
+            m = efpn.build_model(name, num_classes=args.num_classes).eval()
         rows.append({
             "name": name,
             "params": efpn.count_params(m),

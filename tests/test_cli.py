@@ -25,7 +25,10 @@ def test_models_json_lists_presets_with_sizes(capsys: pytest.CaptureFixture[str]
     import efpn as top
 
     monkeypatch.setattr(top, "MAIN_PRESETS", ("yolov8n", "yolov5n"))
+    import torch
+
     main(["models", "--json"])
+    assert torch.is_grad_enabled(), "efpn models must not switch autograd off for the caller"
     rows = json.loads(capsys.readouterr().out)
     by = {r["name"]: r for r in rows}
     assert set(by) == {"yolov8n", "yolov5n"}

@@ -18,7 +18,7 @@ from efpn.config import ModelConfig
 from efpn.det.postprocess import batched_detections
 from efpn.det.priors import Priors
 from efpn.models.criterion import CriterionStats
-from efpn.models.decode import Decoder
+from efpn.models.decode import Decoder, candidate_subset
 from efpn.models.heads import HeadOutput
 
 Targets = Sequence[Mapping[str, Tensor]]
@@ -142,7 +142,9 @@ class Detector(nn.Module):
     # ------------------------------------------------------------------ forward pieces
     def _prepare(self, images: Tensor) -> Tensor:
         """Normalise and pad bottom/right to the size divisor: (N, 3, H, W) -> (N, 3, H', W')."""
-        x = (images - self.pixel_mean.to(images)) / self.pixel_std.to(images)
+        # the YOLO presets' mean 0 / std 1 is the identity: skip two passes over the image (same values)
+        identity = self.config.pixel_mean == (0.0, 0.0, 0.0) and self.config.pixel_std == (1.0, 1.0, 1.0)
+        x = images if identity else (images - self.pixel_mean.to(images)) / self.pixel_std.to(images)
         h, w = x.shape[-2:]
         d = self.size_divisor
         ph, pw = (-h) % d, (-w) % d
@@ -203,6 +205,9 @@ class Detector(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Decode, clip to the (unpadded) image and run class-aware NMS; ``levels`` index :attr:`levels`."""
         pp = self.config.postprocess
+        score_thresh = pp.score_thresh if score_thresh is None else score_thresh
+        # decode only priors that can pass the threshold (same detections, a fraction of the work)
+        out, priors = candidate_subset(out, priors, score_thresh)
         boxes, scores = self.decoder(out, priors)
         boxes = boxes.float()
         boxes[..., 0::2] = boxes[..., 0::2].clamp(0, image_hw[1])
@@ -211,7 +216,7 @@ class Detector(nn.Module):
             boxes,
             scores.float(),
             priors.level,
-            score_thresh=pp.score_thresh if score_thresh is None else score_thresh,
+            score_thresh=score_thresh,
             nms_iou=pp.nms_iou if nms_iou is None else nms_iou,
             max_det=pp.max_det if max_det is None else max_det,
             pre_nms_topk=pp.pre_nms_topk,

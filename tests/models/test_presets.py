@@ -254,3 +254,21 @@ def test_inspect_refuses_train_mode(tiny: efpn.Detector) -> None:
     tiny.train()
     with pytest.raises(ValueError, match="eval mode"):
         efpn.inspect(tiny, np.zeros((64, 64, 3), np.uint8))
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("thresh", [0.05, 0.3])
+def test_candidate_subset_keeps_detections_identical(name: str, thresh: float, monkeypatch) -> None:
+    """Decoding only the priors that can pass the threshold changes nothing in the detections."""
+    import efpn.models.detector as det_mod
+
+    model = efpn.build_model(name, num_classes=3).eval()
+    images, _ = _batch(size=96, n=2)
+    fast = model.predict(images, score_thresh=thresh)
+    monkeypatch.setattr(det_mod, "candidate_subset", lambda out, priors, t: (out, priors))
+    slow = model.predict(images, score_thresh=thresh)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a["scores"], b["scores"])
+        torch.testing.assert_close(a["labels"], b["labels"])
+        torch.testing.assert_close(a["levels"], b["levels"])
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=0)

@@ -1,0 +1,589 @@
+"""The studio in a real browser: upload -> detections and every internal rendered; inspect overhead; memory.
+
+Three measurements, one result file (``bench/results/studio.json`` / ``studio.md``):
+
+1. **Latency in the browser.** ``streamlit run app/streamlit_app.py`` on a free 127.0.0.1 port with a nano
+   (``efpn_n``) checkpoint, driven by Debian's Chromium through Playwright. Every repetition opens a fresh
+   session (its own browser context), uploads a new 640x640 synthetic PNG (a different synthetic index each
+   time, so no cache holds it) on the Detect page and times, on the wall clock of this process,
+
+   * upload action -> the Detect page's run finished and its detections figure shows the new image;
+   * then each of Pyramid, Gates and Kernels: click in the sidebar -> that page's run finished and all its
+     plotly figures drawn;
+
+   and the sum of the four ("upload -> detections and all internals rendered"; target < 1.5 s).
+   "Rendered" is read from the DOM: ``stApp``'s ``data-test-script-state`` went back to ``notRunning`` after
+   the action (a MutationObserver counts those transitions), the page's ``<h1>`` is there, no element is
+   stale (``data-stale="true"``), every ``stPlotlyChart`` holds a drawn ``svg.main-svg`` with its traces,
+   and, for Detect, the figure's ``<image>`` is no longer the picture shown before the upload.
+2. **inspect overhead**, in this process: ``efpn.inspect(model, image)`` against
+   ``efpn.predict.predict_image(model, image)`` on the same 640 px image for ``efpn_n`` (the studio's
+   checkpoint) and ``yolov8n_sgdm`` (random weights, 3 classes); interleaved rounds, median of per-round
+   ratios (:mod:`harness`); target <= 1.3x.
+3. **Memory** of the ``streamlit`` server process (a second, fresh server): RSS idle after start (no model
+   loaded yet), after one session uploaded an image and rendered Detect, and with five sessions open at once
+   (the first one plus four more that upload concurrently); per-session increment = (five - one) / 4; peak RSS
+   (``VmHWM``) of the server's lifetime.
+
+Checkpoint: ``checkpoints/efpn_n_synth.safetensors`` when it exists, else ``efpn_n`` with random weights
+(3 classes) saved in a temporary folder (random weights time the same network; the results say which).
+
+Run from the repository root (needs ``/usr/bin/chromium`` and the ``playwright`` Python package; Playwright's
+own browser download is never used)::
+
+    .venv/bin/python bench/studio.py                  # 5 timed repetitions after 1 warm-up
+    .venv/bin/python bench/studio.py --quick          # 3 repetitions, fewer inspect rounds
+    .venv/bin/python bench/studio.py --reps 1 --warmup 0 --skip-memory    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import re
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import harness as H
+import torch
+from PIL import Image
+
+import efpn
+from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample
+from efpn.engine.checkpoint import save_checkpoint
+from efpn.predict import predict_image
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "app" / "streamlit_app.py"
+BUNDLED_CHECKPOINT = REPO / "checkpoints" / "efpn_n_synth.safetensors"
+CHROMIUM = Path(os.environ.get("EFPN_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+VIEWPORT = {"width": 1440, "height": 1100}
+
+#: pages opened after Detect, in this order, for the same image ("all internals")
+INTERNAL_PAGES: tuple[str, ...] = ("Pyramid", "Gates", "Kernels")
+#: upload -> detections and all internals rendered, seconds
+TARGET_S = 1.5
+#: efpn.inspect / predict_image
+INSPECT_BOUND = 1.3
+INSPECT_PRESETS: tuple[str, ...] = ("efpn_n", "yolov8n_sgdm")
+#: synthetic indices of the timed images start here (memory-phase images start at MEMORY_INDEX)
+IMAGE_INDEX = 100
+MEMORY_INDEX = 900
+
+#: Counts the transitions of stApp's data-test-script-state into "notRunning" (= a script run finished).
+INIT_SCRIPT = """
+(() => {
+  const e = window.__efpn = {finished: 0, state: null};
+  const read = () => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    const s = app ? app.getAttribute('data-test-script-state') : null;
+    if (s !== e.state) {
+      if (s === 'notRunning' && e.state !== null) e.finished += 1;
+      e.state = s;
+    }
+  };
+  new MutationObserver(read).observe(document, {subtree: true, childList: true, attributes: true,
+                                                attributeFilter: ['data-test-script-state']});
+})();
+"""
+
+#: The first image of the first plotly figure in the main area (its href), or null.
+FIRST_IMAGE_JS = """
+() => {
+  const img = document.querySelector('[data-testid="stMain"] .js-plotly-plot image');
+  return img ? (img.getAttribute('href') || img.getAttribute('xlink:href')) : null;
+}
+"""
+
+#: True-ish once the page titled `title` finished a run started after `n0` runs and drew every figure.
+DONE_JS = """
+([title, n0, prev]) => {
+  const e = window.__efpn;
+  if (!e || e.finished <= n0 || e.state !== 'notRunning') return false;
+  const main = document.querySelector('[data-testid="stMain"]');
+  if (!main) return false;
+  if (![...main.querySelectorAll('h1')].some(h => h.textContent.trim().startsWith(title))) return false;
+  if (document.querySelector('[data-stale="true"]')) return false;
+  const charts = [...main.querySelectorAll('[data-testid="stPlotlyChart"]')];
+  for (const c of charts) {
+    const svg = c.querySelector('.js-plotly-plot svg.main-svg');
+    if (!svg) return false;
+    if (!c.querySelector('.cartesianlayer .trace, .imagelayer image, .hm image, .barlayer .trace, '
+                        + '.scatterlayer .trace, .heatmaplayer image')) return false;
+  }
+  if (prev !== undefined) {
+    const img = main.querySelector('.js-plotly-plot image');
+    const src = img ? (img.getAttribute('href') || img.getAttribute('xlink:href')) : null;
+    if (!src || src === prev) return false;
+  }
+  return {charts: charts.length, exceptions: main.querySelectorAll('[data-testid="stException"]').length};
+}
+"""
+
+
+# ---------------------------------------------------------------------------------------------------- server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def resolve_checkpoint(path: str | None, tmp: Path) -> dict[str, str]:
+    """The checkpoint to serve: ``path``, else the bundled one, else a random-weight ``efpn_n`` saved in ``tmp``."""
+    if path:
+        return {"path": str(Path(path).resolve()), "kind": "given on the command line"}
+    if BUNDLED_CHECKPOINT.is_file():
+        return {"path": str(BUNDLED_CHECKPOINT), "kind": "bundled checkpoints/efpn_n_synth.safetensors"}
+    torch.manual_seed(0)
+    model = efpn.build_model("efpn_n", num_classes=3, class_names=SYNTH_CLASSES)
+    out = save_checkpoint(model, tmp / "efpn_n_random.safetensors", card={"data": {"dataset": "none (random)"}})
+    return {"path": str(out), "kind": "efpn_n with random weights (3 classes), built by bench/studio.py"}
+
+
+@contextlib.contextmanager
+def studio_server(checkpoint: str, log: Path, timeout: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``streamlit run app/streamlit_app.py`` on a free 127.0.0.1 port serving ``checkpoint``; yields (url, proc)."""
+    port = _free_port()
+    env = dict(os.environ, EFPN_CHECKPOINT=checkpoint, EFPN_CHECKPOINT_DIR=str(Path(checkpoint).parent))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"streamlit not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_mib(pid: int) -> dict[str, float]:
+    """Resident memory of ``pid`` and its children (MiB), and the peak RSS of ``pid`` (VmHWM, MiB)."""
+    out: dict[str, float] = {}
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        out["rss"] = (proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))) / 2**20
+    except ImportError:
+        pass
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out.setdefault("rss" if key == "VmRSS" else "peak", int(value.split()[0]) / 1024)
+    except OSError:
+        pass
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------------- browser
+
+
+def write_images(folder: Path, indices: Sequence[int], size: int) -> list[Path]:
+    """Synthetic ``size`` x ``size`` PNGs (seed 0, the given indices) -> their paths."""
+    paths = []
+    for i in indices:
+        path = folder / f"synth_{size}_{i:04d}.png"
+        Image.fromarray(make_synthetic_sample(0, i, size).image).save(path)
+        paths.append(path)
+    return paths
+
+
+def open_session(browser: Any, url: str, timeout_ms: float) -> tuple[Any, Any]:
+    """A fresh browser context (= a new Streamlit session) on the Detect page, its first run finished."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(INIT_SCRIPT)
+    page = context.new_page()
+    page.set_default_timeout(timeout_ms)
+    page.goto(url)
+    wait_done(page, "Detect", 0, timeout_ms)
+    return context, page
+
+
+def finished_runs(page: Any) -> int:
+    return int(page.evaluate("() => window.__efpn.finished"))
+
+
+def wait_done(page: Any, title: str, n0: int, timeout_ms: float, prev: Any = ...) -> dict[str, int]:
+    """Block until :data:`DONE_JS` holds; raise with the exception text if the page shows one."""
+    args = [title, n0] if prev is ... else [title, n0, prev]
+    result = page.wait_for_function(DONE_JS, arg=args, polling="raf", timeout=timeout_ms).json_value()
+    if result.get("exceptions"):
+        text = page.locator("[data-testid='stException']").first.inner_text()
+        raise RuntimeError(f"the {title} page raised:\n{text}")
+    return result
+
+
+def upload(page: Any, path: Path) -> None:
+    page.locator("[data-testid='stMain'] input[type='file']").first.set_input_files(str(path))
+
+
+def start_upload(page: Any, path: Path) -> tuple[int, Any]:
+    """Upload ``path`` on the Detect page; returns what :func:`wait_done` needs to wait for its result."""
+    prev = page.evaluate(FIRST_IMAGE_JS)
+    n0 = finished_runs(page)
+    upload(page, path)
+    return n0, prev
+
+
+def detections_shown(page: Any) -> int | None:
+    metric = page.locator("[data-testid='stMetric']").filter(has_text="Detections")
+    try:
+        return int(metric.locator("[data-testid='stMetricValue']").first.inner_text(timeout=5000))
+    except Exception:  # no metric: the page stopped before it (no model, no image)
+        return None
+
+
+def forward_ms(page: Any) -> float | None:
+    """The server-side forward time the Detect page prints ("Forward N ms on ..."), if shown."""
+    caption = page.get_by_text(re.compile(r"^Forward \d+ ms on")).first
+    try:
+        return float(caption.inner_text(timeout=2000).split()[1])
+    except Exception:
+        return None
+
+
+def time_repetition(browser: Any, url: str, path: Path, timeout_ms: float) -> dict[str, Any]:
+    """One fresh session: upload ``path`` on Detect, then open every internal page; seconds per step."""
+    context, page = open_session(browser, url, timeout_ms)
+    try:
+        prev = page.evaluate(FIRST_IMAGE_JS)
+        n0 = finished_runs(page)
+        t0 = time.perf_counter()
+        upload(page, path)
+        detect = wait_done(page, "Detect", n0, timeout_ms, prev)
+        rec: dict[str, Any] = {"image": path.name, "Detect": time.perf_counter() - t0,
+                               "charts": {"Detect": detect["charts"]}, "detections": detections_shown(page),
+                               "forward_ms": forward_ms(page)}
+        chosen = page.get_by_role("combobox", name="Image").input_value()
+        if chosen != f"upload {path.name}":
+            raise RuntimeError(f"after the upload the sidebar shows {chosen!r}, not the uploaded image")
+        for title in INTERNAL_PAGES:
+            n0 = finished_runs(page)
+            t0 = time.perf_counter()
+            page.locator("[data-testid='stSidebarNav'] a").filter(has_text=title).first.click()
+            done = wait_done(page, title, n0, timeout_ms)
+            rec[title] = time.perf_counter() - t0
+            rec["charts"][title] = done["charts"]
+            if title == "Pyramid":  # gradient reach (two backward passes) needs GT or detections
+                rec["pyramid_gradient_reach"] = page.locator(".st-key-pyr_reach").count() > 0
+        rec["total"] = rec["Detect"] + sum(rec[t] for t in INTERNAL_PAGES)
+        return rec
+    finally:
+        context.close()
+
+
+def latency_phase(args: argparse.Namespace, checkpoint: str, tmp: Path) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    n = args.warmup + args.reps
+    images = write_images(tmp, [IMAGE_INDEX + i for i in range(n)], args.size)
+    timeout_ms = args.timeout * 1e3
+    records: list[dict[str, Any]] = []
+    with studio_server(checkpoint, tmp / "server_latency.log") as (url, _), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        version = browser.version
+        try:
+            for i, path in enumerate(images):
+                rec = time_repetition(browser, url, path, timeout_ms)
+                rec["warmup"] = i < args.warmup
+                records.append(rec)
+                steps = ", ".join(f"{k} {rec[k]:.2f} s" for k in ("Detect", *INTERNAL_PAGES, "total"))
+                which = "warm-up" if rec["warmup"] else f"rep {i - args.warmup + 1}/{args.reps}"
+                H.log(f"{which} {path.name}: {steps}; {rec['detections']} detections")
+        finally:
+            browser.close()
+    timed = [r for r in records if not r["warmup"]]
+    steps = ("Detect", *INTERNAL_PAGES, "total")
+    summary = {k: _stats([r[k] for r in timed]) for k in steps}
+    reach = sorted({r.get("pyramid_gradient_reach") for r in timed}, key=str)
+    for r in records:
+        for k in steps:
+            r[k] = round(r[k], 4)
+    return {"chromium": version, "summary_s": summary, "repetitions": records, "pyramid_gradient_reach": reach}
+
+
+def _stats(samples: Sequence[float]) -> dict[str, float | int]:
+    s = sorted(samples)
+    return {"median": round(statistics.median(s), 4), "p90": round(H._quantile(s, 0.9), 4), "min": round(s[0], 4),
+            "max": round(s[-1], 4), "n": len(s)}
+
+
+def memory_phase(args: argparse.Namespace, checkpoint: str, tmp: Path) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    images = write_images(tmp, [MEMORY_INDEX + i for i in range(args.sessions)], args.size)
+    timeout_ms = args.timeout * 1e3
+    out: dict[str, Any] = {"sessions": args.sessions}
+    with studio_server(checkpoint, tmp / "server_memory.log") as (url, proc), sync_playwright() as p:
+        time.sleep(args.settle)
+        out["idle"] = rss_mib(proc.pid)
+        H.log(f"memory: idle after start {out['idle']}")
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        contexts = []
+        try:
+            context, page = open_session(browser, url, timeout_ms)
+            contexts.append(context)
+            n0, prev = start_upload(page, images[0])
+            wait_done(page, "Detect", n0, timeout_ms, prev)
+            time.sleep(args.settle)
+            out["one_session"] = rss_mib(proc.pid)
+            H.log(f"memory: after 1 session {out['one_session']}")
+            pages = []
+            for _ in images[1:]:
+                context, page = open_session(browser, url, timeout_ms)
+                contexts.append(context)
+                pages.append(page)
+            t0 = time.perf_counter()
+            pending = [(page, *start_upload(page, path)) for page, path in zip(pages, images[1:])]
+            for page, n0, prev in pending:
+                wait_done(page, "Detect", n0, timeout_ms, prev)
+            out["concurrent_uploads"] = len(pending)
+            out["concurrent_uploads_all_rendered_s"] = round(time.perf_counter() - t0, 3)
+            time.sleep(args.settle)
+            out["all_sessions"] = rss_mib(proc.pid)
+            H.log(f"memory: with {len(contexts)} sessions {out['all_sessions']}")
+        finally:
+            for c in contexts:
+                c.close()
+            browser.close()
+        time.sleep(args.settle)
+        out["after_close"] = rss_mib(proc.pid)
+    extra = max(1, args.sessions - 1)
+    out["per_session_increment_mib"] = round((out["all_sessions"]["rss"] - out["one_session"]["rss"]) / extra, 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- inspect
+
+
+def inspect_phase(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
+    """``efpn.inspect`` vs ``predict_image`` on the same 640 px uint8 image, interleaved."""
+    image = make_synthetic_sample(0, IMAGE_INDEX, args.size).image
+    cases = {}
+    with torch.no_grad():
+        for name in INSPECT_PRESETS:
+            if name == "efpn_n":
+                model = efpn.load_model(checkpoint).eval()
+            else:
+                torch.manual_seed(0)
+                model = efpn.build_model(name, num_classes=3).eval()
+            cases[f"plain:{name}"] = lambda m=model: predict_image(m, image)
+            cases[f"inspect:{name}"] = lambda m=model: efpn.inspect(m, image)
+        times = H.interleaved(cases, args.inspect_rounds, warmup=1, inner=args.inner, progress=H.log)
+    out: dict[str, Any] = {"cases_ms": {k: H.Summary.of(v).to_dict() for k, v in times.items()},
+                           "samples_ms": {k: [round(x, 3) for x in v] for k, v in times.items()}, "ratios": {}}
+    for name in INSPECT_PRESETS:
+        out["ratios"][name] = H.Ratio.of(times[f"inspect:{name}"], times[f"plain:{name}"]).to_dict()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def _fmt_s(d: dict[str, float]) -> str:
+    return f"median {d['median']:.2f} s · p90 {d['p90']:.2f} s (n={d['n']})"
+
+
+def _met(value: float, bound: float) -> str:
+    return "yes" if value < bound else "**no**"
+
+
+def build_targets(payload: dict[str, Any]) -> list[H.Target]:
+    """Rows for run_all's summary: studio time against its budget, inspect overhead against 1.3x."""
+    targets: list[H.Target] = []
+    lat = payload.get("latency")
+    if lat:
+        budget = TARGET_S * 1e3
+        for key, what, bound in (("total", "upload -> detections + internals", 1.0), ("Detect", "upload -> Detect",
+                                                                                       None)):
+            med = lat["summary_s"][key]["median"] * 1e3
+            targets.append(H.Target(f"studio {what} (median, browser)", "studio", "1.5 s budget", med, budget, "ms",
+                                    med / budget, bound, "ratio = time / 1.5 s"))
+    ins = payload.get("inspect")
+    if ins:
+        for name, r in ins["ratios"].items():
+            a, b = ins["cases_ms"][f"inspect:{name}"]["median"], ins["cases_ms"][f"plain:{name}"]["median"]
+            targets.append(H.Target("inspect overhead", f"efpn.inspect({name})", "predict_image", a, b, "ms",
+                                    r["paired"], INSPECT_BOUND))
+    return targets
+
+
+def render(payload: dict[str, Any]) -> str:
+    rows: list[list[str]] = []
+    lat, ins, mem = payload.get("latency"), payload.get("inspect"), payload.get("memory")
+    if lat:
+        s = lat["summary_s"]
+        rows.append(["upload -> detections rendered (Detect page)", _fmt_s(s["Detect"]),
+                     f"< {TARGET_S:g} s (whole set)",
+                     f"median {_met(s['Detect']['median'], TARGET_S)}, p90 {_met(s['Detect']['p90'], TARGET_S)}"])
+        for t in INTERNAL_PAGES:
+            rows.append([f"then {t} page rendered (click -> figures drawn)", _fmt_s(s[t]), "—", "—"])
+        rows.append([f"**upload -> detections + all internals** (Detect + {' + '.join(INTERNAL_PAGES)})",
+                     _fmt_s(s["total"]), f"< {TARGET_S:g} s",
+                     f"median {_met(s['total']['median'], TARGET_S)}, p90 {_met(s['total']['p90'], TARGET_S)}"])
+    if ins:
+        for name, r in ins["ratios"].items():
+            a, b = ins["cases_ms"][f"inspect:{name}"]["median"], ins["cases_ms"][f"plain:{name}"]["median"]
+            rows.append([f"efpn.inspect / predict_image, {name}",
+                         f"{r['paired']:.3f}x (IQR {r['q1']:.3f}-{r['q3']:.3f}; {a:.0f} vs {b:.0f} ms)",
+                         f"<= {INSPECT_BOUND:g}x", "yes" if r["paired"] <= INSPECT_BOUND else "**no**"])
+    if mem:
+        n = mem["sessions"]
+        rows += [
+            ["server RSS idle after start (no model loaded yet)", f"{mem['idle']['rss']:.0f} MiB", "—", "—"],
+            ["server RSS after 1 session (upload + Detect)", f"{mem['one_session']['rss']:.0f} MiB", "—", "—"],
+            [f"server RSS with {n} concurrent sessions", f"{mem['all_sessions']['rss']:.0f} MiB", "—", "—"],
+            [f"per-session increment (({n} - 1 sessions) / {max(1, n - 1)})",
+             f"{mem['per_session_increment_mib']:.1f} MiB", "—", "—"],
+            ["server peak RSS (VmHWM)", f"{mem['all_sessions'].get('peak', float('nan')):.0f} MiB", "—", "—"],
+            [f"{mem['concurrent_uploads']} concurrent uploads -> all Detect pages rendered",
+             f"{mem['concurrent_uploads_all_rendered_s']:.2f} s", "—", "—"],
+            ["server RSS 5 s after all sessions closed", f"{mem['after_close']['rss']:.0f} MiB", "—", "—"],
+        ]
+    a = payload["args"]
+    parts = [
+        "# Studio: upload to rendered internals, inspect overhead, memory",
+        "",
+        f"Machine: {H.machine_line(payload['machine'])}.",
+        f"Checkpoint: {payload['checkpoint']['kind']}. Image: {a['size']}x{a['size']} synthetic PNG, new per "
+        f"repetition; CPU; browser: Chromium {lat['chromium'] if lat else 'n/a'} (headless) via Playwright; "
+        f"{a['reps']} timed repetitions after {a['warmup']} warm-up, each in a fresh session.",
+        "",
+        H.markdown_table(["what", "value", "target", "met?"], rows),
+        "",
+    ]
+    if lat:
+        det = sorted({r["detections"] for r in lat["repetitions"]}, key=lambda x: (x is None, x))
+        parts += [
+            f"Detections shown per image: {det}. Pyramid drew the gradient-reach chart (two backward passes; "
+            f"needs GT or detections), per image: {lat['pyramid_gradient_reach']}.",
+            "",
+            H.markdown_table(["image", "Detect s", *[f"{t} s" for t in INTERNAL_PAGES], "total s", "detections"],
+                             [[r["image"] + (" (warm-up)" if r["warmup"] else ""), f"{r['Detect']:.2f}",
+                               *[f"{r[t]:.2f}" for t in INTERNAL_PAGES], f"{r['total']:.2f}", str(r["detections"])]
+                              for r in lat["repetitions"]]),
+            "",
+        ]
+    if payload.get("notes"):
+        parts += ["Notes:", "", *[f"- {n}" for n in payload["notes"]], ""]
+    parts.append(f"Command: `{payload['command']}`")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=None, help="timed browser repetitions (default 5, --quick 3)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed browser repetitions first (default 1)")
+    ap.add_argument("--size", type=int, default=640, help="square image side (default 640)")
+    ap.add_argument("--checkpoint", default=None, help="serve this .safetensors (default: bundled, else random efpn_n)")
+    ap.add_argument("--sessions", type=int, default=5, help="concurrent sessions of the memory phase (default 5)")
+    ap.add_argument("--inspect-rounds", type=int, default=None, help="inspect rounds (default 10, --quick 4)")
+    ap.add_argument("--inner", type=int, default=2, help="inspect calls per round, best kept (default 2)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the inspect phase (default 2)")
+    ap.add_argument("--settle", type=float, default=5.0, help="seconds before each memory reading (default 5)")
+    ap.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for one page (default 180)")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-inspect", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--out", default="studio", help="result name under bench/results (default studio)")
+    args = ap.parse_args(argv)
+    if args.reps is None:
+        args.reps = 3 if args.quick else 5
+    if args.inspect_rounds is None:
+        args.inspect_rounds = 4 if args.quick else 10
+    if args.reps < 1 or args.sessions < 1:
+        ap.error("--reps and --sessions must be at least 1")
+    return args
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    notes: list[str] = []
+    missing = [] if CHROMIUM.is_file() else [f"Chromium at {CHROMIUM} (apt-get install -y chromium)"]
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("the playwright Python package")
+    if missing and not (args.skip_latency and args.skip_memory):
+        notes.append(f"Browser and memory phases skipped: no {' and no '.join(missing)}.")
+        H.log(notes[-1])
+        args.skip_latency = args.skip_memory = True
+    H.set_threads(args.threads)
+    machine = H.machine_info(args.threads)
+    try:
+        from importlib.metadata import version
+
+        machine["streamlit"] = version("streamlit")
+        machine["playwright"] = version("playwright")
+    except Exception:
+        pass
+    payload: dict[str, Any] = {"benchmark": "studio", "args": vars(args), "machine": machine,
+                               "command": shlex.join([".venv/bin/python", "bench/studio.py", *(argv or [])])}
+    with tempfile.TemporaryDirectory(prefix="efpn-bench-studio-") as tmp_name:
+        tmp = Path(tmp_name)
+        payload["checkpoint"] = resolve_checkpoint(args.checkpoint, tmp)
+        H.log(f"checkpoint: {payload['checkpoint']['kind']} ({payload['checkpoint']['path']})")
+        if not args.skip_latency:
+            payload["latency"] = latency_phase(args, payload["checkpoint"]["path"], tmp)
+        if not args.skip_memory:
+            payload["memory"] = memory_phase(args, payload["checkpoint"]["path"], tmp)
+        if not args.skip_inspect:
+            H.log(f"inspect overhead: {args.inspect_rounds} rounds x best of {args.inner}")
+            payload["inspect"] = inspect_phase(args, payload["checkpoint"]["path"])
+    if "random" in payload["checkpoint"]["kind"] and "latency" in payload:
+        notes.append("Random weights: the network costs the same as trained weights, but few boxes pass the 0.25 "
+                     "score threshold, so the per-box work (drawing, tables) and the Pyramid page's gradient reach "
+                     "(skipped without GT or detections) may be lighter than with a trained checkpoint.")
+    load = machine.get("loadavg_start")
+    if load and load[0] > 1.5:
+        notes.append(f"The machine was busy (load average {load} at start on {machine.get('logical_cpus')} CPUs): "
+                     "absolute times are inflated; the inspect ratio is paired and less affected.")
+    if "latency" in payload:
+        notes.append("Timed on this process's wall clock from the action (set_input_files / sidebar click) until "
+                     "the DOM condition held (polled every animation frame): script run finished, no stale element, "
+                     "every plotly chart drawn; Detect also needs its figure's image to be the uploaded one.")
+    payload["notes"] = notes
+    payload["targets"] = [t.to_dict() for t in build_targets(payload)]
+    markdown = render(payload)
+    H.write_results(args.out, payload, markdown)
+    print(markdown)
+    return payload
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
