@@ -201,7 +201,8 @@ def cmd_ship(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from efpn.report import claims_report
 
-    path = claims_report(args.out, shared_data=args.shared_data, checkpoints=args.checkpoints)
+    path = claims_report(args.out, shared_data=args.shared_data, checkpoints=args.checkpoints,
+                         visdrone_limit=args.visdrone_limit or None)
     print(f"saved {path}")
 
 
@@ -298,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="docs/claims")
     s.add_argument("--shared-data", default="../shared/data")
     s.add_argument("--checkpoints", default="checkpoints")
+    s.add_argument("--visdrone-limit", type=int, default=200, help="VisDrone annotation files to account (0: all)")
     s.set_defaults(func=cmd_report)
     return p
 
