@@ -133,7 +133,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
         if v is None:
             return "–"
         if isinstance(v, float):
-            return f"{v:.3f}"
+            return f"{v:.3g}" if 0 < abs(v) < 0.01 else f"{v:.3f}"
         return str(v)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
