@@ -4,8 +4,10 @@ Three measurements, one result file (``bench/results/studio.json`` / ``studio.md
 
 1. **Latency in the browser.** ``streamlit run app/streamlit_app.py`` on a free 127.0.0.1 port with a nano
    (``efpn_n``) checkpoint, driven by Debian's Chromium through Playwright. Every repetition opens a fresh
-   session (its own browser context), uploads a new 640x640 synthetic PNG (a different synthetic index each
-   time, so no cache holds it) on the Detect page and times, on the wall clock of this process,
+   session (its own browser context), leaves it idle ``--think`` seconds (a user choosing a file; without the
+   pause the upload waits ~2 s behind the fresh page's own start-up work), uploads a new 640x640 synthetic PNG
+   (a different synthetic index each time, so no cache holds it) on the Detect page and times, on the wall
+   clock of this process,
 
    * upload action -> the Detect page's run finished and its detections figure shows the new image;
    * then each of Pyramid, Gates and Kernels: click in the sidebar -> that page's run finished and all its
@@ -49,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -82,16 +85,18 @@ INSPECT_PRESETS: tuple[str, ...] = ("efpn_n", "yolov8n_sgdm")
 IMAGE_INDEX = 100
 MEMORY_INDEX = 900
 
-#: Counts the transitions of stApp's data-test-script-state into "notRunning" (= a script run finished).
+#: Counts the transitions of stApp's data-test-script-state into "notRunning" (= a script run finished) and
+#: logs every state with its performance.now() time.
 INIT_SCRIPT = """
 (() => {
-  const e = window.__efpn = {finished: 0, state: null};
+  const e = window.__efpn = {finished: 0, state: null, log: []};
   const read = () => {
     const app = document.querySelector('[data-testid="stApp"]');
     const s = app ? app.getAttribute('data-test-script-state') : null;
     if (s !== e.state) {
       if (s === 'notRunning' && e.state !== null) e.finished += 1;
       e.state = s;
+      e.log.push([performance.now(), s]);
     }
   };
   new MutationObserver(read).observe(document, {subtree: true, childList: true, attributes: true,
@@ -128,7 +133,8 @@ DONE_JS = """
     const src = img ? (img.getAttribute('href') || img.getAttribute('xlink:href')) : null;
     if (!src || src === prev) return false;
   }
-  return {charts: charts.length, exceptions: main.querySelectorAll('[data-testid="stException"]').length};
+  return {charts: charts.length, exceptions: main.querySelectorAll('[data-testid="stException"]').length,
+          now: performance.now()};
 }
 """
 
@@ -142,16 +148,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def resolve_checkpoint(path: str | None, tmp: Path) -> dict[str, str]:
-    """The checkpoint to serve: ``path``, else the bundled one, else a random-weight ``efpn_n`` saved in ``tmp``."""
+def resolve_checkpoint(path: str | None, tmp: Path, random_weights: bool = False) -> dict[str, Any]:
+    """The checkpoint to serve: ``path``, else the bundled one, else (or with ``random_weights``) a random-weight
+    ``efpn_n`` (3 classes, the preset's 640 px input) saved in ``tmp``; with the network's input size."""
     if path:
-        return {"path": str(Path(path).resolve()), "kind": "given on the command line"}
-    if BUNDLED_CHECKPOINT.is_file():
-        return {"path": str(BUNDLED_CHECKPOINT), "kind": "bundled checkpoints/efpn_n_synth.safetensors"}
-    torch.manual_seed(0)
-    model = efpn.build_model("efpn_n", num_classes=3, class_names=SYNTH_CLASSES)
-    out = save_checkpoint(model, tmp / "efpn_n_random.safetensors", card={"data": {"dataset": "none (random)"}})
-    return {"path": str(out), "kind": "efpn_n with random weights (3 classes), built by bench/studio.py"}
+        info: dict[str, Any] = {"path": str(Path(path).resolve()), "kind": "given on the command line"}
+    elif BUNDLED_CHECKPOINT.is_file() and not random_weights:
+        info = {"path": str(BUNDLED_CHECKPOINT), "kind": "bundled checkpoints/efpn_n_synth.safetensors"}
+    else:
+        torch.manual_seed(0)
+        model = efpn.build_model("efpn_n", num_classes=3, class_names=SYNTH_CLASSES)
+        out = save_checkpoint(model, tmp / "efpn_n_random.safetensors", card={"data": {"dataset": "none (random)"}})
+        info = {"path": str(out), "kind": "efpn_n with random weights (3 classes), built by bench/studio.py"}
+    info["network_input"] = efpn.load_model(info["path"]).config.image_size
+    return info
 
 
 @contextlib.contextmanager
@@ -206,6 +216,64 @@ def rss_mib(pid: int) -> dict[str, float]:
     except OSError:
         pass
     return {k: round(v, 1) for k, v in out.items()}
+
+
+class OtherLoad:
+    """CPU used by processes outside this benchmark's own process tree (others' tests, training runs), sampled
+    every ``every`` seconds in a thread: :meth:`cores` = their CPU seconds / wall seconds since :meth:`start`."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every = every
+        self._cpu = 0.0
+        self._last: dict[int, float] = {}
+        self._t0 = self._wall0 = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        ours = {me.pid, *(c.pid for c in me.children(recursive=True))}
+        for proc in psutil.process_iter():
+            if proc.pid in ours:
+                continue
+            try:
+                t = proc.cpu_times()
+                total, born = t.user + t.system, proc.create_time()
+            except (psutil.Error, OSError):
+                continue
+            prev = self._last.get(proc.pid)
+            if prev is not None:
+                self._cpu += max(0.0, total - prev)
+            elif born >= self._wall0:  # started while we ran: all of its CPU time counts
+                self._cpu += total
+            self._last[proc.pid] = total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def start(self) -> OtherLoad:
+        try:
+            import psutil  # noqa: F401
+        except ImportError:
+            return self
+        self._t0, self._wall0 = time.perf_counter(), time.time() - 1.0
+        self._sample()
+        self._cpu = 0.0
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def cores(self) -> float | None:
+        """Stop sampling; the others' mean CPU use in cores (None without psutil)."""
+        if self._thread is None:
+            return None
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return round(self._cpu / max(1e-9, time.perf_counter() - self._t0), 3)
 
 
 # ---------------------------------------------------------------------------------------------------- browser
@@ -275,27 +343,47 @@ def forward_ms(page: Any) -> float | None:
         return None
 
 
-def time_repetition(browser: Any, url: str, path: Path, timeout_ms: float) -> dict[str, Any]:
-    """One fresh session: upload ``path`` on Detect, then open every internal page; seconds per step."""
+def breakdown(page: Any, since: float, done_at: float) -> dict[str, float | int]:
+    """Where a step's time went, from the browser's log of script states after ``since`` (performance.now()):
+    ``to_run``: action -> the server's script run started (for an upload: the file transfer and the rerun
+    request); ``run``: first run started -> last run finished (``runs`` of them); ``after_run``: last run
+    finished -> the DOM condition held (drawing what the run sent last)."""
+    log = page.evaluate("(t) => window.__efpn.log.filter(x => x[0] >= t)", since)
+    starts = [t for t, state in log if state == "running"]
+    ends = [t for t, state in log if state == "notRunning"]
+    if not starts or not ends:
+        return {}
+    return {"to_run": round((starts[0] - since) / 1e3, 4), "run": round((ends[-1] - starts[0]) / 1e3, 4),
+            "after_run": round(max(0.0, done_at - ends[-1]) / 1e3, 4), "runs": len(ends)}
+
+
+def time_repetition(browser: Any, url: str, path: Path, timeout_ms: float, think: float) -> dict[str, Any]:
+    """One fresh session, idle for ``think`` s: upload ``path`` on Detect, then open every internal page (no pause
+    between them); seconds per step."""
     context, page = open_session(browser, url, timeout_ms)
     try:
+        time.sleep(think)
         prev = page.evaluate(FIRST_IMAGE_JS)
         n0 = finished_runs(page)
+        since = page.evaluate("performance.now()")
         t0 = time.perf_counter()
         upload(page, path)
         detect = wait_done(page, "Detect", n0, timeout_ms, prev)
         rec: dict[str, Any] = {"image": path.name, "Detect": time.perf_counter() - t0,
                                "charts": {"Detect": detect["charts"]}, "detections": detections_shown(page),
-                               "forward_ms": forward_ms(page)}
+                               "forward_ms": forward_ms(page),
+                               "breakdown": {"Detect": breakdown(page, since, detect["now"])}}
         chosen = page.get_by_role("combobox", name="Image").input_value()
         if chosen != f"upload {path.name}":
             raise RuntimeError(f"after the upload the sidebar shows {chosen!r}, not the uploaded image")
         for title in INTERNAL_PAGES:
             n0 = finished_runs(page)
+            since = page.evaluate("performance.now()")
             t0 = time.perf_counter()
             page.locator("[data-testid='stSidebarNav'] a").filter(has_text=title).first.click()
             done = wait_done(page, title, n0, timeout_ms)
             rec[title] = time.perf_counter() - t0
+            rec["breakdown"][title] = breakdown(page, since, done["now"])
             rec["charts"][title] = done["charts"]
             if title == "Pyramid":  # gradient reach (two backward passes) needs GT or detections
                 rec["pyramid_gradient_reach"] = page.locator(".st-key-pyr_reach").count() > 0
@@ -317,8 +405,9 @@ def latency_phase(args: argparse.Namespace, checkpoint: str, tmp: Path) -> dict[
         version = browser.version
         try:
             for i, path in enumerate(images):
-                rec = time_repetition(browser, url, path, timeout_ms)
+                rec = time_repetition(browser, url, path, timeout_ms, args.think)
                 rec["warmup"] = i < args.warmup
+                rec["loadavg_1min"] = round(os.getloadavg()[0], 2)
                 records.append(rec)
                 steps = ", ".join(f"{k} {rec[k]:.2f} s" for k in ("Detect", *INTERNAL_PAGES, "total"))
                 which = "warm-up" if rec["warmup"] else f"rep {i - args.warmup + 1}/{args.reps}"
@@ -328,11 +417,17 @@ def latency_phase(args: argparse.Namespace, checkpoint: str, tmp: Path) -> dict[
     timed = [r for r in records if not r["warmup"]]
     steps = ("Detect", *INTERNAL_PAGES, "total")
     summary = {k: _stats([r[k] for r in timed]) for k in steps}
+    parts = ("to_run", "run", "after_run")
+    split = {k: {p: round(statistics.median(r["breakdown"][k][p] for r in timed if r["breakdown"].get(k)), 4)
+                 for p in parts} for k in steps[:-1] if all(r["breakdown"].get(k) for r in timed)}
     reach = sorted({r.get("pyramid_gradient_reach") for r in timed}, key=str)
     for r in records:
         for k in steps:
             r[k] = round(r[k], 4)
-    return {"chromium": version, "summary_s": summary, "repetitions": records, "pyramid_gradient_reach": reach}
+    forward = [r["forward_ms"] for r in timed if r.get("forward_ms") is not None]
+    return {"chromium": version, "summary_s": summary, "breakdown_median_s": split, "repetitions": records,
+            "pyramid_gradient_reach": reach,
+            "detect_forward_ms_median": statistics.median(forward) if forward else None}
 
 
 def _stats(samples: Sequence[float]) -> dict[str, float | int]:
@@ -356,6 +451,7 @@ def memory_phase(args: argparse.Namespace, checkpoint: str, tmp: Path) -> dict[s
         try:
             context, page = open_session(browser, url, timeout_ms)
             contexts.append(context)
+            time.sleep(args.think)
             n0, prev = start_upload(page, images[0])
             wait_done(page, "Detect", n0, timeout_ms, prev)
             time.sleep(args.settle)
@@ -366,6 +462,7 @@ def memory_phase(args: argparse.Namespace, checkpoint: str, tmp: Path) -> dict[s
                 context, page = open_session(browser, url, timeout_ms)
                 contexts.append(context)
                 pages.append(page)
+            time.sleep(args.think)
             t0 = time.perf_counter()
             pending = [(page, *start_upload(page, path)) for page, path in zip(pages, images[1:])]
             for page, n0, prev in pending:
@@ -478,9 +575,11 @@ def render(payload: dict[str, Any]) -> str:
         "# Studio: upload to rendered internals, inspect overhead, memory",
         "",
         f"Machine: {H.machine_line(payload['machine'])}.",
-        f"Checkpoint: {payload['checkpoint']['kind']}. Image: {a['size']}x{a['size']} synthetic PNG, new per "
+        f"Checkpoint: {payload['checkpoint']['kind']}; the network runs at {payload['checkpoint']['network_input']} px "
+        f"long side (its config's image_size). Image: {a['size']}x{a['size']} synthetic PNG, new per "
         f"repetition; CPU; browser: Chromium {lat['chromium'] if lat else 'n/a'} (headless) via Playwright; "
-        f"{a['reps']} timed repetitions after {a['warmup']} warm-up, each in a fresh session.",
+        f"{a['reps']} timed repetitions after {a['warmup']} warm-up, each in a fresh session left idle "
+        f"{a['think']:g} s before the upload; the internal pages are clicked right after each other.",
         "",
         H.markdown_table(["what", "value", "target", "met?"], rows),
         "",
@@ -497,6 +596,21 @@ def render(payload: dict[str, Any]) -> str:
                               for r in lat["repetitions"]]),
             "",
         ]
+        split = lat.get("breakdown_median_s") or {}
+        if split:
+            fwd = lat.get("detect_forward_ms_median")
+            parts += [
+                "Where the time goes (medians over the timed repetitions, seconds; from the browser's log of the "
+                "app's script state):",
+                "",
+                H.markdown_table(["step", "action -> server run starts", "server run(s)", "run end -> drawn"],
+                                 [[k, f"{v['to_run']:.2f}", f"{v['run']:.2f}", f"{v['after_run']:.2f}"]
+                                  for k, v in split.items()]),
+                "",
+                f"Forward time the Detect page reports (server, inside its run): median "
+                f"{'n/a' if fwd is None else f'{fwd:.0f} ms'}.",
+                "",
+            ]
     if payload.get("notes"):
         parts += ["Notes:", "", *[f"- {n}" for n in payload["notes"]], ""]
     parts.append(f"Command: `{payload['command']}`")
@@ -512,17 +626,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1, help="untimed browser repetitions first (default 1)")
     ap.add_argument("--size", type=int, default=640, help="square image side (default 640)")
     ap.add_argument("--checkpoint", default=None, help="serve this .safetensors (default: bundled, else random efpn_n)")
+    ap.add_argument("--random-weights", action="store_true",
+                    help="serve a random-weight efpn_n at the preset's 640 px input even if the bundled one exists")
     ap.add_argument("--sessions", type=int, default=5, help="concurrent sessions of the memory phase (default 5)")
     ap.add_argument("--inspect-rounds", type=int, default=None, help="inspect rounds (default 10, --quick 4)")
     ap.add_argument("--inner", type=int, default=2, help="inspect calls per round, best kept (default 2)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the inspect phase (default 2)")
+    ap.add_argument("--think", type=float, default=3.0,
+                    help="seconds a new session stays idle before its upload, as a user choosing a file "
+                         "(default 3; with 0 the upload queues behind the fresh page's start-up work)")
     ap.add_argument("--settle", type=float, default=5.0, help="seconds before each memory reading (default 5)")
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for one page (default 180)")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-inspect", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--out", default="studio", help="result name under bench/results (default studio)")
+    ap.add_argument("--out", default="studio", help="result name (default studio)")
+    ap.add_argument("--out-dir", type=Path, default=H.RESULTS_DIR, help="result folder (default bench/results)")
     args = ap.parse_args(argv)
     if args.reps is None:
         args.reps = 3 if args.quick else 5
@@ -552,27 +672,40 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         machine["playwright"] = version("playwright")
     except Exception:
         pass
-    payload: dict[str, Any] = {"benchmark": "studio", "args": vars(args), "machine": machine,
+    arg_values = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    payload: dict[str, Any] = {"benchmark": "studio", "args": arg_values, "machine": machine,
                                "command": shlex.join([".venv/bin/python", "bench/studio.py", *(argv or [])])}
     with tempfile.TemporaryDirectory(prefix="efpn-bench-studio-") as tmp_name:
         tmp = Path(tmp_name)
-        payload["checkpoint"] = resolve_checkpoint(args.checkpoint, tmp)
+        payload["checkpoint"] = resolve_checkpoint(args.checkpoint, tmp, args.random_weights)
         H.log(f"checkpoint: {payload['checkpoint']['kind']} ({payload['checkpoint']['path']})")
+        others: dict[str, float | None] = {}
         if not args.skip_latency:
+            load = OtherLoad().start()
             payload["latency"] = latency_phase(args, payload["checkpoint"]["path"], tmp)
+            others["latency"] = load.cores()
         if not args.skip_memory:
+            load = OtherLoad().start()
             payload["memory"] = memory_phase(args, payload["checkpoint"]["path"], tmp)
+            others["memory"] = load.cores()
         if not args.skip_inspect:
             H.log(f"inspect overhead: {args.inspect_rounds} rounds x best of {args.inner}")
+            load = OtherLoad().start()
             payload["inspect"] = inspect_phase(args, payload["checkpoint"]["path"])
+            others["inspect"] = load.cores()
+        payload["other_processes_cpu_cores"] = others
     if "random" in payload["checkpoint"]["kind"] and "latency" in payload:
         notes.append("Random weights: the network costs the same as trained weights, but few boxes pass the 0.25 "
                      "score threshold, so the per-box work (drawing, tables) and the Pyramid page's gradient reach "
                      "(skipped without GT or detections) may be lighter than with a trained checkpoint.")
-    load = machine.get("loadavg_start")
-    if load and load[0] > 1.5:
-        notes.append(f"The machine was busy (load average {load} at start on {machine.get('logical_cpus')} CPUs): "
-                     "absolute times are inflated; the inspect ratio is paired and less affected.")
+    busy = {k: v for k, v in payload["other_processes_cpu_cores"].items() if v is not None}
+    if busy:
+        cpus = machine.get("logical_cpus")
+        text = ", ".join(f"{k} phase {v:.2f}" for k, v in busy.items())
+        notes.append(f"CPU used by other processes (not this benchmark, its server or Chromium) while it ran, in "
+                     f"cores of {cpus}: {text}." + (" The machine was shared: absolute times are inflated (the "
+                                                    "inspect ratio is paired and less affected)."
+                                                    if max(busy.values()) > 0.25 else ""))
     if "latency" in payload:
         notes.append("Timed on this process's wall clock from the action (set_input_files / sidebar click) until "
                      "the DOM condition held (polled every animation frame): script run finished, no stale element, "
@@ -580,7 +713,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     payload["notes"] = notes
     payload["targets"] = [t.to_dict() for t in build_targets(payload)]
     markdown = render(payload)
-    H.write_results(args.out, payload, markdown)
+    H.write_results(args.out, payload, markdown, args.out_dir)
     print(markdown)
     return payload
 
