@@ -601,9 +601,11 @@ def render(payload: dict[str, Any]) -> str:
             fwd = lat.get("detect_forward_ms_median")
             parts += [
                 "Where the time goes (medians over the timed repetitions, seconds; from the browser's log of the "
-                "app's script state):",
+                "app's script state). The middle column is the script run as the browser sees it: the page script "
+                "on the server plus sending its elements and the browser drawing them as they arrive.",
                 "",
-                H.markdown_table(["step", "action -> server run starts", "server run(s)", "run end -> drawn"],
+                H.markdown_table(["step", "action -> run starts", "run (server + transfer + drawing)",
+                                  "run end -> drawn"],
                                  [[k, f"{v['to_run']:.2f}", f"{v['run']:.2f}", f"{v['after_run']:.2f}"]
                                   for k, v in split.items()]),
                 "",
