@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from efpn.data.images import to_rgb_uint8 as pixels_to_rgb_uint8
+
 #: Refuse images above this many pixels (decompression bombs); the studio downsizes before this.
 MAX_PIXELS = 50_000_000
 
@@ -49,28 +51,18 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
     if not isinstance(image, np.ndarray):
         raise ValueError(f"unsupported image type {type(image).__name__}; give a path, PIL image, array or tensor")
     a = image
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
         raise ValueError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {a.shape}")
     if a.shape[0] < 1 or a.shape[1] < 1:
         raise ValueError(f"image is empty (shape {a.shape})")
     if a.shape[0] * a.shape[1] > MAX_PIXELS:
         raise ValueError(f"image has {a.shape[0] * a.shape[1]:,} pixels, over the {MAX_PIXELS:,} limit; downscale it")
-    if a.dtype == np.uint16:
-        a = (a.astype(np.float32) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
-    elif np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise ValueError("image contains NaN or infinite values")
-        hi = 255.0 if a.max() > 1.0 else 1.0
-        a = (np.clip(a / hi, 0, 1) * 255.0 + 0.5).astype(np.uint8)
-    elif a.dtype != np.uint8:
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise ValueError("image contains NaN or infinite values")
+    if not (a.dtype == bool or a.dtype.kind in "uif"):
         raise ValueError(f"unsupported image dtype {a.dtype}; use uint8, uint16 or float")
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    elif a.shape[2] == 4:
-        a = a[..., :3]
-    return np.ascontiguousarray(a)
+    # dtype and channel conversion is the data loaders' (uint16 / 257, float [0, 1] * 255, gray -> RGB, no alpha)
+    return pixels_to_rgb_uint8(a)
 
 
 def prepare(image: Any, image_size: int) -> Prepared:

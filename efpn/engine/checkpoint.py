@@ -259,8 +259,9 @@ def _refuse_non_safetensors(path: Path) -> None:
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":  # pickle protocol 2+, or torch.save's zip container
         raise CheckpointError(
             f"refusing to unpickle {path}: efpn loads weights only from safetensors, because unpickling a "
-            f"file can run arbitrary code. If you trust it, convert it once: sd = torch.load({str(path)!r}, "
-            "weights_only=True); model = efpn.zoo.build(config); model.load_state_dict(sd); "
+            "file can run arbitrary code. If you trust it, convert it once: "
+            f"sd = torch.load({str(path)!r}, weights_only=True); "
+            "model = efpn.zoo.build(config); model.load_state_dict(sd); "
             "efpn.engine.checkpoint.save_checkpoint(model, 'model.safetensors', card={...})"
         )
     raise CheckpointError(f"{path} is not a safetensors file (bad header: truncated or corrupt?)")
