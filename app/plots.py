@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from efpn.visual import level_colour
+from efpn.visual import level_colour, normalize01
 from efpn.vocab import BUCKET_LABELS, BUCKETS
 
 #: Longest side (px) of an image sent to the browser; larger images are downscaled for display only.
@@ -219,6 +219,72 @@ def maps_grid_figure(maps: Mapping[str, np.ndarray], colorscale: str = "Viridis"
                          row=1, col=i)
         fig.update_xaxes(showticklabels=False, row=1, col=i)
     fig.update_layout(margin=dict(l=0, r=0, t=30, b=0), height=height)
+    return fig
+
+
+
+# ----------------------------------------------------------------------------------------------- thumbnails
+# Plain PNGs (st.image) rather than plotly heatmaps: a dozen small pictures draw in the browser at once,
+# where a dozen plotly charts take about a second (the Detect page's overview of the internals).
+
+_LUTS: dict[str, np.ndarray] = {}
+
+
+def colour_lut(colorscale: str) -> np.ndarray:
+    """A plotly named colorscale sampled at 256 points -> (256, 3) uint8 lookup table (cached per name)."""
+    if colorscale not in _LUTS:
+        from plotly.colors import sample_colorscale, unlabel_rgb
+
+        rgb = [unlabel_rgb(c) for c in sample_colorscale(colorscale, list(np.linspace(0.0, 1.0, 256)))]
+        _LUTS[colorscale] = np.clip(np.rint(np.asarray(rgb, dtype=np.float64)), 0, 255).astype(np.uint8)
+    return _LUTS[colorscale]
+
+
+def colorize(a: np.ndarray, colorscale: str = "Viridis", zmin: float | None = None,
+             zmax: float | None = None) -> np.ndarray:
+    """(H, W) map -> (H, W, 3) uint8 RGB through ``colorscale``. With ``zmin``/``zmax`` the range is fixed (e.g.
+    [0, 1] for gates, so two images compare); otherwise robust percentiles (``efpn.visual.normalize01``)."""
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"colorize needs a (H, W) map, got shape {a.shape}")
+    if zmin is not None and zmax is not None and zmax > zmin:
+        u = np.clip((np.nan_to_num(a, nan=zmin) - zmin) / (zmax - zmin), 0.0, 1.0)
+    else:
+        u = normalize01(a)
+    return colour_lut(colorscale)[np.rint(u * 255).astype(np.int64)]
+
+
+def thumbnail(a: np.ndarray, colorscale: str = "Viridis", side: int = 160, zmin: float | None = None,
+              zmax: float | None = None) -> np.ndarray:
+    """A map (H, W) or an RGB (H, W, 3) uint8 picture as a small RGB uint8 image whose long side is about
+    ``side`` px: coarse maps are enlarged by an integer factor (nearest, cells stay square), large ones shrunk."""
+    a = np.asarray(a)
+    rgb = a if (a.ndim == 3 and a.dtype == np.uint8) else colorize(a, colorscale, zmin, zmax)
+    h, w = rgb.shape[:2]
+    k = side / max(h, w, 1)
+    if k >= 2:
+        f = int(k)
+        return np.ascontiguousarray(rgb.repeat(f, axis=0).repeat(f, axis=1))
+    if k < 1:
+        size = (max(1, round(w * k)), max(1, round(h * k)))
+        return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BILINEAR))
+    return np.ascontiguousarray(rgb)
+
+
+def level_summary_figure(levels: Sequence[str], detections: Mapping[str, int], positives: Mapping[str, int] | None,
+                         height: int = 260) -> go.Figure:
+    """Per level: detections kept after NMS and, when given, the positives the model's assigner gives the
+    boxes. Zero bars are labelled "0", so a level that never sees an object stands out."""
+    traces = [go.Bar(x=list(levels), y=[detections.get(lv, 0) for lv in levels], name="detections",
+                     marker_color=[level_colour(lv) for lv in levels], text=[detections.get(lv, 0) for lv in levels],
+                     textposition="outside", hovertemplate="%{x}: %{y} detections<extra></extra>")]
+    if positives is not None:
+        traces.append(go.Bar(x=list(levels), y=[positives.get(lv, 0) for lv in levels], name="positive anchors",
+                             marker_color="#9e9e9e", text=[positives.get(lv, 0) for lv in levels],
+                             textposition="outside", hovertemplate="%{x}: %{y} positive priors<extra></extra>"))
+    fig = go.Figure(traces)
+    fig.update_layout(barmode="group", height=height, margin=dict(l=0, r=0, t=10, b=0),
+                      legend=dict(orientation="h", y=-0.15), yaxis=dict(rangemode="tozero"))
     return fig
 
 

@@ -30,7 +30,7 @@ from efpn.data.coco import load_coco
 from efpn.data.images import read_image
 from efpn.det.assign import LevelAccounting, account, assign_boxes, assign_tal
 from efpn.engine.checkpoint import list_checkpoints, load_model
-from efpn.inspect import Inspection
+from efpn.inspect import Inspection, assign_on
 from efpn.models.detector import Detector
 from efpn.predict import predict_image
 from efpn.preprocess import Prepared, prepare
@@ -251,6 +251,16 @@ def inspect_image(
     assignment and losses."""
     return efpn.inspect(_model, _rgb, targets=_targets(gt), score_thresh=score, nms_iou=nms)
 
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def boxes_accounting(_model: Detector, ckpt: str, _ins: Inspection, digest: str, gt: tuple) -> dict[str, Any]:
+    """The model's own assignment of ``gt`` (original px) on the priors of the cached inspection of this image,
+    as ``LevelAccounting.to_dict()`` (``efpn.inspect.assign_on``: no second forward). Priors and the predictions
+    TAL ranks by do not depend on the thresholds, so the key is checkpoint + image + boxes."""
+    t = _targets(gt)
+    assert t is not None
+    return assign_on(_model, _ins, t["boxes"], t["labels"]).accounting.to_dict()
 
 @st.cache_data(max_entries=256, show_spinner="Running the detector ...")
 def predict_detections(

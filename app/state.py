@@ -25,6 +25,9 @@ UPLOADED_CKPTS = "uploaded_checkpoints"  # list of weights paths
 GT_OVERRIDES = "gt_overrides"  # image digest -> GroundTruth
 IMAGE_CHOICE = "image_choice"
 CKPT_CHOICE = "checkpoint_choice"
+#: Page scripts by short name, for st.page_link (paths relative to app/streamlit_app.py).
+PAGE_FILES = {name: f"app_pages/{name}.py" for name in
+              ("detect", "pyramid", "gates", "kernels", "assignment", "attribution", "compare", "learn")}
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"]
 
 

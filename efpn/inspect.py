@@ -74,6 +74,8 @@ class Inspection:
     kernels: dict[str, KernelMaps]  # layer name (e.g. "c3.down", "pan.down3") -> kernels
     assignment: AssignmentView | None = None
     losses: dict[str, float] = field(default_factory=dict)
+    priors: Priors | None = None  # the model's priors at network_hw (network px, CPU)
+    prior_predictions: tuple[Tensor, Tensor] | None = None  # TAL models: decoded (R, 4) boxes, (R, C) scores
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def detection_level_names(self) -> list[str]:
@@ -112,6 +114,62 @@ def _kernels(bb_int: dict[str, Tensor], prefix_strides: dict[str, int]) -> dict[
             stride=prefix_strides.get(layer, 0),
         )
     return out
+
+
+def _assignment_view(
+    model: Detector,
+    priors: Priors,
+    prior_predictions: tuple[Tensor, Tensor] | None,
+    boxes: np.ndarray,
+    labels: Tensor,
+    scale: float,
+    accounting: LevelAccounting | None = None,
+) -> AssignmentView:
+    """The model's own assigner on ``priors`` for GT ``boxes`` (M, 4) in ORIGINAL px, with its accounting."""
+    gt = boxes_to_network(boxes, scale).to(priors.boxes.device)  # (M, 4) network px
+    labels = labels.reshape(-1).to(priors.boxes.device)
+    assigner = model.config.head.assigner
+    if assigner == "tal":
+        from efpn.det.assign import assign_tal
+
+        if prior_predictions is None:
+            raise ValueError("TAL assignment needs the model's predictions on every prior")
+        a = assign_tal(priors, gt, labels, prior_predictions[1].to(gt.device), prior_predictions[0].to(gt.device))
+    elif hasattr(model.criterion, "assigner"):
+        a = model.criterion.assigner(priors, gt)
+    else:
+        from efpn.det.assign import assign_yolov5
+
+        a = assign_yolov5(priors, gt)
+    if accounting is None:
+        pos_iou = model.config.head.pos_iou if assigner == "maxiou" else None
+        accounting = account(a, priors, gt, pos_iou=pos_iou, scale=scale)
+    return AssignmentView(
+        assigner=assigner,
+        gt_boxes=torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        gt_labels=labels.cpu(),
+        assignment=a,
+        priors=priors,
+        accounting=accounting,
+    )
+
+
+@torch.no_grad()
+def assign_on(model: Detector, inspection: Inspection, boxes: Any, labels: Any | None = None) -> AssignmentView:
+    """The model's own label assignment for ``boxes`` (M, 4) xyxy in the inspected image's ORIGINAL px, on the
+    priors of ``inspection`` — no second forward (TAL reuses the predictions the inspection kept).
+
+    Use it for boxes that are not known before the forward, e.g. the detections standing in for missing GT.
+    ``labels`` default to class 0. Raises ``ValueError`` for an inspection made without priors.
+    """
+    if inspection.priors is None:
+        raise ValueError("this inspection kept no priors; run efpn.inspect again with this version")
+    b = np.asarray(boxes.numpy() if isinstance(boxes, Tensor) else boxes, dtype=np.float32).reshape(-1, 4)
+    lab = torch.zeros(len(b), dtype=torch.int64) if labels is None else torch.as_tensor(
+        np.asarray(labels, dtype=np.int64)).reshape(-1)
+    if len(lab) != len(b):
+        raise ValueError(f"got {len(b)} boxes but {len(lab)} labels")
+    return _assignment_view(model, inspection.priors, inspection.prior_predictions, b, lab, inspection.scale)
 
 
 @torch.no_grad()
@@ -177,37 +235,21 @@ def inspect(
     all_int = {**run["backbone_internals"], **{k: v for k, v in neck_int.items() if k.startswith("pan.")}}
     kernels = _kernels(all_int, strides)
 
+    priors: Priors = run["priors"]
+    prior_predictions = None
+    if model.config.head.assigner == "tal":  # TAL ranks priors by the model's own predictions
+        boxes_all, scores_all = model.decoder(run["head"], priors)
+        prior_predictions = (boxes_all[0].float().cpu(), scores_all[0].float().cpu())
+    priors = priors.to("cpu") if hasattr(priors, "to") else priors
     assignment_view = None
     losses: dict[str, float] = {}
     if net_targets is not None:
-        stats = run.get("stats")
         losses = {k: float(v) for k, v in run.get("losses", {}).items()}
-        crit = model.criterion
-        gt = net_targets[0]["boxes"]
-        priors: Priors = run["priors"]
-        assigner = model.config.head.assigner
-        if assigner == "tal":
-            from efpn.det.assign import assign_tal
-
-            boxes_all, scores_all = model.decoder(run["head"], priors)
-            a = assign_tal(priors, gt, net_targets[0]["labels"], scores_all[0], boxes_all[0])
-        elif hasattr(crit, "assigner"):
-            a = crit.assigner(priors, gt)
-        else:
-            from efpn.det.assign import assign_yolov5
-
-            a = assign_yolov5(priors, gt)
-        pos_iou = model.config.head.pos_iou if assigner == "maxiou" else None
-        acc = stats.accounting if stats is not None and stats.accounting is not None else account(
-            a, priors, gt, pos_iou=pos_iou, scale=prep.scale
-        )
-        assignment_view = AssignmentView(
-            assigner=assigner,
-            gt_boxes=torch.as_tensor(np.asarray(targets["boxes"], dtype=np.float32).reshape(-1, 4)),
-            gt_labels=net_targets[0]["labels"].cpu(),
-            assignment=a,
-            priors=priors.to("cpu") if hasattr(priors, "to") else priors,
-            accounting=acc,
+        stats = run.get("stats")
+        assignment_view = _assignment_view(
+            model, priors, prior_predictions, np.asarray(targets["boxes"], dtype=np.float32).reshape(-1, 4),
+            net_targets[0]["labels"].cpu(), prep.scale,
+            accounting=stats.accounting if stats is not None else None,
         )
     t3 = time.perf_counter()
     return Inspection(
@@ -226,5 +268,7 @@ def inspect(
         kernels=kernels,
         assignment=assignment_view,
         losses=losses,
+        priors=priors,
+        prior_predictions=prior_predictions,
         timings_ms={"prepare": 1e3 * (t1 - t0), "forward": 1e3 * (t2 - t1), "collect": 1e3 * (t3 - t2)},
     )

@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import plots, resources, state, views
 from efpn.slicing import num_tiles, suggested_tile
+from efpn.visual import reduce_channels
 
 ctx = state.context()
 st.title("Detect")
@@ -52,6 +53,7 @@ if mode == "Sliced (tiles)":
     detections = out
     tiles = out["tiles"]
     timing = None
+    ins = None
 else:
     ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
     detections = ins.detections
@@ -86,6 +88,53 @@ with right:
                    "explains it.")
     else:
         st.caption("Click a box centre to select it for the Attribution page.")
+
+if ins is None:
+    st.caption("The internals below the boxes (CEM, FBSM gates, kernels, positives) are shown for whole-image "
+               "inference; switch Inference back to Whole image to see them.")
+else:
+    # Inside the network, from the same cached forward: the detailed pages reuse this inspection.
+    st.subheader("Inside the network")
+    gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
+    c_lv, c_maps = st.columns([2, 3])
+    with c_lv:
+        st.markdown("**Detections and positive anchors per level**")
+        acc = (resources.boxes_accounting(model, ctx.ckpt_key, ins, image.digest, gt.for_model(model.num_classes))
+               if gt is not None else None)
+        st.plotly_chart(plots.level_summary_figure(model.levels, counts, acc["positives_per_level"] if acc else None),
+                        width="stretch", key="detect_levels")
+        if acc is not None:
+            coarse = next(iter(acc["zero_high_level_share"].items()), None)  # the finest level >= p5
+            zero = f" {100 * coarse[1]:.0f} % have none on {coarse[0]} or coarser." if coarse else ""
+            st.caption(f"{how_boxes} Assigner: {model.config.head.assigner}. {len(acc['starved'])} of "
+                       f"{acc['num_gt']} boxes starved (no regular positive).{zero}")
+        else:
+            st.caption(how_boxes)
+        st.page_link(state.PAGE_FILES["assignment"], label="Assignment", icon=":material/assignment:")
+    kernel_maps = {n: km.entropy.numpy().mean(0) for n, km in ins.kernels.items() if km.entropy is not None}
+    rows = [  # (title, pictures, captions, page, icon, what is missing)
+        ("**CEM fused context F** (channel mean, per target level)",
+         [plots.thumbnail(reduce_channels(f, "mean")) for f in ins.cem_fused.values()],
+         [f"{lv} · α {ins.cem_alpha.get(lv, 0.0):.3g}" for lv in ins.cem_fused], "pyramid", ":material/stacks:",
+         "No CEM in this checkpoint."),
+        ("**FBSM gates M** (0 black → 1 yellow)",
+         [plots.thumbnail(m.numpy(), "Inferno", zmin=0.0, zmax=1.0) for m in ins.gates.values()],
+         [f"{lv} · mean {float(m.mean()):.2f}" for lv, m in ins.gates.items()], "gates", ":material/filter_alt:",
+         "No FBSM gates in this checkpoint."),
+        ("**Dynamic kernels** (entropy of D per pixel, mean over groups)",
+         [plots.thumbnail(m) for m in kernel_maps.values()],
+         [f"{n} · {float(m.mean()):.2f} nats" for n, m in kernel_maps.items()], "kernels", ":material/grid_on:",
+         "No RDConv/SGDM layers in this checkpoint."),
+    ]
+    with c_maps:
+        for title, pictures, captions, page, icon, missing in rows:
+            head, link = st.columns([4, 1], vertical_alignment="bottom")
+            head.markdown(title)
+            link.page_link(state.PAGE_FILES[page], label=page.capitalize(), icon=icon)
+            if pictures:
+                st.image(pictures, caption=captions, width=96, output_format="PNG")
+            else:
+                st.caption(missing)
 
 st.subheader("Detections")
 st.dataframe(views.table_rows(rows), hide_index=True, width="stretch", key="detect_table")

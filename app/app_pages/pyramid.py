@@ -25,23 +25,31 @@ has_fbsm = model.config.neck.fbsm is not None
 if not has_cem:
     st.info("This checkpoint has no CEM (its config has `neck.cem = null`): before and after are the same.")
 
+interactive = st.toggle("Interactive heatmaps (hover values)", key="pyr_interactive",
+                        help="Off: quick pictures, all levels at once. On: plotly heatmaps with the value under the "
+                             "cursor (slower to draw).")
 for lv in ins.levels:
     before = ins.pyramid_before_cem[lv]
     after = ins.pyramid[lv]
     c, fh, fw = tuple(after.shape)
     st.markdown(f"**{lv}** · stride {2 ** int(lv[1:])} · {c} x {fh} x {fw}")
-    cols = st.columns(3)
-    cols[0].plotly_chart(plots.map_figure(reduce_channels(before, how), "FPN output (before CEM)", height=220),
-                         width="stretch", key=f"pyr_{lv}_before")
-    if lv in ins.cem_fused:
-        alpha = ins.cem_alpha.get(lv, 0.0)
-        cols[1].plotly_chart(plots.map_figure(reduce_channels(ins.cem_fused[lv], how), f"CEM fused F (α = {alpha:.3g})",
-                                              height=220), width="stretch", key=f"pyr_{lv}_fused")
-    else:
-        cols[1].caption("CEM does not write to this level.")
     title = "after CEM" + (" and FBSM" if has_fbsm and lv in (model.config.neck.fbsm.levels or ()) else "")
-    cols[2].plotly_chart(plots.map_figure(reduce_channels(after, how), title, height=220), width="stretch",
-                         key=f"pyr_{lv}_after")
+    panels: list[tuple[str, object]] = [("FPN output (before CEM)", before)]
+    if lv in ins.cem_fused:
+        panels.append((f"CEM fused F (α = {ins.cem_alpha.get(lv, 0.0):.3g})", ins.cem_fused[lv]))
+    else:
+        panels.append(("CEM does not write to this level.", None))
+    panels.append((title, after))
+    cols = st.columns(3)
+    for i, (col, (name, feature)) in enumerate(zip(cols, panels)):
+        if feature is None:
+            col.caption(name)
+        elif interactive:
+            col.plotly_chart(plots.map_figure(reduce_channels(feature, how), name, height=220), width="stretch",
+                             key=f"pyr_{lv}_{i}")
+        else:
+            col.image(plots.thumbnail(reduce_channels(feature, how), side=320), caption=name, width="stretch",
+                      output_format="PNG")
 
 if ins.cem_alpha:
     st.subheader("CEM weight α")

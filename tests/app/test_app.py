@@ -109,6 +109,38 @@ def test_threshold_slider_changes_detections(app) -> None:
     _ok(app)
 
 
+
+def test_detect_overview_shows_the_internals_of_the_same_forward(app, app_env: Path) -> None:
+    """Next to the detections: positives per level from the model's own assigner on the sample's GT, and one
+    picture per CEM target level, FBSM gate and SGDM layer."""
+    import json
+
+    import efpn
+    from efpn.data.coco import load_coco
+    from efpn.data.images import read_image
+
+    _ok(app)
+    assert any(h.value == "Inside the network" for h in app.subheader)
+    chart = next(c for c in app.get("plotly_chart") if '"positive anchors"' in c.proto.spec)
+    bars = {t["name"]: dict(zip(t["x"], t["y"])) for t in json.loads(chart.proto.spec)["data"]}
+
+    samples_dir = Path(APP).parent / "samples"
+    records, _, _ = load_coco(samples_dir / "annotations.json", samples_dir / "images")
+    first = sorted(records, key=lambda r: r.path.name)[0]
+    assert app.sidebar.selectbox(key="image_choice").value == f"sample {first.path.name}"
+    model = efpn.load_model(app_env / "tiny_efpn_n.safetensors").eval()
+    boxes, labels = first.target_boxes()
+    ins = efpn.inspect(model, read_image(first.path), targets={"boxes": boxes, "labels": labels})
+    assert bars["positive anchors"] == ins.assignment.accounting.positives_per_level
+    starved = len(ins.assignment.accounting.starved)
+    assert any(f"{starved} of {len(boxes)} boxes starved" in c.value for c in app.caption)
+
+    captions = [img.caption for el in app.get("image") for img in el.proto.imgs]
+    expected = [*ins.cem_fused, *ins.gates, *ins.kernels]
+    assert len(captions) == len(expected) and len(expected) >= 3
+    for name, caption in zip(expected, captions):
+        assert caption.startswith(name), (name, caption)
+
 def test_downloads_hold_detections(app) -> None:
     app.sidebar.slider(key="score_thresh").set_value(0.0).run()
     labels = [b.label for b in app.get("download_button")]

@@ -200,13 +200,16 @@ def test_click_a_pixel_on_the_kernels_page(page) -> None:
 
 
 def test_detect_page_screenshot(page) -> None:
-    """The README picture: the Detect page on a sample (copied to $EFPN_STUDIO_SCREENSHOT when set)."""
+    """The README picture: the Detect page on a sample with its overview of the internals (copied to
+    $EFPN_STUDIO_SCREENSHOT when set)."""
     if not os.environ.get("EFPN_STUDIO_CHECKPOINT"):
         _set_slider_min(page, "Score threshold")
-    page.set_viewport_size({"width": 1440, "height": 1000})
+    page.set_viewport_size({"width": 1440, "height": 1720})
     _settle(page)
     page.locator("[data-testid='stMain'] .js-plotly-plot image").first.wait_for()  # the picture is drawn
     page.locator("[data-testid='stMain'] [data-testid='stDataFrame']").first.wait_for()
+    page.get_by_role("heading", name="Inside the network").wait_for()
+    page.locator("[data-testid='stMain'] [data-testid='stImage'] img").first.wait_for()
     _settle(page, quiet=3.0)
     path = ARTIFACTS / "studio.png"
     ARTIFACTS.mkdir(exist_ok=True)

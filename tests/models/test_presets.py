@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import efpn
+from efpn.inspect import assign_on
 from efpn.zoo import MAIN_PRESETS, PRESETS
 
 TINY = [n for n in PRESETS if n.startswith("tiny_")]
@@ -165,6 +166,26 @@ def test_inspect_equals_forward_and_leaves_model_unchanged(name: str) -> None:
         km = view.kernels["c3.down"]
         torch.testing.assert_close(km.dynamic.sum(1), torch.ones_like(km.dynamic.sum(1)))
 
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_assign_on_equals_inspect_with_targets(name: str) -> None:
+    """Assigning boxes after a plain inspect (no second forward) gives inspect(targets=...)'s assignment."""
+    model = efpn.build_model(name, num_classes=3).eval()
+    images, targets = _batch(size=128, n=1)
+    rgb = (images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    t = {"boxes": targets[0]["boxes"], "labels": targets[0]["labels"]}
+    with_t = efpn.inspect(model, rgb, targets=t, score_thresh=0.0, image_size=128).assignment
+    plain = efpn.inspect(model, rgb, score_thresh=0.0, image_size=128)
+    assert plain.assignment is None and plain.priors is not None
+    view = assign_on(model, plain, t["boxes"], t["labels"])
+    assert with_t is not None and view.assigner == with_t.assigner
+    torch.testing.assert_close(view.assignment.prior_idx, with_t.assignment.prior_idx)
+    torch.testing.assert_close(view.assignment.gt_idx, with_t.assignment.gt_idx)
+    assert view.accounting.positives_per_level == with_t.accounting.positives_per_level
+    assert view.accounting.starved == with_t.accounting.starved
+    with pytest.raises(ValueError, match="4 boxes but 1 labels"):
+        assign_on(model, plain, t["boxes"], [0])
 
 def test_main_preset_sizes_match_references() -> None:
     """SPEC §7 / paper budgets: YOLOv5n 1.9 M ± 5 %, YOLOv8n 3.2 M ± 5 %, SGDM +0.33 M / +0.19 M ± 25 %."""
