@@ -112,7 +112,7 @@ else:
             st.caption(how_boxes)
         st.page_link(state.PAGE_FILES["assignment"], label="Assignment", icon=":material/assignment:")
     kernel_maps = {n: km.entropy.numpy().mean(0) for n, km in ins.kernels.items() if km.entropy is not None}
-    rows = [  # (title, pictures, captions, page, icon, what is missing)
+    overview = [  # (title, pictures, captions, page, icon, what is missing)
         ("**CEM fused context F** (channel mean, per target level)",
          [plots.thumbnail(reduce_channels(f, "mean")) for f in ins.cem_fused.values()],
          [f"{lv} · α {ins.cem_alpha.get(lv, 0.0):.3g}" for lv in ins.cem_fused], "pyramid", ":material/stacks:",
@@ -127,7 +127,7 @@ else:
          "No RDConv/SGDM layers in this checkpoint."),
     ]
     with c_maps:
-        for title, pictures, captions, page, icon, missing in rows:
+        for title, pictures, captions, page, icon, missing in overview:
             head, link = st.columns([4, 1], vertical_alignment="bottom")
             head.markdown(title)
             link.page_link(state.PAGE_FILES[page], label=page.capitalize(), icon=icon)
