@@ -191,7 +191,7 @@ def cmd_ship(args: argparse.Namespace) -> None:
     from efpn.ship import ship
 
     path = ship(args.run, args.name, out_dir=args.out, dataset=args.dataset, shared_root=args.shared_root,
-                recipe=args.recipe)
+                recipe=args.recipe, storage=args.storage)
     print(f"shipped {path}")
 
 
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default="synth", help="attribution key: synth or ssdd")
     s.add_argument("--shared-root", default=None, help="record sanity images relative to this data folder")
     s.add_argument("--recipe", default=None, help="the training command, recorded in the card")
+    s.add_argument("--storage", default="auto", choices=["auto", "fp32", "fp16", "int8"],
+                   help="weight storage; auto = the smallest of int8 / fp16 whose AP is within 0.002 of fp32, else "
+                        "fp32 (explicit choices are stored as asked, with their measured AP)")
     s.set_defaults(func=cmd_ship)
 
     s = sub.add_parser("report", help="regenerate the measured claims of both papers (tables + charts)")

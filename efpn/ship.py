@@ -1,7 +1,8 @@
 """Turning a training run into a shipped checkpoint (``efpn ship``).
 
-Shipping re-validates the run's best weights on the run's own validation split, stores them as fp16 only if that
-loses nothing measurable (AP within 0.002 of fp32; otherwise fp32), and records in the model card the metrics by
+Shipping re-validates the run's best weights on the run's own validation split, stores them in the smallest form
+that loses nothing measurable (weight-only int8, then fp16, each kept only if its AP is within 0.002 of fp32;
+otherwise fp32; or the storage asked for, with its measured AP), and records in the model card the metrics by
 object size, the data and its attribution, and a *sanity set*: a few validation images with the detection count
 at a fixed score threshold, so a test can later prove the shipped file still behaves as trained.
 """
@@ -23,8 +24,10 @@ from efpn.predict import predict_image
 
 #: Score threshold of the sanity counts recorded in cards.
 SANITY_SCORE = 0.3
-#: AP loss allowed for fp16 storage.
+#: AP loss allowed for a smaller storage under ``storage="auto"``.
 FP16_TOLERANCE = 0.002
+#: Storages ``auto`` tries, smallest first.
+AUTO_ORDER = ("int8", "fp16")
 
 ATTRIBUTION = {
     "ssdd": "SSDD (SAR Ship Detection Dataset), official train split; research dataset, no licence stated. "
@@ -100,12 +103,18 @@ def ship(
     shared_root: str | Path | None = None,
     recipe: str | None = None,
     progress: bool = True,
+    storage: str = "auto",
 ) -> Path:
     """Validate ``run_dir/best.safetensors`` and write ``out_dir/name.safetensors`` + ``name.json``.
 
     ``dataset`` keys the attribution text (``ssdd`` or ``synth``); ``shared_root`` lets sanity images inside the
     shared data folder be recorded relative to it; ``recipe`` is the training command recorded in the card.
+    ``storage``: ``auto`` (see the module docstring), ``fp32``, ``fp16`` or ``int8``. The card's metrics and
+    sanity counts are those of the stored weights; ``metrics_fp32`` and ``storage_trials`` (AP per storage
+    tried) are recorded too.
     """
+    if storage not in ("auto", "fp32", "fp16", "int8"):
+        raise ValueError(f"storage must be auto, fp32, fp16 or int8, got {storage!r}")
     run = Path(run_dir)
     best = run / "best.safetensors"
     if not best.is_file():
@@ -126,31 +135,36 @@ def ship(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{name}.safetensors"
+    trials: dict[str, float | None] = {"fp32": m32["AP"]}
+    chosen, metrics, stored_model = "fp32", m32, model
     with tempfile.TemporaryDirectory() as tmp:
-        half_path = Path(tmp) / "half.safetensors"
-        save_checkpoint(model, half_path, dict(card), half=True)
-        res16 = validate(load_model(half_path), records, names, image_size=image_size, progress=progress)
-        m16 = res16.to_json_dict()
-    half = abs((m16["AP"] or 0.0) - (m32["AP"] or 0.0)) <= FP16_TOLERANCE
-    metrics = m16 if half else m32
+        for kind in (AUTO_ORDER if storage == "auto" else () if storage == "fp32" else (storage,)):
+            trial_path = save_checkpoint(model, Path(tmp) / f"{kind}.safetensors", dict(card), storage=kind)
+            trial_model = load_model(trial_path)
+            m = validate(trial_model, records, names, image_size=image_size, progress=progress).to_json_dict()
+            trials[kind] = m["AP"]
+            if storage != "auto" or abs((m["AP"] or 0.0) - (m32["AP"] or 0.0)) <= FP16_TOLERANCE:
+                chosen, metrics, stored_model = kind, m, trial_model
+                break
 
     sr = Path(shared_root) if shared_root else None
     sanity = []
     for rec in records[:sanity_images]:
-        det = predict_image(model, rec.path, score_thresh=SANITY_SCORE, image_size=image_size)
+        det = predict_image(stored_model, rec.path, score_thresh=SANITY_SCORE, image_size=image_size)
         sanity.append({**sanity_entry(rec, sr), "image_id": int(rec.image_id), "count": int(len(det["scores"]))})
     card.update({
         "name": name,
         "metrics": metrics,
         "metrics_fp32": {k: m32[k] for k in ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m")},
-        "storage": "fp16" if half else "fp32",
+        "storage": chosen,
+        "storage_trials": trials,
         "data": {**(card.get("data") or {}), "yaml": data_yaml, "val_split": split.get("val_split"),
                  "num_val_images": len(records), "attribution": ATTRIBUTION.get(dataset, dataset)},
         "val_image_ids": [int(r.image_id) for r in records],
         "sanity": {"score_thresh": SANITY_SCORE, "image_size": image_size, "images": sanity},
         "recipe": recipe,
     })
-    save_checkpoint(model, target, card, half=half)
+    save_checkpoint(model, target, card, storage=chosen)
     telemetry = run / "telemetry.jsonl"
     if telemetry.is_file():
         shutil.copy(telemetry, out / f"{name}.telemetry.jsonl")

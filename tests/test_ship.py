@@ -20,7 +20,11 @@ def test_ship_run_to_checkpoint(tmp_path: Path) -> None:
                                val_every=1))
     path = ship(result.run_dir, "tiny_synth", out_dir=tmp_path / "ckpt", progress=False)
     card = json.loads(path.with_suffix(".json").read_text())
-    assert card["storage"] in ("fp16", "fp32") and card["name"] == "tiny_synth"
+    assert card["storage"] in ("int8", "fp16", "fp32") and card["name"] == "tiny_synth"
+    trials = card["storage_trials"]
+    assert set(trials) >= {"fp32", "int8"} and card["metrics"]["AP"] == trials[card["storage"]]
+    if card["storage"] != "fp32":  # a smaller storage is kept only when it loses nothing measurable
+        assert abs(trials[card["storage"]] - trials["fp32"]) <= 0.002
     assert set(card["metrics"]) >= {"AP", "AP50", "AP_vt", "AP_t", "AP_s", "AP_m"}
     assert card["val_image_ids"] and card["sanity"]["images"]
     model = efpn.load_model(path)
@@ -30,3 +34,19 @@ def test_ship_run_to_checkpoint(tmp_path: Path) -> None:
         det = predict_image(model, image, score_thresh=card["sanity"]["score_thresh"],
                             image_size=card["sanity"]["image_size"])
         assert abs(len(det["scores"]) - entry["count"]) <= max(1, entry["count"] // 10)
+
+
+def test_ship_int8_on_request(tmp_path: Path) -> None:
+    write_synthetic_dataset(tmp_path / "synth", num_images=12, image_size=128, seed=4, max_size=24)
+    result = train(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "synth" / "data.yaml"), image_size=128,
+                               epochs=1, batch_size=4, max_steps=2, workers=0, out=str(tmp_path / "runs"), name="t",
+                               progress=False, val_every=1))
+    path = ship(result.run_dir, "tiny_int8", out_dir=tmp_path / "ckpt", progress=False, storage="int8")
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["storage"] == "int8" and card["weights_dtype"] == "int8-weights"
+    assert set(card["storage_trials"]) == {"fp32", "int8"}
+    model = efpn.load_model(path)
+    for entry in card["sanity"]["images"]:  # the counts are those of the stored (int8) weights
+        det = predict_image(model, load_sanity_image(entry), score_thresh=card["sanity"]["score_thresh"],
+                            image_size=card["sanity"]["image_size"])
+        assert len(det["scores"]) == entry["count"]

@@ -23,7 +23,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -122,10 +122,36 @@ def _fits_half(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.to(torch.float16)).eq(torch.isfinite(t)).all())
 
 
-def _weights_to_save(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
+#: Prefix of the per-channel scale stored beside each int8 weight (``{prefix}{key}``).
+INT8_SCALE_PREFIX = "__int8_scale__."
+#: Weights with fewer elements stay fp16 under int8 storage (biases, norms, small kernels: no size to win).
+INT8_MIN_NUMEL = 1024
+Storage = Literal["fp32", "fp16", "int8"]
+_DTYPE_NAME = {"fp32": "float32", "fp16": "float16", "int8": "int8-weights"}
+
+
+def _quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: ``t`` (O, ...) float -> (q (O, ...) int8, scale (O,) float32) with
+    ``t ~= q * scale[:, None, ...]``; an all-zero channel gets scale 1 (its q is 0)."""
+    flat = t.detach().float().reshape(t.shape[0], -1)  # (O, K)
+    scale = flat.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(flat / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(t.shape).contiguous(), scale.contiguous()
+
+
+def _dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_quantize_int8` -> float32 tensor of ``q``'s shape."""
+    return (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(q.shape)
+
+
+def _weights_to_save(model: nn.Module, storage: Storage) -> dict[str, torch.Tensor]:
     """state_dict as independent contiguous CPU tensors (tied weights become separate copies, which
-    safetensors needs: it refuses tensors sharing storage); with ``half`` floats become fp16 where that cannot
-    overflow."""
+    safetensors needs: it refuses tensors sharing storage).
+
+    ``fp16``: floats become fp16 where that cannot overflow. ``int8``: conv/linear weights (float, >= 2-D,
+    >= :data:`INT8_MIN_NUMEL` elements) become per-output-channel int8 with their float32 scales stored under
+    ``INT8_SCALE_PREFIX + key``; every other float is stored as under ``fp16``."""
     out: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         if not isinstance(value, torch.Tensor):
@@ -134,9 +160,25 @@ def _weights_to_save(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
                 "safetensors can only store tensors"
             )
         t = value.detach().cpu().contiguous().clone()
-        if half and t.is_floating_point() and t.dtype != torch.float16 and _fits_half(t):
+        if storage == "int8" and t.is_floating_point() and t.dim() >= 2 and t.numel() >= INT8_MIN_NUMEL:
+            out[key], out[INT8_SCALE_PREFIX + key] = _quantize_int8(t)
+            continue
+        if storage in ("fp16", "int8") and t.is_floating_point() and t.dtype != torch.float16 and _fits_half(t):
             t = t.to(torch.float16)
         out[key] = t
+    return out
+
+
+def _dequantized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stored tensors -> state_dict tensors: int8 weights times their scales; the scale entries removed."""
+    scales = {k[len(INT8_SCALE_PREFIX):]: v for k, v in tensors.items() if k.startswith(INT8_SCALE_PREFIX)}
+    out = {k: v for k, v in tensors.items() if not k.startswith(INT8_SCALE_PREFIX)}
+    for key, scale in scales.items():
+        q = out.get(key)
+        if q is None or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
+            raise CheckpointError(f"int8 scale {INT8_SCALE_PREFIX + key!r} has no matching int8 weight {key!r} "
+                                  "of as many output channels; the file is damaged: re-export it")
+        out[key] = _dequantize_int8(q, scale)
     return out
 
 
@@ -179,6 +221,7 @@ def save_checkpoint(
     path: str | os.PathLike[str],
     card: Mapping[str, Any] | None = None,
     half: bool = False,
+    storage: Storage | None = None,
 ) -> Path:
     """Write ``path`` (``*.safetensors``) and its model card (same stem, ``.json``); returns the weights path.
 
@@ -188,9 +231,14 @@ def save_checkpoint(
     ``name`` (default: the file stem, or the folder name for ``model.safetensors``), ``preset`` (default: the
     config's name), ``classes``/``image_size`` (defaults from the config), ``weights`` (file name),
     ``weights_dtype``, ``num_parameters``, ``created`` (UTC ISO time) and library versions.
-    ``half=True`` stores floating tensors (BN statistics included) as fp16, except any that would overflow;
-    :func:`load_model` casts them back to the model's dtype. Values must be JSON data; NaN/inf are refused.
+    ``storage``: ``"fp32"`` (default), ``"fp16"`` (floating tensors, BN statistics included, as fp16 except any
+    that would overflow; ``half=True`` is the same) or ``"int8"`` (weight-only: conv/linear weights as
+    per-output-channel symmetric int8 with float32 scales, everything else as under fp16; about a quarter of
+    fp32). :func:`load_model` restores the model's dtypes. Values must be JSON data; NaN/inf are refused.
     """
+    storage = storage or ("fp16" if half else "fp32")
+    if storage not in _DTYPE_NAME:
+        raise CheckpointError(f"storage must be one of {sorted(_DTYPE_NAME)}, got {storage!r}")
     weights_path = Path(path)
     if weights_path.suffix != ".safetensors":
         raise CheckpointError(f"checkpoint path must end in .safetensors, got {weights_path.name!r}")
@@ -207,14 +255,14 @@ def save_checkpoint(
     config_dict = config.to_dict() if isinstance(config, ModelConfig) else dict(config)
     cfg = config_from_card({"config": config_dict})  # refuse a card that could not rebuild the model
 
-    tensors = _weights_to_save(model, half)
+    tensors = _weights_to_save(model, storage)
     preset = str(info.get("preset") or cfg.name)
     info.update(
         format=FORMAT,
         format_version=FORMAT_VERSION,
         config=config_dict,
         weights=weights_path.name,
-        weights_dtype="float16" if half else "float32",
+        weights_dtype=_DTYPE_NAME[storage],
         num_parameters=sum(p.numel() for p in model.parameters()),
     )
     info.setdefault("name", _default_name(weights_path))
@@ -316,7 +364,8 @@ def load_model(
     ``path`` is the ``.safetensors`` file, its ``.json`` card, or a folder holding one checkpoint. ``builder``
     (default :func:`efpn.zoo.build`) turns the card's config into a fresh module. Every key and shape is
     checked first: CheckpointError names missing, unexpected and mismatched keys (``strict=False`` tolerates
-    missing and unexpected keys, never mismatched shapes). fp16 weights are cast to the model's dtypes.
+    missing and unexpected keys, never mismatched shapes). fp16 weights are cast to the model's dtypes, int8
+    weights multiplied by their per-channel scales.
     Pickled files are refused. The card is attached as ``model.card`` (a dict; treat it as read-only).
     """
     weights_path, card_path = checkpoint_paths(path)
@@ -332,6 +381,7 @@ def load_model(
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot read safetensors file {weights_path}: {e}") from e
+    tensors = _dequantized(tensors)
     expected = model.state_dict()
     problems = check_state_dict(expected, tensors, strict)
     if problems:
