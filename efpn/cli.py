@@ -202,7 +202,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from efpn.report import claims_report
 
     path = claims_report(args.out, shared_data=args.shared_data, checkpoints=args.checkpoints,
-                         visdrone_limit=args.visdrone_limit or None)
+                         visdrone_limit=args.visdrone_limit or None, runs=args.runs)
     print(f"saved {path}")
 
 
@@ -303,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shared-data", default="../shared/data")
     s.add_argument("--checkpoints", default="checkpoints")
     s.add_argument("--visdrone-limit", type=int, default=200, help="VisDrone annotation files to account (0: all)")
+    s.add_argument("--runs", default=None, help="also read the cards and telemetry of the training runs in this "
+                                                 "folder (ablation runs that are not shipped)")
     s.set_defaults(func=cmd_report)
     return p
 

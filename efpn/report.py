@@ -188,17 +188,105 @@ def _cards(checkpoints: Path) -> dict[str, dict]:
     out = {}
     for p in sorted(checkpoints.glob("*.safetensors")):
         card = read_card(p)
+        card["_source"] = f"{checkpoints.name}/{p.name}"
+        card["_telemetry"] = _read_jsonl(checkpoints / f"{card.get('name') or p.stem}.telemetry.jsonl")
         out[card.get("name") or p.stem] = card
     return out
 
 
-def _telemetry(checkpoints: Path, name: str) -> list[dict]:
-    p = checkpoints / f"{name}.telemetry.jsonl"
-    if not p.is_file():
-        return []
+def _run_cards(runs: Path) -> dict[str, dict]:
+    """Cards of the training runs under ``runs`` (``RUN/best.json``, else ``RUN/last.json``), named by the run,
+    with the run's telemetry: the ablation runs that are measured but not shipped."""
+    from efpn.engine.checkpoint import read_card
+
+    out = {}
+    for run in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
+        for stem in ("best", "last"):
+            if (run / f"{stem}.json").is_file() and (run / f"{stem}.safetensors").is_file():
+                card = read_card(run / f"{stem}.json")
+                if card.get("metrics"):
+                    card["_source"] = f"{runs.name}/{run.name}/{stem}"
+                    card["_telemetry"] = _read_jsonl(run / "telemetry.jsonl")
+                    out[run.name] = card
+                break
+    return out
+
+
+def _read_jsonl(p: Path) -> list[dict]:
     import json
 
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+
+
+def _dataset(card: dict) -> str:
+    data = card.get("data") or {}
+    return Path(str(data.get("yaml") or data.get("dataset") or "?")).stem
+
+
+def _budget(card: dict) -> str:
+    t = card.get("training") or {}
+    return f"{card.get('epochs', '?')} ep x b{t.get('batch_size', '?')} @ {card.get('image_size', '?')} px"
+
+
+def _delta(a: object, b: object) -> float | None:
+    return None if not isinstance(a, int | float) or not isinstance(b, int | float) else round(a - b, 4)
+
+
+#: E-FPN-BS ablation rows, in order: preset -> what it adds to the ResNet-18 FPN baseline.
+ABLATION = {"fpn_r18": "baseline (FPN + MaxIoU + focal)", "fpn_r18_cem": "+ CEM", "fpn_r18_fbsm": "+ FBSM",
+            "fpn_r18_dcloss": "+ DCLoss", "efpn_bs_r18": "+ CEM + FBSM + DCLoss (E-FPN-BS)"}
+#: SGDM comparison rows: preset -> its baseline preset.
+SGDM_ROWS = {"yolov8n": "yolov8n", "yolov8n_rdconv": "yolov8n", "yolov8n_sgdm": "yolov8n",
+             "yolov5n": "yolov5n", "yolov5n_rdconv": "yolov5n", "yolov5n_sgdm": "yolov5n"}
+_METRICS = ("AP", "AP50", "AP_vt", "AP_t", "AP_s", "AP_m")
+
+
+def _pick(cards: dict[str, dict], presets: Sequence[str]) -> dict[tuple[str, str], dict]:
+    """One card per (dataset, preset) among ``presets``: a shipped checkpoint over a run of the same preset."""
+    out: dict[tuple[str, str], dict] = {}
+    for card in cards.values():
+        preset = card.get("preset") or ""
+        if preset not in presets:
+            continue
+        key = (_dataset(card), preset)
+        shipped = not str(card.get("_source", "")).startswith("runs")
+        if key not in out or (shipped and str(out[key].get("_source", "")).startswith("runs")):
+            out[key] = card
+    return out
+
+
+def ablation_rows(cards: dict[str, dict]) -> list[list[object]]:
+    """The E-FPN-BS ablation table: per dataset, each ablation preset with its metrics and Δ vs the baseline."""
+    picked = _pick(cards, list(ABLATION))
+    rows = []
+    for ds in sorted({k[0] for k in picked}):
+        base = (picked.get((ds, "fpn_r18")) or {}).get("metrics") or {}
+        for preset, what in ABLATION.items():
+            c = picked.get((ds, preset))
+            if c is None:
+                continue
+            m = c.get("metrics") or {}
+            rows.append([ds, what, c["_source"], _budget(c), *[m.get(k) for k in _METRICS],
+                         _delta(m.get("AP"), base.get("AP")), _delta(m.get("AP_vt"), base.get("AP_vt")),
+                         _delta(m.get("AP_t"), base.get("AP_t"))])
+    return rows
+
+
+def sgdm_rows(cards: dict[str, dict]) -> list[list[object]]:
+    """SGDM vs its baseline and plain RDConv: metrics, parameters, and Δ params / Δ AP vs the baseline."""
+    import efpn
+
+    picked = _pick(cards, list(SGDM_ROWS))
+    rows = []
+    for (ds, preset), c in sorted(picked.items(), key=lambda kv: (kv[0][0], list(SGDM_ROWS).index(kv[0][1]))):
+        base = picked.get((ds, SGDM_ROWS[preset]))
+        params = efpn.count_params(efpn.build(efpn.ModelConfig.from_dict(c["config"])))
+        base_params = efpn.count_params(efpn.build(efpn.ModelConfig.from_dict(base["config"]))) if base else None
+        m, bm = c.get("metrics") or {}, (base or {}).get("metrics") or {}
+        rows.append([ds, preset, c["_source"], _budget(c), *[m.get(k) for k in _METRICS], params,
+                     None if base_params is None else params - base_params, _delta(m.get("AP"), bm.get("AP")),
+                     _delta(m.get("AP_vt"), bm.get("AP_vt")), _delta(m.get("AP_t"), bm.get("AP_t"))])
+    return rows
 
 
 def _grad_figure(series: dict[str, list[dict]]) -> go.Figure:
@@ -219,13 +307,16 @@ def claims_report(
     shared_data: str | Path = "../shared/data",
     checkpoints: str | Path = "checkpoints",
     visdrone_limit: int | None = 200,
+    runs: str | Path | None = None,
 ) -> Path:
     """Regenerate the measured claims of both papers into ``out_dir`` (README.md, claims.json, charts).
 
     1. per-level positive accounting of the baseline assigners on SSDD and VisDrone (when the data is present);
     2. gradient norm reaching p5/p6 over training, from the shipped checkpoints' telemetry;
-    3. the E-FPN-BS ablation and 4. SGDM vs baseline vs plain RDConv, from the shipped checkpoints' cards.
-    Sections without their inputs say so instead of inventing numbers.
+    3. the E-FPN-BS ablation and 4. SGDM vs baseline vs plain RDConv, from the shipped checkpoints' cards and,
+    with ``runs``, the cards of training runs there (ablation runs measured but not shipped; a shipped
+    checkpoint wins over a run of the same preset and data). Sections without their inputs say so instead of
+    inventing numbers.
     """
     import json
 
@@ -236,6 +327,7 @@ def claims_report(
     out.mkdir(parents=True, exist_ok=True)
     ck = Path(checkpoints)
     cards = _cards(ck)
+    measured = {**(_run_cards(Path(runs)) if runs else {}), **cards}
     md = ["# The papers' claims, measured", "",
           "Regenerate with `efpn report --out docs/claims`. Numbers come from the data and checkpoints on this "
           "machine; a section without its inputs says so.", ""]
@@ -253,38 +345,40 @@ def claims_report(
         md += [f"Shared data not found at {shared_data}; run `efpn assign` on your own data YAML.", ""]
 
     md += ["## 2. CEM routes gradient into p5/p6", ""]
-    series = {n: _telemetry(ck, n) for n in cards}
-    series = {n: rows for n, rows in series.items() if any(r.get("grad_norm_high") for r in rows)}
+    series = {n: c["_telemetry"] for n, c in measured.items() if any(r.get("grad_norm_high") for r in c["_telemetry"])}
     if series:
         rows = []
         for n, tel in series.items():
-            last = tel[-1].get("grad_norm_high") or {}
-            rows.append([n, cards[n].get("preset"), last.get("p5"), last.get("p6"), len(tel)])
-        md += [_md_table(["checkpoint", "preset", "p5 grad (last epoch)", "p6 grad (last epoch)", "epochs"], rows), ""]
+            first, last = tel[0].get("grad_norm_high") or {}, tel[-1].get("grad_norm_high") or {}
+            rows.append([n, measured[n].get("preset"), _dataset(measured[n]), first.get("p5"), last.get("p5"),
+                         last.get("p6"), len(tel)])
+        md += [_md_table(["run", "preset", "data", "p5 grad (epoch 1)", "p5 grad (last epoch)", "p6 grad (last epoch)",
+                          "epochs"], rows), ""]
         md.append(f"![grad]({write_figure(_grad_figure(series), out / 'grad_p5_p6.png').name})")
         md.append("")
         claims["gradient"] = {n: [r.get("grad_norm_high") for r in tel] for n, tel in series.items()}
     else:
-        md += ["No shipped checkpoint carries training telemetry yet.", ""]
+        md += ["No checkpoint or run carries training telemetry yet.", ""]
 
     header = ["checkpoint", "preset", "AP", "AP50", "AP_vt", "AP_t", "AP_s", "AP_m"]
     md += ["## 3. E-FPN-BS ablation (same data, same budget)", ""]
-    abl = [c for n, c in cards.items() if (c.get("preset") or "").startswith(("fpn_r18", "efpn_bs_r18"))]
-    md += ([_md_table(header, [ap_table_row(c) for c in abl]), ""] if abl
-           else ["No ResNet-18 FPN checkpoints are shipped yet.", ""])
+    abl = ablation_rows(measured)
+    if abl:
+        md += [_md_table(["data", "model", "source", "budget", *_METRICS, "ΔAP", "ΔAP_vt", "ΔAP_t"], abl), "",
+               "Δ = against the baseline on the same data and budget. Rows from `runs/` are measured but not "
+               "shipped (their card and telemetry stay with the run).", ""]
+        claims["ablation"] = abl
+    else:
+        md += ["No ResNet-18 FPN checkpoints or runs are there yet.", ""]
 
     md += ["## 4. SGDM vs its baseline and plain RDConv", ""]
-    import efpn
-
-    sg = [c for c in cards.values() if (c.get("preset") or "").startswith(("yolov8n", "yolov5n"))]
+    sg = sgdm_rows(measured)
     if sg:
-        rows = []
-        for c in sg:
-            cfg = efpn.ModelConfig.from_dict(c["config"])
-            rows.append([*ap_table_row(c)[:4], efpn.count_params(efpn.build(cfg))])
-        md += [_md_table(header[:4] + ["params"], rows), ""]
+        md += [_md_table(["data", "preset", "source", "budget", *_METRICS, "params", "Δparams", "ΔAP", "ΔAP_vt",
+                          "ΔAP_t"], sg), ""]
+        claims["sgdm"] = sg
     else:
-        md += ["No YOLO checkpoints are shipped yet.", ""]
+        md += ["No YOLO checkpoints or runs are there yet.", ""]
 
     md += ["## All shipped checkpoints", ""]
     md += [_md_table(header, [ap_table_row(c) for c in cards.values()]) if cards else "None.", ""]
