@@ -49,15 +49,12 @@ import importlib.util
 import os
 import re
 import shlex
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,16 +62,18 @@ import harness as H
 import torch
 from PIL import Image
 
-import efpn
-from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample
-from efpn.engine.checkpoint import save_checkpoint
-from efpn.predict import predict_image
-
 REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "app" / "streamlit_app.py"
+if str(REPO) not in sys.path:  # the studio is the `app` package at the repository root
+    sys.path.insert(0, str(REPO))
+
+import efpn  # noqa: E402
+from app.serve import CHROMIUM_ARGS, studio_server  # noqa: E402
+from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample  # noqa: E402
+from efpn.engine.checkpoint import save_checkpoint  # noqa: E402
+from efpn.predict import predict_image  # noqa: E402
+
 BUNDLED_CHECKPOINT = REPO / "checkpoints" / "efpn_n_synth.safetensors"
 CHROMIUM = Path(os.environ.get("EFPN_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 VIEWPORT = {"width": 1440, "height": 1100}
 
 #: detail pages opened after Detect, in this order, for the same image (the Detect page already shows an overview)
@@ -151,12 +150,6 @@ DONE_JS = """
 # ---------------------------------------------------------------------------------------------------- server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def resolve_checkpoint(path: str | None, tmp: Path, random_weights: bool = False) -> dict[str, Any]:
     """The checkpoint to serve: ``path``, else the bundled one, else (or with ``random_weights``) a random-weight
     ``efpn_n`` (3 classes, the preset's 640 px input) saved in ``tmp``; with the network's input size."""
@@ -173,38 +166,10 @@ def resolve_checkpoint(path: str | None, tmp: Path, random_weights: bool = False
     return info
 
 
-@contextlib.contextmanager
-def studio_server(checkpoint: str, log: Path, timeout: float = 180.0) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``streamlit run app/streamlit_app.py`` on a free 127.0.0.1 port serving ``checkpoint``; yields (url, proc)."""
-    port = _free_port()
-    env = dict(os.environ, EFPN_CHECKPOINT=checkpoint, EFPN_CHECKPOINT_DIR=str(Path(checkpoint).parent))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"streamlit not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def serve(checkpoint: str, log: Path, timeout: float = 180.0) -> contextlib.AbstractContextManager:
+    """The studio serving ``checkpoint`` (and its folder in the picker); yields (url, process)."""
+    env = {"EFPN_CHECKPOINT": checkpoint, "EFPN_CHECKPOINT_DIR": str(Path(checkpoint).parent)}
+    return studio_server(env, log, timeout)
 
 
 def rss_mib(pid: int) -> dict[str, float]:
@@ -411,7 +376,7 @@ def latency_phase(args: argparse.Namespace, checkpoint: str, tmp: Path) -> dict[
     images = write_images(tmp, [IMAGE_INDEX + i for i in range(n)], args.size)
     timeout_ms = args.timeout * 1e3
     records: list[dict[str, Any]] = []
-    with studio_server(checkpoint, tmp / "server_latency.log") as (url, _), sync_playwright() as p:
+    with serve(checkpoint, tmp / "server_latency.log") as (url, _), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         version = browser.version
         try:
@@ -453,7 +418,7 @@ def memory_phase(args: argparse.Namespace, checkpoint: str, tmp: Path) -> dict[s
     images = write_images(tmp, [MEMORY_INDEX + i for i in range(args.sessions)], args.size)
     timeout_ms = args.timeout * 1e3
     out: dict[str, Any] = {"sessions": args.sessions}
-    with studio_server(checkpoint, tmp / "server_memory.log") as (url, proc), sync_playwright() as p:
+    with serve(checkpoint, tmp / "server_memory.log") as (url, proc), sync_playwright() as p:
         time.sleep(args.settle)
         out["idle"] = rss_mib(proc.pid)
         H.log(f"memory: idle after start {out['idle']}")

@@ -10,46 +10,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from studio_helpers import APP, REPO, png_bytes
+from studio_helpers import REPO, png_bytes
 
+from app.serve import CHROMIUM_ARGS, studio_server
 from efpn.data.synthetic import make_synthetic_sample
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path(os.environ.get("EFPN_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PAGE_TITLES = ("Detect", "Pyramid", "Gates", "Kernels", "Assignment", "Attribution", "Compare", "Learn")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +34,12 @@ def server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     if not CHROMIUM.is_file():
         pytest.skip(f"Chromium not found at {CHROMIUM}; install Debian's chromium: apt-get install -y chromium")
     pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-    port = _free_port()
-    env = dict(os.environ)
-    env.update(EFPN_CHECKPOINT_DIR=str(checkpoint_dir), EFPN_CHECKPOINT=str(checkpoint_dir / "tiny_efpn_n.safetensors"))
+    env = {"EFPN_CHECKPOINT_DIR": str(checkpoint_dir),
+           "EFPN_CHECKPOINT": str(checkpoint_dir / "tiny_efpn_n.safetensors")}
     if os.environ.get("EFPN_STUDIO_CHECKPOINT"):  # screenshot runs on a real checkpoint
         env["EFPN_CHECKPOINT"] = os.environ["EFPN_STUDIO_CHECKPOINT"]
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, log)
+    with studio_server(env, tmp_path_factory.mktemp("streamlit") / "server.log") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
