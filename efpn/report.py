@@ -302,6 +302,61 @@ def _grad_figure(series: dict[str, list[dict]]) -> go.Figure:
     return fig
 
 
+#: Below this |ΔAP| a difference is not read as an effect: one seed, a small validation split.
+NOISE_AP = 0.01
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.3f}"
+
+
+def gradient_findings(measured: dict[str, dict]) -> list[str]:
+    """Sentences comparing the mean p5 gradient of runs with CEM against the baseline run on the same data."""
+    def mean_p5(card: dict) -> float | None:
+        vals = [(r.get("grad_norm_high") or {}).get("p5") for r in card["_telemetry"]]
+        vals = [v for v in vals if isinstance(v, int | float)]
+        return sum(vals) / len(vals) if vals else None
+
+    out = []
+    by = _pick(measured, list(ABLATION))
+    for (ds, preset), card in sorted(by.items()):
+        base = by.get((ds, "fpn_r18"))
+        cem = (card.get("config") or {}).get("neck", {}).get("cem")
+        if preset == "fpn_r18" or base is None or not cem:
+            continue
+        a, b = mean_p5(card), mean_p5(base)
+        if a is not None and b:
+            out.append(f"On {ds}, `{preset}` sends {a / b:.2f}x the baseline's mean gradient norm to the p5 output "
+                       f"conv over training ({a:.3g} vs {b:.3g}).")
+    return out
+
+
+def ablation_findings(rows: list[list[object]]) -> list[str]:
+    """One sentence per ablation row against the baseline (Δ columns are the last three), noise-aware."""
+    out = []
+    for r in rows:
+        what, d_ap, d_vt, d_t = r[1], r[-3], r[-2], r[-1]
+        if not isinstance(d_ap, int | float) or str(what).startswith("baseline"):
+            continue
+        verdict = ("within noise" if abs(d_ap) < NOISE_AP else "better" if d_ap > 0 else "worse")
+        out.append(f"{r[0]}: {what} changes AP by {_signed(d_ap)} ({verdict}; ΔAP_vt {_signed(d_vt or 0.0)}, "
+                   f"ΔAP_t {_signed(d_t or 0.0)}).")
+    return out
+
+
+def sgdm_findings(rows: list[list[object]]) -> list[str]:
+    """SGDM and RDConv against their baseline: parameters added and AP change, noise-aware."""
+    out = []
+    for r in rows:
+        preset, d_params, d_ap = str(r[1]), r[-4], r[-3]
+        if preset in SGDM_ROWS.values() or not isinstance(d_ap, int | float):
+            continue
+        verdict = ("within noise" if abs(d_ap) < NOISE_AP else "better" if d_ap > 0 else "worse")
+        out.append(f"{r[0]}: `{preset}` adds {int(d_params or 0):,} parameters and changes AP by {_signed(d_ap)} "
+                   f"({verdict}).")
+    return out
+
+
 def claims_report(
     out_dir: str | Path,
     shared_data: str | Path = "../shared/data",
@@ -357,6 +412,8 @@ def claims_report(
         md.append(f"![grad]({write_figure(_grad_figure(series), out / 'grad_p5_p6.png').name})")
         md.append("")
         claims["gradient"] = {n: [r.get("grad_norm_high") for r in tel] for n, tel in series.items()}
+        found = gradient_findings(measured)
+        md += ([f"- {f}" for f in found] + [""]) if found else []
     else:
         md += ["No checkpoint or run carries training telemetry yet.", ""]
 
@@ -368,6 +425,8 @@ def claims_report(
                "Δ = against the baseline on the same data and budget. Rows from `runs/` are measured but not "
                "shipped (their card and telemetry stay with the run).", ""]
         claims["ablation"] = abl
+        md += [f"- {f}" for f in ablation_findings(abl)] + ["", f"|ΔAP| < {NOISE_AP} is read as noise: one seed "
+                                                            "and a small validation split.", ""]
     else:
         md += ["No ResNet-18 FPN checkpoints or runs are there yet.", ""]
 
@@ -377,6 +436,7 @@ def claims_report(
         md += [_md_table(["data", "preset", "source", "budget", *_METRICS, "params", "Δparams", "ΔAP", "ΔAP_vt",
                           "ΔAP_t"], sg), ""]
         claims["sgdm"] = sg
+        md += [f"- {f}" for f in sgdm_findings(sg)] + [""]
     else:
         md += ["No YOLO checkpoints or runs are there yet.", ""]
 

@@ -35,7 +35,7 @@ def _fake_run(runs: Path, name: str, tiny: str, preset: str, metrics: dict, grad
 def test_ablation_and_sgdm_sections_read_unshipped_runs(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     m = {"AP": 0.20, "AP50": 0.5, "AP_vt": 0.05, "AP_t": 0.2, "AP_s": 0.3, "AP_m": 0.4}
-    _fake_run(runs, "ssdd_fpn_r18", "tiny_efpn_n", "fpn_r18", m, grad=0.0)
+    _fake_run(runs, "ssdd_fpn_r18", "tiny_efpn_n", "fpn_r18", m, grad=0.1)
     _fake_run(runs, "ssdd_fpn_r18_cem", "tiny_efpn_n", "fpn_r18_cem", {**m, "AP": 0.25, "AP_vt": 0.02}, grad=0.3)
     _fake_run(runs, "ssdd_yolov8n", "yolov8n", "yolov8n", m)
     _fake_run(runs, "ssdd_yolov8n_sgdm", "yolov8n_sgdm", "yolov8n_sgdm", {**m, "AP": 0.18})
@@ -52,3 +52,6 @@ def test_ablation_and_sgdm_sections_read_unshipped_runs(tmp_path: Path) -> None:
     assert sg["yolov8n_sgdm"][-4] > 0 and sg["yolov8n_sgdm"][-3] == -0.02  # params added, AP change
     assert sg["yolov8n"][-4] == 0
     assert ablation_rows({}) == [] and sgdm_rows({}) == []
+    assert "+ CEM changes AP by +0.050 (better; ΔAP_vt -0.030" in text
+    assert "`yolov8n_sgdm` adds" in text and "changes AP by -0.020 (worse)" in text
+    assert "3.00x the baseline's mean gradient norm" in text

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The CPU-budget SSDD checkpoints of checkpoints/ and the ablation runs of docs/claims, exactly as trained:
+# one process, 2 CPU cores, batch 8. Needs ../shared/data/ssdd beside the repository (recipes/data/ssdd.yaml).
+# Run from the repository root:  bash recipes/ssdd_cpu_budget.sh   (about 2 h on 2 cores; a GPU does it in
+# minutes: drop the size/epoch overrides and add --amp bf16 --workers 8 for the recipes' full budget).
+set -euo pipefail
+EFPN=${EFPN:-efpn}
+R18="--image-size 256 --epochs 3 --batch-size 8 --val-every 1 --warmup-iters 100 --workers 1"
+YOLO="--image-size 320 --epochs 6 --batch-size 8 --val-every 2 --warmup-iters 150 --workers 1"
+NANO="--image-size 320 --epochs 4 --batch-size 8 --val-every 2 --warmup-iters 100 --workers 1"
+
+train() { name=$1; shift; [ -f "runs/$name/best.safetensors" ] || $EFPN train "$@" --out runs --name "$name"; }
+
+# paper 1: the ResNet-18 FPN baseline, E-FPN-BS, and the single-part ablations (same budget)
+for m in fpn_r18 efpn_bs_r18 fpn_r18_cem fpn_r18_fbsm fpn_r18_dcloss; do
+  train "ssdd_$m" --config "recipes/ssdd_$m.yaml" $R18
+done
+# paper 2: YOLOv8n, with SGDM, and with plain RDConv (no static guidance), same budget
+for m in yolov8n yolov8n_sgdm yolov8n_rdconv; do
+  train "ssdd_$m" --config "recipes/ssdd_$m.yaml" $YOLO
+done
+# the flagship on the SAR ships
+train ssdd_efpn_n --config recipes/ssdd_efpn_n.yaml $NANO
+
+# ship (re-validate, choose the storage, write the card); the ablation-only runs (fpn_r18_{cem,fbsm,dcloss},
+# yolov8n_rdconv) stay in runs/ and are read from there by the report
+for m in fpn_r18 efpn_bs_r18 yolov8n yolov8n_sgdm efpn_n; do
+  $EFPN ship "runs/ssdd_$m" --name "${m}_ssdd" --dataset ssdd --shared-root ../shared/data \
+    --recipe "bash recipes/ssdd_cpu_budget.sh (train ssdd_$m)"
+done
+$EFPN report --out docs/claims --runs runs
