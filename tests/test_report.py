@@ -54,4 +54,4 @@ def test_ablation_and_sgdm_sections_read_unshipped_runs(tmp_path: Path) -> None:
     assert ablation_rows({}) == [] and sgdm_rows({}) == []
     assert "+ CEM changes AP by +0.050 (better; ΔAP_vt -0.030" in text
     assert "`yolov8n_sgdm` adds" in text and "changes AP by -0.020 (worse)" in text
-    assert "3.00x the baseline's mean gradient norm" in text
+    assert "times 3.00x on p5 (0.3 vs 0.1)" in text
