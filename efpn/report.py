@@ -349,6 +349,19 @@ def ablation_findings(rows: list[list[object]]) -> list[str]:
     return out
 
 
+def dcloss_warmup_findings(measured: dict[str, dict]) -> list[str]:
+    """Runs whose DCLoss never re-weighted anything: its warm-up (weights fixed at 1) outlasted the run."""
+    out = []
+    for (ds, preset), card in sorted(_pick(measured, list(ABLATION)).items()):
+        loss = (card.get("config") or {}).get("loss") or {}
+        steps = card.get("steps")
+        if loss.get("dcloss") and isinstance(steps, int) and steps <= int(loss.get("dcloss_warmup") or 0):
+            out.append(f"{ds}: `{preset}` trained {steps} steps, inside DCLoss's {loss['dcloss_warmup']}-step warm-up "
+                       "(weights held at 1): DCLoss never re-weighted a loss, so this row measures the model without "
+                       "it. A run longer than the warm-up is needed to measure DCLoss.")
+    return out
+
+
 def sgdm_findings(rows: list[list[object]]) -> list[str]:
     """SGDM and RDConv against their baseline: parameters added and AP change, noise-aware."""
     out = []
@@ -436,8 +449,8 @@ def claims_report(
                "Δ = against the baseline on the same data and budget. Rows from `runs/` are measured but not "
                "shipped (their card and telemetry stay with the run).", ""]
         claims["ablation"] = abl
-        md += [f"- {f}" for f in ablation_findings(abl)] + ["", f"|ΔAP| < {NOISE_AP} is read as noise: one seed "
-                                                            "and a small validation split.", ""]
+        md += [f"- {f}" for f in ablation_findings(abl)] + [f"- {f}" for f in dcloss_warmup_findings(measured)]
+        md += ["", f"|ΔAP| < {NOISE_AP} is read as noise: one seed and a small validation split.", ""]
     else:
         md += ["No ResNet-18 FPN checkpoints or runs are there yet.", ""]
 

@@ -26,7 +26,7 @@ def _fake_run(runs: Path, name: str, tiny: str, preset: str, metrics: dict, grad
     """A run folder as `efpn train` leaves it: best.safetensors + best.json (metrics), telemetry.jsonl."""
     model = efpn.build_model(tiny, num_classes=1)
     card = {"preset": preset, "metrics": metrics, "data": {"yaml": "recipes/data/ssdd.yaml"}, "epochs": 3,
-            "image_size": 256, "training": {"batch_size": 8}}
+            "image_size": 256, "training": {"batch_size": 8}, "steps": 3}
     save_checkpoint(model, runs / name / "best.safetensors", card)
     if grad is not None:
         (runs / name / "telemetry.jsonl").write_text(json.dumps({"epoch": 1, "grad_norm_high": {"p5": grad}}) + "\n")
@@ -37,6 +37,7 @@ def test_ablation_and_sgdm_sections_read_unshipped_runs(tmp_path: Path) -> None:
     m = {"AP": 0.20, "AP50": 0.5, "AP_vt": 0.05, "AP_t": 0.2, "AP_s": 0.3, "AP_m": 0.4}
     _fake_run(runs, "ssdd_fpn_r18", "tiny_efpn_n", "fpn_r18", m, grad=0.1)
     _fake_run(runs, "ssdd_fpn_r18_cem", "tiny_efpn_n", "fpn_r18_cem", {**m, "AP": 0.25, "AP_vt": 0.02}, grad=0.3)
+    _fake_run(runs, "ssdd_fpn_r18_dcloss", "tiny_efpn_n", "fpn_r18_dcloss", m)
     _fake_run(runs, "ssdd_yolov8n", "yolov8n", "yolov8n", m)
     _fake_run(runs, "ssdd_yolov8n_sgdm", "yolov8n_sgdm", "yolov8n_sgdm", {**m, "AP": 0.18})
     (runs / "broken").mkdir()  # a run that never validated is skipped, not an error
@@ -55,3 +56,4 @@ def test_ablation_and_sgdm_sections_read_unshipped_runs(tmp_path: Path) -> None:
     assert "+ CEM changes AP by +0.050 (better; ΔAP_vt -0.030" in text
     assert "`yolov8n_sgdm` adds" in text and "changes AP by -0.020 (worse)" in text
     assert "times 3.00x on p5 (0.3 vs 0.1)" in text
+    assert "`fpn_r18_dcloss` trained 3 steps, inside DCLoss's" in text  # a DCLoss row that never engaged
