@@ -222,7 +222,6 @@ def maps_grid_figure(maps: Mapping[str, np.ndarray], colorscale: str = "Viridis"
     return fig
 
 
-
 # ----------------------------------------------------------------------------------------------- thumbnails
 # Plain PNGs (st.image) rather than plotly heatmaps: a dozen small pictures draw in the browser at once,
 # where a dozen plotly charts take about a second (the Detect page's overview of the internals).

@@ -252,7 +252,6 @@ def inspect_image(
     return efpn.inspect(_model, _rgb, targets=_targets(gt), score_thresh=score, nms_iou=nms)
 
 
-
 @st.cache_data(max_entries=32, show_spinner=False)
 def boxes_accounting(_model: Detector, ckpt: str, _ins: Inspection, digest: str, gt: tuple) -> dict[str, Any]:
     """The model's own assignment of ``gt`` (original px) on the priors of the cached inspection of this image,
@@ -261,6 +260,7 @@ def boxes_accounting(_model: Detector, ckpt: str, _ins: Inspection, digest: str,
     t = _targets(gt)
     assert t is not None
     return assign_on(_model, _ins, t["boxes"], t["labels"]).accounting.to_dict()
+
 
 @st.cache_data(max_entries=256, show_spinner="Running the detector ...")
 def predict_detections(

@@ -17,6 +17,7 @@ import streamlit as st
 from app import resources as res
 from efpn.data.images import CorruptImageError
 from efpn.engine.checkpoint import CheckpointError
+from efpn.inspect import Inspection
 from efpn.models.detector import Detector
 
 _CTX = "efpn_ctx"
@@ -274,6 +275,12 @@ def require_image(ctx: Context) -> ImageItem:
         st.info("Pick a sample in the sidebar or upload an image on the **Detect** page.")
         st.stop()
     return ctx.image  # type: ignore[return-value]
+
+
+def inspection(ctx: Context, model: Detector, image: ImageItem) -> Inspection:
+    """The cached ``efpn.inspect`` of the current image at the sidebar's thresholds: one key for every page, so
+    Detect's forward serves Pyramid, Gates, Kernels, Attribution and Learn too."""
+    return res.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
 
 
 def boxes_for_analysis(ctx: Context, detections: dict[str, Any] | None) -> tuple[GroundTruth | None, str]:

@@ -20,6 +20,7 @@ from torch import Tensor
 from efpn.det.assign import Assignment, LevelAccounting, account
 from efpn.det.priors import Priors
 from efpn.models.detector import Detector
+from efpn.models.heads import HeadOutput
 from efpn.preprocess import Prepared, boxes_to_network, boxes_to_original, prepare, to_rgb_uint8
 
 
@@ -75,7 +76,7 @@ class Inspection:
     assignment: AssignmentView | None = None
     losses: dict[str, float] = field(default_factory=dict)
     priors: Priors | None = None  # the model's priors at network_hw (network px, CPU)
-    prior_predictions: tuple[Tensor, Tensor] | None = None  # TAL models: decoded (R, 4) boxes, (R, C) scores
+    tal_head: HeadOutput | None = None  # TAL models only: the raw head output (CPU), decoded by assign_on
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def detection_level_names(self) -> list[str]:
@@ -116,25 +117,40 @@ def _kernels(bb_int: dict[str, Tensor], prefix_strides: dict[str, int]) -> dict[
     return out
 
 
+def _cpu_head(head: HeadOutput) -> HeadOutput:
+    """The first image's raw head output as float CPU tensors (batch dimension kept: (1, R, ...))."""
+    return HeadOutput(
+        cls_logits=head.cls_logits[:1].detach().float().cpu(),
+        box=head.box[:1].detach().float().cpu(),
+        obj_logits=None if head.obj_logits is None else head.obj_logits[:1].detach().float().cpu(),
+        feature_sizes=dict(head.feature_sizes),
+    )
+
+
 def _assignment_view(
     model: Detector,
     priors: Priors,
-    prior_predictions: tuple[Tensor, Tensor] | None,
+    tal_head: HeadOutput | None,
     boxes: np.ndarray,
     labels: Tensor,
     scale: float,
     accounting: LevelAccounting | None = None,
 ) -> AssignmentView:
-    """The model's own assigner on ``priors`` for GT ``boxes`` (M, 4) in ORIGINAL px, with its accounting."""
+    """The model's own assigner on ``priors`` for GT ``boxes`` (M, 4) in ORIGINAL px, with its accounting.
+
+    TAL ranks priors by the model's predictions: ``tal_head`` is decoded here, only when an assignment is asked
+    for (a plain inspect never pays for decoding every prior)."""
     gt = boxes_to_network(boxes, scale).to(priors.boxes.device)  # (M, 4) network px
     labels = labels.reshape(-1).to(priors.boxes.device)
     assigner = model.config.head.assigner
     if assigner == "tal":
         from efpn.det.assign import assign_tal
 
-        if prior_predictions is None:
-            raise ValueError("TAL assignment needs the model's predictions on every prior")
-        a = assign_tal(priors, gt, labels, prior_predictions[1].to(gt.device), prior_predictions[0].to(gt.device))
+        if tal_head is None:
+            raise ValueError("TAL assignment needs the model's raw head output on every prior")
+        device = next(model.parameters()).device  # the decoder's buffers (DFL bins) live with the model
+        pred_boxes, pred_scores = model.decoder(_to(tal_head, device), priors.to(device))  # (1, R, 4), (1, R, K)
+        a = assign_tal(priors, gt, labels, pred_scores[0].float().to(gt.device), pred_boxes[0].float().to(gt.device))
     elif hasattr(model.criterion, "assigner"):
         a = model.criterion.assigner(priors, gt)
     else:
@@ -154,10 +170,15 @@ def _assignment_view(
     )
 
 
+def _to(head: HeadOutput, device: torch.device) -> HeadOutput:
+    return HeadOutput(head.cls_logits.to(device), head.box.to(device),
+                      None if head.obj_logits is None else head.obj_logits.to(device), head.feature_sizes)
+
+
 @torch.no_grad()
 def assign_on(model: Detector, inspection: Inspection, boxes: Any, labels: Any | None = None) -> AssignmentView:
     """The model's own label assignment for ``boxes`` (M, 4) xyxy in the inspected image's ORIGINAL px, on the
-    priors of ``inspection`` — no second forward (TAL reuses the predictions the inspection kept).
+    priors of ``inspection`` — no second forward (TAL decodes the head output the inspection kept).
 
     Use it for boxes that are not known before the forward, e.g. the detections standing in for missing GT.
     ``labels`` default to class 0. Raises ``ValueError`` for an inspection made without priors.
@@ -169,7 +190,7 @@ def assign_on(model: Detector, inspection: Inspection, boxes: Any, labels: Any |
         np.asarray(labels, dtype=np.int64)).reshape(-1)
     if len(lab) != len(b):
         raise ValueError(f"got {len(b)} boxes but {len(lab)} labels")
-    return _assignment_view(model, inspection.priors, inspection.prior_predictions, b, lab, inspection.scale)
+    return _assignment_view(model, inspection.priors, inspection.tal_head, b, lab, inspection.scale)
 
 
 @torch.no_grad()
@@ -235,19 +256,15 @@ def inspect(
     all_int = {**run["backbone_internals"], **{k: v for k, v in neck_int.items() if k.startswith("pan.")}}
     kernels = _kernels(all_int, strides)
 
-    priors: Priors = run["priors"]
-    prior_predictions = None
-    if model.config.head.assigner == "tal":  # TAL ranks priors by the model's own predictions
-        boxes_all, scores_all = model.decoder(run["head"], priors)
-        prior_predictions = (boxes_all[0].float().cpu(), scores_all[0].float().cpu())
-    priors = priors.to("cpu") if hasattr(priors, "to") else priors
+    priors: Priors = run["priors"].to("cpu")
+    tal_head = _cpu_head(run["head"]) if model.config.head.assigner == "tal" else None
     assignment_view = None
     losses: dict[str, float] = {}
     if net_targets is not None:
         losses = {k: float(v) for k, v in run.get("losses", {}).items()}
         stats = run.get("stats")
         assignment_view = _assignment_view(
-            model, priors, prior_predictions, np.asarray(targets["boxes"], dtype=np.float32).reshape(-1, 4),
+            model, priors, tal_head, np.asarray(targets["boxes"], dtype=np.float32).reshape(-1, 4),
             net_targets[0]["labels"].cpu(), prep.scale,
             accounting=stats.accounting if stats is not None else None,
         )
@@ -269,6 +286,6 @@ def inspect(
         assignment=assignment_view,
         losses=losses,
         priors=priors,
-        prior_predictions=prior_predictions,
+        tal_head=tal_head,
         timings_ms={"prepare": 1e3 * (t1 - t0), "forward": 1e3 * (t2 - t1), "collect": 1e3 * (t3 - t2)},
     )

@@ -150,7 +150,7 @@ with tab_image:
             st.warning(f"Read with some entries skipped:\n```\n{report}\n```")
         with c2:
             if st.button("Use the detections as ground truth", key="gt_from_det"):
-                ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+                ins = state.inspection(ctx, model, image)
                 _set(ins.detections["boxes"].numpy(), ins.detections["labels"].numpy(), names, "detections")
                 st.rerun()
             if st.button("Reset to the original ground truth", key="gt_reset"):

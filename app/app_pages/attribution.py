@@ -18,7 +18,7 @@ st.caption(
 )
 model = state.require_model(ctx)
 image = state.require_image(ctx)
-ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+ins = state.inspection(ctx, model, image)
 rows = views.detection_rows(ins.detections, model.levels, ctx.class_names)
 names = ctx.class_names
 

@@ -55,7 +55,7 @@ if mode == "Sliced (tiles)":
     timing = None
     ins = None
 else:
-    ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+    ins = state.inspection(ctx, model, image)
     detections = ins.detections
     timing = ins.timings_ms
 

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from app import plots, resources, state
+from app import plots, state
 from efpn.layers.fbsm import box_mask_target
 from efpn.visual import gate_stats
 from efpn.vocab import level_stride
@@ -19,7 +19,7 @@ st.caption(
 )
 model = state.require_model(ctx)
 image = state.require_image(ctx)
-ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+ins = state.inspection(ctx, model, image)
 if not ins.gates:
     st.info("This checkpoint has no FBSM gates (its config has `neck.fbsm = null`). Choose an E-FPN-BS or efpn_n "
             "checkpoint to see them.")

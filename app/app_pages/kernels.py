@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import plots, resources, state
+from app import plots, state
 from efpn.visual import kernel_at, kernels_inside_outside
 
 ctx = state.context()
@@ -17,7 +17,7 @@ st.caption(
 )
 model = state.require_model(ctx)
 image = state.require_image(ctx)
-ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+ins = state.inspection(ctx, model, image)
 if not ins.kernels:
     st.info("This checkpoint has no RDConv/SGDM layers. Choose a *_sgdm or efpn_n checkpoint to see dynamic kernels.")
     st.stop()

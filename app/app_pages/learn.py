@@ -19,7 +19,7 @@ try:
     ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms, gkey)
 except ValueError as e:  # ground truth the model refuses (e.g. boxes outside the image)
     st.warning(f"The ground truth cannot be used for the training steps ({e}); showing inference only.")
-    ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+    ins = state.inspection(ctx, model, image)
 
 STEPS = ["1 Input", "2 Backbone", "3 FPN", "4 CEM", "5 FBSM", "6 Dynamic kernels", "7 Head",
          "8 Assignment and loss", "9 Decoding and NMS"]

@@ -15,7 +15,7 @@ st.caption(
 )
 model = state.require_model(ctx)
 image = state.require_image(ctx)
-ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+ins = state.inspection(ctx, model, image)
 
 labels = {"mean": "channel mean", "max": "channel max", "pca": "PCA → RGB"}
 how = st.radio("Show channels as", list(labels), format_func=labels.get, horizontal=True, key="pyr_reduce",
