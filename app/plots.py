@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from efpn.visual import level_colour, normalize01
+from efpn.explain.maps import level_colour, normalize01
 from efpn.vocab import BUCKET_LABELS, BUCKETS
 
 #: Longest side (px) of an image sent to the browser; larger images are downscaled for display only.
@@ -242,7 +242,7 @@ def colour_lut(colorscale: str) -> np.ndarray:
 def colorize(a: np.ndarray, colorscale: str = "Viridis", zmin: float | None = None,
              zmax: float | None = None) -> np.ndarray:
     """(H, W) map -> (H, W, 3) uint8 RGB through ``colorscale``. With ``zmin``/``zmax`` the range is fixed (e.g.
-    [0, 1] for gates, so two images compare); otherwise robust percentiles (``efpn.visual.normalize01``)."""
+    [0, 1] for gates, so two images compare); otherwise robust percentiles (``efpn.explain.maps.normalize01``)."""
     a = np.asarray(a, dtype=np.float32)
     if a.ndim != 2:
         raise ValueError(f"colorize needs a (H, W) map, got shape {a.shape}")
@@ -425,7 +425,7 @@ def gradient_reach_figure(
 ) -> go.Figure:
     """Grouped bars of ‖∂L/∂·‖ at each level and place, with CEM and with CEM bypassed (log scale).
 
-    Inputs are :func:`efpn.analysis.gradient_reach` dicts; ``part`` is ``"positive"`` or ``"total"``.
+    Inputs are :func:`efpn.explain.gradient.gradient_reach` dicts; ``part`` is ``"positive"`` or ``"total"``.
     Exact zeros are drawn at the bottom of the axis and labelled "0".
     """
     keys = [k for k in with_cem if k.endswith(f".{part}") and not k.startswith("loss.")]

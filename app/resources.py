@@ -24,18 +24,18 @@ import torch
 from PIL import Image
 
 import efpn
-from efpn.analysis import gradient_reach
-from efpn.attribution import Explanation, explain_detection
+from efpn.checkpoint import list_checkpoints, load_model
 from efpn.data.coco import load_coco
 from efpn.data.images import read_image
 from efpn.det.assign import LevelAccounting, account, assign_boxes, assign_tal
-from efpn.engine.checkpoint import list_checkpoints, load_model
-from efpn.inspect import Inspection, assign_on
+from efpn.explain.attribution import Explanation, explain_detection
+from efpn.explain.gradient import gradient_reach
+from efpn.explain.inspection import Inspection, assign_on
+from efpn.explain.maps import level_score_maps
+from efpn.infer.predict import predict_image
+from efpn.infer.preprocess import Prepared, prepare
+from efpn.infer.slicing import sliced_predict
 from efpn.models.detector import Detector
-from efpn.predict import predict_image
-from efpn.preprocess import Prepared, prepare
-from efpn.slicing import sliced_predict
-from efpn.visual import level_score_maps
 
 APP_DIR = Path(__file__).resolve().parent
 REPO = APP_DIR.parent
@@ -75,7 +75,7 @@ def checkpoint_dir() -> Path:
 
 
 def available_checkpoints() -> list[dict[str, Any]]:
-    """Checkpoints of :func:`checkpoint_dir` (``efpn.engine.checkpoint.list_checkpoints`` entries), plus
+    """Checkpoints of :func:`checkpoint_dir` (``efpn.checkpoint.list_checkpoints`` entries), plus
     ``$EFPN_CHECKPOINT`` when it lies elsewhere."""
     entries = list_checkpoints(checkpoint_dir())
     env = os.environ.get("EFPN_CHECKPOINT")
@@ -112,7 +112,7 @@ def _load_detector(path: str, key: str) -> Detector:
 def load_detector(path: str) -> Detector:
     """The checkpoint's model, loaded once per (path, mtime) and shared read-only by every session.
 
-    Raises :class:`efpn.engine.checkpoint.CheckpointError` (pickle file, card/weights mismatch, ...)."""
+    Raises :class:`efpn.checkpoint.CheckpointError` (pickle file, card/weights mismatch, ...)."""
     return _load_detector(path, checkpoint_key(path))
 
 
@@ -194,7 +194,7 @@ def decode_image(digest: str, _data: bytes, limit: int) -> DecodedImage:
         notice = (
             f"The image is {w}x{h} = {w * h / 1e6:.1f} MP, over the studio's limit of {limit / 1e6:.1f} MP; it was "
             f"downscaled to {nw}x{nh}. Boxes and sizes refer to the downscaled image. For tiny objects in huge "
-            "images crop them first, or run `sliced_predict` from efpn.slicing on the full file."
+            "images crop them first, or run `sliced_predict` from efpn.infer.slicing on the full file."
         )
     return DecodedImage(rgb=np.ascontiguousarray(rgb), original_hw=(h, w), notice=notice)
 
@@ -255,7 +255,7 @@ def inspect_image(
 @st.cache_data(max_entries=32, show_spinner=False)
 def boxes_accounting(_model: Detector, ckpt: str, _ins: Inspection, digest: str, gt: tuple) -> dict[str, Any]:
     """The model's own assignment of ``gt`` (original px) on the priors of the cached inspection of this image,
-    as ``LevelAccounting.to_dict()`` (``efpn.inspect.assign_on``: no second forward). Priors and the predictions
+    as ``LevelAccounting.to_dict()`` (``efpn.explain.assign_on``: no second forward). Priors and the predictions
     TAL ranks by do not depend on the thresholds, so the key is checkpoint + image + boxes."""
     t = _targets(gt)
     assert t is not None
@@ -266,7 +266,7 @@ def boxes_accounting(_model: Detector, ckpt: str, _ins: Inspection, digest: str,
 def predict_detections(
     _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, score: float, nms: float
 ) -> dict[str, Any]:
-    """Detections only (``efpn.predict.predict_image``, original px) and the forward time in ms: light enough
+    """Detections only (``efpn.infer.predict.predict_image``, original px) and the forward time in ms: light enough
     to cache for many images and checkpoints, unlike a full :func:`inspect_image`."""
     t0 = time.perf_counter()
     det = predict_image(_model, _rgb, score_thresh=score, nms_iou=nms)
@@ -291,7 +291,7 @@ def _net_targets(prep: Prepared, gt: tuple) -> list[dict[str, torch.Tensor]]:
 def gradient_reach_pair(
     _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, gt: tuple
 ) -> dict[str, dict[str, float]]:
-    """``efpn.analysis.gradient_reach`` with CEM and with CEM bypassed: ``{"with": ..., "without": ...}``."""
+    """``efpn.explain.gradient_reach`` with CEM and with CEM bypassed: ``{"with": ..., "without": ...}``."""
     prep = prepared(_model, _rgb)
     targets = _net_targets(prep, gt)
     return {
@@ -366,7 +366,7 @@ def model_assignment(
 def sliced_detections(
     _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, tile: int, overlap: float, score: float, nms: float
 ) -> dict[str, np.ndarray]:
-    """``efpn.slicing.sliced_predict`` as numpy arrays."""
+    """``efpn.infer.slicing.sliced_predict`` as numpy arrays."""
     out = sliced_predict(_model, _rgb, tile=tile, overlap=overlap, score_thresh=score, nms_iou=nms)
     return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
 
@@ -376,7 +376,7 @@ def explain(
     _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, box: tuple[float, ...], label: int,
     methods: tuple[str, ...], ig_steps: int, occlusion_evals: int,
 ) -> Explanation:
-    """``efpn.attribution.explain_detection`` for a box given in ORIGINAL image pixels."""
+    """``efpn.explain.attribution.explain_detection`` for a box given in ORIGINAL image pixels."""
     prep = prepared(_model, _rgb)
     box_net = [v * prep.scale for v in box]
     return explain_detection(_model, prep.tensor, box_net, label, methods=methods, ig_steps=ig_steps,
@@ -385,7 +385,7 @@ def explain(
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def score_maps(_model: Detector, ckpt: str, _rgb: np.ndarray, digest: str) -> dict[str, np.ndarray]:
-    """``efpn.visual.level_score_maps`` as numpy arrays."""
+    """``efpn.explain.maps.level_score_maps`` as numpy arrays."""
     prep = prepared(_model, _rgb)
     return {lv: m.numpy() for lv, m in level_score_maps(_model, prep.tensor).items()}
 

@@ -15,9 +15,9 @@ import numpy as np
 import streamlit as st
 
 from app import resources as res
+from efpn.checkpoint import CheckpointError
 from efpn.data.images import CorruptImageError
-from efpn.engine.checkpoint import CheckpointError
-from efpn.inspect import Inspection
+from efpn.explain.inspection import Inspection
 from efpn.models.detector import Detector
 
 _CTX = "efpn_ctx"

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from efpn.detect import detections_to_json, draw_detections
+from efpn.infer import detections_to_json, draw_detections
 from efpn.vocab import BUCKET_EDGES, BUCKETS
 
 

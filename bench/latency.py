@@ -8,7 +8,7 @@ Measures, at ``--size`` x ``--size`` (640), batch 1, eval mode, ``torch.no_grad`
   its ``non_max_suppression`` with our thresholds; torchvision: ``model([x])``);
 * ``fused``: the same with BatchNorm folded into the convs on both sides (Ultralytics ``fuse()``, ours
   :func:`peers.fold_batchnorm`), for the YOLO pairs;
-* ``inspect`` overhead: ``efpn.inspect(model, image)`` against ``efpn.predict.predict_image(model, image)``
+* ``inspect`` overhead: ``efpn.inspect(model, image)`` against ``efpn.infer.predict.predict_image(model, image)``
   on the same uint8 image (both prepare the image; inspect also returns every internal).
 
 Every case runs once per round, rounds alternate their order, and ratios are medians of per-round ratios (see
@@ -35,8 +35,8 @@ import peers as P
 import torch
 
 import efpn
+from efpn.infer.predict import predict_image
 from efpn.models.profile import count_gflops, count_params
-from efpn.predict import predict_image
 
 #: (our preset, Ultralytics YAML, bound on ours / peer or None for informational)
 YOLO_PAIRS: tuple[tuple[str, str, float | None], ...] = (

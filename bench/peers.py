@@ -115,7 +115,7 @@ def torchvision_retinanet_network(model: nn.Module) -> Callable[[Tensor], object
 
 def efpn_network(model: nn.Module) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """``images -> (boxes (N,R,4), scores (N,R,K))``: exactly what ``Detector.predict`` runs before thresholding
-    and NMS — ``Detector._run`` (normalise, pad, backbone, neck, head, priors; the path ``efpn.export`` also
+    and NMS — ``Detector._run`` (normalise, pad, backbone, neck, head, priors; the path ``efpn.infer.export`` also
     uses) and the model's decoder over every prior."""
 
     def network(images: Tensor) -> tuple[Tensor, Tensor]:

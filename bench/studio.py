@@ -22,7 +22,7 @@ Three measurements, one result file (``bench/results/studio.json`` / ``studio.md
    every ``<img>`` of the main area has loaded, and, for Detect, the figure's ``<image>`` is no longer the
    picture shown before the upload and the overview's pictures are there.
 2. **inspect overhead**, in this process: ``efpn.inspect(model, image)`` against
-   ``efpn.predict.predict_image(model, image)`` on the same 640 px image for ``efpn_n`` (the studio's
+   ``efpn.infer.predict.predict_image(model, image)`` on the same 640 px image for ``efpn_n`` (the studio's
    checkpoint) and ``yolov8n_sgdm`` (random weights, 3 classes); interleaved rounds, median of per-round
    ratios (:mod:`harness`); target <= 1.3x.
 3. **Memory** of the ``streamlit`` server process (a second, fresh server): RSS idle after start (no model
@@ -68,9 +68,9 @@ if str(REPO) not in sys.path:  # the studio is the `app` package at the reposito
 
 import efpn  # noqa: E402
 from app.serve import CHROMIUM_ARGS, studio_server  # noqa: E402
+from efpn.checkpoint import save_checkpoint  # noqa: E402
 from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample  # noqa: E402
-from efpn.engine.checkpoint import save_checkpoint  # noqa: E402
-from efpn.predict import predict_image  # noqa: E402
+from efpn.infer.predict import predict_image  # noqa: E402
 
 BUNDLED_CHECKPOINT = REPO / "checkpoints" / "efpn_n_synth.safetensors"
 CHROMIUM = Path(os.environ.get("EFPN_CHROMIUM", "/usr/bin/chromium"))
@@ -80,7 +80,7 @@ VIEWPORT = {"width": 1440, "height": 1100}
 INTERNAL_PAGES: tuple[str, ...] = ("Pyramid", "Gates", "Kernels")
 #: upload -> detections and all internals rendered, seconds
 TARGET_S = 1.5
-#: efpn.inspect / predict_image
+#: efpn.explain.inspection / predict_image
 INSPECT_BOUND = 1.3
 INSPECT_PRESETS: tuple[str, ...] = ("efpn_n", "yolov8n_sgdm")
 #: synthetic indices of the timed images start here (memory-phase images start at MEMORY_INDEX)
@@ -530,7 +530,7 @@ def render(payload: dict[str, Any]) -> str:
     if ins:
         for name, r in ins["ratios"].items():
             a, b = ins["cases_ms"][f"inspect:{name}"]["median"], ins["cases_ms"][f"plain:{name}"]["median"]
-            rows.append([f"efpn.inspect / predict_image, {name}",
+            rows.append([f"efpn.explain.inspection / predict_image, {name}",
                          f"{r['paired']:.3f}x (IQR {r['q1']:.3f}-{r['q3']:.3f}; {a:.0f} vs {b:.0f} ms)",
                          f"<= {INSPECT_BOUND:g}x", "yes" if r["paired"] <= INSPECT_BOUND else "**no**"])
     if mem:

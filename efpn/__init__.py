@@ -12,6 +12,8 @@ one-call inspection of every internal. Quick start::
 
 from __future__ import annotations
 
+from efpn.checkpoint import CheckpointError, list_checkpoints, read_card, save_checkpoint
+from efpn.checkpoint import load_model as _load_model
 from efpn.config import (
     BackboneConfig,
     CEMConfig,
@@ -23,9 +25,19 @@ from efpn.config import (
     PostprocessConfig,
     SGDMConfig,
 )
-from efpn.inspect import Inspection, inspect
+from efpn.explain import Inspection, inspect
 from efpn.models.detector import Detector
 from efpn.models.profile import count_gflops, count_params
+from efpn.vocab import (
+    BUCKET_EDGES,
+    BUCKET_LABELS,
+    BUCKETS,
+    LEVEL_COLOURS,
+    box_size,
+    level_colour,
+    level_stride,
+    size_bucket,
+)
 from efpn.zoo import MAIN_PRESETS, PRESETS, build, build_model, get_config
 
 __version__ = "0.1.0"
@@ -33,18 +45,21 @@ __version__ = "0.1.0"
 
 def load_model(path: str, device: str = "cpu") -> Detector:
     """Load a checkpoint (``.safetensors`` + JSON model card) in eval mode; never unpickles weights."""
-    from efpn.engine.checkpoint import load_model as _load
-
-    return _load(path, device=device)
+    return _load_model(path, device=device)
 
 
 __all__ = [
+    "BUCKETS",
+    "BUCKET_EDGES",
+    "BUCKET_LABELS",
     "BackboneConfig",
     "CEMConfig",
+    "CheckpointError",
     "Detector",
     "FBSMConfig",
     "HeadConfig",
     "Inspection",
+    "LEVEL_COLOURS",
     "LossConfig",
     "MAIN_PRESETS",
     "ModelConfig",
@@ -52,11 +67,18 @@ __all__ = [
     "PRESETS",
     "PostprocessConfig",
     "SGDMConfig",
+    "box_size",
     "build",
     "build_model",
     "count_gflops",
     "count_params",
     "get_config",
     "inspect",
+    "level_colour",
+    "level_stride",
+    "list_checkpoints",
     "load_model",
+    "read_card",
+    "save_checkpoint",
+    "size_bucket",
 ]

@@ -23,6 +23,19 @@ BUCKET_LABELS: dict[str, str] = {
     "l": "large (>=64 px)",
 }
 
+#: One colour per pyramid level (RGB), shared by every drawing (CLI and studio) so a level looks the same everywhere.
+LEVEL_RGB: dict[str, tuple[int, int, int]] = {
+    "p2": (255, 200, 0), "p3": (60, 180, 75), "p4": (0, 130, 200), "p5": (245, 130, 48),
+    "p6": (145, 30, 180), "p7": (70, 240, 240),
+}
+#: The same colours as hex strings, for plotting libraries.
+LEVEL_COLOURS: dict[str, str] = {lv: "#{:02x}{:02x}{:02x}".format(*rgb) for lv, rgb in LEVEL_RGB.items()}
+
+
+def level_colour(level: str) -> str:
+    """The level's hex colour from :data:`LEVEL_COLOURS` (grey for an unknown name)."""
+    return LEVEL_COLOURS.get(level, "#808080")
+
 
 def level_name(stride: int) -> str:
     """``p{log2(stride)}``: 4 -> ``"p2"``, 8 -> ``"p3"``; raises ValueError for a non power of two."""

@@ -11,9 +11,9 @@ import torch
 from torchvision.ops import box_iou
 
 import efpn
-from efpn.engine.checkpoint import read_card
-from efpn.predict import predict_image
-from efpn.ship import load_sanity_image
+from efpn.checkpoint import read_card
+from efpn.cli.ship import load_sanity_image
+from efpn.infer.predict import predict_image
 from tests.conftest import REPO, SHARED_DATA
 
 CKPT = REPO / "checkpoints"

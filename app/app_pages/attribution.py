@@ -6,8 +6,8 @@ import numpy as np
 import streamlit as st
 
 from app import plots, resources, state, views
-from efpn.attribution import METHODS
-from efpn.visual import resize_map
+from efpn.explain.attribution import METHODS
+from efpn.explain.maps import resize_map
 
 ctx = state.context()
 st.title("Attribution")

@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import plots, resources, state, views
-from efpn.engine.checkpoint import CheckpointError
+from efpn.checkpoint import CheckpointError
 
 ctx = state.context()
 st.title("Compare")

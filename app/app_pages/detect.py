@@ -6,8 +6,8 @@ import numpy as np
 import streamlit as st
 
 from app import plots, resources, state, views
-from efpn.slicing import num_tiles, suggested_tile
-from efpn.visual import reduce_channels
+from efpn.explain.maps import reduce_channels
+from efpn.infer.slicing import num_tiles, suggested_tile
 
 ctx = state.context()
 st.title("Detect")

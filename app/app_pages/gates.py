@@ -7,8 +7,8 @@ import streamlit as st
 import torch
 
 from app import plots, state
+from efpn.explain.maps import gate_stats
 from efpn.layers.fbsm import box_mask_target
-from efpn.visual import gate_stats
 from efpn.vocab import level_stride
 
 ctx = state.context()

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from app import plots, state
-from efpn.visual import kernel_at, kernels_inside_outside
+from efpn.explain.maps import kernel_at, kernels_inside_outside
 
 ctx = state.context()
 st.title("Kernels")

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from app import plots, resources, state, views
-from efpn.visual import count_candidates, level_colour, reduce_channels
+from efpn.explain.maps import count_candidates, level_colour, reduce_channels
 from efpn.vocab import level_stride
 
 ctx = state.context()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import plots, resources, state
-from efpn.visual import reduce_channels
+from efpn.explain.maps import reduce_channels
 
 ctx = state.context()
 st.title("Pyramid")
@@ -63,7 +63,7 @@ st.subheader("Gradient reaching p5/p6, with and without CEM")
 st.caption(
     "Tiny objects get positives only on the fine levels, so the p5/p6 output convolutions and head inputs receive "
     "no positive-driven gradient (c5 still gets some through the top-down path). CEM routes p5/p6 into the "
-    "fine levels, so their gradient is no longer zero. Numbers from `efpn.analysis.gradient_reach` on this image."
+    "fine levels, so their gradient is no longer zero. Numbers from `efpn.explain.gradient_reach` on this image."
 )
 gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
 st.caption(how_boxes)

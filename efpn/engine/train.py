@@ -56,23 +56,19 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from efpn.analysis import high_level_grad_norms
+from efpn.checkpoint import save_checkpoint
 from efpn.config import ModelConfig
 from efpn.data.config import DataConfig, load_data_config, load_split, split_records
 from efpn.data.dataset import DetectionDataset, collate
 from efpn.data.records import ImageRecord
 from efpn.data.transforms import DetectionTransform, Letterbox, RandomTileCrop, build_transforms
 from efpn.engine import distributed as D
-from efpn.engine.checkpoint import (
-    load_training_state,
-    restore_training_state,
-    save_checkpoint,
-    save_training_state,
-)
 from efpn.engine.ema import ModelEMA
-from efpn.engine.evaluate import EvalResult
+from efpn.engine.state import load_training_state, restore_training_state, save_training_state
 from efpn.engine.telemetry import EpochTelemetry, RunLogger, finite_or_none
-from efpn.engine.validate import validate
+from efpn.evaluation.coco import EvalResult
+from efpn.evaluation.validate import validate
+from efpn.explain.gradient import high_level_grad_norms
 from efpn.models.criterion import CriterionStats
 from efpn.models.detector import Detector
 from efpn.zoo import PRESETS, build, get_config

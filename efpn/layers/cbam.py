@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from efpn.layers.conv import ActLayer, ConvBNAct, check_nchw
+from efpn.layers.internals import AttentionInternals
 
 
 class CBAM(nn.Module):
@@ -18,7 +19,7 @@ class CBAM(nn.Module):
     Channel attention ``A_c = sigmoid(MLP(avgpool x) + MLP(maxpool x))`` (N, C, 1, 1), one MLP ``C -> max(1, C
     // reduction) -> C`` shared by both pools. Spatial attention ``A_s = sigmoid(BN(conv_kxk([mean_c,
     max_c])))`` (N, 1, H, W) on the channel-gated map. ``forward(x, return_internals=True)`` -> ``(x',
-    {"channel_att": (N, C, 1, 1), "spatial_att": (N, 1, H, W)})``.
+    AttentionInternals)``.
     """
 
     exposes_internals = True
@@ -36,7 +37,7 @@ class CBAM(nn.Module):
         self.spatial = nn.Conv2d(2, 1, spatial_kernel, padding=spatial_kernel // 2, bias=False)
         self.spatial_bn = nn.BatchNorm2d(1, eps=1e-3, momentum=0.03)
 
-    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, AttentionInternals]:
         check_nchw(x, self.channels, type(self).__name__)
         ca = torch.sigmoid(self.mlp(x.mean((2, 3), keepdim=True)) + self.mlp(x.amax((2, 3), keepdim=True)))
         xc = x * ca  # (N, C, H, W), ca (N, C, 1, 1)
@@ -44,7 +45,7 @@ class CBAM(nn.Module):
         sa = torch.sigmoid(self.spatial_bn(self.spatial(desc)))  # (N, 1, H, W)
         out = xc * sa
         if return_internals:
-            return out, {"channel_att": ca, "spatial_att": sa}
+            return out, AttentionInternals(channel=ca, spatial=sa)
         return out
 
 
@@ -70,6 +71,6 @@ class CBAMDown(nn.Module):
         self.conv = ConvBNAct(c_in, c_out, 3, stride, act_layer=act_layer)
         self.cbam = CBAM(c_out, reduction, spatial_kernel)
 
-    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, AttentionInternals]:
         check_nchw(x, self.c_in, type(self).__name__)
         return self.cbam(self.conv(x), return_internals=return_internals)

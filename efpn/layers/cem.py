@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efpn.layers.conv import ActLayer, ConvBNAct, check_nchw, make_act
+from efpn.layers.internals import CEMInternals
 from efpn.vocab import level_stride
 
 Upsample = Literal["bilinear", "pixelshuffle"]
@@ -48,9 +49,8 @@ class CEM(nn.Module):
     """Context enhancement of ``target_levels`` from ``source_levels`` in a pyramid dict (all C channels).
 
     ``forward(feats, return_internals=False)`` returns a new dict (targets replaced, other levels passed
-    through); with ``return_internals=True`` also ``{f"{t}.fused": F_t, f"{t}.before": p_t, f"{t}.after":
-    p_t', f"{t}.alpha": alpha_t (scalar; the mean gate for gate="learned")}`` and, for the learned gate,
-    ``f"{t}.gate": (N, 1, H_t, W_t)``.
+    through); with ``return_internals=True`` also ``{t: CEMInternals}`` per target level (p_t before and after,
+    the fused term F_t, α_t, and the learned gate when CEM is gated).
 
     ``use_local``/``use_global`` switch the branches (at least one); ``upsample="pixelshuffle"`` needs every
     source coarser than every target by a power of two. Missing levels raise ValueError naming them.
@@ -117,10 +117,10 @@ class CEM(nn.Module):
 
     def forward(
         self, feats: Mapping[str, Tensor], return_internals: bool = False
-    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, Tensor]]:
+    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, CEMInternals]]:
         self._check(feats)
         out = dict(feats)
-        internals: dict[str, Tensor] = {}
+        internals: dict[str, CEMInternals] = {}  # target level -> what CEM did there
         compressed = {s: self.compress[s](feats[s]) for s in self.compress}  # (N, C_m, H_s, W_s) per source
         context = None
         if self.global_fc is not None:
@@ -142,10 +142,13 @@ class CEM(nn.Module):
                 new = p_t + weight * fused
             out[t] = new
             if return_internals:
-                internals.update({f"{t}.fused": fused, f"{t}.before": p_t, f"{t}.after": new})
-                internals[f"{t}.alpha"] = weight if self.alpha is not None else weight.mean()
-                if self.gate_conv is not None:
-                    internals[f"{t}.gate"] = weight
+                internals[t] = CEMInternals(
+                    before=p_t,
+                    fused=fused,
+                    after=new,
+                    alpha=weight if self.alpha is not None else weight.mean(),
+                    gate=weight if self.gate_conv is not None else None,
+                )
         return (out, internals) if return_internals else out
 
     def _local(self, x: Tensor, s: str, t: str, size: torch.Size) -> Tensor:

@@ -15,12 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from efpn.layers.conv import ActLayer, ConvBNAct, check_nchw
+from efpn.layers.internals import GateInternals
 
 
 class FBSM(nn.Module):
     """Foreground gate on one pyramid level: (N, C, H, W) -> (N, C, H, W).
 
-    ``forward(x, return_internals=True)`` -> ``(x', {"mask": M (N, 1, H, W), "logits": (N, 2, H, W)})``;
+    ``forward(x, return_internals=True)`` -> ``(x', GateInternals)``: M (N, 1, H, W) and its logits (N, 2, H, W);
     train the mask with :func:`box_mask_target` (focal BCE on ``logits[:, 1] - logits[:, 0]``, M's logit).
     """
 
@@ -41,7 +42,7 @@ class FBSM(nn.Module):
         self.beta = nn.Parameter(torch.ones(()))
         self.delta = nn.Parameter(torch.zeros(())) if bg_suppression else None
 
-    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, GateInternals]:
         check_nchw(x, self.channels, type(self).__name__)
         h = self.hidden(x)  # (N, hidden, H, W)
         cues = torch.cat([h, x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)  # (N, hidden + 2, H, W)
@@ -51,7 +52,7 @@ class FBSM(nn.Module):
         if self.delta is not None:
             out = out - self.delta * x * (1 - mask)
         if return_internals:
-            return out, {"mask": mask, "logits": logits}
+            return out, GateInternals(mask=mask, logits=logits)
         return out
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efpn.layers.conv import check_nchw
+from efpn.layers.internals import KernelInternals
 
 Impl = Literal["shift", "unfold"]
 
@@ -202,7 +203,7 @@ class RDConv(nn.Module):
     """Razor dynamic convolution: (N, C, H, W) -> (N, C, H', W'), ``H' = ceil(H / stride)`` for odd k.
 
     Only the spatial aggregation (channels unchanged, like a depthwise conv); add a pointwise conv for a full
-    layer. ``forward(x, return_internals=True)`` returns ``(y, {"kernel": D (N, G, k*k, H', W')})``.
+    layer. ``forward(x, return_internals=True)`` returns ``(y, KernelInternals(dynamic=D))``, D (N, G, k*k, H', W').
     ``groups=None`` picks :func:`resolve_groups`.
     """
 
@@ -227,12 +228,12 @@ class RDConv(nn.Module):
         self.generator = RazorKernelGenerator(channels, kernel_size, stride, groups, learned_razor)
         self.groups = self.generator.groups
 
-    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, KernelInternals]:
         check_nchw(x, self.channels, type(self).__name__)
         d = self.generator(x)  # (N, G, k^2, H', W')
         y = apply_dynamic_kernels(x, d, self.kernel_size, self.stride, self.impl)  # (N, C, H', W')
         if return_internals:
-            return y, {"kernel": d}
+            return y, KernelInternals(dynamic=d)
         return y
 
     def extra_repr(self) -> str:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efpn.layers.conv import ActLayer, ConvBNAct, check_nchw, make_act
+from efpn.layers.internals import KernelInternals
 from efpn.layers.rdconv import (
     Impl,
     RazorKernelGenerator,
@@ -126,12 +127,9 @@ class SGDM(nn.Module):
         expansion: hidden width ``round(expansion * c_in)`` of the pointwise MLP; None: one 1x1 c_in -> c_out.
         impl: aggregation path, ``"shift"`` (memory-linear) or ``"unfold"`` (reference).
 
-    ``forward(x, return_internals=True)`` returns ``(y, internals)``:
-
-    - ``dynamic_kernel`` D (N, G, k*k, H', W'), softmax over k*k;
-    - ``guided_kernel`` K (N, G or c_in, k*k, H', W'), the kernel actually applied (D when unguided);
-    - ``static_bank`` S (G or c_in, k*k), only when guided;
-    - ``entropy`` of D (N, G, H', W'); ``hf_energy`` = Laplacian norm of K (N, G or c_in, H', W').
+    ``forward(x, return_internals=True)`` returns ``(y, KernelInternals)``: D (N, G, k*k, H', W'), softmax over
+    k*k; K (N, G or c_in, k*k, H', W'), the kernel actually applied (D when unguided); S (G or c_in, k*k), only
+    when guided; the entropy of D (N, G, H', W') and the Laplacian norm of K (N, G or c_in, H', W').
     """
 
     exposes_internals = True
@@ -174,7 +172,7 @@ class SGDM(nn.Module):
         self.static = ConvBNAct(c_in, c_out, kernel_size, stride, act_layer=None)
         self.act = make_act(act_layer)
 
-    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, KernelInternals]:
         check_nchw(x, self.c_in, type(self).__name__)
         k, s = self.kernel_size, self.stride
         d = self.generator(x)  # (N, G, k^2, H', W'), softmax over k^2
@@ -201,15 +199,9 @@ class SGDM(nn.Module):
             n, g, kk, h, w = d.shape
             sd = bank.view(1, g, self.c_in // g, kk, 1, 1) * d.unsqueeze(2)  # (N, G, C/G, k^2, H', W')
             kernel = sd.reshape(n, self.c_in, kk, h, w) / (norm.unsqueeze(2) + self.eps)
-        internals = {
-            "dynamic_kernel": d,
-            "guided_kernel": kernel,
-            "entropy": kernel_entropy(d),
-            "hf_energy": laplacian_energy(kernel, k),
-        }
-        if bank is not None:
-            internals["static_bank"] = bank
-        return y, internals
+        return y, KernelInternals(
+            dynamic=d, guided=kernel, bank=bank, entropy=kernel_entropy(d), hf_energy=laplacian_energy(kernel, k)
+        )
 
     def _unshared_norm(self, d: Tensor, bank: Tensor) -> Tensor:
         n, g, kk, h, w = d.shape

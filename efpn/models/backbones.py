@@ -14,7 +14,12 @@ import torchvision
 from torch import Tensor, nn
 
 from efpn.layers.conv import ConvBNAct
+from efpn.layers.internals import KernelInternals
 from efpn.models.blocks import C3, SPPF, C2f, make_divisible, scaled_depth, supports_internals
+from efpn.models.outputs import KernelLayer
+
+#: ``{c*: features}``, or with ``return_internals`` that and ``{layer name: KernelLayer}``.
+BackboneOutput = dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, KernelLayer]]
 
 #: (stage name, base channels, base repeats for C3, base repeats for C2f); stride of c{i} is 2**i.
 _CSP_STAGES: tuple[tuple[str, int, int, int], ...] = (
@@ -33,11 +38,15 @@ def plain_downsample(stage: str, c_in: int, c_out: int) -> nn.Module:
     return ConvBNAct(c_in, c_out, 3, 2)
 
 
-def _call(module: nn.Module, x: Tensor, internals: dict[str, Tensor] | None, prefix: str) -> Tensor:
-    """Run ``module``; when ``internals`` is a dict and the module exposes internals, collect them under prefix."""
-    if internals is not None and supports_internals(module):
+def call_collecting(
+    module: nn.Module, x: Tensor, kernels: dict[str, KernelLayer] | None, name: str, stride: int
+) -> Tensor:
+    """Run ``module``; when ``kernels`` is a dict and the module reveals per-pixel kernels (RDConv, SGDM), record
+    them as ``kernels[name]`` with the output ``stride`` in input pixels. Other internals (CBAM) are not kept."""
+    if kernels is not None and supports_internals(module):
         out, inner = module(x, return_internals=True)
-        internals.update({f"{prefix}.{k}": v for k, v in inner.items()})
+        if isinstance(inner, KernelInternals):
+            kernels[name] = KernelLayer(name, stride, inner)
         return out
     return module(x)
 
@@ -89,14 +98,15 @@ class CSPDarknet(nn.Module):
             self.strides[name] = 2 ** int(name[1:])
             c_prev = c
 
-    def forward(
-        self, x: Tensor, return_internals: bool = False
-    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, Tensor]]:
-        internals: dict[str, Tensor] | None = {} if return_internals else None
+    def forward(self, x: Tensor, return_internals: bool = False) -> BackboneOutput:
+        """``{c*: (N, C, H/s, W/s)}``; with ``return_internals`` also ``{"c3.down": KernelLayer, ...}`` for stages
+        whose stride-2 entry is a dynamic convolution."""
+        internals: dict[str, KernelLayer] | None = {} if return_internals else None
         x = self.stem(x)  # (N, 3, H, W) -> (N, C1, H/2, W/2)
         feats: dict[str, Tensor] = {}
         for name, layers in self.stages.items():
-            x = _call(layers[0], x, internals, f"{name}.down")  # stride-2 entry: (N, C, H/s, W/s)
+            # stride-2 entry: (N, C, H/s, W/s)
+            x = call_collecting(layers[0], x, internals, f"{name}.down", self.strides[name])
             for layer in layers[1:]:
                 x = layer(x)
             if name in self.out_levels:
@@ -129,9 +139,7 @@ class ResNetBackbone(nn.Module):
         self.out_channels = dict(zip(("c2", "c3", "c4", "c5"), widths))
         self.strides = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
 
-    def forward(
-        self, x: Tensor, return_internals: bool = False
-    ) -> dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def forward(self, x: Tensor, return_internals: bool = False) -> BackboneOutput:
         x = self.stem(x)  # (N, 64, H/4, W/4)
         feats: dict[str, Tensor] = {}
         for name, layer in self.layers.items():

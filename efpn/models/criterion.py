@@ -1,7 +1,7 @@
 """Training criteria: label assignment + losses for each head family.
 
-A criterion takes the head's raw predictions, the priors, the targets and the neck internals (for FBSM mask
-supervision) and returns ``(losses, stats)``: a dict of named scalar losses with fixed keys per family, and a
+A criterion takes the head's raw predictions, the priors, the targets and the FBSM gates (for mask supervision)
+and returns ``(losses, stats)``: a dict of named scalar losses with fixed keys per family, and a
 :class:`CriterionStats` with the per-level positive accounting and DCLoss statistics used by training telemetry.
 Assignment runs under ``no_grad`` in :mod:`efpn.det.assign`; the loss functions are pure (:mod:`efpn.det.losses`).
 """
@@ -21,7 +21,8 @@ from efpn.det import losses as L
 from efpn.det.assign import Assignment, LevelAccounting, account, assign_atss, assign_maxiou, assign_tal, assign_yolov5
 from efpn.det.priors import Priors
 from efpn.layers.fbsm import box_mask_target, gate_mass_inside
-from efpn.vocab import size_bucket
+from efpn.layers.internals import GateInternals
+from efpn.vocab import level_stride, size_bucket
 
 Targets = Sequence[Mapping[str, Tensor]]
 
@@ -34,6 +35,13 @@ class CriterionStats:
     num_pos: int = 0
     dcloss: dict[str, dict[str, float]] = field(default_factory=dict)
     gate_mass: dict[str, float] = field(default_factory=dict)
+
+
+def gate_target(targets: Targets, level: str, like: Tensor) -> Tensor:
+    """The FBSM target at ``level``: the targets' boxes rasterised on ``like``'s (H, W) grid -> (N, 1, H, W),
+    same dtype and device as ``like``."""
+    boxes = [t["boxes"] for t in targets]
+    return box_mask_target(boxes, tuple(like.shape[-2:]), level_stride(level)).to(like)
 
 
 def _orig_sizes_bucket(gt: Tensor, scale: float) -> Tensor:
@@ -61,7 +69,7 @@ class _Base(nn.Module):
         return self.dcloss.weights(cls_prob.detach(), iou.detach(), bucket, num_images)
 
     def _mask_losses(
-        self, internals: Mapping[str, Tensor], targets: Targets, stats: CriterionStats
+        self, gates: Mapping[str, GateInternals], targets: Targets, stats: CriterionStats
     ) -> dict[str, Tensor]:
         """FBSM mask supervision: focal BCE against rasterised boxes at each gated level (SPEC §3)."""
         weight = getattr(self, "mask_weight", 0.0)
@@ -69,16 +77,14 @@ class _Base(nn.Module):
             return {}
         total: Tensor | None = None
         for lv in self.mask_levels:
-            logits = internals.get(f"fbsm.{lv}.logits")
-            if logits is None:
+            gate = gates.get(lv)
+            if gate is None:
                 continue
-            stride = 2 ** int(lv[1:])
-            target = box_mask_target([t["boxes"] for t in targets], tuple(logits.shape[-2:]), stride).to(logits)
-            term = L.mask_focal_loss(logits, target)
+            target = gate_target(targets, lv, gate.logits)
+            term = L.mask_focal_loss(gate.logits, target)
             total = term if total is None else total + term
             with torch.no_grad():
-                mask = internals[f"fbsm.{lv}.mask"]
-                stats.gate_mass[lv] = float(gate_mass_inside(mask, target).mean())
+                stats.gate_mass[lv] = float(gate_mass_inside(gate.mask, target).mean())
         if total is None or weight <= 0:
             return {}
         return {"loss_mask": weight * total / len(self.mask_levels)}
@@ -108,7 +114,7 @@ class RetinaCriterion(_Base):
             raise ValueError(f"the retina head supports 'maxiou' or 'atss' assignment, got {head.assigner!r}")
 
     def forward(
-        self, out, priors: Priors, targets: Targets, internals: Mapping[str, Tensor]
+        self, out, priors: Priors, targets: Targets, gates: Mapping[str, GateInternals]
     ) -> tuple[dict[str, Tensor], CriterionStats]:
         n, r, k = out.cls_logits.shape
         stats = CriterionStats()
@@ -151,7 +157,7 @@ class RetinaCriterion(_Base):
         box_fn = L.ciou_loss if self.loss_cfg.box == "ciou" else L.giou_loss
         loss_box = (box_fn(pred_boxes, gt_b) * w).sum() / num_pos
         losses = {"loss_cls": self.loss_cfg.cls_weight * loss_cls, "loss_box": self.loss_cfg.box_weight * loss_box}
-        losses.update(self._mask_losses(internals, targets, stats))
+        losses.update(self._mask_losses(gates, targets, stats))
         if self.dcloss is not None:
             stats.dcloss = self.dcloss.stats()
         return losses, stats
@@ -167,7 +173,7 @@ class YOLOv5Criterion(_Base):
         super().__init__(head, loss, num_classes)
 
     def forward(
-        self, out, priors: Priors, targets: Targets, internals: Mapping[str, Tensor]
+        self, out, priors: Priors, targets: Targets, gates: Mapping[str, GateInternals]
     ) -> tuple[dict[str, Tensor], CriterionStats]:
         n, r, k = out.cls_logits.shape
         stats = CriterionStats()
@@ -228,7 +234,7 @@ class YOLOv8Criterion(_Base):
         self.reg_max = head.reg_max
 
     def forward(
-        self, out, priors: Priors, targets: Targets, internals: Mapping[str, Tensor]
+        self, out, priors: Priors, targets: Targets, gates: Mapping[str, GateInternals]
     ) -> tuple[dict[str, Tensor], CriterionStats]:
         n, r, k = out.cls_logits.shape
         stats = CriterionStats()

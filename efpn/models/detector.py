@@ -1,13 +1,15 @@
 """The detector: backbone -> neck -> head, with the criterion and decoder handed in ready-made.
 
 ``forward(images, targets)`` returns named losses in train mode and detections in eval mode (torchvision's
-contract). ``forward_intermediates`` runs the same modules once and returns every internal the studio shows, as a
-return value: no hooks, no state left behind, so one model can serve many users at once.
+contract). :meth:`Detector.run` is the one public forward underneath both: it returns a typed
+:class:`~efpn.models.outputs.DetectorRun` with every internal asked for (pyramid before/after CEM, CEM's term and α,
+FBSM gates and their targets, per-pixel kernels with their strides, head outputs, decoded priors, detections,
+losses) as a return value: no hooks, no state left behind, so one model can serve many users at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -15,11 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efpn.config import ModelConfig
+from efpn.det.assign import Assignment, assign_tal, assign_yolov5
 from efpn.det.postprocess import batched_detections
 from efpn.det.priors import Priors
-from efpn.models.criterion import CriterionStats
+from efpn.layers.internals import GateInternals
+from efpn.models.criterion import CriterionStats, gate_target
 from efpn.models.decode import Decoder, candidate_subset
 from efpn.models.heads import HeadOutput
+from efpn.models.outputs import DetectorRun, LevelRun
+from efpn.vocab import level_stride
 
 Targets = Sequence[Mapping[str, Tensor]]
 
@@ -139,8 +145,8 @@ class Detector(nn.Module):
             out.append(new)
         return out
 
-    # ------------------------------------------------------------------ forward pieces
-    def _prepare(self, images: Tensor) -> Tensor:
+    # ------------------------------------------------------------------ the one forward
+    def _normalize_and_pad(self, images: Tensor) -> Tensor:
         """Normalise and pad bottom/right to the size divisor: (N, 3, H, W) -> (N, 3, H', W')."""
         # the YOLO presets' mean 0 / std 1 is the identity: skip two passes over the image (same values)
         identity = self.config.pixel_mean == (0.0, 0.0, 0.0) and self.config.pixel_std == (1.0, 1.0, 1.0)
@@ -152,46 +158,144 @@ class Detector(nn.Module):
             x = F.pad(x, (0, pw, 0, ph))
         return x
 
-    def _run(self, images: Tensor, internals: bool, bypass_cem: bool = False) -> dict[str, Any]:
-        x = self._prepare(images)
-        neck_kw = {"bypass_cem": True} if bypass_cem else {}
-        if internals:
-            feats, bb_int = self.backbone(x, return_internals=True)
-            pyramid, neck_int = self.neck(feats, return_internals=True, **neck_kw)
-        else:
-            feats, bb_int = self.backbone(x), {}
-            pyramid, neck_int = self.neck(feats, **neck_kw), {}
-        out: HeadOutput = self.head(pyramid)
-        priors: Priors = self.head.priors(out.feature_sizes, device=images.device)
-        return {
-            "backbone": feats,
-            "backbone_internals": bb_int,
-            "pyramid": pyramid,
-            "neck_internals": neck_int,
-            "head": out,
-            "priors": priors,
-        }
-
-    def _needs_internals_for_loss(self) -> bool:
+    def _needs_gates_for_loss(self) -> bool:
         return bool(getattr(self.criterion, "mask_levels", ())) and getattr(self.criterion, "mask_weight", 0) > 0
 
-    def compute_losses(self, images: Tensor, targets: Targets) -> tuple[dict[str, Tensor], CriterionStats]:
-        """Losses and the batch statistics (positive accounting, DCLoss, gate mass) in one forward."""
+    def run(
+        self,
+        images: Tensor,
+        *,
+        internals: bool = False,
+        targets: Targets | None = None,
+        detect: bool = False,
+        decode: bool = False,
+        bypass_cem: bool = False,
+        head_taps: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
+        score_thresh: float | None = None,
+        nms_iou: float | None = None,
+        max_det: int | None = None,
+    ) -> DetectorRun:
+        """One forward of backbone -> neck -> head, returning what was asked for as a :class:`DetectorRun`.
+
+        ``images`` (N, 3, H, W) RGB float in [0, 1]. ``internals``: fill the pyramid before CEM, CEM's term and α,
+        the FBSM gates and the per-pixel kernels of every dynamic layer (otherwise only the pyramid the head reads).
+        ``targets``: validate them and compute ``losses`` and ``stats`` with the model's own assigner (float32
+        even under autocast: box decoding and IoU in bf16 resolve only 2-4 px at 320-640 px inputs, too coarse
+        for tiny objects), and the gate targets of gated levels. ``detect``: decoded, thresholded, NMS-ed
+        ``detections`` (postprocess overrides ``score_thresh``/``nms_iou``/``max_det``). ``decode``: boxes and
+        scores for every prior (what an exported graph returns). ``bypass_cem``: skip CEM for this call only (the
+        "without CEM" counterfactual). ``head_taps``: per level a function applied to the features between neck
+        and head (identity layers for LayerGradCAM, clones that separate the head's gradient path).
+
+        Runs in the caller's grad mode and never changes the module's state (no hooks, no mode switch), so one
+        eval-mode model can serve many users at once. In train mode BatchNorm updates as in any forward.
+        """
         self.check_images(images)
-        targets = self.check_targets(targets, images)
-        run = self._run(images, internals=self._needs_internals_for_loss())
-        # The criterion runs in float32 even under autocast: box decoding and IoU in bf16 resolve only 2-4 px at
-        # 320-640 px inputs, too coarse for tiny objects.
-        out: HeadOutput = run["head"]
+        checked = self.check_targets(targets, images) if targets is not None else None
+        x = self._normalize_and_pad(images)
+        want = internals or (checked is not None and self._needs_gates_for_loss())
+        neck_kw = {"bypass_cem": True} if bypass_cem else {}
+        if want:
+            feats, kernels = self.backbone(x, return_internals=True)
+            pyramid, neck = self.neck(feats, return_internals=True, **neck_kw)
+            kernels = {**kernels, **neck.kernels}
+        else:
+            feats, kernels, neck = self.backbone(x), {}, None
+            pyramid = self.neck(feats, **neck_kw)
+        if head_taps:
+            pyramid = {lv: head_taps[lv](f) if lv in head_taps else f for lv, f in pyramid.items()}
+        out: HeadOutput = self.head(pyramid)
+        priors: Priors = self.head.priors(out.feature_sizes, device=images.device)
+        levels = {
+            lv: LevelRun(
+                name=lv,
+                stride=level_stride(lv),
+                features=pyramid[lv],
+                before_cem=neck.fpn.get(lv, pyramid[lv]) if neck is not None else pyramid[lv],
+                cem=neck.cem.get(lv) if neck is not None else None,
+                gate=neck.gates.get(lv) if neck is not None else None,
+                gate_target=(
+                    gate_target(checked, lv, neck.gates[lv].mask)
+                    if neck is not None and checked is not None and lv in neck.gates else None
+                ),
+            )
+            for lv in self.levels
+        }
+        result = DetectorRun(
+            input_hw=(int(images.shape[-2]), int(images.shape[-1])),
+            backbone=feats,
+            levels=levels,
+            kernels=kernels,
+            head=out,
+            priors=priors,
+        )
+        if checked is not None:
+            result.losses, result.stats = self._losses(out, priors, checked, neck.gates if neck is not None else {})
+        if decode:
+            result.decoded = self.decode(out, priors)
+        if detect:
+            result.detections = self.postprocess(
+                out, priors, result.input_hw, score_thresh=score_thresh, nms_iou=nms_iou, max_det=max_det
+            )
+        return result
+
+    def _losses(
+        self, out: HeadOutput, priors: Priors, targets: Targets, gates: Mapping[str, GateInternals]
+    ) -> tuple[dict[str, Tensor], CriterionStats]:
         out32 = HeadOutput(
             out.cls_logits.float(),
             out.box.float(),
             None if out.obj_logits is None else out.obj_logits.float(),
             out.feature_sizes,
         )
-        internals = {k: v.float() for k, v in run["neck_internals"].items()}
-        with torch.autocast(device_type=images.device.type, enabled=False):
-            return self.criterion(out32, run["priors"], targets, internals)
+        gates32 = {lv: GateInternals(g.mask.float(), g.logits.float()) for lv, g in gates.items()}
+        with torch.autocast(device_type=out.cls_logits.device.type, enabled=False):
+            return self.criterion(out32, priors, targets, gates32)
+
+    def decode(self, out: HeadOutput, priors: Priors) -> tuple[Tensor, Tensor]:
+        """Boxes (N, R, 4) xyxy input px and class scores (N, R, K) for every prior (before threshold and NMS).
+
+        Scores are what the threshold sees (sigmoid class, times objectness for YOLOv5)."""
+        return self.decoder(out, priors)
+
+    @torch.no_grad()
+    def assign(
+        self,
+        priors: Priors,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        head: HeadOutput | None = None,
+        assigner: str | None = None,
+    ) -> Assignment:
+        """The model's own label assignment of GT ``gt_boxes`` (M, 4) xyxy network px with ``gt_labels`` (M,) to
+        ``priors`` (the same the criterion uses in training). TAL ranks priors by the model's predictions:
+        pass the raw ``head`` output of one image (batch of 1) that produced ``priors``. ``assigner="tal"``
+        applies TAL whatever the model's own assigner is; None or the model's own name uses the model's."""
+        own = self.config.head.assigner
+        assigner = assigner or own
+        if assigner not in (own, "tal"):
+            raise ValueError(f"assigner must be the model's own ({own!r}) or 'tal', got {assigner!r}")
+        if assigner == "tal":
+            if head is None:
+                raise ValueError("TAL assignment ranks priors by the model's predictions; pass the head output")
+            device = self.pixel_mean.device  # the decoder's buffers (DFL bins) live with the model
+            pred_boxes, pred_scores = self.decode(head.to(device), priors.to(device))  # (1, R, 4), (1, R, K)
+            return assign_tal(priors, gt_boxes, gt_labels, pred_scores[0].float().to(gt_boxes.device),
+                              pred_boxes[0].float().to(gt_boxes.device))
+        if hasattr(self.criterion, "assigner"):
+            return self.criterion.assigner(priors, gt_boxes)
+        return assign_yolov5(priors, gt_boxes)
+
+    def level_parameters(self, level: str) -> list[nn.Parameter]:
+        """Parameters of the conv that produces pyramid level ``level`` ([] when no single conv does, e.g. PAN)."""
+        conv = self.neck.level_conv(level) if hasattr(self.neck, "level_conv") else None
+        return [] if conv is None else list(conv.parameters())
+
+    def compute_losses(self, images: Tensor, targets: Targets) -> tuple[dict[str, Tensor], CriterionStats]:
+        """Losses and the batch statistics (positive accounting, DCLoss, gate mass) in one forward."""
+        run = self.run(images, targets=targets)
+        assert run.losses is not None and run.stats is not None
+        return run.losses, run.stats
 
     @torch.no_grad()
     def postprocess(
@@ -208,7 +312,7 @@ class Detector(nn.Module):
         score_thresh = pp.score_thresh if score_thresh is None else score_thresh
         # decode only priors that can pass the threshold (same detections, a fraction of the work)
         out, priors = candidate_subset(out, priors, score_thresh)
-        boxes, scores = self.decoder(out, priors)
+        boxes, scores = self.decode(out, priors)
         boxes = boxes.float()
         boxes[..., 0::2] = boxes[..., 0::2].clamp(0, image_hw[1])
         boxes[..., 1::2] = boxes[..., 1::2].clamp(0, image_hw[0])
@@ -229,9 +333,9 @@ class Detector(nn.Module):
             if targets is None:
                 raise ValueError("in train mode the detector needs targets; call model.eval() to detect")
             return self.compute_losses(images, targets)[0]
-        self.check_images(images)
-        run = self._run(images, internals=False)
-        return self.postprocess(run["head"], run["priors"], tuple(images.shape[-2:]))
+        detections = self.run(images, detect=True).detections
+        assert detections is not None
+        return detections
 
     @torch.no_grad()
     def predict(self, images: Tensor, **postprocess_kw: Any) -> list[dict[str, Tensor]]:
@@ -240,27 +344,6 @@ class Detector(nn.Module):
         Does not change the module's train/eval mode; BatchNorm uses running statistics only if the model is
         already in eval mode (the studio always loads models in eval mode).
         """
-        self.check_images(images)
-        run = self._run(images, internals=False)
-        return self.postprocess(run["head"], run["priors"], tuple(images.shape[-2:]), **postprocess_kw)
-
-    def forward_intermediates(
-        self, images: Tensor, targets: Targets | None = None, **postprocess_kw: Any
-    ) -> dict[str, Any]:
-        """One forward returning every named intermediate (see docs/architecture.md).
-
-        Keys: ``backbone`` {c*}, ``backbone_internals`` (SGDM kernels by ``{stage}.down.{name}``), ``pyramid``
-        {p*} after CEM/FBSM, ``neck_internals`` (``cem.{level}.fused|before|after|alpha``,
-        ``fbsm.{level}.mask|logits``), ``head`` (HeadOutput), ``priors``, ``detections``; with targets also
-        ``losses`` and ``stats`` (computed in the module's current mode, without gradient).
-        """
-        self.check_images(images)
-        run = self._run(images, internals=True)
-        run["detections"] = self.postprocess(run["head"], run["priors"], tuple(images.shape[-2:]), **postprocess_kw)
-        if targets is not None:
-            checked = self.check_targets(targets, images)
-            with torch.no_grad():
-                run["losses"], run["stats"] = self.criterion(
-                    run["head"], run["priors"], checked, run["neck_internals"]
-                )
-        return run
+        detections = self.run(images, detect=True, **postprocess_kw).detections
+        assert detections is not None
+        return detections

@@ -31,6 +31,19 @@ class HeadOutput:
     obj_logits: Tensor | None
     feature_sizes: dict[str, tuple[int, int]]
 
+    def to(self, device: torch.device | str) -> HeadOutput:
+        """The same predictions on ``device``."""
+        obj = None if self.obj_logits is None else self.obj_logits.to(device)
+        return HeadOutput(self.cls_logits.to(device), self.box.to(device), obj, dict(self.feature_sizes))
+
+    def image(self, i: int) -> HeadOutput:
+        """Image ``i``'s predictions as a detached float batch of one (1, R, ...) — what an inspection keeps."""
+        def one(t: Tensor) -> Tensor:
+            return t[i : i + 1].detach().float()
+
+        obj = None if self.obj_logits is None else one(self.obj_logits)
+        return HeadOutput(one(self.cls_logits), one(self.box), obj, dict(self.feature_sizes))
+
 
 def _flatten(x: Tensor, num_anchors: int) -> Tensor:
     """(N, A*D, H, W) -> (N, H*W*A, D): the priors' y, x, anchor order."""

@@ -1,7 +1,7 @@
 """Necks: FPN (optionally the E-FPN-BS neck with CEM + FBSM) and the YOLO PAN.
 
 Input is the backbone's named dict ``{"c2".."c5"}``; output a named pyramid ``{"p2".."p7"}`` plus, on request,
-the internals of CEM and FBSM as a return value.
+a :class:`~efpn.models.outputs.NeckInternals` (the FPN's own levels, CEM, FBSM, dynamic kernels) as a return value.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efpn.layers.conv import ConvBNAct
-from efpn.models.blocks import C3, C2f, scaled_depth, supports_internals
+from efpn.models.backbones import call_collecting
+from efpn.models.blocks import C3, C2f, scaled_depth
+from efpn.models.outputs import KernelLayer, NeckInternals
+from efpn.vocab import level_stride
 
-NeckOutput = dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, Tensor]]
+NeckOutput = dict[str, Tensor] | tuple[dict[str, Tensor], NeckInternals]
 
 
 class FPN(nn.Module):
@@ -78,29 +81,34 @@ class FPN(nn.Module):
         self, pyramid: Mapping[str, Tensor], return_internals: bool = False, bypass_cem: bool = False
     ) -> NeckOutput:
         """E-FPN-BS on top of the trunk: CEM (unless absent or bypassed), then the FBSM gates."""
-        internals: dict[str, Tensor] = {}
+        internals = NeckInternals(fpn=dict(pyramid)) if return_internals else None
         pyramid = dict(pyramid)
         if self.cem is not None and not bypass_cem:
-            if return_internals:
-                pyramid, cem_int = self.cem(pyramid, return_internals=True)
-                internals.update({f"cem.{k}": v for k, v in cem_int.items()})
+            if internals is not None:
+                pyramid, internals.cem = self.cem(pyramid, return_internals=True)
             else:
                 pyramid = self.cem(pyramid)
         if self.fbsm is not None:
             pyramid = dict(pyramid)
             for lv, gate in self.fbsm.items():
-                if return_internals:
-                    pyramid[lv], g_int = gate(pyramid[lv], return_internals=True)
-                    internals.update({f"fbsm.{lv}.{k}": v for k, v in g_int.items()})
+                if internals is not None:
+                    pyramid[lv], internals.gates[lv] = gate(pyramid[lv], return_internals=True)
                 else:
                     pyramid[lv] = gate(pyramid[lv])
-        return (pyramid, internals) if return_internals else pyramid
+        return (pyramid, internals) if internals is not None else pyramid
 
     def forward(
         self, feats: Mapping[str, Tensor], return_internals: bool = False, bypass_cem: bool = False
     ) -> NeckOutput:
         """``bypass_cem=True`` skips CEM for this call only (the "without CEM" counterfactual; no state changes)."""
         return self.enhance(self.trunk(feats), return_internals=return_internals, bypass_cem=bypass_cem)
+
+    def level_conv(self, level: str) -> nn.Module | None:
+        """The conv that produces pyramid level ``level`` (output or extra-level conv), None for an unknown one."""
+        for convs in (self.output, self.extra):
+            if level in convs:
+                return convs[level]
+        return None
 
 
 #: Factory for the PAN's bottom-up stride-2 convs: ``(name, c_in, c_out) -> module``.
@@ -151,15 +159,15 @@ class PAN(nn.Module):
             self.down4 = downsample("pan.down4", c4, c4)
             self.bu5 = C2f(c4 + c5, c5, n)
 
-    def _down(self, module: nn.Module, x: Tensor, internals: dict[str, Tensor] | None, name: str) -> Tensor:
-        if internals is not None and supports_internals(module):
-            y, inner = module(x, return_internals=True)
-            internals.update({f"{name}.{k}": v for k, v in inner.items()})
-            return y
-        return module(x)
+    def _down(self, module: nn.Module, x: Tensor, kernels: dict[str, KernelLayer] | None, name: str, level: str
+              ) -> Tensor:
+        """A bottom-up stride-2 step from ``level``; its output lies at twice that level's stride."""
+        return call_collecting(module, x, kernels, name, 2 * level_stride(level))
 
-    def forward(self, feats: Mapping[str, Tensor], return_internals: bool = False) -> NeckOutput:
-        internals: dict[str, Tensor] | None = {} if return_internals else None
+    def forward(self, feats: Mapping[str, Tensor], return_internals: bool = False, bypass_cem: bool = False
+                ) -> NeckOutput:
+        """``bypass_cem`` is accepted for a uniform neck call and changes nothing: a PAN has no CEM."""
+        kernels: dict[str, KernelLayer] | None = {} if return_internals else None
         c3, c4, c5 = feats["c3"], feats["c4"], feats["c5"]
         up = nn.functional.interpolate
         if self.variant == "c3":
@@ -167,12 +175,18 @@ class PAN(nn.Module):
             t4 = self.td4(torch.cat((up(r5, size=c4.shape[-2:], mode="nearest"), c4), 1))
             r4 = self.reduce4(t4)  # (N, C3, H/16, W/16)
             p3 = self.td3(torch.cat((up(r4, size=c3.shape[-2:], mode="nearest"), c3), 1))
-            p4 = self.bu4(torch.cat((self._down(self.down3, p3, internals, "pan.down3"), r4), 1))
-            p5 = self.bu5(torch.cat((self._down(self.down4, p4, internals, "pan.down4"), r5), 1))
+            p4 = self.bu4(torch.cat((self._down(self.down3, p3, kernels, "pan.down3", "p3"), r4), 1))
+            p5 = self.bu5(torch.cat((self._down(self.down4, p4, kernels, "pan.down4", "p4"), r5), 1))
         else:
             t4 = self.td4(torch.cat((up(c5, size=c4.shape[-2:], mode="nearest"), c4), 1))
             p3 = self.td3(torch.cat((up(t4, size=c3.shape[-2:], mode="nearest"), c3), 1))
-            p4 = self.bu4(torch.cat((self._down(self.down3, p3, internals, "pan.down3"), t4), 1))
-            p5 = self.bu5(torch.cat((self._down(self.down4, p4, internals, "pan.down4"), c5), 1))
+            p4 = self.bu4(torch.cat((self._down(self.down3, p3, kernels, "pan.down3", "p3"), t4), 1))
+            p5 = self.bu5(torch.cat((self._down(self.down4, p4, kernels, "pan.down4", "p4"), c5), 1))
         pyramid = {"p3": p3, "p4": p4, "p5": p5}
-        return (pyramid, internals) if internals is not None else pyramid
+        if kernels is None:
+            return pyramid
+        return pyramid, NeckInternals(fpn=dict(pyramid), kernels=kernels)
+
+    def level_conv(self, level: str) -> nn.Module | None:
+        """PAN levels come out of CSP blocks, not one output conv: None (nothing to measure separately)."""
+        return None

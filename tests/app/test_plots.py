@@ -10,7 +10,7 @@ from PIL import Image
 from studio_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 
 from app import plots, views
-from efpn.visual import level_colour
+from efpn.explain.maps import level_colour
 
 DET = {"boxes": np.array([[1, 2, 9, 10], [20, 20, 40, 44]], np.float32), "scores": np.array([0.9, 0.4]),
        "labels": np.array([0, 2]), "levels": np.array([0, 1])}

@@ -14,7 +14,7 @@ from torch.testing import assert_close
 
 from efpn.data.synthetic import write_synthetic_dataset
 from efpn.engine import distributed as D
-from efpn.engine.checkpoint import load_training_state
+from efpn.engine.state import load_training_state
 from efpn.engine.train import TrainConfig, train
 from efpn.zoo import build_model
 

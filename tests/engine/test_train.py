@@ -19,10 +19,11 @@ from torch import nn
 from torch.testing import assert_close
 from torch.utils.data import DistributedSampler
 
+from efpn.checkpoint import load_model, read_card
 from efpn.data.records import ImageRecord
 from efpn.data.synthetic import make_synthetic_sample, write_synthetic_dataset
-from efpn.engine.checkpoint import load_model, load_training_state, read_card
 from efpn.engine.ema import ModelEMA
+from efpn.engine.state import load_training_state
 from efpn.engine.telemetry import EpochTelemetry, RunLogger
 from efpn.engine.train import (
     SeededSamples,
@@ -33,10 +34,10 @@ from efpn.engine.train import (
     param_groups,
     train,
 )
-from efpn.engine.validate import predict_records, validate
+from efpn.evaluation.validate import predict_records, validate
+from efpn.infer.predict import predict_image
 from efpn.models.criterion import CriterionStats
 from efpn.models.detector import Detector
-from efpn.predict import predict_image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,7 +133,7 @@ def test_tiny_detector_learns_synthetic(trained: tuple[object, float]) -> None:
 @pytest.mark.slow
 def test_batched_validation_matches_single_image_inference(trained: tuple[object, float], tmp_path: Path) -> None:
     """predict_records batches images of one padded size and pads with pixel_mean: the same detections as
-    efpn.predict.predict_image on each image alone (images of different aspect ratios in one batch)."""
+    efpn.infer.predict.predict_image on each image alone (images of different aspect ratios in one batch)."""
     result, _ = trained
     model = load_model(result.best)
     records = []

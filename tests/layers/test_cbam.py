@@ -14,7 +14,7 @@ def test_cbam_shapes_ranges_and_reconstruction() -> None:
     x = torch.randn(2, 16, 7, 5)
     y, inner = m(x, return_internals=True)
     assert y.shape == x.shape
-    ca, sa = inner["channel_att"], inner["spatial_att"]
+    ca, sa = inner.channel, inner.spatial
     assert ca.shape == (2, 16, 1, 1) and sa.shape == (2, 1, 7, 5)
     assert ca.min() > 0 and ca.max() < 1 and sa.min() > 0 and sa.max() < 1
     torch.testing.assert_close(y, x * ca * sa)
@@ -33,7 +33,7 @@ def test_cbamdown_is_a_drop_in_for_the_stride2_conv() -> None:
     assert CBAMDown(4, 8)(x).shape == ConvBNAct(4, 8, 3, 2)(x).shape == (1, 8, 5, 6)
     assert CBAMDown(4, 8, stride=1)(x).shape == (1, 8, 9, 11)
     _, inner = CBAMDown(4, 8)(x, return_internals=True)
-    assert inner["spatial_att"].shape == (1, 1, 5, 6)
+    assert inner.spatial.shape == (1, 1, 5, 6)
 
 
 def test_cbam_bad_input() -> None:

@@ -63,10 +63,10 @@ def test_learned_gate_and_upsampling_options(upsample: str) -> None:
     out, inner = m(feats, return_internals=True)
     for t in ("p2", "p3"):
         assert out[t].shape == feats[t].shape
-        gate = inner[f"{t}.gate"]
+        gate = inner[t].gate
         assert gate.shape == (2, 1, *feats[t].shape[-2:]) and 0 < gate.min() and gate.max() < 0.05
-        torch.testing.assert_close(inner[f"{t}.alpha"], gate.mean())
-        torch.testing.assert_close(out[t], feats[t] + gate * inner[f"{t}.fused"])
+        torch.testing.assert_close(inner[t].alpha, gate.mean())
+        torch.testing.assert_close(out[t], feats[t] + gate * inner[t].fused)
     out["p3"].square().sum().backward()
     assert feats["p5"].grad is not None and feats["p5"].grad.abs().sum() > 0
 
@@ -76,12 +76,12 @@ def test_internals_agree_with_plain_forward() -> None:
     _set_alpha(m, 0.3)
     feats = _pyramid(n=1, levels=("p3", "p4", "p5"))
     out, inner = m(feats, return_internals=True)
-    assert set(inner) == {"p3.fused", "p3.before", "p3.after", "p3.alpha"}
+    assert set(inner) == {"p3"} and inner["p3"].gate is None
     torch.testing.assert_close(m(feats)["p3"], out["p3"])
-    torch.testing.assert_close(inner["p3.after"], out["p3"])
-    torch.testing.assert_close(inner["p3.before"], feats["p3"])
-    torch.testing.assert_close(out["p3"], feats["p3"] + 0.3 * inner["p3.fused"])
-    assert inner["p3.fused"].shape == feats["p3"].shape
+    torch.testing.assert_close(inner["p3"].after, out["p3"])
+    torch.testing.assert_close(inner["p3"].before, feats["p3"])
+    torch.testing.assert_close(out["p3"], feats["p3"] + 0.3 * inner["p3"].fused)
+    assert inner["p3"].fused.shape == feats["p3"].shape
 
 
 def test_ablation_switches_change_parameters_and_outputs() -> None:

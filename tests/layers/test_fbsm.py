@@ -16,7 +16,7 @@ def test_fbsm_shapes_formula_and_internals(bg: bool) -> None:
             m.delta.fill_(0.5)
     x = torch.randn(2, 8, 7, 9)
     y, inner = m(x, return_internals=True)
-    mask, logits = inner["mask"], inner["logits"]
+    mask, logits = inner.mask, inner.logits
     assert y.shape == x.shape and mask.shape == (2, 1, 7, 9) and logits.shape == (2, 2, 7, 9)
     assert mask.min() >= 0 and mask.max() <= 1
     torch.testing.assert_close(mask, torch.sigmoid(logits[:, 1:2] - logits[:, :1]))

@@ -94,7 +94,7 @@ def test_rdconv_shapes_and_kernel_is_a_distribution(s: int, hw: tuple[int, int],
     m = RDConv(8, stride=s, groups=2)
     x = torch.randn(2, 8, *hw)
     y, inner = m(x, return_internals=True)
-    d = inner["kernel"]
+    d = inner.dynamic
     assert y.shape == (2, 8, *out_hw) and d.shape == (2, 2, 9, *out_hw)
     assert d.min() >= 0
     torch.testing.assert_close(d.sum(2), torch.ones(2, 2, *out_hw))

@@ -45,18 +45,18 @@ def test_guided_kernels_bounded_and_neutral_at_init() -> None:
     m = SGDM(8, 8, groups=2)
     x = torch.randn(2, 8, 9, 7)
     _, inner = m(x, return_internals=True)
-    d, k = inner["dynamic_kernel"], inner["guided_kernel"]
+    d, k = inner.dynamic, inner.guided
     torch.testing.assert_close(d.sum(2), torch.ones(2, 2, 5, 4))
     # the box bank at init gives K = D: training starts as plain RDConv
     torch.testing.assert_close(k, d, atol=1e-5, rtol=1e-5)
     _randomise_bank(m)
     _, inner = m(x, return_internals=True)
-    k = inner["guided_kernel"]
+    k = inner.guided
     assert (k < 0).any()  # a signed skeleton makes signed kernels
     abs_sum = k.abs().sum(2)
     assert abs_sum.max() <= 1.0
     torch.testing.assert_close(abs_sum, torch.ones_like(abs_sum), atol=1e-4, rtol=0)
-    torch.testing.assert_close(k, guide_kernels(inner["dynamic_kernel"], inner["static_bank"], m.eps))
+    torch.testing.assert_close(k, guide_kernels(inner.dynamic, inner.bank, m.eps))
 
 
 @pytest.mark.parametrize("variant", [{}, {"shared_bank": False}, {"guided": False}, {"learned_razor": True}])
@@ -76,10 +76,10 @@ def test_unshared_bank_equals_explicit_per_channel_kernels() -> None:
     _randomise_bank(m)
     x = torch.randn(2, 8, 9, 9)
     y, inner = m(x, return_internals=True)
-    k = inner["guided_kernel"]
-    assert k.shape == (2, 8, 9, 5, 5) and inner["static_bank"].shape == (8, 9)
+    k = inner.guided
+    assert k.shape == (2, 8, 9, 5, 5) and inner.bank.shape == (8, 9)
     assert k.abs().sum(2).max() <= 1.0
-    d, bank = inner["dynamic_kernel"], inner["static_bank"]
+    d, bank = inner.dynamic, inner.bank
     for c in range(8):  # K[c] = S[c] ⊙ D[g(c)] / Σ|...|, straight from the formula
         torch.testing.assert_close(k[:, c], guide_kernels(d[:, c // 4 : c // 4 + 1], bank[c : c + 1], m.eps)[:, 0])
     dyn = apply_dynamic_kernels(x, k, 3, 2, "unfold")  # one group per channel: the per-channel kernels
@@ -105,14 +105,14 @@ def test_internals_match_plain_forward() -> None:
     x = torch.randn(1, 8, 9, 7)
     y, inner = m(x, return_internals=True)
     torch.testing.assert_close(m(x), y)
-    assert set(inner) == {"dynamic_kernel", "guided_kernel", "static_bank", "entropy", "hf_energy"}
-    assert inner["static_bank"].shape == (2, 9)
-    assert inner["entropy"].shape == inner["hf_energy"].shape == (1, 2, 5, 4)
-    assert inner["entropy"].max() <= math.log(9) + 1e-5
-    torch.testing.assert_close(inner["hf_energy"], laplacian_energy(inner["guided_kernel"], 3))
+    assert all(t is not None for t in (inner.dynamic, inner.guided, inner.bank, inner.entropy, inner.hf_energy))
+    assert inner.bank.shape == (2, 9)
+    assert inner.entropy.shape == inner.hf_energy.shape == (1, 2, 5, 4)
+    assert inner.entropy.max() <= math.log(9) + 1e-5
+    torch.testing.assert_close(inner.hf_energy, laplacian_energy(inner.guided, 3))
     _, unguided = SGDM(8, 6, groups=2, guided=False)(x, return_internals=True)
-    assert "static_bank" not in unguided
-    torch.testing.assert_close(unguided["guided_kernel"], unguided["dynamic_kernel"])
+    assert unguided.bank is None
+    torch.testing.assert_close(unguided.guided, unguided.dynamic)
 
 
 def test_laplacian_energy_golden() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import efpn
-from efpn.inspect import assign_on
+from efpn.explain.inspection import assign_on
 from efpn.zoo import MAIN_PRESETS, PRESETS
 
 TINY = [n for n in PRESETS if n.startswith("tiny_")]

@@ -1,0 +1,433 @@
+"""The model file format: safetensors weights plus a JSON model card that rebuilds the model.
+
+A checkpoint is two files with the same stem::
+
+    runs/efpn_n_sar/model.safetensors   state_dict tensors (safetensors: no pickle, no code on load)
+    runs/efpn_n_sar/model.json          model card: {"format": "efpn", "config": ModelConfig.to_dict(), ...}
+
+The card carries the :class:`~efpn.config.ModelConfig`, so :func:`load_model` rebuilds the model with
+:func:`efpn.zoo.build` and no code edits (STYLE principle 2), then checks every key and shape before loading.
+Weights are never unpickled: a ``.pt``/``.pth`` file is refused with instructions to convert it.
+
+Loading a model needs nothing from training; the resume state of a run lives with the engine
+(:mod:`efpn.engine.state`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from efpn.config import ModelConfig
+
+#: ``format`` of a model card and of the safetensors metadata (``FORMAT_VERSION`` changes with the layout).
+FORMAT = "efpn"
+FORMAT_VERSION = 1
+
+Builder = Callable[[ModelConfig], nn.Module]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be saved or loaded as asked; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------- paths & cards
+
+
+def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(weights, card)`` for a checkpoint named by either file (or a folder holding exactly one checkpoint).
+
+    ``model.safetensors`` or ``model.json`` -> ``(model.safetensors, model.json)``; any other suffix is taken
+    as the weights file (so a ``.pt`` reaches the pickle check and is refused with a clear message).
+    """
+    p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.safetensors"))
+        if len(found) != 1:
+            names = ", ".join(f.name for f in found) or "none"
+            raise CheckpointError(
+                f"{p} must hold exactly one .safetensors checkpoint to be named by its folder "
+                f"(found: {names}); pass the file instead"
+            )
+        p = found[0]
+    if p.suffix == ".json":
+        return p.with_suffix(".safetensors"), p
+    return p, p.with_suffix(".json")
+
+
+def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model card of a checkpoint named by its ``.safetensors`` or ``.json`` file, as a dict."""
+    weights, card_path = checkpoint_paths(path)
+    if not card_path.is_file():
+        raise CheckpointError(
+            f"no model card {card_path} beside {weights.name}: an efpn checkpoint is model.safetensors + "
+            "model.json (both written by efpn.checkpoint.save_checkpoint); the card holds the config "
+            "that rebuilds the model. Copy the .json that came with these weights next to them."
+        )
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"model card {card_path} is not readable JSON: {e}") from e
+    if not isinstance(card, dict):
+        raise CheckpointError(f"model card {card_path} must be a JSON object, got {type(card).__name__}")
+    if card.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{card_path} is not an efpn model card (format={card.get('format')!r}, expected {FORMAT!r})"
+        )
+    return card
+
+
+def config_from_card(card: Mapping[str, Any]) -> ModelConfig:
+    """Rebuild the card's :class:`ModelConfig`; CheckpointError if it is missing or invalid."""
+    if "config" not in card:
+        raise CheckpointError(
+            "the model card has no 'config' entry, so the model cannot be rebuilt; re-save the "
+            "checkpoint with save_checkpoint(model, path, card)"
+        )
+    try:
+        return ModelConfig.from_dict(card["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the model card's 'config' is not a valid ModelConfig for this efpn version: {e}") from e
+
+
+# ------------------------------------------------------------------------------------------------ save
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module with plain state_dict keys (strips DDP's ``.module``, torch.compile's ``._orig_mod``)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _fits_half(t: torch.Tensor) -> bool:
+    """True when casting ``t`` to fp16 keeps every finite value finite (BN running_var can exceed 65504)."""
+    return bool(torch.isfinite(t.to(torch.float16)).eq(torch.isfinite(t)).all())
+
+
+#: Prefix of the per-channel scale stored beside each int8 weight (``{prefix}{key}``).
+INT8_SCALE_PREFIX = "__int8_scale__."
+#: Weights with fewer elements stay fp16 under int8 storage (biases, norms, small kernels: no size to win).
+INT8_MIN_NUMEL = 1024
+Storage = Literal["fp32", "fp16", "int8"]
+_DTYPE_NAME = {"fp32": "float32", "fp16": "float16", "int8": "int8-weights"}
+
+
+def _quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: ``t`` (O, ...) float -> (q (O, ...) int8, scale (O,) float32) with
+    ``t ~= q * scale[:, None, ...]``; an all-zero channel gets scale 1 (its q is 0)."""
+    flat = t.detach().float().reshape(t.shape[0], -1)  # (O, K)
+    scale = flat.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(flat / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(t.shape).contiguous(), scale.contiguous()
+
+
+def _dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_quantize_int8` -> float32 tensor of ``q``'s shape."""
+    return (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(q.shape)
+
+
+def _weights_to_save(model: nn.Module, storage: Storage) -> dict[str, torch.Tensor]:
+    """state_dict as independent contiguous CPU tensors (tied weights become separate copies, which
+    safetensors needs: it refuses tensors sharing storage).
+
+    ``fp16``: floats become fp16 where that cannot overflow. ``int8``: conv/linear weights (float, >= 2-D,
+    >= :data:`INT8_MIN_NUMEL` elements) become per-output-channel int8 with their float32 scales stored under
+    ``INT8_SCALE_PREFIX + key``; every other float is stored as under ``fp16``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor; "
+                "safetensors can only store tensors"
+            )
+        t = value.detach().cpu().contiguous().clone()
+        if storage == "int8" and t.is_floating_point() and t.dim() >= 2 and t.numel() >= INT8_MIN_NUMEL:
+            out[key], out[INT8_SCALE_PREFIX + key] = _quantize_int8(t)
+            continue
+        if storage in ("fp16", "int8") and t.is_floating_point() and t.dtype != torch.float16 and _fits_half(t):
+            t = t.to(torch.float16)
+        out[key] = t
+    return out
+
+
+def _dequantized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stored tensors -> state_dict tensors: int8 weights times their scales; the scale entries removed."""
+    scales = {k[len(INT8_SCALE_PREFIX):]: v for k, v in tensors.items() if k.startswith(INT8_SCALE_PREFIX)}
+    out = {k: v for k, v in tensors.items() if not k.startswith(INT8_SCALE_PREFIX)}
+    for key, scale in scales.items():
+        q = out.get(key)
+        if q is None or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
+            raise CheckpointError(f"int8 scale {INT8_SCALE_PREFIX + key!r} has no matching int8 weight {key!r} "
+                                  "of as many output channels; the file is damaged: re-export it")
+        out[key] = _dequantize_int8(q, scale)
+    return out
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, ModelConfig):
+        return obj.to_dict()
+    if isinstance(obj, np.generic | torch.Tensor) and getattr(obj, "ndim", 0) == 0:
+        return obj.item()
+    if isinstance(obj, np.ndarray | torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"model card values must be JSON data (numbers, strings, lists, dicts); got {type(obj).__name__}")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file and rename, so an interrupted save never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _default_name(weights: Path) -> str:
+    """Display name of a checkpoint: its file stem, or its folder's name for ``model.safetensors``."""
+    return weights.parent.name if weights.stem == "model" and weights.parent.name else weights.stem
+
+
+def _efpn_version() -> str | None:
+    try:
+        return importlib.metadata.version("efpn")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return None
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    card: Mapping[str, Any] | None = None,
+    half: bool = False,
+    storage: Storage | None = None,
+) -> Path:
+    """Write ``path`` (``*.safetensors``) and its model card (same stem, ``.json``); returns the weights path.
+
+    ``card`` is copied into the model card as given (classes, image_size, data, epochs, hardware, wall_time,
+    metrics, ...). ``card["config"]`` (a ModelConfig or its ``to_dict()``) defaults to ``model.config``; it
+    must round-trip through :meth:`ModelConfig.from_dict`. The card also gets ``format``, ``format_version``,
+    ``name`` (default: the file stem, or the folder name for ``model.safetensors``), ``preset`` (default: the
+    config's name), ``classes``/``image_size`` (defaults from the config), ``weights`` (file name),
+    ``weights_dtype``, ``num_parameters``, ``created`` (UTC ISO time) and library versions.
+    ``storage``: ``"fp32"`` (default), ``"fp16"`` (floating tensors, BN statistics included, as fp16 except any
+    that would overflow; ``half=True`` is the same) or ``"int8"`` (weight-only: conv/linear weights as
+    per-output-channel symmetric int8 with float32 scales, everything else as under fp16; about a quarter of
+    fp32). :func:`load_model` restores the model's dtypes. Values must be JSON data; NaN/inf are refused.
+    """
+    storage = storage or ("fp16" if half else "fp32")
+    if storage not in _DTYPE_NAME:
+        raise CheckpointError(f"storage must be one of {sorted(_DTYPE_NAME)}, got {storage!r}")
+    weights_path = Path(path)
+    if weights_path.suffix != ".safetensors":
+        raise CheckpointError(f"checkpoint path must end in .safetensors, got {weights_path.name!r}")
+    model = unwrap_model(model)
+    info = dict(card or {})
+    config = info.get("config", getattr(model, "config", None))
+    if config is None:
+        raise CheckpointError(
+            "the card needs a 'config' (ModelConfig.to_dict()) and the model has no .config; "
+            "pass card={'config': config.to_dict(), ...}"
+        )
+    if not isinstance(config, ModelConfig | Mapping):
+        raise CheckpointError(f"card config must be a ModelConfig or a dict, got {type(config).__name__}")
+    config_dict = config.to_dict() if isinstance(config, ModelConfig) else dict(config)
+    cfg = config_from_card({"config": config_dict})  # refuse a card that could not rebuild the model
+
+    tensors = _weights_to_save(model, storage)
+    preset = str(info.get("preset") or cfg.name)
+    info.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        config=config_dict,
+        weights=weights_path.name,
+        weights_dtype=_DTYPE_NAME[storage],
+        num_parameters=sum(p.numel() for p in model.parameters()),
+    )
+    info.setdefault("name", _default_name(weights_path))
+    info["preset"] = preset
+    if cfg.class_names:
+        info.setdefault("classes", list(cfg.class_names))
+    info.setdefault("image_size", cfg.image_size)
+    info.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    info.setdefault("torch_version", torch.__version__)
+    info.setdefault("efpn_version", _efpn_version())
+    try:
+        text = json.dumps(info, indent=2, allow_nan=False, default=_json_default)
+    except ValueError as e:
+        raise CheckpointError(f"model card values must be finite (use null for a missing metric): {e}") from e
+
+    from safetensors.torch import save_file
+
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": FORMAT, "preset": preset, "dtype": info["weights_dtype"]}
+    atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    # the card goes last: a card on disk means its weights are complete
+    atomic_write(weights_path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    return weights_path
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
+
+
+def _refuse_non_safetensors(path: Path) -> None:
+    """Raise CheckpointError unless ``path`` starts like safetensors (u64 header length, then ``{``)."""
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} not found")
+    with path.open("rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if len(head) == 9 and 0 < n <= min(_SAFETENSORS_MAX_HEADER, size - 8) and head[8:9] == b"{":
+        return
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":  # pickle protocol 2+, or torch.save's zip container
+        raise CheckpointError(
+            f"refusing to unpickle {path}: efpn loads weights only from safetensors, because unpickling a "
+            "file can run arbitrary code. If you trust it, convert it once: "
+            f"sd = torch.load({str(path)!r}, weights_only=True); "
+            "model = efpn.zoo.build(config); model.load_state_dict(sd); "
+            "efpn.checkpoint.save_checkpoint(model, 'model.safetensors', card={...})"
+        )
+    raise CheckpointError(f"{path} is not a safetensors file (bad header: truncated or corrupt?)")
+
+
+def _describe(keys: list[str], limit: int = 10) -> str:
+    more = f", ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], strict: bool = True
+) -> list[str]:
+    """Compare checkpoint tensors ``found`` with a model's ``expected`` state_dict.
+
+    Returns one line per problem (missing keys, unexpected keys, shape or dtype-kind mismatches); with
+    ``strict=False`` missing/unexpected keys are tolerated but mismatches are still reported.
+    """
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if strict and missing:
+        problems.append(f"missing from the weights ({len(missing)}): {_describe(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected in the weights ({len(unexpected)}): {_describe(unexpected)}")
+    mismatched = []
+    for key in sorted(set(expected) & set(found)):
+        e, f = expected[key], found[key]
+        if e.shape != f.shape:
+            mismatched.append(f"{key} weights {tuple(f.shape)} vs model {tuple(e.shape)}")
+        elif e.is_floating_point() != f.is_floating_point():
+            mismatched.append(f"{key} weights {f.dtype} vs model {e.dtype}")
+    if mismatched:
+        problems.append(f"shape/dtype mismatch ({len(mismatched)}): {_describe(mismatched)}")
+    return problems
+
+
+def _default_builder(config: ModelConfig) -> nn.Module:
+    from efpn import zoo  # imported here: zoo imports every model module, checkpoint helpers should not
+
+    return zoo.build(config)
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    strict: bool = True,
+    builder: Builder | None = None,
+) -> nn.Module:
+    """Rebuild a checkpoint's model from its card and load its weights; returns the model in eval mode.
+
+    ``path`` is the ``.safetensors`` file, its ``.json`` card, or a folder holding one checkpoint. ``builder``
+    (default :func:`efpn.zoo.build`) turns the card's config into a fresh module. Every key and shape is
+    checked first: CheckpointError names missing, unexpected and mismatched keys (``strict=False`` tolerates
+    missing and unexpected keys, never mismatched shapes). fp16 weights are cast to the model's dtypes, int8
+    weights multiplied by their per-channel scales.
+    Pickled files are refused. The card is attached as ``model.card`` (a dict; treat it as read-only).
+    """
+    weights_path, card_path = checkpoint_paths(path)
+    _refuse_non_safetensors(weights_path)
+    card = read_card(card_path)
+    config = config_from_card(card)
+    model = (builder or _default_builder)(config)
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read safetensors file {weights_path}: {e}") from e
+    tensors = _dequantized(tensors)
+    expected = model.state_dict()
+    problems = check_state_dict(expected, tensors, strict)
+    if problems:
+        raise CheckpointError(
+            f"the card's config does not match the weights in {weights_path.name} "
+            f"(config {config.name!r} from {card_path.name}): "
+            + "; ".join(problems)
+            + ". The config builds a different model than the one "
+            "that saved these weights: restore the card that came with them, or fix its 'config' (e.g. "
+            "num_classes, preset options); strict=False skips missing/unexpected keys, not shape mismatches."
+        )
+    state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in tensors.items()}
+    model.load_state_dict(state, strict=strict)
+    model.card = card
+    return model.to(device).eval()
+
+
+def list_checkpoints(folder: str | os.PathLike[str], recursive: bool = True) -> list[dict[str, Any]]:
+    """Every checkpoint (a ``.safetensors`` with a card beside it) under ``folder``, sorted by name.
+
+    Each entry: ``path`` (weights), ``card_path``, ``name`` (card name, else the file stem, else the folder
+    name for ``model.safetensors``), ``preset``, ``classes``, ``image_size``, ``metrics`` (the card's, may be
+    empty), ``created``, ``size_mb``; a checkpoint whose card is missing or unreadable is listed with an
+    ``error`` instead.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    pattern = "**/*.safetensors" if recursive else "*.safetensors"
+    entries = []
+    for weights in sorted(root.glob(pattern)):
+        fallback = _default_name(weights)
+        entry: dict[str, Any] = {
+            "path": str(weights),
+            "card_path": str(weights.with_suffix(".json")),
+            "name": fallback,
+            "size_mb": round(weights.stat().st_size / 2**20, 3),
+        }
+        try:
+            card = read_card(weights)
+        except CheckpointError as e:
+            entry["error"] = str(e)
+        else:
+            entry.update(
+                name=str(card.get("name") or fallback),
+                preset=card.get("preset"),
+                classes=card.get("classes", []),
+                image_size=card.get("image_size"),
+                metrics=card.get("metrics", {}),
+                created=card.get("created"),
+            )
+        entries.append(entry)
+    return sorted(entries, key=lambda e: (e["name"], e["path"]))

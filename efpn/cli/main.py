@@ -1,0 +1,321 @@
+"""`efpn` command line: models, data synth, assign, train, val, detect, export, report.
+
+argparse lives here only; every verb calls a library function with explicit arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _die(msg: str, code: int = 2) -> typing.NoReturn:
+    print(f"efpn: error: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    """Print every preset with its parameters and GFLOPs at the given size."""
+    import torch
+    from tqdm import tqdm
+
+    import efpn
+
+    names = list(efpn.PRESETS) if args.all else list(efpn.MAIN_PRESETS)
+    rows = []
+    for name in tqdm(names, desc="measuring", disable=args.json or not sys.stderr.isatty(), leave=False):
+        with torch.no_grad():
+            m = efpn.build_model(name, num_classes=args.num_classes).eval()
+        rows.append({
+            "name": name,
+            "params": efpn.count_params(m),
+            "gflops": round(efpn.count_gflops(m, args.size), 2),
+            "levels": list(m.levels),
+            "head": m.config.head.kind,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'preset':<24}{'params':>12}{'GFLOPs@' + str(args.size):>14}  head     levels")
+    for r in rows:
+        levels = ",".join(r["levels"])
+        print(f"{r['name']:<24}{r['params'] / 1e6:>10.2f} M{r['gflops']:>14.2f}  {r['head']:<8} {levels}")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from efpn.data.synthetic import write_synthetic_dataset
+
+    path = write_synthetic_dataset(
+        args.out, num_images=args.num_images, image_size=args.image_size, seed=args.seed,
+        min_size=args.min_size, max_size=args.max_size,
+    )
+    print(f"wrote {args.num_images} images and {path}")
+
+
+# ------------------------------------------------------------------------------------------------ assign
+
+
+def cmd_assign(args: argparse.Namespace) -> None:
+    """Dataset-wide per-level positive accounting with a box-only assigner."""
+    from efpn.explain import assignment_report
+
+    rep = assignment_report(
+        args.data, split=args.split, protocols=args.protocol, image_size=args.image_size,
+        limit=args.limit, progress=True,
+    )
+    print(rep.table())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rep.to_dict(), indent=2))
+        print(f"saved {args.json}")
+    if args.plot:
+        out = rep.plot(args.plot)
+        print(f"saved {out}")
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def _field_type(tp: Any) -> tuple[type, bool]:
+    """(scalar type, optional) of a simple dataclass field annotation."""
+    if isinstance(tp, str):
+        tp = eval(tp, {"Optional": typing.Optional, "Literal": typing.Literal})  # noqa: S307 - own annotations only
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _field_type(args[0])[0], True
+    if origin is typing.Literal:
+        return type(typing.get_args(tp)[0]), False
+    return tp, False
+
+
+def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, _ = _field_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help") if f.metadata else None
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=tp, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from efpn.engine.train import TrainConfig, load_train_config, train
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+    cfg = load_train_config(args.config, **overrides) if args.config else TrainConfig(**overrides)
+    result = train(cfg)
+    print(result)
+
+
+# ------------------------------------------------------------------------------------------------ val
+
+
+def cmd_val(args: argparse.Namespace) -> None:
+    import efpn
+    from efpn.data.config import load_data_config, load_split
+    from efpn.evaluation import plot_ap_by_size, plot_pr_curves
+    from efpn.evaluation.validate import validate
+
+    model = efpn.load_model(args.weights, device=args.device)
+    cfg = load_data_config(args.data)
+    records, names, report = load_split(cfg, args.split)
+    print(report.summary())
+    if args.limit:
+        records = records[: args.limit]
+    result = validate(model, records, names, image_size=args.image_size or model.config.image_size,
+                      batch_size=args.batch_size, device=args.device, progress=True)
+    m = result.to_json_dict()
+    print("  ".join(f"{k} {m[k]:.4f}" if isinstance(m.get(k), float) else f"{k} -" for k in
+                    ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m")))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(m, indent=2))
+        print(f"saved {args.json}")
+    if args.plots:
+        out = Path(args.plots)
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"saved {plot_pr_curves(result, out / 'pr_curves.png')}")
+        print(f"saved {plot_ap_by_size(result, out / 'ap_by_size.png')}")
+
+
+# ------------------------------------------------------------------------------------------------ detect
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from efpn.cli.detect import detect_sources
+
+    written = detect_sources(
+        args.weights, args.source, out_dir=args.out, score_thresh=args.score, nms_iou=args.iou,
+        slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, device=args.device,
+    )
+    print(f"wrote {len(written)} files to {args.out}")
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import efpn
+    from efpn.infer.export import export_onnx
+
+    if args.format != "onnx":
+        _die(f"unsupported export format {args.format!r}; only 'onnx' is supported")
+    model = efpn.load_model(args.weights)
+    out = args.out or str(Path(args.weights).with_suffix(".onnx"))
+    rep = export_onnx(model, out, args.image_size)
+    print(f"exported {rep.path} ({rep.num_priors} priors at {rep.image_size}px); onnxruntime max |diff| "
+          f"boxes {rep.max_abs_diff_boxes:.2e}, scores {rep.max_abs_diff_scores:.2e}")
+
+
+# ------------------------------------------------------------------------------------------------ ship
+
+
+def cmd_ship(args: argparse.Namespace) -> None:
+    from efpn.cli.ship import ship
+
+    path = ship(args.run, args.name, out_dir=args.out, dataset=args.dataset, shared_root=args.shared_root,
+                recipe=args.recipe, storage=args.storage)
+    print(f"shipped {path}")
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from efpn.cli.claims import claims_report
+
+    path = claims_report(args.out, shared_data=args.shared_data, checkpoints=args.checkpoints,
+                         visdrone_limit=args.visdrone_limit or None, runs=args.runs)
+    print(f"saved {path}")
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="efpn",
+        description="Tiny-object detection you can see inside: E-FPN-BS and SGDM detectors, label-assignment "
+        "accounting, training, evaluation with tiny-object size splits.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("models", help="list presets with parameters and GFLOPs")
+    s.add_argument("--json", action="store_true", help="print a JSON list of {name, params, gflops}")
+    s.add_argument("--size", type=int, default=640, help="image size for GFLOPs (default 640)")
+    s.add_argument("--num-classes", type=int, default=80, help="classes (default 80, as the references)")
+    s.add_argument("--all", action="store_true", help="include the tiny test presets")
+    s.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    s = d.add_parser("synth", help="write a deterministic synthetic tiny-object dataset (PNG + COCO JSON)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--num-images", type=int, default=200)
+    s.add_argument("--image-size", type=int, default=320)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--min-size", type=float, default=2.0, help="smallest object side in px")
+    s.add_argument("--max-size", type=float, default=32.0, help="largest object side in px")
+    s.set_defaults(func=cmd_data_synth)
+
+    s = sub.add_parser("assign", help="per-level positive accounting of a dataset with box-only assigners")
+    s.add_argument("--data", required=True, help="data YAML")
+    s.add_argument("--split", default="train")
+    s.add_argument("--protocol", nargs="+", default=["maxiou", "atss", "yolov5", "fcos"],
+                   help="assigners: maxiou atss yolov5 fcos rpn (default: the first four)")
+    s.add_argument("--image-size", type=int, default=640, help="resize the long side to this before assigning")
+    s.add_argument("--limit", type=int, default=None, help="only the first N images")
+    s.add_argument("--json", default=None, help="write the accounting as JSON")
+    s.add_argument("--plot", default=None, help="write a chart (.png or .html)")
+    s.set_defaults(func=cmd_assign)
+
+    s = sub.add_parser("train", help="train a detector (one CPU, one GPU, or torchrun across GPUs/nodes)")
+    s.add_argument("--config", default=None, help="training recipe YAML (flags override its values)")
+    try:
+        from efpn.engine.train import TrainConfig
+
+        _add_dataclass_args(s, TrainConfig)
+    except ImportError:  # pragma: no cover - the engine is part of the package
+        pass
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("val", help="COCO AP with AI-TOD size splits (AP_vt, AP_t, AP_s, AP_m)")
+    s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
+    s.add_argument("--data", required=True, help="data YAML")
+    s.add_argument("--split", default="val")
+    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--limit", type=int, default=None, help="only the first N images")
+    s.add_argument("--json", default=None, help="write {AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, per_class}")
+    s.add_argument("--plots", default=None, help="folder for PR curves and AP-by-size charts (PNG)")
+    s.set_defaults(func=cmd_val)
+
+    s = sub.add_parser("detect", help="detect objects in images or folders; writes drawn images + JSON")
+    s.add_argument("source", nargs="+", help="image files or folders")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--out", default="runs/detect")
+    s.add_argument("--score", type=float, default=0.25, help="score threshold")
+    s.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")
+    s.add_argument("--slice", type=int, default=None, metavar="SIZE", help="sliced inference with SIZE tiles")
+    s.add_argument("--overlap", type=float, default=0.2, help="tile overlap fraction for --slice")
+    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_detect)
+
+    s = sub.add_parser("export", help="export to ONNX, checked against onnxruntime")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--format", default="onnx")
+    s.add_argument("--out", default=None)
+    s.add_argument("--image-size", type=int, default=None)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("ship", help="validate a run's best weights and write them to checkpoints/ with a model card")
+    s.add_argument("run", help="run directory (runs/NAME)")
+    s.add_argument("--name", required=True, help="checkpoint name, e.g. efpn_n_synth")
+    s.add_argument("--out", default="checkpoints")
+    s.add_argument("--dataset", default="synth", help="attribution key: synth or ssdd")
+    s.add_argument("--shared-root", default=None, help="record sanity images relative to this data folder")
+    s.add_argument("--recipe", default=None, help="the training command, recorded in the card")
+    s.add_argument("--storage", default="auto", choices=["auto", "fp32", "fp16", "int8"],
+                   help="weight storage; auto = the smallest of int8 / fp16 whose AP is within 0.002 of fp32, else "
+                        "fp32 (explicit choices are stored as asked, with their measured AP)")
+    s.set_defaults(func=cmd_ship)
+
+    s = sub.add_parser("report", help="regenerate the measured claims of both papers (tables + charts)")
+    s.add_argument("--out", default="docs/claims")
+    s.add_argument("--shared-data", default="../shared/data")
+    s.add_argument("--checkpoints", default="checkpoints")
+    s.add_argument("--visdrone-limit", type=int, default=200, help="VisDrone annotation files to account (0: all)")
+    s.add_argument("--runs", default=None, help="also read the cards and telemetry of the training runs in this "
+                                                 "folder (ablation runs that are not shipped)")
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        _die(str(e))
+
+
+if __name__ == "__main__":
+    main()

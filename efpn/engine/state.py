@@ -1,0 +1,202 @@
+"""Resumable training state: optimizer, scaler, scheduler, EMA and RNG in one ``torch.save`` file.
+
+The file holds only tensors, numbers, strings and containers, so it loads with ``torch.load(weights_only=True)``
+and never runs code. The model weights themselves are a checkpoint (:mod:`efpn.checkpoint`), written beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from efpn.checkpoint import FORMAT_VERSION, CheckpointError, atomic_write, unwrap_model
+
+#: ``format`` of a training-state file.
+TRAIN_FORMAT = "efpn-train"
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), Python ``random`` and NumPy global RNG states, as tensors and
+    numbers (loadable with ``weights_only=True``); restore with :func:`restore_rng_states`."""
+    py_version, py_state, py_gauss = random.getstate()
+    # the legacy global NumPy RNG is what third-party augmentation code draws from, so it is the one to save
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()  # noqa: NPY002
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {
+            "version": py_version,
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_states` (CUDA states only when CUDA is available here)."""
+    torch.set_rng_state(states["torch"].cpu())
+    py = states["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
+    npy = states["numpy"]
+    keys = npy["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((npy["name"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))  # noqa: NPY002
+    if "cuda" in states and torch.cuda.is_available():
+        cuda = list(states["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+#: Exactly the types ``torch.load(weights_only=True)`` accepts, checked by type, not isinstance: a numpy
+#: float64 *is* a float but pickles as a numpy object that weights_only refuses.
+_PLAIN_LEAVES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.Tensor,
+    nn.Parameter,
+    torch.Size,
+    torch.dtype,
+    torch.device,
+)
+_PLAIN_CONTAINERS = (dict, OrderedDict, list, tuple, set)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Raise TypeError naming the first value ``torch.load(weights_only=True)`` would refuse."""
+    tp = type(obj)
+    if tp in _PLAIN_LEAVES:
+        return
+    if tp in (dict, OrderedDict):
+        for k, v in obj.items():
+            _check_plain(k, f"{where} key {k!r}")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    if tp in _PLAIN_CONTAINERS:
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    hint = " (convert numpy with torch.from_numpy(...) or .item())" if tp.__module__.startswith("numpy") else ""
+    raise TypeError(
+        f"training state entry {where} is a {tp.__module__}.{tp.__qualname__}; only tensors, numbers, "
+        f"strings and dict/list/tuple containers are saved, so the file loads with "
+        f"torch.load(weights_only=True){hint}"
+    )
+
+
+def _state_of(obj: Any, what: str) -> Any:
+    if obj is None:
+        return None
+    if not hasattr(obj, "state_dict"):
+        raise TypeError(f"{what} must have a state_dict() method, got {type(obj).__name__}")
+    return obj.state_dict()
+
+
+def save_training_state(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any | None = None,
+    scheduler: Any | None = None,
+    ema: Any | None = None,
+    epoch: int = 0,
+    step: int = 0,
+    rng_states: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save everything needed to resume training to ``path`` with ``torch.save`` (atomically); returns it.
+
+    ``scaler``/``scheduler``/``ema`` are anything with ``state_dict()`` (GradScaler, an LR scheduler, an EMA
+    module). ``rng_states`` defaults to :func:`capture_rng_states`. ``extra`` is the caller's own plain data
+    (the model card, best metric, ...). Everything is checked to be plain data first (TypeError naming the
+    entry), so :func:`load_training_state` can use ``weights_only=True``.
+    """
+    state = {
+        "format": TRAIN_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": _state_of(optimizer, "optimizer"),
+        "scaler": _state_of(scaler, "scaler"),
+        "scheduler": _state_of(scheduler, "scheduler"),
+        "ema": _state_of(unwrap_model(ema) if isinstance(ema, nn.Module) else ema, "ema"),
+        "epoch": int(epoch),
+        "step": int(step),
+        "rng": dict(rng_states) if rng_states is not None else capture_rng_states(),
+        "extra": dict(extra or {}),
+    }
+    _check_plain(state, "state")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: torch.save(state, tmp))
+    return out
+
+
+def load_training_state(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a :func:`save_training_state` file with ``torch.load(weights_only=True)``.
+
+    Returns ``{"model", "optimizer", "scaler", "scheduler", "ema", "epoch", "step", "rng", "extra", ...}``
+    (absent parts are None); apply it with :func:`restore_training_state`.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"training state {p} not found")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # UnpicklingError for foreign objects, RuntimeError for a corrupt zip
+        raise CheckpointError(
+            f"cannot load training state {p} with weights_only=True "
+            f"(not an efpn training state, or it holds objects other than tensors): {e}"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{p} is not an efpn training state (expected format {TRAIN_FORMAT!r})")
+    return state
+
+
+def restore_training_state(
+    state: Mapping[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any | None = None,
+    scheduler: Any | None = None,
+    ema: Any | None = None,
+    restore_rng: bool = True,
+) -> None:
+    """Load a :func:`load_training_state` dict into the given objects (each one passed must have been saved).
+
+    Resume at ``state["epoch"]``/``state["step"]`` (the values saved; whether they count done or next is the
+    training loop's convention).
+    """
+    unwrap_model(model).load_state_dict(state["model"])
+    targets = {
+        "optimizer": optimizer,
+        "scaler": scaler,
+        "scheduler": scheduler,
+        "ema": unwrap_model(ema) if isinstance(ema, nn.Module) else ema,
+    }
+    for key, obj in targets.items():
+        if obj is None:
+            continue
+        if state.get(key) is None:
+            raise CheckpointError(f"the training state has no {key} state to restore")
+        obj.load_state_dict(state[key])
+    if restore_rng and state.get("rng"):
+        restore_rng_states(state["rng"])

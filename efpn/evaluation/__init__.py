@@ -1,0 +1,23 @@
+"""Scoring detections: COCO AP with the AI-TOD size splits, validation of a model on records, and their figures.
+
+Beside :mod:`efpn.engine` rather than inside it: scoring a model needs no training code.
+"""
+
+from efpn.evaluation.coco import SIZE_SPLITS, EvalResult, evaluate_detections, to_coco_dicts
+from efpn.evaluation.figures import ap_by_size_figure, plot_ap_by_size, plot_pr_curves, pr_curves_figure, write_figure
+from efpn.evaluation.validate import Predictions, predict_records, validate
+
+__all__ = [
+    "SIZE_SPLITS",
+    "EvalResult",
+    "Predictions",
+    "ap_by_size_figure",
+    "evaluate_detections",
+    "plot_ap_by_size",
+    "plot_pr_curves",
+    "pr_curves_figure",
+    "predict_records",
+    "to_coco_dicts",
+    "validate",
+    "write_figure",
+]

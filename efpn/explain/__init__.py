@@ -1,0 +1,49 @@
+"""Looking inside a detector: one inspected forward, score maps, gradient reach, attribution, starvation.
+
+Everything here runs a model through :meth:`efpn.models.Detector.run` (the one public forward with typed
+internals) and never changes the model: no hooks, no mode switch, no writes to parameters or buffers.
+"""
+
+from efpn.explain.attribution import METHODS, Explanation, detection_score, explain_detection
+from efpn.explain.gradient import POSITIVE_LOSSES, gradient_reach, high_level_grad_norms
+from efpn.explain.inspection import AssignmentView, Inspection, KernelMaps, assign_on, inspect
+from efpn.explain.maps import (
+    count_candidates,
+    gate_stats,
+    kernel_at,
+    kernels_inside_outside,
+    level_score_maps,
+    normalize01,
+    pca_rgb,
+    reduce_channels,
+    resize_map,
+)
+from efpn.explain.starvation import PROTOCOLS, AssignmentReport, accounting_for_records, assignment_report
+
+__all__ = [
+    "METHODS",
+    "POSITIVE_LOSSES",
+    "PROTOCOLS",
+    "AssignmentReport",
+    "AssignmentView",
+    "Explanation",
+    "Inspection",
+    "KernelMaps",
+    "accounting_for_records",
+    "assign_on",
+    "assignment_report",
+    "count_candidates",
+    "detection_score",
+    "explain_detection",
+    "gate_stats",
+    "gradient_reach",
+    "high_level_grad_norms",
+    "inspect",
+    "kernel_at",
+    "kernels_inside_outside",
+    "level_score_maps",
+    "normalize01",
+    "pca_rgb",
+    "reduce_channels",
+    "resize_map",
+]

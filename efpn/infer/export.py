@@ -1,0 +1,95 @@
+"""ONNX export of a detector, checked against onnxruntime.
+
+The exported graph takes a fixed-size RGB batch ``(1, 3, S, S)`` in [0, 1] and returns the decoded per-prior
+predictions before NMS — ``boxes (1, R, 4)`` xyxy in input pixels and ``scores (1, R, K)`` — which is what ONNX
+runtimes and TensorRT plug-ins expect to post-process (NMS is left to the runtime, as Ultralytics does by default).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from efpn.models.detector import Detector
+
+
+class _Decoded(nn.Module):
+    """Wraps a detector: image -> (boxes, scores) per prior, the part of inference that is a pure tensor graph."""
+
+    def __init__(self, model: Detector):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        run = self.model.run(images, decode=True)
+        assert run.decoded is not None
+        return run.decoded
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """Where the model went and how closely onnxruntime reproduces PyTorch on a random input."""
+
+    path: Path
+    image_size: int
+    num_priors: int
+    max_abs_diff_boxes: float
+    max_abs_diff_scores: float
+    opset: int
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff_boxes < 1e-2 and self.max_abs_diff_scores < 1e-3
+
+
+def export_onnx(model: Detector, path: str | Path, image_size: int | None = None, opset: int = 17) -> ExportReport:
+    """Export ``model`` (eval mode, CPU) to ``path`` and verify it with onnxruntime.
+
+    ``image_size`` defaults to the model's; it must be a multiple of the model's size divisor (32).
+    Raises ValueError for a bad size and RuntimeError if onnxruntime disagrees with PyTorch.
+    """
+    size = int(image_size or model.config.image_size)
+    if size % model.size_divisor:
+        raise ValueError(f"image_size must be a multiple of {model.size_divisor}, got {size}")
+    if model.training:
+        raise ValueError("export needs an eval-mode model (call model.eval())")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _Decoded(model).eval().cpu()
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        ref_boxes, ref_scores = wrapper(x)
+        torch.onnx.export(
+            wrapper,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["boxes", "scores"],
+            do_constant_folding=True,
+        )
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    boxes, scores = sess.run(["boxes", "scores"], {"images": x.numpy()})
+    report = ExportReport(
+        path=path,
+        image_size=size,
+        num_priors=int(ref_boxes.shape[1]),
+        max_abs_diff_boxes=float(np.abs(boxes - ref_boxes.numpy()).max()),
+        max_abs_diff_scores=float(np.abs(scores - ref_scores.numpy()).max()),
+        opset=opset,
+    )
+    if not report.ok:
+        raise RuntimeError(
+            f"onnxruntime output differs from PyTorch (boxes {report.max_abs_diff_boxes:.3g}, "
+            f"scores {report.max_abs_diff_scores:.3g}); the export at {path} is not trustworthy"
+        )
+    return report

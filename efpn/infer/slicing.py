@@ -1,0 +1,130 @@
+"""Sliced inference: detect on overlapping tiles of a large image and merge, so tiny objects keep their pixels.
+
+A detector resizes its input so the long side is ``model.config.image_size``; on a 4000 px aerial photo a
+10 px object shrinks to under 2 px. :func:`sliced_predict` instead cuts the image into ``tile`` x ``tile``
+windows overlapping by ``overlap`` (a fraction of the tile), runs the model on every window at its own input
+size, maps the boxes back to the full image, optionally adds one pass over the whole image (for objects
+larger than a tile), and merges everything with class-aware NMS. Pure library code: no UI, no files.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from efpn.det.postprocess import empty_detections
+from efpn.infer.predict import predict_image
+from efpn.infer.preprocess import to_rgb_uint8
+
+__all__ = ["num_tiles", "sliced_predict", "suggested_tile", "tile_windows"]
+
+
+def _starts(extent: int, tile: int, step: int) -> list[int]:
+    """Window starts covering ``[0, extent)``; the last window is shifted back to end at ``extent``."""
+    if extent <= tile:
+        return [0]
+    starts = list(range(0, extent - tile, step))
+    starts.append(extent - tile)
+    return sorted(set(starts))
+
+
+def tile_windows(height: int, width: int, tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """Windows ``(x1, y1, x2, y2)`` (pixels, end exclusive) of at most ``tile`` x ``tile`` covering the image.
+
+    Neighbouring windows overlap by at least ``round(overlap * tile)`` px; every window has the same size
+    (``min(tile, W)`` x ``min(tile, H)``), because the last one in a row or column is shifted back to the
+    image edge rather than cut short. Row-major order.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image must be at least 1x1, got {width}x{height}")
+    if tile < 8:
+        raise ValueError(f"tile must be >= 8 px, got {tile}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}")
+    step = max(1, tile - int(round(overlap * tile)))
+    tw, th = min(tile, width), min(tile, height)
+    return [(x, y, x + tw, y + th) for y in _starts(height, tile, step) for x in _starts(width, tile, step)]
+
+
+def _predict_crop(
+    model: Any, crop: np.ndarray, offset: tuple[int, int], image_size: int, **kw: Any
+) -> dict[str, Tensor]:
+    """Detections of one crop (efpn.infer.predict.predict_image), shifted into full-image pixels by ``offset``."""
+    det = predict_image(model, crop, image_size=image_size, **kw)
+    det["boxes"] = det["boxes"] + torch.tensor([offset[0], offset[1], offset[0], offset[1]], dtype=det["boxes"].dtype)
+    return det
+
+
+def sliced_predict(
+    model: Any,
+    image: Any,
+    tile: int = 512,
+    overlap: float = 0.2,
+    score_thresh: float | None = None,
+    nms_iou: float | None = None,
+    *,
+    include_full: bool = True,
+    max_det: int | None = None,
+    image_size: int | None = None,
+) -> dict[str, Any]:
+    """Detect on overlapping tiles of ``image`` and merge with class-aware NMS.
+
+    Args:
+        model: an eval-mode :class:`~efpn.models.detector.Detector` (never changed: ``predict`` only).
+        image: anything :func:`efpn.infer.preprocess.to_rgb_uint8` accepts (array, PIL image, tensor, path).
+        tile: window side in original pixels (a smaller image is one window).
+        overlap: overlap between neighbouring windows, as a fraction of ``tile`` in [0, 1).
+        score_thresh, nms_iou: per-tile postprocessing (default: the model's config); ``nms_iou`` is also the
+            IoU of the final merge.
+        include_full: also run the model once on the whole image (catches objects larger than a tile).
+        max_det: cap on the merged detections (default: the model's ``postprocess.max_det``).
+        image_size: network long side for every window (default: ``model.config.image_size``).
+
+    Returns:
+        ``{"boxes" (D, 4) xyxy original px, "scores" (D,), "labels" (D,), "levels" (D,) index into
+        model.levels, "tiles" (T, 4) the windows, "num_tiles" T}``, detections sorted by decreasing score
+        (the detections contract of docs/architecture.md, plus the windows).
+    """
+    if model.training:
+        raise ValueError("sliced_predict needs an eval-mode model; call model.eval() once after loading")
+    rgb = to_rgb_uint8(image)
+    h, w = rgb.shape[:2]
+    pp = model.config.postprocess
+    iou = pp.nms_iou if nms_iou is None else float(nms_iou)
+    cap = pp.max_det if max_det is None else int(max_det)
+    size = int(image_size or model.config.image_size)
+    kw: dict[str, Any] = {"nms_iou": iou}
+    if score_thresh is not None:
+        kw["score_thresh"] = float(score_thresh)
+
+    windows = tile_windows(h, w, tile, overlap)
+    parts = [_predict_crop(model, rgb[y1:y2, x1:x2], (x1, y1), size, **kw) for x1, y1, x2, y2 in windows]
+    if include_full and len(windows) > 1:
+        parts.append(_predict_crop(model, rgb, (0, 0), size, **kw))
+    merged = {k: torch.cat([p[k] for p in parts]) for k in ("boxes", "scores", "labels", "levels")}
+    if merged["boxes"].numel() == 0:
+        out: dict[str, Any] = empty_detections()
+    else:
+        keep = batched_nms(merged["boxes"], merged["scores"], merged["labels"], iou)[:cap]  # sorted by score
+        out = {k: v[keep] for k, v in merged.items()}
+    out["tiles"] = torch.tensor(windows, dtype=torch.float32).reshape(-1, 4)
+    out["num_tiles"] = len(windows)
+    return out
+
+
+def suggested_tile(image_hw: tuple[int, int], model_size: int) -> int:
+    """A tile side that keeps objects at native resolution: the model's input size, but never above the image."""
+    return int(max(32, min(model_size, max(image_hw))))
+
+
+def num_tiles(image_hw: tuple[int, int], tile: int, overlap: float) -> int:
+    """How many windows :func:`tile_windows` makes (to warn before a long run)."""
+    h, w = image_hw
+    step = max(1, tile - int(round(overlap * tile)))
+    per = [1 if e <= tile else math.ceil((e - tile) / step) + 1 for e in (h, w)]
+    return per[0] * per[1]

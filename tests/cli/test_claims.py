@@ -1,0 +1,59 @@
+"""`efpn report`: the claims are regenerated from checkpoints and data, and missing inputs are said, not faked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import efpn
+from efpn.checkpoint import save_checkpoint
+from efpn.cli.claims import ablation_rows, claims_report, sgdm_rows
+from tests.conftest import REPO
+
+
+def test_claims_report_from_shipped_checkpoints_without_shared_data(tmp_path: Path) -> None:
+    readme = claims_report(tmp_path / "claims", shared_data=tmp_path / "absent", checkpoints=REPO / "checkpoints")
+    text = readme.read_text()
+    assert "Shared data not found" in text
+    assert "efpn_n_synth" in text and "p5 grad" in text  # telemetry of the shipped flagship
+    assert "No ResNet-18 FPN checkpoints or runs are there yet." in text or "fpn_r18" in text
+    claims = json.loads((tmp_path / "claims" / "claims.json").read_text())
+    assert claims["checkpoints"]["efpn_n_synth"]["AP"] > 0.3
+    assert any(p.suffix in (".png", ".html") for p in (tmp_path / "claims").iterdir())
+
+
+def _fake_run(runs: Path, name: str, tiny: str, preset: str, metrics: dict, grad: float | None = None) -> None:
+    """A run folder as `efpn train` leaves it: best.safetensors + best.json (metrics), telemetry.jsonl."""
+    model = efpn.build_model(tiny, num_classes=1)
+    card = {"preset": preset, "metrics": metrics, "data": {"yaml": "recipes/data/ssdd.yaml"}, "epochs": 3,
+            "image_size": 256, "training": {"batch_size": 8}, "steps": 3}
+    save_checkpoint(model, runs / name / "best.safetensors", card)
+    if grad is not None:
+        (runs / name / "telemetry.jsonl").write_text(json.dumps({"epoch": 1, "grad_norm_high": {"p5": grad}}) + "\n")
+
+
+def test_ablation_and_sgdm_sections_read_unshipped_runs(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    m = {"AP": 0.20, "AP50": 0.5, "AP_vt": 0.05, "AP_t": 0.2, "AP_s": 0.3, "AP_m": 0.4}
+    _fake_run(runs, "ssdd_fpn_r18", "tiny_efpn_n", "fpn_r18", m, grad=0.1)
+    _fake_run(runs, "ssdd_fpn_r18_cem", "tiny_efpn_n", "fpn_r18_cem", {**m, "AP": 0.25, "AP_vt": 0.02}, grad=0.3)
+    _fake_run(runs, "ssdd_fpn_r18_dcloss", "tiny_efpn_n", "fpn_r18_dcloss", m)
+    _fake_run(runs, "ssdd_yolov8n", "yolov8n", "yolov8n", m)
+    _fake_run(runs, "ssdd_yolov8n_sgdm", "yolov8n_sgdm", "yolov8n_sgdm", {**m, "AP": 0.18})
+    (runs / "broken").mkdir()  # a run that never validated is skipped, not an error
+
+    readme = claims_report(tmp_path / "claims", shared_data=tmp_path / "absent", checkpoints=tmp_path / "none",
+                           runs=runs)
+    text = readme.read_text()
+    assert "+ CEM" in text and "runs/ssdd_fpn_r18_cem/best" in text and "p5 grad (epoch 1)" in text
+    claims = json.loads((tmp_path / "claims" / "claims.json").read_text())
+    abl = {r[1]: r for r in claims["ablation"]}
+    assert abl["+ CEM"][0] == "ssdd" and abl["+ CEM"][-3] == 0.05 and abl["+ CEM"][-2] == -0.03
+    sg = {r[1]: r for r in claims["sgdm"]}
+    assert sg["yolov8n_sgdm"][-4] > 0 and sg["yolov8n_sgdm"][-3] == -0.02  # params added, AP change
+    assert sg["yolov8n"][-4] == 0
+    assert ablation_rows({}) == [] and sgdm_rows({}) == []
+    assert "+ CEM changes AP by +0.050 (better; ΔAP_vt -0.030" in text
+    assert "`yolov8n_sgdm` adds" in text and "changes AP by -0.020 (worse)" in text
+    assert "times 3.00x on p5 (0.3 vs 0.1)" in text
+    assert "`fpn_r18_dcloss` trained 3 steps, inside DCLoss's" in text  # a DCLoss row that never engaged

@@ -1,0 +1,137 @@
+"""The `efpn` command line: help, models, assign, data synth, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from efpn.cli.main import build_parser, main
+
+
+def test_help_of_every_verb(capsys: pytest.CaptureFixture[str]) -> None:
+    for verb in ("models", "assign", "train", "val", "detect", "export", "report"):
+        with pytest.raises(SystemExit) as e:
+            main([verb, "--help"])
+        assert e.value.code == 0
+        assert "usage: efpn " + verb in capsys.readouterr().out
+
+
+def test_models_json_lists_presets_with_sizes(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    import efpn.zoo
+
+    monkeypatch.setattr(efpn.zoo, "MAIN_PRESETS", ("yolov8n", "yolov5n"))
+    import efpn as top
+
+    monkeypatch.setattr(top, "MAIN_PRESETS", ("yolov8n", "yolov5n"))
+    import torch
+
+    main(["models", "--json"])
+    assert torch.is_grad_enabled(), "efpn models must not switch autograd off for the caller"
+    rows = json.loads(capsys.readouterr().out)
+    by = {r["name"]: r for r in rows}
+    assert set(by) == {"yolov8n", "yolov5n"}
+    assert abs(by["yolov8n"]["params"] - 3.2e6) < 0.05 * 3.2e6
+    assert 7.8 < by["yolov8n"]["gflops"] < 9.6 and 4.0 < by["yolov5n"]["gflops"] < 5.0
+
+
+def test_assign_on_synthetic_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["data", "synth", "--out", str(tmp_path / "synth"), "--num-images", "3", "--image-size", "128"])
+    ann = next((tmp_path / "synth").rglob("*.json"))
+    yaml = tmp_path / "d.yaml"
+    rel = ann.relative_to(tmp_path / "synth")
+    yaml.write_text(f"format: coco\nroot: {tmp_path / 'synth'}\ntrain:\n  annotations: {rel}\n")
+    out = tmp_path / "acc.json"
+    main(["assign", "--data", str(yaml), "--protocol", "maxiou", "atss", "--json", str(out), "--image-size", "128"])
+    d = json.loads(out.read_text())
+    assert d["num_images"] == 3 and set(d["protocols"]) == {"maxiou", "atss"}
+    acc = d["protocols"]["maxiou"]
+    assert acc["num_gt"] > 0 and sum(acc["positives_per_level"].values()) > 0
+    assert "starved" in capsys.readouterr().out
+
+
+def test_bad_data_yaml_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["assign", "--data", str(tmp_path / "missing.yaml")])
+    assert e.value.code == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_unknown_protocol_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["data", "synth", "--out", str(tmp_path), "--num-images", "1", "--image-size", "64"])
+    ann = next(tmp_path.rglob("*.json"))
+    yaml = tmp_path / "d.yaml"
+    yaml.write_text(f"format: coco\nroot: {tmp_path}\ntrain:\n  annotations: {ann.name}\n")
+    with pytest.raises(SystemExit):
+        main(["assign", "--data", str(yaml), "--protocol", "simota"])
+    assert "unknown assignment protocol" in capsys.readouterr().err
+
+
+def test_parser_builds() -> None:
+    assert build_parser().prog == "efpn"
+
+
+@pytest.fixture
+def tiny_ckpt_and_data(tmp_path: Path) -> tuple[Path, Path]:
+    import efpn
+    from efpn.checkpoint import save_checkpoint
+    from efpn.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "synth", num_images=5, image_size=128, seed=1, max_size=24)
+    model = efpn.build_model("tiny_yolov8_sgdm", num_classes=3, class_names=("disc", "square", "cross"))
+    ckpt = save_checkpoint(model.eval(), tmp_path / "tiny.safetensors", {"preset": "tiny_yolov8_sgdm"})
+    return ckpt, tmp_path / "synth" / "data.yaml"
+
+
+def test_val_writes_json_in_unit_range(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, data = tiny_ckpt_and_data
+    out = tmp_path / "m.json"
+    main(["val", "--weights", str(ckpt), "--data", str(data), "--split", "train", "--json", str(out)])
+    m = json.loads(out.read_text())
+    for k in ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "per_class"):
+        assert k in m
+    for k in ("AP", "AP50", "AP75"):
+        assert 0.0 <= m[k] <= 1.0
+    assert set(m["per_class"]) == {"disc", "square", "cross"}
+
+
+def test_detect_whole_and_sliced(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, data = tiny_ckpt_and_data
+    images = data.parent / "images"
+    for extra in ([], ["--slice", "64", "--overlap", "0.25"]):
+        out = tmp_path / f"det{len(extra)}"
+        main(["detect", str(images), "--weights", str(ckpt), "--out", str(out), "--score", "0.0", *extra])
+        summary = json.loads((out / "detections.json").read_text())
+        assert len(summary["images"]) == 5 and not summary["errors"]
+        assert len(list(out.glob("*.png"))) == 5
+        dets = next(iter(summary["images"].values()))
+        assert dets and {"box", "score", "class", "size", "level"} <= set(dets[0])
+
+
+def test_detect_reports_corrupt_images_and_goes_on(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, data = tiny_ckpt_and_data
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    src = next((data.parent / "images").glob("*.png"))
+    (folder / "good.png").write_bytes(src.read_bytes())
+    main(["detect", str(folder), "--weights", str(ckpt), "--out", str(tmp_path / "o")])
+    summary = json.loads((tmp_path / "o" / "detections.json").read_text())
+    assert len(summary["images"]) == 1 and len(summary["errors"]) == 1
+
+
+def test_export_onnx_cli(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, _ = tiny_ckpt_and_data
+    main(["export", "--weights", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    assert (tmp_path / "m.onnx").is_file() and "onnxruntime max |diff|" in capsys.readouterr().out
+
+
+def test_pickle_weights_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    torch.save({"a": torch.zeros(1)}, tmp_path / "model.pt")
+    with pytest.raises(SystemExit):
+        main(["export", "--weights", str(tmp_path / "model.pt")])
+    assert "unpickle" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""`efpn ship`: a run becomes a checkpoint with verified metrics and a sanity set that reproduces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import efpn
+from efpn.cli.ship import load_sanity_image, ship
+from efpn.data.synthetic import write_synthetic_dataset
+from efpn.engine.train import TrainConfig, train
+from efpn.infer.predict import predict_image
+
+
+def test_ship_run_to_checkpoint(tmp_path: Path) -> None:
+    write_synthetic_dataset(tmp_path / "synth", num_images=16, image_size=128, seed=3, max_size=24)
+    yaml = tmp_path / "synth" / "data.yaml"
+    result = train(TrainConfig(model="tiny_yolov8_sgdm", data=str(yaml), image_size=128, epochs=1, batch_size=4,
+                               max_steps=3, workers=0, out=str(tmp_path / "runs"), name="t", progress=False,
+                               val_every=1))
+    path = ship(result.run_dir, "tiny_synth", out_dir=tmp_path / "ckpt", progress=False)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["storage"] in ("int8", "fp16", "fp32") and card["name"] == "tiny_synth"
+    trials = card["storage_trials"]
+    assert set(trials) >= {"fp32", "int8"} and card["metrics"]["AP"] == trials[card["storage"]]
+    if card["storage"] != "fp32":  # a smaller storage is kept only when it loses nothing measurable
+        assert abs(trials[card["storage"]] - trials["fp32"]) <= 0.002
+    assert set(card["metrics"]) >= {"AP", "AP50", "AP_vt", "AP_t", "AP_s", "AP_m"}
+    assert card["val_image_ids"] and card["sanity"]["images"]
+    model = efpn.load_model(path)
+    for entry in card["sanity"]["images"]:
+        assert "synthetic" in entry  # regenerable on any machine
+        image = load_sanity_image(entry)
+        det = predict_image(model, image, score_thresh=card["sanity"]["score_thresh"],
+                            image_size=card["sanity"]["image_size"])
+        assert abs(len(det["scores"]) - entry["count"]) <= max(1, entry["count"] // 10)
+
+
+def test_ship_int8_on_request(tmp_path: Path) -> None:
+    write_synthetic_dataset(tmp_path / "synth", num_images=12, image_size=128, seed=4, max_size=24)
+    result = train(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "synth" / "data.yaml"), image_size=128,
+                               epochs=1, batch_size=4, max_steps=2, workers=0, out=str(tmp_path / "runs"), name="t",
+                               progress=False, val_every=1))
+    path = ship(result.run_dir, "tiny_int8", out_dir=tmp_path / "ckpt", progress=False, storage="int8")
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["storage"] == "int8" and card["weights_dtype"] == "int8-weights"
+    assert set(card["storage_trials"]) == {"fp32", "int8"}
+    model = efpn.load_model(path)
+    for entry in card["sanity"]["images"]:  # the counts are those of the stored (int8) weights
+        det = predict_image(model, load_sanity_image(entry), score_thresh=card["sanity"]["score_thresh"],
+                            image_size=card["sanity"]["image_size"])
+        assert len(det["scores"]) == entry["count"]

@@ -1,0 +1,115 @@
+"""efpn.explain.attribution: the detection target, three Captum methods, faithfulness scores, no side effects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import efpn
+from efpn.data.synthetic import make_synthetic_sample
+from efpn.explain.attribution import (
+    deletion_auc,
+    deletion_curve,
+    detection_score,
+    explain_detection,
+    integrated_gradients,
+    layer_gradcam,
+    mass_inside,
+    occlusion,
+)
+from efpn.infer.preprocess import prepare
+
+
+@pytest.fixture(scope="module")
+def model() -> efpn.Detector:
+    torch.manual_seed(0)
+    return efpn.build_model("tiny_efpn_n", num_classes=3).eval()
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    return prepare(make_synthetic_sample(0, 2, 128, 4, 20, (4, 8)).image, 128).tensor
+
+
+def _untouched(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks), m
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+
+
+def test_target_equals_top_detection_score(model: efpn.Detector, image: torch.Tensor) -> None:
+    """On the clean image T(x) of the best detection is its score (its own prior has IoU 1 with it)."""
+    det = model.predict(image, score_thresh=0.0)[0]
+    box, label, score = det["boxes"][0], int(det["labels"][0]), float(det["scores"][0])
+    with torch.no_grad():
+        t = float(detection_score(model, image, box, label)[0])
+        other = float(detection_score(model, image, box, (label + 1) % model.num_classes)[0])
+    assert t == pytest.approx(score, rel=1e-4)
+    assert other != pytest.approx(t, rel=1e-6)  # another class scores differently
+
+
+def test_target_is_differentiable_in_pixels(model: efpn.Detector, image: torch.Tensor) -> None:
+    x = image.clone().requires_grad_(True)
+    t = detection_score(model, x, torch.tensor([20.0, 20.0, 40.0, 40.0]), 0)
+    (g,) = torch.autograd.grad(t.sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_methods_shapes_and_no_side_effects(model: efpn.Detector, image: torch.Tensor) -> None:
+    box = [30.0, 40.0, 46.0, 56.0]
+    ig = integrated_gradients(model, image, box, 1, steps=4)
+    occ = occlusion(model, image, box, 1, max_evals=16)
+    cams = layer_gradcam(model, image, box, 1)
+    assert ig.shape == occ.shape == (128, 128)
+    assert list(cams) == list(model.levels) and all(c.shape == (128, 128) and (c >= 0).all() for c in cams.values())
+    assert torch.isfinite(ig).all() and torch.isfinite(occ).all()
+    # occlusion is local: nothing outside the region around the box
+    assert occ[:, :4].abs().sum() == 0 or occ[:4, :].abs().sum() == 0
+    _untouched(model)
+
+
+def test_mass_inside_and_deletion_auc() -> None:
+    a = np.zeros((10, 10), np.float32)
+    a[2:4, 2:4] = 1.0
+    assert mass_inside(a, [2, 2, 4, 4]) == pytest.approx(1.0)
+    assert mass_inside(a, [6, 6, 9, 9]) == pytest.approx(0.0)
+    assert mass_inside(np.zeros((5, 5)), [0, 0, 2, 2]) == 0.0
+    assert deletion_auc([0, 0.5, 1.0], [2, 2, 2]) == pytest.approx(1.0)
+    assert deletion_auc([0, 0.5, 1.0], [2, 0, 0]) == pytest.approx(0.25)
+
+
+def test_deletion_curve_starts_at_the_clean_score(model: efpn.Detector, image: torch.Tensor) -> None:
+    box, label = torch.tensor([30.0, 40.0, 46.0, 56.0]), 2
+    with torch.no_grad():
+        clean = float(detection_score(model, image, box, label)[0])
+    attr = np.random.default_rng(0).random((128, 128)).astype(np.float32)
+    fr, sc = deletion_curve(model, image, box, label, attr, fractions=(0.0, 0.1, 0.5))
+    assert fr == [0.0, 0.1, 0.5] and sc[0] == pytest.approx(clean, rel=1e-5)
+    fr_r, _ = deletion_curve(model, image, box, label, None, fractions=(0.0, 0.5))
+    assert fr_r == [0.0, 0.5]
+
+
+def test_explain_detection_bundle(model: efpn.Detector, image: torch.Tensor) -> None:
+    ex = explain_detection(model, image, [30.0, 40.0, 46.0, 56.0], 0, ig_steps=4, occlusion_evals=16)
+    assert set(ex.maps) == {"integrated_gradients", "occlusion"} and set(ex.gradcam) == set(model.levels)
+    assert set(ex.deletion) == {"integrated_gradients", "occlusion", "gradcam", "random"}
+    assert 0.0 < ex.mass_inside["box_area"] < 0.05
+    assert all(0.0 <= v <= 1.0 for v in ex.mass_inside.values())
+    _untouched(model)
+
+
+def test_bad_input_is_refused(model: efpn.Detector, image: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="xyxy"):
+        integrated_gradients(model, image, [10, 10, 5, 20], 0)
+    with pytest.raises(ValueError, match="label"):
+        occlusion(model, image, [10, 10, 20, 20], 7)
+    with pytest.raises(ValueError, match="unknown attribution"):
+        explain_detection(model, image, [10, 10, 20, 20], 0, methods=("shap",))
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="eval-mode"):
+            layer_gradcam(model, image, [10, 10, 20, 20], 0)
+    finally:
+        model.eval()

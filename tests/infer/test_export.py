@@ -1,0 +1,24 @@
+"""ONNX export reproduces PyTorch under onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import efpn
+from efpn.infer.export import export_onnx
+
+
+@pytest.mark.parametrize("name", ["tiny_efpn_n", "tiny_yolov5_sgdm"])
+def test_onnx_matches_torch(name: str, tmp_path: Path) -> None:
+    model = efpn.build_model(name, num_classes=3).eval()
+    rep = export_onnx(model, tmp_path / "m.onnx", image_size=96)
+    assert rep.path.is_file() and rep.ok
+    assert rep.max_abs_diff_scores < 1e-4
+
+
+def test_export_rejects_bad_size(tmp_path: Path) -> None:
+    model = efpn.build_model("tiny_yolov8_sgdm", num_classes=3).eval()
+    with pytest.raises(ValueError, match="multiple of 32"):
+        export_onnx(model, tmp_path / "m.onnx", image_size=100)

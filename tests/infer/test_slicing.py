@@ -1,0 +1,53 @@
+"""efpn.infer.slicing: tile geometry and sliced inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import efpn
+from efpn.data.synthetic import make_synthetic_sample
+from efpn.infer.slicing import num_tiles, sliced_predict, tile_windows
+
+
+def test_windows_cover_the_image_with_equal_tiles() -> None:
+    wins = tile_windows(100, 300, 64, 0.25)
+    cover = np.zeros((100, 300), bool)
+    for x1, y1, x2, y2 in wins:
+        assert (x2 - x1, y2 - y1) == (64, 64) and x1 >= 0 and y1 >= 0 and x2 <= 300 and y2 <= 100
+        cover[y1:y2, x1:x2] = True
+    assert cover.all()
+    assert len(wins) == num_tiles((100, 300), 64, 0.25)
+    xs = sorted({w[0] for w in wins})
+    assert all(b - a <= 64 - 16 for a, b in zip(xs, xs[1:]))  # at least 16 px (25 %) overlap
+
+
+def test_small_image_is_one_window() -> None:
+    assert tile_windows(50, 40, 64, 0.2) == [(0, 0, 40, 50)]
+    with pytest.raises(ValueError):
+        tile_windows(50, 40, 64, 1.0)
+
+
+def test_one_tile_equals_whole_image_prediction() -> None:
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_efpn_n", num_classes=3).eval()
+    rgb = make_synthetic_sample(1, 0, 128, 3, 20).image
+    out = sliced_predict(model, rgb, tile=256, overlap=0.2, score_thresh=0.0, nms_iou=0.5)
+    ref = efpn.inspect(model, rgb, score_thresh=0.0, nms_iou=0.5).detections
+    assert out["num_tiles"] == 1
+    torch.testing.assert_close(out["boxes"], ref["boxes"])
+    torch.testing.assert_close(out["scores"], ref["scores"])
+
+
+def test_tiles_map_boxes_back_to_the_full_image() -> None:
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_efpn_n", num_classes=3).eval()
+    rgb = make_synthetic_sample(1, 1, (256, 160), 3, 20).image
+    out = sliced_predict(model, rgb, tile=96, overlap=0.25, score_thresh=0.0, nms_iou=0.5, max_det=50)
+    assert out["num_tiles"] == len(tile_windows(160, 256, 96, 0.25)) and out["tiles"].shape == (out["num_tiles"], 4)
+    b = out["boxes"]
+    assert 0 < len(b) <= 50
+    assert (b[:, 0] >= 0).all() and (b[:, 2] <= 256).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= 160).all()
+    assert (out["scores"][:-1] >= out["scores"][1:]).all()
+    assert out["levels"].max() < len(model.levels)
