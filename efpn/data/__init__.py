@@ -2,10 +2,11 @@
 
 Every loader returns ``(records, class_names, SkipReport)`` with records in one form (:class:`ImageRecord`,
 boxes ``xyxy`` px, contiguous labels ``0..K-1``); a data YAML (:func:`load_data_config`, :func:`load_split`)
-picks the loader and its sources. See ``docs/architecture.md`` (Data) for the boundaries.
+picks the loader and its sources; :func:`parse_annotation_bytes` reads one image's annotation file from memory
+(an upload). See ``docs/architecture.md`` (Data) for the boundaries.
 """
 
-from efpn.data.coco import load_coco, records_to_coco
+from efpn.data.coco import load_coco, parse_coco, records_to_coco
 from efpn.data.config import (
     FORMATS,
     DataConfig,
@@ -28,22 +29,26 @@ from efpn.data.transforms import (
     letterbox,
     unletterbox_boxes,
 )
+from efpn.data.uploads import ANNOTATION_FORMATS, AnnotationError, ParsedAnnotation, parse_annotation_bytes
 from efpn.data.visdrone import VISDRONE_CLASSES, load_visdrone
-from efpn.data.voc import load_voc
-from efpn.data.yolo import load_yolo
+from efpn.data.voc import load_voc, parse_voc
+from efpn.data.yolo import load_yolo, parse_yolo
 
 __all__ = [
+    "ANNOTATION_FORMATS",
     "DOTA_V1_CLASSES",
     "FORMATS",
     "POLICIES",
     "SYNTH_CLASSES",
     "VISDRONE_CLASSES",
+    "AnnotationError",
     "CorruptImageError",
     "DataConfig",
     "DetectionDataset",
     "DetectionTransform",
     "ImageRecord",
     "LetterboxInfo",
+    "ParsedAnnotation",
     "Policy",
     "RandomTileCrop",
     "SkipReport",
@@ -59,7 +64,11 @@ __all__ = [
     "load_voc",
     "load_yolo",
     "make_synthetic_sample",
+    "parse_annotation_bytes",
+    "parse_coco",
     "parse_data_config",
+    "parse_voc",
+    "parse_yolo",
     "read_image",
     "read_names",
     "records_to_coco",

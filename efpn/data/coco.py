@@ -25,7 +25,15 @@ from typing import Any
 from efpn.data.images import CorruptImageError, image_size
 from efpn.data.records import ImageRecord, Policy, SkipReport, check_policy, make_record
 
-__all__ = ["load_coco", "read_json", "records_to_coco"]
+__all__ = ["load_coco", "parse_coco", "parse_json", "read_json", "records_to_coco"]
+
+
+def parse_json(data: bytes | str, source: str) -> Any:
+    """Parse JSON text held in memory; the ValueError for invalid JSON names ``source`` (a file name)."""
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{source} is not valid JSON ({e}); is it really a COCO annotation file?") from e
 
 
 def read_json(path: str | Path) -> Any:
@@ -33,11 +41,7 @@ def read_json(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"annotation file {p} does not exist")
-    try:
-        with p.open("rb") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{p} is not valid JSON ({e}); is it really a COCO annotation file?") from e
+    return parse_json(p.read_bytes(), str(p))
 
 
 def _resolve_image(images: Path, file_name: str) -> Path | None:
@@ -80,10 +84,27 @@ def load_coco(
     """
     check_policy("crowd", crowd)
     ann_path = Path(annotations)
-    data = read_json(ann_path)
+    return parse_coco(read_json(ann_path), images, crowd=crowd, check_images=check_images, name=name or ann_path.stem,
+                      source=str(ann_path))
+
+
+def parse_coco(
+    data: Any,
+    images: str | Path | None = None,
+    *,
+    crowd: Policy = "crowd",
+    check_images: bool = True,
+    name: str = "",
+    source: str = "the annotation file",
+) -> tuple[list[ImageRecord], list[str], SkipReport]:
+    """:func:`load_coco` on a COCO detection dict already in memory (e.g. parsed with :func:`parse_json` from an
+    upload). ``source`` names the file in the ValueError for a dict that is not COCO detection; ``name`` is the
+    report's dataset name. Same arguments, contract and result as :func:`load_coco`.
+    """
+    check_policy("crowd", crowd)
     if not isinstance(data, dict) or "images" not in data or "categories" not in data:
-        raise ValueError(f"{ann_path} is not a COCO detection file: it needs top-level 'images' and 'categories' lists")
-    report = SkipReport(dataset=name or ann_path.stem)
+        raise ValueError(f"{source} is not a COCO detection file: it needs top-level 'images' and 'categories' lists")
+    report = SkipReport(dataset=name)
     img_dir = Path(images) if images is not None else None
 
     cats = sorted(data["categories"], key=lambda c: int(c["id"]))

@@ -25,7 +25,7 @@ from efpn.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size
 from efpn.data.names import ClassNames, read_names
 from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record
 
-__all__ = ["load_voc", "read_voc_list"]
+__all__ = ["load_voc", "parse_voc", "read_voc_list"]
 
 
 @dataclass
@@ -52,7 +52,10 @@ def _text(node: ET.Element | None, tag: str) -> str | None:
 
 
 def _parse_xml(path: Path) -> _VocFile:
-    root = ET.parse(path).getroot()
+    return _parse_root(ET.parse(path).getroot(), path.stem)
+
+
+def _parse_root(root: ET.Element, stem: str) -> _VocFile:
     size = root.find("size")
 
     def dim(tag: str) -> int:
@@ -61,7 +64,7 @@ def _parse_xml(path: Path) -> _VocFile:
         except ValueError:
             return 0
 
-    out = _VocFile(path.stem, _text(root, "filename") or "", dim("width"), dim("height"))
+    out = _VocFile(stem, _text(root, "filename") or "", dim("width"), dim("height"))
     for obj in root.iter("object"):
         bnd = obj.find("bndbox")
         cls = _text(obj, "name")
@@ -144,6 +147,13 @@ def load_voc(
                 continue
         parsed.append((image_id, voc, img))
 
+    return _records(parsed, names, difficult, report)
+
+
+def _records(
+    parsed: list[tuple[int, _VocFile, Path | None]], names: ClassNames | None, difficult: Policy, report: SkipReport
+) -> tuple[list[ImageRecord], list[str], SkipReport]:
+    """Records of parsed XML files (each with its id and image, sizes known) under the class names and policy."""
     if names is not None:
         class_names = read_names(names)
     else:
@@ -168,3 +178,34 @@ def load_voc(
             make_record(image_id, img, voc.width, voc.height, boxes, labels, roles, report, f"{voc.stem}.xml")
         )
     return records, class_names, report.tally(records)
+
+
+def parse_voc(
+    data: bytes | str,
+    stem: str,
+    image_hw: tuple[int, int] | None = None,
+    *,
+    names: ClassNames | None = None,
+    difficult: Policy = "crowd",
+    name: str | None = None,
+) -> tuple[list[ImageRecord], list[str], SkipReport]:
+    """One Pascal VOC XML document held in memory (e.g. an upload) -> ``(records, class_names, report)``.
+
+    What :func:`load_voc` does for the file ``<stem>.xml``, boxes-only (``path=None``, ``image_id`` 0): a missing
+    or zero ``<size>`` is taken from ``image_hw`` (H, W). XML that does not parse, or a document with no size
+    at all, gives no record and is counted as ``malformed``; ``name`` is the report's dataset (default the file).
+    """
+    check_policy("difficult", difficult)
+    report = SkipReport(dataset=name or f"{stem}.xml")
+    try:
+        voc = _parse_root(ET.fromstring(data), stem)
+    except ET.ParseError:
+        report.add("malformed", 1, f"{stem}.xml")
+        return [], read_names(names) if names is not None else [], report.tally([])
+    report.add("malformed", voc.bad_objects, f"{stem}.xml")
+    if (voc.width <= 0 or voc.height <= 0) and image_hw is not None:
+        voc.height, voc.width = int(image_hw[0]), int(image_hw[1])
+    if voc.width <= 0 or voc.height <= 0:
+        report.add("malformed", 1, f"{stem}.xml (no <size> and no image size)")
+        return [], read_names(names) if names is not None else [], report.tally([])
+    return _records([(0, voc, None)], names, difficult, report)

@@ -26,7 +26,7 @@ from efpn.data.images import CorruptImageError, image_size, index_images
 from efpn.data.names import ClassNames, read_names
 from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record
 
-__all__ = ["default_label_dir", "load_yolo"]
+__all__ = ["default_label_dir", "load_yolo", "parse_yolo", "parse_yolo_labels"]
 
 _NOT_LABEL_FILES = {"classes.txt"}
 
@@ -106,25 +106,62 @@ def load_yolo(
         except CorruptImageError:
             report.add("unreadable_image", 1, path.name)
             continue
-        boxes, classes = [], []
         label_path = label_files.get(key)
-        lines = label_path.read_text(encoding="utf-8", errors="replace").splitlines() if label_path else []
-        for line in lines:
-            tokens = line.split()
-            if not tokens:
-                continue
-            parsed = _parse_line(tokens, width, height)
-            if parsed is None:
-                report.add("malformed", 1, label_path.name if label_path else None)
-                continue
-            cls, box = parsed
-            if not 0 <= cls < len(class_names):
-                report.add("unknown_class", 1, label_path.name if label_path else None)
-                continue
-            boxes.append(box), classes.append(cls)
-        if not lines or not any(line.strip() for line in lines):
+        text = label_path.read_text(encoding="utf-8", errors="replace") if label_path else ""
+        source = label_path.name if label_path else None
+        boxes, classes = parse_yolo_labels(text, width, height, len(class_names), report, source)
+        if not any(line.strip() for line in text.splitlines()):
             report.add("image_without_labels", 1, path.name)
         roles = ["target"] * len(boxes)
-        source = label_path.name if label_path else None
         records.append(make_record(image_id, path, width, height, boxes, classes, roles, report, source))
     return records, class_names, report.tally(records)
+
+
+def parse_yolo_labels(
+    text: str, width: int, height: int, num_classes: int, report: SkipReport, source: str | None = None
+) -> tuple[list[list[float]], list[int]]:
+    """The boxes (xyxy px of a ``width`` x ``height`` image) and class ids of one label file's ``text``.
+
+    Unparsable lines are dropped and counted as ``malformed``, class ids outside ``0..num_classes-1`` as
+    ``unknown_class`` (``source`` names the file in the report's examples); blank lines are skipped.
+    """
+    boxes: list[list[float]] = []
+    classes: list[int] = []
+    for line in text.splitlines():
+        tokens = line.split()
+        if not tokens:
+            continue
+        parsed = _parse_line(tokens, width, height)
+        if parsed is None:
+            report.add("malformed", 1, source)
+            continue
+        cls, box = parsed
+        if not 0 <= cls < num_classes:
+            report.add("unknown_class", 1, source)
+            continue
+        boxes.append(box), classes.append(cls)
+    return boxes, classes
+
+
+def parse_yolo(
+    text: str,
+    image_hw: tuple[int, int],
+    *,
+    names: ClassNames,
+    name: str | None = None,
+    source: str | None = None,
+) -> tuple[list[ImageRecord], list[str], SkipReport]:
+    """One image's YOLO label ``text`` held in memory (e.g. an upload) -> ``([record], class_names, report)``.
+
+    ``image_hw`` (H, W) is the image's size in pixels (the normalised coordinates are relative to it); the record
+    is boxes-only (``path=None``, ``image_id`` 0). Lines follow the :func:`load_yolo` contract; ``source`` names
+    the label file in the report, ``name`` the report's dataset (default: ``source``).
+    """
+    class_names = read_names(names)
+    report = SkipReport(dataset=name or source or "")
+    height, width = int(image_hw[0]), int(image_hw[1])
+    boxes, classes = parse_yolo_labels(text, width, height, len(class_names), report, source)
+    if not any(line.strip() for line in text.splitlines()):
+        report.add("image_without_labels", 1, source)
+    record = make_record(0, None, width, height, boxes, classes, ["target"] * len(boxes), report, source)
+    return [record], class_names, report.tally([record])

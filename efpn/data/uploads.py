@@ -1,0 +1,124 @@
+"""Ground truth of one image from an annotation file held in memory (an upload): COCO JSON, YOLO txt, VOC XML.
+
+:func:`parse_annotation_bytes` reads the bytes with the format loaders' own per-record parsing
+(:func:`~efpn.data.coco.parse_coco`, :func:`~efpn.data.yolo.parse_yolo`, :func:`~efpn.data.voc.parse_voc`), so an
+upload is cleaned, clipped and reported exactly like a dataset on disk; nothing is written to disk.
+
+Contract:
+
+* the format is chosen by the file's suffix: ``.json`` COCO, ``.txt`` YOLO, ``.xml`` Pascal VOC;
+* COCO: the entry whose ``file_name`` has the image's stem, else the only entry; crowd boxes are not targets;
+* YOLO: class ids index ``class_names`` (the model's), coordinates are relative to ``image_hw``;
+* VOC: names found in ``class_names`` take their index there, other names keep their index among the file's
+  sorted names; difficult objects are not targets; a missing ``<size>`` is ``image_hw``;
+* boxes annotated at another size than ``image_hw`` (COCO ``width``/``height``, VOC ``<size>``) are rescaled to it;
+* anything unusable raises :class:`AnnotationError` (a ``ValueError``) naming the file, what was wrong and what to
+  upload instead; entries skipped along the way are in ``ParsedAnnotation.report``.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from efpn.data.coco import parse_coco, parse_json
+from efpn.data.records import ImageRecord, SkipReport
+from efpn.data.voc import parse_voc
+from efpn.data.yolo import parse_yolo
+
+__all__ = ["ANNOTATION_FORMATS", "AnnotationError", "ParsedAnnotation", "parse_annotation_bytes"]
+
+#: File suffix -> the format it is read as (what an uploader should accept).
+ANNOTATION_FORMATS: dict[str, str] = {".json": "COCO JSON", ".txt": "YOLO txt", ".xml": "VOC XML"}
+
+_WHAT_TO_UPLOAD = (
+    "upload a COCO JSON, a YOLO txt (class cx cy w h, normalised) or a Pascal VOC XML of this image"
+)
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be used; the message names the file, says why and what to upload."""
+
+
+@dataclass
+class ParsedAnnotation:
+    """The ground truth of one image read from an annotation file, in the image's pixels."""
+
+    boxes: np.ndarray  # (M, 4) float32 xyxy
+    labels: np.ndarray  # (M,) int64, indices into class_names
+    class_names: list[str]
+    fmt: str  # a value of ANNOTATION_FORMATS
+    report: str  # SkipReport.summary() of the file: what was skipped or changed
+
+
+def parse_annotation_bytes(
+    data: bytes,
+    file_name: str,
+    image_name: str,
+    image_hw: tuple[int, int],
+    class_names: Sequence[str],
+) -> ParsedAnnotation:
+    """Read the ground truth of the image ``image_name`` (H, W = ``image_hw``) from the annotation file
+    ``file_name`` whose content is ``data`` (see the module docstring for each format).
+
+    ``class_names``: the classes boxes are labelled in (the model's); YOLO ids index them, VOC names map onto them.
+    Raises :class:`AnnotationError` for an unknown suffix, a file that does not parse, or one without this image.
+    """
+    suffix = Path(file_name).suffix.lower()
+    if suffix not in ANNOTATION_FORMATS:
+        raise AnnotationError(f"{file_name}: unknown annotation type; upload .json (COCO), .txt (YOLO) or .xml "
+                              "(Pascal VOC)")
+    stem = Path(image_name).stem
+    h, w = int(image_hw[0]), int(image_hw[1])
+    names = list(class_names)
+    try:
+        if suffix == ".json":
+            record, found, report = _coco(data, file_name, stem)
+        elif suffix == ".txt":
+            if not names:
+                raise AnnotationError(f"{file_name}: YOLO labels are class ids, and there are no class names to "
+                                      "read them with; upload a COCO JSON or a Pascal VOC XML instead")
+            records, found, report = parse_yolo(data.decode("utf-8", errors="replace"), (h, w), names=names,
+                                                source=file_name)
+            record = records[0]
+        else:
+            records, found, report = parse_voc(data, stem, (h, w), name=file_name)
+            if not records:
+                raise AnnotationError(f"{file_name} could not be read as Pascal VOC XML ({report.summary()}); "
+                                      f"{_WHAT_TO_UPLOAD}")
+            record = records[0]
+    except AnnotationError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, ET.ParseError, UnicodeDecodeError) as e:
+        raise AnnotationError(f"{file_name} could not be parsed: {e}; {_WHAT_TO_UPLOAD}") from e
+    boxes, labels = record.target_boxes()
+    found = list(found)
+    if suffix == ".xml" and names:
+        lookup = {n: i for i, n in enumerate(names)}
+        labels = np.array([lookup.get(found[c], c) for c in labels], dtype=np.int64)
+        found = names
+    if (record.width, record.height) != (w, h):
+        sx, sy = w / record.width, h / record.height
+        boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
+    return ParsedAnnotation(boxes.astype(np.float32).reshape(-1, 4), labels.astype(np.int64).reshape(-1), found,
+                            ANNOTATION_FORMATS[suffix], report.summary())
+
+
+def _coco(data: bytes, file_name: str, stem: str) -> tuple[ImageRecord, list[str], SkipReport]:
+    """The COCO record of the image with this stem (else the only one) in the JSON ``data``."""
+    doc = parse_json(data, file_name)
+    records, names, report = parse_coco(doc, None, name=Path(file_name).stem, source=file_name)
+    if not records:
+        raise AnnotationError(f"{file_name} holds no image entries; {_WHAT_TO_UPLOAD}")
+    ids = {int(e["id"]) for e in doc["images"] if Path(str(e.get("file_name", ""))).stem == stem}
+    pick = [r for r in records if r.image_id in ids] or (records if len(records) == 1 else [])
+    if not pick:
+        raise AnnotationError(
+            f"{file_name} has {len(records)} images and none is named like '{stem}'; upload the JSON of this image, "
+            "or rename the image to its file_name"
+        )
+    return pick[0], names, report

@@ -1,0 +1,125 @@
+"""parse_annotation_bytes: one image's ground truth from an uploaded COCO JSON, YOLO txt or VOC XML, in memory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from efpn.data import AnnotationError, parse_annotation_bytes, parse_coco, parse_voc, parse_yolo
+from efpn.data.coco import parse_json
+
+HW = (100, 200)  # the image the boxes are for: H x W
+NAMES = ["disc", "square", "cross"]
+COCO = {
+    "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 100},
+               {"id": 2, "file_name": "dir/b.jpg", "width": 400, "height": 200}],
+    "annotations": [{"id": 1, "image_id": 2, "category_id": 3, "bbox": [40, 20, 20, 10]},
+                    {"id": 2, "image_id": 2, "category_id": 1, "bbox": [0, 0, 8, 8], "iscrowd": 1},
+                    {"id": 3, "image_id": 1, "category_id": 2, "bbox": [1, 2, 3, 4]}],
+    "categories": [{"id": 1, "name": "disc"}, {"id": 2, "name": "square"}, {"id": 3, "name": "cross"}],
+}
+VOC = b"""<annotation><filename>x.png</filename><size><width>400</width><height>200</height></size>
+<object><name>square</name><difficult>0</difficult><bndbox><xmin>20</xmin><ymin>40</ymin><xmax>60</xmax>
+<ymax>80</ymax></bndbox></object>
+<object><name>boat</name><bndbox><xmin>0</xmin><ymin>0</ymin><xmax>10</xmax><ymax>10</ymax></bndbox></object>
+<object><name>cross</name><difficult>1</difficult><bndbox><xmin>0</xmin><ymin>0</ymin><xmax>10</xmax><ymax>10</ymax>
+</bndbox></object>
+<object><name>disc</name><bndbox><xmin>oops</xmin></bndbox></object></annotation>"""
+
+
+def test_coco_entry_by_file_name_rescaled_to_the_image() -> None:
+    got = parse_annotation_bytes(json.dumps(COCO).encode(), "gt.json", "b.png", HW, NAMES)
+    assert got.fmt == "COCO JSON" and got.class_names == NAMES
+    assert got.labels.tolist() == [2]  # the crowd box is not a target
+    np.testing.assert_allclose(got.boxes, [[20, 10, 30, 15]])  # annotated at 400x200, the image is 200x100
+    assert got.boxes.dtype == np.float32 and got.labels.dtype == np.int64
+    assert "crowd" in got.report
+
+
+def test_coco_single_entry_is_used_whatever_its_name() -> None:
+    one = {**COCO, "images": COCO["images"][:1]}
+    got = parse_annotation_bytes(json.dumps(one).encode(), "gt.json", "photo.png", HW, NAMES)
+    np.testing.assert_allclose(got.boxes, [[1, 2, 4, 6]])
+    assert got.labels.tolist() == [1]
+
+
+@pytest.mark.parametrize("data, match", [
+    (json.dumps(COCO).encode(), "none is named like 'c'"),
+    (b"{oops", "gt.json could not be parsed: gt.json is not valid JSON"),
+    (b'{"images": []}', "not a COCO detection file"),
+    (json.dumps({"images": [], "categories": []}).encode(), "holds no image entries"),
+    (b'{"images": [{"file_name": "c.png"}], "categories": []}', "could not be parsed"),
+])
+def test_coco_errors_name_the_file_and_what_to_upload(data: bytes, match: str) -> None:
+    with pytest.raises(AnnotationError, match=match) as err:
+        parse_annotation_bytes(data, "gt.json", "c.png", HW, NAMES)
+    assert isinstance(err.value, ValueError) and "gt.json" in str(err.value)
+    assert "upload" in str(err.value)
+
+
+def test_yolo_ids_index_the_class_names_and_bad_lines_are_reported() -> None:
+    text = b"2 0.5 0.5 0.1 0.2\n9 0.5 0.5 0.1 0.1\n\nnot a line\n0 0.1 0.2 0.1 0.2 0.2 0.3\n"
+    got = parse_annotation_bytes(text, "x.txt", "x.png", HW, NAMES)
+    assert got.fmt == "YOLO txt" and got.class_names == NAMES
+    assert got.labels.tolist() == [2, 0]
+    np.testing.assert_allclose(got.boxes, [[90, 40, 110, 60], [20, 20, 40, 30]], atol=1e-4)  # box, then polygon
+    assert "not among the class names" in got.report and "could not be parsed" in got.report
+
+
+def test_yolo_empty_file_is_an_image_without_boxes() -> None:
+    got = parse_annotation_bytes(b"\n", "x.txt", "x.png", HW, NAMES)
+    assert got.boxes.shape == (0, 4) and got.labels.shape == (0,)
+    assert "without a label file or any annotation" in got.report
+
+
+def test_yolo_without_class_names_is_refused() -> None:
+    with pytest.raises(AnnotationError, match="x.txt: YOLO labels are class ids"):
+        parse_annotation_bytes(b"0 0.5 0.5 0.1 0.1\n", "x.txt", "x.png", HW, [])
+
+
+def test_voc_names_map_onto_the_class_names() -> None:
+    got = parse_annotation_bytes(VOC, "x.xml", "x.png", HW, NAMES)
+    assert got.fmt == "VOC XML" and got.class_names == NAMES
+    assert got.labels.tolist() == [1, 0]  # square; "boat" is not a model class: its index among the file's names
+    np.testing.assert_allclose(got.boxes, [[10, 20, 30, 40], [0, 0, 5, 5]])  # <size> 400x200 -> 200x100
+    assert "difficult" in got.report and "could not be parsed" in got.report
+
+
+def test_voc_without_size_takes_the_image_size() -> None:
+    xml = b"<annotation><object><name>disc</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax><ymax>4</ymax>" \
+          b"</bndbox></object></annotation>"
+    got = parse_annotation_bytes(xml, "y.xml", "y.png", HW, [])
+    assert got.class_names == ["disc"] and got.labels.tolist() == [0]
+    np.testing.assert_allclose(got.boxes, [[1, 2, 3, 4]])
+
+
+@pytest.mark.parametrize("name, data, match", [
+    ("a.xml", b"<annotation><object>", "a.xml could not be read as Pascal VOC XML"),
+    ("a.csv", b"x,y", "a.csv: unknown annotation type"),
+])
+def test_bad_files(name: str, data: bytes, match: str) -> None:
+    with pytest.raises(AnnotationError, match=match):
+        parse_annotation_bytes(data, name, "a.png", HW, NAMES)
+
+
+def test_yolo_undecodable_bytes_are_a_malformed_line() -> None:
+    """Bytes that are not UTF-8 are replaced, as the folder loader reads label files: one line it cannot parse."""
+    got = parse_annotation_bytes(b"\xff\xfe0 0.5\n", "a.txt", "a.png", HW, NAMES)
+    assert len(got.boxes) == 0 and "could not be parsed" in got.report
+
+
+def test_from_memory_entry_points_match_the_folder_contract() -> None:
+    records, names, report = parse_coco(COCO, name="mem")
+    assert names == NAMES and [r.image_id for r in records] == [1, 2] and records[0].path is None
+    assert report.dataset == "mem" and report.crowd == 1
+    with pytest.raises(ValueError, match="up.json is not valid JSON"):
+        parse_json(b"[", "up.json")
+    (rec,), names, report = parse_yolo("1 0.5 0.5 1.2 0.2\n", (10, 20), names=["a", "b"], source="l.txt")
+    np.testing.assert_allclose(rec.boxes, [[0, 4, 20, 6]])  # clipped to the 20 x 10 image, and counted
+    assert report.clipped_boxes == 1 and report.examples["clipped_boxes"] == ["l.txt"]
+    records, names, report = parse_voc(b"<annotation>", "z")
+    assert records == [] and report.malformed == 1
+    records, _, report = parse_voc(b"<annotation/>", "z")  # no size anywhere
+    assert records == [] and "no <size>" in report.summary()
