@@ -34,12 +34,12 @@ from torchvision.transforms.v2 import functional as F
 
 __all__ = [
     "PAD_VALUE",
-    "ColorJitter",
     "DetectionTransform",
     "Letterbox",
     "LetterboxInfo",
     "Mosaic",
-    "RandomFlip",
+    "make_color_jitter",
+    "random_flip",
     "RandomTileCrop",
     "build_transforms",
     "letterbox",
@@ -95,7 +95,11 @@ def _unwrap(image: Tensor, target: dict[str, Any]) -> Sample:
 
 
 def sanitize_target(target: dict[str, Any], canvas: tuple[int, int]) -> dict[str, Any]:
-    """Clip ``boxes``/``ignore`` to ``canvas`` (H, W) and remove degenerate boxes (and their labels)."""
+    """Clip ``boxes``/``ignore`` to ``canvas`` (H, W) and remove degenerate boxes (and their labels).
+
+    Ours rather than ``v2.SanitizeBoundingBoxes``: that needs ``min_size >= 1`` px, so it would drop a 2 px target
+    letterboxed below one pixel, and it filters one box set per call (here: targets and ignore regions).
+    """
     out = dict(target)
     h, w = canvas
     for key in _BOX_KEYS:
@@ -295,35 +299,17 @@ class RandomTileCrop:
         return _crop_sample(image, target, top, left, ch, cw, self.min_visibility)
 
 
-class RandomFlip:
-    """Flip image and boxes horizontally (``vertical=False``) or vertically with probability ``p``."""
-
-    def __init__(self, p: float = 0.5, vertical: bool = False) -> None:
-        self.p = p
-        self.flip = F.vertical_flip if vertical else F.horizontal_flip
-
-    def __call__(self, image: Tensor, target: dict[str, Any]) -> Sample:
-        if float(torch.rand(())) >= self.p:
-            return image, target
-        target = dict(target)
-        for key in _BOX_KEYS:
-            target[key] = self.flip(target[key])
-        return self.flip(image), target
+def random_flip(p: float = 0.5, vertical: bool = False) -> Step:
+    """torchvision's flip of the image and every box set of the target (``boxes`` and ``ignore``), prob. ``p``."""
+    return v2.RandomVerticalFlip(p) if vertical else v2.RandomHorizontalFlip(p)
 
 
-class ColorJitter:
-    """``v2.ColorJitter`` on the image only (boxes untouched).
-
-    No hue shift by default: it costs more than the rest of the pipeline together, and colour is often what
-    tells tiny classes apart (it is in the synthetic data)."""
-
-    def __init__(
-        self, brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.3, hue: float = 0.0
-    ) -> None:
-        self.jitter = v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
-
-    def __call__(self, image: Tensor, target: dict[str, Any]) -> Sample:
-        return self.jitter(image), target
+def make_color_jitter(
+    brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.3, hue: float = 0.0
+) -> Step:
+    """``v2.ColorJitter`` (image only). No hue shift by default: it costs more than the rest of the pipeline
+    together, and colour is often what tells tiny classes apart (it is in the synthetic data)."""
+    return v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
 
 
 class Mosaic:
@@ -387,6 +373,8 @@ class DetectionTransform:
     ) -> None:
         self.pre_steps = list(pre_steps)
         self.steps = list(steps)
+        self.pre = v2.Compose(self.pre_steps) if self.pre_steps else None
+        self.main = v2.Compose(self.steps) if self.steps else None
         self.mosaic = mosaic
         self.mosaic_prob = mosaic_prob
 
@@ -399,11 +387,10 @@ class DetectionTransform:
         img, tgt = _wrap(image, target)
         if self.mosaic is not None and extras and float(torch.rand(())) < self.mosaic_prob:
             img, tgt = self.mosaic([(img, tgt)] + [_wrap(*e) for e in extras[:3]])
-        else:
-            for step in self.pre_steps:
-                img, tgt = step(img, tgt)
-        for step in self.steps:
-            img, tgt = step(img, tgt)
+        elif self.pre is not None:
+            img, tgt = self.pre(img, tgt)
+        if self.main is not None:
+            img, tgt = self.main(img, tgt)
         tgt = sanitize_target(tgt, _hw(img))
         img = F.to_dtype(img, torch.float32, scale=True)
         return _unwrap(img, tgt)
@@ -422,6 +409,8 @@ def build_transforms(
     flip_vertical: bool = True,
     color_jitter: bool = True,
     zoom_out: float = 1.0,
+    tile: bool = True,
+    record_letterbox: bool = False,
 ) -> DetectionTransform:
     """The standard pipelines (see the module docstring).
 
@@ -436,18 +425,20 @@ def build_transforms(
         zoom_out: :class:`RandomTileCrop` window up to this many times the model size. With 1 (default)
             training sees native resolution only; if evaluation letterboxes images much larger than
             ``image_size``, raise it (e.g. to ``image side / image_size``) or evaluate on tiles.
+        tile: train only; False letterboxes the whole image instead of cropping a model-sized tile.
+        record_letterbox: train only; the target gets ``letterbox`` (eval pipelines always record it).
     """
     if not train:
         return DetectionTransform([Letterbox(image_size, record=True)])
-    steps: list[Step] = [RandomFlip(0.5)]
+    steps: list[Step] = [random_flip(0.5)]
     if flip_vertical:
-        steps.append(RandomFlip(0.5, vertical=True))
+        steps.append(random_flip(0.5, vertical=True))
     if color_jitter:
-        steps.append(ColorJitter())
-    steps.append(Letterbox(image_size))
+        steps.append(make_color_jitter())
+    steps.append(Letterbox(image_size, record=record_letterbox))
     return DetectionTransform(
         steps,
         mosaic=Mosaic(image_size) if mosaic else None,
         mosaic_prob=mosaic_prob,
-        pre_steps=[RandomTileCrop(image_size, zoom_out=zoom_out)],
+        pre_steps=[RandomTileCrop(image_size, zoom_out=zoom_out)] if tile else [],
     )

@@ -2,9 +2,8 @@
 
 Every assigner is a ``@torch.no_grad()`` pure function of boxes (TAL also of predictions) that returns an
 :class:`Assignment`: positives as ``(prior, gt)`` pairs, so one prior may serve several GTs (YOLOv5), plus the
-dense ``ignore`` mask. :func:`account` turns an assignment into a :class:`LevelAccounting` (positives per
-level and per level x size bucket, positives per GT, starved GTs), and :func:`assign_boxes` runs a box-only
-protocol with its published default priors, no model needed.
+dense ``ignore`` mask. Counting them per level is :mod:`efpn.det.accounting`; running a box-only protocol with
+its published default priors is :mod:`efpn.det.protocols`.
 
 Shared conventions:
 
@@ -21,21 +20,18 @@ Shared conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from efpn.det.boxes import box_iou_pairwise
 from efpn.det.priors import (
     Priors,
-    anchor_priors,
-    feature_sizes_for,
-    point_priors,
-    yolo_priors,
 )
-from efpn.vocab import BUCKETS, box_size, level_stride, size_bucket
+from efpn.vocab import level_stride
 
 #: FCOS regression ranges for p3..p7 (max of l, t, r, b in pixels), lower and upper bound inclusive.
 FCOS_SIZE_RANGES: tuple[tuple[float, float], ...] = (
@@ -137,16 +133,6 @@ def _as_gt(gt_boxes: Tensor, priors: Priors) -> tuple[Tensor, Tensor]:
 def _iou(a: Tensor, b: Tensor) -> Tensor:
     """All-pairs IoU (N, R); 0 where both boxes have zero area (torchvision gives NaN there)."""
     return box_iou(a, b).nan_to_num_(0.0)
-
-
-def _paired_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of a[i] with b[i]: (P, 4), (P, 4) -> (P,); 0 for an empty union."""
-    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(1)
-    union = area_a + area_b - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
 
 
 def _ltrb(points: Tensor, boxes: Tensor) -> Tensor:
@@ -352,7 +338,7 @@ def assign_yolov5(priors: Priors, gt_boxes: Tensor, anchor_t: float = 4.0, offse
         return _resolved([], [], [], r, device, resolve=False)
     key = torch.unique(torch.cat(pairs_p) * m + torch.cat(pairs_g))  # sorted, duplicates dropped
     prior_idx, gt_idx = key // m, key % m
-    iou = _paired_iou(priors.boxes[prior_idx], gt[gt_idx])
+    iou = box_iou_pairwise(priors.boxes[prior_idx], gt[gt_idx])
     return _assignment(prior_idx, gt_idx, r, iou=iou)
 
 
@@ -487,247 +473,3 @@ def _resolved(
         keep = _best_pair_per_prior(prior_idx, gt_idx, key, num_priors)
         prior_idx, gt_idx, key = prior_idx[keep], gt_idx[keep], key[keep]
     return _assignment(prior_idx, gt_idx, num_priors, iou=key if keep_key else None)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Accounting
-
-
-@dataclass
-class LevelAccounting:
-    """Per-level positive accounting for one image or (after :meth:`merge`) a dataset (SPEC §8).
-
-    Counts are of positive pairs (a YOLOv5 prior serving two GTs counts twice). Buckets (efpn.vocab.BUCKETS)
-    are by the GT's ORIGINAL size. A GT is *starved* when it has no positive at all or, if the accounting was
-    made with ``pos_iou``, no regular positive (non-fallback and IoU >= ``pos_iou``).
-    """
-
-    levels: list[str]
-    positives_per_level: dict[str, int]  # level -> positive pairs
-    fallback_per_level: dict[str, int]  # level -> low-quality (fallback) pairs
-    per_level_bucket: dict[str, dict[str, int]]  # level -> bucket -> positive pairs
-    positives_per_gt: list[int]  # (num_gt,)
-    regular_per_gt: list[int]  # (num_gt,) positives that are not fallback
-    gt_buckets: list[str]  # (num_gt,) bucket name
-    starved: list[int]  # GT indices (dataset-wide after merge)
-    num_gt: int
-    num_images: int
-    positives_per_gt_level: list[list[int]] = field(default_factory=list)  # (num_gt, L)
-    gt_sizes: list[float] = field(default_factory=list)  # (num_gt,) sqrt(w*h) in original pixels
-
-    @classmethod
-    def empty(cls, levels: Sequence[str]) -> LevelAccounting:
-        """The neutral element of :meth:`merge` for these levels (zero images)."""
-        levels = list(levels)
-        return cls(
-            levels=levels,
-            positives_per_level=dict.fromkeys(levels, 0),
-            fallback_per_level=dict.fromkeys(levels, 0),
-            per_level_bucket={lv: dict.fromkeys(BUCKETS, 0) for lv in levels},
-            positives_per_gt=[],
-            regular_per_gt=[],
-            gt_buckets=[],
-            starved=[],
-            num_gt=0,
-            num_images=0,
-        )
-
-    def merge(self, other: LevelAccounting) -> LevelAccounting:
-        """Sum of two accountings over the same levels: counts add, per-GT lists concatenate (``other``'s GT
-        indices are offset by ``self.num_gt``)."""
-        if list(other.levels) != list(self.levels):
-            raise ValueError(f"cannot merge accountings over {self.levels} and {other.levels}")
-        return LevelAccounting(
-            levels=list(self.levels),
-            positives_per_level={
-                lv: self.positives_per_level[lv] + other.positives_per_level[lv] for lv in self.levels
-            },
-            fallback_per_level={
-                lv: self.fallback_per_level[lv] + other.fallback_per_level[lv] for lv in self.levels
-            },
-            per_level_bucket={
-                lv: {b: self.per_level_bucket[lv][b] + other.per_level_bucket[lv][b] for b in BUCKETS}
-                for lv in self.levels
-            },
-            positives_per_gt=self.positives_per_gt + other.positives_per_gt,
-            regular_per_gt=self.regular_per_gt + other.regular_per_gt,
-            gt_buckets=self.gt_buckets + other.gt_buckets,
-            starved=self.starved + [i + self.num_gt for i in other.starved],
-            num_gt=self.num_gt + other.num_gt,
-            num_images=self.num_images + other.num_images,
-            positives_per_gt_level=self.positives_per_gt_level + other.positives_per_gt_level,
-            gt_sizes=self.gt_sizes + other.gt_sizes,
-        )
-
-    def histogram(self) -> list[int]:
-        """``h[k]`` = number of GTs with exactly ``k`` positives (length max + 1; ``[]`` without GTs)."""
-        if not self.positives_per_gt:
-            return []
-        h = [0] * (max(self.positives_per_gt) + 1)
-        for k in self.positives_per_gt:
-            h[k] += 1
-        return h
-
-    def zero_high_level_share(self) -> dict[str, float]:
-        """For each level ``q >= p5`` in ``levels``: share of GTs with zero positives on ``q`` and every
-        coarser level (0.0 without GTs). ``{"p5": 1.0}`` means no GT trains p5, p6 or p7 — SPEC §1's
-        dead-end."""
-        out: dict[str, float] = {}
-        for i, name in enumerate(self.levels):
-            if level_stride(name) < 32:
-                continue
-            zero = sum(1 for row in self.positives_per_gt_level if sum(row[i:]) == 0)
-            out[name] = zero / self.num_gt if self.num_gt else 0.0
-        return out
-
-    def to_dict(self) -> dict:
-        """JSON-ready form: every field plus ``num_positives``, ``starved_rate`` (0.0 without GTs),
-        ``zero_positive_rate``, ``zero_high_level_share`` and ``histogram``."""
-        n = self.num_gt
-        return {
-            "levels": list(self.levels),
-            "num_images": self.num_images,
-            "num_gt": n,
-            "num_positives": sum(self.positives_per_level.values()),
-            "positives_per_level": dict(self.positives_per_level),
-            "fallback_per_level": dict(self.fallback_per_level),
-            "per_level_bucket": {lv: dict(b) for lv, b in self.per_level_bucket.items()},
-            "positives_per_gt": list(self.positives_per_gt),
-            "regular_per_gt": list(self.regular_per_gt),
-            "positives_per_gt_level": [list(row) for row in self.positives_per_gt_level],
-            "gt_buckets": list(self.gt_buckets),
-            "gt_sizes": list(self.gt_sizes),
-            "starved": list(self.starved),
-            "starved_rate": len(self.starved) / n if n else 0.0,
-            "zero_positive_rate": sum(1 for k in self.positives_per_gt if k == 0) / n if n else 0.0,
-            "zero_high_level_share": self.zero_high_level_share(),
-            "histogram": self.histogram(),
-        }
-
-
-def account(
-    assignment: Assignment,
-    priors: Priors,
-    gt_boxes: Tensor,
-    pos_iou: float | None = None,
-    scale: float = 1.0,
-) -> LevelAccounting:
-    """Count one image's positives per level, per level x size bucket and per GT (see
-    :class:`LevelAccounting`).
-
-    ``gt_boxes`` (M, 4) are in network pixels like the priors; ``scale`` is the resize factor original ->
-    network, so buckets and ``gt_sizes`` use ``size / scale`` (original pixels). With ``pos_iou`` a GT counts
-    as starved unless it has a positive that is not fallback and whose IoU (``assignment.iou``, else prior box
-    vs GT) is >= ``pos_iou``.
-    """
-    if scale <= 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
-    gt = gt_boxes.to(device=priors.device, dtype=torch.float32).reshape(-1, 4)
-    m, n_lv, n_b = gt.shape[0], len(priors.levels), len(BUCKETS)
-    pi, gi, fb = assignment.prior_idx, assignment.gt_idx, assignment.fallback
-    lvl = priors.level[pi]  # (P,)
-    sane = torch.where(torch.isfinite(gt).all(1, keepdim=True), gt, torch.zeros_like(gt))  # NaN box -> size 0
-    bucket = size_bucket(sane / scale)  # (M,) index into BUCKETS
-    per_gt_level = torch.bincount(gi * n_lv + lvl, minlength=m * n_lv).view(m, n_lv)  # (M, L)
-    per_level = torch.bincount(lvl, minlength=n_lv)  # (L,)
-    fallback_level = torch.bincount(lvl[fb], minlength=n_lv)  # (L,)
-    level_bucket = torch.bincount(lvl * n_b + bucket[gi], minlength=n_lv * n_b).view(n_lv, n_b)  # (L, 5)
-    positives = per_gt_level.sum(1)  # (M,)
-    regular = torch.bincount(gi[~fb], minlength=m)  # (M,)
-    if pos_iou is None:
-        starved = positives == 0
-    else:
-        iou = assignment.iou if assignment.iou is not None else _paired_iou(priors.boxes[pi], gt[gi])
-        strong = torch.bincount(gi[~fb & (iou >= pos_iou)], minlength=m)
-        starved = strong == 0
-    lv_names = priors.levels
-    return LevelAccounting(
-        levels=list(lv_names),
-        positives_per_level=dict(zip(lv_names, per_level.tolist())),
-        fallback_per_level=dict(zip(lv_names, fallback_level.tolist())),
-        per_level_bucket={lv: dict(zip(BUCKETS, row)) for lv, row in zip(lv_names, level_bucket.tolist())},
-        positives_per_gt=positives.tolist(),
-        regular_per_gt=regular.tolist(),
-        gt_buckets=[BUCKETS[b] for b in bucket.tolist()],
-        starved=starved.nonzero().squeeze(1).tolist(),
-        num_gt=m,
-        num_images=1,
-        positives_per_gt_level=per_gt_level.tolist(),
-        gt_sizes=(box_size(sane) / scale).tolist(),
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Box-only protocols with published defaults
-
-
-P3_P7: tuple[str, ...] = ("p3", "p4", "p5", "p6", "p7")
-P2_P6: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")
-P3_P5: tuple[str, ...] = ("p3", "p4", "p5")
-
-_Protocol = Callable[[Tensor, tuple[int, int]], tuple[Assignment, Priors, float | None]]
-
-
-def _maxiou(gt: Tensor, hw: tuple[int, int]) -> tuple[Assignment, Priors, float | None]:
-    # RetinaNet: 9 anchors (3 ratios x 3 octave scales), base 4 * stride, IoU 0.5 / 0.4, low-quality on
-    priors = anchor_priors(feature_sizes_for(hw, P3_P7), device=gt.device)
-    return assign_maxiou(priors, gt, 0.5, 0.4, low_quality=True), priors, 0.5
-
-
-def _atss(gt: Tensor, hw: tuple[int, int]) -> tuple[Assignment, Priors, float | None]:
-    # ATSS: one square anchor per location, 8 * stride, topk 9 per level
-    priors = anchor_priors(
-        feature_sizes_for(hw, P3_P7), anchor_scale=8.0, scales=(1.0,), ratios=(1.0,), device=gt.device
-    )
-    return assign_atss(priors, gt, topk=9), priors, None
-
-
-def _yolov5(gt: Tensor, hw: tuple[int, int]) -> tuple[Assignment, Priors, float | None]:
-    priors = yolo_priors(feature_sizes_for(hw, P3_P5), device=gt.device)
-    return assign_yolov5(priors, gt, anchor_t=4.0, offset=0.5), priors, None
-
-
-def _fcos(gt: Tensor, hw: tuple[int, int]) -> tuple[Assignment, Priors, float | None]:
-    priors = point_priors(feature_sizes_for(hw, P3_P7), device=gt.device)
-    return assign_fcos(priors, gt), priors, None
-
-
-def _rpn(gt: Tensor, hw: tuple[int, int]) -> tuple[Assignment, Priors, float | None]:
-    # Faster R-CNN FPN RPN: sizes 32..512 on p2..p6 (8 * stride), 3 ratios, IoU 0.7 / 0.3, low-quality on
-    priors = anchor_priors(feature_sizes_for(hw, P2_P6), anchor_scale=8.0, scales=(1.0,), device=gt.device)
-    return assign_maxiou(priors, gt, 0.7, 0.3, low_quality=True), priors, 0.7
-
-
-_PROTOCOLS: dict[str, _Protocol] = {
-    "maxiou": _maxiou,
-    "atss": _atss,
-    "yolov5": _yolov5,
-    "fcos": _fcos,
-    "rpn": _rpn,
-}
-#: Names accepted by :func:`assign_boxes`.
-PROTOCOLS: tuple[str, ...] = tuple(_PROTOCOLS)
-
-
-def assign_boxes(
-    protocol: str,
-    gt_boxes: Tensor,
-    image_size: tuple[int, int],
-    scale: float = 1.0,
-) -> tuple[Assignment, Priors, LevelAccounting]:
-    """Run a box-only protocol with its published default priors on one image of ``image_size`` (H, W).
-
-    * ``maxiou``: RetinaNet p3-p7, 9 anchors (base 4 * stride), IoU 0.5 / 0.4 + low-quality matches;
-    * ``atss``: p3-p7, one 8 * stride anchor per location, topk 9;
-    * ``yolov5``: p3-p5 with the YOLOv5 default anchors, anchor_t 4, offset 0.5;
-    * ``fcos``: p3-p7 points, default ranges, centre sampling 1.5;
-    * ``rpn``: Faster R-CNN RPN p2-p6, anchors 32..512 x 3 ratios, IoU 0.7 / 0.3 + low-quality matches.
-
-    The accounting of the IoU protocols (maxiou, rpn) uses their ``pos_iou``, so fallback-only GTs are
-    starved. ``scale`` (original -> network) is passed to :func:`account`. Unknown names raise ValueError.
-    """
-    if protocol not in _PROTOCOLS:
-        raise ValueError(f"unknown assignment protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-    gt = gt_boxes.to(torch.float32).reshape(-1, 4)
-    assignment, priors, pos_iou = _PROTOCOLS[protocol](gt, (int(image_size[0]), int(image_size[1])))
-    return assignment, priors, account(assignment, priors, gt, pos_iou=pos_iou, scale=scale)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_convert, generalized_box_iou_loss
 
 __all__ = [
     "DEFAULT_DELTA_CLAMP",
@@ -57,17 +58,15 @@ def _check_last_dim(t: Tensor, size: int, name: str) -> None:
 
 
 def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """``(x1, y1, x2, y2)`` -> ``(cx, cy, w, h)``; shape ``(..., 4)`` kept."""
+    """``(x1, y1, x2, y2)`` -> ``(cx, cy, w, h)``; shape ``(..., 4)`` kept (``torchvision.ops.box_convert``)."""
     _check_last_dim(boxes, 4, "boxes")
-    xy1, xy2 = boxes[..., :2], boxes[..., 2:]
-    return torch.cat(((xy1 + xy2) / 2, xy2 - xy1), dim=-1)
+    return box_convert(boxes, "xyxy", "cxcywh")
 
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """``(cx, cy, w, h)`` -> ``(x1, y1, x2, y2)``; shape ``(..., 4)`` kept."""
+    """``(cx, cy, w, h)`` -> ``(x1, y1, x2, y2)``; shape ``(..., 4)`` kept (``torchvision.ops.box_convert``)."""
     _check_last_dim(boxes, 4, "boxes")
-    c, half = boxes[..., :2], boxes[..., 2:] / 2
-    return torch.cat((c - half, c + half), dim=-1)
+    return box_convert(boxes, "cxcywh", "xyxy")
 
 
 def clip_boxes(boxes: Tensor, hw: tuple[int, int] | Sequence[float]) -> Tensor:
@@ -135,6 +134,8 @@ def _pairwise_terms(a: Tensor, b: Tensor, eps: float) -> tuple[Tensor, Tensor, T
 def box_iou_pairwise(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     """Elementwise IoU of xyxy boxes ``a (..., 4)`` and ``b (..., 4)`` -> ``(...,)`` in [0, 1].
 
+    Ours because ``torchvision.ops`` has only the all-pairs ``box_iou`` matrix, not IoU of matched pairs.
+
     Leading dims broadcast. Degenerate boxes count as zero area; ``eps`` keeps two empty boxes at IoU 0, not
     NaN.
     """
@@ -147,10 +148,10 @@ def giou_pairwise(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     ``GIoU = IoU - |C \\ (A ∪ B)| / |C|`` with C the smallest enclosing box, so disjoint boxes score below 0
     and still get a gradient that pulls them together.
     """
-    iou, union, lt, rb = _pairwise_terms(a, b, eps)
-    enc_wh = (rb - lt).clamp(min=0)
-    enclosing = enc_wh[..., 0] * enc_wh[..., 1]
-    return iou - (enclosing - union) / (enclosing + eps)
+    _check_last_dim(a, 4, "a")
+    _check_last_dim(b, 4, "b")
+    a, b = torch.broadcast_tensors(a, b)  # torchvision's loss needs equal shapes
+    return 1.0 - generalized_box_iou_loss(a, b, reduction="none", eps=eps)
 
 
 def ciou_pairwise(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
@@ -158,7 +159,9 @@ def ciou_pairwise(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
 
     ``CIoU = IoU - ρ²/c² - α·v``: ρ the centre distance, c the enclosing box diagonal,
     ``v = 4/π² (atan(w_b/h_b) - atan(w_a/h_a))²`` the aspect-ratio mismatch, ``α = v / (1 - IoU + v)``.
-    ``α`` is a trade-off weight, detached from the graph as in the reference implementation.
+    ``α`` is a trade-off weight, detached from the graph as in the reference implementation. Ours rather than
+    ``torchvision.ops.complete_box_iou_loss``: its aspect term divides by the height without eps, so a
+    zero-height box (a collapsed prediction) gives NaN instead of a finite loss.
     """
     iou, _, lt, rb = _pairwise_terms(a, b, eps)
     c2 = ((rb - lt) ** 2).sum(dim=-1) + eps  # (...,) squared enclosing diagonal

@@ -65,6 +65,8 @@ def sigmoid_focal_loss(
 
     For hard targets ``|t − p|`` is the usual ``1 − p_t``; for soft targets it is the Quality-Focal-Loss
     factor, which vanishes when the prediction equals the target. ``alpha=None`` disables the α balance.
+    Ours rather than ``torchvision.ops.sigmoid_focal_loss``, whose ``(1 − p_t)^γ`` stays non-zero when a soft
+    target is predicted exactly (it equals ours for hard 0/1 targets; tested).
     """
     _check_same_shape(logits, targets, "logits and targets")
     targets = targets.to(logits.dtype)

@@ -61,7 +61,7 @@ from efpn.config import ModelConfig
 from efpn.data.config import DataConfig, load_data_config, load_split, split_records
 from efpn.data.dataset import DetectionDataset, collate
 from efpn.data.records import ImageRecord
-from efpn.data.transforms import DetectionTransform, Letterbox, RandomTileCrop, build_transforms
+from efpn.data.transforms import DetectionTransform, build_transforms
 from efpn.engine import distributed as D
 from efpn.engine.ema import ModelEMA
 from efpn.engine.state import load_training_state, restore_training_state, save_training_state
@@ -437,13 +437,8 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 def _train_transforms(cfg: TrainConfig) -> DetectionTransform:
     """The data package's train pipeline, with the letterbox recording its scale (for ``scale`` in targets)
     and without the random tile crop when ``tile=False``."""
-    t = build_transforms(True, cfg.image_size, mosaic=cfg.mosaic, flip_vertical=cfg.flip_vertical)
-    for step in t.steps:
-        if isinstance(step, Letterbox):
-            step.record = True
-    if not cfg.tile:
-        t.pre_steps = [s for s in t.pre_steps if not isinstance(s, RandomTileCrop)]
-    return t
+    return build_transforms(True, cfg.image_size, mosaic=cfg.mosaic, flip_vertical=cfg.flip_vertical,
+                            tile=cfg.tile, record_letterbox=True)
 
 
 class LossStep(nn.Module):

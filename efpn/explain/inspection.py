@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from efpn.det.assign import Assignment, LevelAccounting, account
+from efpn.det.accounting import LevelAccounting, account
+from efpn.det.assign import Assignment
 from efpn.det.priors import Priors
 from efpn.infer.preprocess import Prepared, boxes_to_network, boxes_to_original, prepare, to_rgb_uint8
 from efpn.models.detector import Detector

@@ -17,10 +17,9 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm import tqdm
 
-from efpn.det.assign import LevelAccounting, assign_boxes
+from efpn.det.accounting import LevelAccounting
+from efpn.det.protocols import PROTOCOLS, assign_boxes
 from efpn.vocab import BUCKETS
-
-PROTOCOLS = ("maxiou", "atss", "yolov5", "fcos", "rpn")
 
 
 @dataclass

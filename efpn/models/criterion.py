@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from efpn.config import HeadConfig, LossConfig
 from efpn.det import boxes as bx
 from efpn.det import losses as L
-from efpn.det.assign import Assignment, LevelAccounting, account, assign_atss, assign_maxiou, assign_tal, assign_yolov5
+from efpn.det.accounting import LevelAccounting, account
+from efpn.det.assign import Assignment, assign_atss, assign_maxiou, assign_tal, assign_yolov5
 from efpn.det.priors import Priors
 from efpn.layers.fbsm import box_mask_target, gate_mass_inside
 from efpn.layers.internals import GateInternals

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from efpn.data import build_transforms, letterbox, unletterbox_boxes
-from efpn.data.transforms import Mosaic, RandomFlip, RandomTileCrop, _crop_sample, _unwrap, _wrap
+from efpn.data.transforms import Mosaic, RandomTileCrop, _crop_sample, _unwrap, _wrap, random_flip
 
 
 def _white_box_sample(h: int, w: int, box: list[int], label: int = 1) -> tuple[Tensor, dict]:
@@ -58,14 +58,14 @@ def test_eval_pipeline_box_covers_bright_region() -> None:
 def test_flips_exact(vertical: bool) -> None:
     image = torch.randint(0, 255, (3, 6, 9), dtype=torch.uint8)
     img, tgt = _wrap(image, {"boxes": torch.tensor([[1.0, 2.0, 4.0, 5.0]]), "labels": torch.tensor([0])})
-    out, t = _unwrap(*RandomFlip(p=1.0, vertical=vertical)(img, tgt))
+    out, t = _unwrap(*random_flip(p=1.0, vertical=vertical)(img, tgt))
     if vertical:
         torch.testing.assert_close(out, image.flip(-2))
         torch.testing.assert_close(t["boxes"], torch.tensor([[1.0, 1.0, 4.0, 4.0]]))  # y -> 6 - y
     else:
         torch.testing.assert_close(out, image.flip(-1))
         torch.testing.assert_close(t["boxes"], torch.tensor([[5.0, 2.0, 8.0, 5.0]]))  # x -> 9 - x
-    same, t = _unwrap(*RandomFlip(p=0.0, vertical=vertical)(img, tgt))
+    same, t = _unwrap(*random_flip(p=0.0, vertical=vertical)(img, tgt))
     torch.testing.assert_close(same, image)
 
 

@@ -249,3 +249,15 @@ def test_dcloss_empty_batch_and_bad_input() -> None:
         dc.weights(torch.ones(2), torch.ones(3), torch.tensor([0, 1]), num_images=1)
     with pytest.raises(ValueError, match="num_images"):
         dc.weights(torch.ones(2), torch.ones(2), torch.tensor([0, 1]), num_images=0)
+
+
+def test_focal_loss_equals_torchvision_on_hard_targets_and_differs_on_soft() -> None:
+    from torchvision.ops import sigmoid_focal_loss as tv_focal
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 3)
+    hard = (torch.rand(64, 3) > 0.7).float()
+    torch.testing.assert_close(sigmoid_focal_loss(logits, hard), tv_focal(logits, hard, reduction="none"))
+    soft = torch.sigmoid(logits)  # predicted exactly: our QFL factor is 0, torchvision's is not
+    assert float(sigmoid_focal_loss(logits, soft).abs().max()) < 1e-6
+    assert float(tv_focal(logits, soft, reduction="none").min()) > 1e-4

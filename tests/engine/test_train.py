@@ -391,7 +391,7 @@ def test_model_ema_ramp_buffers_and_state() -> None:
 
 
 def test_epoch_telemetry_and_run_logger(tmp_path: Path) -> None:
-    from efpn.det.assign import LevelAccounting
+    from efpn.det.accounting import LevelAccounting
 
     acc = LevelAccounting.empty(["p3", "p4"])
     acc.positives_per_level.update(p3=6, p4=2)
