@@ -53,8 +53,8 @@ import torch
 from torch import Tensor, nn
 
 import efpn
-from efpn.data.config import load_split
 from efpn.data.dataset import DetectionDataset, collate
+from efpn.data.splits import load_split
 from efpn.data.synthetic import write_synthetic_dataset
 
 Batch = tuple[Tensor, list[dict[str, Tensor]]]
@@ -272,7 +272,8 @@ def hand_loop(
 def end_to_end(preset: str, data_yaml: Path, run_root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """``efpn.engine.train.train`` for ``--e2e-steps`` steps; per-step images/s from its metrics.csv."""
     try:
-        from efpn.engine.train import TrainConfig, train
+        from efpn.config import TrainConfig
+        from efpn.engine.train import train
     except ImportError as e:
         return {"available": False, "reason": f"efpn.engine.train not importable: {e}"}
     cfg = TrainConfig(

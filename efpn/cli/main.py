@@ -115,7 +115,8 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from efpn.engine.train import TrainConfig, load_train_config, train
+    from efpn.config import TrainConfig, load_train_config
+    from efpn.engine.train import train
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name, None) is not None}
@@ -129,7 +130,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_val(args: argparse.Namespace) -> None:
     import efpn
-    from efpn.data.config import load_data_config, load_split
+    from efpn.config.data import load_data_config
+    from efpn.data.splits import load_split
     from efpn.evaluation import plot_ap_by_size, plot_pr_curves
     from efpn.evaluation.validate import validate
 
@@ -248,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a detector (one CPU, one GPU, or torchrun across GPUs/nodes)")
     s.add_argument("--config", default=None, help="training recipe YAML (flags override its values)")
     try:
-        from efpn.engine.train import TrainConfig
+        from efpn.config import TrainConfig
 
         _add_dataclass_args(s, TrainConfig)
     except ImportError:  # pragma: no cover - the engine is part of the package

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from efpn.checkpoint import load_model, read_card, save_checkpoint
-from efpn.data.config import load_data_config, load_split
+from efpn.config.data import load_data_config
+from efpn.data.splits import load_split
 from efpn.evaluation.validate import validate
 from efpn.infer.predict import predict_image
 

@@ -6,20 +6,14 @@ picks the loader and its sources; :func:`parse_annotation_bytes` reads one image
 (an upload). See ``docs/architecture.md`` (Data) for the boundaries.
 """
 
+from efpn.config.data import FORMATS, DataConfig, load_data_config, parse_data_config
+from efpn.config.names import read_names
 from efpn.data.coco import load_coco, parse_coco, records_to_coco
-from efpn.data.config import (
-    FORMATS,
-    DataConfig,
-    load_data_config,
-    load_split,
-    parse_data_config,
-    split_records,
-)
 from efpn.data.dataset import DetectionDataset, collate
 from efpn.data.dota import DOTA_V1_CLASSES, load_dota
 from efpn.data.images import CorruptImageError, image_size, read_image
-from efpn.data.names import read_names
 from efpn.data.records import POLICIES, ImageRecord, Policy, SkipReport
+from efpn.data.splits import load_split, split_records
 from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample, write_synthetic_dataset
 from efpn.data.transforms import (
     DetectionTransform,

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from efpn.config.names import ClassNames, read_names
 from efpn.data.images import CorruptImageError, image_size, index_images
-from efpn.data.names import ClassNames, read_names
 from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record
 
 __all__ = ["DOTA_V1_CLASSES", "load_dota", "polygon_to_xyxy"]

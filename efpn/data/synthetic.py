@@ -174,7 +174,7 @@ def write_synthetic_dataset(
     """Write ``num_images`` PNGs to ``out_dir/images`` and COCO annotations; returns the JSON path.
 
     Also writes ``out_dir/data.yaml`` (format ``coco``, ``val_fraction`` share held out by
-    :func:`~efpn.data.config.split_records`) so the folder can be trained on directly. Category ids are
+    :func:`~efpn.data.splits.split_records`) so the folder can be trained on directly. Category ids are
     1..3 for ``disc, square, cross`` (labels 0..2 after loading); image ids are 1..N, files ``000000.png``...
     """
     if num_images < 1:

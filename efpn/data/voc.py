@@ -12,7 +12,7 @@ Contract of :func:`load_voc`:
 * the image is ``JPEGImages/<id>.<any image ext>``, else the XML ``<filename>``; if neither exists the entry
   is dropped (``label_without_image``); a missing or zero ``<size>`` is read from the image header;
 * class names: given, or discovered as the sorted set of names in the loaded files (pass ``names`` to keep
-  the same indices across splits; :func:`efpn.data.config.load_split` does this for you).
+  the same indices across splits; :func:`efpn.data.splits.load_split` does this for you).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from efpn.config.names import ClassNames, read_names
 from efpn.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size
-from efpn.data.names import ClassNames, read_names
 from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record
 
 __all__ = ["load_voc", "parse_voc", "read_voc_list"]

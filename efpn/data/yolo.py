@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from efpn.config.names import ClassNames, read_names
 from efpn.data.images import CorruptImageError, image_size, index_images
-from efpn.data.names import ClassNames, read_names
 from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record
 
 __all__ = ["default_label_dir", "load_yolo", "parse_yolo", "parse_yolo_labels"]

@@ -1,4 +1,4 @@
-"""Training: a flat :class:`TrainConfig`, and :func:`train` with one visible loop (STYLE §10).
+"""Training: :func:`train` runs a :class:`~efpn.config.TrainConfig` with one visible loop (STYLE §10).
 
 The loop, in :func:`train`, reads top to bottom::
 
@@ -37,18 +37,15 @@ Run directory (``out/name``)::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
-import os
 import platform
 import time
-import typing
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,10 +54,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from efpn.checkpoint import save_checkpoint
-from efpn.config import ModelConfig
-from efpn.data.config import DataConfig, load_data_config, load_split, split_records
+from efpn.config import RESUME_FREE, ModelConfig, TrainConfig
+from efpn.config.data import DataConfig, load_data_config
 from efpn.data.dataset import DetectionDataset, collate
 from efpn.data.records import ImageRecord
+from efpn.data.splits import load_split, split_records
 from efpn.data.transforms import DetectionTransform, build_transforms
 from efpn.engine import distributed as D
 from efpn.engine.ema import ModelEMA
@@ -77,216 +75,13 @@ __all__ = [
     "LossStep",
     "SeededSamples",
     "StepBatchSampler",
-    "TrainConfig",
     "TrainResult",
     "WarmupCosine",
-    "load_train_config",
     "param_groups",
     "train",
 ]
 
 STATE_FILE = "last_state.pt"
-
-# ==================================================================================================== config
-
-
-def _field(default: Any, help: str) -> Any:
-    """A dataclass field with a one-line ``help`` in its metadata (the CLI's flag help)."""
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs, as flat simple-typed fields: each maps to a ``--field-name`` flag and
-    a recipe YAML key, and carries a one-line ``help`` in its field metadata (``dataclasses.fields``), which
-    the CLI can show. Values are checked on construction (ValueError naming the field); the data YAML's
-    existence when training starts (FileNotFoundError).
-
-    ``batch_size`` is GLOBAL: each optimizer step consumes ``batch_size`` images over ``world_size x
-    accumulate`` micro-batches. ``max_steps`` only stops the run early; the schedule always spans ``epochs``.
-    Paths in a recipe YAML are relative to the recipe (see :func:`load_train_config`).
-    """
-
-    # model and data
-    model: str = _field("efpn_n", "model preset (efpn.zoo.PRESETS); classes come from the data YAML")
-    data: str = _field("", "data YAML (format, root, splits, names; see efpn.data.config)")
-    train_split: str = _field("train", "split of the data YAML to train on")
-    val_split: str | None = _field("val", "split to validate on; None/'none' = no validation")
-    val_fraction: float = _field(0.1, "share of train carved out as val when the data YAML has no val split and "
-                                      "no val_fraction of its own (ids recorded in data_split.json)")
-    image_size: int = _field(640, "network input side S (train letterbox; val resizes the long side to S)")
-    tile: bool = _field(True, "train on native-resolution S x S crops of larger images (each holding a box when "
-                              "possible) instead of shrinking them: tiny objects keep their pixels")
-    mosaic: bool = _field(False, "YOLO mosaic of 4 native-resolution crops, with probability 0.5")
-    flip_vertical: bool = _field(True, "vertical flips too (right for aerial/SAR/microscopy, not street scenes)")
-    # optimisation
-    epochs: int = _field(100, "epochs (the lr schedule spans all of them)")
-    batch_size: int = _field(16, "GLOBAL batch per optimizer step, over all processes and micro-batches")
-    accumulate: int = _field(1, "micro-batches per optimizer step in each process (gradient accumulation)")
-    optimizer: Literal["adamw", "sgd"] = _field("adamw", "adamw, or sgd (Nesterov momentum)")
-    lr: float = _field(0.002, "peak learning rate")
-    weight_decay: float = _field(0.01, "weight decay on conv/linear weights (none on biases, norms, gains)")
-    momentum: float = _field(0.9, "SGD momentum, or AdamW beta1")
-    warmup_iters: int = _field(500, "linear lr warm-up in optimizer steps (at most a third of the run)")
-    final_lr_ratio: float = _field(0.01, "cosine decay from lr to lr * final_lr_ratio")
-    clip_grad: float | None = _field(10.0, "max gradient norm; None/0 = no clipping")
-    nonfinite_limit: int = _field(10, "stop with an error after this many consecutive non-finite steps")
-    # weight averaging and speed
-    ema: bool = _field(True, "keep an EMA of the weights; it is what gets validated and saved")
-    ema_decay: float = _field(0.9999, "EMA decay d (ramped: d * (1 - exp(-updates / ema_tau)))")
-    ema_tau: float = _field(2000.0, "EMA ramp length in updates")
-    amp: Literal["off", "bf16", "fp16"] = _field("off", "mixed precision: off, bf16, or fp16 (GradScaler; CUDA)")
-    channels_last: bool = _field(False, "channels-last memory format (faster convs on tensor cores)")
-    compile: bool = _field(False, "torch.compile backbone, neck and head (assignment and losses stay eager)")
-    sync_bn: bool = _field(False, "SyncBatchNorm across GPUs (CUDA, several processes)")
-    workers: int = _field(4, "DataLoader worker processes per training process")
-    device: Literal["auto", "cpu", "cuda"] = _field("auto", "auto (CUDA when available), cpu or cuda")
-    # reproducibility and run control
-    seed: int = _field(0, "seed of weights, shuffling and per-sample augmentation")
-    deterministic: bool = _field(False, "deterministic kernels (process-wide; slower on GPU)")
-    out: str = _field("runs", "folder holding run directories")
-    name: str | None = _field(None, "run directory name under out (default {model}_{dataset}; -2, -3... "
-                                    "appended when it exists and this is not a resume)")
-    resume: str | None = _field(None, "resume from a run dir or its last_state.pt; 'auto' = out/name if it "
-                                      "holds a state, else start fresh")
-    val_every: int = _field(1, "validate (and save best) every this many epochs, and after the last")
-    val_batch_size: int | None = _field(None, "validation batch (default 2 x the per-process train batch)")
-    max_steps: int | None = _field(None, "stop after this many optimizer steps in total (tests, smoke runs)")
-    half_checkpoint: bool = _field(False, "store the .safetensors weights in fp16")
-    log_every: int = _field(10, "log a CSV/TensorBoard row every this many steps")
-    progress: bool = _field(True, "progress bars and per-epoch lines on stdout (rank 0)")
-
-    def __post_init__(self) -> None:
-        # command-line spellings of "off" for the optional fields (a flag cannot pass None)
-        if isinstance(self.val_split, str) and self.val_split.lower() == "none":
-            object.__setattr__(self, "val_split", None)
-        if self.clip_grad == 0:
-            object.__setattr__(self, "clip_grad", None)
-
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"TrainConfig: {msg}")
-
-        need(self.model in PRESETS, f"unknown model preset {self.model!r}; choose one of: {', '.join(PRESETS)}")
-        need(self.optimizer in ("adamw", "sgd"), f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        need(self.amp in ("off", "bf16", "fp16"), f"amp must be 'off', 'bf16' or 'fp16', got {self.amp!r}")
-        need(self.device in ("auto", "cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(self.accumulate >= 1, f"accumulate must be >= 1, got {self.accumulate}")
-        need(self.image_size >= 32 and self.image_size % 32 == 0,
-             f"image_size must be a positive multiple of 32, got {self.image_size}")
-        need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        need(self.warmup_iters >= 0, f"warmup_iters must be >= 0, got {self.warmup_iters}")
-        need(0 <= self.final_lr_ratio <= 1, f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
-        need(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
-        need(self.nonfinite_limit >= 1, f"nonfinite_limit must be >= 1, got {self.nonfinite_limit}")
-        need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        need(self.ema_tau > 0, f"ema_tau must be > 0, got {self.ema_tau}")
-        need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
-        need(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        need(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")
-        need(self.val_batch_size is None or self.val_batch_size >= 1,
-             f"val_batch_size must be >= 1, got {self.val_batch_size}")
-        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        need(self.train_split in ("train", "val"), f"train_split must be 'train' or 'val', got {self.train_split!r}")
-        need(self.val_split in (None, "train", "val"),
-             f"val_split must be 'train', 'val' or None, got {self.val_split!r}")
-        need(bool(self.out), "out (the runs folder) must not be empty")
-        need(self.name is None or (self.name and "/" not in self.name and self.name not in (".", "..")),
-             f"name must be a plain folder name, got {self.name!r}")
-
-    def check_paths(self) -> None:
-        """Filesystem checks done when training starts: the data YAML must be given and exist."""
-        if not self.data:
-            raise ValueError("TrainConfig: data is required: the path of a data YAML (e.g. recipes/data/synth.yaml)")
-        if not Path(self.data).is_file():
-            raise FileNotFoundError(
-                f"TrainConfig: data YAML {self.data} does not exist (resolved: {Path(self.data).resolve()}); "
-                "give the path of a data YAML, e.g. recipes/data/ssdd.yaml, or write one with `efpn data synth`"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-#: Fields whose change on resume does not change what the run computes.
-_RESUME_FREE = frozenset({"resume", "epochs", "max_steps", "val_every", "val_batch_size", "log_every", "workers",
-                          "progress", "out", "name", "half_checkpoint"})
-
-
-def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
-    """A YAML value checked (and numbers widened) against a TrainConfig field's annotation."""
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if value is None:
-        if optional:
-            return None
-        raise ValueError(f"{where}: '{name}' may not be null")
-    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not Literal \
-        else hint
-    if typing.get_origin(base) is Literal:
-        choices = typing.get_args(base)
-        if value not in choices:
-            raise ValueError(f"{where}: '{name}' must be one of {list(choices)}, got {value!r}")
-        return value
-    if base is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: '{name}' must be true or false, got {value!r}")
-        return value
-    if base is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: '{name}' must be an integer, got {value!r}")
-        return value
-    if base is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where}: '{name}' must be a number, got {value!r}")
-        return float(value)
-    if base is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ValueError(f"{where}: '{name}' must be a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def load_train_config(yaml_path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
-    """Read a training recipe YAML (keys = :class:`TrainConfig` fields) and apply ``overrides`` on top.
-
-    A relative ``data`` path written in the recipe is resolved against the recipe's folder (a ``data``
-    override is taken as given, relative to the working directory). Overrides whose value is None are ignored
-    (unset CLI flags). Raises FileNotFoundError for a missing recipe, ValueError for an unknown key (listing
-    the valid ones), a wrong type, or an invalid value.
-    """
-    path = Path(yaml_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training recipe {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"training recipe {path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ValueError(f"training recipe {path} must be a mapping of TrainConfig fields, got {type(raw).__name__}")
-    hints = typing.get_type_hints(TrainConfig)
-    valid = [f.name for f in dataclasses.fields(TrainConfig)]
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    for what, keys in ((f"training recipe {path}", raw), ("override", overrides)):
-        unknown = sorted(set(keys) - set(valid))
-        if unknown:
-            raise ValueError(f"{what}: unknown key(s) {unknown}; valid keys: {', '.join(valid)}")
-    values = {k: _coerce(k, v, hints[k], f"training recipe {path}") for k, v in raw.items()}
-    if values.get("data") and not Path(values["data"]).is_absolute():
-        values["data"] = str((path.resolve().parent / values["data"]).resolve())
-    values.update({k: _coerce(k, v, hints[k], "override") for k, v in overrides.items()})
-    return TrainConfig(**values)
-
 
 @dataclass
 class TrainResult:
@@ -542,7 +337,7 @@ def _check_resume_config(saved: Mapping[str, Any] | None, cfg: TrainConfig) -> N
     if not saved:
         return
     now = cfg.to_dict()
-    diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in _RESUME_FREE and saved.get(k) != now[k]]
+    diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
     if diff:
         warnings.warn("resuming with a different configuration than the run was started with (the result will "
                       "differ from an uninterrupted run): " + "; ".join(diff), stacklevel=3)
@@ -558,6 +353,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     validates and saves while the others wait at barriers). Raises ValueError / FileNotFoundError for a bad
     configuration before any work, and RuntimeError after ``nonfinite_limit`` consecutive non-finite losses.
     """
+    if cfg.model not in PRESETS:
+        raise ValueError(f"TrainConfig: unknown model preset {cfg.model!r}; choose one of: {', '.join(PRESETS)}")
     cfg.check_paths()
     started = time.perf_counter()
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())

@@ -112,7 +112,8 @@ def assignment_report(
     progress: bool = False,
 ) -> AssignmentReport:
     """Load a split from a data YAML and account every box-only protocol over it (boxes only; no images read)."""
-    from efpn.data.config import load_data_config, load_split
+    from efpn.config.data import load_data_config
+    from efpn.data.splits import load_split
 
     cfg = load_data_config(data_yaml)
     records, _, report = load_split(cfg, split)

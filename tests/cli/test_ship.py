@@ -7,8 +7,9 @@ from pathlib import Path
 
 import efpn
 from efpn.cli.ship import load_sanity_image, ship
+from efpn.config import TrainConfig
 from efpn.data.synthetic import write_synthetic_dataset
-from efpn.engine.train import TrainConfig, train
+from efpn.engine.train import train
 from efpn.infer.predict import predict_image
 
 

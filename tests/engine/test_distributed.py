@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from efpn.config import TrainConfig
 from efpn.data.synthetic import write_synthetic_dataset
 from efpn.engine import distributed as D
 from efpn.engine.state import load_training_state
-from efpn.engine.train import TrainConfig, train
+from efpn.engine.train import train
 from efpn.zoo import build_model
 
 

@@ -20,20 +20,13 @@ from torch.testing import assert_close
 from torch.utils.data import DistributedSampler
 
 from efpn.checkpoint import load_model, read_card
+from efpn.config import TrainConfig, load_train_config
 from efpn.data.records import ImageRecord
 from efpn.data.synthetic import make_synthetic_sample, write_synthetic_dataset
 from efpn.engine.ema import ModelEMA
 from efpn.engine.state import load_training_state
 from efpn.engine.telemetry import EpochTelemetry, RunLogger
-from efpn.engine.train import (
-    SeededSamples,
-    StepBatchSampler,
-    TrainConfig,
-    WarmupCosine,
-    load_train_config,
-    param_groups,
-    train,
-)
+from efpn.engine.train import SeededSamples, StepBatchSampler, WarmupCosine, param_groups, train
 from efpn.evaluation.validate import predict_records, validate
 from efpn.infer.predict import predict_image
 from efpn.models.criterion import CriterionStats
@@ -243,7 +236,7 @@ def test_too_many_nonfinite_losses_stop_with_a_clear_error(
 
 def test_bad_configs_fail_clearly(tmp_path: Path, synth_small: Path) -> None:
     with pytest.raises(ValueError, match="unknown model preset 'yolov99'.*tiny_efpn_n"):
-        TrainConfig(model="yolov99", data="x.yaml")
+        train(TrainConfig(model="yolov99", data="x.yaml"))
     with pytest.raises(FileNotFoundError, match="data YAML .*missing.yaml does not exist"):
         train(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "missing.yaml")))
     with pytest.raises(ValueError, match="data is required"):
@@ -264,7 +257,7 @@ def test_bad_configs_fail_clearly(tmp_path: Path, synth_small: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rate'\]; valid keys: model, data"):
         load_train_config(recipe)
     recipe.write_text("model: tiny_efpn_n\nlr: fast\n")
-    with pytest.raises(ValueError, match="'lr' must be a number"):
+    with pytest.raises(ValueError, match="'lr' must be a finite number"):
         load_train_config(recipe)
     recipe.write_text("model: tiny_efpn_n\nepochs: 2.5\n")
     with pytest.raises(ValueError, match="'epochs' must be an integer"):
@@ -341,8 +334,8 @@ def test_step_batch_sampler_groups_like_ddp() -> None:
 
 
 def test_seeded_samples_are_reproducible(synth_small: Path) -> None:
-    from efpn.data.config import load_split
     from efpn.data.dataset import DetectionDataset
+    from efpn.data.splits import load_split
     from efpn.engine.train import _train_transforms
 
     records, _, _ = load_split(synth_small)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from efpn.config.data import FORMATS, OPTIONS
 from efpn.data import ImageRecord, load_data_config, load_split, split_records
-from efpn.data.config import FORMATS, LOADERS, OPTIONS
+from efpn.data.splits import LOADERS
 
 
 def _yaml(path: Path, data: dict | str) -> Path:

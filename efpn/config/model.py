@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from efpn.config.schema import from_mapping
 
 BackboneKind = Literal["cspdarknet", "resnet"]
 NeckKind = Literal["fpn", "pan"]
@@ -174,40 +177,7 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """Rebuild from :meth:`to_dict` output (lists become tuples; unknown keys are an error)."""
-        return _from_dict(cls, d)
-
-
-def _from_dict(tp: type, d: Any) -> Any:
-    if not dataclasses.is_dataclass(tp):
-        return d
-    if not isinstance(d, dict):
-        raise ValueError(f"expected a mapping for {tp.__name__}, got {type(d).__name__}")
-    hints = {f.name: f for f in dataclasses.fields(tp)}
-    unknown = set(d) - set(hints)
-    if unknown:
-        raise ValueError(f"unknown {tp.__name__} keys: {sorted(unknown)}")
-    kwargs: dict[str, Any] = {}
-    nested = {
-        "backbone": BackboneConfig,
-        "neck": NeckConfig,
-        "head": HeadConfig,
-        "loss": LossConfig,
-        "postprocess": PostprocessConfig,
-        "sgdm": SGDMConfig,
-        "cem": CEMConfig,
-        "fbsm": FBSMConfig,
-    }
-    for k, v in d.items():
-        if k in nested and v is not None:
-            kwargs[k] = _from_dict(nested[k], v)
-        else:
-            kwargs[k] = _tuplify(v)
-    return tp(**kwargs)
-
-
-def _tuplify(v: Any) -> Any:
-    if isinstance(v, list):
-        return tuple(_tuplify(x) for x in v)
-    return v
+    def from_dict(cls, d: Mapping[str, Any], where: str = "model config") -> ModelConfig:
+        """Rebuild from :meth:`to_dict` output (lists become tuples; unknown keys and wrong types are a
+        :class:`~efpn.config.schema.ConfigError` naming ``where`` and the key)."""
+        return from_mapping(cls, d, where)

@@ -1,0 +1,249 @@
+"""Data YAML -> :class:`DataConfig` -> records: the one place a dataset description is read.
+
+Schema (paths are relative to ``root``; ``root`` is relative to the YAML file and defaults to its folder)::
+
+    format: coco            # one of coco, yolo, voc, visdrone, dota
+    root: ../shared/data/ssdd
+    names: [ship]           # optional: a list, an {index: name} mapping, or a names.yaml / classes.txt path
+    train:                  # keys depend on the format (see SOURCE_KEYS)
+      annotations: annotations/instances_train.json
+      images: images
+    val:                    # optional; without it ...
+      ...
+    val_fraction: 0.1       # ... a fixed, seeded share of train becomes val (default 0: no val split)
+    split_seed: 0
+    options:                # optional keyword options of the format's loader
+      crowd: crowd          # coco: crowd, check_images | voc, dota: difficult | visdrone: others
+
+Source keys per format (``*`` = required):
+
+* ``coco``: ``annotations*`` (JSON file), ``images`` (folder; omitted = boxes-only records)
+* ``yolo``: ``images*`` (folder), ``labels`` (folder; default: ``images`` with ``images`` -> ``labels``);
+  ``names`` required
+* ``voc``: ``list`` (``ImageSets/Main/train.txt``; omitted = every XML), ``annotations`` (default
+  ``Annotations``), ``images`` (default ``JPEGImages``)
+* ``visdrone``: ``annotations*`` (folder), ``images`` (folder or null), ``image_sizes`` (COCO JSON or null)
+* ``dota``: ``labels*`` (folder), ``images`` (folder or null)
+
+Every problem raises ``ValueError`` (bad value, unknown key or format) or ``FileNotFoundError`` (a path that
+does not exist) naming the YAML file, the key, the resolved path and what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from efpn.config.names import parse_names, read_names
+from efpn.config.schema import ConfigError, from_mapping, read_yaml, short
+
+__all__ = [
+    "FORMATS",
+    "OPTIONS",
+    "SOURCE_KEYS",
+    "SPLITS",
+    "DataConfig",
+    "load_data_config",
+    "parse_data_config",
+]
+
+#: Annotation formats a data YAML may name (each has a loader in :mod:`efpn.data`).
+FORMATS: tuple[str, ...] = ("coco", "yolo", "voc", "visdrone", "dota")
+
+
+#: format -> {source key: (required, "file" | "dir")}.
+SOURCE_KEYS: dict[str, dict[str, tuple[bool, str]]] = {
+    "coco": {"annotations": (True, "file"), "images": (False, "dir")},
+    "yolo": {"images": (True, "dir"), "labels": (False, "dir")},
+    "voc": {"list": (False, "file"), "annotations": (False, "dir"), "images": (False, "dir")},
+    "visdrone": {"annotations": (True, "dir"), "images": (False, "dir"), "image_sizes": (False, "file")},
+    "dota": {"labels": (True, "dir"), "images": (False, "dir")},
+}
+
+#: format -> loader keyword options a YAML may set under ``options``.
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "coco": ("crowd", "check_images"),
+    "yolo": (),
+    "voc": ("difficult",),
+    "visdrone": ("others",),
+    "dota": ("difficult",),
+}
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class _DataFile:
+    """The top level of a data YAML as written (types checked by the shared walker; meaning checked below)."""
+
+    format: str | None = None
+    root: str | None = None
+    names: tuple[str, ...] | dict | str | None = None
+    train: dict | None = None
+    val: dict | None = None
+    val_fraction: float | None = None
+    split_seed: int | None = None
+    options: dict | None = None
+    nc: int | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A validated data YAML. Source paths are absolute (resolved against ``root``); ``None`` = not given.
+
+    Attributes:
+        format: one of :data:`FORMATS`.
+        root: dataset folder.
+        sources: ``{"train": {key: Path | None}, "val": {...}}``; a split missing from the YAML is absent.
+        names: class names from the YAML, or ``None`` (then the format decides: COCO categories, VOC
+            discovery over all splits, DOTA-v1 list, VisDrone's 10 classes).
+        val_fraction, split_seed: when ``val`` is not given, :func:`split_records` carves this share out of
+            train (both splits then come from the train source).
+        options: loader keyword options (see :data:`OPTIONS`).
+        yaml_path: the YAML file, for messages.
+    """
+
+    format: str
+    root: Path
+    sources: dict[str, dict[str, Path | None]]
+    names: tuple[str, ...] | None = None
+    val_fraction: float = 0.0
+    split_seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    yaml_path: Path | None = None
+
+    @property
+    def train(self) -> dict[str, Path | None] | None:
+        """The ``train`` source (resolved paths), or ``None``."""
+        return self.sources.get("train")
+
+    @property
+    def val(self) -> dict[str, Path | None] | None:
+        """The ``val`` source (resolved paths), or ``None`` (see ``val_fraction``)."""
+        return self.sources.get("val")
+
+    @property
+    def name(self) -> str:
+        """Short dataset name for reports: the YAML stem, else the root folder name."""
+        return self.yaml_path.stem if self.yaml_path is not None else self.root.name
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` can be loaded (given, or carved out of train by ``val_fraction``)."""
+        return split in self.sources or (split == "val" and self.val_fraction > 0 and "train" in self.sources)
+
+
+def _where(yaml_path: Path | None) -> str:
+    return f"data YAML {yaml_path}" if yaml_path is not None else "data config"
+
+
+def _parse_source(fmt: str, split: str, value: Any, root: Path, where: str) -> dict[str, Path | None]:
+    spec = SOURCE_KEYS[fmt]
+    if not isinstance(value, dict):
+        keys = ", ".join(f"{k}{'*' if req else ''}" for k, (req, _) in spec.items())
+        raise ConfigError(f"{where}: '{split}' must be a mapping with keys {keys} (* = required), got {short(value)}")
+    unknown = sorted(str(k) for k in value if k not in spec)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown} in '{split}' for format {fmt}; valid keys: {', '.join(spec)}"
+        )
+    out: dict[str, Path | None] = {}
+    for key, (required, kind) in spec.items():
+        raw = value.get(key)
+        if raw is None or raw == "":
+            if required:
+                raise ConfigError(
+                    f"{where}: '{split}.{key}' is required for format {fmt} (a {kind} relative to root {root})"
+                )
+            out[key] = None
+            continue
+        if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+            raise ConfigError(f"{where}: '{split}.{key}' must be a path (a string), got {short(raw)}")
+        path = (root / str(raw)).resolve()
+        exists = path.is_file() if kind == "file" else path.is_dir()
+        if not exists:
+            raise FileNotFoundError(
+                f"{where}: '{split}.{key}: {str(raw)[:200]}' -> {path} is not an existing {kind}; paths are relative to "
+                f"root {root}; fix the path in the YAML or put the {kind} there"
+            )
+        out[key] = path
+    return out
+
+
+def parse_data_config(data: Any, base_dir: str | Path = ".", yaml_path: str | Path | None = None) -> DataConfig:
+    """Validate an already-parsed data YAML mapping; relative ``root`` is resolved against ``base_dir``.
+
+    Types are checked by the shared walker (:func:`~efpn.config.schema.from_mapping`); the meaning of each key
+    (formats, source keys per format, paths that must exist, names) here. Raises
+    :class:`~efpn.config.schema.ConfigError` (a ValueError) or FileNotFoundError naming the file and the key.
+    """
+    where = _where(Path(yaml_path) if yaml_path is not None else None)
+    if data is None:
+        raise ConfigError(f"{where}: the file is empty; it needs at least 'format' and 'train'")
+    top = from_mapping(_DataFile, data, where)
+    fmt = top.format
+    if fmt is None:
+        raise ConfigError(f"{where}: missing key 'format'; set it to one of {', '.join(FORMATS)}")
+    if fmt not in FORMATS:
+        raise ConfigError(f"{where}: unknown format {short(fmt)}; valid formats: {', '.join(FORMATS)}")
+
+    root = (Path(base_dir) / (top.root or ".")).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{where}: 'root: {(top.root or '')[:200]}' -> {root} is not an existing folder; root is relative "
+            "to the YAML file's folder; fix it or move the YAML"
+        )
+    given = {"train": top.train, "val": top.val}
+    sources = {s: _parse_source(fmt, s, given[s], root, where) for s in SPLITS if given[s] is not None}
+    if not sources:
+        raise ConfigError(f"{where}: missing key 'train' (and 'val'); give at least one split source")
+
+    names: tuple[str, ...] | None = None
+    if isinstance(top.names, str):
+        path = root / top.names
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: 'names: {top.names[:200]}' -> {path} does not exist (relative to root)")
+        names = tuple(read_names(path))
+    elif top.names is not None:
+        names = tuple(parse_names(list(top.names) if isinstance(top.names, tuple) else top.names,
+                                  source=f"{where}: 'names'"))
+    if fmt == "yolo" and names is None:
+        raise ConfigError(
+            f"{where}: format yolo needs 'names': a list, an {{index: name}} mapping, or a names.yaml path "
+            "relative to root"
+        )
+    if names is not None and top.nc is not None and top.nc != len(names):
+        raise ConfigError(f"{where}: 'nc: {top.nc}' does not match the {len(names)} names")
+
+    val_fraction = top.val_fraction or 0.0
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"{where}: 'val_fraction' must be in [0, 1), got {val_fraction}")
+    if val_fraction > 0 and "val" in sources:
+        raise ConfigError(f"{where}: give either a 'val' source or 'val_fraction', not both")
+    if "train" not in sources and val_fraction > 0:
+        raise ConfigError(f"{where}: 'val_fraction' splits the 'train' source, which is missing")
+
+    options = top.options or {}
+    bad = sorted(str(k) for k in options if k not in OPTIONS[fmt])
+    if bad:
+        valid = ", ".join(OPTIONS[fmt]) or "none"
+        raise ConfigError(f"{where}: unknown option(s) {short(bad)} for format {fmt}; valid options: {valid}")
+    return DataConfig(
+        format=fmt,
+        root=root,
+        sources=sources,
+        names=names,
+        val_fraction=val_fraction,
+        split_seed=top.split_seed or 0,
+        options=dict(options),
+        yaml_path=Path(yaml_path) if yaml_path is not None else None,
+    )
+
+
+def load_data_config(path: str | Path) -> DataConfig:
+    """Read and validate a data YAML file (see the module docstring for the schema)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data YAML {p} does not exist; pass the path of a data YAML (e.g. data/ssdd.yaml)")
+    return parse_data_config(read_yaml(p, "data YAML"), base_dir=p.resolve().parent, yaml_path=p)
