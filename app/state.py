@@ -14,11 +14,9 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from app import resources as res
-from efpn.checkpoint import CheckpointError
-from efpn.data.images import CorruptImageError
-from efpn.explain.inspection import Inspection
-from efpn.models.detector import Detector
+from app import analyses, loaders
+from efpn import CheckpointError, Detector, Inspection
+from efpn.data import CorruptImageError
 
 _CTX = "efpn_ctx"
 UPLOADS = "uploads"  # name -> bytes, in upload order
@@ -42,12 +40,12 @@ class GroundTruth:
     source: str
 
     def key(self) -> tuple | None:
-        return res.gt_key(self.boxes, self.labels)
+        return analyses.gt_key(self.boxes, self.labels)
 
     def for_model(self, num_classes: int) -> tuple | None:
         """Cache key / targets with labels outside the model's classes mapped to 0 (boxes drive assignment)."""
         labels = np.where((self.labels >= 0) & (self.labels < num_classes), self.labels, 0)
-        return res.gt_key(self.boxes, labels)
+        return analyses.gt_key(self.boxes, labels)
 
 
 @dataclass
@@ -59,6 +57,16 @@ class ImageItem:
     rgb: np.ndarray
     original_hw: tuple[int, int]
     notice: str | None = None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(H, W) of the decoded pixels: the image every box and map of the studio refers to."""
+        return int(self.rgb.shape[0]), int(self.rgb.shape[1])
+
+    @property
+    def file_name(self) -> str:
+        """The file's own name: ``name`` without its "sample " / "upload " prefix."""
+        return self.name.split(" ", 1)[-1]
 
 
 @dataclass
@@ -101,13 +109,13 @@ def _init() -> None:
 def add_image(name: str, data: bytes) -> str | None:
     """Decode and keep an uploaded image for this session; returns an error message instead on failure."""
     try:
-        res.decode_image(res.digest_of(data), data, res.max_pixels())
+        loaders.decode_image(loaders.digest_of(data), data, loaders.max_pixels())
     except (CorruptImageError, ValueError, OSError) as e:
         return f"**{name}** could not be read as an image: {e}"
     uploads: dict[str, bytes] = st.session_state[UPLOADS]
     label = f"upload {name}"
     if label in uploads and uploads[label] != data:
-        label = f"upload {name} ({res.digest_of(data)[:6]})"
+        label = f"upload {name} ({loaders.digest_of(data)[:6]})"
     uploads[label] = data
     st.session_state[IMAGE_CHOICE] = label
     return None
@@ -141,9 +149,9 @@ def _on_checkpoint_upload() -> None:
             "Upload both files: the weights (.safetensors) and the model card (.json) saved beside them."
         )
         return
-    path = res.save_uploaded_checkpoint(weights.name, weights.getvalue(), card.getvalue())
+    path = loaders.save_uploaded_checkpoint(weights.name, weights.getvalue(), card.getvalue())
     try:
-        res.load_detector(str(path))
+        loaders.load_detector(str(path))
     except CheckpointError as e:
         st.session_state["ckpt_upload_error"] = str(e)
         return
@@ -175,7 +183,7 @@ def clean_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.
 
 
 def _checkpoint_picker(ctx: Context) -> None:
-    entries = res.available_checkpoints()
+    entries = loaders.available_checkpoints()
     ctx.entries = entries
     options = [e["path"] for e in entries] + [p for p in st.session_state[UPLOADED_CKPTS]]
     names = {e["path"]: e["name"] + (" (unreadable card)" if "error" in e else "") for e in entries}
@@ -183,13 +191,13 @@ def _checkpoint_picker(ctx: Context) -> None:
     if not options:
         return
     if st.session_state.get(CKPT_CHOICE) not in options:
-        st.session_state[CKPT_CHOICE] = res.default_checkpoint(entries) or options[0]
+        st.session_state[CKPT_CHOICE] = loaders.default_checkpoint(entries) or options[0]
     choice = st.selectbox("Checkpoint", options, key=CKPT_CHOICE, format_func=lambda p: names.get(p, Path(p).stem),
-                          help=f"Checkpoints found in {res.checkpoint_dir()} (set EFPN_CHECKPOINT_DIR to change).")
+                          help=f"Checkpoints found in {loaders.checkpoint_dir()} (set EFPN_CHECKPOINT_DIR to change).")
     ctx.checkpoint = choice
     try:
-        ctx.model = res.load_detector(choice)
-        ctx.ckpt_key = res.checkpoint_key(choice)
+        ctx.model = loaders.load_detector(choice)
+        ctx.ckpt_key = loaders.checkpoint_key(choice)
         ctx.card = dict(getattr(ctx.model, "card", {}) or {})
     except (CheckpointError, OSError, ValueError) as e:
         ctx.checkpoint_error = str(e)
@@ -207,7 +215,7 @@ def _checkpoint_upload() -> None:
 
 
 def _image_picker(ctx: Context) -> None:
-    samples, sample_names = res.load_samples()
+    samples, sample_names = loaders.load_samples()
     by_name = {s.name: s for s in samples}
     uploads: dict[str, bytes] = st.session_state[UPLOADS]
     options = list(by_name) + list(uploads)
@@ -218,9 +226,9 @@ def _image_picker(ctx: Context) -> None:
     choice = st.selectbox("Image", options, key=IMAGE_CHOICE,
                           help="A bundled sample (with ground truth) or one of your uploads (Detect page).")
     data = by_name[choice].path.read_bytes() if choice in by_name else uploads[choice]
-    digest = res.digest_of(data)
+    digest = loaders.digest_of(data)
     try:
-        decoded = res.decode_image(digest, data, res.max_pixels())
+        decoded = loaders.decode_image(digest, data, loaders.max_pixels())
     except (CorruptImageError, ValueError, OSError) as e:
         st.error(f"{choice} cannot be decoded: {e}")
         return
@@ -260,8 +268,8 @@ def require_model(ctx: Context) -> Detector:
             )
         elif not ctx.entries and not st.session_state.get(UPLOADED_CKPTS):
             st.warning(
-                f"No checkpoint found in `{res.checkpoint_dir()}`. Train the bundled one with\n\n"
-                f"```\n{res.TRAIN_HINT}\n```\n\nor point the studio at a folder of checkpoints with "
+                f"No checkpoint found in `{loaders.checkpoint_dir()}`. Train the bundled one with\n\n"
+                f"```\n{loaders.TRAIN_HINT}\n```\n\nor point the studio at a folder of checkpoints with "
                 "`EFPN_CHECKPOINT_DIR=runs make app` (every run's best/last checkpoint is listed), or open one file "
                 "with `EFPN_CHECKPOINT=/path/model.safetensors make app`."
             )
@@ -280,7 +288,7 @@ def require_image(ctx: Context) -> ImageItem:
 def inspection(ctx: Context, model: Detector, image: ImageItem) -> Inspection:
     """The cached ``efpn.inspect`` of the current image at the sidebar's thresholds: one key for every page, so
     Detect's forward serves Pyramid, Gates, Kernels, Attribution and Learn too."""
-    return res.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+    return analyses.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
 
 
 def boxes_for_analysis(ctx: Context, detections: dict[str, Any] | None) -> tuple[GroundTruth | None, str]:

@@ -3,7 +3,8 @@
 Run ``make app`` (or ``streamlit run app/streamlit_app.py``). Environment: ``EFPN_CHECKPOINT`` (the checkpoint to
 open), ``EFPN_CHECKPOINT_DIR`` (the folder listed in the sidebar, default ``checkpoints/``),
 ``EFPN_STUDIO_MAX_PIXELS`` (larger images are downscaled). The pages in ``app_pages/`` are UI only; model logic
-is in ``efpn``, figures in ``app/plots.py``, cached calls in ``app/resources.py``.
+is in ``efpn``; cached loading in ``app/loaders.py``, cached library calls in ``app/analyses.py``; figures in
+``app/figures.py`` (images), ``app/charts.py`` and ``app/heatmaps.py``.
 """
 
 from __future__ import annotations

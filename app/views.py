@@ -1,4 +1,5 @@
-"""Small pure helpers shared by pages: detections as rows, JSON and PNG downloads (no Streamlit, no model)."""
+"""Small pure helpers shared by pages: detections as rows, JSON and PNG downloads, a kernel cell (no Streamlit, no
+model)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from efpn import BUCKETS, box_size, size_bucket
 from efpn.infer import detections_to_json, draw_detections
-from efpn.vocab import BUCKET_EDGES, BUCKETS
 
 
 def _np(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
-def bucket_of(size: float) -> str:
-    """SPEC §0 size bucket of an object of size ``sqrt(w*h)``."""
-    return BUCKETS[int(np.searchsorted(np.asarray(BUCKET_EDGES), size, side="right"))]
 
 
 def detection_rows(
@@ -32,9 +28,10 @@ def detection_rows(
     scores = _np(detections["scores"]).astype(float)
     labels = _np(detections["labels"]).astype(int)
     lvls = _np(detections["levels"]).astype(int)
+    sizes = box_size(torch.from_numpy(boxes)).tolist()  # sqrt(wh), efpn's size vocabulary
+    buckets = [BUCKETS[k] for k in size_bucket(torch.from_numpy(boxes)).tolist()]
     rows = []
-    for i, (b, s, c, lv) in enumerate(zip(boxes, scores, labels, lvls)):
-        size = float(np.sqrt(max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)))
+    for i, (b, s, c, lv, size, bucket) in enumerate(zip(boxes, scores, labels, lvls, sizes, buckets)):
         rows.append({
             "index": i,
             "class": class_names[c] if 0 <= c < len(class_names) else str(c),
@@ -42,7 +39,7 @@ def detection_rows(
             "score": float(s),
             "level": levels[lv] if 0 <= lv < len(levels) else str(lv),
             "size": size,
-            "bucket": bucket_of(size),
+            "bucket": bucket,
             "box": [float(v) for v in b],
             "x1": float(b[0]), "y1": float(b[1]), "x2": float(b[2]), "y2": float(b[3]),
         })
@@ -85,6 +82,16 @@ def drawn_png(rgb: np.ndarray, detections: Mapping[str, Any], levels: Sequence[s
     buf = io.BytesIO()
     Image.fromarray(drawn).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def kernels_of_cell(kernels: torch.Tensor | np.ndarray, cell: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """The per-pixel kernels (G, k*k, H', W') of one ``(row, column)`` cell -> ((G, k, k), the cell). The cell is
+    clamped to the map, so a pixel over the network's padding shows the nearest cell."""
+    k = _np(kernels)
+    g, kk, h, w = k.shape
+    side = int(round(kk**0.5))
+    row, col = min(max(int(cell[0]), 0), h - 1), min(max(int(cell[1]), 0), w - 1)
+    return k[:, :, row, col].reshape(g, side, side), (row, col)
 
 
 def _tensors(detections: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import streamlit as st
 
-from app import plots, resources, state
-from efpn.data.config import load_split
-from efpn.vocab import BUCKET_LABELS, level_stride
+from app import analyses, charts, figures, loaders, state
+from efpn import BUCKET_LABELS, level_stride
+from efpn.data import AnnotationError, load_split, parse_annotation_bytes
 
 ctx = state.context()
 st.title("Assignment")
@@ -20,24 +20,26 @@ st.caption(
 )
 model = state.require_model(ctx)
 image = state.require_image(ctx)
-h, w = image.rgb.shape[:2]
+h, w = image.hw
 names = ctx.class_names or (ctx.gt.class_names if ctx.gt else ["object"])
+
+
 def _assignment_section(gt: state.GroundTruth) -> None:
     """Assignment of the current GT, and the baseline vs E-FPN-BS comparison."""
 
     # ------------------------------------------------------------------------------------------- assignment
     st.subheader("Assignment")
-    options = [resources.MODEL_ASSIGNER, *resources.BOX_PROTOCOLS, resources.TAL]
+    options = [analyses.MODEL_ASSIGNER, *analyses.BOX_PROTOCOLS, analyses.TAL]
     choice = st.radio("Assigner", options, horizontal=True, key="assigner",
                       help="Box-only protocols use their published priors on the image resized to the model's input "
                            "size; the model's own assigner and TAL use the checkpoint's priors.")
     gkey = gt.for_model(model.num_classes)
     try:
-        if choice in resources.BOX_PROTOCOLS:
-            summary = resources.box_assignment(resources.BOX_PROTOCOLS[choice], gkey, (h, w), model.config.image_size)
-        else:
-            summary = resources.model_assignment(model, ctx.ckpt_key, image.rgb, image.digest, gkey,
-                                                 tal=choice == resources.TAL)
+        if choice in analyses.BOX_PROTOCOLS:
+            summary = analyses.box_assignment(analyses.BOX_PROTOCOLS[choice], gkey, (h, w), model.config.image_size)
+        else:  # on the priors and predictions of the page's shared forward
+            summary = analyses.model_assignment(model, ctx.ckpt_key, state.inspection(ctx, model, image), image.digest,
+                                                gkey, tal=choice == analyses.TAL)
     except ValueError as e:
         st.error(f"These boxes cannot be assigned: {e}. Fix them in the table above.")
         return
@@ -57,8 +59,8 @@ def _assignment_section(gt: state.GroundTruth) -> None:
                     help="Share of GTs that train none of the coarse levels: their semantic dead-end.")
 
     c1, c2 = st.columns(2)
-    c1.plotly_chart(plots.positives_bar_figure(acc), width="stretch", key="asg_bar")
-    c2.plotly_chart(plots.level_bucket_figure(acc), width="stretch", key="asg_matrix")
+    c1.plotly_chart(charts.positives_bar_figure(acc), width="stretch", key="asg_bar")
+    c2.plotly_chart(charts.level_bucket_figure(acc), width="stretch", key="asg_matrix")
 
     shown = st.multiselect("Draw the positives of", acc["levels"], default=acc["levels"],
                            key=f"asg_levels_{'_'.join(acc['levels'])}")
@@ -69,11 +71,11 @@ def _assignment_section(gt: state.GroundTruth) -> None:
         hover.append(f"GT {i} · {names[int(gt.labels[i])] if int(gt.labels[i]) < len(names) else gt.labels[i]}"
                      f"<br>size {size:.1f} px ({bucket})<br>{npos} positives: {where}")
     positives = {lv: b for lv, b in summary.positives.items() if lv in shown}
-    st.plotly_chart(plots.assignment_figure(image.rgb, gt.boxes, hover, acc["starved"], positives), width="stretch",
+    st.plotly_chart(figures.assignment_figure(image.rgb, gt.boxes, hover, acc["starved"], positives), width="stretch",
                     key="asg_image")
     c1, c2 = st.columns(2)
     if acc["histogram"]:
-        c1.plotly_chart(plots.histogram_figure(acc["histogram"]), width="stretch", key="asg_hist")
+        c1.plotly_chart(charts.histogram_figure(acc["histogram"]), width="stretch", key="asg_hist")
     if acc["starved"]:
         c2.markdown("**Starved GTs**")
         c2.dataframe([
@@ -94,20 +96,21 @@ def _assignment_section(gt: state.GroundTruth) -> None:
         "baseline FPN path); right: with CEM (measured with the checkpoint's own assigner and loss)."
     )
     try:
-        reach = resources.gradient_reach_pair(model, ctx.ckpt_key, image.rgb, image.digest, gkey)
+        reach = analyses.gradient_reach_pair(model, ctx.ckpt_key, image.rgb, image.digest, gkey)
     except ValueError as e:
         st.error(f"Gradient reach could not be measured for these boxes: {e}")
         return
-    own = resources.model_assignment(model, ctx.ckpt_key, image.rgb, image.digest, gkey, tal=False)
+    own = analyses.model_assignment(model, ctx.ckpt_key, state.inspection(ctx, model, image), image.digest, gkey,
+                                    tal=False)
     coarse = [lv for lv in ("p5", "p6") if f"{lv}.output_conv.positive" in reach["with"]]
     left, right = st.columns(2)
     for col, title, key, r in ((left, "Baseline FPN (CEM bypassed)", "without", reach["without"]),
                                (right, "E-FPN-BS (CEM on)", "with", reach["with"])):
         with col:
             st.markdown(f"**{title}**")
-            st.plotly_chart(plots.positives_bar_figure(own.accounting, title=f"Positives per level ({own.name})"),
+            st.plotly_chart(charts.positives_bar_figure(own.accounting, title=f"Positives per level ({own.name})"),
                             width="stretch", key=f"asg_side_{key}")
-            st.plotly_chart(plots.gradient_reach_figure(r, None, "positive", title="Positive-driven gradient reach"),
+            st.plotly_chart(charts.gradient_reach_figure(r, None, "positive", title="Positive-driven gradient reach"),
                             width="stretch", key=f"asg_reach_{key}")
             for lv in coarse:
                 st.metric(f"‖∂L_pos/∂θ‖ of the {lv} output conv", f"{r[f'{lv}.output_conv.positive']:.3e}")
@@ -136,10 +139,9 @@ with tab_image:
                                key=f"gt_upload_{version}")
         if ann is not None:
             try:
-                parsed = resources.parse_annotation(ann.name, ann.getvalue(), image.rgb, image.name, names)
-            except resources.AnnotationError as e:
-                st.error(f"{e}\n\nThe ground truth is unchanged. Upload a COCO JSON, a YOLO txt (class cx cy w h, "
-                         "normalised) or a Pascal VOC XML for this image.")
+                parsed = parse_annotation_bytes(ann.getvalue(), ann.name, image.file_name, image.hw, names)
+            except AnnotationError as e:
+                st.error(f"{e}\n\nThe ground truth is unchanged.")
             else:
                 _set(parsed.boxes, parsed.labels, parsed.class_names, f"uploaded {parsed.fmt}")
                 if "nothing skipped" not in parsed.report:
@@ -163,7 +165,7 @@ with tab_image:
 
         st.markdown("**Draw**: drag a rectangle on the image to add a box.")
         base = gt.boxes if gt is not None else np.zeros((0, 4), np.float32)
-        event = st.plotly_chart(plots.draw_gt_figure(image.rgb, base), width="stretch", key=f"gt_draw_{version}",
+        event = st.plotly_chart(figures.draw_gt_figure(image.rgb, base), width="stretch", key=f"gt_draw_{version}",
                                 on_select="rerun", selection_mode=("box",))
         boxes_sel = (event.selection.box if event and event.selection else []) or []
         if boxes_sel:
@@ -200,16 +202,16 @@ with tab_image:
 with tab_data:
     st.caption("Positive accounting over a whole dataset (box-only protocols, no model needed).")
     c1, c2 = st.columns([3, 1])
-    yaml_path = c1.text_input("Data YAML", value=str(resources.SAMPLE_DATA_YAML.relative_to(resources.REPO)),
+    yaml_path = c1.text_input("Data YAML", value=str(loaders.SAMPLE_DATA_YAML.relative_to(loaders.REPO)),
                               key="ds_yaml", help="format, root, train/val sources: see efpn/data/config.py")
     split = c2.selectbox("Split", ["train", "val"], key="ds_split")
     c1, c2, c3 = st.columns(3)
-    protocol_name = c1.selectbox("Protocol", list(resources.BOX_PROTOCOLS), key="ds_protocol")
+    protocol_name = c1.selectbox("Protocol", list(analyses.BOX_PROTOCOLS), key="ds_protocol")
     long_side = c2.number_input("Resize long side to (0 = native)", 0, 4096, int(model.config.image_size), 32,
                                 key="ds_long_side")
     limit = c3.number_input("At most this many images", 1, 100_000, 500, key="ds_limit")
     if st.button("Run over the dataset", key="ds_run"):
-        path = resources.REPO / yaml_path if not yaml_path.startswith("/") else yaml_path
+        path = loaders.REPO / yaml_path if not yaml_path.startswith("/") else yaml_path
         try:
             records, class_names, report = load_split(path, split)
         except (ValueError, FileNotFoundError, OSError) as e:
@@ -218,8 +220,8 @@ with tab_data:
             records = records[: int(limit)]
             bar = st.progress(0.0, text="Assigning ...")
             total = None
-            steps = resources.iter_dataset_accounting(records, resources.BOX_PROTOCOLS[protocol_name],
-                                                      int(long_side) or None)
+            steps = analyses.iter_dataset_accounting(records, analyses.BOX_PROTOCOLS[protocol_name],
+                                                     int(long_side) or None)
             for i, running in steps:
                 total = running
                 if i % 10 == 0 or i == len(records):
@@ -240,10 +242,10 @@ with tab_data:
         m[2].metric("Starved", f"{100 * acc['starved_rate']:.1f} %")
         m[3].metric("No positive at all", f"{100 * acc['zero_positive_rate']:.1f} %")
         c1, c2 = st.columns(2)
-        c1.plotly_chart(plots.positives_bar_figure(acc), width="stretch", key="ds_bar")
-        c2.plotly_chart(plots.level_bucket_figure(acc), width="stretch", key="ds_matrix")
+        c1.plotly_chart(charts.positives_bar_figure(acc), width="stretch", key="ds_bar")
+        c2.plotly_chart(charts.level_bucket_figure(acc), width="stretch", key="ds_matrix")
         if acc["histogram"]:
-            st.plotly_chart(plots.histogram_figure(acc["histogram"]), width="stretch", key="ds_hist")
+            st.plotly_chart(charts.histogram_figure(acc["histogram"]), width="stretch", key="ds_hist")
         st.dataframe([{"coarse level": lv, "stride": level_stride(lv), "GTs training none of it or coarser":
                        f"{100 * v:.1f} %"} for lv, v in acc["zero_high_level_share"].items()], hide_index=True)
         with st.expander("Loader report"):

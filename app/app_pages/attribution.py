@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import plots, resources, state, views
-from efpn.explain.attribution import METHODS
-from efpn.explain.maps import resize_map
+from app import analyses, charts, figures, heatmaps, state, views
+from efpn.explain import METHODS, resize_map
 
 ctx = state.context()
 st.title("Attribution")
@@ -73,13 +72,9 @@ if st.session_state.get("attr_request") != request:
     st.stop()
 
 with st.spinner("Computing attributions ..."):
-    ex = resources.explain(model, ctx.ckpt_key, image.rgb, image.digest, box, label, tuple(methods), steps, evals)
+    ex = analyses.explain(model, ctx.ckpt_key, image.rgb, image.digest, box, label, tuple(methods), steps, evals)
 
-prep = resources.prepared(model, image.rgb)
-net_rgb = (prep.tensor[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-nh, nw = net_rgb.shape[:2]
-shown = 256 / max(nh, nw)  # maps sent to the browser at most 256 px on a side
-small_hw = (max(1, round(nh * shown)), max(1, round(nw * shown)))
+net_rgb = analyses.network_rgb(model, image.rgb)  # the explanation's maps and box are in network pixels
 box_net = np.array([ex.box], dtype=np.float32)
 
 m = st.columns(3)
@@ -89,19 +84,17 @@ m[2].metric("Class", names[ex.label] if ex.label < len(names) else str(ex.label)
 
 cols = st.columns(max(1, len(ex.maps)))
 for col, (method, a) in zip(cols, ex.maps.items()):
-    lim = float(np.abs(a).max()) or 1.0
-    fig = plots.heatmap_overlay_figure(net_rgb, resize_map(a, small_hw), 1 / shown, 0.6, colorscale="RdBu_r",
-                                       zmin=-lim, zmax=lim, boxes=box_net, box_colour="#00e676", height=380,
-                                       title=labels[method])
+    fig = figures.attribution_figure(net_rgb, a, box_net, labels[method])
     col.plotly_chart(fig, width="stretch", key=f"attr_map_{method}")
     col.caption(f"{100 * ex.mass_inside[method]:.1f} % of |attribution| inside the box · "
                 f"{ex.timings_ms.get(method, 0) / 1000:.1f} s")
 
 if ex.gradcam:
     st.subheader("LayerGradCAM per pyramid level")
+    small_hw, _ = figures.attribution_grid(net_rgb.shape[:2])
     small = {f"{lv} ({100 * ex.mass_inside[f'gradcam.{lv}']:.0f} % in box)": resize_map(v, small_hw)
              for lv, v in ex.gradcam.items()}
-    st.plotly_chart(plots.maps_grid_figure(small, colorscale="Inferno", height=240), width="stretch",
+    st.plotly_chart(heatmaps.maps_grid_figure(small, colorscale="Inferno", height=240), width="stretch",
                     key="attr_gradcam")
     st.caption("A level whose map is empty carries none of this box's evidence (for a tiny object, usually the "
                "coarse ones).")
@@ -112,4 +105,4 @@ c1, c2 = st.columns([1, 2])
 c1.dataframe(table, hide_index=True, width="stretch")
 c1.caption("A map that ignored the box would put about the box's area share inside it.")
 if ex.deletion:
-    c2.plotly_chart(plots.deletion_figure(ex.deletion, ex.deletion_auc), width="stretch", key="attr_deletion")
+    c2.plotly_chart(charts.deletion_figure(ex.deletion, ex.deletion_auc), width="stretch", key="attr_deletion")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import plots, resources, state, views
-from efpn.checkpoint import CheckpointError
+from app import analyses, charts, figures, loaders, state, views
+from efpn import CheckpointError
 
 ctx = state.context()
 st.title("Compare")
@@ -43,16 +43,16 @@ results = {}
 for col, path in ((c1, a), (c2, b)):
     with col:
         try:
-            model = resources.load_detector(path)
+            model = loaders.load_detector(path)
         except CheckpointError as e:
             st.error(f"{label(path)} cannot be loaded: {e}")
             continue
-        key = resources.checkpoint_key(path)
-        det = resources.predict_detections(model, key, image.rgb, image.digest, ctx.score, ctx.nms)
+        key = loaders.checkpoint_key(path)
+        det = analyses.predict_detections(model, key, image.rgb, image.digest, ctx.score, ctx.nms)
         names_k = list(model.config.class_names) or [str(i) for i in range(model.num_classes)]
         rows = views.detection_rows(det, model.levels, names_k)
-        st.plotly_chart(plots.detections_figure(image.rgb, rows, gt_boxes=ctx.gt.boxes if ctx.gt else None, height=420),
-                        width="stretch", key=f"cmp_fig_{'a' if col is c1 else 'b'}")
+        fig = figures.detections_figure(image.rgb, rows, gt_boxes=ctx.gt.boxes if ctx.gt else None, height=420)
+        st.plotly_chart(fig, width="stretch", key=f"cmp_fig_{'a' if col is c1 else 'b'}")
         card = dict(getattr(model, "card", {}) or {})
         st.caption(f"{card.get('preset', model.config.name)} · {card.get('num_parameters', 0) / 1e6:.2f} M params · "
                    f"input {model.config.image_size} px · {len(rows)} detections · "
@@ -61,12 +61,12 @@ for col, path in ((c1, a), (c2, b)):
 
 if results:
     counts = {name: views.level_counts(rows, levels) for name, (rows, levels, _) in results.items()}
-    st.plotly_chart(plots.counts_by_level_figure(counts), width="stretch", key="cmp_counts")
+    st.plotly_chart(charts.counts_by_level_figure(counts), width="stretch", key="cmp_counts")
 
     st.subheader("Validation metrics (from the model cards)")
     metrics = {name: card.get("metrics") or {} for name, (_, _, card) in results.items()}
     if any(metrics.values()):
-        st.plotly_chart(plots.ap_by_size_figure(metrics), width="stretch", key="cmp_ap")
+        st.plotly_chart(charts.ap_by_size_figure(metrics), width="stretch", key="cmp_ap")
         keys = ["AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "AR"]
         st.dataframe([{"checkpoint": n, **{k: m.get(k) for k in keys}} for n, m in metrics.items()],
                      hide_index=True, width="stretch")

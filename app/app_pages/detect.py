@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import plots, resources, state, views
-from efpn.explain.maps import reduce_channels
-from efpn.infer.slicing import num_tiles, suggested_tile
+from app import analyses, charts, figures, heatmaps, loaders, state, views
+from efpn.explain import reduce_channels
+from efpn.infer import num_tiles, suggested_tile
 
 ctx = state.context()
 st.title("Detect")
@@ -37,7 +37,7 @@ image = state.require_image(ctx)
 if image.notice:
     st.warning(image.notice)
 
-h, w = image.rgb.shape[:2]
+h, w = image.hw
 tiles = None
 if mode == "Sliced (tiles)":
     c1, c2 = st.columns(2)
@@ -49,7 +49,7 @@ if mode == "Sliced (tiles)":
                                            "small objects.")
     overlap = c2.slider("Overlap", 0.0, 0.5, 0.2, 0.05, key="tile_overlap")
     st.caption(f"{num_tiles((h, w), tile, overlap)} tiles + one whole-image pass, merged with class-aware NMS.")
-    out = resources.sliced_detections(model, ctx.ckpt_key, image.rgb, image.digest, tile, overlap, ctx.score, ctx.nms)
+    out = analyses.sliced_detections(model, ctx.ckpt_key, image.rgb, image.digest, tile, overlap, ctx.score, ctx.nms)
     detections = out
     tiles = out["tiles"]
     timing = None
@@ -60,8 +60,8 @@ else:
     timing = ins.timings_ms
 
 rows = views.detection_rows(detections, model.levels, ctx.class_names)
-fig = plots.detections_figure(image.rgb, rows, gt_boxes=ctx.gt.boxes if ctx.gt is not None and
-                              st.session_state.get("show_gt", True) else None, tiles=tiles)
+fig = figures.detections_figure(image.rgb, rows, gt_boxes=ctx.gt.boxes if ctx.gt is not None and
+                                st.session_state.get("show_gt", True) else None, tiles=tiles)
 
 left, right = st.columns([3, 1])
 with left:
@@ -99,9 +99,9 @@ else:
     c_lv, c_maps = st.columns([2, 3])
     with c_lv:
         st.markdown("**Detections and positive anchors per level**")
-        acc = (resources.boxes_accounting(model, ctx.ckpt_key, ins, image.digest, gt.for_model(model.num_classes))
+        acc = (analyses.boxes_accounting(model, ctx.ckpt_key, ins, image.digest, gt.for_model(model.num_classes))
                if gt is not None else None)
-        st.plotly_chart(plots.level_summary_figure(model.levels, counts, acc["positives_per_level"] if acc else None),
+        st.plotly_chart(charts.level_summary_figure(model.levels, counts, acc["positives_per_level"] if acc else None),
                         width="stretch", key="detect_levels")
         if acc is not None:
             coarse = next(iter(acc["zero_high_level_share"].items()), None)  # the finest level >= p5
@@ -114,15 +114,15 @@ else:
     kernel_maps = {n: km.entropy.numpy().mean(0) for n, km in ins.kernels.items() if km.entropy is not None}
     overview = [  # (title, pictures, captions, page, icon, what is missing)
         ("**CEM fused context F** (channel mean, per target level)",
-         [plots.thumbnail(reduce_channels(f, "mean")) for f in ins.cem_fused.values()],
+         [heatmaps.thumbnail(reduce_channels(f, "mean")) for f in ins.cem_fused.values()],
          [f"{lv} · α {ins.cem_alpha.get(lv, 0.0):.3g}" for lv in ins.cem_fused], "pyramid", ":material/stacks:",
          "No CEM in this checkpoint."),
         ("**FBSM gates M** (0 black → 1 yellow)",
-         [plots.thumbnail(m.numpy(), "Inferno", zmin=0.0, zmax=1.0) for m in ins.gates.values()],
+         [heatmaps.thumbnail(m.numpy(), "Inferno", zmin=0.0, zmax=1.0) for m in ins.gates.values()],
          [f"{lv} · mean {float(m.mean()):.2f}" for lv, m in ins.gates.items()], "gates", ":material/filter_alt:",
          "No FBSM gates in this checkpoint."),
         ("**Dynamic kernels** (entropy of D per pixel, mean over groups)",
-         [plots.thumbnail(m) for m in kernel_maps.values()],
+         [heatmaps.thumbnail(m) for m in kernel_maps.values()],
          [f"{n} · {float(m.mean()):.2f} nats" for n, m in kernel_maps.items()], "kernels", ":material/grid_on:",
          "No RDConv/SGDM layers in this checkpoint."),
     ]
@@ -156,9 +156,9 @@ if len(uploads) > 1:
         summary = []
         bar = st.progress(0.0, text="Detecting on every upload ...")
         for i, (name, data) in enumerate(uploads.items(), start=1):
-            digest = resources.digest_of(data)
-            decoded = resources.decode_image(digest, data, resources.max_pixels())
-            det = resources.predict_detections(model, ctx.ckpt_key, decoded.rgb, digest, ctx.score, ctx.nms)
+            digest = loaders.digest_of(data)
+            decoded = loaders.decode_image(digest, data, loaders.max_pixels())
+            det = analyses.predict_detections(model, ctx.ckpt_key, decoded.rgb, digest, ctx.score, ctx.nms)
             per = views.level_counts(views.detection_rows(det, model.levels, ctx.class_names), model.levels)
             best = float(np.max(det["scores"])) if len(det["scores"]) else 0.0
             summary.append({"image": name, "size": f"{decoded.rgb.shape[1]}x{decoded.rgb.shape[0]}",

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import streamlit as st
-import torch
 
-from app import plots, state
-from efpn.explain.maps import gate_stats
-from efpn.layers.fbsm import box_mask_target
-from efpn.vocab import level_stride
+from app import figures, heatmaps, state
+from efpn import level_stride
+from efpn.explain import gate_stats
+from efpn.layers import box_mask_target
 
 ctx = state.context()
 st.title("Gates")
@@ -29,8 +28,8 @@ opacity = st.slider("Mask opacity", 0.0, 1.0, 0.55, 0.05, key="gate_opacity")
 gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
 st.caption(how_boxes)
 boxes_orig = gt.boxes if gt is not None else np.zeros((0, 4), np.float32)
-boxes_net = boxes_orig * ins.scale
-det_net = ins.detections["boxes"].numpy() * ins.scale
+boxes_net = ins.to_network(boxes_orig)  # what the gate saw: network px, like its strides
+det_net = ins.to_network(ins.detections["boxes"])
 
 stats = []
 for lv, mask in ins.gates.items():
@@ -39,13 +38,13 @@ for lv, mask in ins.gates.items():
     st.markdown(f"**{lv}** · stride {stride} · {m.shape[0]} x {m.shape[1]} cells · mean gate {m.mean():.3f}")
     c1, c2 = st.columns([3, 2])
     c1.plotly_chart(
-        plots.heatmap_overlay_figure(image.rgb, m, stride / ins.scale, opacity, colorscale="Inferno", zmin=0, zmax=1,
-                                     boxes=boxes_orig, colorbar_title="M", height=420),
+        figures.heatmap_overlay_figure(image.rgb, m, ins.stride_in_image(lv), opacity, colorscale="Inferno", zmin=0,
+                                       zmax=1, boxes=boxes_orig, colorbar_title="M", height=420),
         width="stretch", key=f"gate_{lv}",
     )
-    target = box_mask_target([torch.as_tensor(boxes_net).reshape(-1, 4)], m.shape, stride)[0, 0].numpy()
-    c2.plotly_chart(plots.maps_grid_figure({"gate M": m, "boxes (FBSM target)": target}, colorscale="Inferno",
-                                           zmin=0, zmax=1, height=220), width="stretch", key=f"gate_{lv}_target")
+    target = box_mask_target([boxes_net], m.shape, stride)[0, 0].numpy()
+    c2.plotly_chart(heatmaps.maps_grid_figure({"gate M": m, "boxes (FBSM target)": target}, colorscale="Inferno",
+                                              zmin=0, zmax=1, height=220), width="stretch", key=f"gate_{lv}_target")
     row = {"level": lv}
     if gt is not None:
         s = gate_stats(m, boxes_net, stride)

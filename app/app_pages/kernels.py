@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import plots, state
-from efpn.explain.maps import kernel_at, kernels_inside_outside
+from app import figures, heatmaps, state, views
+from efpn.explain import kernels_inside_outside
 
 ctx = state.context()
 st.title("Kernels")
@@ -28,8 +28,8 @@ layer = st.selectbox("Layer", layers, key="kernel_layer",
                      format_func=lambda n: f"{n} (stride {ins.kernels[n].stride})")
 km = ins.kernels[layer]
 g, kk, fh, fw = tuple(km.dynamic.shape)
-stride_orig = km.stride / ins.scale  # one kernel cell in original pixels
-h, w = image.rgb.shape[:2]
+cell_px = ins.stride_in_image(layer)  # one kernel cell in the image's pixels
+h, w = image.hw
 
 # A click (previous run) or another image: set the picker's inputs before they are drawn.
 pending = st.session_state.pop("kernel_pending", None)
@@ -47,11 +47,11 @@ with c_side:
 maps = {"entropy": km.entropy, "high-frequency energy": km.hf_energy}
 overlay = maps.get(what)
 if overlay is not None:
-    fig = plots.heatmap_overlay_figure(image.rgb, overlay.numpy().mean(axis=0), stride_orig, 0.45, colorscale="Viridis",
-                                       colorbar_title=what.split()[0], height=460)
+    fig = figures.heatmap_overlay_figure(image.rgb, overlay.numpy().mean(axis=0), cell_px, 0.45, colorscale="Viridis",
+                                         colorbar_title=what.split()[0], height=460)
 else:
-    fig = plots.image_figure(image.rgb, height=460)
-fig.add_trace(plots.pick_grid_trace((h, w), stride_orig))
+    fig = figures.image_figure(image.rgb, height=460)
+fig.add_trace(figures.pick_grid_trace((h, w), cell_px))
 fig.add_scatter(x=[x], y=[y], mode="markers", marker=dict(symbol="cross-thin-open", size=18, color="white",
                                                           line=dict(width=3, color="white")),
                 name="picked", hoverinfo="skip")
@@ -65,10 +65,9 @@ if points:
         st.session_state["kernel_pending"] = (min(max(px, 0.0), w - 1.0), min(max(py, 0.0), h - 1.0))
         st.rerun()
 
-x_net, y_net = x * ins.scale, y * ins.scale
-dyn, (row, col) = kernel_at(km.dynamic, x_net, y_net, km.stride)
-guided = kernel_at(km.guided, x_net, y_net, km.stride)[0] if km.guided is not None else None
-side = int(round(kk**0.5))
+dyn, (row, col) = views.kernels_of_cell(km.dynamic, ins.cell_of(layer, x, y))
+guided = views.kernels_of_cell(km.guided, (row, col))[0] if km.guided is not None else None
+side = km.kernel_size
 bank = km.bank.numpy().reshape(-1, side, side) if km.bank is not None else None
 with c_side:
     st.markdown(f"**Picked pixel** ({x:.0f}, {y:.0f}) → cell (row {row}, col {col}) of {fh} x {fw} "
@@ -77,8 +76,8 @@ with c_side:
         st.caption(f"entropy here {float(km.entropy[:, row, col].mean()):.3f} "
                    f"(max {np.log(kk):.3f} = uniform kernel)")
 
-st.plotly_chart(plots.kernel_grid_figure({"D dynamic": dyn, "K guided": guided, "S bank": bank},
-                                         title=f"Kernels at ({x:.0f}, {y:.0f}) in {layer}"),
+st.plotly_chart(heatmaps.kernel_grid_figure({"D dynamic": dyn, "K guided": guided, "S bank": bank},
+                                            title=f"Kernels at ({x:.0f}, {y:.0f}) in {layer}"),
                 width="stretch", key="kernel_grid")
 
 st.subheader("Foreground vs background kernels")
@@ -87,12 +86,12 @@ st.caption(how_boxes)
 if gt is not None:
     kind = st.radio("Kernel", ["guided K", "dynamic D"], horizontal=True, key="kernel_fgbg_kind")
     source = km.guided if (kind == "guided K" and km.guided is not None) else km.dynamic
-    fg, bg = kernels_inside_outside(source, gt.boxes * ins.scale, km.stride)
+    fg, bg = kernels_inside_outside(source, ins.to_network(gt.boxes), km.stride)
     diff = fg - bg if fg is not None and bg is not None else None
-    st.plotly_chart(plots.kernel_grid_figure({"inside boxes": fg, "outside": bg, "difference": diff},
-                                             title=f"Mean {kind} inside vs outside the boxes"),
+    st.plotly_chart(heatmaps.kernel_grid_figure({"inside boxes": fg, "outside": bg, "difference": diff},
+                                                title=f"Mean {kind} inside vs outside the boxes"),
                     width="stretch", key="kernel_fgbg")
 if km.hf_energy is not None and km.entropy is not None:
-    st.plotly_chart(plots.maps_grid_figure({"entropy (mean over groups)": km.entropy.numpy().mean(0),
-                                            "high-frequency energy": km.hf_energy.numpy().mean(0)}, height=260),
+    st.plotly_chart(heatmaps.maps_grid_figure({"entropy (mean over groups)": km.entropy.numpy().mean(0),
+                                               "high-frequency energy": km.hf_energy.numpy().mean(0)}, height=260),
                     width="stretch", key="kernel_maps")

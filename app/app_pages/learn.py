@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import plots, resources, state, views
-from efpn.explain.maps import count_candidates, level_colour, reduce_channels
-from efpn.vocab import level_stride
+from app import analyses, charts, figures, heatmaps, state, views
+from efpn import level_colour
+from efpn.explain import count_candidates, reduce_channels
 
 ctx = state.context()
 st.title("Learn")
@@ -16,7 +16,7 @@ image = state.require_image(ctx)
 gt = ctx.gt
 gkey = gt.for_model(model.num_classes) if gt is not None and len(gt.boxes) else None
 try:
-    ins = resources.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms, gkey)
+    ins = analyses.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms, gkey)
 except ValueError as e:  # ground truth the model refuses (e.g. boxes outside the image)
     st.warning(f"The ground truth cannot be used for the training steps ({e}); showing inference only.")
     ins = state.inspection(ctx, model, image)
@@ -39,23 +39,24 @@ st.header(step)
 def pca_grid(feats: dict, title_suffix: str = "") -> None:
     """A row of PCA -> RGB pictures, one per named feature map."""
     pics = {f"{k} {tuple(v.shape[-2:])}{title_suffix}": reduce_channels(v, "pca") for k, v in feats.items()}
-    st.plotly_chart(plots.maps_grid_figure(pics, height=230), width="stretch", key=f"learn_grid_{step}")
+    st.plotly_chart(heatmaps.maps_grid_figure(pics, height=230), width="stretch", key=f"learn_grid_{step}")
 
 
 nh, nw = ins.network_hw
 if step == STEPS[0]:
+    ten = float(ins.to_network(np.array([[0.0, 0.0, 10.0, 10.0]]))[0, 2])  # a 10 px object, in network px
     st.markdown(
         f"The detector sees your {image.rgb.shape[1]}x{image.rgb.shape[0]} image resized so its long side is "
         f"**{model.config.image_size} px** (scale {ins.scale:.3f}): a {nw}x{nh} RGB tensor with values in [0, 1], "
         "normalised inside the model and padded at the bottom/right to a multiple of 32. An object of s px "
-        f"becomes **{ins.scale:.2f}·s px**: a 10 px object becomes {10 * ins.scale:.1f} px. That is why tiny "
+        f"becomes **{ins.scale:.2f}·s px**: a 10 px object becomes {ten:.1f} px. That is why tiny "
         "objects in large images are hard, and why the Detect page offers sliced inference."
     )
-    net_rgb = (resources.prepared(model, image.rgb).tensor[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    net_rgb = analyses.network_rgb(model, image.rgb)
     c1, c2 = st.columns(2)
-    c1.plotly_chart(plots.image_figure(image.rgb, height=380, title="your image"), width="stretch",
+    c1.plotly_chart(figures.image_figure(image.rgb, height=380, title="your image"), width="stretch",
                     key="learn_input")
-    c2.plotly_chart(plots.image_figure(net_rgb, height=380, title=f"what the network sees ({nw}x{nh})"),
+    c2.plotly_chart(figures.image_figure(net_rgb, height=380, title=f"what the network sees ({nw}x{nh})"),
                     width="stretch", key="learn_net")
 elif step == STEPS[1]:
     st.markdown(
@@ -91,9 +92,9 @@ elif step == STEPS[4]:
             "objects are, so the head is not drowned in background."
         )
         lv = next(iter(ins.gates))
-        st.plotly_chart(plots.heatmap_overlay_figure(image.rgb, ins.gates[lv].numpy(), level_stride(lv) / ins.scale,
-                                                     0.55, colorscale="Inferno", zmin=0, zmax=1, height=420,
-                                                     title=f"FBSM gate on {lv}"), width="stretch", key="learn_gate")
+        st.plotly_chart(figures.heatmap_overlay_figure(image.rgb, ins.gates[lv].numpy(), ins.stride_in_image(lv),
+                                                       0.55, colorscale="Inferno", zmin=0, zmax=1, height=420,
+                                                       title=f"FBSM gate on {lv}"), width="stretch", key="learn_gate")
     else:
         st.info("This checkpoint has no FBSM gates.")
 elif step == STEPS[5]:
@@ -107,8 +108,8 @@ elif step == STEPS[5]:
             "kernel). Explore single kernels on the Kernels page."
         )
         ent = km.entropy.numpy().mean(0) if km.entropy is not None else km.dynamic.numpy().std(1).mean(0)
-        st.plotly_chart(plots.heatmap_overlay_figure(image.rgb, ent, km.stride / ins.scale, 0.5, height=420,
-                                                     title=f"kernel entropy, {layer}"), width="stretch",
+        st.plotly_chart(figures.heatmap_overlay_figure(image.rgb, ent, ins.stride_in_image(layer), 0.5, height=420,
+                                                       title=f"kernel entropy, {layer}"), width="stretch",
                         key="learn_kernels")
     else:
         st.info("This checkpoint uses ordinary (static) convolutions: the same kernel at every pixel.")
@@ -118,8 +119,8 @@ elif step == STEPS[6]:
         "and a box. Below: the best class score at each location, per level. Tiny objects can only light up the "
         "fine levels: on p5 one cell is already 32 px wide."
     )
-    maps = resources.score_maps(model, ctx.ckpt_key, image.rgb, image.digest)
-    st.plotly_chart(plots.maps_grid_figure(maps, colorscale="Inferno", zmin=0, zmax=1, height=240), width="stretch",
+    maps = analyses.score_maps(model, ctx.ckpt_key, image.rgb, image.digest)
+    st.plotly_chart(heatmaps.maps_grid_figure(maps, colorscale="Inferno", zmin=0, zmax=1, height=240), width="stretch",
                     key="learn_scores")
 elif step == STEPS[7]:
     st.markdown(
@@ -132,7 +133,7 @@ elif step == STEPS[7]:
     else:
         acc = ins.assignment.accounting.to_dict()
         c1, c2 = st.columns([2, 1])
-        c1.plotly_chart(plots.positives_bar_figure(acc, title=f"Positives per level ({ins.assignment.assigner})"),
+        c1.plotly_chart(charts.positives_bar_figure(acc, title=f"Positives per level ({ins.assignment.assigner})"),
                         width="stretch", key="learn_pos")
         c2.dataframe([{"loss": k, "value": round(v, 4)} for k, v in ins.losses.items()], hide_index=True)
         c2.metric("Starved GTs", f"{len(acc['starved'])} of {acc['num_gt']}")
@@ -142,11 +143,11 @@ else:
         f"box; then non-maximum suppression keeps the best of overlapping boxes of the same class (IoU > "
         f"{ctx.nms:.2f}). Each final detection remembers the level it came from."
     )
-    maps = resources.score_maps(model, ctx.ckpt_key, image.rgb, image.digest)
+    maps = analyses.score_maps(model, ctx.ckpt_key, image.rgb, image.digest)
     rows = views.detection_rows(ins.detections, model.levels, ctx.class_names)
-    st.plotly_chart(plots.candidates_figure(count_candidates({k: np.asarray(v) for k, v in maps.items()}, ctx.score),
-                                            views.level_counts(rows, model.levels)), width="stretch", key="learn_nms")
-    st.plotly_chart(plots.detections_figure(image.rgb, rows, height=420), width="stretch", key="learn_dets")
+    st.plotly_chart(charts.candidates_figure(count_candidates({k: np.asarray(v) for k, v in maps.items()}, ctx.score),
+                                             views.level_counts(rows, model.levels)), width="stretch", key="learn_nms")
+    st.plotly_chart(figures.detections_figure(image.rgb, rows, height=420), width="stretch", key="learn_dets")
     st.caption(" · ".join(f"{lv}: {n}" for lv, n in views.level_counts(rows, model.levels).items()) or "no detections")
     st.markdown(" ".join(f"<span style='color:{level_colour(lv)}'>■ {lv}</span>" for lv in model.levels),
                 unsafe_allow_html=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import plots, resources, state
-from efpn.explain.maps import reduce_channels
+from app import analyses, charts, heatmaps, state
+from efpn import level_stride
+from efpn.explain import reduce_channels
 
 ctx = state.context()
 st.title("Pyramid")
@@ -32,7 +33,7 @@ for lv in ins.levels:
     before = ins.pyramid_before_cem[lv]
     after = ins.pyramid[lv]
     c, fh, fw = tuple(after.shape)
-    st.markdown(f"**{lv}** · stride {2 ** int(lv[1:])} · {c} x {fh} x {fw}")
+    st.markdown(f"**{lv}** · stride {level_stride(lv)} · {c} x {fh} x {fw}")
     title = "after CEM" + (" and FBSM" if has_fbsm and lv in (model.config.neck.fbsm.levels or ()) else "")
     panels: list[tuple[str, object]] = [("FPN output (before CEM)", before)]
     if lv in ins.cem_fused:
@@ -45,10 +46,10 @@ for lv in ins.levels:
         if feature is None:
             col.caption(name)
         elif interactive:
-            col.plotly_chart(plots.map_figure(reduce_channels(feature, how), name, height=220), width="stretch",
+            col.plotly_chart(heatmaps.map_figure(reduce_channels(feature, how), name, height=220), width="stretch",
                              key=f"pyr_{lv}_{i}")
         else:
-            col.image(plots.thumbnail(reduce_channels(feature, how), side=320), caption=name, width="stretch",
+            col.image(heatmaps.thumbnail(reduce_channels(feature, how), side=320), caption=name, width="stretch",
                       output_format="PNG")
 
 if ins.cem_alpha:
@@ -71,13 +72,13 @@ if gt is None:
     st.info("Add ground truth on the Assignment page, or lower the score threshold, to measure gradient reach.")
     st.stop()
 try:
-    reach = resources.gradient_reach_pair(model, ctx.ckpt_key, image.rgb, image.digest, gt.for_model(model.num_classes))
+    reach = analyses.gradient_reach_pair(model, ctx.ckpt_key, image.rgb, image.digest, gt.for_model(model.num_classes))
 except ValueError as e:
     st.error(f"Gradient reach could not be measured for these boxes: {e}")
     st.stop()
 part = st.radio("Loss", ["positive", "total"], horizontal=True, key="pyr_part",
                 help="positive: the regression losses only positives produce; total: every loss term.")
-st.plotly_chart(plots.gradient_reach_figure(reach["with"], reach["without"] if has_cem else None, part),
+st.plotly_chart(charts.gradient_reach_figure(reach["with"], reach["without"] if has_cem else None, part),
                 width="stretch", key="pyr_reach")
 table = [
     {"quantity": k, "with CEM": f"{reach['with'][k]:.3e}", "CEM bypassed": f"{reach['without'].get(k, 0.0):.3e}"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from efpn.data.synthetic import write_synthetic_dataset
+from efpn.data import write_synthetic_dataset
 
 HERE = Path(__file__).resolve().parent
 

@@ -12,8 +12,8 @@ import torch
 from studio_helpers import APP
 
 import efpn
-from efpn.checkpoint import save_checkpoint
-from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample
+from efpn import save_checkpoint
+from efpn.data import SYNTH_CLASSES, make_synthetic_sample
 
 #: Validation numbers written into the tiny card, so the Compare page has something to chart.
 CARD_METRICS = {"AP": 0.12, "AP50": 0.3, "AP75": 0.08, "AP_vt": 0.02, "AP_t": 0.07, "AP_s": 0.15, "AP_m": 0.3,

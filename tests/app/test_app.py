@@ -116,8 +116,7 @@ def test_detect_overview_shows_the_internals_of_the_same_forward(app, app_env: P
     import json
 
     import efpn
-    from efpn.data.coco import load_coco
-    from efpn.data.images import read_image
+    from efpn.data import load_coco, read_image
 
     _ok(app)
     assert any(h.value == "Inside the network" for h in app.subheader)
@@ -257,6 +256,26 @@ def test_assignment_annotation_upload(app) -> None:
     _ok(app)
     assert any("2 boxes from uploaded YOLO txt" in c.value for c in app.caption), [c.value for c in app.caption]
     assert _metric(app, "GT boxes") == "2"
+
+
+@pytest.mark.parametrize("name, data, fmt", [
+    ("gt.json", b'{"images": [{"id": 7, "file_name": "000000.png", "width": 512, "height": 512}, '
+                b'{"id": 8, "file_name": "other.png", "width": 64, "height": 64}], '
+                b'"annotations": [{"id": 1, "image_id": 7, "category_id": 2, "bbox": [100, 100, 40, 20]}, '
+                b'{"id": 2, "image_id": 8, "category_id": 1, "bbox": [1, 1, 5, 5]}], '
+                b'"categories": [{"id": 1, "name": "disc"}, {"id": 2, "name": "square"}]}', "COCO JSON"),
+    ("gt.xml", b"<annotation><size><width>256</width><height>256</height></size><object><name>cross</name>"
+               b"<bndbox><xmin>50</xmin><ymin>60</ymin><xmax>58</xmax><ymax>66</ymax></bndbox></object></annotation>",
+     "VOC XML"),
+])
+def test_assignment_annotation_upload_coco_and_voc(app, name: str, data: bytes, fmt: str) -> None:
+    """The COCO entry named like the sample (annotated at twice its size) and a VOC file give one box each."""
+    _goto(app, "assignment")
+    app.file_uploader(key="gt_upload_0").set_value((name, data, "application/octet-stream")).run()
+    _ok(app)
+    assert not _errors(app), _errors(app)
+    assert any(f"1 boxes from uploaded {fmt}" in c.value for c in app.caption), [c.value for c in app.caption]
+    assert _metric(app, "GT boxes") == "1"
 
 
 def test_assignment_bad_annotation_keeps_gt(app) -> None:

@@ -19,7 +19,7 @@ import pytest
 from studio_helpers import REPO, png_bytes
 
 from app.serve import CHROMIUM_ARGS, studio_server
-from efpn.data.synthetic import make_synthetic_sample
+from efpn.data import make_synthetic_sample
 
 pytestmark = pytest.mark.browser
 

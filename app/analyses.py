@@ -1,0 +1,227 @@
+"""Cached library calls for the studio: the one inspected forward every page shares, and the analyses on it.
+
+Results are cached with ``st.cache_data``, keyed on the checkpoint (path + mtime, :func:`app.loaders.checkpoint_key`),
+the image's SHA-1 and the parameters; arguments with a leading underscore (the model, the decoded pixels, a cached
+inspection) are not hashed, their keys stand in for them. All model logic lives in :mod:`efpn`; this module only
+calls it. Boxes given and returned here are in the image's pixels; the network's pixels stay inside :mod:`efpn`
+(the :class:`efpn.Inspection` coordinate helpers, ``efpn.infer.boxes_to_network``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+
+import efpn
+from efpn import Detector, Inspection
+from efpn.det import Assignment, LevelAccounting, Priors, assign_boxes
+from efpn.explain import (
+    Explanation,
+    accounting_for_records,
+    assign_on,
+    explain_detection,
+    gradient_reach,
+    level_score_maps,
+)
+from efpn.infer import Prepared, boxes_to_network, boxes_to_original, predict_image, prepare, sliced_predict
+
+#: Box-only protocols with their published priors (``efpn.det.assign_boxes``), by display name.
+BOX_PROTOCOLS: dict[str, str] = {
+    "MaxIoU (RetinaNet)": "maxiou",
+    "ATSS": "atss",
+    "YOLOv5 ratio": "yolov5",
+    "FCOS": "fcos",
+    "RPN (Faster R-CNN)": "rpn",
+}
+MODEL_ASSIGNER = "Model's own assigner"
+TAL = "TAL (YOLOv8, uses the model's predictions)"
+TAL_NOTE = ("TAL ranks candidates by score^0.5 x IoU^6 of the model's own predictions: an untrained model gives "
+            "near-random picks.")
+
+
+# ----------------------------------------------------------------------------------------------- ground truth
+
+
+def gt_key(boxes: np.ndarray | None, labels: np.ndarray | None) -> tuple | None:
+    """A hashable, compact stand-in for a set of GT boxes (cache key)."""
+    if boxes is None:
+        return None
+    b = np.round(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), 2)
+    lab = np.asarray(labels if labels is not None else np.zeros(len(b)), dtype=np.int64).reshape(-1)
+    return tuple(map(tuple, b.tolist())), tuple(lab.tolist())
+
+
+def _targets(gt: tuple | None) -> dict[str, np.ndarray] | None:
+    if gt is None:
+        return None
+    boxes, labels = gt
+    return {"boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4), "labels": np.asarray(labels, dtype=np.int64)}
+
+
+# ----------------------------------------------------------------------------------------------- forwards
+
+
+@st.cache_data(max_entries=8, show_spinner="Running the detector ...")
+def inspect_image(
+    _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, score: float, nms: float, gt: tuple | None = None
+) -> Inspection:
+    """``efpn.inspect`` on one image (detections and every internal); with ``gt`` also the model's own
+    assignment and losses."""
+    return efpn.inspect(_model, _rgb, targets=_targets(gt), score_thresh=score, nms_iou=nms)
+
+
+@st.cache_data(max_entries=256, show_spinner="Running the detector ...")
+def predict_detections(
+    _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, score: float, nms: float
+) -> dict[str, Any]:
+    """Detections only (``efpn.infer.predict_image``, original px) and the forward time in ms: light enough
+    to cache for many images and checkpoints, unlike a full :func:`inspect_image`."""
+    t0 = time.perf_counter()
+    det = predict_image(_model, _rgb, score_thresh=score, nms_iou=nms)
+    out: dict[str, Any] = {k: v.numpy() for k, v in det.items()}
+    out["forward_ms"] = 1e3 * (time.perf_counter() - t0)
+    return out
+
+
+@st.cache_data(max_entries=8, show_spinner="Sliced inference over tiles ...")
+def sliced_detections(
+    _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, tile: int, overlap: float, score: float, nms: float
+) -> dict[str, np.ndarray]:
+    """``efpn.infer.sliced_predict`` as numpy arrays."""
+    out = sliced_predict(_model, _rgb, tile=tile, overlap=overlap, score_thresh=score, nms_iou=nms)
+    return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+
+
+def prepared(model: Detector, rgb: np.ndarray) -> Prepared:
+    """The network input of ``rgb`` for this model (long side = the model's image size)."""
+    return prepare(rgb, model.config.image_size)
+
+
+def network_rgb(model: Detector, rgb: np.ndarray) -> np.ndarray:
+    """What the network sees: the resized input as an (h, w, 3) uint8 picture (network pixels)."""
+    return (prepared(model, rgb).tensor[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------- assignment
+
+
+@dataclass
+class AssignmentSummary:
+    """What the Assignment page draws: the accounting (``LevelAccounting.to_dict()``) and, per level, the
+    positive priors' boxes in ORIGINAL image pixels (clipped to the image) with the GT each one serves."""
+
+    name: str
+    accounting: dict[str, Any]
+    positives: dict[str, np.ndarray] = field(default_factory=dict)  # level -> (P_l, 4)
+    positive_gt: dict[str, np.ndarray] = field(default_factory=dict)  # level -> (P_l,)
+    network_hw: tuple[int, int] = (0, 0)
+    note: str | None = None
+
+
+def _summarise(name: str, assignment: Assignment, priors: Priors, acc: LevelAccounting,
+               to_image: Callable[[torch.Tensor], torch.Tensor], hw: tuple[int, int],
+               note: str | None = None) -> AssignmentSummary:
+    """Positives per level, their prior boxes mapped to the image's pixels by ``to_image`` (network px -> image px)."""
+    pi, gi = assignment.prior_idx.cpu(), assignment.gt_idx.cpu()
+    lvl = priors.level.cpu()[pi]
+    boxes = to_image(priors.boxes.cpu()[pi])  # (P, 4) image px
+    positives = {lv: boxes[lvl == i].numpy() for i, lv in enumerate(priors.levels)}
+    owners = {lv: gi[lvl == i].numpy() for i, lv in enumerate(priors.levels)}
+    return AssignmentSummary(name=name, accounting=acc.to_dict(), positives=positives, positive_gt=owners,
+                             network_hw=hw, note=note)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def box_assignment(protocol: str, gt: tuple, image_hw: tuple[int, int], long_side: int) -> AssignmentSummary:
+    """A box-only protocol with its published priors on the image resized to ``long_side`` (the model's
+    input size), as the detector would see it."""
+    h, w = image_hw
+    scale = long_side / max(h, w)  # as efpn.infer.prepare resizes
+    hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+    t = _targets(gt)
+    assert t is not None
+    assignment, priors, acc = assign_boxes(protocol, boxes_to_network(t["boxes"], scale), hw, scale=scale)
+    return _summarise(protocol, assignment, priors, acc, lambda b: boxes_to_original(b, scale, (h, w)), hw)
+
+
+@st.cache_data(max_entries=16, show_spinner="Assigning with the model ...")
+def model_assignment(
+    _model: Detector, ckpt: str, _ins: Inspection, digest: str, gt: tuple, tal: bool
+) -> AssignmentSummary:
+    """The model's own assigner on the priors of the cached inspection of this image, or with ``tal`` TAL ranking
+    them by the model's predictions (``efpn.explain.assign_on``: no second forward). Priors and predictions do
+    not depend on the thresholds, so the key is checkpoint + image + boxes."""
+    t = _targets(gt)
+    assert t is not None
+    view = assign_on(_model, _ins, t["boxes"], t["labels"], assigner="tal" if tal else None)
+    name = "tal" if tal else f"model ({view.assigner})"
+    return _summarise(name, view.assignment, view.priors, view.accounting, _ins.to_image, _ins.network_hw,
+                      TAL_NOTE if tal else None)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def boxes_accounting(_model: Detector, ckpt: str, _ins: Inspection, digest: str, gt: tuple) -> dict[str, Any]:
+    """The model's own assignment of ``gt`` (original px) on the priors of the cached inspection of this image,
+    as ``LevelAccounting.to_dict()`` (``efpn.explain.assign_on``: no second forward). Priors and the predictions
+    TAL ranks by do not depend on the thresholds, so the key is checkpoint + image + boxes."""
+    t = _targets(gt)
+    assert t is not None
+    return assign_on(_model, _ins, t["boxes"], t["labels"]).accounting.to_dict()
+
+
+def iter_dataset_accounting(
+    records: Sequence[Any], protocol: str, long_side: int | None
+) -> Iterator[tuple[int, LevelAccounting]]:
+    """Accounting of a box-only ``protocol`` over ``records`` (efpn ImageRecords), image by image
+    (``efpn.explain.accounting_for_records``): yields ``(images done, running total)``. ``long_side``: resize
+    every image to it first (``None`` = native)."""
+    total: LevelAccounting | None = None
+    for i, r in enumerate(records, start=1):
+        acc = accounting_for_records([r], [protocol], image_size=long_side or max(r.height, r.width))[protocol]
+        total = acc if total is None else total.merge(acc)
+        yield i, total
+
+
+# ----------------------------------------------------------------------------------------------- explanations
+
+
+@st.cache_data(max_entries=16, show_spinner="Measuring gradient reach (two backward passes) ...")
+def gradient_reach_pair(
+    _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, gt: tuple
+) -> dict[str, dict[str, float]]:
+    """``efpn.explain.gradient_reach`` with CEM and with CEM bypassed: ``{"with": ..., "without": ...}``."""
+    prep = prepared(_model, _rgb)
+    t = _targets(gt)
+    assert t is not None
+    targets = [{"boxes": boxes_to_network(t["boxes"], prep.scale), "labels": torch.as_tensor(t["labels"]),
+                "scale": prep.scale}]
+    return {
+        "with": gradient_reach(_model, prep.tensor, targets, bypass_cem=False),
+        "without": gradient_reach(_model, prep.tensor, targets, bypass_cem=True),
+    }
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def explain(
+    _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, box: tuple[float, ...], label: int,
+    methods: tuple[str, ...], ig_steps: int, occlusion_evals: int,
+) -> Explanation:
+    """``efpn.explain.explain_detection`` for a box given in ORIGINAL image pixels (the explanation's maps and
+    box are in network pixels)."""
+    prep = prepared(_model, _rgb)
+    box_net = boxes_to_network([box], prep.scale)[0].tolist()
+    return explain_detection(_model, prep.tensor, box_net, label, methods=methods, ig_steps=ig_steps,
+                             occlusion_evals=occlusion_evals)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def score_maps(_model: Detector, ckpt: str, _rgb: np.ndarray, digest: str) -> dict[str, np.ndarray]:
+    """``efpn.explain.level_score_maps`` as numpy arrays."""
+    prep = prepared(_model, _rgb)
+    return {lv: m.numpy() for lv, m in level_score_maps(_model, prep.tensor).items()}

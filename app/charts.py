@@ -1,0 +1,175 @@
+"""Charts for the studio: bars, histograms and curves of counts and measurements (no image coordinates).
+
+Pure plotly builders: dicts in, ``go.Figure`` out (no Streamlit, no model). Bars of a pyramid level take the
+level's colour (``efpn.level_colour``), as its boxes do in :mod:`app.figures`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from app.figures import STARVED_COLOUR
+from efpn import BUCKET_LABELS, BUCKETS, level_colour
+
+# ----------------------------------------------------------------------------------------------- detections
+
+
+def level_summary_figure(levels: Sequence[str], detections: Mapping[str, int], positives: Mapping[str, int] | None,
+                         height: int = 260) -> go.Figure:
+    """Per level: detections kept after NMS and, when given, the positives the model's assigner gives the
+    boxes. Zero bars are labelled "0", so a level that never sees an object stands out."""
+    traces = [go.Bar(x=list(levels), y=[detections.get(lv, 0) for lv in levels], name="detections",
+                     marker_color=[level_colour(lv) for lv in levels], text=[detections.get(lv, 0) for lv in levels],
+                     textposition="outside", hovertemplate="%{x}: %{y} detections<extra></extra>")]
+    if positives is not None:
+        traces.append(go.Bar(x=list(levels), y=[positives.get(lv, 0) for lv in levels], name="positive anchors",
+                             marker_color="#9e9e9e", text=[positives.get(lv, 0) for lv in levels],
+                             textposition="outside", hovertemplate="%{x}: %{y} positive priors<extra></extra>"))
+    fig = go.Figure(traces)
+    fig.update_layout(barmode="group", height=height, margin=dict(l=0, r=0, t=10, b=0),
+                      legend=dict(orientation="h", y=-0.15), yaxis=dict(rangemode="tozero"))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- assignment
+
+
+def positives_bar_figure(accounting: Mapping[str, Any], title: str = "Positives per level") -> go.Figure:
+    """Stacked bars per level: regular positives and fallback (low-quality) ones."""
+    levels = list(accounting["levels"])
+    pos = [accounting["positives_per_level"][lv] for lv in levels]
+    fb = [accounting["fallback_per_level"].get(lv, 0) for lv in levels]
+    reg = [p - f for p, f in zip(pos, fb)]
+    fig = go.Figure([
+        go.Bar(x=levels, y=reg, name="regular", marker_color=[level_colour(lv) for lv in levels],
+               hovertemplate="%{x}: %{y} regular positives<extra></extra>"),
+        go.Bar(x=levels, y=fb, name="fallback (low-quality)", marker_color="#9e9e9e",
+               hovertemplate="%{x}: %{y} fallback positives<extra></extra>"),
+    ])
+    fig.update_layout(barmode="stack", title=title, height=300, margin=dict(l=0, r=0, t=40, b=0),
+                      yaxis_title="positive (prior, GT) pairs", legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def level_bucket_figure(accounting: Mapping[str, Any], title: str = "Positives: level x object size") -> go.Figure:
+    """Heatmap of positives per (level, size bucket), counts written in the cells."""
+    levels = list(accounting["levels"])
+    z = np.array([[accounting["per_level_bucket"][lv].get(b, 0) for b in BUCKETS] for lv in levels], dtype=float)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[BUCKET_LABELS[b] for b in BUCKETS], y=levels, colorscale="Blues", texttemplate="%{z:.0f}",
+        hovertemplate="%{y} x %{x}: %{z:.0f} positives<extra></extra>", showscale=False,
+    ))
+    fig.update_layout(title=title, height=60 + 42 * len(levels), margin=dict(l=0, r=0, t=40, b=0))
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def histogram_figure(histogram: Sequence[int], title: str = "Positives per GT") -> go.Figure:
+    """Bar chart of how many GTs got exactly k positives (k = 0 are the starved ones)."""
+    ks = list(range(len(histogram)))
+    colours = [STARVED_COLOUR if k == 0 else "#5c6bc0" for k in ks]
+    fig = go.Figure(go.Bar(x=ks, y=list(histogram), marker_color=colours,
+                           hovertemplate="%{y} GTs with %{x} positives<extra></extra>"))
+    fig.update_layout(title=title, height=260, margin=dict(l=0, r=0, t=40, b=0),
+                      xaxis_title="positives of a GT", yaxis_title="GTs")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- gradients
+
+
+_PLACES = {"head_input": "head input", "feature": "feature (all paths)", "output_conv": "output conv θ"}
+
+
+def gradient_reach_figure(
+    with_cem: Mapping[str, float], without_cem: Mapping[str, float] | None, part: str = "positive",
+    title: str | None = None,
+) -> go.Figure:
+    """Grouped bars of ‖∂L/∂·‖ at each level and place, with CEM and with CEM bypassed (log scale).
+
+    Inputs are :func:`efpn.explain.gradient.gradient_reach` dicts; ``part`` is ``"positive"`` or ``"total"``.
+    Exact zeros are drawn at the bottom of the axis and labelled "0".
+    """
+    keys = [k for k in with_cem if k.endswith(f".{part}") and not k.startswith("loss.")]
+    labels = [f"{k.split('.')[0]} · {_PLACES.get(k.split('.')[1], k.split('.')[1])}" for k in keys]
+    series = [("with CEM", with_cem, "#3949ab")]
+    if without_cem is not None:
+        series.append(("CEM bypassed (baseline FPN)", without_cem, "#9e9e9e"))
+    positive_vals = [v for _, d, _ in series for k in keys if (v := d.get(k, 0.0)) > 0]
+    floor = (min(positive_vals) / 10) if positive_vals else 1e-12
+    fig = go.Figure()
+    for name, d, colour in series:
+        vals = [d.get(k, 0.0) for k in keys]
+        fig.add_trace(go.Bar(
+            x=labels, y=[v if v > 0 else floor for v in vals], name=name, marker_color=colour,
+            text=["0" if v == 0 else f"{v:.2e}" for v in vals], textposition="outside", textfont=dict(size=9),
+            hovertemplate="%{x}<br>%{text}<extra>" + name + "</extra>",
+        ))
+    fig.update_layout(
+        barmode="group", height=340, margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.35),
+        title=title or f"Gradient norm reaching the coarse levels ({part} loss)", yaxis_type="log",
+        yaxis_title="‖gradient‖",
+    )
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- attribution
+
+
+def deletion_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                    aucs: Mapping[str, float] | None = None) -> go.Figure:
+    """Deletion curves: target score vs share of pixels removed (most important first)."""
+    fig = go.Figure()
+    for name, (fr, sc) in curves.items():
+        label = f"{name} (AUC {aucs[name]:.2f})" if aucs and name in aucs else name
+        fig.add_trace(go.Scatter(x=[100 * f for f in fr], y=list(sc), mode="lines+markers", name=label,
+                                 line=dict(dash="dot" if name == "random" else "solid")))
+    fig.update_layout(title="Deletion curve (lower = the map found what the score depends on)", height=320,
+                      xaxis_title="% of pixels removed", yaxis_title="target score",
+                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- compare / learn
+
+
+def ap_by_size_figure(metrics: Mapping[str, Mapping[str, Any]]) -> go.Figure:
+    """Grouped bars of AP per size bucket, one series per checkpoint (missing values skipped)."""
+    keys = [f"AP_{b}" for b in BUCKETS]
+    fig = go.Figure()
+    for name, m in metrics.items():
+        ys = [m.get(k) for k in keys]
+        fig.add_trace(go.Bar(x=[BUCKET_LABELS[b] for b in BUCKETS], y=[y if y is not None else 0 for y in ys],
+                             text=["n/a" if y is None else f"{y:.3f}" for y in ys], textposition="outside",
+                             name=name))
+    fig.update_layout(barmode="group", title="AP@[.50:.95] by object size", yaxis_title="AP", height=340,
+                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def counts_by_level_figure(counts: Mapping[str, Mapping[str, int]], title: str = "Detections per level") -> go.Figure:
+    """Grouped bars: per series (e.g. checkpoint), the number of detections per level."""
+    fig = go.Figure()
+    for name, per_level in counts.items():
+        fig.add_trace(go.Bar(x=list(per_level), y=list(per_level.values()), name=name))
+    fig.update_layout(barmode="group", title=title, height=280, margin=dict(l=0, r=0, t=40, b=0),
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def candidates_figure(before_nms: Mapping[str, int], after_nms: Mapping[str, int]) -> go.Figure:
+    """Locations above the score threshold per level, and detections kept after NMS."""
+    levels = list(before_nms)
+    fig = go.Figure([
+        go.Bar(x=levels, y=[before_nms[lv] for lv in levels], name="above threshold (before NMS)",
+               marker_color="#90caf9"),
+        go.Bar(x=levels, y=[after_nms.get(lv, 0) for lv in levels], name="kept after NMS",
+               marker_color=[level_colour(lv) for lv in levels]),
+    ])
+    fig.update_layout(barmode="group", height=300, margin=dict(l=0, r=0, t=40, b=0),
+                      title="Decoding and NMS per level", legend=dict(orientation="h", y=-0.3))
+    return fig

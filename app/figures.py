@@ -1,0 +1,263 @@
+"""Image figures for the studio: a picture in its own pixels with boxes, maps and pick targets drawn over it.
+
+Pure plotly builders: arrays and dicts in, ``go.Figure`` out (no Streamlit, no model). Every figure here uses the
+pixels of the image it shows, with pixel ``(row i, col j)`` covering ``[j, j+1) x [i, i+1)`` so xyxy boxes line
+up exactly; a map of stride ``s`` is placed over the image pixels it covers (cell ``(i, j)`` spans
+``[j*s, (j+1)*s)``). Large images are sent downscaled (a PNG data URI) but keep their original coordinates.
+Charts are in :mod:`app.charts`, map pictures and thumbnails in :mod:`app.heatmaps`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+from efpn import level_colour
+from efpn.explain import resize_map
+
+#: Longest side (px) of an image sent to the browser; larger images are downscaled for display only.
+DISPLAY_MAX_SIDE = 1024
+#: Longest side (cells) of an attribution map sent to the browser.
+ATTRIBUTION_MAX_SIDE = 256
+GT_COLOUR = "#00e5ff"
+STARVED_COLOUR = "#ff00ff"
+FED_COLOUR = "#00e5ff"
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def _png_data_uri(rgb: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=3)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def image_trace(rgb: np.ndarray, max_side: int = DISPLAY_MAX_SIDE, opacity: float = 1.0) -> go.Image:
+    """An RGB (H, W, 3) uint8 image as a trace in its own pixel coordinates (downscaled for transfer)."""
+    h, w = rgb.shape[:2]
+    k = max(1.0, max(h, w) / max_side)
+    shown = rgb
+    if k > 1.0:
+        shown = np.asarray(Image.fromarray(rgb).resize((max(1, round(w / k)), max(1, round(h / k))), Image.BILINEAR))
+    dx, dy = w / shown.shape[1], h / shown.shape[0]
+    return go.Image(source=_png_data_uri(shown), x0=dx / 2, y0=dy / 2, dx=dx, dy=dy, opacity=opacity, hoverinfo="skip")
+
+
+def _image_layout(fig: go.Figure, hw: tuple[int, int], height: int | None, title: str | None = None) -> go.Figure:
+    h, w = hw
+    fig.update_xaxes(range=[0, w], showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(range=[h, 0], showgrid=False, zeroline=False, scaleanchor="x", constrain="domain")
+    fig.update_layout(
+        margin=dict(l=0, r=0, t=30 if title else 0, b=0),
+        height=height or int(min(720, max(320, 640 * h / max(w, 1)))),
+        title=title,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        hovermode="closest",
+    )
+    return fig
+
+
+def image_figure(rgb: np.ndarray, height: int | None = None, title: str | None = None) -> go.Figure:
+    """A bare image figure (axes in image pixels, y down)."""
+    fig = go.Figure(image_trace(rgb))
+    return _image_layout(fig, rgb.shape[:2], height, title)
+
+
+def _outline(boxes: np.ndarray) -> tuple[list[float | None], list[float | None]]:
+    """Closed rectangles as one polyline with ``None`` breaks."""
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for x1, y1, x2, y2 in np.asarray(boxes, dtype=float).reshape(-1, 4).tolist():
+        xs += [x1, x2, x2, x1, x1, None]
+        ys += [y1, y1, y2, y2, y1, None]
+    return xs, ys
+
+
+def add_boxes(
+    fig: go.Figure,
+    boxes: np.ndarray,
+    colour: str,
+    name: str,
+    hover: Sequence[str] | None = None,
+    width: float = 2.0,
+    dash: str | None = None,
+    customdata: Sequence[Any] | None = None,
+    showlegend: bool = True,
+    marker_size: int = 7,
+) -> go.Figure:
+    """Outline ``boxes`` (M, 4) and put a hoverable (and selectable) marker at each centre."""
+    b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    if len(b) == 0:
+        return fig
+    xs, ys = _outline(b)
+    fig.add_trace(go.Scatter(
+        x=xs, y=ys, mode="lines", line=dict(color=colour, width=width, dash=dash), hoverinfo="skip",
+        name=name, legendgroup=name, showlegend=showlegend,
+    ))
+    fig.add_trace(go.Scatter(
+        x=(b[:, 0] + b[:, 2]) / 2, y=(b[:, 1] + b[:, 3]) / 2, mode="markers",
+        marker=dict(color=colour, size=marker_size, opacity=0.55, line=dict(width=1, color="black")),
+        text=list(hover) if hover is not None else None, hovertemplate="%{text}<extra></extra>",
+        customdata=list(customdata) if customdata is not None else None,
+        name=name, legendgroup=name, showlegend=False,
+    ))
+    return fig
+
+
+def detections_figure(
+    rgb: np.ndarray,
+    rows: Sequence[Mapping[str, Any]],
+    gt_boxes: np.ndarray | None = None,
+    height: int | None = None,
+    title: str | None = None,
+    tiles: np.ndarray | None = None,
+) -> go.Figure:
+    """The image with detections coloured by the level that produced them.
+
+    ``rows``: one mapping per detection with ``box`` (xyxy), ``class``, ``score``, ``size`` (sqrt(wh)),
+    ``level`` and ``index``. Hover shows class, score, size and level; each centre marker carries the
+    detection index as ``customdata`` (so a click can select it). Optional GT boxes (dashed) and slicing tiles.
+    """
+    fig = image_figure(rgb, height, title)
+    if tiles is not None and len(tiles):
+        xs, ys = _outline(tiles)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="white", width=1, dash="dot"),
+                                 hoverinfo="skip", name="tiles"))
+    if gt_boxes is not None and len(gt_boxes):
+        add_boxes(fig, gt_boxes, GT_COLOUR, "ground truth", hover=[f"GT {i}" for i in range(len(gt_boxes))],
+                  width=1.5, dash="dash", marker_size=4)
+    levels = sorted({r["level"] for r in rows}, key=lambda s: (len(s), s))
+    for lv in levels:
+        sel = [r for r in rows if r["level"] == lv]
+        hover = [
+            f"#{r['index']} {r['class']}<br>score {r['score']:.3f}<br>size {r['size']:.1f} px<br>level {lv}"
+            for r in sel
+        ]
+        add_boxes(fig, np.array([r["box"] for r in sel]), level_colour(lv), lv, hover=hover,
+                  customdata=[r["index"] for r in sel])
+    return fig
+
+
+def heatmap_overlay_figure(
+    rgb: np.ndarray,
+    z: np.ndarray,
+    stride: float,
+    opacity: float = 0.5,
+    colorscale: str = "Turbo",
+    zmin: float | None = None,
+    zmax: float | None = None,
+    boxes: np.ndarray | None = None,
+    box_colour: str = GT_COLOUR,
+    height: int | None = None,
+    title: str | None = None,
+    colorbar_title: str | None = None,
+) -> go.Figure:
+    """The image with a (h, w) map of ``stride`` px per cell drawn over it at ``opacity``."""
+    fig = image_figure(rgb, height, title)
+    z = np.asarray(z, dtype=float)
+    fig.add_trace(go.Heatmap(
+        z=z, x0=stride / 2, dx=stride, y0=stride / 2, dy=stride, opacity=opacity, colorscale=colorscale,
+        zmin=zmin, zmax=zmax, colorbar=dict(title=colorbar_title, thickness=12),
+        hovertemplate="x %{x:.0f}, y %{y:.0f}<br>value %{z:.3g}<extra></extra>",
+    ))
+    if boxes is not None and len(boxes):
+        add_boxes(fig, boxes, box_colour, "boxes", width=1.5, marker_size=3)
+    return fig
+
+
+def pick_grid_trace(hw: tuple[int, int], stride: float, max_points: int = 40_000) -> go.Scattergl:
+    """Invisible markers at the centre of every ``stride`` cell of an (H, W) image, so a click anywhere
+    selects the cell under the cursor (plotly selects points, not image pixels). Coarsened past
+    ``max_points``."""
+    h, w = hw
+    s = float(stride)
+    while (h / s) * (w / s) > max_points:
+        s *= 2
+    xs = np.arange(s / 2, w, s)
+    ys = np.arange(s / 2, h, s)
+    gx, gy = np.meshgrid(xs, ys)
+    return go.Scattergl(
+        x=gx.ravel(), y=gy.ravel(), mode="markers", marker=dict(size=max(4, min(30, s)), opacity=0.0),
+        hovertemplate="x %{x:.0f}, y %{y:.0f}<extra>click to pick</extra>", name="pick", showlegend=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- assignment
+
+
+def assignment_figure(
+    rgb: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_hover: Sequence[str],
+    starved: Sequence[int],
+    positives: Mapping[str, np.ndarray],
+    height: int | None = None,
+) -> go.Figure:
+    """The image with GT boxes (starved ones thick red) and, per level, the positive priors' boxes.
+
+    ``positives``: level -> (P_l, 4) prior boxes in image px (zero-size boxes are drawn as points).
+    """
+    fig = image_figure(rgb, height)
+    for lv, boxes in positives.items():
+        b = np.asarray(boxes, dtype=float).reshape(-1, 4)
+        if not len(b):
+            continue
+        point = (b[:, 2] - b[:, 0] < 1e-6) & (b[:, 3] - b[:, 1] < 1e-6)
+        if (~point).any():
+            xs, ys = _outline(b[~point])
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=level_colour(lv), width=1),
+                                     opacity=0.8, name=f"{lv} positives", legendgroup=lv, hoverinfo="skip"))
+        if point.any():
+            fig.add_trace(go.Scatter(x=b[point, 0], y=b[point, 1], mode="markers", name=f"{lv} positives",
+                                     marker=dict(color=level_colour(lv), size=6, symbol="x"),
+                                     legendgroup=lv, hoverinfo="skip"))
+    gt = np.asarray(gt_boxes, dtype=float).reshape(-1, 4)
+    starved_set = set(int(i) for i in starved)
+    fed = [i for i in range(len(gt)) if i not in starved_set]
+    hungry = [i for i in range(len(gt)) if i in starved_set]
+    if fed:
+        add_boxes(fig, gt[fed], FED_COLOUR, "GT with positives", hover=[gt_hover[i] for i in fed], width=1.5)
+    if hungry:
+        add_boxes(fig, gt[hungry], STARVED_COLOUR, "starved GT", hover=[gt_hover[i] for i in hungry], width=3)
+    return fig
+
+
+def draw_gt_figure(rgb: np.ndarray, gt_boxes: np.ndarray, height: int | None = None) -> go.Figure:
+    """The image with the current GT boxes, in box-select mode: drag a rectangle to add a box."""
+    fig = image_figure(rgb, height)
+    h, w = rgb.shape[:2]
+    fig.add_trace(pick_grid_trace((h, w), max(2.0, max(h, w) / 64)))
+    if len(gt_boxes):
+        add_boxes(fig, gt_boxes, GT_COLOUR, "ground truth", hover=[f"GT {i}" for i in range(len(gt_boxes))])
+    fig.update_layout(dragmode="select", newselection=dict(line=dict(color=GT_COLOUR, width=2)))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- attribution
+
+
+def attribution_grid(
+    picture_hw: tuple[int, int], max_side: int = ATTRIBUTION_MAX_SIDE
+) -> tuple[tuple[int, int], float]:
+    """How an attribution map over a picture of ``picture_hw`` (H, W) is sent to the browser: the (h', w') cells it
+    is resized to (long side ``max_side``) and the picture pixels one cell spans."""
+    h, w = picture_hw
+    k = max_side / max(h, w)
+    return (max(1, round(h * k)), max(1, round(w * k))), 1 / k
+
+
+def attribution_figure(rgb: np.ndarray, attribution: np.ndarray, boxes: np.ndarray, title: str,
+                       height: int = 380) -> go.Figure:
+    """A signed attribution map over the (H, W, 3) picture it explains (same pixels): red positive, blue negative on
+    a symmetric scale, sent at :func:`attribution_grid` cells, with ``boxes`` (M, 4) in the picture's pixels."""
+    cells, cell_px = attribution_grid(rgb.shape[:2])
+    lim = float(np.abs(attribution).max()) or 1.0
+    return heatmap_overlay_figure(rgb, resize_map(attribution, cells), cell_px, 0.6, colorscale="RdBu_r", zmin=-lim,
+                                  zmax=lim, boxes=boxes, box_colour="#00e676", height=height, title=title)

@@ -1,0 +1,135 @@
+"""Map pictures for the studio: heatmaps of feature maps, gates and kernels, and small colour thumbnails.
+
+Pure builders (no Streamlit, no model): maps are drawn in their own cells (row i, column j), not over the image;
+overlays on the image are in :mod:`app.figures`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+from plotly.subplots import make_subplots
+
+from efpn.explain import normalize01
+
+# ----------------------------------------------------------------------------------------------- heatmaps
+
+
+def map_figure(a: np.ndarray, title: str | None = None, colorscale: str = "Viridis", height: int = 240,
+               zmid: float | None = None) -> go.Figure:
+    """A small picture of one map: (H, W) heatmap or (H, W, 3) uint8 RGB."""
+    a = np.asarray(a)
+    if a.ndim == 3:
+        fig = go.Figure(go.Image(z=a, hovertemplate="x %{x}, y %{y}<extra></extra>"))
+    else:
+        fig = go.Figure(go.Heatmap(z=a, colorscale=colorscale, zmid=zmid, colorbar=dict(thickness=10),
+                                   hovertemplate="x %{x}, y %{y}<br>%{z:.3g}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(margin=dict(l=0, r=0, t=28 if title else 0, b=0), height=height, title=title)
+    return fig
+
+
+def maps_grid_figure(maps: Mapping[str, np.ndarray], colorscale: str = "Viridis", height: int = 260,
+                     zmin: float | None = None, zmax: float | None = None) -> go.Figure:
+    """Several (H, W) maps side by side, one subplot each, titled by key (RGB arrays as images)."""
+    names = list(maps)
+    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.02)
+    for i, name in enumerate(names, start=1):
+        a = np.asarray(maps[name])
+        if a.ndim == 3:
+            fig.add_trace(go.Image(z=a), row=1, col=i)
+        else:
+            fig.add_trace(go.Heatmap(z=a, colorscale=colorscale, zmin=zmin, zmax=zmax, showscale=i == len(names),
+                                     colorbar=dict(thickness=10),
+                                     hovertemplate="x %{x}, y %{y}<br>%{z:.3g}<extra></extra>"), row=1, col=i)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i if i > 1 else ''}", showticklabels=False,
+                         row=1, col=i)
+        fig.update_xaxes(showticklabels=False, row=1, col=i)
+    fig.update_layout(margin=dict(l=0, r=0, t=30, b=0), height=height)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- thumbnails
+# Plain PNGs (st.image) rather than plotly heatmaps: a dozen small pictures draw in the browser at once,
+# where a dozen plotly charts take about a second (the Detect page's overview of the internals).
+
+_LUTS: dict[str, np.ndarray] = {}
+
+
+def colour_lut(colorscale: str) -> np.ndarray:
+    """A plotly named colorscale sampled at 256 points -> (256, 3) uint8 lookup table (cached per name)."""
+    if colorscale not in _LUTS:
+        from plotly.colors import sample_colorscale, unlabel_rgb
+
+        rgb = [unlabel_rgb(c) for c in sample_colorscale(colorscale, list(np.linspace(0.0, 1.0, 256)))]
+        _LUTS[colorscale] = np.clip(np.rint(np.asarray(rgb, dtype=np.float64)), 0, 255).astype(np.uint8)
+    return _LUTS[colorscale]
+
+
+def colorize(a: np.ndarray, colorscale: str = "Viridis", zmin: float | None = None,
+             zmax: float | None = None) -> np.ndarray:
+    """(H, W) map -> (H, W, 3) uint8 RGB through ``colorscale``. With ``zmin``/``zmax`` the range is fixed (e.g.
+    [0, 1] for gates, so two images compare); otherwise robust percentiles (``efpn.explain.normalize01``)."""
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"colorize needs a (H, W) map, got shape {a.shape}")
+    if zmin is not None and zmax is not None and zmax > zmin:
+        u = np.clip((np.nan_to_num(a, nan=zmin) - zmin) / (zmax - zmin), 0.0, 1.0)
+    else:
+        u = normalize01(a)
+    return colour_lut(colorscale)[np.rint(u * 255).astype(np.int64)]
+
+
+def thumbnail(a: np.ndarray, colorscale: str = "Viridis", side: int = 160, zmin: float | None = None,
+              zmax: float | None = None) -> np.ndarray:
+    """A map (H, W) or an RGB (H, W, 3) uint8 picture as a small RGB uint8 image whose long side is about
+    ``side`` px: coarse maps are enlarged by an integer factor (nearest, cells stay square), large ones shrunk."""
+    a = np.asarray(a)
+    rgb = a if (a.ndim == 3 and a.dtype == np.uint8) else colorize(a, colorscale, zmin, zmax)
+    h, w = rgb.shape[:2]
+    k = side / max(h, w, 1)
+    if k >= 2:
+        f = int(k)
+        return np.ascontiguousarray(rgb.repeat(f, axis=0).repeat(f, axis=1))
+    if k < 1:
+        size = (max(1, round(w * k)), max(1, round(h * k)))
+        return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BILINEAR))
+    return np.ascontiguousarray(rgb)
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+
+
+def kernel_grid_figure(rows: Mapping[str, np.ndarray | None], title: str | None = None,
+                       cell_px: int = 86) -> go.Figure:
+    """k x k kernels as annotated heatmaps: one row per kind (e.g. "D dynamic", "K guided", "S bank"),
+    one column per group. Each value is (G, k, k); ``None`` rows are skipped."""
+    kinds = [(name, np.asarray(v, dtype=float)) for name, v in rows.items() if v is not None]
+    if not kinds:
+        return go.Figure().update_layout(height=80, title="no kernels")
+    groups = max(v.shape[0] for _, v in kinds)
+    fig = make_subplots(
+        rows=len(kinds), cols=groups, horizontal_spacing=0.01, vertical_spacing=0.08,
+        subplot_titles=[f"{name} · g{g}" if g < v.shape[0] else "" for name, v in kinds for g in range(groups)],
+    )
+    for r, (name, v) in enumerate(kinds, start=1):
+        lim = float(np.abs(v).max()) or 1.0
+        signed = bool((v < 0).any())
+        for g in range(v.shape[0]):
+            fig.add_trace(go.Heatmap(
+                z=v[g], zmin=-lim if signed else 0.0, zmax=lim, colorscale="RdBu_r" if signed else "Blues",
+                showscale=False, texttemplate="%{z:.3f}", textfont=dict(size=9),
+                hovertemplate=f"{name} g{g}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>",
+            ), row=r, col=g + 1)
+    for i in range(1, len(kinds) * groups + 1):  # square cells whatever the page width
+        fig.layout[f"yaxis{i if i > 1 else ''}"].update(scaleanchor=f"x{i if i > 1 else ''}", autorange="reversed",
+                                                         showticklabels=False)
+        fig.layout[f"xaxis{i if i > 1 else ''}"].update(showticklabels=False)
+    fig.update_layout(margin=dict(l=0, r=0, t=40, b=0), height=max(160, cell_px * len(kinds) + 60), title=title)
+    for ann in fig.layout.annotations:
+        ann.font.size = 10
+    return fig

@@ -1,0 +1,121 @@
+"""app/analyses.py: cached library calls on the shared inspection (no second forward), and dataset accounting."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from studio_helpers import REPO
+
+import efpn
+from app import analyses
+from efpn.data import SYNTH_CLASSES, load_split
+from efpn.det import assign_tal
+from efpn.infer import boxes_to_network
+
+APP_DIR = REPO / "app"
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, efpn.Detector]:
+    torch.manual_seed(0)
+    return {p: efpn.build_model(p, num_classes=3, class_names=SYNTH_CLASSES).eval()
+            for p in ("tiny_efpn_n", "tiny_yolov8_sgdm")}
+
+
+def _gt() -> tuple:
+    """Three GT boxes of the 96 x 128 sample (a tiny one last), as the pages key them."""
+    boxes = np.array([[10, 12, 18, 20], [40, 30, 60, 52], [90, 70, 94, 75]], np.float32)
+    return analyses.gt_key(boxes, np.array([0, 2, 1]))
+
+
+@pytest.mark.parametrize("preset", ["tiny_efpn_n", "tiny_yolov8_sgdm"])
+def test_model_assignment_reuses_the_inspection(models, sample_rgb: np.ndarray, preset: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's own assignment equals the one efpn.inspect makes with targets, TAL equals TAL on a fresh decode,
+    and neither runs the model again; positives come back in the image's pixels."""
+    model = models[preset]
+    gt = _gt()
+    t = {"boxes": np.asarray(gt[0], np.float32), "labels": np.asarray(gt[1])}
+    own = efpn.inspect(model, sample_rgb, targets=t).assignment
+    prep = analyses.prepared(model, sample_rgb)
+    with torch.no_grad():
+        run = model.run(prep.tensor, decode=True)
+    boxes, scores = run.decoded
+    tal = assign_tal(run.priors, boxes_to_network(t["boxes"], prep.scale), torch.as_tensor(t["labels"]),
+                     scores[0].float(), boxes[0].float())
+
+    ins = efpn.inspect(model, sample_rgb)
+    monkeypatch.setattr(model, "run", lambda *a, **k: pytest.fail("a second forward"))
+    summary = analyses.model_assignment(model, f"{preset}-key", ins, "digest", gt, tal=False)
+    assert summary.name == f"model ({model.config.head.assigner})" and summary.note is None
+    assert summary.accounting["positives_per_level"] == own.accounting.positives_per_level
+    assert summary.accounting["starved"] == own.accounting.to_dict()["starved"]
+    got = analyses.model_assignment(model, f"{preset}-key", ins, "digest", gt, tal=True)
+    assert got.name == "tal" and "TAL" in (got.note or "")
+    assert sum(len(v) for v in got.positives.values()) == len(tal.prior_idx)
+    ref = ins.to_image(ins.priors.boxes[tal.prior_idx]).numpy()
+    np.testing.assert_allclose(np.sort(np.concatenate(list(got.positives.values())), axis=0), np.sort(ref, axis=0))
+    h, w = sample_rgb.shape[:2]
+    for b in summary.positives.values():  # image px, clipped to the image
+        assert (b[:, 0::2] >= 0).all() and (b[:, 0::2] <= w).all() and (b[:, 1::2] <= h).all()
+
+
+def test_box_protocols_on_the_resized_image(sample_rgb: np.ndarray) -> None:
+    gt = _gt()
+    s = analyses.box_assignment("fcos", gt, sample_rgb.shape[:2], 64)
+    assert s.network_hw == (48, 64) and s.name == "fcos" and s.accounting["num_gt"] == 3
+    pts = np.concatenate([b for b in s.positives.values()])
+    assert len(pts) and (pts[:, 0] == pts[:, 2]).all()  # points, in the 128 x 96 image's pixels
+    boxes = np.asarray(gt[0])
+    inside = [(boxes[:, 0] <= x) & (x <= boxes[:, 2]) & (boxes[:, 1] <= y) & (y <= boxes[:, 3]) for x, y in pts[:, :2]]
+    assert all(m.any() for m in inside)  # FCOS positives lie inside a GT box
+
+
+def test_dataset_accounting_over_the_samples() -> None:
+    records, _, _ = load_split(REPO / "app" / "samples" / "data.yaml", "train")
+    steps = list(analyses.iter_dataset_accounting(records, "maxiou", 128))
+    assert [i for i, _ in steps] == list(range(1, len(records) + 1))
+    total = steps[-1][1].to_dict()
+    assert total["num_images"] == len(records) and total["num_gt"] == sum(len(r.boxes) for r in records)
+    assert total["zero_high_level_share"]["p5"] > 0.9  # tiny objects: no positive on p5+ (SPEC §1)
+    native = list(analyses.iter_dataset_accounting(records[:1], "fcos", None))[-1][1]
+    assert native.num_gt == len(records[0].boxes)
+
+
+# ----------------------------------------------------------------------------------------------- boundaries
+
+
+def _app_files() -> list[Path]:
+    return sorted(p for p in APP_DIR.rglob("*.py"))
+
+
+def test_app_imports_only_public_names() -> None:
+    """``import efpn`` / ``from efpn[.package] import X`` with X in that package's ``__all__``; no module paths."""
+    import importlib
+
+    for path in _app_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                bad = [a.name for a in node.names if a.name.startswith("efpn.")]
+                assert not bad, f"{path.name}: import {bad}"
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "efpn":
+                mod = importlib.import_module(node.module)
+                assert Path(mod.__file__).name == "__init__.py", f"{path.name}: from {node.module} import"
+                private = [a.name for a in node.names if a.name not in mod.__all__]
+                assert not private, f"{path.name}: {private} are not in {node.module}.__all__"
+
+
+def test_pages_do_no_coordinate_arithmetic_and_no_model_internals() -> None:
+    arithmetic = re.compile(r"[*/]\s*(ins|prep)\.scale\b|\b(ins|prep)\.scale\s*[*/]|\bint\([^)]*//")
+    for path in [*(APP_DIR / "app_pages").glob("*.py"), APP_DIR / "state.py", APP_DIR / "views.py"]:
+        text = path.read_text()
+        assert not arithmetic.search(text), (path.name, arithmetic.search(text).group(0))
+    for path in _app_files():
+        text = path.read_text()
+        for internal in ("forward_intermediates", ".decoder(", "_model.decoder", "assign_tal(", "efpn.det.assign "):
+            assert internal not in text, (path.name, internal)

@@ -1,0 +1,58 @@
+"""app/figures.py: image figures put boxes and maps where the data says, in the image's pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+from studio_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
+
+from app import figures, views
+from efpn import level_colour
+
+DET = {"boxes": np.array([[1, 2, 9, 10], [20, 20, 40, 44]], np.float32), "scores": np.array([0.9, 0.4]),
+       "labels": np.array([0, 2]), "levels": np.array([0, 1])}
+NAMES = ["disc", "square", "cross"]
+
+
+def test_detections_figure_colours_by_level_and_hovers_size() -> None:
+    rows = views.detection_rows(DET, ["p2", "p3"], NAMES)
+    fig = figures.detections_figure(np.zeros((50, 60, 3), np.uint8), rows, gt_boxes=np.array([[0, 0, 5, 5]]))
+    img = fig.data[0]
+    assert img.type == "image" and img.x0 == 0.5 and img.dx == 1.0  # pixel j covers [j, j+1)
+    lines = [t for t in fig.data if t.type == "scatter" and t.mode == "lines"]
+    assert {t.name for t in lines} == {"ground truth", "p2", "p3"}
+    p3 = next(t for t in lines if t.name == "p3")
+    assert p3.line.color == level_colour("p3") and list(p3.x[:5]) == [20, 40, 40, 20, 20]
+    markers = [t for t in fig.data if t.type == "scatter" and t.mode == "markers" and t.customdata is not None]
+    assert any("size 8.0 px" in s and "level p2" in s for t in markers for s in t.text)
+    assert fig.layout.yaxis.range == (50, 0)
+
+
+def test_large_images_are_sent_downscaled_in_original_coordinates() -> None:
+    tr = figures.image_trace(np.zeros((100, 3000, 3), np.uint8), max_side=1000)
+    assert tr.dx == 3.0 and tr.x0 == 1.5
+
+
+def test_overlay_cells_cover_their_pixels() -> None:
+    fig = figures.heatmap_overlay_figure(np.zeros((32, 32, 3), np.uint8), np.ones((4, 4)), stride=8)
+    hm = fig.data[1]
+    assert hm.dx == 8 and hm.x0 == 4
+
+
+def test_assignment_figure_marks_starved_gt_and_point_priors() -> None:
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    positives = {"p3": np.array([[2, 2, 12, 12], [5, 5, 5, 5]], np.float32), "p4": np.zeros((0, 4), np.float32)}
+    fig = figures.assignment_figure(np.zeros((40, 40, 3), np.uint8), gt, ["GT 0", "GT 1"], [1], positives)
+    names = [t.name for t in fig.data]
+    assert "starved GT" in names and "GT with positives" in names and "p4 positives" not in names
+    point = next(t for t in fig.data if t.name == "p3 positives" and t.mode == "markers")
+    assert list(point.x) == [5] and point.marker.color == level_colour("p3")
+
+
+def test_attribution_maps_are_sent_at_most_256_cells_wide() -> None:
+    cells, cell_px = figures.attribution_grid((128, 512))
+    assert cells == (64, 256) and cell_px == 2.0
+    a = np.zeros((128, 512), np.float32)
+    a[0, 0] = -3.0
+    fig = figures.attribution_figure(np.zeros((128, 512, 3), np.uint8), a, np.array([[1, 2, 3, 4]]), "IG")
+    hm = next(t for t in fig.data if t.type == "heatmap")
+    assert np.asarray(hm.z).shape == (64, 256) and hm.dx == 2.0 and (hm.zmin, hm.zmax) == (-3.0, 3.0)
