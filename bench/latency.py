@@ -46,7 +46,7 @@ YOLO_PAIRS: tuple[tuple[str, str, float | None], ...] = (
 )
 #: presets whose ``efpn.inspect`` overhead over plain prediction is a target
 INSPECT_PRESETS: tuple[str, ...] = ("efpn_n", "yolov8n_sgdm")
-INSPECT_BOUND = 1.3
+INSPECT_BOUND = 1.1
 
 
 @dataclass

@@ -115,12 +115,13 @@ def torchvision_retinanet_network(model: nn.Module) -> Callable[[Tensor], object
 
 def efpn_network(model: nn.Module) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """``images -> (boxes (N,R,4), scores (N,R,K))``: exactly what ``Detector.predict`` runs before thresholding
-    and NMS — ``Detector._run`` (normalise, pad, backbone, neck, head, priors; the path ``efpn.infer.export`` also
-    uses) and the model's decoder over every prior."""
+    and NMS — ``Detector.run(images, decode=True)`` (normalise, pad, backbone, neck, head, priors, and the
+    decoder over every prior; the path ``efpn.infer.export`` also uses)."""
 
     def network(images: Tensor) -> tuple[Tensor, Tensor]:
-        run = model._run(images, internals=False)
-        return model.decoder(run["head"], run["priors"])
+        decoded = model.run(images, decode=True).decoded
+        assert decoded is not None
+        return decoded
 
     return network
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,9 +19,12 @@ import torch
 from torch import nn
 
 from efpn.checkpoint import FORMAT_VERSION, CheckpointError, atomic_write, unwrap_model
+from efpn.config import RESUME_FREE, TrainConfig
 
 #: ``format`` of a training-state file.
 TRAIN_FORMAT = "efpn-train"
+#: The resumable state's file name inside a run directory.
+STATE_FILE = "last_state.pt"
 
 
 def capture_rng_states() -> dict[str, Any]:
@@ -200,3 +204,43 @@ def restore_training_state(
         obj.load_state_dict(state[key])
     if restore_rng and state.get("rng"):
         restore_rng_states(state["rng"])
+
+
+# ------------------------------------------------------------------------------------------ run directories
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    """``{model}_{dataset}``, the dataset named by the data YAML (or its folder for a ``data.yaml``)."""
+    p = Path(cfg.data)
+    dataset = p.parent.name if p.stem == "data" and p.parent.name else p.stem
+    return f"{cfg.model}_{dataset}"
+
+
+def run_dir_and_state(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """``(run_dir, state file to resume or None)`` following ``name``/``resume`` (decided on rank 0)."""
+    if cfg.resume not in (None, "auto"):
+        p = Path(cfg.resume)
+        state = p / STATE_FILE if p.is_dir() else p
+        if not state.is_file():
+            raise FileNotFoundError(f"resume={cfg.resume!r}: no training state at {state} (expected a run dir "
+                                    f"holding {STATE_FILE}, or the file itself)")
+        return state.parent, state
+    base = Path(cfg.out) / (cfg.name or default_run_name(cfg))
+    if cfg.resume == "auto" and (base / STATE_FILE).is_file():
+        return base, base / STATE_FILE
+    run_dir, k = base, 1
+    while run_dir.exists() and any(run_dir.iterdir()):  # never overwrite another run
+        k += 1
+        run_dir = base.with_name(f"{base.name}-{k}")
+    return run_dir, None
+
+
+def check_resume_config(saved: Mapping[str, Any] | None, cfg: TrainConfig) -> None:
+    """Warn when a run resumes with settings that change what it computes (``RESUME_FREE`` ones may change)."""
+    if not saved:
+        return
+    now = cfg.to_dict()
+    diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
+    if diff:
+        warnings.warn("resuming with a different configuration than the run was started with (the result will "
+                      "differ from an uninterrupted run): " + "; ".join(diff), stacklevel=3)

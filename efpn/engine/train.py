@@ -39,31 +39,35 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import platform
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from efpn.checkpoint import save_checkpoint
-from efpn.config import RESUME_FREE, ModelConfig, TrainConfig
-from efpn.config.data import DataConfig, load_data_config
+from efpn.config import ModelConfig, TrainConfig
 from efpn.data.dataset import DetectionDataset, collate
-from efpn.data.records import ImageRecord
-from efpn.data.splits import load_split, split_records
-from efpn.data.transforms import DetectionTransform, build_transforms
 from efpn.engine import distributed as D
+from efpn.engine.cards import hardware_info, training_card
+from efpn.engine.data import SeededSamples, StepBatchSampler, load_train_data, to_device, train_transforms
 from efpn.engine.ema import ModelEMA
-from efpn.engine.state import load_training_state, restore_training_state, save_training_state
-from efpn.engine.telemetry import EpochTelemetry, RunLogger, finite_or_none
+from efpn.engine.optim import WarmupCosine, build_optimizer
+from efpn.engine.state import (
+    STATE_FILE,
+    check_resume_config,
+    load_training_state,
+    restore_training_state,
+    run_dir_and_state,
+    save_training_state,
+)
+from efpn.engine.telemetry import EpochTelemetry, RunLogger
 from efpn.evaluation.coco import EvalResult
 from efpn.evaluation.validate import validate
 from efpn.explain.gradient import high_level_grad_norms
@@ -71,17 +75,8 @@ from efpn.models.criterion import CriterionStats
 from efpn.models.detector import Detector
 from efpn.zoo import PRESETS, build, get_config
 
-__all__ = [
-    "LossStep",
-    "SeededSamples",
-    "StepBatchSampler",
-    "TrainResult",
-    "WarmupCosine",
-    "param_groups",
-    "train",
-]
+__all__ = ["LossStep", "TrainResult", "train"]
 
-STATE_FILE = "last_state.pt"
 
 @dataclass
 class TrainResult:
@@ -113,129 +108,6 @@ class TrainResult:
                 f"{val}, {self.wall_time_s:.0f} s; best {self.best}, last {self.last}")
 
 
-# ==================================================================================================== pieces
-
-
-class WarmupCosine:
-    """LR factor for LambdaLR: linear warm-up over ``warmup`` steps, then cosine from 1 to ``final_ratio``.
-
-    Step ``t`` (optimizer steps already taken): ``(t + 1) / warmup`` while ``t < warmup``, then
-    ``final + (1 - final) * (1 + cos(pi * p)) / 2`` with ``p = (t - warmup) / (total - 1 - warmup)``. A plain
-    object (not a closure) so LambdaLR's state_dict records its parameters.
-    """
-
-    def __init__(self, total_steps: int, warmup: int, final_ratio: float):
-        self.total_steps = max(1, int(total_steps))
-        # a warm-up longer than a third of the run would leave no time at the peak lr
-        self.warmup = min(int(warmup), self.total_steps // 3)
-        self.final_ratio = float(final_ratio)
-
-    def __call__(self, t: int) -> float:
-        if t < self.warmup:
-            return (t + 1) / self.warmup
-        span = max(1, self.total_steps - 1 - self.warmup)
-        p = min(1.0, (t - self.warmup) / span)
-        return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two optimizer groups: weight decay on conv/linear weights (ndim > 1), none on biases, norm weights and
-    scalar gains (CEM α, FBSM β), where decay would only pull a learned scale towards zero."""
-    decay, no_decay = [], []
-    for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-
-
-def _sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed for one sample of one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]) % (1 << 63)
-
-
-class SeededSamples(Dataset):
-    """``dataset[(epoch, index)]``: sample ``index`` with its augmentation RNG seeded by ``(seed, epoch, index)``.
-
-    Random augmentation then depends on neither the DataLoader worker nor the rank that loads the sample, so
-    runs with different ``workers``/``world_size`` and a resumed run see identical samples. The caller's
-    torch RNG is left untouched (``workers=0`` loads in the training process). Adds ``scale`` = network px /
-    original px to the target, read from the letterbox the train pipeline records.
-    """
-
-    def __init__(self, dataset: DetectionDataset, seed: int):
-        self.dataset = dataset
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
-        epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.seed, epoch, index))
-            image, target = self.dataset[index]
-        # the train letterbox records [scale_x, scale_y, pad_left, pad_top]; tile and mosaic crops are native
-        # resolution, so the letterbox's scale is the whole network/original scale (size buckets need it)
-        target["scale"] = float(target["letterbox"][0]) if "letterbox" in target else 1.0
-        return image, target
-
-
-class StepBatchSampler(Sampler[list[tuple[int, int]]]):
-    """This process's micro-batches, step by step, from a :class:`DistributedSampler`.
-
-    Step ``j`` of an epoch uses global shuffle positions ``[j*B, (j+1)*B)``; the DistributedSampler gives rank
-    ``r`` the positions ``≡ r (mod W)`` of them, and micro-batch ``a`` of ``A`` takes every ``A``-th of those.
-    So sample ``k`` of a step lands on "virtual replica" ``r + W*a = k mod (W*A)``: the world-size-2 run and
-    the one-process ``accumulate=2`` run group the same images into the same (BatchNorm) micro-batches.
-    Yields lists of ``(epoch, index)`` keys for :class:`SeededSamples`; ``start_step`` skips already-done
-    steps of the first epoch after a resume.
-    """
-
-    def __init__(self, sampler: DistributedSampler, per_rank_batch: int, accumulate: int):
-        if per_rank_batch % accumulate:
-            raise ValueError(f"per-process batch {per_rank_batch} is not divisible by accumulate={accumulate}")
-        self.sampler = sampler
-        self.per_rank_batch = per_rank_batch
-        self.accumulate = accumulate
-        self.epoch = 0
-        self.start_step = 0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.sampler) // self.per_rank_batch
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self.sampler.set_epoch(epoch)
-        self.epoch = epoch
-        self.start_step = start_step
-
-    def __len__(self) -> int:
-        return (self.steps_per_epoch - self.start_step) * self.accumulate
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = list(self.sampler)
-        b, a = self.per_rank_batch, self.accumulate
-        for j in range(self.start_step, self.steps_per_epoch):
-            chunk = order[j * b : (j + 1) * b]
-            for m in range(a):
-                yield [(self.epoch, int(i)) for i in chunk[m::a]]
-
-
-def _train_transforms(cfg: TrainConfig) -> DetectionTransform:
-    """The data package's train pipeline, with the letterbox recording its scale (for ``scale`` in targets)
-    and without the random tile crop when ``tile=False``."""
-    return build_transforms(True, cfg.image_size, mosaic=cfg.mosaic, flip_vertical=cfg.flip_vertical,
-                            tile=cfg.tile, record_letterbox=True)
-
-
 class LossStep(nn.Module):
     """What DDP wraps: ``forward(images, targets) -> (losses, CriterionStats)`` = ``Detector.compute_losses``.
 
@@ -249,98 +121,6 @@ class LossStep(nn.Module):
 
     def forward(self, images: Tensor, targets: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Tensor], CriterionStats]:
         return self.detector.compute_losses(images, targets)
-
-
-@dataclass
-class _Data:
-    train: list[ImageRecord]
-    val: list[ImageRecord]
-    class_names: list[str]
-    config: DataConfig
-    split: dict[str, Any]
-
-
-def _load_data(cfg: TrainConfig, verbose: bool) -> _Data:
-    """Train and val records from the data YAML; val is carved from train when the YAML gives none."""
-    data_cfg = load_data_config(cfg.data)
-    train_records, names, report = load_split(data_cfg, cfg.train_split)
-    if verbose:
-        print(report.summary())
-    split: dict[str, Any] = {"data": str(Path(cfg.data).resolve()), "train_split": cfg.train_split,
-                             "val_split": cfg.val_split, "dataset": data_cfg.name}
-    val_records: list[ImageRecord] = []
-    if cfg.val_split is None:
-        split["val_source"] = "none"
-    elif cfg.val_split == cfg.train_split:  # asked for explicitly: measures fitting, not generalisation
-        val_records = list(train_records)
-        split["val_source"] = "the train split itself"
-    elif data_cfg.has_split(cfg.val_split):
-        val_records, _, _ = load_split(data_cfg, cfg.val_split)
-        carved = cfg.val_split == "val" and "val" not in data_cfg.sources
-        split["val_source"] = "carved from train by the data YAML" if carved else "data YAML"
-        if carved:
-            split.update(val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed)
-    else:
-        train_records, val_records = split_records(train_records, cfg.val_fraction, data_cfg.split_seed)
-        split.update(val_source="carved from train by the trainer", val_fraction=cfg.val_fraction,
-                     split_seed=data_cfg.split_seed)
-    if not train_records:
-        raise ValueError(f"data YAML {cfg.data}: split {cfg.train_split!r} has no images to train on")
-    split["num_train"], split["num_val"] = len(train_records), len(val_records)
-    split["val_ids"] = [r.image_id for r in val_records]
-    split["train_ids"] = [r.image_id for r in train_records]
-    return _Data(train_records, val_records, list(names), data_cfg, split)
-
-
-def _default_name(cfg: TrainConfig) -> str:
-    p = Path(cfg.data)
-    dataset = p.parent.name if p.stem == "data" and p.parent.name else p.stem
-    return f"{cfg.model}_{dataset}"
-
-
-def _run_dir_and_state(cfg: TrainConfig) -> tuple[Path, Path | None]:
-    """``(run_dir, state file to resume or None)`` following ``name``/``resume`` (decided on rank 0)."""
-    if cfg.resume not in (None, "auto"):
-        p = Path(cfg.resume)
-        state = p / STATE_FILE if p.is_dir() else p
-        if not state.is_file():
-            raise FileNotFoundError(f"resume={cfg.resume!r}: no training state at {state} (expected a run dir "
-                                    f"holding {STATE_FILE}, or the file itself)")
-        return state.parent, state
-    base = Path(cfg.out) / (cfg.name or _default_name(cfg))
-    if cfg.resume == "auto" and (base / STATE_FILE).is_file():
-        return base, base / STATE_FILE
-    run_dir, k = base, 1
-    while run_dir.exists() and any(run_dir.iterdir()):  # never overwrite another run
-        k += 1
-        run_dir = base.with_name(f"{base.name}-{k}")
-    return run_dir, None
-
-
-def _hardware(device: torch.device, world_size: int) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    return {"device": device.type, "device_name": name, "world_size": world_size,
-            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
-def _to_device(images: Tensor, targets: Sequence[Mapping[str, Any]], device: torch.device,
-               channels_last: bool) -> tuple[Tensor, list[dict[str, Any]]]:
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    moved = [{"boxes": t["boxes"].to(device, non_blocking=True), "labels": t["labels"].to(device, non_blocking=True),
-              "scale": t["scale"]} for t in targets]
-    return images, moved
-
-
-def _check_resume_config(saved: Mapping[str, Any] | None, cfg: TrainConfig) -> None:
-    if not saved:
-        return
-    now = cfg.to_dict()
-    diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
-    if diff:
-        warnings.warn("resuming with a different configuration than the run was started with (the result will "
-                      "differ from an uninterrupted run): " + "; ".join(diff), stacklevel=3)
 
 
 # ==================================================================================================== train
@@ -375,14 +155,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         D.seed_everything(cfg.seed, cfg.deterministic)  # same seed on every rank: identical initial weights
 
         # ------------------------------------------------------------------ data, run dir
-        data = _load_data(cfg, verbose)
-        run_dir, state_path = D.broadcast_object(_run_dir_and_state(cfg) if main else None)
+        data = load_train_data(cfg, verbose)
+        run_dir, state_path = D.broadcast_object(run_dir_and_state(cfg) if main else None)
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
             (run_dir / "data_split.json").write_text(json.dumps(data.split, indent=1) + "\n", encoding="utf-8")
         per_rank_batch = cfg.batch_size // world
-        dataset = SeededSamples(DetectionDataset(data.train, _train_transforms(cfg), skip_corrupt=True), cfg.seed)
+        dataset = SeededSamples(DetectionDataset(data.train, train_transforms(cfg), skip_corrupt=True), cfg.seed)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=info.rank, shuffle=True, seed=cfg.seed,
                                      drop_last=True)
         batches_of = StepBatchSampler(sampler, per_rank_batch, cfg.accumulate)
@@ -407,7 +187,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = _optimizer(cfg, model)
+        optimizer = build_optimizer(cfg, model)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, WarmupCosine(total_steps, cfg.warmup_iters, cfg.final_lr_ratio)
         )
@@ -422,7 +202,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         tel = EpochTelemetry()
         if state_path is not None:
             state = load_training_state(state_path, map_location="cpu")
-            _check_resume_config(state["extra"].get("train_config"), cfg)
+            check_resume_config(state["extra"].get("train_config"), cfg)
             restore_training_state(state, model, optimizer, scaler if scaler.is_enabled() else None, scheduler, ema)
             extra = state["extra"]
             step, start_epoch, start_step = int(state["step"]), int(state["epoch"]), int(extra.get("epoch_step", 0))
@@ -435,8 +215,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.compile:
             # the dense network only: assignment and losses are data-dependent Python and stay eager.
             # Module.compile() compiles in place, so state_dict keys do not change.
-            for part in (model.backbone, model.neck, model.head):
-                part.compile()
+            model.compile_network()
         step_module: nn.Module = LossStep(model)
         ddp: nn.parallel.DistributedDataParallel | None = None
         if world > 1:
@@ -447,7 +226,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         params = [p for p in model.parameters() if p.requires_grad]
         logger = RunLogger(run_dir, enabled=main, resume_step=step if state_path is not None else None)
         eval_model = ema.module if ema is not None else model
-        hardware = _hardware(device, world)
+        hardware = hardware_info(device, world)
         if verbose:
             print(f"training {cfg.model} ({sum(p.numel() for p in params) / 1e6:.2f} M params) on "
                   f"{len(dataset)} images, {steps_per_epoch} steps/epoch x {cfg.epochs} epochs, batch "
@@ -480,7 +259,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 optimizer.zero_grad(set_to_none=True)
                 finite = True
                 for micro in range(cfg.accumulate):
-                    images, targets = _to_device(*next(batches), device, cfg.channels_last)
+                    images, targets = to_device(*next(batches), device, cfg.channels_last)
                     last_micro = micro == cfg.accumulate - 1
                     # DDP all-reduces gradients in the backward of the step's last micro-batch only
                     with ddp.no_sync() if ddp is not None and not last_micro else contextlib.nullcontext():
@@ -585,25 +364,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                     if improved:
                         best_ap = float(ap)
                 logger.log_epoch(epoch + 1, step, record)
-                card = {
-                    "name": run_dir.name,
-                    "preset": cfg.model,
-                    "config": model_cfg.to_dict(),
-                    "classes": list(data.class_names),
-                    "image_size": cfg.image_size,
-                    "data": {"yaml": data.split["data"], "dataset": data.split["dataset"],
-                             "train_split": cfg.train_split, "val_split": cfg.val_split,
-                             "val_source": data.split["val_source"], "num_train": len(data.train),
-                             "num_val": len(data.val), "ids_file": str(run_dir / "data_split.json")},
-                    "training": cfg.to_dict(),
-                    "epochs": epochs_done,
-                    "steps": step,
-                    "ema": cfg.ema,
-                    "hardware": hardware,
-                    "wall_time_s": round(wall, 2),
-                    "metrics": last_metrics if val_now else {},
-                    "telemetry": finite_or_none(summary),
-                }
+                card = training_card(cfg, model_cfg, data, run_dir, epochs=epochs_done, steps=step,
+                                     hardware=hardware, wall_time_s=wall, metrics=last_metrics if val_now else {},
+                                     telemetry=summary)
                 save_checkpoint(eval_model, run_dir / "last.safetensors", {**card, "checkpoint": "last"},
                                 half=cfg.half_checkpoint)
                 if improved:

@@ -286,6 +286,12 @@ class Detector(nn.Module):
             return self.criterion.assigner(priors, gt_boxes)
         return assign_yolov5(priors, gt_boxes)
 
+    def compile_network(self) -> None:
+        """``torch.compile`` the dense network (backbone, neck, head) in place; assignment and losses are
+        data-dependent Python and stay eager. ``Module.compile`` keeps the state_dict keys."""
+        for part in (self.backbone, self.neck, self.head):
+            part.compile()
+
     def level_parameters(self, level: str) -> list[nn.Parameter]:
         """Parameters of the conv that produces pyramid level ``level`` ([] when no single conv does, e.g. PAN)."""
         conv = self.neck.level_conv(level) if hasattr(self.neck, "level_conv") else None

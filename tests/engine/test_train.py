@@ -23,10 +23,12 @@ from efpn.checkpoint import load_model, read_card
 from efpn.config import TrainConfig, load_train_config
 from efpn.data.records import ImageRecord
 from efpn.data.synthetic import make_synthetic_sample, write_synthetic_dataset
+from efpn.engine.data import SeededSamples, StepBatchSampler, train_transforms
 from efpn.engine.ema import ModelEMA
+from efpn.engine.optim import WarmupCosine, param_groups
 from efpn.engine.state import load_training_state
 from efpn.engine.telemetry import EpochTelemetry, RunLogger
-from efpn.engine.train import SeededSamples, StepBatchSampler, WarmupCosine, param_groups, train
+from efpn.engine.train import train
 from efpn.evaluation.validate import predict_records, validate
 from efpn.infer.predict import predict_image
 from efpn.models.criterion import CriterionStats
@@ -336,11 +338,9 @@ def test_step_batch_sampler_groups_like_ddp() -> None:
 def test_seeded_samples_are_reproducible(synth_small: Path) -> None:
     from efpn.data.dataset import DetectionDataset
     from efpn.data.splits import load_split
-    from efpn.engine.train import _train_transforms
-
     records, _, _ = load_split(synth_small)
     cfg = _small(synth_small, Path("."), mosaic=True)
-    ds = SeededSamples(DetectionDataset(records, _train_transforms(cfg)), seed=5)
+    ds = SeededSamples(DetectionDataset(records, train_transforms(cfg)), seed=5)
     torch.manual_seed(0)
     before = torch.get_rng_state()
     img1, t1 = ds[(0, 3)]
@@ -350,7 +350,7 @@ def test_seeded_samples_are_reproducible(synth_small: Path) -> None:
     assert torch.equal(img1, img2) and torch.equal(t1["boxes"], t2["boxes"]) and not torch.equal(img1, img3)
     assert img1.shape == (3, 64, 64) and t1["scale"] == 1.0  # 96 px images: 64 px native crops or mosaic
     cfg = _small(synth_small, Path("."), tile=False)
-    _, t = SeededSamples(DetectionDataset(records, _train_transforms(cfg)), seed=5)[(0, 0)]
+    _, t = SeededSamples(DetectionDataset(records, train_transforms(cfg)), seed=5)[(0, 0)]
     assert t["scale"] == pytest.approx(64 / 96)  # whole image letterboxed
 
 

@@ -1,0 +1,157 @@
+"""What the training loop reads: the run's train/val records, per-sample seeded augmentation, and the
+step-by-step batching that makes DDP, gradient accumulation and resume see the same batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, DistributedSampler, Sampler
+
+from efpn.config import TrainConfig
+from efpn.config.data import DataConfig, load_data_config
+from efpn.data.dataset import DetectionDataset
+from efpn.data.records import ImageRecord
+from efpn.data.splits import load_split, split_records
+from efpn.data.transforms import DetectionTransform, build_transforms
+
+__all__ = ["SeededSamples", "StepBatchSampler", "TrainData", "load_train_data", "to_device", "train_transforms"]
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one sample of one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]) % (1 << 63)
+
+
+class SeededSamples(Dataset):
+    """``dataset[(epoch, index)]``: sample ``index`` with its augmentation RNG seeded by ``(seed, epoch, index)``.
+
+    Random augmentation then depends on neither the DataLoader worker nor the rank that loads the sample, so
+    runs with different ``workers``/``world_size`` and a resumed run see identical samples. The caller's
+    torch RNG is left untouched (``workers=0`` loads in the training process). Adds ``scale`` = network px /
+    original px to the target, read from the letterbox the train pipeline records.
+    """
+
+    def __init__(self, dataset: DetectionDataset, seed: int):
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_sample_seed(self.seed, epoch, index))
+            image, target = self.dataset[index]
+        # the train letterbox records [scale_x, scale_y, pad_left, pad_top]; tile and mosaic crops are native
+        # resolution, so the letterbox's scale is the whole network/original scale (size buckets need it)
+        target["scale"] = float(target["letterbox"][0]) if "letterbox" in target else 1.0
+        return image, target
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This process's micro-batches, step by step, from a :class:`DistributedSampler`.
+
+    Step ``j`` of an epoch uses global shuffle positions ``[j*B, (j+1)*B)``; the DistributedSampler gives rank
+    ``r`` the positions ``≡ r (mod W)`` of them, and micro-batch ``a`` of ``A`` takes every ``A``-th of those.
+    So sample ``k`` of a step lands on "virtual replica" ``r + W*a = k mod (W*A)``: the world-size-2 run and
+    the one-process ``accumulate=2`` run group the same images into the same (BatchNorm) micro-batches.
+    Yields lists of ``(epoch, index)`` keys for :class:`SeededSamples`; ``start_step`` skips already-done
+    steps of the first epoch after a resume.
+    """
+
+    def __init__(self, sampler: DistributedSampler, per_rank_batch: int, accumulate: int):
+        if per_rank_batch % accumulate:
+            raise ValueError(f"per-process batch {per_rank_batch} is not divisible by accumulate={accumulate}")
+        self.sampler = sampler
+        self.per_rank_batch = per_rank_batch
+        self.accumulate = accumulate
+        self.epoch = 0
+        self.start_step = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler) // self.per_rank_batch
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.epoch = epoch
+        self.start_step = start_step
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.start_step) * self.accumulate
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = list(self.sampler)
+        b, a = self.per_rank_batch, self.accumulate
+        for j in range(self.start_step, self.steps_per_epoch):
+            chunk = order[j * b : (j + 1) * b]
+            for m in range(a):
+                yield [(self.epoch, int(i)) for i in chunk[m::a]]
+
+
+def train_transforms(cfg: TrainConfig) -> DetectionTransform:
+    """The data package's train pipeline, with the letterbox recording its scale (for ``scale`` in targets)
+    and without the random tile crop when ``tile=False``."""
+    return build_transforms(True, cfg.image_size, mosaic=cfg.mosaic, flip_vertical=cfg.flip_vertical,
+                            tile=cfg.tile, record_letterbox=True)
+
+
+@dataclass
+class TrainData:
+    """The records of a run and how they were split (``split`` is written to ``data_split.json``)."""
+
+    train: list[ImageRecord]
+    val: list[ImageRecord]
+    class_names: list[str]
+    config: DataConfig
+    split: dict[str, Any]
+
+
+def load_train_data(cfg: TrainConfig, verbose: bool) -> TrainData:
+    """Train and val records from the data YAML; val is carved from train when the YAML gives none."""
+    data_cfg = load_data_config(cfg.data)
+    train_records, names, report = load_split(data_cfg, cfg.train_split)
+    if verbose:
+        print(report.summary())
+    split: dict[str, Any] = {"data": str(Path(cfg.data).resolve()), "train_split": cfg.train_split,
+                             "val_split": cfg.val_split, "dataset": data_cfg.name}
+    val_records: list[ImageRecord] = []
+    if cfg.val_split is None:
+        split["val_source"] = "none"
+    elif cfg.val_split == cfg.train_split:  # asked for explicitly: measures fitting, not generalisation
+        val_records = list(train_records)
+        split["val_source"] = "the train split itself"
+    elif data_cfg.has_split(cfg.val_split):
+        val_records, _, _ = load_split(data_cfg, cfg.val_split)
+        carved = cfg.val_split == "val" and "val" not in data_cfg.sources
+        split["val_source"] = "carved from train by the data YAML" if carved else "data YAML"
+        if carved:
+            split.update(val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed)
+    else:
+        train_records, val_records = split_records(train_records, cfg.val_fraction, data_cfg.split_seed)
+        split.update(val_source="carved from train by the trainer", val_fraction=cfg.val_fraction,
+                     split_seed=data_cfg.split_seed)
+    if not train_records:
+        raise ValueError(f"data YAML {cfg.data}: split {cfg.train_split!r} has no images to train on")
+    split["num_train"], split["num_val"] = len(train_records), len(val_records)
+    split["val_ids"] = [r.image_id for r in val_records]
+    split["train_ids"] = [r.image_id for r in train_records]
+    return TrainData(train_records, val_records, list(names), data_cfg, split)
+
+
+def to_device(images: Tensor, targets: Sequence[Mapping[str, Any]], device: torch.device,
+               channels_last: bool) -> tuple[Tensor, list[dict[str, Any]]]:
+    """A collated batch on ``device`` (channels-last images if asked); targets keep boxes, labels and scale."""
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    moved = [{"boxes": t["boxes"].to(device, non_blocking=True), "labels": t["labels"].to(device, non_blocking=True),
+              "scale": t["scale"]} for t in targets]
+    return images, moved
