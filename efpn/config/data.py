@@ -2,7 +2,7 @@
 
 Schema (paths are relative to ``root``; ``root`` is relative to the YAML file and defaults to its folder)::
 
-    format: coco            # one of coco, yolo, voc, visdrone, dota
+    format: coco            # one of coco, yolo, voc, visdrone, dota, masks
     root: ../shared/data/ssdd
     names: [ship]           # optional: a list, an {index: name} mapping, or a names.yaml / classes.txt path
     train:                  # keys depend on the format (see SOURCE_KEYS)
@@ -14,6 +14,7 @@ Schema (paths are relative to ``root``; ``root`` is relative to the YAML file an
     split_seed: 0
     options:                # optional keyword options of the format's loader
       crowd: crowd          # coco: crowd, check_images | voc, dota: difficult | visdrone: others
+                            # masks: mask_suffix ("_pixels0"), connectivity (8), instances (false)
 
 Source keys per format (``*`` = required):
 
@@ -24,6 +25,8 @@ Source keys per format (``*`` = required):
   ``Annotations``), ``images`` (default ``JPEGImages``)
 * ``visdrone``: ``annotations*`` (folder), ``images`` (folder or null), ``image_sizes`` (COCO JSON or null)
 * ``dota``: ``labels*`` (folder), ``images`` (folder or null)
+* ``masks``: ``images*`` (folder), ``masks*`` (folder of ``<stem><mask_suffix>.png``), ``list`` (id list file;
+  omitted = every image); one box per connected target component (SIRST and other infrared small-target sets)
 
 Every problem raises ``ValueError`` (bad value, unknown key or format) or ``FileNotFoundError`` (a path that
 does not exist) naming the YAML file, the key, the resolved path and what to do.
@@ -49,7 +52,7 @@ __all__ = [
 ]
 
 #: Annotation formats a data YAML may name (each has a loader in :mod:`efpn.data`).
-FORMATS: tuple[str, ...] = ("coco", "yolo", "voc", "visdrone", "dota")
+FORMATS: tuple[str, ...] = ("coco", "yolo", "voc", "visdrone", "dota", "masks")
 
 
 #: format -> {source key: (required, "file" | "dir")}.
@@ -59,6 +62,7 @@ SOURCE_KEYS: dict[str, dict[str, tuple[bool, str]]] = {
     "voc": {"list": (False, "file"), "annotations": (False, "dir"), "images": (False, "dir")},
     "visdrone": {"annotations": (True, "dir"), "images": (False, "dir"), "image_sizes": (False, "file")},
     "dota": {"labels": (True, "dir"), "images": (False, "dir")},
+    "masks": {"images": (True, "dir"), "masks": (True, "dir"), "list": (False, "file")},
 }
 
 #: format -> loader keyword options a YAML may set under ``options``.
@@ -68,6 +72,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "voc": ("difficult",),
     "visdrone": ("others",),
     "dota": ("difficult",),
+    "masks": ("mask_suffix", "connectivity", "instances"),
 }
 
 SPLITS = ("train", "val")
@@ -164,7 +169,8 @@ def _parse_source(fmt: str, split: str, value: Any, root: Path, where: str) -> d
         exists = path.is_file() if kind == "file" else path.is_dir()
         if not exists:
             raise FileNotFoundError(
-                f"{where}: '{split}.{key}: {str(raw)[:200]}' -> {path} is not an existing {kind}; paths are relative to "
+                f"{where}: '{split}.{key}: {str(raw)[:200]}' -> {path} is not an existing {kind}; paths are "
+                f"relative to "
                 f"root {root}; fix the path in the YAML or put the {kind} there"
             )
         out[key] = path

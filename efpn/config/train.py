@@ -61,6 +61,10 @@ class TrainConfig:
     momentum: float = _field(0.9, "SGD momentum, or AdamW beta1")
     warmup_iters: int = _field(500, "linear lr warm-up in optimizer steps (at most a third of the run)")
     final_lr_ratio: float = _field(0.01, "cosine decay from lr to lr * final_lr_ratio")
+    backbone_lr_scale: float = _field(0.1, "lr multiplier for a pretrained backbone (ImageNet or local weights); "
+                                           "1 = same lr as the rest")
+    dcloss_warmup_fraction: float | None = _field(0.1, "DCLoss warm-up (weights 1) as a share of the run's steps, "
+                                                       "so every run re-weights; None = the preset's fixed count")
     clip_grad: float | None = _field(10.0, "max gradient norm; None/0 = no clipping")
     nonfinite_limit: int = _field(10, "stop with an error after this many consecutive non-finite steps")
     # weight averaging and speed
@@ -112,6 +116,9 @@ class TrainConfig:
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.warmup_iters >= 0, f"warmup_iters must be >= 0, got {self.warmup_iters}")
+        need(0 < self.backbone_lr_scale <= 1, f"backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}")
+        need(self.dcloss_warmup_fraction is None or 0 <= self.dcloss_warmup_fraction < 1,
+             f"dcloss_warmup_fraction must be in [0, 1) or None, got {self.dcloss_warmup_fraction}")
         need(0 <= self.final_lr_ratio <= 1, f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
         need(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
         need(self.nonfinite_limit >= 1, f"nonfinite_limit must be >= 1, got {self.nonfinite_limit}")

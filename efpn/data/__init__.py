@@ -12,6 +12,7 @@ from efpn.data.coco import load_coco, parse_coco, records_to_coco
 from efpn.data.dataset import DetectionDataset, collate
 from efpn.data.dota import DOTA_V1_CLASSES, load_dota
 from efpn.data.images import CorruptImageError, image_size, read_image
+from efpn.data.masks import boxes_from_mask, load_masks
 from efpn.data.records import POLICIES, ImageRecord, Policy, SkipReport
 from efpn.data.splits import load_split, split_records
 from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample, write_synthetic_dataset
@@ -29,6 +30,8 @@ from efpn.data.voc import load_voc, parse_voc
 from efpn.data.yolo import load_yolo, parse_yolo
 
 __all__ = [
+    "boxes_from_mask",
+    "load_masks",
     "ANNOTATION_FORMATS",
     "DOTA_V1_CLASSES",
     "FORMATS",

@@ -13,6 +13,7 @@ import numpy as np
 from efpn.config.data import FORMATS, SPLITS, DataConfig, load_data_config
 from efpn.data.coco import load_coco
 from efpn.data.dota import load_dota
+from efpn.data.masks import load_masks
 from efpn.data.records import ImageRecord, SkipReport
 from efpn.data.visdrone import load_visdrone
 from efpn.data.voc import load_voc
@@ -27,6 +28,7 @@ LOADERS: dict[str, Callable[..., tuple[list[ImageRecord], list[str], SkipReport]
     "voc": load_voc,
     "visdrone": load_visdrone,
     "dota": load_dota,
+    "masks": load_masks,
 }
 assert tuple(LOADERS) == FORMATS, "every format a data YAML may name needs a loader"
 
@@ -51,6 +53,8 @@ def _call_loader(
         return load_voc(cfg.root, src["list"], names=names, name=label, **kw, **opts)
     if fmt == "visdrone":
         return load_visdrone(src["annotations"], src["images"], image_sizes=src["image_sizes"], name=label, **opts)
+    if fmt == "masks":
+        return load_masks(src["images"], src["masks"], src["list"], names=names, name=label, **opts)
     return load_dota(src["labels"], src["images"], names=names, name=label, **opts)
 
 

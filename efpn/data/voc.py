@@ -17,6 +17,8 @@ Contract of :func:`load_voc`:
 
 from __future__ import annotations
 
+import glob
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +90,21 @@ def _find_image(images: Path, stem: str, filename: str) -> Path | None:
     return p if p is not None and p.is_file() else None
 
 
+def warn_if_mask_dataset(ann_dir: Path, stems: list[str]) -> None:
+    """Warn when the XML files sit beside target masks (``<stem>_pixels0.png``, the SIRST layout): there each
+    XML holds ONE box per image that often encloses several targets, so its boxes are not the objects."""
+    beside = [s for s in stems[:50] if any(ann_dir.glob(f"{glob.escape(s)}_pixels*.png"))]
+    if beside:
+        warnings.warn(
+            f"{ann_dir} holds target masks beside the VOC files (e.g. {beside[0]}_pixels0.png): in this layout "
+            "(SIRST and other infrared small-target sets) each XML has ONE box per image that often encloses "
+            "several targets. Load the masks instead: format 'masks' in the data YAML (see recipes/data/sirst.yaml) "
+            "or efpn.data.load_masks.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def load_voc(
     root: str | Path,
     list_file: str | Path | None = None,
@@ -121,6 +138,7 @@ def load_voc(
         stems = read_voc_list(root / list_file)
     else:
         stems = sorted(p.stem for p in ann_dir.glob("*.xml"))
+    warn_if_mask_dataset(ann_dir, stems)
     report = SkipReport(dataset=name or (root.name + (f"/{Path(list_file).stem}" if list_file else "")))
 
     parsed: list[tuple[int, _VocFile, Path]] = []

@@ -35,20 +35,32 @@ class WarmupCosine:
         return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two optimizer groups: weight decay on conv/linear weights (ndim > 1), none on biases, norm weights and
-    scalar gains (CEM α, FBSM β), where decay would only pull a learned scale towards zero."""
-    decay, no_decay = [], []
-    for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+def param_groups(
+    model: nn.Module, weight_decay: float, slow_prefix: str | None = None, slow_scale: float = 1.0
+) -> list[dict[str, Any]]:
+    """Optimizer groups: weight decay on conv/linear weights (ndim > 1), none on biases, norm weights and scalar
+    gains (CEM α, FBSM β), where decay would only pull a learned scale towards zero. Parameters whose name starts
+    with ``slow_prefix`` (a pretrained backbone) get their own pair of groups with ``lr_scale = slow_scale``; the
+    others have ``lr_scale`` 1 (the schedule multiplies each group's peak lr by it). Empty groups are left out."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         if not p.requires_grad:
             continue
-        (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        slow = slow_prefix is not None and name.startswith(slow_prefix)
+        groups.setdefault((slow, p.ndim > 1), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": slow_scale if slow else 1.0}
+        for (slow, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
+    ]
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW (beta1 = ``momentum``) or Nesterov SGD over :func:`param_groups`."""
-    groups = param_groups(model, cfg.weight_decay)
+    pretrained = getattr(getattr(model, "config", None), "backbone", None)
+    slow = "backbone." if pretrained is not None and pretrained.weights else None
+    groups = param_groups(model, cfg.weight_decay, slow, cfg.backbone_lr_scale)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))

@@ -37,6 +37,7 @@ Run directory (``out/name``)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -182,6 +183,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         # ------------------------------------------------------------------ model, optimiser, schedule, EMA
         model_cfg: ModelConfig = get_config(cfg.model, num_classes=len(data.class_names),
                                             class_names=tuple(data.class_names), image_size=cfg.image_size)
+        if model_cfg.loss.dcloss and cfg.dcloss_warmup_fraction is not None:
+            # a warm-up relative to the run: every run leaves it and re-weights (a fixed 500 can outlast a run)
+            warm = round(cfg.dcloss_warmup_fraction * total_steps)
+            model_cfg = dataclasses.replace(model_cfg, loss=dataclasses.replace(model_cfg.loss, dcloss_warmup=warm))
         model = build(model_cfg).to(device)
         if cfg.sync_bn and world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

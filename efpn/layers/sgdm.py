@@ -126,6 +126,9 @@ class SGDM(nn.Module):
             guided kernel are then per channel, (c_in, k*k) and (N, c_in, k*k, H', W').
         expansion: hidden width ``round(expansion * c_in)`` of the pointwise MLP; None: one 1x1 c_in -> c_out.
         impl: aggregation path, ``"shift"`` (memory-linear) or ``"unfold"`` (reference).
+        static: the static branch, when it is given (a pretrained stride-2 conv with its BatchNorm, no activation,
+            mapping c_in -> c_out at ``stride``); default a fresh k x k ConvBNAct.
+        zero_init_dynamic: start the dynamic branch's output at zero (y = act(static(x))), to wrap pretrained convs.
 
     ``forward(x, return_internals=True)`` returns ``(y, KernelInternals)``: D (N, G, k*k, H', W'), softmax over
     k*k; K (N, G or c_in, k*k, H', W'), the kernel actually applied (D when unguided); S (G or c_in, k*k), only
@@ -148,6 +151,8 @@ class SGDM(nn.Module):
         learned_razor: bool = False,
         impl: Impl = "shift",
         eps: float = 1e-6,
+        static: nn.Module | None = None,
+        zero_init_dynamic: bool = False,
     ):
         super().__init__()
         check_kernel_size(kernel_size, stride)
@@ -169,8 +174,14 @@ class SGDM(nn.Module):
                 ConvBNAct(c_in, hidden, 1, act_layer=act_layer),
                 ConvBNAct(hidden, c_out, 1, act_layer=None),
             )
-        self.static = ConvBNAct(c_in, c_out, kernel_size, stride, act_layer=None)
+        # the static branch: the k x k conv SGDM replaces, or a given (e.g. pretrained) one with the same contract
+        self.static = static if static is not None else ConvBNAct(c_in, c_out, kernel_size, stride, act_layer=None)
         self.act = make_act(act_layer)
+        if zero_init_dynamic:
+            # the dynamic branch's last BatchNorm starts at gamma 0: y = act(static(x)) exactly, so wrapping a
+            # pretrained conv starts training from the pretrained network; gamma learns from the first step
+            last = self.pw[-1] if isinstance(self.pw, nn.Sequential) else self.pw
+            nn.init.zeros_(last.bn.weight)
 
     def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, KernelInternals]:
         check_nchw(x, self.c_in, type(self).__name__)

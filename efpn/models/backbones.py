@@ -168,3 +168,91 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
         raise ValueError(
             f"backbone weights {p} do not fit: missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
         )
+
+
+class InvertedDown(nn.Module):
+    """A MobileNetV2 stride-2 inverted residual split into its parts: 1x1 ``expand`` -> 3x3 depthwise ``spatial``
+    (stride 2) -> 1x1 ``project``; no residual (the shape changes). ``spatial`` may be a dynamic convolution that
+    wraps the pretrained depthwise conv (SGDM with it as the static branch); its kernels are then internals."""
+
+    def __init__(self, expand: nn.Module, spatial: nn.Module, project: nn.Module):
+        super().__init__()
+        self.expand = expand
+        self.spatial = spatial
+        self.project = project
+
+    def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, KernelInternals | None]:
+        h = self.expand(x)  # (N, t*C_in, H, W)
+        inner: KernelInternals | None = None
+        if return_internals and supports_internals(self.spatial):
+            h, inner = self.spatial(h, return_internals=True)  # (N, t*C_in, H/2, W/2)
+        else:
+            h = self.spatial(h)
+        y = self.project(h)  # (N, C_out, H/2, W/2)
+        return (y, inner) if return_internals else y
+
+
+#: MobileNetV2 ``features`` index ranges per stage and the index of the stage's stride-2 block.
+_MV2_STAGES: dict[str, tuple[int, int, int]] = {"c2": (0, 4, 2), "c3": (4, 7, 4), "c4": (7, 14, 7), "c5": (14, 18, 14)}
+
+#: Wraps a stage's pretrained depthwise stride-2 conv: ``(stage, channels, static) -> module``.
+SpatialWrapper = Callable[[str, int, nn.Module], nn.Module]
+
+
+class MobileNetV2Backbone(nn.Module):
+    """torchvision MobileNetV2 ``features[:18]`` as stages ``{c2: 24 ch, c3: 32, c4: 96, c5: 320}`` (strides 4-32).
+
+    ``weights``: a ``state_dict`` in torchvision's layout (e.g. the ImageNet one from
+    :func:`efpn.models.pretrained.packaged_state_dict`) or None for random init. ``wrap`` names stages whose
+    stride-2 depthwise conv is wrapped by ``wrapper`` (SGDM with the pretrained conv + BN as its static branch);
+    the block's ReLU6 moves into the wrapper. Each stage is ``pre`` blocks, the stride-2 ``down``
+    (:class:`InvertedDown`) and ``post`` blocks, so the stage outputs equal torchvision's feature maps.
+    """
+
+    def __init__(
+        self,
+        out_levels: Sequence[str] = ("c2", "c3", "c4", "c5"),
+        weights: dict[str, Tensor] | None = None,
+        wrap: Sequence[str] = (),
+        wrapper: SpatialWrapper | None = None,
+    ):
+        super().__init__()
+        net = torchvision.models.mobilenet_v2()
+        if weights is not None:
+            net.load_state_dict(weights, strict=True)  # raises on any missing or unexpected key
+        bad = [lv for lv in out_levels if lv not in _MV2_STAGES]
+        if bad:
+            raise ValueError(f"unknown backbone levels {bad}; MobileNetV2 provides {list(_MV2_STAGES)}")
+        if wrap and wrapper is None:
+            raise ValueError("wrap names stages but no wrapper builds the modules")
+        feats = net.features
+        self.stages = nn.ModuleDict()
+        for name, (start, end, down) in _MV2_STAGES.items():
+            block = feats[down]
+            expand, dw, project_conv, project_bn = block.conv  # Conv2dNormActivation x 2, Conv2d, BatchNorm2d
+            spatial: nn.Module = dw
+            if name in wrap:
+                assert wrapper is not None
+                spatial = wrapper(name, dw[0].in_channels, nn.Sequential(dw[0], dw[1]))
+            self.stages[name] = nn.ModuleDict({
+                "pre": nn.Sequential(*feats[start:down]),
+                "down": InvertedDown(expand, spatial, nn.Sequential(project_conv, project_bn)),
+                "post": nn.Sequential(*feats[down + 1 : end]),
+            })
+        self.out_levels = tuple(out_levels)
+        self.out_channels = {"c2": 24, "c3": 32, "c4": 96, "c5": 320}
+        self.strides = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
+
+    def forward(self, x: Tensor, return_internals: bool = False) -> BackboneOutput:
+        internals: dict[str, KernelLayer] | None = {} if return_internals else None
+        feats: dict[str, Tensor] = {}
+        last = max(self.out_levels, key=lambda lv: self.strides[lv])
+        for name, stage in self.stages.items():
+            x = stage["pre"](x)
+            x = call_collecting(stage["down"], x, internals, f"{name}.down", self.strides[name])  # (N, C, H/s, W/s)
+            x = stage["post"](x)
+            if name in self.out_levels:
+                feats[name] = x
+            if name == last:
+                break
+        return (feats, internals) if internals is not None else feats

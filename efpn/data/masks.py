@@ -1,0 +1,143 @@
+"""Binary (or instance-id) target masks -> :class:`~efpn.data.records.ImageRecord` boxes.
+
+Infrared small-target sets (SIRST and its relatives) annotate each image with a mask, not boxes. Layout::
+
+    images/Misc_1.png            the image
+    masks/Misc_1_pixels0.png     its mask: non-zero pixels are target (``mask_suffix`` "_pixels0")
+    splits/train.txt             optional id list, one image stem per line
+
+Contract of :func:`load_masks`:
+
+* one box per 8-connected component of the non-zero pixels (``connectivity=4`` for 4-connected), tight around the
+  component: a 1-pixel target gives a 1 x 1 px box. With ``instances=True`` every distinct non-zero value is one
+  instance instead (instance-id masks), its box around all its pixels;
+* one class, ``names[0]`` (default ``"target"``);
+* an image without a mask file is kept with no boxes (``image_without_labels``); a mask without its image is
+  skipped (``label_without_image``); an unreadable image or mask drops the image (``unreadable_image``); a mask
+  whose size differs from its image's is ``malformed`` and the image is dropped (the boxes would be wrong);
+* ids in the list that have no image are counted as ``label_without_image``;
+* ``image_id`` as every loader: the numeric stem when all stems are numbers, else the index in list (or sorted)
+  order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from efpn.data.images import CorruptImageError, image_size, index_images
+from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record
+
+__all__ = ["boxes_from_mask", "load_masks"]
+
+
+def boxes_from_mask(mask: np.ndarray, connectivity: int = 8, instances: bool = False) -> np.ndarray:
+    """xyxy px boxes (M, 4) float32 of the targets in a mask (H, W): one per connected component of the non-zero
+    pixels, or with ``instances`` one per distinct non-zero value. Box edges enclose whole pixels: a component
+    spanning columns 3..5 gives x1 = 3, x2 = 6. Boxes are sorted by (y1, x1)."""
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)  # a colour-saved mask: any channel non-zero is target
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    boxes: list[list[float]] = []
+    if instances:
+        for value in np.unique(mask):
+            if value == 0:
+                continue
+            ys, xs = np.nonzero(mask == value)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    else:
+        count, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=connectivity)
+        for i in range(1, count):  # label 0 is the background
+            x, y, w, h = stats[i, :4]
+            boxes.append([x, y, x + w, y + h])
+    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    return out[np.lexsort((out[:, 0], out[:, 1]))] if len(out) else out
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise CorruptImageError(f"mask {path} could not be read as an image")
+    return mask
+
+
+def _read_list(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_masks(
+    images: str | Path,
+    masks: str | Path,
+    list_file: str | Path | None = None,
+    *,
+    mask_suffix: str = "_pixels0",
+    connectivity: int = 8,
+    instances: bool = False,
+    names: Sequence[str] | None = None,
+    name: str = "",
+) -> tuple[list[ImageRecord], list[str], SkipReport]:
+    """Records of every image under ``images`` (or of the stems listed in ``list_file``), with boxes derived from
+    ``masks/<stem><mask_suffix>.png`` (see the module docstring). Returns ``(records, class_names, report)``.
+
+    Raises FileNotFoundError for a missing folder or list file and ValueError for a bad option.
+    """
+    img_dir, mask_dir = Path(images), Path(masks)
+    for what, folder in (("images", img_dir), ("masks", mask_dir)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"masks loader: {what} folder {folder} does not exist")
+    class_names = list(names) if names else ["target"]
+    if len(class_names) != 1:
+        raise ValueError(f"masks give one class; got names {class_names[:5]} (give one name or none)")
+    report = SkipReport(dataset=name or img_dir.parent.name)
+    index = index_images(img_dir)
+    mask_index = {p.stem[: -len(mask_suffix)] if mask_suffix else p.stem: p
+                  for p in index_images(mask_dir).values()
+                  if not mask_suffix or p.stem.endswith(mask_suffix)}
+    if list_file is not None:
+        lf = Path(list_file)
+        if not lf.is_file():
+            raise FileNotFoundError(f"masks loader: id list {lf} does not exist")
+        stems = _read_list(lf)
+        missing = [s for s in stems if s not in index]
+        for s in missing:
+            report.add("label_without_image", 1, f"{s} (listed in {lf.name})")
+        stems = [s for s in stems if s in index]
+    else:
+        stems = sorted(index)
+        for s in sorted(set(mask_index) - set(index)):
+            report.add("label_without_image", 1, mask_index[s].name)
+    records: list[ImageRecord] = []
+    kept_stems: list[str] = []
+    pending: list[tuple[str, Path, int, int, np.ndarray]] = []
+    for stem in stems:
+        path = index[stem]
+        try:
+            w, h = image_size(path)
+        except CorruptImageError:
+            report.add("unreadable_image", 1, path.name)
+            continue
+        mask_path = mask_index.get(stem)
+        if mask_path is None:
+            report.add("image_without_labels", 1, path.name)
+            boxes = np.zeros((0, 4), np.float32)
+        else:
+            try:
+                mask = _read_mask(mask_path)
+            except CorruptImageError:
+                report.add("unreadable_image", 1, mask_path.name)
+                continue
+            if mask.shape[:2] != (h, w):
+                report.add("malformed", 1, f"{mask_path.name} ({mask.shape[1]}x{mask.shape[0]} for a {w}x{h} image)")
+                continue
+            boxes = boxes_from_mask(mask, connectivity, instances)
+        kept_stems.append(stem)
+        pending.append((stem, path, w, h, boxes))
+    for image_id, (stem, path, w, h, boxes) in zip(assign_image_ids(kept_stems), pending):
+        rec = make_record(image_id, path, w, h, boxes, np.zeros(len(boxes), np.int64), ["target"] * len(boxes),
+                          report, source=f"{stem}{mask_suffix}.png")
+        records.append(rec)
+    return records, class_names, report.tally(records)

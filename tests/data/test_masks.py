@@ -1,0 +1,89 @@
+"""Mask-annotated data (SIRST layout): one box per 8-connected component, instance ids, odd files, the real set."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from torch.testing import assert_close
+
+from efpn.data import boxes_from_mask, load_masks, load_voc
+from efpn.data.splits import load_split
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def test_components_give_tight_boxes_and_diagonals_join_at_8_connectivity() -> None:
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:5, 3:6] = 255  # a 3x3 target
+    mask[10, 10] = 1  # a 1-pixel target
+    mask[11, 11] = 1  # touches it diagonally: one target at 8-connectivity, two at 4
+    mask[15:17, 20:28] = 7
+    boxes8 = boxes_from_mask(mask)
+    assert_close(boxes8, np.array([[3, 2, 6, 5], [10, 10, 12, 12], [20, 15, 28, 17]], np.float32))
+    assert len(boxes_from_mask(mask, connectivity=4)) == 4
+    assert boxes_from_mask(np.zeros((5, 5), np.uint8)).shape == (0, 4)
+
+
+def test_instance_ids_are_one_box_each_even_when_split() -> None:
+    mask = np.zeros((10, 10), np.uint16)
+    mask[1:3, 1:3] = 1
+    mask[7:9, 7:9] = 1  # the same instance in two pieces
+    mask[4, 4:6] = 2
+    assert_close(boxes_from_mask(mask, instances=True), np.array([[1, 1, 9, 9], [4, 4, 6, 5]], np.float32))
+
+
+def _write(folder: Path, name: str, array: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(folder / name), array)
+
+
+def test_loader_counts_what_it_skips(tmp_path: Path) -> None:
+    img, msk = tmp_path / "images", tmp_path / "masks"
+    for stem in ("a", "b", "c", "d"):
+        _write(img, f"{stem}.png", np.full((24, 32, 3), 40, np.uint8))
+    one = np.zeros((24, 32), np.uint8)
+    one[5:8, 6:9] = 255
+    _write(msk, "a_pixels0.png", one)
+    _write(msk, "c_pixels0.png", np.zeros((10, 10), np.uint8))  # wrong size: malformed, image dropped
+    _write(msk, "e_pixels0.png", one)  # no image
+    (img / "d.png").write_bytes(b"not a png")  # unreadable image
+    records, names, report = load_masks(img, msk)
+    assert names == ["target"]
+    assert [r.path.name for r in records] == ["a.png", "b.png"]
+    assert_close(records[0].boxes, np.array([[6, 5, 9, 8]], np.float32))
+    assert len(records[1].boxes) == 0
+    assert report.image_without_labels == 1 and report.malformed == 1
+    assert report.label_without_image == 1 and report.unreadable_image == 1
+    lst = tmp_path / "list.txt"
+    lst.write_text("b\na\nzz\n")
+    records, _, report = load_masks(img, msk, lst)
+    assert [r.path.name for r in records] == ["b.png", "a.png"] and report.label_without_image == 1
+    with pytest.raises(FileNotFoundError, match="masks folder"):
+        load_masks(img, tmp_path / "nope")
+
+
+@pytest.mark.realdata
+def test_sirst_trainval_has_its_424_targets() -> None:
+    if not (SHARED / "sirst").is_dir():
+        pytest.skip("../shared/data/sirst is not present")
+    repo = Path(__file__).resolve().parents[2]
+    train, names, _ = load_split(repo / "recipes" / "data" / "sirst.yaml", "train")
+    val, _, _ = load_split(repo / "recipes" / "data" / "sirst.yaml", "val")
+    assert names == ["target"] and (len(train), len(val)) == (256, 85)
+    sizes = np.concatenate([np.sqrt(np.prod(r.boxes[:, 2:] - r.boxes[:, :2], axis=1)) for r in train + val])
+    assert len(sizes) == 424 and float(np.mean(sizes < 16)) > 0.95
+    assert not {r.path for r in train} & {r.path for r in val}
+
+
+@pytest.mark.realdata
+def test_voc_loader_warns_about_sirst_single_box_xml() -> None:
+    if not (SHARED / "sirst").is_dir():
+        pytest.skip("../shared/data/sirst is not present")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_voc(SHARED / "sirst", annotations="masks", images="images")
+    assert any("ONE box per image" in str(w.message) and "format 'masks'" in str(w.message) for w in caught)
