@@ -16,6 +16,39 @@ from pathlib import Path
 from typing import Any
 
 
+def _tile_size(text: str) -> int:
+    """argparse type of a tile side: an integer of at least 8 px."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, got {text[:40]!r}") from None
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"must be at least 8 px, got {value} (leave the option out to not slice)")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """argparse type of an overlap: a finite number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text[:40]!r}") from None
+    if not 0.0 <= value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text[:40]}")
+    return value
+
+
+def _unit(text: str) -> float:
+    """argparse type of a threshold: a finite number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text[:40]!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text[:40]}")
+    return value
+
+
 def _die(msg: str, code: int = 2) -> typing.NoReturn:
     print(f"efpn: error: {msg}", file=sys.stderr)
     raise SystemExit(code)
@@ -141,11 +174,25 @@ def cmd_val(args: argparse.Namespace) -> None:
     print(report.summary())
     if args.limit:
         records = records[: args.limit]
-    result = validate(model, records, names, image_size=args.image_size or model.config.image_size,
-                      batch_size=args.batch_size, device=args.device, progress=True)
+    size = args.image_size or model.config.image_size
+
+    def line(tag: str, metrics: dict) -> str:
+        keys = ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m")
+        return tag + "  ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"{k} -" for k in keys)
+
+    result = validate(model, records, names, image_size=size, batch_size=args.batch_size, device=args.device,
+                      progress=True)
     m = result.to_json_dict()
-    print("  ".join(f"{k} {m[k]:.4f}" if isinstance(m.get(k), float) else f"{k} -" for k in
-                    ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m")))
+    if args.slice is not None:
+        # the same model and records, tiled: AP by size with and without slicing side by side
+        sliced = validate(model, records, names, image_size=size, device=args.device, progress=True,
+                          slice_size=args.slice, overlap=args.overlap)
+        print(line("whole image: ", m))
+        result, m = sliced, {**sliced.to_json_dict(), "slicing": {"tile": args.slice, "overlap": args.overlap},
+                             "without_slicing": m}
+        print(line(f"tiles {args.slice} px, overlap {args.overlap:g}: ", m))
+    else:
+        print(line("", m))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(m, indent=2))
@@ -265,18 +312,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--device", default="cpu")
     s.add_argument("--limit", type=int, default=None, help="only the first N images")
-    s.add_argument("--json", default=None, help="write {AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, per_class}")
+    s.add_argument("--json", default=None, help="write {AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, per_class}; with "
+                   "--slice the sliced metrics, plus 'without_slicing' and 'slicing'")
     s.add_argument("--plots", default=None, help="folder for PR curves and AP-by-size charts (PNG)")
+    s.add_argument("--slice", type=_tile_size, default=None, metavar="S",
+                   help="also validate on S x S tiles of each image (original px, >= 8), merged and scored against "
+                   "the full-image ground truth")
+    s.add_argument("--overlap", type=_fraction, default=0.2, help="tile overlap, a fraction in [0, 1) (default 0.2)")
     s.set_defaults(func=cmd_val)
 
     s = sub.add_parser("detect", help="detect objects in images or folders; writes drawn images + JSON")
     s.add_argument("source", nargs="+", help="image files or folders")
     s.add_argument("--weights", required=True)
     s.add_argument("--out", default="runs/detect")
-    s.add_argument("--score", type=float, default=0.25, help="score threshold")
-    s.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")
-    s.add_argument("--slice", type=int, default=None, metavar="SIZE", help="sliced inference with SIZE tiles")
-    s.add_argument("--overlap", type=float, default=0.2, help="tile overlap fraction for --slice")
+    s.add_argument("--score", type=_unit, default=0.25, help="score threshold in [0, 1]")
+    s.add_argument("--iou", type=_unit, default=0.5, help="NMS IoU threshold in [0, 1]")
+    s.add_argument("--slice", type=_tile_size, default=None, metavar="SIZE",
+                   help="sliced inference with SIZE x SIZE tiles (>= 8 px)")
+    s.add_argument("--overlap", type=_fraction, default=0.2, help="tile overlap fraction in [0, 1) for --slice")
     s.add_argument("--image-size", type=int, default=None)
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_detect)

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from efpn.data.images import read_image
 from efpn.data.records import ImageRecord
 from efpn.evaluation.coco import EvalResult, evaluate_detections
 from efpn.infer.preprocess import Prepared, boxes_to_original, prepare
+from efpn.infer.slicing import sliced_predict
 from efpn.models.detector import Detector
 
-__all__ = ["Predictions", "predict_records", "validate"]
+__all__ = ["Predictions", "predict_records", "predict_records_sliced", "validate"]
 
 #: Per-image predictions in original pixels: ``boxes`` (D, 4) float32 xyxy, ``scores`` (D,), ``labels`` (D,).
 Predictions = dict[int, dict[str, np.ndarray]]
@@ -135,6 +137,41 @@ def predict_records(
     return out
 
 
+def predict_records_sliced(
+    model: Detector,
+    records: Sequence[ImageRecord],
+    tile: int,
+    overlap: float = 0.2,
+    image_size: int | None = None,
+    score_thresh: float = 0.001,
+    max_det: int = 1500,
+    progress: bool = False,
+) -> Predictions:
+    """Like :func:`predict_records`, but every image is cut into ``tile`` x ``tile`` windows overlapping by
+    ``overlap`` (:func:`efpn.infer.sliced_predict`: each window at the network size ``image_size``, default the
+    model's, plus one whole-image pass when there are several windows) and the detections are merged in the
+    image's own pixels. An image that fits in one window gets exactly its plain prediction."""
+    if model.training:
+        raise ValueError("sliced validation needs an eval-mode model; call model.eval()")
+    out: Predictions = {}
+    iterator: Any = records
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(records, desc=f"val (tiles of {tile} px)", unit="img", dynamic_ncols=True, leave=False)
+    for rec in iterator:
+        if rec.path is None:
+            raise ValueError(f"record {rec.image_id} has no image path; cannot predict")
+        det = sliced_predict(model, read_image(rec.path), tile=tile, overlap=overlap, score_thresh=score_thresh,
+                             max_det=max_det, image_size=image_size)
+        out[rec.image_id] = {
+            "boxes": det["boxes"].float().cpu().numpy().astype(np.float32),
+            "scores": det["scores"].float().cpu().numpy(),
+            "labels": det["labels"].cpu().numpy().astype(np.int64),
+        }
+    return out
+
+
 def _pending_key(pending: list[tuple[ImageRecord, Prepared]], divisor: int) -> tuple[int, int]:
     t: Tensor = pending[0][1].tensor
     return _ceil(t.shape[-2], divisor), _ceil(t.shape[-1], divisor)
@@ -152,13 +189,23 @@ def validate(
     max_dets: Sequence[int] = (100, 1500),
     threads: int = 2,
     progress: bool = False,
+    slice_size: int | None = None,
+    overlap: float = 0.2,
 ) -> EvalResult:
     """COCO-style AP (with the AI-TOD size splits) of ``model`` on ``records``.
 
-    ``image_size`` defaults to the model config's. Predictions come from :func:`predict_records`; matching is
+    ``image_size`` defaults to the model config's. Predictions come from :func:`predict_records`, or with
+    ``slice_size`` from :func:`predict_records_sliced` (tiles of that many original pixels, ``overlap`` a fraction
+    of the tile), always scored against the full-image ground truth; matching is
     :func:`efpn.evaluation.coco.evaluate_detections` (pycocotools). The headline metrics are at ``max(max_dets)``.
     """
     size = int(image_size or model.config.image_size)
+    if slice_size is not None:
+        if slice_size < 8:
+            raise ValueError(f"slice_size must be at least 8 px, got {slice_size}")
+        preds = predict_records_sliced(model, records, slice_size, overlap, size, score_thresh=score_thresh,
+                                       max_det=max_det, progress=progress)
+        return evaluate_detections(records, preds, class_names, max_dets=max_dets)
     preds = predict_records(
         model, records, size, batch_size=batch_size, device=device, score_thresh=score_thresh, max_det=max_det,
         threads=threads, progress=progress,

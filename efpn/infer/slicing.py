@@ -98,7 +98,7 @@ def sliced_predict(
     iou = pp.nms_iou if nms_iou is None else float(nms_iou)
     cap = pp.max_det if max_det is None else int(max_det)
     size = int(image_size or model.config.image_size)
-    kw: dict[str, Any] = {"nms_iou": iou}
+    kw: dict[str, Any] = {"nms_iou": iou, "max_det": cap}  # a tile keeps as many as the merge may
     if score_thresh is not None:
         kw["score_thresh"] = float(score_thresh)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,36 @@ def test_val_writes_json_in_unit_range(tiny_ckpt_and_data: tuple[Path, Path], tm
     for k in ("AP", "AP50", "AP75"):
         assert 0.0 <= m[k] <= 1.0
     assert set(m["per_class"]) == {"disc", "square", "cross"}
+
+
+def test_val_sliced_json_has_both(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path) -> None:
+    ckpt, data = tiny_ckpt_and_data
+    out = tmp_path / "s.json"
+    main(["val", "--weights", str(ckpt), "--data", str(data), "--split", "train", "--limit", "2", "--slice", "64",
+          "--overlap", "0.25", "--json", str(out)])
+    m = json.loads(out.read_text())
+    assert m["slicing"] == {"tile": 64, "overlap": 0.25}
+    for k in ("AP", "AP_vt", "AP_t", "AP_s", "AP_m"):
+        assert k in m and k in m["without_slicing"]
+
+
+@pytest.mark.parametrize(("flag", "value", "match"), [
+    ("--slice", "0", "at least 8 px"), ("--slice", "x", "whole number"), ("--overlap", "1.5", r"in \[0, 1\)"),
+    ("--overlap", "nan", r"in \[0, 1\)"),
+])
+def test_val_refuses_bad_slicing(flag: str, value: str, match: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["val", "--weights", "w.safetensors", "--data", "d.yaml", flag, value])
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and re.search(match, err)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--score", "nan"), ("--score", "2"), ("--iou", "-1"), ("--slice", "0")])
+def test_detect_refuses_bad_numbers(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["detect", "x.png", "--weights", "w.safetensors", flag, value])
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "must be" in err
 
 
 def test_detect_whole_and_sliced(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path) -> None:

@@ -287,3 +287,24 @@ def test_bad_inputs_raise() -> None:
         evaluate_detections(recs, {1: pred([[0, 0, 5, 5]], [0.5], [2])}, CLASSES)
     with pytest.raises(ValueError, match="backend"):
         evaluate_detections(recs, {}, CLASSES, backend="nope")  # type: ignore[arg-type]
+
+
+def test_sliced_validation_equals_plain_on_an_image_that_fits_one_tile(tmp_path) -> None:
+    import efpn
+    from efpn.data.synthetic import write_synthetic_dataset
+    from efpn.data.splits import load_split
+    from efpn.evaluation import validate
+
+    write_synthetic_dataset(tmp_path / "synth", num_images=3, image_size=96, seed=3, val_fraction=0.0)
+    records, names, _ = load_split(tmp_path / "synth" / "data.yaml", "train")
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_efpn_n", num_classes=len(names)).eval()
+    plain = validate(model, records, names, image_size=96, batch_size=1, score_thresh=0.0)
+    sliced = validate(model, records, names, image_size=96, score_thresh=0.0, slice_size=128, overlap=0.2)
+    for key, value in plain.metrics.items():
+        if value is None:
+            assert sliced.metrics[key] is None, key
+        else:
+            assert_close(sliced.metrics[key], value, rtol=0, atol=1e-9, msg=key)
+    tiled = validate(model, records, names, image_size=96, score_thresh=0.0, slice_size=48, overlap=0.25)
+    assert set(tiled.metrics) == set(plain.metrics)  # tiles of half the image: a different, valid evaluation
