@@ -291,8 +291,8 @@ def test_bad_inputs_raise() -> None:
 
 def test_sliced_validation_equals_plain_on_an_image_that_fits_one_tile(tmp_path) -> None:
     import efpn
-    from efpn.data.synthetic import write_synthetic_dataset
     from efpn.data.splits import load_split
+    from efpn.data.synthetic import write_synthetic_dataset
     from efpn.evaluation import validate
 
     write_synthetic_dataset(tmp_path / "synth", num_images=3, image_size=96, seed=3, val_fraction=0.0)
