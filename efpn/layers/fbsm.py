@@ -11,11 +11,16 @@ has learned where the foreground is; background suppression is opt-in and starts
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from efpn.layers.conv import ActLayer, ConvBNAct, check_nchw
 from efpn.layers.internals import GateInternals
+
+#: Initial foreground probability of the gate.
+FG_PRIOR = 0.01
 
 
 class FBSM(nn.Module):
@@ -39,6 +44,11 @@ class FBSM(nn.Module):
         self.hidden = ConvBNAct(channels, hidden_channels, 3, act_layer=act_layer)
         # + 2 CBAM-style cues (channel mean and max) that stay cheap and saliency-like whatever C is
         self.classifier = nn.Conv2d(hidden_channels + 2, 2, 3, padding=1)
+        # foreground prior 0.01 (RetinaNet's focal-loss init): at 0.5 the tens of thousands of background cells of
+        # p2/p3 dominate the mask loss (normalised by the few foreground cells of tiny objects) for many steps
+        nn.init.constant_(self.classifier.bias, 0.0)
+        with torch.no_grad():
+            self.classifier.bias[1] = math.log(FG_PRIOR / (1 - FG_PRIOR))
         self.beta = nn.Parameter(torch.ones(()))
         self.delta = nn.Parameter(torch.zeros(())) if bg_suppression else None
 
