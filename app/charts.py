@@ -15,6 +15,12 @@ import plotly.graph_objects as go
 from app.figures import STARVED_COLOUR
 from efpn import BUCKET_LABELS, BUCKETS, level_colour
 
+#: A legend in one row between the title and the plot: clear of tick labels that rotate on narrow pages.
+_LEGEND_ON_TOP = dict(orientation="h", yanchor="bottom", y=1.0, x=0, xanchor="left")
+#: Top margin that holds a title and, below it, a legend on top.
+_TOP_WITH_LEGEND = 72
+
+
 # ----------------------------------------------------------------------------------------------- detections
 
 
@@ -38,8 +44,10 @@ def level_summary_figure(levels: Sequence[str], detections: Mapping[str, int], p
 # ----------------------------------------------------------------------------------------------- assignment
 
 
-def positives_bar_figure(accounting: Mapping[str, Any], title: str = "Positives per level") -> go.Figure:
-    """Stacked bars per level: regular positives and fallback (low-quality) ones."""
+def positives_bar_figure(accounting: Mapping[str, Any], title: str = "Positives per level",
+                         subtitle: str | None = None) -> go.Figure:
+    """Stacked bars per level: regular positives and fallback (low-quality) ones; ``subtitle`` in small print under
+    the title (e.g. the assigner), so a title stays short in a narrow column."""
     levels = list(accounting["levels"])
     pos = [accounting["positives_per_level"][lv] for lv in levels]
     fb = [accounting["fallback_per_level"].get(lv, 0) for lv in levels]
@@ -50,7 +58,8 @@ def positives_bar_figure(accounting: Mapping[str, Any], title: str = "Positives 
         go.Bar(x=levels, y=fb, name="fallback (low-quality)", marker_color="#9e9e9e",
                hovertemplate="%{x}: %{y} fallback positives<extra></extra>"),
     ])
-    fig.update_layout(barmode="stack", title=title, height=300, margin=dict(l=0, r=0, t=40, b=0),
+    fig.update_layout(barmode="stack", title=dict(text=title, subtitle=dict(text=subtitle)),
+                      height=300 + (16 if subtitle else 0), margin=dict(l=0, r=0, t=56 if subtitle else 40, b=0),
                       yaxis_title="positive (prior, GT) pairs", legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -110,7 +119,8 @@ def gradient_reach_figure(
             hovertemplate="%{x}<br>%{text}<extra>" + name + "</extra>",
         ))
     fig.update_layout(
-        barmode="group", height=340, margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.35),
+        barmode="group", height=340 + (32 if without_cem is not None else 0),
+        margin=dict(l=0, r=0, t=_TOP_WITH_LEGEND if without_cem is not None else 40, b=0), legend=_LEGEND_ON_TOP,
         title=title or f"Gradient norm reaching the coarse levels ({part} loss)", yaxis_type="log",
         yaxis_title="‖gradient‖",
     )
@@ -128,9 +138,9 @@ def deletion_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]
         label = f"{name} (AUC {aucs[name]:.2f})" if aucs and name in aucs else name
         fig.add_trace(go.Scatter(x=[100 * f for f in fr], y=list(sc), mode="lines+markers", name=label,
                                  line=dict(dash="dot" if name == "random" else "solid")))
-    fig.update_layout(title="Deletion curve (lower = the map found what the score depends on)", height=320,
-                      xaxis_title="% of pixels removed", yaxis_title="target score",
-                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.3))
+    fig.update_layout(title=dict(text="Deletion curve", subtitle=dict(text="lower = a more faithful map")),
+                      height=340, xaxis_title="% of pixels removed", yaxis_title="target score",
+                      margin=dict(l=0, r=0, t=60, b=0), legend=dict(orientation="h", y=-0.3))
     return fig
 
 
@@ -146,8 +156,8 @@ def ap_by_size_figure(metrics: Mapping[str, Mapping[str, Any]]) -> go.Figure:
         fig.add_trace(go.Bar(x=[BUCKET_LABELS[b] for b in BUCKETS], y=[y if y is not None else 0 for y in ys],
                              text=["n/a" if y is None else f"{y:.3f}" for y in ys], textposition="outside",
                              name=name))
-    fig.update_layout(barmode="group", title="AP@[.50:.95] by object size", yaxis_title="AP", height=340,
-                      margin=dict(l=0, r=0, t=40, b=0), legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(barmode="group", title="AP@[.50:.95] by object size", yaxis_title="AP", height=360,
+                      margin=dict(l=0, r=0, t=_TOP_WITH_LEGEND, b=0), legend=_LEGEND_ON_TOP)
     return fig
 
 

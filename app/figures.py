@@ -256,8 +256,10 @@ def attribution_grid(
 def attribution_figure(rgb: np.ndarray, attribution: np.ndarray, boxes: np.ndarray, title: str,
                        height: int = 380) -> go.Figure:
     """A signed attribution map over the (H, W, 3) picture it explains (same pixels): red positive, blue negative on
-    a symmetric scale, sent at :func:`attribution_grid` cells, with ``boxes`` (M, 4) in the picture's pixels."""
+    a symmetric scale, sent at :func:`attribution_grid` cells, with ``boxes`` (M, 4) in the picture's pixels (no
+    legend: the box drawn is the one explained)."""
     cells, cell_px = attribution_grid(rgb.shape[:2])
     lim = float(np.abs(attribution).max()) or 1.0
-    return heatmap_overlay_figure(rgb, resize_map(attribution, cells), cell_px, 0.6, colorscale="RdBu_r", zmin=-lim,
-                                  zmax=lim, boxes=boxes, box_colour="#00e676", height=height, title=title)
+    fig = heatmap_overlay_figure(rgb, resize_map(attribution, cells), cell_px, 0.6, colorscale="RdBu_r", zmin=-lim,
+                                 zmax=lim, boxes=boxes, box_colour="#00e676", height=height, title=title)
+    return fig.update_layout(showlegend=False)  # the one box is the one explained; the title keeps the top

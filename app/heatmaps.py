@@ -35,7 +35,8 @@ def map_figure(a: np.ndarray, title: str | None = None, colorscale: str = "Virid
 
 def maps_grid_figure(maps: Mapping[str, np.ndarray], colorscale: str = "Viridis", height: int = 260,
                      zmin: float | None = None, zmax: float | None = None) -> go.Figure:
-    """Several (H, W) maps side by side, one subplot each, titled by key (RGB arrays as images)."""
+    """Several (H, W) maps side by side, one subplot each, titled by key (RGB arrays as images). Titles are small,
+    so several fit side by side on a narrow page; a ``<br>`` in a key breaks its title over two lines."""
     names = list(maps)
     fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.02)
     for i, name in enumerate(names, start=1):
@@ -49,7 +50,10 @@ def maps_grid_figure(maps: Mapping[str, np.ndarray], colorscale: str = "Viridis"
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i if i > 1 else ''}", showticklabels=False,
                          row=1, col=i)
         fig.update_xaxes(showticklabels=False, row=1, col=i)
-    fig.update_layout(margin=dict(l=0, r=0, t=30, b=0), height=height)
+    two_lines = any("<br>" in n for n in names)
+    fig.update_layout(margin=dict(l=0, r=0, t=44 if two_lines else 30, b=0), height=height + (14 if two_lines else 0))
+    for ann in fig.layout.annotations:
+        ann.font.size = 12
     return fig
 
 

@@ -1,5 +1,4 @@
-"""Small pure helpers shared by pages: detections as rows, JSON and PNG downloads, a kernel cell (no Streamlit, no
-model)."""
+"""Small pure helpers shared by pages: detections as rows, JSON and PNG downloads (no Streamlit, no model)."""
 
 from __future__ import annotations
 
@@ -82,16 +81,6 @@ def drawn_png(rgb: np.ndarray, detections: Mapping[str, Any], levels: Sequence[s
     buf = io.BytesIO()
     Image.fromarray(drawn).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def kernels_of_cell(kernels: torch.Tensor | np.ndarray, cell: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-    """The per-pixel kernels (G, k*k, H', W') of one ``(row, column)`` cell -> ((G, k, k), the cell). The cell is
-    clamped to the map, so a pixel over the network's padding shows the nearest cell."""
-    k = _np(kernels)
-    g, kk, h, w = k.shape
-    side = int(round(kk**0.5))
-    row, col = min(max(int(cell[0]), 0), h - 1), min(max(int(cell[1]), 0), w - 1)
-    return k[:, :, row, col].reshape(g, side, side), (row, col)
 
 
 def _tensors(detections: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -47,7 +47,7 @@ def _assignment_section(gt: state.GroundTruth) -> None:
     if summary.note:
         st.caption(summary.note)
 
-    m = st.columns(4)
+    m = [*st.columns(2), *st.columns(2)]  # two rows: the labels stay whole on a narrow page
     m[0].metric("GT boxes", acc["num_gt"])
     m[1].metric("Positive pairs", acc["num_positives"])
     m[2].metric("Starved GTs", len(acc["starved"]), help="No positive, or (IoU assigners) only fallback matches "
@@ -108,7 +108,7 @@ def _assignment_section(gt: state.GroundTruth) -> None:
                                (right, "E-FPN-BS (CEM on)", "with", reach["with"])):
         with col:
             st.markdown(f"**{title}**")
-            st.plotly_chart(charts.positives_bar_figure(own.accounting, title=f"Positives per level ({own.name})"),
+            st.plotly_chart(charts.positives_bar_figure(own.accounting, subtitle=f"assigner: {own.name}"),
                             width="stretch", key=f"asg_side_{key}")
             st.plotly_chart(charts.gradient_reach_figure(r, None, "positive", title="Positive-driven gradient reach"),
                             width="stretch", key=f"asg_reach_{key}")
@@ -236,7 +236,7 @@ with tab_data:
         acc = result["accounting"]
         st.markdown(f"**{result['data']}** · {result['split']} · {result['protocol']} · long side "
                     f"{result['long_side'] or 'native'}")
-        m = st.columns(4)
+        m = [*st.columns(2), *st.columns(2)]
         m[0].metric("Images", acc["num_images"])
         m[1].metric("GT boxes", acc["num_gt"])
         m[2].metric("Starved", f"{100 * acc['starved_rate']:.1f} %")

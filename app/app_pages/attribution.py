@@ -56,8 +56,8 @@ else:
     label = gt_rows[gi]["label"] if 0 <= gt_rows[gi]["label"] < model.num_classes else 0
 
 labels = {"integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion", "gradcam": "LayerGradCAM per level"}
-c1, c2, c3 = st.columns([2, 1, 1])
-methods = c1.multiselect("Methods", list(METHODS), default=list(METHODS), format_func=labels.get, key="attr_methods")
+methods = st.multiselect("Methods", list(METHODS), default=list(METHODS), format_func=labels.get, key="attr_methods")
+c2, c3 = st.columns(2)
 steps = c2.slider("IG steps", 4, 64, 8, 4, key="attr_ig_steps",
                   help="Integrated Gradients: forward+backward passes along the path from the baseline.")
 evals = c3.slider("Occlusion budget (forwards)", 16, 400, 64, 16, key="attr_occ_evals",
@@ -92,7 +92,7 @@ for col, (method, a) in zip(cols, ex.maps.items()):
 if ex.gradcam:
     st.subheader("LayerGradCAM per pyramid level")
     small_hw, _ = figures.attribution_grid(net_rgb.shape[:2])
-    small = {f"{lv} ({100 * ex.mass_inside[f'gradcam.{lv}']:.0f} % in box)": resize_map(v, small_hw)
+    small = {f"{lv}<br>{100 * ex.mass_inside[f'gradcam.{lv}']:.0f} % in box": resize_map(v, small_hw)
              for lv, v in ex.gradcam.items()}
     st.plotly_chart(heatmaps.maps_grid_figure(small, colorscale="Inferno", height=240), width="stretch",
                     key="attr_gradcam")
@@ -100,9 +100,10 @@ if ex.gradcam:
                "coarse ones).")
 
 st.subheader("Faithfulness")
-table = [{"map": k, "mass inside box": f"{100 * v:.1f} %"} for k, v in ex.mass_inside.items() if k != "box_area"]
-c1, c2 = st.columns([1, 2])
+table = [{"map": k, "in box": f"{100 * v:.1f} %"} for k, v in ex.mass_inside.items() if k != "box_area"]
+c1, c2 = st.columns(2)
 c1.dataframe(table, hide_index=True, width="stretch")
-c1.caption("A map that ignored the box would put about the box's area share inside it.")
+c1.caption("in box: the share of the map's |attribution| inside the box. A map that ignored the box would put about "
+           "the box's area share there.")
 if ex.deletion:
     c2.plotly_chart(charts.deletion_figure(ex.deletion, ex.deletion_auc), width="stretch", key="attr_deletion")

@@ -16,7 +16,7 @@ st.caption(
     "p3 = 8, ...) that produced it: tiny objects can only come from the fine levels."
 )
 
-up_col, opt_col = st.columns([3, 1])
+up_col, opt_col = st.columns([5, 2])
 with up_col:
     st.file_uploader(
         "Upload images (PNG, JPEG, BMP, TIFF incl. 16-bit and grayscale)", type=state.IMAGE_TYPES,
@@ -25,7 +25,7 @@ with up_col:
 with opt_col:
     mode = st.radio("Inference", ["Whole image", "Sliced (tiles)"], key="detect_mode",
                     help="Sliced: detect on overlapping tiles at full resolution and merge with NMS (large images).")
-    use_camera = st.toggle("Use the webcam", key="use_camera")
+    use_camera = st.toggle("Webcam", key="use_camera", help="Take a photo with your camera.")
 if use_camera:
     st.camera_input("Take a photo", key="detect_camera", on_change=state.on_camera, args=("detect_camera",))
 
@@ -63,7 +63,7 @@ rows = views.detection_rows(detections, model.levels, ctx.class_names)
 fig = figures.detections_figure(image.rgb, rows, gt_boxes=ctx.gt.boxes if ctx.gt is not None and
                                 st.session_state.get("show_gt", True) else None, tiles=tiles)
 
-left, right = st.columns([3, 1])
+left, right = st.columns([5, 2])
 with left:
     event = st.plotly_chart(fig, width="stretch", key="detect_fig", on_select="rerun", selection_mode="points")
 picked = [p.get("customdata") for p in ((event.selection.points if event and event.selection else []) or [])]
@@ -75,7 +75,7 @@ with right:
     counts = views.level_counts(rows, model.levels)
     st.dataframe([{"level": lv, "detections": n} for lv, n in counts.items()], hide_index=True, width="stretch")
     if ctx.gt is not None:
-        st.toggle("Show ground truth", value=True, key="show_gt", help=f"{len(ctx.gt.boxes)} boxes ({ctx.gt.source})")
+        st.toggle("Ground truth", value=True, key="show_gt")  # short: the side column is narrow on small screens
     if timing:
         st.caption(f"Forward {timing['forward']:.0f} ms on {w}x{h} px (network input "
                    f"{model.config.image_size} px long side).")
@@ -128,13 +128,12 @@ else:
     ]
     with c_maps:
         for title, pictures, captions, page, icon, missing in overview:
-            head, link = st.columns([4, 1], vertical_alignment="bottom")
-            head.markdown(title)
-            link.page_link(state.PAGE_FILES[page], label=page.capitalize(), icon=icon)
+            st.markdown(title)
             if pictures:
                 st.image(pictures, caption=captions, width=96, output_format="PNG")
             else:
                 st.caption(missing)
+            st.page_link(state.PAGE_FILES[page], label=page.capitalize(), icon=icon)
 
 st.subheader("Detections")
 st.dataframe(views.table_rows(rows), hide_index=True, width="stretch", key="detect_table")

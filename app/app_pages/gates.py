@@ -43,7 +43,7 @@ for lv, mask in ins.gates.items():
         width="stretch", key=f"gate_{lv}",
     )
     target = box_mask_target([boxes_net], m.shape, stride)[0, 0].numpy()
-    c2.plotly_chart(heatmaps.maps_grid_figure({"gate M": m, "boxes (FBSM target)": target}, colorscale="Inferno",
+    c2.plotly_chart(heatmaps.maps_grid_figure({"gate M": m, "FBSM target": target}, colorscale="Inferno",
                                               zmin=0, zmax=1, height=220), width="stretch", key=f"gate_{lv}_target")
     row = {"level": lv}
     if gt is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, heatmaps, state, views
-from efpn.explain import kernels_inside_outside
+from app import figures, heatmaps, state
+from efpn.explain import kernel_at, kernels_inside_outside
 
 ctx = state.context()
 st.title("Kernels")
@@ -65,8 +65,9 @@ if points:
         st.session_state["kernel_pending"] = (min(max(px, 0.0), w - 1.0), min(max(py, 0.0), h - 1.0))
         st.rerun()
 
-dyn, (row, col) = views.kernels_of_cell(km.dynamic, ins.cell_of(layer, x, y))
-guided = views.kernels_of_cell(km.guided, (row, col))[0] if km.guided is not None else None
+picked = ins.to_network(np.array([[x, y, x, y]]))[0, :2].tolist()  # the pixel where the network sees it
+dyn, (row, col) = kernel_at(km.dynamic, *picked, km.stride)
+guided = kernel_at(km.guided, *picked, km.stride)[0] if km.guided is not None else None
 side = km.kernel_size
 bank = km.bank.numpy().reshape(-1, side, side) if km.bank is not None else None
 with c_side:

@@ -24,7 +24,7 @@ except ValueError as e:  # ground truth the model refuses (e.g. boxes outside th
 STEPS = ["1 Input", "2 Backbone", "3 FPN", "4 CEM", "5 FBSM", "6 Dynamic kernels", "7 Head",
          "8 Assignment and loss", "9 Decoding and NMS"]
 st.session_state.setdefault("learn_step", STEPS[0])
-c_prev, c_sel, c_next = st.columns([1, 6, 1])
+c_prev, c_sel, c_next = st.columns([3, 10, 3])  # the buttons keep their labels on a narrow page
 i = STEPS.index(st.session_state["learn_step"])
 if c_prev.button("◀ Back", disabled=i == 0, key="learn_prev"):
     st.session_state["learn_step"] = STEPS[i - 1]
@@ -56,7 +56,7 @@ if step == STEPS[0]:
     c1, c2 = st.columns(2)
     c1.plotly_chart(figures.image_figure(image.rgb, height=380, title="your image"), width="stretch",
                     key="learn_input")
-    c2.plotly_chart(figures.image_figure(net_rgb, height=380, title=f"what the network sees ({nw}x{nh})"),
+    c2.plotly_chart(figures.image_figure(net_rgb, height=380, title=f"network input, {nw}x{nh}"),
                     width="stretch", key="learn_net")
 elif step == STEPS[1]:
     st.markdown(

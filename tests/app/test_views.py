@@ -1,4 +1,4 @@
-"""app/views.py: detections as rows, the downloads, and a kernel cell."""
+"""app/views.py: detections as rows and the downloads."""
 
 from __future__ import annotations
 
@@ -39,11 +39,3 @@ def test_sizes_and_buckets_follow_the_vocabulary() -> None:
     r = views.detection_rows(det, ["p2"], NAMES)
     assert [x["bucket"] for x in r] == ["vt", "s", "vt", "l"]  # 16 px is 'small'; a degenerate box has size 0
     assert r[2]["size"] == 0.0
-
-
-def test_kernels_of_cell_clamps_to_the_map() -> None:
-    k = np.arange(2 * 9 * 3 * 4, dtype=np.float32).reshape(2, 9, 3, 4)  # (G, k*k, H', W')
-    got, cell = views.kernels_of_cell(k, (1, 2))
-    assert cell == (1, 2) and got.shape == (2, 3, 3)
-    np.testing.assert_array_equal(got[1].ravel(), k[1, :, 1, 2])
-    assert views.kernels_of_cell(k, (7, 9))[1] == (2, 3)  # a pixel over the padding: the nearest cell
