@@ -100,7 +100,7 @@ def gradient_reach_figure(
 ) -> go.Figure:
     """Grouped bars of ‖∂L/∂·‖ at each level and place, with CEM and with CEM bypassed (log scale).
 
-    Inputs are :func:`efpn.explain.gradient.gradient_reach` dicts; ``part`` is ``"positive"`` or ``"total"``.
+    Inputs are :func:`efpn.explain.gradient_reach` dicts; ``part`` is ``"positive"`` or ``"total"``.
     Exact zeros are drawn at the bottom of the axis and labelled "0".
     """
     keys = [k for k in with_cem if k.endswith(f".{part}") and not k.startswith("loss.")]

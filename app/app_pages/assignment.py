@@ -203,7 +203,7 @@ with tab_data:
     st.caption("Positive accounting over a whole dataset (box-only protocols, no model needed).")
     c1, c2 = st.columns([3, 1])
     yaml_path = c1.text_input("Data YAML", value=str(loaders.SAMPLE_DATA_YAML.relative_to(loaders.REPO)),
-                              key="ds_yaml", help="format, root, train/val sources: see efpn/data/config.py")
+                              key="ds_yaml", help="format, root, train/val sources: see efpn/config/data.py")
     split = c2.selectbox("Split", ["train", "val"], key="ds_split")
     c1, c2, c3 = st.columns(3)
     protocol_name = c1.selectbox("Protocol", list(analyses.BOX_PROTOCOLS), key="ds_protocol")
