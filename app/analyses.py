@@ -29,7 +29,15 @@ from efpn.explain import (
     gradient_reach,
     level_score_maps,
 )
-from efpn.infer import Prepared, boxes_to_network, boxes_to_original, predict_image, prepare, sliced_predict
+from efpn.infer import (
+    Prepared,
+    boxes_to_network,
+    boxes_to_original,
+    network_hw,
+    predict_image,
+    prepare,
+    sliced_predict,
+)
 
 #: Box-only protocols with their published priors (``efpn.det.assign_boxes``), by display name.
 BOX_PROTOCOLS: dict[str, str] = {
@@ -142,8 +150,7 @@ def box_assignment(protocol: str, gt: tuple, image_hw: tuple[int, int], long_sid
     """A box-only protocol with its published priors on the image resized to ``long_side`` (the model's
     input size), as the detector would see it."""
     h, w = image_hw
-    scale = long_side / max(h, w)  # as efpn.infer.prepare resizes
-    hw = (max(1, round(h * scale)), max(1, round(w * scale)))
+    scale, hw = network_hw((h, w), long_side)  # as efpn.infer.prepare resizes
     t = _targets(gt)
     assert t is not None
     assignment, priors, acc = assign_boxes(protocol, boxes_to_network(t["boxes"], scale), hw, scale=scale)

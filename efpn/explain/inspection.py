@@ -122,16 +122,23 @@ class Inspection:
         return boxes_to_original(torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4).clone(),
                                  self.scale, self.image_hw)
 
+    def network_stride(self, level_or_layer: str) -> int:
+        """The stride in network pixels of a pyramid level (``"p3"``) or a kernel layer (``"c3.down"``)."""
+        return self.kernels[level_or_layer].stride if level_or_layer in self.kernels else level_stride(level_or_layer)
+
     def stride_in_image(self, level_or_layer: str) -> float:
         """How many of the image's pixels one cell of a pyramid level (``"p3"``) or a kernel layer
         (``"c3.down"``) spans: its stride in network pixels divided by the resize scale."""
-        stride = self.kernels[level_or_layer].stride if level_or_layer in self.kernels else level_stride(level_or_layer)
-        return stride / self.scale
+        return self.network_stride(level_or_layer) / self.scale
 
     def cell_of(self, level_or_layer: str, x: float, y: float) -> tuple[int, int]:
-        """The (row, column) of the cell of a level or kernel layer that holds image pixel (x, y)."""
-        s = self.stride_in_image(level_or_layer)
-        return int(y // s), int(x // s)
+        """The (row, column) of the cell of a level or kernel layer that holds image pixel (x, y), as the network
+        sees it: the pixel is mapped to network pixels first (dividing by the stride in image pixels would put a
+        pixel on a cell edge into the previous cell after rounding), and clamped to the map."""
+        stride = self.network_stride(level_or_layer)
+        rows, cols = (-(-n // stride) for n in self.network_hw)
+        row, col = int(y * self.scale // stride), int(x * self.scale // stride)
+        return min(max(row, 0), rows - 1), min(max(col, 0), cols - 1)
 
 
 def _require_eval(model: Detector) -> None:

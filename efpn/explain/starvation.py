@@ -11,15 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 from tqdm import tqdm
 
 from efpn.det.accounting import LevelAccounting
 from efpn.det.protocols import PROTOCOLS, assign_boxes
+from efpn.infer.preprocess import network_hw
 from efpn.vocab import BUCKETS
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 
 @dataclass
@@ -63,6 +66,8 @@ class AssignmentReport:
 
     def figure(self) -> go.Figure:
         """Bars of positives per level (one trace per protocol) and the starved rate per protocol."""
+        from plotly.subplots import make_subplots  # plotting stays optional for scoring and training
+
         fig = make_subplots(rows=1, cols=2, subplot_titles=("positives per level", "starved GTs (share)"))
         for p, acc in self.accounting.items():
             fig.add_bar(x=acc.levels, y=[acc.positives_per_level[lv] for lv in acc.levels], name=p, row=1, col=1)
@@ -93,8 +98,7 @@ def accounting_for_records(
         raise ValueError(f"unknown assignment protocol(s) {bad}; choose from {list(PROTOCOLS)}")
     merged: dict[str, LevelAccounting | None] = dict.fromkeys(protocols)
     for rec in tqdm(records, desc="assigning", unit="img", disable=not progress):
-        scale = image_size / max(rec.width, rec.height)
-        hw = (max(1, round(rec.height * scale)), max(1, round(rec.width * scale)))
+        scale, hw = network_hw((rec.height, rec.width), image_size)
         target_boxes, _ = rec.target_boxes()  # crowd boxes are not targets
         boxes = torch.as_tensor(target_boxes, dtype=torch.float32).reshape(-1, 4) * scale
         for p in protocols:

@@ -8,6 +8,7 @@ from efpn.infer.preprocess import (
     Prepared,
     boxes_to_network,
     boxes_to_original,
+    network_hw,
     prepare,
     to_rgb_uint8,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "detections_to_json",
     "draw_detections",
     "export_onnx",
+    "network_hw",
     "num_tiles",
     "predict_image",
     "prepare",

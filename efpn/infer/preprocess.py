@@ -65,13 +65,20 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
     return pixels_to_rgb_uint8(a)
 
 
+def network_hw(image_hw: tuple[int, int], image_size: int) -> tuple[float, tuple[int, int]]:
+    """``(scale, (H', W'))``: how :func:`prepare` resizes an image of ``image_hw`` so its long side is
+    ``image_size`` (scale = network px / original px), without the image."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    scale = image_size / max(h, w)
+    return scale, (max(1, round(h * scale)), max(1, round(w * scale)))
+
+
 def prepare(image: Any, image_size: int) -> Prepared:
     """Resize so the long side is ``image_size`` (bilinear, antialiased when shrinking) -> :class:`Prepared`."""
     rgb = to_rgb_uint8(image)
     h, w = rgb.shape[:2]
-    scale = image_size / max(h, w)
+    scale, (nh, nw) = network_hw((h, w), image_size)
     t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if (nh, nw) != (h, w):
         t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1).clamp(0, 1)
     return Prepared(t, scale, (h, w))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -35,7 +36,18 @@ def test_coco_yaml_root_relative_to_file(coco_dir: Path, tmp_path: Path) -> None
     assert names == ["a", "b"] and len(records) == 3 and report.dataset == "d/train"
 
 
-def test_every_format_loads(coco_dir: Path, yolo_dir: Path, voc_dir: Path, visdrone_dir: Path, dota_dir: Path) -> None:
+def test_every_format_loads(coco_dir: Path, yolo_dir: Path, voc_dir: Path, visdrone_dir: Path, dota_dir: Path,
+                            tmp_path: Path) -> None:
+    import cv2
+
+    masks_dir = tmp_path / "masks_set"
+    for stem in ("a", "b"):
+        (masks_dir / "images").mkdir(parents=True, exist_ok=True)
+        (masks_dir / "masks").mkdir(exist_ok=True)
+        cv2.imwrite(str(masks_dir / "images" / f"{stem}.png"), np.full((16, 16, 3), 30, np.uint8))
+        mask = np.zeros((16, 16), np.uint8)
+        mask[3:5, 3:6] = 255
+        cv2.imwrite(str(masks_dir / "masks" / f"{stem}_pixels0.png"), mask)
     cases = {
         "coco": (coco_dir, {"train": {"annotations": "annotations/train.json", "images": "images"}}, 3),
         "yolo": (
@@ -54,6 +66,7 @@ def test_every_format_loads(coco_dir: Path, yolo_dir: Path, voc_dir: Path, visdr
             {"train": {"labels": "labelTxt", "images": "images"}, "options": {"difficult": "ignore"}},
             1,
         ),
+        "masks": (masks_dir, {"train": {"images": "images", "masks": "masks"}}, 2),
     }
     assert set(cases) == set(FORMATS)
     for fmt, (root, extra, n) in cases.items():
