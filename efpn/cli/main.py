@@ -204,6 +204,48 @@ def cmd_val(args: argparse.Namespace) -> None:
         print(f"saved {plot_ap_by_size(result, out / 'ap_by_size.png')}")
 
 
+# ------------------------------------------------------------------------------------------------ diagnose
+
+
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    import efpn
+    from efpn.config.data import load_data_config
+    from efpn.data.splits import load_split
+    from efpn.explain import diagnose_records, write_html
+
+    model = efpn.load_model(args.weights, device=args.device)
+    records, names, report = load_split(load_data_config(args.data), args.split)
+    print(report.summary())
+    if args.limit:
+        records = records[: args.limit]
+    diag = diagnose_records(model, records, names, score_thresh=args.score, iou_thresh=args.iou,
+                            slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, progress=True)
+    table = diag.table()
+    print(f"{'size':<20}{'objects':>8}{'found':>7}{'recall':>8}  " + "  ".join(f"{c:>15}" for c in
+                                                                         ("starved", "gated_out", "never_scored",
+                                                                          "under_threshold", "lost_in_nms",
+                                                                          "mislocalised")))
+    from efpn.vocab import BUCKET_LABELS
+
+    for b, t in table.items():
+        recall = f"{t['found'] / t['gt']:.3f}" if t["gt"] else "-"
+        print(f"{BUCKET_LABELS[b]:<20}{t['gt']:>8}{t['found']:>7}{recall:>8}  "
+              + "  ".join(f"{t[c]:>15}" for c in ("starved", "gated_out", "never_scored", "under_threshold",
+                                                  "lost_in_nms", "mislocalised")))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(diag.to_json(), indent=1))
+        print(f"saved {args.json}")
+    if args.csv:
+        print(f"saved {diag.write_csv(args.csv)}")
+    if args.coco:
+        Path(args.coco).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.coco).write_text(json.dumps(diag.coco_results()))
+        print(f"saved {args.coco}")
+    if args.html:
+        print(f"saved {write_html(diag, args.html)}")
+
+
 # ------------------------------------------------------------------------------------------------ detect
 
 
@@ -320,6 +362,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "the full-image ground truth")
     s.add_argument("--overlap", type=_fraction, default=0.2, help="tile overlap, a fraction in [0, 1) (default 0.2)")
     s.set_defaults(func=cmd_val)
+
+    s = sub.add_parser("diagnose", help="why each object of a dataset was missed: recall by size x cause, the miss "
+                       "table (JSON/CSV), COCO results and an HTML report with crops")
+    s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
+    s.add_argument("--data", required=True, help="data YAML")
+    s.add_argument("--split", default="val")
+    s.add_argument("--score", type=_unit, default=None, help="score threshold in [0, 1] (default: the model's)")
+    s.add_argument("--iou", type=_unit, default=0.5, help="IoU a detection needs to find an object (default 0.5)")
+    s.add_argument("--slice", type=_tile_size, default=None, metavar="S", help="detect on S x S tiles (>= 8 px)")
+    s.add_argument("--overlap", type=_fraction, default=0.2, help="tile overlap fraction in [0, 1)")
+    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--limit", type=int, default=None, help="only the first N images")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", default=None, help="write the table and every miss as JSON")
+    s.add_argument("--csv", default=None, help="write the miss table as CSV")
+    s.add_argument("--coco", default=None, help="write the detections as COCO results JSON")
+    s.add_argument("--html", default=None, help="write an HTML report with crops of the worst misses")
+    s.set_defaults(func=cmd_diagnose)
 
     s = sub.add_parser("detect", help="detect objects in images or folders; writes drawn images + JSON")
     s.add_argument("source", nargs="+", help="image files or folders")

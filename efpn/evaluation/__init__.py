@@ -5,14 +5,17 @@ Beside :mod:`efpn.engine` rather than inside it: scoring a model needs no traini
 
 from efpn.evaluation.coco import SIZE_SPLITS, EvalResult, evaluate_detections, to_coco_dicts
 from efpn.evaluation.figures import ap_by_size_figure, plot_ap_by_size, plot_pr_curves, pr_curves_figure, write_figure
+from efpn.evaluation.matching import Matching, match_detections
 from efpn.evaluation.validate import Predictions, predict_records, validate
 
 __all__ = [
     "SIZE_SPLITS",
     "EvalResult",
+    "Matching",
     "Predictions",
     "ap_by_size_figure",
     "evaluate_detections",
+    "match_detections",
     "plot_ap_by_size",
     "plot_pr_curves",
     "pr_curves_figure",

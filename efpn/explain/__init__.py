@@ -5,6 +5,16 @@ internals) and never changes the model: no hooks, no mode switch, no writes to p
 """
 
 from efpn.explain.attribution import METHODS, Explanation, detection_score, explain_detection
+from efpn.explain.diagnose import (
+    CAUSE_TEXT,
+    CAUSES,
+    ImageDiagnosis,
+    MissDiagnosis,
+    diagnose_image,
+    diagnose_misses,
+    recall_by_bucket_and_cause,
+)
+from efpn.explain.diagnose_dataset import DatasetDiagnosis, diagnose_records, write_html
 from efpn.explain.gradient import POSITIVE_LOSSES, gradient_reach, high_level_grad_norms
 from efpn.explain.inspection import AssignmentView, Inspection, KernelMaps, assign_on, inspect
 from efpn.explain.maps import (
@@ -21,6 +31,16 @@ from efpn.explain.maps import (
 from efpn.explain.starvation import PROTOCOLS, AssignmentReport, accounting_for_records, assignment_report
 
 __all__ = [
+    "CAUSES",
+    "CAUSE_TEXT",
+    "DatasetDiagnosis",
+    "ImageDiagnosis",
+    "MissDiagnosis",
+    "diagnose_image",
+    "diagnose_misses",
+    "diagnose_records",
+    "recall_by_bucket_and_cause",
+    "write_html",
     "METHODS",
     "POSITIVE_LOSSES",
     "PROTOCOLS",

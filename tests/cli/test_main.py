@@ -166,3 +166,26 @@ def test_pickle_weights_refused(tmp_path: Path, capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         main(["export", "--weights", str(tmp_path / "model.pt")])
     assert "unpickle" in capsys.readouterr().err
+
+
+def test_diagnose_on_a_small_synthetic_set(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, data = tiny_ckpt_and_data
+    out = tmp_path / "d"
+    main(["diagnose", "--weights", str(ckpt), "--data", str(data), "--split", "train", "--limit", "3", "--score",
+          "0.3", "--json", str(out / "d.json"), "--csv", str(out / "m.csv"), "--coco", str(out / "r.json"),
+          "--html", str(out / "r.html")])
+    report = json.loads((out / "d.json").read_text())
+    table = report["by_bucket_and_cause"]
+    misses = report["misses"]
+    assert sum(t["gt"] - t["found"] for t in table.values()) == len(misses) > 0  # a random model misses
+    assert all(m["cause"] in report["causes"] for m in misses)
+    assert (out / "m.csv").read_text().count("\n") == len(misses) + 1
+    assert isinstance(json.loads((out / "r.json").read_text()), list)
+    page = (out / "r.html").read_text()
+    assert "Recall by object size" in page and page.count("data:image/png;base64") == min(24, len(misses))
+    assert "starved" in capsys.readouterr().out
+    main(["diagnose", "--weights", str(ckpt), "--data", str(data), "--split", "train", "--limit", "2", "--slice", "64",
+          "--json", str(out / "s.json")])
+    sliced = json.loads((out / "s.json").read_text())
+    assert sliced["slice"] == 64 and set(sliced["recall_by_bucket"]) == set(table)

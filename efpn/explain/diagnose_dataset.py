@@ -1,0 +1,190 @@
+"""Misses over a whole dataset: recall by size bucket x cause, the miss table, COCO results, an HTML report.
+
+:func:`diagnose_records` inspects every image once (``efpn.inspect`` with the model's own assignment), matches
+its detections — whole-image, or sliced (:func:`efpn.infer.sliced_predict`) when ``slice_size`` is given — to the
+ground truth, and diagnoses each miss from the whole-image inspection (causes then describe the network at its own
+input size; with slicing, a miss that the whole image would have found counts as found only if the tiles find it).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from efpn.data.images import read_image
+from efpn.data.records import ImageRecord
+from efpn.explain.diagnose import CAUSE_TEXT, CAUSES, ImageDiagnosis, diagnose_image, recall_by_bucket_and_cause
+from efpn.explain.inspection import inspect
+from efpn.infer.slicing import sliced_predict
+from efpn.models.detector import Detector
+from efpn.vocab import BUCKET_LABELS, BUCKETS
+
+__all__ = ["DatasetDiagnosis", "diagnose_records", "write_html"]
+
+
+@dataclass
+class DatasetDiagnosis:
+    """Per image: the record and its :class:`ImageDiagnosis`; plus the settings and the detections."""
+
+    images: list[tuple[ImageRecord, ImageDiagnosis]] = field(default_factory=list)
+    detections: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # image id -> boxes/scores/labels
+    score_thresh: float = 0.25
+    iou_thresh: float = 0.5
+    slice_size: int | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    def table(self) -> dict[str, dict[str, int]]:
+        """Per size bucket: GTs, found, and misses per cause (see :func:`recall_by_bucket_and_cause`)."""
+        return recall_by_bucket_and_cause([d for _, d in self.images])
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The miss table: one row per missed object, with its image."""
+        out = []
+        for rec, diag in self.images:
+            for m in diag.misses:
+                out.append({"image_id": rec.image_id, "file": str(rec.path), **m.to_row()})
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        table = self.table()
+        recall = {b: (t["found"] / t["gt"] if t["gt"] else None) for b, t in table.items()}
+        return {"score_thresh": self.score_thresh, "iou_thresh": self.iou_thresh, "slice": self.slice_size,
+                "images": len(self.images), "recall_by_bucket": recall, "by_bucket_and_cause": table,
+                "causes": CAUSE_TEXT, "misses": self.rows()}
+
+    def write_csv(self, path: str | Path) -> Path:
+        """The miss table as CSV (dict-valued columns as JSON)."""
+        rows = self.rows()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(rows[0]) if rows else ["image_id", "file", "gt_index", "box", "cause"]
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in r.items()})
+        return path
+
+    def coco_results(self) -> list[dict[str, Any]]:
+        """Detections as COCO results JSON entries (``category_id`` = class index, ``bbox`` xywh)."""
+        out = []
+        for image_id, det in self.detections.items():
+            for b, s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+                out.append({"image_id": int(image_id), "category_id": int(c), "score": round(float(s), 5),
+                            "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)]})
+        return out
+
+
+@torch.no_grad()
+def diagnose_records(
+    model: Detector,
+    records: Sequence[ImageRecord],
+    class_names: Sequence[str],
+    score_thresh: float | None = None,
+    iou_thresh: float = 0.5,
+    slice_size: int | None = None,
+    overlap: float = 0.2,
+    image_size: int | None = None,
+    progress: bool = False,
+) -> DatasetDiagnosis:
+    """Inspect, match and diagnose every record (see the module docstring). Records need image paths."""
+    thr = model.config.postprocess.score_thresh if score_thresh is None else float(score_thresh)
+    out = DatasetDiagnosis(score_thresh=thr, iou_thresh=iou_thresh, slice_size=slice_size,
+                           class_names=list(class_names))
+    iterator: Any = records
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(records, desc="diagnose", unit="img", dynamic_ncols=True)
+    for rec in iterator:
+        if rec.path is None:
+            raise ValueError(f"record {rec.image_id} has no image path; diagnosis needs the pixels")
+        rgb = read_image(rec.path)
+        boxes, labels = rec.target_boxes()
+        ins = inspect(model, rgb, score_thresh=min(thr, model.config.postprocess.score_thresh), image_size=image_size)
+        det = None
+        if slice_size is not None:
+            det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=thr,
+                                 image_size=image_size)
+        diag = diagnose_image(model, ins, boxes, labels, thr, iou_thresh, detections=det)
+        chosen = det if det is not None else ins.detections
+        keep = chosen["scores"] >= thr
+        out.detections[rec.image_id] = {k: chosen[k][keep].cpu().numpy() for k in ("boxes", "scores", "labels")}
+        out.images.append((rec, diag))
+    return out
+
+
+def _crop_png(rgb: np.ndarray, box: Sequence[float], side: int = 96) -> str:
+    """A ``side`` px square crop around ``box`` (at least 4x its size, at least 32 px), box outlined, as a data URI."""
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    half = max(16.0, 2.0 * max(x2 - x1, y2 - y1))
+    h, w = rgb.shape[:2]
+    a, b = int(max(0, cx - half)), int(max(0, cy - half))
+    c, d = int(min(w, cx + half)), int(min(h, cy + half))
+    crop = np.ascontiguousarray(rgb[b:d, a:c])
+    if crop.size == 0:
+        crop = np.zeros((side, side, 3), np.uint8)
+    scale = side / max(crop.shape[:2])
+    crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+                      interpolation=cv2.INTER_NEAREST)
+    cv2.rectangle(crop, (round((x1 - a) * scale), round((y1 - b) * scale)),
+                  (round((x2 - a) * scale), round((y2 - b) * scale)), (255, 60, 60), 1)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def write_html(diagnosis: DatasetDiagnosis, path: str | Path, worst: int = 24) -> Path:
+    """A self-contained HTML report: recall by size bucket x cause, then the ``worst`` misses (smallest first,
+    then by lowest best score) with crops and their numbers."""
+    table = diagnosis.table()
+    buf = io.StringIO()
+    esc = html.escape
+    buf.write("<!doctype html><meta charset='utf-8'><title>efpn: why objects were missed</title>"
+              "<style>body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}"
+              "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}"
+              "td.l{text-align:left}img{image-rendering:pixelated}</style>")
+    buf.write(f"<h1>Why objects were missed</h1><p>{len(diagnosis.images)} images, score threshold "
+              f"{diagnosis.score_thresh:g}, match IoU {diagnosis.iou_thresh:g}"
+              f"{f', tiles of {diagnosis.slice_size} px' if diagnosis.slice_size else ''}.</p>")
+    buf.write("<h2>Recall by object size and the cause of each miss</h2><table><tr><th>size</th><th>objects</th>"
+              "<th>found</th><th>recall</th>" + "".join(f"<th>{esc(c)}</th>" for c in CAUSES) + "</tr>")
+    for b in BUCKETS:
+        t = table[b]
+        recall = f"{t['found'] / t['gt']:.2f}" if t["gt"] else "–"
+        buf.write(f"<tr><td class='l'>{esc(BUCKET_LABELS[b])}</td><td>{t['gt']}</td><td>{t['found']}</td>"
+                  f"<td>{recall}</td>" + "".join(f"<td>{t[c]}</td>" for c in CAUSES) + "</tr>")
+    buf.write("</table><ul>" + "".join(f"<li><b>{esc(c)}</b>: {esc(t)}</li>" for c, t in CAUSE_TEXT.items())
+              + "</ul>")
+    misses = [(rec, m) for rec, d in diagnosis.images for m in d.misses]
+    misses.sort(key=lambda rm: (rm[1].size, rm[1].best_score))
+    buf.write(f"<h2>The {min(worst, len(misses))} worst misses (smallest first)</h2><table><tr><th>crop</th>"
+              "<th>image</th><th>size px</th><th>cause</th><th>positives per level</th><th>best prior</th>"
+              "<th>gates at centre</th></tr>")
+    cache: dict[Any, np.ndarray] = {}
+    for rec, m in misses[:worst]:
+        if rec.path not in cache:
+            cache[rec.path] = read_image(rec.path)
+        pos = " ".join(f"{lv}:{n}" for lv, n in m.positives.items())
+        best = f"{m.best_score:.3f} on {m.best_level}, IoU {m.best_iou:.2f}" if m.best_level else "none covers it"
+        gates = " ".join(f"{lv}:{g:.2f}" for lv, g in m.gates.items()) or "no FBSM"
+        buf.write(f"<tr><td><img src='{_crop_png(cache[rec.path], m.box)}' width=96 height=96></td>"
+                  f"<td class='l'>{esc(Path(str(rec.path)).name)}</td><td>{m.size:.1f}</td>"
+                  f"<td class='l'><b>{esc(m.cause)}</b></td><td class='l'>{esc(pos)}</td><td class='l'>{esc(best)}</td>"
+                  f"<td class='l'>{esc(gates)}</td></tr>")
+    buf.write("</table>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    return path

@@ -1,0 +1,101 @@
+"""The miss-cause rule on hand-made cases: priors with chosen scores and boxes, one ground-truth box per cause."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import efpn
+from efpn.evaluation.matching import match_detections
+from efpn.explain.diagnose import CAUSES, diagnose_image, recall_by_bucket_and_cause
+from efpn.models.heads import HeadOutput
+
+
+def test_matching_is_greedy_by_score_and_class_aware() -> None:
+    gt = [[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 54, 54]]
+    det = [[0, 0, 10, 11], [1, 0, 10, 10], [20, 20, 30, 30], [80, 80, 90, 90]]
+    m = match_detections(det, [0.5, 0.9, 0.8, 0.7], [0, 0, 1, 0], gt, [0, 0, 0])
+    assert m.gt_match.tolist() == [1, -1, -1]  # the 0.9 detection takes GT 0; the 0.8 one has the wrong class
+    assert m.det_match.tolist() == [-1, 0, -1, -1] and int(m.false_alarms.sum()) == 3
+    assert m.counts_by_bucket()["vt"] == {"gt": 1, "found": 0, "missed": 1}
+    assert m.counts_by_bucket()["t"] == {"gt": 2, "found": 1, "missed": 1}
+    agnostic = match_detections(det, [0.5, 0.9, 0.8, 0.7], [0, 0, 1, 0], gt, [0, 0, 0], class_aware=False)
+    assert agnostic.gt_match.tolist() == [1, 2, -1]
+    with pytest.raises(ValueError, match="iou_thresh"):
+        match_detections(det, [1, 1, 1, 1], [0, 0, 0, 0], gt, [0, 0, 0], iou_thresh=0.0)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _square_anchor(priors, cx: float, cy: float, side: float = 16.0) -> int:
+    want = torch.tensor([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+    return int((priors.boxes - want).abs().sum(1).argmin())
+
+
+@pytest.fixture()
+def staged():
+    """tiny_fpn (MaxIoU, anchors of 4 x stride) on a 128 px image; head outputs replaced by hand."""
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_fpn", num_classes=1).eval()
+    ins = efpn.inspect(model, np.zeros((128, 128, 3), np.uint8))
+    assert ins.scale == 1.0
+    cls = torch.full_like(ins.head.cls_logits, -20.0)  # every prior scores ~0
+    box = torch.zeros_like(ins.head.box)  # decoded boxes = the anchors
+    return model, ins, cls, box
+
+
+def test_every_cause_on_its_own_object(staged) -> None:
+    model, ins, cls, box = staged
+    pr = ins.priors
+    gts = {  # cause -> GT box (the p2 square anchor at that centre, so it is a true positive for MaxIoU)
+        "under_threshold": (18.0, 18.0), "lost_in_nms": (82.0, 18.0), "mislocalised": (18.0, 82.0),
+        "never_scored": (82.0, 82.0),
+    }
+    boxes = [[cx - 8, cy - 8, cx + 8, cy + 8] for cx, cy in gts.values()] + [[110.0, 110.0, 112.0, 112.0]]
+    i_under = _square_anchor(pr, *gts["under_threshold"])
+    i_nms = _square_anchor(pr, *gts["lost_in_nms"])
+    i_mis = _square_anchor(pr, *gts["mislocalised"])
+    cls[0, i_under, 0] = _logit(0.1)  # above the floor, under the 0.3 threshold
+    cls[0, i_nms, 0] = _logit(0.9)  # passes, box exact, but no detection survived (as if NMS removed it)
+    cls[0, i_mis, 0] = _logit(0.9)  # passes, covers the object, but its box is moved away
+    box[0, i_mis, 0] = 3.0  # dx = 3 anchor widths: IoU 0 with the object
+    ins = dataclasses.replace(ins, head=HeadOutput(cls, box, None, ins.head.feature_sizes),
+                              detections={k: v[:0] for k, v in ins.detections.items()})
+    diag = diagnose_image(model, ins, boxes, [0] * 5, score_thresh=0.3)
+    causes = {tuple(m.box): m.cause for m in diag.misses}
+    assert [causes[tuple(b)] for b in boxes] == [*gts, "starved"]
+    by = {m.cause: m for m in diag.misses}
+    assert by["under_threshold"].best_score == pytest.approx(0.1, abs=1e-3) and by["under_threshold"].best_level == "p2"
+    assert by["lost_in_nms"].passing_iou == pytest.approx(1.0) and by["mislocalised"].best_iou == 0.0
+    assert by["starved"].starved and sum(by["under_threshold"].positives.values()) >= 1
+    assert by["starved"].bucket == "vt" and by["never_scored"].bucket == "s"  # 16 px is small, not tiny
+    table = recall_by_bucket_and_cause([diag])
+    assert table["s"]["gt"] == 4 and sum(table["s"][c] for c in CAUSES) == 4 and table["vt"]["starved"] == 1
+
+
+def test_a_found_object_is_not_diagnosed_and_a_detection_matches(staged) -> None:
+    model, ins, cls, box = staged
+    gt = [[10.0, 10.0, 26.0, 26.0]]
+    det = {"boxes": torch.tensor([[10.0, 10.0, 26.0, 26.0], [60, 60, 70, 70]]), "scores": torch.tensor([0.9, 0.2]),
+           "labels": torch.tensor([0, 0]), "levels": torch.tensor([0, 0])}
+    diag = diagnose_image(model, ins, gt, [0], score_thresh=0.3, detections=det)
+    assert diag.misses == [] and diag.matching.gt_match.tolist() == [0]
+    assert diag.matching.det_match.tolist() == [0, -1]  # the 0.2 one is under the threshold: no match, indexed
+
+
+def test_gated_out_when_every_gate_is_closed() -> None:
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_efpn_bs", num_classes=1).eval()
+    ins = efpn.inspect(model, np.zeros((128, 128, 3), np.uint8))
+    gt = [[10.0, 10.0, 26.0, 26.0]]
+    closed = dataclasses.replace(ins, gates={lv: torch.zeros_like(g) for lv, g in ins.gates.items()},
+                                 detections={k: v[:0] for k, v in ins.detections.items()})
+    diag = diagnose_image(model, closed, gt, [0], score_thresh=0.5)
+    assert [m.cause for m in diag.misses] == ["gated_out"] and set(diag.misses[0].gates) == {"p2", "p3"}
+    assert set(diag.misses[0].cem_share) == set(model.config.neck.cem.target_levels)
