@@ -427,3 +427,14 @@ def test_bf16_autocast_trains_on_cpu(synth_small: Path, tmp_path: Path) -> None:
     assert result.steps == 2 and result.skipped_steps == 0
     state = load_training_state(result.state)
     assert state["ema"] is None and all(np.isfinite(v.float().numpy()).all() for v in state["model"].values())
+
+
+def test_dcloss_warmup_is_a_share_of_the_run_and_weights_leave_one(synth_small: Path, tmp_path: Path) -> None:
+    # 3 epochs of a few steps: a fixed 500-step warm-up would never end; 20 % of the run does
+    result = train(_small(synth_small, tmp_path, dcloss_warmup_fraction=0.2, epochs=4))
+    card = json.loads((result.run_dir / "last.json").read_text())
+    warm = card["config"]["loss"]["dcloss_warmup"]
+    assert 0 < warm < result.steps
+    rows = [json.loads(line) for line in (result.run_dir / "telemetry.jsonl").read_text().splitlines()]
+    weights = [w for r in rows for w in ((r.get("dcloss") or {}).get("w") or {}).values()]
+    assert weights and any(abs(w - 1.0) > 1e-3 for w in weights), weights
