@@ -30,9 +30,11 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def assignment_claims(
     shared_data: str | Path, image_size: int = 640, visdrone_limit: int | None = 200
 ) -> dict[str, AssignmentReport]:
-    """Accounting of the box-only assigners on the SAR ships (SSDD, all 928 images) and VisDrone (the first
+    """Accounting of the box-only assigners on the SAR ships (SSDD, all 928 images), the SIRST infrared targets
+    (341 trainval images at their native ~320 px) and VisDrone (the first
     ``visdrone_limit`` annotation files: ~75 boxes per image make MaxIoU the slow part), when the data is present."""
     from efpn.data.coco import load_coco
+    from efpn.data.masks import load_masks
     from efpn.data.visdrone import load_visdrone
 
     root = Path(shared_data)
@@ -43,6 +45,12 @@ def assignment_claims(
         recs, _, _ = load_coco(ssdd, None)
         out["ssdd"] = AssignmentReport(str(ssdd), "train", image_size, len(recs),
                                        accounting_for_records(recs, protocols, image_size, progress=True))
+    sirst = root / "sirst"
+    if (sirst / "masks").is_dir():
+        # infrared small targets at their native size (~320 px): the images are not resized up to 640
+        recs, _, _ = load_masks(sirst / "images", sirst / "masks", sirst / "splits" / "trainval.txt")
+        out["sirst"] = AssignmentReport(str(sirst), "trainval", 320, len(recs),
+                                        accounting_for_records(recs, protocols, 320, progress=True))
     vd = root / "visdrone-annotations" / "train"
     if vd.is_dir():
         recs, _, _ = load_visdrone(vd)
