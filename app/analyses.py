@@ -23,8 +23,10 @@ from efpn import Detector, Inspection
 from efpn.det import Assignment, LevelAccounting, Priors, assign_boxes
 from efpn.explain import (
     Explanation,
+    ImageDiagnosis,
     accounting_for_records,
     assign_on,
+    diagnose_image,
     explain_detection,
     gradient_reach,
     level_score_maps,
@@ -104,6 +106,23 @@ def sliced_detections(
     """``efpn.infer.sliced_predict`` as numpy arrays."""
     out = sliced_predict(_model, _rgb, tile=tile, overlap=overlap, score_thresh=score, nms_iou=nms)
     return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def diagnose(
+    _model: Detector, ckpt: str, _ins: Inspection, digest: str, score: float, nms: float, gt: tuple, iou: float,
+    class_aware: bool, sliced: tuple[int, float] | None = None, _detections: dict[str, Any] | None = None,
+) -> ImageDiagnosis:
+    """``efpn.explain.diagnose_image``: the detections above ``score`` matched to ``gt`` (original px) at ``iou``,
+    and every miss walked back through the cached inspection (no second forward). Keyed like the inspection
+    (checkpoint, image, thresholds) plus the boxes and the matching settings; with ``sliced`` = (tile, overlap) the
+    matched detections are the sliced ones passed in ``_detections``."""
+    t = _targets(gt)
+    assert t is not None
+    det = None
+    if _detections is not None:
+        det = {k: torch.as_tensor(np.asarray(_detections[k])) for k in ("boxes", "scores", "labels")}
+    return diagnose_image(_model, _ins, t["boxes"], t["labels"], score, iou, class_aware, detections=det)
 
 
 def prepared(model: Detector, rgb: np.ndarray) -> Prepared:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from app.figures import STARVED_COLOUR
+from app.figures import FOUND_COLOUR, MISSED_COLOUR, STARVED_COLOUR
 from efpn import BUCKET_LABELS, BUCKETS, level_colour
 
 #: A legend in one row between the title and the plot: clear of tick labels that rotate on narrow pages.
@@ -38,6 +38,56 @@ def level_summary_figure(levels: Sequence[str], detections: Mapping[str, int], p
     fig = go.Figure(traces)
     fig.update_layout(barmode="group", height=height, margin=dict(l=0, r=0, t=10, b=0),
                       legend=dict(orientation="h", y=-0.15), yaxis=dict(rangemode="tozero"))
+    return fig
+
+
+def found_missed_figure(counts: Mapping[str, Mapping[str, int]], height: int = 230) -> go.Figure:
+    """Stacked bars per size bucket (vt ... l): objects found (green) and missed (red), the colours of the image's
+    boxes; the count is written in each segment."""
+    found = [counts.get(b, {}).get("found", 0) for b in BUCKETS]
+    missed = [counts.get(b, {}).get("missed", 0) for b in BUCKETS]
+    fig = go.Figure([
+        go.Bar(x=list(BUCKETS), y=found, name="found", marker_color=FOUND_COLOUR,
+               text=[n or "" for n in found], textposition="inside", customdata=[BUCKET_LABELS[b] for b in BUCKETS],
+               hovertemplate="%{customdata}: %{y} found<extra></extra>"),
+        go.Bar(x=list(BUCKETS), y=missed, name="missed", marker_color=MISSED_COLOUR,
+               text=[n or "" for n in missed], textposition="inside", customdata=[BUCKET_LABELS[b] for b in BUCKETS],
+               hovertemplate="%{customdata}: %{y} missed<extra></extra>"),
+    ])
+    fig.update_layout(barmode="stack", height=height, margin=dict(l=0, r=0, t=30, b=0), legend=_LEGEND_ON_TOP,
+                      yaxis=dict(title="objects", rangemode="tozero"), xaxis=dict(title="size (vt < 8 px, t < 16, "
+                                                                                     "s < 32, m < 64, l)"))
+    return fig
+
+
+#: One colour per miss cause (``efpn.explain.CAUSES``): reds for the score, the assignment's magenta for starved.
+CAUSE_COLOURS: dict[str, str] = {
+    "starved": STARVED_COLOUR, "gated_out": "#6d4c41", "never_scored": "#b71c1c", "under_threshold": "#ff5252",
+    "lost_in_nms": "#ffab40", "mislocalised": "#90a4ae",
+}
+
+
+def recall_cause_figure(table: Mapping[str, Mapping[str, int]], causes: Sequence[str],
+                        height: int = 340) -> go.Figure:
+    """A dataset's objects per size bucket: found, then the misses split by cause (one stacked segment each), with
+    the recall written above each bar. ``table`` is ``efpn.explain.recall_by_bucket_and_cause``'s."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=list(BUCKETS), y=[table[b]["found"] for b in BUCKETS], name="found",
+                         marker_color=FOUND_COLOUR, hovertemplate="%{x}: %{y} found<extra></extra>"))
+    for c in causes:
+        fig.add_trace(go.Bar(x=list(BUCKETS), y=[table[b][c] for b in BUCKETS], name=f"missed: {c}",
+                             marker_color=CAUSE_COLOURS.get(c, MISSED_COLOUR),
+                             hovertemplate="%{x}: %{y} missed, " + c + "<extra></extra>"))
+    totals = [table[b]["gt"] for b in BUCKETS]
+    fig.add_trace(go.Scatter(
+        x=list(BUCKETS), y=totals, mode="text", showlegend=False, textposition="top center", hoverinfo="skip",
+        text=[f"{100 * table[b]['found'] / t:.0f} %" if t else "" for b, t in zip(BUCKETS, totals)],
+    ))
+    fig.update_layout(barmode="stack", height=height, margin=dict(l=0, r=0, t=_TOP_WITH_LEGEND + 20, b=0),
+                      legend=_LEGEND_ON_TOP, title=dict(text="Objects by size: found and why the rest were missed",
+                                                        subtitle=dict(text="recall above each bar")),
+                      yaxis=dict(title="objects", rangemode="tozero"))
+    fig.update_yaxes(range=[0, max(totals + [1]) * 1.15])
     return fig
 
 

@@ -28,6 +28,12 @@ ATTRIBUTION_MAX_SIDE = 256
 GT_COLOUR = "#00e5ff"
 STARVED_COLOUR = "#ff00ff"
 FED_COLOUR = "#00e5ff"
+#: Matching detections to ground truth: found objects, false alarms, missed objects (the captions name them so).
+FOUND_COLOUR = "#00e676"
+FALSE_ALARM_COLOUR = "#ff9100"
+MISSED_COLOUR = "#ff1744"
+#: The focused object (a missed one chosen on the Detect page) on every page.
+FOCUS_COLOUR = "#ffffff"
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -143,6 +149,82 @@ def detections_figure(
         add_boxes(fig, np.array([r["box"] for r in sel]), level_colour(lv), lv, hover=hover,
                   customdata=[r["index"] for r in sel])
     return fig
+
+
+def matching_figure(
+    rgb: np.ndarray,
+    rows: Sequence[Mapping[str, Any]],
+    gt_boxes: np.ndarray,
+    gt_names: Sequence[str],
+    gt_match: Sequence[int],
+    gt_iou: Sequence[float],
+    det_match: Sequence[int],
+    causes: Mapping[int, str] | None = None,
+    focus: int | None = None,
+    focus_prior: Sequence[float] | None = None,
+    height: int | None = None,
+    tiles: np.ndarray | None = None,
+) -> go.Figure:
+    """The image with every object and detection drawn by what matching made of it: objects found (their GT box,
+    solid green), false alarms (detections that found no object, dashed orange) and missed objects (GT box, thick
+    solid red). ``rows`` as for :func:`detections_figure`; ``gt_match`` (M,) the detection that found each GT or -1,
+    ``gt_iou`` its IoU, ``det_match`` (D,) the GT each detection found or -1; ``causes``: GT index -> cause of its
+    miss (hover). Centre markers carry ``["det", i]`` (found: the detection that found it) or ``["gt", j]``
+    (missed) as ``customdata``. ``focus``: a GT index ringed in white, with ``focus_prior`` (the best prior covering
+    it, xyxy) dotted."""
+    fig = image_figure(rgb, height)
+    if tiles is not None and len(tiles):
+        xs, ys = _outline(tiles)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="white", width=1, dash="dot"),
+                                 hoverinfo="skip", name="tiles"))
+    gt = np.asarray(gt_boxes, dtype=float).reshape(-1, 4)
+    sizes = np.sqrt(np.clip(gt[:, 2] - gt[:, 0], 0, None) * np.clip(gt[:, 3] - gt[:, 1], 0, None))
+    gt_match = [int(v) for v in gt_match]
+    by_index = {int(r["index"]): r for r in rows}
+    found = [j for j, d in enumerate(gt_match) if d >= 0]
+    missed = [j for j, d in enumerate(gt_match) if d < 0]
+    alarms = [r for r in rows if int(det_match[int(r["index"])]) < 0]
+
+    def _gt_hover(j: int) -> str:
+        head = f"GT {j} {gt_names[j]}<br>size {sizes[j]:.1f} px"
+        d = gt_match[j]
+        if d >= 0 and d in by_index:
+            r = by_index[d]
+            return f"{head}<br>found by #{d}: score {r['score']:.3f}, {r['level']}<br>IoU {float(gt_iou[j]):.2f}"
+        cause = (causes or {}).get(j)
+        return f"{head}<br>missed" + (f": {cause}" if cause else "")
+
+    if alarms:
+        add_boxes(fig, np.array([r["box"] for r in alarms]), FALSE_ALARM_COLOUR, "false alarm", width=2, dash="dash",
+                  hover=[f"#{r['index']} {r['class']}<br>score {r['score']:.3f}<br>size {r['size']:.1f} px<br>"
+                         f"level {r['level']}<br>false alarm: no object matched" for r in alarms],
+                  customdata=[["det", int(r["index"])] for r in alarms])
+    if found:
+        add_boxes(fig, gt[found], FOUND_COLOUR, "found", width=2, hover=[_gt_hover(j) for j in found],
+                  customdata=[["det", gt_match[j]] for j in found])
+    if missed:
+        add_boxes(fig, gt[missed], MISSED_COLOUR, "missed", width=3.5, hover=[_gt_hover(j) for j in missed],
+                  customdata=[["gt", j] for j in missed], marker_size=9)
+    if focus is not None and 0 <= focus < len(gt):
+        x1, y1, x2, y2 = gt[focus]
+        pad = max(4.0, 0.6 * max(x2 - x1, y2 - y1))
+        ring = np.array([[x1 - pad, y1 - pad, x2 + pad, y2 + pad]])
+        xs, ys = _outline(ring)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=FOCUS_COLOUR, width=2),
+                                 name="focused object", hoverinfo="skip"))
+        if focus_prior is not None:
+            xs, ys = _outline(np.asarray([focus_prior], dtype=float))
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=FOCUS_COLOUR, width=1.5, dash="dot"),
+                                     name="its best prior", hoverinfo="skip"))
+    return fig
+
+
+def focus_marker(x: float, y: float, size: int = 22, name: str = "focused object") -> list[go.Scatter]:
+    """A white ring on a black one at (x, y), readable on light and dark maps: the focused object's centre. Two
+    traces (add both; no legend entry, the pages' captions name it)."""
+    return [go.Scatter(x=[x], y=[y], mode="markers", name=name, hoverinfo="skip", showlegend=False,
+                       marker=dict(symbol="circle-open", size=size, color=colour, line=dict(width=w, color=colour)))
+            for colour, w in (("black", 5), (FOCUS_COLOUR, 2.5))]
 
 
 def heatmap_overlay_figure(

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from efpn import BUCKETS, box_size, size_bucket
+from efpn.explain import GATE_LOW, SCORE_FLOOR, MissDiagnosis
 from efpn.infer import detections_to_json, draw_detections
 
 
@@ -86,3 +87,87 @@ def drawn_png(rgb: np.ndarray, detections: Mapping[str, Any], levels: Sequence[s
 def _tensors(detections: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Detections as tensors (the sliced path hands numpy arrays)."""
     return {k: torch.as_tensor(np.asarray(detections[k])) for k in ("boxes", "scores", "labels", "levels")}
+
+
+# ----------------------------------------------------------------------------------------------- matching
+
+
+def parse_pick(customdata: Any) -> tuple[str, int] | None:
+    """A clicked centre marker's ``customdata`` -> ``("det", detection index)`` or ``("gt", GT index)``: the level
+    view carries a bare detection index, the matching view ``["det", i]`` / ``["gt", j]``."""
+    if customdata is None:
+        return None
+    if isinstance(customdata, list | tuple):
+        if len(customdata) == 2 and customdata[0] in ("det", "gt"):
+            return str(customdata[0]), int(customdata[1])
+        customdata = customdata[0] if customdata else None
+    try:
+        return "det", int(customdata)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def bucket_rows(counts: Mapping[str, Mapping[str, int]], alarms: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Per size bucket (vt ... l): ground-truth objects, found, missed, recall, and false alarms of that size."""
+    out = []
+    for b in BUCKETS:
+        c = counts.get(b, {"gt": 0, "found": 0, "missed": 0})
+        out.append({"size": b, "objects": c["gt"], "found": c["found"], "missed": c["missed"],
+                    "recall": f"{100 * c['found'] / c['gt']:.0f} %" if c["gt"] else "–",
+                    "false alarms": int(alarms.get(b, 0))})
+    return out
+
+
+def _per_level(values: Mapping[str, float], digits: int | None = None) -> str:
+    return " · ".join(f"{lv} {v:.{digits}f}" if digits is not None else f"{lv} {v}" for lv, v in values.items())
+
+
+def miss_rows(misses: Sequence[MissDiagnosis], gt_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The missed-objects table: one flat row per miss (st.dataframe shows no nested values); ``gt_names`` the
+    class name of every ground-truth box, by GT index."""
+    rows = []
+    for m in misses:
+        rows.append({
+            "GT": m.gt_index,
+            "class": gt_names[m.gt_index] if 0 <= m.gt_index < len(gt_names) else str(m.label),
+            "size px": round(m.size, 1),
+            "bucket": m.bucket,
+            "cause": m.cause,
+            "positives": _per_level({lv: n for lv, n in m.positives.items() if n}) or "none",
+            "best score": round(m.best_score, 3),
+            "best level": m.best_level or "–",
+            "best IoU": round(m.best_iou, 2),
+            "gates at centre": _per_level(m.gates, 2) or "no gate",
+        })
+    return rows
+
+
+def rule_rows(m: MissDiagnosis, score_thresh: float, iou_thresh: float) -> list[dict[str, str]]:
+    """The decision rule of ``efpn.explain`` applied to one miss, step by step: what was measured, the rule's
+    limit, and whether the object got past that step. The first step it did not pass is its cause."""
+    floor = min(SCORE_FLOOR, score_thresh / 2)
+    positives = sum(m.positives.values())
+    top_gate = max(m.gates.values()) if m.gates else None
+    passing = m.best_score >= score_thresh
+    steps = [
+        ("1 positives (model's assigner)",
+         f"{positives} ({_per_level({k: v for k, v in m.positives.items() if v}) or 'none'})"
+         + (", none regular" if m.starved and positives else ""),
+         "starved when none, or only fallback ones", not m.starved),
+        ("2 FBSM gate at the centre", _per_level(m.gates, 3) if m.gates else "no gate (not gated)",
+         f"closed when every gate < {GATE_LOW:g}", top_gate is None or top_gate >= GATE_LOW),
+        ("3 best covering prior's score", f"{m.best_score:.3f}" + (f" on {m.best_level}" if m.best_level else ""),
+         f"never scored below {floor:g}", m.best_score >= floor),
+        ("4 ... against the score threshold", f"{m.best_score:.3f}", f"under threshold below {score_thresh:g}",
+         passing),
+    ]
+    out, stopped = [], False
+    for name, measured, rule, ok in steps:
+        verdict = "not reached" if stopped else ("passed" if ok else f"stopped here: {m.cause}")
+        stopped = stopped or not ok
+        out.append({"step": name, "measured": measured, "rule": rule, "verdict": verdict})
+    lost = m.passing_iou >= iou_thresh
+    out.append({"step": "5 best passing prior's IoU", "measured": f"{m.passing_iou:.2f}",
+                "rule": f"lost in NMS from {iou_thresh:g}, else mislocalised",
+                "verdict": "not reached" if stopped else ("lost_in_nms" if lost else "mislocalised")})
+    return out

@@ -54,31 +54,78 @@ if mode == "Sliced (tiles)":
     tiles = out["tiles"]
     timing = None
     ins = None
+    sliced: tuple[int, float] | None = (tile, overlap)
 else:
+    sliced = None
     ins = state.inspection(ctx, model, image)
     detections = ins.detections
     timing = ins.timings_ms
 
 rows = views.detection_rows(detections, model.levels, ctx.class_names)
-fig = figures.detections_figure(image.rgb, rows, gt_boxes=ctx.gt.boxes if ctx.gt is not None and
-                                st.session_state.get("show_gt", True) else None, tiles=tiles)
+has_gt = ctx.gt is not None and len(ctx.gt.boxes) > 0
+gt_names = state.gt_names(ctx)
 
 left, right = st.columns([5, 2])
+view = "pyramid level"
+with right:
+    if has_gt:  # the matching settings first: the figure on the left depends on them
+        view = st.radio("Colour the boxes by", ["found / missed", "pyramid level"], key="detect_view",
+                        help="found / missed: each object and detection matched against the ground truth; pyramid "
+                             "level: each detection coloured by the level that produced it.")
+        iou0, aware0 = state.match_settings()
+        iou = st.slider("Match IoU", 0.1, 0.95, iou0, 0.05, key="match_iou",
+                        help="A detection finds an object when their boxes overlap by at least this IoU (greedy, "
+                             "best score first, one detection per object).")
+        aware = st.toggle("Same class only", value=aware0, key="match_class_aware",
+                          help="Off: a detection of any class can find an object (localisation only).")
+        state.set_match_settings(iou, aware)
+diag = state.diagnosis(ctx, model, image, ins, sliced, detections) if has_gt else None
+focus = state.focus(ctx)
+miss_by_gt = {m.gt_index: m for m in diag.misses} if diag is not None else {}
+focus_miss = miss_by_gt.get(focus.gt_index) if focus is not None else None
+
+if diag is not None and view == "found / missed":
+    assert ctx.gt is not None
+    fig = figures.matching_figure(
+        image.rgb, rows, ctx.gt.boxes, gt_names, diag.matching.gt_match.tolist(), diag.matching.gt_iou.tolist(),
+        diag.matching.det_match.tolist(), {m.gt_index: m.cause for m in diag.misses},
+        focus=focus.gt_index if focus is not None else None,
+        focus_prior=focus_miss.best_box if focus_miss is not None else None, tiles=tiles)
+else:
+    fig = figures.detections_figure(image.rgb, rows, gt_boxes=ctx.gt.boxes if ctx.gt is not None and
+                                    st.session_state.get("show_gt", True) else None, tiles=tiles)
+
 with left:
     event = st.plotly_chart(fig, width="stretch", key="detect_fig", on_select="rerun", selection_mode="points")
-picked = [p.get("customdata") for p in ((event.selection.points if event and event.selection else []) or [])]
-picked = [int(c[0] if isinstance(c, list) else c) for c in picked if c is not None]
-if picked and picked[-1] < len(rows):
-    st.session_state["selected_detection"] = (image.digest, picked[-1])
+    if diag is not None and view == "found / missed":
+        st.caption(
+            f"<span style='color:{figures.FOUND_COLOUR}'>■</span> **solid green**: object found (its ground-truth box; "
+            f"hover for the detection) · <span style='color:{figures.FALSE_ALARM_COLOUR}'>■</span> **dashed orange**: "
+            f"false alarm (a detection that found no object) · <span style='color:{figures.MISSED_COLOUR}'>■</span> "
+            f"**thick red**: missed object. Matched at IoU ≥ {iou:g}"
+            + (", same class." if aware else ", any class.") + " Click a red box's centre to focus on it.",
+            unsafe_allow_html=True)
+picks = [views.parse_pick(p.get("customdata")) for p in
+         ((event.selection.points if event and event.selection else []) or [])]
+picks = [pk for pk in picks if pk is not None]
+if picks and picks[-1] != st.session_state.get("detect_last_pick"):  # a new click, not the one kept from before
+    st.session_state["detect_last_pick"] = picks[-1]
+    kind, idx = picks[-1]
+    if kind == "det" and idx < len(rows):
+        st.session_state["selected_detection"] = (image.digest, idx)
+    elif kind == "gt" and ctx.gt is not None and idx < len(ctx.gt.boxes):
+        state.set_focus(image.digest, idx, ctx.gt.boxes[idx], int(ctx.gt.labels[idx]))
+        st.rerun()
 with right:
     st.metric("Detections", len(rows))
     counts = views.level_counts(rows, model.levels)
-    st.dataframe([{"level": lv, "detections": n} for lv, n in counts.items()], hide_index=True, width="stretch")
-    if ctx.gt is not None:
-        st.toggle("Ground truth", value=True, key="show_gt")  # short: the side column is narrow on small screens
+    if view == "pyramid level":
+        st.dataframe([{"level": lv, "detections": n} for lv, n in counts.items()], hide_index=True, width="stretch")
+        if ctx.gt is not None:
+            st.toggle("Ground truth", value=True, key="show_gt")  # short: the side column is narrow on small screens
     if timing:
         st.caption(f"Forward {timing['forward']:.0f} ms on {w}x{h} px (network input "
-                   f"{model.config.image_size} px long side).")
+                   f"{model.config.image_size} px long side), measured when this image was first run.")
     if not rows:
         st.info("No detection above the score threshold; lower it in the sidebar to see weaker ones.")
     digest, sel = st.session_state.get("selected_detection") or (None, None)
@@ -87,7 +134,82 @@ with right:
         st.caption(f"Selected #{sel}: {r['class']} {r['score']:.3f} on {r['level']}. The **Attribution** page "
                    "explains it.")
     else:
-        st.caption("Click a box centre to select it for the Attribution page.")
+        st.caption("Click a detection's centre to select it for the Attribution page.")
+
+if diag is not None:
+    assert ctx.gt is not None
+    st.subheader("Found and missed")
+    m = diag.matching
+    alarms = [rows[i]["bucket"] for i in m.false_alarms.nonzero().flatten().tolist() if i < len(rows)]
+    by_bucket = m.counts_by_bucket()
+    c = st.columns(3)
+    c[0].metric("Found", f"{int(m.found.sum())} of {len(m.found)}")
+    c[1].metric("Missed", int(m.missed.sum()))
+    c[2].metric("False alarms", len(alarms))
+    c_chart, c_table = st.columns([3, 2])
+    c_chart.plotly_chart(charts.found_missed_figure(by_bucket), width="stretch", key="detect_buckets")
+    c_table.dataframe(views.bucket_rows(by_bucket, {b: alarms.count(b) for b in set(alarms)}), hide_index=True,
+                      width="stretch", key="detect_bucket_table")
+    c_table.caption("Per size bucket (sqrt(w·h) in this image's pixels: vt < 8, t < 16, s < 32, m < 64 px, l); false "
+                    "alarms by their own box size.")
+
+    st.subheader("Missed objects")
+    if not diag.misses:
+        st.success("Every ground-truth object is found at these settings.")
+    else:
+        misses = diag.misses
+        gt_boxes, gt_labels = ctx.gt.boxes, ctx.gt.labels
+
+        def _on_row() -> None:  # a table row chosen: focus on that object everywhere
+            chosen = st.session_state.get("miss_table")
+            rows_sel = (chosen or {}).get("selection", {}).get("rows", []) if chosen else []
+            if rows_sel and rows_sel[0] < len(misses):
+                g = misses[rows_sel[0]].gt_index
+                state.set_focus(image.digest, g, gt_boxes[g], int(gt_labels[g]))
+
+        st.caption("One row per missed object: its cause under the rule of `efpn.explain` (the first stage that lost "
+                   "it) and the numbers the rule looked at. Select a row, or pick below, to focus on the object: "
+                   "Assignment, Gates, Kernels, Attribution and Pyramid then show it.")
+        st.dataframe(views.miss_rows(misses, gt_names), hide_index=True,
+                     width="stretch", key="miss_table", on_select=_on_row, selection_mode="single-row")
+        focus = state.focus(ctx)
+        options = [-1, *miss_by_gt]
+        if focus is not None and focus.gt_index not in options:
+            options.append(focus.gt_index)  # found at these settings, still focused
+        st.session_state["miss_focus_pick"] = focus.gt_index if focus is not None else -1
+
+        def _on_pick() -> None:
+            g = st.session_state.get("miss_focus_pick", -1)
+            if g is None or g < 0:
+                state.clear_focus()
+            else:
+                state.set_focus(image.digest, g, gt_boxes[g], int(gt_labels[g]))
+
+        def _label(g: int) -> str:
+            if g < 0:
+                return "nothing (every page as usual)"
+            mm = miss_by_gt.get(g)
+            return (f"GT {g} · {gt_names[g]} · {mm.size:.1f} px · {mm.cause}" if mm is not None
+                    else f"GT {g} · {gt_names[g]} · found at these settings")
+
+        st.selectbox("Focus on", options, key="miss_focus_pick", format_func=_label, on_change=_on_pick)
+        focus_miss = miss_by_gt.get(focus.gt_index) if focus is not None else None
+        if focus_miss is not None:
+            with st.container(border=True):
+                summary = state.miss_summary(focus_miss, gt_names[focus_miss.gt_index])
+                st.markdown(f":material/center_focus_strong: {summary}")
+                st.dataframe(views.rule_rows(focus_miss, diag.score_thresh, diag.iou_thresh), hide_index=True,
+                             width="stretch", key="miss_rule")
+                st.caption("The rule tries the steps in order; the first one the object does not pass is its cause. "
+                           "Disagree? The measured numbers are all here, and the rule is documented in "
+                           "`efpn/explain/diagnose.py`.")
+                links = st.columns(5)
+                for col, (page, icon) in zip(links, (("assignment", ":material/assignment:"),
+                                                     ("gates", ":material/filter_alt:"),
+                                                     ("kernels", ":material/grid_on:"),
+                                                     ("attribution", ":material/biotech:"),
+                                                     ("pyramid", ":material/stacks:"))):
+                    col.page_link(state.PAGE_FILES[page], label=page.capitalize(), icon=icon)
 
 if ins is None:
     st.caption("The internals below the boxes (CEM, FBSM gates, kernels, positives) are shown for whole-image "
