@@ -128,7 +128,12 @@ def _delta(a: object, b: object) -> float | None:
 
 #: E-FPN-BS ablation rows, in order: preset -> what it adds to the ResNet-18 FPN baseline.
 ABLATION = {"fpn_r18": "baseline (FPN + MaxIoU + focal)", "fpn_r18_cem": "+ CEM", "fpn_r18_fbsm": "+ FBSM",
-            "fpn_r18_dcloss": "+ DCLoss", "efpn_bs_r18": "+ CEM + FBSM + DCLoss (E-FPN-BS)"}
+            "fpn_r18_dcloss": "+ DCLoss", "efpn_bs_r18": "+ CEM + FBSM + DCLoss (E-FPN-BS)",
+            "fpn_mv2": "MobileNetV2 baseline (FPN + ATSS + focal)", "fpn_mv2_cem": "MobileNetV2 + CEM",
+            "fpn_mv2_fbsm": "MobileNetV2 + FBSM", "fpn_mv2_dcloss": "MobileNetV2 + DCLoss",
+            "efpn_bs_mv2": "MobileNetV2 + CEM + FBSM + DCLoss (E-FPN-BS)"}
+#: The baseline each ablation preset is compared with.
+ABLATION_BASE = {p: ("fpn_mv2" if "mv2" in p else "fpn_r18") for p in ABLATION}
 #: SGDM comparison rows: preset -> its baseline preset.
 SGDM_ROWS = {"yolov8n": "yolov8n", "yolov8n_rdconv": "yolov8n", "yolov8n_sgdm": "yolov8n",
              "yolov5n": "yolov5n", "yolov5n_rdconv": "yolov5n", "yolov5n_sgdm": "yolov5n"}
@@ -155,11 +160,11 @@ def ablation_rows(cards: dict[str, dict]) -> list[list[object]]:
     picked = _pick(cards, list(ABLATION))
     rows = []
     for ds in sorted({k[0] for k in picked}):
-        base = (picked.get((ds, "fpn_r18")) or {}).get("metrics") or {}
         for preset, what in ABLATION.items():
             c = picked.get((ds, preset))
             if c is None:
                 continue
+            base = (picked.get((ds, ABLATION_BASE[preset])) or {}).get("metrics") or {}
             m = c.get("metrics") or {}
             rows.append([ds, what, c["_source"], _budget(c), *[m.get(k) for k in _METRICS],
                          _delta(m.get("AP"), base.get("AP")), _delta(m.get("AP_vt"), base.get("AP_vt")),
@@ -215,9 +220,9 @@ def gradient_findings(measured: dict[str, dict]) -> list[str]:
     out = []
     by = _pick(measured, list(ABLATION))
     for (ds, preset), card in sorted(by.items()):
-        base = by.get((ds, "fpn_r18"))
+        base = by.get((ds, ABLATION_BASE[preset]))
         cem = (card.get("config") or {}).get("neck", {}).get("cem")
-        if preset == "fpn_r18" or base is None or not cem:
+        if preset == ABLATION_BASE[preset] or base is None or not cem:
             continue
         parts = []
         for level in ("p5", "p6"):
