@@ -44,14 +44,21 @@ def detect_sources(
 ) -> list[Path]:
     """Run a checkpoint over images/folders; writes ``<stem>.png`` (drawn) per image and ``detections.json``.
 
-    Unreadable images are reported and skipped (listed under ``"errors"`` in the JSON), never fatal.
+    One bad file never stops the batch: an unreadable image, or one the model cannot take (too small, too many
+    pixels for one input without ``slice_size``), is reported with its size and what to do, listed under
+    ``"errors"`` in the JSON, and the rest are processed. Raises NotADirectoryError when ``out_dir`` is a file.
     """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is an existing file; give a folder for the drawn images and JSON")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"--out {out} lies under {parent}, which is a file; give a folder path")
     from efpn.checkpoint import load_model
     from efpn.infer.predict import predict_image
 
     model = load_model(weights, device=device)
     names = list(model.config.class_names) or [str(i) for i in range(model.num_classes)]
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = collect_images(sources)
     written: list[Path] = []
@@ -63,13 +70,20 @@ def detect_sources(
             summary["errors"][str(path)] = str(e)  # type: ignore[index]
             tqdm.write(f"skipped {path}: {e}")
             continue
-        if slice_size:
-            from efpn.infer.slicing import sliced_predict
+        try:
+            if slice_size:
+                from efpn.infer.slicing import sliced_predict
 
-            det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=score_thresh,
-                                 nms_iou=nms_iou)
-        else:
-            det = predict_image(model, rgb, score_thresh=score_thresh, nms_iou=nms_iou, image_size=image_size)
+                det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=score_thresh,
+                                     nms_iou=nms_iou)
+            else:
+                det = predict_image(model, rgb, score_thresh=score_thresh, nms_iou=nms_iou, image_size=image_size)
+        except ValueError as e:  # too small, too many pixels for one input, ...: this file only
+            h, w = rgb.shape[:2]
+            why = f"{w}x{h} px image: {e}"
+            summary["errors"][str(path)] = why  # type: ignore[index]
+            tqdm.write(f"skipped {path}: {why}")
+            continue
         drawn = draw_detections(rgb, det, names, model.levels)
         png = out / f"{path.stem}.png"
         cv2.imwrite(str(png), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))

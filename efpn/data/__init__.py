@@ -11,7 +11,7 @@ from efpn.config.names import read_names
 from efpn.data.coco import load_coco, parse_coco, records_to_coco
 from efpn.data.dataset import DetectionDataset, collate
 from efpn.data.dota import DOTA_V1_CLASSES, load_dota
-from efpn.data.images import CorruptImageError, image_size, read_image
+from efpn.data.images import CorruptImageError, ImageTooLargeError, image_size, read_image
 from efpn.data.masks import boxes_from_mask, load_masks
 from efpn.data.records import POLICIES, ImageRecord, Policy, SkipReport
 from efpn.data.splits import load_split, split_records
@@ -40,6 +40,7 @@ __all__ = [
     "VISDRONE_CLASSES",
     "AnnotationError",
     "CorruptImageError",
+    "ImageTooLargeError",
     "DataConfig",
     "DetectionDataset",
     "DetectionTransform",

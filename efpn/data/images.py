@@ -43,6 +43,19 @@ class CorruptImageError(ValueError):
     """An image file that exists but cannot be decoded (truncated, corrupt, or not an image at all)."""
 
 
+class ImageTooLargeError(CorruptImageError):
+    """An image whose header declares more pixels than the decoder accepts (a decompression bomb, or a huge scan):
+    refused before decoding, so it never takes the memory it asks for."""
+
+
+def _too_large(src: ImageSource, error: Exception) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"image {_describe(src)} is too large to decode safely ({error}). Cut it into tiles or downscale it "
+        "with an image tool first; efpn never decodes more than Pillow's limit of "
+        f"{int(Image.MAX_IMAGE_PIXELS or 0) * 2:,} pixels."
+    )
+
+
 def _describe(src: ImageSource) -> str:
     if isinstance(src, str | Path):
         return str(src)
@@ -126,7 +139,10 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
 
 def _decode_cv2(data: bytes, src: ImageSource) -> np.ndarray:
     buf = np.frombuffer(data, dtype=np.uint8)
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    try:
+        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as e:  # OpenCV refuses some headers (e.g. sizes over its own limit) by raising
+        raise _corrupt(src, f"OpenCV cannot decode it ({str(e).strip().splitlines()[-1][:200]})") from e
     if arr is None:
         raise _corrupt(src, "not a recognised image format")
     colour = arr.ndim == 3 and arr.shape[2] >= 3
@@ -151,8 +167,10 @@ def read_image(src: ImageSource, exif_transpose: bool = True) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        return _decode_cv2(data, src)  # formats Pillow cannot open, and very large images
+    except Image.DecompressionBombError as e:
+        raise _too_large(src, e) from e
+    except UnidentifiedImageError:
+        return _decode_cv2(data, src)  # formats Pillow cannot open
     except (OSError, SyntaxError, ValueError) as e:
         raise _corrupt(src, str(e)) from e
     try:
@@ -180,7 +198,9 @@ def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]
                 if exif_transpose and im.getexif().get(_EXIF_ORIENTATION_TAG) in _TRANSPOSED_ORIENTATIONS:
                     w, h = h, w
                 return int(w), int(h)
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, e) from e
+    except UnidentifiedImageError:
         h, w = read_image(path, exif_transpose=exif_transpose).shape[:2]
         return int(w), int(h)
     except (OSError, SyntaxError, ValueError) as e:

@@ -19,6 +19,8 @@ from efpn.data.images import to_rgb_uint8 as pixels_to_rgb_uint8
 
 #: Refuse images above this many pixels (decompression bombs); the studio downsizes before this.
 MAX_PIXELS = 50_000_000
+#: The smallest side a network input may have (a detector's checks refuse less).
+MIN_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -30,12 +32,12 @@ class Prepared:
     orig_hw: tuple[int, int]
 
 
-def to_rgb_uint8(image: Any) -> np.ndarray:
+def to_rgb_uint8(image: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any supported image -> contiguous (H, W, 3) uint8 RGB.
 
     Accepts a path (read with :func:`efpn.data.dataset.read_image`), a PIL image, a numpy array (H, W),
     (H, W, 1), (H, W, 3), (H, W, 4) of uint8 / uint16 / float in [0, 1], or a tensor (3, H, W) / (H, W, 3).
-    Raises ValueError with the reason for anything else.
+    Raises ValueError with the reason for anything else, and for more than ``max_pixels`` pixels.
     """
     if isinstance(image, (str, Path)):
         from efpn.data.images import read_image
@@ -55,8 +57,9 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
         raise ValueError(f"image array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {a.shape}")
     if a.shape[0] < 1 or a.shape[1] < 1:
         raise ValueError(f"image is empty (shape {a.shape})")
-    if a.shape[0] * a.shape[1] > MAX_PIXELS:
-        raise ValueError(f"image has {a.shape[0] * a.shape[1]:,} pixels, over the {MAX_PIXELS:,} limit; downscale it")
+    if a.shape[0] * a.shape[1] > max_pixels:
+        raise ValueError(f"image is {a.shape[1]}x{a.shape[0]} = {a.shape[0] * a.shape[1]:,} pixels, over the "
+                         f"{max_pixels:,} limit of one network input; use sliced inference (--slice) or downscale it")
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         raise ValueError("image contains NaN or infinite values")
     if not (a.dtype == bool or a.dtype.kind in "uif"):
@@ -78,6 +81,12 @@ def prepare(image: Any, image_size: int) -> Prepared:
     rgb = to_rgb_uint8(image)
     h, w = rgb.shape[:2]
     scale, (nh, nw) = network_hw((h, w), image_size)
+    if min(nh, nw) < MIN_SIDE:
+        raise ValueError(
+            f"a {w}x{h} px image becomes {nw}x{nh} px at the network's {image_size} px long side, under the "
+            f"{MIN_SIDE} px minimum: its aspect ratio is too extreme for one input. Crop it, pad it towards a square, "
+            "or use sliced inference (--slice), which cuts it into model-sized tiles"
+        )
     t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
     if (nh, nw) != (h, w):
         t = F.interpolate(t, size=(nh, nw), mode="bilinear", align_corners=False, antialias=scale < 1).clamp(0, 1)

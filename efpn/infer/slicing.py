@@ -19,9 +19,12 @@ from torchvision.ops import batched_nms
 
 from efpn.det.postprocess import empty_detections
 from efpn.infer.predict import predict_image
-from efpn.infer.preprocess import to_rgb_uint8
+from efpn.infer.preprocess import MIN_SIDE, to_rgb_uint8
 
-__all__ = ["num_tiles", "sliced_predict", "suggested_tile", "tile_windows"]
+__all__ = ["SLICED_MAX_PIXELS", "num_tiles", "sliced_predict", "suggested_tile", "tile_windows"]
+
+#: Largest image sliced inference takes (each tile is small; the whole image must still fit in memory once).
+SLICED_MAX_PIXELS = 400_000_000
 
 
 def _starts(extent: int, tile: int, step: int) -> list[int]:
@@ -54,8 +57,20 @@ def tile_windows(height: int, width: int, tile: int, overlap: float) -> list[tup
 def _predict_crop(
     model: Any, crop: np.ndarray, offset: tuple[int, int], image_size: int, **kw: Any
 ) -> dict[str, Tensor]:
-    """Detections of one crop (efpn.infer.predict.predict_image), shifted into full-image pixels by ``offset``."""
+    """Detections of one crop (efpn.infer.predict.predict_image), shifted into full-image pixels by ``offset``.
+
+    A crop so thin that the network input would fall under its minimum side is padded (bottom/right, black) to
+    reach it: a 20000 x 8 px strip is still detected tile by tile."""
+    h, w = crop.shape[:2]
+    scale = image_size / max(h, w)
+    need = math.ceil(MIN_SIDE / scale)
+    if min(h, w) < need:
+        padded = np.zeros((max(h, need), max(w, need), 3), dtype=crop.dtype)
+        padded[:h, :w] = crop
+        crop = padded
     det = predict_image(model, crop, image_size=image_size, **kw)
+    det["boxes"][:, 0::2] = det["boxes"][:, 0::2].clamp(max=w)  # nothing lies in the padding
+    det["boxes"][:, 1::2] = det["boxes"][:, 1::2].clamp(max=h)
     det["boxes"] = det["boxes"] + torch.tensor([offset[0], offset[1], offset[0], offset[1]], dtype=det["boxes"].dtype)
     return det
 
@@ -92,7 +107,7 @@ def sliced_predict(
     """
     if model.training:
         raise ValueError("sliced_predict needs an eval-mode model; call model.eval() once after loading")
-    rgb = to_rgb_uint8(image)
+    rgb = to_rgb_uint8(image, max_pixels=SLICED_MAX_PIXELS)  # tiles are small: the whole image may be large
     h, w = rgb.shape[:2]
     pp = model.config.postprocess
     iou = pp.nms_iou if nms_iou is None else float(nms_iou)

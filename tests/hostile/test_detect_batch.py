@@ -1,0 +1,77 @@
+"""Hostile files for `efpn detect` and the image reader: each gets a clear message, and the good images beside it
+are still processed."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import efpn
+from efpn.cli.main import main
+from efpn.data import CorruptImageError, ImageTooLargeError, read_image
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose IHDR declares ``width`` x ``height`` with almost no pixel data (a decompression bomb shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt")
+    model = efpn.build_model("tiny_yolov8_sgdm", num_classes=1, class_names=("target",)).eval()
+    return efpn.save_checkpoint(model, folder / "m.safetensors")
+
+
+def test_declared_huge_png_is_refused_before_decoding(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.png"
+    _png_header_only(bomb, 60000, 60000)
+    with pytest.raises(ImageTooLargeError, match=r"bomb\.png is too large to decode safely.*tiles or downscale"):
+        read_image(bomb)
+    with pytest.raises(CorruptImageError):
+        efpn.data.image_size(bomb)
+
+
+def test_one_bad_file_never_stops_the_batch(ckpt: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "a_good.png"), np.full((64, 80, 3), 90, np.uint8))
+    _png_header_only(src / "b_bomb.png", 60000, 60000)
+    cv2.imwrite(str(src / "c_thin.png"), np.full((8, 20000, 3), 90, np.uint8))  # 20000 x 8: too thin for one input
+    (src / "d_truncated.png").write_bytes((src / "a_good.png").read_bytes()[:60])
+    cv2.imwrite(str(src / "e_good.png"), np.full((50, 50, 3), 30, np.uint8))
+    out = tmp_path / "out"
+    main(["detect", str(src), "--weights", str(ckpt), "--out", str(out)])
+    summary = json.loads((out / "detections.json").read_text())
+    assert sorted(Path(p).name for p in summary["images"]) == ["a_good.png", "e_good.png"]
+    errors = {Path(p).name: msg for p, msg in summary["errors"].items()}
+    assert set(errors) == {"b_bomb.png", "c_thin.png", "d_truncated.png"}
+    assert "too large" in errors["b_bomb.png"]
+    assert "20000x8 px image" in errors["c_thin.png"] and "--slice" in errors["c_thin.png"]
+    # the thin image is exactly what slicing is for
+    main(["detect", str(src / "c_thin.png"), "--weights", str(ckpt), "--out", str(tmp_path / "sliced"),
+          "--slice", "256"])
+    sliced = json.loads((tmp_path / "sliced" / "detections.json").read_text())
+    assert not sliced["errors"] and len(sliced["images"]) == 1
+
+
+def test_out_under_an_existing_file_is_a_clear_error(ckpt: Path, tmp_path: Path) -> None:
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.full((32, 32, 3), 90, np.uint8))
+    blocker = tmp_path / "taken"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["detect", str(img), "--weights", str(ckpt), "--out", str(out)])
+        assert exit_info.value.code == 2
