@@ -17,6 +17,7 @@ Contract of :func:`load_coco`:
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,8 +57,10 @@ def _bbox_xyxy(bbox: Any) -> list[float] | None:
         return None
     try:
         x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return None  # NaN or infinity: malformed, never a box
     return [x, y, x + w, y + h]
 
 

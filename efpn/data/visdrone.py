@@ -67,7 +67,7 @@ def _parse(line: str) -> list[int] | None:
         return None
     try:
         return [int(float(p)) for p in parts[:8]]
-    except ValueError:
+    except (ValueError, OverflowError):  # text, nan, inf: a malformed line
         return None
 
 

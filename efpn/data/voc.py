@@ -18,6 +18,7 @@ Contract of :func:`load_voc`:
 from __future__ import annotations
 
 import glob
+import math
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ def _parse_root(root: ET.Element, stem: str) -> _VocFile:
     def dim(tag: str) -> int:
         try:
             return int(float(_text(size, tag) or 0))
-        except ValueError:
+        except (ValueError, OverflowError):  # "abc", "nan", "inf": unknown size
             return 0
 
     out = _VocFile(stem, _text(root, "filename") or "", dim("width"), dim("height"))
@@ -74,7 +75,7 @@ def _parse_root(root: ET.Element, stem: str) -> _VocFile:
             box = [float(_text(bnd, k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")]
         except ValueError:
             box = []
-        if cls is None or len(box) != 4 or any(v != v for v in box):
+        if cls is None or len(box) != 4 or not all(math.isfinite(v) for v in box):
             out.bad_objects += 1
             continue
         out.objects.append((cls, box, (_text(obj, "difficult") or "0") not in ("0", "false", "False")))

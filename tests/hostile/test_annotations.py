@@ -1,0 +1,56 @@
+"""Hostile annotation values in every text format: non-finite numbers are malformed (counted, never kept), and the
+good annotations beside them load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from efpn.data import load_coco, load_visdrone, load_voc, load_yolo
+
+
+def _image(path: Path, w: int = 40, h: int = 30) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((h, w, 3), 100, np.uint8))
+
+
+@pytest.mark.parametrize("bad", [[float("nan"), 10, 5, 5], [1, float("inf"), 5, 5], [1, 1, "x", 5], [1, 1, 5],
+                                 [1e400, 1, 5, 5], None, "1,2,3,4"])
+def test_coco_non_finite_or_odd_boxes_are_malformed(tmp_path: Path, bad: object) -> None:
+    _image(tmp_path / "images" / "a.png")
+    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+           "categories": [{"id": 1, "name": "t"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": bad},
+                           {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 2, 6, 6]}]}
+    (tmp_path / "a.json").write_text(json.dumps(doc).replace("Infinity", "1e999").replace("NaN", "NaN"))
+    records, _, report = load_coco(tmp_path / "a.json", tmp_path / "images")
+    assert len(records[0].boxes) == 1 and report.malformed == 1
+    assert np.isfinite(records[0].boxes).all()
+
+
+def test_voc_and_visdrone_and_yolo_non_finite(tmp_path: Path) -> None:
+    _image(tmp_path / "voc" / "JPEGImages" / "a.png")
+    (tmp_path / "voc" / "Annotations").mkdir(parents=True)
+    (tmp_path / "voc" / "Annotations" / "a.xml").write_text(
+        "<annotation><filename>a.png</filename><size><width>inf</width><height>30</height></size>"
+        "<object><name>t</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>inf</xmax><ymax>5</ymax></bndbox></object>"
+        "<object><name>t</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>8</xmax><ymax>9</ymax></bndbox></object>"
+        "</annotation>")
+    records, _, report = load_voc(tmp_path / "voc")
+    assert len(records) == 1 and len(records[0].boxes) == 1 and report.malformed == 1
+
+    _image(tmp_path / "vd" / "images" / "a.png")
+    (tmp_path / "vd" / "ann").mkdir(parents=True)
+    (tmp_path / "vd" / "ann" / "a.txt").write_text("1,1,inf,5,1,1,0,0\nnan,1,2,3,1,1,0,0\n2,2,6,6,1,1,0,0\n")
+    records, _, report = load_visdrone(tmp_path / "vd" / "ann", tmp_path / "vd" / "images")
+    assert len(records[0].boxes) == 1 and report.malformed == 2
+
+    _image(tmp_path / "y" / "images" / "a.png")
+    (tmp_path / "y" / "labels").mkdir(parents=True)
+    (tmp_path / "y" / "labels" / "a.txt").write_text("0 nan 0.5 0.1 0.1\n0 0.5 0.5 inf 0.1\n0 0.5 0.5 0.2 0.2\n")
+    records, _, report = load_yolo(tmp_path / "y" / "images", tmp_path / "y" / "labels", names=["t"])
+    assert len(records[0].boxes) == 1 and report.malformed == 2
