@@ -9,9 +9,11 @@ argument with a leading underscore, are not hashed). Cached library calls on a l
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -97,12 +99,32 @@ def load_detector(path: str) -> Detector:
     return _load_detector(path, checkpoint_key(path))
 
 
+#: Upload bounds: the largest checkpoint and card the studio stores.
+MAX_CHECKPOINT_BYTES = 256 << 20
+MAX_CARD_BYTES = 1 << 20
+_UPLOAD_DIR: list[Path] = []
+
+
+def upload_dir() -> Path:
+    """This server process's private folder for uploads: created by ``mkdtemp`` (mode 0700, an unpredictable name,
+    so no other local user can pre-create it or plant links in it) and removed when the process exits."""
+    if not _UPLOAD_DIR:
+        folder = Path(tempfile.mkdtemp(prefix="efpn-studio-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _UPLOAD_DIR.append(folder)
+    return _UPLOAD_DIR[0]
+
+
 def save_uploaded_checkpoint(weights_name: str, weights: bytes, card: bytes) -> Path:
     """Write an uploaded weights file and its model card to a private folder named by their hash; returns
     the weights path. Nothing is loaded here (``load_detector`` refuses pickles with a clear message)."""
+    if len(weights) > MAX_CHECKPOINT_BYTES or len(card) > MAX_CARD_BYTES:
+        raise ValueError(f"uploaded checkpoint is {len(weights) / 2**20:.0f} MiB with a {len(card) / 2**10:.0f} KiB "
+                         f"card; the studio takes at most {MAX_CHECKPOINT_BYTES >> 20} MiB and "
+                         f"{MAX_CARD_BYTES >> 10} KiB")
     digest = hashlib.sha1(weights + b"\0" + card).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / "efpn-studio" / "uploads" / digest
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = upload_dir() / digest
+    folder.mkdir(exist_ok=True)
     name = Path(weights_name).name or "model.safetensors"
     stem, suffix = Path(name).stem or "model", Path(name).suffix or ".safetensors"
     weights_path = folder / f"{stem}{suffix}"

@@ -7,6 +7,7 @@ session as bytes, so switching pages never loses them and nothing is shared with
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,10 @@ def on_camera(key: str) -> None:
         st.session_state["upload_errors"] = [err] if err else []
 
 
+#: At most this many uploaded checkpoints are listed per session.
+MAX_UPLOADED_CKPTS = 4
+
+
 def _on_checkpoint_upload() -> None:
     weights = st.session_state.get("ckpt_upload_weights")
     card = st.session_state.get("ckpt_upload_card")
@@ -153,14 +158,22 @@ def _on_checkpoint_upload() -> None:
             "Upload both files: the weights (.safetensors) and the model card (.json) saved beside them."
         )
         return
-    path = loaders.save_uploaded_checkpoint(weights.name, weights.getvalue(), card.getvalue())
+    try:
+        path = loaders.save_uploaded_checkpoint(weights.name, weights.getvalue(), card.getvalue())
+    except ValueError as e:  # over the size bounds
+        st.session_state["ckpt_upload_error"] = str(e)
+        return
     try:
         loaders.load_detector(str(path))
     except CheckpointError as e:
         st.session_state["ckpt_upload_error"] = str(e)
+        shutil.rmtree(path.parent, ignore_errors=True)  # a refused upload is not kept
         return
-    if str(path) not in st.session_state[UPLOADED_CKPTS]:
-        st.session_state[UPLOADED_CKPTS].append(str(path))
+    uploaded = st.session_state[UPLOADED_CKPTS]
+    if str(path) not in uploaded:
+        uploaded.append(str(path))
+        while len(uploaded) > MAX_UPLOADED_CKPTS:  # bounded per session: the oldest goes from the list
+            uploaded.pop(0)
     st.session_state[CKPT_CHOICE] = str(path)
 
 

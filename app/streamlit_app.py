@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pandas  # noqa: F401  (imported once here: concurrent first imports inside page code race each other)
 import streamlit as st
 
 ROOT = Path(__file__).resolve().parents[1]
