@@ -16,8 +16,8 @@ Contract of :func:`load_masks`:
   skipped (``label_without_image``); an unreadable image or mask drops the image (``unreadable_image``); a mask
   whose size differs from its image's is ``malformed`` and the image is dropped (the boxes would be wrong);
 * ids in the list that have no image are counted as ``label_without_image``;
-* ``image_id`` as every loader: the numeric stem when all stems are numbers, else the index in list (or sorted)
-  order.
+* ``image_id``: the number ending each stem (``Misc_123`` -> 123) when those are distinct, so ids do not depend on
+  which list loaded the image; else as every loader (numeric stems, or the index in list or sorted order).
 """
 
 from __future__ import annotations
@@ -56,6 +56,15 @@ def boxes_from_mask(mask: np.ndarray, connectivity: int = 8, instances: bool = F
             boxes.append([x, y, x + w, y + h])
     out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     return out[np.lexsort((out[:, 0], out[:, 1]))] if len(out) else out
+
+
+def _image_ids(stems: list[str]) -> list[int]:
+    """Ids that do not depend on the list: the number ending each stem (``Misc_123`` -> 123) when those are
+    distinct, so the train and val lists of one folder never share an id; else the loaders' usual ids."""
+    tails = [stem.rsplit("_", 1)[-1] for stem in stems]
+    if stems and all(t.isdigit() for t in tails) and len(set(map(int, tails))) == len(tails):
+        return [int(t) for t in tails]
+    return assign_image_ids(stems)
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -136,7 +145,7 @@ def load_masks(
             boxes = boxes_from_mask(mask, connectivity, instances)
         kept_stems.append(stem)
         pending.append((stem, path, w, h, boxes))
-    for image_id, (stem, path, w, h, boxes) in zip(assign_image_ids(kept_stems), pending):
+    for image_id, (stem, path, w, h, boxes) in zip(_image_ids(kept_stems), pending):
         rec = make_record(image_id, path, w, h, boxes, np.zeros(len(boxes), np.int64), ["target"] * len(boxes),
                           report, source=f"{stem}{mask_suffix}.png")
         records.append(rec)

@@ -77,6 +77,7 @@ def test_sirst_trainval_has_its_424_targets() -> None:
     sizes = np.concatenate([np.sqrt(np.prod(r.boxes[:, 2:] - r.boxes[:, :2], axis=1)) for r in train + val])
     assert len(sizes) == 424 and float(np.mean(sizes < 16)) > 0.95
     assert not {r.path for r in train} & {r.path for r in val}
+    assert not {r.image_id for r in train} & {r.image_id for r in val}  # ids from the stems, not the lists
 
 
 @pytest.mark.realdata
