@@ -12,6 +12,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from efpn.explain.starvation import AssignmentReport, accounting_for_records
+from efpn.vocab import BUCKETS
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -274,6 +275,23 @@ def sgdm_findings(rows: list[list[object]]) -> list[str]:
     return out
 
 
+def dcloss_weight_rows(measured: dict[str, dict], every: int = 5) -> list[list[object]]:
+    """Per run with DCLoss: its bucket weights at the first epoch after the warm-up and every ``every`` epochs."""
+    rows: list[list[object]] = []
+    for name, card in sorted(measured.items()):
+        loss = (card.get("config") or {}).get("loss") or {}
+        if not loss.get("dcloss"):
+            continue
+        tel = [r for r in card.get("_telemetry") or [] if (r.get("dcloss") or {}).get("w")]
+        moved = [r for r in tel if any(abs(v - 1.0) > 1e-6 for v in r["dcloss"]["w"].values())]
+        picked = [r for i, r in enumerate(moved) if i == 0 or i % every == 0 or r is moved[-1]]
+        for r in picked:
+            w = r["dcloss"]["w"]
+            rows.append([name, _dataset(card), loss.get("dcloss_warmup"), r.get("epoch"),
+                         *[round(w[b], 3) if b in w else None for b in BUCKETS]])
+    return rows
+
+
 def claims_report(
     out_dir: str | Path,
     shared_data: str | Path = "../shared/data",
@@ -362,6 +380,16 @@ def claims_report(
         md += [f"- {f}" for f in sgdm_findings(sg)] + [""]
     else:
         md += ["No YOLO checkpoints or runs are there yet.", ""]
+
+    md += ["## 5. DCLoss re-weights the size buckets during training", ""]
+    dc = dcloss_weight_rows(measured)
+    if dc:
+        md += [_md_table(["run", "data", "warm-up steps", "epoch", *BUCKETS], dc), "",
+               "w per size bucket at the end of each listed epoch (1 during the warm-up; the bucket with more "
+               "summed gradient per image gets less weight, by SPEC §4).", ""]
+        claims["dcloss_weights"] = dc
+    else:
+        md += ["No run with DCLoss carries per-epoch weights yet.", ""]
 
     md += ["## All shipped checkpoints", ""]
     md += [_md_table(header, [ap_table_row(c) for c in cards.values()]) if cards else "None.", ""]

@@ -57,3 +57,15 @@ def test_ablation_and_sgdm_sections_read_unshipped_runs(tmp_path: Path) -> None:
     assert "`yolov8n_sgdm` adds" in text and "changes AP by -0.020 (worse)" in text
     assert "times 3.00x on p5 (0.3 vs 0.1)" in text
     assert "`fpn_r18_dcloss` trained 3 steps, inside DCLoss's" in text  # a DCLoss row that never engaged
+
+
+def test_dcloss_weight_rows_start_after_the_warmup() -> None:
+    from efpn.cli.claims import dcloss_weight_rows
+
+    tel = [{"epoch": e, "dcloss": {"w": {"vt": 1.0 if e < 3 else 0.5 + e / 100, "t": 1.0}}} for e in range(1, 13)]
+    measured = {"run": {"config": {"loss": {"dcloss": True, "dcloss_warmup": 40}}, "data": {"dataset": "sirst"},
+                        "_telemetry": tel},
+                "plain": {"config": {"loss": {"dcloss": False}}, "_telemetry": tel}}
+    rows = dcloss_weight_rows(measured, every=5)
+    assert [r[3] for r in rows] == [3, 8, 12]  # first moved epoch, every 5th moved one, the last
+    assert rows[0][:3] == ["run", "sirst", 40] and rows[0][4] == 0.53 and rows[0][5] == 1.0
