@@ -13,6 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from app.figures import FOUND_COLOUR, MISSED_COLOUR, STARVED_COLOUR
+from app.heatmaps import safe_colorscale
 from efpn import BUCKET_LABELS, BUCKETS, level_colour
 
 #: A legend in one row between the title and the plot: clear of tick labels that rotate on narrow pages.
@@ -119,7 +120,8 @@ def level_bucket_figure(accounting: Mapping[str, Any], title: str = "Positives: 
     levels = list(accounting["levels"])
     z = np.array([[accounting["per_level_bucket"][lv].get(b, 0) for b in BUCKETS] for lv in levels], dtype=float)
     fig = go.Figure(go.Heatmap(
-        z=z, x=[BUCKET_LABELS[b] for b in BUCKETS], y=levels, colorscale="Blues", texttemplate="%{z:.0f}",
+        z=z, x=[BUCKET_LABELS[b] for b in BUCKETS], y=levels, colorscale=safe_colorscale("Blues"),
+        texttemplate="%{z:.0f}",
         hovertemplate="%{y} x %{x}: %{z:.0f} positives<extra></extra>", showscale=False,
     ))
     fig.update_layout(title=title, height=60 + 42 * len(levels), margin=dict(l=0, r=0, t=40, b=0))

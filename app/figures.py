@@ -18,6 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
 
+from app.heatmaps import safe_colorscale
 from efpn import level_colour
 from efpn.explain import resize_map
 
@@ -56,15 +57,23 @@ def image_trace(rgb: np.ndarray, max_side: int = DISPLAY_MAX_SIDE, opacity: floa
     return go.Image(source=_png_data_uri(shown), x0=dx / 2, y0=dy / 2, dx=dx, dy=dy, opacity=opacity, hoverinfo="skip")
 
 
+#: Legends of image figures: one row under the picture (clear of the toolbar that plotly shows over its top
+#: right), on a dark strip so white marks (the focused object) show in the key as on the image.
+IMAGE_LEGEND = dict(orientation="h", yref="container", y=0.0, yanchor="bottom", x=0, xanchor="left",
+                    bgcolor="#31333f", font=dict(color="white", size=12))
+#: Room under an image figure for its x tick labels and the legend strip.
+IMAGE_LEGEND_MARGIN = 56
+
+
 def _image_layout(fig: go.Figure, hw: tuple[int, int], height: int | None, title: str | None = None) -> go.Figure:
     h, w = hw
     fig.update_xaxes(range=[0, w], showgrid=False, zeroline=False, constrain="domain")
     fig.update_yaxes(range=[h, 0], showgrid=False, zeroline=False, scaleanchor="x", constrain="domain")
     fig.update_layout(
-        margin=dict(l=0, r=0, t=30 if title else 0, b=0),
-        height=height or int(min(720, max(320, 640 * h / max(w, 1)))),
+        margin=dict(l=0, r=0, t=30 if title else 0, b=IMAGE_LEGEND_MARGIN),
+        height=(height or int(min(720, max(320, 640 * h / max(w, 1))))) + IMAGE_LEGEND_MARGIN,
         title=title,
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        legend=IMAGE_LEGEND,
         hovermode="closest",
     )
     return fig
@@ -206,12 +215,7 @@ def matching_figure(
         add_boxes(fig, gt[missed], MISSED_COLOUR, "missed", width=3.5, hover=[_gt_hover(j) for j in missed],
                   customdata=[["gt", j] for j in missed], marker_size=9)
     if focus is not None and 0 <= focus < len(gt):
-        x1, y1, x2, y2 = gt[focus]
-        pad = max(4.0, 0.6 * max(x2 - x1, y2 - y1))
-        ring = np.array([[x1 - pad, y1 - pad, x2 + pad, y2 + pad]])
-        xs, ys = _outline(ring)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=FOCUS_COLOUR, width=2),
-                                 name="focused object", hoverinfo="skip"))
+        add_focus_ring(fig, gt[focus])
         if focus_prior is not None:
             xs, ys = _outline(np.asarray([focus_prior], dtype=float))
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=FOCUS_COLOUR, width=1.5, dash="dot"),
@@ -245,8 +249,8 @@ def heatmap_overlay_figure(
     fig = image_figure(rgb, height, title)
     z = np.asarray(z, dtype=float)
     fig.add_trace(go.Heatmap(
-        z=z, x0=stride / 2, dx=stride, y0=stride / 2, dy=stride, opacity=opacity, colorscale=colorscale,
-        zmin=zmin, zmax=zmax, colorbar=dict(title=colorbar_title, thickness=12),
+        z=z, x0=stride / 2, dx=stride, y0=stride / 2, dy=stride, opacity=opacity,
+        colorscale=safe_colorscale(colorscale), zmin=zmin, zmax=zmax, colorbar=dict(title=colorbar_title, thickness=12),
         hovertemplate="x %{x:.0f}, y %{y:.0f}<br>value %{z:.3g}<extra></extra>",
     ))
     if boxes is not None and len(boxes):
@@ -281,25 +285,34 @@ def assignment_figure(
     starved: Sequence[int],
     positives: Mapping[str, np.ndarray],
     height: int | None = None,
+    positive_gt: Mapping[str, np.ndarray] | None = None,
+    focus: int | None = None,
 ) -> go.Figure:
     """The image with GT boxes (starved ones thick red) and, per level, the positive priors' boxes.
 
-    ``positives``: level -> (P_l, 4) prior boxes in image px (zero-size boxes are drawn as points).
+    ``positives``: level -> (P_l, 4) prior boxes in image px (zero-size boxes are drawn as points). With ``focus``
+    (a GT index) and ``positive_gt`` (level -> (P_l,) the GT each positive serves), that GT is ringed in white, its
+    own positives drawn thick and every other positive faded.
     """
     fig = image_figure(rgb, height)
     for lv, boxes in positives.items():
         b = np.asarray(boxes, dtype=float).reshape(-1, 4)
         if not len(b):
             continue
+        owners = np.asarray(positive_gt[lv]) if (positive_gt is not None and lv in positive_gt) else None
+        mine = (owners == focus) if (focus is not None and owners is not None and len(owners) == len(b)) else None
         point = (b[:, 2] - b[:, 0] < 1e-6) & (b[:, 3] - b[:, 1] < 1e-6)
-        if (~point).any():
-            xs, ys = _outline(b[~point])
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=level_colour(lv), width=1),
-                                     opacity=0.8, name=f"{lv} positives", legendgroup=lv, hoverinfo="skip"))
-        if point.any():
-            fig.add_trace(go.Scatter(x=b[point, 0], y=b[point, 1], mode="markers", name=f"{lv} positives",
-                                     marker=dict(color=level_colour(lv), size=6, symbol="x"),
-                                     legendgroup=lv, hoverinfo="skip"))
+        groups = [(np.ones(len(b), bool), f"{lv} positives", 0.8, 1.0)] if mine is None else [
+            (~mine, f"{lv} positives (other GTs)", 0.25, 1.0), (mine, f"{lv} positives of GT {focus}", 1.0, 2.5)]
+        for sel, name, opacity, width in groups:
+            if (sel & ~point).any():
+                xs, ys = _outline(b[sel & ~point])
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=level_colour(lv), width=width),
+                                         opacity=opacity, name=name, legendgroup=name, hoverinfo="skip"))
+            if (sel & point).any():
+                fig.add_trace(go.Scatter(x=b[sel & point, 0], y=b[sel & point, 1], mode="markers", name=name,
+                                         marker=dict(color=level_colour(lv), size=6 + 2 * width, symbol="x"),
+                                         opacity=opacity, legendgroup=name, hoverinfo="skip"))
     gt = np.asarray(gt_boxes, dtype=float).reshape(-1, 4)
     starved_set = set(int(i) for i in starved)
     fed = [i for i in range(len(gt)) if i not in starved_set]
@@ -308,6 +321,20 @@ def assignment_figure(
         add_boxes(fig, gt[fed], FED_COLOUR, "GT with positives", hover=[gt_hover[i] for i in fed], width=1.5)
     if hungry:
         add_boxes(fig, gt[hungry], STARVED_COLOUR, "starved GT", hover=[gt_hover[i] for i in hungry], width=3)
+    if focus is not None and 0 <= focus < len(gt):
+        add_focus_ring(fig, gt[focus])
+    return fig
+
+
+def add_focus_ring(fig: go.Figure, box: Sequence[float], name: str = "focused object") -> go.Figure:
+    """A white square (black-edged) around ``box`` (xyxy), padded so a 4 px object's ring is still seen."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    pad = max(4.0, 0.6 * max(x2 - x1, y2 - y1))
+    xs, ys = _outline(np.array([[x1 - pad, y1 - pad, x2 + pad, y2 + pad]]))
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="black", width=4), hoverinfo="skip",
+                             showlegend=False, legendgroup=name))
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=FOCUS_COLOUR, width=2), hoverinfo="skip",
+                             name=name, legendgroup=name))
     return fig
 
 

@@ -18,25 +18,58 @@ from efpn.explain import normalize01
 # ----------------------------------------------------------------------------------------------- heatmaps
 
 
+def safe_colorscale(name: str | list) -> list:
+    """A plotly colorscale with every colour as ``rgb(r, g, b)``. Streamlit's plotly theme sends its own colours as
+    the placeholders ``#000001`` ... ``#000040`` and swaps them in the browser, so a scale that starts at
+    ``#000004`` (Inferno, Magma) would draw its zero in a theme colour (a pink, not black); ``rgb()`` strings are
+    left alone."""
+    from plotly.colors import get_colorscale, hex_to_rgb
+
+    scale = get_colorscale(name) if isinstance(name, str) else name
+    out = []
+    for pos, colour in scale:
+        if isinstance(colour, str) and colour.startswith("#"):
+            colour = "rgb({}, {}, {})".format(*hex_to_rgb(colour))
+        out.append([float(pos), colour])
+    return out
+
+
+
+#: Outline of a marked cell (the focused object's, the picked pixel's): white over black, seen on any colour scale.
+MARK_COLOUR = "#ffffff"
+
+
+def _mark_cell(fig: go.Figure, cell: tuple[int, int], **where: int) -> None:
+    """Outline map cell (row, col) of a heatmap drawn in cell coordinates (cell centres on integers)."""
+    r, c = cell
+    for colour, width in (("black", 4), (MARK_COLOUR, 2)):
+        fig.add_shape(type="rect", x0=c - 0.5, x1=c + 0.5, y0=r - 0.5, y1=r + 0.5, line=dict(color=colour, width=width),
+                      **where)
+
+
 def map_figure(a: np.ndarray, title: str | None = None, colorscale: str = "Viridis", height: int = 240,
-               zmid: float | None = None) -> go.Figure:
-    """A small picture of one map: (H, W) heatmap or (H, W, 3) uint8 RGB."""
+               zmid: float | None = None, mark: tuple[int, int] | None = None) -> go.Figure:
+    """A small picture of one map: (H, W) heatmap or (H, W, 3) uint8 RGB; ``mark`` outlines cell (row, col)."""
     a = np.asarray(a)
     if a.ndim == 3:
         fig = go.Figure(go.Image(z=a, hovertemplate="x %{x}, y %{y}<extra></extra>"))
     else:
-        fig = go.Figure(go.Heatmap(z=a, colorscale=colorscale, zmid=zmid, colorbar=dict(thickness=10),
+        fig = go.Figure(go.Heatmap(z=a, colorscale=safe_colorscale(colorscale), zmid=zmid, colorbar=dict(thickness=10),
                                    hovertemplate="x %{x}, y %{y}<br>%{z:.3g}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
     fig.update_xaxes(showticklabels=False)
     fig.update_layout(margin=dict(l=0, r=0, t=28 if title else 0, b=0), height=height, title=title)
+    if mark is not None:
+        _mark_cell(fig, mark)
     return fig
 
 
 def maps_grid_figure(maps: Mapping[str, np.ndarray], colorscale: str = "Viridis", height: int = 260,
-                     zmin: float | None = None, zmax: float | None = None) -> go.Figure:
+                     zmin: float | None = None, zmax: float | None = None, mark: tuple[int, int] | None = None,
+                     colorbar_title: str | None = None) -> go.Figure:
     """Several (H, W) maps side by side, one subplot each, titled by key (RGB arrays as images). Titles are small,
-    so several fit side by side on a narrow page; a ``<br>`` in a key breaks its title over two lines."""
+    so several fit side by side on a narrow page; a ``<br>`` in a key breaks its title over two lines. ``mark``
+    outlines cell (row, col) on every map (maps of one size)."""
     names = list(maps)
     fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.02)
     for i, name in enumerate(names, start=1):
@@ -44,12 +77,14 @@ def maps_grid_figure(maps: Mapping[str, np.ndarray], colorscale: str = "Viridis"
         if a.ndim == 3:
             fig.add_trace(go.Image(z=a), row=1, col=i)
         else:
-            fig.add_trace(go.Heatmap(z=a, colorscale=colorscale, zmin=zmin, zmax=zmax, showscale=i == len(names),
-                                     colorbar=dict(thickness=10),
+            fig.add_trace(go.Heatmap(z=a, colorscale=safe_colorscale(colorscale), zmin=zmin, zmax=zmax,
+                                     showscale=i == len(names), colorbar=dict(thickness=10, title=colorbar_title),
                                      hovertemplate="x %{x}, y %{y}<br>%{z:.3g}<extra></extra>"), row=1, col=i)
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i if i > 1 else ''}", showticklabels=False,
                          row=1, col=i)
         fig.update_xaxes(showticklabels=False, row=1, col=i)
+        if mark is not None:
+            _mark_cell(fig, mark, row=1, col=i)
     two_lines = any("<br>" in n for n in names)
     fig.update_layout(margin=dict(l=0, r=0, t=44 if two_lines else 30, b=0), height=height + (14 if two_lines else 0))
     for ann in fig.layout.annotations:
@@ -89,20 +124,42 @@ def colorize(a: np.ndarray, colorscale: str = "Viridis", zmin: float | None = No
 
 
 def thumbnail(a: np.ndarray, colorscale: str = "Viridis", side: int = 160, zmin: float | None = None,
-              zmax: float | None = None) -> np.ndarray:
+              zmax: float | None = None, mark: tuple[int, int] | None = None) -> np.ndarray:
     """A map (H, W) or an RGB (H, W, 3) uint8 picture as a small RGB uint8 image whose long side is about
-    ``side`` px: coarse maps are enlarged by an integer factor (nearest, cells stay square), large ones shrunk."""
+    ``side`` px: coarse maps are enlarged by an integer factor (nearest, cells stay square), large ones shrunk.
+    ``mark`` outlines map cell (row, col) in white on black (at least 9 px wide, so a small cell stays visible)."""
     a = np.asarray(a)
     rgb = a if (a.ndim == 3 and a.dtype == np.uint8) else colorize(a, colorscale, zmin, zmax)
     h, w = rgb.shape[:2]
     k = side / max(h, w, 1)
     if k >= 2:
         f = int(k)
-        return np.ascontiguousarray(rgb.repeat(f, axis=0).repeat(f, axis=1))
-    if k < 1:
+        out = np.ascontiguousarray(rgb.repeat(f, axis=0).repeat(f, axis=1))
+    elif k < 1:
         size = (max(1, round(w * k)), max(1, round(h * k)))
-        return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BILINEAR))
-    return np.ascontiguousarray(rgb)
+        out = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.BILINEAR))
+    else:
+        out = np.ascontiguousarray(rgb)
+    return out if mark is None else mark_cell(out, mark, (h, w))
+
+
+def mark_cell(picture: np.ndarray, cell: tuple[int, int], grid_hw: tuple[int, int]) -> np.ndarray:
+    """A copy of an RGB picture of a (rows, cols) = ``grid_hw`` map with cell (row, col) outlined: a white square
+    inside a black one, at least 9 px wide."""
+    out = np.array(picture, copy=True)
+    ph, pw = out.shape[:2]
+    sy, sx = ph / grid_hw[0], pw / grid_hw[1]
+    cy, cx = (cell[0] + 0.5) * sy, (cell[1] + 0.5) * sx
+    hy, hx = max(4.5, sy / 2 + 1), max(4.5, sx / 2 + 1)
+    for colour, grow in ((0, 2), (255, 0)):
+        y1, y2 = int(max(0, cy - hy - grow)), int(min(ph - 1, cy + hy + grow))
+        x1, x2 = int(max(0, cx - hx - grow)), int(min(pw - 1, cx + hx + grow))
+        t = 2
+        out[y1:y1 + t + grow, x1:x2 + 1] = colour
+        out[max(y1, y2 - t - grow + 1):y2 + 1, x1:x2 + 1] = colour
+        out[y1:y2 + 1, x1:x1 + t + grow] = colour
+        out[y1:y2 + 1, max(x1, x2 - t - grow + 1):x2 + 1] = colour
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -125,8 +182,9 @@ def kernel_grid_figure(rows: Mapping[str, np.ndarray | None], title: str | None 
         signed = bool((v < 0).any())
         for g in range(v.shape[0]):
             fig.add_trace(go.Heatmap(
-                z=v[g], zmin=-lim if signed else 0.0, zmax=lim, colorscale="RdBu_r" if signed else "Blues",
-                showscale=False, texttemplate="%{z:.3f}", textfont=dict(size=9),
+                z=v[g], zmin=-lim if signed else 0.0, zmax=lim,
+                colorscale=safe_colorscale("RdBu_r" if signed else "Blues"), showscale=False,
+                texttemplate="%{z:.3f}", textfont=dict(size=9),
                 hovertemplate=f"{name} g{g}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>",
             ), row=r, col=g + 1)
     for i in range(1, len(kinds) * groups + 1):  # square cells whatever the page width

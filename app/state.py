@@ -428,15 +428,14 @@ def focus_banner(ctx: Context, model: Detector, image: ImageItem, what: str) -> 
         return None
     f, miss = found
     with st.container(border=True):
-        c_text, c_btn = st.columns([6, 1])
         name = gt_names(ctx)[f.gt_index]
         if miss is not None:
-            c_text.markdown(f":material/center_focus_strong: **Focused missed object** · {miss_summary(miss, name)}")
+            st.markdown(f":material/center_focus_strong: **Focused missed object** · {miss_summary(miss, name)}")
         else:
-            c_text.markdown(f":material/center_focus_strong: **Focused object** · GT {f.gt_index} · {name}: found "
-                            "by the whole-image detections at these settings.")
-        c_text.caption(what)
-        c_btn.button("Clear focus", key="focus_clear", on_click=clear_focus, help="Back to the page's usual view.")
+            st.markdown(f":material/center_focus_strong: **Focused object** · GT {f.gt_index} · {name}: found by the "
+                        "whole-image detections at these settings.")
+        st.caption(what + " Chosen in the Detect page's missed-objects table.")
+        st.button("Clear focus", key="focus_clear", on_click=clear_focus, help="Back to the page's usual view.")
     return f
 
 

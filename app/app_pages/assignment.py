@@ -22,6 +22,8 @@ model = state.require_model(ctx)
 image = state.require_image(ctx)
 h, w = image.hw
 names = ctx.class_names or (ctx.gt.class_names if ctx.gt else ["object"])
+focus = state.focus_banner(ctx, model, image, "Here: that object ringed in white, its own positives drawn thick "
+                                              "and everyone else's faded, under the assigner you choose.")
 
 
 def _assignment_section(gt: state.GroundTruth) -> None:
@@ -71,8 +73,16 @@ def _assignment_section(gt: state.GroundTruth) -> None:
         hover.append(f"GT {i} · {names[int(gt.labels[i])] if int(gt.labels[i]) < len(names) else gt.labels[i]}"
                      f"<br>size {size:.1f} px ({bucket})<br>{npos} positives: {where}")
     positives = {lv: b for lv, b in summary.positives.items() if lv in shown}
-    st.plotly_chart(figures.assignment_figure(image.rgb, gt.boxes, hover, acc["starved"], positives), width="stretch",
-                    key="asg_image")
+    focused = focus.gt_index if focus is not None and focus.gt_index < len(gt.boxes) else None
+    st.plotly_chart(figures.assignment_figure(image.rgb, gt.boxes, hover, acc["starved"], positives,
+                                              positive_gt=summary.positive_gt, focus=focused),
+                    width="stretch", key="asg_image")
+    if focused is not None:
+        per = acc["positives_per_gt_level"][focused] if acc["positives_per_gt_level"] else []
+        where = ", ".join(f"{lv} {n}" for lv, n in zip(acc["levels"], per) if n) or "none"
+        st.caption(f"Focused GT {focused} ({acc['gt_sizes'][focused]:.1f} px): {acc['positives_per_gt'][focused]} "
+                   f"positives under {summary.name} ({where})"
+                   + (", starved." if focused in acc["starved"] else "."))
     c1, c2 = st.columns(2)
     if acc["histogram"]:
         c1.plotly_chart(charts.histogram_figure(acc["histogram"]), width="stretch", key="asg_hist")

@@ -21,14 +21,39 @@ ins = state.inspection(ctx, model, image)
 rows = views.detection_rows(ins.detections, model.levels, ctx.class_names)
 names = ctx.class_names
 
+found = state.focused_miss(ctx, model, image)
+focus, focus_miss = found if found is not None else (None, None)
+state.focus_banner(ctx, model, image, "Here: the best prior covering it is explained for the object's class: what "
+                                      "it looked at, and what it would need.")
+FOCUSED = "the focused object's best prior"
 has_gt = ctx.gt is not None and len(ctx.gt.boxes) > 0
-sources = (["a detection"] if rows else []) + (["a ground-truth box"] if has_gt else [])
+sources = ([FOCUSED] if focus is not None else []) + (["a detection"] if rows else []) + \
+    (["a ground-truth box"] if has_gt else [])
 if not sources:
     st.info("Nothing to explain: no detection above the score threshold and no ground truth. Lower the threshold "
             "in the sidebar or add ground truth on the Assignment page.")
     st.stop()
+state.keep_valid("attr_source", sources)
+if focus is not None and st.session_state.get("attr_focus_applied") != focus:
+    st.session_state["attr_focus_applied"] = focus  # a newly focused object: explain it first
+    st.session_state["attr_source"] = FOCUSED
 source = st.radio("Explain", sources, horizontal=True, key="attr_source")
-if source == "a detection":
+if source == FOCUSED:
+    assert focus is not None
+    label = focus.label if 0 <= focus.label < model.num_classes else 0
+    if focus_miss is not None and focus_miss.best_box is not None:
+        box = tuple(focus_miss.best_box)
+        shown = ", ".join(f"{v:.1f}" for v in box)
+        st.caption(f"The best prior covering GT {focus.gt_index}: its predicted box ({shown}) on "
+                   f"{focus_miss.best_level}, scoring {focus_miss.best_score:.3f} for {state.class_name(ctx, label)} "
+                   f"with IoU {focus_miss.best_iou:.2f} against the object. The target T below is that class's score "
+                   "times the IoU with this box.")
+    else:
+        box = tuple(float(v) for v in focus.box)
+        st.caption(f"GT {focus.gt_index} "
+                   + ("is found at these settings" if focus_miss is None else "has no covering prior")
+                   + f": its own box is explained for {state.class_name(ctx, label)}.")
+elif source == "a detection":
     digest, picked = st.session_state.get("selected_detection") or (None, None)
     chosen = (digest, picked)
     if digest == image.digest and picked is not None and picked < len(rows) \

@@ -103,7 +103,9 @@ with left:
             f"hover for the detection) · <span style='color:{figures.FALSE_ALARM_COLOUR}'>■</span> **dashed orange**: "
             f"false alarm (a detection that found no object) · <span style='color:{figures.MISSED_COLOUR}'>■</span> "
             f"**thick red**: missed object. Matched at IoU ≥ {iou:g}"
-            + (", same class." if aware else ", any class.") + " Click a red box's centre to focus on it.",
+            + (", same class." if aware else ", any class.")
+            + (" White ring: the focused object; dotted white: the best prior covering it." if focus_miss else "")
+            + " Click a red box's centre to focus on it.",
             unsafe_allow_html=True)
 picks = [views.parse_pick(p.get("customdata")) for p in
          ((event.selection.points if event and event.selection else []) or [])]

@@ -24,6 +24,8 @@ if not ins.gates:
             "checkpoint to see them.")
     st.stop()
 
+focus = state.focus_banner(ctx, model, image, "Here: its centre ringed on every gate map, with the gate's value "
+                                              "there (closed below 0.1).")
 opacity = st.slider("Mask opacity", 0.0, 1.0, 0.55, 0.05, key="gate_opacity")
 gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
 st.caption(how_boxes)
@@ -35,16 +37,19 @@ stats = []
 for lv, mask in ins.gates.items():
     stride = level_stride(lv)
     m = mask.numpy()
-    st.markdown(f"**{lv}** · stride {stride} · {m.shape[0]} x {m.shape[1]} cells · mean gate {m.mean():.3f}")
+    cell = ins.cell_of(lv, *focus.centre) if focus is not None else None
+    at_focus = f" · gate at the focused object's centre **{m[cell]:.3f}**" if cell is not None else ""
+    st.markdown(f"**{lv}** · stride {stride} · {m.shape[0]} x {m.shape[1]} cells · mean gate {m.mean():.3f}{at_focus}")
     c1, c2 = st.columns([3, 2])
-    c1.plotly_chart(
-        figures.heatmap_overlay_figure(image.rgb, m, ins.stride_in_image(lv), opacity, colorscale="Inferno", zmin=0,
-                                       zmax=1, boxes=boxes_orig, colorbar_title="M", height=420),
-        width="stretch", key=f"gate_{lv}",
-    )
+    fig = figures.heatmap_overlay_figure(image.rgb, m, ins.stride_in_image(lv), opacity, colorscale="Inferno", zmin=0,
+                                         zmax=1, boxes=boxes_orig, colorbar_title="M", height=420)
+    if focus is not None:
+        fig.add_traces(figures.focus_marker(*focus.centre))
+    c1.plotly_chart(fig, width="stretch", key=f"gate_{lv}")
     target = box_mask_target([boxes_net], m.shape, stride)[0, 0].numpy()
     c2.plotly_chart(heatmaps.maps_grid_figure({"gate M": m, "FBSM target": target}, colorscale="Inferno",
-                                              zmin=0, zmax=1, height=220), width="stretch", key=f"gate_{lv}_target")
+                                              zmin=0, zmax=1, height=220, mark=cell), width="stretch",
+                    key=f"gate_{lv}_target")
     row = {"level": lv}
     if gt is not None:
         s = gate_stats(m, boxes_net, stride)

@@ -22,6 +22,7 @@ if not ins.kernels:
     st.info("This checkpoint has no RDConv/SGDM layers. Choose a *_sgdm or efpn_n checkpoint to see dynamic kernels.")
     st.stop()
 
+focus = state.focus_banner(ctx, model, image, "Here: the picker starts on its centre (pick elsewhere freely).")
 layers = list(ins.kernels)
 state.keep_valid("kernel_layer", layers)
 layer = st.selectbox("Layer", layers, key="kernel_layer",
@@ -30,6 +31,11 @@ km = ins.kernels[layer]
 g, kk, fh, fw = tuple(km.dynamic.shape)
 cell_px = ins.stride_in_image(layer)  # one kernel cell in the image's pixels
 h, w = image.hw
+
+# A newly focused object moves the picker to its centre (once: the user may pick elsewhere afterwards).
+if focus is not None and (st.session_state.get("kernel_focus_applied") != focus or "kernel_x" not in st.session_state):
+    st.session_state["kernel_focus_applied"] = focus
+    st.session_state["kernel_pending"] = (min(focus.centre[0], w - 1.0), min(focus.centre[1], h - 1.0))
 
 # A click (previous run) or another image: set the picker's inputs before they are drawn.
 pending = st.session_state.pop("kernel_pending", None)

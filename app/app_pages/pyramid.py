@@ -18,6 +18,8 @@ model = state.require_model(ctx)
 image = state.require_image(ctx)
 ins = state.inspection(ctx, model, image)
 
+focus = state.focus_banner(ctx, model, image, "Here: the cell holding its centre is outlined on every level, before "
+                                              "and after CEM.")
 labels = {"mean": "channel mean", "max": "channel max", "pca": "PCA → RGB"}
 how = st.radio("Show channels as", list(labels), format_func=labels.get, horizontal=True, key="pyr_reduce",
                help="PCA → RGB colours each location by its first three principal components over channels.")
@@ -33,7 +35,9 @@ for lv in ins.levels:
     before = ins.pyramid_before_cem[lv]
     after = ins.pyramid[lv]
     c, fh, fw = tuple(after.shape)
-    st.markdown(f"**{lv}** · stride {level_stride(lv)} · {c} x {fh} x {fw}")
+    cell = ins.cell_of(lv, *focus.centre) if focus is not None else None
+    where = f" · focused object in cell (row {cell[0]}, col {cell[1]})" if cell is not None else ""
+    st.markdown(f"**{lv}** · stride {level_stride(lv)} · {c} x {fh} x {fw}{where}")
     title = "after CEM" + (" and FBSM" if has_fbsm and lv in (model.config.neck.fbsm.levels or ()) else "")
     panels: list[tuple[str, object]] = [("FPN output (before CEM)", before)]
     if lv in ins.cem_fused:
@@ -46,11 +50,11 @@ for lv in ins.levels:
         if feature is None:
             col.caption(name)
         elif interactive:
-            col.plotly_chart(heatmaps.map_figure(reduce_channels(feature, how), name, height=220), width="stretch",
-                             key=f"pyr_{lv}_{i}")
+            col.plotly_chart(heatmaps.map_figure(reduce_channels(feature, how), name, height=220, mark=cell),
+                             width="stretch", key=f"pyr_{lv}_{i}")
         else:
-            col.image(heatmaps.thumbnail(reduce_channels(feature, how), side=320), caption=name, width="stretch",
-                      output_format="PNG")
+            col.image(heatmaps.thumbnail(reduce_channels(feature, how), side=320, mark=cell), caption=name,
+                      width="stretch", output_format="PNG")
 
 if ins.cem_alpha:
     st.subheader("CEM weight α")

@@ -191,3 +191,38 @@ def test_bad_upload_in_browser_keeps_session(page, tmp_path: Path) -> None:
     _no_exception(page)
     _open(page, "Pyramid")
     _no_exception(page)
+
+
+def test_select_a_missed_object_and_see_it_on_another_page(page) -> None:
+    """Click a row of the Detect page's missed-objects table: the Gates page then rings that object and names its
+    cause; the Kernels picker sits on its centre."""
+    from playwright.sync_api import expect
+
+    table = page.locator(".st-key-miss_table [data-testid='stDataFrame']")
+    table.scroll_into_view_if_needed()
+    box = table.bounding_box()
+    assert box is not None
+    # first body row, in the row-selection column (a glide-data-grid canvas: rows are clicked by position)
+    page.mouse.click(box["x"] + 16, box["y"] + 35 + 17)
+    pick = page.get_by_role("combobox", name="Focus on")
+    expect(pick).not_to_have_value("nothing (every page as usual)", timeout=60_000)
+    _settle(page)
+    chosen = pick.input_value()  # "GT 3 · disc · 5.0 px · never_scored"
+    gt, cause = chosen.split(" · ")[0], chosen.split(" · ")[-1]
+    assert gt.startswith("GT ") and cause
+    _no_exception(page)
+    _shot(page, "detect_focus")
+
+    _open(page, "Gates")
+    banner = page.locator("[data-testid='stMarkdownContainer']").filter(has_text="Focused missed object").first
+    expect(banner).to_contain_text(f"{gt} ·")
+    expect(banner).to_contain_text(cause)
+    expect(page.locator("[data-testid='stMarkdownContainer']").filter(
+        has_text="gate at the focused object's centre")).to_have_count(2)
+    _no_exception(page)
+    _shot(page, "gates_focus")
+
+    _open(page, "Kernels")
+    expect(page.locator("[data-testid='stMarkdownContainer']").filter(has_text="Focused missed object").first
+           ).to_contain_text(f"{gt} ·")
+    _no_exception(page)

@@ -110,3 +110,78 @@ def test_level_view_and_sliced_mode_still_work(app) -> None:
     _ok(app)
     assert int(_metric(app, "Detections")) > 0
     assert len(_table(app, "false alarms")) == 5
+
+
+def test_focusing_a_miss_shows_its_rule_and_reaches_every_page(app) -> None:
+    table = app.dataframe(key="miss_table").value
+    g = int(table["GT"].iloc[-1])
+    cause = table["cause"].iloc[-1]
+    app.selectbox(key="miss_focus_pick").set_value(g).run()
+    _ok(app)
+    rule = _table(app, "verdict")
+    assert f"stopped here: {cause}" in set(rule["verdict"]) or cause in set(rule["verdict"])
+    assert any(f"GT {g}" in m.value and cause in m.value for m in app.markdown)
+    assert "focused object" in _traces(_figure(app, "detect_fig"))
+    record, _ = _first_sample()
+    x1, y1, x2, y2 = record.target_boxes()[0][g].tolist()
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+
+    def banner(at) -> bool:
+        return any("Focused missed object" in m.value and f"GT {g}" in m.value and cause in m.value
+                   for m in at.markdown)
+
+    _goto(app, "assignment")
+    _ok(app)
+    assert banner(app)
+    names = {t.get("name") for t in _figure(app, "asg_image")["data"]}
+    assert "focused object" in names and any(f"of GT {g}" in (n or "") for n in names), names
+    assert any(f"Focused GT {g}" in c.value for c in app.caption)
+
+    _goto(app, "gates")
+    _ok(app)
+    assert banner(app)
+    assert sum("gate at the focused object's centre" in m.value for m in app.markdown) == 2  # p2, p3
+    rings = [t for t in _figure(app, "gate_p2")["data"] if t.get("marker", {}).get("symbol") == "circle-open"]
+    assert rings and rings[0]["x"] == [pytest.approx(cx)] and rings[0]["y"] == [pytest.approx(cy)]
+
+    _goto(app, "kernels")
+    _ok(app)
+    assert banner(app)
+    assert app.number_input(key="kernel_x").value == pytest.approx(cx)
+    assert app.number_input(key="kernel_y").value == pytest.approx(cy)
+
+    _goto(app, "attribution")
+    _ok(app)
+    assert banner(app)
+    assert app.radio(key="attr_source").value == "the focused object's best prior"
+    assert any(f"best prior covering GT {g}" in c.value for c in app.caption)
+
+    _goto(app, "pyramid")
+    _ok(app)
+    assert banner(app)
+    assert any("focused object in cell" in m.value for m in app.markdown)
+
+    _goto(app, "detect")
+    assert app.selectbox(key="miss_focus_pick").value == g  # the focus is kept
+
+
+def test_clearing_the_focus_restores_the_pages(app) -> None:
+    g = int(app.dataframe(key="miss_table").value["GT"].iloc[0])
+    app.selectbox(key="miss_focus_pick").set_value(g).run()
+    _goto(app, "gates")
+    app.button(key="focus_clear").click().run()
+    _ok(app)
+    assert not any("Focused missed object" in m.value for m in app.markdown)
+    _goto(app, "detect")
+    assert app.selectbox(key="miss_focus_pick").value == -1
+
+
+def test_focus_drops_when_the_image_changes(app, sample_rgb) -> None:
+    from studio_helpers import png_bytes
+
+    g = int(app.dataframe(key="miss_table").value["GT"].iloc[0])
+    app.selectbox(key="miss_focus_pick").set_value(g).run()
+    app.file_uploader(key="detect_uploader").set_value(("mine.png", png_bytes(sample_rgb), "image/png")).run()
+    _goto(app, "gates")
+    _ok(app)
+    assert not any("Focused missed object" in m.value for m in app.markdown)
