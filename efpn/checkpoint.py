@@ -88,17 +88,18 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     return card
 
 
-def config_from_card(card: Mapping[str, Any]) -> ModelConfig:
-    """Rebuild the card's :class:`ModelConfig`; CheckpointError if it is missing or invalid."""
+def config_from_card(card: Mapping[str, Any], where: str = "the model card") -> ModelConfig:
+    """Rebuild the card's :class:`ModelConfig`; CheckpointError (naming ``where``, e.g. the card's file) if it is
+    missing or invalid."""
     if "config" not in card:
         raise CheckpointError(
-            "the model card has no 'config' entry, so the model cannot be rebuilt; re-save the "
+            f"{where} has no 'config' entry, so the model cannot be rebuilt; re-save the "
             "checkpoint with save_checkpoint(model, path, card)"
         )
     try:
-        return ModelConfig.from_dict(card["config"])
+        return ModelConfig.from_dict(card["config"], where=f"{where}: 'config'")
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"the model card's 'config' is not a valid ModelConfig for this efpn version: {e}") from e
+        raise CheckpointError(f"{where}: 'config' is not a valid ModelConfig for this efpn version: {e}") from e
 
 
 # ------------------------------------------------------------------------------------------------ save
@@ -393,7 +394,7 @@ def load_model(
     weights_path, card_path = checkpoint_paths(path)
     _refuse_non_safetensors(weights_path)
     card = read_card(card_path)
-    config = config_from_card(card)
+    config = config_from_card(card, where=f"model card {card_path}")
     model = (builder or _default_builder)(config)
 
     from safetensors import SafetensorError

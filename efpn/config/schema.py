@@ -86,6 +86,8 @@ def _accepted(hint: Any) -> str:
         return f"a list of {_accepted(args[0])}" if args else "a list"
     if dataclasses.is_dataclass(hint):
         return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(hint))}"
+    if hint is dict or origin is dict:
+        return "a mapping"
     return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
         hint, getattr(hint, "__name__", str(hint))
     )
