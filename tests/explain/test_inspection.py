@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -11,10 +12,13 @@ from efpn.infer import network_hw, prepare
 
 
 def test_network_hw_is_how_prepare_resizes() -> None:
-    for hw, size in (((240, 320), 320), ((377, 500), 512), ((20000, 8), 640), ((7, 9), 128)):
+    for hw, size in (((240, 320), 320), ((377, 500), 512), ((7, 9), 128)):
         scale, (h, w) = network_hw(hw, size)
         prep = prepare(np.zeros((*hw, 3), np.uint8), size)
         assert prep.tensor.shape[-2:] == (h, w) and prep.scale == scale
+    assert network_hw((20000, 8), 640)[1] == (640, 1)
+    with pytest.raises(ValueError, match=r"a 8x20000 px image becomes 1x640 px.*--slice"):
+        prepare(np.zeros((20000, 8, 3), np.uint8), 640)  # too thin for one network input
 
 
 def test_coordinates_round_trip_and_cells_match_the_network() -> None:

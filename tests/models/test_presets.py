@@ -11,6 +11,7 @@ import torch
 
 import efpn
 from efpn.explain.inspection import assign_on
+from efpn.layers import SGDM
 from efpn.zoo import MAIN_PRESETS, PRESETS
 
 TINY = [n for n in PRESETS if n.startswith("tiny_")]
@@ -74,6 +75,12 @@ def test_every_parameter_gets_gradient(name: str) -> None:
         if hasattr(m, "alpha") and isinstance(m.alpha, torch.nn.ParameterDict):
             for p in m.alpha.values():
                 p.data.fill_(0.5)
+    # SGDM wrapping a pretrained conv starts with its dynamic branch at 0 (last BN gamma 0): open it likewise
+    for m in model.modules():
+        if isinstance(m, SGDM):
+            last = m.pw[-1] if isinstance(m.pw, torch.nn.Sequential) else m.pw
+            if not last.bn.weight.any():
+                last.bn.weight.data.fill_(0.5)
     images, targets = _batch(size=64)
     sum(model(images, targets).values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
