@@ -20,13 +20,16 @@ import torch
 
 import efpn
 from efpn import Detector, Inspection
+from efpn.data import ImageRecord
 from efpn.det import Assignment, LevelAccounting, Priors, assign_boxes
 from efpn.explain import (
+    DatasetDiagnosis,
     Explanation,
     ImageDiagnosis,
     accounting_for_records,
     assign_on,
     diagnose_image,
+    diagnose_records,
     explain_detection,
     gradient_reach,
     level_score_maps,
@@ -123,6 +126,33 @@ def diagnose(
     if _detections is not None:
         det = {k: torch.as_tensor(np.asarray(_detections[k])) for k in ("boxes", "scores", "labels")}
     return diagnose_image(_model, _ins, t["boxes"], t["labels"], score, iou, class_aware, detections=det)
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def diagnose_record(
+    _model: Detector, ckpt: str, _record: ImageRecord, image_key: str, class_names: tuple[str, ...], score: float,
+    iou: float,
+) -> DatasetDiagnosis:
+    """``efpn.explain.diagnose_records`` on one dataset image (cached per image, so a larger N only runs the new
+    ones and a progress bar can follow). ``image_key``: the file, its modification time and the record's id."""
+    return diagnose_records(_model, [_record], list(class_names), score_thresh=score, iou_thresh=iou)
+
+
+def merge_diagnoses(parts: Sequence[DatasetDiagnosis], score: float, iou: float,
+                    class_names: Sequence[str]) -> DatasetDiagnosis:
+    """Per-image diagnoses as one :class:`efpn.explain.DatasetDiagnosis` (its table, rows, COCO results)."""
+    out = DatasetDiagnosis(score_thresh=score, iou_thresh=iou, class_names=list(class_names))
+    for d in parts:
+        out.images.extend(d.images)
+        out.detections.update(d.detections)
+    return out
+
+
+def record_key(record: ImageRecord) -> str:
+    """Cache key of a dataset image: path, modification time and record id."""
+    p = record.path
+    mtime = p.stat().st_mtime_ns if p is not None and p.exists() else 0
+    return f"{p}@{mtime}#{record.image_id}"
 
 
 def prepared(model: Detector, rgb: np.ndarray) -> Prepared:

@@ -55,9 +55,10 @@ def found_missed_figure(counts: Mapping[str, Mapping[str, int]], height: int = 2
                text=[n or "" for n in missed], textposition="inside", customdata=[BUCKET_LABELS[b] for b in BUCKETS],
                hovertemplate="%{customdata}: %{y} missed<extra></extra>"),
     ])
-    fig.update_layout(barmode="stack", height=height, margin=dict(l=0, r=0, t=30, b=0), legend=_LEGEND_ON_TOP,
-                      yaxis=dict(title="objects", rangemode="tozero"), xaxis=dict(title="size (vt < 8 px, t < 16, "
-                                                                                     "s < 32, m < 64, l)"))
+    fig.update_layout(barmode="stack", height=height, margin=dict(l=0, r=0, t=30, b=0),
+                      legend={**_LEGEND_ON_TOP, "traceorder": "normal"},
+                      yaxis=dict(title="objects", rangemode="tozero"),
+                      xaxis=dict(title="size (vt < 8 px, t < 16, s < 32, m < 64, l)"))
     return fig
 
 
@@ -84,9 +85,10 @@ def recall_cause_figure(table: Mapping[str, Mapping[str, int]], causes: Sequence
         x=list(BUCKETS), y=totals, mode="text", showlegend=False, textposition="top center", hoverinfo="skip",
         text=[f"{100 * table[b]['found'] / t:.0f} %" if t else "" for b, t in zip(BUCKETS, totals)],
     ))
-    fig.update_layout(barmode="stack", height=height, margin=dict(l=0, r=0, t=_TOP_WITH_LEGEND + 20, b=0),
-                      legend=_LEGEND_ON_TOP, title=dict(text="Objects by size: found and why the rest were missed",
-                                                        subtitle=dict(text="recall above each bar")),
+    fig.update_layout(barmode="stack", height=height, margin=dict(l=0, r=0, t=60, b=0),
+                      legend=dict(orientation="v", x=1.01, xanchor="left", y=1, yanchor="top", traceorder="normal"),
+                      title=dict(text="Objects by size: found, and why the rest were missed",
+                                 subtitle=dict(text="recall above each bar")),
                       yaxis=dict(title="objects", rangemode="tozero"))
     fig.update_yaxes(range=[0, max(totals + [1]) * 1.15])
     return fig

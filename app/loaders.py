@@ -27,7 +27,7 @@ from PIL import Image
 
 import efpn
 from efpn import Detector
-from efpn.data import load_coco, read_image
+from efpn.data import ImageRecord, load_coco, load_data_config, load_split, read_image
 
 APP_DIR = Path(__file__).resolve().parent
 REPO = APP_DIR.parent
@@ -221,3 +221,70 @@ def load_samples() -> tuple[list[SampleImage], list[str]]:
         boxes, labels = r.target_boxes()
         samples.append(SampleImage(name=f"sample {r.path.name}", path=r.path, boxes=boxes, labels=labels))
     return samples, list(names)
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+
+RECIPES_DATA_DIR = REPO / "recipes" / "data"
+
+
+@dataclass(frozen=True)
+class DatasetChoice:
+    """A data YAML the studio offers: its label, file, splits, and whether its data is on this machine (else why
+    not)."""
+
+    label: str
+    path: str
+    splits: tuple[str, ...] = ()
+    missing: str | None = None
+
+    @property
+    def present(self) -> bool:
+        return self.missing is None
+
+
+def data_dir() -> Path | None:
+    """``$EFPN_DATA_DIR``: a folder of more data YAMLs (its ``*.yaml`` and ``*/data.yaml``), or ``None``."""
+    env = os.environ.get("EFPN_DATA_DIR")
+    return Path(env) if env and Path(env).is_dir() else None
+
+
+def _check(label: str, path: Path) -> DatasetChoice:
+    try:
+        cfg = load_data_config(path)
+    except (ValueError, OSError) as e:
+        return DatasetChoice(label, str(path), missing=str(e))
+    splits = tuple(sp for sp in ("train", "val") if cfg.has_split(sp))
+    needed = [p for src in cfg.sources.values() for p in src.values() if p is not None]
+    absent = [p for p in needed if not Path(p).exists()]
+    if not cfg.root.exists():
+        return DatasetChoice(label, str(path), splits, f"no data at {cfg.root}")
+    if absent:
+        return DatasetChoice(label, str(path), splits, f"{absent[0]} is missing")
+    return DatasetChoice(label, str(path), splits)
+
+
+def dataset_choices() -> list[DatasetChoice]:
+    """Every data YAML the studio may open: ``recipes/data/*.yaml``, the bundled samples' ``app/samples/data.yaml``
+    and those of ``$EFPN_DATA_DIR``, each checked for its data (choices are never typed-in server paths)."""
+    extra = data_dir()
+    return _dataset_choices(str(extra) if extra is not None else None)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _dataset_choices(extra_dir: str | None) -> list[DatasetChoice]:
+    found: list[tuple[str, Path]] = [("samples (app/samples)", SAMPLE_DATA_YAML)]
+    found += [(f"{p.stem} (recipes/data)", p) for p in sorted(RECIPES_DATA_DIR.glob("*.yaml"))]
+    extra = Path(extra_dir) if extra_dir is not None else None
+    if extra is not None:
+        found += [(f"{p.stem} (EFPN_DATA_DIR)", p) for p in sorted(extra.glob("*.yaml"))]
+        found += [(f"{p.parent.name} (EFPN_DATA_DIR)", p) for p in sorted(extra.glob("*/data.yaml"))]
+    return [_check(label, path) for label, path in found if path.is_file()]
+
+
+@st.cache_data(max_entries=8, show_spinner="Reading the dataset ...")
+def load_dataset(path: str, split: str, mtime_ns: int) -> tuple[list[ImageRecord], list[str], str]:
+    """``efpn.data.load_split`` of one of :func:`dataset_choices` -> (records with image paths, class names, the
+    loader's report). ``mtime_ns`` (the YAML's) is only the cache key."""
+    records, names, report = load_split(path, split)
+    return [r for r in records if r.path is not None], list(names), report.summary()

@@ -23,6 +23,7 @@ from efpn.explain import ImageDiagnosis, MissDiagnosis
 _CTX = "efpn_ctx"
 UPLOADS = "uploads"  # name -> bytes, in upload order
 UPLOADED_CKPTS = "uploaded_checkpoints"  # list of weights paths
+DATASET_IMAGES = "dataset_images"  # label -> DatasetImage, opened from the Dataset page
 GT_OVERRIDES = "gt_overrides"  # image digest -> GroundTruth
 IMAGE_CHOICE = "image_choice"
 CKPT_CHOICE = "checkpoint_choice"
@@ -31,7 +32,7 @@ MATCH = "match_settings"  # (IoU, class-aware) of detections <-> ground truth, s
 DEFAULT_MATCH = (0.5, True)
 #: Page scripts by short name, for st.page_link (paths relative to app/streamlit_app.py).
 PAGE_FILES = {name: f"app_pages/{name}.py" for name in
-              ("detect", "pyramid", "gates", "kernels", "assignment", "attribution", "compare", "learn")}
+              ("detect", "dataset", "pyramid", "gates", "kernels", "assignment", "attribution", "compare", "learn")}
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"]
 
 
@@ -51,6 +52,17 @@ class GroundTruth:
         """Cache key / targets with labels outside the model's classes mapped to 0 (boxes drive assignment)."""
         labels = np.where((self.labels >= 0) & (self.labels < num_classes), self.labels, 0)
         return analyses.gt_key(self.boxes, labels)
+
+
+@dataclass(frozen=True)
+class DatasetImage:
+    """An image of a dataset (chosen on the Dataset page, never typed in): its file, GT in its pixels, class names."""
+
+    path: str
+    boxes: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    dataset: str
 
 
 @dataclass
@@ -106,6 +118,16 @@ def _init() -> None:
     st.session_state.setdefault(UPLOADS, {})
     st.session_state.setdefault(UPLOADED_CKPTS, [])
     st.session_state.setdefault(GT_OVERRIDES, {})
+    st.session_state.setdefault(DATASET_IMAGES, {})
+
+
+def open_dataset_image(item: DatasetImage) -> str:
+    """Make a dataset image (with its ground truth) the current image of every page; returns its label."""
+    _init()
+    label = f"{item.dataset} {Path(item.path).name}"
+    st.session_state[DATASET_IMAGES][label] = item
+    st.session_state[IMAGE_CHOICE] = label
+    return label
 
 
 # ----------------------------------------------------------------------------------------------- callbacks
@@ -235,14 +257,21 @@ def _image_picker(ctx: Context) -> None:
     samples, sample_names = loaders.load_samples()
     by_name = {s.name: s for s in samples}
     uploads: dict[str, bytes] = st.session_state[UPLOADS]
-    options = list(by_name) + list(uploads)
+    opened: dict[str, DatasetImage] = st.session_state[DATASET_IMAGES]
+    options = list(by_name) + list(opened) + list(uploads)
     if not options:
         return
     if st.session_state.get(IMAGE_CHOICE) not in options:
         st.session_state[IMAGE_CHOICE] = options[0]
     choice = st.selectbox("Image", options, key=IMAGE_CHOICE,
-                          help="A bundled sample (with ground truth) or one of your uploads (Detect page).")
-    data = by_name[choice].path.read_bytes() if choice in by_name else uploads[choice]
+                          help="A bundled sample (with ground truth), an image opened on the Dataset page (with its "
+                               "annotation) or one of your uploads (Detect page).")
+    try:
+        data = (by_name[choice].path.read_bytes() if choice in by_name else
+                Path(opened[choice].path).read_bytes() if choice in opened else uploads[choice])
+    except OSError as e:
+        st.error(f"{choice} cannot be read: {e}")
+        return
     digest = loaders.digest_of(data)
     try:
         decoded = loaders.decode_image(digest, data, loaders.max_pixels())
@@ -256,6 +285,11 @@ def _image_picker(ctx: Context) -> None:
     elif choice in by_name:
         s = by_name[choice]
         ctx.gt = GroundTruth(s.boxes, s.labels, sample_names, "sample annotation")
+    elif choice in opened:
+        d = opened[choice]
+        k = decoded.rgb.shape[1] / max(decoded.original_hw[1], 1)  # < 1 when the studio downscaled a huge image
+        ctx.gt = GroundTruth(np.asarray(d.boxes, np.float32) * k, np.asarray(d.labels, np.int64), d.class_names,
+                             f"{d.dataset} annotation")
 
 
 def render_sidebar() -> Context:

@@ -27,6 +27,7 @@ st.set_page_config(page_title="efpn studio", page_icon=":material/search:", layo
 
 pages = [
     st.Page(PAGES_DIR / "detect.py", title="Detect", icon=":material/center_focus_strong:", default=True),
+    st.Page(PAGES_DIR / "dataset.py", title="Dataset", icon=":material/photo_library:"),
     st.Page(PAGES_DIR / "pyramid.py", title="Pyramid", icon=":material/stacks:"),
     st.Page(PAGES_DIR / "gates.py", title="Gates", icon=":material/filter_alt:"),
     st.Page(PAGES_DIR / "kernels.py", title="Kernels", icon=":material/grid_on:"),

@@ -211,19 +211,21 @@ with tab_image:
 # ----------------------------------------------------------------------------------------------- dataset-wide
 with tab_data:
     st.caption("Positive accounting over a whole dataset (box-only protocols, no model needed).")
+    choices = {c.path: c for c in loaders.dataset_choices() if c.present}
     c1, c2 = st.columns([3, 1])
-    yaml_path = c1.text_input("Data YAML", value=str(loaders.SAMPLE_DATA_YAML.relative_to(loaders.REPO)),
-                              key="ds_yaml", help="format, root, train/val sources: see efpn/config/data.py")
-    split = c2.selectbox("Split", ["train", "val"], key="ds_split")
+    yaml_path = c1.selectbox("Dataset", list(choices), key="ds_yaml", format_func=lambda p: choices[p].label,
+                             help="The project's data YAMLs (recipes/data), the bundled samples and those of "
+                                  "EFPN_DATA_DIR whose data is on this machine (the Dataset page lists the others).")
+    state.keep_valid("ds_split", list(choices[yaml_path].splits) if yaml_path else [])
+    split = c2.selectbox("Split", list(choices[yaml_path].splits) if yaml_path else [], key="ds_split")
     c1, c2, c3 = st.columns(3)
     protocol_name = c1.selectbox("Protocol", list(analyses.BOX_PROTOCOLS), key="ds_protocol")
     long_side = c2.number_input("Resize long side to (0 = native)", 0, 4096, int(model.config.image_size), 32,
                                 key="ds_long_side")
     limit = c3.number_input("At most this many images", 1, 100_000, 500, key="ds_limit")
-    if st.button("Run over the dataset", key="ds_run"):
-        path = loaders.REPO / yaml_path if not yaml_path.startswith("/") else yaml_path
+    if st.button("Run over the dataset", key="ds_run", disabled=yaml_path is None or split is None):
         try:
-            records, class_names, report = load_split(path, split)
+            records, class_names, report = load_split(yaml_path, split)
         except (ValueError, FileNotFoundError, OSError) as e:
             st.error(f"The dataset could not be loaded: {e}")
         else:
@@ -238,7 +240,8 @@ with tab_data:
                     bar.progress(i / max(len(records), 1), text=f"{i}/{len(records)} images")
             bar.empty()
             st.session_state["ds_result"] = {
-                "data": str(yaml_path), "split": split, "protocol": protocol_name, "long_side": int(long_side),
+                "data": choices[yaml_path].label, "split": split, "protocol": protocol_name,
+                "long_side": int(long_side),
                 "accounting": total.to_dict() if total is not None else None, "report": report.summary(),
             }
     result = st.session_state.get("ds_result")

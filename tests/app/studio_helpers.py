@@ -14,7 +14,7 @@ if str(REPO) not in sys.path:  # the studio is the `app` package at the reposito
     sys.path.insert(0, str(REPO))
 
 APP = REPO / "app" / "streamlit_app.py"
-PAGES = ("detect", "pyramid", "gates", "kernels", "assignment", "attribution", "compare", "learn")
+PAGES = ("detect", "dataset", "pyramid", "gates", "kernels", "assignment", "attribution", "compare", "learn")
 SHARED_BROKEN = REPO.parent / "shared" / "data" / "broken" / "truncated.jpg"
 
 

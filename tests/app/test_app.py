@@ -303,10 +303,10 @@ def test_assignment_dataset_mode(app) -> None:
     app.button(key="ds_run").click().run()
     _ok(app)
     assert _metric(app, "Images") == "2"
-    app.text_input(key="ds_yaml").set_value("does/not/exist.yaml").run()
-    app.button(key="ds_run").click().run()
-    _ok(app)
-    assert any("could not be loaded" in e for e in _errors(app))
+    # datasets are chosen among the project's data YAMLs, never typed in as a server path
+    assert not app.text_input
+    options = app.selectbox(key="ds_yaml").options  # as shown: "ssdd (recipes/data)", ...
+    assert "samples (app/samples)" in options and all(o.endswith(")") for o in options)
 
 
 # ----------------------------------------------------------------------------------------------- other pages

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path(os.environ.get("EFPN_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = REPO / "test-artifacts"
-PAGE_TITLES = ("Detect", "Pyramid", "Gates", "Kernels", "Assignment", "Attribution", "Compare", "Learn")
+PAGE_TITLES = ("Detect", "Dataset", "Pyramid", "Gates", "Kernels", "Assignment", "Attribution", "Compare", "Learn")
 
 
 @pytest.fixture(scope="module")

@@ -185,3 +185,66 @@ def test_focus_drops_when_the_image_changes(app, sample_rgb) -> None:
     _goto(app, "gates")
     _ok(app)
     assert not any("Focused missed object" in m.value for m in app.markdown)
+
+
+# ----------------------------------------------------------------------------------------------- dataset mode
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """EFPN_DATA_DIR with one YAML whose data is present (the bundled samples) and one whose data is not."""
+    samples = (APP.parent / "samples").resolve()
+    (tmp_path / "mine.yaml").write_text(
+        f"format: coco\nroot: {samples}\ntrain:\n  annotations: annotations.json\n  images: images\n"
+        "val_fraction: 0.5\nsplit_seed: 1\n")
+    (tmp_path / "gone.yaml").write_text(
+        f"format: coco\nroot: {tmp_path / 'nowhere'}\ntrain:\n  annotations: a.json\n  images: images\n")
+    monkeypatch.setenv("EFPN_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+def _choose(at, key: str, label: str) -> None:
+    """Pick an option of a selectbox by the label it shows (its values are server paths)."""
+    box = at.selectbox(key=key)
+    box.select_index(box.options.index(label)).run()
+
+
+def test_dataset_page_lists_choices_and_diagnoses_n_images(app, data_dir) -> None:
+    _goto(app, "dataset")
+    _ok(app)
+    labels = app.selectbox(key="dsd_choice").options  # as shown
+    assert "samples (app/samples)" in labels and "mine (EFPN_DATA_DIR)" in labels, labels
+    assert any(o.endswith("(recipes/data)") for o in labels)
+    assert "gone (EFPN_DATA_DIR)" not in labels  # no data: listed apart, with the reason
+    assert any("gone (EFPN_DATA_DIR)" in m.value and "nowhere" in m.value for m in app.markdown)
+    assert not app.text_input  # never a typed-in path
+    _choose(app, "dsd_choice", "mine (EFPN_DATA_DIR)")
+    app.number_input(key="dsd_n_mine (EFPN_DATA_DIR)").set_value(2).run()
+    app.button(key="dsd_run").click().run()
+    _ok(app)
+    assert _metric(app, "Images") == "2"
+    recall = _table(app, "never_scored")
+    assert len(recall) == 5 and sum(recall["objects"]) > 0
+    downloads = {b.label for b in app.get("download_button")}
+    assert {"COCO results", "Misses (CSV)"} <= downloads
+    assert len(_table(app, "missed tiny")) == 2
+    app.selectbox(key="dsd_sort").set_value("most missed tiny objects first").run()
+    app.toggle(key="dsd_only").set_value(True).run()
+    _ok(app)
+    ordered = _table(app, "missed tiny")
+    assert list(ordered["missed tiny"]) == sorted(ordered["missed tiny"], reverse=True)
+    assert all(v > 0 for v in ordered["missed tiny"])
+
+
+def test_dataset_image_opens_on_detect_with_its_ground_truth(app, data_dir) -> None:
+    _goto(app, "dataset")
+    _choose(app, "dsd_choice", "mine (EFPN_DATA_DIR)")
+    first = app.selectbox(key="dsd_open").options[1]  # a file name
+    app.selectbox(key="dsd_open").select_index(1).run()
+    _ok(app)
+    assert any("now the current image" in s.value for s in app.success)
+    image = app.sidebar.selectbox(key="image_choice").value
+    assert image == f"mine {first}"
+    _goto(app, "detect")
+    _ok(app)
+    assert int(_metric(app, "Missed")) > 0  # random weights: its annotation's objects are all missed
