@@ -35,7 +35,9 @@ SAMPLES_DIR = APP_DIR / "samples"
 SAMPLE_ANNOTATIONS = SAMPLES_DIR / "annotations.json"
 SAMPLE_DATA_YAML = SAMPLES_DIR / "data.yaml"
 #: The checkpoint the studio opens on when it exists and EFPN_CHECKPOINT is not set.
-DEFAULT_CHECKPOINT_NAME = "efpn_n_synth.safetensors"
+DEFAULT_CHECKPOINT_NAME = "efpn_bs_mv2_sirst.safetensors"
+#: Opened when the real-data default is absent (the synthetic flagship, which the Learn page also uses).
+FALLBACK_CHECKPOINT_NAME = "efpn_n_synth.safetensors"
 #: Shown when there is no checkpoint at all: how to make the bundled one.
 TRAIN_HINT = (
     "efpn data synth --out data/synth --num-images 300\n"
@@ -68,13 +70,15 @@ def available_checkpoints() -> list[dict[str, Any]]:
 
 
 def default_checkpoint(entries: Sequence[dict[str, Any]]) -> str | None:
-    """``$EFPN_CHECKPOINT``, else ``checkpoints/efpn_n_synth.safetensors``, else the first readable entry."""
+    """``$EFPN_CHECKPOINT``, else the real-data default (``efpn_bs_mv2_sirst``), else the synthetic flagship, else
+    the first readable entry."""
     env = os.environ.get("EFPN_CHECKPOINT")
     if env and Path(env).is_file():
         return str(Path(env))
-    for e in entries:
-        if Path(e["path"]).name == DEFAULT_CHECKPOINT_NAME:
-            return e["path"]
+    for wanted in (DEFAULT_CHECKPOINT_NAME, FALLBACK_CHECKPOINT_NAME):
+        for e in entries:
+            if Path(e["path"]).name == wanted and "error" not in e:
+                return e["path"]
     good = [e["path"] for e in entries if "error" not in e]
     return good[0] if good else (entries[0]["path"] if entries else None)
 
@@ -208,12 +212,22 @@ class SampleImage:
     labels: np.ndarray
 
 
+def samples_folder(dataset: str | None) -> Path:
+    """The sample folder for a checkpoint trained on ``dataset``: ``app/samples/<dataset>`` when it holds
+    annotated images (real data, e.g. SIRST), else ``app/samples`` (the synthetic images)."""
+    if dataset and (SAMPLES_DIR / dataset / "annotations.json").is_file():
+        return SAMPLES_DIR / dataset
+    return SAMPLES_DIR
+
+
 @st.cache_data(show_spinner=False)
-def load_samples() -> tuple[list[SampleImage], list[str]]:
-    """The bundled samples of ``app/samples`` with their COCO annotations -> (samples, class names)."""
-    if not SAMPLE_ANNOTATIONS.is_file():
+def load_samples(dataset: str | None = None) -> tuple[list[SampleImage], list[str]]:
+    """The bundled samples for a checkpoint trained on ``dataset`` (see :func:`samples_folder`) with their COCO
+    annotations -> (samples, class names)."""
+    folder = samples_folder(dataset)
+    if not (folder / "annotations.json").is_file():
         return [], []
-    records, names, _ = load_coco(SAMPLE_ANNOTATIONS, SAMPLES_DIR / "images")
+    records, names, _ = load_coco(folder / "annotations.json", folder / "images")
     samples = []
     for r in records:
         if r.path is None:

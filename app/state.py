@@ -254,7 +254,8 @@ def _checkpoint_upload() -> None:
 
 
 def _image_picker(ctx: Context) -> None:
-    samples, sample_names = loaders.load_samples()
+    dataset = ((ctx.card or {}).get("data") or {}).get("dataset")
+    samples, sample_names = loaders.load_samples(dataset if isinstance(dataset, str) else None)
     by_name = {s.name: s for s in samples}
     uploads: dict[str, bytes] = st.session_state[UPLOADS]
     opened: dict[str, DatasetImage] = st.session_state[DATASET_IMAGES]
