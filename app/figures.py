@@ -288,7 +288,7 @@ def assignment_figure(
     positive_gt: Mapping[str, np.ndarray] | None = None,
     focus: int | None = None,
 ) -> go.Figure:
-    """The image with GT boxes (starved ones thick red) and, per level, the positive priors' boxes.
+    """The image with GT boxes (starved ones thick magenta) and, per level, the positive priors' boxes.
 
     ``positives``: level -> (P_l, 4) prior boxes in image px (zero-size boxes are drawn as points). With ``focus``
     (a GT index) and ``positive_gt`` (level -> (P_l,) the GT each positive serves), that GT is ringed in white, its

@@ -81,8 +81,8 @@ def maps_grid_figure(maps: Mapping[str, np.ndarray], colorscale: str = "Viridis"
                                      showscale=i == len(names), colorbar=dict(thickness=10, title=colorbar_title),
                                      hovertemplate="x %{x}, y %{y}<br>%{z:.3g}<extra></extra>"), row=1, col=i)
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i if i > 1 else ''}", showticklabels=False,
-                         row=1, col=i)
-        fig.update_xaxes(showticklabels=False, row=1, col=i)
+                         showgrid=False, zeroline=False, ticks="", row=1, col=i)
+        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, ticks="", row=1, col=i)
         if mark is not None:
             _mark_cell(fig, mark, row=1, col=i)
     two_lines = any("<br>" in n for n in names)
@@ -194,4 +194,34 @@ def kernel_grid_figure(rows: Mapping[str, np.ndarray | None], title: str | None 
     fig.update_layout(margin=dict(l=0, r=0, t=40, b=0), height=max(160, cell_px * len(kinds) + 60), title=title)
     for ann in fig.layout.annotations:
         ann.font.size = 10
+    return fig
+
+
+def kernel_panels_figure(panels: Mapping[str, np.ndarray | None], diverging: tuple[str, ...] = (),
+                         title: str | None = None, height: int = 300) -> go.Figure:
+    """k x k kernels side by side and large, one panel each (e.g. D, K and S of one group), every value written in
+    its cell. Panels with only non-negative values go from white (0) to dark blue (their largest value); panels named
+    in ``diverging``, or holding a negative value, are red (positive) / blue (negative) around a white 0 on a
+    symmetric range. ``None`` panels are skipped."""
+    kinds = [(name, np.asarray(v, dtype=float)) for name, v in panels.items() if v is not None]
+    if not kinds:
+        return go.Figure().update_layout(height=80, title="no kernels")
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[n for n, _ in kinds], horizontal_spacing=0.04)
+    for i, (name, v) in enumerate(kinds, start=1):
+        lim = float(np.abs(v).max()) or 1.0
+        signed = name in diverging or bool((v < 0).any())
+        fig.add_trace(go.Heatmap(
+            z=v, zmin=-lim if signed else 0.0, zmax=lim, showscale=False,
+            colorscale=safe_colorscale("RdBu_r" if signed else "Blues"), texttemplate="%{z:.3f}",
+            textfont=dict(size=14), xgap=1, ygap=1,
+            hovertemplate=f"{name}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>",
+        ), row=1, col=i)
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", autorange="reversed", showticklabels=False,
+                                            showgrid=False, zeroline=False, ticks="")
+        fig.layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, zeroline=False, ticks="")
+    fig.update_layout(margin=dict(l=0, r=0, t=56 if title else 30, b=0), height=height, title=title,
+                      plot_bgcolor="rgba(0,0,0,0)")
+    for ann in fig.layout.annotations:
+        ann.font.size = 14
     return fig

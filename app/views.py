@@ -209,3 +209,42 @@ def sort_dataset_rows(rows: Sequence[Mapping[str, Any]], how: str, only_missed_t
     else:
         out.sort(key=lambda r: r["file"])
     return out
+
+
+# ----------------------------------------------------------------------------------------------- learn
+
+#: What each training loss of the detectors measures, in words.
+LOSS_TEXT = {
+    "loss_cls": "classification: how wrong the class scores are, over every prior (positives should score high, "
+                "the rest low)",
+    "loss_box": "box regression: how far the positives' boxes are from their object",
+    "loss_dfl": "distribution focal loss: how sharply the positives place each box edge",
+    "loss_mask": "FBSM mask: how far the gates are from the objects' mask",
+}
+
+
+def cem_change(alpha: float, fused: Any, before: Any) -> float:
+    """How much CEM changes a level, on average over its locations: ‖α·F‖ / ‖p‖ (channel norms), from the fused
+    context ``fused`` and the level ``before`` CEM, both (C, H, W)."""
+    f = np.linalg.norm(_np(fused).reshape(_np(fused).shape[0], -1), axis=0)
+    p = np.linalg.norm(_np(before).reshape(_np(before).shape[0], -1), axis=0)
+    return float(np.mean(abs(alpha) * f / np.maximum(p, 1e-12)))
+
+
+def alpha_sentence(level: str, alpha: float, change: float) -> str:
+    """α of CEM on one level, in words."""
+    if abs(alpha) < 1e-12:
+        return (f"**{level}**: α = 0, so CEM adds nothing yet: the level is the plain FPN's (α starts at 0 and "
+                "grows only if the context helps the loss).")
+    sign = "added to" if alpha > 0 else "subtracted from"
+    return (f"**{level}**: α = {alpha:.3g}, so the fused context F is {sign} {level}, scaled by {abs(alpha):.3g}. "
+            f"On this image that changes {level}'s features by about {100 * change:.1f} % of their size.")
+
+
+def beta_sentence(level: str, beta: float, gate: Any) -> str:
+    """β of FBSM on one level, with its gate map M on this image, in words."""
+    m = _np(gate).astype(float)
+    return (f"**{level}**: β = {beta:.3g}. Where the gate M is 1 the features are multiplied by 1 + β = "
+            f"{1 + beta:.2f}; where it is 0 they pass unchanged. On this image the mean gate is {m.mean():.2f} "
+            f"(an average gain of ×{1 + beta * m.mean():.2f}) and {100 * (m > 0.5).mean():.1f} % of the cells are "
+            "more than half open.")

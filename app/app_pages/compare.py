@@ -28,7 +28,9 @@ state.keep_valid("cmp_b", options)
 c1, c2 = st.columns(2)
 a = c1.selectbox("Checkpoint A", options, index=options.index(ctx.checkpoint) if ctx.checkpoint in options else 0,
                  format_func=label, key="cmp_a")
-b = c2.selectbox("Checkpoint B", options, index=min(1, len(options) - 1), format_func=label, key="cmp_b")
+others = [p for p in options if p != a]  # B opens on another checkpoint than A whenever there is one
+b = c2.selectbox("Checkpoint B", options, index=options.index(others[0]) if others else 0, format_func=label,
+                 key="cmp_b")
 
 def _dataset(card: dict) -> str:
     """What a card says it was evaluated on."""
@@ -56,7 +58,7 @@ for col, path in ((c1, a), (c2, b)):
         card = dict(getattr(model, "card", {}) or {})
         st.caption(f"{card.get('preset', model.config.name)} · {card.get('num_parameters', 0) / 1e6:.2f} M params · "
                    f"input {model.config.image_size} px · {len(rows)} detections · "
-                   f"{det['forward_ms']:.0f} ms")
+                   f"forward {det['forward_ms']:.0f} ms (this image, measured on its first run)")
         results[label(path) + (" (A)" if col is c1 else " (B)")] = (rows, model.levels, card)
 
 if results:

@@ -65,20 +65,22 @@ rows = views.detection_rows(detections, model.levels, ctx.class_names)
 has_gt = ctx.gt is not None and len(ctx.gt.boxes) > 0
 gt_names = state.gt_names(ctx)
 
-left, right = st.columns([5, 2])
 view = "pyramid level"
-with right:
-    if has_gt:  # the matching settings first: the figure on the left depends on them
-        view = st.radio("Colour the boxes by", ["found / missed", "pyramid level"], key="detect_view",
+if has_gt:  # the matching settings first: the figure depends on them
+    c_view, c_iou = st.columns(2)
+    view = c_view.radio("Colour the boxes by", ["found / missed", "pyramid level"], key="detect_view",
+                        horizontal=True,
                         help="found / missed: each object and detection matched against the ground truth; pyramid "
                              "level: each detection coloured by the level that produced it.")
-        iou0, aware0 = state.match_settings()
-        iou = st.slider("Match IoU", 0.1, 0.95, iou0, 0.05, key="match_iou",
-                        help="A detection finds an object when their boxes overlap by at least this IoU (greedy, "
-                             "best score first, one detection per object).")
-        aware = st.toggle("Same class only", value=aware0, key="match_class_aware",
-                          help="Off: a detection of any class can find an object (localisation only).")
-        state.set_match_settings(iou, aware)
+    iou0, aware0 = state.match_settings()
+    iou = c_iou.slider("Match IoU", 0.1, 0.95, iou0, 0.05, key="match_iou",
+                       help="A detection finds an object when their boxes overlap by at least this IoU (greedy, "
+                            "best score first, one detection per object).")
+    aware = c_iou.toggle("Same class only", value=aware0, key="match_class_aware",
+                           help="Match a detection only to an object of its class. Off: any class (localisation "
+                                "only).")
+    state.set_match_settings(iou, aware)
+left, right = st.columns([5, 2])
 diag = state.diagnosis(ctx, model, image, ins, sliced, detections) if has_gt else None
 focus = state.focus(ctx)
 miss_by_gt = {m.gt_index: m for m in diag.misses} if diag is not None else {}
@@ -205,7 +207,7 @@ if diag is not None:
                 st.caption("The rule tries the steps in order; the first one the object does not pass is its cause. "
                            "Disagree? The measured numbers are all here, and the rule is documented in "
                            "`efpn/explain/diagnose.py`.")
-                links = st.columns(5)
+                links = [*st.columns(3), *st.columns(3)]  # two rows: the labels stay whole on a narrow page
                 for col, (page, icon) in zip(links, (("assignment", ":material/assignment:"),
                                                      ("gates", ":material/filter_alt:"),
                                                      ("kernels", ":material/grid_on:"),

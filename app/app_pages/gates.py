@@ -28,7 +28,8 @@ focus = state.focus_banner(ctx, model, image, "Here: its centre ringed on every 
                                               "there (closed below 0.1).")
 opacity = st.slider("Mask opacity", 0.0, 1.0, 0.55, 0.05, key="gate_opacity")
 gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
-st.caption(how_boxes)
+st.caption(f"Colour key of every gate map: M = 0 black → 1 pale yellow (the bar beside each map), drawn over the image "
+           f"at the opacity above; boxes in cyan. {how_boxes}")
 boxes_orig = gt.boxes if gt is not None else np.zeros((0, 4), np.float32)
 boxes_net = ins.to_network(boxes_orig)  # what the gate saw: network px, like its strides
 det_net = ins.to_network(ins.detections["boxes"])

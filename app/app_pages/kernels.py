@@ -58,9 +58,9 @@ if overlay is not None:
 else:
     fig = figures.image_figure(image.rgb, height=460)
 fig.add_trace(figures.pick_grid_trace((h, w), cell_px))
-fig.add_scatter(x=[x], y=[y], mode="markers", marker=dict(symbol="cross-thin-open", size=18, color="white",
-                                                          line=dict(width=3, color="white")),
-                name="picked", hoverinfo="skip")
+for colour, width, legend in (("black", 6, False), ("white", 3, True)):  # seen on light and dark pixels
+    fig.add_scatter(x=[x], y=[y], mode="markers", name="picked pixel", hoverinfo="skip", showlegend=legend,
+                    marker=dict(symbol="cross-thin-open", size=20, color=colour, line=dict(width=width, color=colour)))
 with c_fig:
     event = st.plotly_chart(fig, width="stretch", key="kernel_fig", on_select="rerun", selection_mode="points")
 points = (event.selection.points if event and event.selection else []) or []
@@ -83,9 +83,24 @@ with c_side:
         st.caption(f"entropy here {float(km.entropy[:, row, col].mean()):.3f} "
                    f"(max {np.log(kk):.3f} = uniform kernel)")
 
-st.plotly_chart(heatmaps.kernel_grid_figure({"D dynamic": dyn, "K guided": guided, "S bank": bank},
-                                            title=f"Kernels at ({x:.0f}, {y:.0f}) in {layer}"),
-                width="stretch", key="kernel_grid")
+group = 0
+if g > 1:
+    state.keep_valid("kernel_group", list(range(g)))
+    group = st.radio("Group", list(range(g)), horizontal=True, key="kernel_group", format_func=lambda i: f"g{i}",
+                     help="The channels are split into groups; each group has its own kernel at every pixel.")
+where = f"({x:.0f}, {y:.0f}) in {layer}" + (f", group {group}" if g > 1 else "")
+st.plotly_chart(heatmaps.kernel_panels_figure(
+    {"D dynamic (this pixel)": dyn[group], "K guided (this pixel)": guided[group] if guided is not None else None,
+     "S bank (shared)": bank[group] if bank is not None else None}, title=f"Kernels at {where}"),
+    width="stretch", key="kernel_grid")
+st.caption(f"Each cell is one weight of the {side} x {side} kernel, its value written in it: white = 0, darker blue = "
+           "larger (a kernel with a negative weight is drawn red for positive, blue for negative, around a white 0). "
+           "D's weights sum to 1: a weighted average of the neighbourhood, uniform at "
+           f"{1 / kk:.3f} each; K = S⊙D / Σ|S⊙D|.")
+if g > 1:
+    with st.expander(f"All {g} groups at this pixel"):
+        st.plotly_chart(heatmaps.kernel_grid_figure({"D dynamic": dyn, "K guided": guided, "S bank": bank}),
+                        width="stretch", key="kernel_all_groups")
 
 st.subheader("Foreground vs background kernels")
 gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
@@ -95,10 +110,17 @@ if gt is not None:
     source = km.guided if (kind == "guided K" and km.guided is not None) else km.dynamic
     fg, bg = kernels_inside_outside(source, ins.to_network(gt.boxes), km.stride)
     diff = fg - bg if fg is not None and bg is not None else None
-    st.plotly_chart(heatmaps.kernel_grid_figure({"inside boxes": fg, "outside": bg, "difference": diff},
-                                                title=f"Mean {kind} inside vs outside the boxes"),
-                    width="stretch", key="kernel_fgbg")
+    diff_name = "difference (inside − outside)"
+    st.plotly_chart(heatmaps.kernel_panels_figure(
+        {"inside boxes": fg[group] if fg is not None else None, "outside": bg[group] if bg is not None else None,
+         diff_name: diff[group] if diff is not None else None}, diverging=(diff_name,),
+        title=f"Mean {kind} inside vs outside the boxes" + (f", group {group}" if g > 1 else "")),
+        width="stretch", key="kernel_fgbg")
+    st.caption("The difference is red where the kernel inside the boxes weighs a neighbour more than outside, blue "
+               "where less, white where they agree (a symmetric scale around 0).")
 if km.hf_energy is not None and km.entropy is not None:
     st.plotly_chart(heatmaps.maps_grid_figure({"entropy (mean over groups)": km.entropy.numpy().mean(0),
-                                               "high-frequency energy": km.hf_energy.numpy().mean(0)}, height=260),
+                                               "high-frequency energy": km.hf_energy.numpy().mean(0)}, height=260,
+                                              mark=(row, col)),
                     width="stretch", key="kernel_maps")
+    st.caption(f"The picked pixel's cell (row {row}, col {col}) is outlined in white on both maps.")

@@ -81,7 +81,8 @@ elif step == STEPS[3]:
             "levels get context, *and* p5/p6 now receive gradient from tiny objects' positives (see Pyramid)."
         )
         pca_grid(ins.cem_fused, " F")
-        st.write({f"α on {lv}": round(a, 5) for lv, a in ins.cem_alpha.items()})
+        for lv, a in ins.cem_alpha.items():
+            st.markdown(views.alpha_sentence(lv, a, views.cem_change(a, ins.cem_fused[lv], ins.pyramid_before_cem[lv])))
     else:
         st.info("This checkpoint has no CEM; with it, p5/p6 context would be fused into the fine levels.")
 elif step == STEPS[4]:
@@ -91,6 +92,10 @@ elif step == STEPS[4]:
             "Trained with the boxes as target (the cell of every box centre always counts), it learns where small "
             "objects are, so the head is not drowned in background."
         )
+        betas = analyses.fbsm_beta(model)
+        for lv_b, m_b in ins.gates.items():
+            if lv_b in betas:
+                st.markdown(views.beta_sentence(lv_b, betas[lv_b], m_b))
         lv = next(iter(ins.gates))
         st.plotly_chart(figures.heatmap_overlay_figure(image.rgb, ins.gates[lv].numpy(), ins.stride_in_image(lv),
                                                        0.55, colorscale="Inferno", zmin=0, zmax=1, height=420,
@@ -135,8 +140,10 @@ elif step == STEPS[7]:
         c1, c2 = st.columns([2, 1])
         c1.plotly_chart(charts.positives_bar_figure(acc, title=f"Positives per level ({ins.assignment.assigner})"),
                         width="stretch", key="learn_pos")
-        c2.dataframe([{"loss": k, "value": round(v, 4)} for k, v in ins.losses.items()], hide_index=True)
         c2.metric("Starved GTs", f"{len(acc['starved'])} of {acc['num_gt']}")
+        st.markdown("**This image's losses** under the checkpoint's weights (lower = closer to what training asks):\n"
+                    + "\n".join(f"- `{k.removeprefix('loss_')}` = {v:.3f}: {views.LOSS_TEXT.get(k, 'a training loss')}"
+                                 for k, v in ins.losses.items()))
 else:
     st.markdown(
         f"At **inference**, every (location, class) scoring above the threshold ({ctx.score:.2f}) is decoded into a "
