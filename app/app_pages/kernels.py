@@ -110,7 +110,7 @@ if gt is not None:
     source = km.guided if (kind == "guided K" and km.guided is not None) else km.dynamic
     fg, bg = kernels_inside_outside(source, ins.to_network(gt.boxes), km.stride)
     diff = fg - bg if fg is not None and bg is not None else None
-    diff_name = "difference (inside − outside)"
+    diff_name = "inside − outside"
     st.plotly_chart(heatmaps.kernel_panels_figure(
         {"inside boxes": fg[group] if fg is not None else None, "outside": bg[group] if bg is not None else None,
          diff_name: diff[group] if diff is not None else None}, diverging=(diff_name,),

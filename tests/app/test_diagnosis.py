@@ -155,6 +155,11 @@ def test_focusing_a_miss_shows_its_rule_and_reaches_every_page(app) -> None:
     assert banner(app)
     assert app.radio(key="attr_source").value == "the focused object's best prior"
     assert any(f"best prior covering GT {g}" in c.value for c in app.caption)
+    app.multiselect(key="attr_methods").set_value(["occlusion"]).run()
+    app.slider(key="attr_occ_evals").set_value(16).run()
+    app.button(key="attr_run").click().run()
+    _ok(app)
+    assert float(_metric(app, "Target score T")) >= 0
 
     _goto(app, "pyramid")
     _ok(app)
