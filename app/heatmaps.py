@@ -127,7 +127,7 @@ def thumbnail(a: np.ndarray, colorscale: str = "Viridis", side: int = 160, zmin:
               zmax: float | None = None, mark: tuple[int, int] | None = None) -> np.ndarray:
     """A map (H, W) or an RGB (H, W, 3) uint8 picture as a small RGB uint8 image whose long side is about
     ``side`` px: coarse maps are enlarged by an integer factor (nearest, cells stay square), large ones shrunk.
-    ``mark`` outlines map cell (row, col) in white on black (at least 9 px wide, so a small cell stays visible)."""
+    ``mark`` outlines map cell (row, col) in white on black (at least 21 px wide, so a small cell stays visible)."""
     a = np.asarray(a)
     rgb = a if (a.ndim == 3 and a.dtype == np.uint8) else colorize(a, colorscale, zmin, zmax)
     h, w = rgb.shape[:2]
@@ -145,16 +145,16 @@ def thumbnail(a: np.ndarray, colorscale: str = "Viridis", side: int = 160, zmin:
 
 def mark_cell(picture: np.ndarray, cell: tuple[int, int], grid_hw: tuple[int, int]) -> np.ndarray:
     """A copy of an RGB picture of a (rows, cols) = ``grid_hw`` map with cell (row, col) outlined: a white square
-    inside a black one, at least 9 px wide."""
+    inside a black one, at least 21 px wide (a thumbnail is often shown at a third of its size)."""
     out = np.array(picture, copy=True)
     ph, pw = out.shape[:2]
     sy, sx = ph / grid_hw[0], pw / grid_hw[1]
     cy, cx = (cell[0] + 0.5) * sy, (cell[1] + 0.5) * sx
-    hy, hx = max(4.5, sy / 2 + 1), max(4.5, sx / 2 + 1)
-    for colour, grow in ((0, 2), (255, 0)):
+    hy, hx = max(10.5, sy / 2 + 1), max(10.5, sx / 2 + 1)
+    for colour, grow in ((0, 3), (255, 0)):
         y1, y2 = int(max(0, cy - hy - grow)), int(min(ph - 1, cy + hy + grow))
         x1, x2 = int(max(0, cx - hx - grow)), int(min(pw - 1, cx + hx + grow))
-        t = 2
+        t = 3
         out[y1:y1 + t + grow, x1:x2 + 1] = colour
         out[max(y1, y2 - t - grow + 1):y2 + 1, x1:x2 + 1] = colour
         out[y1:y2 + 1, x1:x1 + t + grow] = colour

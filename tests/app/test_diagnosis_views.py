@@ -93,9 +93,9 @@ def test_colours_survive_the_streamlit_theme() -> None:
 
 
 def test_marks_kernel_panels_and_recall_chart() -> None:
-    pic = np.zeros((40, 40, 3), np.uint8)
-    marked = heatmaps.mark_cell(pic, (1, 2), (4, 4))  # 10 px cells: cell (1, 2) spans x 20-30, y 10-20
-    assert marked[10:20, 20:30].max() == 255 and marked[30:, :10].max() == 0
+    pic = np.zeros((100, 100, 3), np.uint8)
+    marked = heatmaps.mark_cell(pic, (1, 2), (4, 4))  # 25 px cells: cell (1, 2) spans x 50-75, y 25-50
+    assert marked[25:50, 50:75].max() == 255 and marked[80:, :30].max() == 0 and marked[37, 62].max() == 0
     assert heatmaps.thumbnail(np.zeros((4, 4)), side=40, mark=(0, 0)).max() == 255
     fig = heatmaps.kernel_panels_figure({"D": np.full((3, 3), 0.1), "K": None, "diff": np.array(
         [[0.1, -0.2, 0], [0, 0, 0], [0, 0, 0.05]])}, diverging=("diff",))
