@@ -46,6 +46,7 @@ def main() -> None:
     missed = [s for s in scored if s[1] > 0]
     chosen = [s[2] for s in found[: args.count - 1]] + [s[2] for s in missed[:1]]
     out = HERE / "sirst"
+    shutil.rmtree(out / "images", ignore_errors=True)  # only the chosen images, no leftovers of an earlier pick
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, anns = [], []
     for i, rec in enumerate(chosen, start=1):
