@@ -84,10 +84,10 @@ def main() -> None:
                         "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_17_x86_64",
                         "--platform", "manylinux2014_x86_64", "-d", str(whl), "pycocotools==2.0.10"], check=True)
         total += sum(f.stat().st_size for f in whl.glob("*.whl"))
-    tracked = int(subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.count(b"\0"))
-    size_tracked = sum((REPO / p).stat().st_size for p in subprocess.run(
-        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split() if (REPO / p).is_file())
-    print(f"carried {total / 2**20:.1f} MiB + {tracked} tracked files {size_tracked / 2**20:.1f} MiB = "
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    tracked = [REPO / p.decode() for p in listed.split(b"\0") if p]
+    size_tracked = sum(p.stat().st_size for p in tracked if p.is_file())
+    print(f"carried {total / 2**20:.1f} MiB + {len(tracked)} tracked files {size_tracked / 2**20:.1f} MiB = "
           f"{(total + size_tracked) / 2**20:.1f} MiB of the {BUDGET >> 20} MiB a device call takes")
 
 

@@ -27,26 +27,26 @@ def _tile_size(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    """argparse type of an overlap: a finite number in [0, 1)."""
+def _in_range(text: str, upper_open: bool) -> float:
+    """A finite number in [0, 1] (``upper_open``: [0, 1)); ArgumentTypeError saying what is accepted."""
+    accepted = "[0, 1)" if upper_open else "[0, 1]"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text[:40]!r}") from None
-    if not 0.0 <= value < 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text[:40]}")
+        raise argparse.ArgumentTypeError(f"must be a number in {accepted}, got {text[:40]!r}") from None
+    if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in {accepted}, got {text[:40]}")
     return value
+
+
+def _fraction(text: str) -> float:
+    """argparse type of an overlap: a finite number in [0, 1)."""
+    return _in_range(text, upper_open=True)
 
 
 def _unit(text: str) -> float:
     """argparse type of a threshold: a finite number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text[:40]!r}") from None
-    if not 0.0 <= value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text[:40]}")
-    return value
+    return _in_range(text, upper_open=False)
 
 
 def _die(msg: str, code: int = 2) -> typing.NoReturn:
