@@ -4,7 +4,16 @@ Everything here runs a model through :meth:`efpn.models.Detector.run` (the one p
 internals) and never changes the model: no hooks, no mode switch, no writes to parameters or buffers.
 """
 
-from efpn.explain.attribution import METHODS, Explanation, detection_score, explain_detection
+from efpn.explain.attribution import (
+    METHODS,
+    Explanation,
+    Progress,
+    attribution_passes,
+    box_area_share,
+    detection_score,
+    explain_detection,
+    random_deletion_curve,
+)
 from efpn.explain.diagnose import (
     CAUSE_TEXT,
     CAUSES,
@@ -52,10 +61,13 @@ __all__ = [
     "AssignmentView",
     "Explanation",
     "Inspection",
+    "Progress",
     "KernelMaps",
     "accounting_for_records",
     "assign_on",
     "assignment_report",
+    "attribution_passes",
+    "box_area_share",
     "count_candidates",
     "detection_score",
     "explain_detection",
@@ -68,6 +80,7 @@ __all__ = [
     "level_score_maps",
     "normalize01",
     "pca_rgb",
+    "random_deletion_curve",
     "reduce_channels",
     "resize_map",
 ]

@@ -26,6 +26,16 @@ and concurrent calls from other users see an untouched model. Gradients are take
 
 Every function takes the network input ``images`` (1, 3, H, W) in [0, 1] (``efpn.infer.preprocess.prepare``) and
 the box in the same (network) pixels; maps are returned at that input resolution (H, W).
+
+Progress and cost. The long computations (Integrated Gradients, Occlusion, deletion curves, and
+:func:`explain_detection` over all of them) take an optional ``progress(done, total)`` callback, counted in images
+through the network (one Integrated Gradients step = one forward+backward image; one occluded image = one
+forward). It is called from the calling thread between batches, never from inside autograd, with ``done``
+increasing from 0 to ``total``; an exception it raises (a user's Cancel) propagates out of the call and stops the
+computation: nothing is returned, and the model is as untouched as after a normal return (no hooks, no ``.grad``,
+grad mode and train/eval mode as before). :func:`attribution_passes` counts those images for given settings before
+anything runs, and :attr:`Explanation.pass_ms` holds the time one image took in a finished run, so a caller can
+estimate a long computation on its own machine from a short one.
 """
 
 from __future__ import annotations
@@ -48,6 +58,9 @@ __all__ = [
     "DELETION_FRACTIONS",
     "METHODS",
     "Explanation",
+    "Progress",
+    "attribution_passes",
+    "box_area_share",
     "deletion_auc",
     "deletion_curve",
     "detection_score",
@@ -56,6 +69,7 @@ __all__ = [
     "layer_gradcam",
     "mass_inside",
     "occlusion",
+    "random_deletion_curve",
 ]
 
 Method = Literal["integrated_gradients", "occlusion", "gradcam"]
@@ -65,6 +79,8 @@ METHODS: tuple[str, ...] = ("integrated_gradients", "occlusion", "gradcam")
 DELETION_FRACTIONS: tuple[float, ...] = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
 
 ScoreFn = Callable[[Tensor], Tensor]
+#: ``progress(done, total)``: images through the network so far and in all (see the module docstring).
+Progress = Callable[[int, int], None]
 
 
 def _check(model: Detector, images: Tensor, box: Sequence[float] | Tensor, label: int) -> Tensor:
@@ -121,6 +137,39 @@ def _baseline(images: Tensor, kind: str) -> Tensor:
     raise ValueError(f"unknown baseline {kind!r}; use 'black', 'blur' or 'mean'")
 
 
+class _Tracker:
+    """Counts images through the network and reports them to a :data:`Progress` callback.
+
+    ``start(k)`` is called just before a batch of ``k`` images runs: the batch announced before it has finished,
+    so ``done`` grows by that one and is reported. ``end()`` after the last batch reports the rest. Reports whose
+    ``done`` did not change are skipped, so ``done`` strictly increases; it is capped at ``total``. One tracker may
+    follow several computations in a row (:func:`explain_detection`).
+    """
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress = progress
+        self.total = max(1, int(total))
+        self.done = 0
+        self._pending = 0
+        self._reported = -1
+
+    def start(self, k: int) -> None:
+        self.done += self._pending
+        self._pending = int(k)
+        self._report()
+
+    def end(self) -> None:
+        self.done += self._pending
+        self._pending = 0
+        self._report()
+
+    def _report(self) -> None:
+        shown = min(self.done, self.total)
+        if self.progress is not None and shown != self._reported:
+            self._reported = shown
+            self.progress(shown, self.total)  # may raise (a Cancel): the caller's computation stops here
+
+
 def integrated_gradients(
     model: Detector,
     images: Tensor,
@@ -129,14 +178,34 @@ def integrated_gradients(
     steps: int = 16,
     baseline: Literal["black", "blur", "mean"] = "blur",
     internal_batch_size: int = 4,
+    progress: Progress | None = None,
 ) -> Tensor:
-    """Integrated Gradients of T, summed over colour channels -> (H, W) float (signed)."""
+    """Integrated Gradients of T, summed over colour channels -> (H, W) float (signed).
+
+    ``steps`` points on the straight path from the baseline to the image, ``internal_batch_size`` of them per
+    forward+backward. ``progress(done, total)`` (optional) counts path steps: ``total = steps``, reported before
+    each batch and once at the end; an exception it raises stops the computation (module docstring).
+    """
+    b = _check(model, images, box, label)
+    tracker = _Tracker(progress, int(steps))
+    attr = _integrated_gradients(model, images, b, label, int(steps), baseline, internal_batch_size, tracker)
+    tracker.end()
+    return attr
+
+
+def _integrated_gradients(model: Detector, images: Tensor, b: Tensor, label: int, steps: int, baseline: str,
+                          internal_batch_size: int, tracker: _Tracker) -> Tensor:
     from captum.attr import IntegratedGradients
 
-    b = _check(model, images, box, label)
-    ig = IntegratedGradients(_score_fn(model, b, label))
+    score = _score_fn(model, b, label)
+
+    def counted(x: Tensor) -> Tensor:  # x: (k, 3, H, W), k path points of this batch
+        tracker.start(x.shape[0])  # before the forward, outside autograd: a raise here leaves nothing behind
+        return score(x)
+
+    ig = IntegratedGradients(counted)
     attr = ig.attribute(
-        images, baselines=_baseline(images, baseline), n_steps=int(steps), internal_batch_size=internal_batch_size
+        images, baselines=_baseline(images, baseline), n_steps=steps, internal_batch_size=internal_batch_size
     )
     return attr[0].sum(dim=0).detach().cpu()
 
@@ -151,27 +220,26 @@ def _roi(box: Tensor, hw: tuple[int, int], side: int) -> tuple[int, int, int, in
     return x1, y1, x1 + sw, y1 + sh
 
 
-def occlusion(
-    model: Detector,
-    images: Tensor,
-    box: Sequence[float] | Tensor,
-    label: int,
-    window: int | None = None,
-    stride: int | None = None,
-    max_evals: int = 196,
-    batch: int = 8,
-) -> Tensor:
-    """Occlusion sensitivity of T around the box -> (H, W) float (positive = occluding lowers the score).
+@dataclass(frozen=True)
+class _OcclusionPlan:
+    """Where and how Occlusion slides its window: the region (x1, y1, x2, y2), window and stride in px, and the
+    occluded images Captum evaluates (``windows``; it also runs the clean region once)."""
 
-    Windows of ``window`` px (default: half the box side, 4..48) slide with ``stride`` (default window/2) over
-    a square region centred on the box (side max(4 x box side, 8 x window, 64), clipped to the image); the
-    stride grows if needed so that at most ``max_evals`` occluded images are evaluated. Pixels outside the
-    region get 0.
-    """
-    from captum.attr import Occlusion
+    roi: tuple[int, int, int, int]
+    window: int
+    stride: int
 
-    b = _check(model, images, box, label)
-    h, w = images.shape[-2:]
+    @property
+    def windows(self) -> int:
+        x1, y1, x2, y2 = self.roi
+        # Captum's count per axis: ceil((side - window) / stride) + 1
+        per_axis = [math.ceil((side - self.window) / self.stride) + 1 for side in (y2 - y1, x2 - x1)]
+        return per_axis[0] * per_axis[1]
+
+
+def _occlusion_plan(b: Tensor, hw: tuple[int, int], window: int | None, stride: int | None,
+                    max_evals: int) -> _OcclusionPlan:
+    h, w = hw
     side_box = float(((b[2] - b[0]) * (b[3] - b[1])).sqrt())
     win = int(window or np.clip(round(side_box / 2), 4, 48))
     win = max(1, min(win, h, w))
@@ -185,11 +253,49 @@ def occlusion(
     st = max(1, st)
     win = min(max(win, st), rh, rw)  # Captum needs stride <= window: a coarser grid also widens the window
     st = min(st, win)
+    return _OcclusionPlan((x1, y1, x2, y2), win, st)
+
+
+def occlusion(
+    model: Detector,
+    images: Tensor,
+    box: Sequence[float] | Tensor,
+    label: int,
+    window: int | None = None,
+    stride: int | None = None,
+    max_evals: int = 196,
+    batch: int = 8,
+    progress: Progress | None = None,
+) -> Tensor:
+    """Occlusion sensitivity of T around the box -> (H, W) float (positive = occluding lowers the score).
+
+    Windows of ``window`` px (default: half the box side, 4..48) slide with ``stride`` (default window/2) over
+    a square region centred on the box (side max(4 x box side, 8 x window, 64), clipped to the image); the
+    stride grows if needed so that at most about ``max_evals`` occluded images are evaluated, ``batch`` per
+    forward. Pixels outside the region get 0. ``progress(done, total)`` (optional) counts evaluated images:
+    ``total`` = occluded images + 1 (the clean region), reported before each batch and once at the end; an
+    exception it raises stops the computation (module docstring).
+    """
+    b = _check(model, images, box, label)
+    plan = _occlusion_plan(b, tuple(images.shape[-2:]), window, stride, max_evals)
+    tracker = _Tracker(progress, plan.windows + 1)
+    out = _occlusion(model, images, b, label, plan, batch, tracker)
+    tracker.end()
+    return out
+
+
+def _occlusion(model: Detector, images: Tensor, b: Tensor, label: int, plan: _OcclusionPlan, batch: int,
+               tracker: _Tracker) -> Tensor:
+    from captum.attr import Occlusion
+
+    h, w = images.shape[-2:]
+    x1, y1, x2, y2 = plan.roi
     base_colour = images.mean(dim=(2, 3), keepdim=True)  # (1, 3, 1, 1)
     score = _score_fn(model, b, label)
 
-    def on_region(region: Tensor) -> Tensor:
-        full = images.expand(region.shape[0], -1, -1, -1).clone()
+    def on_region(region: Tensor) -> Tensor:  # region: (k, 3, rh, rw), k occluded copies of the region
+        tracker.start(region.shape[0])  # between batches, under Captum's no_grad: a raise leaves nothing behind
+        full = images.expand(region.shape[0], -1, -1, -1).clone()  # (k, 3, H, W)
         full[:, :, y1:y2, x1:x2] = region
         return score(full)
 
@@ -197,8 +303,8 @@ def occlusion(
     occ = Occlusion(on_region)
     attr = occ.attribute(
         crop,
-        sliding_window_shapes=(3, win, win),
-        strides=(3, st, st),
+        sliding_window_shapes=(3, plan.window, plan.window),
+        strides=(3, plan.stride, plan.stride),
         baselines=base_colour.expand_as(crop).contiguous(),
         perturbations_per_eval=batch,
     )
@@ -216,17 +322,23 @@ def layer_gradcam(
 ) -> dict[str, Tensor]:
     """LayerGradCAM of T on each pyramid level as the head reads it -> {level: (H, W) float >= 0}.
 
-    Each level's map is computed at the level's resolution and upsampled bilinearly to the input size. Hooks
-    go on per-call identity taps only (see the module docstring).
+    Each level's map is computed at the level's resolution (one forward+backward per level) and upsampled
+    bilinearly to the input size. Hooks go on per-call identity taps only (see the module docstring).
     """
+    b = _check(model, images, box, label)
+    return _layer_gradcam(model, images, b, label, levels, _Tracker(None, 1))
+
+
+def _layer_gradcam(model: Detector, images: Tensor, b: Tensor, label: int, levels: Sequence[str] | None,
+                   tracker: _Tracker) -> dict[str, Tensor]:
     from captum.attr import LayerAttribution, LayerGradCam
 
-    b = _check(model, images, box, label)
     names = list(levels or model.levels)
     taps = nn.ModuleDict({lv: nn.Identity() for lv in names})  # owned by this call alone
     fn = _score_fn(model, b, label, taps)
     out: dict[str, Tensor] = {}
     for lv in names:
+        tracker.start(1)  # outside Captum: its hook on this call's tap is not yet registered
         cam = LayerGradCam(fn, taps[lv]).attribute(images, relu_attributions=True)  # (1, 1, h, w)
         up = LayerAttribution.interpolate(cam.detach(), tuple(images.shape[-2:]), "bilinear")
         out[lv] = up[0, 0].float().cpu()
@@ -249,7 +361,8 @@ def _box_pixels(box: Tensor | Sequence[float], hw: tuple[int, int]) -> Tensor:
 def mass_inside(attr: Tensor | np.ndarray, box: Sequence[float] | Tensor) -> float:
     """Share of the attribution's absolute mass ``Σ|a|`` inside the box (0 for an all-zero map).
 
-    Compare with the box's share of the image area: a map that ignores the box scores about that much.
+    Compare with the box's share of the image area (:func:`box_area_share`): a map that ignores the box (or a
+    random one) scores about that much.
     """
     a = torch.as_tensor(np.asarray(attr, dtype=np.float32)).abs()
     total = float(a.sum())
@@ -258,7 +371,12 @@ def mass_inside(attr: Tensor | np.ndarray, box: Sequence[float] | Tensor) -> flo
     return float(a[_box_pixels(box, tuple(a.shape))].sum()) / total
 
 
-@torch.no_grad()
+def box_area_share(box: Sequence[float] | Tensor, hw: tuple[int, int]) -> float:
+    """The box's share of the image's pixels (the pixels :func:`mass_inside` counts as inside): what a random or
+    uniform map puts inside the box, the reference for :func:`mass_inside`."""
+    return float(_box_pixels(box, hw).float().mean())
+
+
 def deletion_curve(
     model: Detector,
     images: Tensor,
@@ -269,14 +387,25 @@ def deletion_curve(
     baseline: Literal["black", "blur", "mean"] = "blur",
     batch: int = 5,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> tuple[list[float], list[float]]:
     """T after replacing the top-``f`` most attributed pixels by the baseline, for each ``f`` in ``fractions``.
 
     Pixels are removed in decreasing order of the (signed) attribution; ``attr=None`` removes them in a
-    seeded random order (the reference a faithful map should beat: its curve drops faster). Returns
-    ``(fractions, scores)``.
+    seeded random order (:func:`random_deletion_curve`, the reference a faithful map should beat: its curve
+    drops faster). Returns ``(fractions, scores)``. ``progress(done, total)`` (optional) counts the masked images
+    (``total = len(fractions)``), ``batch`` per forward.
     """
     b = _check(model, images, box, label)
+    tracker = _Tracker(progress, len(fractions))
+    out = _deletion_curve(model, images, b, label, attr, fractions, baseline, batch, seed, tracker)
+    tracker.end()
+    return out
+
+
+def _deletion_curve(model: Detector, images: Tensor, b: Tensor, label: int, attr: Tensor | np.ndarray | None,
+                    fractions: Sequence[float], baseline: str, batch: int, seed: int,
+                    tracker: _Tracker) -> tuple[list[float], list[float]]:
     h, w = images.shape[-2:]
     if attr is None:
         gen = torch.Generator().manual_seed(seed)
@@ -288,15 +417,37 @@ def deletion_curve(
         order = torch.argsort(a, descending=True, stable=True)
     base = _baseline(images, baseline)
     fr = [float(f) for f in fractions]
-    masked = []
-    for f in fr:
-        m = torch.zeros(h * w, dtype=images.dtype, device=images.device)
-        m[order[: int(round(f * h * w))].to(images.device)] = 1.0
-        m = m.view(1, 1, h, w)
-        masked.append(images * (1 - m) + base * m)
-    stack = torch.cat(masked)  # (F, 3, H, W)
-    scores = torch.cat([detection_score(model, stack[i : i + batch], b, label) for i in range(0, len(fr), batch)])
-    return fr, [float(s) for s in scores.cpu()]
+    scores: list[Tensor] = []
+    with torch.no_grad():
+        for i in range(0, len(fr), batch):
+            chunk = fr[i : i + batch]
+            masked = []
+            for f in chunk:
+                m = torch.zeros(h * w, dtype=images.dtype, device=images.device)
+                m[order[: int(round(f * h * w))].to(images.device)] = 1.0
+                m = m.view(1, 1, h, w)
+                masked.append(images * (1 - m) + base * m)
+            tracker.start(len(chunk))
+            scores.append(detection_score(model, torch.cat(masked), b, label))  # (len(chunk),)
+    return fr, [float(s) for s in torch.cat(scores).cpu()]
+
+
+def random_deletion_curve(
+    model: Detector,
+    images: Tensor,
+    box: Sequence[float] | Tensor,
+    label: int,
+    fractions: Sequence[float] = DELETION_FRACTIONS,
+    baseline: Literal["black", "blur", "mean"] = "blur",
+    batch: int = 5,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[list[float], list[float]]:
+    """The deletion curve of a random pixel order (fixed by ``seed``): the reference every attribution map's
+    :func:`deletion_curve` is read against. A map whose curve (and :func:`deletion_auc`) lies below this one
+    points at pixels the score depends on; one on or above it does no better than chance. Same arguments and
+    return value as :func:`deletion_curve`; the same ``seed`` gives the same curve."""
+    return deletion_curve(model, images, box, label, None, fractions, baseline, batch, seed, progress)
 
 
 def deletion_auc(fractions: Sequence[float], scores: Sequence[float]) -> float:
@@ -316,8 +467,12 @@ class Explanation:
 
     ``maps``: method -> signed map (``integrated_gradients``, ``occlusion``); ``gradcam``: level -> map >= 0;
     ``mass_inside``: method (and ``gradcam.<level>``) -> share of |attribution| inside the box, with
-    ``box_area`` the box's share of the image for reference; ``deletion``: method (and ``random``) ->
-    (fractions, scores); ``deletion_auc`` likewise; ``score`` is T on the clean image.
+    ``box_area`` the box's share of the image for reference (what a random map puts inside); ``deletion``:
+    method (and ``random``, the seeded random pixel order) -> (fractions, scores); ``deletion_auc`` likewise;
+    ``score`` is T on the clean image. ``timings_ms``: wall time of each method and of the deletion curves;
+    ``pass_ms``: the time one image took through the network in this run, ``"forward_backward"`` (Integrated
+    Gradients steps, LayerGradCAM levels) and ``"forward"`` (occluded and masked images, the clean score), for
+    the kinds this run used: with :func:`attribution_passes` they estimate another run on the same machine.
     """
 
     box: tuple[float, float, float, float]
@@ -329,6 +484,44 @@ class Explanation:
     deletion: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     deletion_auc: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    pass_ms: dict[str, float] = field(default_factory=dict)
+
+
+def attribution_passes(
+    model: Detector,
+    hw: tuple[int, int],
+    box: Sequence[float] | Tensor,
+    methods: Sequence[str] = METHODS,
+    ig_steps: int = 16,
+    occlusion_window: int | None = None,
+    occlusion_evals: int = 196,
+    levels: Sequence[str] | None = None,
+    deletion: bool = True,
+    random_order: bool = True,
+) -> dict[str, int]:
+    """Images :func:`explain_detection` with these arguments sends through the network, counted before anything
+    runs: ``{"forward_backward": n, "forward": m}`` (Integrated Gradients steps and LayerGradCAM levels need a
+    backward pass; occluded and masked images and the clean score only a forward). ``hw`` is the network input's
+    (H, W), ``box`` xyxy in its pixels. Their sum is the ``total`` the call reports to ``progress``; multiplied by
+    :attr:`Explanation.pass_ms` of an earlier run they estimate its time."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown attribution methods {sorted(unknown)}; valid: {', '.join(METHODS)}")
+    b = torch.as_tensor(box, dtype=torch.float32).reshape(-1)
+    if b.numel() != 4 or not torch.isfinite(b).all() or b[2] <= b[0] or b[3] <= b[1]:
+        raise ValueError(f"box must be a finite xyxy box with x2 > x1 and y2 > y1, got {b.tolist()}")
+    curve = len(DELETION_FRACTIONS)
+    backward, forward = 0, 1  # the clean score
+    for method in methods:
+        if method == "integrated_gradients":
+            backward += int(ig_steps)
+        elif method == "occlusion":
+            forward += _occlusion_plan(b, hw, occlusion_window, None, occlusion_evals).windows + 1
+        else:
+            backward += len(list(levels or model.levels))
+        forward += curve if deletion else 0
+    forward += curve if deletion and random_order else 0
+    return {"forward_backward": backward, "forward": forward}
 
 
 def explain_detection(
@@ -342,45 +535,70 @@ def explain_detection(
     occlusion_evals: int = 196,
     levels: Sequence[str] | None = None,
     deletion: bool = True,
+    random_order: bool = True,
+    ig_batch: int = 4,
+    progress: Progress | None = None,
 ) -> Explanation:
     """Run the chosen ``methods`` on one detection and score each map (mass inside the box, deletion curve).
 
-    The deletion curve of Grad-CAM uses the sum of the per-level maps. Unknown method names raise ValueError.
+    The deletion curve of Grad-CAM uses the sum of the per-level maps; with ``random_order`` the seeded random
+    pixel order's curve (:func:`random_deletion_curve`) is added as ``"random"``, the reference to read the others
+    against. ``ig_batch``: Integrated Gradients path points per forward+backward (smaller = finer progress).
+    ``progress(done, total)`` (optional) follows every image through the network, ``total`` as
+    :func:`attribution_passes` counts them; an exception it raises stops the computation and nothing is returned
+    (module docstring). Unknown method names raise ValueError.
     """
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown attribution methods {sorted(unknown)}; valid: {', '.join(METHODS)}")
     b = _check(model, images, box, label)
+    passes = attribution_passes(model, tuple(images.shape[-2:]), b.cpu(), methods, ig_steps, occlusion_window,
+                                occlusion_evals, levels, deletion, random_order)
     h, w = images.shape[-2:]
+    tracker = _Tracker(progress, passes["forward_backward"] + passes["forward"])
+    spent = {"forward_backward": [0.0, 0], "forward": [0.0, 0]}  # kind -> [seconds, images]
+
+    def timed(kind: str, images_run: int, t0: float) -> float:
+        took = time.perf_counter() - t0
+        spent[kind][0] += took
+        spent[kind][1] += images_run
+        return 1e3 * took
+
+    t0 = time.perf_counter()
+    tracker.start(1)
     with torch.no_grad():
         clean = float(detection_score(model, images, b, label)[0])
+    timed("forward", 1, t0)
     box_t = tuple(float(v) for v in b.cpu())
     ex = Explanation(box=box_t, label=int(label), score=clean)  # type: ignore[arg-type]
-    ex.mass_inside["box_area"] = float(_box_pixels(b.cpu(), (h, w)).float().mean())
+    ex.mass_inside["box_area"] = box_area_share(box_t, (h, w))
     ordering: dict[str, np.ndarray] = {}
     for method in methods:
         t0 = time.perf_counter()
         if method == "integrated_gradients":
-            m = integrated_gradients(model, images, b, label, steps=ig_steps).numpy()
+            m = _integrated_gradients(model, images, b, label, int(ig_steps), "blur", ig_batch, tracker).numpy()
             ex.maps[method], ordering[method] = m, m
             ex.mass_inside[method] = mass_inside(m, box_t)
+            ex.timings_ms[method] = timed("forward_backward", int(ig_steps), t0)
         elif method == "occlusion":
-            m = occlusion(model, images, b, label, window=occlusion_window, max_evals=occlusion_evals).numpy()
+            plan = _occlusion_plan(b.cpu(), (h, w), occlusion_window, None, occlusion_evals)
+            m = _occlusion(model, images, b, label, plan, 8, tracker).numpy()
             ex.maps[method], ordering[method] = m, m
             ex.mass_inside[method] = mass_inside(m, box_t)
+            ex.timings_ms[method] = timed("forward", plan.windows + 1, t0)
         else:
-            cams = {lv: v.numpy() for lv, v in layer_gradcam(model, images, b, label, levels).items()}
+            cams = {lv: v.numpy() for lv, v in _layer_gradcam(model, images, b, label, levels, tracker).items()}
             ex.gradcam = cams
             for lv, v in cams.items():
                 ex.mass_inside[f"gradcam.{lv}"] = mass_inside(v, box_t)
             if cams:
                 ordering[method] = np.sum(list(cams.values()), axis=0)
-        ex.timings_ms[method] = 1e3 * (time.perf_counter() - t0)
+            ex.timings_ms[method] = timed("forward_backward", len(cams), t0)
     if deletion:
         t0 = time.perf_counter()
-        for name, a in [*ordering.items(), ("random", None)]:
-            fr, sc = deletion_curve(model, images, b, label, a)
+        curves = [*ordering.items(), *([("random", None)] if random_order else [])]
+        for name, a in curves:
+            fr, sc = _deletion_curve(model, images, b, label, a, DELETION_FRACTIONS, "blur", 5, 0, tracker)
             ex.deletion[name] = (fr, sc)
             ex.deletion_auc[name] = deletion_auc(fr, sc)
-        ex.timings_ms["deletion"] = 1e3 * (time.perf_counter() - t0)
+        ex.timings_ms["deletion"] = timed("forward", len(curves) * len(DELETION_FRACTIONS), t0)
+    tracker.end()
+    ex.pass_ms = {kind: 1e3 * sec / n for kind, (sec, n) in spent.items() if n}
     return ex

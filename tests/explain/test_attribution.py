@@ -9,6 +9,9 @@ import torch
 import efpn
 from efpn.data.synthetic import make_synthetic_sample
 from efpn.explain.attribution import (
+    DELETION_FRACTIONS,
+    attribution_passes,
+    box_area_share,
     deletion_auc,
     deletion_curve,
     detection_score,
@@ -17,6 +20,7 @@ from efpn.explain.attribution import (
     layer_gradcam,
     mass_inside,
     occlusion,
+    random_deletion_curve,
 )
 from efpn.infer.preprocess import prepare
 
@@ -113,3 +117,125 @@ def test_bad_input_is_refused(model: efpn.Detector, image: torch.Tensor) -> None
             layer_gradcam(model, image, [10, 10, 20, 20], 0)
     finally:
         model.eval()
+
+
+# ----------------------------------------------------------------------------------------------- progress and cancel
+
+
+class Cancelled(BaseException):
+    """Raised from a progress callback, as a UI's Cancel would (a BaseException: no ``except Exception`` stops it)."""
+
+
+def _recorder() -> tuple[list[tuple[int, int]], object]:
+    calls: list[tuple[int, int]] = []
+    return calls, lambda done, total: calls.append((done, total))
+
+
+def _counts_up(calls: list[tuple[int, int]], total: int) -> None:
+    assert calls, "progress was never called"
+    assert {t for _, t in calls} == {total}
+    done = [d for d, _ in calls]
+    assert done[0] >= 0 and done[-1] == total
+    assert all(b > a for a, b in zip(done, done[1:])), done
+
+
+def test_progress_counts_every_image_up_to_the_total(model: efpn.Detector, image: torch.Tensor) -> None:
+    """IG reports path steps batch by batch, Occlusion its occluded images (+ the clean one), deletion its masked
+    images, and explain_detection all of them, to the total attribution_passes counts beforehand."""
+    box = [30.0, 40.0, 46.0, 56.0]
+    calls, cb = _recorder()
+    integrated_gradients(model, image, box, 1, steps=6, internal_batch_size=2, progress=cb)
+    _counts_up(calls, 6)
+    assert len(calls) == 4  # 0, 2, 4, 6: one report per batch of path points, then the end
+
+    calls, cb = _recorder()
+    occlusion(model, image, box, 1, max_evals=16, batch=4, progress=cb)
+    total = calls[-1][1]
+    _counts_up(calls, total)
+    occ_only = attribution_passes(model, (128, 128), box, ("occlusion",), occlusion_evals=16, deletion=False,
+                                  random_order=False)
+    assert occ_only == {"forward_backward": 0, "forward": 1 + total}  # + the clean score explain_detection adds
+
+    calls, cb = _recorder()
+    random_deletion_curve(model, image, box, 1, progress=cb)
+    _counts_up(calls, len(DELETION_FRACTIONS))
+
+    calls, cb = _recorder()
+    ex = explain_detection(model, image, box, 0, ig_steps=4, occlusion_evals=16, progress=cb)
+    passes = attribution_passes(model, (128, 128), box, ig_steps=4, occlusion_evals=16)
+    _counts_up(calls, passes["forward_backward"] + passes["forward"])
+    assert passes["forward_backward"] == 4 + len(model.levels)  # IG steps + one pass per Grad-CAM level
+    assert set(ex.pass_ms) == {"forward_backward", "forward"} and all(v > 0 for v in ex.pass_ms.values())
+    _untouched(model)
+
+
+@pytest.mark.parametrize("methods", [("integrated_gradients",), ("occlusion",), ("gradcam",),
+                                     ("integrated_gradients", "occlusion", "gradcam")],
+                         ids=["ig", "occlusion", "gradcam", "all"])
+def test_an_exception_from_progress_aborts_cleanly(model: efpn.Detector, image: torch.Tensor,
+                                                    methods: tuple[str, ...]) -> None:
+    """A callback raising mid-way (a Cancel) stops explain_detection at once: the exception comes out, no result,
+    the shared model is untouched (no hooks, no .grad, eval mode, grad mode as before) and the next call is as if
+    nothing had happened."""
+    box = [30.0, 40.0, 46.0, 56.0]
+    reference = explain_detection(model, image, box, 1, methods=methods, ig_steps=4, occlusion_evals=16,
+                                  ig_batch=1)
+    seen: list[int] = []
+
+    def cancel(done: int, total: int) -> None:
+        seen.append(done)
+        if done >= 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        explain_detection(model, image, box, 1, methods=methods, ig_steps=4, occlusion_evals=16, ig_batch=1,
+                          progress=cancel)
+    passes = attribution_passes(model, (128, 128), box, methods, ig_steps=4, occlusion_evals=16)
+    assert max(seen) < passes["forward_backward"] + passes["forward"]  # stopped before the end
+    _untouched(model)
+    assert torch.is_grad_enabled()
+    again = explain_detection(model, image, box, 1, methods=methods, ig_steps=4, occlusion_evals=16, ig_batch=1)
+    for name, m in reference.maps.items():
+        np.testing.assert_allclose(again.maps[name], m, rtol=1e-5, atol=1e-7)
+    assert again.deletion_auc == pytest.approx(reference.deletion_auc)
+
+
+def test_cancelling_the_standalone_methods(model: efpn.Detector, image: torch.Tensor) -> None:
+    box = [30.0, 40.0, 46.0, 56.0]
+
+    def cancel(done: int, total: int) -> None:
+        if done > 0:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        integrated_gradients(model, image, box, 1, steps=8, internal_batch_size=2, progress=cancel)
+    with pytest.raises(Cancelled):
+        occlusion(model, image, box, 1, max_evals=16, batch=2, progress=cancel)
+    with pytest.raises(Cancelled):
+        deletion_curve(model, image, box, 1, None, progress=cancel)
+    _untouched(model)
+    assert torch.is_grad_enabled()
+
+
+def test_random_deletion_curve_is_the_seeded_reference(model: efpn.Detector, image: torch.Tensor) -> None:
+    """The random-order curve starts at the clean score, is fixed by its seed, and removes pixels in another order
+    than an attribution map does; the box's area share is what a random map puts inside the box."""
+    box, label = torch.tensor([30.0, 40.0, 46.0, 56.0]), 2
+    with torch.no_grad():
+        clean = float(detection_score(model, image, box, label)[0])
+    fr, sc = random_deletion_curve(model, image, box, label)
+    assert fr == list(DELETION_FRACTIONS) and sc[0] == pytest.approx(clean, rel=1e-5)
+    assert random_deletion_curve(model, image, box, label) == (fr, sc)
+    assert deletion_curve(model, image, box, label, None) == (fr, sc)  # the same seeded order
+    _, other_seed = random_deletion_curve(model, image, box, label, seed=1)
+    assert other_seed != sc
+    # a map pointing exactly at the box deletes the box first: a different curve from random's
+    a = np.zeros((128, 128), np.float32)
+    a[40:56, 30:46] = 1.0
+    _, boxed = deletion_curve(model, image, box, label, a)
+    assert boxed != sc
+    share = box_area_share(box, (128, 128))
+    assert share == pytest.approx(16 * 16 / 128**2, rel=0.15)
+    noise = np.random.default_rng(0).random((128, 128)).astype(np.float32)
+    assert mass_inside(noise, box) == pytest.approx(share, rel=0.2)
+    _untouched(model)
