@@ -18,11 +18,24 @@ Design choices [design] and their reasons:
   :func:`sgdm_overhead` and tests/layers/test_sgdm.py) while its FLOPs stay ~1.5x the replaced conv's.
 - The static bank starts as a uniform box (``W_sq = 1/k^2``, ``W_h = W_v = 0``), for which ``K = D``:
   training starts as plain RDConv and learns the guiding skeleton (as CEM starts as the FPN with alpha = 0).
+
+Two execution paths compute the same function (``SGDM.path``; tests/layers/test_sgdm_paths.py holds them equal,
+forward and backward, in training and eval mode):
+
+- ``"reference"``: module by module, as written above: every conv, BatchNorm and activation its own pass.
+- ``"fast"`` (default): the same arithmetic in fewer memory passes. In eval mode every BatchNorm is folded into
+  the conv before it *at call time* (a few microseconds: the folded weights always follow the current
+  parameters, so nothing goes stale after an optimiser step or a checkpoint load); on CPU the pointwise MLP
+  runs as matrix products on the (N, C, H'*W') view instead of 1x1 convolutions (no layout reorders for small
+  C); activations and the static + dynamic sum are applied in place when no gradient is recorded. The dynamic
+  branch costs little arithmetic but many passes over (N, C, H', W') tensors, so passes are what it saves.
+  (The aggregation itself, shared by both paths, has a hand-written backward: see ``efpn.layers.rdconv``.)
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +98,109 @@ def guide_kernels(dynamic: Tensor, bank: Tensor, eps: float = 1e-6) -> Tensor:
     return sd / (sd.abs().sum(2, keepdim=True) + eps)
 
 
+#: SGDM execution paths (see the module docstring); both compute the same function.
+Path = Literal["reference", "fast"]
+PATHS: tuple[str, ...] = ("reference", "fast")
+
+
+def conv_bn_pair(unit: nn.Module) -> tuple[nn.Conv2d, nn.Module] | None:
+    """The (conv, norm) of a conv -> BatchNorm unit, or None when ``unit`` is not one.
+
+    Recognised: a :class:`ConvBNAct` (``conv``/``bn``; ``bn`` may already be an ``nn.Identity`` when BatchNorm was
+    folded beforehand) and an ``nn.Sequential(Conv2d, BatchNorm2d)`` (a pretrained static branch). Anything else is
+    called as a module by the fast path.
+    """
+    if isinstance(unit, nn.Sequential):
+        if len(unit) == 2 and isinstance(unit[0], nn.Conv2d) and isinstance(unit[1], (nn.BatchNorm2d, nn.Identity)):
+            return unit[0], unit[1]
+        return None
+    conv, norm = getattr(unit, "conv", None), getattr(unit, "bn", None)
+    if isinstance(conv, nn.Conv2d) and isinstance(norm, (nn.BatchNorm2d, nn.Identity)):
+        return conv, norm
+    return None
+
+
+def foldable(norm: nn.Module) -> bool:
+    """True when ``norm`` is an identity or a BatchNorm that normalises with its running statistics (eval mode)."""
+    if isinstance(norm, nn.Identity):
+        return True
+    return isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_var is not None
+
+
+def folded_conv_bn(conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """``norm(conv(x))`` as one conv's (weight, bias), for a :func:`foldable` ``norm``.
+
+    ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``. Computed from the current
+    parameters on every call (differentiable in them), so it never goes stale.
+    """
+    if isinstance(norm, nn.Identity):
+        return conv.weight, conv.bias
+    assert isinstance(norm, nn.BatchNorm2d) and norm.running_var is not None and norm.running_mean is not None
+    scale = torch.rsqrt(norm.running_var + norm.eps)  # (C_out,)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    weight = conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
+    shift = -norm.running_mean * scale if conv.bias is None else (conv.bias - norm.running_mean) * scale
+    return weight, shift if norm.bias is None else shift + norm.bias
+
+
+def _records_grad(t: Tensor) -> bool:
+    """True when autograd records operations on ``t`` (then nothing may be modified in place)."""
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+def _activate(act: nn.Module, t: Tensor) -> Tensor:
+    """``act(t)``, in place when no gradient is recorded (SiLU, ReLU, ReLU6; other activations are called)."""
+    inplace = not _records_grad(t)
+    if isinstance(act, nn.Identity):
+        return t
+    if isinstance(act, nn.SiLU):
+        return F.silu(t, inplace=inplace)
+    if isinstance(act, nn.ReLU6):
+        return F.hardtanh(t, 0.0, 6.0, inplace=inplace)
+    if isinstance(act, nn.ReLU):
+        return F.relu(t, inplace=inplace)
+    return act(t)
+
+
+def pointwise_unit(unit: nn.Module, a: Tensor, hw: tuple[int, int]) -> Tensor:
+    """A 1x1 conv -> BN -> act unit applied to ``a`` (N, C, P) as a matrix product: -> (N, C', P), ``P = H*W``.
+
+    Eval mode: the BatchNorm is folded into the product. Training mode: the BatchNorm runs on the (N, C', H, W)
+    view with batch statistics (and updates its running statistics), exactly as the module would. Units that
+    are not conv -> BN pairs, or convs that are not 1x1 with one group, are called as modules on the 4-D view.
+    """
+    n, c, p = a.shape
+    pair = conv_bn_pair(unit)
+    if pair is None or pair[0].kernel_size != (1, 1) or pair[0].groups != 1 or pair[0].stride != (1, 1):
+        return unit(a.view(n, c, *hw)).flatten(2)
+    conv, norm = pair
+    if foldable(norm):
+        weight, bias = folded_conv_bn(conv, norm)
+        w2 = weight.flatten(1).expand(n, -1, -1)  # (N, C', C), a view
+        # the bias rides in the product (beta * bias + W @ a): no separate pass over the (N, C', P) result
+        out = torch.bmm(w2, a) if bias is None else torch.baddbmm(bias.view(1, -1, 1), w2, a)  # (N, C', P)
+    else:
+        out = torch.matmul(conv.weight.flatten(1), a)  # (N, C', P)
+        if conv.bias is not None:
+            out = out + conv.bias.view(-1, 1)
+        out = norm(out.view(n, -1, *hw)).view(n, -1, p)  # batch statistics, running statistics updated
+    act = getattr(unit, "act", None)
+    return out if act is None else _activate(act, out)
+
+
+def conv_bn_unit(unit: nn.Module, x: Tensor) -> Tensor:
+    """``unit(x)`` for a conv -> BN (-> act) unit, with an eval-mode BatchNorm folded into the conv (one pass)."""
+    pair = conv_bn_pair(unit)
+    if pair is None or not foldable(pair[1]):
+        return unit(x)
+    conv, norm = pair
+    weight, bias = folded_conv_bn(conv, norm)
+    out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    act = getattr(unit, "act", None)
+    return out if act is None else _activate(act, out)
+
+
 @functools.lru_cache(maxsize=8)
 def _laplacian_operator(kernel_size: int) -> Tensor:
     """(k*k, k*k) matrix applying the 5-point Laplacian with zero boundary to a row-major k x k kernel."""
@@ -129,6 +245,9 @@ class SGDM(nn.Module):
         static: the static branch, when it is given (a pretrained stride-2 conv with its BatchNorm, no activation,
             mapping c_in -> c_out at ``stride``); default a fresh k x k ConvBNAct.
         zero_init_dynamic: start the dynamic branch's output at zero (y = act(static(x))), to wrap pretrained convs.
+        path: ``"fast"`` (default) or ``"reference"``: how the pointwise MLP, the static branch and their sum are
+            executed (same function, see the module docstring); an attribute, switchable at any time
+            (:func:`set_sgdm_path`).
 
     ``forward(x, return_internals=True)`` returns ``(y, KernelInternals)``: D (N, G, k*k, H', W'), softmax over
     k*k; K (N, G or c_in, k*k, H', W'), the kernel actually applied (D when unguided); S (G or c_in, k*k), only
@@ -153,11 +272,15 @@ class SGDM(nn.Module):
         eps: float = 1e-6,
         static: nn.Module | None = None,
         zero_init_dynamic: bool = False,
+        path: Path = "fast",
     ):
         super().__init__()
         check_kernel_size(kernel_size, stride)
         if impl not in ("shift", "unfold"):
             raise ValueError(f"impl must be 'shift' or 'unfold', got {impl!r}")
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        self.path: Path = path
         self.c_in, self.c_out = c_in, c_out
         self.kernel_size, self.stride = kernel_size, stride
         self.guided, self.shared_bank = guided, shared_bank
@@ -202,7 +325,7 @@ class SGDM(nn.Module):
             # (N, c_in, k^2, H', W') kernel: D >= 0, so the normaliser is Σ_q |S[c, q]| D[g(c), q], a map
             norm = self._unshared_norm(d, bank)  # (N, c_in, H', W')
             dyn = apply_dynamic_kernels(x, d, k, s, self.impl, channel_weights=bank) / (norm + self.eps)
-        y = self.act(self.pw(dyn) + self.static(x))  # (N, c_out, H', W')
+        y = self._merge_fast(dyn, x) if self.path == "fast" else self.act(self.pw(dyn) + self.static(x))
         if not return_internals:
             return y
         if kernel is None:  # unshared bank: build the per-channel K only for inspection
@@ -214,6 +337,29 @@ class SGDM(nn.Module):
             dynamic=d, guided=kernel, bank=bank, entropy=kernel_entropy(d), hf_energy=laplacian_energy(kernel, k)
         )
 
+    def _merge_fast(self, dyn: Tensor, x: Tensor) -> Tensor:
+        """``act(pw(dyn) + static(x))`` in fewer passes: (N, c_in, H', W'), (N, c_in, H, W) -> (N, c_out, H', W').
+
+        In eval mode on CPU the pointwise MLP runs as matrix products on the flattened (N, C, H'*W') map (a 1x1
+        convolution there reorders small-C tensors into blocked layouts on every call). In training, on GPU and
+        on channels-last tensors it runs as convolutions (folded in eval): there the matrix-product backward
+        transposes its operands into copies and measured slower on CPU, and cuDNN serves convolutions well.
+        """
+        n, _, h, w = dyn.shape
+        units = list(self.pw) if isinstance(self.pw, nn.Sequential) else [self.pw]
+        if dyn.device.type == "cpu" and dyn.is_contiguous() and not self.training:
+            a = dyn.view(n, self.c_in, h * w)  # (N, c_in, P)
+            for unit in units:
+                a = pointwise_unit(unit, a, (h, w))  # (N, hidden | c_out, P)
+            out = a.view(n, self.c_out, h, w)
+        else:
+            out = dyn
+            for unit in units:
+                out = conv_bn_unit(unit, out)
+        static = conv_bn_unit(self.static, x)  # (N, c_out, H', W')
+        out = out + static if _records_grad(out) or _records_grad(static) else out.add_(static)
+        return _activate(self.act, out)
+
     def _unshared_norm(self, d: Tensor, bank: Tensor) -> Tensor:
         n, g, kk, h, w = d.shape
         per_group = bank.abs().view(g, self.c_in // g, kk)  # (G, C/G, k^2)
@@ -222,8 +368,20 @@ class SGDM(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.c_in}, {self.c_out}, k={self.kernel_size}, stride={self.stride}, groups={self.groups}, "
-            f"guided={self.guided}, shared_bank={self.shared_bank}, impl={self.impl}"
+            f"guided={self.guided}, shared_bank={self.shared_bank}, impl={self.impl}, path={self.path}"
         )
+
+
+def set_sgdm_path(model: nn.Module, path: Path) -> int:
+    """Set the execution path of every SGDM in ``model`` (in place); returns how many were set."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    count = 0
+    for module in model.modules():
+        if isinstance(module, SGDM):
+            module.path = path
+            count += 1
+    return count
 
 
 def num_params(module: nn.Module) -> int:

@@ -161,3 +161,35 @@ def test_shift_path_gradients_are_exact(s: int) -> None:
     kern.requires_grad_(True)
     cw = torch.randn(2, 9, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b, c: apply_dynamic_kernels(a, b, 3, s, "shift", c), (x, kern, cw))
+
+
+@pytest.mark.parametrize(
+    ("k", "s", "hw"),
+    [(3, 1, (5, 4)), (3, 2, (5, 4)), (3, 2, (6, 7)), (5, 2, (7, 5)), (3, 3, (7, 8)), (5, 1, (2, 3)), (5, 3, (2, 2))],
+)
+def test_shift_hand_written_backward_is_exact(k: int, s: int, hw: tuple[int, int]) -> None:
+    """The shared-kernel shift path has its own backward: gradcheck in float64 on odd sizes, strides up to 3 and
+    inputs smaller than the kernel (taps that only read padding), and equal to autograd through unfold."""
+    h, w = hw
+    x = torch.randn(2, 4, h, w, dtype=torch.float64, requires_grad=True)
+    kern = torch.randn(2, 2, k * k, output_size(h, k, s), output_size(w, k, s), dtype=torch.float64)
+    kern.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: apply_dynamic_kernels(a, b, k, s, "shift"), (x, kern))
+    grad = torch.randn(2, 4, output_size(h, k, s), output_size(w, k, s), dtype=torch.float64)
+    ga = torch.autograd.grad(apply_dynamic_kernels(x, kern, k, s, "shift"), (x, kern), grad)
+    gb = torch.autograd.grad(apply_dynamic_kernels(x, kern, k, s, "unfold"), (x, kern), grad)
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_shift_backward_only_for_what_needs_it() -> None:
+    """Gradient only to the kernels (x frozen) or only to x: the other stays None and the values match unfold."""
+    x = torch.randn(1, 4, 9, 9)
+    kern = torch.randn(1, 2, 9, 5, 5, requires_grad=True)
+    (gk,) = torch.autograd.grad(apply_dynamic_kernels(x, kern, 3, 2).sum(), (kern,))
+    (gk_ref,) = torch.autograd.grad(apply_dynamic_kernels(x, kern, 3, 2, "unfold").sum(), (kern,))
+    torch.testing.assert_close(gk, gk_ref)
+    xg = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(apply_dynamic_kernels(xg, kern.detach(), 3, 2).sum(), (xg,))
+    (gx_ref,) = torch.autograd.grad(apply_dynamic_kernels(xg, kern.detach(), 3, 2, "unfold").sum(), (xg,))
+    torch.testing.assert_close(gx, gx_ref)

@@ -1,0 +1,145 @@
+"""SGDM's fast path computes the reference path's function: forward, backward, BatchNorm statistics, every variant."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from efpn.layers.conv import ConvBNAct
+from efpn.layers.sgdm import SGDM, conv_bn_pair, folded_conv_bn, pointwise_unit, set_sgdm_path
+
+VARIANTS: dict[str, dict] = {
+    "guided": {},
+    "unshared": {"shared_bank": False},
+    "unguided": {"guided": False},
+    "single_pw": {"expansion": None},
+    "relu6_given_static": {"act_layer": nn.ReLU6, "expansion": None},
+}
+
+
+def _build(name: str, stride: int) -> SGDM:
+    kwargs = dict(VARIANTS[name])
+    if name == "relu6_given_static":  # a pretrained-style static branch: Sequential(depthwise conv, BN)
+        kwargs["static"] = nn.Sequential(nn.Conv2d(8, 8, 3, stride, 1, groups=8, bias=False), nn.BatchNorm2d(8))
+        m = SGDM(8, 8, stride=stride, groups=2, **kwargs)
+    else:
+        m = SGDM(8, 6, stride=stride, groups=2, **kwargs)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in m.parameters():  # away from the box/zero initialisation, so every term matters
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.normal_(0.0, 0.3, generator=gen)
+                mod.running_var.uniform_(0.5, 2.0, generator=gen)
+    return m
+
+
+def _pair(name: str, stride: int) -> tuple[SGDM, SGDM]:
+    ref = _build(name, stride)
+    ref.path = "reference"
+    fast = copy.deepcopy(ref)
+    fast.path = "fast"
+    return ref, fast
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_equals_reference_forward_and_backward(name: str, stride: int, training: bool) -> None:
+    ref, fast = _pair(name, stride)
+    ref.train(training)
+    fast.train(training)
+    x = torch.randn(3, 8, 11, 14)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = ref(xa), fast(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
+    for (pname, pa), (_, pb) in zip(ref.named_parameters(), fast.named_parameters(), strict=True):
+        assert (pa.grad is None) == (pb.grad is None), pname
+        if pa.grad is not None:
+            torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=pname: f"{n}: {m}")
+    for (bname, ba), (_, bb) in zip(ref.named_buffers(), fast.named_buffers(), strict=True):
+        torch.testing.assert_close(bb, ba, rtol=1e-5, atol=1e-6, msg=lambda m, n=bname: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_fast_no_grad_in_place_equals_reference(name: str) -> None:
+    ref, fast = _pair(name, 2)
+    ref.eval()
+    fast.eval()
+    x = torch.randn(2, 8, 16, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+        # internals are the same tensors whichever path merges the branches
+        ya, ia = ref(x, return_internals=True)
+        yb, ib = fast(x, return_internals=True)
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ib.guided, ia.guided)
+    torch.testing.assert_close(ib.dynamic, ia.dynamic)
+
+
+def test_fast_path_reads_already_folded_units() -> None:
+    """A model whose BatchNorms were folded beforehand (bn -> Identity, as a deployment fuse does) still works."""
+    ref, fast = _pair("guided", 2)
+    ref.eval()
+    with torch.no_grad():
+        for unit in [*fast.pw, fast.static]:
+            pair = conv_bn_pair(unit)
+            assert pair is not None
+            conv, norm = pair
+            w, b = folded_conv_bn(conv, norm)
+            folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                               bias=True)
+            folded.weight.copy_(w)
+            assert b is not None
+            folded.bias.copy_(b)
+            unit.conv, unit.bn = folded, nn.Identity()
+        fast.eval()
+        x = torch.randn(1, 8, 12, 12)
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fast_path_on_channels_last_input() -> None:
+    ref, fast = _pair("guided", 2)
+    ref.eval()
+    fast.eval()
+    x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x.contiguous()), rtol=1e-5, atol=1e-5)
+
+
+def test_set_sgdm_path_switches_every_sgdm() -> None:
+    model = nn.Sequential(SGDM(8, 8, groups=2), ConvBNAct(8, 8), SGDM(8, 4, groups=2))
+    assert set_sgdm_path(model, "reference") == 2
+    assert all(m.path == "reference" for m in model.modules() if isinstance(m, SGDM))
+    with pytest.raises(ValueError, match="path must be one of"):
+        set_sgdm_path(model, "turbo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="path must be one of"):
+        SGDM(8, 8, groups=2, path="turbo")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_pointwise_unit_as_matrix_product_equals_the_module(training: bool) -> None:
+    """The matrix-product form of a 1x1 ConvBNAct, with batch statistics in training and folded BN in eval."""
+    unit = ConvBNAct(6, 10, 1)
+    twin = copy.deepcopy(unit)
+    unit.train(training)
+    twin.train(training)
+    x = torch.randn(3, 6, 5, 7)
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    ya = unit(a)
+    yb = pointwise_unit(twin, b.flatten(2), (5, 7)).view_as(ya)
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(twin.conv.weight.grad, unit.conv.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(twin.bn.running_mean, unit.bn.running_mean)
