@@ -13,7 +13,8 @@
 #
 # DRY_RUN=1 runs the same pipeline on the CPU with two steps per job (the test does, on a tiny masks set).
 # Environment: OUT (results), EFPN_DATA (packed data folder, default carry/data), JOBS (comma-separated job
-# names, default all), EPOCHS (default 80), SEEDS (default "0 1 2"), JOBS_AT_ONCE (default 6).
+# names, default all), EPOCHS (default 80), SEEDS (default "0 1 2"), JOBS_AT_ONCE (default 6), SGDM_BENCH (default 1:
+# after the checkpoints, time a yolov8n_sgdm training step against yolov8n on the GPU, eager and compiled).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_out}
@@ -133,3 +134,27 @@ EOF
 # the runs' best checkpoints (int8), cards and telemetry, in parts small enough to come back
 (cd "$WORK/_ship" && tar cf - -- *) | split -b 15M -d -a 1 - "$OUT/ckpt_" --additional-suffix=.tar
 ls -la "$OUT" | tee -a "$LOG"
+
+# SGDM on the GPU, last (the checkpoints are already in $OUT if time runs out): one training step of
+# yolov8n_sgdm against the static yolov8n on the same batches, bf16 + channels-last, eager and torch.compile'd
+# (Triton kernels); each ratio line is appended to throughput.txt. SGDM_BENCH=0 skips it.
+if [ "${SGDM_BENCH:-1}" = "1" ]; then
+  if [ "${DRY_RUN:-0}" = "1" ]; then
+    BENCH=(--device cpu --imgsz 64 --batch 2 --steps 1 --warmup 1); MODES="eager"
+  else
+    BENCH=(--device cuda --amp bf16 --channels-last --imgsz 640 --batch 32 --steps 20 --warmup 3)
+    MODES="eager compiled"
+  fi
+  for mode in $MODES; do
+    extra=(); [ "$mode" = compiled ] && extra=(--compile)
+    name="_gpu_recipe_sgdm_$mode"
+    timeout 180 $PY bench/train_throughput.py --presets yolov8n yolov8n_sgdm --no-peers --no-e2e \
+      "${BENCH[@]}" "${extra[@]}" --out "$name" > "$WORK/sgdm_$mode.log" 2>&1
+    rc=$?
+    row=$(grep -F '| yolov8n_sgdm: ' "bench/results/$name.md" 2>/dev/null | grep -F '| yolov8n: ' | head -n 1)
+    say "SGDM train step ($mode, exit $rc): ${row:-no result, see the log below}"
+    echo "SGDM train step ($mode): ${row:-no result (exit $rc)}" >> "$OUT/throughput.txt"
+    [ -n "$row" ] || tail -n 5 "$WORK/sgdm_$mode.log" | tee -a "$LOG"
+    rm -f "bench/results/$name.md" "bench/results/$name.json"
+  done
+fi

@@ -1,6 +1,6 @@
 """The GPU recipe runs end to end on the CPU (DRY_RUN=1: two steps per job) and leaves what a device call brings
-back: at most 8 files in $OUT, a summary with every run's metrics, a throughput line, and checkpoint parts that
-unpack into loadable int8 checkpoints."""
+back: at most 8 files in $OUT, a summary with every run's metrics, a throughput line (and SGDM's step against the
+static YOLOv8n), and checkpoint parts that unpack into loadable int8 checkpoints."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ def test_gpu_recipe_dry_run(tmp_path: Path) -> None:
     assert set(summary) == {"sirst_efpn_bs_mv2_s0", "sirst_yolov8n_sgdm_s0"}
     for run in summary.values():
         assert "AP" in run["metrics"] and "AP_vt" in run["sliced_256"]
-    assert "img/s" in (out / "throughput.txt").read_text()
+    throughput = (out / "throughput.txt").read_text()
+    assert "img/s" in throughput
+    # the SGDM step against the static YOLOv8n was timed (eager only on the CPU) and its bench files removed
+    assert "SGDM train step (eager): | train step time" in throughput and "| yolov8n: " in throughput, throughput
+    assert not list((REPO / "bench" / "results").glob("_gpu_recipe_sgdm_*"))
     parts = sorted(out.glob("ckpt_*.tar"))
     blob = tmp_path / "all.tar"
     blob.write_bytes(b"".join(p.read_bytes() for p in parts))
