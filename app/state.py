@@ -133,8 +133,22 @@ def open_dataset_image(item: DatasetImage) -> str:
 # ----------------------------------------------------------------------------------------------- callbacks
 
 
+#: Per session, at most this many uploaded images are kept, holding at most this many bytes together; beyond
+#: either bound the oldest upload is dropped (and the page says so), so one session cannot fill the server's memory.
+MAX_UPLOADED_IMAGES = 16
+MAX_UPLOADED_IMAGE_BYTES = 200 << 20
+UPLOAD_NOTICES = "upload_notices"
+
+
 def add_image(name: str, data: bytes) -> str | None:
-    """Decode and keep an uploaded image for this session; returns an error message instead on failure."""
+    """Decode and keep an uploaded image for this session; returns an error message instead on failure.
+
+    Keeps the session within :data:`MAX_UPLOADED_IMAGES` and :data:`MAX_UPLOADED_IMAGE_BYTES` by dropping the
+    oldest uploads (noted in ``st.session_state[UPLOAD_NOTICES]``); a single file over the byte bound is refused.
+    """
+    if len(data) > MAX_UPLOADED_IMAGE_BYTES:
+        return (f"**{name}** is {len(data) / 2**20:.0f} MiB; a session keeps at most "
+                f"{MAX_UPLOADED_IMAGE_BYTES / 2**20:.0f} MiB of images. Downscale or crop it first.")
     try:
         loaders.decode_image(loaders.digest_of(data), data, loaders.max_pixels())
     except (CorruptImageError, ValueError, OSError) as e:
@@ -144,8 +158,29 @@ def add_image(name: str, data: bytes) -> str | None:
     if label in uploads and uploads[label] != data:
         label = f"upload {name} ({loaders.digest_of(data)[:6]})"
     uploads[label] = data
+    dropped = []
+    while len(uploads) > MAX_UPLOADED_IMAGES or sum(map(len, uploads.values())) > MAX_UPLOADED_IMAGE_BYTES:
+        oldest = next(iter(uploads))
+        del uploads[oldest]
+        dropped.append(oldest.removeprefix("upload "))
+    if dropped:
+        st.session_state.setdefault(UPLOAD_NOTICES, []).append(
+            f"A session keeps {MAX_UPLOADED_IMAGES} uploaded images ({MAX_UPLOADED_IMAGE_BYTES / 2**20:.0f} MiB) at "
+            f"most: the oldest were removed ({', '.join(dropped)}).")
     st.session_state[IMAGE_CHOICE] = label
     return None
+
+
+def remove_upload(label: str) -> None:
+    """Forget one uploaded image of this session (its bytes, and its ground truth override); the picker falls back
+    to the first image left. A no-op for a label that is not an upload."""
+    _init()
+    data = st.session_state[UPLOADS].pop(label, None)
+    if data is None:
+        return
+    st.session_state[GT_OVERRIDES].pop(loaders.digest_of(data), None)
+    if st.session_state.get(IMAGE_CHOICE) == label:
+        st.session_state.pop(IMAGE_CHOICE, None)
 
 
 def on_upload(key: str) -> None:
@@ -267,6 +302,9 @@ def _image_picker(ctx: Context) -> None:
     choice = st.selectbox("Image", options, key=IMAGE_CHOICE,
                           help="A bundled sample (with ground truth), an image opened on the Dataset page (with its "
                                "annotation) or one of your uploads (Detect page).")
+    if choice in uploads:  # an upload that fails (or is no longer wanted) can always be taken out of the session
+        st.button("Remove this upload", key="remove_upload", on_click=remove_upload, args=(choice,),
+                  icon=":material/delete:", help="Forget this uploaded image (and any ground truth given for it).")
     try:
         data = (by_name[choice].path.read_bytes() if choice in by_name else
                 Path(opened[choice].path).read_bytes() if choice in opened else uploads[choice])
@@ -339,8 +377,19 @@ def require_image(ctx: Context) -> ImageItem:
 
 def inspection(ctx: Context, model: Detector, image: ImageItem) -> Inspection:
     """The cached ``efpn.inspect`` of the current image at the sidebar's thresholds: one key for every page, so
-    Detect's forward serves Pyramid, Gates, Kernels, Attribution and Learn too."""
-    return analyses.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+    Detect's forward serves Pyramid, Gates, Kernels, Attribution and Learn too.
+
+    An image the network cannot take whole (e.g. a 20000 x 8 strip) stops the page with the library's message and
+    what to do here, never an exception: the rest of the session is unaffected.
+    """
+    try:
+        return analyses.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms)
+    except ValueError as e:
+        remedy = ("Remove it with **Remove this upload** in the sidebar, or choose another image"
+                  if image.name in st.session_state.get(UPLOADS, {}) else "Choose another image in the sidebar")
+        st.error(f"**{image.name}** cannot be inspected: {e}.\n\n{remedy}; the Detect page's **Sliced (tiles)** "
+                 "inference still detects on it tile by tile.")
+        st.stop()
 
 
 def boxes_for_analysis(ctx: Context, detections: dict[str, Any] | None) -> tuple[GroundTruth | None, str]:
@@ -472,6 +521,18 @@ def focus_banner(ctx: Context, model: Detector, image: ImageItem, what: str) -> 
         st.caption(what + " Chosen in the Detect page's missed-objects table.")
         st.button("Clear focus", key="focus_clear", on_click=clear_focus, help="Back to the page's usual view.")
     return f
+
+
+def sticky(key: str, default: Any) -> str:
+    """Keep a widget's value when its page is left and opened again (Streamlit forgets the value of a widget not drawn
+    in a run): the value is copied aside on every run and put back when the widget's own key is gone. Create the
+    widget with ``key=sticky(key, default)`` and no default of its own (it reads the value from the session).
+    Returns ``key``."""
+    kept = f"_kept_{key}"
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get(kept, default)
+    st.session_state[kept] = st.session_state[key]
+    return key
 
 
 def keep_valid(key: str, options: list[Any]) -> None:

@@ -31,6 +31,8 @@ if use_camera:
 
 for err in st.session_state.pop("upload_errors", []) or []:
     st.error(f"{err}\n\nUpload a PNG, JPEG, BMP or TIFF file; the other images are unaffected.")
+for note in st.session_state.pop(state.UPLOAD_NOTICES, []) or []:
+    st.info(note)
 
 model = state.require_model(ctx)
 image = state.require_image(ctx)

@@ -378,3 +378,37 @@ def test_sessions_are_isolated(app, app_env: Path, sample_rgb: np.ndarray) -> No
     assert "upload mine.png" not in other.sidebar.selectbox(key="image_choice").options
     _goto(other, "assignment")
     assert int(_metric(other, "GT boxes")) > 1  # the sample's own annotation
+
+
+def test_a_failing_upload_can_be_removed(app, sample_rgb: np.ndarray) -> None:
+    """A 20000x8 strip decodes but cannot be detected on as a whole: the page says why, and the upload can be
+    removed from the session, after which the session works as before."""
+    strip = np.full((8, 20000, 3), 120, np.uint8)
+    app.file_uploader(key="detect_uploader").set_value([("strip.png", png_bytes(strip), "image/png")]).run()
+    _ok(app)
+    assert app.sidebar.selectbox(key="image_choice").value == "upload strip.png"
+    assert any("strip.png" in e and "Remove this upload" in e for e in _errors(app)), _errors(app)
+    app.radio(key="detect_mode").set_value("Sliced (tiles)").run()  # tile by tile it works
+    _ok(app)
+    assert not _errors(app)
+    app.radio(key="detect_mode").set_value("Whole image").run()
+    app.sidebar.button(key="remove_upload").click().run()
+    _ok(app)
+    assert "upload strip.png" not in app.sidebar.selectbox(key="image_choice").options
+    assert app.sidebar.selectbox(key="image_choice").value.startswith("sample")
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
+    _ok(app)
+    assert int(_metric(app, "Detections")) > 0
+
+
+def test_uploads_are_bounded_per_session(app, sample_rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond the per-session count, the oldest uploads go, and the page says which."""
+    from app import state
+
+    monkeypatch.setattr(state, "MAX_UPLOADED_IMAGES", 2)
+    files = [(f"u{i}.png", png_bytes(np.roll(sample_rgb, i, axis=1)), "image/png") for i in range(3)]
+    app.file_uploader(key="detect_uploader").set_value(files).run()
+    _ok(app)
+    options = app.sidebar.selectbox(key="image_choice").options
+    assert "upload u0.png" not in options and {"upload u1.png", "upload u2.png"} <= set(options), options
+    assert any("the oldest were removed (u0.png)" in i.value for i in app.info), [i.value for i in app.info]
