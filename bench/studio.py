@@ -30,7 +30,7 @@ Three measurements, one result file (``bench/results/studio.json`` / ``studio.md
    (the first one plus four more that upload concurrently); per-session increment = (five - one) / 4; peak RSS
    (``VmHWM``) of the server's lifetime.
 
-Checkpoint: ``checkpoints/efpn_n_synth.safetensors`` when it exists, else ``efpn_n`` with random weights
+Checkpoint: the one `make app` opens (``checkpoints/efpn_bs_mv2_sirst.safetensors``, else ``efpn_n_synth``) when it exists, else ``efpn_n`` with random weights
 (3 classes) saved in a temporary folder (random weights time the same network; the results say which).
 
 Run from the repository root (needs ``/usr/bin/chromium`` and the ``playwright`` Python package; Playwright's
@@ -72,7 +72,10 @@ from efpn.checkpoint import save_checkpoint  # noqa: E402
 from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample  # noqa: E402
 from efpn.infer.predict import predict_image  # noqa: E402
 
-BUNDLED_CHECKPOINT = REPO / "checkpoints" / "efpn_n_synth.safetensors"
+#: the checkpoint `make app` opens: the real-data default, else the synthetic flagship (as app/loaders.py picks)
+BUNDLED_CHECKPOINT = next((p for p in (REPO / "checkpoints" / "efpn_bs_mv2_sirst.safetensors",
+                                       REPO / "checkpoints" / "efpn_n_synth.safetensors") if p.is_file()),
+                          REPO / "checkpoints" / "efpn_bs_mv2_sirst.safetensors")
 CHROMIUM = Path(os.environ.get("EFPN_CHROMIUM", "/usr/bin/chromium"))
 VIEWPORT = {"width": 1440, "height": 1100}
 
@@ -156,7 +159,7 @@ def resolve_checkpoint(path: str | None, tmp: Path, random_weights: bool = False
     if path:
         info: dict[str, Any] = {"path": str(Path(path).resolve()), "kind": "given on the command line"}
     elif BUNDLED_CHECKPOINT.is_file() and not random_weights:
-        info = {"path": str(BUNDLED_CHECKPOINT), "kind": "bundled checkpoints/efpn_n_synth.safetensors"}
+        info = {"path": str(BUNDLED_CHECKPOINT), "kind": f"bundled checkpoints/{BUNDLED_CHECKPOINT.name}"}
     else:
         torch.manual_seed(0)
         model = efpn.build_model("efpn_n", num_classes=3, class_names=SYNTH_CLASSES)
