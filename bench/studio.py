@@ -1,9 +1,9 @@
 """The studio in a real browser: upload -> detections and every internal rendered; inspect overhead; memory.
 
-Three measurements, one result file (``bench/results/studio.json`` / ``studio.md``):
+Four measurements, one result file (``bench/results/studio.json`` / ``studio.md``):
 
-1. **Latency in the browser.** ``streamlit run app/streamlit_app.py`` on a free 127.0.0.1 port with a nano
-   (``efpn_n``) checkpoint, driven by Debian's Chromium through Playwright. Every repetition opens a fresh
+1. **Latency in the browser.** ``streamlit run app/streamlit_app.py`` on a free 127.0.0.1 port with the
+   checkpoint ``make app`` opens, driven by Debian's Chromium through Playwright. Every repetition opens a fresh
    session (its own browser context), leaves it idle ``--think`` seconds (a user choosing a file; without the
    pause the upload waits ~2 s behind the fresh page's own start-up work), uploads a new 640x640 synthetic PNG
    (a different synthetic index each time, so no cache holds it) on the Detect page and times, on the wall
@@ -22,13 +22,16 @@ Three measurements, one result file (``bench/results/studio.json`` / ``studio.md
    every ``<img>`` of the main area has loaded, and, for Detect, the figure's ``<image>`` is no longer the
    picture shown before the upload and the overview's pictures are there.
 2. **inspect overhead**, in this process: ``efpn.inspect(model, image)`` against
-   ``efpn.infer.predict.predict_image(model, image)`` on the same 640 px image for ``efpn_n`` (the studio's
-   checkpoint) and ``yolov8n_sgdm`` (random weights, 3 classes); interleaved rounds, median of per-round
+   ``efpn.infer.predict.predict_image(model, image)`` on the same 640 px image for the served checkpoint
+   and ``yolov8n_sgdm`` (random weights, 3 classes); interleaved rounds, median of per-round
    ratios (:mod:`harness`); target <= 1.1x.
 3. **Memory** of the ``streamlit`` server process (a second, fresh server): RSS idle after start (no model
    loaded yet), after one session uploaded an image and rendered Detect, and with five sessions open at once
    (the first one plus four more that upload concurrently); per-session increment = (five - one) / 4; peak RSS
    (``VmHWM``) of the server's lifetime.
+4. **Server work of two interactions**, in this process: the miss table (matching and diagnosing every missed
+   object on a cached inspection) on the bundled samples with their ground truth, against a 0.3 s budget; and a
+   checkpoint switch (another bundled checkpoint loaded from disk, then its first inspection), against 2 s.
 
 Checkpoint: the one `make app` opens (``checkpoints/efpn_bs_mv2_sirst.safetensors``, else ``efpn_n_synth``) when it exists, else ``efpn_n`` with random weights
 (3 classes) saved in a temporary folder (random weights time the same network; the results say which).
@@ -59,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import harness as H
+import numpy as np
 import torch
 from PIL import Image
 
@@ -85,7 +89,7 @@ INTERNAL_PAGES: tuple[str, ...] = ("Pyramid", "Gates", "Kernels")
 TARGET_S = 1.5
 #: efpn.explain.inspection / predict_image
 INSPECT_BOUND = 1.1
-INSPECT_PRESETS: tuple[str, ...] = ("efpn_n", "yolov8n_sgdm")
+INSPECT_PRESETS: tuple[str, ...] = ("checkpoint", "yolov8n_sgdm")  # "checkpoint": the one served
 #: synthetic indices of the timed images start here (memory-phase images start at MEMORY_INDEX)
 IMAGE_INDEX = 100
 MEMORY_INDEX = 900
@@ -471,7 +475,7 @@ def inspect_phase(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     cases = {}
     with torch.no_grad():
         for name in INSPECT_PRESETS:
-            if name == "efpn_n":
+            if name == "checkpoint":  # the served checkpoint
                 model = efpn.load_model(checkpoint).eval()
             else:
                 torch.manual_seed(0)
@@ -483,6 +487,60 @@ def inspect_phase(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
                            "samples_ms": {k: [round(x, 3) for x in v] for k, v in times.items()}, "ratios": {}}
     for name in INSPECT_PRESETS:
         out["ratios"][name] = H.Ratio.of(times[f"inspect:{name}"], times[f"plain:{name}"]).to_dict()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- server work
+
+#: server-side budgets (s): the miss table's addition to an inspection, and a checkpoint switch
+MISS_TABLE_BUDGET_S = 0.3
+SWITCH_BUDGET_S = 2.0
+
+
+def server_phase(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
+    """The server's part of two interactions, in this process (no browser): the miss table (match + diagnose every
+    missed object on a cached inspection, what Detect adds to its run) against the inspection itself, on the
+    bundled samples with their ground truth; and a checkpoint switch (load another bundled checkpoint from disk and
+    run its first inspection, nothing cached), interleaved rounds."""
+    from app.loaders import load_samples
+    from efpn.explain import diagnose_image
+
+    model = efpn.load_model(checkpoint).eval()
+    dataset = ((efpn.read_card(checkpoint) or {}).get("data") or {}).get("dataset")
+    samples, _ = load_samples(dataset if isinstance(dataset, str) else None)
+    items = [(np.asarray(Image.open(smp.path).convert("RGB")), smp.boxes, smp.labels) for smp in samples]
+    if not items:  # no bundled samples for this checkpoint: a synthetic scene with its boxes
+        smp = make_synthetic_sample(0, IMAGE_INDEX, args.size)
+        items = [(smp.image, smp.boxes, smp.labels)]
+    out: dict[str, Any] = {"images": len(items)}
+    inspect_ms, miss_ms, misses = [], [], 0
+    with torch.no_grad():
+        for rgb, boxes, labels in items:
+            for _ in range(args.inner + 1):
+                t0 = time.perf_counter()
+                ins = efpn.inspect(model, rgb)
+                t1 = time.perf_counter()
+                diag = diagnose_image(model, ins, boxes, labels)
+                t2 = time.perf_counter()
+            inspect_ms.append((t1 - t0) * 1e3)  # the last of the repeats: warm caches, as in a live session
+            miss_ms.append((t2 - t1) * 1e3)
+            misses += len(diag.misses)
+    out["inspect_ms"] = H.Summary.of(inspect_ms).to_dict()
+    out["miss_table_ms"] = H.Summary.of(miss_ms).to_dict()
+    out["misses_diagnosed"] = misses
+    others = sorted(p for p in (REPO / "checkpoints").glob("*.safetensors") if p.resolve() != Path(checkpoint).resolve())
+    if others:
+        other = str(others[0])
+        rgb = items[0][0]
+
+        def switch() -> None:
+            fresh = efpn.load_model(other).eval()
+            efpn.inspect(fresh, rgb)
+
+        with torch.no_grad():
+            times = H.interleaved({"switch": switch}, args.inspect_rounds, warmup=1, inner=1, progress=H.log)
+        out["switch_to"] = Path(other).name
+        out["switch_ms"] = H.Summary.of(times["switch"]).to_dict()
     return out
 
 
@@ -514,6 +572,18 @@ def build_targets(payload: dict[str, Any]) -> list[H.Target]:
             a, b = ins["cases_ms"][f"inspect:{name}"]["median"], ins["cases_ms"][f"plain:{name}"]["median"]
             targets.append(H.Target("inspect overhead", f"efpn.inspect({name})", "predict_image", a, b, "ms",
                                     r["paired"], INSPECT_BOUND))
+    srv = payload.get("server")
+    if srv:
+        med = srv["miss_table_ms"]["median"]
+        targets.append(H.Target("miss table added to an inspection (server)", "diagnose_image",
+                                f"{MISS_TABLE_BUDGET_S:g} s budget", med, MISS_TABLE_BUDGET_S * 1e3, "ms",
+                                med / (MISS_TABLE_BUDGET_S * 1e3), 1.0,
+                                f"inspection itself {srv['inspect_ms']['median']:.0f} ms; ratio = time / budget"))
+        if "switch_ms" in srv:
+            med = srv["switch_ms"]["median"]
+            targets.append(H.Target("checkpoint switch: load + first inspection (server)", srv["switch_to"],
+                                    f"{SWITCH_BUDGET_S:g} s budget", med, SWITCH_BUDGET_S * 1e3, "ms",
+                                    med / (SWITCH_BUDGET_S * 1e3), 1.0, "ratio = time / budget"))
     return targets
 
 
@@ -536,6 +606,16 @@ def render(payload: dict[str, Any]) -> str:
             rows.append([f"efpn.explain.inspection / predict_image, {name}",
                          f"{r['paired']:.3f}x (IQR {r['q1']:.3f}-{r['q3']:.3f}; {a:.0f} vs {b:.0f} ms)",
                          f"<= {INSPECT_BOUND:g}x", "yes" if r["paired"] <= INSPECT_BOUND else "**no**"])
+    srv = payload.get("server")
+    if srv:
+        rows.append([f"miss table (match + diagnose every miss) added to an inspection, server, {srv['images']} "
+                     f"bundled images ({srv['misses_diagnosed']} misses)",
+                     f"median {srv['miss_table_ms']['median']:.0f} ms (inspection {srv['inspect_ms']['median']:.0f} ms)",
+                     f"<= {MISS_TABLE_BUDGET_S:g} s", _met(srv["miss_table_ms"]["median"] / 1e3, MISS_TABLE_BUDGET_S)])
+        if "switch_ms" in srv:
+            rows.append([f"checkpoint switch to {srv['switch_to']}: load from disk + first inspection, server",
+                         f"median {srv['switch_ms']['median']:.0f} ms", f"<= {SWITCH_BUDGET_S:g} s",
+                         _met(srv["switch_ms"]["median"] / 1e3, SWITCH_BUDGET_S)])
     if mem:
         n = mem["sessions"]
         rows += [
@@ -621,6 +701,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-inspect", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-server", action="store_true", help="skip the in-process miss-table and switch timings")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--out", default="studio", help="result name (default studio)")
     ap.add_argument("--out-dir", type=Path, default=H.RESULTS_DIR, help="result folder (default bench/results)")
@@ -669,6 +750,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             load = OtherLoad().start()
             payload["memory"] = memory_phase(args, payload["checkpoint"]["path"], tmp)
             others["memory"] = load.cores()
+        if not args.skip_server:
+            H.log("server work: miss table and checkpoint switch")
+            load = OtherLoad().start()
+            payload["server"] = server_phase(args, payload["checkpoint"]["path"])
+            others["server"] = load.cores()
         if not args.skip_inspect:
             H.log(f"inspect overhead: {args.inspect_rounds} rounds x best of {args.inner}")
             load = OtherLoad().start()
