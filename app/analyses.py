@@ -26,8 +26,10 @@ from efpn.explain import (
     DatasetDiagnosis,
     Explanation,
     ImageDiagnosis,
+    Progress,
     accounting_for_records,
     assign_on,
+    attribution_passes,
     diagnose_image,
     diagnose_records,
     explain_detection,
@@ -274,17 +276,68 @@ def gradient_reach_pair(
     }
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def explain(
-    _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, box: tuple[float, ...], label: int,
-    methods: tuple[str, ...], ig_steps: int, occlusion_evals: int,
+def _network_box(model: Detector, rgb: np.ndarray, box: Sequence[float]) -> tuple[Prepared, list[float]]:
+    """The network input of ``rgb`` and ``box`` (ORIGINAL image px) in its pixels."""
+    prep = prepared(model, rgb)
+    return prep, boxes_to_network([box], prep.scale)[0].tolist()
+
+
+@st.cache_data(max_entries=32, show_spinner="LayerGradCAM on every level ...")
+def explain_gradcam(
+    _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, box: tuple[float, ...], label: int
 ) -> Explanation:
-    """``efpn.explain.explain_detection`` for a box given in ORIGINAL image pixels (the explanation's maps and
-    box are in network pixels)."""
-    prep = prepared(_model, _rgb)
-    box_net = boxes_to_network([box], prep.scale)[0].tolist()
-    return explain_detection(_model, prep.tensor, box_net, label, methods=methods, ig_steps=ig_steps,
-                             occlusion_evals=occlusion_evals)
+    """The Attribution page's fast default: ``efpn.explain.explain_detection`` with LayerGradCAM only (one
+    forward+backward per level), its deletion curve and the random pixel order's, for a box in ORIGINAL image
+    pixels (the explanation's maps and box are in network pixels). Its ``pass_ms`` times one forward+backward and
+    one forward of this model on this machine: the base of the estimate shown before a long method runs."""
+    prep, box_net = _network_box(_model, _rgb, box)
+    return explain_detection(_model, prep.tensor, box_net, label, methods=("gradcam",))
+
+
+#: The methods the Attribution page runs only on request (many passes), in the order they run.
+LONG_METHODS: tuple[str, ...] = ("integrated_gradients", "occlusion")
+#: Integrated Gradients path points per forward+backward on the page: one, so the bar moves (and a Cancel is
+#: seen) after every step, and the per-pass time LayerGradCAM measured (one image per pass) applies.
+IG_BATCH = 1
+
+
+def long_plan(model: Detector, rgb: np.ndarray, box: Sequence[float], methods: Sequence[str], ig_steps: int,
+              occlusion_evals: int) -> list[tuple[str, dict[str, int]]]:
+    """The images :func:`explain_long` sends through the network, part by part in the order it runs them: the clean
+    score (``"clean"``), each method of ``methods`` and the deletion curves (``"deletion"``), each as
+    ``{"forward_backward": n, "forward": m}`` (``efpn.explain.attribution_passes``). ``box`` in ORIGINAL px."""
+    prep, box_net = _network_box(model, rgb, box)
+    hw = tuple(prep.tensor.shape[-2:])
+    chosen = [m for m in LONG_METHODS if m in methods]
+    plan: list[tuple[str, dict[str, int]]] = [("clean", {"forward_backward": 0, "forward": 1})]
+    for m in chosen:
+        p = attribution_passes(model, hw, box_net, (m,), ig_steps, None, occlusion_evals, deletion=False,
+                               random_order=False)
+        plan.append((m, {"forward_backward": p["forward_backward"], "forward": p["forward"] - 1}))  # less the clean
+    with_curves = attribution_passes(model, hw, box_net, chosen, ig_steps, None, occlusion_evals, deletion=True,
+                                     random_order=False)
+    without = attribution_passes(model, hw, box_net, chosen, ig_steps, None, occlusion_evals, deletion=False,
+                                 random_order=False)
+    plan.append(("deletion", {"forward_backward": 0, "forward": with_curves["forward"] - without["forward"]}))
+    return plan
+
+
+def explain_long(
+    model: Detector, rgb: np.ndarray, box: Sequence[float], label: int, methods: Sequence[str], ig_steps: int,
+    occlusion_evals: int, progress: Progress | None = None,
+) -> Explanation:
+    """Integrated Gradients and/or Occlusion (``methods``, run in :data:`LONG_METHODS` order) on a box in ORIGINAL
+    image pixels, with their deletion curves (the random order's comes from :func:`explain_gradcam`).
+
+    Deliberately not cached: it runs for many seconds inside the page's script run, and a Cancel works by an
+    exception from ``progress`` (Streamlit stops a script at its next call, here the progress bar update) that must
+    reach this call and stop it; ``st.cache_data`` would keep such a run going (or keep nothing) in a way a user
+    cannot stop. The page keeps a finished result in the session, keyed by its request."""
+    prep, box_net = _network_box(model, rgb, box)
+    chosen = tuple(m for m in LONG_METHODS if m in methods)
+    return explain_detection(model, prep.tensor, box_net, label, methods=chosen, ig_steps=ig_steps,
+                             occlusion_evals=occlusion_evals, random_order=False, ig_batch=IG_BATCH,
+                             progress=progress)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

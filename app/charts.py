@@ -184,17 +184,36 @@ def gradient_reach_figure(
 # ----------------------------------------------------------------------------------------------- attribution
 
 
+#: A colour per attribution map on the deletion chart, legible on the light and the dark theme alike (mid-tone
+#: hues; the random reference is a grey dotted line).
+DELETION_COLOURS: dict[str, str] = {"gradcam": "#f57c00", "integrated_gradients": "#7986cb", "occlusion": "#26a69a",
+                                    "random": "#9e9e9e"}
+
+
 def deletion_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                    aucs: Mapping[str, float] | None = None) -> go.Figure:
-    """Deletion curves: target score vs share of pixels removed (most important first)."""
+                    aucs: Mapping[str, float] | None = None,
+                    names: Mapping[str, str] | None = None) -> go.Figure:
+    """Deletion curves on one axis: the target score vs the share of pixels removed, most attributed first, for each
+    map in ``curves`` (method -> (fractions, scores)); ``"random"`` (the seeded random pixel order) is the reference,
+    drawn grey and dotted, last in the legend. Legend entries carry each curve's AUC from ``aucs``; ``names`` gives
+    display names (default: the keys)."""
     fig = go.Figure()
-    for name, (fr, sc) in curves.items():
-        label = f"{name} (AUC {aucs[name]:.2f})" if aucs and name in aucs else name
-        fig.add_trace(go.Scatter(x=[100 * f for f in fr], y=list(sc), mode="lines+markers", name=label,
-                                 line=dict(dash="dot" if name == "random" else "solid")))
-    fig.update_layout(title=dict(text="Deletion curve", subtitle=dict(text="lower = a more faithful map")),
-                      height=340, xaxis_title="% of pixels removed", yaxis_title="target score",
-                      margin=dict(l=0, r=0, t=60, b=0), legend=dict(orientation="h", y=-0.3))
+    order = [k for k in curves if k != "random"] + (["random"] if "random" in curves else [])
+    for name in order:
+        fr, sc = curves[name]
+        shown = (names or {}).get(name, name)
+        label = f"{shown} · AUC {aucs[name]:.3f}" if aucs and name in aucs else shown
+        fig.add_trace(go.Scatter(
+            x=[100 * f for f in fr], y=list(sc), mode="lines+markers", name=label,
+            line=dict(color=DELETION_COLOURS.get(name), dash="dot" if name == "random" else "solid",
+                      width=2 if name == "random" else 2.5),
+            marker=dict(size=5), hovertemplate="%{x:.2g} % removed: T = %{y:.4f}<extra>" + shown + "</extra>",
+        ))
+    fig.update_layout(title=dict(text="Deletion curves", subtitle=dict(text="pixels removed, most attributed first")),
+                      height=380, xaxis_title="% of pixels removed", yaxis=dict(title="target score T",
+                                                                                 rangemode="tozero"),
+                      margin=dict(l=0, r=0, t=60, b=0),
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, x=0, xanchor="left", traceorder="normal"))
     return fig
 
 

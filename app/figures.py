@@ -362,13 +362,32 @@ def attribution_grid(
     return (max(1, round(h * k)), max(1, round(w * k))), 1 / k
 
 
+def zoom_window(box: Sequence[float], hw: tuple[int, int], factor: float = 8.0,
+                min_side: float = 64.0) -> tuple[float, float, float, float]:
+    """A square view (x1, y1, x2, y2) around an xyxy ``box`` of an (H, W) picture: side ``factor`` times the box's
+    longer side, at least ``min_side`` px, at most the picture's shorter side; centred on the box and shifted to stay
+    inside the picture. A tiny object's attribution lives in a few pixels: seen over the whole picture it is a dot."""
+    h, w = hw
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = min(max(factor * max(x2 - x1, y2 - y1), min_side), float(h), float(w))
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    vx = min(max(cx - side / 2, 0.0), w - side)
+    vy = min(max(cy - side / 2, 0.0), h - side)
+    return vx, vy, vx + side, vy + side
+
+
 def attribution_figure(rgb: np.ndarray, attribution: np.ndarray, boxes: np.ndarray, title: str,
-                       height: int = 380) -> go.Figure:
+                       height: int = 380, view: Sequence[float] | None = None) -> go.Figure:
     """A signed attribution map over the (H, W, 3) picture it explains (same pixels): red positive, blue negative on
-    a symmetric scale, sent at :func:`attribution_grid` cells, with ``boxes`` (M, 4) in the picture's pixels (no
-    legend: the box drawn is the one explained)."""
+    a symmetric scale (the map's largest |value|), sent at :func:`attribution_grid` cells, with ``boxes`` (M, 4) in
+    the picture's pixels (no legend: the box drawn is the one explained). ``view`` (x1, y1, x2, y2, e.g.
+    :func:`zoom_window`) opens the figure on that part of the picture; plotly's autoscale shows all of it."""
     cells, cell_px = attribution_grid(rgb.shape[:2])
     lim = float(np.abs(attribution).max()) or 1.0
     fig = heatmap_overlay_figure(rgb, resize_map(attribution, cells), cell_px, 0.6, colorscale="RdBu_r", zmin=-lim,
                                  zmax=lim, boxes=boxes, box_colour="#00e676", height=height, title=title)
+    if view is not None:
+        vx1, vy1, vx2, vy2 = (float(v) for v in view)
+        fig.update_xaxes(range=[vx1, vx2])
+        fig.update_yaxes(range=[vy2, vy1])  # y down, as the picture
     return fig.update_layout(showlegend=False)  # the one box is the one explained; the title keeps the top

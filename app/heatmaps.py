@@ -162,6 +162,29 @@ def mark_cell(picture: np.ndarray, cell: tuple[int, int], grid_hw: tuple[int, in
     return out
 
 
+def mark_box(picture: np.ndarray, box: tuple[float, float, float, float] | np.ndarray,
+             hw: tuple[int, int]) -> np.ndarray:
+    """A copy of an RGB picture of an (H, W) = ``hw`` map with the xyxy ``box`` (that map's pixels) outlined: a white
+    rectangle inside a black one, around the box and at least 21 px wide on the picture (a tiny object's box would
+    be a dot), so the evidence inside it stays visible."""
+    out = np.array(picture, copy=True)
+    ph, pw = out.shape[:2]
+    ky, kx = ph / hw[0], pw / hw[1]  # picture px per map px
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, dtype=float).reshape(4))
+    cx, cy = (x1 + x2) / 2 * kx, (y1 + y2) / 2 * ky
+    hx = max(10.5, (x2 - x1) / 2 * kx + 3)  # half sides on the picture, padded outside the box
+    hy = max(10.5, (y2 - y1) / 2 * ky + 3)
+    t = 2
+    for colour, grow in ((0, 2), (255, 0)):
+        a, b = int(max(0, cy - hy - grow)), int(min(ph - 1, cy + hy + grow))
+        c, d = int(max(0, cx - hx - grow)), int(min(pw - 1, cx + hx + grow))
+        out[a:a + t + grow, c:d + 1] = colour
+        out[max(a, b - t - grow + 1):b + 1, c:d + 1] = colour
+        out[a:b + 1, c:c + t + grow] = colour
+        out[a:b + 1, max(c, d - t - grow + 1):d + 1] = colour
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- kernels
 
 

@@ -248,3 +248,94 @@ def beta_sentence(level: str, beta: float, gate: Any) -> str:
             f"{1 + beta:.2f}; where it is 0 they pass unchanged. On this image the mean gate is {m.mean():.2f} "
             f"(an average gain of ×{1 + beta * m.mean():.2f}) and {100 * (m > 0.5).mean():.1f} % of the cells are "
             "more than half open.")
+
+
+# ----------------------------------------------------------------------------------------------- attribution
+
+#: Display names of the attribution maps and of the random reference (deletion curves, tables, titles).
+ATTRIBUTION_NAMES = {"integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion",
+                     "gradcam": "LayerGradCAM, all levels", "random": "random pixel order"}
+#: What one image through the network is, per kind of pass, and the unit a part of a long run counts.
+PASS_WORDS = {"forward_backward": "forward+backward", "forward": "forward"}
+PART_UNITS = {"clean": "pass", "integrated_gradients": "step", "occlusion": "occluded image",
+              "deletion": "masked image"}
+PART_NAMES = {**ATTRIBUTION_NAMES, "clean": "Clean score", "deletion": "Deletion curves"}
+
+
+def estimate_seconds(passes: Mapping[str, int], pass_ms: Mapping[str, float]) -> float | None:
+    """Seconds that ``passes`` (``{"forward_backward": n, "forward": m}`` images) take at the measured ``pass_ms``
+    (ms per image of each kind, ``efpn.explain.Explanation.pass_ms``); ``None`` when a kind that is needed was not
+    measured."""
+    total = 0.0
+    for kind, n in passes.items():
+        if n <= 0:
+            continue
+        if kind not in pass_ms:
+            return None
+        total += n * pass_ms[kind] / 1e3
+    return total
+
+
+def estimate_text(passes: Mapping[str, int], pass_ms: Mapping[str, float]) -> str:
+    """How an estimate is made, in words: "8 forward+backward × 0.21 s + 31 forward × 0.05 s"."""
+    parts = [f"{n} {PASS_WORDS.get(kind, kind)} × {pass_ms[kind] / 1e3:.2f} s" for kind, n in passes.items()
+             if n > 0 and kind in pass_ms]
+    return " + ".join(parts)
+
+
+def plan_images(plan: Sequence[tuple[str, Mapping[str, int]]]) -> int:
+    """Images through the network in a plan of ``(part, passes)`` (``app.analyses.long_plan``)."""
+    return sum(sum(p.values()) for _, p in plan)
+
+
+def progress_text(done: int, plan: Sequence[tuple[str, Mapping[str, int]]], elapsed_s: float | None = None) -> str:
+    """The progress bar's text after ``done`` images of ``plan`` (one image through the network = one pass): the
+    part running and how far it is ("Integrated Gradients: step 5 of 16"), the passes overall and, with
+    ``elapsed_s``, the time left at the pace so far."""
+    total = plan_images(plan)
+    start = 0
+    where = ""
+    for part, passes in plan:
+        n = sum(passes.values())
+        if done < start + n or part == plan[-1][0]:
+            k = min(max(done - start, 0), n)
+            name = PART_NAMES.get(part, part)
+            where = f"{name}: {PART_UNITS.get(part, 'image')} {k} of {n}"
+            break
+        start += n
+    text = f"{where} · {done}/{total} passes through the network"
+    if elapsed_s is not None and done > 0 and done < total:
+        text += f" · about {elapsed_s / done * (total - done):.0f} s left"
+    return text
+
+
+def percent(share: float) -> str:
+    """A share in [0, 1] as a percentage readable at any size: "12 %", "3.4 %", "0.021 %" (two significant digits
+    below 1 %, where a tiny object's box shares live), "0 %"."""
+    v = 100 * float(share)
+    if v == 0:
+        return "0 %"
+    if abs(v) >= 10:
+        return f"{v:.0f} %"
+    if abs(v) >= 1:
+        return f"{v:.1f} %"
+    return f"{v:.2g} %"
+
+
+def faithfulness_rows(mass: Mapping[str, float], aucs: Mapping[str, float],
+                      names: Sequence[str]) -> list[dict[str, str]]:
+    """The Faithfulness table: one row per map in ``names`` (keys of ``mass``/``aucs``, e.g. "gradcam"), each value
+    beside its random baseline: the share of |attribution| inside the box · the box's area share (``mass["box_area"]``,
+    what a random map puts there), and the deletion AUC · the random pixel order's (``aucs["random"]``)."""
+    area = mass.get("box_area")
+    rand = aucs.get("random")
+    rows = []
+    for k in names:
+        in_box = percent(mass[k]) if k in mass else "–"
+        auc = f"{aucs[k]:.3f}" if k in aucs else "–"
+        rows.append({
+            "map": ATTRIBUTION_NAMES.get(k, k),
+            "in box · random": f"{in_box} · {percent(area) if area is not None else '–'}",
+            "deletion AUC · random": f"{auc} · {f'{rand:.3f}' if rand is not None else '–'}",
+        })
+    return rows

@@ -1,19 +1,35 @@
-"""Attribution: which pixels and which pyramid levels a chosen detection depends on (Captum)."""
+"""Attribution: which pixels and which pyramid levels a chosen detection depends on (Captum).
+
+LayerGradCAM on every level runs as soon as the page has a box (one forward+backward per level: seconds; cached).
+Integrated Gradients and Occlusion run only when asked, inside this script run, with a progress bar, a Cancel
+button and beforehand an estimate timed on this machine by the LayerGradCAM run. Cancel works through Streamlit:
+its click reruns the script, and Streamlit stops the running one at its next call, the progress bar update; the
+exception this raises comes out of ``efpn.explain`` and nothing is returned or kept. A long request starts only in
+the run where Compute was pressed, so no rerun ever restarts it; a finished result is kept in the session, keyed
+by its request.
+"""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from app import analyses, charts, figures, heatmaps, state, views
-from efpn.explain import METHODS, resize_map
+
+LONG = "attr_long"  # the last long request: {"request", "state": running|cancelled|interrupted|failed, "done", ...}
+RESULTS = "attr_results"  # request -> Explanation of the long methods, finished runs only
+KEEP_RESULTS = 4  # finished long results kept per session (the oldest goes first)
 
 ctx = state.context()
 st.title("Attribution")
 st.caption(
-    "For one detection, the target is T(x) = max over priors of class score x IoU(predicted box, chosen box): "
-    "smooth in the pixels, and equal to the detection's score on the clean image. Integrated Gradients and "
-    "Occlusion explain T with input pixels; LayerGradCAM shows which pyramid level carries it."
+    "For one box, the target is T(x) = max over priors of class score x IoU(predicted box, chosen box): smooth in "
+    "the pixels, and equal to the detection's score on the clean image. LayerGradCAM (which pyramid level carries "
+    "T) runs at once; Integrated Gradients and Occlusion (which input pixels) run when you ask for them."
 )
 model = state.require_model(ctx)
 image = state.require_image(ctx)
@@ -80,56 +96,160 @@ else:
     box = tuple(gt_rows[gi]["box"])
     label = gt_rows[gi]["label"] if 0 <= gt_rows[gi]["label"] < model.num_classes else 0
 
-labels = {"integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion", "gradcam": "LayerGradCAM per level"}
-methods = st.multiselect("Methods", list(METHODS), default=list(METHODS), format_func=labels.get, key="attr_methods")
-c2, c3 = st.columns(2)
-steps = c2.slider("IG steps", 4, 64, 8, 4, key="attr_ig_steps",
-                  help="Integrated Gradients: forward+backward passes along the path from the baseline.")
-evals = c3.slider("Occlusion budget (forwards)", 16, 400, 64, 16, key="attr_occ_evals",
-                  help="Occluded images evaluated around the box; more = a finer occlusion grid.")
-request = (image.digest, ctx.ckpt_key, box, label, tuple(methods), steps, evals)
-if st.button("Explain this box", type="primary", key="attr_run", disabled=not methods):
-    st.session_state["attr_request"] = request
-if st.session_state.get("attr_request") != request:
-    st.info("Choose a box and methods, then press **Explain this box**. It runs a few dozen forward/backward "
-            f"passes at the model's input size ({model.config.image_size} px): seconds on a GPU, up to a minute or "
-            "two on a CPU.")
-    st.stop()
+names_of = views.ATTRIBUTION_NAMES
 
-with st.spinner("Computing attributions ..."):
-    ex = analyses.explain(model, ctx.ckpt_key, image.rgb, image.digest, box, label, tuple(methods), steps, evals)
-
+# ------------------------------------------------------------------ the fast default: LayerGradCAM on every level
+fast = analyses.explain_gradcam(model, ctx.ckpt_key, image.rgb, image.digest, box, label)
 net_rgb = analyses.network_rgb(model, image.rgb)  # the explanation's maps and box are in network pixels
-box_net = np.array([ex.box], dtype=np.float32)
+box_net = np.array([fast.box], dtype=np.float32)
+area = fast.mass_inside["box_area"]
 
 m = st.columns(3)
-m[0].metric("Target score T", f"{ex.score:.4f}")
-m[1].metric("Box share of the image", f"{100 * ex.mass_inside['box_area']:.2f} %")
-m[2].metric("Class", names[ex.label] if ex.label < len(names) else str(ex.label))
+m[0].metric("Target score T", f"{fast.score:.4f}")
+m[1].metric("Box share of the image", f"{100 * area:.2f} %")
+m[2].metric("Class", names[fast.label] if fast.label < len(names) else str(fast.label))
 
-cols = st.columns(max(1, len(ex.maps)))
-for col, (method, a) in zip(cols, ex.maps.items()):
-    fig = figures.attribution_figure(net_rgb, a, box_net, labels[method])
-    col.plotly_chart(fig, width="stretch", key=f"attr_map_{method}")
-    took = ex.timings_ms.get(method)  # measured by the run that made these maps
-    col.caption(f"{100 * ex.mass_inside[method]:.1f} % of |attribution| inside the box"
-                + (f" · computed in {took / 1000:.1f} s" if took is not None else ""))
+st.subheader("LayerGradCAM per pyramid level")
+top = max((float(v.max()) for v in fast.gradcam.values()), default=0.0) or 1.0  # one scale: the levels compare
+net_hw = net_rgb.shape[:2]
+# PNG thumbnails, not plotly: they wrap onto more rows in a narrow window instead of shrinking to dots
+st.image([heatmaps.mark_box(heatmaps.thumbnail(v, "Inferno", side=240, zmin=0.0, zmax=top), fast.box, net_hw)
+          for v in fast.gradcam.values()],
+         caption=[f"{lv} · {views.percent(fast.mass_inside[f'gradcam.{lv}'])} in box" for lv in fast.gradcam],
+         width=170, output_format="PNG")
+took = fast.timings_ms.get("gradcam")  # measured by the run that made these maps
+st.caption(f"One colour scale for every level: black 0 → pale yellow {top:.2g}, the largest value of any level. "
+           "Ringed: the box. Under each map, its share inside the box; a map blind to the box puts "
+           f"{views.percent(area)} there (the box's area share). A black level carries none of this box's evidence "
+           "(for a tiny object, usually the coarse ones)."
+           + (f" Computed in {took / 1000:.1f} s ({len(fast.gradcam)} forward+backward passes)." if took else ""))
 
-if ex.gradcam:
-    st.subheader("LayerGradCAM per pyramid level")
-    small_hw, _ = figures.attribution_grid(net_rgb.shape[:2])
-    small = {f"{lv}<br>{100 * ex.mass_inside[f'gradcam.{lv}']:.0f} % in box": resize_map(v, small_hw)
-             for lv, v in ex.gradcam.items()}
-    st.plotly_chart(heatmaps.maps_grid_figure(small, colorscale="Inferno", height=240), width="stretch",
-                    key="attr_gradcam")
-    st.caption("A level whose map is empty carries none of this box's evidence (for a tiny object, usually the "
-               "coarse ones).")
+# ------------------------------------------------------------------ on request: Integrated Gradients and Occlusion
 
+
+def _cancel() -> None:
+    """Cancel's callback (runs first in the rerun its click starts, while the computing run is being stopped)."""
+    run = st.session_state.get(LONG)
+    if run is not None and run.get("state") == "running":
+        run["state"] = "cancelled"
+
+
+def _keep(request: tuple, ex: Any) -> None:
+    results: dict = st.session_state.setdefault(RESULTS, {})
+    results.pop(request, None)
+    results[request] = ex
+    while len(results) > KEEP_RESULTS:
+        results.pop(next(iter(results)))
+
+
+run = st.session_state.get(LONG)
+if run is not None and run.get("state") == "running":
+    # A new script run while a long request was running: the run computing it was stopped (a control changed, the
+    # page was left) and its work is gone. It is never restarted: only Compute starts a long request.
+    run["state"] = "interrupted"
+
+st.subheader("Integrated Gradients and Occlusion")
+methods = st.multiselect("Methods", list(analyses.LONG_METHODS), format_func=names_of.get,
+                         key=state.sticky("attr_methods", list(analyses.LONG_METHODS)),
+                         help="Pixel attributions: many passes through the network, so they run only when you press "
+                              "Compute.")
+c_steps, c_evals = st.columns(2)
+steps = c_steps.slider("IG steps", 4, 64, step=4, key=state.sticky("attr_ig_steps", 8),
+                       disabled="integrated_gradients" not in methods,
+                       help="Integrated Gradients: forward+backward passes along the path from a blurred copy of "
+                            "the image to the image.")
+evals = c_evals.slider("Occlusion budget (forwards)", 16, 400, step=16, key=state.sticky("attr_occ_evals", 64),
+                       disabled="occlusion" not in methods,
+                       help="Occluded images evaluated around the box; more = a finer occlusion grid.")
+request = (image.digest, ctx.ckpt_key, box, label, tuple(methods), steps, evals)
+results: dict = st.session_state.get(RESULTS, {})
+done_ex = results.get(request)
+plan = analyses.long_plan(model, image.rgb, box, methods, steps, evals) if methods else []
+
+if methods and done_ex is None:
+    parts = [(part, p) for part, p in plan if part in analyses.LONG_METHODS]
+    estimates = {part: views.estimate_seconds(p, fast.pass_ms) for part, p in parts}
+    passes_all: dict[str, int] = {}
+    for _, p in plan:
+        for kind, n in p.items():
+            passes_all[kind] = passes_all.get(kind, 0) + n
+    whole = views.estimate_seconds(passes_all, fast.pass_ms)
+    if whole is not None:
+        each = " · ".join(f"{names_of[part]} about {sec:.0f} s" for part, sec in estimates.items() if sec is not None)
+        st.caption(f"Estimated on this machine: **about {whole:.0f} s** in all ({each}, and their deletion curves): "
+                   f"{views.estimate_text(passes_all, fast.pass_ms)}, each pass timed during the LayerGradCAM run "
+                   "above.")
+pressed = st.button("Compute", type="primary", key="attr_run", disabled=not methods or done_ex is not None,
+                    help="Already computed for these settings." if done_ex is not None else None)
+
+if pressed and methods and done_ex is None:
+    total = views.plan_images(plan)
+    run = {"request": request, "state": "running", "done": 0, "total": total}
+    st.session_state[LONG] = run
+    slot = st.empty()
+    with slot.container():
+        st.button("Cancel", key="attr_cancel", on_click=_cancel, icon=":material/cancel:",
+                  help="Stop now; nothing computed so far is kept.")
+        bar = st.progress(0.0, text="Starting ...")
+    t0 = time.perf_counter()
+
+    def _progress(done: int, total: int) -> None:
+        run["done"], run["total"] = done, total
+        # a Streamlit call: where a Cancel (or any other control's rerun) stops this script run
+        bar.progress(done / max(total, 1), text=views.progress_text(done, plan, time.perf_counter() - t0))
+
+    try:
+        done_ex = analyses.explain_long(model, image.rgb, box, label, methods, steps, evals, _progress)
+    except Exception as e:  # a failure of the computation; Streamlit's stop (a BaseException) passes through
+        run["state"] = "failed"
+        run["error"] = f"{type(e).__name__}: {e}"
+    else:
+        _keep(request, done_ex)
+        st.session_state[LONG] = None
+        st.rerun()  # draw the page afresh with the result (Compute then shows it is done)
+    slot.empty()
+
+run = st.session_state.get(LONG)
+if run is not None and run.get("request") == request and done_ex is None:
+    where = f"after {run['done']} of {run['total']} passes"
+    if run["state"] == "cancelled":
+        st.warning(f"Cancelled {where}; nothing was kept. Press **Compute** to run it again.",
+                   icon=":material/cancel:")
+    elif run["state"] == "interrupted":
+        st.info(f"Stopped {where} when the page reran (another control was used, or the page was left); nothing "
+                "was kept. Press **Compute** to run it again.")
+    elif run["state"] == "failed":
+        st.error(f"The attribution failed {where}: {run.get('error')}")
+
+if done_ex is not None:
+    cols = st.columns(max(1, len(done_ex.maps)))
+    for col, (method, a) in zip(cols, done_ex.maps.items()):
+        fig = figures.attribution_figure(net_rgb, a, box_net, names_of[method], height=320,
+                                         view=figures.zoom_window(fast.box, net_hw))
+        col.plotly_chart(fig, width="stretch", key=f"attr_map_{method}")
+        spent = done_ex.timings_ms.get(method)  # measured by the run that made this map
+        col.caption(f"Around the box (green; the plot's autoscale shows the whole image). Red: the pixel raises T; "
+                    "blue: it lowers T. "
+                    f"{views.percent(done_ex.mass_inside[method])} of |attribution| inside the box (a random map: "
+                    f"{views.percent(area)})" + (f" · computed in {spent / 1000:.1f} s" if spent is not None else "")
+                    + ".")
+
+# ------------------------------------------------------------------ faithfulness, against the random baselines
 st.subheader("Faithfulness")
-table = [{"map": k, "in box": f"{100 * v:.1f} %"} for k, v in ex.mass_inside.items() if k != "box_area"]
-c1, c2 = st.columns(2)
-c1.dataframe(table, hide_index=True, width="stretch")
-c1.caption("in box: the share of the map's |attribution| inside the box. A map that ignored the box would put about "
-           "the box's area share there.")
-if ex.deletion:
-    c2.plotly_chart(charts.deletion_figure(ex.deletion, ex.deletion_auc), width="stretch", key="attr_deletion")
+curves = dict(fast.deletion)
+aucs = dict(fast.deletion_auc)
+mass = dict(fast.mass_inside)
+shown = ["gradcam"]
+if done_ex is not None:
+    for method in done_ex.maps:
+        curves[method], aucs[method] = done_ex.deletion[method], done_ex.deletion_auc[method]
+        mass[method] = done_ex.mass_inside[method]
+        shown.append(method)
+st.caption("Read each map against its random baseline: a deletion AUC below the random pixel order's means the map "
+           "points at pixels the score depends on, and an in-box share above the box's area share means it "
+           "concentrates on the object.")
+# a static table: its few rows wrap in a narrow window instead of scrolling out of sight
+st.table(pd.DataFrame(views.faithfulness_rows(mass, aucs, shown)).set_index("map"))
+if done_ex is None:
+    st.caption("Compute Integrated Gradients or Occlusion above to add their rows and curves.")
+st.plotly_chart(charts.deletion_figure(curves, aucs, names_of), width="stretch", key="attr_deletion")

@@ -466,7 +466,8 @@ class Explanation:
     """Attributions of one detection at input resolution (all maps (H, W) float32 numpy arrays).
 
     ``maps``: method -> signed map (``integrated_gradients``, ``occlusion``); ``gradcam``: level -> map >= 0;
-    ``mass_inside``: method (and ``gradcam.<level>``) -> share of |attribution| inside the box, with
+    ``mass_inside``: method (``gradcam``: the sum of the levels' maps, the map its deletion curve follows) and
+    ``gradcam.<level>`` -> share of |attribution| inside the box, with
     ``box_area`` the box's share of the image for reference (what a random map puts inside); ``deletion``:
     method (and ``random``, the seeded random pixel order) -> (fractions, scores); ``deletion_auc`` likewise;
     ``score`` is T on the clean image. ``timings_ms``: wall time of each method and of the deletion curves;
@@ -589,7 +590,8 @@ def explain_detection(
             for lv, v in cams.items():
                 ex.mass_inside[f"gradcam.{lv}"] = mass_inside(v, box_t)
             if cams:
-                ordering[method] = np.sum(list(cams.values()), axis=0)
+                ordering[method] = np.sum(list(cams.values()), axis=0)  # (H, W): every level's evidence
+                ex.mass_inside[method] = mass_inside(ordering[method], box_t)
             ex.timings_ms[method] = timed("forward_backward", len(cams), t0)
     if deletion:
         t0 = time.perf_counter()

@@ -12,7 +12,7 @@ import torch
 from studio_helpers import REPO
 
 import efpn
-from app import analyses
+from app import analyses, views
 from efpn.data import SYNTH_CLASSES, load_split
 from efpn.det import assign_tal
 from efpn.infer import boxes_to_network
@@ -85,6 +85,34 @@ def test_dataset_accounting_over_the_samples() -> None:
     assert total["zero_high_level_share"]["p5"] > 0.9  # tiny objects: no positive on p5+ (SPEC §1)
     native = list(analyses.iter_dataset_accounting(records[:1], "fcos", None))[-1][1]
     assert native.num_gt == len(records[0].boxes)
+
+
+# ----------------------------------------------------------------------------------------------- attribution
+
+
+def test_fast_gradcam_times_a_pass_and_brings_the_random_baseline(models, sample_rgb: np.ndarray) -> None:
+    """The page's default: LayerGradCAM on every level with its deletion curve and the random order's, timed per
+    pass (the base of the long methods' estimate); no pixel method."""
+    model = models["tiny_efpn_n"]
+    ex = analyses.explain_gradcam(model, "tiny-key", sample_rgb, "digest", (40.0, 30.0, 60.0, 52.0), 1)
+    assert not ex.maps and set(ex.gradcam) == set(model.levels)
+    assert set(ex.deletion) == {"gradcam", "random"} and {"gradcam", "box_area"} <= set(ex.mass_inside)
+    assert ex.pass_ms["forward_backward"] > 0 and ex.pass_ms["forward"] > 0
+
+
+def test_long_plan_counts_what_explain_long_runs(models, sample_rgb: np.ndarray) -> None:
+    """The plan (what the estimate and the progress text read) adds up to the total explain_long reports, part by
+    part in the order it runs; the long run brings no random curve of its own (the fast one has it)."""
+    model = models["tiny_efpn_n"]
+    box, methods = (40.0, 30.0, 60.0, 52.0), ["occlusion", "integrated_gradients"]
+    plan = analyses.long_plan(model, sample_rgb, box, methods, 4, 16)
+    assert [part for part, _ in plan] == ["clean", "integrated_gradients", "occlusion", "deletion"]
+    assert dict(plan)["integrated_gradients"] == {"forward_backward": 4, "forward": 0}
+    calls: list[tuple[int, int]] = []
+    ex = analyses.explain_long(model, sample_rgb, box, 1, methods, 4, 16, lambda d, t: calls.append((d, t)))
+    total = views.plan_images(plan)
+    assert calls[-1] == (total, total) and all(t == total for _, t in calls)
+    assert set(ex.maps) == {"integrated_gradients", "occlusion"} and "random" not in ex.deletion
 
 
 # ----------------------------------------------------------------------------------------------- boundaries

@@ -313,15 +313,70 @@ def test_assignment_dataset_mode(app) -> None:
 
 
 def test_attribution_for_a_selected_detection(app) -> None:
+    """LayerGradCAM shows at once, timed, with an estimate of the long methods from its pass times; Compute runs
+    Integrated Gradients and Occlusion and adds their maps, rows and curves; the result is kept for its request."""
     app.sidebar.slider(key="score_thresh").set_value(0.0).run()
     _goto(app, "attribution")
     app.selectbox(key="attr_det").set_value(2).run()
+    _ok(app)
+    assert float(_metric(app, "Target score T")) > 0  # no button press needed for the fast default
+    captions = [c.value for c in app.caption]
+    assert any("forward+backward passes)" in c and "Computed in" in c for c in captions), captions
+    assert any(c.startswith("Estimated on this machine") for c in captions)
+    assert not any("minute" in c for c in captions)
+    assert "a deletion AUC below the random pixel order's" in " ".join(captions)
+    assert len(app.table[0].value) == 1  # LayerGradCAM's row
     app.slider(key="attr_ig_steps").set_value(4).run()
     app.slider(key="attr_occ_evals").set_value(16).run()
     app.button(key="attr_run").click().run()
     _ok(app)
-    assert float(_metric(app, "Target score T")) > 0
-    assert any("inside the box" in c.value for c in app.caption)
+    assert any("inside the box" in c.value and "computed in" in c.value for c in app.caption)
+    table = app.table[0].value
+    assert list(table.index) == ["LayerGradCAM, all levels", "Integrated Gradients", "Occlusion"]
+    assert all(" · " in v for v in table["deletion AUC · random"])
+    assert len(app.session_state["attr_results"]) == 1 and app.button(key="attr_run").disabled
+    assert not any(c.value.startswith("Estimated on this machine") for c in app.caption)  # done: no estimate
+
+
+def test_an_interrupted_attribution_is_not_restarted(app, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit stops a script at its next call when the user presses Cancel (or any control): the stop comes out of
+    the progress callback. The next run says so, keeps nothing and does not start the request again."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from app import analyses
+
+    real = analyses.explain_long
+    calls: list[int] = []
+
+    def stopped_midway(*args, **kwargs):
+        calls.append(1)
+        progress = args[-1] if len(args) == 8 else kwargs["progress"]
+
+        def tick(done: int, total: int) -> None:
+            progress(done, total)
+            if done >= 2:
+                raise StopException  # what Streamlit raises in the script thread at a stop request
+
+        return real(*args[:7], tick)
+
+    monkeypatch.setattr(analyses, "explain_long", stopped_midway)
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
+    _goto(app, "attribution")
+    app.multiselect(key="attr_methods").set_value(["integrated_gradients"]).run()
+    app.button(key="attr_run").click().run()
+    assert calls == [1]
+    app.run()  # the rerun that follows (another control was used)
+    _ok(app)
+    assert calls == [1]  # not restarted
+    assert any("Stopped after 2 of" in i.value for i in app.info), [i.value for i in app.info]
+    assert not app.session_state["attr_results"] if "attr_results" in app.session_state else True
+    assert not app.button(key="attr_run").disabled
+    state = dict(app.session_state["attr_long"])
+    app.session_state["attr_long"] = {**state, "state": "cancelled"}  # what Cancel's callback sets
+    app.run()
+    assert calls == [1]
+    assert any("Cancelled after 2 of" in w.value for w in app.warning), [w.value for w in app.warning]
+    assert not any(c.key and c.key.startswith("attr_map_") for c in app.get("plotly_chart"))
 
 
 def test_kernels_pick_a_pixel(app) -> None:

@@ -56,3 +56,15 @@ def test_attribution_maps_are_sent_at_most_256_cells_wide() -> None:
     fig = figures.attribution_figure(np.zeros((128, 512, 3), np.uint8), a, np.array([[1, 2, 3, 4]]), "IG")
     hm = next(t for t in fig.data if t.type == "heatmap")
     assert np.asarray(hm.z).shape == (64, 256) and hm.dx == 2.0 and (hm.zmin, hm.zmax) == (-3.0, 3.0)
+
+
+def test_zoom_window_frames_a_tiny_box_inside_the_picture() -> None:
+    """A 4 px box gets a 64 px square view centred on it; near an edge the view shifts inside; it never exceeds the
+    picture; the attribution figure opens on it (y down)."""
+    assert figures.zoom_window([98, 98, 102, 102], (240, 320)) == (68.0, 68.0, 132.0, 132.0)
+    assert figures.zoom_window([0, 0, 4, 4], (240, 320)) == (0.0, 0.0, 64.0, 64.0)
+    assert figures.zoom_window([300, 200, 320, 240], (240, 320)) == (80.0, 0.0, 320.0, 240.0)  # 8 x 40 > 240
+    assert figures.zoom_window([0, 0, 200, 100], (120, 320)) == (40.0, 0.0, 160.0, 120.0)  # at most the shorter side
+    fig = figures.attribution_figure(np.zeros((240, 320, 3), np.uint8), np.ones((240, 320), np.float32),
+                                     np.array([[98, 98, 102, 102]]), "IG", view=(68, 68, 132, 132))
+    assert list(fig.layout.xaxis.range) == [68, 132] and list(fig.layout.yaxis.range) == [132, 68]

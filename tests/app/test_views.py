@@ -6,6 +6,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from studio_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 
@@ -39,3 +40,41 @@ def test_sizes_and_buckets_follow_the_vocabulary() -> None:
     r = views.detection_rows(det, ["p2"], NAMES)
     assert [x["bucket"] for x in r] == ["vt", "s", "vt", "l"]  # 16 px is 'small'; a degenerate box has size 0
     assert r[2]["size"] == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- attribution
+
+PLAN = [("clean", {"forward_backward": 0, "forward": 1}),
+        ("integrated_gradients", {"forward_backward": 8, "forward": 0}),
+        ("occlusion", {"forward_backward": 0, "forward": 50}),
+        ("deletion", {"forward_backward": 0, "forward": 20})]
+
+
+def test_estimates_multiply_measured_pass_times() -> None:
+    """An estimate is passes x the time one pass took when measured; a kind never measured gives no estimate."""
+    ms = {"forward_backward": 400.0, "forward": 100.0}
+    assert views.estimate_seconds({"forward_backward": 8, "forward": 71}, ms) == pytest.approx(3.2 + 7.1)
+    assert views.estimate_seconds({"forward_backward": 0, "forward": 10}, {"forward": 50.0}) == pytest.approx(0.5)
+    assert views.estimate_seconds({"forward_backward": 4}, {"forward": 50.0}) is None
+    assert views.estimate_text({"forward_backward": 8, "forward": 71}, ms) == \
+        "8 forward+backward × 0.40 s + 71 forward × 0.10 s"
+
+
+def test_progress_text_names_the_running_part() -> None:
+    assert views.plan_images(PLAN) == 79
+    assert views.progress_text(0, PLAN).startswith("Clean score: pass 0 of 1 · 0/79 passes")
+    assert views.progress_text(4, PLAN).startswith("Integrated Gradients: step 3 of 8 · 4/79 passes")
+    assert views.progress_text(9, PLAN).startswith("Occlusion: occluded image 0 of 50")
+    assert views.progress_text(79, PLAN).startswith("Deletion curves: masked image 20 of 20")
+    assert views.progress_text(20, PLAN, elapsed_s=10.0).endswith("about 30 s left")  # 0.5 s a pass so far
+
+
+def test_faithfulness_rows_put_each_value_beside_its_random_baseline() -> None:
+    mass = {"box_area": 0.0002, "gradcam": 0.3, "integrated_gradients": 0.012}
+    aucs = {"gradcam": 0.412, "integrated_gradients": 1.03, "random": 0.65}
+    rows = views.faithfulness_rows(mass, aucs, ["gradcam", "integrated_gradients", "occlusion"])
+    assert rows[0] == {"map": "LayerGradCAM, all levels", "in box · random": "30 % · 0.02 %",
+                       "deletion AUC · random": "0.412 · 0.650"}
+    assert rows[1]["in box · random"] == "1.2 % · 0.02 %"
+    assert rows[2]["deletion AUC · random"] == "– · 0.650"  # not computed: no value, the baseline still shown
+    assert [views.percent(v) for v in (0, 0.5, 0.034, 0.00021)] == ["0 %", "50 %", "3.4 %", "0.021 %"]

@@ -101,6 +101,9 @@ def test_explain_detection_bundle(model: efpn.Detector, image: torch.Tensor) -> 
     assert set(ex.deletion) == {"integrated_gradients", "occlusion", "gradcam", "random"}
     assert 0.0 < ex.mass_inside["box_area"] < 0.05
     assert all(0.0 <= v <= 1.0 for v in ex.mass_inside.values())
+    # Grad-CAM's own share is that of the summed levels, the map its deletion curve follows
+    summed = np.sum(list(ex.gradcam.values()), axis=0)
+    assert ex.mass_inside["gradcam"] == pytest.approx(mass_inside(summed, ex.box))
     _untouched(model)
 
 
