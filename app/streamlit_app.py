@@ -22,8 +22,13 @@ if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only 
 from app import state  # noqa: E402
 
 PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
+STYLE = Path(__file__).resolve().parent / "studio.css"
 
-st.set_page_config(page_title="efpn studio", page_icon=":material/search:", layout="wide")
+# "auto": expanded from 768 px up, collapsed below (Streamlit's rule). studio.css keeps its collapse button visible
+# at every width, so a narrow window (or a touch screen, or the keyboard) can close it and give the page the room.
+st.set_page_config(page_title="efpn studio", page_icon=":material/search:", layout="wide",
+                   initial_sidebar_state="auto")
+st.html(STYLE)  # style rules only: sent without taking space on the page
 
 pages = [
     st.Page(PAGES_DIR / "detect.py", title="Detect", icon=":material/center_focus_strong:", default=True),

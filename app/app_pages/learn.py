@@ -156,5 +156,6 @@ else:
                                              views.level_counts(rows, model.levels)), width="stretch", key="learn_nms")
     st.plotly_chart(figures.detections_figure(image.rgb, rows, height=420), width="stretch", key="learn_dets")
     st.caption(" · ".join(f"{lv}: {n}" for lv, n in views.level_counts(rows, model.levels).items()) or "no detections")
-    st.markdown(" ".join(f"<span style='color:{level_colour(lv)}'>■ {lv}</span>" for lv in model.levels),
+    # the colour on the square only: a yellow p2 or a purple p6 written in its colour is unreadable on one theme
+    st.markdown(" ".join(f"<span style='color:{level_colour(lv)}'>■</span> {lv}" for lv in model.levels),
                 unsafe_allow_html=True)
