@@ -37,8 +37,8 @@ def level_summary_figure(levels: Sequence[str], detections: Mapping[str, int], p
                              marker_color="#9e9e9e", text=[positives.get(lv, 0) for lv in levels],
                              textposition="outside", hovertemplate="%{x}: %{y} positive priors<extra></extra>"))
     fig = go.Figure(traces)
-    fig.update_layout(barmode="group", height=height, margin=dict(l=0, r=0, t=10, b=0),
-                      legend=dict(orientation="h", y=-0.15), yaxis=dict(rangemode="tozero"))
+    fig.update_layout(barmode="group", height=height, margin=dict(l=0, r=0, t=30, b=0),
+                      legend=_LEGEND_ON_TOP, yaxis=dict(rangemode="tozero"))  # on top: clear of the level names
     return fig
 
 

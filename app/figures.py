@@ -390,4 +390,9 @@ def attribution_figure(rgb: np.ndarray, attribution: np.ndarray, boxes: np.ndarr
         vx1, vy1, vx2, vy2 = (float(v) for v in view)
         fig.update_xaxes(range=[vx1, vx2])
         fig.update_yaxes(range=[vy2, vy1])  # y down, as the picture
+    # the colour key lies under the picture, across: in a narrow column a key beside it would take the picture's
+    # width, and a key as tall as the figure would dwarf a picture the column's width has made short
+    fig.update_traces(colorbar=dict(orientation="h", thickness=10, len=1.0, x=0, xanchor="left", y=0,
+                                    yref="container", yanchor="bottom", title=None), selector=dict(type="heatmap"))
+    fig.update_layout(margin=dict(b=IMAGE_LEGEND_MARGIN + 24), height=fig.layout.height + 24)
     return fig.update_layout(showlegend=False)  # the one box is the one explained; the title keeps the top

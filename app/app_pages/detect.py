@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from app import analyses, charts, figures, heatmaps, loaders, state, views
@@ -152,12 +153,11 @@ if diag is not None:
     c[0].metric("Found", f"{int(m.found.sum())} of {len(m.found)}")
     c[1].metric("Missed", int(m.missed.sum()))
     c[2].metric("False alarms", len(alarms))
-    c_chart, c_table = st.columns([3, 2])
-    c_chart.plotly_chart(charts.found_missed_figure(by_bucket), width="stretch", key="detect_buckets")
-    c_table.dataframe(views.bucket_rows(by_bucket, {b: alarms.count(b) for b in set(alarms)}), hide_index=True,
-                      width="stretch", key="detect_bucket_table")
-    c_table.caption("Per size bucket (sqrt(w·h) in this image's pixels: vt < 8, t < 16, s < 32, m < 64 px, l); false "
-                    "alarms by their own box size.")
+    st.plotly_chart(charts.found_missed_figure(by_bucket), width="stretch", key="detect_buckets")
+    # the table under the chart, not beside it: its six columns do not fit a side column of a narrow window
+    st.table(pd.DataFrame(views.bucket_rows(by_bucket, {b: alarms.count(b) for b in set(alarms)})).set_index("size"))
+    st.caption("Per size bucket (sqrt(w·h) in this image's pixels: vt < 8, t < 16, s < 32, m < 64 px, l); false "
+               "alarms by their own box size.")
 
     st.subheader("Missed objects")
     if not diag.misses:

@@ -67,13 +67,23 @@ def page(browser, server: str) -> Iterator[object]:
     context.close()
 
 
+#: True while a script run is going on: stApp's script state (the status widget alone is not drawn by every
+#: Streamlit version's minimal toolbar).
+RUNNING_JS = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const state = app ? app.getAttribute('data-test-script-state') : null;
+  return (state !== null && state !== 'notRunning')
+    || document.querySelector('[data-testid="stStatusWidget"]') !== null;
+}"""
+
+
 def _settle(pg, quiet: float = 1.5, timeout: float = 120.0) -> None:
-    """Wait until the app has stopped running (no status widget) for ``quiet`` seconds."""
+    """Wait until the app has stopped running for ``quiet`` seconds."""
     time.sleep(0.5)  # a rerun shows its status widget only after a moment
     deadline = time.monotonic() + timeout
     calm_since = None
     while time.monotonic() < deadline:
-        running = pg.locator("[data-testid='stStatusWidget']").count() > 0
+        running = pg.evaluate(RUNNING_JS)
         if running:
             calm_since = None
         elif calm_since is None:
@@ -107,9 +117,21 @@ def _set_slider_min(pg, label: str) -> None:
     _settle(pg)
 
 
+def _set_slider_end(pg, label: str, end: str, shown: str) -> None:
+    """Move a main-area slider to one end (``end``: "Home" or "End") with the keyboard, check the value ``shown``
+    and wait for the rerun."""
+    from playwright.sync_api import expect
+
+    slider = pg.locator("[data-testid='stMain'] [data-testid='stSlider']").filter(has_text=label)
+    slider.locator("input[type='range']").first.focus()
+    pg.keyboard.press(end)
+    expect(slider.locator("[data-testid='stSliderThumbValue']")).to_have_text(shown)
+    _settle(pg)
+
+
 def _open(pg, title: str) -> None:
     pg.locator("[data-testid='stSidebarNav'] a").filter(has_text=title).first.click()
-    pg.get_by_role("heading", name=title, exact=True).wait_for()
+    pg.get_by_role("heading", name=title, exact=True, level=1).wait_for()  # the page's title (Assignment has an h3 too)
     _settle(pg)
 
 
@@ -226,3 +248,113 @@ def test_select_a_missed_object_and_see_it_on_another_page(page) -> None:
     expect(page.locator("[data-testid='stMarkdownContainer']").filter(has_text="Focused missed object").first
            ).to_contain_text(f"{gt} ·")
     _no_exception(page)
+
+
+def test_attribution_cancel(page) -> None:
+    """LayerGradCAM shows without a button press; Integrated Gradients and Occlusion at their most passes start on
+    Compute with a progress bar and a Cancel button; Cancel stops them: the page says so, shows no pixel map, does
+    not start them again, and the next request runs to the end."""
+    from playwright.sync_api import expect
+
+    _set_slider_min(page, "Score threshold")  # detections to explain
+    _open(page, "Attribution")
+    page.get_by_role("heading", name="LayerGradCAM per pyramid level").wait_for()
+    main = page.locator("[data-testid='stMain']")
+    expect(main.get_by_text("Estimated on this machine")).to_be_visible(timeout=90_000)
+    _set_slider_end(page, "IG steps", "End", "64")
+    _set_slider_end(page, "Occlusion budget", "End", "400")
+    page.get_by_role("button", name="Compute").click()
+    bar = main.locator("[data-testid='stProgress']")
+    expect(bar).to_contain_text("passes through the network", timeout=60_000)
+    page.get_by_role("button", name="Cancel").click()
+    cancelled = main.locator("[data-testid='stAlert']").filter(has_text="Cancelled after")
+    expect(cancelled).to_be_visible(timeout=60_000)
+    _settle(page, quiet=3.0)  # long enough for a restarted run to show its bar
+    expect(bar).to_have_count(0)
+    expect(cancelled).to_be_visible()
+    assert main.locator(".st-key-attr_map_integrated_gradients").count() == 0
+    _no_exception(page)
+    _shot(page, "attribution_cancelled")
+
+    # the app still works: a small request runs to the end and adds its maps and rows
+    _set_slider_end(page, "IG steps", "Home", "4")
+    _set_slider_end(page, "Occlusion budget", "Home", "16")
+    page.get_by_role("button", name="Compute").click()
+    expect(main.locator(".st-key-attr_map_integrated_gradients")).to_be_visible(timeout=120_000)
+    _settle(page)
+    expect(main.locator("[data-testid='stTable']").last).to_contain_text("Occlusion")
+    expect(cancelled).to_have_count(0)
+    _no_exception(page)
+    _open(page, "Detect")
+    _no_exception(page)
+
+
+#: Controls of the main area (label, widget or link) whose box reaches past the window's right edge.
+CUT_OFF_JS = """(vw) => {
+  const ids = ['stSlider', 'stSelectbox', 'stMultiSelect', 'stButton', 'stRadio', 'stCheckbox', 'stNumberInput',
+               'stFileUploader', 'stDownloadButton', 'stPageLink', 'stTable', 'stMetric'];
+  const out = [];
+  for (const id of ids) {
+    for (const e of document.querySelectorAll(`[data-testid="stMain"] [data-testid="${id}"]`)) {
+      const r = e.getBoundingClientRect();
+      // content running past its own box (scrolled or clipped away), at any depth
+      // (HTML only: plotly draws invisible drag layers past its plot; a slider's native input is transparent)
+      const inner = [...e.querySelectorAll('*')].some(d => d instanceof HTMLElement && d.type !== 'range'
+        && d.getBoundingClientRect().right > r.right + 1 && d.getBoundingClientRect().width > 0
+        && d.checkVisibility({opacityProperty: true, visibilityProperty: true}));
+      if (r.width > 0 && (r.left < -0.5 || r.right > vw + 0.5 || inner)) {
+        out.push(`${id} ${(e.innerText || '').slice(0, 30)}: ${Math.round(r.left)}..${Math.round(r.right)} px`);
+      }
+    }
+  }
+  const main = document.querySelector('[data-testid="stMain"]');
+  if (main.scrollWidth > main.clientWidth + 1) out.push(`main area ${main.scrollWidth} px wide`);
+  return out;
+}"""
+
+
+def test_narrow_window_sidebar_and_dark_theme(browser, server: str) -> None:
+    """At 800 px, in a browser that prefers dark: the studio is dark; the sidebar's collapse button shows without a
+    hover, closes the sidebar (the page takes the whole width) and the expand button opens it again; on Detect and
+    Attribution every control lies inside the window, sidebar open or closed."""
+    from playwright.sync_api import expect
+
+    width = 800
+    context = browser.new_context(viewport={"width": width, "height": 1000}, color_scheme="dark")
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(90_000)
+        pg.goto(server)
+        pg.get_by_role("heading", name="Detect", exact=True).wait_for()
+        _settle(pg)
+        background = pg.evaluate("getComputedStyle(document.querySelector('[data-testid=\"stApp\"]'))"
+                                  ".backgroundColor")
+        rgb = [int(v) for v in background[background.index("(") + 1:background.index(")")].split(",")[:3]]
+        assert sum(rgb) < 3 * 80, background  # the dark theme, as the browser prefers
+        sidebar = pg.locator("[data-testid='stSidebar']")
+        collapse = pg.locator("[data-testid='stSidebarCollapseButton'] button")
+        expand = pg.locator("[data-testid='stExpandSidebarButton']")
+        for title in ("Detect", "Attribution"):
+            if title != "Detect":
+                _open(pg, title)
+            expect(pg.get_by_role("combobox", name="Checkpoint")).to_be_in_viewport()  # the sidebar starts open
+            assert pg.evaluate(CUT_OFF_JS, width) == [], title
+            pg.mouse.move(width - 5, 500)  # the pointer away from the sidebar: no hover reveals the button
+            expect(collapse).to_be_visible()
+            collapse.click()
+            expect(expand).to_be_visible()
+            time.sleep(0.5)  # the sidebar slides out
+            picker = pg.get_by_role("combobox", name="Checkpoint").bounding_box()
+            assert picker is None or picker["x"] + picker["width"] <= 1, picker  # out of the window
+            box = sidebar.bounding_box()
+            assert box is None or box["x"] + box["width"] <= 1, box
+            main = pg.locator("[data-testid='stMain']").bounding_box()
+            assert main is not None and main["width"] >= width - 20, main
+            _settle(pg)
+            assert pg.evaluate(CUT_OFF_JS, width) == [], title
+            _shot(pg, f"narrow_{title.lower()}_collapsed")
+            expand.click()
+            expect(pg.get_by_role("combobox", name="Checkpoint")).to_be_in_viewport()
+            _no_exception(pg)
+    finally:
+        context.close()

@@ -44,8 +44,9 @@ def _figure(at, key: str) -> dict:
 
 
 def _table(at, column: str):
-    """The first dataframe with ``column`` (AppTest keeps keys only of dataframes with a selection)."""
-    found = [d.value for d in at.dataframe if column in d.value.columns]
+    """The first dataframe or static table with ``column`` (AppTest keeps keys only of dataframes with a
+    selection)."""
+    found = [d.value for d in [*at.dataframe, *at.table] if column in d.value.columns]
     assert found, f"no table with {column!r}"
     return found[0]
 
