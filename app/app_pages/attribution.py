@@ -12,13 +12,13 @@ by its request.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from app import analyses, charts, figures, heatmaps, state, views
+from efpn.explain import Explanation
 
 LONG = "attr_long"  # the last long request: {"request", "state": running|cancelled|interrupted|failed, "done", ...}
 RESULTS = "attr_results"  # request -> Explanation of the long methods, finished runs only
@@ -134,8 +134,9 @@ def _cancel() -> None:
         run["state"] = "cancelled"
 
 
-def _keep(request: tuple, ex: Any) -> None:
-    results: dict = st.session_state.setdefault(RESULTS, {})
+def _keep(request: tuple, ex: Explanation) -> None:
+    """Keep a finished long result for its request (at most KEEP_RESULTS, the oldest dropped first)."""
+    results: dict[tuple, Explanation] = st.session_state.setdefault(RESULTS, {})
     results.pop(request, None)
     results[request] = ex
     while len(results) > KEEP_RESULTS:
@@ -162,7 +163,7 @@ evals = c_evals.slider("Occlusion budget (forwards)", 16, 400, step=16, key=stat
                        disabled="occlusion" not in methods,
                        help="Occluded images evaluated around the box; more = a finer occlusion grid.")
 request = (image.digest, ctx.ckpt_key, box, label, tuple(methods), steps, evals)
-results: dict = st.session_state.get(RESULTS, {})
+results: dict[tuple, Explanation] = st.session_state.get(RESULTS, {})
 done_ex = results.get(request)
 plan = analyses.long_plan(model, image.rgb, box, methods, steps, evals) if methods else []
 
@@ -193,10 +194,10 @@ if pressed and methods and done_ex is None:
         bar = st.progress(0.0, text="Starting ...")
     t0 = time.perf_counter()
 
-    def _progress(done: int, total: int) -> None:
-        run["done"], run["total"] = done, total
+    def _progress(done: int, of: int) -> None:
+        run["done"], run["total"] = done, of
         # a Streamlit call: where a Cancel (or any other control's rerun) stops this script run
-        bar.progress(done / max(total, 1), text=views.progress_text(done, plan, time.perf_counter() - t0))
+        bar.progress(done / max(of, 1), text=views.progress_text(done, plan, time.perf_counter() - t0))
 
     try:
         done_ex = analyses.explain_long(model, image.rgb, box, label, methods, steps, evals, _progress)
