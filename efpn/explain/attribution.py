@@ -30,7 +30,7 @@ the box in the same (network) pixels; maps are returned at that input resolution
 Progress and cost. The long computations (Integrated Gradients, Occlusion, deletion curves, and
 :func:`explain_detection` over all of them) take an optional ``progress(done, total)`` callback, counted in images
 through the network (one Integrated Gradients step = one forward+backward image; one occluded image = one
-forward). It is called from the calling thread between batches, never from inside autograd, with ``done``
+forward). It is called from the calling thread between batches, never from inside a backward pass, with ``done``
 increasing from 0 to ``total``; an exception it raises (a user's Cancel) propagates out of the call and stops the
 computation: nothing is returned, and the model is as untouched as after a normal return (no hooks, no ``.grad``,
 grad mode and train/eval mode as before). :func:`attribution_passes` counts those images for given settings before
