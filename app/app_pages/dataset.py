@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import streamlit as st
@@ -123,9 +122,7 @@ if diagnosis is not None:
                        file_name=f"{stem}_results.json", mime="application/json", key="dsd_dl_coco",
                        help="The predictions as COCO results JSON, one entry per detection above the threshold: "
                             "image_id, category_id (class index), bbox (x, y, w, h), score.")
-    with tempfile.TemporaryDirectory() as tmp:
-        csv_bytes = diagnosis.write_csv(Path(tmp) / "misses.csv").read_bytes()
-    d2.download_button("Misses (CSV)", csv_bytes, file_name=f"{stem}_misses.csv", mime="text/csv",
+    d2.download_button("Misses (CSV)", diagnosis.csv_text(), file_name=f"{stem}_misses.csv", mime="text/csv",
                        key="dsd_dl_csv", help="One row per missed object: its image, cause and the numbers.")
     d3.download_button("All (JSON)", json.dumps(diagnosis.to_json(), indent=1),
                        file_name=f"{stem}_diagnosis.json", mime="application/json", key="dsd_dl_json")

@@ -219,7 +219,10 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     if args.limit:
         records = records[: args.limit]
     diag = diagnose_records(model, records, names, score_thresh=args.score, iou_thresh=args.iou,
-                            slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, progress=True)
+                            slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, progress=True,
+                            class_aware=not args.any_class)
+    for image_id, file, why in diag.errors:  # reported; every other image was diagnosed
+        print(f"skipped image {image_id} ({file}): {why}", file=sys.stderr)
     table = diag.table()
     print(f"{'size':<20}{'objects':>8}{'found':>7}{'recall':>8}  " + "  ".join(f"{c:>15}" for c in
                                                                          ("starved", "gated_out", "never_scored",
@@ -370,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="val")
     s.add_argument("--score", type=_unit, default=None, help="score threshold in [0, 1] (default: the model's)")
     s.add_argument("--iou", type=_unit, default=0.5, help="IoU a detection needs to find an object (default 0.5)")
+    s.add_argument("--any-class", action="store_true",
+                   help="a detection of any class finds an object (default: the same class only)")
     s.add_argument("--slice", type=_tile_size, default=None, metavar="S", help="detect on S x S tiles (>= 8 px)")
     s.add_argument("--overlap", type=_fraction, default=0.2, help="tile overlap fraction in [0, 1)")
     s.add_argument("--image-size", type=int, default=None)

@@ -13,7 +13,7 @@ import csv
 import html
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,9 @@ class DatasetDiagnosis:
     iou_thresh: float = 0.5
     slice_size: int | None = None
     class_names: list[str] = field(default_factory=list)
+    class_aware: bool = True
+    #: images that could not be diagnosed (unreadable, missing): (image id, file, why); the others were
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
 
     def table(self) -> dict[str, dict[str, int]]:
         """Per size bucket: GTs, found, and misses per cause (see :func:`recall_by_bucket_and_cause`)."""
@@ -60,20 +63,26 @@ class DatasetDiagnosis:
         table = self.table()
         recall = {b: (t["found"] / t["gt"] if t["gt"] else None) for b, t in table.items()}
         return {"score_thresh": self.score_thresh, "iou_thresh": self.iou_thresh, "slice": self.slice_size,
-                "images": len(self.images), "recall_by_bucket": recall, "by_bucket_and_cause": table,
-                "causes": CAUSE_TEXT, "misses": self.rows()}
+                "class_aware": self.class_aware, "images": len(self.images), "recall_by_bucket": recall,
+                "by_bucket_and_cause": table, "causes": CAUSE_TEXT, "misses": self.rows(),
+                "errors": [{"image_id": i, "file": f, "error": e} for i, f, e in self.errors]}
+
+    def csv_text(self) -> str:
+        """The miss table as CSV text (dict- and list-valued columns as JSON), e.g. for a download button."""
+        rows = self.rows()
+        keys = list(rows[0]) if rows else ["image_id", "file", "gt_index", "box", "cause"]
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in r.items()})
+        return buf.getvalue()
 
     def write_csv(self, path: str | Path) -> Path:
-        """The miss table as CSV (dict-valued columns as JSON)."""
-        rows = self.rows()
+        """The miss table as a CSV file (:meth:`csv_text`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        keys = list(rows[0]) if rows else ["image_id", "file", "gt_index", "box", "cause"]
-        with path.open("w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in r.items()})
+        path.write_text(self.csv_text(), encoding="utf-8", newline="")
         return path
 
     def coco_results(self) -> list[dict[str, Any]]:
@@ -97,31 +106,46 @@ def diagnose_records(
     overlap: float = 0.2,
     image_size: int | None = None,
     progress: bool = False,
+    class_aware: bool = True,
+    on_image: Callable[[int, int, ImageRecord], None] | None = None,
 ) -> DatasetDiagnosis:
-    """Inspect, match and diagnose every record (see the module docstring). Records need image paths."""
+    """Inspect, match and diagnose every record (see the module docstring).
+
+    ``class_aware``: a detection finds an object only with the same class (False: any class). ``on_image(done,
+    total, record)`` is called after each image (e.g. a progress bar; an exception from it stops the run). An image
+    that cannot be read is recorded in :attr:`DatasetDiagnosis.errors` with the reason and the rest are diagnosed:
+    one bad file never stops a dataset.
+    """
     thr = model.config.postprocess.score_thresh if score_thresh is None else float(score_thresh)
     out = DatasetDiagnosis(score_thresh=thr, iou_thresh=iou_thresh, slice_size=slice_size,
-                           class_names=list(class_names))
+                           class_names=list(class_names), class_aware=class_aware)
     iterator: Any = records
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(records, desc="diagnose", unit="img", dynamic_ncols=True)
-    for rec in iterator:
-        if rec.path is None:
-            raise ValueError(f"record {rec.image_id} has no image path; diagnosis needs the pixels")
-        rgb = read_image(rec.path)
-        boxes, labels = rec.target_boxes()
-        ins = inspect(model, rgb, score_thresh=min(thr, model.config.postprocess.score_thresh), image_size=image_size)
-        det = None
-        if slice_size is not None:
-            det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=thr,
-                                 image_size=image_size)
-        diag = diagnose_image(model, ins, boxes, labels, thr, iou_thresh, detections=det)
-        chosen = det if det is not None else ins.detections
-        keep = chosen["scores"] >= thr
-        out.detections[rec.image_id] = {k: chosen[k][keep].cpu().numpy() for k in ("boxes", "scores", "labels")}
-        out.images.append((rec, diag))
+    for done, rec in enumerate(iterator, 1):
+        try:
+            if rec.path is None:
+                raise ValueError("the record has no image path; diagnosis needs the pixels")
+            rgb = read_image(rec.path)
+        except (OSError, ValueError) as e:  # CorruptImageError is a ValueError
+            out.errors.append((rec.image_id, str(rec.path), str(e)[:500]))
+        else:
+            boxes, labels = rec.target_boxes()
+            ins = inspect(model, rgb, score_thresh=min(thr, model.config.postprocess.score_thresh),
+                          image_size=image_size)
+            det = None
+            if slice_size is not None:
+                det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=thr,
+                                     image_size=image_size)
+            diag = diagnose_image(model, ins, boxes, labels, thr, iou_thresh, class_aware, detections=det)
+            chosen = det if det is not None else ins.detections
+            keep = chosen["scores"] >= thr
+            out.detections[rec.image_id] = {k: chosen[k][keep].cpu().numpy() for k in ("boxes", "scores", "labels")}
+            out.images.append((rec, diag))
+        if on_image is not None:
+            on_image(done, len(records), rec)
     return out
 
 

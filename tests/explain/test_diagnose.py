@@ -99,3 +99,32 @@ def test_gated_out_when_every_gate_is_closed() -> None:
     diag = diagnose_image(model, closed, gt, [0], score_thresh=0.5)
     assert [m.cause for m in diag.misses] == ["gated_out"] and set(diag.misses[0].gates) == {"p2", "p3"}
     assert set(diag.misses[0].cem_share) == set(model.config.neck.cem.target_levels)
+
+
+def test_diagnose_records_skips_a_bad_image_reports_progress_and_exports(tmp_path) -> None:
+    """A dataset with one unreadable image: it is listed in ``errors`` with the reason, every other image is
+    diagnosed; ``on_image`` counts every record; ``csv_text`` is what ``write_csv`` writes; class-agnostic matching
+    never finds fewer objects than class-aware matching."""
+    import efpn
+    from efpn.data.splits import load_split
+    from efpn.data.synthetic import write_synthetic_dataset
+    from efpn.explain import diagnose_records
+
+    write_synthetic_dataset(tmp_path / "d", 4, image_size=64, seed=0, val_fraction=0.0)
+    records, names, _ = load_split(tmp_path / "d" / "data.yaml", "train")
+    assert len(records) == 4
+    records[1].path.write_bytes(b"not an image at all")  # type: ignore[union-attr]
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_efpn_n", num_classes=len(names)).eval()
+    seen: list[tuple[int, int]] = []
+    aware = diagnose_records(model, records, names, score_thresh=0.0, on_image=lambda d, t, r: seen.append((d, t)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [e[0] for e in aware.errors] == [records[1].image_id] and aware.errors[0][2]
+    assert len(aware.images) == 3 and records[1].image_id not in aware.detections
+    assert aware.to_json()["errors"][0]["image_id"] == records[1].image_id
+    csv_file = aware.write_csv(tmp_path / "m.csv")
+    assert csv_file.read_bytes().decode("utf-8") == aware.csv_text()
+    assert aware.csv_text().splitlines()[0].startswith("image_id,file")
+    agnostic = diagnose_records(model, records, names, score_thresh=0.0, class_aware=False)
+    found = lambda d: sum(t["found"] for t in d.table().values())  # noqa: E731
+    assert not agnostic.class_aware and found(agnostic) >= found(aware)
