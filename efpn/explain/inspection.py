@@ -96,6 +96,8 @@ class Inspection:
     cem_fused: dict[str, Tensor]  # target level -> F (C, H, W)
     cem_alpha: dict[str, float]  # target level -> α (or mean learned gate)
     gates: dict[str, Tensor]  # level -> FBSM mask (H, W) in [0, 1]
+    gate_beta: dict[str, float]  # level -> FBSM beta: a gate of M multiplies the feature by 1 + beta * M
+    gate_delta: dict[str, float]  # level -> FBSM background suppression delta (levels whose block has one)
     gate_targets: dict[str, Tensor]  # level -> the gate's training target (H, W), when ground truth was given
     kernels: dict[str, KernelMaps]  # layer name (e.g. "c3.down", "pan.down3") -> kernels
     assignment: AssignmentView | None = None
@@ -270,6 +272,8 @@ def inspect(
         cem_fused={r.name: _cpu(r.cem.fused[0]) for r in levels if r.cem is not None},
         cem_alpha={r.name: float(r.cem.alpha.float().mean()) for r in levels if r.cem is not None},
         gates={r.name: _cpu(r.gate.mask[0, 0]) for r in levels if r.gate is not None},
+        gate_beta={r.name: float(r.gate.beta) for r in levels if r.gate is not None and r.gate.beta is not None},
+        gate_delta={r.name: float(r.gate.delta) for r in levels if r.gate is not None and r.gate.delta is not None},
         gate_targets={r.name: _cpu(r.gate_target[0, 0]) for r in levels if r.gate_target is not None},
         kernels={name: KernelMaps.of(layer) for name, layer in sorted(run.kernels.items())},
         assignment=assignment_view,

@@ -62,7 +62,7 @@ class FBSM(nn.Module):
         if self.delta is not None:
             out = out - self.delta * x * (1 - mask)
         if return_internals:
-            return out, GateInternals(mask=mask, logits=logits)
+            return out, GateInternals(mask=mask, logits=logits, beta=self.beta, delta=self.delta)
         return out
 
 

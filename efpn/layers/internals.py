@@ -59,7 +59,11 @@ class CEMInternals:
 @dataclass(frozen=True)
 class GateInternals:
     """FBSM at one level: foreground gate ``mask`` M (N, 1, H, W) in [0, 1] and its ``logits`` (N, 2, H, W)
-    ([background, foreground])."""
+    ([background, foreground]); the learned scalars of ``x' = x * (1 + beta * M) - delta * x * (1 - M)``: ``beta``
+    (how much a foreground cell is amplified: a gate of 1 multiplies the feature by 1 + beta) and ``delta`` (the
+    background suppression, None when the block has none), 0-d tensors."""
 
     mask: Tensor
     logits: Tensor
+    beta: Tensor | None = None
+    delta: Tensor | None = None

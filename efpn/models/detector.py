@@ -248,7 +248,7 @@ class Detector(nn.Module):
             None if out.obj_logits is None else out.obj_logits.float(),
             out.feature_sizes,
         )
-        gates32 = {lv: GateInternals(g.mask.float(), g.logits.float()) for lv, g in gates.items()}
+        gates32 = {lv: GateInternals(g.mask.float(), g.logits.float(), g.beta, g.delta) for lv, g in gates.items()}
         with torch.autocast(device_type=out.cls_logits.device.type, enabled=False):
             return self.criterion(out32, priors, targets, gates32)
 

@@ -66,3 +66,23 @@ def test_run_returns_typed_internals_for_every_level_and_layer() -> None:
     assert set(run.losses) >= {"loss_cls", "loss_box"} and run.stats.accounting is not None
     plain = model.predict(x)
     assert_close(run.detections[0]["boxes"], plain[0]["boxes"])
+
+
+def test_inspection_carries_fbsm_beta_per_gated_level() -> None:
+    """``gate_beta`` holds, per level with a gate, the FBSM's learned beta (the amplification 1 + beta * M)."""
+    import numpy as np
+    import torch
+
+    import efpn
+    from efpn.layers.fbsm import FBSM
+
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_efpn_n", num_classes=2).eval()
+    blocks = [m for m in model.modules() if isinstance(m, FBSM)]
+    assert blocks
+    with torch.no_grad():
+        for i, block in enumerate(blocks):
+            block.beta.fill_(1.5 + i)
+    ins = efpn.inspect(model, np.zeros((64, 64, 3), np.uint8))
+    assert set(ins.gate_beta) == set(ins.gates) and ins.gates
+    assert sorted(ins.gate_beta.values()) == [1.5 + i for i in range(len(blocks))]
