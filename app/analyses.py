@@ -9,6 +9,9 @@ calls it. Boxes given and returned here are in the image's pixels; the network's
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +63,32 @@ TAL_NOTE = ("TAL ranks candidates by score^0.5 x IoU^6 of the model's own predic
             "near-random picks.")
 
 
+# ----------------------------------------------------------------------------------------------- heavy work
+
+#: Heavy requests (sliced inference, Integrated Gradients / Occlusion) run at most this many at a time in the server
+#: process (``EFPN_STUDIO_HEAVY_SLOTS``, default 1). The others wait for a slot instead of all slowing each other
+#: down, and the light work of every session (inspections, pages) keeps the rest of the machine.
+HEAVY_SLOTS = max(1, int(os.environ.get("EFPN_STUDIO_HEAVY_SLOTS", "1") or 1))
+_HEAVY = threading.BoundedSemaphore(HEAVY_SLOTS)
+
+
+@contextlib.contextmanager
+def heavy_slot(waiting: Callable[[], None] | None = None, interval: float = 0.25) -> Iterator[None]:
+    """Hold one of the server's heavy-work slots for the ``with`` block.
+
+    While another request holds it, ``waiting()`` is called every ``interval`` seconds: the studio passes a
+    Streamlit update there, which says the request is queued and is also where a user's Cancel (a rerun) stops the
+    wait. The slot is released however the block ends.
+    """
+    while not _HEAVY.acquire(timeout=interval):
+        if waiting is not None:
+            waiting()
+    try:
+        yield
+    finally:
+        _HEAVY.release()
+
+
 # ----------------------------------------------------------------------------------------------- ground truth
 
 
@@ -104,12 +133,13 @@ def predict_detections(
     return out
 
 
-@st.cache_data(max_entries=8, show_spinner="Sliced inference over tiles ...")
+@st.cache_data(max_entries=8, show_spinner="Sliced inference over tiles (after any other heavy request on this server) ...")
 def sliced_detections(
     _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, tile: int, overlap: float, score: float, nms: float
 ) -> dict[str, np.ndarray]:
-    """``efpn.infer.sliced_predict`` as numpy arrays."""
-    out = sliced_predict(_model, _rgb, tile=tile, overlap=overlap, score_thresh=score, nms_iou=nms)
+    """``efpn.infer.sliced_predict`` as numpy arrays (a heavy request: it runs in one of :data:`HEAVY_SLOTS`)."""
+    with heavy_slot():
+        out = sliced_predict(_model, _rgb, tile=tile, overlap=overlap, score_thresh=score, nms_iou=nms)
     return {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
 
 
@@ -324,7 +354,7 @@ def long_plan(model: Detector, rgb: np.ndarray, box: Sequence[float], methods: S
 
 def explain_long(
     model: Detector, rgb: np.ndarray, box: Sequence[float], label: int, methods: Sequence[str], ig_steps: int,
-    occlusion_evals: int, progress: Progress | None = None,
+    occlusion_evals: int, progress: Progress | None = None, waiting: Callable[[], None] | None = None,
 ) -> Explanation:
     """Integrated Gradients and/or Occlusion (``methods``, run in :data:`LONG_METHODS` order) on a box in ORIGINAL
     image pixels, with their deletion curves (the random order's comes from :func:`explain_gradcam`).
@@ -332,12 +362,14 @@ def explain_long(
     Deliberately not cached: it runs for many seconds inside the page's script run, and a Cancel works by an
     exception from ``progress`` (Streamlit stops a script at its next call, here the progress bar update) that must
     reach this call and stop it; ``st.cache_data`` would keep such a run going (or keep nothing) in a way a user
-    cannot stop. The page keeps a finished result in the session, keyed by its request."""
+    cannot stop. The page keeps a finished result in the session, keyed by its request. A heavy request: it waits
+    for one of :data:`HEAVY_SLOTS` (calling ``waiting()`` meanwhile, see :func:`heavy_slot`)."""
     prep, box_net = _network_box(model, rgb, box)
     chosen = tuple(m for m in LONG_METHODS if m in methods)
-    return explain_detection(model, prep.tensor, box_net, label, methods=chosen, ig_steps=ig_steps,
-                             occlusion_evals=occlusion_evals, random_order=False, ig_batch=IG_BATCH,
-                             progress=progress)
+    with heavy_slot(waiting):
+        return explain_detection(model, prep.tensor, box_net, label, methods=chosen, ig_steps=ig_steps,
+                                 occlusion_evals=occlusion_evals, random_order=False, ig_batch=IG_BATCH,
+                                 progress=progress)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -199,8 +199,13 @@ if pressed and methods and done_ex is None:
         # a Streamlit call: where a Cancel (or any other control's rerun) stops this script run
         bar.progress(done / max(of, 1), text=views.progress_text(done, plan, time.perf_counter() - t0))
 
+    def _waiting() -> None:
+        # a Streamlit call too: Cancel also works while the request waits for the server's heavy-work slot
+        bar.progress(0.0, text="Queued: another heavy request (attribution or sliced inference) is running on this "
+                               "server; this one starts when it ends.")
+
     try:
-        done_ex = analyses.explain_long(model, image.rgb, box, label, methods, steps, evals, _progress)
+        done_ex = analyses.explain_long(model, image.rgb, box, label, methods, steps, evals, _progress, _waiting)
     except Exception as e:  # a failure of the computation; Streamlit's stop (a BaseException) passes through
         run["state"] = "failed"
         run["error"] = f"{type(e).__name__}: {e}"

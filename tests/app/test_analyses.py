@@ -147,3 +147,40 @@ def test_pages_do_no_coordinate_arithmetic_and_no_model_internals() -> None:
         text = path.read_text()
         for internal in ("forward_intermediates", ".decoder(", "_model.decoder", "assign_tal(", "efpn.det.assign "):
             assert internal not in text, (path.name, internal)
+
+
+def test_heavy_slot_queues_the_second_request_and_always_releases() -> None:
+    """One heavy request at a time: a second one waits (calling ``waiting`` meanwhile) until the first ends; a block
+    that raises still gives its slot back."""
+    import threading
+    import time
+
+    from app import analyses
+
+    assert analyses.HEAVY_SLOTS == 1
+    entered = threading.Event()
+    leave = threading.Event()
+
+    def first() -> None:
+        with analyses.heavy_slot():
+            entered.set()
+            leave.wait(5)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert entered.wait(5)
+    polls: list[float] = []
+
+    def waiting() -> None:
+        polls.append(time.monotonic())
+        if len(polls) == 3:
+            leave.set()  # the first request ends while the second waits
+
+    with analyses.heavy_slot(waiting, interval=0.02):
+        assert len(polls) >= 3
+    t.join(5)
+    with pytest.raises(RuntimeError):
+        with analyses.heavy_slot():
+            raise RuntimeError("the computation failed")
+    with analyses.heavy_slot(lambda: pytest.fail("the slot was not released")):  # free again at once
+        pass

@@ -350,14 +350,14 @@ def test_an_interrupted_attribution_is_not_restarted(app, monkeypatch: pytest.Mo
 
     def stopped_midway(*args, **kwargs):
         calls.append(1)
-        progress = args[-1] if len(args) == 8 else kwargs["progress"]
+        progress = args[7] if len(args) >= 8 else kwargs["progress"]
 
         def tick(done: int, total: int) -> None:
             progress(done, total)
             if done >= 2:
                 raise StopException  # what Streamlit raises in the script thread at a stop request
 
-        return real(*args[:7], tick)
+        return real(*args[:7], tick, *args[8:])
 
     monkeypatch.setattr(analyses, "explain_long", stopped_midway)
     app.sidebar.slider(key="score_thresh").set_value(0.0).run()
