@@ -143,3 +143,23 @@ def test_pointwise_unit_as_matrix_product_equals_the_module(training: bool) -> N
     torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(twin.conv.weight.grad, unit.conv.weight.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(twin.bn.running_mean, unit.bn.running_mean)
+
+
+def test_kept_fold_follows_every_change_of_the_weights() -> None:
+    """Without gradients the folded weights are kept between calls; an in-place update (optimiser step), a
+    ``load_state_dict`` or new running statistics must never leave a stale fold."""
+    ref, fast = _pair("guided", 2)
+    ref.eval()
+    fast.eval()
+    x = torch.randn(1, 8, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+        for m in (ref, fast):  # the same in-place change on both: a step of an optimiser, new BN statistics
+            m.static.bn.running_mean.add_(0.5)
+            m.pw[0].conv.weight.mul_(1.1)
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+        other = _build("guided", 2)
+        other.eval()
+        fast.load_state_dict(other.state_dict())
+        other.path = "reference"
+        torch.testing.assert_close(fast(x), other(x), rtol=1e-5, atol=1e-5)
