@@ -133,7 +133,8 @@ def predict_detections(
     return out
 
 
-@st.cache_data(max_entries=8, show_spinner="Sliced inference over tiles (after any other heavy request on this server) ...")
+@st.cache_data(max_entries=8,
+               show_spinner="Sliced inference over tiles (after any other heavy request on this server) ...")
 def sliced_detections(
     _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, tile: int, overlap: float, score: float, nms: float
 ) -> dict[str, np.ndarray]:

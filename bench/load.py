@@ -186,7 +186,8 @@ def render(payload: dict[str, Any], targets: Sequence[H.Target]) -> str:
             if st.get("n"):
                 rows.append([name, k, str(st["n"]), f"{st['p50']:.2f}", f"{st['p95']:.2f}", f"{st['max']:.2f}"])
     mem = [[name, f"{ph['memory_idle'].get('rss', 0):.0f}", f"{ph['memory_after'].get('peak', 0):.0f}",
-            f"{ph['memory_after'].get('rss', 0):.0f}", str(len(ph["errors"]))] for name, ph in payload["phases"].items()]
+            f"{ph['memory_after'].get('rss', 0):.0f}", str(len(ph["errors"]))]
+           for name, ph in payload["phases"].items()]
     parts = [
         "# Studio under load",
         "",

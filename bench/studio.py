@@ -33,8 +33,9 @@ Four measurements, one result file (``bench/results/studio.json`` / ``studio.md`
    object on a cached inspection) on the bundled samples with their ground truth, against a 0.3 s budget; and a
    checkpoint switch (another bundled checkpoint loaded from disk, then its first inspection), against 2 s.
 
-Checkpoint: the one `make app` opens (``checkpoints/efpn_bs_mv2_sirst.safetensors``, else ``efpn_n_synth``) when it exists, else ``efpn_n`` with random weights
-(3 classes) saved in a temporary folder (random weights time the same network; the results say which).
+Checkpoint: the one `make app` opens (``checkpoints/efpn_bs_mv2_sirst.safetensors``, else ``efpn_n_synth``)
+when it exists, else ``efpn_n`` with random weights (3 classes) saved in a temporary folder (random weights time
+the same network; the results say which).
 
 Run from the repository root (needs ``/usr/bin/chromium`` and the ``playwright`` Python package; Playwright's
 own browser download is never used)::
@@ -528,7 +529,8 @@ def server_phase(args: argparse.Namespace, checkpoint: str) -> dict[str, Any]:
     out["inspect_ms"] = H.Summary.of(inspect_ms).to_dict()
     out["miss_table_ms"] = H.Summary.of(miss_ms).to_dict()
     out["misses_diagnosed"] = misses
-    others = sorted(p for p in (REPO / "checkpoints").glob("*.safetensors") if p.resolve() != Path(checkpoint).resolve())
+    served = Path(checkpoint).resolve()
+    others = sorted(p for p in (REPO / "checkpoints").glob("*.safetensors") if p.resolve() != served)
     if others:
         other = str(others[0])
         rgb = items[0][0]
@@ -610,7 +612,8 @@ def render(payload: dict[str, Any]) -> str:
     if srv:
         rows.append([f"miss table (match + diagnose every miss) added to an inspection, server, {srv['images']} "
                      f"bundled images ({srv['misses_diagnosed']} misses)",
-                     f"median {srv['miss_table_ms']['median']:.0f} ms (inspection {srv['inspect_ms']['median']:.0f} ms)",
+                     f"median {srv['miss_table_ms']['median']:.0f} ms "
+                     f"(inspection {srv['inspect_ms']['median']:.0f} ms)",
                      f"<= {MISS_TABLE_BUDGET_S:g} s", _met(srv["miss_table_ms"]["median"] / 1e3, MISS_TABLE_BUDGET_S)])
         if "switch_ms" in srv:
             rows.append([f"checkpoint switch to {srv['switch_to']}: load from disk + first inspection, server",
