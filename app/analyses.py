@@ -188,17 +188,6 @@ def record_key(record: ImageRecord) -> str:
     return f"{p}@{mtime}#{record.image_id}"
 
 
-def fbsm_beta(model: Detector) -> dict[str, float]:
-    """β of each FBSM level (x' = x·(1 + β·M)), read from the weights (parameters named ``*.fbsm.<level>.beta``):
-    the inspection reports the gates M but not their weight. Reads only; ``{}`` without FBSM."""
-    out = {}
-    for name, param in model.named_parameters():
-        parts = name.split(".")
-        if len(parts) >= 3 and parts[-1] == "beta" and parts[-3] == "fbsm":
-            out[parts[-2]] = float(param.detach())
-    return out
-
-
 def prepared(model: Detector, rgb: np.ndarray) -> Prepared:
     """The network input of ``rgb`` for this model (long side = the model's image size)."""
     return prepare(rgb, model.config.image_size)

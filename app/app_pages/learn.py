@@ -92,7 +92,7 @@ elif step == STEPS[4]:
             "Trained with the boxes as target (the cell of every box centre always counts), it learns where small "
             "objects are, so the head is not drowned in background."
         )
-        betas = analyses.fbsm_beta(model)
+        betas = ins.gate_beta  # the learned beta of each gated level, from the same forward
         for lv_b, m_b in ins.gates.items():
             if lv_b in betas:
                 st.markdown(views.beta_sentence(lv_b, betas[lv_b], m_b))
