@@ -263,6 +263,26 @@ else:
                 st.caption(missing)
             st.page_link(state.PAGE_FILES[page], label=page.capitalize(), icon=icon)
 
+    # any of the thumbnails full size, laid over the image cell for cell (the inspection owns the strides)
+    full: dict[str, tuple[np.ndarray, float, str, float | None, float | None, str]] = {}
+    for lv, f in ins.cem_fused.items():
+        full[f"CEM fused context F on {lv} (channel mean)"] = (reduce_channels(f, "mean"), ins.stride_in_image(lv),
+                                                             "Viridis", None, None, "F")
+    for lv, m in ins.gates.items():
+        full[f"FBSM gate M on {lv}"] = (m.numpy(), ins.stride_in_image(lv), "Inferno", 0.0, 1.0, "M")
+    for n, m in kernel_maps.items():
+        full[f"kernel entropy of {n} (nats)"] = (m, ins.stride_in_image(n), "Viridis", None, None, "nats")
+    if full:
+        with st.expander("Open a map full size, over the image", icon=":material/open_in_full:"):
+            pick = st.selectbox("Map", list(full), key="detect_full_map")
+            z, stride, scale, lo, hi, unit = full[pick]
+            st.plotly_chart(figures.heatmap_overlay_figure(image.rgb, z, stride, colorscale=scale, zmin=lo, zmax=hi,
+                                                           boxes=gt.boxes if gt is not None else None, title=pick,
+                                                           colorbar_title=unit),
+                            width="stretch", key="detect_full_map_fig")
+            st.caption("Each cell of the map covers the image pixels it was computed for; boxes: "
+                       + (gt.source if gt is not None else "none") + ". The colour bar is the map's own scale.")
+
 st.subheader("Detections")
 st.dataframe(views.table_rows(rows), hide_index=True, width="stretch", key="detect_table")
 

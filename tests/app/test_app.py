@@ -467,3 +467,15 @@ def test_uploads_are_bounded_per_session(app, sample_rgb: np.ndarray, monkeypatc
     options = app.sidebar.selectbox(key="image_choice").options
     assert "upload u0.png" not in options and {"upload u1.png", "upload u2.png"} <= set(options), options
     assert any("the oldest were removed (u0.png)" in i.value for i in app.info), [i.value for i in app.info]
+
+
+def test_detect_opens_any_internal_map_full_size(app) -> None:
+    """Every thumbnail of "Inside the network" can be opened full size over the image: CEM, gates, kernels."""
+    _ok(app)
+    options = app.selectbox(key="detect_full_map").options
+    assert any(o.startswith("FBSM gate M on") for o in options), options
+    assert any(o.startswith("CEM fused context F on") for o in options), options
+    gate = next(o for o in options if o.startswith("FBSM gate M on"))
+    app.selectbox(key="detect_full_map").set_value(gate).run()
+    _ok(app)
+    assert app.selectbox(key="detect_full_map").value == gate
