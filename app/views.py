@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from efpn import BUCKETS, box_size, size_bucket
+from efpn.evaluation import match_detections
 from efpn.explain import GATE_LOW, SCORE_FLOOR, MissDiagnosis
 from efpn.infer import detections_to_json, draw_detections
 
@@ -337,5 +338,42 @@ def faithfulness_rows(mass: Mapping[str, float], aucs: Mapping[str, float],
             "map": ATTRIBUTION_NAMES.get(k, k),
             "in box · random": f"{in_box} · {percent(area) if area is not None else '–'}",
             "deletion AUC · random": f"{auc} · {f'{rand:.3f}' if rand is not None else '–'}",
+        })
+    return rows
+
+
+def object_differences(
+    gt_boxes: np.ndarray,
+    gt_labels: np.ndarray,
+    class_names: Sequence[str],
+    detections: Mapping[str, Mapping[str, np.ndarray]],
+    iou: float,
+    class_aware: bool,
+) -> list[dict[str, Any]]:
+    """Per ground-truth object, which of two checkpoints found it: one row per object that exactly one of them
+    finds (``detections`` maps each checkpoint's name to its boxes/scores/labels in the image's pixels, both
+    matched to the same GT at ``iou``, same class when ``class_aware``). Rows: object index, class, size (px),
+    bucket, ``found by`` / ``missed by`` names and the finder's score and IoU."""
+    if len(detections) != 2:
+        raise ValueError(f"object_differences compares two checkpoints, got {len(detections)}")
+    (name_a, det_a), (name_b, det_b) = detections.items()
+    ma = match_detections(det_a["boxes"], det_a["scores"], det_a["labels"], gt_boxes, gt_labels, iou, class_aware)
+    mb = match_detections(det_b["boxes"], det_b["scores"], det_b["labels"], gt_boxes, gt_labels, iou, class_aware)
+    rows = []
+    for i in range(len(gt_boxes)):
+        fa, fb = int(ma.gt_match[i]) >= 0, int(mb.gt_match[i]) >= 0
+        if fa == fb:
+            continue
+        finder, det, match = (name_a, det_a, ma) if fa else (name_b, det_b, mb)
+        label = int(gt_labels[i])
+        rows.append({
+            "object": i,
+            "class": class_names[label] if 0 <= label < len(class_names) else str(label),
+            "size (px)": round(float(box_size(torch.as_tensor(np.asarray(gt_boxes[i], dtype=np.float32)))), 1),
+            "bucket": BUCKETS[int(ma.gt_bucket[i])],
+            "found by": finder,
+            "missed by": name_b if fa else name_a,
+            "score": round(float(det["scores"][int(match.gt_match[i])]), 3),
+            "IoU": round(float(match.gt_iou[i]), 2),
         })
     return rows

@@ -42,6 +42,7 @@ def _dataset(card: dict) -> str:
 
 
 results = {}
+found_by: dict[str, dict] = {}  # checkpoint -> its detections on this image (original px)
 for col, path in ((c1, a), (c2, b)):
     with col:
         try:
@@ -60,10 +61,28 @@ for col, path in ((c1, a), (c2, b)):
                    f"input {model.config.image_size} px · {len(rows)} detections · "
                    f"forward {det['forward_ms']:.0f} ms (this image, measured on its first run)")
         results[label(path) + (" (A)" if col is c1 else " (B)")] = (rows, model.levels, card)
+        found_by[label(path) + (" (A)" if col is c1 else " (B)")] = det
 
 if results:
     counts = {name: views.level_counts(rows, levels) for name, (rows, levels, _) in results.items()}
     st.plotly_chart(charts.counts_by_level_figure(counts), width="stretch", key="cmp_counts")
+
+    st.subheader("Objects one finds and the other misses")
+    iou, aware = state.match_settings()
+    if ctx.gt is None or not len(ctx.gt.boxes):
+        st.info("This image has no ground truth, so there is nothing to be found or missed: pick a sample, open a "
+                "dataset image, or add ground truth on the Assignment page.")
+    elif len(found_by) == 2 and a != b:
+        diff = views.object_differences(ctx.gt.boxes, ctx.gt.labels, ctx.gt.class_names, found_by, iou, aware)
+        if diff:
+            st.dataframe(diff, hide_index=True, width="stretch", key="cmp_diff")
+        else:
+            st.success(f"No object is found by one and missed by the other at these settings (of "
+                       f"{len(ctx.gt.boxes)} ground-truth objects).")
+        st.caption(f"Matched at IoU ≥ {iou:.2f}, {'same class only' if aware else 'any class'} (the Detect page's "
+                   f"setting), score ≥ {ctx.score:.2f} (sidebar). Object = index of the ground-truth box.")
+    else:
+        st.info("Choose two different checkpoints to list the objects one finds and the other misses.")
 
     st.subheader("Validation metrics (from the model cards)")
     metrics = {name: card.get("metrics") or {} for name, (_, _, card) in results.items()}

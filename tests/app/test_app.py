@@ -407,6 +407,9 @@ def test_compare_two_checkpoints(app) -> None:
     assert not _errors(app)
     assert any("Training telemetry" in h.value for h in app.subheader)
     assert any("synthetic (test) (val)" in c.value for c in app.caption)
+    # the sample has ground truth: the per-object comparison is there (a table of differences, or none)
+    assert any("one finds and the other misses" in h.value for h in app.subheader)
+    assert any("Matched at IoU" in c.value for c in app.caption)
 
 
 def test_learn_walks_every_step(app) -> None:

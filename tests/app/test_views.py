@@ -78,3 +78,22 @@ def test_faithfulness_rows_put_each_value_beside_its_random_baseline() -> None:
     assert rows[1]["in box · random"] == "1.2 % · 0.02 %"
     assert rows[2]["deletion AUC · random"] == "– · 0.650"  # not computed: no value, the baseline still shown
     assert [views.percent(v) for v in (0, 0.5, 0.034, 0.00021)] == ["0 %", "50 %", "3.4 %", "0.021 %"]
+
+
+def test_object_differences_lists_what_one_checkpoint_finds_and_the_other_misses() -> None:
+    gt = np.array([[10, 10, 16, 16], [40, 40, 60, 60], [80, 80, 84, 84]], np.float32)
+    labels = np.array([0, 1, 0])
+    a = {"boxes": np.array([[10, 10, 16, 16], [40, 40, 60, 60]], np.float32), "scores": np.array([0.9, 0.8]),
+         "labels": np.array([0, 1])}
+    b = {"boxes": np.array([[40, 40, 60, 60], [80, 80, 84, 84]], np.float32), "scores": np.array([0.7, 0.6]),
+         "labels": np.array([1, 0])}
+    rows = views.object_differences(gt, labels, ["ship", "boat"], {"A": a, "B": b}, 0.5, True)
+    assert [(r["object"], r["found by"], r["missed by"]) for r in rows] == [(0, "A", "B"), (2, "B", "A")]
+    assert rows[0]["class"] == "ship" and rows[0]["bucket"] == "vt" and rows[0]["score"] == 0.9
+    # a wrong class finds nothing when matching is class-aware, and does when it is not
+    b_wrong = {**b, "labels": np.array([1, 1])}
+    aware = views.object_differences(gt, labels, ["ship", "boat"], {"A": a, "B": b_wrong}, 0.5, True)
+    agnostic = views.object_differences(gt, labels, ["ship", "boat"], {"A": a, "B": b_wrong}, 0.5, False)
+    assert [r["object"] for r in aware] == [0] and [r["object"] for r in agnostic] == [0, 2]
+    with pytest.raises(ValueError, match="two checkpoints"):
+        views.object_differences(gt, labels, ["ship"], {"A": a}, 0.5, True)
