@@ -377,3 +377,74 @@ def object_differences(
             "IoU": round(float(match.gt_iou[i]), 2),
         })
     return rows
+
+
+# ----------------------------------------------------------------------------------------------- learn
+
+def learn_notice(step: int, ins: Any, gt_boxes: np.ndarray | None = None,
+                 score_maps: Mapping[str, np.ndarray] | None = None, score: float = 0.25) -> str:
+    """One "what to notice" sentence for step ``step`` (0-8) of the Learn page, from this image's inspection ``ins``
+    (``efpn.Inspection``): numbers of this image, not of the model in general. ``gt_boxes`` (M, 4) original px;
+    ``score_maps`` level -> best class score per cell (steps 6 and 8)."""
+    levels = list(ins.levels)
+    if step == 0:
+        if gt_boxes is not None and len(gt_boxes):
+            sizes = np.sqrt(np.clip(gt_boxes[:, 2] - gt_boxes[:, 0], 0, None) * np.clip(gt_boxes[:, 3] - gt_boxes[:, 1],
+                                                                                       0, None))
+            s = float(sizes.min())
+            return (f"the smallest object here is {s:.1f} px; the network sees it as {s * ins.scale:.1f} px, "
+                    f"{s * ins.scale / 8:.2f} of one p3 cell.")
+        return f"everything is scaled by {ins.scale:.3f} before the network sees it: small objects shrink with it."
+    if step == 1:
+        name, feat = list(ins.backbone.items())[-1]
+        return (f"{name} is only {feat.shape[-1]}x{feat.shape[-2]} cells for the whole image: compare its blobs with "
+                f"the sharp structure of {next(iter(ins.backbone))}.")
+    if step == 2:
+        first, last = ins.pyramid_before_cem[levels[0]], ins.pyramid_before_cem[levels[-1]]
+        ratio = first.shape[-1] * first.shape[-2] / max(1, last.shape[-1] * last.shape[-2])
+        return (f"{levels[0]} has {ratio:.0f}x as many cells as {levels[-1]}: only the fine levels can place "
+                "objects a few pixels apart.")
+    if step == 3:
+        if not ins.cem_alpha:
+            return "without CEM the fine levels see only what the top-down FPN path gives them."
+        lv, a = max(ins.cem_alpha.items(), key=lambda kv: abs(kv[1]))
+        return (f"the largest |α| is on {lv} ({a:.3g}); the fused term F is smooth: it carries where the context is, "
+                "not object detail.")
+    if step == 4:
+        if not ins.gates:
+            return "without FBSM every cell of a level is weighted alike, background included."
+        lv, m = next(iter(ins.gates.items()))
+        m = _np(m).astype(float)
+        target = ins.gate_targets.get(lv)
+        if target is not None and float(_np(target).sum()) > 0 and m.sum() > 0:
+            share = float((m * _np(target)).sum() / m.sum())
+            return (f"on {lv}, {100 * share:.1f} % of the gate's mass lies on box cells, which are "
+                    f"{100 * float(_np(target).mean()):.1f} % of the map: the gate concentrates on objects if the "
+                    "first number is much larger.")
+        return f"on {lv} the gate opens more than half on {100 * float((m > 0.5).mean()):.1f} % of the cells."
+    if step == 5:
+        if not ins.kernels:
+            return "a static convolution applies one kernel everywhere: nothing here varies per pixel."
+        layer, km = next(iter(ins.kernels.items()))
+        if km.entropy is None:
+            return f"{layer}'s kernels differ per pixel; the Kernels page shows them one by one."
+        e = _np(km.entropy).mean(0)
+        k2 = int(km.dynamic.shape[1])
+        k = int(round(k2 ** 0.5))
+        return (f"on {layer} the kernel entropy runs from {float(e.min()):.2f} to {float(e.max()):.2f} nats (a uniform "
+                f"{k}x{k} kernel has {np.log(k2):.2f}): lower means a sharper, more selective kernel.")
+    if step == 6:
+        if not score_maps:
+            return "each level scores every cell; tiny objects can only light up the fine ones."
+        lv, best = max(((k, float(np.max(v))) for k, v in score_maps.items()), key=lambda kv: kv[1])
+        return f"the highest score on this image is {best:.2f}, on {lv}."
+    if step == 7:
+        if ins.assignment is None:
+            return "with ground truth, this step shows which priors each box trains."
+        acc = ins.assignment.accounting.to_dict()
+        coarse = sum(v for k, v in acc.get("positives_per_level", {}).items() if k in levels[-2:])
+        return (f"{len(acc['starved'])} of {acc['num_gt']} boxes get no positive (never learnt), and "
+                f"{levels[-2]}/{levels[-1]} get {coarse} positives from this image.")
+    cands = 0 if not score_maps else int(sum((np.asarray(v) >= score).sum() for v in score_maps.values()))
+    kept = len(ins.detections["boxes"])
+    return f"{cands} cells score above {score:.2f}; after NMS {kept} detections remain."

@@ -159,3 +159,8 @@ else:
     # the colour on the square only: a yellow p2 or a purple p6 written in its colour is unreadable on one theme
     st.markdown(" ".join(f"<span style='color:{level_colour(lv)}'>■</span> {lv}" for lv in model.levels),
                 unsafe_allow_html=True)
+
+# one sentence per step about what this image shows, computed from the same inspection
+_maps = analyses.score_maps(model, ctx.ckpt_key, image.rgb, image.digest) if STEPS.index(step) in (6, 8) else None
+st.info("**What to notice:** " + views.learn_notice(STEPS.index(step), ins, gt.boxes if gt is not None else None,
+                                                     _maps, ctx.score), icon=":material/visibility:")

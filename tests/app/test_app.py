@@ -413,11 +413,15 @@ def test_compare_two_checkpoints(app) -> None:
 
 
 def test_learn_walks_every_step(app) -> None:
+    """Nine steps, each with its "what to notice" sentence computed from this image's inspection."""
     _goto(app, "learn")
+    notices = [next(i.value for i in app.info if "What to notice" in i.value)]
     for _ in range(8):
         app.button(key="learn_next").click().run()
         _ok(app)
+        notices.append(next(i.value for i in app.info if "What to notice" in i.value))
     assert app.header[0].value.startswith("9")
+    assert len(set(notices)) == 9, notices  # one distinct sentence per step
 
 
 def test_sessions_are_isolated(app, app_env: Path, sample_rgb: np.ndarray) -> None:
