@@ -111,7 +111,13 @@ def _targets(gt: tuple | None) -> dict[str, np.ndarray] | None:
 # ----------------------------------------------------------------------------------------------- forwards
 
 
-@st.cache_data(max_entries=8, show_spinner="Running the detector ...")
+#: inspections kept server-wide: one per (checkpoint, image, thresholds); about 16 MB each for a 320 px network
+#: (all pyramid features and the raw head output). Ten concurrent users each on their own image must not evict each
+#: other's between two page views (with 8, `bench/load.py`'s ten sessions re-ran inspections on later pages).
+INSPECTIONS_KEPT = 24
+
+
+@st.cache_data(max_entries=INSPECTIONS_KEPT, show_spinner="Running the detector ...")
 def inspect_image(
     _model: Detector, ckpt: str, _rgb: np.ndarray, digest: str, score: float, nms: float, gt: tuple | None = None
 ) -> Inspection:
