@@ -389,11 +389,15 @@ def learn_notice(step: int, ins: Any, gt_boxes: np.ndarray | None = None,
     levels = list(ins.levels)
     if step == 0:
         if gt_boxes is not None and len(gt_boxes):
-            sizes = np.sqrt(np.clip(gt_boxes[:, 2] - gt_boxes[:, 0], 0, None) * np.clip(gt_boxes[:, 3] - gt_boxes[:, 1],
-                                                                                       0, None))
-            s = float(sizes.min())
-            return (f"the smallest object here is {s:.1f} px; the network sees it as {s * ins.scale:.1f} px, "
-                    f"{s * ins.scale / 8:.2f} of one p3 cell.")
+            def side(b: np.ndarray) -> np.ndarray:  # sqrt(w * h) of xyxy boxes
+                return np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
+
+            i = int(np.argmin(side(np.asarray(gt_boxes, np.float32))))
+            here = float(side(np.asarray(gt_boxes, np.float32))[i])
+            seen = float(side(np.asarray(ins.to_network(np.asarray(gt_boxes[i : i + 1], np.float32)))[0:1])[0])
+            stride = ins.network_stride(levels[0])
+            return (f"the smallest object here is {here:.1f} px; the network sees it as {seen:.1f} px, "
+                    f"{seen / stride:.2f} of one {levels[0]} cell ({stride} px).")
         return f"everything is scaled by {ins.scale:.3f} before the network sees it: small objects shrink with it."
     if step == 1:
         name, feat = list(ins.backbone.items())[-1]
