@@ -28,7 +28,10 @@ state.keep_valid("cmp_b", options)
 c1, c2 = st.columns(2)
 a = c1.selectbox("Checkpoint A", options, index=options.index(ctx.checkpoint) if ctx.checkpoint in options else 0,
                  format_func=label, key="cmp_a")
-others = [p for p in options if p != a]  # B opens on another checkpoint than A whenever there is one
+# B opens on another checkpoint than A whenever there is one, first one with A's classes (e.g. a baseline trained
+# on the same data), so the per-object comparison below means something
+classes = {e["path"]: tuple(e.get("classes") or ()) for e in ctx.entries}
+others = sorted((p for p in options if p != a), key=lambda p: classes.get(p, ()) != classes.get(a, ()))
 b = c2.selectbox("Checkpoint B", options, index=options.index(others[0]) if others else 0, format_func=label,
                  key="cmp_b")
 

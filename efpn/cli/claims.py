@@ -241,7 +241,7 @@ def ablation_findings(rows: list[list[object]]) -> list[str]:
     out = []
     for r in rows:
         what, d_ap, d_vt, d_t = r[1], r[-3], r[-2], r[-1]
-        if not isinstance(d_ap, int | float) or str(what).startswith("baseline"):
+        if not isinstance(d_ap, int | float) or "baseline" in str(what):  # a baseline against itself says nothing
             continue
         verdict = ("within noise" if abs(d_ap) < NOISE_AP else "better" if d_ap > 0 else "worse")
         out.append(f"{r[0]}: {what} changes AP by {_signed(d_ap)} ({verdict}; ΔAP_vt {_signed(d_vt or 0.0)}, "
@@ -278,11 +278,15 @@ def sgdm_findings(rows: list[list[object]]) -> list[str]:
 def dcloss_weight_rows(measured: dict[str, dict], every: int = 5) -> list[list[object]]:
     """Per run with DCLoss: its bucket weights at the first epoch after the warm-up and every ``every`` epochs."""
     rows: list[list[object]] = []
+    seen: list[list[dict]] = []  # a shipped checkpoint and the run it came from carry the same telemetry: list it once
     for name, card in sorted(measured.items()):
         loss = (card.get("config") or {}).get("loss") or {}
         if not loss.get("dcloss"):
             continue
         tel = [r for r in card.get("_telemetry") or [] if (r.get("dcloss") or {}).get("w")]
+        if tel in seen:
+            continue
+        seen.append(tel)
         moved = [r for r in tel if any(abs(v - 1.0) > 1e-6 for v in r["dcloss"]["w"].values())]
         picked = [r for i, r in enumerate(moved) if i == 0 or i % every == 0 or r is moved[-1]]
         for r in picked:

@@ -69,3 +69,6 @@ def test_dcloss_weight_rows_start_after_the_warmup() -> None:
     rows = dcloss_weight_rows(measured, every=5)
     assert [r[3] for r in rows] == [3, 8, 12]  # first moved epoch, every 5th moved one, the last
     assert rows[0][:3] == ["run", "sirst", 40] and rows[0][4] == 0.53 and rows[0][5] == 1.0
+    # a shipped checkpoint beside the run it came from (same telemetry) is listed once
+    measured["run_s0"] = dict(measured["run"])
+    assert [r[0] for r in dcloss_weight_rows(measured, every=5)] == ["run", "run", "run"]
