@@ -6,12 +6,9 @@ internals) and never changes the model: no hooks, no mode switch, no writes to p
 
 from efpn.explain.attribution import (
     METHODS,
-    Explanation,
     Progress,
-    attribution_passes,
     box_area_share,
     detection_score,
-    explain_detection,
     random_deletion_curve,
 )
 from efpn.explain.diagnose import (
@@ -26,6 +23,7 @@ from efpn.explain.diagnose import (
     recall_by_bucket_and_cause,
 )
 from efpn.explain.diagnose_dataset import DatasetDiagnosis, diagnose_records, write_html
+from efpn.explain.explanation import Explanation, attribution_passes, explain_detection
 from efpn.explain.gradient import POSITIVE_LOSSES, gradient_reach, high_level_grad_norms
 from efpn.explain.inspection import AssignmentView, Inspection, KernelMaps, assign_on, inspect
 from efpn.explain.maps import (

@@ -10,18 +10,17 @@ import efpn
 from efpn.data.synthetic import make_synthetic_sample
 from efpn.explain.attribution import (
     DELETION_FRACTIONS,
-    attribution_passes,
     box_area_share,
     deletion_auc,
     deletion_curve,
     detection_score,
-    explain_detection,
     integrated_gradients,
     layer_gradcam,
     mass_inside,
     occlusion,
     random_deletion_curve,
 )
+from efpn.explain.explanation import attribution_passes, explain_detection
 from efpn.infer.preprocess import prepare
 
 
