@@ -30,11 +30,11 @@ the box in the same (network) pixels; maps are returned at that input resolution
 Progress and cost. The long computations (Integrated Gradients, Occlusion, deletion curves, and
 ``efpn.explain.explanation.explain_detection`` over all of them) take an optional ``progress(done, total)``
 callback, counted in images through the network (one Integrated Gradients step = one forward+backward image; one
-occluded image = one forward). It is called from the calling thread between batches, never from inside a backward pass, with ``done``
-increasing from 0 to ``total``; an exception it raises (a user's Cancel) propagates out of the call and stops the
-computation: nothing is returned, and the model is as untouched as after a normal return (no hooks, no ``.grad``,
-grad mode and train/eval mode as before). :mod:`efpn.explain.explanation` runs them together on one detection,
-counts their images beforehand and times one, for estimates.
+occluded image = one forward). It is called from the calling thread between batches, never from inside a backward
+pass, with ``done`` increasing from 0 to ``total``; an exception it raises (a user's Cancel) propagates out of the
+call and stops the computation: nothing is returned, and the model is as untouched as after a normal return (no
+hooks, no ``.grad``, grad mode and train/eval mode as before). :mod:`efpn.explain.explanation` runs them together
+on one detection, counts their images beforehand and times one, for estimates.
 """
 
 from __future__ import annotations
