@@ -7,7 +7,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from app import analyses, charts, figures, loaders, state
+from app import analyses, charts, figures, focusing, loaders, state
 from efpn import BUCKET_LABELS, level_stride
 from efpn.data import AnnotationError, load_split, parse_annotation_bytes
 
@@ -22,7 +22,7 @@ model = state.require_model(ctx)
 image = state.require_image(ctx)
 h, w = image.hw
 names = ctx.class_names or (ctx.gt.class_names if ctx.gt else ["object"])
-focus = state.focus_banner(ctx, model, image, "Here: that object ringed in white, its own positives drawn thick "
+focus = focusing.focus_banner(ctx, model, image, "Here: that object ringed in white, its own positives drawn thick "
                                               "and everyone else's faded, under the assigner you choose.")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import analyses, charts, figures, heatmaps, state, views
+from app import analyses, charts, figures, focusing, heatmaps, state, views
 from efpn.explain import Explanation
 
 LONG = "attr_long"  # the last long request: {"request", "state": running|cancelled|interrupted|failed, "done", ...}
@@ -37,9 +37,9 @@ ins = state.inspection(ctx, model, image)
 rows = views.detection_rows(ins.detections, model.levels, ctx.class_names)
 names = ctx.class_names
 
-found = state.focused_miss(ctx, model, image)
+found = focusing.focused_miss(ctx, model, image)
 focus, focus_miss = found if found is not None else (None, None)
-state.focus_banner(ctx, model, image, "Here: the best prior covering it is explained for the object's class: what "
+focusing.focus_banner(ctx, model, image, "Here: the best prior covering it is explained for the object's class: what "
                                       "it looked at, and what it would need.")
 FOCUSED = "the focused object's best prior"
 has_gt = ctx.gt is not None and len(ctx.gt.boxes) > 0
@@ -61,14 +61,14 @@ if source == FOCUSED:
         box = tuple(focus_miss.best_box)
         shown = ", ".join(f"{v:.1f}" for v in box)
         st.caption(f"The best prior covering GT {focus.gt_index}: its predicted box ({shown}) on "
-                   f"{focus_miss.best_level}, scoring {focus_miss.best_score:.3f} for {state.class_name(ctx, label)} "
-                   f"with IoU {focus_miss.best_iou:.2f} against the object. The target T below is that class's score "
-                   "times the IoU with this box.")
+                   f"{focus_miss.best_level}, scoring {focus_miss.best_score:.3f} for "
+                   f"{focusing.class_name(ctx, label)} with IoU {focus_miss.best_iou:.2f} against the object. The "
+                   "target T below is that class's score times the IoU with this box.")
     else:
         box = tuple(float(v) for v in focus.box)
         st.caption(f"GT {focus.gt_index} "
                    + ("is found at these settings" if focus_miss is None else "has no covering prior")
-                   + f": its own box is explained for {state.class_name(ctx, label)}.")
+                   + f": its own box is explained for {focusing.class_name(ctx, label)}.")
 elif source == "a detection":
     digest, picked = st.session_state.get("selected_detection") or (None, None)
     chosen = (digest, picked)

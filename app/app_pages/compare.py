@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import analyses, charts, figures, loaders, state, views
+from app import analyses, charts, figures, focusing, loaders, state, views
 from efpn import CheckpointError
 
 ctx = state.context()
@@ -71,7 +71,7 @@ if results:
     st.plotly_chart(charts.counts_by_level_figure(counts), width="stretch", key="cmp_counts")
 
     st.subheader("Objects one finds and the other misses")
-    iou, aware = state.match_settings()
+    iou, aware = focusing.match_settings()
     if ctx.gt is None or not len(ctx.gt.boxes):
         st.info("This image has no ground truth, so there is nothing to be found or missed: pick a sample, open a "
                 "dataset image, or add ground truth on the Assignment page.")

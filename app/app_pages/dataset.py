@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import analyses, charts, loaders, state, views
+from app import analyses, charts, focusing, loaders, state, views
 from efpn import BUCKET_LABELS, BUCKETS
 from efpn.data import AnnotationError
 from efpn.explain import CAUSE_TEXT, CAUSES
@@ -74,7 +74,7 @@ n0 = min(int(kept.get("n", 50)), n_max) if kept.get("path") == path else min(50,
 n = int(c1.number_input("Images to diagnose", 1, n_max, n0, key=f"dsd_n_{choice.label}",  # a dataset's own
                         help="The first N images of the split; each is inspected once and cached, so a larger N only "
                              "runs the new ones."))
-iou = c2.slider("Match IoU", 0.1, 0.95, state.match_settings()[0], 0.05, key="dsd_iou",
+iou = c2.slider("Match IoU", 0.1, 0.95, focusing.match_settings()[0], 0.05, key="dsd_iou",
                 help="A detection finds an object when their boxes overlap by at least this IoU (same class).")
 st.session_state[KEPT] = {"path": path, "split": split, "n": n}
 request = (ctx.ckpt_key, path, split, n, ctx.score, iou)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import analyses, charts, figures, heatmaps, loaders, state, views
+from app import analyses, charts, figures, focusing, heatmaps, loaders, state, views
 from efpn.explain import reduce_channels
 from efpn.infer import num_tiles, suggested_tile
 
@@ -66,7 +66,7 @@ else:
 
 rows = views.detection_rows(detections, model.levels, ctx.class_names)
 has_gt = ctx.gt is not None and len(ctx.gt.boxes) > 0
-gt_names = state.gt_names(ctx)
+gt_names = focusing.gt_names(ctx)
 
 view = "pyramid level"
 if has_gt:  # the matching settings first: the figure depends on them
@@ -75,17 +75,17 @@ if has_gt:  # the matching settings first: the figure depends on them
                         horizontal=True,
                         help="found / missed: each object and detection matched against the ground truth; pyramid "
                              "level: each detection coloured by the level that produced it.")
-    iou0, aware0 = state.match_settings()
+    iou0, aware0 = focusing.match_settings()
     iou = c_iou.slider("Match IoU", 0.1, 0.95, iou0, 0.05, key="match_iou",
                        help="A detection finds an object when their boxes overlap by at least this IoU (greedy, "
                             "best score first, one detection per object).")
     aware = c_iou.toggle("Same class only", value=aware0, key="match_class_aware",
                            help="Match a detection only to an object of its class. Off: any class (localisation "
                                 "only).")
-    state.set_match_settings(iou, aware)
+    focusing.set_match_settings(iou, aware)
 left, right = st.columns([5, 2])
-diag = state.diagnosis(ctx, model, image, ins, sliced, detections) if has_gt else None
-focus = state.focus(ctx)
+diag = focusing.diagnosis(ctx, model, image, ins, sliced, detections) if has_gt else None
+focus = focusing.focus(ctx)
 miss_by_gt = {m.gt_index: m for m in diag.misses} if diag is not None else {}
 focus_miss = miss_by_gt.get(focus.gt_index) if focus is not None else None
 
@@ -121,7 +121,7 @@ if picks and picks[-1] != st.session_state.get("detect_last_pick"):  # a new cli
     if kind == "det" and idx < len(rows):
         st.session_state["selected_detection"] = (image.digest, idx)
     elif kind == "gt" and ctx.gt is not None and idx < len(ctx.gt.boxes):
-        state.set_focus(image.digest, idx, ctx.gt.boxes[idx], int(ctx.gt.labels[idx]))
+        focusing.set_focus(image.digest, idx, ctx.gt.boxes[idx], int(ctx.gt.labels[idx]))
         st.rerun()
 with right:
     st.metric("Detections", len(rows))
@@ -171,14 +171,14 @@ if diag is not None:
             rows_sel = (chosen or {}).get("selection", {}).get("rows", []) if chosen else []
             if rows_sel and rows_sel[0] < len(misses):
                 g = misses[rows_sel[0]].gt_index
-                state.set_focus(image.digest, g, gt_boxes[g], int(gt_labels[g]))
+                focusing.set_focus(image.digest, g, gt_boxes[g], int(gt_labels[g]))
 
         st.caption("One row per missed object: its cause under the rule of `efpn.explain` (the first stage that lost "
                    "it) and the numbers the rule looked at. Select a row, or pick below, to focus on the object: "
                    "Assignment, Gates, Kernels, Attribution and Pyramid then show it.")
         st.dataframe(views.miss_rows(misses, gt_names), hide_index=True,
                      width="stretch", key="miss_table", on_select=_on_row, selection_mode="single-row")
-        focus = state.focus(ctx)
+        focus = focusing.focus(ctx)
         options = [-1, *miss_by_gt]
         if focus is not None and focus.gt_index not in options:
             options.append(focus.gt_index)  # found at these settings, still focused
@@ -187,9 +187,9 @@ if diag is not None:
         def _on_pick() -> None:
             g = st.session_state.get("miss_focus_pick", -1)
             if g is None or g < 0:
-                state.clear_focus()
+                focusing.clear_focus()
             else:
-                state.set_focus(image.digest, g, gt_boxes[g], int(gt_labels[g]))
+                focusing.set_focus(image.digest, g, gt_boxes[g], int(gt_labels[g]))
 
         def _label(g: int) -> str:
             if g < 0:
@@ -202,7 +202,7 @@ if diag is not None:
         focus_miss = miss_by_gt.get(focus.gt_index) if focus is not None else None
         if focus_miss is not None:
             with st.container(border=True):
-                summary = state.miss_summary(focus_miss, gt_names[focus_miss.gt_index])
+                summary = focusing.miss_summary(focus_miss, gt_names[focus_miss.gt_index])
                 st.markdown(f":material/center_focus_strong: {summary}")
                 st.dataframe(views.rule_rows(focus_miss, diag.score_thresh, diag.iou_thresh), hide_index=True,
                              width="stretch", key="miss_rule")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, heatmaps, state
+from app import figures, focusing, heatmaps, state
 from efpn import level_stride
 from efpn.explain import gate_stats
 from efpn.layers import box_mask_target
@@ -24,7 +24,7 @@ if not ins.gates:
             "checkpoint to see them.")
     st.stop()
 
-focus = state.focus_banner(ctx, model, image, "Here: its centre ringed on every gate map, with the gate's value "
+focus = focusing.focus_banner(ctx, model, image, "Here: its centre ringed on every gate map, with the gate's value "
                                               "there (closed below 0.1).")
 opacity = st.slider("Mask opacity", 0.0, 1.0, 0.55, 0.05, key="gate_opacity")
 gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)

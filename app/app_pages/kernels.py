@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, heatmaps, state
+from app import figures, focusing, heatmaps, state
 from efpn.explain import kernel_at, kernels_inside_outside
 
 ctx = state.context()
@@ -22,7 +22,7 @@ if not ins.kernels:
     st.info("This checkpoint has no RDConv/SGDM layers. Choose a *_sgdm or efpn_n checkpoint to see dynamic kernels.")
     st.stop()
 
-focus = state.focus_banner(ctx, model, image, "Here: the picker starts on its centre (pick elsewhere freely).")
+focus = focusing.focus_banner(ctx, model, image, "Here: the picker starts on its centre (pick elsewhere freely).")
 layers = list(ins.kernels)
 state.keep_valid("kernel_layer", layers)
 layer = st.selectbox("Layer", layers, key="kernel_layer",

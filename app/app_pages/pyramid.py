@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import analyses, charts, heatmaps, state
+from app import analyses, charts, focusing, heatmaps, state
 from efpn import level_stride
 from efpn.explain import reduce_channels
 
@@ -18,7 +18,7 @@ model = state.require_model(ctx)
 image = state.require_image(ctx)
 ins = state.inspection(ctx, model, image)
 
-focus = state.focus_banner(ctx, model, image, "Here: the cell holding its centre is outlined on every level, before "
+focus = focusing.focus_banner(ctx, model, image, "Here: the cell holding its centre is outlined on every level, before "
                                               "and after CEM.")
 labels = {"mean": "channel mean", "max": "channel max", "pca": "PCA → RGB"}
 how = st.radio("Show channels as", list(labels), format_func=labels.get, horizontal=True, key="pyr_reduce",
