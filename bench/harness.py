@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from efpn.runtime import keep_freed_memory
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 Case = Callable[[], object]
@@ -38,7 +40,9 @@ CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 
 
 def set_threads(threads: int) -> None:
-    """Use ``threads`` intra-op threads (and one inter-op thread, when that can still be set)."""
+    """Use ``threads`` intra-op threads (and one inter-op thread, when that can still be set), with the CPU
+    runtime the CLI and studio use (:func:`efpn.runtime.keep_freed_memory`; the same for ours and peers)."""
+    keep_freed_memory()
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
@@ -215,6 +219,7 @@ def machine_info(threads: int, device: str = "cpu") -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp default, spinning)"),
+        "malloc_reuse": keep_freed_memory(),
         "device": device,
         "loadavg_start": _loadavg(),
     }

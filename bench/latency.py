@@ -47,6 +47,9 @@ YOLO_PAIRS: tuple[tuple[str, str, float | None, float | None], ...] = (
     ("yolov8n_sgdm", "yolov8n.yaml", 1.05, 1.05),
     ("yolov5n", "yolov5n.yaml", None, None),
 )
+#: (flagship preset, our static network it is held against, bound): the pretrained flagship carrying both papers
+#: (MobileNetV2 + SGDM + E-FPN-BS) at most 2x our YOLOv8n, both as built and both BN-folded, same rounds.
+FLAGSHIP: tuple[str, str, float] = ("efpn_mv2", "yolov8n", 2.0)
 #: presets whose ``efpn.inspect`` overhead over plain prediction is a target
 INSPECT_PRESETS: tuple[str, ...] = ("efpn_n", "yolov8n_sgdm")
 INSPECT_BOUND = 1.1
@@ -115,6 +118,11 @@ def target_entries(args: argparse.Namespace, image: torch.Tensor) -> tuple[list[
                 entries.append(_ultralytics(yaml_name, image, k, fused=fused))
                 done.add(yaml_name)
             entries.append(_ours(ours, image, k, fused=fused, sgdm_path=args.sgdm_path))
+        flagship, reference, _ = FLAGSHIP
+        if flagship in args.presets:
+            if reference not in args.presets:
+                entries.append(_ours(reference, image, k, fused=fused))
+            entries.append(_ours(flagship, image, k, fused=fused, sgdm_path=args.sgdm_path))
     return entries, notes
 
 
@@ -186,6 +194,10 @@ def ratios_and_targets(
         if f"yolov8n_sgdm{fused}" in names and f"yolov8n{fused}" in names:
             for kind in ("network", "predict"):
                 add(kind, f"yolov8n_sgdm{fused}", f"yolov8n{fused}", None, "SGDM over our static YOLOv8n")
+        flagship, reference, bound = FLAGSHIP
+        if f"{flagship}{fused}" in names and f"{reference}{fused}" in names:
+            for kind in ("network", "predict"):
+                add(kind, f"{flagship}{fused}", f"{reference}{fused}", bound, "pretrained flagship over our YOLOv8n")
     for kind in ("network", "predict"):
         add(kind, "fpn_r50", "torchvision-retinanet_r50_fpn", None, "ours: p2-p6 (p2 = 4x the p3 cells); tv: p3-p7",
             src=catalogue)

@@ -131,7 +131,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every eval-mode ``BatchNorm2d`` that directly follows a bias-free or biased
     ``Conv2d`` (``conv``/``bn`` of ``ConvBNAct``, ``spatial``/``spatial_bn`` of the RDConv kernel generator)
     folded into that conv and replaced by ``nn.Identity``. Bench-only: it is what Ultralytics' ``fuse()`` does,
-    so fused rows compare like with like."""
+    so fused rows compare like with like. ``Conv2d`` followed by ``BatchNorm2d`` inside an ``nn.Sequential`` is
+    folded the same way. The folded conv keeps the original weight's memory format."""
     fused = copy.deepcopy(model).eval()
     for module in fused.modules():
         for conv_name, bn_name in (("conv", "bn"), ("spatial", "spatial_bn")):
@@ -139,6 +140,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 setattr(module, conv_name, _fold(conv, bn))
                 setattr(module, bn_name, nn.Identity())
+        if isinstance(module, nn.Sequential):  # torchvision's Conv2dNormActivation and MobileNetV2's projections
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                    module[i], module[i + 1] = _fold(module[i], module[i + 1]), nn.Identity()
     return fused
 
 
@@ -148,6 +153,8 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
     out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
+        out = out.to(memory_format=torch.channels_last)
     out.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     out.bias.copy_((bias - bn.running_mean) * scale + bn.bias)

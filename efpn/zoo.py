@@ -118,6 +118,12 @@ def _efpn_n(k: int, **kw: Any) -> ModelConfig:
 
 
 _R18_LIGHT: dict[str, Any] = {"channels": 128, "num_convs": 2}
+#: The pretrained flagship's neck and head: 64 channels, 32-channel CEM/FBSM, depthwise-separable head convs and
+#: one square anchor per location (with ATSS, tiling 9 anchors per location brings no accuracy: Zhang et al.,
+#: CVPR 2020). At 640 px a 96-channel dense 3x3 head over 9 anchors on p2 alone costs ~2x the whole
+#: YOLOv8n (bench/latency.py).
+_MV2_LIGHT: dict[str, Any] = {"channels": 64, "mid_channels": 32, "separable": True,
+                              "anchors": {"anchor_scales": (1.0,), "anchor_ratios": (1.0,)}}
 
 
 def _mv2(k: int, cem: bool = False, fbsm: bool = False, dcloss: bool = False, sgdm: bool = False,
@@ -128,6 +134,7 @@ def _mv2(k: int, cem: bool = False, fbsm: bool = False, dcloss: bool = False, sg
     stride-2 depthwise convs of c3-c5."""
     name = kw.pop("name")
     channels = kw.pop("channels", 96)
+    mid = kw.pop("mid_channels", min(64, channels))  # CEM's branches and FBSM's hidden layer
     return ModelConfig(
         name=name,
         num_classes=k,
@@ -139,11 +146,11 @@ def _mv2(k: int, cem: bool = False, fbsm: bool = False, dcloss: bool = False, sg
             kind="fpn",
             levels=("p2", "p3", "p4", "p5", "p6"),
             channels=channels,
-            cem=CEMConfig(source_levels=("p5", "p6"), target_levels=("p2", "p3"), mid_channels=min(64, channels))
-            if cem else None,
-            fbsm=FBSMConfig(levels=("p2", "p3"), hidden_channels=min(64, channels)) if fbsm else None,
+            cem=CEMConfig(source_levels=("p5", "p6"), target_levels=("p2", "p3"), mid_channels=mid) if cem else None,
+            fbsm=FBSMConfig(levels=("p2", "p3"), hidden_channels=mid) if fbsm else None,
         ),
-        head=HeadConfig(kind="retina", assigner="atss", num_convs=kw.pop("num_convs", 2), anchor_scale=2.0),
+        head=HeadConfig(kind="retina", assigner="atss", num_convs=kw.pop("num_convs", 2), anchor_scale=2.0,
+                        separable=kw.pop("separable", False), **kw.pop("anchors", {})),
         loss=LossConfig(box="giou", dcloss=dcloss),
         pixel_mean=IMAGENET_MEAN,
         pixel_std=IMAGENET_STD,
@@ -183,7 +190,7 @@ PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     # both papers combined: from scratch on CSPDarknet-n, and the pretrained flagship (SGDM around MobileNetV2's
     # pretrained stride-2 convs + E-FPN-BS + DCLoss)
     "efpn_n": lambda k: _efpn_n(k, name="efpn_n"),
-    "efpn_mv2": lambda k: _mv2(k, cem=True, fbsm=True, dcloss=True, sgdm=True, name="efpn_mv2"),
+    "efpn_mv2": lambda k: _mv2(k, cem=True, fbsm=True, dcloss=True, sgdm=True, name="efpn_mv2", **_MV2_LIGHT),
     # tiny variants for tests (same code paths, a fraction of the compute)
     "tiny_fpn": lambda k: _fpn_r(18, k, channels=32, num_convs=1, name="tiny_fpn", image_size=128),
     "tiny_efpn_bs": lambda k: dataclasses.replace(
@@ -298,7 +305,7 @@ def build(config: ModelConfig, pretrained: bool = True) -> Detector:
             raise ValueError("the retina head needs an FPN neck (equal channels on every level)")
         head: nn.Module = RetinaHead(
             nk.channels, k, nk.levels, len(h.anchor_scales) * len(h.anchor_ratios), h.num_convs, h.prior_prob,
-            h.anchor_scale, h.anchor_scales, h.anchor_ratios,
+            h.anchor_scale, h.anchor_scales, h.anchor_ratios, separable=h.separable,
         )
         criterion: nn.Module = RetinaCriterion(h, config.loss, k, mask_levels, mask_weight)
         decoder = decode_retina

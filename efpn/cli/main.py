@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from efpn.runtime import keep_freed_memory
+
 
 def _tile_size(text: str) -> int:
     """argparse type of a tile side: an integer of at least 8 px."""
@@ -431,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # large activations reuse heap blocks instead of fresh mmaps (efpn.runtime)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, IsADirectoryError) as e:

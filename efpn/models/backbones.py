@@ -242,17 +242,23 @@ class MobileNetV2Backbone(nn.Module):
         self.out_levels = tuple(out_levels)
         self.out_channels = {"c2": 24, "c3": 32, "c4": 96, "c5": 320}
         self.strides = {"c2": 4, "c3": 8, "c4": 16, "c5": 32}
+        # weights channels-last too: with NCHW weights oneDNN is skipped for the 1x1 convs and every BatchNorm
+        # meets a mixed layout (a copy each); load_state_dict and .to(device) keep this layout
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor, return_internals: bool = False) -> BackboneOutput:
         internals: dict[str, KernelLayer] | None = {} if return_internals else None
         feats: dict[str, Tensor] = {}
         last = max(self.out_levels, key=lambda lv: self.strides[lv])
+        # Channels-last inside: oneDNN's NHWC depthwise convs run 5-8x faster than NCHW on CPU (the stride-2
+        # 96-channel one at 320x320: 5 ms vs 39 ms), which halves the backbone; outputs go back to NCHW.
+        x = x.contiguous(memory_format=torch.channels_last)
         for name, stage in self.stages.items():
             x = stage["pre"](x)
             x = call_collecting(stage["down"], x, internals, f"{name}.down", self.strides[name])  # (N, C, H/s, W/s)
             x = stage["post"](x)
             if name in self.out_levels:
-                feats[name] = x
+                feats[name] = x.contiguous()
             if name == last:
                 break
         return (feats, internals) if internals is not None else feats

@@ -55,9 +55,20 @@ def _sizes(feats: Mapping[str, Tensor]) -> dict[str, tuple[int, int]]:
     return {lv: (int(f.shape[-2]), int(f.shape[-1])) for lv, f in feats.items()}
 
 
+def _conv3x3(c_in: int, c_out: int, separable: bool) -> nn.Module:
+    """A 3x3 conv, or its depthwise-separable form (depthwise 3x3 without bias, then pointwise 1x1)."""
+    if not separable:
+        return nn.Conv2d(c_in, c_out, 3, padding=1)
+    return nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False), nn.Conv2d(c_in, c_out, 1))
+
+
 class RetinaHead(nn.Module):
     """RetinaNet-style head: one cls tower and one box tower (``num_convs`` 3x3 conv + GroupNorm + ReLU), shared
-    across levels, over ``num_anchors`` anchors per location. Focal-loss bias prior on the classifier."""
+    across levels, over ``num_anchors`` anchors per location. Focal-loss bias prior on the classifier.
+
+    ``separable``: every 3x3 conv is depthwise 3x3 + pointwise 1x1 (as light heads such as NanoDet's do), for a
+    head whose cost at p2 no longer dwarfs the backbone's.
+    """
 
     def __init__(
         self,
@@ -70,6 +81,7 @@ class RetinaHead(nn.Module):
         anchor_scale: float = 4.0,
         anchor_scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
         anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        separable: bool = False,
     ):
         super().__init__()
         if num_anchors != len(anchor_scales) * len(anchor_ratios):
@@ -80,27 +92,35 @@ class RetinaHead(nn.Module):
         self.anchor_scale = anchor_scale
         self.anchor_scales = tuple(anchor_scales)
         self.anchor_ratios = tuple(anchor_ratios)
+        self.separable = separable
         groups = 32 if channels % 32 == 0 and channels >= 128 else max(1, channels // 8)
 
         def tower() -> nn.Sequential:
             layers: list[nn.Module] = []
             for _ in range(num_convs):
-                layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(groups, channels), nn.ReLU()]
+                layers += [_conv3x3(channels, channels, separable), nn.GroupNorm(groups, channels), nn.ReLU()]
             return nn.Sequential(*layers)
 
         self.cls_tower, self.box_tower = tower(), tower()
-        self.cls_out = nn.Conv2d(channels, num_anchors * num_classes, 3, padding=1)
-        self.box_out = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
+        self.cls_out = _conv3x3(channels, num_anchors * num_classes, separable)
+        self.box_out = _conv3x3(channels, num_anchors * 4, separable)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
-        nn.init.constant_(self.cls_out.bias, -math.log((1 - prior_prob) / prior_prob))
+                if m.groups > 1:  # depthwise: a plain 3x3 spatial filter per channel (kaiming, as torchvision)
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                else:
+                    nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        cls_final = self.cls_out[-1] if isinstance(self.cls_out, nn.Sequential) else self.cls_out
+        nn.init.constant_(cls_final.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, feats: Mapping[str, Tensor]) -> HeadOutput:
         cls, box = [], []
         for lv in self.levels:
             f = feats[lv]
+            if self.separable:  # oneDNN's depthwise convs are several times faster channels-last on CPU
+                f = f.contiguous(memory_format=torch.channels_last)
             cls.append(_flatten(self.cls_out(self.cls_tower(f)), self.num_anchors))  # (N, H*W*A, K)
             box.append(_flatten(self.box_out(self.box_tower(f)), self.num_anchors))  # (N, H*W*A, 4)
         sizes = _sizes({lv: feats[lv] for lv in self.levels})
