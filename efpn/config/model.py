@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from efpn.config.schema import from_mapping
 
-BackboneKind = Literal["cspdarknet", "resnet", "mobilenetv2"]
+BackboneKind = Literal["cspdarknet", "resnet", "mobilenetv2", "efficientnet_lite"]
 NeckKind = Literal["fpn", "pan"]
 HeadKind = Literal["retina", "yolov5", "yolov8"]
 AssignerKind = Literal["maxiou", "atss", "yolov5", "tal"]
@@ -44,7 +44,8 @@ class BackboneConfig:
     """Backbone family. CSPDarknet: ``variant`` is ``"c3"`` (YOLOv5) or ``"c2f"`` (YOLOv8); ResNet: ``"resnet18"``
     or ``"resnet50"`` (random init, or ``weights`` = a local torchvision state-dict file; nothing is downloaded);
     MobileNetV2: ``weights="imagenet"`` starts from the ImageNet weights installed with the package
-    (:mod:`efpn.models.pretrained`). ``sgdm.backbone_stages`` of a MobileNetV2 wrap the stages' pretrained
+    (:mod:`efpn.models.pretrained`); so does EfficientNet-Lite0 (``kind="efficientnet_lite"``, variant
+    ``"efficientnet_lite0"``). ``sgdm.backbone_stages`` of a MobileNetV2 wrap the stages' pretrained
     stride-2 depthwise convs in SGDM (the pretrained conv is SGDM's static branch, the dynamic one starts at 0)."""
 
     kind: BackboneKind = "cspdarknet"

