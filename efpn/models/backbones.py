@@ -17,6 +17,7 @@ from efpn.layers.conv import ConvBNAct
 from efpn.layers.internals import KernelInternals
 from efpn.models.blocks import C3, SPPF, C2f, make_divisible, scaled_depth, supports_internals
 from efpn.models.outputs import KernelLayer
+from efpn.models.pretrained import load_backbone_state
 
 #: ``{c*: features}``, or with ``return_internals`` that and ``{layer name: KernelLayer}``.
 BackboneOutput = dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, KernelLayer]]
@@ -219,7 +220,7 @@ class MobileNetV2Backbone(nn.Module):
         super().__init__()
         net = torchvision.models.mobilenet_v2()
         if weights is not None:
-            net.load_state_dict(weights, strict=True)  # raises on any missing or unexpected key
+            load_backbone_state(net, weights, "mobilenet_v2")  # strict, but the classifier may be absent
         bad = [lv for lv in out_levels if lv not in _MV2_STAGES]
         if bad:
             raise ValueError(f"unknown backbone levels {bad}; MobileNetV2 provides {list(_MV2_STAGES)}")

