@@ -29,9 +29,10 @@ def test_default_checkpoints_are_shipped() -> None:
 
 
 def test_checkpoints_folder_stays_light() -> None:
-    # under 45 MB: a GPU call carries the tracked files plus the packed data in 64 MiB
+    # under 50 MiB: a GPU call carries the tracked files (about 3 MiB besides checkpoints/) plus the packed SIRST,
+    # pycocotools and MobileNetV2 weights (9.1 MiB) in 64 MiB (recipes/pack_gpu_data.py checks the sum)
     total = sum(p.stat().st_size for p in CKPT.iterdir() if p.is_file())
-    assert total < 45 * 2**20, f"checkpoints/ is {total / 2**20:.1f} MB; keep it under 45 MB"
+    assert total < 50 * 2**20, f"checkpoints/ is {total / 2**20:.1f} MiB; keep it under 50 MiB"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])

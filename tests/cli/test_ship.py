@@ -51,3 +51,14 @@ def test_ship_int8_on_request(tmp_path: Path) -> None:
         det = predict_image(model, load_sanity_image(entry), score_thresh=card["sanity"]["score_thresh"],
                             image_size=card["sanity"]["image_size"])
         assert len(det["scores"]) == entry["count"]
+
+
+def test_auto_storage_judges_ap50_and_tiny_objects_too() -> None:
+    from efpn.cli.ship import storage_keeps_accuracy
+
+    fp32 = {"AP": 0.331, "AP50": 0.854, "AP_vt": 0.300, "AP_t": 0.492}
+    assert storage_keeps_accuracy({**fp32, "AP": 0.332}, fp32)
+    # the int8 of fpn_mv2_sirst: AP +0.002 but AP50 -0.025
+    assert not storage_keeps_accuracy({"AP": 0.333, "AP50": 0.828, "AP_vt": 0.304, "AP_t": 0.487}, fp32)
+    assert not storage_keeps_accuracy({**fp32, "AP_vt": 0.290}, fp32)
+    assert storage_keeps_accuracy({**fp32, "AP_t": None}, fp32)  # a size with no objects is not judged
