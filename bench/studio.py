@@ -12,9 +12,10 @@ Four measurements, one result file (``bench/results/studio.json`` / ``studio.md`
    * upload action -> the Detect page's run finished with its detections figure showing the new image AND
      its "Inside the network" overview drawn: detections and positive anchors per level, the CEM fused
      maps, the FBSM gates and the dynamic-kernel entropy maps of the same forward (every picture loaded).
-     This is "upload -> detections and all internals rendered" (target < 1.5 s);
+     This is "upload -> detections and all internals rendered" (target <= 1 s);
    * then each detail page, Pyramid, Gates and Kernels: click in the sidebar -> that page's run finished and
-     all its figures drawn (reported apart, with the sum of the whole walk).
+     all its figures drawn (reported apart, with the sum of the whole walk; each an interaction after the first
+     inspection, target <= 1 s).
 
    "Rendered" is read from the DOM: ``stApp``'s ``data-test-script-state`` went back to ``notRunning`` after
    the action (a MutationObserver counts those transitions), the page's ``<h1>`` is there, no element is
@@ -87,7 +88,7 @@ VIEWPORT = {"width": 1440, "height": 1100}
 #: detail pages opened after Detect, in this order, for the same image (the Detect page already shows an overview)
 INTERNAL_PAGES: tuple[str, ...] = ("Pyramid", "Gates", "Kernels")
 #: upload -> detections and all internals rendered, seconds
-TARGET_S = 1.5
+TARGET_S = 1.0
 #: efpn.explain.inspection / predict_image
 INSPECT_BOUND = 1.1
 INSPECT_PRESETS: tuple[str, ...] = ("checkpoint", "yolov8n_sgdm")  # "checkpoint": the one served
@@ -563,11 +564,13 @@ def build_targets(payload: dict[str, Any]) -> list[H.Target]:
     lat = payload.get("latency")
     if lat:
         budget = TARGET_S * 1e3
-        for key, what, bound in (("Detect", "upload -> detections + internals (Detect page)", 1.0),
-                                 ("total", "upload -> Detect + Pyramid + Gates + Kernels pages", None)):
+        rows = [("Detect", "upload -> detections + internals (Detect page)", 1.0)]
+        rows += [(page, f"open {page} after the inspection", 1.0) for page in INTERNAL_PAGES]
+        rows += [("total", "upload -> Detect + Pyramid + Gates + Kernels pages", None)]
+        for key, what, bound in rows:
             med = lat["summary_s"][key]["median"] * 1e3
-            targets.append(H.Target(f"studio {what} (median, browser)", "studio", "1.5 s budget", med, budget, "ms",
-                                    med / budget, bound, "ratio = time / 1.5 s"))
+            targets.append(H.Target(f"studio {what} (median, browser)", "studio", f"{TARGET_S:g} s budget", med,
+                                    budget, "ms", med / budget, bound, f"ratio = time / {TARGET_S:g} s"))
     ins = payload.get("inspect")
     if ins:
         for name, r in ins["ratios"].items():
