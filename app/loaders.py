@@ -35,7 +35,7 @@ SAMPLES_DIR = APP_DIR / "samples"
 SAMPLE_ANNOTATIONS = SAMPLES_DIR / "annotations.json"
 SAMPLE_DATA_YAML = SAMPLES_DIR / "data.yaml"
 #: The checkpoint the studio opens on when it exists and EFPN_CHECKPOINT is not set.
-DEFAULT_CHECKPOINT_NAME = "efpn_bs_mv2_sirst.safetensors"
+DEFAULT_CHECKPOINT_NAME = "efpn_mv2_sirst.safetensors"
 #: Opened when the real-data default is absent (the synthetic flagship, which the Learn page also uses).
 FALLBACK_CHECKPOINT_NAME = "efpn_n_synth.safetensors"
 #: Shown when there is no checkpoint at all: how to make the bundled one.
@@ -70,7 +70,7 @@ def available_checkpoints() -> list[dict[str, Any]]:
 
 
 def default_checkpoint(entries: Sequence[dict[str, Any]]) -> str | None:
-    """``$EFPN_CHECKPOINT``, else the real-data default (``efpn_bs_mv2_sirst``), else the synthetic flagship, else
+    """``$EFPN_CHECKPOINT``, else the real-data flagship (``efpn_mv2_sirst``), else the synthetic flagship, else
     the first readable entry."""
     env = os.environ.get("EFPN_CHECKPOINT")
     if env and Path(env).is_file():

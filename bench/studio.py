@@ -34,7 +34,7 @@ Four measurements, one result file (``bench/results/studio.json`` / ``studio.md`
    object on a cached inspection) on the bundled samples with their ground truth, against a 0.3 s budget; and a
    checkpoint switch (another bundled checkpoint loaded from disk, then its first inspection), against 2 s.
 
-Checkpoint: the one `make app` opens (``checkpoints/efpn_bs_mv2_sirst.safetensors``, else ``efpn_n_synth``)
+Checkpoint: the one `make app` opens (``checkpoints/efpn_mv2_sirst.safetensors``, else ``efpn_n_synth``)
 when it exists, else ``efpn_n`` with random weights (3 classes) saved in a temporary folder (random weights time
 the same network; the results say which).
 
@@ -79,9 +79,9 @@ from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample  # noqa: E4
 from efpn.infer.predict import predict_image  # noqa: E402
 
 #: the checkpoint `make app` opens: the real-data default, else the synthetic flagship (as app/loaders.py picks)
-BUNDLED_CHECKPOINT = next((p for p in (REPO / "checkpoints" / "efpn_bs_mv2_sirst.safetensors",
+BUNDLED_CHECKPOINT = next((p for p in (REPO / "checkpoints" / "efpn_mv2_sirst.safetensors",
                                        REPO / "checkpoints" / "efpn_n_synth.safetensors") if p.is_file()),
-                          REPO / "checkpoints" / "efpn_bs_mv2_sirst.safetensors")
+                          REPO / "checkpoints" / "efpn_mv2_sirst.safetensors")
 CHROMIUM = Path(os.environ.get("EFPN_CHROMIUM", "/usr/bin/chromium"))
 VIEWPORT = {"width": 1440, "height": 1100}
 

@@ -18,12 +18,12 @@ from tests.conftest import REPO, SHARED_DATA
 
 CKPT = REPO / "checkpoints"
 SHIPPED = sorted(CKPT.glob("*.safetensors"))
-DEFAULT = CKPT / "efpn_bs_mv2_sirst.safetensors"  # real data: what make app opens
+DEFAULT = CKPT / "efpn_mv2_sirst.safetensors"  # real data, both papers: what make app opens
 SYNTHETIC = CKPT / "efpn_n_synth.safetensors"  # the Learn page's flagship on synthetic objects
 
 
 def test_default_checkpoints_are_shipped() -> None:
-    assert DEFAULT.is_file(), "make app opens checkpoints/efpn_bs_mv2_sirst.safetensors; it must be in the repository"
+    assert DEFAULT.is_file(), "make app opens checkpoints/efpn_mv2_sirst.safetensors; it must be in the repository"
     assert SYNTHETIC.is_file(), "the synthetic flagship stays for the Learn page"
     assert read_card(DEFAULT)["data"]["dataset"] == "sirst"
 

@@ -1,5 +1,5 @@
 """Copy a few real SIRST validation images into ``app/samples/sirst`` for the studio:
-``python app/samples/make_sirst_samples.py checkpoints/efpn_bs_mv2_sirst.safetensors [--count 6]``.
+``python app/samples/make_sirst_samples.py checkpoints/efpn_mv2_sirst.safetensors [--count 6]``.
 
 Picks, from the SIRST val list, the images with the most tiny targets (< 16 px) that the checkpoint finds at
 its own score threshold, and one where it misses something (the studio exists to explain misses); writes the PNGs

@@ -412,12 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run directory (runs/NAME)")
     s.add_argument("--name", required=True, help="checkpoint name, e.g. efpn_n_synth")
     s.add_argument("--out", default="checkpoints")
-    s.add_argument("--dataset", default="synth", help="attribution key: synth or ssdd")
+    s.add_argument("--dataset", default="synth", help="attribution key: synth, ssdd or sirst")
     s.add_argument("--shared-root", default=None, help="record sanity images relative to this data folder")
     s.add_argument("--recipe", default=None, help="the training command, recorded in the card")
     s.add_argument("--storage", default="auto", choices=["auto", "fp32", "fp16", "int8"],
-                   help="weight storage; auto = the smallest of int8 / fp16 whose AP is within 0.002 of fp32, else "
-                        "fp32 (explicit choices are stored as asked, with their measured AP)")
+                   help="weight storage; auto = the smallest of int8 / fp16 whose AP is within 0.002 of fp32 and "
+                        "AP50, AP_vt, AP_t within 0.005, else fp32 (explicit choices are stored as asked, with "
+                        "their measured AP)")
     s.set_defaults(func=cmd_ship)
 
     s = sub.add_parser("report", help="regenerate the measured claims of both papers (tables + charts)")
