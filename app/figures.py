@@ -10,7 +10,10 @@ Charts are in :mod:`app.charts`, map pictures and thumbnails in :mod:`app.heatma
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,10 +43,33 @@ FOCUS_COLOUR = "#ffffff"
 # ----------------------------------------------------------------------------------------------- images
 
 
+#: Encoded pictures kept by :func:`_png_data_uri` (a few images: every page draws the same one again and again).
+PNG_CACHE_SIZE = 8
+_png_cache: OrderedDict[bytes, str] = OrderedDict()
+_png_cache_lock = threading.Lock()
+
+
 def _png_data_uri(rgb: np.ndarray) -> str:
+    """``rgb`` as a PNG data URI. Encoding a 640 px picture takes ~70 ms and every image figure of every page run
+    needs one, almost always of the same picture: the URIs are kept by content (a hash of the pixels, ~1 ms), last
+    used first, so one image is encoded once per server, not once per figure per run."""
+    arr = np.ascontiguousarray(rgb)
+    h = hashlib.blake2b(repr((arr.shape, arr.dtype.str)).encode(), digest_size=16)
+    h.update(arr.data)
+    key = h.digest()
+    with _png_cache_lock:
+        hit = _png_cache.get(key)
+        if hit is not None:
+            _png_cache.move_to_end(key)
+            return hit
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=3)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=3)
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    with _png_cache_lock:  # sessions run in threads of one process
+        _png_cache[key] = uri
+        while len(_png_cache) > PNG_CACHE_SIZE:
+            _png_cache.popitem(last=False)
+    return uri
 
 
 def image_trace(rgb: np.ndarray, max_side: int = DISPLAY_MAX_SIDE, opacity: float = 1.0) -> go.Image:

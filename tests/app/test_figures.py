@@ -32,6 +32,21 @@ def test_large_images_are_sent_downscaled_in_original_coordinates() -> None:
     assert tr.dx == 3.0 and tr.x0 == 1.5
 
 
+def test_image_pictures_are_encoded_once_per_content() -> None:
+    """The PNG of a picture is kept by its pixels: the same pixels give the same URI without encoding again, other
+    pixels (or another shape of the same bytes) their own, and the kept ones stay few."""
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    uri = figures.image_trace(rgb).source
+    assert uri.startswith("data:image/png;base64,") and figures.image_trace(rgb.copy()).source == uri
+    changed = rgb.copy()
+    changed[0, 0, 0] ^= 1
+    assert figures.image_trace(changed).source != uri
+    assert figures.image_trace(rgb.reshape(60, 40, 3)).source != uri
+    for i in range(figures.PNG_CACHE_SIZE + 3):
+        figures.image_trace(np.full((4, 4, 3), i, np.uint8))
+    assert len(figures._png_cache) == figures.PNG_CACHE_SIZE
+
+
 def test_overlay_cells_cover_their_pixels() -> None:
     fig = figures.heatmap_overlay_figure(np.zeros((32, 32, 3), np.uint8), np.ones((4, 4)), stride=8)
     hm = fig.data[1]
