@@ -6,7 +6,10 @@ overlays on the image are in :mod:`app.figures`.
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -23,16 +26,60 @@ def safe_colorscale(name: str | list) -> list:
     the placeholders ``#000001`` ... ``#000040`` and swaps them in the browser, so a scale that starts at
     ``#000004`` (Inferno, Magma) would draw its zero in a theme colour (a pink, not black); ``rgb()`` strings are
     left alone."""
-    from plotly.colors import get_colorscale, hex_to_rgb
+    if isinstance(name, str):  # named scales are converted once (a page asks for the same few dozens of times)
+        return [list(step) for step in _named_colorscale(name)]
+    return [list(step) for step in _convert_colorscale(name)]
 
-    scale = get_colorscale(name) if isinstance(name, str) else name
+
+@functools.lru_cache(maxsize=64)
+def _named_colorscale(name: str) -> tuple[tuple[float, str], ...]:
+    from plotly.colors import get_colorscale
+
+    return _convert_colorscale(get_colorscale(name))
+
+
+def _convert_colorscale(scale: list) -> tuple[tuple[float, str], ...]:
+    from plotly.colors import hex_to_rgb
+
     out = []
     for pos, colour in scale:
         if isinstance(colour, str) and colour.startswith("#"):
             colour = "rgb({}, {}, {})".format(*hex_to_rgb(colour))
-        out.append([float(pos), colour])
-    return out
+        out.append((float(pos), colour))
+    return tuple(out)
 
+
+# ----------------------------------------------------------------------------------------------- fast subplots
+# Grids of small heatmaps (a kernel page draws 24 + 6 of them) cost ~10 ms per subplot through plotly's checked
+# setters: make_subplots alone is ~70 ms for 3 x 8. The figures below are the same figures built from plain dicts:
+# make_subplots' layout computed once per grid shape and titles and copied, traces written as dicts, and the
+# figure created without plotly re-checking every property (the same JSON reaches the browser; tests compare).
+
+
+@functools.lru_cache(maxsize=64)
+def _subplots_layout(rows: int, cols: int, titles: tuple[str, ...], spacing: tuple[tuple[str, float], ...]
+                     ) -> dict[str, Any]:
+    """``make_subplots(rows, cols, subplot_titles=titles, **spacing)``'s layout as a plain dict (kept: copy it)."""
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles), **dict(spacing))
+    return fig.layout.to_plotly_json()
+
+
+def _subplots(rows: int, cols: int, titles: list[str], **spacing: float) -> dict[str, Any]:
+    """A fresh copy of the layout of a ``rows`` x ``cols`` subplot grid titled ``titles`` (row by row)."""
+    return copy.deepcopy(_subplots_layout(rows, cols, tuple(titles), tuple(sorted(spacing.items()))))
+
+
+def _cell_axes(i: int) -> dict[str, str]:
+    """The axes of subplot ``i`` (1-based, row by row) as make_subplots names them on a trace."""
+    suffix = "" if i == 1 else str(i)
+    return {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}"}
+
+
+def _figure(data: list[dict[str, Any]], layout: dict[str, Any]) -> go.Figure:
+    """A figure of plain-dict traces and layout, created without plotly checking each property again (the
+    builders here write only properties plotly's own setters accepted before; tests/app/test_heatmaps.py
+    compares the JSON with plotly's checked construction)."""
+    return go.Figure({"data": data, "layout": layout}, _validate=False)
 
 
 #: Outline of a marked cell (the focused object's, the picked pixel's): white over black, seen on any colour scale.
@@ -71,25 +118,48 @@ def maps_grid_figure(maps: Mapping[str, np.ndarray], colorscale: str = "Viridis"
     so several fit side by side on a narrow page; a ``<br>`` in a key breaks its title over two lines. ``mark``
     outlines cell (row, col) on every map (maps of one size)."""
     names = list(maps)
-    fig = make_subplots(rows=1, cols=max(1, len(names)), subplot_titles=names, horizontal_spacing=0.02)
+    layout = _subplots(1, max(1, len(names)), names, horizontal_spacing=0.02)
+    data: list[dict[str, Any]] = []
+    shapes: list[dict[str, Any]] = []
     for i, name in enumerate(names, start=1):
         a = np.asarray(maps[name])
+        axes = _cell_axes(i)
         if a.ndim == 3:
-            fig.add_trace(go.Image(z=a), row=1, col=i)
+            data.append({"type": "image", "z": a, **axes})
         else:
-            fig.add_trace(go.Heatmap(z=a, colorscale=safe_colorscale(colorscale), zmin=zmin, zmax=zmax,
-                                     showscale=i == len(names), colorbar=dict(thickness=10, title=colorbar_title),
-                                     hovertemplate="x %{x}, y %{y}<br>%{z:.3g}<extra></extra>"), row=1, col=i)
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{i if i > 1 else ''}", showticklabels=False,
-                         showgrid=False, zeroline=False, ticks="", row=1, col=i)
-        fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, ticks="", row=1, col=i)
+            colorbar: dict[str, Any] = {"thickness": 10}
+            if colorbar_title is not None:
+                colorbar["title"] = {"text": colorbar_title}
+            data.append({"type": "heatmap", "z": a, "colorscale": safe_colorscale(colorscale),
+                         **_unless_none(zmin=zmin, zmax=zmax), "showscale": i == len(names), "colorbar": colorbar,
+                         "hovertemplate": "x %{x}, y %{y}<br>%{z:.3g}<extra></extra>", **axes})
+        suffix = axes["xaxis"][1:]
+        layout[f"yaxis{suffix}"].update(autorange="reversed", scaleanchor=f"x{suffix}", showticklabels=False,
+                                        showgrid=False, zeroline=False, ticks="")
+        layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, zeroline=False, ticks="")
         if mark is not None:
-            _mark_cell(fig, mark, row=1, col=i)
+            shapes += _cell_outline(mark, f"x{suffix}", f"y{suffix}")
     two_lines = any("<br>" in n for n in names)
-    fig.update_layout(margin=dict(l=0, r=0, t=44 if two_lines else 30, b=0), height=height + (14 if two_lines else 0))
-    for ann in fig.layout.annotations:
-        ann.font.size = 12
-    return fig
+    layout.update(margin={"l": 0, "r": 0, "t": 44 if two_lines else 30, "b": 0},
+                  height=height + (14 if two_lines else 0))
+    if shapes:
+        layout["shapes"] = shapes
+    for ann in layout.get("annotations", []):
+        ann["font"] = {"size": 12}
+    return _figure(data, layout)
+
+
+def _unless_none(**props: Any) -> dict[str, Any]:
+    """The properties that are set (plotly leaves a ``None`` one out)."""
+    return {k: v for k, v in props.items() if v is not None}
+
+
+def _cell_outline(cell: tuple[int, int], xref: str, yref: str) -> list[dict[str, Any]]:
+    """:func:`_mark_cell`'s two rectangles as layout shapes of the subplot on axes ``xref`` / ``yref``."""
+    r, c = cell
+    return [{"type": "rect", "x0": c - 0.5, "x1": c + 0.5, "y0": r - 0.5, "y1": r + 0.5,
+             "line": {"color": colour, "width": width}, "xref": xref, "yref": yref}
+            for colour, width in (("black", 4), (MARK_COLOUR, 2))]
 
 
 # ----------------------------------------------------------------------------------------------- thumbnails
@@ -196,28 +266,34 @@ def kernel_grid_figure(rows: Mapping[str, np.ndarray | None], title: str | None 
     if not kinds:
         return go.Figure().update_layout(height=80, title="no kernels")
     groups = max(v.shape[0] for _, v in kinds)
-    fig = make_subplots(
-        rows=len(kinds), cols=groups, horizontal_spacing=0.01, vertical_spacing=0.08,
-        subplot_titles=[f"{name} · g{g}" if g < v.shape[0] else "" for name, v in kinds for g in range(groups)],
-    )
-    for r, (name, v) in enumerate(kinds, start=1):
+    layout = _subplots(len(kinds), groups, [f"{name} · g{g}" if g < v.shape[0] else "" for name, v in kinds
+                                            for g in range(groups)], horizontal_spacing=0.01, vertical_spacing=0.08)
+    data: list[dict[str, Any]] = []
+    for r, (name, v) in enumerate(kinds):
         lim = float(np.abs(v).max()) or 1.0
         signed = bool((v < 0).any())
+        scale = safe_colorscale("RdBu_r" if signed else "Blues")
         for g in range(v.shape[0]):
-            fig.add_trace(go.Heatmap(
-                z=v[g], zmin=-lim if signed else 0.0, zmax=lim,
-                colorscale=safe_colorscale("RdBu_r" if signed else "Blues"), showscale=False,
-                texttemplate="%{z:.3f}", textfont=dict(size=9),
-                hovertemplate=f"{name} g{g}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>",
-            ), row=r, col=g + 1)
+            data.append({
+                "type": "heatmap", "z": v[g], "zmin": -lim if signed else 0.0, "zmax": lim, "colorscale": scale,
+                "showscale": False, "texttemplate": "%{z:.3f}", "textfont": {"size": 9},
+                "hovertemplate": f"{name} g{g}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>",
+                **_cell_axes(r * groups + g + 1),
+            })
     for i in range(1, len(kinds) * groups + 1):  # square cells whatever the page width
-        fig.layout[f"yaxis{i if i > 1 else ''}"].update(scaleanchor=f"x{i if i > 1 else ''}", autorange="reversed",
-                                                         showticklabels=False)
-        fig.layout[f"xaxis{i if i > 1 else ''}"].update(showticklabels=False)
-    fig.update_layout(margin=dict(l=0, r=0, t=40, b=0), height=max(160, cell_px * len(kinds) + 60), title=title)
-    for ann in fig.layout.annotations:
-        ann.font.size = 10
-    return fig
+        suffix = "" if i == 1 else str(i)
+        layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", autorange="reversed", showticklabels=False)
+        layout[f"xaxis{suffix}"].update(showticklabels=False)
+    layout.update(margin={"l": 0, "r": 0, "t": 40, "b": 0}, height=max(160, cell_px * len(kinds) + 60),
+                  **_title(title))
+    for ann in layout.get("annotations", []):
+        ann["font"] = {"size": 10}
+    return _figure(data, layout)
+
+
+def _title(title: str | None) -> dict[str, Any]:
+    """A figure title as plotly's ``update_layout(title=...)`` stores it (``None``: an empty title)."""
+    return {"title": {} if title is None else {"text": title}}
 
 
 def kernel_panels_figure(panels: Mapping[str, np.ndarray | None], diverging: tuple[str, ...] = (),
@@ -229,22 +305,23 @@ def kernel_panels_figure(panels: Mapping[str, np.ndarray | None], diverging: tup
     kinds = [(name, np.asarray(v, dtype=float)) for name, v in panels.items() if v is not None]
     if not kinds:
         return go.Figure().update_layout(height=80, title="no kernels")
-    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[n for n, _ in kinds], horizontal_spacing=0.04)
+    layout = _subplots(1, len(kinds), [n for n, _ in kinds], horizontal_spacing=0.04)
+    data: list[dict[str, Any]] = []
     for i, (name, v) in enumerate(kinds, start=1):
         lim = float(np.abs(v).max()) or 1.0
         signed = name in diverging or bool((v < 0).any())
-        fig.add_trace(go.Heatmap(
-            z=v, zmin=-lim if signed else 0.0, zmax=lim, showscale=False,
-            colorscale=safe_colorscale("RdBu_r" if signed else "Blues"), texttemplate="%{z:.3f}",
-            textfont=dict(size=14), xgap=1, ygap=1,
-            hovertemplate=f"{name}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>",
-        ), row=1, col=i)
+        data.append({
+            "type": "heatmap", "z": v, "zmin": -lim if signed else 0.0, "zmax": lim, "showscale": False,
+            "colorscale": safe_colorscale("RdBu_r" if signed else "Blues"), "texttemplate": "%{z:.3f}",
+            "textfont": {"size": 14}, "xgap": 1, "ygap": 1,
+            "hovertemplate": f"{name}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>", **_cell_axes(i),
+        })
         suffix = "" if i == 1 else str(i)
-        fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", autorange="reversed", showticklabels=False,
-                                            showgrid=False, zeroline=False, ticks="")
-        fig.layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, zeroline=False, ticks="")
-    fig.update_layout(margin=dict(l=0, r=0, t=56 if title else 30, b=0), height=height, title=title,
-                      plot_bgcolor="rgba(0,0,0,0)")
-    for ann in fig.layout.annotations:
-        ann.font.size = 14
-    return fig
+        layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", autorange="reversed", showticklabels=False,
+                                        showgrid=False, zeroline=False, ticks="")
+        layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, zeroline=False, ticks="")
+    layout.update(margin={"l": 0, "r": 0, "t": 56 if title else 30, "b": 0}, height=height, **_title(title),
+                  plot_bgcolor="rgba(0,0,0,0)")
+    for ann in layout.get("annotations", []):
+        ann["font"] = {"size": 14}
+    return _figure(data, layout)

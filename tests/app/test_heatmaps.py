@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
 import pytest
 from studio_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 
@@ -12,6 +16,41 @@ from app import heatmaps
 def test_kernel_grid_skips_missing_rows() -> None:
     k = heatmaps.kernel_grid_figure({"D": np.ones((2, 3, 3)), "S": None})
     assert len(k.data) == 2
+
+
+def _sent(fig: go.Figure) -> dict:
+    """What reaches the browser: the figure's JSON, parsed (key order aside; an empty title, which a rebuilt figure
+    drops, left out)."""
+    sent = json.loads(pio.to_json(fig, validate=False))
+    if sent["layout"].get("title") == {}:
+        del sent["layout"]["title"]
+    return sent
+
+
+def _checked(fig: go.Figure) -> dict:
+    """The figure rebuilt through plotly's checked setters (what ``make_subplots`` and ``go.Heatmap`` build)."""
+    return _sent(go.Figure(fig.to_dict()))
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_grids_built_from_dicts_are_the_figures_plotly_checks(groups: int) -> None:
+    """The kernel and map grids skip plotly's per-property checks for speed: every property they write is one
+    plotly accepts and stores unchanged, and their layouts are make_subplots' (titles, domains, axes)."""
+    rng = np.random.default_rng(0)
+    d, k = rng.random((groups, 3, 3)), rng.random((groups, 3, 3)) - 0.2
+    figs = [
+        heatmaps.kernel_grid_figure({"D": d, "K": k, "S": None}, title="T"),
+        heatmaps.kernel_grid_figure({"D": d}),
+        heatmaps.kernel_panels_figure({"D": d[0], "K": k[0], "diff": d[0] - k[0]}, diverging=("diff",), title="x"),
+        heatmaps.maps_grid_figure({"a": d[0], "b<br>c": d[0] > 0.5, "rgb": np.zeros((3, 3, 3), np.uint8)},
+                                  zmin=0.0, zmax=1.0, mark=(1, 2), colorbar_title="M"),
+    ]
+    for fig in figs:
+        assert _sent(fig) == _checked(fig)
+    grid = figs[0]
+    assert len(grid.layout.annotations) == 2 * groups and grid.layout.annotations[0].font.size == 10
+    assert grid.data[-1].xaxis == f"x{2 * groups}" and grid.layout.title.text == "T"
+    assert [s.xref for s in figs[3].layout.shapes] == ["x", "x", "x2", "x2", "x3", "x3"]
 
 
 def test_thumbnails_keep_cells_square_and_ranges_fixed() -> None:
