@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only 
     sys.path.insert(0, str(ROOT))
 
 from app import state  # noqa: E402
-from efpn.runtime import keep_freed_memory  # noqa: E402
+from efpn import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # reuse heap blocks for large activations (efpn.runtime); once per server process
 

@@ -28,6 +28,7 @@ from efpn.config import (
 from efpn.explain import Inspection, inspect
 from efpn.models.detector import Detector
 from efpn.models.profile import count_gflops, count_params
+from efpn.runtime import keep_freed_memory
 from efpn.vocab import (
     BUCKET_EDGES,
     BUCKET_LABELS,
@@ -74,6 +75,7 @@ __all__ = [
     "count_params",
     "get_config",
     "inspect",
+    "keep_freed_memory",
     "level_colour",
     "level_stride",
     "list_checkpoints",
