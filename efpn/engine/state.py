@@ -232,6 +232,10 @@ def run_dir_and_state(cfg: TrainConfig) -> tuple[Path, Path | None]:
     while run_dir.exists() and any(run_dir.iterdir()):  # never overwrite another run
         k += 1
         run_dir = base.with_name(f"{base.name}-{k}")
+    if run_dir != base and (base / STATE_FILE).is_file():  # an interrupted run the user probably meant to continue
+        warnings.warn(f"{base} holds an unfinished run's state ({STATE_FILE}); this starts a new run in "
+                      f"{run_dir.name}. To continue that one instead, pass --resume auto (or resume: auto).",
+                      stacklevel=2)
     return run_dir, None
 
 

@@ -188,6 +188,20 @@ def test_resume_is_exact(synth_small: Path, tmp_path: Path) -> None:
         assert lines["straight"][0][key] == lines["resumed"][0][key], key  # the interrupted epoch, summed whole
 
 
+def test_a_new_run_beside_an_unfinished_one_says_how_to_resume(tmp_path: Path) -> None:
+    from efpn.engine.state import STATE_FILE, run_dir_and_state
+
+    cfg = TrainConfig(model="tiny_fpn", data="d.yaml", out=str(tmp_path), name="r")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / STATE_FILE).write_bytes(b"x")
+    with pytest.warns(UserWarning, match="pass --resume auto"):
+        run_dir, state = run_dir_and_state(cfg)
+    assert run_dir.name == "r-2" and state is None
+    # with resume auto it continues the unfinished run instead
+    assert run_dir_and_state(TrainConfig(model="tiny_fpn", data="d.yaml", out=str(tmp_path), name="r",
+                                         resume="auto")) == (tmp_path / "r", tmp_path / "r" / STATE_FILE)
+
+
 def test_resume_path_must_exist(synth_small: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no training state"):
         train(_small(synth_small, tmp_path, resume=str(tmp_path / "nowhere")))
