@@ -259,15 +259,17 @@ def mark_box(picture: np.ndarray, box: tuple[float, float, float, float] | np.nd
 
 
 def kernel_grid_figure(rows: Mapping[str, np.ndarray | None], title: str | None = None,
-                       cell_px: int = 86) -> go.Figure:
+                       cell_px: int = 86, first_group: int = 0) -> go.Figure:
     """k x k kernels as annotated heatmaps: one row per kind (e.g. "D dynamic", "K guided", "S bank"),
-    one column per group. Each value is (G, k, k); ``None`` rows are skipped."""
+    one column per group. Each value is (G, k, k); ``None`` rows are skipped. ``first_group``: the index of the
+    first column's group in the labels (a slice of the groups drawn as its own figure)."""
     kinds = [(name, np.asarray(v, dtype=float)) for name, v in rows.items() if v is not None]
     if not kinds:
         return go.Figure().update_layout(height=80, title="no kernels")
     groups = max(v.shape[0] for _, v in kinds)
-    layout = _subplots(len(kinds), groups, [f"{name} · g{g}" if g < v.shape[0] else "" for name, v in kinds
-                                            for g in range(groups)], horizontal_spacing=0.01, vertical_spacing=0.08)
+    layout = _subplots(len(kinds), groups, [f"{name} · g{first_group + g}" if g < v.shape[0] else ""
+                                            for name, v in kinds for g in range(groups)],
+                       horizontal_spacing=0.01, vertical_spacing=0.08)
     data: list[dict[str, Any]] = []
     for r, (name, v) in enumerate(kinds):
         lim = float(np.abs(v).max()) or 1.0
@@ -277,7 +279,7 @@ def kernel_grid_figure(rows: Mapping[str, np.ndarray | None], title: str | None 
             data.append({
                 "type": "heatmap", "z": v[g], "zmin": -lim if signed else 0.0, "zmax": lim, "colorscale": scale,
                 "showscale": False, "texttemplate": "%{z:.3f}", "textfont": {"size": 9},
-                "hovertemplate": f"{name} g{g}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>",
+                "hovertemplate": f"{name} g{first_group + g}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>",
                 **_cell_axes(r * groups + g + 1),
             })
     for i in range(1, len(kinds) * groups + 1):  # square cells whatever the page width

@@ -97,10 +97,15 @@ st.caption(f"Each cell is one weight of the {side} x {side} kernel, its value wr
            "larger (a kernel with a negative weight is drawn red for positive, blue for negative, around a white 0). "
            "D's weights sum to 1: a weighted average of the neighbourhood, uniform at "
            f"{1 / kk:.3f} each; K = S⊙D / Σ|S⊙D|.")
-if g > 1:
-    with st.expander(f"All {g} groups at this pixel"):
-        st.plotly_chart(heatmaps.kernel_grid_figure({"D dynamic": dyn, "K guided": guided, "S bank": bank}),
-                        width="stretch", key="kernel_all_groups")
+# drawn on request: a collapsed expander still sends and draws its 3 x g grid of heatmaps on every visit (~0.5 s
+# of the page in Chromium on 2 cores), for a view few visits open
+if g > 1 and st.toggle(f"Show all {g} groups at this pixel", key="kernel_show_all_groups"):
+    for start in range(0, g, 4):  # four groups per figure: the written values stay legible at 800 px
+        part = slice(start, start + 4)
+        st.plotly_chart(heatmaps.kernel_grid_figure(
+            {"D dynamic": dyn[part], "K guided": guided[part] if guided is not None else None,
+             "S bank": bank[part] if bank is not None else None}, first_group=start),
+            width="stretch", key=f"kernel_all_groups_{start}")
 
 st.subheader("Foreground vs background kernels")
 gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
