@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,8 +10,6 @@ import pytest
 
 
 def _run(code: str, env_extra: dict[str, str]) -> str:
-    import os
-
     env = {**os.environ, **env_extra}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
