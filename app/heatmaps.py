@@ -11,6 +11,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
+import cv2
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
@@ -167,6 +168,23 @@ def _cell_outline(cell: tuple[int, int], xref: str, yref: str) -> list[dict[str,
 # where a dozen plotly charts take about a second (the Detect page's overview of the internals).
 
 _LUTS: dict[str, np.ndarray] = {}
+
+
+def encode_png(picture: np.ndarray) -> bytes:
+    """A grey (H, W), RGB or RGBA uint8 picture as PNG bytes, losslessly (a 1 px target keeps its pixels).
+
+    OpenCV at zlib level 1: about half the time of Pillow's default level for ~20 % more bytes, which a browser on
+    the same network takes faster than the saved encoding time (a 640 px photo: ~16 ms instead of ~33 ms)."""
+    arr = np.ascontiguousarray(picture)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(f"encode_png needs a (H, W), (H, W, 3) or (H, W, 4) uint8 picture, got {arr.shape} "
+                         f"{arr.dtype}")
+    if arr.ndim == 3:  # OpenCV writes BGR(A)
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR if arr.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, png = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - OpenCV writes every array the check above lets through
+        raise ValueError(f"OpenCV could not encode a {arr.shape} picture as PNG")
+    return png.tobytes()
 
 
 def colour_lut(colorscale: str) -> np.ndarray:

@@ -239,18 +239,24 @@ else:
         else:
             st.caption(how_boxes)
         st.page_link(state.PAGE_FILES["assignment"], label="Assignment", icon=":material/assignment:")
+    THUMB = 96  # px on the page: made at that size (nearest, cells stay square) and encoded once, so Streamlit
+    # neither shrinks them bilinearly (blurring the cells) nor encodes them a second time
+
+    def _thumb(a: np.ndarray, scale: str = "Viridis", zmin: float | None = None, zmax: float | None = None) -> bytes:
+        return heatmaps.encode_png(heatmaps.thumbnail(a, scale, side=THUMB, zmin=zmin, zmax=zmax))
+
     kernel_maps = {n: km.entropy.numpy().mean(0) for n, km in ins.kernels.items() if km.entropy is not None}
     overview = [  # (title, pictures, captions, page, icon, what is missing)
         ("**CEM fused context F** (channel mean, per target level)",
-         [heatmaps.thumbnail(reduce_channels(f, "mean")) for f in ins.cem_fused.values()],
+         [_thumb(reduce_channels(f, "mean")) for f in ins.cem_fused.values()],
          [f"{lv} · α {ins.cem_alpha.get(lv, 0.0):.3g}" for lv in ins.cem_fused], "pyramid", ":material/stacks:",
          "No CEM in this checkpoint."),
         ("**FBSM gates M** (0 black → 1 yellow)",
-         [heatmaps.thumbnail(m.numpy(), "Inferno", zmin=0.0, zmax=1.0) for m in ins.gates.values()],
+         [_thumb(m.numpy(), "Inferno", zmin=0.0, zmax=1.0) for m in ins.gates.values()],
          [f"{lv} · mean {float(m.mean()):.2f}" for lv, m in ins.gates.items()], "gates", ":material/filter_alt:",
          "No FBSM gates in this checkpoint."),
         ("**Dynamic kernels** (entropy of D per pixel, mean over groups)",
-         [heatmaps.thumbnail(m) for m in kernel_maps.values()],
+         [_thumb(m) for m in kernel_maps.values()],
          [f"{n} · {float(m.mean()):.2f} nats" for n, m in kernel_maps.items()], "kernels", ":material/grid_on:",
          "No RDConv/SGDM layers in this checkpoint."),
     ]
@@ -258,7 +264,7 @@ else:
         for title, pictures, captions, page, icon, missing in overview:
             st.markdown(title)
             if pictures:
-                st.image(pictures, caption=captions, width=96, output_format="PNG")
+                st.image(pictures, caption=captions, width=THUMB, output_format="PNG")
             else:
                 st.caption(missing)
             st.page_link(state.PAGE_FILES[page], label=page.capitalize(), icon=icon)
@@ -273,15 +279,19 @@ else:
     for n, m in kernel_maps.items():
         full[f"kernel entropy of {n} (nats)"] = (m, ins.stride_in_image(n), "Viridis", None, None, "nats")
     if full:
-        with st.expander("Open a map full size, over the image", icon=":material/open_in_full:"):
-            pick = st.selectbox("Map", list(full), key="detect_full_map")
-            z, stride, scale, lo, hi, unit = full[pick]
-            st.plotly_chart(figures.heatmap_overlay_figure(image.rgb, z, stride, colorscale=scale, zmin=lo, zmax=hi,
-                                                           boxes=gt.boxes if gt is not None else None, title=pick,
-                                                           colorbar_title=unit),
-                            width="stretch", key="detect_full_map_fig")
-            st.caption("Each cell of the map covers the image pixels it was computed for; boxes: "
-                       + (gt.source if gt is not None else "none") + ". The colour bar is the map's own scale.")
+        # lazy: the figure (the image once more, plus the map) is built and sent only while the expander is open
+        full_box = st.expander("Open a map full size, over the image", icon=":material/open_in_full:",
+                               key="detect_full_open", on_change="rerun")
+        if full_box.open:
+            with full_box:
+                pick = st.selectbox("Map", list(full), key="detect_full_map")
+                z, stride, scale, lo, hi, unit = full[pick]
+                st.plotly_chart(figures.heatmap_overlay_figure(image.rgb, z, stride, colorscale=scale, zmin=lo,
+                                                               zmax=hi, boxes=gt.boxes if gt is not None else None,
+                                                               title=pick, colorbar_title=unit),
+                                width="stretch", key="detect_full_map_fig")
+                st.caption("Each cell of the map covers the image pixels it was computed for; boxes: "
+                           + (gt.source if gt is not None else "none") + ". The colour bar is the map's own scale.")
 
 st.subheader("Detections")
 st.dataframe(views.table_rows(rows), hide_index=True, width="stretch", key="detect_table")
@@ -301,18 +311,23 @@ d2.download_button("Download drawn image (PNG)",
 
 uploads: dict[str, bytes] = st.session_state.get(state.UPLOADS, {})
 if len(uploads) > 1:
-    with st.expander(f"All {len(uploads)} uploaded images", expanded=False):
-        summary = []
-        bar = st.progress(0.0, text="Detecting on every upload ...")
-        for i, (name, data) in enumerate(uploads.items(), start=1):
-            digest = loaders.digest_of(data)
-            decoded = loaders.decode_image(digest, data, loaders.max_pixels())
-            det = analyses.predict_detections(model, ctx.ckpt_key, decoded.rgb, digest, ctx.score, ctx.nms)
-            per = views.level_counts(views.detection_rows(det, model.levels, ctx.class_names), model.levels)
-            best = float(np.max(det["scores"])) if len(det["scores"]) else 0.0
-            summary.append({"image": name, "size": f"{decoded.rgb.shape[1]}x{decoded.rgb.shape[0]}",
-                            "detections": int(sum(per.values())), "best score": round(best, 3), **per})
-            bar.progress(i / len(uploads), text=f"{i}/{len(uploads)} images")
-        bar.empty()
-        st.dataframe(summary, hide_index=True, width="stretch")
-        st.caption("Pick one in the sidebar's Image list to inspect it on every page.")
+    # lazy: every other upload runs through the network only while this is open
+    all_box = st.expander(f"All {len(uploads)} uploaded images", key="detect_all_open", on_change="rerun")
+    if all_box.open:
+        with all_box:
+            summary = []
+            bar = st.progress(0.0, text="Detecting on every upload ...")
+            for i, (name, data) in enumerate(uploads.items(), start=1):
+                digest = loaders.digest_of(data)
+                decoded = loaders.decode_image(digest, data, loaders.max_pixels())
+                det = (detections if digest == image.digest and sliced is None  # this page's image: already run
+                       else analyses.predict_detections(model, ctx.ckpt_key, decoded.rgb, digest, ctx.score, ctx.nms))
+                per = views.level_counts(views.detection_rows(det, model.levels, ctx.class_names), model.levels)
+                scores = np.asarray(det["scores"], dtype=np.float32)  # numpy or a CPU tensor
+                best = float(scores.max()) if scores.size else 0.0
+                summary.append({"image": name, "size": f"{decoded.rgb.shape[1]}x{decoded.rgb.shape[0]}",
+                                "detections": int(sum(per.values())), "best score": round(best, 3), **per})
+                bar.progress(i / len(uploads), text=f"{i}/{len(uploads)} images")
+            bar.empty()
+            st.dataframe(summary, hide_index=True, width="stretch")
+            st.caption("Pick one in the sidebar's Image list to inspect it on every page.")

@@ -96,6 +96,12 @@ def test_upload_many_formats(app, sample_rgb: np.ndarray) -> None:
     _ok(app)
     assert int(_metric(app, "Detections")) > 0
     assert any("uploaded images" in e.label for e in app.expander)  # the multi-image summary
+    assert not [d for d in app.dataframe if "best score" in d.value.columns]  # closed: nothing run
+    app.session_state["detect_all_open"] = True
+    app.run()
+    _ok(app)
+    summary = next(d.value for d in app.dataframe if "best score" in d.value.columns)
+    assert len(summary) == len(files) and int(summary["detections"].sum()) > 0, summary
 
 
 def test_threshold_slider_changes_detections(app) -> None:
@@ -477,7 +483,12 @@ def test_uploads_are_bounded_per_session(app, sample_rgb: np.ndarray, monkeypatc
 
 
 def test_detect_opens_any_internal_map_full_size(app) -> None:
-    """Every thumbnail of "Inside the network" can be opened full size over the image: CEM, gates, kernels."""
+    """Every thumbnail of "Inside the network" can be opened full size over the image: CEM, gates, kernels. The
+    expander is lazy: nothing of it is built until it is opened."""
+    _ok(app)
+    assert not [s for s in app.selectbox if s.key == "detect_full_map"]  # closed: not built
+    app.session_state["detect_full_open"] = True  # what opening it in the browser does
+    app.run()
     _ok(app)
     options = app.selectbox(key="detect_full_map").options
     assert any(o.startswith("FBSM gate M on") for o in options), options

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from studio_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 
 from app import figures, views
@@ -83,3 +84,19 @@ def test_zoom_window_frames_a_tiny_box_inside_the_picture() -> None:
     fig = figures.attribution_figure(np.zeros((240, 320, 3), np.uint8), np.ones((240, 320), np.float32),
                                      np.array([[98, 98, 102, 102]]), "IG", view=(68, 68, 132, 132))
     assert list(fig.layout.xaxis.range) == [68, 132] and list(fig.layout.yaxis.range) == [132, 68]
+
+
+@pytest.mark.parametrize("channels", [None, 3, 4])
+def test_image_pictures_are_lossless_in_rgb_order(channels: int | None) -> None:
+    """The PNG sent to the browser decodes to exactly the pixels given, channels in RGB(A) order (a 1 px target
+    and its colour survive the transfer)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    shape = (23, 31) if channels is None else (23, 31, channels)
+    arr = np.random.default_rng(channels or 1).integers(0, 256, shape, dtype=np.uint8)
+    uri = figures._png_data_uri(arr)
+    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    assert back.shape == arr.shape and np.array_equal(back, arr)
