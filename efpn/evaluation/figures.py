@@ -116,7 +116,8 @@ def write_figure(fig: go.Figure, path: str | Path) -> Path:
 
 
 def _write_with_matplotlib(fig: go.Figure, path: Path) -> None:
-    """Draw a plotly figure's Scatter (as lines) and Bar traces with matplotlib's Agg backend."""
+    """Draw a plotly figure's Scatter (lines, or dots when its mode has no lines) and Bar traces with matplotlib's
+    Agg backend."""
     from matplotlib.figure import Figure  # no pyplot: no global state, safe in the app's threads
 
     mfig = Figure(figsize=(8, 5), dpi=100)
@@ -125,7 +126,13 @@ def _write_with_matplotlib(fig: go.Figure, path: Path) -> None:
     width = 0.8 / max(len(bars), 1)
     for trace in fig.data:
         if trace.type == "scatter":
-            ax.plot(list(trace.x), list(trace.y), label=trace.name)
+            label = trace.name if trace.showlegend is not False else None
+            if trace.mode and "lines" not in trace.mode:  # markers only: dots (a mean drawn as a short bar)
+                marker = "_" if trace.marker and str(trace.marker.symbol or "").startswith("line-ew") else "o"
+                ax.plot(list(trace.x), list(trace.y), linestyle="none", marker=marker, label=label,
+                        markersize=14 if marker == "_" else 6, alpha=1.0 if marker == "_" else 0.7)
+            else:
+                ax.plot(list(trace.x), list(trace.y), label=label)
         elif trace.type == "bar":
             i = bars.index(trace)
             xs = np.arange(len(trace.x)) + (i - (len(bars) - 1) / 2) * width
@@ -140,7 +147,7 @@ def _write_with_matplotlib(fig: go.Figure, path: Path) -> None:
     if layout.yaxis.range is not None:
         ax.set_ylim(*layout.yaxis.range)
     ax.grid(alpha=0.3)
-    if fig.data:
+    if any(t.name and t.showlegend is not False for t in fig.data):
         ax.legend(fontsize=8)
     mfig.tight_layout()
     mfig.savefig(path)

@@ -72,3 +72,45 @@ def test_dcloss_weight_rows_start_after_the_warmup() -> None:
     # a shipped checkpoint beside the run it came from (same telemetry) is listed once
     measured["run_s0"] = dict(measured["run"])
     assert [r[0] for r in dcloss_weight_rows(measured, every=5)] == ["run", "run", "run"]
+
+
+def _seed_run(runs: Path, name: str, preset: str, seed: int, ap: float, epochs: int = 3, planned: int = 3) -> None:
+    """A run folder's last-epoch card (``last.json`` beside ``last.safetensors``) with its seed and budget."""
+    model = efpn.build_model("tiny_efpn_n", num_classes=1)
+    card = {"preset": preset, "metrics": {"AP": ap, "AP50": ap + 0.5, "AP_vt": ap - 0.05, "AP_t": ap + 0.1},
+            "data": {"dataset": "sirst"}, "epochs": epochs, "image_size": 320, "steps": 30,
+            "training": {"batch_size": 8, "seed": seed, "epochs": planned}}
+    save_checkpoint(model, runs / name / "last.safetensors", card)
+
+
+def test_seed_comparisons_need_three_seeds_and_non_overlapping_ranges(tmp_path: Path) -> None:
+    """E-FPN-BS vs its baseline over seeds: a verdict only from 3 seeds a side; "supported" only when the ranges
+    do not overlap; an unfinished run and a run of another budget are not mixed in."""
+    from efpn.cli.claims import seed_comparisons, seed_runs, seed_verdict
+
+    runs = tmp_path / "runs"
+    for seed, (base, bs, flag) in enumerate([(0.30, 0.33, 0.31), (0.31, 0.34, 0.29), (0.32, 0.35, 0.33)]):
+        _seed_run(runs, f"fpn_s{seed}", "fpn_mv2", seed, base)
+        _seed_run(runs, f"bs_s{seed}", "efpn_bs_mv2", seed, bs)
+        _seed_run(runs, f"flag_s{seed}", "efpn_mv2", seed, flag)
+    _seed_run(runs, "bs_s3_partial", "efpn_bs_mv2", 3, 0.10, epochs=2)  # stopped early: left out
+    _seed_run(runs, "bs_long_s0", "efpn_bs_mv2", 0, 0.90, planned=60, epochs=60)  # another budget: not compared
+    groups = seed_runs(runs)
+    assert sorted(groups[("sirst", "3 ep x b8 @ 320 px", "efpn_bs_mv2")]) == [0, 1, 2]
+    comp = {(c["model"], c["metric"]): c for c in seed_comparisons(groups)}
+    bs = comp[("efpn_bs_mv2", "AP")]
+    assert bs["verdict"] == "supported" and bs["baseline"] == "fpn_mv2"
+    assert abs(bs["model_stats"]["mean"] - 0.34) < 1e-9 and abs(bs["model_stats"]["sd"] - 0.01) < 1e-9
+    assert abs(bs["paired_delta"]["mean"] - 0.03) < 1e-9
+    assert comp[("efpn_mv2", "AP")]["verdict"].startswith("not supported")  # 0.29-0.33 overlaps 0.30-0.32
+    assert seed_verdict([0.1, 0.1, 0.1], [0.5, 0.6, 0.7]) == "reversed"
+    assert seed_verdict([0.9, 0.9], [0.1, 0.1, 0.1]).startswith("too few seeds (2 vs 3")
+
+    readme = claims_report(tmp_path / "claims", shared_data=tmp_path / "absent", checkpoints=tmp_path / "none",
+                           runs=runs)
+    text = readme.read_text()
+    assert "## 5. Over seeds" in text
+    assert "`efpn_bs_mv2` 0.340 ± 0.010 AP over 3 seeds against `fpn_mv2` 0.310 ± 0.010 over 3: supported." in text
+    claims = json.loads((tmp_path / "claims" / "claims.json").read_text())
+    assert {c["model"] for c in claims["seeds"]} == {"efpn_bs_mv2", "efpn_mv2"}
+    assert any(p.name.startswith("seeds_ap") for p in (tmp_path / "claims").iterdir())
