@@ -155,6 +155,8 @@ def _fold_once(conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Tensor | None]
         return folded_conv_bn(conv, norm)
     tensors = [conv.weight, conv.bias, *(getattr(norm, n, None) for n in ("weight", "bias", "running_mean",
                                                                           "running_var"))]
+    if any(t is not None and t.is_inference() for t in tensors):  # built under inference_mode: no version counter
+        return folded_conv_bn(conv, norm)
     key = tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors) + (getattr(norm, "eps", 0.0),)
     cached = conv.__dict__.get("_efpn_folded")
     if cached is not None and cached[0] == key:
@@ -329,6 +331,10 @@ class SGDM(nn.Module):
     def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, KernelInternals]:
         check_nchw(x, self.c_in, type(self).__name__)
         k, s = self.kernel_size, self.stride
+        if not return_internals and self._native_ready(x):
+            dyn_native = self._dynamic_native(x)  # (N, c_in, H', W'), or None without the compiled kernel
+            if dyn_native is not None:
+                return self._merge_fast(dyn_native, x)
         d = self.generator(x)  # (N, G, k^2, H', W'), softmax over k^2
         bank: Tensor | None = None
         kernel: Tensor | None = None  # the applied kernel, when it exists as one tensor
@@ -356,6 +362,33 @@ class SGDM(nn.Module):
         return y, KernelInternals(
             dynamic=d, guided=kernel, bank=bank, entropy=kernel_entropy(d), hf_energy=laplacian_energy(kernel, k)
         )
+
+    def _native_ready(self, x: Tensor) -> bool:
+        """Whether the compiled dynamic branch (:mod:`efpn.layers.native`) computes this call: the fast path in
+        eval mode, no gradient recorded, float32 on CPU, and a shared bank (or none)."""
+        gen = self.generator
+        return (self.path == "fast" and not self.training and not torch.is_grad_enabled() and x.device.type == "cpu"
+                and x.dtype == torch.float32 and (self.bank is None or self.shared_bank) and foldable(gen.spatial_bn)
+                and self.impl == "shift")
+
+    def _dynamic_native(self, x: Tensor) -> Tensor | None:
+        """The dynamic branch ``dyn`` in one native pass (same function as the generator, the guidance and the
+        aggregation below); None when the kernel cannot be built here."""
+        from efpn.layers import native
+
+        gen = self.generator
+        n, c = x.shape[:2]
+        weight, shift = _fold_once(gen.spatial, gen.spatial_bn)  # (G*k^2, 2, k, k), (G*k^2,)
+        logits_c = gen.channel(x.mean((2, 3), keepdim=True)).view(n, -1)  # (N, G*k^2): per-image tap biases
+        bias = logits_c if shift is None else logits_c + shift
+        razor_mean = torch.full((c,), 1.0 / c)
+        razor_max: Tensor | None = None
+        if gen.razor is not None:  # learned razor: a 1x1 C -> 2 added to [mean, max]
+            rw = gen.razor.weight.view(2, c)
+            razor_mean, razor_max = razor_mean + rw[0], rw[1]
+        return native.sgdm_dynamic(x, razor_mean, razor_max, weight, bias,
+                                   self.bank() if self.bank is not None else None, self.eps, self.groups,
+                                   self.kernel_size, self.stride)
 
     def _merge_fast(self, dyn: Tensor, x: Tensor) -> Tensor:
         """``act(pw(dyn) + static(x))`` in fewer passes: (N, c_in, H', W'), (N, c_in, H, W) -> (N, c_out, H', W').

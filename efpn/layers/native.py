@@ -1,0 +1,152 @@
+"""Native CPU kernels, compiled on first use with the system's C compiler and loaded with ctypes.
+
+One kernel today: SGDM's dynamic branch at inference (``native/sgdm_dynamic.c``): the razor map, the per-pixel
+kernel logits, their softmax, the static guidance and the strided aggregation in one pass over bands of output
+rows, where the PyTorch path makes a dozen passes over (N, G, k*k, H', W') and (N, C, H', W') tensors. It computes
+the same function as ``RazorKernelGenerator`` + ``guide_kernels`` + ``apply_dynamic_kernels`` in eval mode, without
+autograd (tests/layers/test_sgdm_native.py holds them equal); ``SGDM`` calls it only when no gradient is recorded.
+
+The library is built once per source, compiler and CPU into ``$EFPN_NATIVE_CACHE`` (default
+``~/.cache/efpn/native``) with ``-O3 -march=native`` (about a second). Without a C compiler, or with
+``EFPN_NATIVE=0``, :func:`sgdm_library` returns None and SGDM stays on its PyTorch path (a warning says why, once).
+Chunks of rows run in parallel on PyTorch's OpenMP threads (see :data:`CFLAGS`); ctypes releases the GIL meanwhile.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).resolve().parent / "native" / "sgdm_dynamic.c"
+#: Compiler flags: no -ffast-math (a shared library built with it can switch the whole process to flush denormals).
+#: -fopenmp: the library links libgomp.so.1, which resolves to the one PyTorch already loaded (same soname), so
+#: its parallel loops run on PyTorch's own threads (torch.set_num_threads applies) instead of a competing pool.
+CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_failed: str | None = None
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+
+
+def enabled() -> bool:
+    """False when ``EFPN_NATIVE=0`` (or ``false``/``no``/``off``) switches the native kernels off."""
+    return os.environ.get("EFPN_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("EFPN_NATIVE_CACHE") or Path.home() / ".cache" / "efpn" / "native")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(cc: str) -> Path:
+    src = SOURCE.read_bytes()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[:1]
+    key = hashlib.sha256(src + repr((CFLAGS, version, _cpu_model())).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"sgdm_dynamic-{key}.so"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # built aside, then renamed: other processes never
+        part = Path(tmp) / out.name                              # load a half-written library
+        res = subprocess.run([cc, *CFLAGS, "-o", str(part), str(SOURCE), "-lm"], capture_output=True, text=True,
+                             timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {res.stderr.strip()[:500]}")
+        os.replace(part, out)
+    return out
+
+
+def sgdm_library() -> ctypes.CDLL | None:
+    """The compiled SGDM kernel, built on first call; None when disabled or when it cannot be built (warned once)."""
+    global _lib, _failed
+    if not enabled():
+        return None
+    if _lib is not None or _failed is not None:
+        return _lib
+    with _lock:
+        if _lib is None and _failed is None:
+            cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+            try:
+                if cc is None:
+                    raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+                lib = ctypes.CDLL(str(_build(cc)))
+                lib.efpn_sgdm_dynamic.restype = ctypes.c_int
+                lib.efpn_sgdm_dynamic.argtypes = [
+                    _f32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _f32p, _f32p, _f32p, _f32p,
+                    _f32p, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                    _f32p]
+                _lib = lib
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                _failed = str(e)
+                warnings.warn(f"efpn: the native SGDM kernel is unavailable ({_failed}); SGDM runs its PyTorch "
+                              "path (same results, slower on CPU). Install a C compiler to use it, or set "
+                              "EFPN_NATIVE=0 to silence this.", RuntimeWarning, stacklevel=2)
+    return _lib
+
+
+def _ptr(t: Tensor | None) -> ctypes._Pointer | None:
+    return None if t is None else ctypes.cast(t.data_ptr(), _f32p)
+
+
+def sgdm_dynamic(
+    x: Tensor,
+    razor_mean: Tensor,
+    razor_max_extra: Tensor | None,
+    spatial_weight: Tensor,
+    bias: Tensor,
+    bank: Tensor | None,
+    eps: float,
+    groups: int,
+    kernel_size: int,
+    stride: int,
+) -> Tensor | None:
+    """SGDM's dynamic branch ``dyn`` (N, C, H', W') from x (N, C, H, W), float32 on CPU, no autograd.
+
+    Args:
+        razor_mean: (C,) weights of the first razor channel (``1/C``, plus a learned 1x1's first row).
+        razor_max_extra: (C,) the learned 1x1's second row added to the channel max, or None.
+        spatial_weight: (G*k*k, 2, k, k) the razor conv with its BatchNorm folded in.
+        bias: (N, G*k*k) per image: the folded BatchNorm's shift plus the channel branch's logits.
+        bank: (G, k*k) the shared static bank, or None (unguided: K = D).
+    Returns None when the library is unavailable (the caller runs its PyTorch path).
+    """
+    lib = sgdm_library()
+    if lib is None:
+        return None
+    n, c, h, w = x.shape
+    k, s, p = kernel_size, stride, kernel_size // 2
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    x = x.contiguous()
+    wa, ws, b = (t.detach().float().contiguous() for t in (razor_mean, spatial_weight, bias))
+    wb = None if razor_max_extra is None else razor_max_extra.detach().float().contiguous()
+    sb = None if bank is None else bank.detach().float().contiguous()
+    out = torch.empty((n, c, ho, wo), dtype=torch.float32)
+    code = lib.efpn_sgdm_dynamic(_ptr(x), n, c, h, w, _ptr(wa), _ptr(wb), _ptr(ws), _ptr(b), _ptr(sb), eps, groups,
+                                 k, s, ho, wo, _ptr(out))
+    if code == 2:
+        raise MemoryError("efpn native SGDM kernel: could not allocate its scratch rows")
+    if code:
+        raise RuntimeError(f"efpn native SGDM kernel rejected its arguments (C={c}, G={groups}, {ho}x{wo} output)")
+    return out

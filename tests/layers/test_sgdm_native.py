@@ -1,0 +1,121 @@
+"""SGDM's compiled dynamic branch (efpn.layers.native) computes what the PyTorch path computes, and is used only
+where it may be: eval mode, no gradient recorded, float32 on CPU, a shared (or no) static bank."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from efpn.layers import native
+from efpn.layers.sgdm import SGDM
+
+needs_native = pytest.mark.skipif(native.sgdm_library() is None,
+                                  reason="no C compiler here: SGDM runs its PyTorch path (tested elsewhere)")
+
+
+def _randomised(m: SGDM, seed: int = 0) -> SGDM:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():  # away from the box/zero initialisation, so every term matters
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.normal_(0.0, 0.3, generator=gen)
+                mod.running_var.uniform_(0.5, 2.0, generator=gen)
+    return m.eval()
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the calls that the native kernel actually served (it returns None when it is unavailable)."""
+    seen: list[int] = []
+    real = native.sgdm_dynamic
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if out is not None:
+            seen.append(1)
+        return out
+
+    monkeypatch.setattr(native, "sgdm_dynamic", counting)
+    return seen
+
+
+@needs_native
+@pytest.mark.parametrize("c_in, c_out, size, kwargs", [
+    (16, 32, (41, 64), {}),                                       # odd height, G = 1
+    (32, 16, (33, 33), {"groups": 4}),                            # several groups
+    (16, 16, (20, 29), {"guided": False}),                        # unguided: K = D
+    (16, 24, (17, 18), {"learned_razor": True}),                  # razor with its learned 1x1
+    (8, 8, (23, 21), {"kernel_size": 5, "groups": 2}),            # 5x5 taps
+    (8, 8, (12, 13), {"stride": 1, "groups": 2}),                 # stride 1
+    (8, 8, (19, 19), {"stride": 3, "groups": 2}),                 # stride 3 (the generic strided gather)
+    (16, 16, (200, 48), {}),                                      # many row chunks
+])
+def test_native_equals_the_pytorch_path(calls: list[int], c_in: int, c_out: int, size: tuple[int, int],
+                                         kwargs: dict) -> None:
+    m = _randomised(SGDM(c_in, c_out, **kwargs))
+    x = torch.randn(3, c_in, *size, generator=torch.Generator().manual_seed(1)) * 2.0
+    with torch.no_grad():
+        fast = m(x)
+    assert len(calls) == 1
+    ref = m(x).detach()  # gradient recorded: the PyTorch path
+    assert len(calls) == 1
+    assert fast.shape == ref.shape
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)  # float sums in another order
+
+
+@needs_native
+def test_native_is_used_only_where_it_may_be(calls: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(1, 16, 24, 24)
+    m = _randomised(SGDM(16, 16))
+    m(x)  # gradients recorded (attribution needs them): PyTorch path
+    with torch.no_grad():
+        y, internals = m(x, return_internals=True)  # internals asked for: PyTorch path, D and K returned
+        assert internals.dynamic is not None and internals.guided is not None
+        trained = copy.deepcopy(m).train()
+        trained(x)  # training: batch statistics, PyTorch path
+        m.path = "reference"
+        m(x)
+        m.path = "fast"
+        _randomised(SGDM(16, 16, shared_bank=False))(x)  # a bank per channel: PyTorch path
+        assert calls == []
+        torch.testing.assert_close(m(x), y, rtol=1e-4, atol=1e-5)  # now native, same output
+        assert calls == [1]
+        monkeypatch.setenv("EFPN_NATIVE", "0")
+        m(x)
+        assert calls == [1]  # switched off
+
+
+@needs_native
+def test_native_under_inference_mode_with_a_model_built_there() -> None:
+    """A model built inside ``torch.inference_mode`` (its parameters are inference tensors without version
+    counters) runs, natively, to the same output."""
+    x = torch.randn(2, 16, 30, 30)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        m = _randomised(SGDM(16, 32))
+        y = m(x)
+    torch.manual_seed(0)
+    ref = _randomised(SGDM(16, 32))(x).detach()
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_without_a_compiler_sgdm_warns_once_and_runs_its_pytorch_path(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path) -> None:
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_failed", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("EFPN_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    m = _randomised(SGDM(8, 8, groups=2))
+    x = torch.randn(1, 8, 16, 16)
+    with pytest.warns(RuntimeWarning, match="native SGDM kernel is unavailable"):
+        with torch.no_grad():
+            y = m(x)
+    torch.testing.assert_close(y, m(x).detach())
+    with torch.no_grad():
+        m(x)  # no second warning: the failure is remembered
