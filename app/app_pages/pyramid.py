@@ -65,28 +65,40 @@ if ins.cem_alpha:
         st.caption("α starts at 0 (training begins as the plain FPN); at α = 0 CEM passes no gradient yet.")
 
 st.subheader("Gradient reaching p5/p6, with and without CEM")
-st.caption(
-    "Tiny objects get positives only on the fine levels, so the p5/p6 output convolutions and head inputs receive "
-    "no positive-driven gradient (c5 still gets some through the top-down path). CEM routes p5/p6 into the "
-    "fine levels, so their gradient is no longer zero. Numbers from `efpn.explain.gradient_reach` on this image."
-)
-gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
-st.caption(how_boxes)
-if gt is None:
-    st.info("Add ground truth on the Assignment page, or lower the score threshold, to measure gradient reach.")
+# lazy: two backward passes (~0.5 s on a laptop CPU) run only while this is open, not on every visit of the page
+reach_box = st.expander("Measure it on this image (two backward passes)", icon=":material/insights:",
+                        key="pyr_reach_open", on_change="rerun")
+if not reach_box.open:
+    st.caption("Open to measure the gradient norm that reaches the p5/p6 output convolutions from this image's "
+               "boxes, with CEM and with CEM bypassed.")
     st.stop()
-try:
-    reach = analyses.gradient_reach_pair(model, ctx.ckpt_key, image.rgb, image.digest, gt.for_model(model.num_classes))
-except ValueError as e:
-    st.error(f"Gradient reach could not be measured for these boxes: {e}")
-    st.stop()
-part = st.radio("Loss", ["positive", "total"], horizontal=True, key="pyr_part",
-                help="positive: the regression losses only positives produce; total: every loss term.")
-st.plotly_chart(charts.gradient_reach_figure(reach["with"], reach["without"] if has_cem else None, part),
-                width="stretch", key="pyr_reach")
-table = [
-    {"quantity": k, "with CEM": f"{reach['with'][k]:.3e}", "CEM bypassed": f"{reach['without'].get(k, 0.0):.3e}"}
-    for k in reach["with"]
-]
-with st.expander("All numbers"):
+with reach_box:
+    st.caption(
+        "Tiny objects get positives only on the fine levels, so the p5/p6 output convolutions and head inputs "
+        "receive no positive-driven gradient (c5 still gets some through the top-down path). CEM routes p5/p6 into "
+        "the fine levels, so their gradient is no longer zero. Numbers from `efpn.explain.gradient_reach` on this "
+        "image."
+    )
+    gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
+    st.caption(how_boxes)
+    if gt is None:
+        st.info("Add ground truth on the Assignment page, or lower the score threshold, to measure gradient reach.")
+        st.stop()
+    try:
+        with st.spinner("Two backward passes: with CEM and with CEM bypassed ..."):
+            reach = analyses.gradient_reach_pair(model, ctx.ckpt_key, image.rgb, image.digest,
+                                                 gt.for_model(model.num_classes))
+    except ValueError as e:
+        st.error(f"Gradient reach could not be measured for these boxes: {e}")
+        st.stop()
+    part = st.radio("Loss", ["positive", "total"], horizontal=True, key="pyr_part",
+                    help="positive: the regression losses only positives produce; total: every loss term.")
+    st.plotly_chart(charts.gradient_reach_figure(reach["with"], reach["without"] if has_cem else None, part),
+                    width="stretch", key="pyr_reach")
+    table = [
+        {"quantity": k, "with CEM": f"{reach['with'][k]:.3e}",
+         "CEM bypassed": f"{reach['without'].get(k, 0.0):.3e}"}
+        for k in reach["with"]
+    ]
+    st.markdown("**All numbers**")
     st.dataframe(table, hide_index=True, width="stretch")

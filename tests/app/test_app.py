@@ -402,8 +402,12 @@ def test_pyramid_reductions(app) -> None:
     for how in ("max", "pca"):
         app.radio(key="pyr_reduce").set_value(how).run()
         _ok(app)
+    assert not [r for r in app.radio if r.key == "pyr_part"]  # gradient reach: not measured until opened
+    app.session_state["pyr_reach_open"] = True
+    app.run()
     app.radio(key="pyr_part").set_value("total").run()
     _ok(app)
+    assert any("positive" in str(c.value) or "CEM" in str(c.value) for c in app.caption)
 
 
 def test_compare_two_checkpoints(app) -> None:
