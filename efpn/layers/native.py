@@ -51,10 +51,12 @@ def _cache_dir() -> Path:
 
 
 def _cpu_model() -> str:
+    """The CPU's model and instruction-set flags (a library built with -march=native runs only where they match)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        picked = [next((ln for ln in lines if ln.startswith(key)), "") for key in ("model name", "flags")]
+        if any(picked):
+            return "\n".join(picked)
     except OSError:
         pass
     return platform.processor() or platform.machine()
@@ -72,6 +74,10 @@ def _build(cc: str) -> Path:
         part = Path(tmp) / out.name                              # load a half-written library
         res = subprocess.run([cc, *CFLAGS, "-o", str(part), str(SOURCE), "-lm"], capture_output=True, text=True,
                              timeout=300)
+        if res.returncode != 0:  # e.g. a compiler without OpenMP (Apple clang): built single-threaded instead
+            serial = [f for f in CFLAGS if f != "-fopenmp"]
+            res = subprocess.run([cc, *serial, "-o", str(part), str(SOURCE), "-lm"], capture_output=True, text=True,
+                                 timeout=300)
         if res.returncode != 0:
             raise RuntimeError(f"{cc} failed: {res.stderr.strip()[:500]}")
         os.replace(part, out)
