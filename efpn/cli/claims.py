@@ -90,12 +90,17 @@ def _cards(checkpoints: Path) -> dict[str, dict]:
 
 
 def _run_cards(runs: Path) -> dict[str, dict]:
-    """Cards of the training runs under ``runs`` (``RUN/best.json``, else ``RUN/last.json``), named by the run,
-    with the run's telemetry: the ablation runs that are measured but not shipped."""
+    """Cards of the finished training runs under ``runs`` (``RUN/best.json``, else ``RUN/last.json``), named by the
+    run, with the run's telemetry: the ablation runs that are measured but not shipped. A run whose last epoch is
+    short of its planned epochs is left out."""
     from efpn.checkpoint import read_card
 
     out = {}
     for run in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
+        last = read_card(run / "last.json") if (run / "last.json").is_file() else {}
+        planned = (last.get("training") or {}).get("epochs")
+        if planned is not None and last.get("epochs") != planned:
+            continue  # still training (or stopped early): not the budget its card names
         for stem in ("best", "last"):
             if (run / f"{stem}.json").is_file() and (run / f"{stem}.safetensors").is_file():
                 card = read_card(run / f"{stem}.json")

@@ -114,3 +114,14 @@ def test_seed_comparisons_need_three_seeds_and_non_overlapping_ranges(tmp_path: 
     claims = json.loads((tmp_path / "claims" / "claims.json").read_text())
     assert {c["model"] for c in claims["seeds"]} == {"efpn_bs_mv2", "efpn_mv2"}
     assert any(p.name.startswith("seeds_ap") for p in (tmp_path / "claims").iterdir())
+
+
+def test_unfinished_runs_are_left_out_of_the_tables(tmp_path: Path) -> None:
+    from efpn.cli.claims import _run_cards
+
+    runs = tmp_path / "runs"
+    _seed_run(runs, "done", "fpn_mv2", 0, 0.3)
+    _seed_run(runs, "training", "efpn_bs_mv2", 0, 0.2, epochs=2)
+    model = efpn.build_model("tiny_efpn_n", num_classes=1)  # its best epoch so far, validated
+    save_checkpoint(model, runs / "training" / "best.safetensors", {"preset": "efpn_bs_mv2", "metrics": {"AP": 0.2}})
+    assert sorted(_run_cards(runs)) == ["done"]
