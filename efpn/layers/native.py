@@ -102,7 +102,7 @@ def sgdm_library() -> ctypes.CDLL | None:
                 lib.efpn_sgdm_dynamic.argtypes = [
                     _f32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _f32p, _f32p, _f32p, _f32p,
                     _f32p, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                    _f32p]
+                    _f32p, _f32p, _f32p]
                 _lib = lib
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 _failed = str(e)
@@ -127,7 +127,8 @@ def sgdm_dynamic(
     groups: int,
     kernel_size: int,
     stride: int,
-) -> Tensor | None:
+    keep_kernels: bool = False,
+) -> Tensor | tuple[Tensor, Tensor, Tensor] | None:
     """SGDM's dynamic branch ``dyn`` (N, C, H', W') from x (N, C, H, W), float32 on CPU, no autograd.
 
     Args:
@@ -136,6 +137,8 @@ def sgdm_dynamic(
         spatial_weight: (G*k*k, 2, k, k) the razor conv with its BatchNorm folded in.
         bias: (N, G*k*k) per image: the folded BatchNorm's shift plus the channel branch's logits.
         bank: (G, k*k) the shared static bank, or None (unguided: K = D).
+        keep_kernels: also return D and the applied kernel K, each (N, G, k*k, H', W') (K is D when unguided),
+            for inspection: ``(dyn, D, K)``.
     Returns None when the library is unavailable (the caller runs its PyTorch path).
     """
     lib = sgdm_library()
@@ -149,10 +152,14 @@ def sgdm_dynamic(
     wb = None if razor_max_extra is None else razor_max_extra.detach().float().contiguous()
     sb = None if bank is None else bank.detach().float().contiguous()
     out = torch.empty((n, c, ho, wo), dtype=torch.float32)
+    d = torch.empty((n, groups, k * k, ho, wo), dtype=torch.float32) if keep_kernels else None
+    kern = torch.empty_like(d) if d is not None and sb is not None else d  # unguided: K is D
     code = lib.efpn_sgdm_dynamic(_ptr(x), n, c, h, w, _ptr(wa), _ptr(wb), _ptr(ws), _ptr(b), _ptr(sb), eps, groups,
-                                 k, s, ho, wo, _ptr(out))
+                                 k, s, ho, wo, _ptr(out), _ptr(d), _ptr(kern) if kern is not d else None)
     if code == 2:
         raise MemoryError("efpn native SGDM kernel: could not allocate its scratch rows")
     if code:
         raise RuntimeError(f"efpn native SGDM kernel rejected its arguments (C={c}, G={groups}, {ho}x{wo} output)")
+    if d is not None and kern is not None:
+        return out, d, kern
     return out

@@ -331,10 +331,16 @@ class SGDM(nn.Module):
     def forward(self, x: Tensor, return_internals: bool = False) -> Tensor | tuple[Tensor, KernelInternals]:
         check_nchw(x, self.c_in, type(self).__name__)
         k, s = self.kernel_size, self.stride
-        if not return_internals and self._native_ready(x):
-            dyn_native = self._dynamic_native(x)  # (N, c_in, H', W'), or None without the compiled kernel
-            if dyn_native is not None:
-                return self._merge_fast(dyn_native, x)
+        if self._native_ready(x):
+            native_out = self._dynamic_native(x, return_internals)  # None without the compiled kernel
+            if native_out is not None:
+                if not return_internals:
+                    return self._merge_fast(native_out, x)  # dyn (N, c_in, H', W')
+                dyn, d, kernel = native_out  # D and K: (N, G, k^2, H', W')
+                bank = self.bank() if self.bank is not None else None
+                return self._merge_fast(dyn, x), KernelInternals(
+                    dynamic=d, guided=kernel, bank=bank, entropy=kernel_entropy(d),
+                    hf_energy=laplacian_energy(kernel, k))
         d = self.generator(x)  # (N, G, k^2, H', W'), softmax over k^2
         bank: Tensor | None = None
         kernel: Tensor | None = None  # the applied kernel, when it exists as one tensor
@@ -371,9 +377,9 @@ class SGDM(nn.Module):
                 and x.dtype == torch.float32 and (self.bank is None or self.shared_bank) and foldable(gen.spatial_bn)
                 and self.impl == "shift")
 
-    def _dynamic_native(self, x: Tensor) -> Tensor | None:
+    def _dynamic_native(self, x: Tensor, keep_kernels: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor] | None:
         """The dynamic branch ``dyn`` in one native pass (same function as the generator, the guidance and the
-        aggregation below); None when the kernel cannot be built here."""
+        aggregation below), with ``keep_kernels`` also D and K; None when the kernel cannot be built here."""
         from efpn.layers import native
 
         gen = self.generator
@@ -388,7 +394,7 @@ class SGDM(nn.Module):
             razor_mean, razor_max = razor_mean + rw[0], rw[1]
         return native.sgdm_dynamic(x, razor_mean, razor_max, weight, bias,
                                    self.bank() if self.bank is not None else None, self.eps, self.groups,
-                                   self.kernel_size, self.stride)
+                                   self.kernel_size, self.stride, keep_kernels)
 
     def _merge_fast(self, dyn: Tensor, x: Tensor) -> Tensor:
         """``act(pw(dyn) + static(x))`` in fewer passes: (N, c_in, H', W'), (N, c_in, H, W) -> (N, c_out, H', W').

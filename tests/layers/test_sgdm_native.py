@@ -74,8 +74,6 @@ def test_native_is_used_only_where_it_may_be(calls: list[int], monkeypatch: pyte
     m = _randomised(SGDM(16, 16))
     m(x)  # gradients recorded (attribution needs them): PyTorch path
     with torch.no_grad():
-        y, internals = m(x, return_internals=True)  # internals asked for: PyTorch path, D and K returned
-        assert internals.dynamic is not None and internals.guided is not None
         trained = copy.deepcopy(m).train()
         trained(x)  # training: batch statistics, PyTorch path
         m.path = "reference"
@@ -83,11 +81,11 @@ def test_native_is_used_only_where_it_may_be(calls: list[int], monkeypatch: pyte
         m.path = "fast"
         _randomised(SGDM(16, 16, shared_bank=False))(x)  # a bank per channel: PyTorch path
         assert calls == []
-        torch.testing.assert_close(m(x), y, rtol=1e-4, atol=1e-5)  # now native, same output
+        y = m(x)
         assert calls == [1]
         monkeypatch.setenv("EFPN_NATIVE", "0")
-        m(x)
-        assert calls == [1]  # switched off
+        torch.testing.assert_close(m(x), y, rtol=1e-4, atol=1e-5)  # switched off: the PyTorch path, same output
+        assert calls == [1]
 
 
 @needs_native
@@ -119,3 +117,24 @@ def test_without_a_compiler_sgdm_warns_once_and_runs_its_pytorch_path(monkeypatc
     torch.testing.assert_close(y, m(x).detach())
     with torch.no_grad():
         m(x)  # no second warning: the failure is remembered
+
+
+@needs_native
+@pytest.mark.parametrize("kwargs", [{}, {"guided": False}, {"groups": 4, "learned_razor": True}])
+def test_native_internals_equal_the_pytorch_paths(calls: list[int], monkeypatch: pytest.MonkeyPatch,
+                                                  kwargs: dict) -> None:
+    """With ``return_internals`` the native kernel also returns D and K: the inspected maps (D, K, S, entropy,
+    high-frequency energy) equal the PyTorch path's."""
+    m = _randomised(SGDM(16, 24, **kwargs))
+    x = torch.randn(2, 16, 27, 34, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y, got = m(x, return_internals=True)
+        assert calls == [1]
+        monkeypatch.setenv("EFPN_NATIVE", "0")
+        y_ref, ref = m(x, return_internals=True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    for name in ("dynamic", "guided", "bank", "entropy", "hf_energy"):
+        a, b = getattr(got, name), getattr(ref, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -90,9 +90,8 @@ long efpn_sgdm_scratch(int G, int k, int s, int W, int Wo, int rows) {
 
 static void chunk(const float *x, int C, int H, int W, const float *wa, const float *wb, const float *ws,
                   const float *bias, const float *bank, float eps, int G, int k, int s, int Ho, int Wo, int row0,
-                  int row1, float *scratch, float *out) {
+                  int row1, float *scratch, float *out, float *d_out, float *k_out) {
     const int kk = k * k, GK = G * kk, p = k / 2, cg = C / G;
-    (void)Ho;
     /* the input rows this band reads, clipped to the image: razor map R (2, band, W) */
     const int y_lo = imax(0, row0 * s - p), y_hi = imin(H, (row1 - 1) * s - p + k);
     const int band = y_hi - y_lo;
@@ -162,6 +161,12 @@ static void chunk(const float *x, int C, int H, int W, const float *wa, const fl
                 exp_sub_acc(b, mx, sm, Wo);
             }
             if (bank) {
+                if (d_out) /* D itself, for inspection: (G, k*k, Ho, Wo) of this image */
+                    for (int q = 0; q < kk; ++q) {
+                        const float *b = base + (long)q * Wo;
+                        float *d = d_out + (((long)g * kk + q) * Ho + i) * Wo;
+                        for (int j = 0; j < Wo; ++j) d[j] = b[j] / sm[j];
+                    }
                 memset(mx, 0, sizeof(float) * Wo); /* now the L1 norm of the guided kernel */
                 for (int q = 0; q < kk; ++q) {
                     float *b = base + (long)q * Wo;
@@ -180,6 +185,11 @@ static void chunk(const float *x, int C, int H, int W, const float *wa, const fl
                     for (int j = 0; j < Wo; ++j) b[j] *= sm[j];
                 }
             }
+            /* the applied kernel, for inspection: K when guided, else D (= K) */
+            float *keep = bank ? k_out : d_out;
+            if (keep)
+                for (int q = 0; q < kk; ++q)
+                    memcpy(keep + (((long)g * kk + q) * Ho + i) * Wo, base + (long)q * Wo, sizeof(float) * Wo);
         }
         /* aggregation: every channel with its group's kernels */
         for (int c = 0; c < C; ++c) {
@@ -225,12 +235,13 @@ static void chunk(const float *x, int C, int H, int W, const float *wa, const fl
     }
 }
 
-/* The dynamic branch of N images x (N, C, H, W) -> out (N, C, Ho, Wo); bias is (N, G*k*k). Chunks of output rows
+/* The dynamic branch of N images x (N, C, H, W) -> out (N, C, Ho, Wo); bias is (N, G*k*k). With d_out / k_out
+ * (N, G, k*k, Ho, Wo) it also keeps D and, when guided, K (for inspection; NULL skips them). Chunks of output rows
  * run in parallel on the OpenMP runtime the process already has (PyTorch's: the same threads, no second pool).
  * Returns 0 on success, 1 for arguments it cannot serve, 2 when scratch memory cannot be allocated. */
 int efpn_sgdm_dynamic(const float *x, int N, int C, int H, int W, const float *wa, const float *wb, const float *ws,
                       const float *bias, const float *bank, float eps, int G, int k, int s, int Ho, int Wo,
-                      float *out) {
+                      float *out, float *d_out, float *k_out) {
     if (N < 1 || G < 1 || C % G || k < 1 || s < 1 || Ho < 1 || Wo < 1) return 1;
     const int chunks = (Ho + CHUNK_ROWS - 1) / CHUNK_ROWS, GK = G * k * k;
     const long scratch_len = efpn_sgdm_scratch(G, k, s, W, Wo, CHUNK_ROWS);
@@ -249,8 +260,10 @@ int efpn_sgdm_dynamic(const float *x, int N, int C, int H, int W, const float *w
         for (long t = 0; t < (long)N * chunks; ++t) {
             if (!scratch) continue;
             const int n = (int)(t / chunks), r = (int)(t % chunks) * CHUNK_ROWS;
+            const long per = (long)GK * Ho * Wo; /* D and K of one image */
             chunk(x + (long)n * C * H * W, C, H, W, wa, wb, ws, bias + (long)n * GK, bank, eps, G, k, s, Ho, Wo, r,
-                  imin(Ho, r + CHUNK_ROWS), scratch, out + (long)n * C * Ho * Wo);
+                  imin(Ho, r + CHUNK_ROWS), scratch, out + (long)n * C * Ho * Wo, d_out ? d_out + n * per : NULL,
+                  k_out ? k_out + n * per : NULL);
         }
         free(scratch);
 #if defined(__SSE__)
