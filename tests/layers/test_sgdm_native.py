@@ -7,24 +7,17 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from efpn.layers import native
 from efpn.layers.sgdm import SGDM
+from tests.layers.sgdm_helpers import perturb
 
 needs_native = pytest.mark.skipif(native.sgdm_library() is None,
                                   reason="no C compiler here: SGDM runs its PyTorch path (tested elsewhere)")
 
 
 def _randomised(m: SGDM, seed: int = 0) -> SGDM:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():  # away from the box/zero initialisation, so every term matters
-            p.add_(0.3 * torch.randn(p.shape, generator=gen))
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_(0.0, 0.3, generator=gen)
-                mod.running_var.uniform_(0.5, 2.0, generator=gen)
+    perturb(m, seed=seed, scale=0.3)
     return m.eval()
 
 

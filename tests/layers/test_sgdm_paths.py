@@ -10,6 +10,7 @@ from torch import nn
 
 from efpn.layers.conv import ConvBNAct
 from efpn.layers.sgdm import SGDM, conv_bn_pair, folded_conv_bn, pointwise_unit, set_sgdm_path
+from tests.layers.sgdm_helpers import perturb
 
 VARIANTS: dict[str, dict] = {
     "guided": {},
@@ -27,15 +28,7 @@ def _build(name: str, stride: int) -> SGDM:
         m = SGDM(8, 8, stride=stride, groups=2, **kwargs)
     else:
         m = SGDM(8, 6, stride=stride, groups=2, **kwargs)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():  # away from the box/zero initialisation, so every term matters
-            p.add_(0.2 * torch.randn(p.shape, generator=gen))
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.normal_(0.0, 0.3, generator=gen)
-                mod.running_var.uniform_(0.5, 2.0, generator=gen)
-    return m
+    return perturb(m, seed=0, scale=0.2)
 
 
 def _pair(name: str, stride: int) -> tuple[SGDM, SGDM]:
