@@ -30,6 +30,10 @@ forward and backward, in training and eval mode):
   C); activations and the static + dynamic sum are applied in place when no gradient is recorded. The dynamic
   branch costs little arithmetic but many passes over (N, C, H', W') tensors, so passes are what it saves.
   (The aggregation itself, shared by both paths, has a hand-written backward: see ``efpn.layers.rdconv``.)
+  At inference on CPU (eval mode, no gradient recorded, float32, a shared bank or none) the fast path runs the
+  whole dynamic branch — razor, kernel generation, guidance, aggregation — as one native pass
+  (:mod:`efpn.layers.native`, compiled on first use; tests/layers/test_sgdm_native.py holds it equal to the
+  PyTorch ops, internals included); without a C compiler, or with ``EFPN_NATIVE=0``, it stays on PyTorch.
 """
 
 from __future__ import annotations
