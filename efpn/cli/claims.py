@@ -437,7 +437,7 @@ def seed_figure(comparisons: list[dict[str, object]], metric: str = "AP") -> go.
                             text=[f"seed {s}" for s in c[f"{side}_seeds"]],  # type: ignore[attr-defined]
                             hovertemplate="%{x} %{text}: %{y:.3f}<extra></extra>")
             fig.add_scatter(x=[label], y=[sum(values) / len(values)], mode="markers", showlegend=False,
-                            marker=dict(symbol="line-ew-open", size=30, line=dict(width=3, color=colour)),
+                            marker=dict(symbol="line-ew-open", size=30, color=colour, line=dict(width=3, color=colour)),
                             name=f"{label} mean",
                             hovertemplate="%{x} mean: %{y:.3f}<extra></extra>")
     fig.update_layout(title=f"{metric} per seed (dots) and its mean (bar), last epoch of each run",
