@@ -86,7 +86,7 @@ def _seed_run(runs: Path, name: str, preset: str, seed: int, ap: float, epochs: 
 def test_seed_comparisons_need_three_seeds_and_non_overlapping_ranges(tmp_path: Path) -> None:
     """E-FPN-BS vs its baseline over seeds: a verdict only from 3 seeds a side; "supported" only when the ranges
     do not overlap; an unfinished run and a run of another budget are not mixed in."""
-    from efpn.cli.claims import seed_comparisons, seed_runs, seed_verdict
+    from efpn.cli.seeds import seed_comparisons, seed_runs, seed_verdict
 
     runs = tmp_path / "runs"
     for seed, (base, bs, flag) in enumerate([(0.30, 0.33, 0.31), (0.31, 0.34, 0.29), (0.32, 0.35, 0.33)]):
