@@ -11,21 +11,11 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from efpn.cli.tables import card_budget as _budget
+from efpn.cli.tables import card_dataset as _dataset
+from efpn.cli.tables import md_table as _md_table
 from efpn.explain.starvation import AssignmentReport, accounting_for_records
 from efpn.vocab import BUCKETS
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    def fmt(v: object) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.3g}" if 0 < abs(v) < 0.01 else f"{v:.3f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def assignment_claims(
@@ -116,16 +106,6 @@ def _read_jsonl(p: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
-
-
-def _dataset(card: dict) -> str:
-    data = card.get("data") or {}
-    return Path(str(data.get("yaml") or data.get("dataset") or "?")).stem
-
-
-def _budget(card: dict) -> str:
-    t = card.get("training") or {}
-    return f"{card.get('epochs', '?')} ep x b{t.get('batch_size', '?')} @ {card.get('image_size', '?')} px"
 
 
 def _delta(a: object, b: object) -> float | None:

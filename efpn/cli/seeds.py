@@ -11,7 +11,9 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from efpn.cli.claims import _budget, _dataset, _md_table
+from efpn.cli.tables import card_budget as _budget
+from efpn.cli.tables import card_dataset as _dataset
+from efpn.cli.tables import md_table as _md_table
 
 #: The comparisons both papers headline, then the single-part ablations: (model, its baseline) presets, compared on
 #: the same data and budget over seeds.
