@@ -90,11 +90,16 @@ class Detector(nn.Module):
             )
         if images.shape[-1] < 8 or images.shape[-2] < 8:
             raise ValueError(f"images are too small ({tuple(images.shape[-2:])}); need at least 8x8 pixels")
-        if not torch.isfinite(images).all():
-            raise ValueError("images contain NaN or infinite values")
-        if images.numel() and (images.min() < -0.01 or images.max() > 1.01):
+        if not images.numel():
+            return
+        # one pass over the pixels (isfinite + min + max were three, ~5 % of a YOLOv8n forward on CPU): a NaN makes
+        # both extremes NaN and an infinity one of them, so every bad image fails the range test; diagnose it then
+        lo, hi = torch.aminmax(images)
+        if not (lo >= -0.01 and hi <= 1.01):
+            if not torch.isfinite(images).all():
+                raise ValueError("images contain NaN or infinite values")
             raise ValueError(
-                f"images must be in [0, 1], got range [{float(images.min()):.3g}, {float(images.max()):.3g}]; "
+                f"images must be in [0, 1], got range [{float(lo):.3g}, {float(hi):.3g}]; "
                 "if they are 0-255, divide by 255"
             )
 

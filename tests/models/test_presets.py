@@ -242,6 +242,10 @@ def tiny() -> efpn.Detector:
         (torch.rand(1, 4, 64, 64), "3 RGB channels"),
         ((torch.rand(1, 3, 64, 64) * 255).to(torch.uint8), "float"),
         (torch.full((1, 3, 64, 64), math.nan), "NaN"),
+        (torch.rand(2, 3, 64, 64).index_put_((torch.tensor(1), torch.tensor(2), torch.tensor(5), torch.tensor(7)),
+                                             torch.tensor(math.nan)), "NaN"),  # one NaN pixel in the second image
+        (torch.rand(1, 3, 64, 64).index_put_((torch.tensor(0),), torch.tensor(math.inf)), "infinite"),
+        (torch.rand(1, 3, 64, 64) - 0.5, r"\[0, 1\], got range \[-0\.5"),
         (torch.rand(1, 3, 64, 64) * 255, r"\[0, 1\]"),
         ("not a tensor", "torch.Tensor"),
     ],
