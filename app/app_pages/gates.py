@@ -28,12 +28,14 @@ focus = focusing.focus_banner(ctx, model, image, "Here: its centre ringed on eve
                                               "there (closed below 0.1).")
 opacity = st.slider("Mask opacity", 0.0, 1.0, 0.55, 0.05, key="gate_opacity")
 gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
-st.caption(f"Colour key of every gate map: M = 0 black → 1 pale yellow (the bar beside each map), drawn over the image "
-           f"at the opacity above; boxes in cyan. {how_boxes}")
+st.caption(f"Colour key of every gate map: M = 0 black → 1 pale yellow (the bar beside each map over the image, "
+           f"drawn at the opacity above; the gate and its FBSM target beside it share that scale); boxes in cyan. "
+           f"{how_boxes}")
 boxes_orig = gt.boxes if gt is not None else np.zeros((0, 4), np.float32)
 boxes_net = ins.to_network(boxes_orig)  # what the gate saw: network px, like its strides
 det_net = ins.to_network(ins.detections["boxes"])
 
+SIDE_PX = 160  # the gate and its target side by side, cells enlarged by an integer factor (nearest: square cells)
 stats = []
 for lv, mask in ins.gates.items():
     stride = level_stride(lv)
@@ -48,9 +50,11 @@ for lv, mask in ins.gates.items():
         fig.add_traces(figures.focus_marker(*focus.centre))
     c1.plotly_chart(fig, width="stretch", key=f"gate_{lv}")
     target = box_mask_target([boxes_net], m.shape, stride)[0, 0].numpy()
-    c2.plotly_chart(heatmaps.maps_grid_figure({"gate M": m, "FBSM target": target}, colorscale="Inferno",
-                                              zmin=0, zmax=1, height=220, mark=cell), width="stretch",
-                    key=f"gate_{lv}_target")
+    # pictures, not plotly charts: the map at left already reads values on hover, and two more charts per level
+    # were a third of the page's drawing time in the browser (measured with Chromium's profiler)
+    pictures = [heatmaps.thumbnail(a, "Inferno", side=SIDE_PX, zmin=0.0, zmax=1.0, mark=cell) for a in (m, target)]
+    c2.image([heatmaps.encode_png(p) for p in pictures], caption=["gate M", "FBSM target (1 on the boxes' cells)"],
+             width=pictures[0].shape[1], output_format="PNG")  # shown at the size made: Streamlit resizes nothing
     row = {"level": lv}
     if gt is not None:
         s = gate_stats(m, boxes_net, stride)

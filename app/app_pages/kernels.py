@@ -107,6 +107,8 @@ if g > 1 and st.toggle(f"Show all {g} groups at this pixel", key="kernel_show_al
              "S bank": bank[part] if bank is not None else None}, first_group=start),
             width="stretch", key=f"kernel_all_groups_{start}")
 
+MAP_PX = 320  # the two whole-layer maps at the bottom: made at this size, shown as made
+
 st.subheader("Foreground vs background kernels")
 gt, how_boxes = state.boxes_for_analysis(ctx, ins.detections)
 st.caption(how_boxes)
@@ -124,8 +126,14 @@ if gt is not None:
     st.caption("The difference is red where the kernel inside the boxes weighs a neighbour more than outside, blue "
                "where less, white where they agree (a symmetric scale around 0).")
 if km.hf_energy is not None and km.entropy is not None:
-    st.plotly_chart(heatmaps.maps_grid_figure({"entropy (mean over groups)": km.entropy.numpy().mean(0),
-                                               "high-frequency energy": km.hf_energy.numpy().mean(0)}, height=260,
-                                              mark=(row, col)),
-                    width="stretch", key="kernel_maps")
-    st.caption(f"The picked pixel's cell (row {row}, col {col}) is outlined in white on both maps.")
+    # pictures, not a chart: the map under the picker above reads either one on hover; a second chart here cost
+    # more browser drawing time than anything it adds
+    both = {"entropy (nats, mean over groups)": km.entropy.numpy().mean(0),
+            "high-frequency energy (mean over groups)": km.hf_energy.numpy().mean(0)}
+    ranges = {name: (float(a.min()), float(a.max())) for name, a in both.items()}
+    pictures = [heatmaps.thumbnail(a, "Viridis", side=MAP_PX, zmin=ranges[n][0], zmax=ranges[n][1], mark=(row, col))
+                for n, a in both.items()]
+    st.image([heatmaps.encode_png(p) for p in pictures], output_format="PNG", width=pictures[0].shape[1],
+             caption=[f"{n}: {lo:.3g} dark purple → {hi:.3g} yellow" for n, (lo, hi) in ranges.items()])
+    st.caption(f"Each map on its own scale, from its minimum (dark purple) to its maximum (yellow); the picked "
+               f"pixel's cell (row {row}, col {col}) is outlined in white on both.")

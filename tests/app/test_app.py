@@ -146,6 +146,19 @@ def test_detect_overview_shows_the_internals_of_the_same_forward(app, app_env: P
     for name, caption in zip(expected, captions):
         assert caption.startswith(name), (name, caption)
 
+def test_gates_show_each_gate_beside_its_target(app) -> None:
+    """Per gated level: the gate over the image (a chart) and, beside it, the gate and its FBSM target as pictures on
+    the gate's [0, 1] scale."""
+    _goto(app, "gates")
+    _ok(app)
+    overlays = [c for c in app.get("plotly_chart") if c.proto.id and "gate_" in (c.key or "")]
+    side = [el for el in app.get("image") if [i.caption for i in el.proto.imgs][:1] == ["gate M"]]
+    assert overlays and len(side) == len(overlays)
+    for el in side:
+        caps = [i.caption for i in el.proto.imgs]
+        assert caps[0] == "gate M" and caps[1].startswith("FBSM target")
+
+
 def test_downloads_hold_detections(app) -> None:
     app.sidebar.slider(key="score_thresh").set_value(0.0).run()
     labels = [b.label for b in app.get("download_button")]
@@ -395,6 +408,11 @@ def test_kernels_pick_a_pixel(app) -> None:
     app.selectbox(key="kernel_layer").set_value(layers[-1]).run()
     app.radio(key="kernel_map").set_value("high-frequency energy").run()
     _ok(app)
+    # the whole layer's entropy and high-frequency energy below, each captioned with its own range
+    caps = [i.caption for el in app.get("image") for i in el.proto.imgs]
+    assert [c.split(":")[0] for c in caps[-2:]] == ["entropy (nats, mean over groups)",
+                                                     "high-frequency energy (mean over groups)"], caps
+    assert all("dark purple →" in c and c.endswith("yellow") for c in caps[-2:])
 
 
 def test_pyramid_reductions(app) -> None:
