@@ -415,9 +415,12 @@ class SGDM(nn.Module):
         units = list(self.pw) if isinstance(self.pw, nn.Sequential) else [self.pw]
         if dyn.device.type == "cpu" and dyn.is_contiguous() and not self.training:
             a = dyn.view(n, self.c_in, h * w)  # (N, c_in, P)
-            for unit in units:
-                a = pointwise_unit(unit, a, (h, w))  # (N, hidden | c_out, P)
-            out = a.view(n, self.c_out, h, w)
+            for unit in units[:-1]:
+                a = pointwise_unit(unit, a, (h, w))  # (N, hidden, P)
+            accumulated = self._static_plus_last_unit(units[-1], a, x)
+            if accumulated is not None:
+                return _activate(self.act, accumulated)
+            out = pointwise_unit(units[-1], a, (h, w)).view(n, self.c_out, h, w)
         else:
             out = dyn
             for unit in units:
@@ -425,6 +428,29 @@ class SGDM(nn.Module):
         static = conv_bn_unit(self.static, x)  # (N, c_out, H', W')
         out = out + static if _records_grad(out) or _records_grad(static) else out.add_(static)
         return _activate(self.act, out)
+
+    def _static_plus_last_unit(self, last: nn.Module, a: Tensor, x: Tensor) -> Tensor | None:
+        """``last(a) + static(x)`` with both BatchNorms folded, in two passes instead of four: the static conv runs
+        with the last unit's bias added to its own, then the last 1x1 accumulates into its output in place (a
+        matrix product with beta = 1: no broadcast bias copy, no separate sum). ``a`` (N, C, P) -> (N, c_out, H', W');
+        None when either unit is not a foldable conv -> BN pair (then the caller runs them apart)."""
+        if _records_grad(a) or not all(isinstance(getattr(u, "act", None), (nn.Identity, type(None)))
+                                       for u in (last, self.static)):
+            return None  # an activation before the sum: the units run apart
+        pair_last, pair_static = conv_bn_pair(last), conv_bn_pair(self.static)
+        if (pair_last is None or pair_static is None or not foldable(pair_last[1]) or not foldable(pair_static[1])
+                or pair_last[0].kernel_size != (1, 1) or pair_last[0].groups != 1):
+            return None
+        w_last, b_last = _fold_once(*pair_last)
+        conv, norm = pair_static
+        w_static, b_static = _fold_once(conv, norm)
+        bias = b_last if b_static is None else (b_static if b_last is None else b_static + b_last)
+        out = F.conv2d(x, w_static, bias, conv.stride, conv.padding, conv.dilation, conv.groups)  # (N, c_out, H', W')
+        n, c_out = out.shape[:2]
+        if not out.is_contiguous() or out.shape[2] * out.shape[3] != a.shape[2]:
+            return None
+        out.view(n, c_out, -1).baddbmm_(w_last.flatten(1).expand(n, -1, -1), a)  # += W a, (N, c_out, P)
+        return out
 
     def _unshared_norm(self, d: Tensor, bank: Tensor) -> Tensor:
         n, g, kk, h, w = d.shape

@@ -78,6 +78,28 @@ def test_fast_no_grad_in_place_equals_reference(name: str) -> None:
     torch.testing.assert_close(ib.dynamic, ia.dynamic)
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_static_and_last_unit_accumulate_in_one_product(name: str) -> None:
+    """In eval mode without gradients the last 1x1 of the MLP accumulates into the static conv's output (both
+    BatchNorms folded): that merged sum is taken for every variant whose units are conv -> BN pairs, and it is the
+    reference path's ``pw(dyn) + static(x)`` before the activation."""
+    ref, fast = _pair(name, 2)
+    ref.eval()
+    fast.eval()
+    x = torch.randn(2, 8, 16, 9)
+    with torch.no_grad():
+        dyn = torch.randn(2, 8, 8, 5)
+        units = list(fast.pw) if isinstance(fast.pw, nn.Sequential) else [fast.pw]
+        a = dyn.view(2, 8, -1)
+        for unit in units[:-1]:
+            a = pointwise_unit(unit, a, (8, 5))
+        merged = fast._static_plus_last_unit(units[-1], a, x)
+        assert merged is not None, "the fused sum fell back"
+        torch.testing.assert_close(merged, ref.pw(dyn) + ref.static(x), rtol=1e-5, atol=1e-5)
+        with torch.enable_grad():  # recorded gradients: never in place
+            assert fast._static_plus_last_unit(units[-1], a.clone().requires_grad_(True), x) is None
+
+
 def test_fast_path_reads_already_folded_units() -> None:
     """A model whose BatchNorms were folded beforehand (bn -> Identity, as a deployment fuse does) still works."""
     ref, fast = _pair("guided", 2)
