@@ -157,11 +157,13 @@ def _apply_shift(x: Tensor, kernels: Tensor, k: int, s: int, cw: Tensor | None) 
     return _shift_forward(x, kernels, k, s, cw)
 
 
-def _shift_forward(x: Tensor, kernels: Tensor, k: int, s: int, cw: Tensor | None) -> Tensor:
-    """The shift path's arithmetic (see :func:`_tap_windows`); differentiable by autograd when ``cw`` is given."""
+def _shift_forward(x: Tensor, kernels: Tensor, k: int, s: int, cw: Tensor | None,
+                   phases: dict[tuple[int, int], Tensor] | None = None) -> Tensor:
+    """The shift path's arithmetic (see :func:`_tap_windows`); differentiable by autograd when ``cw`` is given.
+    ``phases``, when given, receives the polyphase components it made (for a backward to reuse)."""
     n, c, h, w = x.shape
     g, _, h_out, w_out = kernels.shape[1:]
-    phases: dict[tuple[int, int], Tensor] = {}
+    phases = {} if phases is None else phases
     out: Tensor | None = None  # (N, G, C/G, H', W')
     for q, ay, ax, i0, i1, j0, j1, sy, sx in _tap_windows(k, s, (h, w), (h_out, w_out)):
         if (ay, ax) not in phases:
@@ -190,21 +192,26 @@ class _ShiftAggregate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, kernels: Tensor, k: int, s: int) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, kernels)
-        ctx.k, ctx.s = k, s
-        return _shift_forward(x, kernels, k, s, None)
+        phases: dict[tuple[int, int], Tensor] = {}
+        out = _shift_forward(x, kernels, k, s, None, phases)
+        # the polyphase components are kept instead of x (together x's size): the backward reads them again
+        # for the kernels' gradient, and rebuilding them would copy x once more
+        ctx.keys = list(phases)
+        ctx.save_for_backward(kernels, *phases.values())
+        ctx.k, ctx.s, ctx.x_shape = k, s, x.shape
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
-        x, kernels = ctx.saved_tensors
+        kernels, *saved = ctx.saved_tensors
+        phases = dict(zip(ctx.keys, saved, strict=True))  # (N, G, C/G, H_a, W_a) per component
         k, s = ctx.k, ctx.s
-        n, c, h, w = x.shape
+        n, c, h, w = ctx.x_shape
         g, _, h_out, w_out = kernels.shape[1:]
         go = grad_out.contiguous().view(n, g, c // g, h_out, w_out)
         need_x, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         phase_grads: dict[tuple[int, int], Tensor] = {}
-        phases: dict[tuple[int, int], Tensor] = {}
         grad_k = torch.zeros_like(kernels) if need_k else None  # (N, G, k^2, H', W'); taps reading padding stay 0
         for q, ay, ax, i0, i1, j0, j1, sy, sx in _tap_windows(k, s, (h, w), (h_out, w_out)):
             key = (ay, ax)
@@ -217,18 +224,58 @@ class _ShiftAggregate(torch.autograd.Function):
                 wq = kernels[:, :, q, i0:i1, j0:j1].unsqueeze(2)  # (N, G, 1, ., .)
                 phase_grads[key][..., rows, cols].addcmul_(go_w, wq)
             if grad_k is not None:
-                if key not in phases:
-                    phases[key] = _phase(x, key, s, g)
                 grad_k[:, :, q, i0:i1, j0:j1] = (go_w * phases[key][..., rows, cols]).sum(2)
         grad_x = None
         if need_x:
             if s == 1:
                 grad_x = phase_grads[(0, 0)].view(n, c, h, w)
+            elif h % s == 0 and w % s == 0 and len(phase_grads) == s * s:
+                # every component has the same size: interleave them in one copy, (s, s, N, C, H/s, W/s) ->
+                # (N, C, H/s, s, W/s, s) = (N, C, H, W), instead of zeroing x's size and writing s^2 strided slices
+                stacked = torch.stack([phase_grads[(ay, ax)].view(n, c, h // s, w // s)
+                                       for ay in range(s) for ax in range(s)]).view(s, s, n, c, h // s, w // s)
+                grad_x = stacked.permute(2, 3, 4, 0, 5, 1).reshape(n, c, h, w)
             else:
-                grad_x = x.new_zeros(n, c, h, w)
+                grad_x = go.new_zeros(n, c, h, w)
                 for (ay, ax), pg in phase_grads.items():
                     grad_x[..., ay::s, ax::s] = pg.view(n, c, *pg.shape[-2:])
         return grad_x, grad_k, None, None
+
+
+class _RazorStats(torch.autograd.Function):
+    """The generator's two reads of x in one function: the razor ``[mean_c x, max_c x]`` (N, 2, H, W) and the global
+    average ``mean_hw x`` (N, C, 1, 1), with a backward that writes the gradient of x once.
+
+    Autograd would build it from three full-size tensors (the mean's expanded division, the max's mask, copy and
+    product, the average's division) and two more additions: most of an SGDM's backward time on a stride-4 map.
+    The max's gradient goes to the channel ``torch.max`` picks (PyTorch's subgradient of ``max(dim)``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        peak, index = x.max(1, keepdim=True)  # (N, 1, H, W) each
+        ctx.save_for_backward(index)
+        ctx.shape = x.shape
+        return torch.cat([x.mean(1, keepdim=True), peak], 1), x.mean((2, 3), keepdim=True)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_r: Tensor | None, grad_gap: Tensor | None) -> Tensor:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        if grad_r is None:  # only the average was used
+            assert grad_gap is not None
+            return (grad_gap / (h * w)).expand(n, c, h, w).contiguous()
+        grad_x = (grad_r[:, :1] / c).expand(n, c, h, w)  # (N, C, H, W) once the sum below materialises it
+        grad_x = grad_x + grad_gap / (h * w) if grad_gap is not None else grad_x.contiguous()
+        return grad_x.scatter_add_(1, index, grad_r[:, 1:2].contiguous())
+
+
+def razor_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``([mean_c x, max_c x], mean_hw x)``: (N, C, H, W) -> (N, 2, H, W), (N, C, 1, 1); one-pass gradient."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RazorStats.apply(x)
+    return torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1), x.mean((2, 3), keepdim=True)
 
 
 def kernel_entropy(kernels: Tensor, eps: float = 1e-12) -> Tensor:
@@ -279,11 +326,11 @@ class RazorKernelGenerator(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n = x.shape[0]
         kk = self.kernel_size * self.kernel_size
-        r = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)  # (N, 2, H, W)
+        r, gap = razor_stats(x)  # (N, 2, H, W), (N, C, 1, 1)
         if self.razor is not None:
             r = r + self.razor(x)  # (N, 2, H, W)
         s = self.spatial_bn(self.spatial(r))  # (N, G*k^2, H', W')
-        c = self.channel(x.mean((2, 3), keepdim=True))  # (N, G*k^2, 1, 1)
+        c = self.channel(gap)  # (N, G*k^2, 1, 1)
         logits = (s + c).view(n, self.groups, kk, *s.shape[-2:])  # (N, G, k^2, H', W')
         return logits.softmax(2)  # D: sums to 1 over the k^2 taps
 

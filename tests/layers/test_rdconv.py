@@ -14,6 +14,7 @@ from efpn.layers.rdconv import (
     apply_dynamic_kernels,
     kernel_entropy,
     output_size,
+    razor_stats,
     resolve_groups,
 )
 
@@ -165,11 +166,13 @@ def test_shift_path_gradients_are_exact(s: int) -> None:
 
 @pytest.mark.parametrize(
     ("k", "s", "hw"),
-    [(3, 1, (5, 4)), (3, 2, (5, 4)), (3, 2, (6, 7)), (5, 2, (7, 5)), (3, 3, (7, 8)), (5, 1, (2, 3)), (5, 3, (2, 2))],
+    [(3, 1, (5, 4)), (3, 2, (5, 4)), (3, 2, (6, 8)), (3, 3, (6, 9)), (5, 2, (8, 4)), (3, 2, (6, 7)), (5, 2, (7, 5)),
+     (3, 3, (7, 8)), (5, 1, (2, 3)), (5, 3, (2, 2))],
 )
 def test_shift_hand_written_backward_is_exact(k: int, s: int, hw: tuple[int, int]) -> None:
-    """The shared-kernel shift path has its own backward: gradcheck in float64 on odd sizes, strides up to 3 and
-    inputs smaller than the kernel (taps that only read padding), and equal to autograd through unfold."""
+    """The shared-kernel shift path has its own backward: gradcheck in float64 on odd and stride-divisible sizes
+    (the one-copy interleave), strides up to 3 and inputs smaller than the kernel (taps that only read padding), and
+    equal to autograd through unfold."""
     h, w = hw
     x = torch.randn(2, 4, h, w, dtype=torch.float64, requires_grad=True)
     kern = torch.randn(2, 2, k * k, output_size(h, k, s), output_size(w, k, s), dtype=torch.float64)
@@ -193,3 +196,24 @@ def test_shift_backward_only_for_what_needs_it() -> None:
     (gx,) = torch.autograd.grad(apply_dynamic_kernels(xg, kern.detach(), 3, 2).sum(), (xg,))
     (gx_ref,) = torch.autograd.grad(apply_dynamic_kernels(xg, kern.detach(), 3, 2, "unfold").sum(), (xg,))
     torch.testing.assert_close(gx, gx_ref)
+
+
+def test_razor_stats_gradient_is_exact() -> None:
+    """The generator's razor ``[mean_c, max_c]`` and global average share one hand-written backward: exact in
+    double precision (gradcheck) whether both outputs, only the razor or only the average are used, and equal to
+    autograd's gradient of the plain ops in float."""
+    x = torch.randn(2, 5, 4, 3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: razor_stats(t), (x,))
+    assert torch.autograd.gradcheck(lambda t: razor_stats(t)[0], (x,))
+    assert torch.autograd.gradcheck(lambda t: razor_stats(t)[1], (x,))
+    xf = torch.randn(3, 7, 6, 5, requires_grad=True)
+    r, gap = razor_stats(xf)
+    weights = torch.randn_like(r), torch.randn_like(gap)
+    (r * weights[0]).sum().add((gap * weights[1]).sum()).backward()
+    xr = xf.detach().clone().requires_grad_(True)
+    r_ref = torch.cat([xr.mean(1, keepdim=True), xr.amax(1, keepdim=True)], 1)
+    torch.testing.assert_close(r, r_ref)
+    (r_ref * weights[0]).sum().add((xr.mean((2, 3), keepdim=True) * weights[1]).sum()).backward()
+    torch.testing.assert_close(xf.grad, xr.grad)
+    with torch.no_grad():  # no graph: the plain ops
+        torch.testing.assert_close(razor_stats(xf)[0], r_ref)
