@@ -23,3 +23,25 @@ def png_bytes(image: np.ndarray, fmt: str = "PNG", **kw: object) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format=fmt, **kw)
     return buf.getvalue()
+
+
+def ok(at) -> None:
+    """The AppTest run raised nothing."""
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def errors(at) -> list[str]:
+    """The texts of the ``st.error`` boxes on the page."""
+    return [e.value for e in at.error]
+
+
+def metric(at, label: str) -> str:
+    """The value of the ``st.metric`` labelled ``label`` (fails listing the labels there are)."""
+    found = [m.value for m in at.metric if m.label == label]
+    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    return found[0]
+
+
+def goto(at, page: str):
+    """Switch the AppTest to ``app/app_pages/<page>.py`` and run it."""
+    return at.switch_page(f"app_pages/{page}.py").run()

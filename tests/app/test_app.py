@@ -14,25 +14,10 @@ import pytest
 import torch
 from PIL import Image
 from studio_helpers import APP, PAGES, SHARED_BROKEN, png_bytes
-
-
-def _ok(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def _errors(at) -> list[str]:
-    return [e.value for e in at.error]
-
-
-def _metric(at, label: str) -> str:
-    found = [m.value for m in at.metric if m.label == label]
-    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}"
-    return found[0]
-
-
-def _goto(at, page: str):
-    return at.switch_page(f"app_pages/{page}.py").run()
-
+from studio_helpers import errors as _errors
+from studio_helpers import goto as _goto
+from studio_helpers import metric as _metric
+from studio_helpers import ok as _ok
 
 # ----------------------------------------------------------------------------------------------- smoke
 
@@ -145,19 +130,6 @@ def test_detect_overview_shows_the_internals_of_the_same_forward(app, app_env: P
     assert len(captions) == len(expected) and len(expected) >= 3
     for name, caption in zip(expected, captions):
         assert caption.startswith(name), (name, caption)
-
-def test_gates_show_each_gate_beside_its_target(app) -> None:
-    """Per gated level: the gate over the image (a chart) and, beside it, the gate and its FBSM target as pictures on
-    the gate's [0, 1] scale."""
-    _goto(app, "gates")
-    _ok(app)
-    overlays = [c for c in app.get("plotly_chart") if c.proto.id and "gate_" in (c.key or "")]
-    side = [el for el in app.get("image") if [i.caption for i in el.proto.imgs][:1] == ["gate M"]]
-    assert overlays and len(side) == len(overlays)
-    for el in side:
-        caps = [i.caption for i in el.proto.imgs]
-        assert caps[0] == "gate M" and caps[1].startswith("FBSM target")
-
 
 def test_downloads_hold_detections(app) -> None:
     app.sidebar.slider(key="score_thresh").set_value(0.0).run()
@@ -328,128 +300,7 @@ def test_assignment_dataset_mode(app) -> None:
     assert "samples (app/samples)" in options and all(o.endswith(")") for o in options)
 
 
-# ----------------------------------------------------------------------------------------------- other pages
-
-
-def test_attribution_for_a_selected_detection(app) -> None:
-    """LayerGradCAM shows at once, timed, with an estimate of the long methods from its pass times; Compute runs
-    Integrated Gradients and Occlusion and adds their maps, rows and curves; the result is kept for its request."""
-    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
-    _goto(app, "attribution")
-    app.selectbox(key="attr_det").set_value(2).run()
-    _ok(app)
-    assert float(_metric(app, "Target score T")) > 0  # no button press needed for the fast default
-    captions = [c.value for c in app.caption]
-    assert any("forward+backward passes)" in c and "Computed in" in c for c in captions), captions
-    assert any(c.startswith("Estimated on this machine") for c in captions)
-    assert not any("minute" in c for c in captions)
-    assert "a deletion AUC below the random pixel order's" in " ".join(captions)
-    assert len(app.table[0].value) == 1  # LayerGradCAM's row
-    app.slider(key="attr_ig_steps").set_value(4).run()
-    app.slider(key="attr_occ_evals").set_value(16).run()
-    app.button(key="attr_run").click().run()
-    _ok(app)
-    assert any("inside the box" in c.value and "computed in" in c.value for c in app.caption)
-    table = app.table[0].value
-    assert list(table.index) == ["LayerGradCAM, all levels", "Integrated Gradients", "Occlusion"]
-    assert all(" · " in v for v in table["deletion AUC · random"])
-    assert len(app.session_state["attr_results"]) == 1 and app.button(key="attr_run").disabled
-    assert not any(c.value.startswith("Estimated on this machine") for c in app.caption)  # done: no estimate
-
-
-def test_an_interrupted_attribution_is_not_restarted(app, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Streamlit stops a script at its next call when the user presses Cancel (or any control): the stop comes out of
-    the progress callback. The next run says so, keeps nothing and does not start the request again."""
-    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
-
-    from app import analyses
-
-    real = analyses.explain_long
-    calls: list[int] = []
-
-    def stopped_midway(*args, **kwargs):
-        calls.append(1)
-        progress = args[7] if len(args) >= 8 else kwargs["progress"]
-
-        def tick(done: int, total: int) -> None:
-            progress(done, total)
-            if done >= 2:
-                raise StopException  # what Streamlit raises in the script thread at a stop request
-
-        return real(*args[:7], tick, *args[8:])
-
-    monkeypatch.setattr(analyses, "explain_long", stopped_midway)
-    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
-    _goto(app, "attribution")
-    app.multiselect(key="attr_methods").set_value(["integrated_gradients"]).run()
-    app.button(key="attr_run").click().run()
-    assert calls == [1]
-    app.run()  # the rerun that follows (another control was used)
-    _ok(app)
-    assert calls == [1]  # not restarted
-    assert any("Stopped after 2 of" in i.value for i in app.info), [i.value for i in app.info]
-    assert not app.session_state["attr_results"] if "attr_results" in app.session_state else True
-    assert not app.button(key="attr_run").disabled
-    state = dict(app.session_state["attr_long"])
-    app.session_state["attr_long"] = {**state, "state": "cancelled"}  # what Cancel's callback sets
-    app.run()
-    assert calls == [1]
-    assert any("Cancelled after 2 of" in w.value for w in app.warning), [w.value for w in app.warning]
-    assert not any(c.key and c.key.startswith("attr_map_") for c in app.get("plotly_chart"))
-
-
-def test_kernels_pick_a_pixel(app) -> None:
-    _goto(app, "kernels")
-    app.number_input(key="kernel_x").set_value(10.0).run()
-    app.number_input(key="kernel_y").set_value(200.0).run()
-    _ok(app)
-    assert any("(10, 200)" in m.value for m in app.markdown), [m.value for m in app.markdown]
-    layers = app.selectbox(key="kernel_layer").options
-    app.selectbox(key="kernel_layer").set_value(layers[-1]).run()
-    app.radio(key="kernel_map").set_value("high-frequency energy").run()
-    _ok(app)
-    # the whole layer's entropy and high-frequency energy below, each captioned with its own range
-    caps = [i.caption for el in app.get("image") for i in el.proto.imgs]
-    assert [c.split(":")[0] for c in caps[-2:]] == ["entropy (nats, mean over groups)",
-                                                     "high-frequency energy (mean over groups)"], caps
-    assert all("dark purple →" in c and c.endswith("yellow") for c in caps[-2:])
-
-
-def test_pyramid_reductions(app) -> None:
-    _goto(app, "pyramid")
-    for how in ("max", "pca"):
-        app.radio(key="pyr_reduce").set_value(how).run()
-        _ok(app)
-    assert not [r for r in app.radio if r.key == "pyr_part"]  # gradient reach: not measured until opened
-    app.session_state["pyr_reach_open"] = True
-    app.run()
-    app.radio(key="pyr_part").set_value("total").run()
-    _ok(app)
-    assert any("positive" in str(c.value) or "CEM" in str(c.value) for c in app.caption)
-
-
-def test_compare_two_checkpoints(app) -> None:
-    _goto(app, "compare")
-    assert app.selectbox(key="cmp_b").value.endswith("tiny_yolov8_sgdm.safetensors")
-    _ok(app)
-    assert not _errors(app)
-    assert any("Training telemetry" in h.value for h in app.subheader)
-    assert any("synthetic (test) (val)" in c.value for c in app.caption)
-    # the sample has ground truth: the per-object comparison is there (a table of differences, or none)
-    assert any("one finds and the other misses" in h.value for h in app.subheader)
-    assert any("Matched at IoU" in c.value for c in app.caption)
-
-
-def test_learn_walks_every_step(app) -> None:
-    """Nine steps, each with its "what to notice" sentence computed from this image's inspection."""
-    _goto(app, "learn")
-    notices = [next(i.value for i in app.info if "What to notice" in i.value)]
-    for _ in range(8):
-        app.button(key="learn_next").click().run()
-        _ok(app)
-        notices.append(next(i.value for i in app.info if "What to notice" in i.value))
-    assert app.header[0].value.startswith("9")
-    assert len(set(notices)) == 9, notices  # one distinct sentence per step
+# ----------------------------------------------------------------------------------------------- sessions
 
 
 def test_sessions_are_isolated(app, app_env: Path, sample_rgb: np.ndarray) -> None:
