@@ -62,6 +62,25 @@ def test_native_equals_the_pytorch_path(calls: list[int], c_in: int, c_out: int,
 
 
 @needs_native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("size", [(40, 40), (42, 17), (9, 30)])  # 20, 21 and 5 output rows
+def test_one_image_splits_its_rows_over_the_threads(calls: list[int], threads: int, size: tuple[int, int]) -> None:
+    """One image: its rows are cut into as many chunks as keep every thread busy (at most 8 rows each); the
+    result is the PyTorch path's for every thread count and row count."""
+    m = _randomised(SGDM(16, 16, groups=2))
+    x = torch.randn(1, 16, *size, generator=torch.Generator().manual_seed(2))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            fast = m(x)
+    finally:
+        torch.set_num_threads(before)
+    assert len(calls) == 1
+    torch.testing.assert_close(fast, m(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+@needs_native
 def test_native_is_used_only_where_it_may_be(calls: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(1, 16, 24, 24)
     m = _randomised(SGDM(16, 16))

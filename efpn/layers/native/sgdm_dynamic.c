@@ -18,6 +18,9 @@
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 static int imax(int a, int b) { return a > b ? a : b; }
 
@@ -243,7 +246,20 @@ int efpn_sgdm_dynamic(const float *x, int N, int C, int H, int W, const float *w
                       const float *bias, const float *bank, float eps, int G, int k, int s, int Ho, int Wo,
                       float *out, float *d_out, float *k_out) {
     if (N < 1 || G < 1 || C % G || k < 1 || s < 1 || Ho < 1 || Wo < 1) return 1;
-    const int chunks = (Ho + CHUNK_ROWS - 1) / CHUNK_ROWS, GK = G * k * k;
+    /* rows per chunk: at most CHUNK_ROWS, and few enough that an image splits into a multiple of the threads (a
+     * 20-row map in chunks of 8 would leave one of two threads idle for a third of the call) */
+#if defined(_OPENMP)
+    const int threads = N >= omp_get_max_threads() ? 1 : omp_get_max_threads();
+#else
+    const int threads = 1;
+#endif
+    int rows = CHUNK_ROWS;
+    for (int m = 1; threads > 1; ++m) {
+        rows = (Ho + m * threads - 1) / (m * threads);
+        if (rows <= CHUNK_ROWS) break;
+    }
+    if (rows < 1) rows = 1;
+    const int chunks = (Ho + rows - 1) / rows, GK = G * k * k;
     const long scratch_len = efpn_sgdm_scratch(G, k, s, W, Wo, CHUNK_ROWS);
     int failed = 0;
 #pragma omp parallel reduction(| : failed)
@@ -259,10 +275,10 @@ int efpn_sgdm_dynamic(const float *x, int N, int C, int H, int W, const float *w
 #pragma omp for schedule(static)
         for (long t = 0; t < (long)N * chunks; ++t) {
             if (!scratch) continue;
-            const int n = (int)(t / chunks), r = (int)(t % chunks) * CHUNK_ROWS;
+            const int n = (int)(t / chunks), r = (int)(t % chunks) * rows;
             const long per = (long)GK * Ho * Wo; /* D and K of one image */
             chunk(x + (long)n * C * H * W, C, H, W, wa, wb, ws, bias + (long)n * GK, bank, eps, G, k, s, Ho, Wo, r,
-                  imin(Ho, r + CHUNK_ROWS), scratch, out + (long)n * C * Ho * Wo, d_out ? d_out + n * per : NULL,
+                  imin(Ho, r + rows), scratch, out + (long)n * C * Ho * Wo, d_out ? d_out + n * per : NULL,
                   k_out ? k_out + n * per : NULL);
         }
         free(scratch);
