@@ -194,10 +194,11 @@ class _ShiftAggregate(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, kernels: Tensor, k: int, s: int) -> Tensor:  # type: ignore[override]
         phases: dict[tuple[int, int], Tensor] = {}
         out = _shift_forward(x, kernels, k, s, None, phases)
-        # the polyphase components are kept instead of x (together x's size): the backward reads them again
-        # for the kernels' gradient, and rebuilding them would copy x once more
-        ctx.keys = list(phases)
-        ctx.save_for_backward(kernels, *phases.values())
+        # the kernels' gradient reads the polyphase components again: keeping them (x's size in all, for s > 1)
+        # saves copying x once more in the backward; without that gradient nothing but the kernels is kept
+        keep = list(phases.values()) if ctx.needs_input_grad[1] else []
+        ctx.keys = list(phases) if keep else []
+        ctx.save_for_backward(kernels, *keep)
         ctx.k, ctx.s, ctx.x_shape = k, s, x.shape
         return out
 
@@ -230,11 +231,12 @@ class _ShiftAggregate(torch.autograd.Function):
             if s == 1:
                 grad_x = phase_grads[(0, 0)].view(n, c, h, w)
             elif h % s == 0 and w % s == 0 and len(phase_grads) == s * s:
-                # every component has the same size: interleave them in one copy, (s, s, N, C, H/s, W/s) ->
-                # (N, C, H/s, s, W/s, s) = (N, C, H, W), instead of zeroing x's size and writing s^2 strided slices
-                stacked = torch.stack([phase_grads[(ay, ax)].view(n, c, h // s, w // s)
-                                       for ay in range(s) for ax in range(s)]).view(s, s, n, c, h // s, w // s)
-                grad_x = stacked.permute(2, 3, 4, 0, 5, 1).reshape(n, c, h, w)
+                # every component has the same size and together they cover x: write each into its place of an
+                # uninitialised (N, C, H/s, s, W/s, s) = (N, C, H, W) buffer, no zero-filled pass first
+                grad_x = go.new_empty(n, c, h // s, s, w // s, s)
+                for (ay, ax), pg in phase_grads.items():
+                    grad_x[:, :, :, ay, :, ax] = pg.view(n, c, h // s, w // s)
+                grad_x = grad_x.view(n, c, h, w)
             else:
                 grad_x = go.new_zeros(n, c, h, w)
                 for (ay, ax), pg in phase_grads.items():
@@ -244,35 +246,40 @@ class _ShiftAggregate(torch.autograd.Function):
 
 class _RazorStats(torch.autograd.Function):
     """The generator's two reads of x in one function: the razor ``[mean_c x, max_c x]`` (N, 2, H, W) and the global
-    average ``mean_hw x`` (N, C, 1, 1), with a backward that writes the gradient of x once.
+    average ``mean_hw x`` (N, C, 1, 1), with a backward that builds the gradient of x in a few passes.
 
     Autograd would build it from three full-size tensors (the mean's expanded division, the max's mask, copy and
     product, the average's division) and two more additions: most of an SGDM's backward time on a stride-4 map.
-    The max's gradient goes to the channel ``torch.max`` picks (PyTorch's subgradient of ``max(dim)``).
+    The max's gradient is shared equally by the channels that tie for it, as ``amax``'s (ReLU6 outputs tie at 6).
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        peak, index = x.max(1, keepdim=True)  # (N, 1, H, W) each
-        ctx.save_for_backward(index)
-        ctx.shape = x.shape
+        peak = x.amax(1, keepdim=True)  # (N, 1, H, W)
+        ctx.save_for_backward(x, peak)  # x is kept alive by the static branch anyway: no copy
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not as zeros
         return torch.cat([x.mean(1, keepdim=True), peak], 1), x.mean((2, 3), keepdim=True)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_r: Tensor | None, grad_gap: Tensor | None) -> Tensor:  # type: ignore[override]
-        (index,) = ctx.saved_tensors
-        n, c, h, w = ctx.shape
-        if grad_r is None:  # only the average was used
-            assert grad_gap is not None
-            return (grad_gap / (h * w)).expand(n, c, h, w).contiguous()
-        grad_x = (grad_r[:, :1] / c).expand(n, c, h, w)  # (N, C, H, W) once the sum below materialises it
-        grad_x = grad_x + grad_gap / (h * w) if grad_gap is not None else grad_x.contiguous()
-        return grad_x.scatter_add_(1, index, grad_r[:, 1:2].contiguous())
+    def backward(ctx: Any, grad_r: Tensor | None, grad_gap: Tensor | None) -> Tensor | None:  # type: ignore[override]
+        x, peak = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad_x: Tensor | None = None
+        if grad_r is not None:
+            mask = x == peak  # (N, C, H, W): the channels holding the max
+            share = grad_r[:, 1:2] / mask.sum(1, keepdim=True)  # (N, 1, H, W): split between ties
+            grad_x = mask * share  # (N, C, H, W)
+            grad_x.add_(grad_r[:, :1] / c)  # the mean's part, broadcast over channels
+        if grad_gap is not None:
+            gap = grad_gap / (h * w)  # (N, C, 1, 1)
+            grad_x = gap.expand(n, c, h, w).contiguous() if grad_x is None else grad_x.add_(gap)
+        return grad_x
 
 
 def razor_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``([mean_c x, max_c x], mean_hw x)``: (N, C, H, W) -> (N, 2, H, W), (N, C, 1, 1); one-pass gradient."""
+    """``([mean_c x, max_c x], mean_hw x)``: (N, C, H, W) -> (N, 2, H, W), (N, C, 1, 1), with :class:`_RazorStats`'s
+    gradient (``amax``'s rule for ties) when x records one."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _RazorStats.apply(x)
     return torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1), x.mean((2, 3), keepdim=True)

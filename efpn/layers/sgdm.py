@@ -434,21 +434,28 @@ class SGDM(nn.Module):
         with the last unit's bias added to its own, then the last 1x1 accumulates into its output in place (a
         matrix product with beta = 1: no broadcast bias copy, no separate sum). ``a`` (N, C, P) -> (N, c_out, H', W');
         None when either unit is not a foldable conv -> BN pair (then the caller runs them apart)."""
-        if _records_grad(a) or not all(isinstance(getattr(u, "act", None), (nn.Identity, type(None)))
-                                       for u in (last, self.static)):
-            return None  # an activation before the sum: the units run apart
+        if (_records_grad(a) or not x.is_contiguous() or torch.is_autocast_enabled(x.device.type)
+                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+            # a trace or an export would not see the in-place product (the ONNX graph drops it), autocast would
+            # hand it mixed dtypes, and a channels-last x gives a channels-last conv output: the units run apart
+            return None
+        if not all(isinstance(getattr(u, "act", None), (nn.Identity, type(None))) for u in (last, self.static)):
+            return None  # an activation before the sum
         pair_last, pair_static = conv_bn_pair(last), conv_bn_pair(self.static)
         if (pair_last is None or pair_static is None or not foldable(pair_last[1]) or not foldable(pair_static[1])
-                or pair_last[0].kernel_size != (1, 1) or pair_last[0].groups != 1):
+                or pair_last[0].kernel_size != (1, 1) or pair_last[0].groups != 1 or pair_last[0].stride != (1, 1)):
             return None
         w_last, b_last = _fold_once(*pair_last)
         conv, norm = pair_static
         w_static, b_static = _fold_once(conv, norm)
+        if not (w_last.dtype == w_static.dtype == a.dtype == x.dtype):
+            return None
         bias = b_last if b_static is None else (b_static if b_last is None else b_static + b_last)
         out = F.conv2d(x, w_static, bias, conv.stride, conv.padding, conv.dilation, conv.groups)  # (N, c_out, H', W')
         n, c_out = out.shape[:2]
         if not out.is_contiguous() or out.shape[2] * out.shape[3] != a.shape[2]:
-            return None
+            raise RuntimeError(f"SGDM: the static branch's output {tuple(out.shape)} does not match the dynamic "
+                               f"branch's {a.shape[2]} pixels")  # the module's own shape contract, broken
         out.view(n, c_out, -1).baddbmm_(w_last.flatten(1).expand(n, -1, -1), a)  # += W a, (N, c_out, P)
         return out
 

@@ -217,3 +217,16 @@ def test_razor_stats_gradient_is_exact() -> None:
     torch.testing.assert_close(xf.grad, xr.grad)
     with torch.no_grad():  # no graph: the plain ops
         torch.testing.assert_close(razor_stats(xf)[0], r_ref)
+
+
+def test_razor_stats_share_the_max_between_ties_as_amax() -> None:
+    """Saturated activations (ReLU6 at 6, or all-zero pixels) tie for the channel max: its gradient is split
+    equally between them, as autograd splits ``amax``'s."""
+    x = torch.tensor([[[[6.0, 0.0]], [[6.0, 0.0]], [[1.0, 0.0]]]], requires_grad=True)  # (1, 3, 1, 2)
+    r, gap = razor_stats(x)
+    r[:, 1].sum().backward()
+    torch.testing.assert_close(x.grad[0, :, 0, 0], torch.tensor([0.5, 0.5, 0.0]))
+    torch.testing.assert_close(x.grad[0, :, 0, 1], torch.full((3,), 1 / 3))
+    xr = x.detach().clone().requires_grad_(True)
+    xr.amax(1).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)

@@ -178,3 +178,18 @@ def test_kept_fold_follows_every_change_of_the_weights() -> None:
         fast.load_state_dict(other.state_dict())
         other.path = "reference"
         torch.testing.assert_close(fast(x), other(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["guided", "single_pw"])
+def test_fast_path_under_cpu_autocast(name: str) -> None:
+    """bf16 autocast on CPU at inference: the fast path runs (the branches merge out of place) and stays near float."""
+    ref, fast = _pair(name, 2)
+    ref.eval()
+    fast.eval()
+    x = torch.randn(2, 8, 16, 10)
+    with torch.no_grad():
+        want = ref(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = fast(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)

@@ -246,8 +246,9 @@ int efpn_sgdm_dynamic(const float *x, int N, int C, int H, int W, const float *w
                       const float *bias, const float *bank, float eps, int G, int k, int s, int Ho, int Wo,
                       float *out, float *d_out, float *k_out) {
     if (N < 1 || G < 1 || C % G || k < 1 || s < 1 || Ho < 1 || Wo < 1) return 1;
-    /* rows per chunk: at most CHUNK_ROWS, and few enough that an image splits into a multiple of the threads (a
-     * 20-row map in chunks of 8 would leave one of two threads idle for a third of the call) */
+    /* rows per chunk: at most CHUNK_ROWS, as many as split an image's rows over m * threads chunks for the smallest
+     * m that allows it, so the threads get nearly equal shares (a 20-row map in chunks of 8 would leave one of two
+     * threads idle for a third of the call; in chunks of 5 each thread takes two) */
 #if defined(_OPENMP)
     const int threads = N >= omp_get_max_threads() ? 1 : omp_get_max_threads();
 #else
