@@ -122,8 +122,9 @@ def seed_section(comparisons: list[dict[str, object]]) -> list[str]:
         if c["metric"] != "AP":
             continue
         m, b = c["model_stats"], c["baseline_stats"]
+        seeds = "seed" if m["n"] == 1 else "seeds"
         md.append(f"- {c['data']} ({c['budget']}): `{c['model']}` {m['mean']:.3f} ± {m['sd']:.3f} AP over "
-                  f"{m['n']} seed{'s' if m['n'] != 1 else ''} against `{c['baseline']}` {b['mean']:.3f} ± {b['sd']:.3f} over {b['n']}: "
+                  f"{m['n']} {seeds} against `{c['baseline']}` {b['mean']:.3f} ± {b['sd']:.3f} over {b['n']}: "
                   f"{c['verdict']}.")
     return [*md, ""]
 
