@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from efpn.layers import native
 from efpn.layers.sgdm import SGDM
@@ -47,6 +48,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     (8, 8, (12, 13), {"stride": 1, "groups": 2}),                 # stride 1
     (8, 8, (19, 19), {"stride": 3, "groups": 2}),                 # stride 3 (the generic strided gather)
     (16, 16, (200, 48), {}),                                      # many row chunks
+    (16, 24, (17, 18), {"expansion": None}),                      # one 1x1 after the aggregation
+    (8, 8, (15, 14), {"act_layer": nn.ReLU6, "groups": 2}),        # another activation
 ])
 def test_native_equals_the_pytorch_path(calls: list[int], c_in: int, c_out: int, size: tuple[int, int],
                                          kwargs: dict) -> None:

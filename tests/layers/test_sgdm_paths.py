@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from efpn.layers.conv import ConvBNAct
-from efpn.layers.sgdm import SGDM, conv_bn_pair, folded_conv_bn, pointwise_unit, set_sgdm_path
+from efpn.layers.folding import conv_bn_pair, folded_conv_bn, pointwise_unit
+from efpn.layers.sgdm import SGDM, set_sgdm_path
 from tests.layers.sgdm_helpers import perturb
 
 VARIANTS: dict[str, dict] = {
