@@ -119,6 +119,20 @@ def _cem_share(ins: Inspection, level: str, cx: float, cy: float) -> float:
     return added / max(float(before[:, row, col].norm()), 1e-12)
 
 
+def check_labels(model: Detector, labels: Any, class_aware: bool = True) -> None:
+    """Raise ValueError, saying what to do, when class-aware matching meets a label outside the model's classes
+    (data annotated with other classes than the model was trained on)."""
+    lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+    k = model.num_classes
+    if not class_aware or not lab.size or (lab.min() >= 0 and lab.max() < k):
+        return
+    bad = sorted({int(v) for v in lab if v < 0 or v >= k})
+    names = ", ".join(model.config.class_names or []) or "unnamed"
+    raise ValueError(f"ground-truth labels {bad[:5]} are outside the model's {k} class(es) ({names}): the data is "
+                     "annotated with other classes than the model predicts. Use data with the model's classes, or "
+                     "match detections of any class (class_aware=False; efpn diagnose --any-class).")
+
+
 @torch.no_grad()
 def diagnose_misses(
     model: Detector,
@@ -128,12 +142,16 @@ def diagnose_misses(
     matching: Matching,
     score_thresh: float,
     iou_thresh: float = 0.5,
+    class_aware: bool = True,
 ) -> list[MissDiagnosis]:
     """Diagnose every GT ``matching`` marks as missed (see the module docstring). ``gt_boxes`` (M, 4) xyxy in the
     inspected image's pixels with ``gt_labels`` (M,); ``ins`` an inspection of that image by ``model`` (its priors
-    and head output are reused: no second forward)."""
+    and head output are reused: no second forward). ``class_aware``: the best prior is the best at the object's own
+    class (False: at any class, as when any class may find the object). Raises ValueError for class-aware labels
+    outside the model's classes."""
     gt = torch.as_tensor(np.asarray(gt_boxes, dtype=np.float32)).reshape(-1, 4)
     labels = torch.as_tensor(np.asarray(gt_labels, dtype=np.int64)).reshape(-1)
+    check_labels(model, labels, class_aware)
     missed = matching.missed.nonzero().flatten().tolist()
     if not missed:
         return []
@@ -162,7 +180,7 @@ def diagnose_misses(
         x1, y1 = torch.minimum(g[0], cx - half), torch.minimum(g[1], cy - half)
         x2, y2 = torch.maximum(g[2], cx + half), torch.maximum(g[3], cy + half)
         covering = (points[:, 0] >= x1) & (points[:, 0] <= x2) & (points[:, 1] >= y1) & (points[:, 1] <= y2)
-        cls_scores = scores[:, k]  # (R,)
+        cls_scores = scores[:, k] if class_aware else scores.max(1).values  # (R,)
         iou = box_iou_pairwise(boxes_img, g[None].expand_as(boxes_img))  # (R,)
         best_score, best_level, best_iou, best_box = 0.0, None, 0.0, None
         if covering.any():
@@ -220,7 +238,7 @@ def diagnose_image(
     det_match = torch.full((len(keep),), -1, dtype=torch.int64)
     det_match[kept] = matching.det_match
     matching = Matching(gt_match, matching.gt_iou, det_match, matching.gt_bucket, matching.iou_thresh, class_aware)
-    misses = diagnose_misses(model, ins, gt_boxes, gt_labels, matching, thr, iou_thresh)
+    misses = diagnose_misses(model, ins, gt_boxes, gt_labels, matching, thr, iou_thresh, class_aware)
     return ImageDiagnosis(matching, misses, thr, iou_thresh)
 
 

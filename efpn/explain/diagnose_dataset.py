@@ -116,6 +116,11 @@ def diagnose_records(
     that cannot be read is recorded in :attr:`DatasetDiagnosis.errors` with the reason and the rest are diagnosed:
     one bad file never stops a dataset.
     """
+    if class_aware and len(class_names) > model.num_classes:  # fail before hours of inspection, not per image
+        model_names = ", ".join(model.config.class_names or []) or "unnamed"
+        raise ValueError(f"the data has {len(class_names)} classes ({', '.join(class_names)}) but the model predicts "
+                         f"{model.num_classes} ({model_names}): use data with the model's classes, or match "
+                         "detections of any class (class_aware=False; efpn diagnose --any-class)")
     thr = model.config.postprocess.score_thresh if score_thresh is None else float(score_thresh)
     out = DatasetDiagnosis(score_thresh=thr, iou_thresh=iou_thresh, slice_size=slice_size,
                            class_names=list(class_names), class_aware=class_aware)

@@ -128,3 +128,26 @@ def test_diagnose_records_skips_a_bad_image_reports_progress_and_exports(tmp_pat
     agnostic = diagnose_records(model, records, names, score_thresh=0.0, class_aware=False)
     found = lambda d: sum(t["found"] for t in d.table().values())  # noqa: E731
     assert not agnostic.class_aware and found(agnostic) >= found(aware)
+
+
+def test_labels_outside_the_models_classes(tmp_path) -> None:
+    """Data annotated with more classes than the model predicts: class-aware diagnosis refuses up front, saying what
+    to do (no IndexError deep inside); class-agnostic diagnosis runs, judging each miss by the best score over all
+    classes."""
+    from efpn.data.splits import load_split
+    from efpn.data.synthetic import write_synthetic_dataset
+    from efpn.explain import diagnose_records
+
+    write_synthetic_dataset(tmp_path / "d", 2, image_size=64, seed=0, val_fraction=0.0)
+    records, names, _ = load_split(tmp_path / "d" / "data.yaml", "train")
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_efpn_n", num_classes=1).eval()
+    with pytest.raises(ValueError, match=r"data has 3 classes .* model predicts 1 .*--any-class"):
+        diagnose_records(model, records, names, score_thresh=0.0)
+    ins = efpn.inspect(model, np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"labels \[2\] are outside the model's 1 class"):
+        diagnose_image(model, ins, [[10.0, 10.0, 20.0, 20.0]], [2], score_thresh=0.5)
+    agnostic = diagnose_records(model, records, names, score_thresh=0.99, class_aware=False)
+    assert len(agnostic.images) == 2 and not agnostic.errors
+    misses = [m for _, d in agnostic.images for m in d.misses]
+    assert misses and all(m.cause in CAUSES for m in misses)
