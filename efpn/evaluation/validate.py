@@ -198,7 +198,13 @@ def validate(
     ``slice_size`` from :func:`predict_records_sliced` (tiles of that many original pixels, ``overlap`` a fraction
     of the tile), always scored against the full-image ground truth; matching is
     :func:`efpn.evaluation.coco.evaluate_detections` (pycocotools). The headline metrics are at ``max(max_dets)``.
+    Raises ValueError when the data has more classes than the model predicts (its AP would silently average in
+    classes the model cannot score).
     """
+    if len(class_names) > model.num_classes:
+        model_names = ", ".join(model.config.class_names or []) or "unnamed"
+        raise ValueError(f"the data has {len(class_names)} classes ({', '.join(class_names)}) but the model predicts "
+                         f"{model.num_classes} ({model_names}): evaluate it on data annotated with its classes")
     size = int(image_size or model.config.image_size)
     if slice_size is not None:
         if slice_size < 8:

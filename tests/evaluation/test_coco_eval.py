@@ -308,3 +308,17 @@ def test_sliced_validation_equals_plain_on_an_image_that_fits_one_tile(tmp_path)
             assert_close(sliced.metrics[key], value, rtol=0, atol=1e-9, msg=key)
     tiled = validate(model, records, names, image_size=96, score_thresh=0.0, slice_size=48, overlap=0.25)
     assert set(tiled.metrics) == set(plain.metrics)  # tiles of half the image: a different, valid evaluation
+
+
+def test_validate_refuses_data_with_more_classes_than_the_model(tmp_path) -> None:
+    """A 1-class model on 3-class data: a clear error, not an AP averaged over classes it cannot predict."""
+    import efpn
+    from efpn.data.splits import load_split
+    from efpn.data.synthetic import write_synthetic_dataset
+    from efpn.evaluation import validate
+
+    write_synthetic_dataset(tmp_path / "synth", num_images=1, image_size=64, seed=0, val_fraction=0.0)
+    records, names, _ = load_split(tmp_path / "synth" / "data.yaml", "train")
+    model = efpn.build_model("tiny_efpn_n", num_classes=1).eval()
+    with pytest.raises(ValueError, match=r"data has 3 classes \(disc, square, cross\) but the model predicts 1"):
+        validate(model, records, names, image_size=64)
