@@ -71,7 +71,11 @@ def read_yaml(path: str | Path, what: str) -> Any:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{what} {p} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {p} is not valid YAML: {short(str(e), 300)}") from e
+        # the parser's own words and the position (1-based, as editors count), not its multi-line repr
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{what} {p} is not valid YAML{where}: {problem[:200]}") from e
 
 
 def _accepted(hint: Any) -> str:

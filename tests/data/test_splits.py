@@ -124,7 +124,8 @@ def test_split_records_deterministic() -> None:
 @pytest.mark.parametrize(
     ("data", "error", "match"),
     [
-        ("format: [coco\n", ValueError, "not valid YAML"),
+        ("format: [coco\n", ValueError, r"not valid YAML at line 2, column 1: expected .,. or .\]."),
+        ("a: 1\n b: 2\n", ValueError, "not valid YAML at line 2, column 3: mapping values are not allowed"),
         ("- a\n- b\n", ValueError, "expected a mapping"),
         ({"root": "."}, ValueError, "missing key 'format'.*coco, yolo, voc, visdrone, dota"),
         ({"format": "kitti", "train": {}}, ValueError, "unknown format 'kitti'; valid formats: coco, yolo"),
