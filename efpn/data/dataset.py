@@ -104,8 +104,9 @@ class DetectionDataset(Dataset):
             try:
                 return self.load(i)
             except CorruptImageError as e:
-                if not self.skip_corrupt:
-                    raise
+                if not self.skip_corrupt:  # what a dataset's user can do besides fixing the file
+                    raise CorruptImageError(f"{e} Or remove it from the annotations, or build the dataset with "
+                                            "skip_corrupt=True to skip unreadable images.") from e
                 self._bad.add(i)
                 path = self.records[i].path
                 self.report.add("unreadable_image", 1, path.name if path else None)

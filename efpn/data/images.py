@@ -66,8 +66,7 @@ def _describe(src: ImageSource) -> str:
 
 def _corrupt(src: ImageSource, why: str) -> CorruptImageError:
     return CorruptImageError(
-        f"cannot decode image {_describe(src)}: {why}. Re-export or re-download the file, remove it from the "
-        "annotations, or build the dataset with skip_corrupt=True to skip unreadable images."
+        f"cannot decode image {_describe(src)}: {why}. Re-export or re-download the file."
     )
 
 
