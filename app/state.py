@@ -391,7 +391,14 @@ def inspection(ctx: Context, model: Detector, image: ImageItem) -> Inspection:
 def boxes_for_analysis(ctx: Context, detections: dict[str, Any] | None) -> tuple[GroundTruth | None, str]:
     """GT of the image, else the detections as stand-in boxes; with a caption saying which."""
     if ctx.gt is not None and len(ctx.gt.boxes):
-        return ctx.gt, f"Boxes: ground truth ({ctx.gt.source}, {len(ctx.gt.boxes)} boxes)."
+        caption = f"Boxes: ground truth ({ctx.gt.source}, {len(ctx.gt.boxes)} boxes)."
+        k = ctx.model.num_classes if ctx.model is not None else None
+        foreign = int(((ctx.gt.labels < 0) | (ctx.gt.labels >= k)).sum()) if k is not None else 0
+        if foreign:  # annotated with classes this checkpoint does not have: say how they are treated
+            caption += (f" {foreign} of them carry a class this checkpoint does not predict (it has {k}): they are "
+                        f"analysed as its class 0 ({ctx.class_names[0]}); turn \"Same class only\" off on Detect to "
+                        "match boxes whatever their class.")
+        return ctx.gt, caption
     if detections is not None and len(detections["boxes"]):
         boxes = np.asarray(detections["boxes"], dtype=np.float32).reshape(-1, 4)
         labels = np.asarray(detections["labels"], dtype=np.int64)

@@ -9,8 +9,9 @@ Contract:
 * the format is chosen by the file's suffix: ``.json`` COCO, ``.txt`` YOLO, ``.xml`` Pascal VOC;
 * COCO: the entry whose ``file_name`` has the image's stem, else the only entry; crowd boxes are not targets;
 * YOLO: class ids index ``class_names`` (the model's), coordinates are relative to ``image_hw``;
-* VOC: names found in ``class_names`` take their index there, other names keep their index among the file's
-  sorted names; difficult objects are not targets; a missing ``<size>`` is ``image_hw``;
+* VOC: difficult objects are not targets; a missing ``<size>`` is ``image_hw``;
+* COCO and VOC: category names found in ``class_names`` take their index there; the file's other names come after
+  them (index ``len(class_names)`` on), so a class the model does not know never poses as one it does;
 * boxes annotated at another size than ``image_hw`` (COCO ``width``/``height``, VOC ``<size>``) are rescaled to it;
 * anything unusable raises :class:`AnnotationError` (a ``ValueError``) naming the file, what was wrong and what to
   upload instead; entries skipped along the way are in ``ParsedAnnotation.report``.
@@ -97,15 +98,23 @@ def parse_annotation_bytes(
         raise AnnotationError(f"{file_name} could not be parsed: {e}; {_WHAT_TO_UPLOAD}") from e
     boxes, labels = record.target_boxes()
     found = list(found)
-    if suffix == ".xml" and names:
-        lookup = {n: i for i, n in enumerate(names)}
-        labels = np.array([lookup.get(found[c], c) for c in labels], dtype=np.int64)
-        found = names
+    if suffix in (".json", ".xml") and names:  # class names, not the file's own order, decide the label
+        labels, found = _onto(names, found, labels)
     if (record.width, record.height) != (w, h):
         sx, sy = w / record.width, h / record.height
         boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
     return ParsedAnnotation(boxes.astype(np.float32).reshape(-1, 4), labels.astype(np.int64).reshape(-1), found,
                             ANNOTATION_FORMATS[suffix], report.summary())
+
+
+def _onto(names: list[str], found: list[str], labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Labels indexing the file's class names ``found`` -> labels indexing ``names`` (the model's), the file's other
+    classes after them (index ``len(names)`` on, in the file's order): a class the model does not know never takes
+    the index of one it does. Returns the labels and the names they index."""
+    lookup = {n: i for i, n in enumerate(names)}
+    extra = list(dict.fromkeys(n for n in found if n not in lookup))
+    index = [lookup[n] if n in lookup else len(names) + extra.index(n) for n in found]
+    return np.array([index[int(c)] for c in labels], dtype=np.int64), names + extra
 
 
 def _coco(data: bytes, file_name: str, stem: str) -> tuple[ImageRecord, list[str], SkipReport]:

@@ -249,6 +249,23 @@ def test_assignment_annotation_upload(app) -> None:
     assert _metric(app, "GT boxes") == "2"
 
 
+def test_ground_truth_of_other_classes_is_said(app) -> None:
+    """A COCO file with a category the checkpoint does not have (it predicts disc, square, cross): the pages say how
+    that box is treated instead of silently taking it for one of the model's classes."""
+    doc = (b'{"images": [{"id": 1, "file_name": "000000.png", "width": 512, "height": 512}], "annotations": ['
+           b'{"id": 1, "image_id": 1, "category_id": 5, "bbox": [100, 100, 12, 12]}, '
+           b'{"id": 2, "image_id": 1, "category_id": 9, "bbox": [300, 200, 10, 10]}], '
+           b'"categories": [{"id": 5, "name": "ship"}, {"id": 9, "name": "disc"}]}')
+    _goto(app, "assignment")
+    app.file_uploader(key="gt_upload_0").set_value(("gt.json", doc, "application/json")).run()
+    _ok(app)
+    _goto(app, "gates")
+    _ok(app)
+    caps = [c.value for c in app.caption]
+    assert any("1 of them carry a class this checkpoint does not predict (it has 3)" in c for c in caps), [
+        c for c in caps if "Boxes" in c]
+
+
 @pytest.mark.parametrize("name, data, fmt", [
     ("gt.json", b'{"images": [{"id": 7, "file_name": "000000.png", "width": 512, "height": 512}, '
                 b'{"id": 8, "file_name": "other.png", "width": 64, "height": 64}], '

@@ -38,6 +38,17 @@ def test_coco_entry_by_file_name_rescaled_to_the_image() -> None:
     assert "crowd" in got.report
 
 
+def test_coco_categories_map_onto_the_class_names_by_name() -> None:
+    """The file lists its categories in another order and one the model does not have: names decide the labels."""
+    doc = {"images": [{"id": 1, "file_name": "b.png", "width": 200, "height": 100}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 10, "bbox": [1, 2, 3, 4]},
+                           {"id": 2, "image_id": 1, "category_id": 20, "bbox": [5, 6, 3, 4]},
+                           {"id": 3, "image_id": 1, "category_id": 30, "bbox": [9, 9, 3, 4]}],
+           "categories": [{"id": 10, "name": "cross"}, {"id": 20, "name": "ship"}, {"id": 30, "name": "disc"}]}
+    got = parse_annotation_bytes(json.dumps(doc).encode(), "gt.json", "b.png", HW, NAMES)
+    assert got.class_names == [*NAMES, "ship"] and got.labels.tolist() == [2, 3, 0]
+
+
 def test_coco_single_entry_is_used_whatever_its_name() -> None:
     one = {**COCO, "images": COCO["images"][:1]}
     got = parse_annotation_bytes(json.dumps(one).encode(), "gt.json", "photo.png", HW, NAMES)
@@ -81,8 +92,8 @@ def test_yolo_without_class_names_is_refused() -> None:
 
 def test_voc_names_map_onto_the_class_names() -> None:
     got = parse_annotation_bytes(VOC, "x.xml", "x.png", HW, NAMES)
-    assert got.fmt == "VOC XML" and got.class_names == NAMES
-    assert got.labels.tolist() == [1, 0]  # square; "boat" is not a model class: its index among the file's names
+    assert got.fmt == "VOC XML" and got.class_names == [*NAMES, "boat"]
+    assert got.labels.tolist() == [1, 3]  # square; "boat" is not a model class: after the model's, never one of them
     np.testing.assert_allclose(got.boxes, [[10, 20, 30, 40], [0, 0, 5, 5]])  # <size> 400x200 -> 200x100
     assert "difficult" in got.report and "could not be parsed" in got.report
 
