@@ -170,17 +170,18 @@ def diagnose(
 @st.cache_data(max_entries=4096, show_spinner=False)
 def diagnose_record(
     _model: Detector, ckpt: str, _record: ImageRecord, image_key: str, class_names: tuple[str, ...], score: float,
-    iou: float,
+    iou: float, class_aware: bool = True,
 ) -> DatasetDiagnosis:
     """``efpn.explain.diagnose_records`` on one dataset image (cached per image, so a larger N only runs the new
     ones and a progress bar can follow). ``image_key``: the file, its modification time and the record's id."""
-    return diagnose_records(_model, [_record], list(class_names), score_thresh=score, iou_thresh=iou)
+    return diagnose_records(_model, [_record], list(class_names), score_thresh=score, iou_thresh=iou,
+                            class_aware=class_aware)
 
 
 def merge_diagnoses(parts: Sequence[DatasetDiagnosis], score: float, iou: float,
-                    class_names: Sequence[str]) -> DatasetDiagnosis:
+                    class_names: Sequence[str], class_aware: bool = True) -> DatasetDiagnosis:
     """Per-image diagnoses as one :class:`efpn.explain.DatasetDiagnosis` (its table, rows, COCO results)."""
-    out = DatasetDiagnosis(score_thresh=score, iou_thresh=iou, class_names=list(class_names))
+    out = DatasetDiagnosis(score_thresh=score, iou_thresh=iou, class_names=list(class_names), class_aware=class_aware)
     for d in parts:
         out.images.extend(d.images)
         out.detections.update(d.detections)

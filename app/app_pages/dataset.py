@@ -10,6 +10,7 @@ import streamlit as st
 from app import analyses, charts, focusing, loaders, state, views
 from efpn import BUCKET_LABELS, BUCKETS
 from efpn.data import AnnotationError
+from efpn.data.splits import category_ids
 from efpn.explain import CAUSE_TEXT, CAUSES
 
 KEPT = "dataset_page"  # path, split, N of this page, outside its widgets (cleared when another page runs)
@@ -59,10 +60,11 @@ if not records:
     st.stop()
 name = Path(path).stem if Path(path).name != "data.yaml" else Path(path).parent.name
 model_names = ctx.class_names
-if list(names) != list(model_names):
+same_classes = list(names) == list(model_names)
+if not same_classes:  # class-aware matching would compare unrelated indices: boxes alone decide instead
     st.warning(f"The checkpoint knows {len(model_names)} classes ({', '.join(model_names[:6])}) and the dataset "
-               f"{len(names)} ({', '.join(names[:6])}). Matching is by class index, so found/missed means little "
-               "unless they agree: pick the checkpoint trained on this dataset.")
+               f"{len(names)} ({', '.join(names[:6])}). Found/missed is judged here by boxes alone, whatever the "
+               "class: pick the checkpoint trained on this dataset for a class-aware diagnosis.")
 with st.expander("Loader report"):
     st.code(report)
 
@@ -77,9 +79,10 @@ n = int(c1.number_input("Images to diagnose", 1, n_max, n0, key=f"dsd_n_{choice.
 iou = c2.slider("Match IoU", 0.1, 0.95, focusing.match_settings()[0], 0.05, key="dsd_iou",
                 help="A detection finds an object when their boxes overlap by at least this IoU (same class).")
 st.session_state[KEPT] = {"path": path, "split": split, "n": n}
-request = (ctx.ckpt_key, path, split, n, ctx.score, iou)
+request = (ctx.ckpt_key, path, split, n, ctx.score, iou, same_classes)
 c3.caption(f"Score threshold {ctx.score:.2f} (sidebar); whole-image inference at the model's "
-           f"{model.config.image_size} px, the model's own NMS; same class only.")
+           f"{model.config.image_size} px, the model's own NMS; "
+           + ("same class only." if same_classes else "any class (the class lists differ)."))
 what = f"{n} image" + ("s" if n != 1 else "")
 if c3.button(f"Diagnose {what}", type="primary", key="dsd_run"):
     st.session_state["dsd_request"] = request
@@ -90,10 +93,10 @@ if st.session_state.get("dsd_request") == request:
     parts = []
     for i, rec in enumerate(records[:n], start=1):
         parts.append(analyses.diagnose_record(model, ctx.ckpt_key, rec, analyses.record_key(rec), tuple(names),
-                                              ctx.score, iou))
+                                              ctx.score, iou, same_classes))
         bar.progress(i / n, text=f"{i}/{n} images")
     bar.empty()
-    diagnosis = analyses.merge_diagnoses(parts, ctx.score, iou, names)
+    diagnosis = analyses.merge_diagnoses(parts, ctx.score, iou, names, same_classes)
 else:
     st.info(f"Press **Diagnose {what}** to inspect them (about 0.1-0.5 s each on a CPU, cached). Meanwhile the "
             "images below can be opened with their ground truth.")
@@ -118,10 +121,12 @@ if diagnosis is not None:
 
     stem = f"{name}_{split}_{n}"
     d1, d2, d3 = st.columns(3)
-    d1.download_button("COCO results", json.dumps(diagnosis.coco_results()),
+    ids = category_ids(path, split) if same_classes else None  # the dataset's own ids: scored as annotated
+    d1.download_button("COCO results", json.dumps(diagnosis.coco_results(ids)),
                        file_name=f"{stem}_results.json", mime="application/json", key="dsd_dl_coco",
                        help="The predictions as COCO results JSON, one entry per detection above the threshold: "
-                            "image_id, category_id (class index), bbox (x, y, w, h), score.")
+                            "image_id, category_id (the dataset's category id; class index + 1 for formats "
+                            "without ids), bbox (x, y, w, h), score.")
     d2.download_button("Misses (CSV)", diagnosis.csv_text(), file_name=f"{stem}_misses.csv", mime="text/csv",
                        key="dsd_dl_csv", help="One row per missed object: its image, cause and the numbers.")
     d3.download_button("All (JSON)", json.dumps(diagnosis.to_json(), indent=1),

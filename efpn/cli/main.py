@@ -212,7 +212,7 @@ def cmd_val(args: argparse.Namespace) -> None:
 def cmd_diagnose(args: argparse.Namespace) -> None:
     import efpn
     from efpn.config.data import load_data_config
-    from efpn.data.splits import load_split
+    from efpn.data.splits import category_ids, load_split
     from efpn.explain import diagnose_records, write_html
 
     model = efpn.load_model(args.weights, device=args.device)
@@ -245,7 +245,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
         print(f"saved {diag.write_csv(args.csv)}")
     if args.coco:
         Path(args.coco).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.coco).write_text(json.dumps(diag.coco_results()))
+        Path(args.coco).write_text(json.dumps(diag.coco_results(category_ids(args.data, args.split))))
         print(f"saved {args.coco}")
     if args.html:
         print(f"saved {write_html(diag, args.html)}")

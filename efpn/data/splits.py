@@ -5,6 +5,7 @@ The YAML itself is read and validated by :mod:`efpn.config.data`; this module on
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from efpn.data.visdrone import load_visdrone
 from efpn.data.voc import load_voc
 from efpn.data.yolo import load_yolo
 
-__all__ = ["LOADERS", "load_split", "split_records"]
+__all__ = ["LOADERS", "category_ids", "load_split", "split_records"]
 
 #: format -> the loader function (every loader returns ``(records, class_names, SkipReport)``).
 LOADERS: dict[str, Callable[..., tuple[list[ImageRecord], list[str], SkipReport]]] = {
@@ -56,6 +57,19 @@ def _call_loader(
     if fmt == "masks":
         return load_masks(src["images"], src["masks"], src["list"], names=names, name=label, **opts)
     return load_dota(src["labels"], src["images"], names=names, name=label, **opts)
+
+
+def category_ids(cfg: DataConfig | str | Path, split: str = "train") -> list[int] | None:
+    """The dataset's own category id of every class index of ``split`` (COCO: its categories' ids, sorted, as
+    :func:`~efpn.data.coco.load_coco` numbers its classes), for results a COCO tool scores against the original
+    annotations; None for formats without category ids (results then use COCO's ``index + 1``)."""
+    if not isinstance(cfg, DataConfig):
+        cfg = load_data_config(cfg)
+    if cfg.format != "coco":
+        return None
+    carve = cfg.val_fraction > 0 and "val" not in cfg.sources
+    doc = json.loads(Path(cfg.sources["train" if carve else split]["annotations"]).read_text(encoding="utf-8"))
+    return sorted(int(c["id"]) for c in doc.get("categories", []))
 
 
 def _class_names(cfg: DataConfig) -> Sequence[str] | None:

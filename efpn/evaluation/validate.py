@@ -177,6 +177,18 @@ def _pending_key(pending: list[tuple[ImageRecord, Prepared]], divisor: int) -> t
     return _ceil(t.shape[-2], divisor), _ceil(t.shape[-1], divisor)
 
 
+def check_classes(model: Detector, class_names: Sequence[str], what: str = "evaluate it on data annotated with "
+                  "its classes") -> None:
+    """Raise ValueError naming both class lists when data labelled with ``class_names`` cannot be scored class by
+    class against ``model``: another number of classes than it predicts, or (when the model has names) other names
+    or another order."""
+    data, mine = list(class_names), list(model.config.class_names or [])
+    if len(data) != model.num_classes or (mine and data != mine):
+        shown = ", ".join(mine) if mine else f"{model.num_classes} unnamed"
+        raise ValueError(f"the data's classes [{', '.join(data)}] are not the model's [{shown}] (class k of the data "
+                         f"would be scored as the model's class k, in the order listed): {what}")
+
+
 def validate(
     model: Detector,
     records: Sequence[ImageRecord],
@@ -198,13 +210,11 @@ def validate(
     ``slice_size`` from :func:`predict_records_sliced` (tiles of that many original pixels, ``overlap`` a fraction
     of the tile), always scored against the full-image ground truth; matching is
     :func:`efpn.evaluation.coco.evaluate_detections` (pycocotools). The headline metrics are at ``max(max_dets)``.
-    Raises ValueError when the data has more classes than the model predicts (its AP would silently average in
-    classes the model cannot score).
+    Raises ValueError when the data's classes are not the model's: more of them (its AP would silently average in
+    classes the model cannot score), or other names or another order (class k of the data would be scored against
+    the model's class k).
     """
-    if len(class_names) > model.num_classes:
-        model_names = ", ".join(model.config.class_names or []) or "unnamed"
-        raise ValueError(f"the data has {len(class_names)} classes ({', '.join(class_names)}) but the model predicts "
-                         f"{model.num_classes} ({model_names}): evaluate it on data annotated with its classes")
+    check_classes(model, class_names)
     size = int(image_size or model.config.image_size)
     if slice_size is not None:
         if slice_size < 8:

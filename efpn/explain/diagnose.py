@@ -157,7 +157,9 @@ def diagnose_misses(
         return []
     if ins.priors is None or ins.head is None:
         raise ValueError("this inspection kept no priors or head output; run efpn.inspect again")
-    view = assign_on(model, ins, gt, labels)
+    # the assigner scores boxes at their class: one the model lacks (any-class matching) is taken as its class 0
+    known = (labels >= 0) & (labels < model.num_classes)
+    view = assign_on(model, ins, gt, torch.where(known, labels, torch.zeros_like(labels)))
     priors = ins.priors
     level_of = priors.level[view.assignment.prior_idx]  # (P,) level index of each positive pair
     starved = set(view.accounting.starved)

@@ -24,6 +24,7 @@ import torch
 
 from efpn.data.images import read_image
 from efpn.data.records import ImageRecord
+from efpn.evaluation.validate import check_classes
 from efpn.explain.diagnose import CAUSE_TEXT, CAUSES, ImageDiagnosis, diagnose_image, recall_by_bucket_and_cause
 from efpn.explain.inspection import inspect
 from efpn.infer.slicing import sliced_predict
@@ -85,12 +86,16 @@ class DatasetDiagnosis:
         path.write_text(self.csv_text(), encoding="utf-8", newline="")
         return path
 
-    def coco_results(self) -> list[dict[str, Any]]:
-        """Detections as COCO results JSON entries (``category_id`` = class index, ``bbox`` xywh)."""
+    def coco_results(self, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Detections as COCO results JSON entries (``bbox`` xywh). ``category_id``: ``category_ids[class index]``,
+        the dataset's own ids (:func:`efpn.data.splits.category_ids`), so pycocotools scores the results against
+        the original annotations; without them COCO's 1-based ``class index + 1`` (as efpn's COCO evaluation)."""
+        ids = list(category_ids) if category_ids is not None else [k + 1 for k in range(len(self.class_names))]
         out = []
         for image_id, det in self.detections.items():
             for b, s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-                out.append({"image_id": int(image_id), "category_id": int(c), "score": round(float(s), 5),
+                cat = ids[int(c)] if 0 <= int(c) < len(ids) else int(c) + 1
+                out.append({"image_id": int(image_id), "category_id": cat, "score": round(float(s), 5),
                             "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)]})
         return out
 
@@ -116,11 +121,9 @@ def diagnose_records(
     that cannot be read is recorded in :attr:`DatasetDiagnosis.errors` with the reason and the rest are diagnosed:
     one bad file never stops a dataset.
     """
-    if class_aware and len(class_names) > model.num_classes:  # fail before hours of inspection, not per image
-        model_names = ", ".join(model.config.class_names or []) or "unnamed"
-        raise ValueError(f"the data has {len(class_names)} classes ({', '.join(class_names)}) but the model predicts "
-                         f"{model.num_classes} ({model_names}): use data with the model's classes, or match "
-                         "detections of any class (class_aware=False; efpn diagnose --any-class)")
+    if class_aware:  # fail before hours of inspection, not per image
+        check_classes(model, class_names, "use data with the model's classes, or match detections of any class "
+                                          "(class_aware=False; efpn diagnose --any-class)")
     thr = model.config.postprocess.score_thresh if score_thresh is None else float(score_thresh)
     out = DatasetDiagnosis(score_thresh=thr, iou_thresh=iou_thresh, slice_size=slice_size,
                            class_names=list(class_names), class_aware=class_aware)

@@ -254,3 +254,27 @@ def test_dataset_image_opens_on_detect_with_its_ground_truth(app, data_dir) -> N
     _goto(app, "detect")
     _ok(app)
     assert int(_metric(app, "Missed")) > 0  # random weights: its annotation's objects are all missed
+
+
+def test_dataset_of_other_classes_is_diagnosed_by_boxes(app, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset whose classes are not the checkpoint's: the page says so and diagnoses by boxes alone (class-aware
+    diagnosis would refuse), instead of failing when Diagnose is pressed."""
+    import json
+
+    samples = (APP.parent / "samples").resolve()
+    doc = json.loads((samples / "annotations.json").read_text())
+    for c in doc["categories"]:
+        c["name"] = f"ship{c['id']}"
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    (tmp_path / "ships.yaml").write_text(
+        f"format: coco\nroot: {tmp_path}\ntrain:\n  annotations: ann.json\n  images: {samples / 'images'}\n"
+        "val_fraction: 0.5\nsplit_seed: 1\n")
+    monkeypatch.setenv("EFPN_DATA_DIR", str(tmp_path))
+    _goto(app, "dataset")
+    _choose(app, "dsd_choice", "ships (EFPN_DATA_DIR)")
+    _ok(app)
+    assert any("judged here by boxes alone" in w.value for w in app.warning)
+    app.number_input(key="dsd_n_ships (EFPN_DATA_DIR)").set_value(1).run()
+    app.button(key="dsd_run").click().run()
+    _ok(app)
+    assert _metric(app, "Images") == "1"

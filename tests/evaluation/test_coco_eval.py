@@ -311,7 +311,8 @@ def test_sliced_validation_equals_plain_on_an_image_that_fits_one_tile(tmp_path)
 
 
 def test_validate_refuses_data_with_more_classes_than_the_model(tmp_path) -> None:
-    """A 1-class model on 3-class data: a clear error, not an AP averaged over classes it cannot predict."""
+    """A 1-class model on 3-class data, or the same classes in another order: a clear error naming both lists, not
+    an AP averaged over classes the model cannot predict or scored against the wrong class."""
     import efpn
     from efpn.data.splits import load_split
     from efpn.data.synthetic import write_synthetic_dataset
@@ -320,5 +321,8 @@ def test_validate_refuses_data_with_more_classes_than_the_model(tmp_path) -> Non
     write_synthetic_dataset(tmp_path / "synth", num_images=1, image_size=64, seed=0, val_fraction=0.0)
     records, names, _ = load_split(tmp_path / "synth" / "data.yaml", "train")
     model = efpn.build_model("tiny_efpn_n", num_classes=1).eval()
-    with pytest.raises(ValueError, match=r"data has 3 classes \(disc, square, cross\) but the model predicts 1"):
+    with pytest.raises(ValueError, match=r"data.s classes \[disc, square, cross\] are not the model.s \[1 unnamed\]"):
         validate(model, records, names, image_size=64)
+    named = efpn.build_model("tiny_efpn_n", num_classes=3, class_names=("cross", "disc", "square")).eval()
+    with pytest.raises(ValueError, match=r"\[disc, square, cross\] are not the model.s \[cross, disc, square\]"):
+        validate(named, records, names, image_size=64)  # same classes, another order: refused, not mis-scored

@@ -142,12 +142,45 @@ def test_labels_outside_the_models_classes(tmp_path) -> None:
     records, names, _ = load_split(tmp_path / "d" / "data.yaml", "train")
     torch.manual_seed(0)
     model = efpn.build_model("tiny_efpn_n", num_classes=1).eval()
-    with pytest.raises(ValueError, match=r"data has 3 classes .* model predicts 1 .*--any-class"):
+    with pytest.raises(ValueError, match=r"\[disc, square, cross\] are not the model.s \[1 unnamed\].*--any-class"):
         diagnose_records(model, records, names, score_thresh=0.0)
     ins = efpn.inspect(model, np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(ValueError, match=r"labels \[2\] are outside the model's 1 class"):
         diagnose_image(model, ins, [[10.0, 10.0, 20.0, 20.0]], [2], score_thresh=0.5)
-    agnostic = diagnose_records(model, records, names, score_thresh=0.99, class_aware=False)
-    assert len(agnostic.images) == 2 and not agnostic.errors
-    misses = [m for _, d in agnostic.images for m in d.misses]
-    assert misses and all(m.cause in CAUSES for m in misses)
+    for preset in ("tiny_efpn_n", "tiny_yolov8_sgdm"):  # ATSS and TAL: the assigner never sees a foreign label
+        torch.manual_seed(0)
+        one = efpn.build_model(preset, num_classes=1).eval()
+        agnostic = diagnose_records(one, records, names, score_thresh=0.99, class_aware=False)
+        assert len(agnostic.images) == 2 and not agnostic.errors, preset
+        misses = [m for _, d in agnostic.images for m in d.misses]
+        assert misses and all(m.cause in CAUSES for m in misses)
+        results = agnostic.coco_results([11, 22, 33])  # the dataset's category ids, by class index
+        assert {r["category_id"] for r in results} <= {11}  # a 1-class model: its class 0 is the first id
+    assert {r["category_id"] for r in agnostic.coco_results()} <= {1}  # without ids: COCO's index + 1
+
+
+def test_coco_results_carry_the_datasets_category_ids(tmp_path) -> None:
+    """efpn diagnose --coco on COCO data with sparse category ids writes those ids (pycocotools scores the file
+    against the original annotations); formats without ids get index + 1."""
+    import json
+
+    from efpn.cli.main import main
+    from efpn.data.synthetic import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "d", 2, image_size=64, seed=0, val_fraction=0.0).parent
+    ann = root / "annotations.json"
+    doc = json.loads(ann.read_text())
+    remap = {c["id"]: 10 * c["id"] + 5 for c in doc["categories"]}
+    for c in doc["categories"]:
+        c["id"] = remap[c["id"]]
+    for a in doc["annotations"]:
+        a["category_id"] = remap[a["category_id"]]
+    ann.write_text(json.dumps(doc))
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_efpn_n", num_classes=3, class_names=("disc", "square", "cross"))
+    weights = efpn.save_checkpoint(model, tmp_path / "m.safetensors")
+    out = tmp_path / "res.json"
+    main(["diagnose", "--weights", str(weights), "--data", str(root / "data.yaml"), "--score", "0.0",
+          "--split", "train", "--coco", str(out)])
+    ids = {r["category_id"] for r in json.loads(out.read_text())}
+    assert ids and ids <= set(remap.values())
