@@ -239,6 +239,24 @@ def run_dir_and_state(cfg: TrainConfig) -> tuple[Path, Path | None]:
     return run_dir, None
 
 
+def check_resume_classes(run_dir: str | os.PathLike[str], class_names: list[str]) -> None:
+    """Raise ValueError, before anything in ``run_dir`` is rewritten, when the run was trained on other classes than
+    the data now gives (its weights could not load, or would read the new classes as the old ones)."""
+    from efpn.checkpoint import read_card
+
+    for name in ("last.json", "best.json"):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        card = read_card(path)
+        before = card.get("classes") or (card.get("config") or {}).get("class_names")
+        if before and list(before) != list(class_names):
+            raise ValueError(f"run {run_dir} was trained on the classes [{', '.join(map(str, before))}] and the data "
+                             f"now gives [{', '.join(class_names)}]: resume it with its own data, or start a new run "
+                             "(another --name)")
+        return
+
+
 def check_resume_config(saved: Mapping[str, Any] | None, cfg: TrainConfig) -> None:
     """Warn when a run resumes with settings that change what it computes (``RESUME_FREE`` ones may change)."""
     if not saved:

@@ -62,6 +62,7 @@ from efpn.engine.ema import ModelEMA
 from efpn.engine.optim import WarmupCosine, build_optimizer
 from efpn.engine.state import (
     STATE_FILE,
+    check_resume_classes,
     check_resume_config,
     load_training_state,
     restore_training_state,
@@ -158,6 +159,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         # ------------------------------------------------------------------ data, run dir
         data = load_train_data(cfg, verbose)
         run_dir, state_path = D.broadcast_object(run_dir_and_state(cfg) if main else None)
+        if state_path is not None:  # every rank: a refusal must not leave the others waiting in a collective
+            check_resume_classes(run_dir, list(data.class_names))
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

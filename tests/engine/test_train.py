@@ -202,6 +202,34 @@ def test_a_new_run_beside_an_unfinished_one_says_how_to_resume(tmp_path: Path) -
                                          resume="auto")) == (tmp_path / "r", tmp_path / "r" / STATE_FILE)
 
 
+def test_resume_on_data_of_other_classes_is_refused_before_touching_the_run(synth_small: Path, tmp_path: Path) -> None:
+    """The same run resumed on data whose classes differ: a clear error naming both lists, raised before the run's
+    config.yaml and data_split.json are rewritten (nothing of the run is lost)."""
+    import json as _json
+
+    first = train(_small(synth_small, tmp_path / "r", max_steps=1))
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in synth_small.parent.iterdir():  # the same images, categories renamed
+        if f.is_file():
+            (other / f.name).write_bytes(f.read_bytes())
+    (other / "images").symlink_to(synth_small.parent / "images")
+    doc = _json.loads((other / "annotations.json").read_text())
+    for c in doc["categories"]:
+        c["name"] = "ship" + str(c["id"])
+    (other / "annotations.json").write_text(_json.dumps(doc))
+    text = (other / "data.yaml").read_text()
+    (other / "data.yaml").write_text("\n".join(ln for ln in text.splitlines()
+                                               if not ln.startswith(("names", "- "))) + "\n")  # names from the JSON
+    config_before = (first.run_dir / "config.yaml").read_bytes()
+    split_before = (first.run_dir / "data_split.json").read_bytes()
+    with pytest.raises(ValueError, match=r"trained on the classes \[disc, square, cross\] and the data now gives "
+                                         r"\[ship1, ship2, ship3\]"):
+        train(_small(other / "data.yaml", tmp_path / "r", max_steps=2, resume="auto"))
+    assert (first.run_dir / "config.yaml").read_bytes() == config_before
+    assert (first.run_dir / "data_split.json").read_bytes() == split_before
+
+
 def test_resume_path_must_exist(synth_small: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no training state"):
         train(_small(synth_small, tmp_path, resume=str(tmp_path / "nowhere")))
