@@ -21,6 +21,7 @@ import numpy as np
 from efpn.checkpoint import load_model, read_card, save_checkpoint
 from efpn.config.data import load_data_config
 from efpn.data.splits import load_split
+from efpn.engine.data import onto_class_names
 from efpn.evaluation.validate import validate
 from efpn.infer.predict import predict_image
 
@@ -49,7 +50,8 @@ def _records_by_id(data_yaml: str, ids: list[int]) -> tuple[list, list[str]]:
     cfg = load_data_config(data_yaml)
     records, names, _ = load_split(cfg, "train")
     if cfg.has_split("val"):
-        records += load_split(cfg, "val")[0]
+        val, val_names, _ = load_split(cfg, "val")
+        records += onto_class_names(val, val_names, names, f"data YAML {data_yaml}: split 'val'")
     by_id = {r.image_id: r for r in records}
     return [by_id[i] for i in ids if i in by_id], list(names)
 

@@ -3,6 +3,7 @@ step-by-step batching that makes DDP, gradient accumulation and resume see the s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,23 @@ class TrainData:
     split: dict[str, Any]
 
 
+def onto_class_names(records: list[ImageRecord], names: list[str], target: list[str], where: str
+                     ) -> list[ImageRecord]:
+    """Records labelled in ``names`` relabelled in ``target`` by class name (two COCO files may list their
+    categories differently: index k of one is not index k of the other). Raises ValueError naming both lists when
+    a class of ``names`` that the records use is not in ``target``."""
+    if list(names) == list(target):
+        return records
+    lookup = {n: i for i, n in enumerate(target)}
+    used = sorted({int(v) for r in records for v in r.labels.tolist()})
+    missing = [names[k] for k in used if names[k] not in lookup]
+    if missing:
+        raise ValueError(f"{where} uses classes [{', '.join(missing)}] that the train split does not have (train: "
+                         f"[{', '.join(target)}]); give both splits the same categories")
+    index = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)
+    return [dataclasses.replace(r, labels=index[r.labels]) for r in records]
+
+
 def load_train_data(cfg: TrainConfig, verbose: bool) -> TrainData:
     """Train and val records from the data YAML; val is carved from train when the YAML gives none."""
     data_cfg = load_data_config(cfg.data)
@@ -129,7 +147,9 @@ def load_train_data(cfg: TrainConfig, verbose: bool) -> TrainData:
         val_records = list(train_records)
         split["val_source"] = "the train split itself"
     elif data_cfg.has_split(cfg.val_split):
-        val_records, _, _ = load_split(data_cfg, cfg.val_split)
+        val_records, val_names, _ = load_split(data_cfg, cfg.val_split)
+        val_records = onto_class_names(val_records, val_names, names, f"data YAML {cfg.data}: split "
+                                       f"{cfg.val_split!r}")
         carved = cfg.val_split == "val" and "val" not in data_cfg.sources
         split["val_source"] = "carved from train by the data YAML" if carved else "data YAML"
         if carved:
