@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from studio_helpers import APP
+from studio_helpers import APP, errors, ok
+from studio_helpers import goto as _goto
+from studio_helpers import metric as _metric
 
 import efpn
 from efpn.data import load_coco, read_image
@@ -18,18 +20,8 @@ from efpn.explain import CAUSES, diagnose_image
 
 
 def _ok(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not [e.value for e in at.error], [e.value for e in at.error]
-
-
-def _metric(at, label: str) -> str:
-    found = [m.value for m in at.metric if m.label == label]
-    assert found, f"no metric {label!r}; have {[m.label for m in at.metric]}"
-    return found[0]
-
-
-def _goto(at, page: str):
-    return at.switch_page(f"app_pages/{page}.py").run()
+    ok(at)
+    assert not errors(at), errors(at)
 
 
 def _first_sample():

@@ -32,11 +32,15 @@ def _build(name: str, stride: int) -> SGDM:
     return perturb(m, seed=0, scale=0.2)
 
 
-def _pair(name: str, stride: int) -> tuple[SGDM, SGDM]:
+def _pair(name: str, stride: int, training: bool | None = None) -> tuple[SGDM, SGDM]:
+    """The reference and the fast path of one SGDM variant, both in ``training`` mode when it is given."""
     ref = _build(name, stride)
     ref.path = "reference"
     fast = copy.deepcopy(ref)
     fast.path = "fast"
+    if training is not None:
+        ref.train(training)
+        fast.train(training)
     return ref, fast
 
 
@@ -65,9 +69,7 @@ def test_fast_equals_reference_forward_and_backward(name: str, stride: int, trai
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_fast_no_grad_in_place_equals_reference(name: str) -> None:
-    ref, fast = _pair(name, 2)
-    ref.eval()
-    fast.eval()
+    ref, fast = _pair(name, 2, training=False)
     x = torch.randn(2, 8, 16, 9)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
@@ -84,9 +86,7 @@ def test_static_and_last_unit_accumulate_in_one_product(name: str) -> None:
     """In eval mode without gradients the last 1x1 of the MLP accumulates into the static conv's output (both
     BatchNorms folded): that merged sum is taken for every variant whose units are conv -> BN pairs, and it is the
     reference path's ``pw(dyn) + static(x)`` before the activation."""
-    ref, fast = _pair(name, 2)
-    ref.eval()
-    fast.eval()
+    ref, fast = _pair(name, 2, training=False)
     x = torch.randn(2, 8, 16, 9)
     with torch.no_grad():
         dyn = torch.randn(2, 8, 8, 5)
@@ -184,9 +184,7 @@ def test_kept_fold_follows_every_change_of_the_weights() -> None:
 @pytest.mark.parametrize("name", ["guided", "single_pw"])
 def test_fast_path_under_cpu_autocast(name: str) -> None:
     """bf16 autocast on CPU at inference: the fast path runs (the branches merge out of place) and stays near float."""
-    ref, fast = _pair(name, 2)
-    ref.eval()
-    fast.eval()
+    ref, fast = _pair(name, 2, training=False)
     x = torch.randn(2, 8, 16, 10)
     with torch.no_grad():
         want = ref(x)
