@@ -7,6 +7,7 @@ runtimes and TensorRT plug-ins expect to post-process (NMS is left to the runtim
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,24 @@ class ExportReport:
         return self.max_abs_diff_boxes < 1e-2 and self.max_abs_diff_scores < 1e-3
 
 
+def _write_metadata(path: Path, model: Detector, size: int) -> None:
+    """What a deployment needs beside the graph, as the ONNX file's metadata: the class names (index -> name, JSON),
+    the input size, what goes in (the graph normalises pixels itself) and comes out, and the preset."""
+    import onnx
+
+    cfg = model.config
+    names = list(cfg.class_names) or [str(k) for k in range(cfg.num_classes)]
+    proto = onnx.load(str(path))
+    meta = {"names": json.dumps(dict(enumerate(names))), "num_classes": str(cfg.num_classes),
+            "imgsz": json.dumps([size, size]), "input": "images: (1, 3, S, S) float RGB in [0, 1]",
+            "outputs": "boxes: (1, R, 4) xyxy in input px; scores: (1, R, K) per class, before NMS",
+            "preset": str(getattr(cfg, "name", "") or ""), "producer": "efpn"}
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
 def export_onnx(model: Detector, path: str | Path, image_size: int | None = None, opset: int = 17) -> ExportReport:
     """Export ``model`` (eval mode, CPU) to ``path`` and verify it with onnxruntime.
 
@@ -75,6 +94,7 @@ def export_onnx(model: Detector, path: str | Path, image_size: int | None = None
             output_names=["boxes", "scores"],
             do_constant_folding=True,
         )
+    _write_metadata(path, model, size)
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -18,6 +18,13 @@ def test_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     rep = export_onnx(model, tmp_path / "m.onnx", image_size=96)
     assert rep.path.is_file() and rep.ok
     assert rep.max_abs_diff_scores < 1e-4
+    import json
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(rep.path)).metadata_props}  # what a deployment reads
+    assert json.loads(meta["names"]) == {"0": "0", "1": "1", "2": "2"} and json.loads(meta["imgsz"]) == [96, 96]
+    assert meta["num_classes"] == "3" and meta["preset"] == name
 
 
 def test_export_rejects_bad_size(tmp_path: Path) -> None:
