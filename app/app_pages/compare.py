@@ -46,6 +46,7 @@ def _dataset(card: dict) -> str:
 
 results = {}
 found_by: dict[str, dict] = {}  # checkpoint -> its detections on this image (original px)
+class_lists: list[list[str]] = []  # each loaded checkpoint's classes, to know whether class indices compare
 for col, path in ((c1, a), (c2, b)):
     with col:
         try:
@@ -56,6 +57,7 @@ for col, path in ((c1, a), (c2, b)):
         key = loaders.checkpoint_key(path)
         det = analyses.predict_detections(model, key, image.rgb, image.digest, ctx.score, ctx.nms)
         names_k = list(model.config.class_names) or [str(i) for i in range(model.num_classes)]
+        class_lists.append(names_k)
         rows = views.detection_rows(det, model.levels, names_k)
         fig = figures.detections_figure(image.rgb, rows, gt_boxes=ctx.gt.boxes if ctx.gt else None, height=420)
         st.plotly_chart(fig, width="stretch", key=f"cmp_fig_{'a' if col is c1 else 'b'}")
@@ -76,6 +78,12 @@ if results:
         st.info("This image has no ground truth, so there is nothing to be found or missed: pick a sample, open a "
                 "dataset image, or add ground truth on the Assignment page.")
     elif len(found_by) == 2 and a != b:
+        differ = len(class_lists) == 2 and class_lists[0] != class_lists[1]
+        if differ and aware:  # class k of A is not class k of B: only the boxes can be compared
+            aware = False
+            st.warning(f"A predicts [{', '.join(class_lists[0][:6])}] and B [{', '.join(class_lists[1][:6])}]: "
+                       "their class indices mean different things, so objects are matched here by boxes alone, "
+                       "whatever the class.")
         diff = views.object_differences(ctx.gt.boxes, ctx.gt.labels, ctx.gt.class_names, found_by, iou, aware)
         if diff:
             st.dataframe(diff, hide_index=True, width="stretch", key="cmp_diff")

@@ -142,3 +142,30 @@ def test_learn_walks_every_step(app) -> None:
         notices.append(next(i.value for i in app.info if "What to notice" in i.value))
     assert app.header[0].value.startswith("9")
     assert len(set(notices)) == 9, notices  # one distinct sentence per step
+
+
+def test_compare_checkpoints_of_other_classes_matches_boxes(app_env, tmp_path, monkeypatch) -> None:
+    """Checkpoints whose class lists differ: the per-object comparison says so and matches boxes alone (class k of
+    A is not class k of B), instead of counting a box on the right object as missed."""
+    import shutil
+
+    import torch
+    from streamlit.testing.v1 import AppTest
+    from studio_helpers import APP
+
+    import efpn
+
+    for name in ("tiny_efpn_n.safetensors", "tiny_efpn_n.json"):
+        shutil.copy(app_env / name, tmp_path / name)
+    torch.manual_seed(1)
+    efpn.save_checkpoint(efpn.build_model("tiny_efpn_n", num_classes=3, class_names=("ship", "boat", "buoy")),
+                         tmp_path / "ships.safetensors")
+    monkeypatch.setenv("EFPN_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setenv("EFPN_CHECKPOINT", str(tmp_path / "tiny_efpn_n.safetensors"))
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    at.run()
+    _goto(at, "compare")
+    _ok(at)
+    assert at.selectbox(key="cmp_b").value.endswith("ships.safetensors")
+    assert any("matched here by boxes alone" in w.value for w in at.warning)
+    assert any("any class" in c.value for c in at.caption)
