@@ -18,6 +18,7 @@ import streamlit as st
 from app import analyses, loaders
 from efpn import CheckpointError, Detector, Inspection
 from efpn.data import CorruptImageError
+from efpn.data.uploads import map_class_names
 
 _CTX = "efpn_ctx"
 UPLOADS = "uploads"  # name -> bytes, in upload order
@@ -319,12 +320,24 @@ def _image_picker(ctx: Context) -> None:
         ctx.gt = override
     elif choice in by_name:
         s = by_name[choice]
-        ctx.gt = GroundTruth(s.boxes, s.labels, sample_names, "sample annotation")
+        ctx.gt = _in_model_classes(ctx, GroundTruth(s.boxes, s.labels, sample_names, "sample annotation"))
     elif choice in opened:
         d = opened[choice]
         k = decoded.rgb.shape[1] / max(decoded.original_hw[1], 1)  # < 1 when the studio downscaled a huge image
-        ctx.gt = GroundTruth(np.asarray(d.boxes, np.float32) * k, np.asarray(d.labels, np.int64), d.class_names,
-                             f"{d.dataset} annotation")
+        ctx.gt = _in_model_classes(ctx, GroundTruth(np.asarray(d.boxes, np.float32) * k,
+                                                    np.asarray(d.labels, np.int64), d.class_names,
+                                                    f"{d.dataset} annotation"))
+
+
+def _in_model_classes(ctx: Context, gt: GroundTruth) -> GroundTruth:
+    """``gt`` relabelled by class name onto the checkpoint's classes (its other classes after them), as uploads
+    are: a dataset's class k is not the model's class k when their lists differ."""
+    names = ctx.class_names
+    unnamed = names == [str(i) for i in range(len(names))]  # the checkpoint names no class: indices are all there is
+    if unnamed or not gt.class_names or list(gt.class_names) == list(names):
+        return gt
+    labels, all_names = map_class_names(list(names), list(gt.class_names), gt.labels)
+    return GroundTruth(gt.boxes, labels, all_names, gt.source)
 
 
 def render_sidebar() -> Context:

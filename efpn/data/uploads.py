@@ -99,7 +99,7 @@ def parse_annotation_bytes(
     boxes, labels = record.target_boxes()
     found = list(found)
     if suffix in (".json", ".xml") and names:  # class names, not the file's own order, decide the label
-        labels, found = _onto(names, found, labels)
+        labels, found = map_class_names(names, found, labels)
     if (record.width, record.height) != (w, h):
         sx, sy = w / record.width, h / record.height
         boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
@@ -107,7 +107,7 @@ def parse_annotation_bytes(
                             ANNOTATION_FORMATS[suffix], report.summary())
 
 
-def _onto(names: list[str], found: list[str], labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def map_class_names(names: list[str], found: list[str], labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Labels indexing the file's class names ``found`` -> labels indexing ``names`` (the model's), the file's other
     classes after them (index ``len(names)`` on, in the file's order): a class the model does not know never takes
     the index of one it does. Returns the labels and the names they index."""

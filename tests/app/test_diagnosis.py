@@ -270,3 +270,8 @@ def test_dataset_of_other_classes_is_diagnosed_by_boxes(app, tmp_path, monkeypat
     app.button(key="dsd_run").click().run()
     _ok(app)
     assert _metric(app, "Images") == "1"
+    # one of its images opened with its ground truth: by class name none is the checkpoint's, and the pages say so
+    app.selectbox(key="dsd_open").select_index(1).run()
+    _goto(app, "gates")
+    _ok(app)
+    assert any("carry a class this checkpoint does not predict" in c.value for c in app.caption)
