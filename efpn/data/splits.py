@@ -106,6 +106,13 @@ def load_split(cfg: DataConfig | str | Path, split: str = "train") -> tuple[list
             f"{_where(cfg.yaml_path)}: 'names' {list(cfg.names)[:5]}... do not match the {len(class_names)} "
             f"classes the {cfg.format} files define {class_names[:5]}...; remove 'names' or fix it"
         )
+    if not class_names:
+        raise ValueError(f"{_where(cfg.yaml_path)}: the data defines no classes; list them under 'names:' (YOLO, "
+                         "DOTA) or in the annotation files (COCO 'categories')")
+    if len(set(class_names)) != len(class_names):
+        twice = sorted({n for n in class_names if list(class_names).count(n) > 1})
+        raise ValueError(f"{_where(cfg.yaml_path)}: class names {twice} appear more than once; each class needs one "
+                         "name")
     if carve:
         train, val = split_records(records, cfg.val_fraction, cfg.split_seed)
         records = train if split == "train" else val

@@ -222,3 +222,20 @@ def test_real_yamls(shared_data: Path, tmp_path: Path) -> None:
     )
     records, names, report = load_split(coco128)
     assert (len(records), len(names), report.boxes) == (128, 80, 929)
+
+
+@pytest.mark.parametrize(("categories", "match"), [
+    ([], "the data defines no classes"),
+    ([{"id": 1, "name": "car"}, {"id": 2, "name": "car"}], r"class names \['car'\] appear more than once"),
+])
+def test_data_without_usable_classes_is_refused(tmp_path: Path, categories: list, match: str) -> None:
+    """No classes, or one name for two classes: refused when the split loads, before any model is built from it."""
+    import json as _json
+
+    (tmp_path / "images").mkdir()
+    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}], "annotations": [],
+           "categories": categories}
+    (tmp_path / "a.json").write_text(_json.dumps(doc))
+    path = _yaml(tmp_path / "d.yaml", {"format": "coco", "train": {"annotations": "a.json", "images": "images"}})
+    with pytest.raises(ValueError, match=match):
+        load_split(path, "train")
