@@ -62,7 +62,10 @@ name = Path(path).stem if Path(path).name != "data.yaml" else Path(path).parent.
 model_names = ctx.class_names
 same_classes = list(names) == list(model_names)
 if not same_classes:  # class-aware matching would compare unrelated indices: boxes alone decide instead
-    st.warning(f"The checkpoint knows {len(model_names)} classes ({', '.join(model_names[:6])}) and the dataset "
+    def _n(k: int) -> str:
+        return f"{k} class" + ("" if k == 1 else "es")
+
+    st.warning(f"The checkpoint knows {_n(len(model_names))} ({', '.join(model_names[:6])}) and the dataset "
                f"{len(names)} ({', '.join(names[:6])}). Found/missed is judged here by boxes alone, whatever the "
                "class: pick the checkpoint trained on this dataset for a class-aware diagnosis.")
 with st.expander("Loader report"):
