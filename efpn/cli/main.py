@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--json", default=None, help="write the table and every miss as JSON")
     s.add_argument("--csv", default=None, help="write the miss table as CSV")
-    s.add_argument("--coco", default=None, help="write the detections as COCO results JSON")
+    s.add_argument("--coco", default=None, help="write the detections as COCO results JSON (category_id: the "
+                   "dataset's own id; class index + 1 for formats without ids)")
     s.add_argument("--html", default=None, help="write an HTML report with crops of the worst misses")
     s.set_defaults(func=cmd_diagnose)
 
