@@ -17,8 +17,7 @@ import streamlit as st
 
 from app import analyses, loaders
 from efpn import CheckpointError, Detector, Inspection
-from efpn.data import CorruptImageError
-from efpn.data.uploads import map_class_names
+from efpn.data import CorruptImageError, map_class_names
 
 _CTX = "efpn_ctx"
 UPLOADS = "uploads"  # name -> bytes, in upload order

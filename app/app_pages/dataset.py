@@ -9,8 +9,7 @@ import streamlit as st
 
 from app import analyses, charts, focusing, loaders, state, views
 from efpn import BUCKET_LABELS, BUCKETS
-from efpn.data import AnnotationError
-from efpn.data.splits import category_ids
+from efpn.data import AnnotationError, category_ids
 from efpn.explain import CAUSE_TEXT, CAUSES
 
 KEPT = "dataset_page"  # path, split, N of this page, outside its widgets (cleared when another page runs)

@@ -14,7 +14,7 @@ from efpn.data.dota import DOTA_V1_CLASSES, load_dota
 from efpn.data.images import CorruptImageError, ImageTooLargeError, image_size, read_image
 from efpn.data.masks import boxes_from_mask, load_masks
 from efpn.data.records import POLICIES, ImageRecord, Policy, SkipReport
-from efpn.data.splits import load_split, split_records
+from efpn.data.splits import category_ids, load_split, split_records
 from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample, write_synthetic_dataset
 from efpn.data.transforms import (
     DetectionTransform,
@@ -24,7 +24,13 @@ from efpn.data.transforms import (
     letterbox,
     unletterbox_boxes,
 )
-from efpn.data.uploads import ANNOTATION_FORMATS, AnnotationError, ParsedAnnotation, parse_annotation_bytes
+from efpn.data.uploads import (
+    ANNOTATION_FORMATS,
+    AnnotationError,
+    ParsedAnnotation,
+    map_class_names,
+    parse_annotation_bytes,
+)
 from efpn.data.visdrone import VISDRONE_CLASSES, load_visdrone
 from efpn.data.voc import load_voc, parse_voc
 from efpn.data.yolo import load_yolo, parse_yolo
@@ -58,6 +64,8 @@ __all__ = [
     "load_data_config",
     "load_dota",
     "load_split",
+    "map_class_names",
+    "category_ids",
     "load_visdrone",
     "load_voc",
     "load_yolo",

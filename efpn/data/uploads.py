@@ -31,7 +31,7 @@ from efpn.data.records import ImageRecord, SkipReport
 from efpn.data.voc import parse_voc
 from efpn.data.yolo import parse_yolo
 
-__all__ = ["ANNOTATION_FORMATS", "AnnotationError", "ParsedAnnotation", "parse_annotation_bytes"]
+__all__ = ["ANNOTATION_FORMATS", "AnnotationError", "ParsedAnnotation", "map_class_names", "parse_annotation_bytes"]
 
 #: File suffix -> the format it is read as (what an uploader should accept).
 ANNOTATION_FORMATS: dict[str, str] = {".json": "COCO JSON", ".txt": "YOLO txt", ".xml": "VOC XML"}
