@@ -293,6 +293,7 @@ def save_checkpoint(
     info["preset"] = preset
     if cfg.class_names:
         info.setdefault("classes", list(cfg.class_names))
+    _check_card_classes(info, cfg, "save_checkpoint: the card")
     info.setdefault("image_size", cfg.image_size)
     info.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     info.setdefault("torch_version", torch.__version__)
@@ -376,6 +377,15 @@ def _default_builder(config: ModelConfig) -> nn.Module:
     return zoo.build(config, pretrained=False)
 
 
+def _check_card_classes(card: Mapping[str, Any], config: ModelConfig, where: str) -> None:
+    """A card lists its classes twice (``classes`` for people and tools, ``config.class_names`` for the model):
+    raise CheckpointError when they disagree, as one of them would name the model's outputs wrongly."""
+    listed = card.get("classes")
+    if listed and config.class_names and list(listed) != list(config.class_names):
+        raise CheckpointError(f"{where} lists the classes [{', '.join(map(str, listed))}] but its config names "
+                              f"[{', '.join(config.class_names)}]; make 'classes' match config.class_names")
+
+
 def load_model(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
@@ -395,6 +405,7 @@ def load_model(
     _refuse_non_safetensors(weights_path)
     card = read_card(card_path)
     config = config_from_card(card, where=f"model card {card_path}")
+    _check_card_classes(card, config, f"model card {card_path}")
     model = (builder or _default_builder)(config)
 
     from safetensors import SafetensorError

@@ -187,6 +187,23 @@ def test_zoo_detector_round_trip(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- refusals
 
 
+def test_card_classes_must_agree_with_the_config(tmp_path: Path) -> None:
+    """A card whose 'classes' disagree with config.class_names is refused on save and on load, naming both."""
+    import json
+
+    zoo = pytest.importorskip("efpn.zoo")
+    model = zoo.build(zoo.get_config("tiny_yolov8_sgdm", 2, class_names=("car", "bus"))).eval()
+    with pytest.raises(CheckpointError, match=r"lists the classes \[bus, car\] but its config names \[car, bus\]"):
+        save_checkpoint(model, tmp_path / "a.safetensors", card={"classes": ["bus", "car"]})
+    path = save_checkpoint(model, tmp_path / "b.safetensors")
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["classes"] == ["car", "bus"]
+    card["classes"] = ["van", "bus"]
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"model card .*b.json lists the classes \[van, bus\]"):
+        load_model(path)
+
+
 def test_mismatched_config_names_the_keys(saved: tuple[StandIn, Path]) -> None:
     _, path = saved
     card_path = path.with_suffix(".json")
