@@ -20,6 +20,7 @@ from efpn.data.dataset import DetectionDataset
 from efpn.data.records import ImageRecord
 from efpn.data.splits import load_split, split_records
 from efpn.data.transforms import DetectionTransform, build_transforms
+from efpn.data.uploads import map_class_names
 
 __all__ = ["SeededSamples", "StepBatchSampler", "TrainData", "load_train_data", "to_device", "train_transforms"]
 
@@ -122,13 +123,12 @@ def onto_class_names(records: list[ImageRecord], names: list[str], target: list[
     a class of ``names`` that the records use is not in ``target``."""
     if list(names) == list(target):
         return records
-    lookup = {n: i for i, n in enumerate(target)}
+    index, _ = map_class_names(list(target), list(names), np.arange(len(names)))  # file index -> target index
     used = sorted({int(v) for r in records for v in r.labels.tolist()})
-    missing = [names[k] for k in used if names[k] not in lookup]
+    missing = [names[k] for k in used if index[k] >= len(target)]
     if missing:
         raise ValueError(f"{where} uses classes [{', '.join(missing)}] that the train split does not have (train: "
                          f"[{', '.join(target)}]); give both splits the same categories")
-    index = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)
     return [dataclasses.replace(r, labels=index[r.labels]) for r in records]
 
 
