@@ -1,10 +1,16 @@
 """Native CPU kernels, compiled on first use with the system's C compiler and loaded with ctypes.
 
-One kernel today: SGDM's dynamic branch at inference (``native/sgdm_dynamic.c``): the razor map, the per-pixel
-kernel logits, their softmax, the static guidance and the strided aggregation in one pass over bands of output
-rows, where the PyTorch path makes a dozen passes over (N, G, k*k, H', W') and (N, C, H', W') tensors. It computes
-the same function as ``RazorKernelGenerator`` + ``guide_kernels`` + ``apply_dynamic_kernels`` in eval mode, without
-autograd (tests/layers/test_sgdm_native.py holds them equal); ``SGDM`` calls it only when no gradient is recorded.
+Kernels of ``native/sgdm_dynamic.c``:
+
+- SGDM's dynamic branch at inference (:func:`sgdm_dynamic`): the razor map, the per-pixel kernel logits, their
+  softmax, the static guidance and the strided aggregation in one pass over bands of output rows, where the PyTorch
+  path makes a dozen passes over (N, G, k*k, H', W') and (N, C, H', W') tensors. It computes the same function as
+  ``RazorKernelGenerator`` + ``guide_kernels`` + ``apply_dynamic_kernels`` in eval mode, without autograd
+  (tests/layers/test_sgdm_native.py holds them equal); ``SGDM`` calls it only when no gradient is recorded.
+- For training (:func:`aggregate`, :func:`aggregate_backward`, :func:`razor_backward`): the shift aggregation on
+  given kernels and its backward in one pass each (no polyphase copies of x, no per-tap temporaries), and the razor
+  statistics' backward in one pass (PyTorch needs five over (N, C, H, W)); rdconv's autograd Functions call them for
+  float32 CPU tensors (tests/layers/test_native_train.py holds them equal to the PyTorch arithmetic).
 
 The library is built once per source, compiler and CPU into ``$EFPN_NATIVE_CACHE`` (default
 ``~/.cache/efpn/native``) with ``-O3 -march=native`` (about a second). Without a C compiler, or with
@@ -103,6 +109,13 @@ def sgdm_library() -> ctypes.CDLL | None:
                     _f32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _f32p, _f32p, _f32p, _f32p,
                     _f32p, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                     _f32p, _f32p, _f32p]
+                i = ctypes.c_int
+                lib.efpn_aggregate.restype = i
+                lib.efpn_aggregate.argtypes = [_f32p, _f32p, i, i, i, i, i, i, i, i, i, _f32p]
+                lib.efpn_aggregate_backward.restype = i
+                lib.efpn_aggregate_backward.argtypes = [_f32p, _f32p, _f32p, i, i, i, i, i, i, i, i, i, _f32p, _f32p]
+                lib.efpn_razor_backward.restype = i
+                lib.efpn_razor_backward.argtypes = [_f32p, _f32p, _f32p, _f32p, i, i, i, i, _f32p]
                 _lib = lib
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 _failed = str(e)
@@ -163,3 +176,64 @@ def sgdm_dynamic(
     if d is not None and kern is not None:
         return out, d, kern
     return out
+
+
+def _cpu_f32(*tensors: Tensor | None) -> bool:
+    return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
+
+
+def _check(code: int, what: str, shape: tuple[int, ...]) -> None:
+    if code == 2:
+        raise MemoryError(f"efpn native {what}: could not allocate its scratch rows")
+    if code:
+        raise RuntimeError(f"efpn native {what} rejected its arguments (input {shape})")
+
+
+def aggregate(x: Tensor, kernels: Tensor, kernel_size: int, stride: int) -> Tensor | None:
+    """``apply_dynamic_kernels(x, kernels, k, s)`` (shared kernels, no channel weights), float32 on CPU, no autograd:
+    x (N, C, H, W), kernels (N, G, k*k, H', W') -> (N, C, H', W'). None when the library is unavailable or the
+    tensors are not float32 CPU tensors (the caller runs its PyTorch path)."""
+    lib = sgdm_library()
+    if lib is None or not _cpu_f32(x, kernels):
+        return None
+    n, c, h, w = x.shape
+    g, _, ho, wo = kernels.shape[1:]
+    x, kernels = x.detach().contiguous(), kernels.detach().contiguous()
+    out = torch.empty((n, c, ho, wo), dtype=torch.float32)
+    _check(lib.efpn_aggregate(_ptr(x), _ptr(kernels), n, c, h, w, g, kernel_size, stride, ho, wo, _ptr(out)),
+           "aggregation", tuple(x.shape))
+    return out
+
+
+def aggregate_backward(x: Tensor, kernels: Tensor, grad_out: Tensor, kernel_size: int, stride: int, need_x: bool,
+                       need_kernels: bool) -> tuple[Tensor | None, Tensor | None] | None:
+    """The gradients of :func:`aggregate` with respect to x (N, C, H, W) and kernels (N, G, k*k, H', W') for
+    ``grad_out`` (N, C, H', W'); each only when asked (else None). None when the library is unavailable."""
+    lib = sgdm_library()
+    if lib is None or not _cpu_f32(x, kernels, grad_out):
+        return None
+    n, c, h, w = x.shape
+    g, _, ho, wo = kernels.shape[1:]
+    x, kernels, grad_out = (t.detach().contiguous() for t in (x, kernels, grad_out))
+    grad_x = torch.empty((n, c, h, w), dtype=torch.float32) if need_x else None  # zeroed by the kernel
+    grad_k = torch.empty_like(kernels) if need_kernels else None
+    _check(lib.efpn_aggregate_backward(_ptr(x), _ptr(kernels), _ptr(grad_out), n, c, h, w, g, kernel_size, stride,
+                                       ho, wo, _ptr(grad_x), _ptr(grad_k)), "aggregation backward", tuple(x.shape))
+    return grad_x, grad_k
+
+
+def razor_backward(x: Tensor, peak: Tensor, grad_razor: Tensor | None, grad_gap: Tensor | None) -> Tensor | None:
+    """The gradient of x (N, C, H, W) for ``([mean_c x, max_c x], mean_hw x)`` given the gradients of the razor map
+    ``grad_razor`` (N, 2, H, W) and of the average ``grad_gap`` (N, C, 1, 1) (either None: no term; not both); peak
+    = ``amax_c x`` (N, 1, H, W). Ties share the max's gradient equally. None when the library is unavailable."""
+    lib = sgdm_library()
+    if lib is None or not _cpu_f32(x, peak, grad_razor, grad_gap):
+        return None
+    n, c, h, w = x.shape
+    x, peak = x.detach().contiguous(), peak.detach().contiguous()
+    gr = None if grad_razor is None else grad_razor.contiguous()
+    gg = None if grad_gap is None else grad_gap.contiguous()
+    grad_x = torch.empty((n, c, h, w), dtype=torch.float32)
+    _check(lib.efpn_razor_backward(_ptr(x), _ptr(peak), _ptr(gr), _ptr(gg), n, c, h, w, _ptr(grad_x)),
+           "razor backward", tuple(x.shape))
+    return grad_x

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from efpn.layers import native
 from efpn.layers.conv import check_nchw
 from efpn.layers.internals import KernelInternals
 
@@ -149,11 +150,23 @@ def _phase(x: Tensor, key: tuple[int, int], s: int, g: int) -> Tensor:
     return ph.view(n, g, c // g, *ph.shape[-2:])
 
 
+def native_eligible(*tensors: Tensor) -> bool:
+    """Whether :mod:`efpn.layers.native` may compute a call on ``tensors``: all float32 on CPU, and not inside a
+    trace, an ONNX export or ``torch.compile`` (a foreign call is invisible to them: its output would be frozen)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
 def _apply_shift(x: Tensor, kernels: Tensor, k: int, s: int, cw: Tensor | None) -> Tensor:
     if cw is None and torch.is_grad_enabled() and (x.requires_grad or kernels.requires_grad):
         # hand-written backward: autograd through k^2 sliced in-place updates would allocate and zero a full
         # gradient tensor per slice (measured ~1.3x slower per training step of yolov8n_sgdm)
         return _ShiftAggregate.apply(x, kernels, k, s)
+    if cw is None and native_eligible(x, kernels):
+        out = native.aggregate(x, kernels, k, s)  # one pass, no polyphase copies; None without the library
+        if out is not None:
+            return out
     return _shift_forward(x, kernels, k, s, cw)
 
 
@@ -187,11 +200,20 @@ class _ShiftAggregate(torch.autograd.Function):
 
     ``grad_x``: every tap scatters ``grad_out * w_q`` into its polyphase component's gradient (one buffer per
     component), and the components are interleaved back once. ``grad_kernels[:, :, q]``: the sum over a group's
-    channels of ``grad_out * x_q``. First-order only (attribution and training need no more).
+    channels of ``grad_out * x_q``. First-order only (attribution and training need no more). On float32 CPU tensors
+    both directions run as one native pass each (:func:`efpn.layers.native.aggregate` and its backward: the same
+    sums, without the per-tap temporaries and polyphase copies).
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, kernels: Tensor, k: int, s: int) -> Tensor:  # type: ignore[override]
+        ctx.k, ctx.s, ctx.x_shape = k, s, x.shape
+        out = native.aggregate(x, kernels, k, s) if native_eligible(x, kernels) else None
+        ctx.native = out is not None
+        if out is not None:
+            ctx.keys = []
+            ctx.save_for_backward(kernels, x)  # x: alive anyway (the static branch keeps it), read by grad_kernels
+            return out
         phases: dict[tuple[int, int], Tensor] = {}
         out = _shift_forward(x, kernels, k, s, None, phases)
         # the kernels' gradient reads the polyphase components again: keeping them (x's size in all, for s > 1)
@@ -199,19 +221,27 @@ class _ShiftAggregate(torch.autograd.Function):
         keep = list(phases.values()) if ctx.needs_input_grad[1] else []
         ctx.keys = list(phases) if keep else []
         ctx.save_for_backward(kernels, *keep)
-        ctx.k, ctx.s, ctx.x_shape = k, s, x.shape
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
         kernels, *saved = ctx.saved_tensors
-        phases = dict(zip(ctx.keys, saved, strict=True))  # (N, G, C/G, H_a, W_a) per component
         k, s = ctx.k, ctx.s
+        need_x, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if ctx.native:
+            grads = native.aggregate_backward(saved[0], kernels, grad_out, k, s, need_x, need_k)
+            if grads is not None:
+                return grads[0], grads[1], None, None
+            x = saved[0]  # (not reached with the library loaded) the polyphase components are rebuilt from x
+            g = kernels.shape[1]
+            phases = {key: _phase(x, key, s, g) for key in {(t[1], t[2]) for t in _tap_windows(
+                k, s, tuple(x.shape[-2:]), tuple(kernels.shape[-2:]))}} if need_k else {}
+        else:
+            phases = dict(zip(ctx.keys, saved, strict=True))  # (N, G, C/G, H_a, W_a) per component
         n, c, h, w = ctx.x_shape
         g, _, h_out, w_out = kernels.shape[1:]
         go = grad_out.contiguous().view(n, g, c // g, h_out, w_out)
-        need_x, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         phase_grads: dict[tuple[int, int], Tensor] = {}
         grad_k = torch.zeros_like(kernels) if need_k else None  # (N, G, k^2, H', W'); taps reading padding stay 0
         for q, ay, ax, i0, i1, j0, j1, sy, sx in _tap_windows(k, s, (h, w), (h_out, w_out)):
@@ -265,7 +295,11 @@ class _RazorStats(torch.autograd.Function):
     def backward(ctx: Any, grad_r: Tensor | None, grad_gap: Tensor | None) -> Tensor | None:  # type: ignore[override]
         x, peak = ctx.saved_tensors
         n, c, h, w = x.shape
-        grad_x: Tensor | None = None
+        if (grad_r is not None or grad_gap is not None) and native_eligible(x, peak):
+            grad_x = native.razor_backward(x, peak, grad_r, grad_gap)  # one pass; None without the library
+            if grad_x is not None:
+                return grad_x
+        grad_x = None
         if grad_r is not None:
             mask = x == peak  # (N, C, H, W): the channels holding the max
             share = grad_r[:, 1:2] / mask.sum(1, keepdim=True)  # (N, 1, H, W): split between ties

@@ -63,6 +63,7 @@ from efpn.layers.rdconv import (
     apply_dynamic_kernels,
     check_kernel_size,
     kernel_entropy,
+    native_eligible,
 )
 
 
@@ -267,11 +268,8 @@ class SGDM(nn.Module):
         """Whether the compiled dynamic branch (:mod:`efpn.layers.native`) computes this call: the fast path in
         eval mode, no gradient recorded, float32 on CPU, a shared bank (or none), and not inside a trace, an ONNX
         export or ``torch.compile`` (which would freeze the foreign call's output into the graph)."""
-        gen = self.generator
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
-            return False  # a foreign call is invisible to a trace, an export or a compiled graph
-        return (self.path == "fast" and not self.training and not torch.is_grad_enabled() and x.device.type == "cpu"
-                and x.dtype == torch.float32 and (self.bank is None or self.shared_bank) and foldable(gen.spatial_bn)
+        return (self.path == "fast" and not self.training and not torch.is_grad_enabled() and native_eligible(x)
+                and (self.bank is None or self.shared_bank) and foldable(self.generator.spatial_bn)
                 and self.impl == "shift")
 
     def _dynamic_native(self, x: Tensor, keep_kernels: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor] | None:

@@ -80,6 +80,46 @@ static void tap_range(int dx, int p, int s, int W, int Wo, int *j0, int *j1) {
     *j0 = imax(*j0, 0);
 }
 
+/* Phases of one input row: ph[f][1 + m] = xrow[s m + f] for the s phases f, zero around (plen = Wo + k + 1 floats
+ * each), so that tap offset off = s sh + f reads the contiguous run ph[f][1 + sh + j] for the output columns j. */
+static void row_phases(const float *xrow, int W, int s, int plen, float *ph) {
+    for (int f = 0; f < s; ++f) {
+        float *pf = ph + (long)f * plen;
+        const int m_end = imin((W - f + s - 1) / s, plen - 2); /* m with s m + f < W */
+        const float *src = xrow + f;
+        pf[0] = 0.0f;
+        if (s == 2) /* a constant stride: vectorised (the common stride-2 downsampling) */
+            for (int m = 0; m < m_end; ++m) pf[1 + m] = src[2 * m];
+        else
+            for (int m = 0; m < m_end; ++m) pf[1 + m] = src[s * m];
+        for (int m = m_end + 1; m < plen; ++m) pf[m] = 0.0f;
+    }
+}
+
+/* One output row i of one channel: o[j] (= 0 first unless `accumulate`) += sum_q kg[q kq + j] xc[s i + dy - p, s j + dx - p],
+ * kg the row's kernels of the channel's group (tap q at kg + q kq), xc the channel's (H, W) plane, ph scratch of
+ * s (Wo + k + 1) floats. */
+static void aggregate_row(const float *xc, const float *kg, long kq, int accumulate, int H, int W, int k, int s, int i,
+                          int Wo, float *o, float *ph) {
+    const int p = k / 2, plen = Wo + k + 1;
+    if (!accumulate) memset(o, 0, sizeof(float) * Wo);
+    for (int dy = 0; dy < k; ++dy) {
+        const int y = s * i + dy - p;
+        if (y < 0 || y >= H) continue;
+        const float *xrow = xc + (long)y * W;
+        if (s > 1) row_phases(xrow, W, s, plen, ph);
+        for (int dx = 0; dx < k; ++dx) {
+            int j0, j1;
+            tap_range(dx, p, s, W, Wo, &j0, &j1);
+            const int off = dx - p;
+            const int f = ((off % s) + s) % s, sh = (off - f) / s; /* off = s sh + f */
+            const float *kr = kg + (dy * k + dx) * kq;
+            const float *xs = s == 1 ? xrow + off : ph + (long)f * plen + 1 + sh;
+            for (int j = j0; j < j1; ++j) o[j] += kr[j] * xs[j];
+        }
+    }
+}
+
 /* Output rows computed together: their input rows (razor map and pixels) stay in the L2 cache between the razor
  * pass and the aggregation, so x is read from memory about once. */
 #define CHUNK_ROWS 8
@@ -101,10 +141,7 @@ static void chunk(const float *x, int C, int H, int W, const float *wa, const fl
     float *r0 = scratch, *r1 = scratch + (long)band * W;
     float *kbuf = r1 + (long)band * W; /* (GK, Wo) logits, then kernels, of one output row */
     float *mx = kbuf + (long)GK * Wo, *sm = mx + Wo, *row = sm + Wo; /* row: one tap's gathered razor values */
-    /* ph: the s phases of one input row, ph[f][1 + m] = xrow[s m + f] (zero outside the row), so every tap reads
-     * a contiguous run: xrow[s j + off] = ph[off mod s][1 + j + floor(off / s)] */
-    float *ph = row + Wo;
-    const int plen = Wo + k + 1;
+    float *ph = row + Wo; /* the s phases of one input row (row_phases) */
     const long HW = (long)H * W;
 
     if (band > 0) {
@@ -195,46 +232,9 @@ static void chunk(const float *x, int C, int H, int W, const float *wa, const fl
                     memcpy(keep + (((long)g * kk + q) * Ho + i) * Wo, base + (long)q * Wo, sizeof(float) * Wo);
         }
         /* aggregation: every channel with its group's kernels */
-        for (int c = 0; c < C; ++c) {
-            float *o = out + ((long)c * Ho + i) * Wo;
-            const float *kg = kbuf + (long)(c / cg) * kk * Wo;
-            memset(o, 0, sizeof(float) * Wo);
-            for (int dy = 0; dy < k; ++dy) {
-                const int y = s * i + dy - p;
-                if (y < 0 || y >= H) continue;
-                const float *xrow = x + c * HW + (long)y * W;
-                if (s == 1) {
-                    for (int dx = 0; dx < k; ++dx) {
-                        int j0, j1;
-                        tap_range(dx, p, s, W, Wo, &j0, &j1);
-                        const float *kr = kg + (long)(dy * k + dx) * Wo;
-                        const float *xs = xrow + dx - p;
-                        for (int j = j0; j < j1; ++j) o[j] += kr[j] * xs[j];
-                    }
-                    continue;
-                }
-                for (int f = 0; f < s; ++f) { /* the row's phases: ph[f][1 + m] = xrow[s m + f], zero around */
-                    float *pf = ph + (long)f * plen;
-                    const int m_end = imin((W - f + s - 1) / s, plen - 2); /* m with s m + f < W */
-                    const float *src = xrow + f;
-                    pf[0] = 0.0f;
-                    if (s == 2) /* a constant stride: vectorised (the common stride-2 downsampling) */
-                        for (int m = 0; m < m_end; ++m) pf[1 + m] = src[2 * m];
-                    else
-                        for (int m = 0; m < m_end; ++m) pf[1 + m] = src[s * m];
-                    for (int m = m_end + 1; m < plen; ++m) pf[m] = 0.0f;
-                }
-                for (int dx = 0; dx < k; ++dx) {
-                    int j0, j1;
-                    tap_range(dx, p, s, W, Wo, &j0, &j1);
-                    const int off = dx - p;
-                    const int f = ((off % s) + s) % s, sh = (off - f) / s; /* off = s sh + f */
-                    const float *kr = kg + (long)(dy * k + dx) * Wo;
-                    const float *xs = ph + (long)f * plen + 1 + sh;
-                    for (int j = j0; j < j1; ++j) o[j] += kr[j] * xs[j];
-                }
-            }
-        }
+        for (int c = 0; c < C; ++c)
+            aggregate_row(x + c * HW, kbuf + (long)(c / cg) * kk * Wo, Wo, 0, H, W, k, s, i, Wo,
+                          out + ((long)c * Ho + i) * Wo, ph);
     }
 }
 
@@ -288,4 +288,141 @@ int efpn_sgdm_dynamic(const float *x, int N, int C, int H, int W, const float *w
 #endif
     }
     return failed;
+}
+
+/* ------------------------------------------------------------------------------------------------------------------
+ * Training: the shift aggregation on given kernels, its backward, and the razor statistics' backward; the same
+ * functions as apply_dynamic_kernels' "shift" path and rdconv's _RazorStats, called from their autograd Functions. */
+
+/* Scratch floats for one row's phases (row_phases) of s phases. */
+static long phase_scratch(int k, int s, int Wo) { return (long)s * (Wo + k + 1); }
+
+/* out (N, C, Ho, Wo) = the aggregation of x (N, C, H, W) with per-pixel kernels kern (N, G, k*k, Ho, Wo). Planes
+ * (image, channel) run in parallel. Returns 0, 1 for arguments it cannot serve, 2 when scratch cannot be allocated. */
+int efpn_aggregate(const float *x, const float *kern, int N, int C, int H, int W, int G, int k, int s, int Ho, int Wo,
+                   float *out) {
+    if (N < 1 || G < 1 || C % G || k < 1 || s < 1 || Ho < 1 || Wo < 1) return 1;
+    const int kk = k * k, cg = C / G;
+    const long HW = (long)H * W, HWo = (long)Ho * Wo;
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        float *ph = malloc(sizeof(float) * phase_scratch(k, s, Wo));
+        if (!ph) failed = 2;
+#pragma omp for schedule(static)
+        for (long t = 0; t < (long)N * C; ++t) {
+            if (!ph) continue;
+            const int n = (int)(t / C), c = (int)(t % C);
+            const float *kg = kern + ((long)n * G + c / cg) * kk * HWo;
+            for (int i = 0; i < Ho; ++i)
+                aggregate_row(x + t * HW, kg + (long)i * Wo, HWo, 0, H, W, k, s, i, Wo, out + t * HWo + (long)i * Wo,
+                              ph);
+        }
+        free(ph);
+    }
+    return failed;
+}
+
+/* The aggregation's backward: given go = dL/dout (N, C, Ho, Wo),
+ *   grad_x[n, c, s i + dy - p, s j + dx - p] += go[n, c, i, j] kern[n, g, q, i, j]    (grad_x: zeroed here)
+ *   grad_k[n, g, q, i, j] = sum_{c in g} go[n, c, i, j] x[n, c, s i + dy - p, s j + dx - p]   (0 off the image)
+ * Either output may be NULL. Every (image, group) runs on one thread (grad_k sums over the group's channels); a
+ * row's tap contributions to grad_x gather in that row's phase buffers and are interleaved back once per (i, dy). */
+int efpn_aggregate_backward(const float *x, const float *kern, const float *go, int N, int C, int H, int W, int G,
+                            int k, int s, int Ho, int Wo, float *grad_x, float *grad_k) {
+    if (N < 1 || G < 1 || C % G || k < 1 || s < 1 || Ho < 1 || Wo < 1) return 1;
+    const int kk = k * k, cg = C / G, p = k / 2, plen = Wo + k + 1;
+    const long HW = (long)H * W, HWo = (long)Ho * Wo;
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        float *ph = malloc(sizeof(float) * 2 * phase_scratch(k, s, Wo)); /* x's phases, then grad_x's */
+        if (!ph) failed = 2;
+        float *gph = ph ? ph + phase_scratch(k, s, Wo) : NULL;
+#pragma omp for schedule(dynamic, 1)
+        for (long t = 0; t < (long)N * G; ++t) {
+            if (!ph) continue;
+            const float *kg = kern + t * kk * HWo;
+            float *gk = grad_k ? grad_k + t * kk * HWo : NULL;
+            if (gk) memset(gk, 0, sizeof(float) * kk * HWo);
+            for (int cc = 0; cc < cg; ++cc) {
+                const long plane = t * cg + cc; /* (n, c) with c = g cg + cc */
+                const float *xc = x + plane * HW, *gc = go + plane * HWo;
+                float *gx = grad_x ? grad_x + plane * HW : NULL;
+                if (gx) memset(gx, 0, sizeof(float) * HW);
+                for (int i = 0; i < Ho; ++i) {
+                    const float *gr = gc + (long)i * Wo;
+                    for (int dy = 0; dy < k; ++dy) {
+                        const int y = s * i + dy - p;
+                        if (y < 0 || y >= H) continue;
+                        const float *xrow = xc + (long)y * W;
+                        if (gk && s > 1) row_phases(xrow, W, s, plen, ph);
+                        if (gx && s > 1) memset(gph, 0, sizeof(float) * s * plen);
+                        for (int dx = 0; dx < k; ++dx) {
+                            int j0, j1;
+                            tap_range(dx, p, s, W, Wo, &j0, &j1);
+                            const int off = dx - p, q = dy * k + dx;
+                            const int f = ((off % s) + s) % s, sh = (off - f) / s; /* off = s sh + f */
+                            if (gk) {
+                                const float *xs = s == 1 ? xrow + off : ph + (long)f * plen + 1 + sh;
+                                float *kr = gk + (long)q * HWo + (long)i * Wo;
+                                for (int j = j0; j < j1; ++j) kr[j] += gr[j] * xs[j];
+                            }
+                            if (gx) {
+                                const float *kr = kg + (long)q * HWo + (long)i * Wo;
+                                float *xs = s == 1 ? gx + (long)y * W + off : gph + (long)f * plen + 1 + sh;
+                                for (int j = j0; j < j1; ++j) xs[j] += gr[j] * kr[j];
+                            }
+                        }
+                        if (gx && s > 1) { /* the phases back into the row: grad_x[y, s m + f] += gph[f][1 + m] */
+                            float *gxr = gx + (long)y * W;
+                            for (int f = 0; f < s; ++f) {
+                                const float *pf = gph + (long)f * plen + 1;
+                                const int m_end = imin((W - f + s - 1) / s, plen - 2);
+                                for (int m = 0; m < m_end; ++m) gxr[s * m + f] += pf[m];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        free(ph);
+    }
+    return failed;
+}
+
+/* The razor statistics' backward (rdconv._RazorStats): for x (N, C, H, W) with peak = max_c x (N, 1, H, W),
+ *   grad_x[n, c, t] = [x == peak] gr[n, 1, t] / #ties[n, t] + gr[n, 0, t] / C + gg[n, c] / (H W)
+ * with gr = dL/d[mean_c x, max_c x] (N, 2, H, W) and gg = dL/d mean_hw x (N, C); either may be NULL (no term).
+ * The max's gradient is shared equally by tied channels, as amax's; the terms are summed in _RazorStats' order. */
+int efpn_razor_backward(const float *x, const float *peak, const float *gr, const float *gg, int N, int C, int H,
+                        int W, float *grad_x) {
+    if (N < 1 || C < 1 || H < 1 || W < 1) return 1;
+    const long HW = (long)H * W;
+    enum { BLOCK = 512 }; /* pixels per task: x's channels over a block stay in the L1/L2 cache for the second read */
+    const long blocks = (HW + BLOCK - 1) / BLOCK;
+#pragma omp parallel for schedule(static)
+    for (long t = 0; t < (long)N * blocks; ++t) {
+        const long n = t / blocks, b0 = (t % blocks) * BLOCK, len = HW - b0 < BLOCK ? HW - b0 : BLOCK;
+        const float *xn = x + n * C * HW + b0, *pk = peak + n * HW + b0;
+        float share[BLOCK], base[BLOCK];
+        float *gxn = grad_x + n * C * HW + b0;
+        if (gr) {
+            const float *gmean = gr + n * 2 * HW + b0, *gmax = gmean + HW;
+            for (long u = 0; u < len; ++u) share[u] = 0.0f;
+            for (int c = 0; c < C; ++c)
+                for (long u = 0; u < len; ++u) share[u] += xn[c * HW + u] == pk[u] ? 1.0f : 0.0f;
+            for (long u = 0; u < len; ++u) { share[u] = gmax[u] / share[u]; base[u] = gmean[u] / (float)C; }
+        }
+        for (int c = 0; c < C; ++c) {
+            const float *xc = xn + c * HW;
+            float *o = gxn + c * HW;
+            const float gap = gg ? gg[n * C + c] / (float)HW : 0.0f;
+            if (gr)
+                for (long u = 0; u < len; ++u) o[u] = ((xc[u] == pk[u] ? 1.0f : 0.0f) * share[u] + base[u]) + gap;
+            else
+                for (long u = 0; u < len; ++u) o[u] = gap;
+        }
+    }
+    return 0;
 }
