@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import html
 from collections.abc import Mapping
 from typing import Any
 
@@ -276,72 +277,81 @@ def mark_box(picture: np.ndarray, box: tuple[float, float, float, float] | np.nd
 # ----------------------------------------------------------------------------------------------- kernels
 
 
-def kernel_grid_figure(rows: Mapping[str, np.ndarray | None], title: str | None = None,
-                       cell_px: int = 86, first_group: int = 0) -> go.Figure:
-    """k x k kernels as annotated heatmaps: one row per kind (e.g. "D dynamic", "K guided", "S bank"),
-    one column per group. Each value is (G, k, k); ``None`` rows are skipped. ``first_group``: the index of the
-    first column's group in the labels (a slice of the groups drawn as its own figure)."""
-    kinds = [(name, np.asarray(v, dtype=float)) for name, v in rows.items() if v is not None]
-    if not kinds:
-        return go.Figure().update_layout(height=80, title="no kernels")
-    groups = max(v.shape[0] for _, v in kinds)
-    layout = _subplots(len(kinds), groups, [f"{name} · g{first_group + g}" if g < v.shape[0] else ""
-                                            for name, v in kinds for g in range(groups)],
-                       horizontal_spacing=0.01, vertical_spacing=0.08)
-    data: list[dict[str, Any]] = []
-    for r, (name, v) in enumerate(kinds):
-        lim = float(np.abs(v).max()) or 1.0
-        signed = bool((v < 0).any())
-        scale = safe_colorscale("RdBu_r" if signed else "Blues")
-        for g in range(v.shape[0]):
-            data.append({
-                "type": "heatmap", "z": v[g], "zmin": -lim if signed else 0.0, "zmax": lim, "colorscale": scale,
-                "showscale": False, "texttemplate": "%{z:.3f}", "textfont": {"size": 9},
-                "hovertemplate": f"{name} g{first_group + g}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>",
-                **_cell_axes(r * groups + g + 1),
-            })
-    for i in range(1, len(kinds) * groups + 1):  # square cells whatever the page width
-        suffix = "" if i == 1 else str(i)
-        layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", autorange="reversed", showticklabels=False)
-        layout[f"xaxis{suffix}"].update(showticklabels=False)
-    layout.update(margin={"l": 0, "r": 0, "t": 40, "b": 0}, height=max(160, cell_px * len(kinds) + 60),
-                  **_title(title))
-    for ann in layout.get("annotations", []):
-        ann["font"] = {"size": 10}
-    return _figure(data, layout)
-
-
 def _title(title: str | None) -> dict[str, Any]:
     """A figure title as plotly's ``update_layout(title=...)`` stores it (``None``: an empty title)."""
     return {"title": {} if title is None else {"text": title}}
 
 
-def kernel_panels_figure(panels: Mapping[str, np.ndarray | None], diverging: tuple[str, ...] = (),
-                         title: str | None = None, height: int = 300) -> go.Figure:
-    """k x k kernels side by side and large, one panel each (e.g. D, K and S of one group), every value written in
-    its cell. Panels with only non-negative values go from white (0) to dark blue (their largest value); panels named
-    in ``diverging``, or holding a negative value, are red (positive) / blue (negative) around a white 0 on a
-    symmetric range. ``None`` panels are skipped."""
+# Tables, not charts: nine numbers per kernel read best as text on their colours, and an HTML table is drawn by the
+# browser at once where a Plotly chart of three heatmaps cost about a third of a second of the Kernels page.
+
+#: The colour of a kernel weight: sequential (white 0 to dark blue, all weights >= 0) or diverging (blue -, white 0,
+#: red +, on a symmetric range).
+KERNEL_SCALES = {False: "Blues", True: "RdBu_r"}
+
+
+def _kernel_colour(value: float, lim: float, signed: bool) -> tuple[int, int, int]:
+    u = (value / lim + 1.0) / 2.0 if signed else value / lim  # position on the scale, 0..1
+    r, g, b = colour_lut(KERNEL_SCALES[signed])[int(round(min(max(u, 0.0), 1.0) * 255))]
+    return int(r), int(g), int(b)
+
+
+def _kernel_table(v: np.ndarray, lim: float, signed: bool, name: str) -> str:
+    """One k x k kernel as an HTML table: every weight written on its colour (black or white text, whichever reads
+    on it), its exact value in the cell's tooltip."""
+    k = v.shape[0]
+    size = max(2.4, 12.6 / k)  # rem per cell: a 3 x 3 kernel ~200 px wide, a 7 x 7 one no wider than ~270 px
+    rows = []
+    for i in range(k):
+        cells = []
+        for j in range(v.shape[1]):
+            r, g, b = _kernel_colour(float(v[i, j]), lim, signed)
+            ink = "#000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 140 else "#fff"
+            cells.append(f'<td style="background:rgb({r},{g},{b});color:{ink};width:{size:.1f}rem;'
+                         f'height:{size:.1f}rem" title="{html.escape(name)} row {i}, col {j}: {v[i, j]:.4f}">'
+                         f"{v[i, j]:.3f}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="efpn-kgrid" aria-label="{html.escape(name)}">' + "".join(rows) + "</table>"
+
+
+def _kernel_key(lim: float, signed: bool) -> str:
+    """The colour key under a kernel: a gradient bar with the values at its ends (and 0 in the middle)."""
+    stops = np.linspace(-lim if signed else 0.0, lim, 7)
+    bar = ", ".join("rgb({},{},{})".format(*_kernel_colour(float(t), lim, signed)) for t in stops)
+    labels = (f"<span>−{lim:.3f} blue</span><span>0 white</span><span>+{lim:.3f} red</span>" if signed
+              else f"<span>0 white</span><span>{lim:.3f} dark blue</span>")
+    return (f'<div class="efpn-kkey"><div class="efpn-kbar" style="background:linear-gradient(to right, {bar})">'
+            f'</div><div class="efpn-klabels">{labels}</div></div>')
+
+
+def _kernel_panel(name: str, v: np.ndarray, lim: float, signed: bool) -> str:
+    return (f'<figure class="efpn-kpanel"><figcaption>{html.escape(name)}</figcaption>'
+            f"{_kernel_table(v, lim, signed, name)}{_kernel_key(lim, signed)}</figure>")
+
+
+def kernel_panels_html(panels: Mapping[str, np.ndarray | None], diverging: tuple[str, ...] = (),
+                       title: str | None = None) -> str:
+    """k x k kernels side by side (e.g. D, K and S of one group) as HTML for ``st.html``: every weight written in its
+    cell, each panel with its own colour key. Panels with only non-negative values go from white (0) to dark blue
+    (their largest value); panels named in ``diverging``, or holding a negative value, are red (positive) / blue
+    (negative) around a white 0 on a symmetric range. ``None`` panels are skipped; they wrap on a narrow page."""
     kinds = [(name, np.asarray(v, dtype=float)) for name, v in panels.items() if v is not None]
-    if not kinds:
-        return go.Figure().update_layout(height=80, title="no kernels")
-    layout = _subplots(1, len(kinds), [n for n, _ in kinds], horizontal_spacing=0.04)
-    data: list[dict[str, Any]] = []
-    for i, (name, v) in enumerate(kinds, start=1):
-        lim = float(np.abs(v).max()) or 1.0
-        signed = name in diverging or bool((v < 0).any())
-        data.append({
-            "type": "heatmap", "z": v, "zmin": -lim if signed else 0.0, "zmax": lim, "showscale": False,
-            "colorscale": safe_colorscale("RdBu_r" if signed else "Blues"), "texttemplate": "%{z:.3f}",
-            "textfont": {"size": 14}, "xgap": 1, "ygap": 1,
-            "hovertemplate": f"{name}<br>row %{{y}}, col %{{x}}: %{{z:.4f}}<extra></extra>", **_cell_axes(i),
-        })
-        suffix = "" if i == 1 else str(i)
-        layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", autorange="reversed", showticklabels=False,
-                                        showgrid=False, zeroline=False, ticks="")
-        layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, zeroline=False, ticks="")
-    layout.update(margin={"l": 0, "r": 0, "t": 56 if title else 30, "b": 0}, height=height, **_title(title),
-                  plot_bgcolor="rgba(0,0,0,0)")
-    for ann in layout.get("annotations", []):
-        ann["font"] = {"size": 14}
-    return _figure(data, layout)
+    body = "".join(_kernel_panel(name, v, float(np.abs(v).max()) or 1.0, name in diverging or bool((v < 0).any()))
+                   for name, v in kinds) or "<p>no kernels</p>"
+    head = f'<div class="efpn-ktitle">{html.escape(title)}</div>' if title else ""
+    return f'<div class="efpn-kernels">{head}<div class="efpn-kpanels">{body}</div></div>'
+
+
+def kernel_grid_html(rows: Mapping[str, np.ndarray | None], first_group: int = 0) -> str:
+    """Every group's k x k kernels as HTML: one line per kind (e.g. "D dynamic", "K guided", "S bank"), one panel per
+    group, all of a kind on one colour scale (so groups compare). Each value is (G, k, k); ``None`` rows are skipped.
+    ``first_group``: the index of the first group in the labels (a slice of the groups drawn on its own)."""
+    lines = []
+    for name, v in rows.items():
+        if v is None:
+            continue
+        v = np.asarray(v, dtype=float)
+        lim, signed = float(np.abs(v).max()) or 1.0, bool((v < 0).any())
+        lines.append('<div class="efpn-kpanels">' + "".join(
+            _kernel_panel(f"{name} · g{first_group + g}", v[g], lim, signed) for g in range(v.shape[0])) + "</div>")
+    return '<div class="efpn-kernels">' + ("".join(lines) or "<p>no kernels</p>") + "</div>"

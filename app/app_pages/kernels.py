@@ -89,23 +89,17 @@ if g > 1:
     group = st.radio("Group", list(range(g)), horizontal=True, key="kernel_group", format_func=lambda i: f"g{i}",
                      help="The channels are split into groups; each group has its own kernel at every pixel.")
 where = f"({x:.0f}, {y:.0f}) in {layer}" + (f", group {group}" if g > 1 else "")
-st.plotly_chart(heatmaps.kernel_panels_figure(
+st.html(heatmaps.kernel_panels_html(
     {"D dynamic (this pixel)": dyn[group], "K guided (this pixel)": guided[group] if guided is not None else None,
-     "S bank (shared)": bank[group] if bank is not None else None}, title=f"Kernels at {where}"),
-    width="stretch", key="kernel_grid")
-st.caption(f"Each cell is one weight of the {side} x {side} kernel, its value written in it: white = 0, darker blue = "
-           "larger (a kernel with a negative weight is drawn red for positive, blue for negative, around a white 0). "
-           "D's weights sum to 1: a weighted average of the neighbourhood, uniform at "
-           f"{1 / kk:.3f} each; K = S⊙D / Σ|S⊙D|.")
-# drawn on request: a collapsed expander still sends and draws its 3 x g grid of heatmaps on every visit (~0.5 s
-# of the page in Chromium on 2 cores), for a view few visits open
+     "S bank (shared)": bank[group] if bank is not None else None}, title=f"Kernels at {where}"))
+st.caption(f"Each cell is one weight of the {side} x {side} kernel, its value written in it; each kernel has its own "
+           "colour key: white = 0, darker blue = larger (a kernel with a negative weight is drawn red for positive, "
+           "blue for negative, around a white 0). D's weights sum to 1: a weighted average of the neighbourhood, "
+           f"uniform at {1 / kk:.3f} each; K = S⊙D / Σ|S⊙D|.")
+# drawn on request: every group's D, K and S is 3 x g tables, more than most visits read
 if g > 1 and st.toggle(f"Show all {g} groups at this pixel", key="kernel_show_all_groups"):
-    for start in range(0, g, 4):  # four groups per figure: the written values stay legible at 800 px
-        part = slice(start, start + 4)
-        st.plotly_chart(heatmaps.kernel_grid_figure(
-            {"D dynamic": dyn[part], "K guided": guided[part] if guided is not None else None,
-             "S bank": bank[part] if bank is not None else None}, first_group=start),
-            width="stretch", key=f"kernel_all_groups_{start}")
+    st.html(heatmaps.kernel_grid_html({"D dynamic": dyn, "K guided": guided, "S bank": bank}))
+    st.caption("One line per kind, one colour scale per line, so the groups compare.")
 
 MAP_PX = 320  # the two whole-layer maps at the bottom: made at this size, shown as made
 
@@ -118,11 +112,10 @@ if gt is not None:
     fg, bg = kernels_inside_outside(source, ins.to_network(gt.boxes), km.stride)
     diff = fg - bg if fg is not None and bg is not None else None
     diff_name = "inside − outside"
-    st.plotly_chart(heatmaps.kernel_panels_figure(
+    st.html(heatmaps.kernel_panels_html(
         {"inside boxes": fg[group] if fg is not None else None, "outside": bg[group] if bg is not None else None,
          diff_name: diff[group] if diff is not None else None}, diverging=(diff_name,),
-        title=f"Mean {kind} inside vs outside the boxes" + (f", group {group}" if g > 1 else "")),
-        width="stretch", key="kernel_fgbg")
+        title=f"Mean {kind} inside vs outside the boxes" + (f", group {group}" if g > 1 else "")))
     st.caption("The difference is red where the kernel inside the boxes weighs a neighbour more than outside, blue "
                "where less, white where they agree (a symmetric scale around 0).")
 if km.hf_energy is not None and km.entropy is not None:

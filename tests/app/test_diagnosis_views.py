@@ -97,11 +97,6 @@ def test_marks_kernel_panels_and_recall_chart() -> None:
     marked = heatmaps.mark_cell(pic, (1, 2), (4, 4))  # 25 px cells: cell (1, 2) spans x 50-75, y 25-50
     assert marked[25:50, 50:75].max() == 255 and marked[80:, :30].max() == 0 and marked[37, 62].max() == 0
     assert heatmaps.thumbnail(np.zeros((4, 4)), side=40, mark=(0, 0)).max() == 255
-    fig = heatmaps.kernel_panels_figure({"D": np.full((3, 3), 0.1), "K": None, "diff": np.array(
-        [[0.1, -0.2, 0], [0, 0, 0], [0, 0, 0.05]])}, diverging=("diff",))
-    heat = [t for t in fig.data if t.type == "heatmap"]
-    assert len(heat) == 2 and heat[0].zmin == 0 and heat[1].zmin == -heat[1].zmax == -0.2
-    assert heat[0].texttemplate == "%{z:.3f}"
     table = {b: {"gt": 2, "found": 1, **dict.fromkeys(CAUSES, 0)} for b in ("vt", "t", "s", "m", "l")}
     table["vt"]["starved"] = 1
     chart = charts.recall_cause_figure(table, CAUSES)

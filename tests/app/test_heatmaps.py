@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,9 +14,36 @@ from studio_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 from app import heatmaps
 
 
-def test_kernel_grid_skips_missing_rows() -> None:
-    k = heatmaps.kernel_grid_figure({"D": np.ones((2, 3, 3)), "S": None})
-    assert len(k.data) == 2
+def _cells(page: str) -> list[tuple[str, str]]:
+    """(background, written value) of every kernel cell in a kernel HTML fragment."""
+    return re.findall(r'<td style="background:(rgb\([0-9,]+\));[^>]*>([^<]*)</td>', page)
+
+
+def test_kernel_grid_skips_missing_rows_and_shares_a_scale_per_kind() -> None:
+    d = np.stack([np.full((3, 3), 0.1), np.full((3, 3), 0.2)])  # group 0's weights are half group 1's
+    page = heatmaps.kernel_grid_html({"D": d, "S": None}, first_group=4)
+    assert page.count("<table") == 2 and "D · g4" in page and "D · g5" in page and "S ·" not in page
+    cells = _cells(page)
+    assert [v for _, v in cells] == ["0.100"] * 9 + ["0.200"] * 9
+    assert cells[0][0] != cells[9][0]  # one scale: 0.1 is lighter than 0.2
+    assert heatmaps.kernel_grid_html({"D": None}).count("no kernels") == 1
+
+
+def test_kernel_panels_write_every_weight_on_its_colour_with_a_key() -> None:
+    d = np.full((3, 3), 1 / 9)
+    diff = np.array([[0.1, -0.2, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.05]])
+    page = heatmaps.kernel_panels_html({"D": d, "K": None, "inside − outside": diff},
+                                       diverging=("inside − outside",), title="Kernels at <here>")
+    assert page.count("<table") == 2 and "&lt;here&gt;" in page  # names are escaped
+    cells = _cells(page)
+    white, lut = (247, 251, 255), heatmaps.colour_lut("RdBu_r")
+    assert all(v == "0.111" for _, v in cells[:9])  # uniform D: every cell the scale's top, dark blue
+    assert cells[0][0] == "rgb({},{},{})".format(*heatmaps.colour_lut("Blues")[255])
+    zero = "rgb({},{},{})".format(*lut[128])  # diverging: 0 in the middle of the scale, white
+    assert cells[9 + 2] == (zero, "0.000") and cells[9 + 1][0] == "rgb({},{},{})".format(*lut[0])  # -0.2: full blue
+    assert "−0.200 blue" in page and "+0.200 red" in page and "0.111 dark blue" in page  # each panel's own key
+    assert 'title="D row 0, col 0: 0.1111"' in page
+    assert white == tuple(heatmaps.colour_lut("Blues")[0])  # the sequential scale starts at (near) white
 
 
 def _sent(fig: go.Figure) -> dict:
@@ -32,25 +60,14 @@ def _checked(fig: go.Figure) -> dict:
     return _sent(go.Figure(fig.to_dict()))
 
 
-@pytest.mark.parametrize("groups", [1, 8])
-def test_grids_built_from_dicts_are_the_figures_plotly_checks(groups: int) -> None:
-    """The kernel and map grids skip plotly's per-property checks for speed: every property they write is one
-    plotly accepts and stores unchanged, and their layouts are make_subplots' (titles, domains, axes)."""
-    rng = np.random.default_rng(0)
-    d, k = rng.random((groups, 3, 3)), rng.random((groups, 3, 3)) - 0.2
-    figs = [
-        heatmaps.kernel_grid_figure({"D": d, "K": k, "S": None}, title="T"),
-        heatmaps.kernel_grid_figure({"D": d}),
-        heatmaps.kernel_panels_figure({"D": d[0], "K": k[0], "diff": d[0] - k[0]}, diverging=("diff",), title="x"),
-        heatmaps.maps_grid_figure({"a": d[0], "b<br>c": d[0] > 0.5, "rgb": np.zeros((3, 3, 3), np.uint8)},
-                                  zmin=0.0, zmax=1.0, mark=(1, 2), colorbar_title="M"),
-    ]
-    for fig in figs:
-        assert _sent(fig) == _checked(fig)
-    grid = figs[0]
-    assert len(grid.layout.annotations) == 2 * groups and grid.layout.annotations[0].font.size == 10
-    assert grid.data[-1].xaxis == f"x{2 * groups}" and grid.layout.title.text == "T"
-    assert [s.xref for s in figs[3].layout.shapes] == ["x", "x", "x2", "x2", "x3", "x3"]
+def test_map_grids_built_from_dicts_are_the_figures_plotly_checks() -> None:
+    """The map grid skips plotly's per-property checks for speed: every property it writes is one plotly accepts and
+    stores unchanged, and its layout is make_subplots' (titles, domains, axes)."""
+    d = np.random.default_rng(0).random((3, 3))
+    fig = heatmaps.maps_grid_figure({"a": d, "b<br>c": d > 0.5, "rgb": np.zeros((3, 3, 3), np.uint8)},
+                                    zmin=0.0, zmax=1.0, mark=(1, 2), colorbar_title="M")
+    assert _sent(fig) == _checked(fig)
+    assert [s.xref for s in fig.layout.shapes] == ["x", "x", "x2", "x2", "x3", "x3"]
 
 
 def test_thumbnails_keep_cells_square_and_ranges_fixed() -> None:

@@ -96,6 +96,8 @@ def test_kernels_pick_a_pixel(app) -> None:
     app.number_input(key="kernel_y").set_value(200.0).run()
     _ok(app)
     assert any("(10, 200)" in m.value for m in app.markdown), [m.value for m in app.markdown]
+    tables = [h.proto.body for h in app.get("html") if "efpn-kgrid" in h.proto.body]
+    assert tables and "Kernels at (10, 200)" in tables[0] and "D dynamic (this pixel)" in tables[0]
     layers = app.selectbox(key="kernel_layer").options
     app.selectbox(key="kernel_layer").set_value(layers[-1]).run()
     app.radio(key="kernel_map").set_value("high-frequency energy").run()
