@@ -127,7 +127,8 @@ with right:
     st.metric("Detections", len(rows))
     counts = views.level_counts(rows, model.levels)
     if view == "pyramid level":
-        st.dataframe([{"level": lv, "detections": n} for lv, n in counts.items()], hide_index=True, width="stretch")
+        # a static table: a handful of numbers, drawn at once (an interactive grid costs the browser ~0.1 s to mount)
+        st.table(pd.DataFrame({"detections": list(counts.values())}, index=pd.Index(list(counts), name="level")))
         if ctx.gt is not None:
             st.toggle("Ground truth", value=True, key="show_gt")  # short: the side column is narrow on small screens
     if timing:
