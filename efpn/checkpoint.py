@@ -399,7 +399,8 @@ def load_model(
     checked first: CheckpointError names missing, unexpected and mismatched keys (``strict=False`` tolerates
     missing and unexpected keys, never mismatched shapes). fp16 weights are cast to the model's dtypes, int8
     weights multiplied by their per-channel scales.
-    Pickled files are refused. The card is attached as ``model.card`` (a dict; treat it as read-only).
+    Pickled files and weights holding NaN or infinity are refused. The card is attached as ``model.card`` (a dict;
+    treat it as read-only).
     """
     weights_path, card_path = checkpoint_paths(path)
     _refuse_non_safetensors(weights_path)
@@ -428,6 +429,12 @@ def load_model(
             "num_classes, preset options); strict=False skips missing/unexpected keys, not shape mismatches."
         )
     state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in tensors.items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # a diverged or damaged save: every output would be NaN, shown as "no detections"
+        raise CheckpointError(
+            f"{weights_path.name} holds non-finite values (NaN or infinity) in {len(broken)} tensor(s), e.g. "
+            f"{', '.join(broken[:3])}: the run that saved it diverged or the file is damaged. Use an earlier "
+            "checkpoint of that run (last.safetensors / best.safetensors) or retrain")
     model.load_state_dict(state, strict=strict)
     model.card = card
     return model.to(device).eval()

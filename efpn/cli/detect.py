@@ -5,30 +5,55 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 from tqdm import tqdm
 
+from efpn.cli.guards import paths_inside
 from efpn.data.images import CorruptImageError, read_image
 from efpn.infer.draw import detections_to_json, draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def collect_images(sources: Sequence[str | Path]) -> list[Path]:
-    """Expand files and folders (recursively) into image paths, sorted; raises FileNotFoundError for a missing one."""
+def collect_images(sources: Sequence[str | Path], exclude: Path | None = None) -> list[Path]:
+    """Expand files and folders (recursively) into image paths, sorted, leaving out anything under ``exclude`` (the
+    output folder: a second run must not read the first one's drawings); raises FileNotFoundError for a missing
+    source (a broken link or a link loop says so)."""
     out: list[Path] = []
     for s in sources:
         p = Path(s)
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+            out += [q for q in found if exclude is None or not paths_inside([q], exclude)]
         elif p.is_file():
             out.append(p)
+        elif p.is_symlink():
+            raise FileNotFoundError(f"source {p} is a link that leads nowhere (broken, or a loop of links)")
         else:
             raise FileNotFoundError(f"source {p} does not exist (give image files or folders)")
     if not out:
-        raise FileNotFoundError(f"no images found in {', '.join(map(str, sources))}")
+        raise FileNotFoundError(f"no images found in {', '.join(map(str, sources))} (looked for "
+                                f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     return out
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """One drawn-image file name per input: ``<stem>.png``, made unique when stems repeat (``a.png`` and ``a.jpg``,
+    or ``x/a.png`` and ``y/a.png``: ``a.png``, ``a_2.png``, ...), and printable (undecodable bytes in a file name
+    become ``_``), so no drawing overwrites another."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for path in paths:
+        stem = path.stem.encode("utf-8", "replace").decode("utf-8").replace("\ufffd", "_") or "image"
+        name, k = f"{stem}.png", 1
+        while name.lower() in taken:  # case-insensitive: also unique on Windows and macOS file systems
+            k += 1
+            name = f"{stem}_{k}.png"
+        taken.add(name.lower())
+        names.append(name)
+    return names
 
 
 def detect_sources(
@@ -41,12 +66,17 @@ def detect_sources(
     overlap: float = 0.2,
     image_size: int | None = None,
     device: str = "cpu",
-) -> list[Path]:
-    """Run a checkpoint over images/folders; writes ``<stem>.png`` (drawn) per image and ``detections.json``.
+) -> tuple[list[Path], dict[str, object]]:
+    """Run a checkpoint over images/folders; writes a drawn PNG per image and ``detections.json`` -> (written files,
+    the JSON's content).
 
     One bad file never stops the batch: an unreadable image, or one the model cannot take (too small, too many
-    pixels for one input without ``slice_size``), is reported with its size and what to do, listed under
-    ``"errors"`` in the JSON, and the rest are processed. Raises NotADirectoryError when ``out_dir`` is a file.
+    pixels for one input without ``slice_size``), or a drawing that cannot be written is reported with what to do,
+    listed under ``"errors"`` in the JSON, and the rest are processed. The JSON maps every input to its detections
+    and to its drawing (``"drawn"``); it is written every 50 images and at the end, also when the batch stops early.
+    Inputs are never overwritten and never read back: ``out_dir`` is left out of the search, and an output folder
+    that would put a drawing in place of an input is refused (ValueError). Raises NotADirectoryError when
+    ``out_dir`` is a file.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -54,42 +84,74 @@ def detect_sources(
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise NotADirectoryError(f"--out {out} lies under {parent}, which is a file; give a folder path")
+    holds = [s for s in sources if Path(s).is_dir() and paths_inside([Path(s)], out) + ([] if Path(s).resolve() !=
+             out.resolve() else [Path(s)])]
+    if holds:  # drawings would land among the inputs, and the next run would read them as inputs
+        raise ValueError(f"--out {out} is or contains the source folder {holds[0]}; write the drawings elsewhere "
+                         "(default runs/detect, or a folder inside the source, which is then left out of the search)")
+    paths = collect_images(sources, exclude=out)
+    names_out = output_names(paths)
+    js = out / "detections.json"
+    clash = [p for p, n in zip(paths, names_out, strict=True) if p.resolve() in ((out / n).resolve(), js.resolve())]
+    if clash:
+        raise ValueError(f"--out {out} would write a drawing over the input {clash[0]}; choose an output folder that "
+                         "holds no input images (default runs/detect)")
     from efpn.checkpoint import load_model
     from efpn.infer.predict import predict_image
 
     model = load_model(weights, device=device)
     names = list(model.config.class_names) or [str(i) for i in range(model.num_classes)]
     out.mkdir(parents=True, exist_ok=True)
-    paths = collect_images(sources)
     written: list[Path] = []
-    summary: dict[str, object] = {"weights": str(weights), "images": {}, "errors": {}}
-    for path in tqdm(paths, desc="detect", unit="img"):
-        try:
-            rgb = read_image(path)
-        except (CorruptImageError, ValueError, OSError) as e:
-            summary["errors"][str(path)] = str(e)  # type: ignore[index]
-            tqdm.write(f"skipped {path}: {e}")
-            continue
-        try:
-            if slice_size:
-                from efpn.infer.slicing import sliced_predict
+    summary: dict[str, Any] = {"weights": str(weights), "images": {}, "drawn": {}, "errors": {}}
+    try:
+        for i, (path, name) in enumerate(tqdm(list(zip(paths, names_out, strict=True)), desc="detect", unit="img")):
+            key = str(path)
+            try:
+                rgb = read_image(path)
+            except (CorruptImageError, ValueError, OSError) as e:
+                _skip(summary, key, str(e))
+                continue
+            try:
+                if slice_size:
+                    from efpn.infer.slicing import sliced_predict
 
-                det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=score_thresh,
-                                     nms_iou=nms_iou)
-            else:
-                det = predict_image(model, rgb, score_thresh=score_thresh, nms_iou=nms_iou, image_size=image_size)
-        except ValueError as e:  # too small, too many pixels for one input, ...: this file only
-            h, w = rgb.shape[:2]
-            why = f"{w}x{h} px image: {e}"
-            summary["errors"][str(path)] = why  # type: ignore[index]
-            tqdm.write(f"skipped {path}: {why}")
-            continue
-        drawn = draw_detections(rgb, det, names, model.levels)
-        png = out / f"{path.stem}.png"
-        cv2.imwrite(str(png), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-        written.append(png)
-        summary["images"][str(path)] = detections_to_json(det, names, model.levels)  # type: ignore[index]
-    js = out / "detections.json"
-    js.write_text(json.dumps(summary, indent=2))
+                    det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=score_thresh,
+                                         nms_iou=nms_iou)
+                else:
+                    det = predict_image(model, rgb, score_thresh=score_thresh, nms_iou=nms_iou, image_size=image_size)
+            except ValueError as e:  # too small, too many pixels for one input, ...: this file only
+                h, w = rgb.shape[:2]
+                _skip(summary, key, f"{w}x{h} px image: {e}")
+                continue
+            summary["images"][key] = detections_to_json(det, names, model.levels)
+            png = out / name
+            ok, data = cv2.imencode(".png", cv2.cvtColor(draw_detections(rgb, det, names, model.levels),
+                                                         cv2.COLOR_RGB2BGR))
+            try:  # encoded in memory and written by Python: any file name the OS accepts, errors per file
+                if not ok:
+                    raise OSError("OpenCV could not encode the drawing")
+                png.write_bytes(data.tobytes())
+            except OSError as e:
+                _skip(summary, key, f"detections kept in the JSON, but the drawing {png} could not be written: {e}")
+                continue
+            summary["drawn"][key] = str(png)
+            written.append(png)
+            if (i + 1) % 50 == 0:
+                _write_json(js, summary)
+    finally:  # whatever stopped the batch (Ctrl-C included), what was detected so far is kept
+        _write_json(js, summary)
     written.append(js)
-    return written
+    return written, summary
+
+
+def _skip(summary: dict[str, Any], key: str, why: str) -> None:
+    summary["errors"][key] = why
+    tqdm.write(f"skipped {key}: {why}")
+
+
+def _write_json(path: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary`` to ``path`` through a temporary file, so a reader never sees half a JSON."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(summary, indent=2))
+    part.replace(path)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from efpn.cli import guards
 from efpn.runtime import keep_freed_memory
 
 
@@ -170,12 +171,17 @@ def cmd_val(args: argparse.Namespace) -> None:
     from efpn.evaluation import plot_ap_by_size, plot_pr_curves
     from efpn.evaluation.validate import validate
 
+    guards.check_outputs({"--json": args.json, "--plots": args.plots},
+                         {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)})
     model = efpn.load_model(args.weights, device=args.device)
     cfg = load_data_config(args.data)
     records, names, report = load_split(cfg, args.split)
     print(report.summary())
     if args.limit:
         records = records[: args.limit]
+    if not any(r.num_targets for r in records):
+        raise ValueError(f"split {args.split!r} of {args.data} has no object boxes to score against (see the loader's "
+                         "report above); AP is undefined without ground truth")
     size = args.image_size or model.config.image_size
 
     def line(tag: str, metrics: dict) -> str:
@@ -215,11 +221,16 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     from efpn.data.splits import category_ids, load_split
     from efpn.explain import diagnose_records, write_html
 
+    guards.check_outputs({"--json": args.json, "--csv": args.csv, "--coco": args.coco, "--html": args.html},
+                         {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)})
     model = efpn.load_model(args.weights, device=args.device)
     records, names, report = load_split(load_data_config(args.data), args.split)
     print(report.summary())
     if args.limit:
         records = records[: args.limit]
+    if not any(r.num_targets for r in records):
+        raise ValueError(f"split {args.split!r} of {args.data} has no object boxes, so no object can be missed (see "
+                         "the loader's report above)")
     diag = diagnose_records(model, records, names, score_thresh=args.score, iou_thresh=args.iou,
                             slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, progress=True,
                             class_aware=not args.any_class)
@@ -257,11 +268,14 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 def cmd_detect(args: argparse.Namespace) -> None:
     from efpn.cli.detect import detect_sources
 
-    written = detect_sources(
+    written, summary = detect_sources(
         args.weights, args.source, out_dir=args.out, score_thresh=args.score, nms_iou=args.iou,
         slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, device=args.device,
     )
-    print(f"wrote {len(written)} files to {args.out}")
+    done, failed = len(summary["images"]), len(summary["errors"])
+    print(f"detected in {done} image(s), {failed} skipped; wrote {len(written)} files to {args.out}")
+    if not done:  # nothing processed: a script must not read this as success
+        _die(f"no image could be processed ({failed} skipped, reasons above and in {written[-1]})", code=1)
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -273,8 +287,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     if args.format != "onnx":
         _die(f"unsupported export format {args.format!r}; only 'onnx' is supported")
-    model = efpn.load_model(args.weights)
     out = args.out or str(Path(args.weights).with_suffix(".onnx"))
+    guards.check_outputs({"--out": out}, guards.checkpoint_files(args.weights))
+    model = efpn.load_model(args.weights)
     rep = export_onnx(model, out, args.image_size)
     print(f"exported {rep.path} ({rep.num_priors} priors at {rep.image_size}px); onnxruntime max |diff| "
           f"boxes {rep.max_abs_diff_boxes:.2e}, scores {rep.max_abs_diff_scores:.2e}")
@@ -287,7 +302,7 @@ def cmd_ship(args: argparse.Namespace) -> None:
     from efpn.cli.ship import ship
 
     path = ship(args.run, args.name, out_dir=args.out, dataset=args.dataset, shared_root=args.shared_root,
-                recipe=args.recipe, storage=args.storage)
+                recipe=args.recipe, storage=args.storage, overwrite=args.overwrite)
     print(f"shipped {path}")
 
 
@@ -335,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="train")
     s.add_argument("--protocol", nargs="+", default=["maxiou", "atss", "yolov5", "fcos"],
                    help="assigners: maxiou atss yolov5 fcos rpn (default: the first four)")
-    s.add_argument("--image-size", type=int, default=640, help="resize the long side to this before assigning")
-    s.add_argument("--limit", type=int, default=None, help="only the first N images")
+    s.add_argument("--image-size", type=guards.image_size, default=640,
+                   help="resize the long side to this before assigning")
+    s.add_argument("--limit", type=guards.at_least_one, default=None, help="only the first N images")
     s.add_argument("--json", default=None, help="write the accounting as JSON")
     s.add_argument("--plot", default=None, help="write a chart (.png or .html)")
     s.set_defaults(func=cmd_assign)
@@ -355,10 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--data", required=True, help="data YAML")
     s.add_argument("--split", default="val")
-    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--image-size", type=guards.image_size, default=None)
     s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--limit", type=int, default=None, help="only the first N images")
+    s.add_argument("--device", type=guards.device, default="cpu")
+    s.add_argument("--limit", type=guards.at_least_one, default=None, help="only the first N images")
     s.add_argument("--json", default=None, help="write {AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, per_class}; with "
                    "--slice the sliced metrics, plus 'without_slicing' and 'slicing'")
     s.add_argument("--plots", default=None, help="folder for PR curves and AP-by-size charts (PNG)")
@@ -379,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a detection of any class finds an object (default: the same class only)")
     s.add_argument("--slice", type=_tile_size, default=None, metavar="S", help="detect on S x S tiles (>= 8 px)")
     s.add_argument("--overlap", type=_fraction, default=0.2, help="tile overlap fraction in [0, 1)")
-    s.add_argument("--image-size", type=int, default=None)
-    s.add_argument("--limit", type=int, default=None, help="only the first N images")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--image-size", type=guards.image_size, default=None)
+    s.add_argument("--limit", type=guards.at_least_one, default=None, help="only the first N images")
+    s.add_argument("--device", type=guards.device, default="cpu")
     s.add_argument("--json", default=None, help="write the table and every miss as JSON")
     s.add_argument("--csv", default=None, help="write the miss table as CSV")
     s.add_argument("--coco", default=None, help="write the detections as COCO results JSON (category_id: the "
@@ -398,21 +414,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slice", type=_tile_size, default=None, metavar="SIZE",
                    help="sliced inference with SIZE x SIZE tiles (>= 8 px)")
     s.add_argument("--overlap", type=_fraction, default=0.2, help="tile overlap fraction in [0, 1) for --slice")
-    s.add_argument("--image-size", type=int, default=None)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--image-size", type=guards.image_size, default=None)
+    s.add_argument("--device", type=guards.device, default="cpu")
     s.set_defaults(func=cmd_detect)
 
     s = sub.add_parser("export", help="export to ONNX, checked against onnxruntime")
     s.add_argument("--weights", required=True)
     s.add_argument("--format", default="onnx")
     s.add_argument("--out", default=None)
-    s.add_argument("--image-size", type=int, default=None)
+    s.add_argument("--image-size", type=guards.image_size, default=None)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("ship", help="validate a run's best weights and write them to checkpoints/ with a model card")
     s.add_argument("run", help="run directory (runs/NAME)")
     s.add_argument("--name", required=True, help="checkpoint name, e.g. efpn_n_synth")
     s.add_argument("--out", default="checkpoints")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint of that name")
     s.add_argument("--dataset", default="synth", help="attribution key: synth, ssdd or sirst")
     s.add_argument("--shared-root", default=None, help="record sanity images relative to this data folder")
     s.add_argument("--recipe", default=None, help="the training command, recorded in the card")

@@ -123,17 +123,26 @@ def ship(
     recipe: str | None = None,
     progress: bool = True,
     storage: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Validate ``run_dir/best.safetensors`` and write ``out_dir/name.safetensors`` + ``name.json``.
 
     ``dataset`` keys the attribution text (``ssdd`` or ``synth``); ``shared_root`` lets sanity images inside the
     shared data folder be recorded relative to it; ``recipe`` is the training command recorded in the card.
-    ``storage``: ``auto`` (see the module docstring), ``fp32``, ``fp16`` or ``int8``. The card's metrics and
+    ``storage``: ``auto`` (see the module docstring), ``fp32``, ``fp16`` or ``int8``. An existing checkpoint of that
+    name is replaced only with ``overwrite`` (FileExistsError otherwise, before anything runs). The card's metrics and
     sanity counts are those of the stored weights; ``metrics_fp32`` and ``storage_trials`` (AP per storage
     tried) are recorded too.
     """
     if storage not in ("auto", "fp32", "fp16", "int8"):
         raise ValueError(f"storage must be auto, fp32, fp16 or int8, got {storage!r}")
+    if not name or Path(name).name != name or name in (".", "..") or "\\" in name:
+        raise ValueError(f"--name must be a plain file name such as efpn_n_synth (no folders), got {name!r}; "
+                         "--out chooses the folder")
+    existing = Path(out_dir) / f"{name}.safetensors"
+    if existing.exists() and not overwrite:
+        raise FileExistsError(f"{existing} exists: shipping would replace it. Pass --overwrite to replace it, or give "
+                              "another --name")
     run = Path(run_dir)
     best = run / "best.safetensors"
     if not best.is_file():

@@ -8,9 +8,11 @@ Infrared small-target sets (SIRST and its relatives) annotate each image with a 
 
 Contract of :func:`load_masks`:
 
-* one box per 8-connected component of the non-zero pixels (``connectivity=4`` for 4-connected), tight around the
-  component: a 1-pixel target gives a 1 x 1 px box. With ``instances=True`` every distinct non-zero value is one
-  instance instead (instance-id masks), its box around all its pixels;
+* one box per 8-connected component of the target pixels (``connectivity=4`` for 4-connected), tight around the
+  component: a 1-pixel target gives a 1 x 1 px box. Target pixels are those at least half the mask's largest value:
+  0/1 and 0/255 masks alike, and the faint values that JPEG saving or resampling leave around a target (1, 2, ...)
+  are not targets of their own. With ``instances=True`` every distinct non-zero value is one instance instead
+  (instance-id masks), its box around all its pixels;
 * one class, ``names[0]`` (default ``"target"``);
 * an image without a mask file is kept with no boxes (``image_without_labels``); a mask without its image is
   skipped (``label_without_image``); an unreadable image or mask drops the image (``unreadable_image``); a mask
@@ -35,8 +37,9 @@ __all__ = ["boxes_from_mask", "load_masks"]
 
 
 def boxes_from_mask(mask: np.ndarray, connectivity: int = 8, instances: bool = False) -> np.ndarray:
-    """xyxy px boxes (M, 4) float32 of the targets in a mask (H, W): one per connected component of the non-zero
-    pixels, or with ``instances`` one per distinct non-zero value. Box edges enclose whole pixels: a component
+    """xyxy px boxes (M, 4) float32 of the targets in a mask (H, W): one per connected component of the pixels at
+    least half the mask's largest value (see the module contract), or with ``instances`` one per distinct non-zero
+    value. Box edges enclose whole pixels: a component
     spanning columns 3..5 gives x1 = 3, x2 = 6. Boxes are sorted by (y1, x1)."""
     if mask.ndim == 3:
         mask = mask.max(axis=2)  # a colour-saved mask: any channel non-zero is target
@@ -50,7 +53,9 @@ def boxes_from_mask(mask: np.ndarray, connectivity: int = 8, instances: bool = F
             ys, xs = np.nonzero(mask == value)
             boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     else:
-        count, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=connectivity)
+        peak = float(mask.max()) if mask.size else 0.0
+        target = (mask >= peak / 2) & (mask > 0)  # 0/1 and 0/255 alike; edge noise of a lossy save is not a target
+        count, _, stats, _ = cv2.connectedComponentsWithStats(target.astype(np.uint8), connectivity=connectivity)
         for i in range(1, count):  # label 0 is the background
             x, y, w, h = stats[i, :4]
             boxes.append([x, y, x + w, y + h])

@@ -41,23 +41,33 @@ def default_label_dir(images: str | Path) -> Path:
     raise ValueError(f"cannot infer the label folder of {images}: no 'images' component; give labels= explicitly")
 
 
-def _parse_line(tokens: list[str], width: int, height: int) -> tuple[int, list[float]] | None:
-    """``(class, xyxy px)`` of one label line, or ``None`` if it is malformed."""
+#: How far outside [0, 1] a normalised coordinate may lie (rounding of labelling tools) before a line is not read as
+#: normalised: a "polygon" with a point at 7 is a box line with extra columns, not a segment.
+_SLACK = 0.05
+
+
+def _parse_line(tokens: list[str], width: int, height: int) -> tuple[int, list[float]] | str:
+    """``(class, xyxy px)`` of one label line, or why it is malformed (a short reason for the loader's report)."""
     try:
         cls_f = float(tokens[0])
         values = [float(t) for t in tokens[1:]]
     except ValueError:
-        return None
+        return "a value that is not a number"
     if cls_f != int(cls_f) or not all(np.isfinite(values)):
-        return None
+        return "a class that is not a whole number, or a coordinate that is not finite"
     if len(values) == 4:
         cx, cy, w, h = values
         box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
     elif len(values) >= 6 and len(values) % 2 == 0:  # polygon segment
+        if not all(-_SLACK <= v <= 1 + _SLACK for v in values):
+            return (f"{len(tokens)} columns read as a polygon, but its points lie outside [0, 1] (a box line with "
+                    "extra columns, such as a confidence?)")
         xs, ys = values[0::2], values[1::2]
         box = [min(xs), min(ys), max(xs), max(ys)]
+    elif len(values) == 5:
+        return "6 columns: 'class cx cy w h' and one more (a prediction file with a confidence column?)"
     else:
-        return None
+        return f"{len(tokens)} columns: expected 'class cx cy w h' (5) or a polygon 'class x1 y1 x2 y2 x3 y3 ...'"
     return int(cls_f), [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
 
 
@@ -132,8 +142,8 @@ def parse_yolo_labels(
         if not tokens:
             continue
         parsed = _parse_line(tokens, width, height)
-        if parsed is None:
-            report.add("malformed", 1, source)
+        if isinstance(parsed, str):
+            report.add("malformed", 1, f"{source}: {parsed}" if source else parsed)
             continue
         cls, box = parsed
         if not 0 <= cls < num_classes:

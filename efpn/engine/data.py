@@ -160,6 +160,9 @@ def load_train_data(cfg: TrainConfig, verbose: bool) -> TrainData:
                      split_seed=data_cfg.split_seed)
     if not train_records:
         raise ValueError(f"data YAML {cfg.data}: split {cfg.train_split!r} has no images to train on")
+    if not any(r.num_targets for r in train_records):  # a detector learns nothing from background alone
+        raise ValueError(f"data YAML {cfg.data}: split {cfg.train_split!r} has {len(train_records)} images but no "
+                         f"object boxes to train on; what the loader dropped and why:\n{report.summary()}")
     split["num_train"], split["num_val"] = len(train_records), len(val_records)
     split["val_ids"] = [r.image_id for r in val_records]
     split["train_ids"] = [r.image_id for r in train_records]

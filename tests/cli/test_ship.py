@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import efpn
 from efpn.cli.ship import load_sanity_image, ship
 from efpn.config import TrainConfig
@@ -43,6 +45,12 @@ def test_ship_int8_on_request(tmp_path: Path) -> None:
                                epochs=1, batch_size=4, max_steps=2, workers=0, out=str(tmp_path / "runs"), name="t",
                                progress=False, val_every=1))
     path = ship(result.run_dir, "tiny_int8", out_dir=tmp_path / "ckpt", progress=False, storage="int8")
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="--overwrite"):  # an existing checkpoint is not replaced silently
+        ship(result.run_dir, "tiny_int8", out_dir=tmp_path / "ckpt", progress=False, storage="fp32")
+    with pytest.raises(ValueError, match="plain file name"):  # nor written outside --out
+        ship(result.run_dir, "../escaped", out_dir=tmp_path / "ckpt", progress=False)
+    assert path.read_bytes() == before and not (tmp_path / "escaped.safetensors").exists()
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["storage"] == "int8" and card["weights_dtype"] == "int8-weights"
     assert set(card["storage_trials"]) == {"fp32", "int8"}

@@ -19,12 +19,16 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 def test_components_give_tight_boxes_and_diagonals_join_at_8_connectivity() -> None:
     mask = np.zeros((20, 30), np.uint8)
     mask[2:5, 3:6] = 255  # a 3x3 target
-    mask[10, 10] = 1  # a 1-pixel target
-    mask[11, 11] = 1  # touches it diagonally: one target at 8-connectivity, two at 4
-    mask[15:17, 20:28] = 7
-    boxes8 = boxes_from_mask(mask)
-    assert_close(boxes8, np.array([[3, 2, 6, 5], [10, 10, 12, 12], [20, 15, 28, 17]], np.float32))
+    mask[10, 10] = 255  # a 1-pixel target
+    mask[11, 11] = 255  # touches it diagonally: one target at 8-connectivity, two at 4
+    mask[15:17, 20:28] = 200  # at least half the largest value: target
+    expected = np.array([[3, 2, 6, 5], [10, 10, 12, 12], [20, 15, 28, 17]], np.float32)
+    assert_close(boxes_from_mask(mask), expected)
     assert len(boxes_from_mask(mask, connectivity=4)) == 4
+    assert_close(boxes_from_mask((mask > 0).astype(np.uint8)), expected)  # a 0/1 mask: the same targets
+    noisy = mask.copy()
+    noisy[5, 3:6], noisy[0, 29], noisy[19, 0:30] = 2, 1, 3  # what a lossy save leaves around and across a mask
+    assert_close(boxes_from_mask(noisy), expected)  # faint values are neither targets nor parts of one
     assert boxes_from_mask(np.zeros((5, 5), np.uint8)).shape == (0, 4)
 
 

@@ -1,0 +1,125 @@
+"""Checks the command line makes before a long run: option values, the device, and outputs that would destroy inputs.
+
+Every check raises ``argparse.ArgumentTypeError`` (as an option's ``type``) or ``ValueError`` with what was wrong and
+what to do, before a model is loaded or an image is read, so a bad option never costs a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+#: Network input sides the CLI accepts: a multiple of 32 (the coarsest stride the presets use) up to this size (a
+#: larger single input does not fit in memory on most machines; --slice tiles large images instead).
+MAX_IMAGE_SIZE = 4096
+
+
+def at_least_one(text: str) -> int:
+    """argparse type of a count such as ``--limit``: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text[:40]!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value} (leave the option out to use every image)")
+    return value
+
+
+def image_size(text: str) -> int:
+    """argparse type of ``--image-size``: a multiple of 32 in [32, MAX_IMAGE_SIZE] (the network's long side)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, got {text[:40]!r}") from None
+    if not 32 <= value <= MAX_IMAGE_SIZE or value % 32:
+        raise argparse.ArgumentTypeError(
+            f"must be a multiple of 32 between 32 and {MAX_IMAGE_SIZE} px, got {value} (leave it out to use the "
+            "checkpoint's own size; for larger images use --slice)")
+    return value
+
+
+def device(text: str) -> str:
+    """argparse type of ``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, and present on this machine."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {text[:40]!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: CUDA is not available here (no NVIDIA GPU or driver, or a CPU-only torch); "
+                "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: Apple's MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {text[:40]!r}")
+    return text
+
+
+def checkpoint_files(weights: str | Path) -> dict[Path, str]:
+    """A checkpoint's files that a run reads: the weights and their model card (``.json`` beside them)."""
+    w = Path(weights)
+    return {w: "the checkpoint's weights", w.with_suffix(".json"): "the checkpoint's model card"}
+
+
+def data_files(data_yaml: str | Path) -> dict[Path, str]:
+    """The files a data YAML names (the YAML and its annotation files; folders are not files a run could replace).
+    An unreadable YAML names only itself (loading it later says what is wrong)."""
+    from efpn.config.data import load_data_config
+
+    files: dict[Path, str] = {Path(data_yaml): "the data YAML"}
+    try:
+        cfg = load_data_config(data_yaml)
+    except (ValueError, OSError):
+        return files
+    for split, source in cfg.sources.items():
+        for key, path in source.items():
+            if path is not None and Path(path).is_file():
+                files[Path(path)] = f"the {split} split's {key}"
+    return files
+
+
+def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[Path, str]) -> None:
+    """Refuse outputs that would replace an input, outputs given twice, and paths that cannot be written.
+
+    ``outputs`` maps an option (``"--json"``) to its path (None: not given); ``inputs`` maps files the run reads to
+    what they are. Raises ValueError naming the option, the path and what it would destroy.
+    """
+    given = {flag: Path(p) for flag, p in outputs.items() if p is not None}
+    seen: dict[Path, str] = {}
+    for flag, path in given.items():
+        for inp, what in inputs.items():
+            if _same_file(path, inp):
+                raise ValueError(f"{flag} {path} is {what}, which this run reads: writing there would replace it. "
+                                 "Give another path")
+        key = path.resolve()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {flag} both write {path}; give each its own path")
+        seen[key] = flag
+        if path.is_dir() and flag != "--plots":
+            raise ValueError(f"{flag} {path} is a folder; give a file path")
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise ValueError(f"{flag} {path} lies under {parent}, which is a file; give another path")
+        if flag == "--plots" and path.exists() and not path.is_dir():
+            raise ValueError(f"--plots {path} is an existing file; give a folder for the charts")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def paths_inside(paths: Iterable[Path], folder: Path) -> list[Path]:
+    """The ``paths`` that lie in ``folder`` or below it (resolved, so links and ``..`` count)."""
+    root = folder.resolve()
+    return [p for p in paths if root == p.resolve().parent or root in p.resolve().parents]

@@ -1,0 +1,154 @@
+"""Outputs never destroy inputs, and bad option values stop a command before it runs: `efpn detect` into its own
+source folder, colliding names, undecodable file names; `val` / `diagnose` / `export` / `ship` writing over what they
+read; out-of-range counts, sizes and devices; label files and weights that would give silently wrong results."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import efpn
+from efpn.checkpoint import CheckpointError
+from efpn.cli.main import main
+from efpn.data.records import SkipReport
+from efpn.data.synthetic import write_synthetic_dataset
+from efpn.data.yolo import parse_yolo_labels
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt")
+    model = efpn.build_model("tiny_yolov8_sgdm", num_classes=3, class_names=("disc", "square", "cross")).eval()
+    return efpn.save_checkpoint(model, folder / "m.safetensors")
+
+
+def _image(path: Path, value: int = 90) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((40, 48, 3), value, np.uint8))
+    return path.read_bytes()
+
+
+def _exit_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return int(e.value.code)
+
+
+def test_detect_refuses_to_draw_among_its_inputs_and_never_reads_its_own_output(
+        ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "src"
+    original = _image(src / "a.png")
+    assert _exit_code(["detect", str(src), "--weights", str(ckpt), "--out", str(src)]) == 2
+    assert "is or contains the source folder" in capsys.readouterr().err
+    assert (src / "a.png").read_bytes() == original  # untouched
+    nested = src / "det"
+    for _ in range(2):  # the second run must not detect in the first run's drawing
+        main(["detect", str(src), "--weights", str(ckpt), "--out", str(nested)])
+    summary = json.loads((nested / "detections.json").read_text())
+    assert [Path(p).name for p in summary["images"]] == ["a.png"]
+
+
+def test_detect_gives_every_input_its_own_drawing(ckpt: Path, tmp_path: Path) -> None:
+    src = tmp_path / "mix"
+    for name in ("ok.png", "ok.jpg", "sub/ok.png", "OK.bmp"):
+        _image(src / name)
+    out = tmp_path / "out"
+    main(["detect", str(src), "--weights", str(ckpt), "--out", str(out)])
+    summary = json.loads((out / "detections.json").read_text())
+    drawn = summary["drawn"]
+    assert len(drawn) == 4 and len(set(drawn.values())) == 4 and all(Path(p).is_file() for p in drawn.values())
+
+
+@pytest.mark.skipif(os.name == "nt", reason="file names are Unicode on Windows")
+def test_detect_survives_a_file_name_that_is_not_utf8(ckpt: Path, tmp_path: Path) -> None:
+    src = tmp_path / "bytes"
+    _image(src / "good.png")
+    raw = os.fsencode(src) + b"/\xff\xfe.png"
+    with open(raw, "wb") as f:
+        f.write((src / "good.png").read_bytes())
+    out = tmp_path / "out"
+    main(["detect", str(src), "--weights", str(ckpt), "--out", str(out)])
+    summary = json.loads((out / "detections.json").read_text())
+    assert len(summary["images"]) == 2 and len(summary["drawn"]) == 2
+
+
+def test_detect_exits_non_zero_when_no_image_could_be_read(ckpt: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "zero.png"
+    bad.write_bytes(b"")
+    assert _exit_code(["detect", str(bad), "--weights", str(ckpt), "--out", str(tmp_path / "o")]) == 1
+    errors = json.loads((tmp_path / "o" / "detections.json").read_text())["errors"]
+    assert [Path(p).name for p in errors] == ["zero.png"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(root, 4, image_size=64, seed=0, val_fraction=0.5)
+    return root / "data.yaml"
+
+
+@pytest.mark.parametrize("argv, destroyed", [
+    (["val", "--json", "{data}"], "the data YAML"),
+    (["val", "--json", "{card}"], "model card"),
+    (["diagnose", "--html", "{data}"], "the data YAML"),
+    (["diagnose", "--coco", "{ann}"], "annotations"),
+    (["diagnose", "--json", "{tmp}/x.json", "--csv", "{tmp}/x.json"], "both write"),
+])
+def test_outputs_that_would_replace_an_input_are_refused_before_the_run(
+        ckpt: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], destroyed: str) -> None:
+    ann = data.parent / "annotations.json"
+    fill = {"data": str(data), "card": str(ckpt.with_suffix(".json")), "ann": str(ann), "tmp": str(tmp_path)}
+    before = {p: p.read_bytes() for p in (data, ckpt.with_suffix(".json"), ann)}
+    args = [a.format(**fill) for a in argv]
+    assert _exit_code([args[0], "--weights", str(ckpt), "--data", str(data), *args[1:]]) == 2
+    assert destroyed in capsys.readouterr().err
+    assert all(p.read_bytes() == b for p, b in before.items())
+
+
+def test_export_refuses_to_write_over_the_weights(ckpt: Path, capsys: pytest.CaptureFixture) -> None:
+    before = ckpt.read_bytes()
+    assert _exit_code(["export", "--weights", str(ckpt), "--out", str(ckpt)]) == 2
+    assert "the checkpoint's weights" in capsys.readouterr().err and ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["val", "--limit", "-1"], "must be >= 1"),
+    (["val", "--limit", "0"], "must be >= 1"),
+    (["val", "--image-size", "100000"], "multiple of 32 between 32 and"),
+    (["diagnose", "--image-size", "7"], "multiple of 32"),
+    (["val", "--device", "tpu"], "cpu, cuda, cuda:N or mps"),
+])
+def test_bad_option_values_stop_the_command_with_what_is_accepted(ckpt: Path, data: Path, argv: list[str], says: str,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    assert _exit_code([argv[0], "--weights", str(ckpt), "--data", str(data), *argv[1:]]) == 2
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_an_option_error(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _exit_code(["detect", str(tmp_path), "--weights", str(ckpt), "--device", "cuda"]) == 2
+    assert "CUDA is not available here" in capsys.readouterr().err
+
+
+def test_yolo_lines_with_extra_columns_are_reported_with_a_reason_not_misread() -> None:
+    report = SkipReport()
+    boxes, classes = parse_yolo_labels("0 0.5 0.5 0.2 0.2 0.9\n1 0.5 0.5 0.2 0.2 0.9 7\n2 0.5 0.5 0.1 0.1\n",
+                                       100, 100, 3, report, "a.txt")
+    assert classes == [2] and report.malformed == 2
+    said = " ".join(report.examples["malformed"])
+    assert "confidence" in said and "outside [0, 1]" in said
+
+
+def test_weights_holding_nan_are_refused(tmp_path: Path) -> None:
+    model = efpn.build_model("tiny_yolov8_sgdm", num_classes=1, class_names=("t",))
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    path = efpn.save_checkpoint(model, tmp_path / "nan.safetensors")
+    with pytest.raises(CheckpointError, match="non-finite values"):
+        efpn.load_model(path)
