@@ -14,7 +14,7 @@ from efpn.cli.guards import paths_inside
 from efpn.data.images import CorruptImageError, read_image
 from efpn.infer.draw import detections_to_json, draw_detections
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # a GIF: its first frame
 
 
 def collect_images(sources: Sequence[str | Path], exclude: Path | None = None) -> list[Path]:

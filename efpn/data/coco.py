@@ -111,6 +111,12 @@ def parse_coco(
     img_dir = Path(images) if images is not None else None
 
     cats = sorted(data["categories"], key=lambda c: int(c["id"]))
+    ids = [int(c["id"]) for c in cats]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:  # two classes with one id: annotations of that id could belong to either
+        raise ValueError(f"{source}: category id(s) {repeated} appear more than once in 'categories' "
+                         f"({', '.join(repr(str(c.get('name'))) for c in cats if int(c['id']) in repeated)}); "
+                         "give every category its own id")
     cat_to_label = {int(c["id"]): i for i, c in enumerate(cats)}
     class_names = [str(c.get("name", c["id"])) for c in cats]
 

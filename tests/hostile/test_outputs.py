@@ -152,3 +152,13 @@ def test_weights_holding_nan_are_refused(tmp_path: Path) -> None:
     path = efpn.save_checkpoint(model, tmp_path / "nan.safetensors")
     with pytest.raises(CheckpointError, match="non-finite values"):
         efpn.load_model(path)
+
+
+def test_coco_categories_sharing_an_id_are_refused(tmp_path: Path) -> None:
+    from efpn.data.coco import load_coco
+
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": [
+        {"id": 1, "name": "disc"}, {"id": 2, "name": "square"}, {"id": 1, "name": "disc2"}]}))
+    with pytest.raises(ValueError, match=r"category id\(s\) \[1\] appear more than once.*'disc2'"):
+        load_coco(ann, tmp_path)
