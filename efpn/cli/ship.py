@@ -150,6 +150,9 @@ def ship(
     if not best.is_file():
         raise FileNotFoundError(f"no best.safetensors or last.safetensors in {run}; train first (efpn train)")
     split = json.loads((run / "data_split.json").read_text())
+    if split.get("val_source") == "none":  # nothing held out to measure the card's metrics on
+        raise ValueError(f"{run} was trained without a validation split (val_split none), and a shipped checkpoint's "
+                         "card records metrics measured on one; train with --val-split val (or a val_fraction)")
     card = read_card(best)
     model = load_model(best)
     data_yaml = split["data"]
