@@ -85,6 +85,12 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(
             f"{card_path} is not an efpn model card (format={card.get('format')!r}, expected {FORMAT!r})"
         )
+    version = card.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise CheckpointError(
+            f"{card_path} has format_version {version!r}; this efpn reads versions 1..{FORMAT_VERSION}"
+            + (": it was written by a newer efpn, upgrade efpn to load it" if newer else ": the card is damaged"))
     return card
 
 

@@ -162,3 +162,12 @@ def test_coco_categories_sharing_an_id_are_refused(tmp_path: Path) -> None:
         {"id": 1, "name": "disc"}, {"id": 2, "name": "square"}, {"id": 1, "name": "disc2"}]}))
     with pytest.raises(ValueError, match=r"category id\(s\) \[1\] appear more than once.*'disc2'"):
         load_coco(ann, tmp_path)
+
+
+def test_cards_from_a_newer_format_are_refused(tmp_path: Path) -> None:
+    model = efpn.build_model("tiny_yolov8_sgdm", num_classes=1, class_names=("t",))
+    path = efpn.save_checkpoint(model, tmp_path / "m.safetensors")
+    card = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**card, "format_version": 99}))
+    with pytest.raises(CheckpointError, match="written by a newer efpn"):
+        efpn.load_model(path)
