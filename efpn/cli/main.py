@@ -108,6 +108,9 @@ def cmd_assign(args: argparse.Namespace) -> None:
     """Dataset-wide per-level positive accounting with a box-only assigner."""
     from efpn.explain import assignment_report
 
+    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".html", ".htm"):
+        _die(f"--plot {args.plot}: the chart is written as .png, .svg, .pdf, .jpg or .html; end the path with one")
+    guards.check_outputs({"--json": args.json, "--plot": args.plot}, guards.data_files(args.data))
     rep = assignment_report(
         args.data, split=args.split, protocols=args.protocol, image_size=args.image_size,
         limit=args.limit, progress=True,

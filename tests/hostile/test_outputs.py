@@ -171,3 +171,10 @@ def test_cards_from_a_newer_format_are_refused(tmp_path: Path) -> None:
     path.with_suffix(".json").write_text(json.dumps({**card, "format_version": 99}))
     with pytest.raises(CheckpointError, match="written by a newer efpn"):
         efpn.load_model(path)
+
+
+def test_assign_checks_its_chart_path_before_the_run(data: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _exit_code(["assign", "--data", str(data), "--plot", "chart.txt"]) == 2
+    assert ".png, .svg, .pdf, .jpg or .html" in capsys.readouterr().err
+    assert _exit_code(["assign", "--data", str(data), "--json", str(data)]) == 2
+    assert "the data YAML" in capsys.readouterr().err
