@@ -15,15 +15,46 @@ from pathlib import Path
 MAX_IMAGE_SIZE = 4096
 
 
-def at_least_one(text: str) -> int:
-    """argparse type of a count such as ``--limit``: a whole number >= 1."""
+def _whole_number(text: str, minimum: int, unit: str, hint: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text[:40]!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value} (leave the option out to use every image)")
+        raise argparse.ArgumentTypeError(f"must be a whole number{unit}, got {text[:40]!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value} ({hint})")
     return value
+
+
+def at_least_one(text: str) -> int:
+    """argparse type of a count such as ``--limit``: a whole number >= 1."""
+    return _whole_number(text, 1, " >= 1", "leave the option out to use every image")
+
+
+def tile_size(text: str) -> int:
+    """argparse type of a tile side (``--slice``): a whole number of at least 8 px."""
+    return _whole_number(text, 8, " of pixels", "a tile of at least 8 px; leave the option out to not slice")
+
+
+def _in_range(text: str, upper_open: bool) -> float:
+    """A finite number in [0, 1] (``upper_open``: [0, 1)); ArgumentTypeError saying what is accepted."""
+    accepted = "[0, 1)" if upper_open else "[0, 1]"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in {accepted}, got {text[:40]!r}") from None
+    if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in {accepted}, got {text[:40]}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type of an overlap: a finite number in [0, 1)."""
+    return _in_range(text, upper_open=True)
+
+
+def unit(text: str) -> float:
+    """argparse type of a threshold: a finite number in [0, 1]."""
+    return _in_range(text, upper_open=False)
 
 
 def image_size(text: str) -> int:

@@ -19,39 +19,6 @@ from efpn.cli import guards
 from efpn.runtime import keep_freed_memory
 
 
-def _tile_size(text: str) -> int:
-    """argparse type of a tile side: an integer of at least 8 px."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of pixels, got {text[:40]!r}") from None
-    if value < 8:
-        raise argparse.ArgumentTypeError(f"must be at least 8 px, got {value} (leave the option out to not slice)")
-    return value
-
-
-def _in_range(text: str, upper_open: bool) -> float:
-    """A finite number in [0, 1] (``upper_open``: [0, 1)); ArgumentTypeError saying what is accepted."""
-    accepted = "[0, 1)" if upper_open else "[0, 1]"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in {accepted}, got {text[:40]!r}") from None
-    if not (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be in {accepted}, got {text[:40]}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """argparse type of an overlap: a finite number in [0, 1)."""
-    return _in_range(text, upper_open=True)
-
-
-def _unit(text: str) -> float:
-    """argparse type of a threshold: a finite number in [0, 1]."""
-    return _in_range(text, upper_open=False)
-
-
 def _die(msg: str, code: int = 2) -> typing.NoReturn:
     print(f"efpn: error: {msg}", file=sys.stderr)
     raise SystemExit(code)
@@ -381,10 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, help="write {AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, per_class}; with "
                    "--slice the sliced metrics, plus 'without_slicing' and 'slicing'")
     s.add_argument("--plots", default=None, help="folder for PR curves and AP-by-size charts (PNG)")
-    s.add_argument("--slice", type=_tile_size, default=None, metavar="S",
+    s.add_argument("--slice", type=guards.tile_size, default=None, metavar="S",
                    help="also validate on S x S tiles of each image (original px, >= 8), merged and scored against "
                    "the full-image ground truth")
-    s.add_argument("--overlap", type=_fraction, default=0.2, help="tile overlap, a fraction in [0, 1) (default 0.2)")
+    s.add_argument("--overlap", type=guards.fraction, default=0.2,
+                   help="tile overlap, a fraction in [0, 1) (default 0.2)")
     s.set_defaults(func=cmd_val)
 
     s = sub.add_parser("diagnose", help="why each object of a dataset was missed: recall by size x cause, the miss "
@@ -392,12 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--data", required=True, help="data YAML")
     s.add_argument("--split", default="val")
-    s.add_argument("--score", type=_unit, default=None, help="score threshold in [0, 1] (default: the model's)")
-    s.add_argument("--iou", type=_unit, default=0.5, help="IoU a detection needs to find an object (default 0.5)")
+    s.add_argument("--score", type=guards.unit, default=None, help="score threshold in [0, 1] (default: the model's)")
+    s.add_argument("--iou", type=guards.unit, default=0.5, help="IoU a detection needs to find an object (default 0.5)")
     s.add_argument("--any-class", action="store_true",
                    help="a detection of any class finds an object (default: the same class only)")
-    s.add_argument("--slice", type=_tile_size, default=None, metavar="S", help="detect on S x S tiles (>= 8 px)")
-    s.add_argument("--overlap", type=_fraction, default=0.2, help="tile overlap fraction in [0, 1)")
+    s.add_argument("--slice", type=guards.tile_size, default=None, metavar="S", help="detect on S x S tiles (>= 8 px)")
+    s.add_argument("--overlap", type=guards.fraction, default=0.2, help="tile overlap fraction in [0, 1)")
     s.add_argument("--image-size", type=guards.image_size, default=None)
     s.add_argument("--limit", type=guards.at_least_one, default=None, help="only the first N images")
     s.add_argument("--device", type=guards.device, default="cpu")
@@ -412,11 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("source", nargs="+", help="image files or folders")
     s.add_argument("--weights", required=True)
     s.add_argument("--out", default="runs/detect")
-    s.add_argument("--score", type=_unit, default=0.25, help="score threshold in [0, 1]")
-    s.add_argument("--iou", type=_unit, default=0.5, help="NMS IoU threshold in [0, 1]")
-    s.add_argument("--slice", type=_tile_size, default=None, metavar="SIZE",
+    s.add_argument("--score", type=guards.unit, default=0.25, help="score threshold in [0, 1]")
+    s.add_argument("--iou", type=guards.unit, default=0.5, help="NMS IoU threshold in [0, 1]")
+    s.add_argument("--slice", type=guards.tile_size, default=None, metavar="SIZE",
                    help="sliced inference with SIZE x SIZE tiles (>= 8 px)")
-    s.add_argument("--overlap", type=_fraction, default=0.2, help="tile overlap fraction in [0, 1) for --slice")
+    s.add_argument("--overlap", type=guards.fraction, default=0.2, help="tile overlap fraction in [0, 1) for --slice")
     s.add_argument("--image-size", type=guards.image_size, default=None)
     s.add_argument("--device", type=guards.device, default="cpu")
     s.set_defaults(func=cmd_detect)
