@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slice", type=guards.tile_size, default=None, metavar="S",
                    help="also validate on S x S tiles of each image (original px, >= 8), merged and scored against "
                    "the full-image ground truth")
-    s.add_argument("--overlap", type=guards.fraction, default=0.2,
+    s.add_argument("--overlap", type=guards.fraction, default=None,
                    help="tile overlap, a fraction in [0, 1) (default 0.2)")
     s.set_defaults(func=cmd_val)
 
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--any-class", action="store_true",
                    help="a detection of any class finds an object (default: the same class only)")
     s.add_argument("--slice", type=guards.tile_size, default=None, metavar="S", help="detect on S x S tiles (>= 8 px)")
-    s.add_argument("--overlap", type=guards.fraction, default=0.2, help="tile overlap fraction in [0, 1)")
+    s.add_argument("--overlap", type=guards.fraction, default=None, help="tile overlap fraction in [0, 1)")
     s.add_argument("--image-size", type=guards.image_size, default=None)
     s.add_argument("--limit", type=guards.at_least_one, default=None, help="only the first N images")
     s.add_argument("--device", type=guards.device, default="cpu")
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iou", type=guards.unit, default=0.5, help="NMS IoU threshold in [0, 1]")
     s.add_argument("--slice", type=guards.tile_size, default=None, metavar="SIZE",
                    help="sliced inference with SIZE x SIZE tiles (>= 8 px)")
-    s.add_argument("--overlap", type=guards.fraction, default=0.2, help="tile overlap fraction in [0, 1) for --slice")
+    s.add_argument("--overlap", type=guards.fraction, default=None, help="tile overlap fraction in [0, 1) for --slice")
     s.add_argument("--image-size", type=guards.image_size, default=None)
     s.add_argument("--device", type=guards.device, default="cpu")
     s.set_defaults(func=cmd_detect)
@@ -423,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "overlap"):  # the tile overlap means something only with --slice: say so rather than ignore it
+        if args.overlap is not None and args.slice is None:
+            print("efpn: warning: --overlap applies to --slice tiles; without --slice it is ignored", file=sys.stderr)
+        args.overlap = 0.2 if args.overlap is None else args.overlap
     keep_freed_memory()  # large activations reuse heap blocks instead of fresh mmaps (efpn.runtime)
     try:
         args.func(args)

@@ -178,3 +178,11 @@ def test_assign_checks_its_chart_path_before_the_run(data: Path, capsys: pytest.
     assert ".png, .svg, .pdf, .jpg or .html" in capsys.readouterr().err
     assert _exit_code(["assign", "--data", str(data), "--json", str(data)]) == 2
     assert "the data YAML" in capsys.readouterr().err
+
+
+def test_overlap_without_slice_is_said_to_be_ignored(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _image(tmp_path / "in" / "a.png")
+    main(["detect", str(tmp_path / "in"), "--weights", str(ckpt), "--out", str(tmp_path / "o"), "--overlap", "0.5"])
+    assert "--overlap applies to --slice tiles" in capsys.readouterr().err
+    main(["detect", str(tmp_path / "in"), "--weights", str(ckpt), "--out", str(tmp_path / "o2")])
+    assert "--overlap" not in capsys.readouterr().err
