@@ -10,7 +10,6 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
-from efpn.cli.guards import paths_inside
 from efpn.data.images import CorruptImageError, read_image
 from efpn.infer.draw import detections_to_json, draw_detections
 
@@ -26,7 +25,7 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None) -
         p = Path(s)
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
-            out += [q for q in found if exclude is None or not paths_inside([q], exclude)]
+            out += [q for q in found if exclude is None or not _within(q, exclude)]
         elif p.is_file():
             out.append(p)
         elif p.is_symlink():
@@ -37,6 +36,12 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None) -
         raise FileNotFoundError(f"no images found in {', '.join(map(str, sources))} (looked for "
                                 f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     return out
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (resolved, so links and ``..`` count)."""
+    p, root = path.resolve(), folder.resolve()
+    return p == root or root in p.parents
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
@@ -66,7 +71,7 @@ def detect_sources(
     overlap: float = 0.2,
     image_size: int | None = None,
     device: str = "cpu",
-) -> tuple[list[Path], dict[str, object]]:
+) -> tuple[list[Path], dict[str, Any]]:
     """Run a checkpoint over images/folders; writes a drawn PNG per image and ``detections.json`` -> (written files,
     the JSON's content).
 
@@ -84,8 +89,7 @@ def detect_sources(
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise NotADirectoryError(f"--out {out} lies under {parent}, which is a file; give a folder path")
-    holds = [s for s in sources if Path(s).is_dir() and paths_inside([Path(s)], out) + ([] if Path(s).resolve() !=
-             out.resolve() else [Path(s)])]
+    holds = [s for s in sources if Path(s).is_dir() and _within(Path(s), out)]
     if holds:  # drawings would land among the inputs, and the next run would read them as inputs
         raise ValueError(f"--out {out} is or contains the source folder {holds[0]}; write the drawings elsewhere "
                          "(default runs/detect, or a folder inside the source, which is then left out of the search)")

@@ -7,7 +7,7 @@ what to do, before a model is loaded or an image is read, so a bad option never 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 #: Network input sides the CLI accepts: a multiple of 32 (the coarsest stride the presets use) up to this size (a
@@ -117,11 +117,13 @@ def data_files(data_yaml: str | Path) -> dict[Path, str]:
     return files
 
 
-def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[Path, str]) -> None:
+def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[Path, str],
+                  folders: Collection[str] = ()) -> None:
     """Refuse outputs that would replace an input, outputs given twice, and paths that cannot be written.
 
-    ``outputs`` maps an option (``"--json"``) to its path (None: not given); ``inputs`` maps files the run reads to
-    what they are. Raises ValueError naming the option, the path and what it would destroy.
+    ``outputs`` maps an option (``"--json"``) to its path (None: not given); the options in ``folders`` name a
+    folder to write into, every other one a file. ``inputs`` maps files the run reads to what they are. Raises
+    ValueError naming the option, the path and what it would destroy.
     """
     given = {flag: Path(p) for flag, p in outputs.items() if p is not None}
     seen: dict[Path, str] = {}
@@ -134,13 +136,13 @@ def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[Path
         if key in seen:
             raise ValueError(f"{seen[key]} and {flag} both write {path}; give each its own path")
         seen[key] = flag
-        if path.is_dir() and flag != "--plots":
+        if flag in folders and path.exists() and not path.is_dir():
+            raise ValueError(f"{flag} {path} is an existing file; give a folder")
+        if flag not in folders and path.is_dir():
             raise ValueError(f"{flag} {path} is a folder; give a file path")
         for parent in path.parents:
             if parent.exists() and not parent.is_dir():
                 raise ValueError(f"{flag} {path} lies under {parent}, which is a file; give another path")
-        if flag == "--plots" and path.exists() and not path.is_dir():
-            raise ValueError(f"--plots {path} is an existing file; give a folder for the charts")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -148,9 +150,3 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and a.samefile(b)
     except OSError:
         return False
-
-
-def paths_inside(paths: Iterable[Path], folder: Path) -> list[Path]:
-    """The ``paths`` that lie in ``folder`` or below it (resolved, so links and ``..`` count)."""
-    root = folder.resolve()
-    return [p for p in paths if root == p.resolve().parent or root in p.resolve().parents]

@@ -142,7 +142,8 @@ def cmd_val(args: argparse.Namespace) -> None:
     from efpn.evaluation.validate import validate
 
     guards.check_outputs({"--json": args.json, "--plots": args.plots},
-                         {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)})
+                         {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)},
+                         folders=("--plots",))
     model = efpn.load_model(args.weights, device=args.device)
     cfg = load_data_config(args.data)
     records, names, report = load_split(cfg, args.split)

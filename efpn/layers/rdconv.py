@@ -229,16 +229,13 @@ class _ShiftAggregate(torch.autograd.Function):
         kernels, *saved = ctx.saved_tensors
         k, s = ctx.k, ctx.s
         need_x, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if ctx.native:
-            grads = native.aggregate_backward(saved[0], kernels, grad_out, k, s, need_x, need_k)
+        x = saved[0] if ctx.native else None  # the native forward keeps x itself, not its polyphase components
+        if x is not None:
+            grads = native.aggregate_backward(x, kernels, grad_out, k, s, need_x, need_k)
             if grads is not None:
                 return grads[0], grads[1], None, None
-            x = saved[0]  # (not reached with the library loaded) the polyphase components are rebuilt from x
-            g = kernels.shape[1]
-            phases = {key: _phase(x, key, s, g) for key in {(t[1], t[2]) for t in _tap_windows(
-                k, s, tuple(x.shape[-2:]), tuple(kernels.shape[-2:]))}} if need_k else {}
-        else:
-            phases = dict(zip(ctx.keys, saved, strict=True))  # (N, G, C/G, H_a, W_a) per component
+        # (N, G, C/G, H_a, W_a) per component the PyTorch forward kept; none after a native forward
+        phases = {} if x is not None else dict(zip(ctx.keys, saved, strict=True))
         n, c, h, w = ctx.x_shape
         g, _, h_out, w_out = kernels.shape[1:]
         go = grad_out.contiguous().view(n, g, c // g, h_out, w_out)
@@ -255,6 +252,9 @@ class _ShiftAggregate(torch.autograd.Function):
                 wq = kernels[:, :, q, i0:i1, j0:j1].unsqueeze(2)  # (N, G, 1, ., .)
                 phase_grads[key][..., rows, cols].addcmul_(go_w, wq)
             if grad_k is not None:
+                if key not in phases:  # a native forward (the library switched off since): made from x here
+                    assert x is not None
+                    phases[key] = _phase(x, key, s, g)
                 grad_k[:, :, q, i0:i1, j0:j1] = (go_w * phases[key][..., rows, cols]).sum(2)
         grad_x = None
         if need_x:

@@ -142,3 +142,18 @@ def test_native_kernels_stay_out_of_traces_and_other_dtypes(served: dict[str, in
     m.double()(xd).sum().backward()  # float64: PyTorch arithmetic
     assert served["aggregate"] == served_before and served["aggregate_backward"] == 0
     assert xd.grad is not None and torch.isfinite(xd.grad).all()
+
+
+@needs_native
+def test_a_native_forward_still_has_a_backward_when_the_library_is_switched_off_before_it(
+        served: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    x, kernels = torch.randn(2, 8, 11, 10), torch.randn(2, 2, 9, 6, 5)
+    ref = _aggregate_grads(x, kernels, 3, 2, "unfold")
+    xr, kr = x.clone().requires_grad_(), kernels.clone().requires_grad_()
+    y = apply_dynamic_kernels(xr, kr, 3, 2)
+    assert served["aggregate"] == 1
+    monkeypatch.setenv("EFPN_NATIVE", "0")  # the backward runs the PyTorch arithmetic from the x the forward kept
+    y.backward(torch.linspace(-1.0, 1.0, y.numel()).view_as(y))
+    assert served["aggregate_backward"] == 0
+    for a, b in zip((y.detach(), xr.grad, kr.grad), ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
