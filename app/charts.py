@@ -1,11 +1,13 @@
 """Charts for the studio: bars, histograms and curves of counts and measurements (no image coordinates).
 
-Pure plotly builders: dicts in, ``go.Figure`` out (no Streamlit, no model). Bars of a pyramid level take the
-level's colour (``efpn.level_colour``), as its boxes do in :mod:`app.figures`.
+Pure builders: dicts in, a ``go.Figure`` (or, for a handful of bars that need no zoom, static HTML for
+``st.html``, drawn by the browser at once where a plotly chart costs ~0.1-0.2 s to mount) out; no Streamlit, no
+model. Bars of a pyramid level take the level's colour (``efpn.level_colour``), as its boxes do in :mod:`app.figures`.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,41 +27,84 @@ _TOP_WITH_LEGEND = 72
 # ----------------------------------------------------------------------------------------------- detections
 
 
-def level_summary_figure(levels: Sequence[str], detections: Mapping[str, int], positives: Mapping[str, int] | None,
-                         height: int = 260) -> go.Figure:
-    """Per level: detections kept after NMS and, when given, the positives the model's assigner gives the
-    boxes. Zero bars are labelled "0", so a level that never sees an object stands out."""
-    traces = [go.Bar(x=list(levels), y=[detections.get(lv, 0) for lv in levels], name="detections",
-                     marker_color=[level_colour(lv) for lv in levels], text=[detections.get(lv, 0) for lv in levels],
-                     textposition="outside", hovertemplate="%{x}: %{y} detections<extra></extra>")]
+#: One series of :func:`bars_html`: its name, one value per category, and its colour (one, or one per category).
+BarSeries = tuple[str, Sequence[float], "str | Sequence[str]"]
+
+
+def _ink(colour: str) -> str:
+    """Black or white text, whichever reads on a ``#rrggbb`` colour (white on anything else)."""
+    if len(colour) == 7 and colour.startswith("#"):
+        r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+        return "#000" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 140 else "#fff"
+    return "#fff"
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if float(v).is_integer() else f"{v:.3g}"
+
+
+def bars_html(categories: Sequence[str], series: Sequence[BarSeries], *, stacked: bool = False, height: int = 150,
+              label: str = "bar chart") -> str:
+    """Bars per category as static HTML for ``st.html`` (styled by ``.efpn-bars`` in app/studio.css): grouped side
+    by side, or ``stacked``. Every bar has its value written on it (above a grouped bar, inside a stacked segment
+    tall enough) and a hover title; a zero is written "0" on the baseline, so a category with nothing stands out.
+    The legend sits on top; ``height`` (px) is the tallest bar's. Text takes the theme's colour. Each bar carries
+    ``data-series``, ``data-category`` and ``data-value``. ``label``: what a screen reader says the chart is."""
+    n = len(categories)
+    tops = ([sum(float(s[1][i]) for s in series) for i in range(n)] if stacked
+            else [float(v) for s in series for v in s[1]])
+    top = max([*tops, 0.0]) or 1.0
+
+    def bar(s: BarSeries, i: int) -> str:
+        v = float(s[1][i])
+        colour = s[2] if isinstance(s[2], str) else s[2][i % len(s[2])]
+        name, cat = html.escape(s[0]), html.escape(categories[i])
+        h = round(height * v / top, 1)
+        inside = f"<span>{_num(v)}</span>" if stacked and h >= 16 else ""
+        return (f'<div class="efpn-bar" style="height:{h}px;background:{colour};color:{_ink(colour)}" '
+                f'title="{cat}: {_num(v)} {name}" '
+                f'data-series="{name}" data-category="{cat}" data-value="{_num(v)}">{inside}</div>')
+
+    legend = "".join(
+        '<span class="efpn-bars-key">'
+        + "".join(f'<i style="background:{c};width:{0.9 / len(cs):.2f}rem"></i>'  # one swatch, split in up to 3
+                  for cs in [[s[2]] if isinstance(s[2], str) else list(s[2])[:3]] for c in cs)
+        + f"{html.escape(s[0])}</span>" for s in series)
+    cells = []
+    for i in range(n):
+        if stacked:  # segments bottom-up in series order
+            body = '<div class="efpn-bars-stack">' + "".join(bar(s, i) for s in reversed(series)) + "</div>"
+        else:
+            body = "".join(f'<div class="efpn-bars-one"><span>{_num(float(s[1][i]))}</span>{bar(s, i)}</div>'
+                           for s in series)
+        cells.append(f'<div class="efpn-bars-plot">{body}</div>')
+    names = "".join(f"<div>{html.escape(cat)}</div>" for cat in categories)
+    return (f'<div class="efpn-bars" role="img" aria-label="{html.escape(label)}">'
+            f'<div class="efpn-bars-legend">{legend}</div><div class="efpn-bars-row">{"".join(cells)}</div>'
+            f'<div class="efpn-bars-names">{names}</div></div>')
+
+
+def level_summary_html(levels: Sequence[str], detections: Mapping[str, int], positives: Mapping[str, int] | None,
+                      height: int = 140) -> str:
+    """Per level: detections kept after NMS (bars in the level's colour) and, when given, the positives the model's
+    assigner gives the boxes (grey), as :func:`bars_html`. Zero bars are written "0", so a level that never sees an
+    object stands out."""
+    series: list[BarSeries] = [("detections", [detections.get(lv, 0) for lv in levels],
+                                [level_colour(lv) for lv in levels])]
     if positives is not None:
-        traces.append(go.Bar(x=list(levels), y=[positives.get(lv, 0) for lv in levels], name="positive anchors",
-                             marker_color="#9e9e9e", text=[positives.get(lv, 0) for lv in levels],
-                             textposition="outside", hovertemplate="%{x}: %{y} positive priors<extra></extra>"))
-    fig = go.Figure(traces)
-    fig.update_layout(barmode="group", height=height, margin=dict(l=0, r=0, t=30, b=0),
-                      legend=_LEGEND_ON_TOP, yaxis=dict(rangemode="tozero"))  # on top: clear of the level names
-    return fig
+        series.append(("positive anchors", [positives.get(lv, 0) for lv in levels], "#9e9e9e"))
+    return bars_html(levels, series, height=height, label="Detections and positive anchors per level")
 
 
-def found_missed_figure(counts: Mapping[str, Mapping[str, int]], height: int = 230) -> go.Figure:
+def found_missed_html(counts: Mapping[str, Mapping[str, int]], height: int = 130) -> str:
     """Stacked bars per size bucket (vt ... l): objects found (green) and missed (red), the colours of the image's
-    boxes; the count is written in each segment."""
-    found = [counts.get(b, {}).get("found", 0) for b in BUCKETS]
-    missed = [counts.get(b, {}).get("missed", 0) for b in BUCKETS]
-    fig = go.Figure([
-        go.Bar(x=list(BUCKETS), y=found, name="found", marker_color=FOUND_COLOUR,
-               text=[n or "" for n in found], textposition="inside", customdata=[BUCKET_LABELS[b] for b in BUCKETS],
-               hovertemplate="%{customdata}: %{y} found<extra></extra>"),
-        go.Bar(x=list(BUCKETS), y=missed, name="missed", marker_color=MISSED_COLOUR,
-               text=[n or "" for n in missed], textposition="inside", customdata=[BUCKET_LABELS[b] for b in BUCKETS],
-               hovertemplate="%{customdata}: %{y} missed<extra></extra>"),
-    ])
-    fig.update_layout(barmode="stack", height=height, margin=dict(l=0, r=0, t=30, b=0),
-                      legend={**_LEGEND_ON_TOP, "traceorder": "normal"},
-                      yaxis=dict(title="objects", rangemode="tozero"),
-                      xaxis=dict(title="size (vt < 8 px, t < 16, s < 32, m < 64, l)"))
-    return fig
+    boxes, as :func:`bars_html`; the count is written in each segment."""
+    series: list[BarSeries] = [
+        ("found", [counts.get(b, {}).get("found", 0) for b in BUCKETS], FOUND_COLOUR),
+        ("missed", [counts.get(b, {}).get("missed", 0) for b in BUCKETS], MISSED_COLOUR),
+    ]
+    return bars_html(list(BUCKETS), series, stacked=True, height=height,
+                    label="Objects found and missed per size bucket")
 
 
 #: One colour per miss cause (``efpn.explain.CAUSES``): reds for the score, the assignment's magenta for starved.

@@ -154,7 +154,7 @@ if diag is not None:
     c[0].metric("Found", f"{int(m.found.sum())} of {len(m.found)}")
     c[1].metric("Missed", int(m.missed.sum()))
     c[2].metric("False alarms", len(alarms))
-    st.plotly_chart(charts.found_missed_figure(by_bucket), width="stretch", key="detect_buckets")
+    st.html(charts.found_missed_html(by_bucket))  # static: a few bars drawn at once (a plotly chart mounts slowly)
     # the table under the chart, not beside it: its six columns do not fit a side column of a narrow window
     st.table(pd.DataFrame(views.bucket_rows(by_bucket, {b: alarms.count(b) for b in set(alarms)})).set_index("size"))
     st.caption("Per size bucket (sqrt(w·h) in this image's pixels: vt < 8, t < 16, s < 32, m < 64 px, l); false "
@@ -230,8 +230,7 @@ else:
         st.markdown("**Detections and positive anchors per level**")
         acc = (analyses.boxes_accounting(model, ctx.ckpt_key, ins, image.digest, gt.for_model(model.num_classes))
                if gt is not None else None)
-        st.plotly_chart(charts.level_summary_figure(model.levels, counts, acc["positives_per_level"] if acc else None),
-                        width="stretch", key="detect_levels")
+        st.html(charts.level_summary_html(model.levels, counts, acc["positives_per_level"] if acc else None))
         if acc is not None:
             coarse = next(iter(acc["zero_high_level_share"].items()), None)  # the finest level >= p5
             zero = f" {100 * coarse[1]:.0f} % have none on {coarse[0]} or coarser." if coarse else ""

@@ -45,3 +45,14 @@ def metric(at, label: str) -> str:
 def goto(at, page: str):
     """Switch the AppTest to ``app/app_pages/<page>.py`` and run it."""
     return at.switch_page(f"app_pages/{page}.py").run()
+
+
+def html_bars(svg: str) -> dict[str, dict[str, float]]:
+    """The values an ``app.charts.bars_html`` chart draws: ``{series: {category: value}}``, read from its rects."""
+    import html
+    import re
+
+    out: dict[str, dict[str, float]] = {}
+    for s, c, v in re.findall(r'data-series="([^"]*)" data-category="([^"]*)" data-value="([^"]*)"', svg):
+        out.setdefault(html.unescape(s), {})[html.unescape(c)] = float(v)
+    return out

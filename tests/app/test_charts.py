@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from studio_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
+import re
+
+import pytest
+from studio_helpers import REPO, html_bars  # noqa: F401  (REPO puts the repository on sys.path)
 
 from app import charts
 from efpn import level_colour
@@ -19,8 +22,29 @@ def test_positives_per_level_and_bucket() -> None:
 
 
 def test_level_summary_labels_zero_bars() -> None:
-    fig = charts.level_summary_figure(["p2", "p3"], {"p2": 4}, {"p2": 0, "p3": 7})
-    assert list(fig.data[0].text) == ["4", "0"] and list(fig.data[1].y) == [0, 7]
+    page = charts.level_summary_html(["p2", "p3"], {"p2": 4}, {"p2": 0, "p3": 7}, height=140)
+    assert html_bars(page) == {"detections": {"p2": 4, "p3": 0}, "positive anchors": {"p2": 0, "p3": 7}}
+    # every value written over its bar, the zeros as "0"; each level's bar in its own colour; heights to scale
+    assert re.findall(r"<span>(\d+)</span>", page) == ["4", "0", "0", "7"]
+    assert f'background:{level_colour("p2")};' in page and 'title="p2: 4 detections"' in page
+    heights = {(s, c): float(h) for h, s, c in
+               re.findall(r'height:([\d.]+)px;[^>]*data-series="([^"]*)" data-category="([^"]*)"', page)}
+    assert heights[("positive anchors", "p3")] == 140 and heights[("detections", "p3")] == 0
+    assert heights[("detections", "p2")] == pytest.approx(140 * 4 / 7, abs=0.1)
+
+
+def test_stacked_bars_add_up_and_escape_names() -> None:
+    page = charts.found_missed_html({"vt": {"found": 2, "missed": 3}, "s": {"found": 1}}, height=100)
+    bars = html_bars(page)
+    assert bars["found"]["vt"] == 2 and bars["missed"]["vt"] == 3 and bars["missed"]["s"] == 0
+    stack = page.split('data-category="vt"', 1)[0].rsplit('<div class="efpn-bars-stack">', 1)[1]
+    assert "missed" in stack and "found" not in stack  # top-down in the page: missed above found
+    heights = {(s, c): float(h) for h, s, c in
+               re.findall(r'height:([\d.]+)px;[^>]*data-series="([^"]*)" data-category="([^"]*)"', page)}
+    assert heights[("found", "vt")] == 40 and heights[("missed", "vt")] == 60 and heights[("found", "s")] == 20
+    assert "<span>3</span>" in page  # a segment of 60 px holds its count
+    evil = charts.bars_html(["<b>x</b>"], [("a&b", [1], "red")])
+    assert "&lt;b&gt;x&lt;/b&gt;" in evil and "<b>" not in evil and "a&amp;b" in evil
 
 
 def test_gradient_reach_figure_shows_exact_zeros() -> None:
