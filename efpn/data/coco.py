@@ -23,8 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from efpn.data.images import CorruptImageError, image_size
-from efpn.data.records import ImageRecord, Policy, SkipReport, check_policy, make_record
+from efpn.data.records import ImageRecord, Policy, SkipReport, check_policy, checked_size, make_record
 
 __all__ = ["load_coco", "parse_coco", "parse_json", "read_json", "records_to_coco"]
 
@@ -141,15 +140,14 @@ def parse_coco(
                 report.add("label_without_image", 1, file_name)
                 continue
         width, height = int(entry.get("width") or 0), int(entry.get("height") or 0)
-        if width <= 0 or height <= 0:
-            if path is None:
-                report.add("malformed", 1, f"{file_name} (no width/height and no image)")
+        if path is None and (width <= 0 or height <= 0):
+            report.add("malformed", 1, f"{file_name} (no width/height and no image)")
+            continue
+        if path is not None and (check_images or width <= 0 or height <= 0):
+            size = checked_size(path, width, height, report, file_name)  # the file's header, checked against the JSON
+            if size is None:
                 continue
-            try:
-                width, height = image_size(path)
-            except CorruptImageError:
-                report.add("unreadable_image", 1, file_name)
-                continue
+            width, height = size
 
         boxes, labels, roles = [], [], []
         for ann in anns:

@@ -25,6 +25,8 @@ from typing import Literal
 
 import numpy as np
 
+from efpn.data.images import CorruptImageError, image_size
+
 __all__ = [
     "POLICIES",
     "REASONS",
@@ -130,6 +132,8 @@ REASONS: dict[str, str] = {
     "image_without_labels": "images without a label file or any annotation: kept with no boxes",
     "unreadable_image": "images whose header or pixels could not be read: dropped (dataset: skipped)",
     "estimated_size": "images of unknown size (boxes-only mode): size estimated from the box extent",
+    "size_mismatch": "images whose file is not the size the annotation states: kept at the file's size, boxes as "
+    "annotated (check the export: an EXIF rotation, or files resized after labelling)",
 }
 
 _MAX_EXAMPLES = 3
@@ -163,6 +167,7 @@ class SkipReport:
     image_without_labels: int = 0
     unreadable_image: int = 0
     estimated_size: int = 0
+    size_mismatch: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, reason: str, n: int = 1, example: str | Path | None = None) -> None:
@@ -223,6 +228,23 @@ class SkipReport:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def checked_size(path: Path, width: int, height: int, report: SkipReport, label: str) -> tuple[int, int] | None:
+    """The ``(width, height)`` of an image's record: the annotation's ``width`` x ``height`` when the file's header
+    agrees (or when stated and the header is unreadable: the dataset reports the file when it decodes it), else the
+    file's own, counting a disagreement as ``size_mismatch`` under ``label``; None when neither is known (counted
+    as ``unreadable_image``). Reads the header only (EXIF orientation applied, as decoding does)."""
+    try:
+        file_w, file_h = image_size(path)
+    except (CorruptImageError, OSError):
+        if width > 0 and height > 0:
+            return width, height
+        report.add("unreadable_image", 1, label)
+        return None
+    if width > 0 and height > 0 and (file_w, file_h) != (width, height):
+        report.add("size_mismatch", 1, f"{label} (annotated {width}x{height}, file {file_w}x{file_h})")
+    return file_w, file_h
 
 
 def assign_image_ids(stems: Sequence[str]) -> list[int]:

@@ -25,8 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from efpn.config.names import ClassNames, read_names
-from efpn.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size
-from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record
+from efpn.data.images import IMAGE_EXTENSIONS
+from efpn.data.records import (
+    ImageRecord,
+    Policy,
+    SkipReport,
+    assign_image_ids,
+    check_policy,
+    checked_size,
+    make_record,
+)
 
 __all__ = ["load_voc", "parse_voc", "read_voc_list"]
 
@@ -158,12 +166,10 @@ def load_voc(
         if img is None:
             report.add("label_without_image", 1, xml_path.name)
             continue
-        if voc.width <= 0 or voc.height <= 0:
-            try:
-                voc.width, voc.height = image_size(img)
-            except CorruptImageError:
-                report.add("unreadable_image", 1, img.name)
-                continue
+        size = checked_size(img, voc.width, voc.height, report, img.name)  # the file's header, checked against the XML
+        if size is None:
+            continue
+        voc.width, voc.height = size
         parsed.append((image_id, voc, img))
 
     return _records(parsed, names, difficult, report)

@@ -110,3 +110,40 @@ def test_coco128(shared_data: Path) -> None:
     empty = sorted(r.path.name for r in records if len(r.boxes) == 0 and r.path is not None)
     assert empty == ["000000000250.jpg", "000000000508.jpg"]
     assert int(max(r.labels.max() for r in records if len(r.labels))) <= 79
+
+
+def test_stated_size_checked_against_the_file(tmp_path: Path) -> None:
+    """A JSON whose width/height disagree with the file (an EXIF rotation, a resized export): the record takes the
+    file's size, the box is kept as annotated, and the report names the image and both sizes."""
+    from PIL import Image
+
+    from efpn.data import DetectionDataset
+
+    root = tmp_path / "c"
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (60, 40)).save(root / "images" / "same.png")
+    Image.new("RGB", (50, 30)).save(root / "images" / "resized.png")
+    rotated = Image.new("RGB", (40, 20))  # stored 40x20, shown 20x40 (EXIF orientation 6: rotate 90°)
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(root / "images" / "rotated.jpg", exif=exif)
+    data = {
+        "images": [{"id": 1, "file_name": "same.png", "width": 60, "height": 40},
+                   {"id": 2, "file_name": "resized.png", "width": 100, "height": 60},
+                   {"id": 3, "file_name": "rotated.jpg", "width": 40, "height": 20}],
+        "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [10, 10, 20, 10], "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "ship"}],
+    }
+    (root / "a.json").write_text(json.dumps(data))
+    records, _, report = load_coco(root / "a.json", root / "images")
+    assert [(r.width, r.height) for r in records] == [(60, 40), (50, 30), (20, 40)]
+    np.testing.assert_array_equal(records[1].boxes, [[10, 10, 30, 20]])
+    assert report.size_mismatch == 2
+    assert report.examples["size_mismatch"] == ["resized.png (annotated 100x60, file 50x30)",
+                                                "rotated.jpg (annotated 40x20, file 20x40)"]
+    assert "kept at the file's size" in report.summary() and "EXIF rotation" in report.summary()
+    image, _ = DetectionDataset(records)[2]
+    assert tuple(image.shape[-2:]) == (40, 20)  # decoded as the record says: no second warning at load time
+    # without checking the files, nothing is opened: the JSON's sizes stand
+    unchecked = load_coco(root / "a.json", root / "images", check_images=False)[0]
+    assert [(r.width, r.height) for r in unchecked] == [(60, 40), (100, 60), (40, 20)]

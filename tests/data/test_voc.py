@@ -76,3 +76,13 @@ def test_broken_voc_is_loaded(shared_data: Path) -> None:
     records, names, _ = load_voc(shared_data / "broken", annotations=".", images=".")
     assert names == ["kangaroo"] and len(records) == 1 and len(records[0].boxes) == 3
     assert records[0].path is not None and records[0].path.name == "truncated.jpg"
+
+
+def test_stated_size_checked_against_the_file(voc_dir: Path) -> None:
+    """An XML <size> that disagrees with its image: the file's size is used and the report says so."""
+    xml = voc_dir / "Annotations" / "img1.xml"
+    xml.write_text(xml.read_text().replace("<width>80</width>", "<width>160</width>"))
+    records, _, report = load_voc(voc_dir, "ImageSets/Main/train.txt")
+    first = next(r for r in records if r.path is not None and r.path.stem == "img1")
+    assert (first.width, first.height) == (80, 60)
+    assert report.size_mismatch == 1 and report.examples["size_mismatch"] == ["img1.jpg (annotated 160x60, file 80x60)"]
