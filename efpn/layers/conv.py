@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from efpn.layers.bn_act import batchnorm_act
+
 #: Builds an activation module, e.g. ``nn.SiLU``; ``None`` means identity.
 ActLayer = Callable[[], nn.Module] | None
 
@@ -58,7 +60,12 @@ class ConvBNAct(nn.Module):
         self.act = make_act(act_layer)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(x)))  # (N, c_out, H', W')
+        y = self.conv(x)  # (N, c_out, H', W')
+        if self.training:  # BatchNorm + activation in one native pass where it applies (CPU float32), same function
+            fused = batchnorm_act(y, self.bn, self.act)
+            if fused is not None:
+                return fused
+        return self.act(self.bn(y))
 
 
 def check_nchw(x: Tensor, channels: int | None, who: str, name: str = "input") -> None:

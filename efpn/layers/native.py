@@ -1,6 +1,6 @@
 """Native CPU kernels, compiled on first use with the system's C compiler and loaded with ctypes.
 
-Kernels of ``native/sgdm_dynamic.c``:
+Kernels of ``native/sgdm_dynamic.c`` and ``native/bn_act.c`` (one library; ``native/vexp.h``: a vectorised e^x):
 
 - SGDM's dynamic branch at inference (:func:`sgdm_dynamic`): the razor map, the per-pixel kernel logits, their
   softmax, the static guidance and the strided aggregation in one pass over bands of output rows, where the PyTorch
@@ -11,6 +11,9 @@ Kernels of ``native/sgdm_dynamic.c``:
   given kernels and its backward in one pass each (no polyphase copies of x, no per-tap temporaries), and the razor
   statistics' backward in one pass (PyTorch needs five over (N, C, H, W)); rdconv's autograd Functions call them for
   float32 CPU tensors (tests/layers/test_native_train.py holds them equal to the PyTorch arithmetic).
+- BatchNorm on batch statistics + SiLU, optionally of the sum of two BatchNorms (:func:`bn_act_forward`,
+  :func:`bn_act_backward`): a YOLO Conv unit's and SGDM's join in training, in three passes forward and two backward
+  where PyTorch's operators take about ten; :mod:`efpn.layers.bn_act` wraps them in an autograd Function.
 
 The library is built once per source, compiler and CPU into ``$EFPN_NATIVE_CACHE`` (default
 ``~/.cache/efpn/native``) with ``-O3 -march=native`` (about a second). Without a C compiler, or with
@@ -34,7 +37,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).resolve().parent / "native" / "sgdm_dynamic.c"
+_DIR = Path(__file__).resolve().parent / "native"
+#: Compiled together into one library; every file of the folder (the header too) keys the cached build.
+SOURCES = (_DIR / "sgdm_dynamic.c", _DIR / "bn_act.c")
+HEADERS = (_DIR / "vexp.h",)
 #: Compiler flags: no -ffast-math (a shared library built with it can switch the whole process to flush denormals).
 #: -fopenmp: the library links libgomp.so.1, which resolves to the one PyTorch already loaded (same soname), so
 #: its parallel loops run on PyTorch's own threads (torch.set_num_threads applies) instead of a competing pool.
@@ -69,7 +75,7 @@ def _cpu_model() -> str:
 
 
 def _build(cc: str) -> Path:
-    src = SOURCE.read_bytes()
+    src = b"".join(f.read_bytes() for f in (*SOURCES, *HEADERS))
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[:1]
     key = hashlib.sha256(src + repr((CFLAGS, version, _cpu_model())).encode()).hexdigest()[:16]
     out = _cache_dir() / f"sgdm_dynamic-{key}.so"
@@ -78,12 +84,12 @@ def _build(cc: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # built aside, then renamed: other processes never
         part = Path(tmp) / out.name                              # load a half-written library
-        res = subprocess.run([cc, *CFLAGS, "-o", str(part), str(SOURCE), "-lm"], capture_output=True, text=True,
+        res = subprocess.run([cc, *CFLAGS, "-o", str(part), *map(str, SOURCES), "-lm"], capture_output=True, text=True,
                              timeout=300)
         if res.returncode != 0:  # e.g. a compiler without OpenMP (Apple clang): built single-threaded instead
             serial = [f for f in CFLAGS if f != "-fopenmp"]
-            res = subprocess.run([cc, *serial, "-o", str(part), str(SOURCE), "-lm"], capture_output=True, text=True,
-                                 timeout=300)
+            res = subprocess.run([cc, *serial, "-o", str(part), *map(str, SOURCES), "-lm"], capture_output=True,
+                                 text=True, timeout=300)
         if res.returncode != 0:
             raise RuntimeError(f"{cc} failed: {res.stderr.strip()[:500]}")
         os.replace(part, out)
@@ -116,6 +122,12 @@ def sgdm_library() -> ctypes.CDLL | None:
                 lib.efpn_aggregate_backward.argtypes = [_f32p, _f32p, _f32p, i, i, i, i, i, i, i, i, i, _f32p, _f32p]
                 lib.efpn_razor_backward.restype = i
                 lib.efpn_razor_backward.argtypes = [_f32p, _f32p, _f32p, _f32p, i, i, i, i, _f32p]
+                f, lg = ctypes.c_float, ctypes.c_long
+                lib.efpn_bn_act_forward.restype = i
+                lib.efpn_bn_act_forward.argtypes = [_f32p, _f32p, i, i, lg, _f32p, _f32p, _f32p, _f32p, f, f, i,
+                                                    _f32p, _f32p, _f32p, _f32p, _f32p]
+                lib.efpn_bn_act_backward.restype = i
+                lib.efpn_bn_act_backward.argtypes = [_f32p, _f32p, _f32p, i, i, lg, *[_f32p] * 8, i, *[_f32p] * 6]
                 _lib = lib
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 _failed = str(e)
@@ -182,6 +194,14 @@ def _cpu_f32(*tensors: Tensor | None) -> bool:
     return all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in tensors)
 
 
+def eligible(*tensors: Tensor) -> bool:
+    """Whether these kernels may compute a call on ``tensors``: all float32 on CPU, and not inside a trace, an ONNX
+    export or ``torch.compile`` (a foreign call is invisible to them: its output would be frozen)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    return _cpu_f32(*tensors)
+
+
 def _check(code: int, what: str, shape: tuple[int, ...]) -> None:
     if code == 2:
         raise MemoryError(f"efpn native {what}: could not allocate its scratch rows")
@@ -237,3 +257,46 @@ def razor_backward(x: Tensor, peak: Tensor, grad_razor: Tensor | None, grad_gap:
     _check(lib.efpn_razor_backward(_ptr(x), _ptr(peak), _ptr(gr), _ptr(gg), n, c, h, w, _ptr(grad_x)),
            "razor backward", tuple(x.shape))
     return grad_x
+
+
+#: Activations :func:`bn_act_forward` applies after the BatchNorm(s), by name (the C side's enum).
+BN_ACTS = {"none": 0, "silu": 1}
+
+
+def bn_act_forward(x1: Tensor, gamma1: Tensor, beta1: Tensor, eps1: float, act: str,
+                   x2: Tensor | None = None, gamma2: Tensor | None = None, beta2: Tensor | None = None,
+                   eps2: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None] | None:
+    """``act(BN1(x1) [+ BN2(x2)])`` on the batch's statistics, x (N, C, H, W) float32 contiguous on CPU, gamma and
+    beta (C,), ``act`` a key of :data:`BN_ACTS`; no autograd, no running statistics. Returns ``(y, mean1, var1,
+    mean2, var2)`` (biased variances; the second pair None without x2). None when the library is unavailable."""
+    lib = sgdm_library()
+    if lib is None:
+        return None
+    n, c, h, w = x1.shape
+    y = torch.empty_like(x1)
+    mean1, var1 = torch.empty(c), torch.empty(c)
+    mean2, var2 = (torch.empty(c), torch.empty(c)) if x2 is not None else (None, None)
+    _check(lib.efpn_bn_act_forward(_ptr(x1), _ptr(x2), n, c, h * w, _ptr(gamma1), _ptr(beta1), _ptr(gamma2),
+                                   _ptr(beta2), eps1, eps2, BN_ACTS[act], _ptr(y), _ptr(mean1), _ptr(var1),
+                                   _ptr(mean2), _ptr(var2)), "BatchNorm + activation", tuple(x1.shape))
+    return y, mean1, var1, mean2, var2
+
+
+def bn_act_backward(grad_y: Tensor, x1: Tensor, gamma1: Tensor, beta1: Tensor, mean1: Tensor, invstd1: Tensor,
+                    act: str, x2: Tensor | None = None, gamma2: Tensor | None = None, beta2: Tensor | None = None,
+                    mean2: Tensor | None = None, invstd2: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None] | None:
+    """The gradients of :func:`bn_act_forward` for ``grad_y`` (contiguous, like y): ``(grad_x1, grad_gamma1,
+    grad_beta1, grad_x2, grad_gamma2, grad_beta2)`` (the last three None without x2); ``invstd`` = ``1 / sqrt(var +
+    eps)``. None when the library is unavailable."""
+    lib = sgdm_library()
+    if lib is None:
+        return None
+    n, c, h, w = x1.shape
+    gx1, gg1, gb1 = torch.empty_like(x1), torch.empty(c), torch.empty(c)
+    gx2, gg2, gb2 = (torch.empty_like(x1), torch.empty(c), torch.empty(c)) if x2 is not None else (None, None, None)
+    _check(lib.efpn_bn_act_backward(_ptr(grad_y), _ptr(x1), _ptr(x2), n, c, h * w, _ptr(gamma1), _ptr(beta1),
+                                    _ptr(mean1), _ptr(invstd1), _ptr(gamma2), _ptr(beta2), _ptr(mean2),
+                                    _ptr(invstd2), BN_ACTS[act], _ptr(gx1), _ptr(gx2), _ptr(gg1), _ptr(gb1),
+                                    _ptr(gg2), _ptr(gb2)), "BatchNorm + activation backward", tuple(x1.shape))
+    return gx1, gg1, gb1, gx2, gg2, gb2

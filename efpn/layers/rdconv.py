@@ -150,12 +150,7 @@ def _phase(x: Tensor, key: tuple[int, int], s: int, g: int) -> Tensor:
     return ph.view(n, g, c // g, *ph.shape[-2:])
 
 
-def native_eligible(*tensors: Tensor) -> bool:
-    """Whether :mod:`efpn.layers.native` may compute a call on ``tensors``: all float32 on CPU, and not inside a
-    trace, an ONNX export or ``torch.compile`` (a foreign call is invisible to them: its output would be frozen)."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
-        return False
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+native_eligible = native.eligible  # float32 CPU tensors, outside traces, exports and torch.compile
 
 
 def _apply_shift(x: Tensor, kernels: Tensor, k: int, s: int, cw: Tensor | None) -> Tensor:

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efpn.layers import native
+from efpn.layers.bn_act import batchnorm_act
 from efpn.layers.conv import ActLayer, ConvBNAct, check_nchw, make_act
 from efpn.layers.folding import (
     _activate,
@@ -310,11 +311,32 @@ class SGDM(nn.Module):
             out = pointwise_unit(units[-1], a, (h, w)).view(n, self.c_out, h, w)
         else:
             out = dyn
-            for unit in units:
+            for unit in units[:-1]:
                 out = conv_bn_unit(unit, out)
+            joined = self._join_training(units[-1], out, x)
+            if joined is not None:
+                return joined
+            out = conv_bn_unit(units[-1], out)
         static = conv_bn_unit(self.static, x)  # (N, c_out, H', W')
         out = out + static if _records_grad(out) or _records_grad(static) else out.add_(static)
         return _activate(self.act, out)
+
+    def _join_training(self, last: nn.Module, a: Tensor, x: Tensor) -> Tensor | None:
+        """Training: ``act(BN(last.conv(a)) + BN(static.conv(x)))`` with both BatchNorms, the sum and the activation
+        in one native pass (:func:`~efpn.layers.bn_act.batchnorm_act`); None where that does not apply."""
+        pairs = self._joined_pairs(last) if self.training else None
+        if pairs is None:
+            return None
+        (conv_l, bn_l), (conv_s, bn_s) = pairs
+        return batchnorm_act(conv_l(a), bn_l, self.act, conv_s(x), bn_s)
+
+    def _joined_pairs(self, last: nn.Module) -> tuple[tuple[nn.Conv2d, nn.Module], tuple[nn.Conv2d, nn.Module]] | None:
+        """The (conv, norm) pairs of the last pointwise unit and of the static branch, when both are conv -> BN
+        units with no activation of their own (SGDM's activation follows their sum); None otherwise."""
+        if not all(isinstance(getattr(u, "act", None), (nn.Identity, type(None))) for u in (last, self.static)):
+            return None  # an activation before the sum
+        pair_last, pair_static = conv_bn_pair(last), conv_bn_pair(self.static)
+        return None if pair_last is None or pair_static is None else (pair_last, pair_static)
 
     def _static_plus_last_unit(self, last: nn.Module, a: Tensor, x: Tensor) -> Tensor | None:
         """``last(a) + static(x)`` with both BatchNorms folded, in two passes instead of four: the static conv runs
@@ -326,10 +348,11 @@ class SGDM(nn.Module):
             # a trace or an export would not see the in-place product (the ONNX graph drops it), autocast would
             # hand it mixed dtypes, and a channels-last x gives a channels-last conv output: the units run apart
             return None
-        if not all(isinstance(getattr(u, "act", None), (nn.Identity, type(None))) for u in (last, self.static)):
-            return None  # an activation before the sum
-        pair_last, pair_static = conv_bn_pair(last), conv_bn_pair(self.static)
-        if (pair_last is None or pair_static is None or not foldable(pair_last[1]) or not foldable(pair_static[1])
+        pairs = self._joined_pairs(last)
+        if pairs is None:
+            return None
+        pair_last, pair_static = pairs
+        if (not foldable(pair_last[1]) or not foldable(pair_static[1])
                 or pair_last[0].kernel_size != (1, 1) or pair_last[0].groups != 1 or pair_last[0].stride != (1, 1)):
             return None
         w_last, b_last = _fold_once(*pair_last)

@@ -21,31 +21,12 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
+#include "vexp.h"
 
 static int imax(int a, int b) { return a > b ? a : b; }
 
-/* e^x for x <= 0 (softmax after subtracting the max), Cephes' single-precision method: x = n ln2 + r, |r| <= ln2/2,
- * e^r by a degree-6 polynomial (relative error ~1e-7, as libm's expf), times 2^n built in the exponent bits. Written
- * with GCC/Clang vector types, 8 lanes at a time (libm's expf does not vectorise without -ffast-math). */
-typedef float v8f __attribute__((vector_size(32)));
-typedef int v8i __attribute__((vector_size(32)));
-
-static inline v8f exp8_nonpos(v8f x) {
-    const v8f lo = {-87.f, -87.f, -87.f, -87.f, -87.f, -87.f, -87.f, -87.f};
-    const v8i under = x < lo; /* lanes of -1 where x < -87: e^-87 is still a normal float */
-    x = (v8f)(((v8i)x & ~under) | ((v8i)lo & under));
-    const float round = 12582912.0f; /* 1.5 * 2^23: adding and subtracting it rounds to the nearest integer */
-    const v8f n = (x * 1.44269504088896341f + round) - round;
-    const v8f r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    v8f y = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * r * r + r + 1.0f;
-    const v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;
-    return y * (v8f)e;
-}
+/* e^x for x <= 0 (softmax after subtracting the max): vexp.h's 8-lane e^x */
+static inline v8f exp8_nonpos(v8f x) { return efpn_exp8(x); }
 
 /* b[j] = e^(b[j] - mx[j]), sm[j] += b[j] for j < n */
 static void exp_sub_acc(float *b, const float *mx, float *sm, int n) {
