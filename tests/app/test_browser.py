@@ -3,7 +3,7 @@
 Chromium is the system package at /usr/bin/chromium (``apt-get install -y chromium``); Playwright's own browser
 download is never used. Without it these tests skip with that instruction. Screenshots go to test-artifacts/
 (gitignored). ``EFPN_STUDIO_SCREENSHOT=docs/studio.png`` also writes the Detect page there (the README's picture;
-run it with ``EFPN_CHECKPOINT`` pointing at the bundled checkpoint for a trained model's boxes).
+run it with ``EFPN_STUDIO_CHECKPOINT`` pointing at the bundled checkpoint for a trained model's boxes).
 """
 
 from __future__ import annotations
