@@ -157,9 +157,11 @@ def positives_bar_figure(accounting: Mapping[str, Any], title: str = "Positives 
         go.Bar(x=levels, y=fb, name="fallback (low-quality)", marker_color="#9e9e9e",
                hovertemplate="%{x}: %{y} fallback positives<extra></extra>"),
     ])
+    # the legend on top, under the title: below the plot it met the level names on a short, narrow chart
     fig.update_layout(barmode="stack", title=dict(text=title, subtitle=dict(text=subtitle)),
-                      height=300 + (16 if subtitle else 0), margin=dict(l=0, r=0, t=56 if subtitle else 40, b=0),
-                      yaxis_title="positive (prior, GT) pairs", legend=dict(orientation="h", y=-0.2))
+                      height=300 + (30 if subtitle else 0) + 32,
+                      margin=dict(l=0, r=0, t=_TOP_WITH_LEGEND + (30 if subtitle else 0), b=0),
+                      yaxis_title="positive (prior, GT) pairs", legend={**_LEGEND_ON_TOP, "traceorder": "normal"})
     return fig
 
 
@@ -201,7 +203,8 @@ def gradient_reach_figure(
     """Grouped bars of ‖∂L/∂·‖ at each level and place, with CEM and with CEM bypassed (log scale).
 
     Inputs are :func:`efpn.explain.gradient_reach` dicts; ``part`` is ``"positive"`` or ``"total"``.
-    Exact zeros are drawn at the bottom of the axis and labelled "0".
+    An exact zero has no bar (a log axis has no zero to draw one from; a stub would read as "some gradient"): its
+    place at the bottom of the axis holds the word "0" only.
     """
     keys = [k for k in with_cem if k.endswith(f".{part}") and not k.startswith("loss.")]
     labels = [f"{k.split('.')[0]} · {_PLACES.get(k.split('.')[1], k.split('.')[1])}" for k in keys]
@@ -214,10 +217,16 @@ def gradient_reach_figure(
     for name, d, colour in series:
         vals = [d.get(k, 0.0) for k in keys]
         fig.add_trace(go.Bar(
-            x=labels, y=[v if v > 0 else floor for v in vals], name=name, marker_color=colour,
+            x=labels, y=[v if v > 0 else floor for v in vals], name=name,
+            marker=dict(color=[colour if v > 0 else "rgba(0,0,0,0)" for v in vals], line=dict(width=0)),
             text=["0" if v == 0 else f"{v:.2e}" for v in vals], textposition="outside", textfont=dict(size=9),
-            hovertemplate="%{x}<br>%{text}<extra>" + name + "</extra>",
+            hovertemplate="%{x}<br>%{text}<extra>" + name + "</extra>", legendgroup=name, showlegend=False,
         ))
+        if without_cem is None:
+            continue  # one series: no legend
+        # the legend's swatch: a bar's takes its first point's colour, which is clear when that value is 0
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup=name,
+                                 marker=dict(symbol="square", size=11, color=colour), hoverinfo="skip"))
     fig.update_layout(
         barmode="group", height=340 + (32 if without_cem is not None else 0),
         margin=dict(l=0, r=0, t=_TOP_WITH_LEGEND if without_cem is not None else 40, b=0), legend=_LEGEND_ON_TOP,

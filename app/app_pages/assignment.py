@@ -101,9 +101,10 @@ def _assignment_section(gt: state.GroundTruth) -> None:
     # ------------------------------------------------------------------------------------------- baseline vs E-FPN-BS
     st.subheader("Baseline FPN vs E-FPN-BS")
     st.caption(
-        "Assignment depends only on boxes and priors, so CEM does not change it: both sides get the same positives. "
-        "What changes is where the gradient of those positives flows. Left: the model with CEM bypassed (the "
-        "baseline FPN path); right: with CEM (measured with the checkpoint's own assigner and loss)."
+        "Assignment depends only on boxes and priors, so CEM does not change it: the baseline and E-FPN-BS get the "
+        "same positives (left). What changes is where the gradient of those positives flows (right and below, one "
+        "axis for both: the model with CEM bypassed, the baseline FPN path, and with CEM; measured with the "
+        "checkpoint's own assigner and loss)."
     )
     try:
         reach = analyses.gradient_reach_pair(model, ctx.ckpt_key, image.rgb, image.digest, gkey)
@@ -114,18 +115,21 @@ def _assignment_section(gt: state.GroundTruth) -> None:
                                     tal=False)
     coarse = [lv for lv in ("p5", "p6") if f"{lv}.output_conv.positive" in reach["with"]]
     left, right = st.columns(2)
-    for col, title, key, r in ((left, "Baseline FPN (CEM bypassed)", "without", reach["without"]),
-                               (right, "E-FPN-BS (CEM on)", "with", reach["with"])):
-        with col:
-            st.markdown(f"**{title}**")
-            st.plotly_chart(charts.positives_bar_figure(own.accounting, subtitle=f"assigner: {own.name}"),
-                            width="stretch", key=f"asg_side_{key}")
-            st.plotly_chart(charts.gradient_reach_figure(r, None, "positive", title="Positive-driven gradient reach"),
-                            width="stretch", key=f"asg_reach_{key}")
-            for lv in coarse:
-                st.metric(f"‖∂L_pos/∂θ‖ of the {lv} output conv", f"{r[f'{lv}.output_conv.positive']:.3e}")
+    left.plotly_chart(charts.positives_bar_figure(own.accounting, title="Positives per level (both models)",
+                                                  subtitle=f"assigner: {own.name}"), width="stretch", key="asg_side")
+    with right:
+        for lv in coarse:
+            st.markdown(f"**‖∂L_pos/∂θ‖ of the {lv} output conv**")
+            cols = st.columns(2)
+            for col, title, r in ((cols[0], "baseline FPN", reach["without"]), (cols[1], "E-FPN-BS", reach["with"])):
+                v = r[f"{lv}.output_conv.positive"]
+                col.metric(title, "0 (none)" if v == 0 else f"{v:.3e}")
+    # full width: the labels of seven groups of bars need it, and both models share its one axis
+    st.plotly_chart(charts.gradient_reach_figure(reach["with"], reach["without"], "positive",
+                                                 title="Positive-driven gradient reach, both models on one axis"),
+                    width="stretch", key="asg_reach")
     if model.config.neck.cem is None:
-        st.info("This checkpoint has no CEM, so both sides are the baseline. Choose an E-FPN-BS / efpn_n checkpoint.")
+        st.info("This checkpoint has no CEM, so both series are the baseline. Choose an E-FPN-BS / efpn_n checkpoint.")
 
 
 tab_image, tab_data = st.tabs(["This image", "Dataset-wide"])

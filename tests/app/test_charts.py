@@ -51,5 +51,16 @@ def test_gradient_reach_figure_shows_exact_zeros() -> None:
     with_cem = {"p5.output_conv.positive": 1e-3, "p5.output_conv.total": 2e-3, "loss.positive": 1.0}
     without = {"p5.output_conv.positive": 0.0, "p5.output_conv.total": 2e-3}
     fig = charts.gradient_reach_figure(with_cem, without, "positive")
-    assert [t.text[0] for t in fig.data] == ["1.00e-03", "0"]
-    assert fig.data[1].y[0] > 0  # drawn on the log axis
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [t.text[0] for t in bars] == ["1.00e-03", "0"]
+    assert bars[1].y[0] > 0  # placed on the log axis (where its "0" is written) ...
+    assert bars[1].marker.color[0] == "rgba(0,0,0,0)" and bars[0].marker.color[0] != "rgba(0,0,0,0)"  # ... no bar
+    keys = [t for t in fig.data if t.showlegend is not False]  # the legend's swatches keep the series' colours
+    assert [(t.name, t.marker.color) for t in keys] == [("with CEM", "#5c6bc0"), ("CEM bypassed (baseline FPN)",
+                                                                                   "#9e9e9e")]
+
+
+def test_gradient_reach_figure_of_one_model_has_no_legend() -> None:
+    fig = charts.gradient_reach_figure({"p5.output_conv.positive": 0.0, "p6.output_conv.positive": 2e-3}, None)
+    assert [t.type for t in fig.data] == ["bar"] and fig.data[0].showlegend is False
+    assert list(fig.data[0].text) == ["0", "2.00e-03"]
