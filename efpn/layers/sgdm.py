@@ -322,13 +322,16 @@ class SGDM(nn.Module):
         return _activate(self.act, out)
 
     def _join_training(self, last: nn.Module, a: Tensor, x: Tensor) -> Tensor | None:
-        """Training: ``act(BN(last.conv(a)) + BN(static.conv(x)))`` with both BatchNorms, the sum and the activation
-        in one native pass (:func:`~efpn.layers.bn_act.batchnorm_act`); None where that does not apply."""
+        """Training: ``act(BN(last.conv(a)) + BN(static.conv(x)))``, both BatchNorms, the sum and the activation in
+        one native pass where it applies (:func:`~efpn.layers.bn_act.batchnorm_act`), else as modules on the same
+        conv outputs (each conv runs once either way); None when the units are not two conv -> BN pairs."""
         pairs = self._joined_pairs(last) if self.training else None
         if pairs is None:
             return None
         (conv_l, bn_l), (conv_s, bn_s) = pairs
-        return batchnorm_act(conv_l(a), bn_l, self.act, conv_s(x), bn_s)
+        u, v = conv_l(a), conv_s(x)  # (N, c_out, H', W') each
+        fused = batchnorm_act(u, bn_l, self.act, v, bn_s)
+        return fused if fused is not None else _activate(self.act, bn_l(u) + bn_s(v))
 
     def _joined_pairs(self, last: nn.Module) -> tuple[tuple[nn.Conv2d, nn.Module], tuple[nn.Conv2d, nn.Module]] | None:
         """The (conv, norm) pairs of the last pointwise unit and of the static branch, when both are conv -> BN

@@ -156,3 +156,21 @@ def test_a_detector_trains_the_same_with_and_without_it(monkeypatch: pytest.Monk
         assert worst < 2e-3, (name, worst)  # measured ~2e-4
     for (name, b), c in zip(model.named_buffers(), reference.buffers()):
         torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_where_it_does_not_apply_each_conv_still_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SGDM's join computes its two conv outputs before asking for the fused pass: without it (a GPU, or
+    ``EFPN_NATIVE=0``) it finishes them as modules instead of running the convs again."""
+    monkeypatch.setenv("EFPN_NATIVE", "0")
+    torch.manual_seed(0)
+    module = SGDM(16, 32).train()
+    calls: dict[str, int] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    x = torch.randn(2, 16, 12, 12)
+    y = module(x)
+    assert calls and set(calls.values()) == {1}, calls
+    reference = copy.deepcopy(module)
+    monkeypatch.setattr(type(reference), "_join_training", lambda *args: None)  # the unit-by-unit path
+    torch.testing.assert_close(y, reference(x), rtol=1e-5, atol=1e-6)
