@@ -1,8 +1,8 @@
 """Charts for the studio: bars, histograms and curves of counts and measurements (no image coordinates).
 
 Pure builders: dicts in, a ``go.Figure`` (or, for a handful of bars that need no zoom, static HTML for
-``st.html``, drawn by the browser at once where a plotly chart costs ~0.1-0.2 s to mount) out; no Streamlit, no
-model. Bars of a pyramid level take the level's colour (``efpn.level_colour``), as its boxes do in :mod:`app.figures`.
+``st.html``: less browser work than a plotly chart, measured under the profiler) out; no Streamlit, no model. Bars of
+a pyramid level take the level's colour (``efpn.level_colour``), as its boxes do in :mod:`app.figures`.
 """
 
 from __future__ import annotations
@@ -55,9 +55,13 @@ def bars_html(categories: Sequence[str], series: Sequence[BarSeries], *, stacked
             else [float(v) for s in series for v in s[1]])
     top = max([*tops, 0.0]) or 1.0
 
+    def colours(s: BarSeries) -> list[str]:  # one per category, or the series' one colour
+        return [s[2]] if isinstance(s[2], str) else list(s[2])
+
     def bar(s: BarSeries, i: int) -> str:
         v = float(s[1][i])
-        colour = s[2] if isinstance(s[2], str) else s[2][i % len(s[2])]
+        cs = colours(s)
+        colour = cs[i % len(cs)]
         name, cat = html.escape(s[0]), html.escape(categories[i])
         h = round(height * v / top, 1)
         inside = f"<span>{_num(v)}</span>" if stacked and h >= 16 else ""
@@ -65,11 +69,12 @@ def bars_html(categories: Sequence[str], series: Sequence[BarSeries], *, stacked
                 f'title="{cat}: {_num(v)} {name}" '
                 f'data-series="{name}" data-category="{cat}" data-value="{_num(v)}">{inside}</div>')
 
-    legend = "".join(
-        '<span class="efpn-bars-key">'
-        + "".join(f'<i style="background:{c};width:{0.9 / len(cs):.2f}rem"></i>'  # one swatch, split in up to 3
-                  for cs in [[s[2]] if isinstance(s[2], str) else list(s[2])[:3]] for c in cs)
-        + f"{html.escape(s[0])}</span>" for s in series)
+    keys = []
+    for s in series:  # one swatch per series, split between its first (up to) 3 colours
+        cs = colours(s)[:3]
+        swatch = "".join(f'<i style="background:{c};width:{0.9 / len(cs):.2f}rem"></i>' for c in cs)
+        keys.append(f'<span class="efpn-bars-key">{swatch}{html.escape(s[0])}</span>')
+    legend = "".join(keys)
     cells = []
     for i in range(n):
         if stacked:  # segments bottom-up in series order

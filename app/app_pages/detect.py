@@ -154,7 +154,7 @@ if diag is not None:
     c[0].metric("Found", f"{int(m.found.sum())} of {len(m.found)}")
     c[1].metric("Missed", int(m.missed.sum()))
     c[2].metric("False alarms", len(alarms))
-    st.html(charts.found_missed_html(by_bucket))  # static: a few bars drawn at once (a plotly chart mounts slowly)
+    st.html(charts.found_missed_html(by_bucket))  # static HTML: a few bars, no plotly chart to mount
     # the table under the chart, not beside it: its six columns do not fit a side column of a narrow window
     st.table(pd.DataFrame(views.bucket_rows(by_bucket, {b: alarms.count(b) for b in set(alarms)})).set_index("size"))
     st.caption("Per size bucket (sqrt(w·h) in this image's pixels: vt < 8, t < 16, s < 32, m < 64 px, l); false "

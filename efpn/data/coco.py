@@ -78,7 +78,8 @@ def load_coco(
         images: folder holding ``file_name`` of every image (also tried: its base name); ``None`` = boxes-only
             records with ``path=None`` (sizes from the JSON).
         crowd: policy for ``iscrowd=1`` annotations (see :data:`~efpn.data.records.Policy`).
-        check_images: with ``images``, drop entries whose file is missing (one ``stat`` per image).
+        check_images: with ``images``, drop entries whose file is missing and check each file's size against the
+            JSON's (a ``stat`` and a header read per image; ``size_mismatch`` in the report).
         name: dataset name for the report (default: the JSON file stem).
 
     Returns:

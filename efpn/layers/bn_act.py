@@ -88,22 +88,22 @@ def batchnorm_act(x1: Tensor, bn1: nn.Module, act: nn.Module | None, x2: Tensor 
     statistics updated as the modules would. None where it does not apply (see the module docstring); the caller
     then runs the modules."""
     name = _act_name(act)
-    tensors = [x1, bn1.weight, bn1.bias] if isinstance(bn1, nn.BatchNorm2d) else []
-    if x2 is not None:
-        tensors += [x2, bn2.weight, bn2.bias] if isinstance(bn2, nn.BatchNorm2d) else []
-    if (name is None or not _trains(bn1) or (x2 is not None and (bn2 is None or not _trains(bn2)))
-            or x1.dim() != 4 or not x1.is_contiguous() or x1.shape[1] != bn1.num_features
+    if name is None or not _trains(bn1) or (x2 is not None and (bn2 is None or not _trains(bn2))):
+        return None
+    assert isinstance(bn1, nn.BatchNorm2d) and (x2 is None or isinstance(bn2, nn.BatchNorm2d))  # by _trains
+    second = (x2, bn2.weight, bn2.bias) if x2 is not None and bn2 is not None else (None, None, None)
+    if (x1.dim() != 4 or not x1.is_contiguous() or x1.shape[1] != bn1.num_features
             or (x2 is not None and (x2.shape != x1.shape or not x2.is_contiguous()))
-            or not native.eligible(*tensors) or native.sgdm_library() is None):
+            or not native.eligible(x1, bn1.weight, bn1.bias, *(t for t in second if t is not None))
+            or native.sgdm_library() is None):
         return None
     count = x1.shape[0] * x1.shape[2] * x1.shape[3]
     if count < 2:
         return None  # BatchNorm's own error ("expected more than 1 value per channel") from the modules
-    assert isinstance(bn1, nn.BatchNorm2d)
-    second = (x2, bn2.weight, bn2.bias) if x2 is not None and isinstance(bn2, nn.BatchNorm2d) else (None, None, None)
-    eps2 = bn2.eps if isinstance(bn2, nn.BatchNorm2d) else 0.0
+    eps2 = bn2.eps if x2 is not None and bn2 is not None else 0.0
     y, *stats = _BatchNormAct.apply(x1, bn1.weight, bn1.bias, *second, bn1.eps, eps2, name)
     _update_running(bn1, stats[0], stats[1], count)
-    if isinstance(bn2, nn.BatchNorm2d) and len(stats) == 4:
+    if len(stats) == 4:  # the second BatchNorm's
+        assert isinstance(bn2, nn.BatchNorm2d)
         _update_running(bn2, stats[2], stats[3], count)
     return y
