@@ -8,6 +8,11 @@ Measures, at ``--size`` x ``--size`` (640), batch 1, eval mode, ``torch.no_grad`
   its ``non_max_suppression`` with our thresholds; torchvision: ``model([x])``);
 * ``fused``: the same with BatchNorm folded into the convs on both sides (Ultralytics ``fuse()``, ours
   :func:`peers.fold_batchnorm`), for the YOLO pairs;
+* memory layout: our models run CPU inference channels-last (``Detector.cpu_channels_last``), Ultralytics runs
+  NCHW as shipped. The target rows compare the two as each ships; with ``--layouts both`` (default) each YOLO pair
+  is also timed in the other layout (``+nchw``: ours with ``cpu_channels_last = False``; ``+cl``: Ultralytics'
+  model and input converted to channels-last inside the timed call, as ours converts its input), and rows with
+  both sides in the same layout say how much of a ratio is the layout;
 * ``inspect`` overhead: ``efpn.inspect(model, image)`` against ``efpn.infer.predict.predict_image(model, image)``
   on the same uint8 image (both prepare the image; inspect also returns every internal).
 
@@ -67,9 +72,11 @@ class Entry:
     family: str  # "efpn" | "ultralytics" | "torchvision"
 
 
-def _ours(name: str, image: torch.Tensor, num_classes: int, fused: bool = False, sgdm_path: str = "fast") -> Entry:
+def _ours(name: str, image: torch.Tensor, num_classes: int, fused: bool = False, sgdm_path: str = "fast",
+          nchw: bool = False) -> Entry:
     model = efpn.build_model(name, num_classes=num_classes).eval()
     set_sgdm_path(model, sgdm_path)  # type: ignore[arg-type]  # checked by the parser
+    model.cpu_channels_last = not nchw  # an instance attribute: fold_batchnorm's copy keeps it
     params = count_params(model) / 1e6
     gflops = count_gflops(model, image.shape[-1])
     if fused:
@@ -77,20 +84,28 @@ def _ours(name: str, image: torch.Tensor, num_classes: int, fused: bool = False,
         model = P.fold_batchnorm(model)
         torch.testing.assert_close(P.efpn_network(model)(image), ref, atol=1e-3, rtol=1e-3)
     net = P.efpn_network(model)
-    return Entry(name + ("+fused" if fused else ""), lambda: net(image), lambda: model.predict(image), params,
-                 gflops, "efpn")
+    label = name + ("+fused" if fused else "") + ("+nchw" if nchw else "")
+    return Entry(label, lambda: net(image), lambda: model.predict(image), params, gflops, "efpn")
 
 
-def _ultralytics(yaml_name: str, image: torch.Tensor, num_classes: int, fused: bool = False) -> Entry:
+def _ultralytics(yaml_name: str, image: torch.Tensor, num_classes: int, fused: bool = False,
+                 channels_last: bool = False) -> Entry:
     model = P.ultralytics_model(yaml_name, num_classes)
     params = count_params(model) / 1e6
     gflops = count_gflops(model, image.shape[-1])
     if fused:
         model = P.ultralytics_fused(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     pp = efpn.PostprocessConfig()
     predict = P.ultralytics_predict(model, pp.score_thresh, pp.nms_iou, pp.max_det)
-    label = "ultralytics-" + yaml_name.removesuffix(".yaml") + ("+fused" if fused else "")
-    return Entry(label, lambda: model(image), lambda: predict(image), params, gflops, "ultralytics")
+
+    def prepared() -> torch.Tensor:  # the input's conversion is timed, as ours converts inside its forward
+        return image.contiguous(memory_format=torch.channels_last) if channels_last else image
+
+    label = "ultralytics-" + yaml_name.removesuffix(".yaml") + ("+fused" if fused else "") + ("+cl" if channels_last
+                                                                                               else "")
+    return Entry(label, lambda: model(prepared()), lambda: predict(prepared()), params, gflops, "ultralytics")
 
 
 def _retinanet(image: torch.Tensor, num_classes: int) -> Entry:
@@ -111,13 +126,18 @@ def target_entries(args: argparse.Namespace, image: torch.Tensor) -> tuple[list[
     if not have_ultra and not args.no_peers:
         notes.append(f"Ultralytics unavailable ({why}); YOLO peers skipped. See bench/README.md.")
     pairs = [(ours, yaml_name) for ours, yaml_name, _, _ in YOLO_PAIRS if ours in args.presets]
+    both = args.layouts == "both"
     for fused in ([False] if args.no_fused else [False, True]):
         done: set[str] = set()
         for ours, yaml_name in pairs:
             if use_peers and yaml_name not in done:
                 entries.append(_ultralytics(yaml_name, image, k, fused=fused))
+                if both:
+                    entries.append(_ultralytics(yaml_name, image, k, fused=fused, channels_last=True))
                 done.add(yaml_name)
             entries.append(_ours(ours, image, k, fused=fused, sgdm_path=args.sgdm_path))
+            if both:
+                entries.append(_ours(ours, image, k, fused=fused, sgdm_path=args.sgdm_path, nchw=True))
         flagship, reference, _ = FLAGSHIP
         if flagship in args.presets:
             if reference not in args.presets:
@@ -190,6 +210,9 @@ def ratios_and_targets(
             if ours + fused in names:
                 for kind in ("network", "predict"):
                     add(kind, ours + fused, peer, fused_bound if fused else bound, note)
+                    # the same pair with both sides in one layout: what of the ratio is the layout
+                    add(kind, ours + fused, peer + "+cl", None, "both channels-last")
+                    add(kind, ours + fused + "+nchw", peer, None, "both NCHW")
         # SGDM against the static network it extends, timed in the same rounds (what SGDM itself costs)
         if f"yolov8n_sgdm{fused}" in names and f"yolov8n{fused}" in names:
             for kind in ("network", "predict"):
@@ -286,6 +309,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
     ap.add_argument("--no-peers", action="store_true", help="only our presets")
     ap.add_argument("--no-fused", action="store_true", help="skip the BN-folded rows")
+    ap.add_argument("--layouts", choices=("both", "default"), default="both",
+                    help="both (default): also time each YOLO pair in the other memory layout (ours NCHW, "
+                         "Ultralytics channels-last); default: each side only as it ships")
     ap.add_argument("--sgdm-path", choices=SGDM_PATHS, default="fast",
                     help="SGDM execution path of our models (default fast; reference: module by module)")
     ap.add_argument("--seed", type=int, default=0, help="weights and image seed")

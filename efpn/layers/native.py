@@ -111,10 +111,10 @@ def sgdm_library() -> ctypes.CDLL | None:
                     raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
                 lib = ctypes.CDLL(str(_build(cc)))
                 lib.efpn_sgdm_dynamic.restype = ctypes.c_int
-                lib.efpn_sgdm_dynamic.argtypes = [
-                    _f32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, _f32p, _f32p, _f32p, _f32p,
-                    _f32p, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                    _f32p, _f32p, _f32p]
+                lib.efpn_sgdm_dynamic.argtypes = [  # x, nhwc, N, C, H, W, wa, wb, ws, bias, bank, eps, G, k, s,
+                    _f32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,  # Ho, Wo, out, D, K
+                    _f32p, _f32p, _f32p, _f32p, _f32p, ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                    ctypes.c_int, ctypes.c_int, _f32p, _f32p, _f32p]
                 i = ctypes.c_int
                 lib.efpn_aggregate.restype = i
                 lib.efpn_aggregate.argtypes = [_f32p, _f32p, i, i, i, i, i, i, i, i, i, _f32p]
@@ -154,7 +154,8 @@ def sgdm_dynamic(
     stride: int,
     keep_kernels: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor, Tensor] | None:
-    """SGDM's dynamic branch ``dyn`` (N, C, H', W') from x (N, C, H, W), float32 on CPU, no autograd.
+    """SGDM's dynamic branch ``dyn`` (N, C, H', W') from x (N, C, H, W), float32 on CPU, no autograd; ``dyn`` has
+    x's memory layout when that is channels-last (:func:`channels_last`), else it is contiguous.
 
     Args:
         razor_mean: (C,) weights of the first razor channel (``1/C``, plus a learned 1x1's first row).
@@ -172,15 +173,19 @@ def sgdm_dynamic(
     n, c, h, w = x.shape
     k, s, p = kernel_size, stride, kernel_size // 2
     ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    x = x.contiguous()
+    # a channels-last x is read as it lies and gives a channels-last dyn (the convs around SGDM keep that layout);
+    # any other layout, or kernels over 7x7 (the channels-last loop's bound), runs contiguous
+    nhwc = channels_last(x) and k <= 7
+    layout = torch.channels_last if nhwc else torch.contiguous_format
+    x = x.contiguous(memory_format=layout)
     wa, ws, b = (t.detach().float().contiguous() for t in (razor_mean, spatial_weight, bias))
     wb = None if razor_max_extra is None else razor_max_extra.detach().float().contiguous()
     sb = None if bank is None else bank.detach().float().contiguous()
-    out = torch.empty((n, c, ho, wo), dtype=torch.float32)
+    out = torch.empty((n, c, ho, wo), dtype=torch.float32, memory_format=layout)
     d = torch.empty((n, groups, k * k, ho, wo), dtype=torch.float32) if keep_kernels else None
     kern = torch.empty_like(d) if d is not None and sb is not None else d  # unguided: K is D
-    code = lib.efpn_sgdm_dynamic(_ptr(x), n, c, h, w, _ptr(wa), _ptr(wb), _ptr(ws), _ptr(b), _ptr(sb), eps, groups,
-                                 k, s, ho, wo, _ptr(out), _ptr(d), _ptr(kern) if kern is not d else None)
+    code = lib.efpn_sgdm_dynamic(_ptr(x), int(nhwc), n, c, h, w, _ptr(wa), _ptr(wb), _ptr(ws), _ptr(b), _ptr(sb), eps,
+                                 groups, k, s, ho, wo, _ptr(out), _ptr(d), _ptr(kern) if kern is not d else None)
     if code == 2:
         raise MemoryError("efpn native SGDM kernel: could not allocate its scratch rows")
     if code:
@@ -188,6 +193,12 @@ def sgdm_dynamic(
     if d is not None and kern is not None:
         return out, d, kern
     return out
+
+
+def channels_last(x: Tensor) -> bool:
+    """Whether the 4-D ``x`` lies channels-last in memory (N, H, W, C) and not also contiguous: a tensor that is both
+    (one channel, or 1x1 pixels) reads the same either way and counts as contiguous."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _cpu_f32(*tensors: Tensor | None) -> bool:
@@ -300,3 +311,4 @@ def bn_act_backward(grad_y: Tensor, x1: Tensor, gamma1: Tensor, beta1: Tensor, m
                                     _ptr(invstd2), BN_ACTS[act], _ptr(gx1), _ptr(gx2), _ptr(gg1), _ptr(gb1),
                                     _ptr(gg2), _ptr(gb2)), "BatchNorm + activation backward", tuple(x1.shape))
     return gx1, gg1, gb1, gx2, gg2, gb2
+

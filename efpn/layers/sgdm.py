@@ -301,6 +301,10 @@ class SGDM(nn.Module):
         """
         n, _, h, w = dyn.shape
         units = list(self.pw) if isinstance(self.pw, nn.Sequential) else [self.pw]
+        if dyn.device.type == "cpu" and not self.training and native.channels_last(dyn):
+            rows = self._merge_rows(units, dyn, x)
+            if rows is not None:
+                return rows
         if dyn.device.type == "cpu" and dyn.is_contiguous() and not self.training:
             a = dyn.view(n, self.c_in, h * w)  # (N, c_in, P)
             for unit in units[:-1]:
@@ -341,16 +345,15 @@ class SGDM(nn.Module):
         pair_last, pair_static = conv_bn_pair(last), conv_bn_pair(self.static)
         return None if pair_last is None or pair_static is None else (pair_last, pair_static)
 
-    def _static_plus_last_unit(self, last: nn.Module, a: Tensor, x: Tensor) -> Tensor | None:
-        """``last(a) + static(x)`` with both BatchNorms folded, in two passes instead of four: the static conv runs
-        with the last unit's bias added to its own, then the last 1x1 accumulates into its output in place (a
-        matrix product with beta = 1: no broadcast bias copy, no separate sum). ``a`` (N, C, P) -> (N, c_out, H', W');
-        None when either unit is not a foldable conv -> BN pair (then the caller runs them apart)."""
-        if (_records_grad(a) or not x.is_contiguous() or torch.is_autocast_enabled(x.device.type)
+    def _folded_join(self, last: nn.Module, a: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Eval, no gradient: the last pointwise unit's folded weight (c_out, C) and the static branch's conv output
+        (N, c_out, H', W') with both folded biases in it, for ``last(a) + static(x)`` to be finished by one matrix
+        product accumulated in place; None when either unit is not a foldable conv -> BN pair (or the last not a
+        plain 1x1), or when an in-place product would not be seen or not fit (a gradient, autocast, a trace, an
+        export, ``torch.compile``, mixed dtypes)."""
+        if (_records_grad(a) or torch.is_autocast_enabled(x.device.type)
                 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
-            # a trace or an export would not see the in-place product (the ONNX graph drops it), autocast would
-            # hand it mixed dtypes, and a channels-last x gives a channels-last conv output: the units run apart
-            return None
+            return None  # a trace or an export would not see the in-place product; autocast mixes dtypes
         pairs = self._joined_pairs(last)
         if pairs is None:
             return None
@@ -365,12 +368,49 @@ class SGDM(nn.Module):
             return None
         bias = b_last if b_static is None else (b_static if b_last is None else b_static + b_last)
         out = F.conv2d(x, w_static, bias, conv.stride, conv.padding, conv.dilation, conv.groups)  # (N, c_out, H', W')
+        return w_last.flatten(1), out
+
+    def _static_plus_last_unit(self, last: nn.Module, a: Tensor, x: Tensor) -> Tensor | None:
+        """``last(a) + static(x)`` with both BatchNorms folded, in two passes instead of four: the static conv runs
+        with the last unit's bias added to its own, then the last 1x1 accumulates into its output in place (a
+        matrix product with beta = 1: no broadcast bias copy, no separate sum). ``a`` (N, C, P) -> (N, c_out, H', W');
+        None when :meth:`_folded_join` declines or x is not contiguous (then the caller runs them apart)."""
+        joined = self._folded_join(last, a, x) if x.is_contiguous() else None
+        if joined is None:
+            return None
+        w_last, out = joined
         n, c_out = out.shape[:2]
         if not out.is_contiguous() or out.shape[2] * out.shape[3] != a.shape[2]:
             raise RuntimeError(f"SGDM: the static branch's output {tuple(out.shape)} does not match the dynamic "
                                f"branch's {a.shape[2]} pixels")  # the module's own shape contract, broken
-        out.view(n, c_out, -1).baddbmm_(w_last.flatten(1).expand(n, -1, -1), a)  # += W a, (N, c_out, P)
+        out.view(n, c_out, -1).baddbmm_(w_last.expand(n, -1, -1), a)  # += W a, (N, c_out, P)
         return out
+
+    def _merge_rows(self, units: list[nn.Module], dyn: Tensor, x: Tensor) -> Tensor | None:
+        """Eval on CPU, channels-last ``dyn`` (N, c_in, H', W') and x: ``act(pw(dyn) + static(x))`` with the MLP as
+        matrix products on the rows of the channels-last memory, (N*H'*W', C) @ W^T, the last one accumulated in
+        place into the static conv's channels-last output. Nothing is reordered: the convs around SGDM keep the
+        layout. None when a unit is not a foldable 1x1 conv -> BN pair (the caller runs the modules)."""
+        n, c, h, w = dyn.shape
+        a = dyn.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N*P, c_in): a view of the channels-last memory
+        for unit in units[:-1]:
+            pair = conv_bn_pair(unit)
+            if (pair is None or not foldable(pair[1]) or pair[0].kernel_size != (1, 1) or pair[0].groups != 1
+                    or pair[0].stride != (1, 1)):
+                return None
+            weight, bias = _fold_once(*pair)
+            wt = weight.flatten(1).t()  # (C, C'), a transposed view: the product reads it as is
+            a = a @ wt if bias is None else torch.addmm(bias, a, wt)  # (N*P, C')
+            act = getattr(unit, "act", None)
+            a = a if act is None else _activate(act, a)
+        joined = self._folded_join(units[-1], a, x)
+        if joined is None:
+            return None
+        w_last, out = joined  # (c_out, C'), (N, c_out, H', W')
+        if not out.is_contiguous(memory_format=torch.channels_last) or out.shape[2:] != dyn.shape[2:]:
+            return None
+        out.permute(0, 2, 3, 1).view(-1, out.shape[1]).addmm_(a, w_last.t())  # += a W^T on the (N*P, c_out) rows
+        return _activate(self.act, out)
 
     def _unshared_norm(self, d: Tensor, bank: Tensor) -> Tensor:
         n, g, kk, h, w = d.shape

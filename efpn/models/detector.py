@@ -37,7 +37,15 @@ class Detector(nn.Module):
     ``config.pixel_mean/std`` and pads bottom/right to a multiple of ``size_divisor`` (boxes are unaffected).
     Targets: one dict per image with ``boxes`` (M, 4) xyxy pixels and ``labels`` (M,) int64 in [0, K);
     an optional float ``scale`` (network px / original px) makes size buckets use original sizes.
+
+    ``cpu_channels_last`` (default True): inference on CPU (eval mode, no gradient recorded) runs on channels-last
+    tensors. oneDNN's convolutions then read and write NHWC as it lies instead of reordering every NCHW input into
+    their blocked layout and back; the outputs are the same function (float rounding aside). Set it False to run
+    NCHW (bench/latency.py measures both).
     """
+
+    #: run CPU inference channels-last (see the class docstring); an attribute, so it can be switched per model
+    cpu_channels_last: bool = True
 
     def __init__(
         self,
@@ -161,7 +169,23 @@ class Detector(nn.Module):
         ph, pw = (-h) % d, (-w) % d
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
+        if self._channels_last_inference(x):
+            # every conv after it keeps the layout. Canonical strides too: an image viewed from an HWC array with
+            # N = 1 can be channels-last with a batch stride of 3, which oneDNN serves by another path (other float
+            # rounding), so the same pixels would give detections that differ in the last bits
+            n, c, hh, ww = x.shape
+            x = x.contiguous(memory_format=torch.channels_last)
+            if x.stride() != (c * hh * ww, 1, ww * c, c):
+                x = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
         return x
+
+    def _channels_last_inference(self, x: Tensor) -> bool:
+        """Whether this forward runs channels-last: :attr:`cpu_channels_last`, eval mode, no gradient recorded, a CPU
+        tensor, and not inside a trace, an ONNX export or ``torch.compile`` (their graphs stay in the default
+        layout). Training, attribution and GPU runs keep their layout."""
+        return (self.cpu_channels_last and not self.training and not torch.is_grad_enabled()
+                and x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+                and not torch.compiler.is_compiling())
 
     def _needs_gates_for_loss(self) -> bool:
         return bool(getattr(self.criterion, "mask_levels", ())) and getattr(self.criterion, "mask_weight", 0) > 0

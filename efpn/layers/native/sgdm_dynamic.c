@@ -112,7 +112,110 @@ long efpn_sgdm_scratch(int G, int k, int s, int W, int Wo, int rows) {
     return 2 * band * W + (long)G * k * k * Wo + 3L * Wo + (long)s * (Wo + k + 1);
 }
 
-static void chunk(const float *x, int C, int H, int W, const float *wa, const float *wb, const float *ws,
+typedef float v4f __attribute__((vector_size(16)));
+typedef int v4i __attribute__((vector_size(16)));
+
+/* The 8 lanes of v summed, or their maximum: halves first (one vector op), then 4 scalars. */
+static inline float hsum8(v8f v) {
+    v4f lo, hi;
+    memcpy(&lo, &v, sizeof lo);
+    memcpy(&hi, (const char *)&v + sizeof lo, sizeof hi);
+    lo += hi;
+    return (lo[0] + lo[1]) + (lo[2] + lo[3]);
+}
+
+static inline float hmax8(v8f v) {
+    v4f lo, hi;
+    memcpy(&lo, &v, sizeof lo);
+    memcpy(&hi, (const char *)&v + sizeof lo, sizeof hi);
+    const v4i gt = hi > lo;
+    lo = (v4f)(((v4i)hi & gt) | ((v4i)lo & ~gt));
+    const float a = lo[0] > lo[1] ? lo[0] : lo[1], b = lo[2] > lo[3] ? lo[2] : lo[3];
+    return a > b ? a : b;
+}
+
+/* Razor maps of `n` pixels stored channels-last (x0: n pixels of C contiguous channels): r0 = sum_c wa[c] x[c],
+ * r1 = max_c x[c] (+ sum_c wb[c] x[c]); 8 channels at a time while they last (no -ffast-math: the reductions are
+ * written as vectors). */
+static void razor_nhwc(const float *x0, long n, int C, const float *wa, const float *wb, float *r0, float *r1) {
+    const int c8 = C - C % 8;
+    for (long t = 0; t < n; ++t) {
+        const float *xp = x0 + t * C;
+        float a = 0.0f, b = 0.0f, m = xp[0];
+        if (c8) {
+            v8f va = {0}, vb = {0}, vm;
+            memcpy(&vm, xp, sizeof vm);
+            for (int c = 0; c < c8; c += 8) {
+                v8f v, w;
+                memcpy(&v, xp + c, sizeof v);
+                memcpy(&w, wa + c, sizeof w);
+                va += w * v;
+                const v8i gt = v > vm;
+                vm = (v8f)(((v8i)v & gt) | ((v8i)vm & ~gt));
+                if (wb) {
+                    memcpy(&w, wb + c, sizeof w);
+                    vb += w * v;
+                }
+            }
+            a = hsum8(va);
+            m = hmax8(vm);
+            if (wb) b = hsum8(vb);
+        }
+        for (int c = c8; c < C; ++c) {
+            a += wa[c] * xp[c];
+            m = xp[c] > m ? xp[c] : m;
+            if (wb) b += wb[c] * xp[c];
+        }
+        r0[t] = a;
+        r1[t] = m + b;
+    }
+}
+
+/* One output row i, channels-last: o (Wo, C) = sum over taps q of K[g(c), q, j] x[s i + dy - p, s j + dx - p, c],
+ * x the image's (H, W, C) pixels, kbuf the row's kernels (G*k*k, Wo). Pixel by pixel and 8 channels of a group at
+ * a time, the sum over the taps held in a register (written once); the group's channels share one kernel value. */
+static void aggregate_row_nhwc(const float *restrict x, const float *restrict kbuf, int C, int G, int H, int W, int k,
+                               int s, int i, int Wo, float *restrict o) {
+    const int p = k / 2, kk = k * k, cg = C / G, cg8 = cg - cg % 8;
+    const float *taps[64]; /* a pixel's valid taps (efpn_sgdm_dynamic serves k <= 7 channels-last) */
+    int tq[64];
+    for (int j = 0; j < Wo; ++j) {
+        int nt = 0;
+        for (int dy = 0; dy < k; ++dy) {
+            const int y = s * i + dy - p;
+            if (y < 0 || y >= H) continue;
+            for (int dx = 0; dx < k; ++dx) {
+                const int xx = s * j + dx - p;
+                if (xx < 0 || xx >= W) continue;
+                taps[nt] = x + ((long)y * W + xx) * C;
+                tq[nt++] = dy * k + dx;
+            }
+        }
+        float *restrict op = o + (long)j * C;
+        for (int g = 0; g < G; ++g) {
+            const float *kg = kbuf + (long)g * kk * Wo + j; /* tap q's value at kg[q * Wo] */
+            const int c0 = g * cg;
+            for (int cb = 0; cb < cg8; cb += 8) {
+                v8f acc = {0};
+                for (int t = 0; t < nt; ++t) {
+                    v8f v;
+                    memcpy(&v, taps[t] + c0 + cb, sizeof v);
+                    acc += kg[(long)tq[t] * Wo] * v;
+                }
+                memcpy(op + c0 + cb, &acc, sizeof acc);
+            }
+            for (int c = c0 + cg8; c < c0 + cg; ++c) {
+                float acc = 0.0f;
+                for (int t = 0; t < nt; ++t) acc += kg[(long)tq[t] * Wo] * taps[t][c];
+                op[c] = acc;
+            }
+        }
+    }
+}
+
+/* A band of output rows [row0, row1) of one image: x (C, H, W) and out (C, Ho, Wo), or with `nhwc` x (H, W, C) and
+ * out (Ho, Wo, C) (channels-last tensors); D and K (G, k*k, Ho, Wo) either way. */
+static void chunk(const float *x, int nhwc, int C, int H, int W, const float *wa, const float *wb, const float *ws,
                   const float *bias, const float *bank, float eps, int G, int k, int s, int Ho, int Wo, int row0,
                   int row1, float *scratch, float *out, float *d_out, float *k_out) {
     const int kk = k * k, GK = G * kk, p = k / 2, cg = C / G;
@@ -125,7 +228,9 @@ static void chunk(const float *x, int C, int H, int W, const float *wa, const fl
     float *ph = row + Wo; /* the s phases of one input row (row_phases) */
     const long HW = (long)H * W;
 
-    if (band > 0) {
+    if (band > 0 && nhwc) {
+        razor_nhwc(x + (long)y_lo * W * C, (long)band * W, C, wa, wb, r0, r1);
+    } else if (band > 0) {
         const long n = (long)band * W;
         const float *x0 = x + (long)y_lo * W;
         for (long t = 0; t < n; ++t) { r0[t] = wa[0] * x0[t]; r1[t] = x0[t]; }
@@ -213,20 +318,24 @@ static void chunk(const float *x, int C, int H, int W, const float *wa, const fl
                     memcpy(keep + (((long)g * kk + q) * Ho + i) * Wo, base + (long)q * Wo, sizeof(float) * Wo);
         }
         /* aggregation: every channel with its group's kernels */
-        for (int c = 0; c < C; ++c)
-            aggregate_row(x + c * HW, kbuf + (long)(c / cg) * kk * Wo, Wo, 0, H, W, k, s, i, Wo,
-                          out + ((long)c * Ho + i) * Wo, ph);
+        if (nhwc)
+            aggregate_row_nhwc(x, kbuf, C, G, H, W, k, s, i, Wo, out + (long)i * Wo * C);
+        else
+            for (int c = 0; c < C; ++c)
+                aggregate_row(x + c * HW, kbuf + (long)(c / cg) * kk * Wo, Wo, 0, H, W, k, s, i, Wo,
+                              out + ((long)c * Ho + i) * Wo, ph);
     }
 }
 
-/* The dynamic branch of N images x (N, C, H, W) -> out (N, C, Ho, Wo); bias is (N, G*k*k). With d_out / k_out
+/* The dynamic branch of N images x (N, C, H, W) -> out (N, C, Ho, Wo), or with `nhwc` both channels-last in memory
+ * (N, H, W, C) -> (N, Ho, Wo, C); bias is (N, G*k*k). With d_out / k_out
  * (N, G, k*k, Ho, Wo) it also keeps D and, when guided, K (for inspection; NULL skips them). Chunks of output rows
  * run in parallel on the OpenMP runtime the process already has (PyTorch's: the same threads, no second pool).
  * Returns 0 on success, 1 for arguments it cannot serve, 2 when scratch memory cannot be allocated. */
-int efpn_sgdm_dynamic(const float *x, int N, int C, int H, int W, const float *wa, const float *wb, const float *ws,
+int efpn_sgdm_dynamic(const float *x, int nhwc, int N, int C, int H, int W, const float *wa, const float *wb, const float *ws,
                       const float *bias, const float *bank, float eps, int G, int k, int s, int Ho, int Wo,
                       float *out, float *d_out, float *k_out) {
-    if (N < 1 || G < 1 || C % G || k < 1 || s < 1 || Ho < 1 || Wo < 1) return 1;
+    if (N < 1 || G < 1 || C % G || k < 1 || s < 1 || Ho < 1 || Wo < 1 || (nhwc && k * k > 64)) return 1;
     /* rows per chunk: at most CHUNK_ROWS, as many as split an image's rows over m * threads chunks for the smallest
      * m that allows it, so the threads get nearly equal shares (a 20-row map in chunks of 8 would leave one of two
      * threads idle for a third of the call; in chunks of 5 each thread takes two) */
@@ -259,7 +368,7 @@ int efpn_sgdm_dynamic(const float *x, int N, int C, int H, int W, const float *w
             if (!scratch) continue;
             const int n = (int)(t / chunks), r = (int)(t % chunks) * rows;
             const long per = (long)GK * Ho * Wo; /* D and K of one image */
-            chunk(x + (long)n * C * H * W, C, H, W, wa, wb, ws, bias + (long)n * GK, bank, eps, G, k, s, Ho, Wo, r,
+            chunk(x + (long)n * C * H * W, nhwc, C, H, W, wa, wb, ws, bias + (long)n * GK, bank, eps, G, k, s, Ho, Wo, r,
                   imin(Ho, r + rows), scratch, out + (long)n * C * Ho * Wo, d_out ? d_out + n * per : NULL,
                   k_out ? k_out + n * per : NULL);
         }
