@@ -143,8 +143,12 @@ def laplacian_energy(kernels: Tensor, kernel_size: int) -> Tensor:
     kk = kernel_size * kernel_size
     if kernels.dim() != 5 or kernels.shape[2] != kk:
         raise ValueError(f"laplacian_energy: need kernels (N, B, {kk}, H', W'), got {tuple(kernels.shape)}")
+    n, b, _, h, w = kernels.shape
     lap = _laplacian_operator(kernel_size).to(kernels.device, kernels.dtype)
-    return torch.einsum("pq,nbqhw->nbphw", lap, kernels).norm(dim=2)
+    # one product over the (k*k, H'*W') planes, then the norm over the taps as a plain sum of squares: reduced
+    # along dim 1 of contiguous planes it is vectorised, where norm(dim=2) on the 5-D tensor took ~15x longer
+    lk = torch.matmul(lap, kernels.reshape(n * b, kk, h * w))  # (N*B, k*k, H'*W')
+    return (lk * lk).sum(1).sqrt().view(n, b, h, w)
 
 
 class SGDM(nn.Module):
