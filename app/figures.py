@@ -69,29 +69,36 @@ def _png_data_uri(rgb: np.ndarray) -> str:
     return uri
 
 
-def image_trace(rgb: np.ndarray, max_side: int = DISPLAY_MAX_SIDE, opacity: float = 1.0) -> go.Image:
-    """An RGB (H, W, 3) uint8 image as a trace in its own pixel coordinates (downscaled for transfer)."""
+def image_picture(rgb: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> dict[str, Any]:
+    """An RGB (H, W, 3) uint8 image as a plotly layout image under the traces, in its own pixel coordinates: pixel
+    ``(i, j)`` covers ``[j, j+1) x [i, i+1)`` (downscaled for transfer, stretched back over the same extent).
+
+    A layout image rather than an ``Image`` trace: plotly places it without a trace's calc and autorange, and the
+    figure's axes carry no tick labels to measure (the two cut drawing a 640 px image figure in Chromium from ~90 to
+    ~30 ms). app/studio.css draws it pixelated, as the trace was, so a zoomed tiny object keeps its pixels."""
     h, w = rgb.shape[:2]
     k = max(1.0, max(h, w) / max_side)
     shown = rgb
     if k > 1.0:
         shown = np.asarray(Image.fromarray(rgb).resize((max(1, round(w / k)), max(1, round(h / k))), Image.BILINEAR))
-    dx, dy = w / shown.shape[1], h / shown.shape[0]
-    return go.Image(source=_png_data_uri(shown), x0=dx / 2, y0=dy / 2, dx=dx, dy=dy, opacity=opacity, hoverinfo="skip")
+    return dict(source=_png_data_uri(shown), xref="x", yref="y", x=0, y=0, sizex=w, sizey=h, sizing="stretch",
+                xanchor="left", yanchor="top", layer="below")
 
 
 #: Legends of image figures: one row under the picture (clear of the toolbar that plotly shows over its top
 #: right), on a dark strip so white marks (the focused object) show in the key as on the image.
 IMAGE_LEGEND = dict(orientation="h", yref="container", y=0.0, yanchor="bottom", x=0, xanchor="left",
                     bgcolor="#31333f", font=dict(color="white", size=12))
-#: Room under an image figure for its x tick labels and the legend strip.
-IMAGE_LEGEND_MARGIN = 56
+#: Room under an image figure for the legend strip.
+IMAGE_LEGEND_MARGIN = 36
 
 
 def _image_layout(fig: go.Figure, hw: tuple[int, int], height: int | None, title: str | None = None) -> go.Figure:
     h, w = hw
-    fig.update_xaxes(range=[0, w], showgrid=False, zeroline=False, constrain="domain")
-    fig.update_yaxes(range=[h, 0], showgrid=False, zeroline=False, scaleanchor="x", constrain="domain")
+    # no tick labels, as image viewers show none (map hovers give x, y): plotly measures every label in the DOM
+    fig.update_xaxes(range=[0, w], showgrid=False, zeroline=False, constrain="domain", showticklabels=False, ticks="")
+    fig.update_yaxes(range=[h, 0], showgrid=False, zeroline=False, scaleanchor="x", constrain="domain",
+                     showticklabels=False, ticks="")
     fig.update_layout(
         margin=dict(l=0, r=0, t=30 if title else 0, b=IMAGE_LEGEND_MARGIN),
         height=(height or int(min(720, max(320, 640 * h / max(w, 1))))) + IMAGE_LEGEND_MARGIN,
@@ -103,8 +110,8 @@ def _image_layout(fig: go.Figure, hw: tuple[int, int], height: int | None, title
 
 
 def image_figure(rgb: np.ndarray, height: int | None = None, title: str | None = None) -> go.Figure:
-    """A bare image figure (axes in image pixels, y down)."""
-    fig = go.Figure(image_trace(rgb))
+    """A bare image figure (axes in image pixels, y down): the picture as a layout image, traces go over it."""
+    fig = go.Figure(layout=dict(images=[image_picture(rgb)]))
     return _image_layout(fig, rgb.shape[:2], height, title)
 
 

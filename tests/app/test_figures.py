@@ -17,8 +17,9 @@ NAMES = ["disc", "square", "cross"]
 def test_detections_figure_colours_by_level_and_hovers_size() -> None:
     rows = views.detection_rows(DET, ["p2", "p3"], NAMES)
     fig = figures.detections_figure(np.zeros((50, 60, 3), np.uint8), rows, gt_boxes=np.array([[0, 0, 5, 5]]))
-    img = fig.data[0]
-    assert img.type == "image" and img.x0 == 0.5 and img.dx == 1.0  # pixel j covers [j, j+1)
+    (img,) = fig.layout.images  # the picture under the traces, over [0, w) x [0, h): pixel j covers [j, j+1)
+    assert (img.x, img.y, img.sizex, img.sizey, img.xanchor, img.yanchor) == (0, 0, 60, 50, "left", "top")
+    assert img.layer == "below" and img.sizing == "stretch" and all(t.type != "image" for t in fig.data)
     lines = [t for t in fig.data if t.type == "scatter" and t.mode == "lines"]
     assert {t.name for t in lines} == {"ground truth", "p2", "p3"}
     p3 = next(t for t in lines if t.name == "p3")
@@ -29,28 +30,34 @@ def test_detections_figure_colours_by_level_and_hovers_size() -> None:
 
 
 def test_large_images_are_sent_downscaled_in_original_coordinates() -> None:
-    tr = figures.image_trace(np.zeros((100, 3000, 3), np.uint8), max_side=1000)
-    assert tr.dx == 3.0 and tr.x0 == 1.5
+    import base64
+    import io
+
+    from PIL import Image
+
+    pic = figures.image_picture(np.zeros((100, 3000, 3), np.uint8), max_side=1000)
+    sent = Image.open(io.BytesIO(base64.b64decode(pic["source"].split(",", 1)[1])))
+    assert sent.size == (1000, 33) and (pic["sizex"], pic["sizey"]) == (3000, 100)
 
 
 def test_image_pictures_are_encoded_once_per_content() -> None:
     """The PNG of a picture is kept by its pixels: the same pixels give the same URI without encoding again, other
     pixels (or another shape of the same bytes) their own, and the kept ones stay few."""
     rgb = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
-    uri = figures.image_trace(rgb).source
-    assert uri.startswith("data:image/png;base64,") and figures.image_trace(rgb.copy()).source == uri
+    uri = figures.image_picture(rgb)["source"]
+    assert uri.startswith("data:image/png;base64,") and figures.image_picture(rgb.copy())["source"] == uri
     changed = rgb.copy()
     changed[0, 0, 0] ^= 1
-    assert figures.image_trace(changed).source != uri
-    assert figures.image_trace(rgb.reshape(60, 40, 3)).source != uri
+    assert figures.image_picture(changed)["source"] != uri
+    assert figures.image_picture(rgb.reshape(60, 40, 3))["source"] != uri
     for i in range(figures.PNG_CACHE_SIZE + 3):
-        figures.image_trace(np.full((4, 4, 3), i, np.uint8))
+        figures.image_picture(np.full((4, 4, 3), i, np.uint8))
     assert len(figures._png_cache) == figures.PNG_CACHE_SIZE
 
 
 def test_overlay_cells_cover_their_pixels() -> None:
     fig = figures.heatmap_overlay_figure(np.zeros((32, 32, 3), np.uint8), np.ones((4, 4)), stride=8)
-    hm = fig.data[1]
+    hm = fig.data[0]
     assert hm.dx == 8 and hm.x0 == 4
 
 
