@@ -147,8 +147,9 @@ def laplacian_energy(kernels: Tensor, kernel_size: int) -> Tensor:
     lap = _laplacian_operator(kernel_size).to(kernels.device, kernels.dtype)
     # one product over the (k*k, H'*W') planes, then the norm over the taps as a plain sum of squares: reduced
     # along dim 1 of contiguous planes it is vectorised, where norm(dim=2) on the 5-D tensor took ~15x longer
+    # (the clamp keeps the gradient finite where K = 0, as norm's is: sqrt's slope is infinite at 0)
     lk = torch.matmul(lap, kernels.reshape(n * b, kk, h * w))  # (N*B, k*k, H'*W')
-    return (lk * lk).sum(1).sqrt().view(n, b, h, w)
+    return (lk * lk).sum(1).clamp_min(torch.finfo(lk.dtype).tiny).sqrt().view(n, b, h, w)
 
 
 class SGDM(nn.Module):
@@ -395,6 +396,8 @@ class SGDM(nn.Module):
         matrix products on the rows of the channels-last memory, (N*H'*W', C) @ W^T, the last one accumulated in
         place into the static conv's channels-last output. Nothing is reordered: the convs around SGDM keep the
         layout. None when a unit is not a foldable 1x1 conv -> BN pair (the caller runs the modules)."""
+        if _records_grad(dyn) or not native.channels_last(x):
+            return None  # _folded_join would decline after the hidden products: decide before them
         n, c, h, w = dyn.shape
         a = dyn.permute(0, 2, 3, 1).reshape(n * h * w, c)  # (N*P, c_in): a view of the channels-last memory
         for unit in units[:-1]:
@@ -411,8 +414,11 @@ class SGDM(nn.Module):
         if joined is None:
             return None
         w_last, out = joined  # (c_out, C'), (N, c_out, H', W')
-        if not out.is_contiguous(memory_format=torch.channels_last) or out.shape[2:] != dyn.shape[2:]:
-            return None
+        if out.shape[2:] != dyn.shape[2:]:
+            raise RuntimeError(f"SGDM: the static branch's output {tuple(out.shape)} does not match the dynamic "
+                               f"branch's {tuple(dyn.shape[2:])} pixels")  # the module's own shape contract, broken
+        if not out.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)  # not seen from oneDNN; kept correct anyway
         out.permute(0, 2, 3, 1).view(-1, out.shape[1]).addmm_(a, w_last.t())  # += a W^T on the (N*P, c_out) rows
         return _activate(self.act, out)
 
