@@ -10,6 +10,7 @@ switching the model's mode or changing any state (safe on a model shared between
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ def gradient_reach(
     targets: Sequence[Mapping[str, Tensor]],
     levels: Sequence[str] = ("p5", "p6"),
     bypass_cem: bool = False,
+    features: tuple[dict[str, Tensor], dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Norms of the loss gradient reaching the coarse levels, for the total loss and its positive-driven part.
 
@@ -39,6 +41,8 @@ def gradient_reach(
     ``{lv}.output_conv.{part}`` — ‖∂L/∂θ‖ of the conv producing p_lv; and ``c5.feature.{part}``.
     ``loss.total`` / ``loss.positive`` are the loss values. ``bypass_cem=True`` answers "as if CEM were absent".
     FPN necks only (YOLO PAN necks have no CEM and report head inputs and c5). The model must be in eval mode.
+    ``features``: the backbone's output from ``model.backbone_features(images)`` (computed once, e.g. without
+    gradients, and shared by the runs with and without CEM); no number here needs a gradient below c5.
     """
     if model.training:
         raise ValueError("gradient_reach needs an eval-mode model (train mode would update BatchNorm statistics)")
@@ -53,9 +57,12 @@ def gradient_reach(
 
         return clone
 
+    if features is not None:  # c5 as a leaf of this graph: its gradient is asked for below
+        feats_in, kernels_in = features
+        features = ({k: v.detach().requires_grad_(k == "c5") for k, v in feats_in.items()}, kernels_in)
     with torch.enable_grad():
         run = model.run(images, internals=True, targets=targets, bypass_cem=bypass_cem,
-                        head_taps={lv: tap(lv) for lv in present})
+                        head_taps={lv: tap(lv) for lv in present}, features=features)
         assert run.losses is not None
         losses = {k: v for k, v in run.losses.items() if k != "loss_mask"}  # the head's losses only
         raw = {lv: r.before_cem for lv, r in run.levels.items()}  # the FPN's own p*, before CEM / FBSM

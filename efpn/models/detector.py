@@ -190,6 +190,16 @@ class Detector(nn.Module):
     def _needs_gates_for_loss(self) -> bool:
         return bool(getattr(self.criterion, "mask_levels", ())) and getattr(self.criterion, "mask_weight", 0) > 0
 
+    def backbone_features(self, images: Tensor, internals: bool = False) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The backbone's output for ``images`` (N, 3, H, W) in [0, 1], as :meth:`run` computes it first: the feature
+        maps by stage name and, with ``internals``, the dynamic layers' kernels (else an empty dict). Pass the pair
+        back as ``run(features=...)``. Runs in the caller's grad mode; changes no state."""
+        self.check_images(images)
+        x = self._normalize_and_pad(images)
+        if internals:
+            return self.backbone(x, return_internals=True)
+        return self.backbone(x), {}
+
     def run(
         self,
         images: Tensor,
@@ -203,6 +213,7 @@ class Detector(nn.Module):
         score_thresh: float | None = None,
         nms_iou: float | None = None,
         max_det: int | None = None,
+        features: tuple[dict[str, Tensor], dict[str, Any]] | None = None,
     ) -> DetectorRun:
         """One forward of backbone -> neck -> head, returning what was asked for as a :class:`DetectorRun`.
 
@@ -214,7 +225,10 @@ class Detector(nn.Module):
         ``detections`` (postprocess overrides ``score_thresh``/``nms_iou``/``max_det``). ``decode``: boxes and
         scores for every prior (what an exported graph returns). ``bypass_cem``: skip CEM for this call only (the
         "without CEM" counterfactual). ``head_taps``: per level a function applied to the features between neck
-        and head (identity layers for LayerGradCAM, clones that separate the head's gradient path).
+        and head (identity layers for LayerGradCAM, clones that separate the head's gradient path). ``features``:
+        the backbone's output for these images from :meth:`backbone_features` (with ``internals`` if this run asks
+        for them), so several runs that differ only after the backbone (with and without CEM) share one backbone
+        pass; gradients then reach the given tensors, not the backbone's weights.
 
         Runs in the caller's grad mode and never changes the module's state (no hooks, no mode switch), so one
         eval-mode model can serve many users at once. In train mode BatchNorm updates as in any forward.
@@ -224,12 +238,20 @@ class Detector(nn.Module):
         x = self._normalize_and_pad(images)
         want = internals or (checked is not None and self._needs_gates_for_loss())
         neck_kw = {"bypass_cem": True} if bypass_cem else {}
-        if want:
+        if features is not None:
+            feats, kernels = features
+            if not feats or any(f.shape[0] != images.shape[0] for f in feats.values()):
+                raise ValueError(f"features: need the backbone's feature maps of these {images.shape[0]} image(s), "
+                                 "as Detector.backbone_features returns them")
+        elif want:
             feats, kernels = self.backbone(x, return_internals=True)
+        else:
+            feats, kernels = self.backbone(x), {}
+        if want:
             pyramid, neck = self.neck(feats, return_internals=True, **neck_kw)
             kernels = {**kernels, **neck.kernels}
         else:
-            feats, kernels, neck = self.backbone(x), {}, None
+            neck = None
             pyramid = self.neck(feats, **neck_kw)
         if head_taps:
             pyramid = {lv: head_taps[lv](f) if lv in head_taps else f for lv, f in pyramid.items()}

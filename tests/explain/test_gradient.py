@@ -3,6 +3,7 @@ do through CEM (SPEC §1, §2)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import efpn
@@ -45,6 +46,38 @@ def test_cem_routes_positive_gradient_to_p5_p6_and_bypass_removes_it() -> None:
         assert with_cem[f"{lv}.output_conv.positive"] > 0.0
         assert without[f"{lv}.output_conv.positive"] == 0.0
         assert with_cem[f"{lv}.head_input.positive"] == 0.0  # the head itself still sees no tiny positives
+
+
+def test_a_shared_backbone_pass_gives_the_same_reach() -> None:
+    """The backbone's output computed once without gradients (what the studio shares between the runs with and
+    without CEM) gives the same numbers as each run's own backbone pass, c5 included."""
+    model = efpn.build_model("tiny_efpn_bs", num_classes=3).eval()
+    _open_cem(model)
+    images, targets = _tiny_scene()
+    with torch.no_grad():
+        features = model.backbone_features(images)
+    assert not any(f.requires_grad for f in features[0].values())
+    for bypass in (False, True):
+        own = gradient_reach(model, images, targets, bypass_cem=bypass)
+        shared = gradient_reach(model, images, targets, bypass_cem=bypass, features=features)
+        assert set(shared) == set(own)
+        for k, v in own.items():
+            assert abs(shared[k] - v) <= 1e-5 * abs(v) + 1e-9, k
+    assert not any(f.requires_grad for f in features[0].values())  # the caller's tensors are left as they were
+
+
+def test_run_with_given_features_equals_a_whole_run() -> None:
+    model = efpn.build_model("tiny_yolov8_sgdm", num_classes=3).eval()
+    images = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        whole = model.run(images, decode=True, internals=True)
+        given = model.run(images, decode=True, internals=True, features=model.backbone_features(images, True))
+        assert whole.decoded is not None and given.decoded is not None
+        for a, b in zip(whole.decoded, given.decoded):
+            torch.testing.assert_close(a, b)
+        assert set(given.kernels) == set(whole.kernels)
+        with pytest.raises(ValueError, match="these 1 image"):  # another batch's features are refused
+            model.run(images[:1], features=model.backbone_features(images))
 
 
 def test_gradient_reach_leaves_model_untouched() -> None:
