@@ -195,6 +195,10 @@ class Detector(nn.Module):
         maps by stage name and, with ``internals``, the dynamic layers' kernels (else an empty dict). Pass the pair
         back as ``run(features=...)``. Runs in the caller's grad mode; changes no state."""
         self.check_images(images)
+        return self._backbone_pass(images, internals)
+
+    def _backbone_pass(self, images: Tensor, internals: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Normalise, pad and run the backbone on checked images: (feature maps, kernels or an empty dict)."""
         x = self._normalize_and_pad(images)
         if internals:
             return self.backbone(x, return_internals=True)
@@ -235,7 +239,6 @@ class Detector(nn.Module):
         """
         self.check_images(images)
         checked = self.check_targets(targets, images) if targets is not None else None
-        x = self._normalize_and_pad(images)
         want = internals or (checked is not None and self._needs_gates_for_loss())
         neck_kw = {"bypass_cem": True} if bypass_cem else {}
         if features is not None:
@@ -243,10 +246,8 @@ class Detector(nn.Module):
             if not feats or any(f.shape[0] != images.shape[0] for f in feats.values()):
                 raise ValueError(f"features: need the backbone's feature maps of these {images.shape[0]} image(s), "
                                  "as Detector.backbone_features returns them")
-        elif want:
-            feats, kernels = self.backbone(x, return_internals=True)
         else:
-            feats, kernels = self.backbone(x), {}
+            feats, kernels = self._backbone_pass(images, want)
         if want:
             pyramid, neck = self.neck(feats, return_internals=True, **neck_kw)
             kernels = {**kernels, **neck.kernels}
