@@ -2,15 +2,24 @@
 
 Run ``make app`` (or ``streamlit run app/streamlit_app.py``). Environment: ``EFPN_CHECKPOINT`` (the checkpoint to
 open), ``EFPN_CHECKPOINT_DIR`` (the folder listed in the sidebar, default ``checkpoints/``),
-``EFPN_STUDIO_MAX_PIXELS`` (larger images are downscaled). The pages in ``app_pages/`` are UI only; model logic
+``EFPN_STUDIO_MAX_PIXELS`` (larger images are downscaled), ``OMP_WAIT_POLICY`` (default ``PASSIVE`` here, see
+below). The pages in ``app_pages/`` are UI only; model logic
 is in ``efpn``; cached loading in ``app/loaders.py``, cached library calls in ``app/analyses.py``; figures in
 ``app/figures.py`` (images), ``app/charts.py`` and ``app/heatmaps.py``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Before torch loads its OpenMP runtime: worker threads that run out of work sleep instead of spinning (libgomp spins
+# by default). The server shares its cores with the browser drawing the page and often with a training run, and the
+# spinning threads of two processes on the same cores wait on each other: beside a training run on 2 cores the
+# gradient reach took 3.7-11.7 s spinning and 1.0-1.6 s passive (about 1 s on the quiet machine). A value set by
+# the user is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pandas  # noqa: F401  (imported once here: concurrent first imports inside page code race each other)
 import streamlit as st
