@@ -53,8 +53,9 @@ IMAGE_INDEX = 1500
 HEAVY_BOUND = 2.0
 
 
-async def _wait_done(page: Any, title: str, n0: int, timeout_ms: float, prev: Any = ...) -> dict[str, Any]:
-    args = [title, n0] if prev is ... else [title, n0, prev, True]
+async def _wait_done(page: Any, title: str, n0: int, timeout_ms: float, prev: Any = ...,
+                     new_page: bool = False) -> dict[str, Any]:
+    args = S.done_args(title, n0, prev, new_page)
     handle = await page.wait_for_function(S.DONE_JS, arg=args, polling="raf", timeout=timeout_ms)
     result = await handle.json_value()
     if result.get("exceptions"):
@@ -107,7 +108,7 @@ async def session(browser: Any, url: str, image: Path, timeout_ms: float, sliced
                 n0 = await _finished(page)
                 t0 = time.perf_counter()
                 await page.locator("[data-testid='stSidebarNav'] a").filter(has_text=title).first.click()
-                await _wait_done(page, title, n0, timeout_ms)
+                await _wait_done(page, title, n0, timeout_ms, new_page=True)
                 rec[title] = time.perf_counter() - t0
         rec["walk"] = time.perf_counter() - start
     except Exception as e:  # reported per session; the other sessions go on
