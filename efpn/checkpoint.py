@@ -15,6 +15,7 @@ Loading a model needs nothing from training; the resume state of a run lives wit
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import glob
 import importlib.metadata
@@ -231,7 +232,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a failed clean-up (e.g. a read-only disk) must not hide the error above
+            tmp.unlink(missing_ok=True)
 
 
 def _default_name(weights: Path) -> str:
@@ -333,9 +335,15 @@ def _refuse_non_safetensors(path: Path) -> None:
         head = f.read(9)
     size = path.stat().st_size
     n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
-    if len(head) == 9 and 0 < n <= min(_SAFETENSORS_MAX_HEADER, size - 8) and head[8:9] == b"{":
+    if len(head) == 9 and 0 < n <= _SAFETENSORS_MAX_HEADER and head[8:9] == b"{":  # a safetensors header starts
+        if n > size - 8:
+            raise CheckpointError(
+                f"{path} is a truncated safetensors file: its header alone needs {n + 8} bytes and the file has "
+                f"{size} (an interrupted download or copy?); copy or download it again")
         return
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":  # pickle protocol 2+, or torch.save's zip container
+    # pickle protocol 2-5 (0x80 then the protocol byte), or torch.save's zip container; a safetensors file whose
+    # header length happens to start with 0x80 was recognised above by its "{"
+    if (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:4] == b"PK\x03\x04":
         raise CheckpointError(
             f"refusing to unpickle {path}: efpn loads weights only from safetensors, because unpickling a "
             "file can run arbitrary code. If you trust it, convert it once: "

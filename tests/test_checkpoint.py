@@ -246,11 +246,32 @@ def test_pickle_is_refused_without_unpickling(tmp_path: Path, monkeypatch: pytes
     for name in ("model.pt", "disguised.safetensors"):
         with pytest.raises(CheckpointError, match="refusing to unpickle .*convert it once"):
             load_model(tmp_path / name, builder=build_standin)
+    torch.save(model.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # a raw pickle
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        load_model(tmp_path / "legacy.pt", builder=build_standin)
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_model(tmp_path / "junk.safetensors", builder=build_standin)
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "absent.safetensors", builder=build_standin)
+
+
+def test_truncated_safetensors_is_named_as_such(tmp_path: Path) -> None:
+    """A safetensors file cut inside its header (an interrupted download) says so, also when its header length's
+    first byte is 0x80, the first byte of a pickle."""
+    for n in (0x8C80, 0x0280):  # header lengths whose first byte is 0x80 (the second: then 0x02, as protocol 2)
+        path = tmp_path / f"cut_{n}.safetensors"
+        path.write_bytes(n.to_bytes(8, "little") + b'{"__metadata__": {"format": "pt"}, "w": {' + b" " * 100)
+        (tmp_path / f"cut_{n}.json").write_text("{}")
+        with pytest.raises(CheckpointError, match=rf"truncated safetensors file: its header alone needs {n + 8} "):
+            load_model(path, builder=build_standin)
+    model = trained_standin()
+    whole = save_checkpoint(model, tmp_path / "whole.safetensors", card={})
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[:40])
+    cut.with_suffix(".json").write_text(whole.with_suffix(".json").read_text())
+    with pytest.raises(CheckpointError, match="truncated safetensors file"):
+        load_model(cut, builder=build_standin)
 
 
 def test_missing_or_bad_card(saved: tuple[StandIn, Path]) -> None:

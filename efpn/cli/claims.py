@@ -6,6 +6,8 @@ assignment accounting it starts from is library (:mod:`efpn.explain.starvation`)
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -293,6 +295,10 @@ def _assignment_summary(report: dict) -> dict:
     return {**report, "protocols": slim}
 
 
+#: The files a report writes (its charts by pattern), all replaced when a new report is published.
+REPORT_FILES = ("README.md", "claims.json", "assignment_*.png", "grad_p5_p6.png", "seeds_ap.png")
+
+
 def claims_report(
     out_dir: str | Path,
     shared_data: str | Path = "../shared/data",
@@ -309,13 +315,35 @@ def claims_report(
     checkpoint wins over a run of the same preset and data). Sections without their inputs say so instead of
     inventing numbers.
     """
+    final = Path(out_dir)
+    final.mkdir(parents=True, exist_ok=True)
+    # written into a hidden folder inside out_dir first, then swapped in whole: a report that fails half-way
+    # leaves the old one as it was, and no chart of the old report outlives the new one
+    out = final / f".staging-{os.getpid()}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    try:
+        readme = _write_report(out, shared_data, checkpoints, visdrone_limit, runs)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    for pattern in REPORT_FILES:
+        for old in final.glob(pattern):
+            old.unlink()
+    for new in out.iterdir():
+        os.replace(new, final / new.name)
+    out.rmdir()
+    return final / readme.name
+
+
+def _write_report(out: Path, shared_data: str | Path, checkpoints: str | Path, visdrone_limit: int | None,
+                  runs: str | Path | None) -> Path:
+    """:func:`claims_report`'s files, written into ``out``; the README's path."""
     import json
 
     from efpn.cli.ship import ap_table_row
     from efpn.evaluation import write_figure
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ck = Path(checkpoints)
     cards = _cards(ck)
     measured = {**(_run_cards(Path(runs)) if runs else {}), **cards}
@@ -325,7 +353,7 @@ def claims_report(
     claims: dict[str, object] = {}
 
     md += ["## 1. Tiny objects get no positives on p5/p6 (E-FPN-BS's starting point)", ""]
-    reports = assignment_claims(shared_data, visdrone_limit=visdrone_limit)
+    reports = assignment_claims(shared_data, visdrone_limit=visdrone_limit) if str(shared_data) else {}
     if reports:
         md += [_assignment_section(reports), ""]
         for ds, rep in reports.items():
@@ -333,7 +361,8 @@ def claims_report(
             md.append(f"![{ds}]({write_figure(rep.figure(), out / f'assignment_{ds}.png').name})")
         md.append("")
     else:
-        md += [f"Shared data not found at {shared_data}; run `efpn assign` on your own data YAML.", ""]
+        where = f"not found at {shared_data}" if str(shared_data) else "left out (--shared-data '')"
+        md += [f"Shared data {where}; run `efpn assign` on your own data YAML.", ""]
 
     md += ["## 2. CEM routes gradient into p5/p6", "",
            "The training telemetry logs, per epoch, the mean norm of the gradient reaching the p5/p6 output convs "

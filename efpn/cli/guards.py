@@ -7,6 +7,7 @@ what to do, before a model is loaded or an image is read, so a bad option never 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -143,6 +144,18 @@ def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[Path
         for parent in path.parents:
             if parent.exists() and not parent.is_dir():
                 raise ValueError(f"{flag} {path} lies under {parent}, which is a file; give another path")
+        check_writable(path, flag)
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Raise ValueError unless ``path`` (a file or folder to create or replace) could be written: the path itself
+    when it exists, else the nearest folder above it that exists (a read-only file system or a folder without write
+    permission is found here, before the run, not when its results are saved)."""
+    target = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(target, os.W_OK):
+        where = "" if target == path else f" (its nearest existing folder {target})"
+        raise ValueError(f"{flag} {path} cannot be written{where}: no write permission or a read-only file system. "
+                         "Give a path you can write to")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import sys
 import types
@@ -283,6 +284,15 @@ def cmd_ship(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from efpn.cli.claims import claims_report
 
+    # every input path is checked: a mistyped one would otherwise give a report with its sections empty in place of
+    # the measured one (sections only say "not found" when the input was left out on purpose)
+    for flag, path, what in (("--checkpoints", args.checkpoints, "the folder of shipped checkpoints"),
+                             ("--shared-data", args.shared_data, "the folder holding ssdd/, sirst/ and "
+                                                                  "visdrone-annotations/ ('' to leave it out)"),
+                             ("--runs", args.runs, "a folder of training runs")):
+        if path and not Path(path).is_dir():
+            raise ValueError(f"{flag} {path} is not a folder (from {Path.cwd()}); give {what}")
+    guards.check_outputs({"--out": args.out}, {}, folders=("--out",))
     path = claims_report(args.out, shared_data=args.shared_data, checkpoints=args.checkpoints,
                          visdrone_limit=args.visdrone_limit or None, runs=args.runs)
     print(f"saved {path}")
@@ -412,9 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_ship)
 
     s = sub.add_parser("report", help="regenerate the measured claims of both papers (tables + charts)")
-    s.add_argument("--out", default="docs/claims")
-    s.add_argument("--shared-data", default="../shared/data")
-    s.add_argument("--checkpoints", default="checkpoints")
+    s.add_argument("--out", default="docs/claims", help="report folder; its README, claims.json and charts are "
+                                                        "replaced together (default docs/claims)")
+    s.add_argument("--shared-data", default="../shared/data",
+                   help="folder with ssdd/, sirst/, visdrone-annotations/ for the assignment section; '' leaves the "
+                        "section out (default ../shared/data)")
+    s.add_argument("--checkpoints", default="checkpoints", help="folder of shipped checkpoints (default checkpoints)")
     s.add_argument("--visdrone-limit", type=int, default=200, help="VisDrone annotation files to account (0: all)")
     s.add_argument("--runs", default=None, help="also read the cards and telemetry of the training runs in this "
                                                  "folder (ablation runs that are not shipped)")
@@ -431,8 +444,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     keep_freed_memory()  # large activations reuse heap blocks instead of fresh mmaps (efpn.runtime)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, IsADirectoryError) as e:
+    except ValueError as e:
         _die(str(e))
+    except OSError as e:  # a path that cannot be read or written (missing, read-only, permissions, disk full)
+        _die(describe_os_error(e))
+
+
+#: What to do about the file-system errors a run can meet, by errno.
+_OS_ADVICE = {
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; give another path",
+    errno.EISDIR: "it is a folder; give a file path",
+    errno.EEXIST: "it already exists and is not a folder; give another path",
+    errno.EACCES: "no permission; give a path you can use",
+    errno.EPERM: "no permission; give a path you can use",
+    errno.EROFS: "give a path on a writable disk",
+    errno.ENOSPC: "the disk is full; free space or write to another disk",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: the path, what went wrong in words, and what to do (no errno number)."""
+    what = (e.strerror or str(e)).rstrip(".").lower()
+    path = f"{e.filename}: " if e.filename is not None else ""
+    advice = _OS_ADVICE.get(e.errno or -1)
+    return f"{path}{what}" + (f"; {advice}" if advice else "")
 
 
 if __name__ == "__main__":

@@ -125,3 +125,49 @@ def test_unfinished_runs_are_left_out_of_the_tables(tmp_path: Path) -> None:
     model = efpn.build_model("tiny_efpn_n", num_classes=1)  # its best epoch so far, validated
     save_checkpoint(model, runs / "training" / "best.safetensors", {"preset": "efpn_bs_mv2", "metrics": {"AP": 0.2}})
     assert sorted(_run_cards(runs)) == ["done"]
+
+
+def test_report_replaces_its_files_together_and_a_failure_keeps_the_old_one(tmp_path: Path, monkeypatch) -> None:
+    """The new report is written aside and swapped in whole: a chart of the old report that the new one does not
+    draw is removed, a file of the user's stays, and a report that fails half-way leaves the old one untouched."""
+    import efpn.cli.claims as claims_mod
+
+    out = tmp_path / "claims"
+    out.mkdir()
+    (out / "assignment_gone.png").write_bytes(b"old chart")  # a dataset the new report no longer has
+    (out / "notes.txt").write_text("mine")
+    readme = claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none")
+    assert readme == out / "README.md" and readme.is_file()
+    assert not (out / "assignment_gone.png").exists() and (out / "notes.txt").read_text() == "mine"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+    before = readme.read_text()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(claims_mod, "ablation_rows", fail)
+    try:
+        claims_report(out, shared_data=tmp_path / "absent", checkpoints=REPO / "checkpoints")
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the failure was swallowed")
+    assert readme.read_text() == before
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_report_cli_refuses_missing_inputs(tmp_path: Path, capsys) -> None:
+    """A mistyped input folder is an error naming the flag, and nothing is written."""
+    import pytest
+
+    from efpn.cli.main import main
+
+    out = tmp_path / "claims"
+    for flags in (["--checkpoints", str(tmp_path / "checkpiont")],
+                  ["--checkpoints", str(REPO / "checkpoints"), "--shared-data", str(tmp_path / "dta")],
+                  ["--checkpoints", str(REPO / "checkpoints"), "--shared-data", "", "--runs", str(tmp_path / "rns")]):
+        with pytest.raises(SystemExit) as e:
+            main(["report", "--out", str(out), *flags])
+        assert e.value.code == 2
+        assert f"{flags[-2]} {flags[-1]} is not a folder" in capsys.readouterr().err
+    assert not out.exists()

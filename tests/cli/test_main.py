@@ -189,3 +189,28 @@ def test_diagnose_on_a_small_synthetic_set(tiny_ckpt_and_data: tuple[Path, Path]
           "--json", str(out / "s.json")])
     sliced = json.loads((out / "s.json").read_text())
     assert sliced["slice"] == 64 and set(sliced["recall_by_bucket"]) == set(table)
+
+
+@pytest.mark.parametrize(("err", "said"), [
+    (OSError(30, "Read-only file system", "out/x.json"), "out/x.json: read-only file system; give a path on a"),
+    (PermissionError(13, "Permission denied", "/root/x"), "/root/x: permission denied; no permission"),
+    (OSError(28, "No space left on device"), "no space left on device; the disk is full"),
+    (NotADirectoryError(20, "Not a directory", "afile/x"), "afile/x: not a directory; a part of the path is a file"),
+])
+def test_file_system_errors_are_one_line_with_advice(err: OSError, said: str, monkeypatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """An OSError from any command (read-only disk, permissions, full disk) ends as `efpn: error:` with the path and
+    what to do, never as a traceback or an errno number."""
+    import sys
+
+    cli = sys.modules["efpn.cli.main"]  # (efpn.cli.main as an attribute is the main function)
+
+    def raises(args) -> None:
+        raise err
+
+    monkeypatch.setattr(cli, "cmd_models", raises)
+    with pytest.raises(SystemExit) as e:
+        main(["models"])
+    assert e.value.code == 2
+    out = capsys.readouterr().err
+    assert out.startswith(f"efpn: error: {said}") and "Errno" not in out and "Traceback" not in out
