@@ -166,10 +166,11 @@ def load_training_state(path: str | os.PathLike[str], map_location: str | torch.
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError for foreign objects, RuntimeError for a corrupt zip
+        # (torch's own message is left out: it suggests loading with weights_only=False, which can run code)
         raise CheckpointError(
-            f"cannot load training state {p} with weights_only=True "
-            f"(not an efpn training state, or it holds objects other than tensors): {e}"
-        ) from e
+            f"cannot load training state {p}: not an efpn training state, or a corrupt one ({type(e).__name__}). "
+            f"Resume from a run folder holding {STATE_FILE} (or that file), or start a new run without --resume"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
         raise CheckpointError(f"{p} is not an efpn training state (expected format {TRAIN_FORMAT!r})")
     return state
@@ -255,6 +256,13 @@ def check_resume_classes(run_dir: str | os.PathLike[str], class_names: list[str]
                              f"now gives [{', '.join(class_names)}]: resume it with its own data, or start a new run "
                              "(another --name)")
         return
+
+
+def check_resume_model(saved: Mapping[str, Any] | None, cfg: TrainConfig, run_dir: str | os.PathLike[str]) -> None:
+    """Raise ValueError, before anything is written, when a run would resume as another model than it trained."""
+    if saved and saved.get("model") not in (None, cfg.model):
+        raise ValueError(f"run {run_dir} was trained as {saved['model']!r}, not {cfg.model!r}: pass --model "
+                         f"{saved['model']} to resume it, or start a new run without --resume")
 
 
 def check_resume_config(saved: Mapping[str, Any] | None, cfg: TrainConfig) -> None:

@@ -64,6 +64,7 @@ from efpn.engine.state import (
     STATE_FILE,
     check_resume_classes,
     check_resume_config,
+    check_resume_model,
     load_training_state,
     restore_training_state,
     run_dir_and_state,
@@ -159,12 +160,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         # ------------------------------------------------------------------ data, run dir
         data = load_train_data(cfg, verbose)
         run_dir, state_path = D.broadcast_object(run_dir_and_state(cfg) if main else None)
+        state: dict[str, Any] | None = None
         if state_path is not None:  # every rank: a refusal must not leave the others waiting in a collective
             check_resume_classes(run_dir, list(data.class_names))
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-            (run_dir / "data_split.json").write_text(json.dumps(data.split, indent=1) + "\n", encoding="utf-8")
+            state = load_training_state(state_path, map_location="cpu")
+            check_resume_model(state["extra"].get("train_config"), cfg, run_dir)
+        # the run's record (config.yaml, data_split.json) is written once the run is known to start: a refused
+        # resume leaves the run it was pointed at as it was, a refused start leaves no folder behind
         per_rank_batch = cfg.batch_size // world
         dataset = SeededSamples(DetectionDataset(data.train, train_transforms(cfg), skip_corrupt=True), cfg.seed)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=info.rank, shuffle=True, seed=cfg.seed,
@@ -208,10 +210,15 @@ def train(cfg: TrainConfig) -> TrainResult:
         skipped, prior_wall = 0, 0.0
         last_metrics: dict[str, Any] = {}
         tel = EpochTelemetry()
-        if state_path is not None:
-            state = load_training_state(state_path, map_location="cpu")
+        if state is not None:
             check_resume_config(state["extra"].get("train_config"), cfg)
-            restore_training_state(state, model, optimizer, scaler if scaler.is_enabled() else None, scheduler, ema)
+            try:
+                restore_training_state(state, model, optimizer, scaler if scaler.is_enabled() else None, scheduler,
+                                       ema)
+            except RuntimeError as e:  # load_state_dict's list of thousands of keys says nothing a user can act on
+                raise ValueError(f"the training state {state_path} does not fit the {cfg.model} model built now "
+                                 f"({str(e).splitlines()[0].rstrip(':')}); resume with the run's own settings "
+                                 f"(its config.yaml) or start a new run") from None
             extra = state["extra"]
             step, start_epoch, start_step = int(state["step"]), int(state["epoch"]), int(extra.get("epoch_step", 0))
             best_ap, skipped = extra.get("best_ap"), int(extra.get("skipped", 0))
@@ -220,6 +227,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                 tel.load_state_dict(extra.get("telemetry") or {})
             if verbose:
                 print(f"resuming {state_path} at epoch {start_epoch + 1}, step {step}")
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+            (run_dir / "data_split.json").write_text(json.dumps(data.split, indent=1) + "\n", encoding="utf-8")
         if cfg.compile:
             # the dense network only: assignment and losses are data-dependent Python and stay eager.
             # Module.compile() compiles in place, so state_dict keys do not change.

@@ -1,0 +1,42 @@
+"""A resume that cannot work is refused before the run it points at is touched, with one line saying what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from efpn.checkpoint import CheckpointError
+from efpn.engine.train import train
+from tests.engine import test_train
+from tests.engine.test_train import _small
+
+synth_small = test_train.synth_small  # the small synthetic dataset fixture, shared
+
+
+def test_resume_as_another_model_is_refused_before_touching_the_run(synth_small: Path, tmp_path: Path) -> None:
+    first = train(_small(synth_small, tmp_path / "r", max_steps=1))
+    record = {name: (first.run_dir / name).read_bytes() for name in ("config.yaml", "data_split.json")}
+    with pytest.raises(ValueError, match=r"was trained as 'tiny_efpn_n', not 'tiny_yolov5_sgdm': pass --model "
+                                         r"tiny_efpn_n to resume it"):
+        train(_small(synth_small, tmp_path / "r", model="tiny_yolov5_sgdm", max_steps=2, resume=str(first.run_dir)))
+    assert {name: (first.run_dir / name).read_bytes() for name in record} == record
+
+
+def test_a_corrupt_state_file_is_refused_without_unsafe_advice_and_writes_nothing(synth_small: Path,
+                                                                                    tmp_path: Path) -> None:
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    bad = folder / "garbage_state.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not an efpn training state, or a corrupt one") as e:
+        train(_small(synth_small, tmp_path / "out", resume=str(bad)))
+    assert "weights_only" not in str(e.value)
+    assert sorted(p.name for p in folder.iterdir()) == ["garbage_state.pt"]  # no config.yaml beside it
+
+
+def test_a_refused_start_leaves_no_run_folder(synth_small: Path, tmp_path: Path) -> None:
+    """A batch larger than the train split is refused before the run folder exists (no half-made run to skip)."""
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        train(_small(synth_small, tmp_path / "r", batch_size=4096))
+    assert not (tmp_path / "r" / "run").exists()
