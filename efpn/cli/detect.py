@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,8 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None) -
         p = Path(s)
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
-            out += [q for q in found if exclude is None or not _within(q, exclude)]
+            # the output folder and its numbered siblings (out-2, out-3, ...: earlier runs into the same --out)
+            out += [q for q in found if exclude is None or not any(_within(q, e) for e in _run_folders(exclude))]
         elif p.is_file():
             out.append(p)
         elif p.is_symlink():
@@ -36,6 +38,12 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None) -
         raise FileNotFoundError(f"no images found in {', '.join(map(str, sources))} (looked for "
                                 f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     return out
+
+
+def _run_folders(out: Path) -> list[Path]:
+    """``out`` and the ``out-N`` folders beside it that :func:`_fresh` numbers."""
+    siblings = out.parent.glob(f"{glob.escape(out.name)}-*") if out.parent.is_dir() else []
+    return [out, *(q for q in siblings if q.name[len(out.name) + 1:].isdigit())]
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -81,7 +89,8 @@ def detect_sources(
     and to its drawing (``"drawn"``); it is written every 50 images and at the end, also when the batch stops early.
     Inputs are never overwritten and never read back: ``out_dir`` is left out of the search, and an output folder
     that would put a drawing in place of an input is refused (ValueError). Raises NotADirectoryError when
-    ``out_dir`` is a file.
+    ``out_dir`` is a file. When ``out_dir`` holds an earlier run's detections.json the results go to ``out_dir-2``
+    (``-3``, ...) instead; the written files' folder is the one used.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -94,6 +103,10 @@ def detect_sources(
         raise ValueError(f"--out {out} is or contains the source folder {holds[0]}; write the drawings elsewhere "
                          "(default runs/detect, or a folder inside the source, which is then left out of the search)")
     paths = collect_images(sources, exclude=out)
+    out = _fresh(out)
+    from efpn.cli.guards import check_writable
+
+    check_writable(out, "--out")  # before the model loads and the batch runs, not when the JSON is saved
     names_out = output_names(paths)
     js = out / "detections.json"
     clash = [p for p, n in zip(paths, names_out, strict=True) if p.resolve() in ((out / n).resolve(), js.resolve())]
@@ -147,6 +160,18 @@ def detect_sources(
         _write_json(js, summary)
     written.append(js)
     return written, summary
+
+
+def _fresh(out: Path) -> Path:
+    """``out``, or ``out-2``, ``out-3``, ... when ``out`` already holds an earlier run's detections.json (as training
+    runs are numbered): a second run never replaces the first one's results or mixes its drawings in."""
+    folder, k = out, 1
+    while (folder / "detections.json").exists():
+        k += 1
+        folder = out.with_name(f"{out.name}-{k}")
+    if folder != out:
+        tqdm.write(f"{out} holds an earlier run's detections.json; writing to {folder}")
+    return folder
 
 
 def _skip(summary: dict[str, Any], key: str, why: str) -> None:

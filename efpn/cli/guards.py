@@ -36,6 +36,11 @@ def tile_size(text: str) -> int:
     return _whole_number(text, 8, " of pixels", "a tile of at least 8 px; leave the option out to not slice")
 
 
+def image_side(text: str) -> int:
+    """argparse type of an image's side to write (``data synth --image-size``): a whole number of at least 16 px."""
+    return _whole_number(text, 16, " of pixels", "an image side of at least 16 px")
+
+
 def _in_range(text: str, upper_open: bool) -> float:
     """A finite number in [0, 1] (``upper_open``: [0, 1)); ArgumentTypeError saying what is accepted."""
     accepted = "[0, 1)" if upper_open else "[0, 1]"

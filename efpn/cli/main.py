@@ -62,6 +62,11 @@ def cmd_models(args: argparse.Namespace) -> None:
 def cmd_data_synth(args: argparse.Namespace) -> None:
     from efpn.data.synthetic import write_synthetic_dataset
 
+    out = Path(args.out)
+    guards.check_outputs({"--out": out}, {}, folders=("--out",))
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--out {out} is not empty: writing the dataset there would replace its images and "
+                         "annotations.json. Give a new or empty folder, or pass --overwrite")
     path = write_synthetic_dataset(
         args.out, num_images=args.num_images, image_size=args.image_size, seed=args.seed,
         min_size=args.min_size, max_size=args.max_size,
@@ -245,7 +250,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
         slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, device=args.device,
     )
     done, failed = len(summary["images"]), len(summary["errors"])
-    print(f"detected in {done} image(s), {failed} skipped; wrote {len(written)} files to {args.out}")
+    print(f"detected in {done} image(s), {failed} skipped; wrote {len(written)} files to {written[-1].parent}")
     if not done:  # nothing processed: a script must not read this as success
         _die(f"no image could be processed ({failed} skipped, reasons above and in {written[-1]})", code=1)
 
@@ -262,7 +267,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     out = args.out or str(Path(args.weights).with_suffix(".onnx"))
     guards.check_outputs({"--out": out}, guards.checkpoint_files(args.weights))
     model = efpn.load_model(args.weights)
-    rep = export_onnx(model, out, args.image_size)
+    try:
+        rep = export_onnx(model, out, args.image_size)
+    except RuntimeError as e:  # onnxruntime disagrees with PyTorch: nothing was written
+        _die(str(e), code=1)
     print(f"exported {rep.path} ({rep.num_priors} priors at {rep.image_size}px); onnxruntime max |diff| "
           f"boxes {rep.max_abs_diff_boxes:.2e}, scores {rep.max_abs_diff_scores:.2e}")
 
@@ -318,10 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     s = d.add_parser("synth", help="write a deterministic synthetic tiny-object dataset (PNG + COCO JSON)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--num-images", type=int, default=200)
-    s.add_argument("--image-size", type=int, default=320)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
+    s.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty, replacing its "
+                                                            "images/, annotations.json and data.yaml")
+    s.add_argument("--num-images", type=guards.at_least_one, default=200, help="images to write (default 200)")
+    s.add_argument("--image-size", type=guards.image_side, default=320, help="image side in px (default 320)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same dataset")
     s.add_argument("--min-size", type=float, default=2.0, help="smallest object side in px")
     s.add_argument("--max-size", type=float, default=32.0, help="largest object side in px")
     s.set_defaults(func=cmd_data_synth)

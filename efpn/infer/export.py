@@ -7,7 +7,9 @@ runtimes and TensorRT plug-ins expect to post-process (NMS is left to the runtim
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,23 @@ def export_onnx(model: Detector, path: str | Path, image_size: int | None = None
         raise ValueError("export needs an eval-mode model (call model.eval())")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # exported and checked under a temporary name, moved into place only once onnxruntime agrees: a failed or
+    # interrupted export never replaces a good earlier file at ``path``
+    part = path.with_name(f".{path.name}.part-{os.getpid()}")
+    try:
+        report = _export_checked(model, part, size, opset)
+        if not report.ok:
+            raise RuntimeError(
+                f"onnxruntime output differs from PyTorch (boxes {report.max_abs_diff_boxes:.3g}, scores "
+                f"{report.max_abs_diff_scores:.3g}); the export was not trustworthy and was not written to {path}")
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return dataclasses.replace(report, path=path)
+
+
+def _export_checked(model: Detector, path: Path, size: int, opset: int) -> ExportReport:
+    """Export to ``path`` and compare onnxruntime's outputs with PyTorch's on one random image."""
     wrapper = _Decoded(model).eval().cpu()
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), warnings.catch_warnings():
@@ -107,9 +126,4 @@ def export_onnx(model: Detector, path: str | Path, image_size: int | None = None
         max_abs_diff_scores=float(np.abs(scores - ref_scores.numpy()).max()),
         opset=opset,
     )
-    if not report.ok:
-        raise RuntimeError(
-            f"onnxruntime output differs from PyTorch (boxes {report.max_abs_diff_boxes:.3g}, "
-            f"scores {report.max_abs_diff_scores:.3g}); the export at {path} is not trustworthy"
-        )
     return report

@@ -214,3 +214,16 @@ def test_file_system_errors_are_one_line_with_advice(err: OSError, said: str, mo
     assert e.value.code == 2
     out = capsys.readouterr().err
     assert out.startswith(f"efpn: error: {said}") and "Errno" not in out and "Traceback" not in out
+
+
+def test_data_synth_refuses_a_folder_that_is_not_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's dataset in --out is never replaced unless --overwrite says so."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "annotations.json").write_text('{"mine": true}')
+    with pytest.raises(SystemExit) as e:
+        main(["data", "synth", "--out", str(mine), "--num-images", "1", "--image-size", "64"])
+    assert e.value.code == 2 and "is not empty" in capsys.readouterr().err
+    assert (mine / "annotations.json").read_text() == '{"mine": true}'
+    main(["data", "synth", "--out", str(mine), "--num-images", "1", "--image-size", "64", "--overwrite"])
+    assert "mine" not in (mine / "annotations.json").read_text()

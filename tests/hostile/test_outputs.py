@@ -48,10 +48,12 @@ def test_detect_refuses_to_draw_among_its_inputs_and_never_reads_its_own_output(
     assert "is or contains the source folder" in capsys.readouterr().err
     assert (src / "a.png").read_bytes() == original  # untouched
     nested = src / "det"
-    for _ in range(2):  # the second run must not detect in the first run's drawing
+    for _ in range(3):  # later runs must not detect in the earlier runs' drawings, nor replace their results
         main(["detect", str(src), "--weights", str(ckpt), "--out", str(nested)])
-    summary = json.loads((nested / "detections.json").read_text())
-    assert [Path(p).name for p in summary["images"]] == ["a.png"]
+    for folder in (nested, src / "det-2", src / "det-3"):  # numbered as training runs are
+        summary = json.loads((folder / "detections.json").read_text())
+        assert [Path(p).name for p in summary["images"]] == ["a.png"]
+        assert sorted(p.name for p in folder.iterdir()) == ["a.png", "detections.json"]
 
 
 def test_detect_gives_every_input_its_own_drawing(ckpt: Path, tmp_path: Path) -> None:

@@ -31,3 +31,18 @@ def test_export_rejects_bad_size(tmp_path: Path) -> None:
     model = efpn.build_model("tiny_yolov8_sgdm", num_classes=3).eval()
     with pytest.raises(ValueError, match="multiple of 32"):
         export_onnx(model, tmp_path / "m.onnx", image_size=100)
+
+
+def test_an_untrustworthy_export_never_replaces_a_good_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export is checked under a temporary name and moved into place only when onnxruntime agrees: a rejected
+    export raises, leaves the earlier file byte for byte, and leaves no temporary file."""
+    import efpn.infer.export as ex
+
+    model = efpn.build_model("tiny_efpn_n", num_classes=3).eval()
+    good = export_onnx(model, tmp_path / "m.onnx", image_size=64).path
+    before = good.read_bytes()
+    monkeypatch.setattr(ex.ExportReport, "ok", property(lambda self: False))
+    with pytest.raises(RuntimeError, match="not trustworthy and was not written to"):
+        export_onnx(perturb(model, seed=1, scale=0.05), good, image_size=64)
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
