@@ -178,6 +178,11 @@ def cmd_val(args: argparse.Namespace) -> None:
         print(line(f"tiles {args.slice} px, overlap {args.overlap:g}: ", m))
     else:
         print(line("", m))
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s); the metrics are computed without them (listed "
+              "under skipped_images in --json):")
+        for path, why in list(result.skipped.items())[:10]:
+            print(f"  {path}: {why}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(m, indent=2))

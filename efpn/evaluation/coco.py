@@ -120,6 +120,8 @@ class EvalResult:
     recall_grid: np.ndarray = field(default_factory=lambda: RECALL_GRID.copy())
     pr_precision: dict[str, np.ndarray] = field(default_factory=dict)
     pr_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    #: images left out because they could not be read (path -> why); the metrics are computed without them
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def to_json_dict(self, include_curves: bool = False) -> dict[str, Any]:
         """JSON-ready dict (model cards, the studio)::
@@ -128,7 +130,7 @@ class EvalResult:
              "AP_l", "AR", "AR50", "AR_vt", "AR_t", "AR_s", "AR_m", "AR_l",
              "per_class": {name: AP}, "per_class_AP50": {name: AP50},
              "max_dets": 1500, "maxdets_100": {same metric keys}, "num_gt": {split: int},
-             "num_images": int, "backend": str,
+             "num_images": int, "backend": str, "skipped_images": {path: why} (only when an image was unreadable),
              "pr_curves": {"iou": 0.5, "recall": [101], "precision": {name: [101]}, "scores": {name: [101]}}}
 
         ``pr_curves`` only with ``include_curves=True`` (it is K x 202 numbers; cards stay small without it).
@@ -143,6 +145,8 @@ class EvalResult:
         out["num_gt"] = dict(self.num_gt)
         out["num_images"] = self.num_images
         out["backend"] = self.backend
+        if self.skipped:  # only when it happened: what the numbers leave out
+            out["skipped_images"] = dict(self.skipped)
         if include_curves:
             out["pr_curves"] = {
                 "iou": 0.5,

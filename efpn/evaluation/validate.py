@@ -9,6 +9,7 @@ the same value the model pads with itself.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from efpn.data.images import read_image
+from efpn.data.images import CorruptImageError, read_image
 from efpn.data.records import ImageRecord
 from efpn.evaluation.coco import EvalResult, evaluate_detections
 from efpn.infer.preprocess import Prepared, boxes_to_original, prepare
@@ -40,17 +41,38 @@ def _network_hw(rec: ImageRecord, image_size: int) -> tuple[int, int]:
     return max(1, round(rec.height * scale)), max(1, round(rec.width * scale))
 
 
-def _prepared(records: Sequence[ImageRecord], image_size: int, threads: int) -> Iterator[tuple[ImageRecord, Prepared]]:
-    """Decode and resize records in order, a few images ahead on ``threads`` threads (decoding releases the GIL)."""
+#: What an unreadable image raises (missing, truncated, not an image, too many pixels).
+UNREADABLE = (CorruptImageError, OSError, ValueError)
+
+
+def _prepare_or_error(rec: ImageRecord, image_size: int) -> Prepared | Exception:
+    try:
+        return prepare(rec.path, image_size)
+    except UNREADABLE as e:
+        return e
+
+
+def _prepared(records: Sequence[ImageRecord], image_size: int,
+              threads: int) -> Iterator[tuple[ImageRecord, Prepared | Exception]]:
+    """Decode and resize records in order, a few images ahead on ``threads`` threads (decoding releases the GIL);
+    an image that cannot be read comes as its exception."""
     if threads <= 1:
         for rec in records:
-            yield rec, prepare(rec.path, image_size)
+            yield rec, _prepare_or_error(rec, image_size)
         return
     chunk = 4 * threads  # bounded look-ahead: never more than this many decoded images in memory
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for i in range(0, len(records), chunk):
             part = records[i : i + chunk]
-            yield from zip(part, pool.map(lambda r: prepare(r.path, image_size), part))
+            yield from zip(part, pool.map(lambda r: _prepare_or_error(r, image_size), part))
+
+
+def _unreadable(rec: ImageRecord, e: Exception, skipped: dict[str, str] | None) -> None:
+    """Record ``rec`` as skipped (and say so), or raise ``e`` when the caller keeps no list of skipped images."""
+    if skipped is None:
+        raise e
+    skipped[str(rec.path)] = str(e)
+    warnings.warn(f"skipped unreadable image {rec.path}: {e}", stacklevel=3)
 
 
 @torch.no_grad()
@@ -65,8 +87,12 @@ def predict_records(
     nms_iou: float | None = None,
     threads: int = 2,
     progress: bool = False,
+    skipped: dict[str, str] | None = None,
 ) -> Predictions:
     """Detections for every record's image: ``{image_id: {"boxes", "scores", "labels"}}`` in ORIGINAL pixels.
+
+    An image that cannot be read raises, or with ``skipped`` (a dict) is left out of the predictions and recorded
+    there (path -> why), so one bad file does not stop an evaluation.
 
     Each image is prepared as at inference (long side -> ``image_size``), images of the same padded size are
     batched (at most ``batch_size``), and boxes are mapped back with the image's own scale and clipped to it.
@@ -119,6 +145,11 @@ def predict_records(
         bar = tqdm(total=len(order), desc="val", unit="img", dynamic_ncols=True, leave=False)
     try:
         for rec, prep in _prepared(order, image_size, threads):
+            if isinstance(prep, Exception):
+                _unreadable(rec, prep, skipped)
+                if bar is not None:
+                    bar.update(1)
+                continue
             key = (_ceil(prep.tensor.shape[-2], divisor), _ceil(prep.tensor.shape[-1], divisor))
             if pending and (len(pending) == batch_size or key != _pending_key(pending, divisor)):
                 run(pending)
@@ -146,10 +177,11 @@ def predict_records_sliced(
     score_thresh: float = 0.001,
     max_det: int = 1500,
     progress: bool = False,
+    skipped: dict[str, str] | None = None,
 ) -> Predictions:
-    """Like :func:`predict_records`, but every image is cut into ``tile`` x ``tile`` windows overlapping by
-    ``overlap`` (:func:`efpn.infer.sliced_predict`: each window at the network size ``image_size``, default the
-    model's, plus one whole-image pass when there are several windows) and the detections are merged in the
+    """Like :func:`predict_records` (``skipped`` too), but every image is cut into ``tile`` x ``tile`` windows
+    overlapping by ``overlap`` (:func:`efpn.infer.sliced_predict`: each window at the network size ``image_size``,
+    default the model's, plus one whole-image pass when there are several windows) and the detections are merged in the
     image's own pixels. An image that fits in one window gets exactly its plain prediction."""
     if model.training:
         raise ValueError("sliced validation needs an eval-mode model; call model.eval()")
@@ -162,7 +194,12 @@ def predict_records_sliced(
     for rec in iterator:
         if rec.path is None:
             raise ValueError(f"record {rec.image_id} has no image path; cannot predict")
-        det = sliced_predict(model, read_image(rec.path), tile=tile, overlap=overlap, score_thresh=score_thresh,
+        try:
+            rgb = read_image(rec.path)
+        except UNREADABLE as e:
+            _unreadable(rec, e, skipped)
+            continue
+        det = sliced_predict(model, rgb, tile=tile, overlap=overlap, score_thresh=score_thresh,
                              max_det=max_det, image_size=image_size)
         out[rec.image_id] = {
             "boxes": det["boxes"].float().cpu().numpy().astype(np.float32),
@@ -216,15 +253,22 @@ def validate(
     """
     check_classes(model, class_names)
     size = int(image_size or model.config.image_size)
+    skipped: dict[str, str] = {}
     if slice_size is not None:
         if slice_size < 8:
             raise ValueError(f"slice_size must be at least 8 px, got {slice_size}")
         preds = predict_records_sliced(model, records, slice_size, overlap, size, score_thresh=score_thresh,
-                                       max_det=max_det, progress=progress)
-        return evaluate_detections(records, preds, class_names, max_dets=max_dets)
-    preds = predict_records(
-        model, records, size, batch_size=batch_size, device=device, score_thresh=score_thresh, max_det=max_det,
-        threads=threads, progress=progress,
-    )
-    return evaluate_detections(records, preds, class_names, max_dets=max_dets)
+                                       max_det=max_det, progress=progress, skipped=skipped)
+    else:
+        preds = predict_records(
+            model, records, size, batch_size=batch_size, device=device, score_thresh=score_thresh, max_det=max_det,
+            threads=threads, progress=progress, skipped=skipped,
+        )
+    kept = [r for r in records if str(r.path) not in skipped]  # an unread image's objects are not counted missed
+    if not kept:
+        raise ValueError(f"none of the {len(records)} images could be read (e.g. {next(iter(skipped.items()))}); "
+                         "check the data's image paths")
+    result = evaluate_detections(kept, preds, class_names, max_dets=max_dets)
+    result.skipped = skipped
+    return result
 
