@@ -96,7 +96,9 @@ def to_rgb_uint8(arr: np.ndarray, bgr: bool = False) -> np.ndarray:
     * (H, W) or (H, W, 1) grayscale is repeated to 3 channels; (H, W, 2) gray+alpha keeps the gray;
       a 4th (alpha) channel is dropped.
     * uint16 is mapped linearly ``v / 257`` (65535 -> 255); other integer types with values above 255 the same
-      way, else taken as 8-bit; float images in [0, 1] are scaled by 255, others clipped to [0, 255].
+      way, else taken as 8-bit; a 16-bit image whose values stay below 4096 (10-12-bit sensor data) is mapped the
+      same way with a warning that it will be nearly black and how to rescale it; float images in [0, 1] are
+      scaled by 255, others clipped to [0, 255].
     * ``bgr=True`` for OpenCV-decoded colour arrays.
     """
     a = np.asarray(arr)
@@ -112,6 +114,14 @@ def to_rgb_uint8(arr: np.ndarray, bgr: bool = False) -> np.ndarray:
         a = a.astype(np.uint8) * 255
     elif a.dtype.kind in "ui":
         is_16bit = (a.dtype.kind == "u" and a.dtype.itemsize == 2) or (a.size > 0 and int(a.max()) > 255)
+        if is_16bit and a.size and 0 < int(a.max()) < 4096:
+            # 10-14-bit sensor data (infrared, SAR, microscopy) is often stored in 16-bit files: the linear
+            # 16 -> 8 bit mapping makes it nearly black, and a detector then finds nothing without saying why
+            bits = max(int(a.max()).bit_length(), 8)
+            warnings.warn(
+                f"a 16-bit image uses values up to {int(a.max())} only ({bits}-bit data?): read as 16-bit it becomes "
+                f"nearly black (at most {round(int(a.max()) / 257)} of 255). Rescale it to the full range first (e.g. "
+                f"multiply by {2 ** (16 - bits)}), or save it as 8-bit", stacklevel=2)
         scaled = np.round(a.astype(np.float64) / 257.0) if is_16bit else a
         a = np.clip(scaled, 0, 255).astype(np.uint8)
     else:

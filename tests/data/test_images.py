@@ -49,6 +49,23 @@ def test_16bit(tmp_path: Path) -> None:
     assert out.shape == (2, 2, 3) and (out[..., 0] == 255).all() and (out[..., 2] == 0).all()
 
 
+def test_16bit_data_that_uses_a_small_part_of_the_range_is_warned_about(tmp_path: Path) -> None:
+    """12-bit sensor values in a 16-bit file read as nearly black: the reader says so and how to rescale."""
+    import warnings
+
+    import pytest
+
+    gray12 = np.array([[0, 1000, 4000]], dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "g12.png"), gray12)
+    with pytest.warns(UserWarning, match=r"values up to 4000 only \(12-bit data\?\).*multiply by 16"):
+        out = read_image(tmp_path / "g12.png")
+    np.testing.assert_array_equal(out[0, :, 0], [0, 4, 16])  # the mapping itself is unchanged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a full-range 16-bit image reads without a warning
+        cv2.imwrite(str(tmp_path / "full.png"), (gray12.astype(np.uint32) * 16).astype(np.uint16))
+        read_image(tmp_path / "full.png")
+
+
 def test_exif_orientation(tmp_path: Path) -> None:
     im = Image.fromarray(np.zeros((10, 30, 3), dtype=np.uint8))  # 30 wide, 10 high
     exif = Image.Exif()
