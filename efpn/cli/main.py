@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("models", help="list presets with parameters and GFLOPs")
     s.add_argument("--json", action="store_true", help="print a JSON list of {name, params, gflops}")
-    s.add_argument("--size", type=int, default=640, help="image size for GFLOPs (default 640)")
+    s.add_argument("--size", type=guards.image_size, default=640,
+                   help="square input side for GFLOPs, a multiple of 32 (default 640)")
     s.add_argument("--num-classes", type=int, default=80, help="classes (default 80, as the references)")
     s.add_argument("--all", action="store_true", help="include the tiny test presets")
     s.set_defaults(func=cmd_models)
@@ -343,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("assign", help="per-level positive accounting of a dataset with box-only assigners")
     s.add_argument("--data", required=True, help="data YAML")
-    s.add_argument("--split", default="train")
+    s.add_argument("--split", default="train", help="split of the data YAML to account (default train)")
     s.add_argument("--protocol", nargs="+", default=["maxiou", "atss", "yolov5", "fcos"],
                    help="assigners: maxiou atss yolov5 fcos rpn (default: the first four)")
     s.add_argument("--image-size", type=guards.image_size, default=640,
@@ -366,10 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("val", help="COCO AP with AI-TOD size splits (AP_vt, AP_t, AP_s, AP_m)")
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--data", required=True, help="data YAML")
-    s.add_argument("--split", default="val")
-    s.add_argument("--image-size", type=guards.image_size, default=None)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--device", type=guards.device, default="cpu")
+    s.add_argument("--split", default="val", help="split of the data YAML to score (default val)")
+    s.add_argument("--image-size", type=guards.image_size, default=None,
+                   help="network input's long side (default: the checkpoint's own)")
+    s.add_argument("--batch-size", type=guards.at_least_one, default=8, help="images per forward pass (default 8)")
+    s.add_argument("--device", type=guards.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     s.add_argument("--limit", type=guards.at_least_one, default=None, help="only the first N images")
     s.add_argument("--json", default=None, help="write {AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, per_class}; with "
                    "--slice the sliced metrics, plus 'without_slicing' and 'slicing'")
@@ -385,16 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "table (JSON/CSV), COCO results and an HTML report with crops")
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--data", required=True, help="data YAML")
-    s.add_argument("--split", default="val")
+    s.add_argument("--split", default="val", help="split of the data YAML to diagnose (default val)")
     s.add_argument("--score", type=guards.unit, default=None, help="score threshold in [0, 1] (default: the model's)")
     s.add_argument("--iou", type=guards.unit, default=0.5, help="IoU a detection needs to find an object (default 0.5)")
     s.add_argument("--any-class", action="store_true",
                    help="a detection of any class finds an object (default: the same class only)")
     s.add_argument("--slice", type=guards.tile_size, default=None, metavar="S", help="detect on S x S tiles (>= 8 px)")
     s.add_argument("--overlap", type=guards.fraction, default=None, help="tile overlap fraction in [0, 1)")
-    s.add_argument("--image-size", type=guards.image_size, default=None)
+    s.add_argument("--image-size", type=guards.image_size, default=None,
+                   help="network input's long side (default: the checkpoint's own)")
     s.add_argument("--limit", type=guards.at_least_one, default=None, help="only the first N images")
-    s.add_argument("--device", type=guards.device, default="cpu")
+    s.add_argument("--device", type=guards.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     s.add_argument("--json", default=None, help="write the table and every miss as JSON")
     s.add_argument("--csv", default=None, help="write the miss table as CSV")
     s.add_argument("--coco", default=None, help="write the detections as COCO results JSON (category_id: the "
@@ -404,30 +407,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("detect", help="detect objects in images or folders; writes drawn images + JSON")
     s.add_argument("source", nargs="+", help="image files or folders")
-    s.add_argument("--weights", required=True)
-    s.add_argument("--out", default="runs/detect")
+    s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
+    s.add_argument("--out", default="runs/detect", help="folder for the drawings and detections.json (default "
+                                                       "runs/detect; a folder holding an earlier run's results gets "
+                                                       "-2, -3, ...)")
     s.add_argument("--score", type=guards.unit, default=0.25, help="score threshold in [0, 1]")
     s.add_argument("--iou", type=guards.unit, default=0.5, help="NMS IoU threshold in [0, 1]")
     s.add_argument("--slice", type=guards.tile_size, default=None, metavar="SIZE",
                    help="sliced inference with SIZE x SIZE tiles (>= 8 px)")
     s.add_argument("--overlap", type=guards.fraction, default=None, help="tile overlap fraction in [0, 1) for --slice")
-    s.add_argument("--image-size", type=guards.image_size, default=None)
-    s.add_argument("--device", type=guards.device, default="cpu")
+    s.add_argument("--image-size", type=guards.image_size, default=None,
+                   help="network input's long side (default: the checkpoint's own)")
+    s.add_argument("--device", type=guards.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     s.set_defaults(func=cmd_detect)
 
     s = sub.add_parser("export", help="export to ONNX, checked against onnxruntime")
-    s.add_argument("--weights", required=True)
-    s.add_argument("--format", default="onnx")
-    s.add_argument("--out", default=None)
-    s.add_argument("--image-size", type=guards.image_size, default=None)
+    s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
+    s.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx only)")
+    s.add_argument("--out", default=None, help="output file (default: the weights' path with .onnx)")
+    s.add_argument("--image-size", type=guards.image_size, default=None,
+                   help="fixed input side of the exported graph (default: the checkpoint's own)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("ship", help="validate a run's best weights and write them to checkpoints/ with a model card")
     s.add_argument("run", help="run directory (runs/NAME)")
     s.add_argument("--name", required=True, help="checkpoint name, e.g. efpn_n_synth")
-    s.add_argument("--out", default="checkpoints")
+    s.add_argument("--out", default="checkpoints", help="folder of shipped checkpoints (default checkpoints)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint of that name")
-    s.add_argument("--dataset", default="synth", help="attribution key: synth, ssdd or sirst")
+    s.add_argument("--dataset", default="synth",
+                   help="the training data's attribution in the card: synth, ssdd or sirst give their standard "
+                        "text, anything else is recorded as written (default synth)")
     s.add_argument("--shared-root", default=None, help="record sanity images relative to this data folder")
     s.add_argument("--recipe", default=None, help="the training command, recorded in the card")
     s.add_argument("--storage", default="auto", choices=["auto", "fp32", "fp16", "int8"],
