@@ -30,6 +30,8 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None) -
             out += [q for q in found if exclude is None or not any(_within(q, e) for e in _run_folders(exclude))]
         elif p.is_file():
             out.append(p)
+        elif p.exists():  # a device, a pipe, a socket: reading one could block or never end; the others go on
+            tqdm.write(f"skipped {p}: not a regular file or folder (a device, pipe or socket); give image files")
         elif p.is_symlink():
             raise FileNotFoundError(f"source {p} is a link that leads nowhere (broken, or a loop of links)")
         else:

@@ -71,8 +71,8 @@ def image_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number of pixels, got {text[:40]!r}") from None
     if not 32 <= value <= MAX_IMAGE_SIZE or value % 32:
         raise argparse.ArgumentTypeError(
-            f"must be a multiple of 32 between 32 and {MAX_IMAGE_SIZE} px, got {value} (leave it out to use the "
-            "checkpoint's own size; for larger images use --slice)")
+            f"must be a multiple of 32 between 32 and {MAX_IMAGE_SIZE} px, got {value} (leave it out for the "
+            "default; detect, val and diagnose take large images in tiles with --slice)")
     return value
 
 

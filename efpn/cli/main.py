@@ -83,6 +83,11 @@ def cmd_assign(args: argparse.Namespace) -> None:
 
     if args.plot and Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".html", ".htm"):
         _die(f"--plot {args.plot}: the chart is written as .png, .svg, .pdf, .jpg or .html; end the path with one")
+    from efpn.explain import PROTOCOLS
+
+    unknown = [name for name in args.protocol if name not in PROTOCOLS]
+    if unknown:  # before the data loads
+        _die(f"unknown assignment protocol {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
     guards.check_outputs({"--json": args.json, "--plot": args.plot}, guards.data_files(args.data))
     rep = assignment_report(
         args.data, split=args.split, protocols=args.protocol, image_size=args.image_size,
@@ -286,6 +291,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_ship(args: argparse.Namespace) -> None:
     from efpn.cli.ship import ship
 
+    guards.check_outputs({"--out": args.out}, {}, folders=("--out",))  # before the validation run, not after
     path = ship(args.run, args.name, out_dir=args.out, dataset=args.dataset, shared_root=args.shared_root,
                 recipe=args.recipe, storage=args.storage, overwrite=args.overwrite)
     print(f"shipped {path}")

@@ -149,7 +149,17 @@ def ship(
         best = run / "last.safetensors"
     if not best.is_file():
         raise FileNotFoundError(f"no best.safetensors or last.safetensors in {run}; train first (efpn train)")
-    split = json.loads((run / "data_split.json").read_text())
+    split_file = run / "data_split.json"
+    try:
+        split = json.loads(split_file.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{split_file} is missing: {run} was not written by efpn train (or was moved "
+                                "without it); ship the run folder efpn train made") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{split_file} is not valid JSON ({e}); restore it from the run (efpn train writes it at "
+                         "the start of a run) before shipping") from None
+    if not isinstance(split, dict) or "data" not in split:
+        raise ValueError(f"{split_file} does not name the run's data (no 'data' key); restore it before shipping")
     if split.get("val_source") == "none":  # nothing held out to measure the card's metrics on
         raise ValueError(f"{run} was trained without a validation split (val_split none), and a shipped checkpoint's "
                          "card records metrics measured on one; train with --val-split val (or a val_fraction)")

@@ -250,6 +250,11 @@ def parse_data_config(data: Any, base_dir: str | Path = ".", yaml_path: str | Pa
 def load_data_config(path: str | Path) -> DataConfig:
     """Read and validate a data YAML file (see the module docstring for the schema)."""
     p = Path(path)
+    if p.is_dir():
+        yamls = sorted(q.name for q in p.glob("*.y*ml"))
+        hint = f" (it holds {', '.join(yamls[:3])})" if yamls else ""
+        raise IsADirectoryError(f"data YAML {p} is a folder{hint}; pass the data YAML file itself, e.g. "
+                                f"{p / (yamls[0] if yamls else 'data.yaml')}")
     if not p.is_file():
         raise FileNotFoundError(f"data YAML {p} does not exist; pass the path of a data YAML (e.g. data/ssdd.yaml)")
     return parse_data_config(read_yaml(p, "data YAML"), base_dir=p.resolve().parent, yaml_path=p)

@@ -125,5 +125,7 @@ def assignment_report(
         print(report.summary())
     if limit:
         records = records[:limit]
+    if not records:
+        raise ValueError(f"split {split!r} of {data_yaml} has no images (see the loader's report); nothing to account")
     acc = accounting_for_records(records, protocols, image_size, progress)
     return AssignmentReport(str(data_yaml), split, image_size, len(records), acc)

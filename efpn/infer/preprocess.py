@@ -81,6 +81,9 @@ def prepare(image: Any, image_size: int) -> Prepared:
     rgb = to_rgb_uint8(image)
     h, w = rgb.shape[:2]
     scale, (nh, nw) = network_hw((h, w), image_size)
+    if image_size < MIN_SIDE:
+        raise ValueError(f"image_size {image_size} is under the network's {MIN_SIDE} px minimum input side; use a "
+                         "multiple of 32 such as 320 or 640 (or leave it out for the checkpoint's own size)")
     if min(nh, nw) < MIN_SIDE:
         raise ValueError(
             f"a {w}x{h} px image becomes {nw}x{nh} px at the network's {image_size} px long side, under the "

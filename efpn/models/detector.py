@@ -402,6 +402,18 @@ class Detector(nn.Module):
         Does not change the module's train/eval mode; BatchNorm uses running statistics only if the model is
         already in eval mode (the studio always loads models in eval mode).
         """
+        check_postprocess(**postprocess_kw)
         detections = self.run(images, detect=True, **postprocess_kw).detections
         assert detections is not None
         return detections
+
+
+def check_postprocess(score_thresh: float | None = None, nms_iou: float | None = None, max_det: int | None = None,
+                      **_: Any) -> None:
+    """Raise ValueError for post-processing settings outside their meaning: thresholds in [0, 1] (NaN refused),
+    at least one detection kept. None keeps the model config's value."""
+    for name, value in (("score_thresh", score_thresh), ("nms_iou", nms_iou)):
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    if max_det is not None and int(max_det) < 1:
+        raise ValueError(f"max_det must be >= 1, got {max_det}")

@@ -188,3 +188,14 @@ def test_overlap_without_slice_is_said_to_be_ignored(ckpt: Path, tmp_path: Path,
     assert "--overlap applies to --slice tiles" in capsys.readouterr().err
     main(["detect", str(tmp_path / "in"), "--weights", str(ckpt), "--out", str(tmp_path / "o2")])
     assert "--overlap" not in capsys.readouterr().err
+
+
+def test_detect_skips_a_source_that_is_not_a_regular_file(ckpt: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """/dev/null beside a folder of images: said and skipped, the folder's images detected."""
+    src = tmp_path / "ok"
+    _image(src / "a.png")
+    main(["detect", "/dev/null", str(src), "--weights", str(ckpt), "--out", str(tmp_path / "o")])
+    said = capsys.readouterr()
+    assert "skipped /dev/null: not a regular file" in said.out + said.err
+    assert [Path(p).name for p in json.loads((tmp_path / "o" / "detections.json").read_text())["images"]] == ["a.png"]
