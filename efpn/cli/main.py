@@ -494,8 +494,11 @@ _OS_ADVICE = {
 
 
 def describe_os_error(e: OSError) -> str:
-    """One line for an OSError: the path, what went wrong in words, and what to do (no errno number)."""
-    what = (e.strerror or str(e)).rstrip(".").lower()
+    """One line for an OSError: the path, what went wrong in words, and what to do (no errno number). An error
+    raised with a message of its own (no errno) is that message."""
+    if e.errno is None or e.strerror is None:
+        return str(e)
+    what = e.strerror.rstrip(".").lower()
     path = f"{e.filename}: " if e.filename is not None else ""
     advice = _OS_ADVICE.get(e.errno or -1)
     return f"{path}{what}" + (f"; {advice}" if advice else "")

@@ -227,3 +227,17 @@ def test_data_synth_refuses_a_folder_that_is_not_empty(tmp_path: Path, capsys: p
     assert (mine / "annotations.json").read_text() == '{"mine": true}'
     main(["data", "synth", "--out", str(mine), "--num-images", "1", "--image-size", "64", "--overwrite"])
     assert "mine" not in (mine / "annotations.json").read_text()
+
+
+def test_an_os_error_with_its_own_message_is_printed_as_written(monkeypatch, capsys) -> None:
+    import sys
+
+    cli = sys.modules["efpn.cli.main"]
+
+    def raises(args) -> None:
+        raise IsADirectoryError("data YAML ds is a folder; pass the data YAML file itself")
+
+    monkeypatch.setattr(cli, "cmd_models", raises)
+    with pytest.raises(SystemExit):
+        main(["models"])
+    assert capsys.readouterr().err == "efpn: error: data YAML ds is a folder; pass the data YAML file itself\n"
