@@ -1,4 +1,5 @@
-"""Checks the command line makes before a long run: option values, the device, and outputs that would destroy inputs.
+"""Checks the command line makes before a long run (option values, the device, outputs that would destroy inputs)
+and how it words the file-system errors a run meets.
 
 Every check raises ``argparse.ArgumentTypeError`` (as an option's ``type``) or ``ValueError`` with what was wrong and
 what to do, before a model is loaded or an image is read, so a bad option never costs a run.
@@ -7,6 +8,7 @@ what to do, before a model is loaded or an image is read, so a bad option never 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -168,3 +170,27 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.exists() and b.exists() and a.samefile(b)
     except OSError:
         return False
+
+
+#: What to do about the file-system errors a run can meet, by errno.
+_OS_ADVICE = {
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; give another path",
+    errno.EISDIR: "it is a folder; give a file path",
+    errno.EEXIST: "it already exists and is not a folder; give another path",
+    errno.EACCES: "no permission; give a path you can use",
+    errno.EPERM: "no permission; give a path you can use",
+    errno.EROFS: "give a path on a writable disk",
+    errno.ENOSPC: "the disk is full; free space or write to another disk",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: the path, what went wrong in words, and what to do (no errno number). An error
+    raised with a message of its own (no errno) is that message."""
+    if e.errno is None or e.strerror is None:
+        return str(e)
+    what = e.strerror.rstrip(".").lower()
+    path = f"{e.filename}: " if e.filename is not None else ""
+    advice = _OS_ADVICE.get(e.errno or -1)
+    return f"{path}{what}" + (f"; {advice}" if advice else "")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
 import sys
 import types
@@ -477,31 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as e:
         _die(str(e))
     except OSError as e:  # a path that cannot be read or written (missing, read-only, permissions, disk full)
-        _die(describe_os_error(e))
-
-
-#: What to do about the file-system errors a run can meet, by errno.
-_OS_ADVICE = {
-    errno.ENOENT: "check the path",
-    errno.ENOTDIR: "a part of the path is a file, not a folder; give another path",
-    errno.EISDIR: "it is a folder; give a file path",
-    errno.EEXIST: "it already exists and is not a folder; give another path",
-    errno.EACCES: "no permission; give a path you can use",
-    errno.EPERM: "no permission; give a path you can use",
-    errno.EROFS: "give a path on a writable disk",
-    errno.ENOSPC: "the disk is full; free space or write to another disk",
-}
-
-
-def describe_os_error(e: OSError) -> str:
-    """One line for an OSError: the path, what went wrong in words, and what to do (no errno number). An error
-    raised with a message of its own (no errno) is that message."""
-    if e.errno is None or e.strerror is None:
-        return str(e)
-    what = e.strerror.rstrip(".").lower()
-    path = f"{e.filename}: " if e.filename is not None else ""
-    advice = _OS_ADVICE.get(e.errno or -1)
-    return f"{path}{what}" + (f"; {advice}" if advice else "")
+        _die(guards.describe_os_error(e))
 
 
 if __name__ == "__main__":
