@@ -315,8 +315,9 @@ def finished_runs(page: Any) -> int:
 
 
 def done_args(title: str, n0: int, prev: Any = ..., new_page: bool = False) -> list[Any]:
-    """:data:`DONE_JS`'s argument: ``prev`` the figure's image before an upload (... when none is awaited; then the
-    Detect page must also show its overview), ``new_page`` when ``title`` is not the page shown before the action."""
+    """:data:`DONE_JS`'s argument: ``prev`` the figure's image before an upload (... when no new image is awaited;
+    when one is, the Detect page must also show its overview), ``new_page`` when ``title`` is not the page shown
+    before the action (the caller's promise: a new title is what shows the run happened)."""
     return [title, n0, None if prev is ... else prev, prev is not ..., new_page]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -296,7 +297,8 @@ def _assignment_summary(report: dict) -> dict:
 
 
 #: The files a report writes (its charts by pattern), all replaced when a new report is published.
-REPORT_FILES = ("README.md", "claims.json", "assignment_*.png", "grad_p5_p6.png", "seeds_ap.png")
+REPORT_FILES = ("README.md", "claims.json", "assignment_*.png", "grad_p5_p6.png", "seeds_ap.png",
+                "assignment_*.html", "grad_p5_p6.html", "seeds_ap.html")  # (.html: write_figure without kaleido)
 
 
 def claims_report(
@@ -319,20 +321,22 @@ def claims_report(
     final.mkdir(parents=True, exist_ok=True)
     # written into a hidden folder inside out_dir first, then swapped in whole: a report that fails half-way
     # leaves the old one as it was, and no chart of the old report outlives the new one
-    out = final / f".staging-{os.getpid()}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    for stale in final.glob(".staging-*"):  # left by a report that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    out = Path(tempfile.mkdtemp(prefix=".staging-", dir=final))
     try:
         readme = _write_report(out, shared_data, checkpoints, visdrone_limit, runs)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    for pattern in REPORT_FILES:
-        for old in final.glob(pattern):
-            old.unlink()
-    for new in out.iterdir():
-        os.replace(new, final / new.name)
+    written = {f.name for f in out.iterdir()}
+    for f in out.iterdir():  # the new files first: the folder never lacks a README
+        os.replace(f, final / f.name)
     out.rmdir()
+    for pattern in REPORT_FILES:  # then the old report's files the new one did not write
+        for old in final.glob(pattern):
+            if old.name not in written:
+                old.unlink()
     return final / readme.name
 
 

@@ -17,21 +17,26 @@ from efpn.infer.draw import detections_to_json, draw_detections
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # a GIF: its first frame
 
 
-def collect_images(sources: Sequence[str | Path], exclude: Path | None = None) -> list[Path]:
+def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
+                   skipped: dict[str, str] | None = None) -> list[Path]:
     """Expand files and folders (recursively) into image paths, sorted, leaving out anything under ``exclude`` (the
-    output folder: a second run must not read the first one's drawings); raises FileNotFoundError for a missing
-    source (a broken link or a link loop says so)."""
+    output folder, and its numbered siblings that hold results: a later run must not read an earlier one's
+    drawings); raises FileNotFoundError for a missing source (a broken link or a link loop says so). A source that
+    is neither a file nor a folder (a device, a pipe) is said, recorded in ``skipped`` and left out."""
     out: list[Path] = []
+    excluded = _run_folders(exclude) if exclude is not None else []
     for s in sources:
         p = Path(s)
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
-            # the output folder and its numbered siblings (out-2, out-3, ...: earlier runs into the same --out)
-            out += [q for q in found if exclude is None or not any(_within(q, e) for e in _run_folders(exclude))]
+            out += [q for q in found if not any(_within(q, e) for e in excluded)]
         elif p.is_file():
             out.append(p)
         elif p.exists():  # a device, a pipe, a socket: reading one could block or never end; the others go on
-            tqdm.write(f"skipped {p}: not a regular file or folder (a device, pipe or socket); give image files")
+            why = "not a regular file or folder (a device, pipe or socket); give image files"
+            tqdm.write(f"skipped {p}: {why}")
+            if skipped is not None:
+                skipped[str(p)] = why
         elif p.is_symlink():
             raise FileNotFoundError(f"source {p} is a link that leads nowhere (broken, or a loop of links)")
         else:
@@ -43,9 +48,10 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None) -
 
 
 def _run_folders(out: Path) -> list[Path]:
-    """``out`` and the ``out-N`` folders beside it that :func:`_fresh` numbers."""
+    """``out`` and the ``out-N`` folders beside it that :func:`_fresh` numbered (those holding a detections.json)."""
+    out = out.resolve()
     siblings = out.parent.glob(f"{glob.escape(out.name)}-*") if out.parent.is_dir() else []
-    return [out, *(q for q in siblings if q.name[len(out.name) + 1:].isdigit())]
+    return [out, *(q for q in siblings if q.name[len(out.name) + 1:].isdigit() and (q / "detections.json").exists())]
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -91,8 +97,8 @@ def detect_sources(
     and to its drawing (``"drawn"``); it is written every 50 images and at the end, also when the batch stops early.
     Inputs are never overwritten and never read back: ``out_dir`` is left out of the search, and an output folder
     that would put a drawing in place of an input is refused (ValueError). Raises NotADirectoryError when
-    ``out_dir`` is a file. When ``out_dir`` holds an earlier run's detections.json the results go to ``out_dir-2``
-    (``-3``, ...) instead; the written files' folder is the one used.
+    ``out_dir`` is a file. When ``out_dir`` is not empty the results go to ``out_dir-2`` (``-3``, ...) instead; the
+    written files' folder is the one used.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -104,7 +110,8 @@ def detect_sources(
     if holds:  # drawings would land among the inputs, and the next run would read them as inputs
         raise ValueError(f"--out {out} is or contains the source folder {holds[0]}; write the drawings elsewhere "
                          "(default runs/detect, or a folder inside the source, which is then left out of the search)")
-    paths = collect_images(sources, exclude=out)
+    not_files: dict[str, str] = {}
+    paths = collect_images(sources, exclude=out, skipped=not_files)
     out = _fresh(out)
     from efpn.cli.guards import check_writable
 
@@ -122,7 +129,7 @@ def detect_sources(
     names = list(model.config.class_names) or [str(i) for i in range(model.num_classes)]
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    summary: dict[str, Any] = {"weights": str(weights), "images": {}, "drawn": {}, "errors": {}}
+    summary: dict[str, Any] = {"weights": str(weights), "images": {}, "drawn": {}, "errors": dict(not_files)}
     try:
         for i, (path, name) in enumerate(tqdm(list(zip(paths, names_out, strict=True)), desc="detect", unit="img")):
             key = str(path)
@@ -165,14 +172,15 @@ def detect_sources(
 
 
 def _fresh(out: Path) -> Path:
-    """``out``, or ``out-2``, ``out-3``, ... when ``out`` already holds an earlier run's detections.json (as training
-    runs are numbered): a second run never replaces the first one's results or mixes its drawings in."""
+    """``out``, or ``out-2``, ``out-3``, ... when ``out`` is not empty (as training runs are numbered): a second run
+    never replaces the first one's results or mixes its drawings in."""
+    out = out.resolve() if out.name in ("", ".", "..") else out  # "." has no name to number
     folder, k = out, 1
-    while (folder / "detections.json").exists():
+    while folder.is_dir() and any(folder.iterdir()):  # a folder with anything in it (a killed run's drawings too)
         k += 1
         folder = out.with_name(f"{out.name}-{k}")
     if folder != out:
-        tqdm.write(f"{out} holds an earlier run's detections.json; writing to {folder}")
+        tqdm.write(f"{out} is not empty (an earlier run's results?); writing to {folder}")
     return folder
 
 

@@ -29,8 +29,13 @@ def _whole_number(text: str, minimum: int, unit: str, hint: str) -> int:
 
 
 def at_least_one(text: str) -> int:
-    """argparse type of a count such as ``--limit``: a whole number >= 1."""
+    """argparse type of ``--limit``: a whole number >= 1."""
     return _whole_number(text, 1, " >= 1", "leave the option out to use every image")
+
+
+def count(text: str) -> int:
+    """argparse type of a count such as ``--num-images`` or ``--batch-size``: a whole number >= 1."""
+    return _whole_number(text, 1, " >= 1", "at least one")
 
 
 def tile_size(text: str) -> int:
@@ -158,7 +163,9 @@ def check_writable(path: Path, flag: str) -> None:
     """Raise ValueError unless ``path`` (a file or folder to create or replace) could be written: the path itself
     when it exists, else the nearest folder above it that exists (a read-only file system or a folder without write
     permission is found here, before the run, not when its results are saved)."""
-    target = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    # a folder is written into; a file (existing or new) is replaced through a temporary file beside it, so what
+    # needs write permission is its folder, or the nearest existing one above
+    target = path if path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
     if not os.access(target, os.W_OK):
         where = "" if target == path else f" (its nearest existing folder {target})"
         raise ValueError(f"{flag} {path} cannot be written{where}: no write permission or a read-only file system. "

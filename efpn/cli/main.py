@@ -278,7 +278,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     model = efpn.load_model(args.weights)
     try:
         rep = export_onnx(model, out, args.image_size)
-    except RuntimeError as e:  # onnxruntime disagrees with PyTorch: nothing was written
+    except RuntimeError as e:  # onnxruntime disagrees with PyTorch, or the exporter failed: nothing was written
         _die(str(e), code=1)
     print(f"exported {rep.path} ({rep.num_priors} priors at {rep.image_size}px); onnxruntime max |diff| "
           f"boxes {rep.max_abs_diff_boxes:.2e}, scores {rep.max_abs_diff_scores:.2e}")
@@ -299,6 +299,9 @@ def cmd_ship(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ report
 
 
+REPORT_DEFAULTS = {"--shared-data": "../shared/data", "--checkpoints": "checkpoints"}
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from efpn.cli.claims import claims_report
 
@@ -308,7 +311,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                              ("--shared-data", args.shared_data, "the folder holding ssdd/, sirst/ and "
                                                                   "visdrone-annotations/ ('' to leave it out)"),
                              ("--runs", args.runs, "a folder of training runs")):
-        if path and not Path(path).is_dir():
+        typed = path != REPORT_DEFAULTS.get(flag)  # a default that is absent gives its section's "not found"
+        if path and typed and not Path(path).is_dir():
             raise ValueError(f"{flag} {path} is not a folder (from {Path.cwd()}); give {what}")
     guards.check_outputs({"--out": args.out}, {}, folders=("--out",))
     path = claims_report(args.out, shared_data=args.shared_data, checkpoints=args.checkpoints,
@@ -338,9 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     s = d.add_parser("synth", help="write a deterministic synthetic tiny-object dataset (PNG + COCO JSON)")
     s.add_argument("--out", required=True, help="output folder (new or empty; see --overwrite)")
-    s.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty, replacing its "
-                                                            "images/, annotations.json and data.yaml")
-    s.add_argument("--num-images", type=guards.at_least_one, default=200, help="images to write (default 200)")
+    s.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty, writing over "
+                                                            "its annotations.json, data.yaml and same-named images")
+    s.add_argument("--num-images", type=guards.count, default=200, help="images to write (default 200)")
     s.add_argument("--image-size", type=guards.image_side, default=320, help="image side in px (default 320)")
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same dataset")
     s.add_argument("--min-size", type=float, default=2.0, help="smallest object side in px")
@@ -375,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="val", help="split of the data YAML to score (default val)")
     s.add_argument("--image-size", type=guards.image_size, default=None,
                    help="network input's long side (default: the checkpoint's own)")
-    s.add_argument("--batch-size", type=guards.at_least_one, default=8, help="images per forward pass (default 8)")
+    s.add_argument("--batch-size", type=guards.count, default=8, help="images per forward pass (default 8)")
     s.add_argument("--device", type=guards.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     s.add_argument("--limit", type=guards.at_least_one, default=None, help="only the first N images")
     s.add_argument("--json", default=None, help="write {AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, per_class}; with "
@@ -414,8 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("source", nargs="+", help="image files or folders")
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--out", default="runs/detect", help="folder for the drawings and detections.json (default "
-                                                       "runs/detect; a folder holding an earlier run's results gets "
-                                                       "-2, -3, ...)")
+                                                       "runs/detect; a folder that is not empty gets -2, -3, ...)")
     s.add_argument("--score", type=guards.unit, default=0.25, help="score threshold in [0, 1]")
     s.add_argument("--iou", type=guards.unit, default=0.5, help="NMS IoU threshold in [0, 1]")
     s.add_argument("--slice", type=guards.tile_size, default=None, metavar="SIZE",
@@ -453,10 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="regenerate the measured claims of both papers (tables + charts)")
     s.add_argument("--out", default="docs/claims", help="report folder; its README, claims.json and charts are "
                                                         "replaced together (default docs/claims)")
-    s.add_argument("--shared-data", default="../shared/data",
+    s.add_argument("--shared-data", default=REPORT_DEFAULTS["--shared-data"],
                    help="folder with ssdd/, sirst/, visdrone-annotations/ for the assignment section; '' leaves the "
                         "section out (default ../shared/data)")
-    s.add_argument("--checkpoints", default="checkpoints", help="folder of shipped checkpoints (default checkpoints)")
+    s.add_argument("--checkpoints", default=REPORT_DEFAULTS["--checkpoints"],
+                   help="folder of shipped checkpoints (default checkpoints)")
     s.add_argument("--visdrone-limit", type=int, default=200, help="VisDrone annotation files to account (0: all)")
     s.add_argument("--runs", default=None, help="also read the cards and telemetry of the training runs in this "
                                                  "folder (ablation runs that are not shipped)")

@@ -174,6 +174,10 @@ def ship(
         raise ValueError(f"no validation images found for {run}; check {run / 'data_split.json'}")
     image_size = int(card.get("image_size") or model.config.image_size)
     res32 = validate(model, records, names, image_size=image_size, progress=progress)
+    if res32.skipped:  # a card's metrics are measured on every image it lists
+        raise ValueError(f"{len(res32.skipped)} validation image(s) could not be read (e.g. "
+                         f"{next(iter(res32.skipped))}); repair or remove them before shipping, so the card's metrics "
+                         "cover the images it lists")
     m32 = res32.to_json_dict()
 
     out = Path(out_dir)

@@ -90,6 +90,9 @@ def _check_exists(src: ImageSource) -> None:
             raise CorruptImageError(f"{p} is a folder, not an image file")
 
 
+_WARNED_LOW_RANGE: list[bool] = []  # whether the low-range 16-bit warning was given in this process
+
+
 def to_rgb_uint8(arr: np.ndarray, bgr: bool = False) -> np.ndarray:
     """Any decoded pixel array -> (H, W, 3) uint8 RGB, contiguous.
 
@@ -114,7 +117,8 @@ def to_rgb_uint8(arr: np.ndarray, bgr: bool = False) -> np.ndarray:
         a = a.astype(np.uint8) * 255
     elif a.dtype.kind in "ui":
         is_16bit = (a.dtype.kind == "u" and a.dtype.itemsize == 2) or (a.size > 0 and int(a.max()) > 255)
-        if is_16bit and a.size and 0 < int(a.max()) < 4096:
+        if is_16bit and a.size and 0 < int(a.max()) < 4096 and not _WARNED_LOW_RANGE:
+            _WARNED_LOW_RANGE.append(True)  # once per process: a dataset of them would repeat it for every image
             # 10-14-bit sensor data (infrared, SAR, microscopy) is often stored in 16-bit files: the linear
             # 16 -> 8 bit mapping makes it nearly black, and a detector then finds nothing without saying why
             bits = max(int(a.max()).bit_length(), 8)

@@ -52,7 +52,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from efpn.checkpoint import save_checkpoint
+from efpn.checkpoint import check_state_dict, save_checkpoint
 from efpn.config import ModelConfig, TrainConfig
 from efpn.data.dataset import DetectionDataset, collate
 from efpn.engine import distributed as D
@@ -212,13 +212,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         tel = EpochTelemetry()
         if state is not None:
             check_resume_config(state["extra"].get("train_config"), cfg)
-            try:
-                restore_training_state(state, model, optimizer, scaler if scaler.is_enabled() else None, scheduler,
-                                       ema)
-            except RuntimeError as e:  # load_state_dict's list of thousands of keys says nothing a user can act on
-                raise ValueError(f"the training state {state_path} does not fit the {cfg.model} model built now "
-                                 f"({str(e).splitlines()[0].rstrip(':')}); resume with the run's own settings "
-                                 f"(its config.yaml) or start a new run") from None
+            fits = check_state_dict(model.state_dict(), state["model"], strict=True)  # [] when every key fits
+            if fits:  # before load_state_dict's list of thousands of keys, which says nothing a user can act on
+                raise ValueError(f"the training state {state_path} does not fit the {cfg.model} model built now: "
+                                 f"{'; '.join(fits)[:300]}. Resume with the run's own settings (its config.yaml) or "
+                                 "start a new run")
+            restore_training_state(state, model, optimizer, scaler if scaler.is_enabled() else None, scheduler, ema)
             extra = state["extra"]
             step, start_epoch, start_step = int(state["step"]), int(state["epoch"]), int(extra.get("epoch_step", 0))
             best_ap, skipped = extra.get("best_ap"), int(extra.get("skipped", 0))

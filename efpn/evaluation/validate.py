@@ -41,15 +41,18 @@ def _network_hw(rec: ImageRecord, image_size: int) -> tuple[int, int]:
     return max(1, round(rec.height * scale)), max(1, round(rec.width * scale))
 
 
-#: What an unreadable image raises (missing, truncated, not an image, too many pixels).
-UNREADABLE = (CorruptImageError, OSError, ValueError)
+#: What an unreadable image file raises (missing, truncated, not an image). An image that reads but that the
+#: network cannot take (too small at this size, too many pixels) is not one: that error stops the evaluation, since
+#: leaving such images out would raise the score.
+UNREADABLE = (CorruptImageError, OSError)
 
 
 def _prepare_or_error(rec: ImageRecord, image_size: int) -> Prepared | Exception:
     try:
-        return prepare(rec.path, image_size)
+        rgb = read_image(rec.path)
     except UNREADABLE as e:
         return e
+    return prepare(rgb, image_size)
 
 
 def _prepared(records: Sequence[ImageRecord], image_size: int,
@@ -265,9 +268,10 @@ def validate(
             threads=threads, progress=progress, skipped=skipped,
         )
     kept = [r for r in records if str(r.path) not in skipped]  # an unread image's objects are not counted missed
-    if not kept:
-        raise ValueError(f"none of the {len(records)} images could be read (e.g. {next(iter(skipped.items()))}); "
-                         "check the data's image paths")
+    if records and not kept:
+        path, why = next(iter(skipped.items()))
+        raise ValueError(f"none of the {len(records)} images could be read (e.g. {path}: {why}); check the data's "
+                         "image files")
     result = evaluate_detections(kept, preds, class_names, max_dets=max_dets)
     result.skipped = skipped
     return result

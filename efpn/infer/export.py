@@ -7,6 +7,7 @@ runtimes and TensorRT plug-ins expect to post-process (NMS is left to the runtim
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -92,7 +93,8 @@ def export_onnx(model: Detector, path: str | Path, image_size: int | None = None
                 f"{report.max_abs_diff_scores:.3g}); the export was not trustworthy and was not written to {path}")
         os.replace(part, path)
     finally:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a failed clean-up must not hide the error above
+            part.unlink(missing_ok=True)
     return dataclasses.replace(report, path=path)
 
 

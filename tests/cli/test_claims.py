@@ -171,3 +171,14 @@ def test_report_cli_refuses_missing_inputs(tmp_path: Path, capsys) -> None:
         assert e.value.code == 2
         assert f"{flags[-2]} {flags[-1]} is not a folder" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_report_cli_runs_with_absent_defaults(tmp_path: Path, monkeypatch) -> None:
+    """Defaults that are absent on this machine (no checkpoints/ here, no ../shared/data) are not errors: their
+    sections say "not found", as a clone without the data expects."""
+    from efpn.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    main(["report", "--out", str(tmp_path / "claims")])
+    text = (tmp_path / "claims" / "README.md").read_text()
+    assert "Shared data not found at ../shared/data" in text

@@ -55,6 +55,9 @@ def test_16bit_data_that_uses_a_small_part_of_the_range_is_warned_about(tmp_path
 
     import pytest
 
+    from efpn.data import images
+
+    images._WARNED_LOW_RANGE.clear()  # once per process: another test may have been first
     gray12 = np.array([[0, 1000, 4000]], dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "g12.png"), gray12)
     with pytest.warns(UserWarning, match=r"values up to 4000 only \(12-bit data\?\).*multiply by 16"):

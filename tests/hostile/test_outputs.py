@@ -198,4 +198,5 @@ def test_detect_skips_a_source_that_is_not_a_regular_file(ckpt: Path, tmp_path: 
     main(["detect", "/dev/null", str(src), "--weights", str(ckpt), "--out", str(tmp_path / "o")])
     said = capsys.readouterr()
     assert "skipped /dev/null: not a regular file" in said.out + said.err
-    assert [Path(p).name for p in json.loads((tmp_path / "o" / "detections.json").read_text())["images"]] == ["a.png"]
+    summary = json.loads((tmp_path / "o" / "detections.json").read_text())
+    assert [Path(p).name for p in summary["images"]] == ["a.png"] and list(summary["errors"]) == ["/dev/null"]
