@@ -142,9 +142,10 @@ DONE_JS = """
   const e = window.__efpn;
   if (!e || e.state !== 'notRunning') return false;
   // The counter misses a run whose start and end the browser drew in one frame (a fast run on a loaded machine);
-  // new content shows a run as well: another page's title (newPage) or a new image in the figure (prev, below).
-  // It can only be drawn after its run started, and the state reads notRunning again only once that run ended.
-  if (e.finished <= n0 && !newPage && !hasPrev) return false;
+  // another page's title (newPage) shows a run as well: it can only be drawn after its run started, and the state
+  // reads notRunning again only once that run ended. (A new figure image is not enough for an upload: under load
+  // an image can change between two runs of the page before the upload's own run.)
+  if (e.finished <= n0 && !newPage) return false;
   const main = document.querySelector('[data-testid="stMain"]');
   if (!main) return false;
   if (![...main.querySelectorAll('h1')].some(h => h.textContent.trim().startsWith(title))) return false;
