@@ -230,7 +230,7 @@ def run_dir_and_state(cfg: TrainConfig) -> tuple[Path, Path | None]:
     if cfg.resume == "auto" and (base / STATE_FILE).is_file():
         return base, base / STATE_FILE
     run_dir, k = base, 1
-    while run_dir.exists() and any(run_dir.iterdir()):  # never overwrite another run
+    while not _claim(run_dir):  # never overwrite another run, also one started at the same moment
         k += 1
         run_dir = base.with_name(f"{base.name}-{k}")
     if run_dir != base and (base / STATE_FILE).is_file():  # an interrupted run the user probably meant to continue
@@ -238,6 +238,34 @@ def run_dir_and_state(cfg: TrainConfig) -> tuple[Path, Path | None]:
                       f"{run_dir.name}. To continue that one instead, pass --resume auto (or resume: auto).",
                       stacklevel=2)
     return run_dir, None
+
+
+#: Marks a new run's folder as taken until its record (config.yaml) is written; see :func:`release_claim`.
+CLAIM_FILE = ".claimed"
+
+
+def _claim(run_dir: Path) -> bool:
+    """Take ``run_dir`` for a new run when it is absent or empty: creating the claim file is atomic, so of two runs
+    started together with the same name only one gets the folder."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        (run_dir / CLAIM_FILE).open("x").close()
+    except FileExistsError:
+        return False
+    return True
+
+
+def release_claim(run_dir: Path, started: bool) -> None:
+    """Drop the claim of :func:`run_dir_and_state`: the file once the run has started (its record is written), or
+    the whole folder when the run was refused before that and the folder holds nothing else."""
+    claim = run_dir / CLAIM_FILE
+    if not claim.exists():
+        return
+    claim.unlink(missing_ok=True)
+    if not started and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def check_resume_classes(run_dir: str | os.PathLike[str], class_names: list[str]) -> None:

@@ -66,6 +66,7 @@ from efpn.engine.state import (
     check_resume_config,
     check_resume_model,
     load_training_state,
+    release_claim,
     restore_training_state,
     run_dir_and_state,
     save_training_state,
@@ -145,6 +146,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     device, world, main = info.device, info.world_size, info.is_main
     verbose = main and cfg.progress
     logger: RunLogger | None = None
+    run_dir: Path | None = None
     try:
         # ------------------------------------------------------------------ checks that need the world size
         if cfg.batch_size % (world * cfg.accumulate):
@@ -230,6 +232,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
             (run_dir / "data_split.json").write_text(json.dumps(data.split, indent=1) + "\n", encoding="utf-8")
+            release_claim(run_dir, started=True)
         if cfg.compile:
             # the dense network only: assignment and losses are data-dependent Python and stay eager.
             # Module.compile() compiles in place, so state_dict keys do not change.
@@ -422,6 +425,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             telemetry=D.broadcast_object(tel.summary() if main else {}),
         )
     finally:
+        if main and run_dir is not None:
+            release_claim(run_dir, started=(run_dir / "config.yaml").exists())  # a refused start leaves no folder
         if logger is not None:
             logger.close()
         if owns_group:

@@ -40,3 +40,18 @@ def test_a_refused_start_leaves_no_run_folder(synth_small: Path, tmp_path: Path)
     with pytest.raises(ValueError, match="fewer than one global batch"):
         train(_small(synth_small, tmp_path / "r", batch_size=4096))
     assert not (tmp_path / "r" / "run").exists()
+
+
+def test_two_runs_with_one_name_claim_two_folders(tmp_path: Path) -> None:
+    """The folder of a new run is claimed atomically when it is chosen: a second run asking for the same name at the
+    same moment (before the first wrote anything) gets name-2; a released claim of a refused start removes the
+    folder."""
+    from efpn.config import TrainConfig
+    from efpn.engine.state import release_claim, run_dir_and_state
+
+    cfg = TrainConfig(model="tiny_fpn", data="d.yaml", out=str(tmp_path), name="r")
+    first, _ = run_dir_and_state(cfg)
+    second, _ = run_dir_and_state(cfg)
+    assert (first.name, second.name) == ("r", "r-2")
+    release_claim(second, started=False)
+    assert not second.exists() and first.exists()
