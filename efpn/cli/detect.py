@@ -11,6 +11,7 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
+from efpn.cli.guards import check_writable
 from efpn.data.images import CorruptImageError, read_image
 from efpn.infer.draw import detections_to_json, draw_detections
 
@@ -113,8 +114,6 @@ def detect_sources(
     not_files: dict[str, str] = {}
     paths = collect_images(sources, exclude=out, skipped=not_files)
     out = _fresh(out)
-    from efpn.cli.guards import check_writable
-
     check_writable(out, "--out")  # before the model loads and the batch runs, not when the JSON is saved
     names_out = output_names(paths)
     js = out / "detections.json"
