@@ -72,43 +72,23 @@ def _assignment_section(reports: dict[str, AssignmentReport]) -> str:
 
 def _cards(checkpoints: Path) -> dict[str, dict]:
     from efpn.checkpoint import read_card
+    from efpn.cli.records import read_jsonl
 
     out = {}
     for p in sorted(checkpoints.glob("*.safetensors")):
         card = read_card(p)
         card["_source"] = f"{checkpoints.name}/{p.name}"
-        card["_telemetry"] = _read_jsonl(checkpoints / f"{card.get('name') or p.stem}.telemetry.jsonl")
+        card["_telemetry"] = read_jsonl(checkpoints / f"{card.get('name') or p.stem}.telemetry.jsonl")
         out[card.get("name") or p.stem] = card
     return out
 
 
-def _run_cards(runs: Path) -> dict[str, dict]:
-    """Cards of the finished training runs under ``runs`` (``RUN/best.json``, else ``RUN/last.json``), named by the
-    run, with the run's telemetry: the ablation runs that are measured but not shipped. A run whose last epoch is
-    short of its planned epochs is left out."""
-    from efpn.checkpoint import read_card
+def _run_cards(records: dict[str, dict]) -> dict[str, dict]:
+    """Cards of the finished training runs (:func:`efpn.cli.records.gather_runs`), named by the run: each run's
+    best-epoch card (else its last) with its telemetry; the ablation runs that are measured but not shipped."""
+    from efpn.cli.records import record_card
 
-    out = {}
-    for run in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
-        last = read_card(run / "last.json") if (run / "last.json").is_file() else {}
-        planned = (last.get("training") or {}).get("epochs")
-        if planned is not None and last.get("epochs") != planned:
-            continue  # still training (or stopped early): not the budget its card names
-        for stem in ("best", "last"):
-            if (run / f"{stem}.json").is_file() and (run / f"{stem}.safetensors").is_file():
-                card = read_card(run / f"{stem}.json")
-                if card.get("metrics"):
-                    card["_source"] = f"{runs.name}/{run.name}/{stem}"
-                    card["_telemetry"] = _read_jsonl(run / "telemetry.jsonl")
-                    out[run.name] = card
-                break
-    return out
-
-
-def _read_jsonl(p: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+    return {name: record_card(rec, "best") for name, rec in records.items()}
 
 
 def _delta(a: object, b: object) -> float | None:
@@ -307,6 +287,7 @@ def claims_report(
     checkpoints: str | Path = "checkpoints",
     visdrone_limit: int | None = 200,
     runs: str | Path | None = None,
+    records: str | Path | None = None,
 ) -> Path:
     """Regenerate the measured claims of both papers into ``out_dir`` (README.md, claims.json, charts).
 
@@ -314,8 +295,9 @@ def claims_report(
     2. gradient norm reaching p5/p6 over training, from the shipped checkpoints' telemetry;
     3. the E-FPN-BS ablation and 4. SGDM vs baseline vs plain RDConv, from the shipped checkpoints' cards and,
     with ``runs``, the cards of training runs there (ablation runs measured but not shipped; a shipped
-    checkpoint wins over a run of the same preset and data). Sections without their inputs say so instead of
-    inventing numbers.
+    checkpoint wins over a run of the same preset and data). The complete runs under ``runs`` are recorded in
+    ``records`` (default ``out_dir/runs``, :mod:`efpn.cli.records`) and every record there is read, so the runs'
+    numbers outlive their folders. Sections without their inputs say so instead of inventing numbers.
     """
     final = Path(out_dir)
     final.mkdir(parents=True, exist_ok=True)
@@ -323,9 +305,13 @@ def claims_report(
     # leaves the old one as it was, and no chart of the old report outlives the new one
     for stale in final.glob(".staging-*"):  # left by a report that was killed
         shutil.rmtree(stale, ignore_errors=True)
+    from efpn.cli.records import RECORDS_DIR, gather_runs
+
+    # records first and outside the staging folder: they only ever gain runs (a run present replaces its record)
+    recorded = gather_runs(runs, final / RECORDS_DIR if records is None else records)
     out = Path(tempfile.mkdtemp(prefix=".staging-", dir=final))
     try:
-        readme = _write_report(out, shared_data, checkpoints, visdrone_limit, runs)
+        readme = _write_report(out, shared_data, checkpoints, visdrone_limit, recorded)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
@@ -341,7 +327,7 @@ def claims_report(
 
 
 def _write_report(out: Path, shared_data: str | Path, checkpoints: str | Path, visdrone_limit: int | None,
-                  runs: str | Path | None) -> Path:
+                  records: dict[str, dict]) -> Path:
     """:func:`claims_report`'s files, written into ``out``; the README's path."""
     import json
 
@@ -350,7 +336,7 @@ def _write_report(out: Path, shared_data: str | Path, checkpoints: str | Path, v
 
     ck = Path(checkpoints)
     cards = _cards(ck)
-    measured = {**(_run_cards(Path(runs)) if runs else {}), **cards}
+    measured = {**_run_cards(records), **cards}
     md = ["# The papers' claims, measured", "",
           "Regenerate with `efpn report --out docs/claims`. Numbers come from the data and checkpoints on this "
           "machine; a section without its inputs says so.", ""]
@@ -398,7 +384,7 @@ def _write_report(out: Path, shared_data: str | Path, checkpoints: str | Path, v
     if abl:
         md += [_md_table(["data", "model", "source", "budget", *_METRICS, "ΔAP", "ΔAP_vt", "ΔAP_t"], abl), "",
                "Δ = against the baseline on the same data and budget. Rows from `runs/` are measured but not "
-               "shipped (their card and telemetry stay with the run).", ""]
+               "shipped (their cards and telemetry are kept in `runs/` beside this report).", ""]
         claims["ablation"] = abl
         md += [f"- {f}" for f in ablation_findings(abl)] + [f"- {f}" for f in dcloss_warmup_findings(measured)]
         md += ["", f"|ΔAP| < {NOISE_AP} is read as noise here (one run a row, a small validation split); "
@@ -419,15 +405,14 @@ def _write_report(out: Path, shared_data: str | Path, checkpoints: str | Path, v
     from efpn.cli.seeds import seed_comparisons, seed_figure, seed_runs, seed_section
 
     md += ["## 5. Over seeds: the headline comparisons and the ablations", ""]
-    comparisons = seed_comparisons(seed_runs(runs)) if runs else []
+    comparisons = seed_comparisons(seed_runs(records))
     if comparisons:
         md += seed_section(comparisons)
         md.append(f"![seeds]({write_figure(seed_figure(comparisons), out / 'seeds_ap.png').name})")
         md.append("")
         claims["seeds"] = comparisons
     else:
-        md += ["No complete runs of a compared pair" + ("" if runs else " (pass `--runs` with the training runs)")
-               + " yet.", ""]
+        md += ["No complete runs of a compared pair yet (pass `--runs` with the training runs).", ""]
 
     md += ["## 6. DCLoss re-weights the size buckets during training", ""]
     dc = dcloss_weight_rows(measured)

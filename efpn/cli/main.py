@@ -310,13 +310,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     for flag, path, what in (("--checkpoints", args.checkpoints, "the folder of shipped checkpoints"),
                              ("--shared-data", args.shared_data, "the folder holding ssdd/, sirst/ and "
                                                                   "visdrone-annotations/ ('' to leave it out)"),
-                             ("--runs", args.runs, "a folder of training runs")):
+                             ("--runs", args.runs, "a folder of training runs"),
+                             ("--records", args.records, "the folder of run records (default OUT/runs)")):
         typed = path != REPORT_DEFAULTS.get(flag)  # a default that is absent gives its section's "not found"
         if path and typed and not Path(path).is_dir():
             raise ValueError(f"{flag} {path} is not a folder (from {Path.cwd()}); give {what}")
     guards.check_outputs({"--out": args.out}, {}, folders=("--out",))
     path = claims_report(args.out, shared_data=args.shared_data, checkpoints=args.checkpoints,
-                         visdrone_limit=args.visdrone_limit or None, runs=args.runs)
+                         visdrone_limit=args.visdrone_limit or None, runs=args.runs, records=args.records)
     print(f"saved {path}")
 
 
@@ -463,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of shipped checkpoints (default checkpoints)")
     s.add_argument("--visdrone-limit", type=int, default=200, help="VisDrone annotation files to account (0: all)")
     s.add_argument("--runs", default=None, help="also read the cards and telemetry of the training runs in this "
-                                                 "folder (ablation runs that are not shipped)")
+                                                 "folder (ablation runs that are not shipped) and record them")
+    s.add_argument("--records", default=None, help="folder of run records, kept in the repository so the runs' "
+                                                    "numbers outlive their folders (default OUT/runs)")
     s.set_defaults(func=cmd_report)
     return p
 

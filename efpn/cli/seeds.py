@@ -7,7 +7,6 @@ a model beats its baseline beyond the spread of seeds (:func:`seed_verdict`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import plotly.graph_objects as go
 
@@ -28,24 +27,20 @@ MIN_SEEDS = 3
 SEED_METRICS = ("AP", "AP50", "AP_vt", "AP_t")
 
 
-def seed_runs(runs: str | Path) -> dict[tuple[str, str, str], dict[int, dict]]:
-    """The complete training runs under ``runs``, by (dataset, budget, preset) and seed: each run's *last-epoch*
-    card (``RUN/last.json``), so no run's number is an epoch picked on the split it is scored on. A run stopped
-    before its last epoch is left out (it is not the same budget); of two runs with one seed, the first by name."""
-    from efpn.checkpoint import read_card
+def seed_runs(records: dict[str, dict]) -> dict[tuple[str, str, str], dict[int, dict]]:
+    """The complete training runs among ``records`` (:func:`efpn.cli.records.gather_runs`), by (dataset, budget,
+    preset) and seed: each run's *last-epoch* card, so no run's number is an epoch picked on the split it is scored
+    on. A run stopped before its last epoch is left out (it is not the same budget); of two runs with one seed, the
+    first by name."""
+    from efpn.cli.records import RECORDS_DIR, run_complete
 
     out: dict[tuple[str, str, str], dict[int, dict]] = {}
-    root = Path(runs)
-    for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        path = run / "last.json"
-        if not path.is_file():
+    for name, record in sorted(records.items()):
+        card = dict(record["last"])
+        seed = (card.get("training") or {}).get("seed")
+        if seed is None or not run_complete(card):
             continue
-        card = read_card(path)
-        train = card.get("training") or {}
-        seed, planned = train.get("seed"), train.get("epochs")
-        if not card.get("metrics") or seed is None or planned is None or card.get("epochs") != planned:
-            continue
-        card["_source"] = f"{root.name}/{run.name}/last"
+        card["_source"] = f"{RECORDS_DIR}/{name}/last"
         out.setdefault((_dataset(card), _budget(card), str(card.get("preset"))), {}).setdefault(int(seed), card)
     return out
 

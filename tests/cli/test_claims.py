@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import efpn
 from efpn.checkpoint import save_checkpoint
 from efpn.cli.claims import ablation_rows, claims_report, sgdm_rows
@@ -23,11 +25,13 @@ def test_claims_report_from_shipped_checkpoints_without_shared_data(tmp_path: Pa
 
 
 def _fake_run(runs: Path, name: str, tiny: str, preset: str, metrics: dict, grad: float | None = None) -> None:
-    """A run folder as `efpn train` leaves it: best.safetensors + best.json (metrics), telemetry.jsonl."""
+    """A finished run folder as `efpn train` leaves it: last and best checkpoints with their cards (metrics),
+    telemetry.jsonl."""
     model = efpn.build_model(tiny, num_classes=1)
     card = {"preset": preset, "metrics": metrics, "data": {"yaml": "recipes/data/ssdd.yaml"}, "epochs": 3,
-            "image_size": 256, "training": {"batch_size": 8}, "steps": 3}
-    save_checkpoint(model, runs / name / "best.safetensors", card)
+            "image_size": 256, "training": {"batch_size": 8, "epochs": 3}, "steps": 3}
+    for stem in ("last", "best"):
+        save_checkpoint(model, runs / name / f"{stem}.safetensors", card)
     if grad is not None:
         (runs / name / "telemetry.jsonl").write_text(json.dumps({"epoch": 1, "grad_norm_high": {"p5": grad}}) + "\n")
 
@@ -86,6 +90,7 @@ def _seed_run(runs: Path, name: str, preset: str, seed: int, ap: float, epochs: 
 def test_seed_comparisons_need_three_seeds_and_non_overlapping_ranges(tmp_path: Path) -> None:
     """E-FPN-BS vs its baseline over seeds: a verdict only from 3 seeds a side; "supported" only when the ranges
     do not overlap; an unfinished run and a run of another budget are not mixed in."""
+    from efpn.cli.records import gather_runs
     from efpn.cli.seeds import seed_comparisons, seed_runs, seed_verdict
 
     runs = tmp_path / "runs"
@@ -95,7 +100,7 @@ def test_seed_comparisons_need_three_seeds_and_non_overlapping_ranges(tmp_path: 
         _seed_run(runs, f"flag_s{seed}", "efpn_mv2", seed, flag)
     _seed_run(runs, "bs_s3_partial", "efpn_bs_mv2", 3, 0.10, epochs=2)  # stopped early: left out
     _seed_run(runs, "bs_long_s0", "efpn_bs_mv2", 0, 0.90, planned=60, epochs=60)  # another budget: not compared
-    groups = seed_runs(runs)
+    groups = seed_runs(gather_runs(runs, None))
     assert sorted(groups[("sirst", "3 ep x b8 @ 320 px", "efpn_bs_mv2")]) == [0, 1, 2]
     comp = {(c["model"], c["metric"]): c for c in seed_comparisons(groups)}
     bs = comp[("efpn_bs_mv2", "AP")]
@@ -118,13 +123,49 @@ def test_seed_comparisons_need_three_seeds_and_non_overlapping_ranges(tmp_path: 
 
 def test_unfinished_runs_are_left_out_of_the_tables(tmp_path: Path) -> None:
     from efpn.cli.claims import _run_cards
+    from efpn.cli.records import gather_runs
 
     runs = tmp_path / "runs"
     _seed_run(runs, "done", "fpn_mv2", 0, 0.3)
     _seed_run(runs, "training", "efpn_bs_mv2", 0, 0.2, epochs=2)
     model = efpn.build_model("tiny_efpn_n", num_classes=1)  # its best epoch so far, validated
     save_checkpoint(model, runs / "training" / "best.safetensors", {"preset": "efpn_bs_mv2", "metrics": {"AP": 0.2}})
-    assert sorted(_run_cards(runs)) == ["done"]
+    assert sorted(_run_cards(gather_runs(runs, None))) == ["done"]
+
+
+def test_run_records_keep_the_claims_after_the_run_folders_are_gone(tmp_path: Path) -> None:
+    """A report with --runs records each complete run beside it; a later report without the run folders still
+    compares every seed; a run folder present again replaces its record; a broken record is named."""
+    import shutil
+
+    from efpn.cli.records import load_records
+
+    runs, out = tmp_path / "runs", tmp_path / "claims"
+    for seed, (base, bs) in enumerate([(0.30, 0.33), (0.31, 0.34), (0.32, 0.35)]):
+        _seed_run(runs, f"fpn_s{seed}", "fpn_mv2", seed, base)
+        _seed_run(runs, f"bs_s{seed}", "efpn_bs_mv2", seed, bs)
+    _seed_run(runs, "bs_s3_partial", "efpn_bs_mv2", 3, 0.10, epochs=2)  # still training: not recorded
+    (runs / "fpn_s0" / "telemetry.jsonl").write_text('{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.0}\n')
+    claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none", runs=runs)
+    first = json.loads((out / "claims.json").read_text())["seeds"]
+    kept = load_records(out / "runs")
+    assert sorted(kept) == ["bs_s0", "bs_s1", "bs_s2", "fpn_s0", "fpn_s1", "fpn_s2"]
+    assert kept["fpn_s0"]["telemetry"] == [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}]
+    assert all(p.stat().st_size < 50_000 for p in (out / "runs").iterdir())  # cards, not weights
+
+    shutil.rmtree(runs)
+    claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none")
+    assert json.loads((out / "claims.json").read_text())["seeds"] == first
+    assert "against `fpn_mv2` 0.310 ± 0.010 over 3: supported." in (out / "README.md").read_text()
+
+    _seed_run(runs, "fpn_s0", "fpn_mv2", 0, 0.50)  # retrained: the folder wins and is recorded again
+    claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none", runs=runs)
+    assert load_records(out / "runs")["fpn_s0"]["last"]["metrics"]["AP"] == 0.50
+    assert "not supported" in (out / "README.md").read_text()
+
+    (out / "runs" / "bs_s1.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"bs_s1.json is not a run record"):
+        claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none")
 
 
 def test_report_replaces_its_files_together_and_a_failure_keeps_the_old_one(tmp_path: Path, monkeypatch) -> None:

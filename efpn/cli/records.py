@@ -1,0 +1,99 @@
+"""Run records: what ``efpn report`` keeps of each finished training run, so the claims outlive the run folders.
+
+A run folder holds weights and optimiser state (megabytes a run) on the machine that trained it and is not part of
+the repository; the claims need only its cards and telemetry. ``efpn report --runs DIR`` copies those of every
+complete run into ``RECORDS/RUN.json`` (``docs/claims/runs/`` by default, tens of kilobytes a run) and builds every
+section from the records, so a report regenerated after the folders are gone still has every seed. A run folder
+that is present wins over its record of the same name, and its record is written again.
+
+A record is ``{"run", "last", "best", "telemetry", "recorded", "note"}``: the run's last-epoch card (what the seed
+comparisons use), its best-epoch card or ``None``, its per-epoch telemetry rows, the time it was recorded and a free
+note (where a record came from when that is not a run folder).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+#: Where ``efpn report`` keeps the records, under its output folder.
+RECORDS_DIR = "runs"
+
+
+def run_complete(last: dict) -> bool:
+    """Whether a run's last-epoch card is the budget it names: its last epoch is its planned epochs."""
+    planned = (last.get("training") or {}).get("epochs")
+    return bool(last.get("metrics")) and planned is not None and last.get("epochs") == planned
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file (telemetry); ``[]`` when it is absent."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_run(run: Path) -> dict | None:
+    """The record of the run folder ``run`` (``last.json``, ``best.json``, ``telemetry.jsonl``), or ``None`` while
+    the run is incomplete (still training, or stopped before its planned epochs: not the budget its card names)."""
+    from efpn.checkpoint import read_card
+
+    if not (run / "last.json").is_file():
+        return None
+    last = read_card(run / "last.json")
+    if not run_complete(last):
+        return None
+    best = read_card(run / "best.json") if (run / "best.json").is_file() else None
+    return {"run": run.name, "last": last, "best": best if best and best.get("metrics") else None,
+            "telemetry": read_jsonl(run / "telemetry.jsonl"), "recorded": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "note": f"from the run folder {run.name}"}
+
+
+def write_record(record: dict, records: Path) -> Path:
+    """Write ``record`` as ``records/RUN.json`` (through a temporary file: a killed report leaves the old one)."""
+    from efpn.checkpoint import atomic_write
+
+    records.mkdir(parents=True, exist_ok=True)
+    path = records / f"{record['run']}.json"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=str) + "\n"))
+    return path
+
+
+def load_records(records: Path) -> dict[str, dict]:
+    """Every record under ``records``, by run name; a file that is not a record is named in a ValueError."""
+    out: dict[str, dict] = {}
+    for path in sorted(records.glob("*.json")) if records.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a run record ({e}); restore it from git or delete it") from None
+        if not isinstance(record, dict) or not isinstance(record.get("last"), dict):
+            raise ValueError(f"{path} is not a run record (no 'last' card); restore it from git or delete it")
+        out[str(record.get("run") or path.stem)] = record
+    return out
+
+
+def gather_runs(runs: str | Path | None, records: str | Path | None) -> dict[str, dict]:
+    """The records of every finished run: those kept under ``records``, then the complete runs found under ``runs``
+    (each written to ``records`` as well, replacing a record of the same name). Incomplete runs are left out."""
+    kept = load_records(Path(records)) if records else {}
+    root = Path(runs) if runs else None
+    for run in sorted(p for p in root.iterdir() if p.is_dir()) if root and root.is_dir() else []:
+        record = read_run(run)
+        if record is None:
+            continue
+        kept[run.name] = record
+        if records:
+            write_record(record, Path(records))
+    return dict(sorted(kept.items()))
+
+
+def record_card(record: dict, which: str = "best") -> dict:
+    """The record's ``which`` card (``"best"``, falling back to ``"last"``; or ``"last"``) with the report's private
+    keys: ``_source`` (``runs/RUN/best`` or ``runs/RUN/last``: measured, not shipped) and ``_telemetry``."""
+    stem = "best" if which == "best" and record.get("best") else "last"
+    card = dict(record[stem])
+    card["_source"] = f"{RECORDS_DIR}/{record['run']}/{stem}"
+    card["_telemetry"] = list(record.get("telemetry") or [])
+    return card
