@@ -85,7 +85,8 @@ def _check_exists(src: ImageSource) -> None:
     if isinstance(src, str | Path):
         p = Path(src)
         if not p.exists():
-            raise FileNotFoundError(f"image file {p} does not exist; check the image folder in the data YAML")
+            raise FileNotFoundError(f"image file {p} does not exist (from {Path.cwd()}); check the path (for a "
+                                    "dataset, the image folder in its data YAML)")
         if p.is_dir():
             raise CorruptImageError(f"{p} is a folder, not an image file")
 

@@ -81,7 +81,9 @@ class Detector(nn.Module):
     def check_images(self, images: Tensor) -> None:
         """Raise ValueError with a clear message unless ``images`` is a finite float (N, 3, H, W) batch in [0, 1]."""
         if not isinstance(images, Tensor):
-            raise ValueError(f"images must be a torch.Tensor (N, 3, H, W), got {type(images).__name__}")
+            raise ValueError(f"images must be a torch.Tensor (N, 3, H, W) in [0, 1], got {type(images).__name__}; for "
+                             "an image file, array or PIL image use efpn.infer.predict_image(model, image) (boxes "
+                             "in the image's own pixels) or efpn.inspect(model, image)")
         if images.dim() != 4:
             raise ValueError(
                 f"images must be 4-D (N, 3, H, W), got shape {tuple(images.shape)}; add a batch dimension "
