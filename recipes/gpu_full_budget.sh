@@ -9,7 +9,9 @@
 # JOBS_AT_ONCE at a time on the one GPU (small models do not fill an H200 alone), then every best checkpoint is
 # validated whole-image and on tiles and stored int8. $OUT gets at most 8 files (the device tool's limit): summary.json (every
 # run's metrics and card), throughput.txt (images/s per run and GPU utilisation), log.txt and ckpt_*.tar (the
-# runs' best checkpoints, cards and telemetry, split in 15 MiB parts: cat ckpt_*.tar | tar x).
+# runs' best checkpoints, cards and telemetry, and records/RUN.json, each complete run's record for efpn report,
+# split in 15 MiB parts). Back here:  cat ckpt_*.tar | tar x -C gpu_out && cp gpu_out/records/*.json docs/claims/runs/
+# && efpn report --out docs/claims  (the seed comparisons read each run's last-epoch card from its record).
 #
 # DRY_RUN=1 runs the same pipeline on the CPU with two steps per job (the test does, on a tiny masks set).
 # Environment: OUT (results), EFPN_DATA (packed data folder, default carry/data), JOBS (comma-separated job
@@ -99,6 +101,7 @@ import json, sys
 from pathlib import Path
 
 import efpn
+from efpn.cli.records import read_run, write_record
 from efpn.config.data import load_data_config
 from efpn.data.splits import load_split
 from efpn.evaluation import validate
@@ -123,6 +126,9 @@ for run in sorted(p for p in work.iterdir() if p.is_dir() and not p.name.startsw
     # int8 weights (per-channel scales) keep 16 runs within what comes back; the metrics here are the fp32 ones
     efpn.save_checkpoint(model, ship / f"{run.name}.safetensors", {**card, "metrics": whole}, storage="int8")
     (ship / f"{run.name}.telemetry.jsonl").write_text((run / "telemetry.jsonl").read_text())
+    record = read_run(run)  # None for a run that stopped before its planned epochs
+    if record is not None:
+        write_record({**record, "note": f"trained by recipes/gpu_full_budget.sh ({device})"}, ship / "records")
     summary[run.name] = {"metrics": whole, "sliced_256": tiled, "preset": card.get("preset"),
                          "epochs": card.get("epochs"), "wall_time_s": card.get("wall_time_s"),
                          "img_per_s": sum(ips) / len(ips) if ips else None}

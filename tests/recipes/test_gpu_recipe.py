@@ -48,3 +48,9 @@ def test_gpu_recipe_dry_run(tmp_path: Path) -> None:
         tar.extractall(tmp_path / "ckpt", filter="data")
     model = efpn.load_model(str(tmp_path / "ckpt" / "sirst_efpn_bs_mv2_s0.safetensors"))
     assert model.config.name == "efpn_bs_mv2"
+    # each complete run's record comes back too, for efpn report's seed comparisons
+    from efpn.cli.records import load_records
+
+    kept = load_records(tmp_path / "ckpt" / "records")
+    assert sorted(kept) == ["sirst_efpn_bs_mv2_s0", "sirst_yolov8n_sgdm_s0"]
+    assert kept["sirst_yolov8n_sgdm_s0"]["last"]["training"]["seed"] == 0
