@@ -7,8 +7,9 @@ section from the records, so a report regenerated after the folders are gone sti
 that is present wins over its record of the same name, and its record is written again.
 
 A record is ``{"run", "last", "best", "telemetry", "recorded", "note"}``: the run's last-epoch card (what the seed
-comparisons use), its best-epoch card or ``None``, its per-epoch telemetry rows, the time it was recorded and a free
-note (where a record came from when that is not a run folder).
+comparisons use), its best-epoch card, its per-epoch telemetry rows, the time it was recorded and a free note (where
+a record came from when that is not a run folder). Either card may be ``None`` in a record recovered from an older
+report that kept only one of them; a record without a last-epoch card is left out of the seed comparisons.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def load_records(records: Path) -> dict[str, dict]:
             record = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not a run record ({e}); restore it from git or delete it") from None
-        if not isinstance(record, dict) or not isinstance(record.get("last"), dict):
-            raise ValueError(f"{path} is not a run record (no 'last' card); restore it from git or delete it")
+        if not isinstance(record, dict) or not any(isinstance(record.get(k), dict) for k in ("last", "best")):
+            raise ValueError(f"{path} is not a run record (no 'last' or 'best' card); restore it from git or delete "
+                             "it")
         out[str(record.get("run") or path.stem)] = record
     return out
 
@@ -92,7 +94,7 @@ def gather_runs(runs: str | Path | None, records: str | Path | None) -> dict[str
 def record_card(record: dict, which: str = "best") -> dict:
     """The record's ``which`` card (``"best"``, falling back to ``"last"``; or ``"last"``) with the report's private
     keys: ``_source`` (``runs/RUN/best`` or ``runs/RUN/last``: measured, not shipped) and ``_telemetry``."""
-    stem = "best" if which == "best" and record.get("best") else "last"
+    stem = "best" if (which == "best" and record.get("best")) or not record.get("last") else "last"
     card = dict(record[stem])
     card["_source"] = f"{RECORDS_DIR}/{record['run']}/{stem}"
     card["_telemetry"] = list(record.get("telemetry") or [])

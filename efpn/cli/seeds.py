@@ -36,6 +36,8 @@ def seed_runs(records: dict[str, dict]) -> dict[tuple[str, str, str], dict[int, 
 
     out: dict[tuple[str, str, str], dict[int, dict]] = {}
     for name, record in sorted(records.items()):
+        if not record.get("last"):
+            continue
         card = dict(record["last"])
         seed = (card.get("training") or {}).get("seed")
         if seed is None or not run_complete(card):
