@@ -338,8 +338,10 @@ def _write_report(out: Path, shared_data: str | Path, checkpoints: str | Path, v
     cards = _cards(ck)
     measured = {**_run_cards(records), **cards}
     md = ["# The papers' claims, measured", "",
-          "Regenerate with `efpn report --out docs/claims`. Numbers come from the data and checkpoints on this "
-          "machine; a section without its inputs says so.", ""]
+          "Regenerate with `efpn report --out docs/claims --runs runs`. Numbers come from the data and checkpoints "
+          "on this machine and from the run records in `runs/` beside this file (each finished training run's "
+          "cards and telemetry, recorded by `--runs`; a record's `note` says where it came from); a section "
+          "without its inputs says so.", ""]
     claims: dict[str, object] = {}
 
     md += ["## 1. Tiny objects get no positives on p5/p6 (E-FPN-BS's starting point)", ""]

@@ -311,7 +311,9 @@ def cmd_report(args: argparse.Namespace) -> None:
                              ("--shared-data", args.shared_data, "the folder holding ssdd/, sirst/ and "
                                                                   "visdrone-annotations/ ('' to leave it out)"),
                              ("--runs", args.runs, "a folder of training runs"),
-                             ("--records", args.records, "the folder of run records (default OUT/runs)")):
+                             # a new records folder is made when there are runs to record in it
+                             ("--records", None if args.runs else args.records,
+                              "the folder of run records (default OUT/runs)")):
         typed = path != REPORT_DEFAULTS.get(flag)  # a default that is absent gives its section's "not found"
         if path and typed and not Path(path).is_dir():
             raise ValueError(f"{flag} {path} is not a folder (from {Path.cwd()}); give {what}")

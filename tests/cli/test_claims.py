@@ -206,7 +206,8 @@ def test_report_cli_refuses_missing_inputs(tmp_path: Path, capsys) -> None:
     out = tmp_path / "claims"
     for flags in (["--checkpoints", str(tmp_path / "checkpiont")],
                   ["--checkpoints", str(REPO / "checkpoints"), "--shared-data", str(tmp_path / "dta")],
-                  ["--checkpoints", str(REPO / "checkpoints"), "--shared-data", "", "--runs", str(tmp_path / "rns")]):
+                  ["--checkpoints", str(REPO / "checkpoints"), "--shared-data", "", "--runs", str(tmp_path / "rns")],
+                  ["--checkpoints", str(REPO / "checkpoints"), "--shared-data", "", "--records", str(tmp_path / "r")]):
         with pytest.raises(SystemExit) as e:
             main(["report", "--out", str(out), *flags])
         assert e.value.code == 2
