@@ -10,7 +10,7 @@
 # validated whole-image and on tiles and stored int8. $OUT gets at most 8 files (the device tool's limit): summary.json (every
 # run's metrics and card), throughput.txt (images/s per run and GPU utilisation), log.txt and ckpt_*.tar (the
 # runs' best checkpoints, cards and telemetry, and records/RUN.json, each complete run's record for efpn report,
-# split in 15 MiB parts). Back here:  cat ckpt_*.tar | tar x -C gpu_out && cp gpu_out/records/*.json docs/claims/runs/
+# split in 15 MiB parts). Back here:  cat ckpt_*.tar | tar x -C gpu_out && cp gpu_out/records/*.json docs/claims/run_records/
 # && efpn report --out docs/claims  (the seed comparisons read each run's last-epoch card from its record).
 #
 # DRY_RUN=1 runs the same pipeline on the CPU with two steps per job (the test does, on a tiny masks set).

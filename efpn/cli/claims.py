@@ -296,7 +296,7 @@ def claims_report(
     3. the E-FPN-BS ablation and 4. SGDM vs baseline vs plain RDConv, from the shipped checkpoints' cards and,
     with ``runs``, the cards of training runs there (ablation runs measured but not shipped; a shipped
     checkpoint wins over a run of the same preset and data). The complete runs under ``runs`` are recorded in
-    ``records`` (default ``out_dir/runs``, :mod:`efpn.cli.records`) and every record there is read, so the runs'
+    ``records`` (default ``out_dir/run_records``, :mod:`efpn.cli.records`) and every record there is read, so the runs'
     numbers outlive their folders. Sections without their inputs say so instead of inventing numbers.
     """
     final = Path(out_dir)
@@ -339,7 +339,7 @@ def _write_report(out: Path, shared_data: str | Path, checkpoints: str | Path, v
     measured = {**_run_cards(records), **cards}
     md = ["# The papers' claims, measured", "",
           "Regenerate with `efpn report --out docs/claims --runs runs`. Numbers come from the data and checkpoints "
-          "on this machine and from the run records in `runs/` beside this file (each finished training run's "
+          "on this machine and from the run records in `run_records/` beside this file (each finished training run's "
           "cards and telemetry, recorded by `--runs`; a record's `note` says where it came from); a section "
           "without its inputs says so.", ""]
     claims: dict[str, object] = {}
@@ -386,7 +386,7 @@ def _write_report(out: Path, shared_data: str | Path, checkpoints: str | Path, v
     if abl:
         md += [_md_table(["data", "model", "source", "budget", *_METRICS, "ΔAP", "ΔAP_vt", "ΔAP_t"], abl), "",
                "Δ = against the baseline on the same data and budget. Rows from `runs/` are measured but not "
-               "shipped (their cards and telemetry are kept in `runs/` beside this report).", ""]
+               "shipped (their cards and telemetry are kept in `run_records/` beside this report).", ""]
         claims["ablation"] = abl
         md += [f"- {f}" for f in ablation_findings(abl)] + [f"- {f}" for f in dcloss_warmup_findings(measured)]
         md += ["", f"|ΔAP| < {NOISE_AP} is read as noise here (one run a row, a small validation split); "

@@ -313,7 +313,7 @@ def cmd_report(args: argparse.Namespace) -> None:
                              ("--runs", args.runs, "a folder of training runs"),
                              # a new records folder is made when there are runs to record in it
                              ("--records", None if args.runs else args.records,
-                              "the folder of run records (default OUT/runs)")):
+                              "the folder of run records (default OUT/run_records)")):
         typed = path != REPORT_DEFAULTS.get(flag)  # a default that is absent gives its section's "not found"
         if path and typed and not Path(path).is_dir():
             raise ValueError(f"{flag} {path} is not a folder (from {Path.cwd()}); give {what}")
@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", default=None, help="also read the cards and telemetry of the training runs in this "
                                                  "folder (ablation runs that are not shipped) and record them")
     s.add_argument("--records", default=None, help="folder of run records, kept in the repository so the runs' "
-                                                    "numbers outlive their folders (default OUT/runs)")
+                                                    "numbers outlive their folders (default OUT/run_records)")
     s.set_defaults(func=cmd_report)
     return p
 

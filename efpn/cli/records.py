@@ -2,9 +2,9 @@
 
 A run folder holds weights and optimiser state (megabytes a run) on the machine that trained it and is not part of
 the repository; the claims need only its cards and telemetry. ``efpn report --runs DIR`` copies those of every
-complete run into ``RECORDS/RUN.json`` (``docs/claims/runs/`` by default, tens of kilobytes a run) and builds every
-section from the records, so a report regenerated after the folders are gone still has every seed. A run folder
-that is present wins over its record of the same name, and its record is written again.
+complete run into ``RECORDS/RUN.json`` (``docs/claims/run_records/`` by default, tens of kilobytes a run) and
+builds every section from the records, so a report regenerated after the folders are gone still has every seed. A
+run folder that is present wins over its record of the same name, and its record is written again.
 
 A record is ``{"run", "last", "best", "telemetry", "recorded", "note"}``: the run's last-epoch card (what the seed
 comparisons use), its best-epoch card, its per-epoch telemetry rows, the time it was recorded and a free note (where
@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 #: Where ``efpn report`` keeps the records, under its output folder.
-RECORDS_DIR = "runs"
+RECORDS_DIR = "run_records"
+#: How a record's cards name their source in the report's tables (rows measured in a training run, not shipped).
+SOURCE_PREFIX = "runs"
 
 
 def run_complete(last: dict) -> bool:
@@ -57,8 +59,17 @@ def write_record(record: dict, records: Path) -> Path:
 
     records.mkdir(parents=True, exist_ok=True)
     path = records / f"{record['run']}.json"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=str) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(_dumps(record)))
     return path
+
+
+def _dumps(record: dict) -> str:
+    """The record as JSON: its cards indented, one telemetry row per line (a 120-epoch run's rows would take
+    thousands of lines indented, and a row is read as one)."""
+    head = json.dumps({k: v for k, v in record.items() if k != "telemetry"}, indent=1, default=str)
+    rows = ",\n  ".join(json.dumps(r, default=str) for r in record.get("telemetry") or [])
+    return head[: head.rstrip().rfind("}")].rstrip() + (f',\n "telemetry": [\n  {rows}\n ]\n}}\n' if rows
+                                                          else ',\n "telemetry": []\n}\n')
 
 
 def load_records(records: Path) -> dict[str, dict]:
@@ -96,6 +107,6 @@ def record_card(record: dict, which: str = "best") -> dict:
     keys: ``_source`` (``runs/RUN/best`` or ``runs/RUN/last``: measured, not shipped) and ``_telemetry``."""
     stem = "best" if (which == "best" and record.get("best")) or not record.get("last") else "last"
     card = dict(record[stem])
-    card["_source"] = f"{RECORDS_DIR}/{record['run']}/{stem}"
+    card["_source"] = f"{SOURCE_PREFIX}/{record['run']}/{stem}"
     card["_telemetry"] = list(record.get("telemetry") or [])
     return card

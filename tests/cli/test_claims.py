@@ -148,10 +148,10 @@ def test_run_records_keep_the_claims_after_the_run_folders_are_gone(tmp_path: Pa
     (runs / "fpn_s0" / "telemetry.jsonl").write_text('{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.0}\n')
     claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none", runs=runs)
     first = json.loads((out / "claims.json").read_text())["seeds"]
-    kept = load_records(out / "runs")
+    kept = load_records(out / "run_records")
     assert sorted(kept) == ["bs_s0", "bs_s1", "bs_s2", "fpn_s0", "fpn_s1", "fpn_s2"]
     assert kept["fpn_s0"]["telemetry"] == [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}]
-    assert all(p.stat().st_size < 50_000 for p in (out / "runs").iterdir())  # cards, not weights
+    assert all(p.stat().st_size < 50_000 for p in (out / "run_records").iterdir())  # cards, not weights
 
     shutil.rmtree(runs)
     claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none")
@@ -160,10 +160,10 @@ def test_run_records_keep_the_claims_after_the_run_folders_are_gone(tmp_path: Pa
 
     _seed_run(runs, "fpn_s0", "fpn_mv2", 0, 0.50)  # retrained: the folder wins and is recorded again
     claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none", runs=runs)
-    assert load_records(out / "runs")["fpn_s0"]["last"]["metrics"]["AP"] == 0.50
+    assert load_records(out / "run_records")["fpn_s0"]["last"]["metrics"]["AP"] == 0.50
     assert "not supported" in (out / "README.md").read_text()
 
-    (out / "runs" / "bs_s1.json").write_text("{not json")
+    (out / "run_records" / "bs_s1.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"bs_s1.json is not a run record"):
         claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none")
 
@@ -232,8 +232,8 @@ def test_committed_claims_agree_with_their_run_records() -> None:
     from efpn.cli.records import load_records, run_complete
     from efpn.cli.seeds import seed_comparisons, seed_runs
 
-    records = load_records(REPO / "docs" / "claims" / "runs")
-    assert records, "docs/claims/runs holds no run records"
+    records = load_records(REPO / "docs" / "claims" / "run_records")
+    assert records, "docs/claims/run_records holds no run records"
     assert all(run_complete(r["last"]) for r in records.values() if r["last"])
     committed = json.loads((REPO / "docs" / "claims" / "claims.json").read_text()).get("seeds", [])
     rebuilt = seed_comparisons(seed_runs(records))
