@@ -240,3 +240,18 @@ def test_committed_claims_agree_with_their_run_records() -> None:
     strip = ("model_stats", "baseline_stats", "paired_delta")  # floats summed in another order may differ last bit
     assert [{k: v for k, v in c.items() if k not in strip} for c in committed] == \
         [{k: v for k, v in c.items() if k not in strip} for c in rebuilt]
+
+
+def test_run_records_are_not_ignored_by_git() -> None:
+    """The records are the only copy of the runs' numbers once the run folders are gone: the repository must keep
+    them (every ``runs/`` folder is ignored; the records folder is named so it is not)."""
+    import shutil
+    import subprocess
+
+    from efpn.cli.records import RECORDS_DIR
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    probe = f"docs/claims/{RECORDS_DIR}/any_run.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=REPO).returncode == 0
+    assert not ignored, f"{probe} is ignored by .gitignore: run records would never be committed"
