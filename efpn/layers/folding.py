@@ -62,7 +62,9 @@ def _fold_once(conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Tensor | None]
     or ``copy_`` bumps it), so a stale fold is never used; with gradients recorded the fold is recomputed in the
     graph every call. Folding per call costs a few small ops per unit, measurable beside a 1x1 conv on CPU.
     """
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        # under torch.compile the fold is traced into the graph: the cache below reads storage addresses and
+        # version counters, which would break the graph and recompile the fold for every layer shape
         return folded_conv_bn(conv, norm)
     tensors = [conv.weight, conv.bias, *(getattr(norm, n, None) for n in ("weight", "bias", "running_mean",
                                                                           "running_var"))]
