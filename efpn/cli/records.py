@@ -96,6 +96,9 @@ def gather_runs(runs: str | Path | None, records: str | Path | None) -> dict[str
         record = read_run(run)
         if record is None:
             continue
+        old = kept.get(run.name)
+        if old is not None and {**old, "recorded": None} == {**record, "recorded": None}:
+            continue  # unchanged since it was recorded: the file (and its time) stay as they are
         kept[run.name] = record
         if records:
             write_record(record, Path(records))

@@ -28,6 +28,8 @@ def card_dataset(card: dict) -> str:
 
 
 def card_budget(card: dict) -> str:
-    """A run's training budget as one label: epochs, batch size and image size."""
+    """A run's training budget as one label: planned epochs, batch size and image size. A best-epoch card carries
+    the epoch it was saved at in ``epochs``; the budget is the run's planned ``training.epochs`` when it is there."""
     t = card.get("training") or {}
-    return f"{card.get('epochs', '?')} ep x b{t.get('batch_size', '?')} @ {card.get('image_size', '?')} px"
+    epochs = t.get("epochs", card.get("epochs", "?"))
+    return f"{epochs} ep x b{t.get('batch_size', '?')} @ {card.get('image_size', '?')} px"

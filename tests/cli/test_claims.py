@@ -152,6 +152,11 @@ def test_run_records_keep_the_claims_after_the_run_folders_are_gone(tmp_path: Pa
     assert sorted(kept) == ["bs_s0", "bs_s1", "bs_s2", "fpn_s0", "fpn_s1", "fpn_s2"]
     assert kept["fpn_s0"]["telemetry"] == [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}]
     assert all(p.stat().st_size < 50_000 for p in (out / "run_records").iterdir())  # cards, not weights
+    kept_file = out / "run_records" / "fpn_s0.json"
+    kept_file.write_text(kept_file.read_text().replace(kept["fpn_s0"]["recorded"], "2000-01-01 00:00:00"))
+    text = kept_file.read_text()
+    claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none", runs=runs)
+    assert kept_file.read_text() == text  # an unchanged run is not written again (its record keeps its time)
 
     shutil.rmtree(runs)
     claims_report(out, shared_data=tmp_path / "absent", checkpoints=tmp_path / "none")
@@ -255,3 +260,13 @@ def test_run_records_are_not_ignored_by_git() -> None:
     probe = f"docs/claims/{RECORDS_DIR}/any_run.json"
     ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=REPO).returncode == 0
     assert not ignored, f"{probe} is ignored by .gitignore: run records would never be committed"
+
+
+def test_budget_is_the_planned_epochs_not_the_best_epoch() -> None:
+    """A best-epoch card (saved at epoch 110 of 120) is labelled with its run's budget, so the tables do not show
+    one budget as two."""
+    from efpn.cli.tables import card_budget
+
+    best = {"epochs": 110, "image_size": 320, "training": {"epochs": 120, "batch_size": 8}}
+    assert card_budget(best) == "120 ep x b8 @ 320 px"
+    assert card_budget({"epochs": 3, "image_size": 256, "training": {"batch_size": 8}}) == "3 ep x b8 @ 256 px"
