@@ -106,8 +106,9 @@ def gather_runs(runs: str | Path | None, records: str | Path | None) -> dict[str
 
 
 def record_card(record: dict, which: str = "best") -> dict:
-    """The record's ``which`` card (``"best"``, falling back to ``"last"``; or ``"last"``) with the report's private
-    keys: ``_source`` (``runs/RUN/best`` or ``runs/RUN/last``: measured, not shipped) and ``_telemetry``."""
+    """The record's ``which`` card (``"best"`` falls back to ``"last"``; a record with no last card gives its best)
+    with the report's private keys: ``_source`` (``runs/RUN/best`` or ``runs/RUN/last``: measured, not shipped) and
+    ``_telemetry``."""
     stem = "best" if (which == "best" and record.get("best")) or not record.get("last") else "last"
     card = dict(record[stem])
     card["_source"] = f"{SOURCE_PREFIX}/{record['run']}/{stem}"

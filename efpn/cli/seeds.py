@@ -32,17 +32,16 @@ def seed_runs(records: dict[str, dict]) -> dict[tuple[str, str, str], dict[int, 
     preset) and seed: each run's *last-epoch* card, so no run's number is an epoch picked on the split it is scored
     on. A run stopped before its last epoch is left out (it is not the same budget); of two runs with one seed, the
     first by name."""
-    from efpn.cli.records import SOURCE_PREFIX, run_complete
+    from efpn.cli.records import record_card, run_complete
 
     out: dict[tuple[str, str, str], dict[int, dict]] = {}
-    for name, record in sorted(records.items()):
+    for _, record in sorted(records.items()):
         if not record.get("last"):
             continue
-        card = dict(record["last"])
+        card = record_card(record, "last")
         seed = (card.get("training") or {}).get("seed")
         if seed is None or not run_complete(card):
             continue
-        card["_source"] = f"{SOURCE_PREFIX}/{name}/last"
         out.setdefault((_dataset(card), _budget(card), str(card.get("preset"))), {}).setdefault(int(seed), card)
     return out
 
