@@ -19,14 +19,19 @@ Schema (paths are relative to ``root``; ``root`` is relative to the YAML file an
 Source keys per format (``*`` = required):
 
 * ``coco``: ``annotations*`` (JSON file), ``images`` (folder; omitted = boxes-only records)
-* ``yolo``: ``images*`` (folder), ``labels`` (folder; default: ``images`` with ``images`` -> ``labels``);
-  ``names`` required
+* ``yolo``: ``images`` (folder) or ``list`` (an image list file, one path per line, as Ultralytics' ``train.txt``),
+  ``labels`` (folder; default: ``images`` with ``images`` -> ``labels``); ``names`` required
 * ``voc``: ``list`` (``ImageSets/Main/train.txt``; omitted = every XML), ``annotations`` (default
   ``Annotations``), ``images`` (default ``JPEGImages``)
 * ``visdrone``: ``annotations*`` (folder), ``images`` (folder or null), ``image_sizes`` (COCO JSON or null)
 * ``dota``: ``labels*`` (folder), ``images`` (folder or null)
 * ``masks``: ``images*`` (folder), ``masks*`` (folder of ``<stem><mask_suffix>.png``), ``list`` (id list file;
   omitted = every image); one box per connected target component (SIRST and other infrared small-target sets)
+
+An **Ultralytics dataset YAML** (``path``, ``train``, ``val``, ``names``; no ``format`` key) is read as it is
+written: format ``yolo``, ``root`` = ``path`` (relative to the YAML's folder; Ultralytics' own datasets folder is
+not consulted), each split an image folder or an image list (``.txt``); ``test`` and ``download`` are ignored
+(nothing is downloaded).
 
 Every problem raises ``ValueError`` (bad value, unknown key or format) or ``FileNotFoundError`` (a path that
 does not exist) naming the YAML file, the key, the resolved path and what to do.
@@ -46,7 +51,10 @@ __all__ = [
     "OPTIONS",
     "SOURCE_KEYS",
     "SPLITS",
+    "ULTRALYTICS_KEYS",
     "DataConfig",
+    "from_ultralytics",
+    "is_ultralytics",
     "load_data_config",
     "parse_data_config",
 ]
@@ -58,7 +66,7 @@ FORMATS: tuple[str, ...] = ("coco", "yolo", "voc", "visdrone", "dota", "masks")
 #: format -> {source key: (required, "file" | "dir")}.
 SOURCE_KEYS: dict[str, dict[str, tuple[bool, str]]] = {
     "coco": {"annotations": (True, "file"), "images": (False, "dir")},
-    "yolo": {"images": (True, "dir"), "labels": (False, "dir")},
+    "yolo": {"images": (False, "dir"), "labels": (False, "dir"), "list": (False, "file")},
     "voc": {"list": (False, "file"), "annotations": (False, "dir"), "images": (False, "dir")},
     "visdrone": {"annotations": (True, "dir"), "images": (False, "dir"), "image_sizes": (False, "file")},
     "dota": {"labels": (True, "dir"), "images": (False, "dir")},
@@ -76,6 +84,9 @@ OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 SPLITS = ("train", "val")
+
+#: Top-level keys of an Ultralytics dataset YAML (docs.ultralytics.com/datasets/detect, "Dataset YAML format").
+ULTRALYTICS_KEYS: tuple[str, ...] = ("path", "train", "val", "test", "names", "nc", "download", "channels")
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,53 @@ def _parse_source(fmt: str, split: str, value: Any, root: Path, where: str) -> d
                 f"root {root}; fix the path in the YAML or put the {kind} there"
             )
         out[key] = path
+    if fmt == "yolo" and out["images"] is None and out["list"] is None:
+        raise ConfigError(f"{where}: '{split}' of format yolo needs 'images' (a folder) or 'list' (an image list "
+                          f"file), relative to root {root}")
+    return out
+
+
+def is_ultralytics(data: Any) -> bool:
+    """Whether a parsed data YAML is written in Ultralytics' form: no ``format``, and a ``path`` or a split given as
+    a path (a string or a list) rather than a mapping."""
+    return (isinstance(data, dict) and "format" not in data
+            and ("path" in data or any(isinstance(data.get(s), str | list) for s in SPLITS)))
+
+
+def from_ultralytics(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """An Ultralytics dataset YAML mapping -> the same dataset in this module's schema (format ``yolo``).
+
+    ``path`` becomes ``root``; a split given as a ``.txt`` file becomes an image list, any other path an image
+    folder (labels where Ultralytics looks: its last ``images`` folder -> ``labels``); a list of one path is that
+    path. ``test`` and ``download`` are dropped. Raises ConfigError for keys Ultralytics does not define and for a
+    split that lists several folders.
+    """
+    unknown = sorted(str(k) for k in data if k not in ULTRALYTICS_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: read as an Ultralytics dataset YAML (it has no 'format' key), but {short(unknown)} are not "
+            f"Ultralytics keys ({', '.join(ULTRALYTICS_KEYS)}); fix them, or write efpn's schema with 'format:' "
+            "(see efpn/config/data.py)"
+        )
+    out: dict[str, Any] = {"format": "yolo", "root": str(data.get("path") or ".")}
+    for key in ("names", "nc"):
+        if data.get(key) is not None:
+            out[key] = data[key]
+    for split in SPLITS:
+        value = data.get(split)
+        if value is None or value == "":
+            continue
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise ConfigError(
+                    f"{where}: '{split}' lists {len(value)} paths; efpn reads one image folder or one image list per "
+                    "split: write every image path into one .txt file (one per line) and name that file"
+                )
+            value = value[0]
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: '{split}' must be an image folder or an image list (.txt), got "
+                              f"{short(value)}")
+        out[split] = {"list" if value.lower().endswith(".txt") else "images": value}
     return out
 
 
@@ -187,6 +245,8 @@ def parse_data_config(data: Any, base_dir: str | Path = ".", yaml_path: str | Pa
     where = _where(Path(yaml_path) if yaml_path is not None else None)
     if data is None:
         raise ConfigError(f"{where}: the file is empty; it needs at least 'format' and 'train'")
+    if is_ultralytics(data):
+        data = from_ultralytics(data, where)
     top = from_mapping(_DataFile, data, where)
     fmt = top.format
     if fmt is None:

@@ -48,7 +48,8 @@ def _call_loader(
     if fmt == "coco":
         return load_coco(src["annotations"], src["images"], name=label, **opts)
     if fmt == "yolo":
-        return load_yolo(src["images"], src["labels"], names=list(names or ()), name=label, **opts)
+        return load_yolo(src["images"], src["labels"], names=list(names or ()), name=label,
+                         image_list=src["list"], root=cfg.root, **opts)
     if fmt == "voc":
         kw = {k: src[k] for k in ("annotations", "images") if src[k] is not None}
         return load_voc(cfg.root, src["list"], names=names, name=label, **kw, **opts)

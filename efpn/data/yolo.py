@@ -13,7 +13,10 @@ Contract of :func:`load_yolo`:
   label file;
 * class ids outside ``0..K-1`` are dropped (``unknown_class``), unparsable lines are dropped (``malformed``);
 * ``image_id`` is the numeric file stem when every stem is a number (COCO-style names keep their COCO id),
-  else the index in sorted path order.
+  else the index in sorted path order;
+* with an image list (Ultralytics' ``train.txt``: one image path per line), only the listed images are records,
+  each with its label file found as Ultralytics finds it (the last ``images`` folder of its path -> ``labels``);
+  a listed image that does not exist is dropped (``label_without_image``: listed, no image file).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from efpn.config.names import ClassNames, read_names
 from efpn.data.images import CorruptImageError, image_size, index_images
 from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record
 
-__all__ = ["default_label_dir", "load_yolo", "parse_yolo", "parse_yolo_labels"]
+__all__ = ["default_label_dir", "load_yolo", "parse_yolo", "parse_yolo_labels", "read_image_list"]
 
 _NOT_LABEL_FILES = {"classes.txt"}
 
@@ -71,40 +74,90 @@ def _parse_line(tokens: list[str], width: int, height: int) -> tuple[int, list[f
     return int(cls_f), [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
 
 
+def read_image_list(path: str | Path, root: str | Path | None = None) -> list[Path]:
+    """The image paths of an Ultralytics image list (``train.txt``), in its order, duplicates and blanks removed.
+
+    A line starting with ``./`` is relative to the list's folder (as Ultralytics reads it), another relative line
+    relative to ``root`` (default: the list's folder), an absolute one as it is. Paths are not checked here.
+    """
+    lst = Path(path)
+    base = Path(root) if root is not None else lst.parent
+    out: dict[Path, None] = {}
+    for line in lst.read_text(encoding="utf-8", errors="replace").splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        p = lst.parent / entry[2:] if entry.startswith("./") else Path(entry)
+        out.setdefault((p if p.is_absolute() else base / p).resolve(), None)
+    return list(out)
+
+
+def _listed_images(image_list: Path, root: Path | None, report: SkipReport) -> tuple[dict[str, Path], dict[str, Path]]:
+    """``({key: image}, {key: label file})`` of the existing images an image list names (key: the path without
+    its suffix), each label where Ultralytics looks for it; missing images are reported, not returned."""
+    images: dict[str, Path] = {}
+    labels: dict[str, Path] = {}
+    for p in read_image_list(image_list, root):
+        if not p.is_file():
+            report.add("label_without_image", 1, p.name)
+            continue
+        key = p.with_suffix("").as_posix()
+        images[key] = p
+        try:
+            label = default_label_dir(p.parent) / f"{p.stem}.txt"
+        except ValueError:
+            label = p.with_suffix(".txt")  # no 'images' folder on the path: the label beside the image
+        if label.is_file():
+            labels[key] = label
+    return images, labels
+
+
 def load_yolo(
-    images: str | Path,
+    images: str | Path | None,
     labels: str | Path | None = None,
     *,
     names: ClassNames,
     name: str | None = None,
+    image_list: str | Path | None = None,
+    root: str | Path | None = None,
 ) -> tuple[list[ImageRecord], list[str], SkipReport]:
     """Load a YOLO-format split.
 
     Args:
-        images: image folder (searched recursively).
+        images: image folder (searched recursively); None when ``image_list`` names the images.
         labels: label folder mirroring ``images``; default: :func:`default_label_dir`.
         names: class names (list, or a ``names.yaml`` / ``classes.txt`` path); index ``i`` = class id ``i``.
         name: dataset name for the report (default: the image folder name).
+        image_list: an Ultralytics image list (:func:`read_image_list`); when given, only its images are loaded,
+            each with the label file Ultralytics would read (``labels`` and ``images`` are then not used).
+        root: what relative lines of ``image_list`` are relative to (default: the list's folder).
 
     Returns:
         ``(records, class_names, report)``, records in sorted image-path order.
     """
-    img_dir = Path(images)
-    lbl_dir = Path(labels) if labels is not None else default_label_dir(img_dir)
-    for what, d in (("image", img_dir), ("label", lbl_dir)):
-        if not d.is_dir():
-            raise FileNotFoundError(f"YOLO {what} folder {d} does not exist")
     class_names = read_names(names)
-    report = SkipReport(dataset=name or img_dir.name)
-
-    image_index = index_images(img_dir)
-    label_files = {
-        p.relative_to(lbl_dir).with_suffix("").as_posix(): p
-        for p in sorted(lbl_dir.rglob("*.txt"))
-        if p.name not in _NOT_LABEL_FILES
-    }
-    for key in sorted(set(label_files) - set(image_index)):
-        report.add("label_without_image", 1, label_files[key].name)
+    if image_list is not None:
+        if not Path(image_list).is_file():
+            raise FileNotFoundError(f"YOLO image list {image_list} does not exist")
+        report = SkipReport(dataset=name or Path(image_list).stem)
+        image_index, label_files = _listed_images(Path(image_list), Path(root) if root is not None else None, report)
+    else:
+        if images is None:
+            raise ValueError("load_yolo: give an image folder (images=) or an image list (image_list=)")
+        img_dir = Path(images)
+        lbl_dir = Path(labels) if labels is not None else default_label_dir(img_dir)
+        for what, d in (("image", img_dir), ("label", lbl_dir)):
+            if not d.is_dir():
+                raise FileNotFoundError(f"YOLO {what} folder {d} does not exist")
+        report = SkipReport(dataset=name or img_dir.name)
+        image_index = index_images(img_dir)
+        label_files = {
+            p.relative_to(lbl_dir).with_suffix("").as_posix(): p
+            for p in sorted(lbl_dir.rglob("*.txt"))
+            if p.name not in _NOT_LABEL_FILES
+        }
+        for key in sorted(set(label_files) - set(image_index)):
+            report.add("label_without_image", 1, label_files[key].name)
 
     keys = sorted(image_index)
     ids = assign_image_ids([Path(k).name for k in keys])

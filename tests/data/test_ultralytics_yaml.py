@@ -1,0 +1,90 @@
+"""Ultralytics dataset YAMLs (``path`` / ``train`` / ``val`` / ``names``) load as they are written: image folders,
+image lists (``train.txt``), one-path lists; unknown keys and multi-folder splits are refused with what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from efpn.config.data import load_data_config
+from efpn.config.schema import ConfigError
+from efpn.data import load_yolo
+from efpn.data.splits import load_split
+from efpn.data.yolo import read_image_list
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_folder_splits_equal_efpns_own_schema(yolo_dir: Path) -> None:
+    ours = _write(yolo_dir / "ours.yaml", "format: yolo\nnames: names.yaml\ntrain:\n  images: images/train\n")
+    theirs = _write(yolo_dir / "data.yaml", "path: .\ntrain: images/train\nval: [images/train]\ntest: images/test\n"
+                    "download: https://example.invalid/data.zip\nnames:\n  0: cat\n  1: dog\n")
+    cfg = load_data_config(theirs)
+    assert cfg.format == "yolo" and cfg.root == yolo_dir.resolve() and cfg.names == ("cat", "dog")
+    a, names_a, report_a = load_split(ours, "train")
+    b, names_b, report_b = load_split(cfg, "train")
+    assert names_a == names_b == ["cat", "dog"]
+    assert [r.path for r in a] == [r.path for r in b] and report_a.counts() == report_b.counts()
+    for ra, rb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(ra.boxes, rb.boxes)
+    assert [r.path for r in load_split(cfg, "val")[0]] == [r.path for r in b]  # the one-path list
+
+
+def test_image_list_reads_as_ultralytics_does(yolo_dir: Path) -> None:
+    train = yolo_dir / "images" / "train"
+    _write(yolo_dir / "train.txt", f"./images/train/000002.png\n\n{train / '000001.png'}\n./images/train/000001.png\n"
+           "images/train/gone.png\n# a comment\n")
+    assert read_image_list(yolo_dir / "train.txt") == [train / "000002.png", train / "000001.png",
+                                                       yolo_dir / "images" / "train" / "gone.png"]
+    cfg = load_data_config(_write(yolo_dir / "data.yaml", "path: .\ntrain: train.txt\nnames: [cat, dog]\n"))
+    assert cfg.format == "yolo" and cfg.sources["train"]["list"] == (yolo_dir / "train.txt").resolve()
+    records, _, report = load_split(cfg, "train")
+    assert [r.path.name for r in records] == ["000001.png", "000002.png"]  # listed ones only, in path order
+    np.testing.assert_allclose(records[0].boxes, [[40, 15, 60, 35], [10, 10, 30, 30], [85, 20, 100, 30]], atol=1e-4)
+    assert len(records[1].boxes) == 0
+    assert report.label_without_image == 1 and report.examples["label_without_image"] == ["gone.png"]
+    assert report.image_without_labels == 1
+
+
+def test_label_beside_an_image_outside_an_images_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (50, 40)).save(tmp_path / "a.png")
+    _write(tmp_path / "a.txt", "0 0.5 0.5 0.2 0.5\n")
+    _write(tmp_path / "list.txt", "a.png\n")
+    records, _, _ = load_yolo(None, names=["x"], image_list=tmp_path / "list.txt")
+    np.testing.assert_allclose(records[0].boxes, [[20, 10, 30, 30]], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("path: .\ntrain: images/train\nnames: [cat, dog]\nepochs: 3\n", r"not Ultralytics keys.*'format:'"),
+        ("path: .\ntrain: [images/train, images/val]\nnames: [cat, dog]\n", "lists 2 paths.*one .txt file"),
+        ("path: nowhere\ntrain: images/train\nnames: [cat, dog]\n", "is not an existing folder"),
+        ("path: .\ntrain: images/missing\nnames: [cat, dog]\n", "is not an existing dir"),
+        ("path: .\ntrain: images/train\n", "format yolo needs 'names'"),
+        ("train: 3\nnames: [cat, dog]\nval: images/train\n", "'train' must be a mapping|image folder"),
+    ],
+)
+def test_bad_ultralytics_yaml_says_what_to_do(yolo_dir: Path, text: str, match: str) -> None:
+    with pytest.raises((ConfigError, FileNotFoundError), match=match):
+        load_data_config(_write(yolo_dir / "data.yaml", text))
+
+
+@pytest.mark.realdata
+def test_coco128_as_its_ultralytics_yaml(shared_data: Path, tmp_path: Path) -> None:
+    root = shared_data / "coco128"
+    if not root.is_dir():
+        pytest.skip(f"{root} is not present (real COCO128 sample)")
+    names = (root / "names.yaml").read_text(encoding="utf-8").split("names:", 1)[1]
+    cfg = load_data_config(_write(tmp_path / "coco128.yaml", f"path: {root}\ntrain: images/train2017\n"
+                                  f"val: images/train2017\nnames:{names}"))
+    records, class_names, _ = load_split(cfg, "val")
+    assert len(class_names) == 80 and len(records) == 128
+    assert sum(len(r.boxes) for r in records) > 900
