@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from efpn.cli.guards import check_writable
 from efpn.data.images import CorruptImageError, read_image
+from efpn.data.yolo import read_image_list
 from efpn.infer.draw import detections_to_json, draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # a GIF: its first frame
@@ -20,10 +21,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
                    skipped: dict[str, str] | None = None) -> list[Path]:
-    """Expand files and folders (recursively) into image paths, sorted, leaving out anything under ``exclude`` (the
-    output folder, and its numbered siblings that hold results: a later run must not read an earlier one's
-    drawings); raises FileNotFoundError for a missing source (a broken link or a link loop says so). A source that
-    is neither a file nor a folder (a device, a pipe) is said, recorded in ``skipped`` and left out."""
+    """Expand files, folders (recursively), glob patterns (``"imgs/**/*.png"``, quoted so the shell leaves them) and
+    image lists (a ``.txt`` of image paths, read as Ultralytics reads ``train.txt``) into image paths, leaving out
+    anything under ``exclude`` (the output folder, and its numbered siblings that hold results: a later run must not
+    read an earlier one's drawings); a listed image that does not exist is recorded in ``skipped``; raises
+    FileNotFoundError for a missing source (a broken link or a link loop says so). A source that is neither a file
+    nor a folder (a device, a pipe) is said, recorded in ``skipped`` and left out."""
     out: list[Path] = []
     excluded = _run_folders(exclude) if exclude is not None else []
     for s in sources:
@@ -31,8 +34,24 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
             out += [q for q in found if not any(_within(q, e) for e in excluded)]
+        elif p.is_file() and p.suffix.lower() == ".txt":  # an image list (Ultralytics' train.txt), one path a line
+            listed = read_image_list(p)
+            missing = [q for q in listed if not q.is_file()]
+            for q in missing:
+                why = f"listed in {p.name} but not an existing file"
+                tqdm.write(f"skipped {q}: {why}")
+                if skipped is not None:
+                    skipped[str(q)] = why
+            out += [q for q in listed if q.is_file()]
         elif p.is_file():
             out.append(p)
+        elif any(c in str(s) for c in "*?[") and not p.exists():  # a pattern the shell did not expand (it was quoted)
+            matched = sorted(Path(q) for q in glob.glob(str(s), recursive=True))
+            found = [q for q in matched if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                raise FileNotFoundError(f"source pattern {s} matches no image file (looked for "
+                                        f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+            out += [q for q in found if not any(_within(q, e) for e in excluded)]
         elif p.exists():  # a device, a pipe, a socket: reading one could block or never end; the others go on
             why = "not a regular file or folder (a device, pipe or socket); give image files"
             tqdm.write(f"skipped {p}: {why}")

@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_diagnose)
 
     s = sub.add_parser("detect", help="detect objects in images or folders; writes drawn images + JSON")
-    s.add_argument("source", nargs="+", help="image files or folders")
+    s.add_argument("source", nargs="+", help="image files, folders, glob patterns (quoted) or image lists (.txt)")
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--out", default="runs/detect", help="folder for the drawings and detections.json (default "
                                                        "runs/detect; a folder that is not empty gets -2, -3, ...)")

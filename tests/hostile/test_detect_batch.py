@@ -75,3 +75,24 @@ def test_out_under_an_existing_file_is_a_clear_error(ckpt: Path, tmp_path: Path)
         with pytest.raises(SystemExit) as exit_info:
             main(["detect", str(img), "--weights", str(ckpt), "--out", str(out)])
         assert exit_info.value.code == 2
+
+
+def test_quoted_patterns_and_image_lists_are_sources(ckpt: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in" / "sub"
+    src.mkdir(parents=True)
+    for name in ("a.png", "b.jpg"):
+        cv2.imwrite(str(src / name), np.full((40, 48, 3), 90, np.uint8))
+    (src / "notes.txt.png.md").write_text("not an image")
+    out = tmp_path / "out"
+    main(["detect", str(tmp_path / "in" / "**" / "*.png"), "--weights", str(ckpt), "--out", str(out)])
+    assert [Path(p).name for p in json.loads((out / "detections.json").read_text())["images"]] == ["a.png"]
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"./in/sub/b.jpg\n\n{src / 'a.png'}\n./in/sub/gone.png\n")
+    main(["detect", str(listing), "--weights", str(ckpt), "--out", str(tmp_path / "out2")])
+    summary = json.loads((tmp_path / "out2" / "detections.json").read_text())
+    assert sorted(Path(p).name for p in summary["images"]) == ["a.png", "b.jpg"]
+    assert [(Path(p).name, "listed in list.txt" in why) for p, why in summary["errors"].items()] == [("gone.png", True)]
+
+    with pytest.raises(SystemExit):
+        main(["detect", str(tmp_path / "in" / "*.tif"), "--weights", str(ckpt), "--out", str(tmp_path / "out3")])
