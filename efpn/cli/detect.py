@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from efpn.cli.guards import check_writable
@@ -107,9 +109,20 @@ def detect_sources(
     overlap: float = 0.2,
     image_size: int | None = None,
     device: str = "cpu",
+    *,
+    max_det: int | None = None,
+    classes: Sequence[str] | None = None,
+    save_txt: bool = False,
+    draw: bool = True,
 ) -> tuple[list[Path], dict[str, Any]]:
     """Run a checkpoint over images/folders; writes a drawn PNG per image and ``detections.json`` -> (written files,
     the JSON's content).
+
+    ``max_det`` caps the detections per image (default: the model's); ``classes`` keeps only those classes (names
+    or class indices; an unknown one is a ValueError before anything runs); ``save_txt`` also writes one YOLO label
+    file per image, ``labels/<drawing stem>.txt`` with ``class cx cy w h score`` normalised to the image (as
+    Ultralytics' ``save_txt`` with ``save_conf``; an image with no detection gets an empty file); ``draw=False``
+    writes no drawings (the JSON's ``"drawn"`` stays empty).
 
     One bad file never stops the batch: an unreadable image, or one the model cannot take (too small, too many
     pixels for one input without ``slice_size``), or a drawing that cannot be written is reported with what to do,
@@ -145,7 +158,10 @@ def detect_sources(
 
     model = load_model(weights, device=device)
     names = list(model.config.class_names) or [str(i) for i in range(model.num_classes)]
+    keep = class_filter(classes, names) if classes else None
     out.mkdir(parents=True, exist_ok=True)
+    if save_txt:
+        (out / "labels").mkdir(exist_ok=True)
     written: list[Path] = []
     summary: dict[str, Any] = {"weights": str(weights), "images": {}, "drawn": {}, "errors": dict(not_files)}
     try:
@@ -161,15 +177,28 @@ def detect_sources(
                     from efpn.infer.slicing import sliced_predict
 
                     det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=score_thresh,
-                                         nms_iou=nms_iou)
+                                         nms_iou=nms_iou, max_det=max_det, image_size=image_size)
                 else:
-                    det = predict_image(model, rgb, score_thresh=score_thresh, nms_iou=nms_iou, image_size=image_size)
+                    det = predict_image(model, rgb, score_thresh=score_thresh, nms_iou=nms_iou, max_det=max_det,
+                                        image_size=image_size)
             except ValueError as e:  # too small, too many pixels for one input, ...: this file only
                 h, w = rgb.shape[:2]
                 _skip(summary, key, f"{w}x{h} px image: {e}")
                 continue
+            if keep is not None:
+                det = select(det, torch.isin(det["labels"], keep))
             summary["images"][key] = detections_to_json(det, names, model.levels)
             png = out / name
+            if save_txt:
+                label = out / "labels" / f"{Path(name).stem}.txt"
+                try:
+                    label.write_text(yolo_lines(det, rgb.shape[:2]), encoding="utf-8")
+                except OSError as e:
+                    _skip(summary, key, f"detections kept in the JSON, but {label} could not be written: {e}")
+                    continue
+                written.append(label)
+            if not draw:
+                continue
             ok, data = cv2.imencode(".png", cv2.cvtColor(draw_detections(rgb, det, names, model.levels),
                                                          cv2.COLOR_RGB2BGR))
             try:  # encoded in memory and written by Python: any file name the OS accepts, errors per file
@@ -187,6 +216,38 @@ def detect_sources(
         _write_json(js, summary)
     written.append(js)
     return written, summary
+
+
+def class_filter(classes: Sequence[str], names: Sequence[str]) -> Tensor:
+    """Class indices (K,) of ``classes``, each a class name of the model or an index into ``names``; raises
+    ValueError naming an unknown one and the model's classes."""
+    picked: list[int] = []
+    for c in classes:
+        if c in names:
+            picked.append(list(names).index(c))
+        elif c.strip().isdigit() and int(c) < len(names):
+            picked.append(int(c))
+        else:
+            listed = ", ".join(f"{i}={n}" for i, n in enumerate(names[:20]))
+            raise ValueError(f"--classes {c!r} is not a class of this model; give names or indices of: {listed}"
+                             + (" ..." if len(names) > 20 else ""))
+    return torch.tensor(sorted(set(picked)), dtype=torch.long)
+
+
+def select(det: dict[str, Any], mask: Tensor) -> dict[str, Any]:
+    """The detections where ``mask`` (D,) holds, every per-detection tensor of ``det`` alike."""
+    n = len(mask)
+    return {k: v[mask] if isinstance(v, Tensor) and v.dim() > 0 and len(v) == n else v for k, v in det.items()}
+
+
+def yolo_lines(det: dict[str, Any], hw: tuple[int, int]) -> str:
+    """YOLO label text of detections in an ``hw`` (H, W) image: ``class cx cy w h score`` per line, normalised."""
+    h, w = hw
+    lines = []
+    for (x1, y1, x2, y2), score, cls in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        lines.append(f"{int(cls)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} "
+                     f"{(y2 - y1) / h:.6f} {score:.5f}")
+    return "".join(line + "\n" for line in lines)
 
 
 def _fresh(out: Path) -> Path:

@@ -257,6 +257,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
     written, summary = detect_sources(
         args.weights, args.source, out_dir=args.out, score_thresh=args.score, nms_iou=args.iou,
         slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, device=args.device,
+        max_det=args.max_det, classes=args.classes, save_txt=args.save_txt, draw=not args.no_draw,
     )
     done, failed = len(summary["images"]), len(summary["errors"])
     print(f"detected in {done} image(s), {failed} skipped; wrote {len(written)} files to {written[-1].parent}")
@@ -430,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=guards.image_size, default=None,
                    help="network input's long side (default: the checkpoint's own)")
     s.add_argument("--device", type=guards.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    s.add_argument("--max-det", type=guards.at_least_one, default=None,
+                   help="at most this many detections per image (default: the checkpoint's)")
+    s.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
+                   help="keep only these classes (names or class indices)")
+    s.add_argument("--save-txt", action="store_true",
+                   help="also write labels/NAME.txt per image: 'class cx cy w h score', normalised (YOLO)")
+    s.add_argument("--no-draw", action="store_true", help="write no drawings (detections.json and labels only)")
     s.set_defaults(func=cmd_detect)
 
     s = sub.add_parser("export", help="export to ONNX, checked against onnxruntime")

@@ -96,3 +96,40 @@ def test_quoted_patterns_and_image_lists_are_sources(ckpt: Path, tmp_path: Path)
 
     with pytest.raises(SystemExit):
         main(["detect", str(tmp_path / "in" / "*.tif"), "--weights", str(ckpt), "--out", str(tmp_path / "out3")])
+
+
+def test_yolo_labels_class_filter_and_no_drawings(ckpt: Path, tmp_path: Path) -> None:
+    import torch
+
+    from efpn.cli.detect import class_filter, select, yolo_lines
+
+    det = {"boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 8.0, 8.0]]), "scores": torch.tensor([0.9, 0.3]),
+           "labels": torch.tensor([1, 0]), "levels": torch.tensor([0, 1])}
+    assert yolo_lines(det, (100, 200)) == "1 0.100000 0.400000 0.100000 0.400000 0.90000\n" \
+                                          "0 0.020000 0.040000 0.040000 0.080000 0.30000\n"
+    keep = class_filter(["cat", "0"], ["dog", "cat"])
+    assert keep.tolist() == [0, 1]
+    picked = select(det, torch.isin(det["labels"], class_filter(["cat"], ["dog", "cat"])))
+    assert picked["labels"].tolist() == [1] and picked["levels"].tolist() == [0]
+    with pytest.raises(ValueError, match=r"'bird' is not a class of this model.*0=dog, 1=cat"):
+        class_filter(["bird"], ["dog", "cat"])
+
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), np.full((40, 48, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    main(["detect", str(src), "--weights", str(ckpt), "--out", str(out), "--save-txt", "--no-draw", "--max-det", "2",
+          "--score", "0.0"])
+    summary = json.loads((out / "detections.json").read_text())
+    found = summary["images"][str(src / "a.png")]
+    assert summary["drawn"] == {} and sorted(p.name for p in out.iterdir()) == ["detections.json", "labels"]
+    assert 1 <= len(found) <= 2
+    lines = (out / "labels" / "a.txt").read_text().splitlines()
+    assert len(lines) == len(found)
+    for line, d in zip(lines, found, strict=True):
+        cls, cx, cy, w, h, score = line.split()
+        x1, y1, x2, y2 = d["box"]
+        assert int(cls) == d["class_id"] and abs(float(score) - d["score"]) < 1e-4
+        assert abs(float(cx) * 48 - (x1 + x2) / 2) < 0.05 and abs(float(h) * 40 - (y2 - y1)) < 0.05
+    with pytest.raises(SystemExit):
+        main(["detect", str(src), "--weights", str(ckpt), "--out", str(tmp_path / "o2"), "--classes", "nope"])
