@@ -41,7 +41,7 @@ class TrainConfig:
 
     # model and data
     model: str = _field("efpn_n", "model preset (efpn.zoo.PRESETS); classes come from the data YAML")
-    data: str = _field("", "data YAML (format, root, splits, names; see efpn.config.data)")
+    data: str = _field("", "data YAML (efpn's schema or an Ultralytics dataset YAML; see efpn.config.data)")
     train_split: str = _field("train", "split of the data YAML to train on")
     val_split: str | None = _field("val", "split to validate on; None/'none' = no validation")
     val_fraction: float = _field(0.1, "share of train carved out as val when the data YAML has no val split and "
