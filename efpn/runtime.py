@@ -19,7 +19,7 @@ import functools
 import os
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "usable_cpus"]
 
 #: glibc ``mallopt`` parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -47,3 +47,11 @@ def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
     value = min(int(threshold_bytes), 2**31 - 1)
     # mallopt returns 1 on success; both are needed: without the trim threshold freed blocks go back anyway
     return bool(mallopt(_M_MMAP_THRESHOLD, value)) and bool(mallopt(_M_TRIM_THRESHOLD, value))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and ``taskset`` narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity call on this OS
+        return max(1, os.cpu_count() or 1)

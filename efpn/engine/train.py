@@ -77,6 +77,7 @@ from efpn.evaluation.validate import validate
 from efpn.explain.gradient import high_level_grad_norms
 from efpn.models.criterion import CriterionStats
 from efpn.models.detector import Detector
+from efpn.runtime import usable_cpus
 from efpn.zoo import PRESETS, build, get_config
 
 __all__ = ["LossStep", "TrainResult", "train"]
@@ -178,10 +179,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         if steps_per_epoch < 1:
             raise ValueError(f"the train split has {len(dataset)} images, fewer than one global batch of "
                              f"{cfg.batch_size}; lower batch_size")
+        # more loader processes than CPUs only contend with the training process (the samples do not depend on
+        # the worker count, so capping it changes nothing but the speed)
+        workers = min(cfg.workers, usable_cpus())
         loader = DataLoader(
-            dataset, batch_sampler=batches_of, num_workers=cfg.workers, collate_fn=collate,
-            pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
-            worker_init_fn=D.worker_init_fn if cfg.workers > 0 else None,
+            dataset, batch_sampler=batches_of, num_workers=workers, collate_fn=collate,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            worker_init_fn=D.worker_init_fn if workers > 0 else None,
             # its own generator, so creating an iterator never draws from the global RNG
             generator=torch.Generator().manual_seed(cfg.seed + info.rank),
         )
