@@ -5,7 +5,10 @@ Contract of :func:`load_coco`:
 * categories are mapped to contiguous labels ``0..K-1`` in increasing category-id order (COCO's 1..90 with
   gaps become 0..79; SSDD's id 0 becomes 0); ``class_names`` follows the same order;
 * ``bbox = [x, y, w, h]`` becomes ``xyxy``; boxes past the edge are clipped, degenerate ones dropped
-  (both counted);
+  (both counted); an annotation with no ``bbox`` key gets the box around its ``segmentation`` (polygons or RLE);
+* ids may be integers or strings of integers; image ids that are other strings (``"frame_0001"``) are numbered
+  1, 2, ... in the order of ``images``; an image entry or annotation without an id is dropped (``malformed``), a
+  category without an integer id is an error;
 * ``iscrowd=1`` annotations follow the ``crowd`` policy (default ``"crowd"``: kept with ``iscrowd=True``,
   never a training target); annotations with ``ignore=1`` (AI-TOD / VisDrone-in-COCO style) become ignore
   regions;
@@ -23,9 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from efpn.config.schema import short
 from efpn.data.records import ImageRecord, Policy, SkipReport, check_policy, checked_size, make_record
 
-__all__ = ["load_coco", "parse_coco", "parse_json", "read_json", "records_to_coco"]
+__all__ = ["image_id_map", "load_coco", "parse_coco", "parse_json", "read_json", "records_to_coco"]
 
 
 def parse_json(data: bytes | str, source: str) -> Any:
@@ -61,6 +65,61 @@ def _bbox_xyxy(bbox: Any) -> list[float] | None:
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         return None  # NaN or infinity: malformed, never a box
     return [x, y, x + w, y + h]
+
+
+def _segmentation_xyxy(seg: Any) -> list[float] | None:
+    """The box around a COCO ``segmentation`` (polygons ``[[x1, y1, ...], ...]``, or RLE ``{size, counts}``), for
+    annotations written without a ``bbox``; None when there is none to read."""
+    if isinstance(seg, list) and seg and all(isinstance(p, list | tuple) for p in seg):
+        try:
+            xs = [float(v) for poly in seg for v in poly[0::2]]
+            ys = [float(v) for poly in seg for v in poly[1::2]]
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if not xs or len(xs) != len(ys) or not all(math.isfinite(v) for v in xs + ys):
+            return None
+        return [min(xs), min(ys), max(xs), max(ys)]
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        try:
+            from pycocotools import mask as mask_utils
+
+            rle = seg if isinstance(seg["counts"], str | bytes) else mask_utils.frPyObjects(seg, *seg["size"])
+            x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+        except (ImportError, TypeError, ValueError, KeyError, OverflowError):
+            return None
+        return [x, y, x + w, y + h] if w > 0 and h > 0 else None
+    return None
+
+
+def _coco_id(value: Any) -> int | None:
+    """An id as COCO files write it (an integer, or a string or float holding one), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def image_id_map(entries: list[Any]) -> Any:
+    """``raw id -> int`` for the image ids of a COCO file: the integers themselves when every id is one (or a string
+    of one), else (ids such as ``"frame_0001"``) 1, 2, ... in the order of ``images``, the same map for the
+    annotations' ``image_id``. Returns a function giving None for a missing or unknown id."""
+    raw = [e.get("id") for e in entries if isinstance(e, dict)]
+    if all(_coco_id(r) is not None for r in raw):
+        return _coco_id
+    numbered: dict[str, int] = {}
+    for r in raw:
+        if isinstance(r, str | int) and not isinstance(r, bool):
+            numbered.setdefault(str(r), len(numbered) + 1)
+
+    def lookup(value: Any) -> int | None:
+        return numbered.get(str(value)) if isinstance(value, str | int) and not isinstance(value, bool) else None
+
+    return lookup
 
 
 def load_coco(
@@ -110,24 +169,39 @@ def parse_coco(
     report = SkipReport(dataset=name)
     img_dir = Path(images) if images is not None else None
 
-    cats = sorted(data["categories"], key=lambda c: int(c["id"]))
-    ids = [int(c["id"]) for c in cats]
+    if not isinstance(data["categories"], list) or not isinstance(data["images"], list):
+        raise ValueError(f"{source} is not a COCO detection file: 'images' and 'categories' must be lists")
+    for c in data["categories"]:
+        if not isinstance(c, dict) or _coco_id(c.get("id")) is None:
+            raise ValueError(f"{source}: category {short(c)} has no integer 'id'; every entry of 'categories' "
+                             "needs one (and a 'name')")
+    cats = sorted(data["categories"], key=lambda c: _coco_id(c["id"]))
+    ids = [_coco_id(c["id"]) for c in cats]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:  # two classes with one id: annotations of that id could belong to either
         raise ValueError(f"{source}: category id(s) {repeated} appear more than once in 'categories' "
-                         f"({', '.join(repr(str(c.get('name'))) for c in cats if int(c['id']) in repeated)}); "
+                         f"({', '.join(repr(str(c.get('name'))) for c in cats if _coco_id(c['id']) in repeated)}); "
                          "give every category its own id")
-    cat_to_label = {int(c["id"]): i for i, c in enumerate(cats)}
+    cat_to_label = {i: k for k, i in enumerate(ids)}
     class_names = [str(c.get("name", c["id"])) for c in cats]
 
+    to_id = image_id_map(data["images"])
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for ann in data.get("annotations") or []:
-        by_image[int(ann.get("image_id", -1))].append(ann)
+        image_ref = to_id(ann.get("image_id")) if isinstance(ann, dict) else None
+        if image_ref is None:
+            report.add("malformed", 1, f"annotation {short(ann)} without an image_id")
+            continue
+        by_image[image_ref].append(ann)
 
     records: list[ImageRecord] = []
     seen: set[int] = set()
     for entry in data["images"]:
-        image_id = int(entry["id"])
+        maybe_id = to_id(entry.get("id")) if isinstance(entry, dict) else None
+        if maybe_id is None:
+            report.add("malformed", 1, f"image entry {short(entry)} without an id")
+            continue
+        image_id = maybe_id
         file_name = str(entry.get("file_name", ""))
         anns = by_image.pop(image_id, [])
         if image_id in seen:
@@ -140,7 +214,7 @@ def parse_coco(
             if path is None:
                 report.add("label_without_image", 1, file_name)
                 continue
-        width, height = int(entry.get("width") or 0), int(entry.get("height") or 0)
+        width, height = _coco_id(entry.get("width")) or 0, _coco_id(entry.get("height")) or 0
         if path is None and (width <= 0 or height <= 0):
             report.add("malformed", 1, f"{file_name} (no width/height and no image)")
             continue
@@ -152,7 +226,7 @@ def parse_coco(
 
         boxes, labels, roles = [], [], []
         for ann in anns:
-            xyxy = _bbox_xyxy(ann.get("bbox"))
+            xyxy = _bbox_xyxy(ann["bbox"]) if "bbox" in ann else _segmentation_xyxy(ann.get("segmentation"))
             if xyxy is None:
                 report.add("malformed", 1, file_name)
                 continue
@@ -160,7 +234,8 @@ def parse_coco(
                 report.add("ignored_regions", 1, file_name)
                 boxes.append(xyxy), labels.append(-1), roles.append("ignore")
                 continue
-            label = cat_to_label.get(int(ann.get("category_id", -1)))
+            category = _coco_id(ann.get("category_id"))
+            label = cat_to_label.get(category) if category is not None else None
             if label is None:
                 report.add("unknown_class", 1, file_name)
                 continue

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from efpn.data.coco import parse_coco, parse_json
+from efpn.data.coco import image_id_map, parse_coco, parse_json
 from efpn.data.records import ImageRecord, SkipReport
 from efpn.data.voc import parse_voc
 from efpn.data.yolo import parse_yolo
@@ -122,8 +122,13 @@ def _coco(data: bytes, file_name: str, stem: str) -> tuple[ImageRecord, list[str
     doc = parse_json(data, file_name)
     records, names, report = parse_coco(doc, None, name=Path(file_name).stem, source=file_name)
     if not records:
-        raise AnnotationError(f"{file_name} holds no image entries; {_WHAT_TO_UPLOAD}")
-    ids = {int(e["id"]) for e in doc["images"] if Path(str(e.get("file_name", ""))).stem == stem}
+        dropped = [f"{n} {reason}" + (f", e.g. {report.examples[reason][0]}" if report.examples.get(reason) else "")
+                   for reason, n in report.counts().items()]
+        why = f" usable image entries (dropped: {'; '.join(dropped)})" if dropped else " image entries"
+        raise AnnotationError(f"{file_name} holds no{why}; {_WHAT_TO_UPLOAD}")
+    to_id = image_id_map(doc["images"])
+    ids = {to_id(e.get("id")) for e in doc["images"]
+           if isinstance(e, dict) and Path(str(e.get("file_name", ""))).stem == stem}
     pick = [r for r in records if r.image_id in ids] or (records if len(records) == 1 else [])
     if not pick:
         raise AnnotationError(

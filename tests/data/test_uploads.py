@@ -61,7 +61,7 @@ def test_coco_single_entry_is_used_whatever_its_name() -> None:
     (b"{oops", "gt.json could not be parsed: gt.json is not valid JSON"),
     (b'{"images": []}', "not a COCO detection file"),
     (json.dumps({"images": [], "categories": []}).encode(), "holds no image entries"),
-    (b'{"images": [{"file_name": "c.png"}], "categories": []}', "could not be parsed"),
+    (b'{"images": [{"file_name": "c.png"}], "categories": []}', "no usable .*without an id"),
 ])
 def test_coco_errors_name_the_file_and_what_to_upload(data: bytes, match: str) -> None:
     with pytest.raises(AnnotationError, match=match) as err:
@@ -134,3 +134,11 @@ def test_from_memory_entry_points_match_the_folder_contract() -> None:
     assert records == [] and report.malformed == 1
     records, _, report = parse_voc(b"<annotation/>", "z")  # no size anywhere
     assert records == [] and "no <size>" in report.summary()
+
+
+def test_coco_with_string_image_ids_finds_the_image_by_name() -> None:
+    text = json.dumps(COCO).replace('"image_id": 2', '"image_id": "img_b"')
+    named = json.loads(text.replace('"id": 2, "file_name"', '"id": "img_b", "file_name"'))
+    assert named["images"][1]["id"] == "img_b"
+    got = parse_annotation_bytes(json.dumps(named).encode(), "gt.json", "b.jpg", (200, 400), NAMES)
+    np.testing.assert_allclose(got.boxes, [[40, 20, 60, 30]])

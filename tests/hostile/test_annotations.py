@@ -54,3 +54,36 @@ def test_voc_and_visdrone_and_yolo_non_finite(tmp_path: Path) -> None:
     (tmp_path / "y" / "labels" / "a.txt").write_text("0 nan 0.5 0.1 0.1\n0 0.5 0.5 inf 0.1\n0 0.5 0.5 0.2 0.2\n")
     records, _, report = load_yolo(tmp_path / "y" / "images", tmp_path / "y" / "labels", names=["t"])
     assert len(records[0].boxes) == 1 and report.malformed == 2
+
+
+def test_coco_ids_as_strings_boxes_from_segmentation_and_entries_without_ids(tmp_path: Path) -> None:
+    from pycocotools import mask as mask_utils
+
+    for name in ("a.png", "b.png", "c.png"):
+        _image(tmp_path / "images" / name)
+    square = np.zeros((30, 40), np.uint8, order="F")
+    square[5:15, 20:32] = 1  # x 20..32, y 5..15
+    rle = mask_utils.encode(square)
+    rle["counts"] = rle["counts"].decode()
+    doc = {"images": [{"id": "frame_a", "file_name": "a.png"}, {"id": "frame_b", "file_name": "b.png"},
+                      {"file_name": "c.png"}],
+           "categories": [{"id": "2", "name": "t"}],
+           "annotations": [
+               {"id": 1, "image_id": "frame_a", "category_id": "2", "bbox": [1, 2, 3, 4]},
+               {"id": 2, "image_id": "frame_a", "category_id": 2, "segmentation": [[10, 10, 20, 10, 20, 18],
+                                                                                   [12, 5, 14, 6, 13, 8]]},
+               {"id": 3, "image_id": "frame_b", "category_id": 2, "segmentation": rle},
+               {"id": 4, "image_id": "frame_b", "category_id": None, "bbox": [1, 1, 2, 2]},
+               {"id": 5, "category_id": 2, "bbox": [1, 1, 2, 2]},
+               {"id": 6, "image_id": "frame_b", "category_id": 2, "segmentation": [[1, "x"]]}]}
+    (tmp_path / "s.json").write_text(json.dumps(doc))
+    records, names, report = load_coco(tmp_path / "s.json", tmp_path / "images")
+    assert names == ["t"] and [r.image_id for r in records] == [1, 2]  # numbered in the order of 'images'
+    np.testing.assert_allclose(records[0].boxes, [[1, 2, 4, 6], [10, 5, 20, 18]])
+    np.testing.assert_allclose(records[1].boxes, [[20, 5, 32, 15]])
+    assert report.malformed == 3 and report.unknown_class == 1  # entry without id, ann without image_id, bad polygon
+
+    doc["categories"] = [{"name": "no id"}]
+    (tmp_path / "s.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"category \{'name': 'no id'\} has no integer 'id'"):
+        load_coco(tmp_path / "s.json", tmp_path / "images")
