@@ -20,7 +20,7 @@ from pathlib import Path
 
 from efpn.config.names import ClassNames, read_names
 from efpn.data.images import CorruptImageError, image_size, index_images
-from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record
+from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record, read_text
 
 __all__ = ["DOTA_V1_CLASSES", "load_dota", "polygon_to_xyxy"]
 
@@ -106,7 +106,7 @@ def load_dota(
             continue
         boxes, labels_, roles = [], [], []
         n_objects = 0
-        lines = txt.read_text(encoding="utf-8", errors="replace").splitlines() if txt is not None else []
+        lines = read_text(txt).splitlines() if txt is not None else []
         for line in lines:
             tokens = line.split()
             if not tokens or ":" in tokens[0]:  # blank, or header (imagesource:, gsd:)

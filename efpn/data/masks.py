@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from efpn.data.images import CorruptImageError, image_size, index_images
-from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record
+from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record, read_text
 
 __all__ = ["boxes_from_mask", "load_masks"]
 
@@ -80,7 +80,7 @@ def _read_mask(path: Path) -> np.ndarray:
 
 
 def _read_list(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def load_masks(

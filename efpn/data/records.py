@@ -17,6 +17,7 @@ Nothing is dropped silently: every box that is clipped, dropped or re-routed is 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ __all__ = [
     "SkipReport",
     "assign_image_ids",
     "check_policy",
+    "decode_text",
     "make_record",
+    "read_text",
 ]
 
 #: What a loader does with a special kind of annotation (crowd, difficult, VisDrone "others"):
@@ -48,6 +51,21 @@ POLICIES: tuple[str, ...] = ("target", "crowd", "ignore", "drop")
 #: Boxes this far (px) past an image edge are counted as clipped; closer ones are clipped silently
 #: (normalised YOLO coordinates such as 1.0000001 are rounding, not annotation errors).
 _CLIP_TOL: float = 1e-3
+
+
+def decode_text(data: bytes) -> str:
+    """Annotation text as labelling tools write it: UTF-8, with or without a byte-order mark, or UTF-16/32 with one
+    (Windows tools); bytes that do not decode become U+FFFD, so the line holding them is reported, not the file."""
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(encoding, errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
+
+
+def read_text(path: str | Path) -> str:
+    """:func:`decode_text` of a file's bytes."""
+    return decode_text(Path(path).read_bytes())
 
 
 def _empty_boxes() -> np.ndarray:

@@ -69,7 +69,7 @@ def category_ids(cfg: DataConfig | str | Path, split: str = "train") -> list[int
     if cfg.format != "coco":
         return None
     carve = cfg.val_fraction > 0 and "val" not in cfg.sources
-    doc = json.loads(Path(cfg.sources["train" if carve else split]["annotations"]).read_text(encoding="utf-8"))
+    doc = json.loads(Path(cfg.sources["train" if carve else split]["annotations"]).read_bytes())
     return sorted(int(c["id"]) for c in doc.get("categories", []))
 
 

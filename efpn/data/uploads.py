@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from efpn.data.coco import image_id_map, parse_coco, parse_json
-from efpn.data.records import ImageRecord, SkipReport
+from efpn.data.records import ImageRecord, SkipReport, decode_text
 from efpn.data.voc import parse_voc
 from efpn.data.yolo import parse_yolo
 
@@ -83,7 +83,7 @@ def parse_annotation_bytes(
             if not names:
                 raise AnnotationError(f"{file_name}: YOLO labels are class ids, and there are no class names to "
                                       "read them with; upload a COCO JSON or a Pascal VOC XML instead")
-            records, found, report = parse_yolo(data.decode("utf-8", errors="replace"), (h, w), names=names,
+            records, found, report = parse_yolo(decode_text(data), (h, w), names=names,
                                                 source=file_name)
             record = records[0]
         else:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from efpn.data.coco import read_json
 from efpn.data.images import CorruptImageError, image_size, index_images
-from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record
+from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record, read_text
 
 __all__ = ["VISDRONE_CLASSES", "load_visdrone", "read_image_sizes"]
 
@@ -110,7 +110,7 @@ def load_visdrone(
         txt = files.get(key)
         source = txt.name if txt is not None else key
         boxes, labels, roles = [], [], []
-        lines = txt.read_text(encoding="utf-8", errors="replace").splitlines() if txt is not None else []
+        lines = read_text(txt).splitlines() if txt is not None else []
         for line in lines:
             if not line.strip():
                 continue

@@ -34,6 +34,7 @@ from efpn.data.records import (
     check_policy,
     checked_size,
     make_record,
+    read_text,
 )
 
 __all__ = ["load_voc", "parse_voc", "read_voc_list"]
@@ -54,7 +55,7 @@ def read_voc_list(list_file: str | Path) -> list[str]:
     p = Path(list_file)
     if not p.is_file():
         raise FileNotFoundError(f"VOC split list {p} does not exist")
-    return [line.split()[0] for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.split()[0] for line in read_text(p).splitlines() if line.strip()]
 
 
 def _text(node: ET.Element | None, tag: str) -> str | None:

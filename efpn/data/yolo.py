@@ -27,7 +27,7 @@ import numpy as np
 
 from efpn.config.names import ClassNames, read_names
 from efpn.data.images import CorruptImageError, image_size, index_images
-from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record
+from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record, read_text
 
 __all__ = ["default_label_dir", "load_yolo", "parse_yolo", "parse_yolo_labels", "read_image_list"]
 
@@ -83,7 +83,7 @@ def read_image_list(path: str | Path, root: str | Path | None = None) -> list[Pa
     lst = Path(path)
     base = Path(root) if root is not None else lst.parent
     out: dict[Path, None] = {}
-    for line in lst.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in read_text(lst).splitlines():
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
@@ -170,7 +170,7 @@ def load_yolo(
             report.add("unreadable_image", 1, path.name)
             continue
         label_path = label_files.get(key)
-        text = label_path.read_text(encoding="utf-8", errors="replace") if label_path else ""
+        text = read_text(label_path) if label_path else ""
         source = label_path.name if label_path else None
         boxes, classes = parse_yolo_labels(text, width, height, len(class_names), report, source)
         if not any(line.strip() for line in text.splitlines()):

@@ -87,3 +87,20 @@ def test_coco_ids_as_strings_boxes_from_segmentation_and_entries_without_ids(tmp
     (tmp_path / "s.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"category \{'name': 'no id'\} has no integer 'id'"):
         load_coco(tmp_path / "s.json", tmp_path / "images")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
+def test_label_text_with_a_byte_order_mark_or_windows_line_ends(tmp_path: Path, encoding: str) -> None:
+    from efpn.data.records import decode_text
+
+    text = "0 0.5 0.5 0.2 0.4\r\n1 0.25 0.5 0.1 0.2\r\n"
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data  # the big-endian mark, as Windows tools write it
+    assert decode_text(data).splitlines() == text.splitlines()
+    _image(tmp_path / "images" / "a.png", 100, 50)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_bytes(data)
+    records, _, report = load_yolo(tmp_path / "images", names=["x", "y"])
+    np.testing.assert_allclose(records[0].boxes, [[40, 15, 60, 35], [20, 20, 30, 30]], atol=1e-4)
+    assert report.malformed == 0
