@@ -50,7 +50,8 @@ def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which containers and ``taskset`` narrow), at least 1."""
+    """CPUs this process may run on (its affinity mask, which ``taskset`` and a container's ``--cpuset-cpus`` narrow;
+    a CPU quota such as ``--cpus`` does not), at least 1."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no affinity call on this OS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
     """Expand files, folders (recursively), glob patterns (``"imgs/**/*.png"``, quoted so the shell leaves them) and
     image lists (a ``.txt`` of image paths, read as Ultralytics reads ``train.txt``) into image paths, leaving out
     anything under ``exclude`` (the output folder, and its numbered siblings that hold results: a later run must not
-    read an earlier one's drawings); a listed image that does not exist is recorded in ``skipped``; raises
-    FileNotFoundError for a missing source (a broken link or a link loop says so). A source that is neither a file
-    nor a folder (a device, a pipe) is said, recorded in ``skipped`` and left out."""
+    read an earlier one's drawings), each image once; a listed image that does not exist is recorded in ``skipped``;
+    raises FileNotFoundError for a missing source (a broken link or a link loop says so). A source that is neither
+    a file nor a folder (a device, a pipe) is said, recorded in ``skipped`` and left out."""
     out: list[Path] = []
     excluded = _run_folders(exclude) if exclude is not None else []
     for s in sources:
@@ -44,15 +45,15 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
                 tqdm.write(f"skipped {q}: {why}")
                 if skipped is not None:
                     skipped[str(q)] = why
-            out += [q for q in listed if q.is_file()]
+            out += [q for q in listed if q.is_file() and not any(_within(q, e) for e in excluded)]
         elif p.is_file():
             out.append(p)
         elif any(c in str(s) for c in "*?[") and not p.exists():  # a pattern the shell did not expand (it was quoted)
             matched = sorted(Path(q) for q in glob.glob(str(s), recursive=True))
             found = [q for q in matched if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
-                raise FileNotFoundError(f"source pattern {s} matches no image file (looked for "
-                                        f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise FileNotFoundError(f"source {s} does not exist, and read as a pattern it matches no image file "
+                                        f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
             out += [q for q in found if not any(_within(q, e) for e in excluded)]
         elif p.exists():  # a device, a pipe, a socket: reading one could block or never end; the others go on
             why = "not a regular file or folder (a device, pipe or socket); give image files"
@@ -63,6 +64,10 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
             raise FileNotFoundError(f"source {p} is a link that leads nowhere (broken, or a loop of links)")
         else:
             raise FileNotFoundError(f"source {p} does not exist (give image files or folders)")
+    unique: dict[Path, Path] = {}
+    for q in out:  # the same image through a folder, a list and a pattern is detected once
+        unique.setdefault(q.resolve(), q)
+    out = list(unique.values())
     if not out:
         raise FileNotFoundError(f"no images found in {', '.join(map(str, sources))} (looked for "
                                 f"{', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -119,10 +124,11 @@ def detect_sources(
     the JSON's content).
 
     ``max_det`` caps the detections per image (default: the model's); ``classes`` keeps only those classes (names
-    or class indices; an unknown one is a ValueError before anything runs); ``save_txt`` also writes one YOLO label
-    file per image, ``labels/<drawing stem>.txt`` with ``class cx cy w h score`` normalised to the image (as
-    Ultralytics' ``save_txt`` with ``save_conf``; an image with no detection gets an empty file); ``draw=False``
-    writes no drawings (the JSON's ``"drawn"`` stays empty).
+    or class indices; an unknown one is a ValueError before any image is read), filtered before the cap;
+    ``save_txt`` also writes one YOLO label file per image, ``labels/<drawing stem>.txt`` with ``class cx cy w h
+    score`` normalised to the image (as Ultralytics' ``save_txt`` with ``save_conf``; an image with no detection
+    gets an empty file; the JSON's ``"labels"`` maps every input to its file); ``draw=False`` writes no drawings
+    (the JSON's ``"drawn"`` stays empty). The same image reached through several sources is detected once.
 
     One bad file never stops the batch: an unreadable image, or one the model cannot take (too small, too many
     pixels for one input without ``slice_size``), or a drawing that cannot be written is reported with what to do,
@@ -159,13 +165,20 @@ def detect_sources(
     model = load_model(weights, device=device)
     names = list(model.config.class_names) or [str(i) for i in range(model.num_classes)]
     keep = class_filter(classes, names) if classes else None
+    cap = max_det or model.config.postprocess.max_det
+    # with a class filter the model keeps every detection its NMS leaves (its pre-NMS top-k still bounds them)
+    uncapped = max(cap, model.config.postprocess.pre_nms_topk) if keep is not None else None
     out.mkdir(parents=True, exist_ok=True)
     if save_txt:
         (out / "labels").mkdir(exist_ok=True)
     written: list[Path] = []
     summary: dict[str, Any] = {"weights": str(weights), "images": {}, "drawn": {}, "errors": dict(not_files)}
+    if save_txt:
+        summary["labels"] = {}  # input -> its label file (named after the drawing: same-named inputs differ)
     try:
         for i, (path, name) in enumerate(tqdm(list(zip(paths, names_out, strict=True)), desc="detect", unit="img")):
+            if i and i % 50 == 0:  # every 50 images, whatever happened to the last one
+                _write_json(js, summary)
             key = str(path)
             try:
                 rgb = read_image(path)
@@ -177,26 +190,26 @@ def detect_sources(
                     from efpn.infer.slicing import sliced_predict
 
                     det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=score_thresh,
-                                         nms_iou=nms_iou, max_det=max_det, image_size=image_size)
+                                         nms_iou=nms_iou, max_det=uncapped or max_det, image_size=image_size)
                 else:
-                    det = predict_image(model, rgb, score_thresh=score_thresh, nms_iou=nms_iou, max_det=max_det,
-                                        image_size=image_size)
+                    det = predict_image(model, rgb, score_thresh=score_thresh, nms_iou=nms_iou,
+                                        max_det=uncapped or max_det, image_size=image_size)
             except ValueError as e:  # too small, too many pixels for one input, ...: this file only
                 h, w = rgb.shape[:2]
                 _skip(summary, key, f"{w}x{h} px image: {e}")
                 continue
-            if keep is not None:
-                det = select(det, torch.isin(det["labels"], keep))
+            if keep is not None:  # the classes first, then the cap: --max-det counts detections of these classes
+                det = top_scoring(select(det, torch.isin(det["labels"], keep)), cap)
             summary["images"][key] = detections_to_json(det, names, model.levels)
             png = out / name
             if save_txt:
                 label = out / "labels" / f"{Path(name).stem}.txt"
                 try:
                     label.write_text(yolo_lines(det, rgb.shape[:2]), encoding="utf-8")
-                except OSError as e:
+                    summary["labels"][key] = str(label)
+                    written.append(label)
+                except OSError as e:  # the detections stay in the JSON; the drawing is still attempted
                     _skip(summary, key, f"detections kept in the JSON, but {label} could not be written: {e}")
-                    continue
-                written.append(label)
             if not draw:
                 continue
             ok, data = cv2.imencode(".png", cv2.cvtColor(draw_detections(rgb, det, names, model.levels),
@@ -210,8 +223,6 @@ def detect_sources(
                 continue
             summary["drawn"][key] = str(png)
             written.append(png)
-            if (i + 1) % 50 == 0:
-                _write_json(js, summary)
     finally:  # whatever stopped the batch (Ctrl-C included), what was detected so far is kept
         _write_json(js, summary)
     written.append(js)
@@ -219,13 +230,13 @@ def detect_sources(
 
 
 def class_filter(classes: Sequence[str], names: Sequence[str]) -> Tensor:
-    """Class indices (K,) of ``classes``, each a class name of the model or an index into ``names``; raises
-    ValueError naming an unknown one and the model's classes."""
+    """Class indices (K,) of ``classes``, each a class name of the model or, when no class has that name, an index
+    into ``names``; raises ValueError naming an unknown one and the model's classes."""
     picked: list[int] = []
     for c in classes:
         if c in names:
             picked.append(list(names).index(c))
-        elif c.strip().isdigit() and int(c) < len(names):
+        elif re.fullmatch(r"[0-9]+", c.strip()) and int(c) < len(names):
             picked.append(int(c))
         else:
             listed = ", ".join(f"{i}={n}" for i, n in enumerate(names[:20]))
@@ -234,10 +245,19 @@ def class_filter(classes: Sequence[str], names: Sequence[str]) -> Tensor:
     return torch.tensor(sorted(set(picked)), dtype=torch.long)
 
 
+#: The per-detection entries of a detections dict (others, such as a sliced run's tiles, are about the image).
+DETECTION_KEYS = ("boxes", "scores", "labels", "levels")
+
+
 def select(det: dict[str, Any], mask: Tensor) -> dict[str, Any]:
-    """The detections where ``mask`` (D,) holds, every per-detection tensor of ``det`` alike."""
-    n = len(mask)
-    return {k: v[mask] if isinstance(v, Tensor) and v.dim() > 0 and len(v) == n else v for k, v in det.items()}
+    """The detections where ``mask`` (D,) holds: every entry of :data:`DETECTION_KEYS` masked alike, others kept."""
+    return {k: v[mask] if k in DETECTION_KEYS else v for k, v in det.items()}
+
+
+def top_scoring(det: dict[str, Any], cap: int) -> dict[str, Any]:
+    """The ``cap`` highest-scoring detections of ``det``, by descending score."""
+    order = torch.argsort(det["scores"], descending=True)[:cap]
+    return {k: v[order] if k in DETECTION_KEYS else v for k, v in det.items()}
 
 
 def yolo_lines(det: dict[str, Any], hw: tuple[int, int]) -> str:

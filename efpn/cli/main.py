@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-det", type=guards.at_least_one, default=None,
                    help="at most this many detections per image (default: the checkpoint's)")
     s.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
-                   help="keep only these classes (names or class indices)")
+                   help="keep only these classes (names; or indices, when no class has that name)")
     s.add_argument("--save-txt", action="store_true",
                    help="also write labels/NAME.txt per image: 'class cx cy w h score', normalised (YOLO)")
     s.add_argument("--no-draw", action="store_true", help="write no drawings (detections.json and labels only)")

@@ -30,8 +30,9 @@ Source keys per format (``*`` = required):
 
 An **Ultralytics dataset YAML** (``path``, ``train``, ``val``, ``names``; no ``format`` key) is read as it is
 written: format ``yolo``, ``root`` = ``path`` (relative to the YAML's folder; Ultralytics' own datasets folder is
-not consulted), each split an image folder or an image list (``.txt``); ``test`` and ``download`` are ignored
-(nothing is downloaded).
+not consulted), each split an image folder or an image list (``.txt``; its ``./`` lines relative to the list's
+folder, other relative lines relative to ``path``); ``test`` and ``download`` are not read (nothing is downloaded);
+see :func:`from_ultralytics`.
 
 Every problem raises ``ValueError`` (bad value, unknown key or format) or ``FileNotFoundError`` (a path that
 does not exist) naming the YAML file, the key, the resolved path and what to do.
@@ -39,6 +40,7 @@ does not exist) naming the YAML file, the key, the resolved path and what to do.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,8 +87,11 @@ OPTIONS: dict[str, tuple[str, ...]] = {
 
 SPLITS = ("train", "val")
 
-#: Top-level keys of an Ultralytics dataset YAML (docs.ultralytics.com/datasets/detect, "Dataset YAML format").
-ULTRALYTICS_KEYS: tuple[str, ...] = ("path", "train", "val", "test", "names", "nc", "download", "channels")
+#: Top-level keys of an Ultralytics dataset YAML that efpn reads (docs.ultralytics.com/datasets/detect).
+ULTRALYTICS_KEYS: tuple[str, ...] = ("path", "train", "val", "validation", "names", "nc")
+#: Keys such YAMLs carry for other tasks, splits and tools, not read here (no warning).
+_ULTRALYTICS_UNREAD = frozenset({"test", "minival", "download", "channels", "kpt_shape", "flip_idx", "roboflow",
+                                 "yaml_file", "license", "author", "url", "description"})
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,9 @@ def _parse_source(fmt: str, split: str, value: Any, root: Path, where: str) -> d
     if fmt == "yolo" and out["images"] is None and out["list"] is None:
         raise ConfigError(f"{where}: '{split}' of format yolo needs 'images' (a folder) or 'list' (an image list "
                           f"file), relative to root {root}")
+    if fmt == "yolo" and out["list"] is not None and (out["images"] is not None or out["labels"] is not None):
+        raise ConfigError(f"{where}: '{split}' gives 'list' and 'images'/'labels': an image list names its images, "
+                          "and each label is found from its image's path; give one or the other")
     return out
 
 
@@ -195,43 +203,64 @@ def is_ultralytics(data: Any) -> bool:
     """Whether a parsed data YAML is written in Ultralytics' form: no ``format``, and a ``path`` or a split given as
     a path (a string or a list) rather than a mapping."""
     return (isinstance(data, dict) and "format" not in data
-            and ("path" in data or any(isinstance(data.get(s), str | list) for s in SPLITS)))
+            and ("path" in data or any(isinstance(data.get(s), str | list) for s in (*SPLITS, "validation"))))
 
 
-def from_ultralytics(data: dict[str, Any], where: str) -> dict[str, Any]:
+def from_ultralytics(data: dict[str, Any], where: str, base_dir: str | Path = ".") -> dict[str, Any]:
     """An Ultralytics dataset YAML mapping -> the same dataset in this module's schema (format ``yolo``).
 
-    ``path`` becomes ``root``; a split given as a ``.txt`` file becomes an image list, any other path an image
-    folder (labels where Ultralytics looks: its last ``images`` folder -> ``labels``); a list of one path is that
-    path. ``test`` and ``download`` are dropped. Raises ConfigError for keys Ultralytics does not define and for a
-    split that lists several folders.
+    ``path`` (relative to ``base_dir``, the YAML's folder) becomes ``root``; ``val`` or ``validation`` the val split;
+    a split given as a ``.txt`` file becomes an image list, a folder an image folder (labels where Ultralytics looks:
+    its last ``images`` folder -> ``labels``, else beside the images); a list of one path is that path; a split
+    ``../x`` that does not exist is read as ``x`` (Roboflow exports, as Ultralytics does); ``nc`` without ``names``
+    names the classes ``class_0``, ``class_1``, ... Keys of other tasks and tools (``test``, ``download``,
+    ``kpt_shape``, ``roboflow``, ...) are not read; unknown ones are warned about. Raises ConfigError for a split
+    that lists several paths and FileNotFoundError for a path that does not exist, in the YAML's own words.
     """
-    unknown = sorted(str(k) for k in data if k not in ULTRALYTICS_KEYS)
+    unknown = sorted(str(k) for k in data if k not in ULTRALYTICS_KEYS and k not in _ULTRALYTICS_UNREAD)
     if unknown:
-        raise ConfigError(
-            f"{where}: read as an Ultralytics dataset YAML (it has no 'format' key), but {short(unknown)} are not "
-            f"Ultralytics keys ({', '.join(ULTRALYTICS_KEYS)}); fix them, or write efpn's schema with 'format:' "
-            "(see efpn/config/data.py)"
+        warnings.warn(f"{where}: read as an Ultralytics dataset YAML (it has no 'format' key); {short(unknown)} "
+                      f"are not read (efpn reads {', '.join(ULTRALYTICS_KEYS)})", stacklevel=3)
+    raw_root = str(data.get("path") or ".")
+    root = (Path(base_dir) / raw_root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{where}: 'path: {raw_root[:200]}' -> {root} is not an existing folder; efpn reads a relative 'path' "
+            "against the YAML file's folder (Ultralytics would also try its own datasets folder): make it absolute "
+            "or relative to the YAML"
         )
-    out: dict[str, Any] = {"format": "yolo", "root": str(data.get("path") or ".")}
-    for key in ("names", "nc"):
-        if data.get(key) is not None:
-            out[key] = data[key]
+    out: dict[str, Any] = {"format": "yolo", "root": str(root)}
+    if data.get("names") is not None:
+        out["names"] = data["names"]
+    elif isinstance(data.get("nc"), int) and not isinstance(data.get("nc"), bool) and data["nc"] > 0:
+        out["names"] = [f"class_{i}" for i in range(data["nc"])]
+    if data.get("nc") is not None:
+        out["nc"] = data["nc"]
     for split in SPLITS:
-        value = data.get(split)
+        key = split if data.get(split) not in (None, "") or split != "val" else "validation"
+        value = data.get(key)
         if value is None or value == "":
             continue
         if isinstance(value, list):
             if len(value) != 1:
                 raise ConfigError(
-                    f"{where}: '{split}' lists {len(value)} paths; efpn reads one image folder or one image list per "
+                    f"{where}: '{key}' lists {len(value)} paths; efpn reads one image folder or one image list per "
                     "split: write every image path into one .txt file (one per line) and name that file"
                 )
             value = value[0]
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: '{split}' must be an image folder or an image list (.txt), got "
-                              f"{short(value)}")
-        out[split] = {"list" if value.lower().endswith(".txt") else "images": value}
+            raise ConfigError(f"{where}: '{key}' must be an image folder or an image list (.txt), got {short(value)}")
+        if not (root / value).exists() and value.startswith("../") and (root / value[3:]).exists():
+            value = value[3:]  # Roboflow writes paths one level too high; Ultralytics retries them without '../'
+        path = (root / value).resolve()
+        if path.is_file() and path.suffix.lower() == ".txt":
+            out[split] = {"list": str(path)}
+        elif path.is_dir():
+            out[split] = {"images": str(path)}
+        else:
+            what = "is not a folder or an image list (.txt)" if path.exists() else "does not exist"
+            raise FileNotFoundError(f"{where}: '{key}: {value[:200]}' -> {path} {what}; it is read relative to "
+                                    f"'path' ({root})")
     return out
 
 
@@ -246,7 +275,7 @@ def parse_data_config(data: Any, base_dir: str | Path = ".", yaml_path: str | Pa
     if data is None:
         raise ConfigError(f"{where}: the file is empty; it needs at least 'format' and 'train'")
     if is_ultralytics(data):
-        data = from_ultralytics(data, where)
+        data = from_ultralytics(data, where, base_dir)
     top = from_mapping(_DataFile, data, where)
     fmt = top.format
     if fmt is None:

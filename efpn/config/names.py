@@ -38,8 +38,8 @@ def read_names(src: ClassNames) -> list[str]:
     if not p.is_file():
         raise FileNotFoundError(f"class-name file {p} does not exist")
     if p.suffix.lower() in (".yaml", ".yml"):
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
         if not isinstance(data, dict) or "names" not in data:
             raise ValueError(f"{p} has no 'names' key; expected e.g. 'names: [cat, dog]' or 'names: {{0: cat}}'")
         return parse_names(data["names"], source=str(p))
-    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]

@@ -5,7 +5,8 @@ Contract of :func:`load_coco`:
 * categories are mapped to contiguous labels ``0..K-1`` in increasing category-id order (COCO's 1..90 with
   gaps become 0..79; SSDD's id 0 becomes 0); ``class_names`` follows the same order;
 * ``bbox = [x, y, w, h]`` becomes ``xyxy``; boxes past the edge are clipped, degenerate ones dropped
-  (both counted); an annotation with no ``bbox`` key gets the box around its ``segmentation`` (polygons or RLE);
+  (both counted); an annotation with no ``bbox`` (absent, null or empty) gets the box around its
+  ``segmentation`` (polygons or RLE);
 * ids may be integers or strings of integers; image ids that are other strings (``"frame_0001"``) are numbered
   1, 2, ... in the order of ``images``; an image entry or annotation without an id is dropped (``malformed``), a
   category without an integer id is an error;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,9 +101,18 @@ def _coco_id(value: Any) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
         return int(value.strip())
     return None
+
+
+def _size(value: Any) -> int:
+    """An image width or height as a JSON may write it (an integer, a float, a string of one), else 0."""
+    try:
+        size = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return int(size) if math.isfinite(size) and size > 0 else 0
 
 
 def image_id_map(entries: list[Any]) -> Any:
@@ -113,13 +124,25 @@ def image_id_map(entries: list[Any]) -> Any:
         return _coco_id
     numbered: dict[str, int] = {}
     for r in raw:
-        if isinstance(r, str | int) and not isinstance(r, bool):
-            numbered.setdefault(str(r), len(numbered) + 1)
+        key = _id_key(r)
+        if key is not None:
+            numbered.setdefault(key, len(numbered) + 1)
 
     def lookup(value: Any) -> int | None:
-        return numbered.get(str(value)) if isinstance(value, str | int) and not isinstance(value, bool) else None
+        key = _id_key(value)
+        return None if key is None else numbered.get(key)
 
     return lookup
+
+
+def _id_key(value: Any) -> str | None:
+    """One spelling per id for :func:`image_id_map`'s numbering (``3``, ``3.0`` and ``"3"`` alike), None for none."""
+    if isinstance(value, bool) or value is None:
+        return None
+    number = _coco_id(value)
+    if number is not None:
+        return str(number)
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def load_coco(
@@ -187,12 +210,16 @@ def parse_coco(
 
     to_id = image_id_map(data["images"])
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    unknown_ids: list[Any] = []  # image ids of annotations that no image entry has (renumbered ids cannot say)
     for ann in data.get("annotations") or []:
-        image_ref = to_id(ann.get("image_id")) if isinstance(ann, dict) else None
-        if image_ref is None:
+        raw = ann.get("image_id") if isinstance(ann, dict) else None
+        image_ref = to_id(raw)
+        if image_ref is not None:
+            by_image[image_ref].append(ann)
+        elif _id_key(raw) is not None:
+            unknown_ids.append(raw)
+        else:
             report.add("malformed", 1, f"annotation {short(ann)} without an image_id")
-            continue
-        by_image[image_ref].append(ann)
 
     records: list[ImageRecord] = []
     seen: set[int] = set()
@@ -214,7 +241,7 @@ def parse_coco(
             if path is None:
                 report.add("label_without_image", 1, file_name)
                 continue
-        width, height = _coco_id(entry.get("width")) or 0, _coco_id(entry.get("height")) or 0
+        width, height = _size(entry.get("width")), _size(entry.get("height"))
         if path is None and (width <= 0 or height <= 0):
             report.add("malformed", 1, f"{file_name} (no width/height and no image)")
             continue
@@ -226,7 +253,9 @@ def parse_coco(
 
         boxes, labels, roles = [], [], []
         for ann in anns:
-            xyxy = _bbox_xyxy(ann["bbox"]) if "bbox" in ann else _segmentation_xyxy(ann.get("segmentation"))
+            xyxy = _bbox_xyxy(ann.get("bbox"))
+            if xyxy is None and ann.get("bbox") in (None, []):  # no box written: the one around the segmentation
+                xyxy = _segmentation_xyxy(ann.get("segmentation"))
             if xyxy is None:
                 report.add("malformed", 1, file_name)
                 continue
@@ -248,8 +277,9 @@ def parse_coco(
             report.add("image_without_labels", 1, file_name)
         records.append(make_record(image_id, path, width, height, boxes, labels, roles, report))
 
-    orphans = sum(len(v) for v in by_image.values())
-    report.add("label_without_image", orphans, f"annotations of unknown image ids {sorted(by_image)[:3]}")
+    orphans = sum(len(v) for v in by_image.values()) + len(unknown_ids)
+    shown = [*sorted(by_image)[:3], *unknown_ids[:3]][:3]
+    report.add("label_without_image", orphans, f"annotations of unknown image ids {shown}")
     return records, class_names, report.tally(records)
 
 

@@ -16,20 +16,24 @@ Contract of :func:`load_yolo`:
   else the index in sorted path order;
 * with an image list (Ultralytics' ``train.txt``: one image path per line), only the listed images are records,
   each with its label file found as Ultralytics finds it (the last ``images`` folder of its path -> ``labels``);
-  a listed image that does not exist is dropped (``label_without_image``: listed, no image file).
+  a listed image that does not exist is dropped (``label_without_image``: listed, no image file), a listed path
+  that is not an image file name is ``malformed``;
+* labels live in the mirrored ``labels`` folder, or beside the images when no folder of their path is named
+  ``images`` (both as Ultralytics reads them).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from efpn.config.names import ClassNames, read_names
-from efpn.data.images import CorruptImageError, image_size, index_images
+from efpn.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size, index_images
 from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record, read_text
 
-__all__ = ["default_label_dir", "load_yolo", "parse_yolo", "parse_yolo_labels", "read_image_list"]
+__all__ = ["default_label_dir", "label_path_of", "load_yolo", "parse_yolo", "parse_yolo_labels", "read_image_list"]
 
 _NOT_LABEL_FILES = {"classes.txt"}
 
@@ -75,38 +79,53 @@ def _parse_line(tokens: list[str], width: int, height: int) -> tuple[int, list[f
 
 
 def read_image_list(path: str | Path, root: str | Path | None = None) -> list[Path]:
-    """The image paths of an Ultralytics image list (``train.txt``), in its order, duplicates and blanks removed.
+    """The image paths of an Ultralytics image list (``train.txt``), absolute, in its order, blanks, ``#`` comments
+    and repeats (the same file spelled twice) removed.
 
     A line starting with ``./`` is relative to the list's folder (as Ultralytics reads it), another relative line
-    relative to ``root`` (default: the list's folder), an absolute one as it is. Paths are not checked here.
+    relative to ``root`` (default: the list's folder), an absolute one as it is. Paths are normalised but links are
+    not followed (an image that links elsewhere keeps its own folder, where its label is). Not checked here.
     """
-    lst = Path(path)
-    base = Path(root) if root is not None else lst.parent
-    out: dict[Path, None] = {}
+    lst = Path(path).absolute()
+    base = Path(root).absolute() if root is not None else lst.parent
+    out: dict[str, Path] = {}
     for line in read_text(lst).splitlines():
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
         p = lst.parent / entry[2:] if entry.startswith("./") else Path(entry)
-        out.setdefault((p if p.is_absolute() else base / p).resolve(), None)
-    return list(out)
+        p = Path(os.path.normpath(p if p.is_absolute() else base / p))
+        out.setdefault(str(p.resolve()) if p.exists() else str(p), p)
+    return list(out.values())
+
+
+def label_path_of(image: Path) -> Path:
+    """Where Ultralytics reads an image's labels: its path with the last ``images`` folder -> ``labels`` and the
+    suffix -> ``.txt``; beside the image when no folder of its path is named ``images``."""
+    try:
+        return default_label_dir(image.parent) / f"{image.stem}.txt"
+    except ValueError:
+        return image.with_suffix(".txt")
 
 
 def _listed_images(image_list: Path, root: Path | None, report: SkipReport) -> tuple[dict[str, Path], dict[str, Path]]:
     """``({key: image}, {key: label file})`` of the existing images an image list names (key: the path without
-    its suffix), each label where Ultralytics looks for it; missing images are reported, not returned."""
+    its suffix; of two images with one key, the first listed), each label where Ultralytics looks for it (see
+    :func:`label_path_of`); listed paths that are missing or not images are reported, not returned."""
     images: dict[str, Path] = {}
     labels: dict[str, Path] = {}
     for p in read_image_list(image_list, root):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            report.add("malformed", 1, f"{image_list.name}: {p} is not an image file name")
+            continue
         if not p.is_file():
-            report.add("label_without_image", 1, p.name)
+            report.add("label_without_image", 1, f"{p} (listed in {image_list.name})")
             continue
         key = p.with_suffix("").as_posix()
+        if key in images:
+            continue
         images[key] = p
-        try:
-            label = default_label_dir(p.parent) / f"{p.stem}.txt"
-        except ValueError:
-            label = p.with_suffix(".txt")  # no 'images' folder on the path: the label beside the image
+        label = label_path_of(p)
         if label.is_file():
             labels[key] = label
     return images, labels
@@ -125,7 +144,8 @@ def load_yolo(
 
     Args:
         images: image folder (searched recursively); None when ``image_list`` names the images.
-        labels: label folder mirroring ``images``; default: :func:`default_label_dir`.
+        labels: label folder mirroring ``images``; default: :func:`default_label_dir`, or ``images`` itself (labels
+            beside the images) when no folder of its path is named ``images``.
         names: class names (list, or a ``names.yaml`` / ``classes.txt`` path); index ``i`` = class id ``i``.
         name: dataset name for the report (default: the image folder name).
         image_list: an Ultralytics image list (:func:`read_image_list`); when given, only its images are loaded,
@@ -145,7 +165,10 @@ def load_yolo(
         if images is None:
             raise ValueError("load_yolo: give an image folder (images=) or an image list (image_list=)")
         img_dir = Path(images)
-        lbl_dir = Path(labels) if labels is not None else default_label_dir(img_dir)
+        try:
+            lbl_dir = Path(labels) if labels is not None else default_label_dir(img_dir)
+        except ValueError:  # no folder named 'images' on the path: labels beside the images, as Ultralytics reads them
+            lbl_dir = img_dir
         for what, d in (("image", img_dir), ("label", lbl_dir)):
             if not d.is_dir():
                 raise FileNotFoundError(f"YOLO {what} folder {d} does not exist")

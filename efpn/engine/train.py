@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -179,9 +180,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         if steps_per_epoch < 1:
             raise ValueError(f"the train split has {len(dataset)} images, fewer than one global batch of "
                              f"{cfg.batch_size}; lower batch_size")
-        # more loader processes than CPUs only contend with the training process (the samples do not depend on
-        # the worker count, so capping it changes nothing but the speed)
-        workers = min(cfg.workers, usable_cpus())
+        # more loader processes than this process's share of the CPUs (torchrun starts LOCAL_WORLD_SIZE of them on a
+        # machine) only contend with training; the samples do not depend on the worker count, so capping it changes
+        # nothing but the speed
+        workers = min(cfg.workers, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
         loader = DataLoader(
             dataset, batch_sampler=batches_of, num_workers=workers, collate_fn=collate,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
@@ -380,7 +382,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     result: EvalResult = validate(
                         eval_model, data.val, data.class_names, image_size=cfg.image_size,
                         batch_size=cfg.val_batch_size or 2 * per_rank_batch, device=device,
-                        threads=max(1, min(cfg.workers, 4)), progress=verbose,
+                        threads=max(1, min(workers, 4)), progress=verbose,
                     )
                     last_metrics = result.to_json_dict()
                     record["val"] = last_metrics

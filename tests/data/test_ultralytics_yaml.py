@@ -47,7 +47,8 @@ def test_image_list_reads_as_ultralytics_does(yolo_dir: Path) -> None:
     assert [r.path.name for r in records] == ["000001.png", "000002.png"]  # listed ones only, in path order
     np.testing.assert_allclose(records[0].boxes, [[40, 15, 60, 35], [10, 10, 30, 30], [85, 20, 100, 30]], atol=1e-4)
     assert len(records[1].boxes) == 0
-    assert report.label_without_image == 1 and report.examples["label_without_image"] == ["gone.png"]
+    assert report.label_without_image == 1 and report.examples["label_without_image"] == [
+        f"{yolo_dir / 'images' / 'train' / 'gone.png'} (listed in train.txt)"]
     assert report.image_without_labels == 1
 
 
@@ -64,12 +65,12 @@ def test_label_beside_an_image_outside_an_images_folder(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("path: .\ntrain: images/train\nnames: [cat, dog]\nepochs: 3\n", r"not Ultralytics keys.*'format:'"),
         ("path: .\ntrain: [images/train, images/val]\nnames: [cat, dog]\n", "lists 2 paths.*one .txt file"),
-        ("path: nowhere\ntrain: images/train\nnames: [cat, dog]\n", "is not an existing folder"),
-        ("path: .\ntrain: images/missing\nnames: [cat, dog]\n", "is not an existing dir"),
+        ("path: nowhere\ntrain: images/train\nnames: [cat, dog]\n", r"'path: nowhere' .* relative to the YAML"),
+        ("path: .\ntrain: images/missing\nnames: [cat, dog]\n", r"'train: images/missing' .* does not exist; .*'path'"),
+        ("path: .\ntrain: names.yaml\nnames: [cat, dog]\n", r"'train: names.yaml' .* not a folder or an image list"),
         ("path: .\ntrain: images/train\n", "format yolo needs 'names'"),
-        ("train: 3\nnames: [cat, dog]\nval: images/train\n", "'train' must be a mapping|image folder"),
+        ("train: 3\nnames: [cat, dog]\nval: images/train\n", "'train' must be an image folder or an image list"),
     ],
 )
 def test_bad_ultralytics_yaml_says_what_to_do(yolo_dir: Path, text: str, match: str) -> None:
@@ -88,3 +89,53 @@ def test_coco128_as_its_ultralytics_yaml(shared_data: Path, tmp_path: Path) -> N
     records, class_names, _ = load_split(cfg, "val")
     assert len(class_names) == 80 and len(records) == 128
     assert sum(len(r.boxes) for r in records) > 900
+
+
+def test_roboflow_export_reads_as_ultralytics_reads_it(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = tmp_path / "export"
+    for split in ("train", "valid"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "labels").mkdir()
+        Image.new("RGB", (40, 20)).save(root / split / "images" / "a.jpg")
+        _write(root / split / "labels" / "a.txt", "1 0.5 0.5 0.5 0.5\n")
+    # Roboflow writes its paths one folder too high, adds its own block, and older exports give nc without names
+    yaml_path = _write(root / "data.yaml", "train: ../train/images\nvalidation: ../valid/images\nnc: 2\n"
+                       "roboflow:\n  workspace: w\n  version: 3\n")
+    cfg = load_data_config(yaml_path)
+    assert cfg.names == ("class_0", "class_1")
+    assert cfg.sources["val"]["images"] == (root / "valid" / "images").resolve()
+    records, _, _ = load_split(cfg, "val")
+    np.testing.assert_allclose(records[0].boxes, [[10, 5, 30, 15]])
+    _write(root / "data.yaml", "path: .\ntrain: train/images\nnames: [a, b]\nepochs: 3\n")
+    with pytest.warns(UserWarning, match=r"\['epochs'\] are not read"):
+        load_data_config(root / "data.yaml")
+
+
+def test_lists_relative_to_the_working_folder_and_links(yolo_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(yolo_dir.parent)
+    _write(yolo_dir / "train.txt", "./images/train/000001.png\n")
+    relative = Path(yolo_dir.name) / "train.txt"  # a relative list path: './' lines are still read from its folder
+    assert read_image_list(relative) == [yolo_dir / "images" / "train" / "000001.png"]
+    # an image that links to a file elsewhere keeps its own folder, where its label is (no symlink resolution)
+    store = tmp_path / "store"
+    store.mkdir()
+    (yolo_dir / "images" / "train" / "000001.png").rename(store / "blob.png")
+    (yolo_dir / "images" / "train" / "000001.png").symlink_to(store / "blob.png")
+    records, _, _ = load_yolo(None, names=["cat", "dog"], image_list=relative)
+    assert len(records) == 1 and len(records[0].boxes) == 3
+
+
+def test_labels_beside_the_images_and_one_source_per_split(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (50, 40)).save(tmp_path / "a.png")
+    _write(tmp_path / "a.txt", "0 0.5 0.5 0.2 0.5\n")
+    cfg = load_data_config(_write(tmp_path / "d.yaml", "path: .\ntrain: .\nnames: [x]\n"))
+    records, _, _ = load_split(cfg, "train")
+    np.testing.assert_allclose(records[0].boxes, [[20, 10, 30, 30]], atol=1e-4)
+    _write(tmp_path / "l.txt", "a.png\n")
+    with pytest.raises(ConfigError, match="gives 'list' and 'images'"):
+        load_data_config(_write(tmp_path / "e.yaml", "format: yolo\nnames: [x]\ntrain:\n  list: l.txt\n  images: .\n"))

@@ -104,3 +104,22 @@ def test_label_text_with_a_byte_order_mark_or_windows_line_ends(tmp_path: Path, 
     records, _, report = load_yolo(tmp_path / "images", names=["x", "y"])
     np.testing.assert_allclose(records[0].boxes, [[40, 15, 60, 35], [20, 20, 30, 30]], atol=1e-4)
     assert report.malformed == 0
+
+
+def test_coco_odd_ids_null_boxes_and_fractional_sizes(tmp_path: Path) -> None:
+    from efpn.data.coco import parse_coco
+
+    doc = {"images": [{"id": "frame_a", "file_name": "a.png", "width": 100.5, "height": "80"},
+                      {"id": 3.0, "file_name": "b.png", "width": 40, "height": 30}],
+           "categories": [{"id": 1, "name": "t"}],
+           "annotations": [{"id": 1, "image_id": "frame_a", "category_id": 1, "bbox": None,
+                            "segmentation": [[10, 10, 20, 10, 20, 18]]},
+                           {"id": 2, "image_id": "3", "category_id": 1, "bbox": [], "segmentation": [[1, 1, 5, 1, 5, 4]]},
+                           {"id": 3, "image_id": "frame_zzz", "category_id": 1, "bbox": [1, 1, 2, 2]},
+                           {"id": 4, "image_id": "--5", "category_id": "²", "bbox": [1, 1, 2, 2]}]}
+    records, _, report = parse_coco(doc, None, source="odd.json")
+    assert [(r.width, r.height) for r in records] == [(100, 80), (40, 30)]  # sizes as floats and strings
+    np.testing.assert_allclose(records[0].boxes, [[10, 10, 20, 18]])
+    np.testing.assert_allclose(records[1].boxes, [[1, 1, 5, 4]])  # '3' and 3.0 are one image
+    assert report.label_without_image == 2  # 'frame_zzz' and '--5' are ids no image has, not missing ids
+    assert "frame_zzz" in report.examples["label_without_image"][0]

@@ -77,7 +77,8 @@ def test_out_under_an_existing_file_is_a_clear_error(ckpt: Path, tmp_path: Path)
         assert exit_info.value.code == 2
 
 
-def test_quoted_patterns_and_image_lists_are_sources(ckpt: Path, tmp_path: Path) -> None:
+def test_quoted_patterns_and_image_lists_are_sources(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "in" / "sub"
     src.mkdir(parents=True)
     for name in ("a.png", "b.jpg"):
@@ -94,11 +95,19 @@ def test_quoted_patterns_and_image_lists_are_sources(ckpt: Path, tmp_path: Path)
     assert sorted(Path(p).name for p in summary["images"]) == ["a.png", "b.jpg"]
     assert [(Path(p).name, "listed in list.txt" in why) for p, why in summary["errors"].items()] == [("gone.png", True)]
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         main(["detect", str(tmp_path / "in" / "*.tif"), "--weights", str(ckpt), "--out", str(tmp_path / "out3")])
+    assert stop.value.code == 2 and "read as a pattern it matches no image file" in capsys.readouterr().err
+
+    # one image through a folder, a list (relative to the working folder) and a pattern is detected once
+    monkeypatch.chdir(tmp_path)
+    main(["detect", "in", "list.txt", "in/sub/*.jpg", "--weights", str(ckpt), "--out", str(tmp_path / "out4")])
+    summary = json.loads((tmp_path / "out4" / "detections.json").read_text())
+    assert sorted(Path(p).name for p in summary["images"]) == ["a.png", "b.jpg"]
 
 
-def test_yolo_labels_class_filter_and_no_drawings(ckpt: Path, tmp_path: Path) -> None:
+def test_yolo_labels_class_filter_and_no_drawings(ckpt: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
     from efpn.cli.detect import class_filter, select, yolo_lines
@@ -131,5 +140,15 @@ def test_yolo_labels_class_filter_and_no_drawings(ckpt: Path, tmp_path: Path) ->
         x1, y1, x2, y2 = d["box"]
         assert int(cls) == d["class_id"] and abs(float(score) - d["score"]) < 1e-4
         assert abs(float(cx) * 48 - (x1 + x2) / 2) < 0.05 and abs(float(h) * 40 - (y2 - y1)) < 0.05
-    with pytest.raises(SystemExit):
+    assert summary["labels"] == {str(src / "a.png"): str(out / "labels" / "a.txt")}
+    with pytest.raises(SystemExit) as stop:
         main(["detect", str(src), "--weights", str(ckpt), "--out", str(tmp_path / "o2"), "--classes", "nope"])
+    assert stop.value.code == 2 and "'nope' is not a class of this model" in capsys.readouterr().err
+
+    # the class filter comes before the cap: --max-det counts detections of the kept classes
+    from efpn.cli.detect import top_scoring
+
+    capped = top_scoring(select(det, torch.isin(det["labels"], torch.tensor([0, 1]))), 1)
+    assert capped["scores"].tolist() == [pytest.approx(0.9)] and capped["levels"].tolist() == [0]
+    with pytest.raises(ValueError, match="not a class"):
+        class_filter(["²"], ["dog", "cat"])
