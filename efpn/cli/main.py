@@ -146,6 +146,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_val(args: argparse.Namespace) -> None:
     import efpn
+    from efpn.cli.tables import metrics_line, per_class_lines
     from efpn.config.data import load_data_config
     from efpn.data.splits import load_split
     from efpn.evaluation import plot_ap_by_size, plot_pr_curves
@@ -165,10 +166,6 @@ def cmd_val(args: argparse.Namespace) -> None:
                          "report above); AP is undefined without ground truth")
     size = args.image_size or model.config.image_size
 
-    def line(tag: str, metrics: dict) -> str:
-        keys = ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m")
-        return tag + "  ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"{k} -" for k in keys)
-
     result = validate(model, records, names, image_size=size, batch_size=args.batch_size, device=args.device,
                       progress=True)
     m = result.to_json_dict()
@@ -176,12 +173,14 @@ def cmd_val(args: argparse.Namespace) -> None:
         # the same model and records, tiled: AP by size with and without slicing side by side
         sliced = validate(model, records, names, image_size=size, device=args.device, progress=True,
                           slice_size=args.slice, overlap=args.overlap)
-        print(line("whole image: ", m))
+        print(metrics_line(m, "whole image: "))
         result, m = sliced, {**sliced.to_json_dict(), "slicing": {"tile": args.slice, "overlap": args.overlap},
                              "without_slicing": m}
-        print(line(f"tiles {args.slice} px, overlap {args.overlap:g}: ", m))
+        print(metrics_line(m, f"tiles {args.slice} px, overlap {args.overlap:g}: "))
     else:
-        print(line("", m))
+        print(metrics_line(m))
+    for row in per_class_lines(m):  # several classes: their AP and AP50
+        print(row)
     if result.skipped:
         print(f"skipped {len(result.skipped)} unreadable image(s); the metrics are computed without them (listed "
               "under skipped_images in --json):")

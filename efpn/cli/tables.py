@@ -1,4 +1,5 @@
-"""Markdown tables and model-card labels shared by the sections of ``efpn report``."""
+"""Markdown tables and model-card labels shared by the sections of ``efpn report``, and the lines ``efpn val``
+prints."""
 
 from __future__ import annotations
 
@@ -33,3 +34,31 @@ def card_budget(card: dict) -> str:
     t = card.get("training") or {}
     epochs = t.get("epochs", card.get("epochs", "?"))
     return f"{epochs} ep x b{t.get('batch_size', '?')} @ {card.get('image_size', '?')} px"
+
+
+#: The metrics ``efpn val`` prints on one line, in order (AI-TOD size splits after COCO's thresholds).
+VAL_KEYS = ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "AR")
+
+
+def metrics_line(metrics: dict, tag: str = "") -> str:
+    """One line of :data:`VAL_KEYS` (``-`` where a split has no object), prefixed by ``tag``."""
+    return tag + "  ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics.get(k), float) else f"{k} -"
+                           for k in VAL_KEYS)
+
+
+def per_class_lines(metrics: dict, limit: int = 80) -> list[str]:
+    """A per-class AP / AP50 table (class names aligned) when the metrics hold more than one class, else nothing;
+    at most ``limit`` rows, the rest counted."""
+    ap, ap50 = metrics.get("per_class") or {}, metrics.get("per_class_AP50") or {}
+    if len(ap) < 2:
+        return []
+    width = max(len(str(n)) for n in ap)
+
+    def cell(v: object) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else "     -"
+
+    rows = [f"  {'class':<{width}}  AP      AP50"]
+    rows += [f"  {str(n):<{width}}  {cell(v)}  {cell(ap50.get(n))}" for n, v in list(ap.items())[:limit]]
+    if len(ap) > limit:
+        rows.append(f"  ... {len(ap) - limit} more classes in --json")
+    return rows

@@ -241,3 +241,17 @@ def test_an_os_error_with_its_own_message_is_printed_as_written(monkeypatch, cap
     with pytest.raises(SystemExit):
         main(["models"])
     assert capsys.readouterr().err == "efpn: error: data YAML ds is a folder; pass the data YAML file itself\n"
+
+
+def test_val_prints_one_line_and_a_per_class_table_for_several_classes() -> None:
+    from efpn.cli.tables import metrics_line, per_class_lines
+
+    m = {"AP": 0.5, "AP50": 0.75, "AP_vt": None, "AR": 0.25, "per_class": {"ship": 0.5, "small boat": 0.25},
+         "per_class_AP50": {"ship": 0.75, "small boat": None}}
+    line = metrics_line(m, "tiles: ")
+    assert line.startswith("tiles: AP 0.5000  AP50 0.7500  AP75 -  AP_vt -") and line.endswith("AR 0.2500")
+    assert per_class_lines(m) == ["  class       AP      AP50", "  ship        0.5000  0.7500",
+                                  "  small boat  0.2500       -"]
+    assert per_class_lines({**m, "per_class": {"ship": 0.5}}) == []  # one class: the line says it all
+    many = {"per_class": {f"c{i}": 0.1 for i in range(5)}, "per_class_AP50": {}}
+    assert per_class_lines(many, limit=2)[-1] == "  ... 3 more classes in --json"

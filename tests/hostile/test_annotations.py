@@ -114,7 +114,8 @@ def test_coco_odd_ids_null_boxes_and_fractional_sizes(tmp_path: Path) -> None:
            "categories": [{"id": 1, "name": "t"}],
            "annotations": [{"id": 1, "image_id": "frame_a", "category_id": 1, "bbox": None,
                             "segmentation": [[10, 10, 20, 10, 20, 18]]},
-                           {"id": 2, "image_id": "3", "category_id": 1, "bbox": [], "segmentation": [[1, 1, 5, 1, 5, 4]]},
+                           {"id": 2, "image_id": "3", "category_id": 1, "bbox": [],
+                            "segmentation": [[1, 1, 5, 1, 5, 4]]},
                            {"id": 3, "image_id": "frame_zzz", "category_id": 1, "bbox": [1, 1, 2, 2]},
                            {"id": 4, "image_id": "--5", "category_id": "²", "bbox": [1, 1, 2, 2]}]}
     records, _, report = parse_coco(doc, None, source="odd.json")
