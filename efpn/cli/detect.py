@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from efpn.cli.guards import check_writable
+from efpn.cli.video import VIDEO_SUFFIXES, detect_video
 from efpn.data.images import CorruptImageError, read_image
 from efpn.data.yolo import read_image_list
 from efpn.infer.draw import detections_to_json, draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # a GIF: its first frame
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES  # what a folder or a pattern contributes
 
 
 def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
@@ -35,7 +38,7 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
     for s in sources:
         p = Path(s)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in MEDIA_SUFFIXES and q.is_file())
             out += [q for q in found if not any(_within(q, e) for e in excluded)]
         elif p.is_file() and p.suffix.lower() == ".txt":  # an image list (Ultralytics' train.txt), one path a line
             listed = read_image_list(p)
@@ -50,10 +53,10 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
             out.append(p)
         elif any(c in str(s) for c in "*?[") and not p.exists():  # a pattern the shell did not expand (it was quoted)
             matched = sorted(Path(q) for q in glob.glob(str(s), recursive=True))
-            found = [q for q in matched if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES]
+            found = [q for q in matched if q.is_file() and q.suffix.lower() in MEDIA_SUFFIXES]
             if not found:
                 raise FileNotFoundError(f"source {s} does not exist, and read as a pattern it matches no image file "
-                                        f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+                                        f"(looked for {', '.join(sorted(MEDIA_SUFFIXES))})")
             out += [q for q in found if not any(_within(q, e) for e in excluded)]
         elif p.exists():  # a device, a pipe, a socket: reading one could block or never end; the others go on
             why = "not a regular file or folder (a device, pipe or socket); give image files"
@@ -70,7 +73,7 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
     out = list(unique.values())
     if not out:
         raise FileNotFoundError(f"no images found in {', '.join(map(str, sources))} (looked for "
-                                f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+                                f"{', '.join(sorted(MEDIA_SUFFIXES))})")
     return out
 
 
@@ -119,6 +122,7 @@ def detect_sources(
     classes: Sequence[str] | None = None,
     save_txt: bool = False,
     draw: bool = True,
+    vid_stride: int = 1,
 ) -> tuple[list[Path], dict[str, Any]]:
     """Run a checkpoint over images/folders; writes a drawn PNG per image and ``detections.json`` -> (written files,
     the JSON's content).
@@ -128,7 +132,9 @@ def detect_sources(
     ``save_txt`` also writes one YOLO label file per image, ``labels/<drawing stem>.txt`` with ``class cx cy w h
     score`` normalised to the image (as Ultralytics' ``save_txt`` with ``save_conf``; an image with no detection
     gets an empty file; the JSON's ``"labels"`` maps every input to its file); ``draw=False`` writes no drawings
-    (the JSON's ``"drawn"`` stays empty). The same image reached through several sources is detected once.
+    (the JSON's ``"drawn"`` stays empty). The same image reached through several sources is detected once. Videos
+    (:data:`~efpn.cli.video.VIDEO_SUFFIXES`) are detected frame by frame, every ``vid_stride``-th frame, into a drawn
+    ``<name>.mp4`` and one JSON entry per frame (:func:`~efpn.cli.video.detect_video`).
 
     One bad file never stops the batch: an unreadable image, or one the model cannot take (too small, too many
     pixels for one input without ``slice_size``), or a drawing that cannot be written is reported with what to do,
@@ -168,6 +174,21 @@ def detect_sources(
     cap = max_det or model.config.postprocess.max_det
     # with a class filter the model keeps every detection its NMS leaves (its pre-NMS top-k still bounds them)
     uncapped = max(cap, model.config.postprocess.pre_nms_topk) if keep is not None else None
+
+    def predict(rgb: np.ndarray) -> dict[str, Any]:
+        """Detections of one (H, W, 3) uint8 RGB image or frame, in its pixels, classes filtered then capped."""
+        if slice_size:
+            from efpn.infer.slicing import sliced_predict
+
+            det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=score_thresh,
+                                 nms_iou=nms_iou, max_det=uncapped or max_det, image_size=image_size)
+        else:
+            det = predict_image(model, rgb, score_thresh=score_thresh, nms_iou=nms_iou, max_det=uncapped or max_det,
+                                image_size=image_size)
+        if keep is not None:  # the classes first, then the cap: --max-det counts detections of these classes
+            det = top_scoring(select(det, torch.isin(det["labels"], keep)), cap)
+        return det
+
     out.mkdir(parents=True, exist_ok=True)
     if save_txt:
         (out / "labels").mkdir(exist_ok=True)
@@ -180,26 +201,21 @@ def detect_sources(
             if i and i % 50 == 0:  # every 50 images, whatever happened to the last one
                 _write_json(js, summary)
             key = str(path)
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                written += detect_video(path, Path(name).stem, predict, names, list(model.levels), out, summary,
+                                        save_txt=save_txt, draw=draw, stride=vid_stride, yolo_lines=yolo_lines)
+                continue
             try:
                 rgb = read_image(path)
             except (CorruptImageError, ValueError, OSError) as e:
                 _skip(summary, key, str(e))
                 continue
             try:
-                if slice_size:
-                    from efpn.infer.slicing import sliced_predict
-
-                    det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=score_thresh,
-                                         nms_iou=nms_iou, max_det=uncapped or max_det, image_size=image_size)
-                else:
-                    det = predict_image(model, rgb, score_thresh=score_thresh, nms_iou=nms_iou,
-                                        max_det=uncapped or max_det, image_size=image_size)
+                det = predict(rgb)
             except ValueError as e:  # too small, too many pixels for one input, ...: this file only
                 h, w = rgb.shape[:2]
                 _skip(summary, key, f"{w}x{h} px image: {e}")
                 continue
-            if keep is not None:  # the classes first, then the cap: --max-det counts detections of these classes
-                det = top_scoring(select(det, torch.isin(det["labels"], keep)), cap)
             summary["images"][key] = detections_to_json(det, names, model.levels)
             png = out / name
             if save_txt:

@@ -257,9 +257,9 @@ def cmd_detect(args: argparse.Namespace) -> None:
         args.weights, args.source, out_dir=args.out, score_thresh=args.score, nms_iou=args.iou,
         slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, device=args.device,
         max_det=args.max_det, classes=args.classes, save_txt=args.save_txt, draw=not args.no_draw,
-    )
+        vid_stride=args.vid_stride)
     done, failed = len(summary["images"]), len(summary["errors"])
-    print(f"detected in {done} image(s), {failed} skipped; wrote {len(written)} files to {written[-1].parent}")
+    print(f"detected in {done} image(s)/frame(s), {failed} skipped; wrote {len(written)} files to {written[-1].parent}")
     if not done:  # nothing processed: a script must not read this as success
         _die(f"no image could be processed ({failed} skipped, reasons above and in {written[-1]})", code=1)
 
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_diagnose)
 
     s = sub.add_parser("detect", help="detect objects in images or folders; writes drawn images + JSON")
-    s.add_argument("source", nargs="+", help="image files, folders, glob patterns (quoted) or image lists (.txt)")
+    s.add_argument("source", nargs="+", help="images, videos, folders, glob patterns (quoted) or image lists (.txt)")
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--out", default="runs/detect", help="folder for the drawings and detections.json (default "
                                                        "runs/detect; a folder that is not empty gets -2, -3, ...)")
@@ -437,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-txt", action="store_true",
                    help="also write labels/NAME.txt per image: 'class cx cy w h score', normalised (YOLO)")
     s.add_argument("--no-draw", action="store_true", help="write no drawings (detections.json and labels only)")
+    s.add_argument("--vid-stride", type=guards.at_least_one, default=1, help="videos: every N-th frame (default 1)")
     s.set_defaults(func=cmd_detect)
 
     s = sub.add_parser("export", help="export to ONNX, checked against onnxruntime")

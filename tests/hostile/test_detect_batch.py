@@ -152,3 +152,33 @@ def test_yolo_labels_class_filter_and_no_drawings(ckpt: Path, tmp_path: Path,
     assert capped["scores"].tolist() == [pytest.approx(0.9)] and capped["levels"].tolist() == [0]
     with pytest.raises(ValueError, match="not a class"):
         class_filter(["²"], ["dog", "cat"])
+
+
+def test_videos_are_detected_frame_by_frame_and_a_broken_one_is_reported(ckpt: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    writer = cv2.VideoWriter(str(src / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 64))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MPEG-4 video")
+    for i in range(7):
+        frame = np.full((64, 96, 3), 40, np.uint8)
+        cv2.circle(frame, (10 + 10 * i, 30), 3, (255, 255, 255), -1)
+        writer.write(frame)
+    writer.release()
+    (src / "broken.mov").write_bytes(b"\0\0\0\x18ftypqt  not a movie" * 8)
+    cv2.imwrite(str(src / "still.png"), np.full((64, 96, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    main(["detect", str(src), "--weights", str(ckpt), "--out", str(out), "--vid-stride", "3", "--save-txt",
+          "--score", "0.0", "--max-det", "3"])
+    summary = json.loads((out / "detections.json").read_text())
+    frames = sorted(k for k in summary["images"] if "#frame=" in k)
+    assert frames == [f"{src / 'clip.mp4'}#frame={i}" for i in (0, 3, 6)]
+    assert str(src / "still.png") in summary["images"]
+    assert "cannot open video" in summary["errors"][str(src / "broken.mov")]
+    drawn = cv2.VideoCapture(summary["drawn"][str(src / "clip.mp4")])
+    assert int(drawn.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert (int(drawn.get(cv2.CAP_PROP_FRAME_WIDTH)), int(drawn.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (96, 64)
+    drawn.release()
+    for key in frames:
+        lines = Path(summary["labels"][key]).read_text().splitlines()
+        assert len(lines) == len(summary["images"][key]) <= 3

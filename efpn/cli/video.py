@@ -1,0 +1,116 @@
+"""`efpn detect` on videos: every (or every N-th) frame detected, a drawn video and per-frame JSON written.
+
+Frames are read with OpenCV's FFmpeg backend (the formats of :data:`VIDEO_SUFFIXES`); the drawn video is MPEG-4
+(``mp4v``) at the source's frame rate divided by the frame stride. A video that cannot be opened, has no readable
+frame, or whose drawing cannot be written is reported under the JSON's ``"errors"`` and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from efpn.infer.draw import detections_to_json, draw_detections
+
+#: Video files `efpn detect` reads (each through OpenCV's FFmpeg backend).
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
+
+#: Frame rate written when a container does not state one.
+DEFAULT_FPS = 25.0
+
+
+def frame_key(video: Path, index: int) -> str:
+    """The JSON key of one frame's detections: ``"<video path>#frame=<index>"`` (index from 0 in the source)."""
+    return f"{video}#frame={index}"
+
+
+def detect_video(
+    video: Path,
+    stem: str,
+    predict: Callable[[np.ndarray], dict[str, Any]],
+    names: list[str],
+    levels: list[str],
+    out: Path,
+    summary: dict[str, Any],
+    *,
+    save_txt: bool,
+    draw: bool,
+    stride: int = 1,
+    yolo_lines: Callable[[dict[str, Any], tuple[int, int]], str],
+) -> list[Path]:
+    """Detect on every ``stride``-th frame of ``video``; returns the files written.
+
+    ``predict`` maps an (H, W, 3) uint8 RGB frame to detections (raising ValueError for a frame the model cannot
+    take); each frame's detections go to ``summary["images"][frame_key(...)]``, the drawn video (``<stem>.mp4``)
+    to ``summary["drawn"][str(video)]``, with ``save_txt`` each frame's YOLO labels to
+    ``labels/<stem>_<frame>.txt`` (``summary["labels"]`` maps the frame key to it). Problems are recorded under
+    ``summary["errors"][str(video)]`` (what was detected before them is kept).
+    """
+    key = str(video)
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        summary["errors"][key] = (f"cannot open video {video}: OpenCV's FFmpeg could not read it; re-encode it "
+                                  "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) or extract its frames as images")
+        tqdm.write(f"skipped {key}: {summary['errors'][key]}")
+        return []
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    fps = fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    written: list[Path] = []
+    writer: cv2.VideoWriter | None = None
+    drawn_path = out / f"{stem}.mp4"
+    index, done = -1, 0
+    bar = tqdm(total=total or None, desc=video.name, unit="frame", leave=False)
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            index += 1
+            bar.update(1)
+            if index % stride:
+                continue
+            rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+            try:
+                det = predict(rgb)
+            except ValueError as e:  # a frame the model cannot take: so would every other frame of this video
+                h, w = rgb.shape[:2]
+                summary["errors"][key] = f"{w}x{h} px frames: {e}"
+                tqdm.write(f"skipped {key}: {summary['errors'][key]}")
+                break
+            summary["images"][frame_key(video, index)] = detections_to_json(det, names, levels)
+            done += 1
+            if save_txt:
+                label = out / "labels" / f"{stem}_{index}.txt"
+                label.write_text(yolo_lines(det, rgb.shape[:2]), encoding="utf-8")
+                summary["labels"][frame_key(video, index)] = str(label)
+                written.append(label)
+            if draw:
+                picture = cv2.cvtColor(draw_detections(rgb, det, names, levels), cv2.COLOR_RGB2BGR)
+                if writer is None:
+                    h, w = picture.shape[:2]
+                    writer = cv2.VideoWriter(str(drawn_path), cv2.VideoWriter_fourcc(*"mp4v"), fps / stride, (w, h))
+                    if not writer.isOpened():
+                        raise OSError(f"OpenCV could not open {drawn_path} for writing an MPEG-4 video")
+                writer.write(picture)
+    except OSError as e:  # the drawing (or a label file) could not be written: the detections so far are kept
+        summary["errors"][key] = f"detections of {done} frame(s) kept in the JSON, but writing failed: {e}"
+        tqdm.write(f"skipped the rest of {key}: {summary['errors'][key]}")
+    finally:
+        bar.close()
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if done == 0 and key not in summary["errors"]:
+        summary["errors"][key] = f"no frame of {video} could be read; re-encode it or extract its frames as images"
+        tqdm.write(f"skipped {key}: {summary['errors'][key]}")
+    if writer is not None and drawn_path.is_file():
+        summary["drawn"][key] = str(drawn_path)
+        written.append(drawn_path)
+    return written
