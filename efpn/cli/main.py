@@ -40,8 +40,7 @@ def cmd_models(args: argparse.Namespace) -> None:
         with torch.no_grad():
             m = efpn.build_model(name, num_classes=args.num_classes).eval()
         rows.append({
-            "name": name,
-            "params": efpn.count_params(m),
+            "name": name, "params": efpn.count_params(m),
             "gflops": round(efpn.count_gflops(m, args.size), 2),
             "levels": list(m.levels),
             "head": m.config.head.kind,
@@ -417,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--html", default=None, help="write an HTML report with crops of the worst misses")
     s.set_defaults(func=cmd_diagnose)
 
-    s = sub.add_parser("detect", help="detect objects in images or folders; writes drawn images + JSON")
+    s = sub.add_parser("detect", aliases=["predict"], help="detect objects in images, videos or folders; writes drawn "
+                       "images + JSON (alias: predict)")
     s.add_argument("source", nargs="+", help="images, videos, folders, glob patterns (quoted) or image lists (.txt)")
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--out", default="runs/detect", help="folder for the drawings and detections.json (default "
