@@ -1,0 +1,29 @@
+"""The README's Python API block runs as printed (on a synthetic image named as it names it)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_python_api_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Python API in ten lines", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S)
+    assert block is not None, "README: no python block under 'Python API in ten lines'"
+    code = block.group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) <= 12  # ten lines, give or take a wrapped one
+    rgb = np.full((240, 320, 3), 40, np.uint8)
+    rgb[100:110, 150:160] = 230  # a small bright target
+    Image.fromarray(rgb).save(tmp_path / "image.png")
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md (Python API)", "exec"), scope)  # noqa: S102 - the README's own code
+    view = scope["view"]
+    assert view.detections is not None and "p3" in view.gates
