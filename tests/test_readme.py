@@ -27,3 +27,23 @@ def test_the_python_api_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     exec(compile(code, "README.md (Python API)", "exec"), scope)  # noqa: S102 - the README's own code
     view = scope["view"]
     assert view.detections is not None and "p3" in view.gates
+
+
+def test_every_command_line_of_the_readme_parses() -> None:
+    import shlex
+
+    from efpn.cli.main import build_parser
+
+    section = README.read_text(encoding="utf-8").split("## Command line", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None, "README: no bash block under 'Command line'"
+    parser = build_parser()
+    lines = [line.split("#", 1)[0].strip() for line in block.group(1).splitlines()]
+    commands = [line for line in lines if line.startswith("efpn ")]
+    assert len(commands) >= 10
+    for command in commands:
+        argv = [a for a in shlex.split(command)[1:] if not (a.startswith("[") or a.endswith("]"))]  # [optional]
+        try:
+            parser.parse_args(argv)
+        except SystemExit as e:  # argparse's way of refusing a line
+            raise AssertionError(f"README command does not parse: {command}") from e
