@@ -19,7 +19,7 @@ from efpn.cli.guards import check_writable
 from efpn.cli.video import VIDEO_SUFFIXES, detect_video
 from efpn.data.images import CorruptImageError, read_image
 from efpn.data.yolo import read_image_list
-from efpn.infer.draw import detections_to_json, draw_detections
+from efpn.infer.draw import detections_to_json, draw_detections, yolo_lines
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # a GIF: its first frame
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES  # what a folder or a pattern contributes
@@ -41,14 +41,14 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() in MEDIA_SUFFIXES and q.is_file())
             out += [q for q in found if not any(_within(q, e) for e in excluded)]
         elif p.is_file() and p.suffix.lower() == ".txt":  # an image list (Ultralytics' train.txt), one path a line
-            listed = read_image_list(p)
-            missing = [q for q in listed if not q.is_file()]
-            for q in missing:
-                why = f"listed in {p.name} but not an existing file"
-                tqdm.write(f"skipped {q}: {why}")
-                if skipped is not None:
-                    skipped[str(q)] = why
-            out += [q for q in listed if q.is_file() and not any(_within(q, e) for e in excluded)]
+            for q in read_image_list(p):
+                if not q.is_file():
+                    why = f"listed in {p.name} but not an existing file"
+                    tqdm.write(f"skipped {q}: {why}")
+                    if skipped is not None:
+                        skipped[str(q)] = why
+                elif not any(_within(q, e) for e in excluded):
+                    out.append(q)
         elif p.is_file():
             out.append(p)
         elif any(c in str(s) for c in "*?[") and not p.exists():  # a pattern the shell did not expand (it was quoted)
@@ -203,7 +203,7 @@ def detect_sources(
             key = str(path)
             if path.suffix.lower() in VIDEO_SUFFIXES:
                 written += detect_video(path, Path(name).stem, predict, names, list(model.levels), out, summary,
-                                        save_txt=save_txt, draw=draw, stride=vid_stride, yolo_lines=yolo_lines)
+                                        save_txt=save_txt, draw=draw, stride=vid_stride)
                 continue
             try:
                 rgb = read_image(path)
@@ -265,25 +265,15 @@ def class_filter(classes: Sequence[str], names: Sequence[str]) -> Tensor:
 DETECTION_KEYS = ("boxes", "scores", "labels", "levels")
 
 
-def select(det: dict[str, Any], mask: Tensor) -> dict[str, Any]:
-    """The detections where ``mask`` (D,) holds: every entry of :data:`DETECTION_KEYS` masked alike, others kept."""
-    return {k: v[mask] if k in DETECTION_KEYS else v for k, v in det.items()}
+def select(det: dict[str, Any], index: Tensor) -> dict[str, Any]:
+    """The detections ``index`` picks (a (D,) mask or indices, in their order): every entry of
+    :data:`DETECTION_KEYS` indexed alike, the others kept."""
+    return {k: v[index] if k in DETECTION_KEYS else v for k, v in det.items()}
 
 
 def top_scoring(det: dict[str, Any], cap: int) -> dict[str, Any]:
     """The ``cap`` highest-scoring detections of ``det``, by descending score."""
-    order = torch.argsort(det["scores"], descending=True)[:cap]
-    return {k: v[order] if k in DETECTION_KEYS else v for k, v in det.items()}
-
-
-def yolo_lines(det: dict[str, Any], hw: tuple[int, int]) -> str:
-    """YOLO label text of detections in an ``hw`` (H, W) image: ``class cx cy w h score`` per line, normalised."""
-    h, w = hw
-    lines = []
-    for (x1, y1, x2, y2), score, cls in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-        lines.append(f"{int(cls)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} "
-                     f"{(y2 - y1) / h:.6f} {score:.5f}")
-    return "".join(line + "\n" for line in lines)
+    return select(det, torch.argsort(det["scores"], descending=True)[:cap])
 
 
 def _fresh(out: Path) -> Path:

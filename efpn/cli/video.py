@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from efpn.infer.draw import detections_to_json, draw_detections
+from efpn.infer.draw import detections_to_json, draw_detections, yolo_lines
 
 #: Video files `efpn detect` reads (each through OpenCV's FFmpeg backend).
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
@@ -42,7 +42,6 @@ def detect_video(
     save_txt: bool,
     draw: bool,
     stride: int = 1,
-    yolo_lines: Callable[[dict[str, Any], tuple[int, int]], str],
 ) -> list[Path]:
     """Detect on every ``stride``-th frame of ``video``; returns the files written.
 

@@ -24,7 +24,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ def _size(value: Any) -> int:
     return int(size) if math.isfinite(size) and size > 0 else 0
 
 
-def image_id_map(entries: list[Any]) -> Any:
+def image_id_map(entries: list[Any]) -> Callable[[Any], int | None]:
     """``raw id -> int`` for the image ids of a COCO file: the integers themselves when every id is one (or a string
     of one), else (ids such as ``"frame_0001"``) 1, 2, ... in the order of ``images``, the same map for the
     annotations' ``image_id``. Returns a function giving None for a missing or unknown id."""

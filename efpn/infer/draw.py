@@ -1,4 +1,4 @@
-"""Detections as pictures and as JSON rows: what ``efpn detect`` writes and the studio shows."""
+"""Detections as pictures, JSON rows and YOLO label lines: what ``efpn detect`` writes and the studio shows."""
 
 from __future__ import annotations
 
@@ -33,3 +33,12 @@ def detections_to_json(det: dict, class_names: Sequence[str], levels: Sequence[s
         for b, s, c, z, lv in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist(), sizes,
                                   det["levels"].tolist())
     ]
+
+
+def yolo_lines(det: dict, hw: tuple[int, int]) -> str:
+    """YOLO label text of detections in an ``hw`` (H, W) image: ``class cx cy w h score`` per line, normalised."""
+    h, w = hw
+    return "".join(f"{int(c)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f} "
+                   f"{s:.5f}\n"
+                   for (x1, y1, x2, y2), s, c in zip(det["boxes"].tolist(), det["scores"].tolist(),
+                                                     det["labels"].tolist()))

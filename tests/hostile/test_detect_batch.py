@@ -110,7 +110,8 @@ def test_yolo_labels_class_filter_and_no_drawings(ckpt: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    from efpn.cli.detect import class_filter, select, yolo_lines
+    from efpn.cli.detect import class_filter, select
+    from efpn.infer.draw import yolo_lines
 
     det = {"boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 8.0, 8.0]]), "scores": torch.tensor([0.9, 0.3]),
            "labels": torch.tensor([1, 0]), "levels": torch.tensor([0, 1])}
