@@ -47,6 +47,8 @@ class TrainConfig:
     val_fraction: float = _field(0.1, "share of train carved out as val when the data YAML has no val split and "
                                       "no val_fraction of its own (ids recorded in data_split.json)")
     image_size: int = _field(640, "network input side S (train letterbox; val resizes the long side to S)")
+    val_image_size: int | None = _field(None, "validation and inference size (long side resized to it); None = "
+                                              "image_size. Train on small native tiles, validate whole images")
     tile: bool = _field(True, "train on native-resolution S x S crops of larger images (each holding a box when "
                               "possible) instead of shrinking them: tiny objects keep their pixels")
     mosaic: bool = _field(False, "YOLO mosaic of 4 native-resolution crops, with probability 0.5")
@@ -112,6 +114,8 @@ class TrainConfig:
         need(self.accumulate >= 1, f"accumulate must be >= 1, got {self.accumulate}")
         need(self.image_size >= 32 and self.image_size % 32 == 0,
              f"image_size must be a positive multiple of 32, got {self.image_size}")
+        need(self.val_image_size is None or (self.val_image_size >= 32 and self.val_image_size % 32 == 0),
+             f"val_image_size must be a positive multiple of 32 or None, got {self.val_image_size}")
         need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
@@ -137,6 +141,11 @@ class TrainConfig:
         need(bool(self.out), "out (the runs folder) must not be empty")
         need(self.name is None or (self.name and "/" not in self.name and self.name not in (".", "..")),
              f"name must be a plain folder name, got {self.name!r}")
+
+    @property
+    def eval_size(self) -> int:
+        """The side validation and the shipped model use: ``val_image_size`` when set, else ``image_size``."""
+        return self.val_image_size or self.image_size
 
     def check_paths(self) -> None:
         """Filesystem checks done when training starts: the data YAML must be given and exist."""

@@ -59,7 +59,7 @@ def training_card(
         "config": model_cfg.to_dict(),
         "pretrained": pretrained_source(model_cfg),
         "classes": list(data.class_names),
-        "image_size": cfg.image_size,
+        "image_size": cfg.eval_size,  # what inference and validation use; training's tile side is in "training"
         "data": {"yaml": data.split["data"], "dataset": data.split["dataset"],
                  "train_split": cfg.train_split, "val_split": cfg.val_split,
                  "val_source": data.split["val_source"], "num_train": len(data.train),

@@ -195,7 +195,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
         # ------------------------------------------------------------------ model, optimiser, schedule, EMA
         model_cfg: ModelConfig = get_config(cfg.model, num_classes=len(data.class_names),
-                                            class_names=tuple(data.class_names), image_size=cfg.image_size)
+                                            class_names=tuple(data.class_names), image_size=cfg.eval_size)
         if model_cfg.loss.dcloss and cfg.dcloss_warmup_fraction is not None:
             # a warm-up relative to the run: every run leaves it and re-weights (a fixed 500 can outlast a run)
             warm = round(cfg.dcloss_warmup_fraction * total_steps)
@@ -380,7 +380,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 improved = False
                 if val_now:
                     result: EvalResult = validate(
-                        eval_model, data.val, data.class_names, image_size=cfg.image_size,
+                        eval_model, data.val, data.class_names, image_size=cfg.eval_size,
                         batch_size=cfg.val_batch_size or 2 * per_rank_batch, device=device,
                         threads=max(1, min(workers, 4)), progress=verbose,
                     )

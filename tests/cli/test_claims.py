@@ -270,3 +270,5 @@ def test_budget_is_the_planned_epochs_not_the_best_epoch() -> None:
     best = {"epochs": 110, "image_size": 320, "training": {"epochs": 120, "batch_size": 8}}
     assert card_budget(best) == "120 ep x b8 @ 320 px"
     assert card_budget({"epochs": 3, "image_size": 256, "training": {"batch_size": 8}}) == "3 ep x b8 @ 256 px"
+    tiles = {"image_size": 512, "training": {"epochs": 20, "batch_size": 8, "image_size": 320}}
+    assert card_budget(tiles) == "20 ep x b8 @ 320 px tiles, val 512 px"

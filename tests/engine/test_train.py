@@ -481,3 +481,25 @@ def test_dcloss_warmup_is_a_share_of_the_run_and_weights_leave_one(synth_small: 
     weights = [w for r in rows for w in ((r.get("dcloss") or {}).get("w") or {}).values()]
     assert weights and any(abs(w - 1.0) > 1e-3 for w in weights), weights
 
+
+
+def test_val_image_size_validates_and_ships_at_its_own_side(
+        synth_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # train on 64 px native tiles, validate whole 96 px images at 96: validation, the card and the model agree
+    import efpn.engine.train as engine
+
+    sides: list[int] = []
+
+    def spy(*args, **kw):
+        sides.append(kw["image_size"])
+        return validate(*args, **kw)
+
+    monkeypatch.setattr(engine, "validate", spy)
+    result = train(_small(synth_small, tmp_path, val_split="val", val_image_size=96, max_steps=2, epochs=1))
+    assert sides == [96]
+    card = read_card(result.run_dir / "last.json")
+    assert card["image_size"] == 96 and card["training"]["image_size"] == 64
+    assert load_model(result.run_dir / "last.json").config.image_size == 96
+    assert TrainConfig(image_size=64).eval_size == 64
+    with pytest.raises(ValueError, match="val_image_size"):
+        TrainConfig(val_image_size=100)
