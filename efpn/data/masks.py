@@ -13,6 +13,8 @@ Contract of :func:`load_masks`:
   0/1 and 0/255 masks alike, and the faint values that JPEG saving or resampling leave around a target (1, 2, ...)
   are not targets of their own. With ``instances=True`` every distinct non-zero value is one instance instead
   (instance-id masks), its box around all its pixels;
+* colour masks: any non-zero channel is target (with ``instances``, each distinct colour one instance); the
+  alpha channel of an RGBA mask is ignored unless its colour channels are empty;
 * one class, ``names[0]`` (default ``"target"``);
 * an image without a mask file is kept with no boxes (``image_without_labels``); a mask without its image is
   skipped (``label_without_image``); an unreadable image or mask drops the image (``unreadable_image``); a mask
@@ -41,8 +43,7 @@ def boxes_from_mask(mask: np.ndarray, connectivity: int = 8, instances: bool = F
     least half the mask's largest value (see the module contract), or with ``instances`` one per distinct non-zero
     value. Box edges enclose whole pixels: a component
     spanning columns 3..5 gives x1 = 3, x2 = 6. Boxes are sorted by (y1, x1)."""
-    if mask.ndim == 3:
-        mask = mask.max(axis=2)  # a colour-saved mask: any channel non-zero is target
+    mask = _one_channel(mask, instances)
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     boxes: list[list[float]] = []
@@ -61,6 +62,29 @@ def boxes_from_mask(mask: np.ndarray, connectivity: int = 8, instances: bool = F
             boxes.append([x, y, x + w, y + h])
     out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     return out[np.lexsort((out[:, 0], out[:, 1]))] if len(out) else out
+
+
+def _one_channel(mask: np.ndarray, instances: bool) -> np.ndarray:
+    """A mask (H, W) from one read as (H, W), (H, W, 3) or (H, W, 4). Alpha is opacity, not target: an opaque
+    RGBA mask would otherwise be one image-sized target, so it is used only when the colour channels are empty
+    (targets drawn as opacity on a transparent layer). Colour channels: any non-zero channel is target; with
+    ``instances`` each distinct colour is one id (red and green instances must not merge)."""
+    if mask.ndim != 3:
+        return mask
+    if mask.shape[2] == 4:
+        colour = mask[..., :3]
+        if not colour.any():
+            return mask[..., 3]
+        mask = colour
+    if mask.shape[2] == 1:
+        return mask[..., 0]
+    if instances:
+        wide = mask.astype(np.int64)
+        ids = np.zeros(mask.shape[:2], np.int64)
+        for c in range(mask.shape[2]):  # (H, W, C) -> (H, W): one integer per colour, 0 stays 0
+            ids = ids * (int(wide[..., c].max()) + 1) + wide[..., c]
+        return ids
+    return mask.max(axis=2)
 
 
 def _image_ids(stems: list[str]) -> list[int]:

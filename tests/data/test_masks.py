@@ -40,6 +40,23 @@ def test_instance_ids_are_one_box_each_even_when_split() -> None:
     assert_close(boxes_from_mask(mask, instances=True), np.array([[1, 1, 9, 9], [4, 4, 6, 5]], np.float32))
 
 
+def test_colour_and_alpha_masks_keep_their_targets() -> None:
+    gray = np.zeros((12, 12), np.uint8)
+    gray[2:4, 2:4] = 255
+    gray[8, 8:11] = 255
+    expected = boxes_from_mask(gray)
+    opaque = np.dstack([gray, gray, gray, np.full_like(gray, 255)])  # an RGBA save: alpha is opacity everywhere
+    assert_close(boxes_from_mask(opaque), expected)
+    on_alpha = np.dstack([np.zeros_like(gray)] * 3 + [gray])  # targets drawn as opacity on a transparent layer
+    assert_close(boxes_from_mask(on_alpha), expected)
+    colours = np.zeros((12, 12, 3), np.uint8)
+    colours[2:4, 2:4] = (255, 0, 0)
+    colours[3, 4] = (0, 255, 0)  # touches the red one: two colours, two instances
+    assert_close(boxes_from_mask(colours, instances=True),
+                 np.array([[2, 2, 4, 4], [4, 3, 5, 4]], np.float32))
+    assert len(boxes_from_mask(colours)) == 1  # as a binary mask they are one target
+
+
 def _write(folder: Path, name: str, array: np.ndarray) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(folder / name), array)
