@@ -392,7 +392,7 @@ def _write_report(out: Path, shared_data: str | Path, checkpoints: str | Path, v
         md += ["", f"|ΔAP| < {NOISE_AP} is read as noise here (one run a row, a small validation split); "
                "section 5 compares over seeds.", ""]
     else:
-        md += ["No ResNet-18 FPN checkpoints or runs are there yet.", ""]
+        md += ["No FPN baseline (ResNet-18 or MobileNetV2) checkpoints or runs are there yet.", ""]
 
     md += ["## 4. SGDM vs its baseline and plain RDConv", ""]
     sg = sgdm_rows(measured)
