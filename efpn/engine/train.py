@@ -194,6 +194,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         total_steps = cfg.epochs * steps_per_epoch
 
         # ------------------------------------------------------------------ model, optimiser, schedule, EMA
+        # the model's own side is the one it infers at (whole images); it only seeds the YOLO heads' bias priors
         model_cfg: ModelConfig = get_config(cfg.model, num_classes=len(data.class_names),
                                             class_names=tuple(data.class_names), image_size=cfg.eval_size)
         if model_cfg.loss.dcloss and cfg.dcloss_warmup_fraction is not None:
