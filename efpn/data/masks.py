@@ -14,7 +14,7 @@ Contract of :func:`load_masks`:
   are not targets of their own. With ``instances=True`` every distinct non-zero value is one instance instead
   (instance-id masks), its box around all its pixels;
 * colour masks: any non-zero channel is target (with ``instances``, each distinct colour one instance); the
-  alpha channel of an RGBA mask is ignored unless its colour channels are empty;
+  alpha channel of a grey + alpha or RGBA mask is ignored unless its other channels are empty;
 * one class, ``names[0]`` (default ``"target"``);
 * an image without a mask file is kept with no boxes (``image_without_labels``); a mask without its image is
   skipped (``label_without_image``); an unreadable image or mask drops the image (``unreadable_image``); a mask
@@ -65,14 +65,15 @@ def boxes_from_mask(mask: np.ndarray, connectivity: int = 8, instances: bool = F
 
 
 def _one_channel(mask: np.ndarray, instances: bool) -> np.ndarray:
-    """A mask (H, W) from one read as (H, W), (H, W, 3) or (H, W, 4). Alpha is opacity, not target: an opaque
-    RGBA mask would otherwise be one image-sized target, so it is used only when the colour channels are empty
-    (targets drawn as opacity on a transparent layer). Colour channels: any non-zero channel is target; with
-    ``instances`` each distinct colour is one id (red and green instances must not merge)."""
+    """A mask (H, W) from one read as (H, W) or (H, W, C): grey, grey + alpha, colour or colour + alpha. Alpha is
+    opacity, not target: an opaque mask with alpha would otherwise be one image-sized target, so alpha is used only
+    when the other channels are empty (targets drawn as opacity on a transparent layer). Colour channels: any
+    non-zero channel is target; with ``instances`` each distinct colour is one id (red and green instances must
+    not merge)."""
     if mask.ndim != 3:
         return mask
-    if mask.shape[2] == 4:
-        colour = mask[..., :3]
+    if mask.shape[2] in (2, 4):  # the last channel is alpha
+        colour = mask[..., :-1]
         if not colour.any():
             return mask[..., 3]
         mask = colour

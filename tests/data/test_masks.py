@@ -47,6 +47,7 @@ def test_colour_and_alpha_masks_keep_their_targets() -> None:
     expected = boxes_from_mask(gray)
     opaque = np.dstack([gray, gray, gray, np.full_like(gray, 255)])  # an RGBA save: alpha is opacity everywhere
     assert_close(boxes_from_mask(opaque), expected)
+    assert_close(boxes_from_mask(np.dstack([gray, np.full_like(gray, 255)])), expected)  # grey + opaque alpha
     on_alpha = np.dstack([np.zeros_like(gray)] * 3 + [gray])  # targets drawn as opacity on a transparent layer
     assert_close(boxes_from_mask(on_alpha), expected)
     colours = np.zeros((12, 12, 3), np.uint8)
