@@ -112,7 +112,7 @@ def detect_sources(
     sources: Sequence[str | Path],
     out_dir: str | Path = "runs/detect",
     score_thresh: float = 0.25,
-    nms_iou: float = 0.5,
+    nms_iou: float | None = None,
     slice_size: int | None = None,
     overlap: float = 0.2,
     image_size: int | None = None,

@@ -70,6 +70,16 @@ def unit(text: str) -> float:
     return _in_range(text, upper_open=False)
 
 
+def unit_or_auto(text: str) -> float | str:
+    """argparse type of a threshold that may also be chosen by measurement: ``auto`` or a number in [0, 1]."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return unit(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{e}, or auto") from None
+
+
 def image_size(text: str) -> int:
     """argparse type of ``--image-size``: a multiple of 32 in [32, MAX_IMAGE_SIZE] (the network's long side)."""
     try:

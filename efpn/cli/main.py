@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from efpn.cli import guards
+from efpn.cli.evaluate import add_val_parser
 from efpn.runtime import keep_freed_memory
 
 
@@ -140,62 +141,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(result)
 
 
-# ------------------------------------------------------------------------------------------------ val
-
-
-def cmd_val(args: argparse.Namespace) -> None:
-    import efpn
-    from efpn.cli.tables import metrics_line, per_class_lines
-    from efpn.config.data import load_data_config
-    from efpn.data.splits import load_split
-    from efpn.evaluation import plot_ap_by_size, plot_pr_curves
-    from efpn.evaluation.validate import validate
-
-    guards.check_outputs({"--json": args.json, "--plots": args.plots},
-                         {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)},
-                         folders=("--plots",))
-    model = efpn.load_model(args.weights, device=args.device)
-    cfg = load_data_config(args.data)
-    records, names, report = load_split(cfg, args.split)
-    print(report.summary())
-    if args.limit:
-        records = records[: args.limit]
-    if not any(r.num_targets for r in records):
-        raise ValueError(f"split {args.split!r} of {args.data} has no object boxes to score against (see the loader's "
-                         "report above); AP is undefined without ground truth")
-    size = args.image_size or model.config.image_size
-
-    result = validate(model, records, names, image_size=size, batch_size=args.batch_size, device=args.device,
-                      progress=True)
-    m = result.to_json_dict()
-    if args.slice is not None:
-        # the same model and records, tiled: AP by size with and without slicing side by side
-        sliced = validate(model, records, names, image_size=size, device=args.device, progress=True,
-                          slice_size=args.slice, overlap=args.overlap)
-        print(metrics_line(m, "whole image: "))
-        result, m = sliced, {**sliced.to_json_dict(), "slicing": {"tile": args.slice, "overlap": args.overlap},
-                             "without_slicing": m}
-        print(metrics_line(m, f"tiles {args.slice} px, overlap {args.overlap:g}: "))
-    else:
-        print(metrics_line(m))
-    for row in per_class_lines(m):  # several classes: their AP and AP50
-        print(row)
-    if result.skipped:
-        print(f"skipped {len(result.skipped)} unreadable image(s); the metrics are computed without them (listed "
-              "under skipped_images in --json):")
-        for path, why in list(result.skipped.items())[:10]:
-            print(f"  {path}: {why}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(m, indent=2))
-        print(f"saved {args.json}")
-    if args.plots:
-        out = Path(args.plots)
-        out.mkdir(parents=True, exist_ok=True)
-        print(f"saved {plot_pr_curves(result, out / 'pr_curves.png')}")
-        print(f"saved {plot_ap_by_size(result, out / 'ap_by_size.png')}")
-
-
 # ------------------------------------------------------------------------------------------------ diagnose
 
 
@@ -291,7 +236,7 @@ def cmd_ship(args: argparse.Namespace) -> None:
 
     guards.check_outputs({"--out": args.out}, {}, folders=("--out",))  # before the validation run, not after
     path = ship(args.run, args.name, out_dir=args.out, dataset=args.dataset, shared_root=args.shared_root,
-                recipe=args.recipe, storage=args.storage, overwrite=args.overwrite)
+                recipe=args.recipe, storage=args.storage, overwrite=args.overwrite, nms_iou=args.nms_iou)
     print(f"shipped {path}")
 
 
@@ -375,24 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("val", help="COCO AP with AI-TOD size splits (AP_vt, AP_t, AP_s, AP_m)")
-    s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
-    s.add_argument("--data", required=True, help="data YAML (efpn's schema or an Ultralytics dataset YAML)")
-    s.add_argument("--split", default="val", help="split of the data YAML to score (default val)")
-    s.add_argument("--image-size", type=guards.image_size, default=None,
-                   help="network input's long side (default: the checkpoint's own)")
-    s.add_argument("--batch-size", type=guards.count, default=8, help="images per forward pass (default 8)")
-    s.add_argument("--device", type=guards.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    s.add_argument("--limit", type=guards.at_least_one, default=None, help="only the first N images")
-    s.add_argument("--json", default=None, help="write {AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, per_class}; with "
-                   "--slice the sliced metrics, plus 'without_slicing' and 'slicing'")
-    s.add_argument("--plots", default=None, help="folder for PR curves and AP-by-size charts (PNG)")
-    s.add_argument("--slice", type=guards.tile_size, default=None, metavar="S",
-                   help="also validate on S x S tiles of each image (original px, >= 8), merged and scored against "
-                   "the full-image ground truth")
-    s.add_argument("--overlap", type=guards.fraction, default=None,
-                   help="tile overlap, a fraction in [0, 1) (default 0.2)")
-    s.set_defaults(func=cmd_val)
+    add_val_parser(sub)
 
     s = sub.add_parser("diagnose", help="why each object of a dataset was missed: recall by size x cause, the miss "
                        "table (JSON/CSV), COCO results and an HTML report with crops")
@@ -423,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/detect", help="folder for the drawings and detections.json (default "
                                                        "runs/detect; a folder that is not empty gets -2, -3, ...)")
     s.add_argument("--score", type=guards.unit, default=0.25, help="score threshold in [0, 1]")
-    s.add_argument("--iou", type=guards.unit, default=0.5, help="NMS IoU threshold in [0, 1]")
+    s.add_argument("--iou", type=guards.unit, default=None,
+                   help="NMS IoU threshold in [0, 1] (default: the checkpoint's own)")
     s.add_argument("--slice", type=guards.tile_size, default=None, metavar="SIZE",
                    help="sliced inference with SIZE x SIZE tiles (>= 8 px)")
     s.add_argument("--overlap", type=guards.fraction, default=None, help="tile overlap fraction in [0, 1) for --slice")
@@ -462,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight storage; auto = the smallest of int8 / fp16 whose AP is within 0.002 of fp32 and "
                         "AP50, AP_vt, AP_t within 0.005, else fp32 (explicit choices are stored as asked, with "
                         "their measured AP)")
+    s.add_argument("--nms-iou", type=guards.unit_or_auto, default=None,
+                   help="NMS IoU threshold stored in the card: a number in [0, 1], or auto = the best for AP on the "
+                        "validation split (0.4 ... 0.75, the sweep recorded; default: the trained model's)")
     s.set_defaults(func=cmd_ship)
 
     s = sub.add_parser("report", help="regenerate the measured claims of both papers (tables + charts)")

@@ -10,6 +10,7 @@ still behaves as trained.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from efpn.checkpoint import load_model, read_card, save_checkpoint
 from efpn.config.data import load_data_config
 from efpn.data.splits import load_split
 from efpn.engine.data import onto_class_names
+from efpn.evaluation.nms_sweep import sweep_nms_iou
 from efpn.evaluation.validate import validate
 from efpn.infer.predict import predict_image
 
@@ -124,6 +126,7 @@ def ship(
     progress: bool = True,
     storage: str = "auto",
     overwrite: bool = False,
+    nms_iou: float | str | None = None,
 ) -> Path:
     """Validate ``run_dir/best.safetensors`` and write ``out_dir/name.safetensors`` + ``name.json``.
 
@@ -132,8 +135,13 @@ def ship(
     ``storage``: ``auto`` (see the module docstring), ``fp32``, ``fp16`` or ``int8``. An existing checkpoint of that
     name is replaced only with ``overwrite`` (FileExistsError otherwise, before anything runs). The card's metrics and
     sanity counts are those of the stored weights; ``metrics_fp32`` and ``storage_trials`` (AP per storage
-    tried) are recorded too.
+    tried) are recorded too. ``nms_iou``: None keeps the trained model's NMS IoU threshold, a number replaces it,
+    ``"auto"`` chooses it on the validation split (:func:`efpn.evaluation.sweep_nms_iou`, AP, the model's own kept
+    unless another gains 0.002) and records the whole sweep as ``nms_sweep``; the card's config, metrics and sanity
+    counts are those of the threshold shipped.
     """
+    if not (nms_iou is None or nms_iou == "auto" or (isinstance(nms_iou, (int, float)) and 0.0 <= nms_iou <= 1.0)):
+        raise ValueError(f"nms_iou must be None, 'auto' or a number in [0, 1], got {nms_iou!r}")
     if storage not in ("auto", "fp32", "fp16", "int8"):
         raise ValueError(f"storage must be auto, fp32, fp16 or int8, got {storage!r}")
     if not name or Path(name).name != name or name in (".", "..") or "\\" in name:
@@ -173,6 +181,12 @@ def ship(
     if not records:
         raise ValueError(f"no validation images found for {run}; check {run / 'data_split.json'}")
     image_size = int(card.get("image_size") or model.config.image_size)
+    sweep = None
+    if nms_iou == "auto":
+        sweep = sweep_nms_iou(model, records, names, image_size=image_size, progress=progress)
+        nms_iou = sweep.best
+    if nms_iou is not None:  # the shipped threshold lives in the config every later load builds the model from
+        model, card = _with_nms_iou(model, card, float(nms_iou))
     res32 = validate(model, records, names, image_size=image_size, progress=progress)
     if res32.skipped:  # a card's metrics are measured on every image it lists
         raise ValueError(f"{len(res32.skipped)} validation image(s) could not be read (e.g. "
@@ -215,11 +229,25 @@ def ship(
         "sanity": {"score_thresh": SANITY_SCORE, "image_size": image_size, "images": sanity},
         "recipe": recipe,
     })
+    if sweep is not None:
+        card["nms_sweep"] = sweep.to_json_dict()
     save_checkpoint(model, target, card, storage=chosen)
     telemetry = run / "telemetry.jsonl"
     if telemetry.is_file():
         shutil.copy(telemetry, out / f"{name}.telemetry.jsonl")
     return target
+
+
+def _with_nms_iou(model: Any, card: dict[str, Any], iou: float) -> tuple[Any, dict[str, Any]]:
+    """The model and its card with the post-processing NMS IoU set to ``iou`` (the config is frozen: replaced)."""
+    pp = dataclasses.replace(model.config.postprocess, nms_iou=iou)
+    model.config = dataclasses.replace(model.config, postprocess=pp)
+    card = dict(card)
+    if isinstance(card.get("config"), dict):
+        config = dict(card["config"])
+        config["postprocess"] = {**(config.get("postprocess") or {}), "nms_iou": iou}
+        card["config"] = config
+    return model, card
 
 
 def ap_table_row(card: dict[str, Any]) -> list[Any]:

@@ -25,7 +25,7 @@ from efpn.infer.preprocess import Prepared, boxes_to_original, prepare
 from efpn.infer.slicing import sliced_predict
 from efpn.models.detector import Detector
 
-__all__ = ["Predictions", "predict_records", "predict_records_sliced", "validate"]
+__all__ = ["Predictions", "predict_records", "predict_records_nms", "predict_records_sliced", "validate"]
 
 #: Per-image predictions in original pixels: ``boxes`` (D, 4) float32 xyxy, ``scores`` (D,), ``labels`` (D,).
 Predictions = dict[int, dict[str, np.ndarray]]
@@ -78,7 +78,6 @@ def _unreadable(rec: ImageRecord, e: Exception, skipped: dict[str, str] | None) 
     warnings.warn(f"skipped unreadable image {rec.path}: {e}", stacklevel=3)
 
 
-@torch.no_grad()
 def predict_records(
     model: Detector,
     records: Sequence[ImageRecord],
@@ -104,6 +103,53 @@ def predict_records(
     moved there); it is run in eval mode and its previous mode restored. Records must have image paths.
     ``threads`` decode images ahead of the model.
     """
+    return _predict_batches(model, records, image_size, batch_size, device, score_thresh, max_det, (nms_iou,),
+                            threads, progress, skipped)[0]
+
+
+def predict_records_nms(
+    model: Detector,
+    records: Sequence[ImageRecord],
+    image_size: int,
+    nms_ious: Sequence[float],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    score_thresh: float = 0.001,
+    max_det: int = 1500,
+    threads: int = 2,
+    progress: bool = False,
+    skipped: dict[str, str] | None = None,
+) -> dict[float, Predictions]:
+    """:func:`predict_records` at several NMS IoU thresholds from ONE forward pass per batch: ``{iou: Predictions}``.
+
+    The network runs once per batch and the model's own post-processing (decoding, score threshold, top-k per level,
+    class-aware NMS) once per threshold on its output, so each entry equals ``predict_records(..., nms_iou=iou)``
+    at the cost of one forward pass.
+    """
+    ious = tuple(float(v) for v in nms_ious)
+    if not ious or any(not 0.0 <= v <= 1.0 for v in ious):
+        raise ValueError(f"nms_ious must be a non-empty list of IoU thresholds in [0, 1], got {list(nms_ious)}")
+    preds = _predict_batches(model, records, image_size, batch_size, device, score_thresh, max_det, ious, threads,
+                             progress, skipped)
+    return dict(zip(ious, preds))
+
+
+@torch.no_grad()
+def _predict_batches(
+    model: Detector,
+    records: Sequence[ImageRecord],
+    image_size: int,
+    batch_size: int,
+    device: str | torch.device,
+    score_thresh: float,
+    max_det: int,
+    nms_ious: tuple[float | None, ...],
+    threads: int,
+    progress: bool,
+    skipped: dict[str, str] | None,
+) -> list[Predictions]:
+    """The batched prediction loop of :func:`predict_records`, one Predictions per entry of ``nms_ious`` (None: the
+    model's own threshold); with several, the network runs once and only the post-processing per threshold."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     missing = [r.image_id for r in records if r.path is None]
@@ -119,7 +165,7 @@ def predict_records(
     order = sorted(
         records, key=lambda r: tuple(_ceil(v, divisor) for v in _network_hw(r, image_size))
     )
-    out: Predictions = {}
+    outs: list[Predictions] = [{} for _ in nms_ious]
     pending: list[tuple[ImageRecord, Prepared]] = []
 
     def run(batch: list[tuple[ImageRecord, Prepared]]) -> None:
@@ -130,16 +176,22 @@ def predict_records(
         for i, (_, p) in enumerate(batch):
             canvas[i, :, : p.tensor.shape[-2], : p.tensor.shape[-1]] = p.tensor[0]
         kw: dict[str, Any] = {"score_thresh": score_thresh, "max_det": max_det}
-        if nms_iou is not None:
-            kw["nms_iou"] = nms_iou
-        dets = model.predict(canvas.to(device), **kw)
-        for (rec, p), det in zip(batch, dets):
-            boxes = boxes_to_original(det["boxes"].float().cpu(), p.scale, p.orig_hw)
-            out[rec.image_id] = {
-                "boxes": boxes.numpy().astype(np.float32),
-                "scores": det["scores"].float().cpu().numpy(),
-                "labels": det["labels"].cpu().numpy().astype(np.int64),
-            }
+        if len(nms_ious) == 1:
+            if nms_ious[0] is not None:
+                kw["nms_iou"] = nms_ious[0]
+            per_iou = [model.predict(canvas.to(device), **kw)]
+        else:  # the network once, then the model's own post-processing per threshold
+            run_ = model.run(canvas.to(device))
+            per_iou = [model.postprocess(run_.head, run_.priors, run_.input_hw, score_thresh=score_thresh,
+                                         nms_iou=iou, max_det=max_det) for iou in nms_ious]
+        for out, dets in zip(outs, per_iou):
+            for (rec, p), det in zip(batch, dets):
+                boxes = boxes_to_original(det["boxes"].float().cpu(), p.scale, p.orig_hw)
+                out[rec.image_id] = {
+                    "boxes": boxes.numpy().astype(np.float32),
+                    "scores": det["scores"].float().cpu().numpy(),
+                    "labels": det["labels"].cpu().numpy().astype(np.int64),
+                }
 
     bar = None
     if progress:
@@ -168,7 +220,7 @@ def predict_records(
         if bar is not None:
             bar.close()
         model.train(was_training)
-    return out
+    return outs
 
 
 def predict_records_sliced(
@@ -181,11 +233,13 @@ def predict_records_sliced(
     max_det: int = 1500,
     progress: bool = False,
     skipped: dict[str, str] | None = None,
+    nms_iou: float | None = None,
 ) -> Predictions:
-    """Like :func:`predict_records` (``skipped`` too), but every image is cut into ``tile`` x ``tile`` windows
-    overlapping by ``overlap`` (:func:`efpn.infer.sliced_predict`: each window at the network size ``image_size``,
-    default the model's, plus one whole-image pass when there are several windows) and the detections are merged in the
-    image's own pixels. An image that fits in one window gets exactly its plain prediction."""
+    """Like :func:`predict_records` (``skipped`` and ``nms_iou`` too), but every image is cut into ``tile`` x ``tile``
+    windows overlapping by ``overlap`` (:func:`efpn.infer.sliced_predict`: each window at the network size
+    ``image_size``, default the model's, plus one whole-image pass when there are several windows) and the
+    detections are merged in the image's own pixels. An image that fits in one window gets exactly its plain
+    prediction."""
     if model.training:
         raise ValueError("sliced validation needs an eval-mode model; call model.eval()")
     out: Predictions = {}
@@ -203,7 +257,7 @@ def predict_records_sliced(
             _unreadable(rec, e, skipped)
             continue
         det = sliced_predict(model, rgb, tile=tile, overlap=overlap, score_thresh=score_thresh,
-                             max_det=max_det, image_size=image_size)
+                             max_det=max_det, image_size=image_size, nms_iou=nms_iou)
         out[rec.image_id] = {
             "boxes": det["boxes"].float().cpu().numpy().astype(np.float32),
             "scores": det["scores"].float().cpu().numpy(),
@@ -243,6 +297,7 @@ def validate(
     progress: bool = False,
     slice_size: int | None = None,
     overlap: float = 0.2,
+    nms_iou: float | None = None,
 ) -> EvalResult:
     """COCO-style AP (with the AI-TOD size splits) of ``model`` on ``records``.
 
@@ -250,6 +305,7 @@ def validate(
     ``slice_size`` from :func:`predict_records_sliced` (tiles of that many original pixels, ``overlap`` a fraction
     of the tile), always scored against the full-image ground truth; matching is
     :func:`efpn.evaluation.coco.evaluate_detections` (pycocotools). The headline metrics are at ``max(max_dets)``.
+    ``nms_iou`` overrides the model config's NMS IoU threshold (see :func:`efpn.evaluation.sweep_nms_iou`).
     Raises ValueError when the data's classes are not the model's: more of them (its AP would silently average in
     classes the model cannot score), or other names or another order (class k of the data would be scored against
     the model's class k).
@@ -261,11 +317,11 @@ def validate(
         if slice_size < 8:
             raise ValueError(f"slice_size must be at least 8 px, got {slice_size}")
         preds = predict_records_sliced(model, records, slice_size, overlap, size, score_thresh=score_thresh,
-                                       max_det=max_det, progress=progress, skipped=skipped)
+                                       max_det=max_det, progress=progress, skipped=skipped, nms_iou=nms_iou)
     else:
         preds = predict_records(
             model, records, size, batch_size=batch_size, device=device, score_thresh=score_thresh, max_det=max_det,
-            threads=threads, progress=progress, skipped=skipped,
+            nms_iou=nms_iou, threads=threads, progress=progress, skipped=skipped,
         )
     kept = [r for r in records if str(r.path) not in skipped]  # an unread image's objects are not counted missed
     if records and not kept:

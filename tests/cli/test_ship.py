@@ -70,3 +70,35 @@ def test_auto_storage_judges_ap50_and_tiny_objects_too() -> None:
     assert not storage_keeps_accuracy({"AP": 0.333, "AP50": 0.828, "AP_vt": 0.304, "AP_t": 0.487}, fp32)
     assert not storage_keeps_accuracy({**fp32, "AP_vt": 0.290}, fp32)
     assert storage_keeps_accuracy({**fp32, "AP_t": None}, fp32)  # a size with no objects is not judged
+
+
+def test_ship_chooses_or_sets_the_nms_iou_and_the_card_carries_it(tmp_path: Path) -> None:
+    from efpn.evaluation import validate
+    from efpn.evaluation.nms_sweep import NMS_SWEEP_IOUS
+
+    write_synthetic_dataset(tmp_path / "synth", num_images=12, image_size=128, seed=6, max_size=24)
+    result = train(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "synth" / "data.yaml"), image_size=128,
+                               epochs=1, batch_size=4, max_steps=2, workers=0, out=str(tmp_path / "runs"), name="t",
+                               progress=False, val_every=1))
+    auto = ship(result.run_dir, "tiny_auto", out_dir=tmp_path / "ckpt", progress=False, storage="fp32",
+                nms_iou="auto")
+    card = json.loads(auto.with_suffix(".json").read_text())
+    sweep = card["nms_sweep"]
+    assert set(sweep["rows"]) == {f"{v:g}" for v in NMS_SWEEP_IOUS} and sweep["current"] == 0.5
+    assert card["config"]["postprocess"]["nms_iou"] == sweep["best"]
+    assert card["metrics"]["AP"] == pytest.approx(sweep["rows"][f"{sweep['best']:g}"]["AP"])
+    assert efpn.load_model(auto).config.postprocess.nms_iou == sweep["best"]
+
+    fixed = ship(result.run_dir, "tiny_065", out_dir=tmp_path / "ckpt", progress=False, storage="fp32", nms_iou=0.65)
+    card = json.loads(fixed.with_suffix(".json").read_text())
+    model = efpn.load_model(fixed)
+    assert model.config.postprocess.nms_iou == card["config"]["postprocess"]["nms_iou"] == 0.65
+    assert "nms_sweep" not in card
+    from efpn.cli.ship import _records_by_id
+
+    split = json.loads((Path(result.run_dir) / "data_split.json").read_text())
+    records, names = _records_by_id(split["data"], split["val_ids"])
+    assert len(records) == card["data"]["num_val_images"] > 0
+    assert card["metrics"]["AP"] == pytest.approx(validate(model, records, names, image_size=128).metrics["AP"])
+    with pytest.raises(ValueError, match="'auto' or a number"):
+        ship(result.run_dir, "tiny_bad", out_dir=tmp_path / "ckpt", progress=False, nms_iou="best")
