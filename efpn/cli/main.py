@@ -389,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", default=None, help="the training command, recorded in the card")
     s.add_argument("--storage", default="auto", choices=["auto", "fp32", "fp16", "int8"],
                    help="weight storage; auto = the smallest of int8 / fp16 whose AP is within 0.002 of fp32 and "
-                        "AP50, AP_vt, AP_t within 0.005, else fp32 (explicit choices are stored as asked, with "
-                        "their measured AP)")
+                        "AP50, AP_vt, AP_t within 0.005 (a size with 20 objects or more), else fp32 (explicit "
+                        "choices are stored as asked, with their measured AP)")
     s.add_argument("--nms-iou", type=guards.unit_or_auto, default=None,
                    help="NMS IoU threshold stored in the card: a number in [0, 1], or auto = the best for AP on the "
                         "validation split (0.4 ... 0.75, the sweep recorded; default: the trained model's)")

@@ -70,6 +70,10 @@ def test_auto_storage_judges_ap50_and_tiny_objects_too() -> None:
     assert not storage_keeps_accuracy({"AP": 0.333, "AP50": 0.828, "AP_vt": 0.304, "AP_t": 0.487}, fp32)
     assert not storage_keeps_accuracy({**fp32, "AP_vt": 0.290}, fp32)
     assert storage_keeps_accuracy({**fp32, "AP_t": None}, fp32)  # a size with no objects is not judged
+    # nor one with too few to measure (SSDD's 2 very tiny ships), while the others still are
+    counted = {**fp32, "num_gt": {"all": 274, "vt": 2, "t": 33}}
+    assert storage_keeps_accuracy({**fp32, "AP_vt": 0.325}, counted)
+    assert not storage_keeps_accuracy({**fp32, "AP_vt": 0.325, "AP_t": 0.480}, counted)
 
 
 def test_ship_chooses_or_sets_the_nms_iou_and_the_card_carries_it(tmp_path: Path) -> None:
