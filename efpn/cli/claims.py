@@ -124,8 +124,18 @@ def _pick(cards: dict[str, dict], presets: Sequence[str] | None = None) -> dict[
     return out
 
 
+def _same_budget(cards: dict[str, dict], ds: str, preset: str, budget: str) -> dict | None:
+    """The card of ``preset`` on ``ds`` trained on ``budget`` (a shipped one first), None when there is none: a
+    difference against another budget would measure the budget, not the module."""
+    same = [c for c in cards.values()
+            if _dataset(c) == ds and (c.get("preset") or "") == preset and _budget(c) == budget]
+    same.sort(key=lambda c: str(c.get("_source", "")).startswith("runs"))  # shipped first (False sorts first)
+    return same[0] if same else None
+
+
 def ablation_rows(cards: dict[str, dict]) -> list[list[object]]:
-    """The E-FPN-BS ablation table: per dataset, each ablation preset with its metrics and Δ vs the baseline."""
+    """The E-FPN-BS ablation table: per dataset, each ablation preset with its metrics and Δ vs the baseline trained on
+    the same budget (None when there is none)."""
     picked = _pick(cards, list(ABLATION))
     rows = []
     for ds in sorted({k[0] for k in picked}):
@@ -133,7 +143,7 @@ def ablation_rows(cards: dict[str, dict]) -> list[list[object]]:
             c = picked.get((ds, preset))
             if c is None:
                 continue
-            base = (picked.get((ds, ABLATION_BASE[preset])) or {}).get("metrics") or {}
+            base = (_same_budget(cards, ds, ABLATION_BASE[preset], _budget(c)) or {}).get("metrics") or {}
             m = c.get("metrics") or {}
             rows.append([ds, what, c["_source"], _budget(c), *[m.get(k) for k in _METRICS],
                          _delta(m.get("AP"), base.get("AP")), _delta(m.get("AP_vt"), base.get("AP_vt")),
@@ -142,15 +152,18 @@ def ablation_rows(cards: dict[str, dict]) -> list[list[object]]:
 
 
 def sgdm_rows(cards: dict[str, dict]) -> list[list[object]]:
-    """SGDM vs its baseline and plain RDConv: metrics, parameters, and Δ params / Δ AP vs the baseline."""
+    """SGDM vs its baseline and plain RDConv: metrics, parameters, and Δ params / Δ AP vs the baseline trained on the
+    same budget (None when there is none)."""
     import efpn
 
     picked = _pick(cards, list(SGDM_ROWS))
     rows = []
     for (ds, preset), c in sorted(picked.items(), key=lambda kv: (kv[0][0], list(SGDM_ROWS).index(kv[0][1]))):
-        base = picked.get((ds, SGDM_ROWS[preset]))
+        base = _same_budget(cards, ds, SGDM_ROWS[preset], _budget(c))
+        structure = base or picked.get((ds, SGDM_ROWS[preset]))  # parameters added do not depend on the budget
         params = efpn.count_params(efpn.build(efpn.ModelConfig.from_dict(c["config"])))
-        base_params = efpn.count_params(efpn.build(efpn.ModelConfig.from_dict(base["config"]))) if base else None
+        base_params = (efpn.count_params(efpn.build(efpn.ModelConfig.from_dict(structure["config"])))
+                       if structure else None)
         m, bm = c.get("metrics") or {}, (base or {}).get("metrics") or {}
         rows.append([ds, preset, c["_source"], _budget(c), *[m.get(k) for k in _METRICS], params,
                      None if base_params is None else params - base_params, _delta(m.get("AP"), bm.get("AP")),

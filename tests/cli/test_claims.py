@@ -30,12 +30,13 @@ def test_claims_report_from_shipped_checkpoints_without_shared_data(tmp_path: Pa
     assert any(p.suffix in (".png", ".html") for p in (tmp_path / "claims").iterdir())
 
 
-def _fake_run(runs: Path, name: str, tiny: str, preset: str, metrics: dict, grad: float | None = None) -> None:
+def _fake_run(runs: Path, name: str, tiny: str, preset: str, metrics: dict, grad: float | None = None,
+              epochs: int = 3) -> None:
     """A finished run folder as `efpn train` leaves it: last and best checkpoints with their cards (metrics),
     telemetry.jsonl."""
     model = efpn.build_model(tiny, num_classes=1)
-    card = {"preset": preset, "metrics": metrics, "data": {"yaml": "recipes/data/ssdd.yaml"}, "epochs": 3,
-            "image_size": 256, "training": {"batch_size": 8, "epochs": 3}, "steps": 3}
+    card = {"preset": preset, "metrics": metrics, "data": {"yaml": "recipes/data/ssdd.yaml"}, "epochs": epochs,
+            "image_size": 256, "training": {"batch_size": 8, "epochs": epochs}, "steps": 3}
     for stem in ("last", "best"):
         save_checkpoint(model, runs / name / f"{stem}.safetensors", card)
     if grad is not None:
@@ -67,6 +68,26 @@ def test_ablation_and_sgdm_sections_read_unshipped_runs(tmp_path: Path) -> None:
     assert "`yolov8n_sgdm` adds" in text and "changes AP by -0.020 (worse)" in text
     assert "times 3.00x on p5 (0.3 vs 0.1)" in text
     assert "`fpn_r18_dcloss` trained 3 steps, inside DCLoss's" in text  # a DCLoss row that never engaged
+
+
+def test_differences_are_taken_against_a_baseline_of_the_same_budget(tmp_path: Path) -> None:
+    """YOLOv8n trained at two budgets (the longer one shipped): SGDM at the long budget is compared with the long
+    YOLOv8n, plain RDConv (short budget only) with the short one, and a variant with no baseline at its budget gets
+    no AP difference rather than one that measures the budget."""
+    runs = tmp_path / "runs"
+    m = {"AP": 0.20, "AP50": 0.5, "AP_vt": 0.05, "AP_t": 0.2, "AP_s": 0.3, "AP_m": 0.4}
+    _fake_run(runs, "ssdd_yolov8n", "yolov8n", "yolov8n", m)
+    _fake_run(runs, "ssdd_yolov8n_rdconv", "yolov8n", "yolov8n_rdconv", {**m, "AP": 0.21})
+    _fake_run(runs, "ssdd_yolov8n_long", "yolov8n", "yolov8n", {**m, "AP": 0.40}, epochs=40)
+    _fake_run(runs, "ssdd_yolov8n_sgdm_long", "yolov8n", "yolov8n_sgdm", {**m, "AP": 0.43}, epochs=40)
+    _fake_run(runs, "ssdd_fpn_r18_cem", "tiny_efpn_n", "fpn_r18_cem", {**m, "AP": 0.25}, epochs=7)
+    from efpn.cli.records import gather_runs, record_card
+
+    cards = {name: record_card(rec) for name, rec in gather_runs(runs, None).items()}
+    sg = {r[1]: r for r in sgdm_rows(cards)}
+    assert sg["yolov8n_sgdm"][-3] == pytest.approx(0.03) and sg["yolov8n_rdconv"][-3] == pytest.approx(0.01)
+    assert sg["yolov8n_sgdm"][-4] is not None  # parameters added are a fact of the structure, whatever the budget
+    assert {r[1]: r for r in ablation_rows(cards)}["+ CEM"][-3] is None  # no fpn_r18 at 7 epochs
 
 
 def test_dcloss_weight_rows_start_after_the_warmup() -> None:
