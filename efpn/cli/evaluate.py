@@ -11,11 +11,25 @@ from typing import Any
 from efpn.cli import guards
 
 
-def cmd_val(args: argparse.Namespace) -> None:
+def model_and_records(args: argparse.Namespace, why: str) -> tuple[Any, list, list[str]]:
+    """The checkpoint ``--weights`` (on ``--device``) and split ``--split`` of ``--data``: the loader's report
+    printed, ``--limit`` applied. ValueError when no record has a box, ``why`` ending the message."""
     import efpn
-    from efpn.cli.tables import metrics_line, per_class_lines
     from efpn.config.data import load_data_config
     from efpn.data.splits import load_split
+
+    model = efpn.load_model(args.weights, device=args.device)
+    records, names, report = load_split(load_data_config(args.data), args.split)
+    print(report.summary())
+    if args.limit:
+        records = records[: args.limit]
+    if not any(r.num_targets for r in records):
+        raise ValueError(f"split {args.split!r} of {args.data} has no object boxes {why}")
+    return model, records, list(names)
+
+
+def cmd_val(args: argparse.Namespace) -> None:
+    from efpn.cli.tables import metrics_line, per_class_lines
     from efpn.evaluation import plot_ap_by_size, plot_pr_curves, sweep_nms_iou
     from efpn.evaluation.validate import validate
 
@@ -24,14 +38,8 @@ def cmd_val(args: argparse.Namespace) -> None:
                          folders=("--plots",))
     if args.nms_sweep and args.nms_iou is not None:
         raise ValueError("--nms-sweep scores a grid of NMS IoU thresholds itself; drop --nms-iou (or --nms-sweep)")
-    model = efpn.load_model(args.weights, device=args.device)
-    records, names, report = load_split(load_data_config(args.data), args.split)
-    print(report.summary())
-    if args.limit:
-        records = records[: args.limit]
-    if not any(r.num_targets for r in records):
-        raise ValueError(f"split {args.split!r} of {args.data} has no object boxes to score against (see the loader's "
-                         "report above); AP is undefined without ground truth")
+    model, records, names = model_and_records(args, "to score against (see the loader's report above); AP is "
+                                              "undefined without ground truth")
     size = args.image_size or model.config.image_size
     nms = args.nms_iou if args.nms_iou is not None else model.config.postprocess.nms_iou
     print(f"NMS IoU {nms:g}" + (" (the checkpoint's)" if args.nms_iou is None else ""))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from efpn.cli import guards
-from efpn.cli.evaluate import add_val_parser
+from efpn.cli.evaluate import add_val_parser, model_and_records
 from efpn.runtime import keep_freed_memory
 
 
@@ -145,21 +145,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> None:
-    import efpn
-    from efpn.config.data import load_data_config
-    from efpn.data.splits import category_ids, load_split
+    from efpn.data.splits import category_ids
     from efpn.explain import diagnose_records, write_html
 
     guards.check_outputs({"--json": args.json, "--csv": args.csv, "--coco": args.coco, "--html": args.html},
                          {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)})
-    model = efpn.load_model(args.weights, device=args.device)
-    records, names, report = load_split(load_data_config(args.data), args.split)
-    print(report.summary())
-    if args.limit:
-        records = records[: args.limit]
-    if not any(r.num_targets for r in records):
-        raise ValueError(f"split {args.split!r} of {args.data} has no object boxes, so no object can be missed (see "
-                         "the loader's report above)")
+    model, records, names = model_and_records(args, "(see the loader's report above), so no object can be missed")
     diag = diagnose_records(model, records, names, score_thresh=args.score, iou_thresh=args.iou,
                             slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, progress=True,
                             class_aware=not args.any_class)
