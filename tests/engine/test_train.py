@@ -482,19 +482,13 @@ def test_dcloss_warmup_is_a_share_of_the_run_and_weights_leave_one(synth_small: 
     assert weights and any(abs(w - 1.0) > 1e-3 for w in weights), weights
 
 
-
 def test_val_image_size_validates_and_ships_at_its_own_side(
         synth_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # train on 64 px native tiles, validate whole 96 px images at 96: validation, the card and the model agree
     import efpn.engine.train as engine
 
-    sides: list[int] = []
-
-    def spy(*args, **kw):
-        sides.append(kw["image_size"])
-        return validate(*args, **kw)
-
-    monkeypatch.setattr(engine, "validate", spy)
+    sides: list[int] = []  # the side every validation ran at
+    monkeypatch.setattr(engine, "validate", lambda *a, **kw: sides.append(kw["image_size"]) or validate(*a, **kw))
     result = train(_small(synth_small, tmp_path, val_split="val", val_image_size=96, max_steps=2, epochs=1))
     assert sides == [96]
     card = read_card(result.run_dir / "last.json")
