@@ -10,7 +10,7 @@ YOLO="--image-size 320 --epochs 6 --batch-size 8 --val-every 2 --warmup-iters 15
 NANO="--image-size 320 --epochs 4 --batch-size 8 --val-every 2 --warmup-iters 100 --workers 1"
 # the ImageNet-pretrained pair: 320 px native-resolution tiles (nothing shrunk), whole images validated at 512 px
 MV2="--image-size 320 --val-image-size 512 --epochs 20 --val-every 5 --workers 2"
-# the shipped YOLOv8n pair, from scratch on the same tiles (about 45 and 60 min on 2 cores)
+# the shipped YOLOv8n pair, from scratch on the same tiles (about 40-45 min each on 2 idle cores)
 TILES="--image-size 320 --val-image-size 512 --epochs 40 --batch-size 8 --val-every 5 --warmup-iters 300 \
   --ema-decay 0.999 --ema-tau 300 --workers 2"
 

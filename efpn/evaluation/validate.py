@@ -23,7 +23,7 @@ from efpn.data.records import ImageRecord
 from efpn.evaluation.coco import EvalResult, evaluate_detections
 from efpn.infer.preprocess import Prepared, boxes_to_original, prepare
 from efpn.infer.slicing import sliced_predict
-from efpn.models.detector import Detector
+from efpn.models.detector import Detector, check_postprocess
 
 __all__ = ["Predictions", "predict_records", "predict_records_nms", "predict_records_sliced", "validate"]
 
@@ -152,6 +152,8 @@ def _predict_batches(
     model's own threshold); with several, the network runs once and only the post-processing per threshold."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for iou in nms_ious:
+        check_postprocess(score_thresh=score_thresh, nms_iou=iou, max_det=max_det)
     missing = [r.image_id for r in records if r.path is None]
     if missing:
         raise ValueError(f"{len(missing)} records have no image path (e.g. ids {missing[:3]}); cannot predict")
@@ -175,15 +177,10 @@ def _predict_batches(
         canvas = fill.expand(len(batch), 3, hp, wp).clone()  # (N, 3, H', W')
         for i, (_, p) in enumerate(batch):
             canvas[i, :, : p.tensor.shape[-2], : p.tensor.shape[-1]] = p.tensor[0]
-        kw: dict[str, Any] = {"score_thresh": score_thresh, "max_det": max_det}
-        if len(nms_ious) == 1:
-            if nms_ious[0] is not None:
-                kw["nms_iou"] = nms_ious[0]
-            per_iou = [model.predict(canvas.to(device), **kw)]
-        else:  # the network once, then the model's own post-processing per threshold
-            run_ = model.run(canvas.to(device))
-            per_iou = [model.postprocess(run_.head, run_.priors, run_.input_hw, score_thresh=score_thresh,
-                                         nms_iou=iou, max_det=max_det) for iou in nms_ious]
+        # the network once, then the model's own post-processing per threshold (what ``predict`` does for one)
+        run_ = model.run(canvas.to(device))
+        per_iou = [model.postprocess(run_.head, run_.priors, run_.input_hw, score_thresh=score_thresh,
+                                     nms_iou=iou, max_det=max_det) for iou in nms_ious]
         for out, dets in zip(outs, per_iou):
             for (rec, p), det in zip(batch, dets):
                 boxes = boxes_to_original(det["boxes"].float().cpu(), p.scale, p.orig_hw)
