@@ -6,13 +6,13 @@
 set -euo pipefail
 EFPN=${EFPN:-efpn}
 R18="--image-size 256 --epochs 3 --batch-size 8 --val-every 1 --warmup-iters 100 --workers 1"
-YOLO="--image-size 320 --epochs 6 --batch-size 8 --val-every 2 --warmup-iters 150 --workers 1"
+YOLO="--image-size 320 --epochs 6 --batch-size 8 --val-every 2 --warmup-iters 150 --workers 1 --close-mosaic 0"
 NANO="--image-size 320 --epochs 4 --batch-size 8 --val-every 2 --warmup-iters 100 --workers 1"
 # the ImageNet-pretrained pair: 320 px native-resolution tiles (nothing shrunk), whole images validated at 512 px
 MV2="--image-size 320 --val-image-size 512 --epochs 20 --val-every 5 --workers 2"
 # the shipped YOLOv8n pair, from scratch on the same tiles (about 40-45 min each on 2 idle cores)
 TILES="--image-size 320 --val-image-size 512 --epochs 40 --batch-size 8 --val-every 5 --warmup-iters 300 \
-  --ema-decay 0.999 --ema-tau 300 --workers 2"
+  --ema-decay 0.999 --ema-tau 300 --workers 2 --close-mosaic 0"
 
 train() { name=$1; shift; [ -f "runs/$name/best.safetensors" ] || $EFPN train "$@" --out runs --name "$name"; }
 

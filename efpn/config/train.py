@@ -52,6 +52,8 @@ class TrainConfig:
     tile: bool = _field(True, "train on native-resolution S x S crops of larger images (each holding a box when "
                               "possible) instead of shrinking them: tiny objects keep their pixels")
     mosaic: bool = _field(False, "YOLO mosaic of 4 native-resolution crops, with probability 0.5")
+    close_mosaic: int = _field(0, "the last N epochs train without mosaic, on plain crops like the images "
+                                  "validated (Ultralytics' close_mosaic); 0 = mosaic to the end")
     flip_vertical: bool = _field(True, "vertical flips too (right for aerial/SAR/microscopy, not street scenes)")
     # optimisation
     epochs: int = _field(100, "epochs (the lr schedule spans all of them)")
@@ -111,6 +113,7 @@ class TrainConfig:
         need(self.device in ("auto", "cpu", "cuda"), f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.close_mosaic >= 0, f"close_mosaic must be >= 0, got {self.close_mosaic}")
         need(self.accumulate >= 1, f"accumulate must be >= 1, got {self.accumulate}")
         need(self.image_size >= 32 and self.image_size % 32 == 0,
              f"image_size must be a positive multiple of 32, got {self.image_size}")

@@ -22,7 +22,8 @@ from efpn.data.splits import load_split, split_records
 from efpn.data.transforms import DetectionTransform, build_transforms
 from efpn.data.uploads import map_class_names
 
-__all__ = ["SeededSamples", "StepBatchSampler", "TrainData", "load_train_data", "to_device", "train_transforms"]
+__all__ = ["SeededSamples", "StepBatchSampler", "TrainData", "load_train_data", "to_device", "train_samples",
+           "train_transforms"]
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -37,11 +38,22 @@ class SeededSamples(Dataset):
     runs with different ``workers``/``world_size`` and a resumed run see identical samples. The caller's
     torch RNG is left untouched (``workers=0`` loads in the training process). Adds ``scale`` = network px /
     original px to the target, read from the letterbox the train pipeline records.
+
+    ``late`` (optional) is the dataset read from epoch ``late_from`` (0-based) on: the same records through
+    another pipeline, e.g. without mosaic for a run's last epochs (``TrainConfig.close_mosaic``). Which one a
+    sample comes from depends on its epoch alone, so workers built once and resumed runs agree.
     """
 
-    def __init__(self, dataset: DetectionDataset, seed: int):
+    def __init__(self, dataset: DetectionDataset, seed: int, late: DetectionDataset | None = None,
+                 late_from: int | None = None):
+        if (late is None) != (late_from is None):
+            raise ValueError("SeededSamples: late and late_from go together")
+        if late is not None and len(late) != len(dataset):
+            raise ValueError(f"SeededSamples: late has {len(late)} samples, dataset {len(dataset)}")
         self.dataset = dataset
         self.seed = int(seed)
+        self.late = late
+        self.late_from = late_from
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -50,7 +62,8 @@ class SeededSamples(Dataset):
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_sample_seed(self.seed, epoch, index))
-            image, target = self.dataset[index]
+            source = self.late if self.late is not None and epoch >= self.late_from else self.dataset
+            image, target = source[index]
         # the train letterbox records [scale_x, scale_y, pad_left, pad_top]; tile and mosaic crops are native
         # resolution, so the letterbox's scale is the whole network/original scale (size buckets need it)
         target["scale"] = float(target["letterbox"][0]) if "letterbox" in target else 1.0
@@ -98,11 +111,21 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
                 yield [(self.epoch, int(i)) for i in chunk[m::a]]
 
 
-def train_transforms(cfg: TrainConfig) -> DetectionTransform:
+def train_transforms(cfg: TrainConfig, mosaic: bool | None = None) -> DetectionTransform:
     """The data package's train pipeline, with the letterbox recording its scale (for ``scale`` in targets)
-    and without the random tile crop when ``tile=False``."""
-    return build_transforms(True, cfg.image_size, mosaic=cfg.mosaic, flip_vertical=cfg.flip_vertical,
-                            tile=cfg.tile, record_letterbox=True)
+    and without the random tile crop when ``tile=False``; ``mosaic`` overrides ``cfg.mosaic``."""
+    return build_transforms(True, cfg.image_size, mosaic=cfg.mosaic if mosaic is None else mosaic,
+                            flip_vertical=cfg.flip_vertical, tile=cfg.tile, record_letterbox=True)
+
+
+def train_samples(cfg: TrainConfig, records: Sequence[ImageRecord]) -> SeededSamples:
+    """The run's seeded train samples; with ``mosaic`` and ``close_mosaic = N`` the last N epochs read the
+    same records without mosaic (plain crops, as Ultralytics closes its mosaic before the end)."""
+    dataset = DetectionDataset(list(records), train_transforms(cfg), skip_corrupt=True)
+    if not (cfg.mosaic and cfg.close_mosaic):
+        return SeededSamples(dataset, cfg.seed)
+    plain = DetectionDataset(list(records), train_transforms(cfg, mosaic=False), skip_corrupt=True)
+    return SeededSamples(dataset, cfg.seed, late=plain, late_from=max(0, cfg.epochs - cfg.close_mosaic))
 
 
 @dataclass

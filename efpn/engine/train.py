@@ -55,10 +55,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from efpn.checkpoint import check_state_dict, save_checkpoint
 from efpn.config import ModelConfig, TrainConfig
-from efpn.data.dataset import DetectionDataset, collate
+from efpn.data.dataset import collate
 from efpn.engine import distributed as D
 from efpn.engine.cards import hardware_info, training_card
-from efpn.engine.data import SeededSamples, StepBatchSampler, load_train_data, to_device, train_transforms
+from efpn.engine.data import StepBatchSampler, load_train_data, to_device, train_samples
 from efpn.engine.ema import ModelEMA
 from efpn.engine.optim import WarmupCosine, build_optimizer
 from efpn.engine.state import (
@@ -172,7 +172,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         # the run's record (config.yaml, data_split.json) is written once the run is known to start: a refused
         # resume leaves the run it was pointed at as it was, a refused start leaves no folder behind
         per_rank_batch = cfg.batch_size // world
-        dataset = SeededSamples(DetectionDataset(data.train, train_transforms(cfg), skip_corrupt=True), cfg.seed)
+        dataset = train_samples(cfg, data.train)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=info.rank, shuffle=True, seed=cfg.seed,
                                      drop_last=True)
         batches_of = StepBatchSampler(sampler, per_rank_batch, cfg.accumulate)
@@ -270,6 +270,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 break
             first = start_step if epoch == start_epoch else 0
             batches_of.set_epoch(epoch, start_step=first)
+            if verbose and dataset.late is not None and epoch == dataset.late_from:
+                print(f"epoch {epoch + 1}: mosaic closed for the last {cfg.epochs - epoch} epoch(s)")
             step_module.train()
             if first == 0:
                 tel = EpochTelemetry()

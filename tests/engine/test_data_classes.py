@@ -33,3 +33,34 @@ def test_val_labels_follow_the_class_names_of_train(tmp_path: Path) -> None:
     (tmp_path / "val.json").write_text(_json.dumps(val))
     with pytest.raises(ValueError, match=r"uses classes \[ship\] that the train split does not have"):
         load_train_data(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "two.yaml"), val_split="val"), False)
+
+
+def test_close_mosaic_reads_plain_crops_in_the_last_epochs(tmp_path: Path) -> None:
+    """close_mosaic = 1 of 3 epochs: epochs 0-1 are the mosaic pipeline's samples, epoch 2 the plain pipeline's
+    (same seed, same sample); without mosaic, or with 0, there is one pipeline; a negative count is refused."""
+    import torch
+
+    from efpn.data.dataset import DetectionDataset
+    from efpn.data.splits import load_split
+    from efpn.engine.data import SeededSamples, train_samples, train_transforms
+
+    write_synthetic_dataset(tmp_path, 8, image_size=96, seed=1, val_fraction=0.0)
+    data = str(tmp_path / "data.yaml")
+    cfg = TrainConfig(model="tiny_efpn_n", data=data, image_size=64, epochs=3, mosaic=True, close_mosaic=1, seed=3)
+    records, _, _ = load_split(data)
+    samples = train_samples(cfg, records)
+    assert samples.late_from == 2
+    mosaic = SeededSamples(DetectionDataset(records, train_transforms(cfg)), seed=3)
+    plain = SeededSamples(DetectionDataset(records, train_transforms(cfg, mosaic=False)), seed=3)
+
+    def same(a: tuple, b: tuple) -> bool:
+        return torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
+
+    early = [(samples[(e, i)], mosaic[(e, i)], plain[(e, i)]) for e in (0, 1) for i in range(8)]
+    assert all(same(s, m) for s, m, _ in early)
+    assert any(not same(m, p) for _, m, p in early)  # mosaic did tile some samples, so the check below bites
+    assert all(same(samples[(2, i)], plain[(2, i)]) for i in range(8))
+    for kw in (dict(close_mosaic=0), dict(mosaic=False)):
+        assert train_samples(TrainConfig(**{**cfg.to_dict(), **kw}), records).late is None
+    with pytest.raises(ValueError, match="close_mosaic must be >= 0"):
+        TrainConfig(model="tiny_efpn_n", data=data, close_mosaic=-1)
