@@ -105,5 +105,5 @@ def add_val_parser(sub: Any) -> None:
     s.add_argument("--nms-iou", type=guards.unit, default=None,
                    help="NMS IoU threshold in [0, 1] (default: the checkpoint's own)")
     s.add_argument("--nms-sweep", action="store_true",
-                   help="also score NMS IoU 0.4 ... 0.75 from one prediction pass and name the best for AP")
+                   help="also score NMS IoU 0.4 ... 0.8 from one prediction pass and name the best for AP")
     s.set_defaults(func=cmd_val)

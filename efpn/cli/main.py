@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "choices are stored as asked, with their measured AP)")
     s.add_argument("--nms-iou", type=guards.unit_or_auto, default=None,
                    help="NMS IoU threshold stored in the card: a number in [0, 1], or auto = the best for AP on the "
-                        "validation split (0.4 ... 0.75, the sweep recorded; default: the trained model's)")
+                        "validation split (0.4 ... 0.8, the sweep recorded; default: the trained model's)")
     s.set_defaults(func=cmd_ship)
 
     s = sub.add_parser("report", help="regenerate the measured claims of both papers (tables + charts)")

@@ -27,7 +27,7 @@ from efpn.models.detector import Detector
 __all__ = ["NMS_SWEEP_IOUS", "NmsSweep", "sweep_nms_iou"]
 
 #: The default grid: from below the usual 0.5 to the 0.7 of YOLO validators and a little beyond.
-NMS_SWEEP_IOUS: tuple[float, ...] = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
+NMS_SWEEP_IOUS: tuple[float, ...] = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 #: Metrics recorded per threshold.
 SWEEP_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m")
 
