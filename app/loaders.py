@@ -268,7 +268,7 @@ def _check(label: str, path: Path) -> DatasetChoice:
         cfg = load_data_config(path)
     except (ValueError, OSError) as e:
         return DatasetChoice(label, str(path), missing=str(e))
-    splits = tuple(sp for sp in ("train", "val") if cfg.has_split(sp))
+    splits = tuple(sp for sp in ("train", "val", "test") if cfg.has_split(sp))
     needed = [p for src in cfg.sources.values() for p in src.values() if p is not None]
     absent = [p for p in needed if not Path(p).exists()]
     if not cfg.root.exists():

@@ -12,6 +12,8 @@ Schema (paths are relative to ``root``; ``root`` is relative to the YAML file an
       ...
     val_fraction: 0.1       # ... a fixed, seeded share of train becomes val (default 0: no val split)
     split_seed: 0
+    test:                   # optional held-out split, never trained or tuned on (efpn val --split test)
+      ...
     options:                # optional keyword options of the format's loader
       crowd: crowd          # coco: crowd, check_images | voc, dota: difficult | visdrone: others
                             # masks: mask_suffix ("_pixels0"), connectivity (8), instances (false)
@@ -31,8 +33,8 @@ Source keys per format (``*`` = required):
 An **Ultralytics dataset YAML** (``path``, ``train``, ``val``, ``names``; no ``format`` key) is read as it is
 written: format ``yolo``, ``root`` = ``path`` (relative to the YAML's folder; Ultralytics' own datasets folder is
 not consulted), each split an image folder or an image list (``.txt``; its ``./`` lines relative to the list's
-folder, other relative lines relative to ``path``); ``test`` and ``download`` are not read (nothing is downloaded);
-see :func:`from_ultralytics`.
+folder, other relative lines relative to ``path``); ``test`` is read as the test split, ``download`` is not
+(nothing is downloaded); see :func:`from_ultralytics`.
 
 Every problem raises ``ValueError`` (bad value, unknown key or format) or ``FileNotFoundError`` (a path that
 does not exist) naming the YAML file, the key, the resolved path and what to do.
@@ -85,12 +87,12 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "masks": ("mask_suffix", "connectivity", "instances"),
 }
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 
 #: Top-level keys of an Ultralytics dataset YAML that efpn reads (docs.ultralytics.com/datasets/detect).
-ULTRALYTICS_KEYS: tuple[str, ...] = ("path", "train", "val", "validation", "names", "nc")
+ULTRALYTICS_KEYS: tuple[str, ...] = ("path", "train", "val", "validation", "test", "names", "nc")
 #: Keys such YAMLs carry for other tasks, splits and tools, not read here (no warning).
-_ULTRALYTICS_UNREAD = frozenset({"test", "minival", "download", "channels", "kpt_shape", "flip_idx", "roboflow",
+_ULTRALYTICS_UNREAD = frozenset({"minival", "download", "channels", "kpt_shape", "flip_idx", "roboflow",
                                  "yaml_file", "license", "author", "url", "description"})
 
 
@@ -103,6 +105,7 @@ class _DataFile:
     names: tuple[str, ...] | dict | str | None = None
     train: dict | None = None
     val: dict | None = None
+    test: dict | None = None
     val_fraction: float | None = None
     split_seed: int | None = None
     options: dict | None = None
@@ -117,7 +120,8 @@ class DataConfig:
     Attributes:
         format: one of :data:`FORMATS`.
         root: dataset folder.
-        sources: ``{"train": {key: Path | None}, "val": {...}}``; a split missing from the YAML is absent.
+        sources: ``{"train": {key: Path | None}, "val": {...}, "test": {...}}``; a split missing from the YAML
+            is absent. ``test`` is a held-out split: training never reads it, ``val_fraction`` never carves it.
         names: class names from the YAML, or ``None`` (then the format decides: COCO categories, VOC
             discovery over all splits, DOTA-v1 list, VisDrone's 10 classes).
         val_fraction, split_seed: when ``val`` is not given, :func:`split_records` carves this share out of
@@ -213,9 +217,10 @@ def from_ultralytics(data: dict[str, Any], where: str, base_dir: str | Path = ".
     a split given as a ``.txt`` file becomes an image list, a folder an image folder (labels where Ultralytics looks:
     its last ``images`` folder -> ``labels``, else beside the images); a list of one path is that path; a split
     ``../x`` that does not exist is read as ``x`` (Roboflow exports, as Ultralytics does); ``nc`` without ``names``
-    names the classes ``class_0``, ``class_1``, ... Keys of other tasks and tools (``test``, ``download``,
-    ``kpt_shape``, ``roboflow``, ...) are not read; unknown ones are warned about. Raises ConfigError for a split
-    that lists several paths and FileNotFoundError for a path that does not exist, in the YAML's own words.
+    names the classes ``class_0``, ``class_1``, ...; ``test`` is the test split. Keys of other tasks and tools
+    (``download``, ``kpt_shape``, ``roboflow``, ...) are not read; unknown ones are warned about. Raises ConfigError
+    for a split that lists several paths and FileNotFoundError for a path that does not exist, in the YAML's own
+    words.
     """
     unknown = sorted(str(k) for k in data if k not in ULTRALYTICS_KEYS and k not in _ULTRALYTICS_UNREAD)
     if unknown:
@@ -253,6 +258,12 @@ def from_ultralytics(data: dict[str, Any], where: str, base_dir: str | Path = ".
         if not (root / value).exists() and value.startswith("../") and (root / value[3:]).exists():
             value = value[3:]  # Roboflow writes paths one level too high; Ultralytics retries them without '../'
         path = (root / value).resolve()
+        if split == "test" and not path.exists():
+            # dataset YAMLs often name a test split that is not on disk (kept by its owners, or not downloaded):
+            # training and validation do not need it, so only its own use is lost
+            warnings.warn(f"{where}: 'test: {value[:200]}' -> {path} does not exist; the test split is not "
+                          "available", stacklevel=3)
+            continue
         if path.is_file() and path.suffix.lower() == ".txt":
             out[split] = {"list": str(path)}
         elif path.is_dir():
@@ -289,10 +300,10 @@ def parse_data_config(data: Any, base_dir: str | Path = ".", yaml_path: str | Pa
             f"{where}: 'root: {(top.root or '')[:200]}' -> {root} is not an existing folder; root is relative "
             "to the YAML file's folder; fix it or move the YAML"
         )
-    given = {"train": top.train, "val": top.val}
+    given = {"train": top.train, "val": top.val, "test": top.test}
     sources = {s: _parse_source(fmt, s, given[s], root, where) for s in SPLITS if given[s] is not None}
     if not sources:
-        raise ConfigError(f"{where}: missing key 'train' (and 'val'); give at least one split source")
+        raise ConfigError(f"{where}: missing key 'train' (and 'val', 'test'); give at least one split source")
 
     names: tuple[str, ...] | None = None
     if isinstance(top.names, str):

@@ -68,9 +68,14 @@ def category_ids(cfg: DataConfig | str | Path, split: str = "train") -> list[int
         cfg = load_data_config(cfg)
     if cfg.format != "coco":
         return None
-    carve = cfg.val_fraction > 0 and "val" not in cfg.sources
+    carve = _carved(cfg, split)
     doc = json.loads(Path(cfg.sources["train" if carve else split]["annotations"]).read_bytes())
     return sorted(int(c["id"]) for c in doc.get("categories", []))
+
+
+def _carved(cfg: DataConfig, split: str) -> bool:
+    """Whether ``split`` is carved out of the train source (train or val with ``val_fraction`` and no val source)."""
+    return split in ("train", "val") and cfg.val_fraction > 0 and "val" not in cfg.sources
 
 
 def _class_names(cfg: DataConfig) -> Sequence[str] | None:
@@ -84,10 +89,11 @@ def _class_names(cfg: DataConfig) -> Sequence[str] | None:
 
 
 def load_split(cfg: DataConfig | str | Path, split: str = "train") -> tuple[list[ImageRecord], list[str], SkipReport]:
-    """Load one split (``"train"`` or ``"val"``) of a data YAML -> ``(records, class_names, report)``.
+    """Load one split (``"train"``, ``"val"`` or ``"test"``) of a data YAML -> ``(records, class_names, report)``.
 
-    When the YAML has no ``val`` source but a ``val_fraction``, both splits come from the train source via
-    :func:`split_records` (so they never overlap); the report then covers the whole train source.
+    When the YAML has no ``val`` source but a ``val_fraction``, train and val come from the train source via
+    :func:`split_records` (so they never overlap); the report then covers the whole train source. ``test`` is
+    always its own source.
     YAML ``names`` must agree with the names a format defines itself (COCO categories, VisDrone classes).
     """
     if not isinstance(cfg, DataConfig):
@@ -100,7 +106,7 @@ def load_split(cfg: DataConfig | str | Path, split: str = "train") -> tuple[list
             + (" or 'val_fraction:' to split train" if split == "val" else "")
         )
     names = _class_names(cfg)
-    carve = cfg.val_fraction > 0 and "val" not in cfg.sources
+    carve = _carved(cfg, split)
     records, class_names, report = _call_loader(cfg, "train" if carve else split, names)
     if cfg.names is not None and list(cfg.names) != list(class_names):
         raise ValueError(

@@ -97,6 +97,23 @@ def test_val_writes_json_in_unit_range(tiny_ckpt_and_data: tuple[Path, Path], tm
     assert set(m["per_class"]) == {"disc", "square", "cross"}
 
 
+def test_val_scores_a_held_out_test_split(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """A data YAML's ``test:`` source (never trained on) is scored by ``--split test``: here the train images under
+    another split name, so the metrics equal the train split's."""
+    import yaml
+
+    ckpt, data = tiny_ckpt_and_data
+    doc = yaml.safe_load(data.read_text())
+    doc["test"] = doc["train"]
+    held_out = data.with_name("with_test.yaml")
+    held_out.write_text(yaml.safe_dump(doc))
+    for split in ("train", "test"):
+        main(["val", "--weights", str(ckpt), "--data", str(held_out), "--split", split, "--json",
+              str(tmp_path / f"{split}.json")])
+    a, b = (json.loads((tmp_path / f"{s}.json").read_text()) for s in ("train", "test"))
+    assert a["AP"] == b["AP"] and a["per_class"] == b["per_class"]
+
+
 def test_val_sliced_json_has_both(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path) -> None:
     ckpt, data = tiny_ckpt_and_data
     out = tmp_path / "s.json"

@@ -105,6 +105,18 @@ def test_val_fraction_split(coco_dir: Path) -> None:
     val, _, _ = load_split(path, "val")
     assert len(val) == 1 and len(train) == 2
     assert not {r.image_id for r in train} & {r.image_id for r in val}
+    # a test source is its own split: val_fraction carves train and val only, and never reads test into them
+    import json
+
+    coco = json.loads((coco_dir / "annotations" / "train.json").read_text())
+    coco["images"] = [im for im in coco["images"] if im["file_name"] == "b.png"]  # image 2 alone
+    (coco_dir / "annotations" / "test.json").write_text(json.dumps(coco))
+    doc = yaml.safe_load(path.read_text())
+    doc["test"] = {"annotations": "annotations/test.json", "images": "images"}
+    path = _yaml(coco_dir / "d.yaml", doc)
+    assert [r.image_id for r in load_split(path, "test")[0]] == [2]
+    assert [r.image_id for r in load_split(path, "val")[0]] == [r.image_id for r in val]
+    assert [r.image_id for r in load_split(path, "train")[0]] == [r.image_id for r in train]
 
 
 def test_split_records_deterministic() -> None:
@@ -181,8 +193,10 @@ def test_bad_split_requests(coco_dir: Path, tmp_path: Path) -> None:
     path = _yaml(coco_dir / "d.yaml", {"format": "coco", "train": {"annotations": "annotations/train.json"}})
     with pytest.raises(ValueError, match="no 'val' split; add a 'val:' source or 'val_fraction:'"):
         load_split(path, "val")
-    with pytest.raises(ValueError, match="unknown split 'test'"):
+    with pytest.raises(ValueError, match="no 'test' split; add a 'test:' source"):
         load_split(path, "test")
+    with pytest.raises(ValueError, match="unknown split 'minival'; valid splits: train, val, test"):
+        load_split(path, "minival")
     wrong = _yaml(
         coco_dir / "w.yaml",
         {"format": "coco", "names": ["x", "y"], "train": {"annotations": "annotations/train.json"}},

@@ -24,8 +24,10 @@ def test_folder_splits_equal_efpns_own_schema(yolo_dir: Path) -> None:
     ours = _write(yolo_dir / "ours.yaml", "format: yolo\nnames: names.yaml\ntrain:\n  images: images/train\n")
     theirs = _write(yolo_dir / "data.yaml", "path: .\ntrain: images/train\nval: [images/train]\ntest: images/test\n"
                     "download: https://example.invalid/data.zip\nnames:\n  0: cat\n  1: dog\n")
-    cfg = load_data_config(theirs)
+    with pytest.warns(UserWarning, match=r"'test: images/test' -> .* does not exist; the test split is not available"):
+        cfg = load_data_config(theirs)
     assert cfg.format == "yolo" and cfg.root == yolo_dir.resolve() and cfg.names == ("cat", "dog")
+    assert not cfg.has_split("test")
     a, names_a, report_a = load_split(ours, "train")
     b, names_b, report_b = load_split(cfg, "train")
     assert names_a == names_b == ["cat", "dog"]
@@ -33,6 +35,10 @@ def test_folder_splits_equal_efpns_own_schema(yolo_dir: Path) -> None:
     for ra, rb in zip(a, b, strict=True):
         np.testing.assert_array_equal(ra.boxes, rb.boxes)
     assert [r.path for r in load_split(cfg, "val")[0]] == [r.path for r in b]  # the one-path list
+    (yolo_dir / "test.txt").write_text("images/train/000002.png\n", encoding="utf-8")  # a test split on disk: read
+    cfg = load_data_config(_write(yolo_dir / "data.yaml", "path: .\ntrain: images/train\ntest: test.txt\n"
+                                  "names: [cat, dog]\n"))
+    assert [r.path.name for r in load_split(cfg, "test")[0]] == ["000002.png"]
 
 
 def test_image_list_reads_as_ultralytics_does(yolo_dir: Path) -> None:
