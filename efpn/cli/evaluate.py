@@ -87,7 +87,7 @@ def add_val_parser(sub: Any) -> None:
     s = sub.add_parser("val", help="COCO AP with AI-TOD size splits (AP_vt, AP_t, AP_s, AP_m)")
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--data", required=True, help="data YAML (efpn's schema or an Ultralytics dataset YAML)")
-    s.add_argument("--split", default="val", help="split of the data YAML to score (default val)")
+    s.add_argument("--split", default="val", help="split of the data YAML to score: train, val or test (default val)")
     s.add_argument("--image-size", type=guards.image_size, default=None,
                    help="network input's long side (default: the checkpoint's own)")
     s.add_argument("--batch-size", type=guards.count, default=8, help="images per forward pass (default 8)")
