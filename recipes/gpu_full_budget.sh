@@ -44,7 +44,9 @@ if [ "${DRY_RUN:-0}" = "1" ]; then
   COMMON=(--device cpu --workers 0 --epochs 1 --max-steps 2 --batch-size 2 --val-every 1 --image-size 64)
   AT_ONCE=1
 else
-  COMMON=(--device cuda --amp bf16 --channels-last --workers 4 --epochs "$EPOCHS" --batch-size 16 --val-every 10)
+  # the last 10 epochs without mosaic, as Ultralytics closes it (every SIRST recipe trains with mosaic)
+  COMMON=(--device cuda --amp bf16 --channels-last --workers 4 --epochs "$EPOCHS" --batch-size 16 --val-every 10
+          --close-mosaic 10)
 fi
 
 # job name -> recipe (the recipe's own settings, then the budget above and the packed data on top)
