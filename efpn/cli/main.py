@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("assign", help="per-level positive accounting of a dataset with box-only assigners")
     s.add_argument("--data", required=True, help="data YAML (efpn's schema or an Ultralytics dataset YAML)")
-    s.add_argument("--split", default="train", help="split of the data YAML to account: train, val or test (default train)")
+    s.add_argument("--split", default="train",
+                   help="split of the data YAML to account: train, val or test (default train)")
     s.add_argument("--protocol", nargs="+", default=["maxiou", "atss", "yolov5", "fcos"],
                    help="assigners: maxiou atss yolov5 fcos rpn (default: the first four)")
     s.add_argument("--image-size", type=guards.image_size, default=640,
@@ -317,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "table (JSON/CSV), COCO results and an HTML report with crops")
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--data", required=True, help="data YAML (efpn's schema or an Ultralytics dataset YAML)")
-    s.add_argument("--split", default="val", help="split of the data YAML to diagnose: train, val or test (default val)")
+    s.add_argument("--split", default="val",
+                   help="split of the data YAML to diagnose: train, val or test (default val)")
     s.add_argument("--score", type=guards.unit, default=None, help="score threshold in [0, 1] (default: the model's)")
     s.add_argument("--iou", type=guards.unit, default=0.5, help="IoU a detection needs to find an object (default 0.5)")
     s.add_argument("--any-class", action="store_true",

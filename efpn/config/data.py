@@ -246,33 +246,38 @@ def from_ultralytics(data: dict[str, Any], where: str, base_dir: str | Path = ".
         value = data.get(key)
         if value is None or value == "":
             continue
-        if isinstance(value, list):
-            if len(value) != 1:
-                raise ConfigError(
-                    f"{where}: '{key}' lists {len(value)} paths; efpn reads one image folder or one image list per "
-                    "split: write every image path into one .txt file (one per line) and name that file"
-                )
-            value = value[0]
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: '{key}' must be an image folder or an image list (.txt), got {short(value)}")
-        if not (root / value).exists() and value.startswith("../") and (root / value[3:]).exists():
-            value = value[3:]  # Roboflow writes paths one level too high; Ultralytics retries them without '../'
-        path = (root / value).resolve()
-        if split == "test" and not path.exists():
-            # dataset YAMLs often name a test split that is not on disk (kept by its owners, or not downloaded):
-            # training and validation do not need it, so only its own use is lost
-            warnings.warn(f"{where}: 'test: {value[:200]}' -> {path} does not exist; the test split is not "
-                          "available", stacklevel=3)
-            continue
-        if path.is_file() and path.suffix.lower() == ".txt":
-            out[split] = {"list": str(path)}
-        elif path.is_dir():
-            out[split] = {"images": str(path)}
-        else:
-            what = "is not a folder or an image list (.txt)" if path.exists() else "does not exist"
-            raise FileNotFoundError(f"{where}: '{key}: {value[:200]}' -> {path} {what}; it is read relative to "
-                                    f"'path' ({root})")
+        try:
+            out[split] = _ultralytics_source(key, value, root, where)
+        except (ConfigError, FileNotFoundError) as e:
+            if split != "test":
+                raise
+            # dataset YAMLs often name a test split that is not on disk (kept by its owners, not downloaded) or
+            # list several folders: training and validation do not need it, so only its own use is lost
+            warnings.warn(f"{e}; the test split is not available", stacklevel=3)
     return out
+
+
+def _ultralytics_source(key: str, value: Any, root: Path, where: str) -> dict[str, str]:
+    """One split of an Ultralytics YAML -> its source in this module's schema (``list`` or ``images``)."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ConfigError(
+                f"{where}: '{key}' lists {len(value)} paths; efpn reads one image folder or one image list per "
+                "split: write every image path into one .txt file (one per line) and name that file"
+            )
+        value = value[0]
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: '{key}' must be an image folder or an image list (.txt), got {short(value)}")
+    if not (root / value).exists() and value.startswith("../") and (root / value[3:]).exists():
+        value = value[3:]  # Roboflow writes paths one level too high; Ultralytics retries them without '../'
+    path = (root / value).resolve()
+    if path.is_file() and path.suffix.lower() == ".txt":
+        return {"list": str(path)}
+    if path.is_dir():
+        return {"images": str(path)}
+    what = "is not a folder or an image list (.txt)" if path.exists() else "does not exist"
+    raise FileNotFoundError(f"{where}: '{key}: {value[:200]}' -> {path} {what}; it is read relative to "
+                            f"'path' ({root})")
 
 
 def parse_data_config(data: Any, base_dir: str | Path = ".", yaml_path: str | Path | None = None) -> DataConfig:

@@ -24,7 +24,7 @@ def test_folder_splits_equal_efpns_own_schema(yolo_dir: Path) -> None:
     ours = _write(yolo_dir / "ours.yaml", "format: yolo\nnames: names.yaml\ntrain:\n  images: images/train\n")
     theirs = _write(yolo_dir / "data.yaml", "path: .\ntrain: images/train\nval: [images/train]\ntest: images/test\n"
                     "download: https://example.invalid/data.zip\nnames:\n  0: cat\n  1: dog\n")
-    with pytest.warns(UserWarning, match=r"'test: images/test' -> .* does not exist; the test split is not available"):
+    with pytest.warns(UserWarning, match=r"'test: images/test' -> .* does not exist.*; the test split is not"):
         cfg = load_data_config(theirs)
     assert cfg.format == "yolo" and cfg.root == yolo_dir.resolve() and cfg.names == ("cat", "dog")
     assert not cfg.has_split("test")
@@ -39,6 +39,10 @@ def test_folder_splits_equal_efpns_own_schema(yolo_dir: Path) -> None:
     cfg = load_data_config(_write(yolo_dir / "data.yaml", "path: .\ntrain: images/train\ntest: test.txt\n"
                                   "names: [cat, dog]\n"))
     assert [r.path.name for r in load_split(cfg, "test")[0]] == ["000002.png"]
+    with pytest.warns(UserWarning, match="'test' lists 2 paths.*; the test split is not available"):
+        cfg = load_data_config(_write(yolo_dir / "data.yaml", "path: .\ntrain: images/train\n"
+                                      "test: [test.txt, images/train]\nnames: [cat, dog]\n"))
+    assert cfg.has_split("train") and not cfg.has_split("test")  # training still reads the YAML
 
 
 def test_image_list_reads_as_ultralytics_does(yolo_dir: Path) -> None:
