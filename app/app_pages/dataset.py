@@ -47,8 +47,9 @@ path = c1.selectbox("Dataset", options, key="dsd_choice", format_func=lambda p: 
 choice = by_path[path]
 splits = list(choice.splits)
 state.keep_valid("dsd_split", splits)
+default_split = splits.index("val") if "val" in splits else len(splits) - 1  # the split the cards report
 split = c2.selectbox("Split", splits, key="dsd_split",
-                     index=splits.index(kept["split"]) if kept.get("split") in splits else len(splits) - 1)
+                     index=splits.index(kept["split"]) if kept.get("split") in splits else default_split)
 try:
     records, names, report = loaders.load_dataset(path, split, Path(path).stat().st_mtime_ns)
 except (ValueError, OSError, AnnotationError) as e:
