@@ -135,39 +135,59 @@ def _same_budget(cards: dict[str, dict], ds: str, preset: str, budget: str) -> d
 
 def ablation_rows(cards: dict[str, dict]) -> list[list[object]]:
     """The E-FPN-BS ablation table: per dataset, each ablation preset with its metrics and Δ vs the baseline trained on
-    the same budget (None when there is none)."""
+    the same budget (None when there is none). A same-budget baseline that is not the baseline's own row (another
+    budget was picked for it) gets a row of its own just before the first row measured against it."""
     picked = _pick(cards, list(ABLATION))
+    shown = {id(c) for c in picked.values()}
     rows = []
+
+    def row(ds: str, what: str, c: dict, base: dict | None) -> list[object]:
+        m, bm = c.get("metrics") or {}, (base or {}).get("metrics") or {}
+        return [ds, what, c["_source"], _budget(c), *[m.get(k) for k in _METRICS], _delta(m.get("AP"), bm.get("AP")),
+                _delta(m.get("AP_vt"), bm.get("AP_vt")), _delta(m.get("AP_t"), bm.get("AP_t"))]
+
     for ds in sorted({k[0] for k in picked}):
         for preset, what in ABLATION.items():
             c = picked.get((ds, preset))
             if c is None:
                 continue
-            base = (_same_budget(cards, ds, ABLATION_BASE[preset], _budget(c)) or {}).get("metrics") or {}
-            m = c.get("metrics") or {}
-            rows.append([ds, what, c["_source"], _budget(c), *[m.get(k) for k in _METRICS],
-                         _delta(m.get("AP"), base.get("AP")), _delta(m.get("AP_vt"), base.get("AP_vt")),
-                         _delta(m.get("AP_t"), base.get("AP_t"))])
+            base = _same_budget(cards, ds, ABLATION_BASE[preset], _budget(c))
+            if base is not None and id(base) not in shown:
+                shown.add(id(base))
+                rows.append(row(ds, ABLATION[ABLATION_BASE[preset]], base, base))
+            rows.append(row(ds, what, c, base))
     return rows
 
 
 def sgdm_rows(cards: dict[str, dict]) -> list[list[object]]:
     """SGDM vs its baseline and plain RDConv: metrics, parameters, and Δ params / Δ AP vs the baseline trained on the
-    same budget (None when there is none)."""
+    same budget (None when there is none). A same-budget baseline that is not the baseline's own row gets a row of
+    its own just before the first row measured against it, so every Δ has its reference in the table."""
     import efpn
 
     picked = _pick(cards, list(SGDM_ROWS))
+    shown = {id(c) for c in picked.values()}
+    params_of: dict[int, int] = {}
+
+    def params(c: dict) -> int:
+        if id(c) not in params_of:
+            params_of[id(c)] = efpn.count_params(efpn.build(efpn.ModelConfig.from_dict(c["config"])))
+        return params_of[id(c)]
+
+    def row(ds: str, preset: str, c: dict, base: dict | None, structure: dict | None) -> list[object]:
+        m, bm = c.get("metrics") or {}, (base or {}).get("metrics") or {}
+        return [ds, preset, c["_source"], _budget(c), *[m.get(k) for k in _METRICS], params(c),
+                None if structure is None else params(c) - params(structure), _delta(m.get("AP"), bm.get("AP")),
+                _delta(m.get("AP_vt"), bm.get("AP_vt")), _delta(m.get("AP_t"), bm.get("AP_t"))]
+
     rows = []
     for (ds, preset), c in sorted(picked.items(), key=lambda kv: (kv[0][0], list(SGDM_ROWS).index(kv[0][1]))):
         base = _same_budget(cards, ds, SGDM_ROWS[preset], _budget(c))
+        if base is not None and id(base) not in shown:
+            shown.add(id(base))
+            rows.append(row(ds, SGDM_ROWS[preset], base, base, base))
         structure = base or picked.get((ds, SGDM_ROWS[preset]))  # parameters added do not depend on the budget
-        params = efpn.count_params(efpn.build(efpn.ModelConfig.from_dict(c["config"])))
-        base_params = (efpn.count_params(efpn.build(efpn.ModelConfig.from_dict(structure["config"])))
-                       if structure else None)
-        m, bm = c.get("metrics") or {}, (base or {}).get("metrics") or {}
-        rows.append([ds, preset, c["_source"], _budget(c), *[m.get(k) for k in _METRICS], params,
-                     None if base_params is None else params - base_params, _delta(m.get("AP"), bm.get("AP")),
-                     _delta(m.get("AP_vt"), bm.get("AP_vt")), _delta(m.get("AP_t"), bm.get("AP_t"))])
+        rows.append(row(ds, preset, c, base, structure))
     return rows
 
 

@@ -87,6 +87,11 @@ def test_differences_are_taken_against_a_baseline_of_the_same_budget(tmp_path: P
     sg = {r[1]: r for r in sgdm_rows(cards)}
     assert sg["yolov8n_sgdm"][-3] == pytest.approx(0.03) and sg["yolov8n_rdconv"][-3] == pytest.approx(0.01)
     assert sg["yolov8n_sgdm"][-4] is not None  # parameters added are a fact of the structure, whatever the budget
+    rows = sgdm_rows(cards)
+    assert sorted(r[3] for r in rows if r[1] == "yolov8n") == sorted({r[3] for r in rows})  # both baselines shown
+    for i, r in enumerate(rows):  # every difference has its reference above it: same dataset, same budget
+        if r[1] != "yolov8n" and r[-3] is not None:
+            assert any(b[1] == "yolov8n" and b[3] == r[3] for b in rows[:i]), r
     assert {r[1]: r for r in ablation_rows(cards)}["+ CEM"][-3] is None  # no fpn_r18 at 7 epochs
 
 
