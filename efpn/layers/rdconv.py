@@ -366,9 +366,16 @@ class RazorKernelGenerator(nn.Module):
         if self.razor is not None:
             r = r + self.razor(x)  # (N, 2, H, W)
         s = self.spatial_bn(self.spatial(r))  # (N, G*k^2, H', W')
-        c = self.channel(gap)  # (N, G*k^2, 1, 1)
+        c = self.channel_logits(gap).view(n, -1, 1, 1)  # (N, G*k^2, 1, 1)
         logits = (s + c).view(n, self.groups, kk, *s.shape[-2:])  # (N, G, k^2, H', W')
         return logits.softmax(2)  # D: sums to 1 over the k^2 taps
+
+
+    def channel_logits(self, gap: Tensor) -> Tensor:
+        """The channel branch on pooled features: (N, C, 1, 1) or (N, C) -> (N, G*k^2), ``self.channel`` applied as
+        one matrix product (a 1x1 convolution of a 1x1 map costs a convolution call, layout reorders included, for a
+        few hundred multiply-adds: measured ~3 ms of a YOLOv8n-SGDM training step at 2 threads)."""
+        return F.linear(gap.flatten(1), self.channel.weight.flatten(1), self.channel.bias)
 
 
 class RDConv(nn.Module):

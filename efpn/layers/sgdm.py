@@ -285,7 +285,7 @@ class SGDM(nn.Module):
         gen = self.generator
         n, c = x.shape[:2]
         weight, shift = _fold_once(gen.spatial, gen.spatial_bn)  # (G*k^2, 2, k, k), (G*k^2,)
-        logits_c = gen.channel(x.mean((2, 3), keepdim=True)).view(n, -1)  # (N, G*k^2): per-image tap biases
+        logits_c = gen.channel_logits(x.mean((2, 3)))  # (N, G*k^2): per-image tap biases
         bias = logits_c if shift is None else logits_c + shift
         razor_mean = torch.full((c,), 1.0 / c)
         razor_max: Tensor | None = None
