@@ -370,7 +370,6 @@ class RazorKernelGenerator(nn.Module):
         logits = (s + c).view(n, self.groups, kk, *s.shape[-2:])  # (N, G, k^2, H', W')
         return logits.softmax(2)  # D: sums to 1 over the k^2 taps
 
-
     def channel_logits(self, gap: Tensor) -> Tensor:
         """The channel branch on pooled features: (N, C, 1, 1) or (N, C) -> (N, G*k^2), ``self.channel`` applied as
         one matrix product (a 1x1 convolution of a 1x1 map costs a convolution call, layout reorders included, for a
