@@ -54,6 +54,10 @@ class TrainConfig:
     mosaic: bool = _field(False, "YOLO mosaic of 4 native-resolution crops, with probability 0.5")
     close_mosaic: int = _field(0, "the last N epochs train without mosaic, on plain crops like the images "
                                   "validated (Ultralytics' close_mosaic); 0 = mosaic to the end")
+    zoom_in: float = _field(1.0, "scale augmentation that enlarges: tiles down to S / zoom_in px, resized to S "
+                                 "(objects up to zoom_in x larger, none shrunk); 1 = native scale only")
+    zoom_out: float = _field(1.0, "scale augmentation that shrinks: tiles up to S x zoom_out px, resized to S "
+                                  "(Ultralytics' scale=0.5 is zoom_in 1.5, zoom_out 2); 1 = none")
     flip_vertical: bool = _field(True, "vertical flips too (right for aerial/SAR/microscopy, not street scenes)")
     # optimisation
     epochs: int = _field(100, "epochs (the lr schedule spans all of them)")
@@ -114,6 +118,11 @@ class TrainConfig:
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.close_mosaic >= 0, f"close_mosaic must be >= 0, got {self.close_mosaic}")
+        for name in ("zoom_in", "zoom_out"):
+            value = getattr(self, name)
+            need(math.isfinite(value) and 1 <= value <= 8, f"{name} must be in [1, 8] (1 = no zoom), got {value}")
+        need(self.tile or (self.zoom_in == 1 and self.zoom_out == 1),
+             "zoom_in/zoom_out zoom the training tiles; with tile=False there are none (set tile=True or zoom 1)")
         need(self.accumulate >= 1, f"accumulate must be >= 1, got {self.accumulate}")
         need(self.image_size >= 32 and self.image_size % 32 == 0,
              f"image_size must be a positive multiple of 32, got {self.image_size}")

@@ -256,8 +256,12 @@ class RandomTileCrop:
     With probability ``box_prob`` (and when the image has boxes) the window contains a randomly chosen target
     box; otherwise it is uniform. Images no larger than ``size`` pass through unchanged (the letterbox then
     scales them). Targets left with less than ``min_visibility`` of their area become ignore regions.
-    ``zoom_out > 1`` draws the window side log-uniformly in ``[1, zoom_out] * size`` (the letterbox then
-    shrinks it): training then also sees the scale that evaluating a whole large image at ``size`` gives.
+    ``zoom_out > 1`` and ``zoom_in > 1`` draw the window side log-uniformly in ``[1 / zoom_in, zoom_out] *
+    size``; the letterbox then brings it to ``size``. A larger window (zoom out) shrinks objects: training also
+    sees the scale that evaluating a whole large image at ``size`` gives. A smaller one (zoom in) enlarges them by
+    up to ``zoom_in`` times and never takes a pixel away, the scale augmentation that suits tiny objects
+    (Ultralytics' ``scale=0.5`` is a gain in [0.5, 1.5]: ``zoom_out=2, zoom_in=1.5``). With ``zoom_in > 1`` an
+    image no larger than ``size`` is cropped too, when it is larger than the drawn window.
     """
 
     def __init__(
@@ -266,13 +270,25 @@ class RandomTileCrop:
         box_prob: float = 0.8,
         min_visibility: float = 0.3,
         zoom_out: float = 1.0,
+        zoom_in: float = 1.0,
     ) -> None:
-        if zoom_out < 1.0:
-            raise ValueError(f"zoom_out must be >= 1, got {zoom_out}")
+        for name, value in (("zoom_out", zoom_out), ("zoom_in", zoom_in)):
+            if not (math.isfinite(value) and value >= 1.0):
+                raise ValueError(f"{name} must be a finite number >= 1 (1 = no zoom), got {value}")
         self.size = _as_size(size)
         self.box_prob = box_prob
         self.min_visibility = min_visibility
         self.zoom_out = zoom_out
+        self.zoom_in = zoom_in
+
+    def draw_size(self) -> tuple[int, int]:
+        """A random window size ``(h, w)``: ``size`` times a factor log-uniform in ``[1 / zoom_in, zoom_out]``
+        (``size`` itself, drawing nothing, when both are 1)."""
+        if self.zoom_out == 1.0 and self.zoom_in == 1.0:
+            return self.size
+        lo, hi = -math.log(self.zoom_in), math.log(self.zoom_out)
+        zoom = math.exp(lo + float(torch.rand(())) * (hi - lo))
+        return max(1, round(self.size[0] * zoom)), max(1, round(self.size[1] * zoom))
 
     def window(
         self, image: Tensor, target: dict[str, Any], size: tuple[int, int] | None = None
@@ -280,8 +296,7 @@ class RandomTileCrop:
         """``(top, left, height, width)`` of a random window (used by :class:`Mosaic` with quadrant sizes)."""
         h, w = _hw(image)
         if size is None:
-            zoom = math.exp(float(torch.rand(())) * math.log(self.zoom_out)) if self.zoom_out > 1 else 1.0
-            size = (round(self.size[0] * zoom), round(self.size[1] * zoom))
+            size = self.draw_size()
         ch, cw = min(size[0], h), min(size[1], w)
         boxes = target["boxes"].as_subclass(Tensor)
         if len(boxes) and float(torch.rand(())) < self.box_prob:
@@ -293,9 +308,12 @@ class RandomTileCrop:
 
     def __call__(self, image: Tensor, target: dict[str, Any]) -> Sample:
         h, w = _hw(image)
-        if h <= self.size[0] and w <= self.size[1]:
+        if self.zoom_in == 1.0 and h <= self.size[0] and w <= self.size[1]:
+            return image, target  # no window can be smaller than the image: nothing drawn, nothing cropped
+        size = self.draw_size()
+        if h <= size[0] and w <= size[1]:
             return image, target
-        top, left, ch, cw = self.window(image, target)
+        top, left, ch, cw = self.window(image, target, size)
         return _crop_sample(image, target, top, left, ch, cw, self.min_visibility)
 
 
@@ -409,6 +427,7 @@ def build_transforms(
     flip_vertical: bool = True,
     color_jitter: bool = True,
     zoom_out: float = 1.0,
+    zoom_in: float = 1.0,
     tile: bool = True,
     record_letterbox: bool = False,
 ) -> DetectionTransform:
@@ -425,6 +444,8 @@ def build_transforms(
         zoom_out: :class:`RandomTileCrop` window up to this many times the model size. With 1 (default)
             training sees native resolution only; if evaluation letterboxes images much larger than
             ``image_size``, raise it (e.g. to ``image side / image_size``) or evaluate on tiles.
+        zoom_in: :class:`RandomTileCrop` window down to ``image_size / zoom_in``, enlarged to the model size
+            (scale augmentation that never shrinks an object below its native size).
         tile: train only; False letterboxes the whole image instead of cropping a model-sized tile.
         record_letterbox: train only; the target gets ``letterbox`` (eval pipelines always record it).
     """
@@ -440,5 +461,5 @@ def build_transforms(
         steps,
         mosaic=Mosaic(image_size) if mosaic else None,
         mosaic_prob=mosaic_prob,
-        pre_steps=[RandomTileCrop(image_size, zoom_out=zoom_out)] if tile else [],
+        pre_steps=[RandomTileCrop(image_size, zoom_out=zoom_out, zoom_in=zoom_in)] if tile else [],
     )

@@ -112,10 +112,12 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 def train_transforms(cfg: TrainConfig, mosaic: bool | None = None) -> DetectionTransform:
-    """The data package's train pipeline, with the letterbox recording its scale (for ``scale`` in targets)
-    and without the random tile crop when ``tile=False``; ``mosaic`` overrides ``cfg.mosaic``."""
+    """The data package's train pipeline, with the letterbox recording its scale (for ``scale`` in targets),
+    tiles zoomed by ``cfg.zoom_in``/``cfg.zoom_out``, and without the random tile crop when ``tile=False``;
+    ``mosaic`` overrides ``cfg.mosaic``."""
     return build_transforms(True, cfg.image_size, mosaic=cfg.mosaic if mosaic is None else mosaic,
-                            flip_vertical=cfg.flip_vertical, tile=cfg.tile, record_letterbox=True)
+                            flip_vertical=cfg.flip_vertical, tile=cfg.tile, zoom_in=cfg.zoom_in,
+                            zoom_out=cfg.zoom_out, record_letterbox=True)
 
 
 def train_samples(cfg: TrainConfig, records: Sequence[ImageRecord]) -> SeededSamples:

@@ -173,3 +173,45 @@ def test_tile_crop_zoom_out_then_letterbox() -> None:
             torch.testing.assert_close(extent, t["boxes"][0], atol=1.0, rtol=0)
     with pytest.raises(ValueError, match="zoom_out"):
         RandomTileCrop(100, zoom_out=0.5)
+
+
+def test_tile_crop_zoom_in_enlarges_and_never_shrinks() -> None:
+    """zoom_in draws windows down to size / zoom_in (never larger than size without zoom_out); the letterbox
+    enlarges them back to the model size and the box follows the object; a small image is cropped too."""
+    torch.manual_seed(5)
+    image, target = _white_box_sample(300, 300, [140, 140, 160, 160])
+    crop = RandomTileCrop(100, box_prob=1.0, zoom_in=2.0)
+    sides = set()
+    for _ in range(20):
+        img, tgt = crop(*_wrap(image, target))
+        sides.add(img.shape[-1])
+        assert len(tgt["boxes"]) == 1 and 50 <= img.shape[-1] <= 100
+    assert len(sides) > 5 and min(sides) < 75
+    transform = build_transforms(train=True, image_size=100, zoom_in=2.0, color_jitter=False, record_letterbox=True)
+    grown = 0
+    for _ in range(10):
+        out, t = transform(image, target)
+        if len(t["boxes"]):
+            torch.testing.assert_close(torch.tensor(_bright_extent(out, 0.6)), t["boxes"][0], atol=1.0, rtol=0)
+            side = float(t["boxes"][0, 2] - t["boxes"][0, 0])
+            assert side >= 20 - 1.0  # the 20 px object is never shrunk
+            grown += side > 25
+        assert float(t["letterbox"][0]) >= 1.0
+    assert grown > 0
+    small, small_target = _white_box_sample(80, 80, [30, 30, 40, 40])
+    assert any(crop(*_wrap(small, small_target))[0].shape[-1] < 80 for _ in range(10))
+
+
+def test_tile_crop_without_zoom_draws_nothing() -> None:
+    """Without zoom the window is the model size and no random number is spent on it (seeded runs that never
+    asked for zoom sample exactly as before it existed); zoom factors under 1 or not finite are refused."""
+    crop = RandomTileCrop(100)
+    state = torch.get_rng_state()
+    assert crop.draw_size() == (100, 100)
+    assert torch.equal(state, torch.get_rng_state())
+    image, target = _white_box_sample(90, 90, [10, 10, 20, 20])
+    out, _ = crop(*_wrap(image, target))
+    assert out.shape[-2:] == (90, 90) and torch.equal(state, torch.get_rng_state())
+    for bad in (dict(zoom_in=0.5), dict(zoom_in=float("nan")), dict(zoom_out=float("inf"))):
+        with pytest.raises(ValueError, match="zoom_"):
+            RandomTileCrop(100, **bad)

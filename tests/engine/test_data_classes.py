@@ -64,3 +64,24 @@ def test_close_mosaic_reads_plain_crops_in_the_last_epochs(tmp_path: Path) -> No
         assert train_samples(TrainConfig(**{**cfg.to_dict(), **kw}), records).late is None
     with pytest.raises(ValueError, match="close_mosaic must be >= 0"):
         TrainConfig(model="tiny_efpn_n", data=data, close_mosaic=-1)
+
+
+def test_zoom_fields_reach_the_train_tiles(tmp_path: Path) -> None:
+    """zoom_in in the run's config enlarges the training tiles (letterbox scale above 1 for some samples, never
+    below 1 without zoom_out); out-of-range zoom, or zoom without tiles, is refused with the field named."""
+    from efpn.data.splits import load_split
+    from efpn.engine.data import train_samples
+
+    write_synthetic_dataset(tmp_path, 6, image_size=96, seed=1, val_fraction=0.0)
+    data = str(tmp_path / "data.yaml")
+    records, _, _ = load_split(data)
+    cfg = TrainConfig(model="tiny_efpn_n", data=data, image_size=64, epochs=1, zoom_in=2.0, seed=2)
+    scales = [train_samples(cfg, records)[(0, i)][1]["scale"] for i in range(6)]
+    assert min(scales) >= 1.0 and max(scales) > 1.05
+    plain = [train_samples(TrainConfig(**{**cfg.to_dict(), "zoom_in": 1.0}), records)[(0, i)][1]["scale"]
+             for i in range(6)]
+    assert all(s == 1.0 for s in plain)
+    with pytest.raises(ValueError, match="zoom_out must be in"):
+        TrainConfig(model="tiny_efpn_n", data=data, zoom_out=0.5)
+    with pytest.raises(ValueError, match="tile=False"):
+        TrainConfig(model="tiny_efpn_n", data=data, tile=False, zoom_in=1.5)
