@@ -55,7 +55,8 @@ class TrainConfig:
     close_mosaic: int = _field(0, "the last N epochs train without mosaic, on plain crops like the images "
                                   "validated (Ultralytics' close_mosaic); 0 = mosaic to the end")
     zoom_in: float = _field(1.0, "scale augmentation that enlarges: tiles down to S / zoom_in px, resized to S "
-                                 "(objects up to zoom_in x larger, none shrunk); 1 = native scale only")
+                                 "(objects up to zoom_in x larger, none shrunk; mosaic quadrants stay native); "
+                                 "1 = native scale only")
     zoom_out: float = _field(1.0, "scale augmentation that shrinks: tiles up to S x zoom_out px, resized to S "
                                   "(Ultralytics' scale=0.5 is zoom_in 1.5, zoom_out 2); 1 = none")
     flip_vertical: bool = _field(True, "vertical flips too (right for aerial/SAR/microscopy, not street scenes)")
