@@ -30,15 +30,17 @@ def card_dataset(card: dict) -> str:
 
 def card_budget(card: dict) -> str:
     """A run's training budget as one label: planned epochs, batch size and image size (the training tile and the
-    validation side when they differ). A best-epoch card carries the epoch it was saved at in ``epochs``; the
-    budget is the run's planned ``training.epochs`` when it is there."""
+    validation side when they differ), and the tiles' zoom when there is one. A best-epoch card carries the epoch it
+    was saved at in ``epochs``; the budget is the run's planned ``training.epochs`` when it is there."""
     t = card.get("training") or {}
     epochs = t.get("epochs", card.get("epochs", "?"))
     train_side = t.get("image_size", card.get("image_size", "?"))
     eval_side = card.get("image_size", train_side)
     # trained on small native tiles, validated on whole images at another side: both are part of the budget
     sides = f"{train_side} px" if eval_side == train_side else f"{train_side} px tiles, val {eval_side} px"
-    return f"{epochs} ep x b{t.get('batch_size', '?')} @ {sides}"
+    # scale augmentation changes what a run sees: a zoomed run is not another seed of the same budget
+    zoom = [f"{k.replace('_', ' ')} {t[k]:g}" for k in ("zoom_in", "zoom_out") if t.get(k, 1.0) != 1.0]
+    return f"{epochs} ep x b{t.get('batch_size', '?')} @ {sides}" + (f", {', '.join(zoom)}" if zoom else "")
 
 
 #: The metrics ``efpn val`` prints on one line, in order (AI-TOD size splits after COCO's thresholds).

@@ -304,3 +304,10 @@ def test_budget_is_the_planned_epochs_not_the_best_epoch() -> None:
     assert card_budget({"epochs": 3, "image_size": 256, "training": {"batch_size": 8}}) == "3 ep x b8 @ 256 px"
     tiles = {"image_size": 512, "training": {"epochs": 20, "batch_size": 8, "image_size": 320}}
     assert card_budget(tiles) == "20 ep x b8 @ 320 px tiles, val 512 px"
+    # a zoomed run is a budget of its own (never pooled as another seed of the plain one); zoom 1 changes nothing
+    zoomed = {"image_size": 320, "training": {"epochs": 30, "batch_size": 8, "zoom_in": 1.5, "zoom_out": 1.0}}
+    assert card_budget(zoomed) == "30 ep x b8 @ 320 px, zoom in 1.5"
+    both = {"image_size": 320, "training": {"epochs": 30, "batch_size": 8, "zoom_in": 1.5, "zoom_out": 2.0}}
+    assert card_budget(both) == "30 ep x b8 @ 320 px, zoom in 1.5, zoom out 2"
+    plain = {"image_size": 320, "training": {"epochs": 30, "batch_size": 8, "zoom_in": 1.0, "zoom_out": 1.0}}
+    assert card_budget(plain) == "30 ep x b8 @ 320 px"
