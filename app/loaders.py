@@ -186,6 +186,9 @@ def decode_image(digest: str, _data: bytes, limit: int) -> DecodedImage:
         )
     rgb = read_image(_data)
     h, w = rgb.shape[:2]
+    if h * w > HARD_MAX_PIXELS:  # a format only OpenCV reads has no header check above; its own limit is higher
+        raise ValueError(f"the image has {w}x{h} = {w * h / 1e6:.0f} MP, more than the {HARD_MAX_PIXELS / 1e6:.0f} MP "
+                         "the studio will hold; crop or downscale it first")
     notice = None
     if h * w > limit:
         k = (limit / (h * w)) ** 0.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import cv2
@@ -118,3 +119,23 @@ def test_real_grayscale_coco_image(shared_data: Path) -> None:
     gray = next(p for p in sorted(folder.iterdir()) if Image.open(p).mode == "L")
     out = read_image(gray)
     assert out.ndim == 3 and out.shape[2] == 3 and (out[..., 0] == out[..., 2]).all()
+
+
+def test_a_header_only_opencv_reads_is_refused_before_it_allocates(tmp_path: Path) -> None:
+    """A Radiance HDR file (which Pillow cannot open, so OpenCV decodes it) declaring 20000 x 20000 px is refused as
+    too large from its header: efpn gives OpenCV Pillow's pixel limit before cv2 loads, so no 4.8 GB buffer is ever
+    asked for. Checked in a fresh process (the limit is read when cv2 loads) under a 12 GB address-space cap."""
+    import subprocess
+    import sys
+
+    hdr = tmp_path / "huge.hdr"
+    hdr.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 20000 +X 20000\n")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))\n"
+            "from efpn.data.images import ImageTooLargeError, read_image\n"
+            "try:\n    read_image(sys.argv[1])\nexcept ImageTooLargeError as e:\n    print('refused:', e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    out = subprocess.run([sys.executable, "-c", code, str(hdr)], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused:" in out.stdout and "huge.hdr is too large to decode safely" in out.stdout, out.stdout
+    assert "178,956,970" in out.stdout
