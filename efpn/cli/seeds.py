@@ -67,31 +67,55 @@ def seed_verdict(model: Sequence[float], base: Sequence[float], min_seeds: int =
     return "not supported (the seeds' ranges overlap)"
 
 
-def seed_comparisons(groups: dict[tuple[str, str, str], dict[int, dict]],
-                     metrics: Sequence[str] = SEED_METRICS) -> list[dict[str, object]]:
-    """Per dataset and budget, each of :data:`SEED_COMPARISONS` with runs on both sides, per metric: both sides'
-    :func:`seed_stats`, the mean paired difference over the seeds both have, and :func:`seed_verdict`."""
-    out: list[dict[str, object]] = []
+#: Budget-label suffixes of training-recipe variants (:func:`efpn.cli.tables.card_budget`): a run of a variant is
+#: compared over seeds with the same preset trained without it, on the budget the label has before the suffix.
+RECIPE_VARIANTS = (", zoom ",)
+
+
+def _pairs(groups: dict[tuple[str, str, str], dict[int, dict]]
+           ) -> list[tuple[str, str, str, dict[int, dict], str, dict[int, dict]]]:
+    """(data, budget, model label, its runs, baseline label, its runs) of every comparison with runs on both sides:
+    :data:`SEED_COMPARISONS` on one budget, then each recipe variant against its preset's plain budget."""
+    out = []
     for (ds, budget, preset), runs in sorted(groups.items()):
         for model, base_preset in SEED_COMPARISONS:
             base = groups.get((ds, budget, base_preset))
-            if preset != model or not base:
+            if preset == model and base:
+                out.append((ds, budget, model, runs, base_preset, base))
+    for (ds, budget, preset), runs in sorted(groups.items()):
+        for marker in RECIPE_VARIANTS:
+            if marker not in budget:
                 continue
-            for metric in metrics:
-                a = {s: c["metrics"][metric] for s, c in runs.items()
-                     if isinstance(c["metrics"].get(metric), int | float)}
-                b = {s: c["metrics"][metric] for s, c in base.items()
-                     if isinstance(c["metrics"].get(metric), int | float)}
-                if not a or not b:
-                    continue
-                shared = sorted(set(a) & set(b))
-                paired = [a[s] - b[s] for s in shared]
-                out.append({"data": ds, "budget": budget, "model": model, "baseline": base_preset, "metric": metric,
-                            "model_seeds": sorted(a), "baseline_seeds": sorted(b),
-                            "model_values": [a[s] for s in sorted(a)], "baseline_values": [b[s] for s in sorted(b)],
-                            "model_stats": seed_stats(list(a.values())), "baseline_stats": seed_stats(list(b.values())),
-                            "paired_delta": seed_stats(paired) if paired else None,
-                            "verdict": seed_verdict(list(a.values()), list(b.values()))})
+            plain = budget.split(marker, 1)[0]
+            base = groups.get((ds, plain, preset))
+            if base:  # labelled by what the variant adds: "fpn_mv2 + zoom in 1.5"
+                out.append((ds, budget, f"{preset} + {budget[len(plain):].lstrip(', ')}", runs, preset, base))
+    return out
+
+
+def seed_comparisons(groups: dict[tuple[str, str, str], dict[int, dict]],
+                     metrics: Sequence[str] = SEED_METRICS) -> list[dict[str, object]]:
+    """Per dataset and budget, each of :data:`SEED_COMPARISONS` with runs on both sides, then each training-recipe
+    variant (:data:`RECIPE_VARIANTS`, e.g. a zoomed run as ``fpn_mv2 + zoom in 1.5``) against the same preset's plain
+    budget; per metric: both sides' :func:`seed_stats`, the mean paired difference over the seeds both have, and
+    :func:`seed_verdict`."""
+    out: list[dict[str, object]] = []
+    for ds, budget, model, runs, base_preset, base in _pairs(groups):
+        for metric in metrics:
+            a = {s: c["metrics"][metric] for s, c in runs.items()
+                 if isinstance(c["metrics"].get(metric), int | float)}
+            b = {s: c["metrics"][metric] for s, c in base.items()
+                 if isinstance(c["metrics"].get(metric), int | float)}
+            if not a or not b:
+                continue
+            shared = sorted(set(a) & set(b))
+            paired = [a[s] - b[s] for s in shared]
+            out.append({"data": ds, "budget": budget, "model": model, "baseline": base_preset, "metric": metric,
+                        "model_seeds": sorted(a), "baseline_seeds": sorted(b),
+                        "model_values": [a[s] for s in sorted(a)], "baseline_values": [b[s] for s in sorted(b)],
+                        "model_stats": seed_stats(list(a.values())), "baseline_stats": seed_stats(list(b.values())),
+                        "paired_delta": seed_stats(paired) if paired else None,
+                        "verdict": seed_verdict(list(a.values()), list(b.values()))})
     return out
 
 
@@ -113,7 +137,8 @@ def seed_section(comparisons: list[dict[str, object]]) -> list[str]:
                      "Δ same seed: mean [min, max]", "verdict"], rows), "",
           f"Each run's last epoch (no epoch picked on the validation split). A difference is **supported** only when "
           f"every seed of the model scores above every seed of its baseline (the ranges do not overlap), with at "
-          f"least {MIN_SEEDS} seeds a side; sd is the sample standard deviation over seeds.", ""]
+          f"least {MIN_SEEDS} seeds a side; sd is the sample standard deviation over seeds. A row `preset + zoom ...` "
+          f"compares a training-recipe variant (zoomed training tiles) with the same preset trained without it.", ""]
     for c in comparisons:
         if c["metric"] != "AP":
             continue

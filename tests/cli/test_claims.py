@@ -110,12 +110,13 @@ def test_dcloss_weight_rows_start_after_the_warmup() -> None:
     assert [r[0] for r in dcloss_weight_rows(measured, every=5)] == ["run", "run", "run"]
 
 
-def _seed_run(runs: Path, name: str, preset: str, seed: int, ap: float, epochs: int = 3, planned: int = 3) -> None:
+def _seed_run(runs: Path, name: str, preset: str, seed: int, ap: float, epochs: int = 3, planned: int = 3,
+              zoom_in: float = 1.0) -> None:
     """A run folder's last-epoch card (``last.json`` beside ``last.safetensors``) with its seed and budget."""
     model = efpn.build_model("tiny_efpn_n", num_classes=1)
     card = {"preset": preset, "metrics": {"AP": ap, "AP50": ap + 0.5, "AP_vt": ap - 0.05, "AP_t": ap + 0.1},
             "data": {"dataset": "sirst"}, "epochs": epochs, "image_size": 320, "steps": 30,
-            "training": {"batch_size": 8, "seed": seed, "epochs": planned}}
+            "training": {"batch_size": 8, "seed": seed, "epochs": planned, "zoom_in": zoom_in, "zoom_out": 1.0}}
     save_checkpoint(model, runs / name / "last.safetensors", card)
 
 
@@ -150,6 +151,16 @@ def test_seed_comparisons_need_three_seeds_and_non_overlapping_ranges(tmp_path: 
     assert "`efpn_bs_mv2` 0.340 ± 0.010 AP over 3 seeds against `fpn_mv2` 0.310 ± 0.010 over 3: supported." in text
     claims = json.loads((tmp_path / "claims" / "claims.json").read_text())
     assert {c["model"] for c in claims["seeds"]} == {"efpn_bs_mv2", "efpn_mv2"}
+
+    # a recipe variant (zoomed tiles) is its own group, compared with the same preset on the plain budget
+    _seed_run(runs, "fpn_zoom_s0", "fpn_mv2", 0, 0.36, zoom_in=1.5)
+    groups = seed_runs(gather_runs(runs, None))
+    assert sorted(groups[("sirst", "3 ep x b8 @ 320 px", "fpn_mv2")]) == [0, 1, 2]  # not pooled as a 4th seed
+    zoom = {c["metric"]: c for c in seed_comparisons(groups) if c["model"] == "fpn_mv2 + zoom in 1.5"}
+    assert zoom["AP"]["baseline"] == "fpn_mv2" and zoom["AP"]["budget"] == "3 ep x b8 @ 320 px, zoom in 1.5"
+    assert zoom["AP"]["baseline_seeds"] == [0, 1, 2] and zoom["AP"]["model_seeds"] == [0]
+    assert abs(zoom["AP"]["paired_delta"]["mean"] - 0.06) < 1e-9  # seed 0: 0.36 against 0.30
+    assert zoom["AP"]["verdict"].startswith("too few seeds (1 vs 3")
     assert any(p.name.startswith("seeds_ap") for p in (tmp_path / "claims").iterdir())
 
 
