@@ -12,12 +12,7 @@ one-call inspection of every internal. Quick start::
 
 from __future__ import annotations
 
-import os as _os
-
-# OpenCV reads its decoding limit once, when it loads: set it before anything imports cv2, to the pixel count past
-# which Pillow refuses a file (efpn.data.images.DECODE_MAX_PIXELS), so no header makes either decoder allocate more
-_os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "178956970")
-
+import efpn._limits  # noqa: F401 - first: sets OpenCV's decoding limit, read once when cv2 loads
 from efpn.checkpoint import CheckpointError, list_checkpoints, read_card, save_checkpoint
 from efpn.checkpoint import load_model as _load_model
 from efpn.config import (

@@ -72,24 +72,33 @@ def seed_verdict(model: Sequence[float], base: Sequence[float], min_seeds: int =
 RECIPE_VARIANTS = (", zoom ",)
 
 
+def _variant(budget: str) -> str | None:
+    """What a recipe-variant budget adds to its plain budget ("zoom in 1.5"), None for a plain budget."""
+    for marker in RECIPE_VARIANTS:
+        if marker in budget:
+            return budget[budget.index(marker):].lstrip(", ")
+    return None
+
+
 def _pairs(groups: dict[tuple[str, str, str], dict[int, dict]]
-           ) -> list[tuple[str, str, str, dict[int, dict], str, dict[int, dict]]]:
-    """(data, budget, model label, its runs, baseline label, its runs) of every comparison with runs on both sides:
-    :data:`SEED_COMPARISONS` on one budget, then each recipe variant against its preset's plain budget."""
+           ) -> list[tuple[str, str, str, dict[int, dict], str, str, dict[int, dict]]]:
+    """(data, budget, model label, its runs, baseline label, baseline budget, its runs) of every comparison with runs
+    on both sides: :data:`SEED_COMPARISONS` on one budget, then each recipe variant against its preset's plain
+    budget."""
     out = []
     for (ds, budget, preset), runs in sorted(groups.items()):
         for model, base_preset in SEED_COMPARISONS:
             base = groups.get((ds, budget, base_preset))
             if preset == model and base:
-                out.append((ds, budget, model, runs, base_preset, base))
+                out.append((ds, budget, model, runs, base_preset, budget, base))
     for (ds, budget, preset), runs in sorted(groups.items()):
-        for marker in RECIPE_VARIANTS:
-            if marker not in budget:
-                continue
-            plain = budget.split(marker, 1)[0]
-            base = groups.get((ds, plain, preset))
-            if base:  # labelled by what the variant adds: "fpn_mv2 + zoom in 1.5"
-                out.append((ds, budget, f"{preset} + {budget[len(plain):].lstrip(', ')}", runs, preset, base))
+        variant = _variant(budget)
+        if variant is None:
+            continue
+        plain = budget[: budget.index(variant)].rstrip(", ")
+        base = groups.get((ds, plain, preset))
+        if base:  # labelled by what the variant adds: "fpn_mv2 + zoom in 1.5"
+            out.append((ds, budget, f"{preset} + {variant}", runs, preset, plain, base))
     return out
 
 
@@ -100,7 +109,7 @@ def seed_comparisons(groups: dict[tuple[str, str, str], dict[int, dict]],
     budget; per metric: both sides' :func:`seed_stats`, the mean paired difference over the seeds both have, and
     :func:`seed_verdict`."""
     out: list[dict[str, object]] = []
-    for ds, budget, model, runs, base_preset, base in _pairs(groups):
+    for ds, budget, model, runs, base_preset, base_budget, base in _pairs(groups):
         for metric in metrics:
             a = {s: c["metrics"][metric] for s, c in runs.items()
                  if isinstance(c["metrics"].get(metric), int | float)}
@@ -110,7 +119,8 @@ def seed_comparisons(groups: dict[tuple[str, str, str], dict[int, dict]],
                 continue
             shared = sorted(set(a) & set(b))
             paired = [a[s] - b[s] for s in shared]
-            out.append({"data": ds, "budget": budget, "model": model, "baseline": base_preset, "metric": metric,
+            out.append({"data": ds, "budget": budget, "model": model, "baseline": base_preset,
+                        "baseline_budget": base_budget, "metric": metric,
                         "model_seeds": sorted(a), "baseline_seeds": sorted(b),
                         "model_values": [a[s] for s in sorted(a)], "baseline_values": [b[s] for s in sorted(b)],
                         "model_stats": seed_stats(list(a.values())), "baseline_stats": seed_stats(list(b.values())),
@@ -130,10 +140,12 @@ def seed_section(comparisons: list[dict[str, object]]) -> list[str]:
     rows = []
     for c in comparisons:
         d = c["paired_delta"]
-        rows.append([c["data"], f"`{c['model']}` vs `{c['baseline']}`", c["metric"], _spread(c["model_stats"]),
+        rows.append([c["data"], c["budget"], f"`{c['model']}` vs `{c['baseline']}`", c["metric"],
+                     _spread(c["model_stats"]),
                      _spread(c["baseline_stats"]),
                      "–" if d is None else f"{d['mean']:+.3f} [{d['min']:+.3f}, {d['max']:+.3f}]", c["verdict"]])
-    md = [_md_table(["data", "comparison", "metric", "model: mean ± sd [min, max]", "baseline: mean ± sd [min, max]",
+    md = [_md_table(["data", "budget (the model's)", "comparison", "metric", "model: mean ± sd [min, max]",
+                     "baseline: mean ± sd [min, max]",
                      "Δ same seed: mean [min, max]", "verdict"], rows), "",
           f"Each run's last epoch (no epoch picked on the validation split). A difference is **supported** only when "
           f"every seed of the model scores above every seed of its baseline (the ranges do not overlap), with at "
@@ -156,15 +168,23 @@ _SEED_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b
 def seed_figure(comparisons: list[dict[str, object]], metric: str = "AP") -> go.Figure:
     """Every seed's ``metric`` as a dot, per model and baseline of each comparison, with each side's mean."""
     fig = go.Figure()
-    done: set[tuple[str, str]] = set()
+    done: set[tuple[str, str, str]] = set()
+    labels: set[str] = set()
     for c in (c for c in comparisons if c["metric"] == metric):
         for side in ("model", "baseline"):
             name, values = str(c[side]), list(c[f"{side}_values"])  # type: ignore[call-overload]
-            key = (str(c["data"]), name)
-            if key in done:  # a baseline shared by several comparisons is drawn once
+            budget = str(c["budget"] if side == "model" else c.get("baseline_budget", c["budget"]))
+            variant = _variant(budget)
+            if variant is not None:  # "fpn_mv2 + zoom in 1.5" and fpn_mv2 on the zoomed budget: the same runs
+                name = name.split(f" + {variant}")[0]
+            key = (str(c["data"]), budget, name)
+            if key in done:  # runs shared by several comparisons are drawn once
                 continue
             done.add(key)
-            label = f"{c['data']} {name}"
+            label = f"{c['data']} {name}" + (f" ({variant})" if variant is not None else "")
+            if label in labels:  # the same preset on another budget of this data
+                label += f" [{budget}]"
+            labels.add(label)
             colour = _SEED_COLOURS[(len(done) - 1) % len(_SEED_COLOURS)]  # one colour per preset: dots and mean
             fig.add_scatter(x=[label] * len(values), y=values, mode="markers", name=f"{label} (seeds)",
                             marker=dict(size=10, opacity=0.7, color=colour), showlegend=False,

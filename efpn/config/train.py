@@ -50,12 +50,14 @@ class TrainConfig:
     val_image_size: int | None = _field(None, "validation and inference size (long side resized to it); None = "
                                               "image_size. Train on small native tiles, validate whole images")
     tile: bool = _field(True, "train on native-resolution S x S crops of larger images (each holding a box when "
-                              "possible) instead of shrinking them: tiny objects keep their pixels")
+                              "possible; zoom_in/zoom_out vary the crop side) instead of shrinking them: tiny "
+                              "objects keep their pixels")
     mosaic: bool = _field(False, "YOLO mosaic of 4 native-resolution crops, with probability 0.5")
     close_mosaic: int = _field(0, "the last N epochs train without mosaic, on plain crops like the images "
                                   "validated (Ultralytics' close_mosaic); 0 = mosaic to the end")
     zoom_in: float = _field(1.0, "scale augmentation that enlarges: tiles down to S / zoom_in px, resized to S "
-                                 "(objects up to zoom_in x larger, none shrunk; mosaic quadrants stay native); "
+                                 "(objects up to zoom_in x larger, none shrunk; mosaic quadrants stay native; "
+                                 "images under S px are enlarged to S anyway, so it adds less to them); "
                                  "1 = native scale only")
     zoom_out: float = _field(1.0, "scale augmentation that shrinks: tiles up to S x zoom_out px, resized to S "
                                   "(Ultralytics' scale=0.5 is zoom_in 1.5, zoom_out 2); 1 = none")

@@ -9,21 +9,16 @@ a size from the header, so boxes annotated on the displayed image line up.
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+import cv2  # its decoding limit was set when the efpn package loaded (efpn._limits)
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: The most pixels a file may declare: Pillow's decompression-bomb error threshold (2 x ``Image.MAX_IMAGE_PIXELS``),
-#: also given to OpenCV (read once, when cv2 loads; ``efpn/__init__`` sets it first) for the files Pillow cannot open.
-DECODE_MAX_PIXELS = 178_956_970
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DECODE_MAX_PIXELS))
-
-import cv2  # noqa: E402 - after its decoding limit is set
+from efpn._limits import DECODE_MAX_PIXELS, OPENCV_MAX_PIXELS
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -58,7 +53,7 @@ class ImageTooLargeError(CorruptImageError):
 def _too_large(src: ImageSource, error: Exception) -> ImageTooLargeError:
     return ImageTooLargeError(
         f"image {_describe(src)} is too large to decode safely ({error}). Cut it into tiles or downscale it "
-        f"with an image tool first; efpn never decodes more than {DECODE_MAX_PIXELS:,} pixels."
+        f"with an image tool first; efpn refuses images of more than {DECODE_MAX_PIXELS:,} pixels."
     )
 
 
@@ -163,12 +158,13 @@ def _decode_cv2(data: bytes, src: ImageSource) -> np.ndarray:
         arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     except cv2.error as e:  # OpenCV refuses some headers (e.g. sizes over its own limit) by raising
         if "CV_IO_MAX_IMAGE_PIXELS" in str(e):
-            raise _too_large(src, ValueError(f"its header declares more than {DECODE_MAX_PIXELS:,} pixels")) from e
+            raise _too_large(src, ValueError(f"its header declares more than {OPENCV_MAX_PIXELS:,} pixels")) from e
         raise _corrupt(src, f"OpenCV cannot decode it ({str(e).strip().splitlines()[-1][:200]})") from e
     if arr is None:
         raise _corrupt(src, "not a recognised image format")
     if arr.shape[0] * arr.shape[1] > DECODE_MAX_PIXELS:  # cv2 loaded before efpn set its limit: refuse it anyway
-        raise _too_large(src, ValueError(f"it has {arr.shape[0] * arr.shape[1]:,} pixels"))
+        raise _too_large(src, ValueError(f"it has {arr.shape[0] * arr.shape[1]:,} pixels; OpenCV was loaded before "
+                                         "efpn could limit it, so it was decoded before being refused"))
     colour = arr.ndim == 3 and arr.shape[2] >= 3
     return to_rgb_uint8(arr, bgr=colour)
 

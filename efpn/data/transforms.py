@@ -9,7 +9,7 @@ A pipeline is a callable ``(image, target) -> (image, target)``:
   ``tensor([scale_x, scale_y, pad_left, pad_top])`` so predictions map back with :func:`unletterbox_boxes`.
 
 Train (:func:`build_transforms` with ``train=True``): :class:`RandomTileCrop` (a model-sized window at native
-resolution that contains a box, so tiny objects keep their pixels; optionally zoomed out) -> random
+resolution that contains a box, so tiny objects keep their pixels; optionally zoomed in or out) -> random
 horizontal and vertical flips -> colour jitter -> :func:`letterbox` to the model size. With ``mosaic=True``
 four samples are tiled instead (:class:`Mosaic`, also at native resolution); the dataset supplies the three
 extra samples.
@@ -251,17 +251,19 @@ def _window_start(lo: float, hi: float, extent: int, crop: int) -> int:
 
 
 class RandomTileCrop:
-    """Crop a ``size`` (S or (H, W)) window at native resolution from images larger than it.
+    """Crop a window at native resolution from an image larger than it: ``size`` (S or (H, W)), or with zoom a
+    random multiple of it.
 
     With probability ``box_prob`` (and when the image has boxes) the window contains a randomly chosen target
-    box; otherwise it is uniform. Images no larger than ``size`` pass through unchanged (the letterbox then
-    scales them). Targets left with less than ``min_visibility`` of their area become ignore regions.
+    box; otherwise it is uniform. An image no larger than the window passes through unchanged (the letterbox then
+    scales it). Targets left with less than ``min_visibility`` of their area become ignore regions.
     ``zoom_out > 1`` and ``zoom_in > 1`` draw the window side log-uniformly in ``[1 / zoom_in, zoom_out] *
     size``; the letterbox then brings it to ``size``. A larger window (zoom out) shrinks objects: training also
     sees the scale that evaluating a whole large image at ``size`` gives. A smaller one (zoom in) enlarges them by
-    up to ``zoom_in`` times and never takes a pixel away, the scale augmentation that suits tiny objects
-    (Ultralytics' ``scale=0.5`` is a gain in [0.5, 1.5]: ``zoom_out=2, zoom_in=1.5``). With ``zoom_in > 1`` an
-    image no larger than ``size`` is cropped too, when it is larger than the drawn window.
+    up to ``zoom_in`` times and never downsamples, the scale augmentation that suits tiny objects (Ultralytics'
+    ``scale=0.5`` is a gain in [0.5, 1.5]: ``zoom_out=2, zoom_in=1.5``). With ``zoom_in > 1`` an image no larger
+    than ``size`` is cropped too when it is larger than the drawn window; one smaller than ``size`` is already
+    enlarged by the letterbox, so zoom adds less to it than ``zoom_in``.
     """
 
     def __init__(

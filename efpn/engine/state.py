@@ -6,6 +6,7 @@ and never runs code. The model weights themselves are a checkpoint (:mod:`efpn.c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import warnings
@@ -298,7 +299,10 @@ def check_resume_config(saved: Mapping[str, Any] | None, cfg: TrainConfig) -> No
     if not saved:
         return
     now = cfg.to_dict()
-    diff = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now if k not in RESUME_FREE and saved.get(k) != now[k]]
+    # a field the saved run predates had its default then (a new field never changes what an old run computed)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    was = {k: saved.get(k, defaults.get(k)) for k in now}
+    diff = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in now if k not in RESUME_FREE and was[k] != now[k]]
     if diff:
         warnings.warn("resuming with a different configuration than the run was started with (the result will "
                       "differ from an uninterrupted run): " + "; ".join(diff), stacklevel=3)

@@ -161,6 +161,20 @@ def test_seed_comparisons_need_three_seeds_and_non_overlapping_ranges(tmp_path: 
     assert zoom["AP"]["baseline_seeds"] == [0, 1, 2] and zoom["AP"]["model_seeds"] == [0]
     assert abs(zoom["AP"]["paired_delta"]["mean"] - 0.06) < 1e-9  # seed 0: 0.36 against 0.30
     assert zoom["AP"]["verdict"].startswith("too few seeds (1 vs 3")
+    assert zoom["AP"]["baseline_budget"] == "3 ep x b8 @ 320 px"
+    # a pair trained with the variant is compared on its own budget, and the figure keeps the budgets apart
+    _seed_run(runs, "bs_zoom_s0", "efpn_bs_mv2", 0, 0.50, zoom_in=1.5)
+    from efpn.cli.seeds import seed_figure, seed_section
+
+    comps = seed_comparisons(seed_runs(gather_runs(runs, None)))
+    zoomed_pair = [c for c in comps if c["model"] == "efpn_bs_mv2" and c["budget"].endswith("zoom in 1.5")]
+    assert zoomed_pair and zoomed_pair[0]["baseline_values"] == [0.36]  # the zoomed fpn_mv2, not the plain seeds
+    dots = {t.x[0]: list(t.y) for t in seed_figure(comps).data if t.name.endswith("(seeds)")}
+    assert dots["sirst fpn_mv2"] == [0.30, 0.31, 0.32] and dots["sirst fpn_mv2 (zoom in 1.5)"] == [0.36]
+    assert dots["sirst efpn_bs_mv2 (zoom in 1.5)"] == [0.50]
+    assert len(dots) == 5  # fpn_mv2, efpn_bs_mv2, efpn_mv2 plain; both zoomed runs once each
+    assert any("| 3 ep x b8 @ 320 px, zoom in 1.5 | `efpn_bs_mv2` vs `fpn_mv2` | AP |" in line
+               for line in seed_section(comps))
     assert any(p.name.startswith("seeds_ap") for p in (tmp_path / "claims").iterdir())
 
 

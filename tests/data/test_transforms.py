@@ -212,6 +212,16 @@ def test_tile_crop_without_zoom_draws_nothing() -> None:
     image, target = _white_box_sample(90, 90, [10, 10, 20, 20])
     out, _ = crop(*_wrap(image, target))
     assert out.shape[-2:] == (90, 90) and torch.equal(state, torch.get_rng_state())
+    # an image larger than the window: the draws are exactly the window's own (box choice, position), as before
+    large, large_target = _white_box_sample(300, 260, [140, 120, 160, 150])
+    for seed in range(5):
+        torch.manual_seed(seed)
+        got, _ = crop(*_wrap(large, large_target))
+        after = torch.get_rng_state()
+        torch.manual_seed(seed)
+        top, left, h, w = crop.window(*_wrap(large, large_target), size=(100, 100))
+        assert torch.equal(after, torch.get_rng_state())
+        assert torch.equal(got, large[:, top:top + h, left:left + w]) and (h, w) == (100, 100)
     for bad in (dict(zoom_in=0.5), dict(zoom_in=float("nan")), dict(zoom_out=float("inf"))):
         with pytest.raises(ValueError, match="zoom_"):
             RandomTileCrop(100, **bad)

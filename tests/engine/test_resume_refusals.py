@@ -55,3 +55,22 @@ def test_two_runs_with_one_name_claim_two_folders(tmp_path: Path) -> None:
     assert (first.name, second.name) == ("r", "r-2")
     release_claim(second, started=False)
     assert not second.exists() and first.exists()
+
+
+def test_resuming_a_run_saved_before_a_field_existed_warns_of_nothing() -> None:
+    """A run saved before a field existed (no ``zoom_in`` key) computed that field's default: resuming it with the
+    default is no change; a real change (the learning rate, or zoom itself) is named in the warning."""
+    import warnings
+
+    from efpn.config import TrainConfig
+    from efpn.engine.state import check_resume_config
+
+    cfg = TrainConfig(model="tiny_efpn_n", data="d.yaml")
+    saved = {k: v for k, v in cfg.to_dict().items() if k not in ("zoom_in", "zoom_out")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_resume_config(saved, cfg)  # nothing to say
+    with pytest.warns(UserWarning, match=r"lr: 0.01 -> 0.002"):
+        check_resume_config({**saved, "lr": 0.01}, cfg)
+    with pytest.warns(UserWarning, match=r"zoom_in: 1.0 -> 1.5"):
+        check_resume_config(saved, TrainConfig(model="tiny_efpn_n", data="d.yaml", zoom_in=1.5))
