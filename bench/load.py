@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import harness as H
-import studio as S
+import studio_browser as S
 from PIL import Image
 
 from efpn.data.synthetic import make_synthetic_sample
