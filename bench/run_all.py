@@ -7,8 +7,8 @@ Each benchmark runs in its own process (clean thread settings and memory), write
 * ``latency_cpu1`` — the target pairs again with one thread and process CPU time: on a shared machine this
   is the steadier cross-check of the same ratios (skip with ``--no-cpu-check``);
 * ``train_throughput`` — training step time against Ultralytics, and ``efpn.engine.train.train`` end to end;
-* ``studio`` — the studio in Chromium: upload -> detections and internals rendered against its 1.5 s budget,
-  ``efpn.inspect`` overhead, server memory with 5 sessions (skip with ``--skip-studio``).
+* ``studio`` — the studio in Chromium: upload -> detections and internals rendered and each detail page against a
+  1 s budget, ``efpn.inspect`` overhead, server memory with 5 sessions (skip with ``--skip-studio``).
 
 Run from the repository root::
 
