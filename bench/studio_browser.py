@@ -30,8 +30,6 @@ from app.serve import CHROMIUM_ARGS, studio_server  # noqa: E402
 from efpn.checkpoint import save_checkpoint  # noqa: E402
 from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample  # noqa: E402
 
-__all__ = ["CHROMIUM_ARGS"]  # re-exported for bench/load.py
-
 #: the checkpoint `make app` opens: the real-data default, else the synthetic flagship (as app/loaders.py picks)
 BUNDLED_CHECKPOINT = next((p for p in (REPO / "checkpoints" / "efpn_mv2_sirst.safetensors",
                                        REPO / "checkpoints" / "efpn_n_synth.safetensors") if p.is_file()),
