@@ -406,8 +406,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "latency" in payload:
         notes.append("Timed on this process's wall clock from the action (set_input_files / sidebar click) until "
                      "the DOM condition held (polled every animation frame): script run finished, no stale element, "
-                     "every plotly chart drawn, every picture loaded; Detect also needs its figure's image to be "
-                     "the uploaded one and its 'Inside the network' overview drawn.")
+                     "every plotly chart drawn, every picture loaded (the Kernels picker's included); Detect also "
+                     "needs its figure's image to be the uploaded one and its 'Inside the network' overview drawn.")
     payload["notes"] = notes
     payload["targets"] = [t.to_dict() for t in build_targets(payload)]
     markdown = render(payload)

@@ -105,6 +105,10 @@ DONE_JS = """
     if (!c.querySelector('.cartesianlayer .trace, .imagelayer image, .hm image, .barlayer .trace, '
                         + '.scatterlayer .trace, .heatmaplayer image')) return false;
   }
+  // the pixel picker (app/picker.py, a components-v2 element) draws its picture from its own script, after the run
+  for (const c of main.querySelectorAll('.stBidiComponent')) {
+    if (c.closest('.st-key-kernel_pick') && !c.querySelector('.efpn-pick img[src]')) return false;
+  }
   const imgs = [...main.querySelectorAll('img')];
   if (imgs.some(i => !i.complete || i.naturalWidth === 0)) return false;
   if (hasPrev) {

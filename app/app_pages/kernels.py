@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from app import figures, focusing, heatmaps, state
+from app import focusing, heatmaps, picker, state
 from efpn.explain import kernel_at, kernels_inside_outside
+
+
+def _take_click(h: int, w: int) -> None:
+    """A click on the picture (before this run): the picker's inputs move to it, clamped to the image."""
+    hit = picker.clicked("kernel_pick")
+    if hit is not None:
+        st.session_state["kernel_x"] = float(min(max(int(hit[0]), 0), w - 1))  # the pixel clicked in
+        st.session_state["kernel_y"] = float(min(max(int(hit[1]), 0), h - 1))
+
 
 ctx = state.context()
 st.title("Kernels")
@@ -32,15 +41,11 @@ g, kk, fh, fw = tuple(km.dynamic.shape)
 cell_px = ins.stride_in_image(layer)  # one kernel cell in the image's pixels
 h, w = image.hw
 
-# A newly focused object moves the picker to its centre (once: the user may pick elsewhere afterwards).
+# A newly focused object moves the picker to its centre (once: the user may pick elsewhere afterwards), before the
+# picker's inputs are drawn; clicks move them in _take_click.
 if focus is not None and (st.session_state.get("kernel_focus_applied") != focus or "kernel_x" not in st.session_state):
     st.session_state["kernel_focus_applied"] = focus
-    st.session_state["kernel_pending"] = (min(focus.centre[0], w - 1.0), min(focus.centre[1], h - 1.0))
-
-# A click (previous run) or another image: set the picker's inputs before they are drawn.
-pending = st.session_state.pop("kernel_pending", None)
-if pending is not None:
-    st.session_state["kernel_x"], st.session_state["kernel_y"] = pending
+    st.session_state["kernel_x"], st.session_state["kernel_y"] = focus.centre
 st.session_state["kernel_x"] = min(float(st.session_state.get("kernel_x", w // 2)), float(w - 1))
 st.session_state["kernel_y"] = min(float(st.session_state.get("kernel_y", h // 2)), float(h - 1))
 c_fig, c_side = st.columns([3, 2])
@@ -49,30 +54,27 @@ with c_side:
                     help="Per-pixel kernel entropy (spread of D) or Laplacian energy of K, averaged over groups.")
     x = st.number_input("x (px)", 0.0, float(w - 1), key="kernel_x", step=1.0)
     y = st.number_input("y (px)", 0.0, float(h - 1), key="kernel_y", step=1.0)
-
-maps = {"entropy": km.entropy, "high-frequency energy": km.hf_energy}
-overlay = maps.get(what)
-if overlay is not None:
-    fig = figures.heatmap_overlay_figure(image.rgb, overlay.numpy().mean(axis=0), cell_px, 0.45, colorscale="Viridis",
-                                         colorbar_title=what.split()[0], height=460)
-else:
-    fig = figures.image_figure(image.rgb, height=460)
-fig.add_trace(figures.pick_grid_trace((h, w), cell_px))
-for colour, width, legend in (("black", 6, False), ("white", 3, True)):  # seen on light and dark pixels
-    fig.add_scatter(x=[x], y=[y], mode="markers", name="picked pixel", hoverinfo="skip", showlegend=legend,
-                    marker=dict(symbol="cross-thin-open", size=20, color=colour, line=dict(width=width, color=colour)))
-with c_fig:
-    event = st.plotly_chart(fig, width="stretch", key="kernel_fig", on_select="rerun", selection_mode="points")
-points = (event.selection.points if event and event.selection else []) or []
-if points:
-    px, py = float(points[-1]["x"]), float(points[-1]["y"])
-    if (px, py) != st.session_state.get("kernel_last_click"):
-        st.session_state["kernel_last_click"] = (px, py)
-        st.session_state["kernel_pending"] = (min(max(px, 0.0), w - 1.0), min(max(py, 0.0), h - 1.0))
-        st.rerun()
+    zoom = st.segmented_control("Zoom", picker.ZOOMS, key="kernel_zoom", default=1, format_func=lambda z: f"{z}x",
+                                help="Shows a window of the image around the picked pixel, enlarged; from 4x the "
+                                     "layer's cells are outlined, so a tiny object is picked cell by cell.") or 1
 
 picked = ins.to_network(np.array([[x, y, x, y]]))[0, :2].tolist()  # the pixel where the network sees it
 dyn, (row, col) = kernel_at(km.dynamic, *picked, km.stride)
+maps = {"entropy": km.entropy, "high-frequency energy": km.hf_energy}
+overlay = maps.get(what)
+cell_map = None
+if overlay is not None:
+    name = what.split()[0]
+    cell_map = picker.CellMap(overlay.numpy().mean(axis=0), cell_px, name,
+                              f"{what} (mean over groups), dark purple = lowest, yellow = highest")
+with c_fig:
+    picker.pixel_picker("kernel_pick", picker.payload(
+        image.rgb, (x, y), zoom, cell_map, cell=(row, col), cell_px=cell_px,
+        box=focus.box if focus is not None else None, alt=f"{image.name}: click a pixel to see its kernels"),
+        on_pick=lambda: _take_click(h, w))
+    st.caption("White cross: the picked pixel; yellow square: its cell of the layer, whose kernels are shown below"
+               + ("; dashed box: the focused object." if focus is not None else "."))
+
 guided = kernel_at(km.guided, *picked, km.stride)[0] if km.guided is not None else None
 side = km.kernel_size
 bank = km.bank.numpy().reshape(-1, side, side) if km.bank is not None else None

@@ -169,9 +169,12 @@ def test_click_a_pixel_on_the_kernels_page(page) -> None:
     _open(page, "Kernels")
     picked = page.locator("[data-testid='stMarkdownContainer']").filter(has_text="Picked pixel").first
     before = picked.inner_text()
-    drag = page.locator("[data-testid='stMain'] .js-plotly-plot .nsewdrag").first
-    box = drag.bounding_box()
-    assert box is not None
+    picture = page.locator("[data-testid='stMain'] .efpn-pick img").first
+    box = picture.bounding_box()
+    assert box is not None and box["width"] > 200, box  # the picture at column width, not a thumbnail
+    page.mouse.move(box["x"] + 0.2 * box["width"], box["y"] + 0.25 * box["height"])
+    readout = page.locator("[data-testid='stMain'] .efpn-pick-read").first
+    assert "click to pick" in readout.inner_text()  # the hover readout names the pixel under the cursor
     page.mouse.click(box["x"] + 0.2 * box["width"], box["y"] + 0.25 * box["height"])
     deadline = time.monotonic() + 60
     while picked.inner_text() == before and time.monotonic() < deadline:
