@@ -107,7 +107,8 @@ export default function (component) {
     const m = data.map;
     if (m) {
       const r = Math.min(Math.floor(y / m.cell), m.rows - 1), c = Math.min(Math.floor(x / m.cell), m.cols - 1);
-      s += ' · cell (row ' + r + ', col ' + c + ') · ' + m.name + ' ' + m.values[r * m.cols + c].toPrecision(3);
+      const val = m.values[r * m.cols + c];
+      s += ' · cell (row ' + r + ', col ' + c + ') · ' + m.name + ' ' + (val === null ? 'n/a' : val.toPrecision(3));
     }
     return s;
   };
@@ -176,7 +177,8 @@ def picture(rgb: np.ndarray, win: tuple[int, int, int, int], cell_map: CellMap |
     crop = rgb[y0:y1, x0:x1].astype(np.float32)  # (h, w, 3)
     if cell_map is not None:
         v = np.asarray(cell_map.values, dtype=np.float32)
-        lo, hi = float(v.min()), float(v.max())
+        finite = v[np.isfinite(v)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         hi = hi if hi > lo else lo + 1.0  # a constant map: one colour, not a division by zero
         colours = colorize(v, cell_map.colorscale, lo, hi).astype(np.float32)  # (rows, cols, 3)
         rows = np.minimum((np.arange(y0, y1) + 0.5) // cell_map.cell_px, v.shape[0] - 1).astype(np.int64)
@@ -220,10 +222,13 @@ def payload(rgb: np.ndarray, marker: tuple[float, float], zoom: int = 1, cell_ma
     if cell_map is not None:
         v = np.asarray(cell_map.values, dtype=np.float32)
         data["map"] = {"rows": int(v.shape[0]), "cols": int(v.shape[1]), "cell": float(cell_map.cell_px),
-                       "name": cell_map.name, "values": [float(f"{x:.4g}") for x in v.ravel()]}
-        data["key"] = {"title": cell_map.title, "lo": f"{float(v.min()):.3g}", "hi": f"{float(v.max()):.3g}",
+                       "name": cell_map.name,  # NaN is no JSON: a cell without a value reads "n/a"
+                       "values": [float(f"{x:.4g}") if np.isfinite(x) else None for x in v.ravel()]}
+        finite = v[np.isfinite(v)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        data["key"] = {"title": cell_map.title, "lo": f"{lo:.3g}", "hi": f"{hi:.3g}",
                        "stops": _colour_stops(cell_map.colorscale)}
-    json.dumps(data)  # fail here, with the data at hand, rather than in the browser
+    json.dumps(data, allow_nan=False)  # fail here, with the data at hand, rather than in the browser
     return data
 
 

@@ -68,3 +68,11 @@ def test_payload_carries_the_window_marks_readout_and_key() -> None:
     whole = picker.payload(rgb, (100.0, 50.0), 1, None, cell=(6, 12), cell_px=8.0)
     assert "grid" not in whole and "map" not in whole and "key" not in whole and whole["box"] is None
     assert whole["window"] == [0, 0, 640, 480] and whole["cell"] == [96.0, 48.0, 8.0]
+
+
+def test_a_map_with_missing_values_stays_valid_json() -> None:
+    values = np.array([[np.nan, 1.0], [2.0, np.inf]])
+    data = picker.payload(np.zeros((16, 16, 3), np.uint8), (3.0, 3.0), 1, picker.CellMap(values, 8.0, "v", "v"))
+    json.dumps(data, allow_nan=False)
+    assert data["map"]["values"] == [None, 1.0, 2.0, None]
+    assert (data["key"]["lo"], data["key"]["hi"]) == ("1", "2")
