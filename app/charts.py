@@ -8,7 +8,7 @@ a pyramid level take the level's colour (``efpn.level_colour``), as its boxes do
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,16 +44,31 @@ def _num(v: float) -> str:
 
 
 def bars_html(categories: Sequence[str], series: Sequence[BarSeries], *, stacked: bool = False, height: int = 150,
-              label: str = "bar chart") -> str:
+              label: str = "bar chart", log: bool = False, fmt: Callable[[float], str] | None = None,
+              upright: bool = False) -> str:
     """Bars per category as static HTML for ``st.html`` (styled by ``.efpn-bars`` in app/studio.css): grouped side
     by side, or ``stacked``. Every bar has its value written on it (above a grouped bar, inside a stacked segment
     tall enough) and a hover title; a zero is written "0" on the baseline, so a category with nothing stands out.
     The legend sits on top; ``height`` (px) is the tallest bar's. Text takes the theme's colour. Each bar carries
-    ``data-series``, ``data-category`` and ``data-value``. ``label``: what a screen reader says the chart is."""
+    ``data-series``, ``data-category`` and ``data-value``. ``label``: what a screen reader says the chart is.
+    ``log`` (grouped bars only): heights on a log scale from a tenth of the smallest value above 0 (so that value
+    still has a bar) up to the largest; a 0 has no bar and is written "0" on the baseline, as on a linear scale.
+    ``fmt`` writes the values (default: up to 3 significant digits); ``upright`` writes them bottom to top over their
+    bars, for many bars on a narrow page."""
+    num = fmt or _num
+    if log and stacked:
+        raise ValueError("bars_html: a log scale applies to grouped bars only (stacked segments would not add up)")
     n = len(categories)
     tops = ([sum(float(s[1][i]) for s in series) for i in range(n)] if stacked
             else [float(v) for s in series for v in s[1]])
     top = max([*tops, 0.0]) or 1.0
+    above = [v for v in tops if v > 0]
+    floor = min(above) / 10 if above else 1.0
+
+    def scaled(v: float) -> float:  # the bar's share of ``height``
+        if not log:
+            return v / top
+        return 0.0 if v <= 0 else float(np.log10(v / floor) / np.log10(top / floor))
 
     def colours(s: BarSeries) -> list[str]:  # one per category, or the series' one colour
         return [s[2]] if isinstance(s[2], str) else list(s[2])
@@ -63,11 +78,11 @@ def bars_html(categories: Sequence[str], series: Sequence[BarSeries], *, stacked
         cs = colours(s)
         colour = cs[i % len(cs)]
         name, cat = html.escape(s[0]), html.escape(categories[i])
-        h = round(height * v / top, 1)
-        inside = f"<span>{_num(v)}</span>" if stacked and h >= 16 else ""
+        h = round(height * scaled(v), 1)
+        inside = f"<span>{num(v)}</span>" if stacked and h >= 16 else ""
         return (f'<div class="efpn-bar" style="height:{h}px;background:{colour};color:{_ink(colour)}" '
-                f'title="{cat}: {_num(v)} {name}" '
-                f'data-series="{name}" data-category="{cat}" data-value="{_num(v)}">{inside}</div>')
+                f'title="{cat}: {num(v)} {name}" '
+                f'data-series="{name}" data-category="{cat}" data-value="{num(v)}">{inside}</div>')
 
     keys = []
     for s in series:  # one swatch per series, split between its first (up to) 3 colours
@@ -80,11 +95,14 @@ def bars_html(categories: Sequence[str], series: Sequence[BarSeries], *, stacked
         if stacked:  # segments bottom-up in series order
             body = '<div class="efpn-bars-stack">' + "".join(bar(s, i) for s in reversed(series)) + "</div>"
         else:
-            body = "".join(f'<div class="efpn-bars-one"><span>{_num(float(s[1][i]))}</span>{bar(s, i)}</div>'
+            body = "".join(f'<div class="efpn-bars-one"><span>{num(float(s[1][i]))}</span>{bar(s, i)}</div>'
                            for s in series)
         cells.append(f'<div class="efpn-bars-plot">{body}</div>')
     names = "".join(f"<div>{html.escape(cat)}</div>" for cat in categories)
-    return (f'<div class="efpn-bars" role="img" aria-label="{html.escape(label)}">'
+    # upright values: many grouped bars on a narrow page have no room for "2.5e-4" side by side, and a value written
+    # over its neighbour's reads as one number
+    kind = "efpn-bars efpn-bars-upright" if upright else "efpn-bars"
+    return (f'<div class="{kind}" role="img" aria-label="{html.escape(label)}">'
             f'<div class="efpn-bars-legend">{legend}</div><div class="efpn-bars-row">{"".join(cells)}</div>'
             f'<div class="efpn-bars-names">{names}</div></div>')
 
@@ -239,6 +257,27 @@ def gradient_reach_figure(
         yaxis_title="‖gradient‖",
     )
     return fig
+
+
+def gradient_reach_html(with_cem: Mapping[str, float], without_cem: Mapping[str, float] | None,
+                        part: str = "positive", height: int = 170) -> str:
+    """:func:`gradient_reach_figure`'s numbers as static grouped bars (:func:`bars_html`, log scale, one scale for
+    both series): the value written over every bar, an exact zero written "0" on the baseline with no bar."""
+    keys = [k for k in with_cem if k.endswith(f".{part}") and not k.startswith("loss.")]
+    labels = [f"{k.split('.')[0]} · {_PLACES.get(k.split('.')[1], k.split('.')[1])}" for k in keys]
+    series: list[BarSeries] = [("with CEM", [with_cem.get(k, 0.0) for k in keys], "#5c6bc0")]
+    if without_cem is not None:
+        series.append(("CEM bypassed (baseline FPN)", [without_cem.get(k, 0.0) for k in keys], "#9e9e9e"))
+    return bars_html(labels, series, height=height, log=True, fmt=_sci, upright=True,
+                     label=f"Gradient norm reaching the coarse levels ({part} loss)")
+
+
+def _sci(v: float) -> str:
+    """A gradient norm in few characters (two bars side by side share ~50 px on a narrow page): 2.5e-4, 0."""
+    if v == 0:
+        return "0"
+    mantissa, exponent = f"{v:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 # ----------------------------------------------------------------------------------------------- attribution

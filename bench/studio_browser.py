@@ -131,7 +131,7 @@ REACH_DONE_JS = """
   const box = [...document.querySelectorAll('[data-testid="stMain"] details')]
       .find(d => d.querySelector('summary') && d.querySelector('summary').textContent.includes(label));
   if (!box || !box.open) return false;
-  const chart = box.querySelector('.st-key-pyr_reach .js-plotly-plot .trace');
+  const chart = box.querySelector('.st-key-pyr_reach .efpn-bars');
   return !!chart || !!box.querySelector('[data-testid="stAlert"]');
 }
 """

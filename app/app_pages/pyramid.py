@@ -100,8 +100,14 @@ def _gradient_reach(ctx: state.Context, model: Detector, image: state.ImageItem,
             return
         part = st.radio("Loss", ["positive", "total"], horizontal=True, key="pyr_part",
                         help="positive: the regression losses only positives produce; total: every loss term.")
-        st.plotly_chart(charts.gradient_reach_figure(reach["with"], reach["without"] if has_cem else None, part),
-                        width="stretch", key="pyr_reach")
+        # static bars, not a chart: the section reruns on every open and loss switch, and mounting a Plotly chart
+        # was most of the browser's part of that step
+        with st.container(key="pyr_reach"):
+            st.markdown(f"**‖gradient‖ reaching the coarse levels ({part} loss)**")
+            st.html(charts.gradient_reach_html(reach["with"], reach["without"] if has_cem else None, part))
+            st.caption("Bar heights on a log scale shared by both series, from a tenth of the smallest value above 0; "
+                       "each value is written over its bar. An exact 0 has no bar and is written \"0\" on the "
+                       "baseline: no gradient reaches that place.")
         table = [
             {"quantity": k, "with CEM": f"{reach['with'][k]:.3e}",
              "CEM bypassed": f"{reach['without'].get(k, 0.0):.3e}"}

@@ -64,3 +64,24 @@ def test_gradient_reach_figure_of_one_model_has_no_legend() -> None:
     fig = charts.gradient_reach_figure({"p5.output_conv.positive": 0.0, "p6.output_conv.positive": 2e-3}, None)
     assert [t.type for t in fig.data] == ["bar"] and fig.data[0].showlegend is False
     assert list(fig.data[0].text) == ["0", "2.00e-03"]
+
+
+def test_bars_html_log_scale_heights_and_zero() -> None:
+    out = charts.bars_html(["a", "b", "c"], [("s", [1e-4, 1e-1, 0.0], "#5c6bc0")], height=100, log=True)
+    heights = [float(h) for h in re.findall(r"height:([0-9.]+)px", out)]
+    # floor = 1e-5: 1e-4 is one decade of four above it, 1e-1 the top; 0 has no bar
+    assert heights == [25.0, 100.0, 0.0]
+    assert 'data-value="0"' in out
+    with pytest.raises(ValueError, match="grouped"):
+        charts.bars_html(["a"], [("s", [1.0], "red")], stacked=True, log=True)
+
+
+def test_gradient_reach_html_writes_exact_zeros_on_one_scale() -> None:
+    with_cem = {"p5.output_conv.positive": 1e-3, "p5.output_conv.total": 2e-3, "loss.positive": 1.0}
+    without = {"p5.output_conv.positive": 0.0, "p5.output_conv.total": 2e-3}
+    out = charts.gradient_reach_html(with_cem, without, "positive")
+    assert 'data-series="with CEM" data-category="p5 · output conv θ" data-value="1.0e-3"' in out
+    assert 'data-series="CEM bypassed (baseline FPN)" data-category="p5 · output conv θ" data-value="0"' in out
+    assert "loss" not in out.split("efpn-bars-names")[1]  # loss values are not bars
+    one = charts.gradient_reach_html(with_cem, None, "total")
+    assert "CEM bypassed" not in one and 'data-value="2.0e-3"' in one
