@@ -225,7 +225,7 @@ def render(payload: dict[str, Any]) -> str:
                      _fmt_s(s["Detect"]), f"< {TARGET_S:g} s",
                      f"median {_met(s['Detect']['median'], TARGET_S)}, p90 {_met(s['Detect']['p90'], TARGET_S)}"])
         for t in STEPS:
-            what = ("then open its gradient reach (click -> two backward passes -> chart drawn)" if t == REACH_STEP
+            what = ("then open its gradient reach (click -> two backward passes -> bars drawn)" if t == REACH_STEP
                     else f"then the {t} detail page (click -> figures drawn)")
             rows.append([what, _fmt_s(s[t]), "—", "—"])
         rows.append([f"whole walk: Detect + {' + '.join(STEPS)}", _fmt_s(s["total"]), "—", "—"])
@@ -277,7 +277,7 @@ def render(payload: dict[str, Any]) -> str:
         det = sorted({r["detections"] for r in lat["repetitions"]}, key=lambda x: (x is None, x))
         parts += [
             f"Detections shown per image: {det}. The Pyramid page's gradient reach, opened after the page (two "
-            f"backward passes; needs GT or detections), drew its chart, per image: {lat['pyramid_gradient_reach']}.",
+            f"backward passes; needs GT or detections), drew its bars, per image: {lat['pyramid_gradient_reach']}.",
             "",
             H.markdown_table(["image", "Detect s", *[f"{t} s" for t in STEPS], "total s", "detections"],
                              [[r["image"] + (" (warm-up)" if r["warmup"] else ""), f"{r['Detect']:.2f}",

@@ -123,7 +123,7 @@ DONE_JS = """
 """
 
 
-#: The gradient-reach section opened and finished: its expander open, showing its chart or its message (an image
+#: The gradient-reach section opened and finished: its expander open, showing its bars or its message (an image
 #: with no boxes). Its run is a fragment rerun that can start and end within one browser frame, so the run counter
 #: of :data:`INIT_SCRIPT` may not see it; the section's content is what shows it ran.
 REACH_DONE_JS = """
