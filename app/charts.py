@@ -219,6 +219,13 @@ def histogram_figure(histogram: Sequence[int], title: str = "Positives per GT") 
 _PLACES = {"head_input": "head input", "feature": "feature (all paths)", "output_conv": "output conv θ"}
 
 
+def _reach_rows(reach: Mapping[str, float], part: str) -> tuple[list[str], list[str]]:
+    """The keys of one ``part`` of a :func:`efpn.explain.gradient_reach` dict (loss values left out) and their
+    labels ("p5 · output conv θ")."""
+    keys = [k for k in reach if k.endswith(f".{part}") and not k.startswith("loss.")]
+    return keys, [f"{k.split('.')[0]} · {_PLACES.get(k.split('.')[1], k.split('.')[1])}" for k in keys]
+
+
 def gradient_reach_figure(
     with_cem: Mapping[str, float], without_cem: Mapping[str, float] | None, part: str = "positive",
     title: str | None = None,
@@ -229,8 +236,7 @@ def gradient_reach_figure(
     An exact zero has no bar (a log axis has no zero to draw one from; a stub would read as "some gradient"): its
     place at the bottom of the axis holds the word "0" only.
     """
-    keys = [k for k in with_cem if k.endswith(f".{part}") and not k.startswith("loss.")]
-    labels = [f"{k.split('.')[0]} · {_PLACES.get(k.split('.')[1], k.split('.')[1])}" for k in keys]
+    keys, labels = _reach_rows(with_cem, part)
     series = [("with CEM", with_cem, "#5c6bc0")]  # indigo that keeps 3.7:1 on the dark theme too
     if without_cem is not None:
         series.append(("CEM bypassed (baseline FPN)", without_cem, "#9e9e9e"))
@@ -263,8 +269,7 @@ def gradient_reach_html(with_cem: Mapping[str, float], without_cem: Mapping[str,
                         part: str = "positive", height: int = 170) -> str:
     """:func:`gradient_reach_figure`'s numbers as static grouped bars (:func:`bars_html`, log scale, one scale for
     both series): the value written over every bar, an exact zero written "0" on the baseline with no bar."""
-    keys = [k for k in with_cem if k.endswith(f".{part}") and not k.startswith("loss.")]
-    labels = [f"{k.split('.')[0]} · {_PLACES.get(k.split('.')[1], k.split('.')[1])}" for k in keys]
+    keys, labels = _reach_rows(with_cem, part)
     series: list[BarSeries] = [("with CEM", [with_cem.get(k, 0.0) for k in keys], "#5c6bc0")]
     if without_cem is not None:
         series.append(("CEM bypassed (baseline FPN)", [without_cem.get(k, 0.0) for k in keys], "#9e9e9e"))

@@ -42,13 +42,13 @@ FOCUS_COLOUR = "#ffffff"
 # ----------------------------------------------------------------------------------------------- images
 
 
-#: Encoded pictures kept by :func:`_png_data_uri` (a few images: every page draws the same one again and again).
+#: Encoded pictures kept by :func:`png_data_uri` (a few images: every page draws the same one again and again).
 PNG_CACHE_SIZE = 8
 _png_cache: OrderedDict[bytes, str] = OrderedDict()
 _png_cache_lock = threading.Lock()
 
 
-def _png_data_uri(rgb: np.ndarray) -> str:
+def png_data_uri(rgb: np.ndarray) -> str:
     """``rgb`` as a PNG data URI. Encoding a 640 px picture takes 15-55 ms and every image figure of every page run
     needs one, almost always of the same picture: the URIs are kept by content (a hash of the pixels, ~1 ms), last
     used first, so one image is encoded once per server, not once per figure per run."""
@@ -81,7 +81,7 @@ def image_picture(rgb: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> dict[str
     shown = rgb
     if k > 1.0:
         shown = np.asarray(Image.fromarray(rgb).resize((max(1, round(w / k)), max(1, round(h / k))), Image.BILINEAR))
-    return dict(source=_png_data_uri(shown), xref="x", yref="y", x=0, y=0, sizex=w, sizey=h, sizing="stretch",
+    return dict(source=png_data_uri(shown), xref="x", yref="y", x=0, y=0, sizex=w, sizey=h, sizing="stretch",
                 xanchor="left", yanchor="top", layer="below")
 
 

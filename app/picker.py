@@ -12,7 +12,6 @@ target can be picked cell by cell; at 4x and more the cell grid is drawn.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from app.heatmaps import colorize, colour_lut, encode_png
+from app.figures import png_data_uri
+from app.heatmaps import colorize, colour_lut
 
 #: Zoom factors offered; 1 = the whole image.
 ZOOMS = (1, 2, 4, 8)
@@ -169,6 +169,13 @@ def window(hw: tuple[int, int], centre: tuple[float, float], zoom: int) -> tuple
     return x0, y0, x0 + ww, y0 + wh
 
 
+def finite_range(values: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) of the finite values of a map, or None when it has none (NaN and infinities are left out)."""
+    v = np.asarray(values, dtype=np.float32)
+    finite = v[np.isfinite(v)]
+    return (float(finite.min()), float(finite.max())) if finite.size else None
+
+
 def picture(rgb: np.ndarray, win: tuple[int, int, int, int], cell_map: CellMap | None = None,
             max_side: int = MAX_SIDE) -> np.ndarray:
     """The RGB (h, w, 3) uint8 picture of window ``win`` of ``rgb`` (H, W, 3): ``cell_map`` blended over it, each
@@ -177,8 +184,7 @@ def picture(rgb: np.ndarray, win: tuple[int, int, int, int], cell_map: CellMap |
     crop = rgb[y0:y1, x0:x1].astype(np.float32)  # (h, w, 3)
     if cell_map is not None:
         v = np.asarray(cell_map.values, dtype=np.float32)
-        finite = v[np.isfinite(v)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        lo, hi = finite_range(v) or (0.0, 1.0)
         hi = hi if hi > lo else lo + 1.0  # a constant map: one colour, not a division by zero
         colours = colorize(v, cell_map.colorscale, lo, hi).astype(np.float32)  # (rows, cols, 3)
         rows = np.minimum((np.arange(y0, y1) + 0.5) // cell_map.cell_px, v.shape[0] - 1).astype(np.int64)
@@ -207,9 +213,9 @@ def payload(rgb: np.ndarray, marker: tuple[float, float], zoom: int = 1, cell_ma
     object's ``box`` (xyxy image pixels), the hover map and the colour key of ``cell_map``."""
     h, w = rgb.shape[:2]
     win = window((h, w), marker, zoom)
-    png = base64.b64encode(encode_png(picture(rgb, win, cell_map))).decode("ascii")
     data: dict[str, Any] = {
-        "src": "data:image/png;base64," + png, "window": list(win), "alt": alt,
+        # encoded once per distinct picture (reruns that move nothing, e.g. a group or kernel switch, reuse it)
+        "src": png_data_uri(picture(rgb, win, cell_map)), "window": list(win), "alt": alt,
         "marker": [float(marker[0]), float(marker[1])],
         "idle": f"picked x {marker[0]:.0f}, y {marker[1]:.0f} · hover for a pixel's value, click to pick it",
         "box": [float(v) for v in box] if box is not None else None,
@@ -224,8 +230,7 @@ def payload(rgb: np.ndarray, marker: tuple[float, float], zoom: int = 1, cell_ma
         data["map"] = {"rows": int(v.shape[0]), "cols": int(v.shape[1]), "cell": float(cell_map.cell_px),
                        "name": cell_map.name,  # NaN is no JSON: a cell without a value reads "n/a"
                        "values": [float(f"{x:.4g}") if np.isfinite(x) else None for x in v.ravel()]}
-        finite = v[np.isfinite(v)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        lo, hi = finite_range(v) or (0.0, 0.0)
         data["key"] = {"title": cell_map.title, "lo": f"{lo:.3g}", "hi": f"{hi:.3g}",
                        "stops": _colour_stops(cell_map.colorscale)}
     json.dumps(data, allow_nan=False)  # fail here, with the data at hand, rather than in the browser

@@ -104,6 +104,6 @@ def test_image_pictures_are_lossless_in_rgb_order(channels: int | None) -> None:
 
     shape = (23, 31) if channels is None else (23, 31, channels)
     arr = np.random.default_rng(channels or 1).integers(0, 256, shape, dtype=np.uint8)
-    uri = figures._png_data_uri(arr)
+    uri = figures.png_data_uri(arr)
     back = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
     assert back.shape == arr.shape and np.array_equal(back, arr)
