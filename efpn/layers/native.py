@@ -1,6 +1,7 @@
 """Native CPU kernels, compiled on first use with the system's C compiler and loaded with ctypes.
 
-Kernels of ``native/sgdm_dynamic.c`` and ``native/bn_act.c`` (one library; ``native/vexp.h``: a vectorised e^x):
+Kernels of ``native/sgdm_dynamic.c``, ``native/aggregate.c`` and ``native/bn_act.c`` (one library; ``native/vexp.h``:
+a vectorised e^x):
 
 - SGDM's dynamic branch at inference (:func:`sgdm_dynamic`): the razor map, the per-pixel kernel logits, their
   softmax, the static guidance and the strided aggregation in one pass over bands of output rows, where the PyTorch
@@ -39,7 +40,7 @@ from torch import Tensor
 
 _DIR = Path(__file__).resolve().parent / "native"
 #: Compiled together into one library; every file of the folder (the header too) keys the cached build.
-SOURCES = (_DIR / "sgdm_dynamic.c", _DIR / "bn_act.c")
+SOURCES = (_DIR / "sgdm_dynamic.c", _DIR / "aggregate.c", _DIR / "bn_act.c")
 HEADERS = (_DIR / "vexp.h",)
 #: Compiler flags: no -ffast-math (a shared library built with it can switch the whole process to flush denormals).
 #: -fopenmp: the library links libgomp.so.1, which resolves to the one PyTorch already loaded (same soname), so
@@ -246,7 +247,7 @@ def aggregate_backward(x: Tensor, kernels: Tensor, grad_out: Tensor, kernel_size
     n, c, h, w = x.shape
     g, _, ho, wo = kernels.shape[1:]
     x, kernels, grad_out = (t.detach().contiguous() for t in (x, kernels, grad_out))
-    grad_x = torch.empty((n, c, h, w), dtype=torch.float32) if need_x else None  # zeroed by the kernel
+    grad_x = torch.empty((n, c, h, w), dtype=torch.float32) if need_x else None  # written whole by the kernel
     grad_k = torch.empty_like(kernels) if need_kernels else None
     _check(lib.efpn_aggregate_backward(_ptr(x), _ptr(kernels), _ptr(grad_out), n, c, h, w, g, kernel_size, stride,
                                        ho, wo, _ptr(grad_x), _ptr(grad_k)), "aggregation backward", tuple(x.shape))

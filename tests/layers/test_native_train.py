@@ -47,6 +47,9 @@ def _aggregate_grads(x: torch.Tensor, kernels: torch.Tensor, k: int, s: int, imp
     (2, 4, 4, 6, 6, 1, 1),      # 1x1: a per-pixel scale
     (1, 16, 2, 2, 3, 3, 2),     # smaller than the kernel: most taps read padding
     (1, 4, 1, 1, 1, 3, 2),      # one pixel
+    (2, 16, 2, 200, 150, 3, 2), # two bands of output rows (the halo rows between them read and written once)
+    (1, 4, 2, 300, 60, 5, 1),   # five bands, a two-row halo
+    (1, 2, 1, 6, 8300, 3, 2),   # rows wider than a band: one output row per band
 ])
 def test_native_aggregation_equals_the_pytorch_shift_path_and_unfold(
         served: dict[str, int], monkeypatch: pytest.MonkeyPatch, n: int, c: int, g: int, h: int, w: int, k: int,
