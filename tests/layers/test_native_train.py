@@ -50,6 +50,8 @@ def _aggregate_grads(x: torch.Tensor, kernels: torch.Tensor, k: int, s: int, imp
     (2, 16, 2, 200, 150, 3, 2), # two bands of output rows (the halo rows between them read and written once)
     (1, 4, 2, 300, 60, 5, 1),   # five bands, a two-row halo
     (1, 2, 1, 6, 8300, 3, 2),   # rows wider than a band: one output row per band
+    (1, 4, 2, 7, 9, 1, 2),      # stride over the kernel: components no tap reads get a zero gradient
+    (1, 4, 1, 9, 10, 3, 4),
 ])
 def test_native_aggregation_equals_the_pytorch_shift_path_and_unfold(
         served: dict[str, int], monkeypatch: pytest.MonkeyPatch, n: int, c: int, g: int, h: int, w: int, k: int,
@@ -66,6 +68,17 @@ def test_native_aggregation_equals_the_pytorch_shift_path_and_unfold(
     for a, b, r in zip(fast, shift, unfold, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_native_aggregation_rejects_kernels_of_the_wrong_output_size() -> None:
+    """The kernels' (H', W') must be the output size of padding k // 2; any other is refused, never half-computed
+    (the backward writes grad_x whole only for that size)."""
+    x, go = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 1, 1)
+    with pytest.raises(RuntimeError, match="rejected its arguments"):
+        native.aggregate(x, torch.rand(1, 1, 9, 1, 1), 3, 2)
+    with pytest.raises(RuntimeError, match="rejected its arguments"):
+        native.aggregate_backward(x, torch.rand(1, 1, 9, 1, 1), go, 3, 2, True, True)
 
 
 @needs_native

@@ -56,7 +56,7 @@ static void fill_phase(const float *xc, int H, int W, int s, int fy, int fx, int
     for (int e = 0; e < R; ++e) {
         float *row = ph + (long)e * Wp;
         const int y = s * (r0 + e) + fy;
-        if (y < 0 || y >= H) {
+        if (y < 0 || y >= H || ncol == 0) {
             memset(row, 0, sizeof(float) * Wp);
             continue;
         }
@@ -73,6 +73,18 @@ static void fill_phase(const float *xc, int H, int W, int s, int fy, int fx, int
     }
 }
 
+/* Whether some tap reads component f = fy s + fx (with s > k some are never read: not copied). */
+static int component_used(int f, int k, int s) {
+    int fy_used = 0, fx_used = 0;
+    for (int d = 0; d < k; ++d) {
+        int fd, sh;
+        tap_split(d, k / 2, s, &fd, &sh);
+        fy_used |= fd == f / s;
+        fx_used |= fd == f % s;
+    }
+    return fy_used && fx_used;
+}
+
 /* Shapes shared by the forward and the backward. */
 typedef struct {
     int kk, cg, p, lead, trail, Wp, B, nb, R;
@@ -80,8 +92,11 @@ typedef struct {
 } geom;
 
 static int geometry(int N, int C, int H, int W, int G, int k, int s, int Ho, int Wo, geom *g) {
-    if (N < 1 || C < 1 || H < 1 || W < 1 || G < 1 || C % G || k < 1 || k % 2 == 0 || s < 1 || Ho < 1 || Wo < 1)
+    if (N < 1 || C < 1 || H < 1 || W < 1 || G < 1 || C % G || k < 1 || k % 2 == 0 || s < 1)
         return 1;
+    /* the output size of padding k / 2 (= ceil(H / s)): every pixel of x then lies in one band's component rows,
+     * which is what lets the backward write grad_x whole */
+    if (Ho != (H - 1) / s + 1 || Wo != (W - 1) / s + 1) return 1;
     g->kk = k * k;
     g->cg = C / G;
     g->p = k / 2;
@@ -122,8 +137,9 @@ int efpn_aggregate(const float *x, const float *kern, int N, int C, int H, int W
             for (int cc = 0; cc < m.cg; ++cc) {
                 const long plane = ng * m.cg + cc; /* (n, c) with c = g cg + cc */
                 for (int f = 0; f < s * s; ++f)
-                    fill_phase(x + plane * m.HW, H, W, s, f / s, f % s, m.lead, m.Wp, i0 - m.lead,
-                               bt + m.lead + m.trail, ph + f * m.plane + m.lead);
+                    if (component_used(f, k, s))
+                        fill_phase(x + plane * m.HW, H, W, s, f / s, f % s, m.lead, m.Wp, i0 - m.lead,
+                                   bt + m.lead + m.trail, ph + f * m.plane + m.lead);
                 for (int q = 0; q < m.kk; ++q) {
                     int fy, fx, shy, shx;
                     tap_split(q / k, m.p, s, &fy, &shy);
@@ -163,8 +179,11 @@ int efpn_aggregate_backward(const float *x, const float *kern, const float *go, 
         const long need = nx * ((m.kk + 1) * m.plane + band) + nk * ((m.kk + 1) * band + (long)s * s * m.plane);
         float *buf = calloc((size_t)(need > 0 ? need : 1), sizeof(float));
         if (!buf) failed = 2;
-        float *ke = buf, *ge = ke + nx * m.kk * m.plane, *gph = ge + nx * m.plane;
-        float *gk = gph + nx * band, *gb = gk + nk * m.kk * band, *ph = gb + nk * band;
+        /* offsets into buf (no pointer arithmetic on a failed allocation) */
+        const long o_ge = nx * m.kk * m.plane, o_gph = o_ge + nx * m.plane, o_gk = o_gph + nx * band;
+        const long o_gb = o_gk + nk * m.kk * band, o_ph = o_gb + nk * band;
+        float *ke = buf, *ge = buf ? buf + o_ge : NULL, *gph = buf ? buf + o_gph : NULL;
+        float *gk = buf ? buf + o_gk : NULL, *gb = buf ? buf + o_gb : NULL, *ph = buf ? buf + o_ph : NULL;
 #pragma omp for schedule(dynamic, 1)
         for (long t = 0; t < (long)N * G * m.nb; ++t) {
             if (!buf) continue;
@@ -183,8 +202,9 @@ int efpn_aggregate_backward(const float *x, const float *kern, const float *go, 
                 if (nk) {
                     fill_flat(gop, Ho, Wo, m.lead, m.Wp, i0, bt, gb);
                     for (int f = 0; f < s * s; ++f)
-                        fill_phase(x + plane * m.HW, H, W, s, f / s, f % s, m.lead, m.Wp, i0 - m.lead, halo,
-                                   ph + f * m.plane + m.lead);
+                        if (component_used(f, k, s))
+                            fill_phase(x + plane * m.HW, H, W, s, f / s, f % s, m.lead, m.Wp, i0 - m.lead, halo,
+                                       ph + f * m.plane + m.lead);
                     for (int q = 0; q < m.kk; ++q) {
                         int fy, fx, shy, shx;
                         tap_split(q / k, m.p, s, &fy, &shy);
@@ -218,7 +238,7 @@ int efpn_aggregate_backward(const float *x, const float *kern, const float *go, 
                     }
                     if (first) memset(gph, 0, sizeof(float) * len); /* no tap reads this component (s > k) */
                     const int ncol = (W - fx + s - 1) / s < Wo ? (W - fx + s - 1) / s : Wo;
-                    for (int e = 0; e < bt; ++e) {
+                    for (int e = 0; e < bt && ncol > 0; ++e) {
                         const int y = s * (i0 + e) + fy;
                         if (y >= H) continue;
                         float *gxr = grad_x + plane * m.HW + (long)y * W + fx;
