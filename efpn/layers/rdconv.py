@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from efpn.layers import native
+from efpn.layers import native, native_ops
 from efpn.layers.conv import check_nchw
 from efpn.layers.internals import KernelInternals
 
@@ -158,10 +158,8 @@ def _apply_shift(x: Tensor, kernels: Tensor, k: int, s: int, cw: Tensor | None) 
         # hand-written backward: autograd through k^2 sliced in-place updates would allocate and zero a full
         # gradient tensor per slice (measured ~1.3x slower per training step of yolov8n_sgdm)
         return _ShiftAggregate.apply(x, kernels, k, s)
-    if cw is None and native_eligible(x, kernels):
-        out = native.aggregate(x, kernels, k, s)  # one pass, no polyphase copies; None without the library
-        if out is not None:
-            return out
+    if cw is None and native_ops.usable(x, kernels):
+        return native_ops.aggregate(x, kernels, k, s)  # one pass, no polyphase copies (also inside torch.compile)
     return _shift_forward(x, kernels, k, s, cw)
 
 
@@ -203,7 +201,8 @@ class _ShiftAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, kernels: Tensor, k: int, s: int) -> Tensor:  # type: ignore[override]
         ctx.k, ctx.s, ctx.x_shape = k, s, x.shape
-        out = native.aggregate(x, kernels, k, s) if native_eligible(x, kernels) else None
+        # the native pass, also inside torch.compile (as the efpn::aggregate operator)
+        out = native_ops.aggregate(x, kernels, k, s) if native_ops.usable(x, kernels) else None
         ctx.native = out is not None
         if out is not None:
             ctx.keys = []
@@ -225,10 +224,9 @@ class _ShiftAggregate(torch.autograd.Function):
         k, s = ctx.k, ctx.s
         need_x, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         x = saved[0] if ctx.native else None  # the native forward keeps x itself, not its polyphase components
-        if x is not None:
-            grads = native.aggregate_backward(x, kernels, grad_out, k, s, need_x, need_k)
-            if grads is not None:
-                return grads[0], grads[1], None, None
+        if x is not None and native_ops.usable(x, kernels, grad_out):
+            grads = native_ops.aggregate_backward(x, kernels, grad_out, k, s, need_x, need_k)
+            return grads[0], grads[1], None, None
         # (N, G, C/G, H_a, W_a) per component the PyTorch forward kept; none after a native forward
         phases = {} if x is not None else dict(zip(ctx.keys, saved, strict=True))
         n, c, h, w = ctx.x_shape
@@ -290,10 +288,8 @@ class _RazorStats(torch.autograd.Function):
     def backward(ctx: Any, grad_r: Tensor | None, grad_gap: Tensor | None) -> Tensor | None:  # type: ignore[override]
         x, peak = ctx.saved_tensors
         n, c, h, w = x.shape
-        if (grad_r is not None or grad_gap is not None) and native_eligible(x, peak):
-            grad_x = native.razor_backward(x, peak, grad_r, grad_gap)  # one pass; None without the library
-            if grad_x is not None:
-                return grad_x
+        if (grad_r is not None or grad_gap is not None) and native_ops.usable(x, peak, grad_r, grad_gap):
+            return native_ops.razor_backward(x, peak, grad_r, grad_gap)  # one pass (also inside torch.compile)
         grad_x = None
         if grad_r is not None:
             mask = x == peak  # (N, C, H, W): the channels holding the max
