@@ -94,7 +94,10 @@ def detect_video(
                 picture = cv2.cvtColor(draw_detections(rgb, det, names, levels), cv2.COLOR_RGB2BGR)
                 if writer is None:
                     h, w = picture.shape[:2]
-                    writer = cv2.VideoWriter(str(drawn_path), cv2.VideoWriter_fourcc(*"mp4v"), fps / stride, (w, h))
+                    # at least 1 frame/s: a large stride on a slow video gave 0.1 fps or less, at which the
+                    # MPEG-4 encoder aborts the whole process (an assertion in libavcodec's rate control)
+                    out_fps = max(1.0, fps / stride)
+                    writer = cv2.VideoWriter(str(drawn_path), cv2.VideoWriter_fourcc(*"mp4v"), out_fps, (w, h))
                     if not writer.isOpened():
                         raise OSError(f"OpenCV could not open {drawn_path} for writing an MPEG-4 video")
                 writer.write(picture)

@@ -183,3 +183,32 @@ def test_videos_are_detected_frame_by_frame_and_a_broken_one_is_reported(ckpt: P
     for key in frames:
         lines = Path(summary["labels"][key]).read_text().splitlines()
         assert len(lines) == len(summary["images"][key]) <= 3
+
+
+def test_a_large_stride_on_a_short_tiny_video_writes_its_drawn_video(ckpt: Path, tmp_path: Path) -> None:
+    """A drawn video used to be written at fps / stride: 0.1 fps here, at which libavcodec's MPEG-4 encoder aborts
+    the process (SIGABRT), losing every other file's results. Run in a child process, so a regression fails this
+    test instead of killing the test session."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), np.full((48, 48, 3), 90, np.uint8))
+    writer = cv2.VideoWriter(str(src / "tiny.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (2, 2))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    for _ in range(3):
+        writer.write(np.zeros((2, 2, 3), np.uint8))
+    writer.release()
+    out = tmp_path / "out"
+    code = ("import sys; from efpn.cli.main import main; "
+            f"main(['detect', {str(src)!r}, '--weights', {str(ckpt)!r}, '--out', {str(out)!r}, '--vid-stride', '100'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "detections.json").read_text())
+    assert str(src / "a.png") in summary["images"] and f"{src / 'tiny.avi'}#frame=0" in summary["images"]
+    drawn = cv2.VideoCapture(summary["drawn"][str(src / "tiny.avi")])
+    assert int(drawn.get(cv2.CAP_PROP_FRAME_COUNT)) == 1
+    drawn.release()
