@@ -8,7 +8,7 @@ import streamlit as st
 
 from app import analyses, charts, figures, focusing, heatmaps, loaders, state, views
 from efpn.explain import reduce_channels
-from efpn.infer import num_tiles, suggested_tile
+from efpn.infer import TooManyTilesError, num_tiles, suggested_tile
 
 ctx = state.context()
 st.title("Detect")
@@ -52,7 +52,12 @@ if mode == "Sliced (tiles)":
                                            "small objects.")
     overlap = c2.slider("Overlap", 0.0, 0.5, 0.2, 0.05, key="tile_overlap")
     st.caption(f"{num_tiles((h, w), tile, overlap)} tiles + one whole-image pass, merged with class-aware NMS.")
-    out = analyses.sliced_detections(model, ctx.ckpt_key, image.rgb, image.digest, tile, overlap, ctx.score, ctx.nms)
+    try:
+        out = analyses.sliced_detections(model, ctx.ckpt_key, image.rgb, image.digest, tile, overlap, ctx.score,
+                                         ctx.nms)
+    except TooManyTilesError as e:  # a tiny tile on a large image: minutes of forwards, refused before the first
+        st.error(f"{e}. Move the tile slider up, or switch Inference back to Whole image.")
+        st.stop()
     detections = out
     tiles = out["tiles"]
     timing = None

@@ -22,7 +22,7 @@ from efpn.data.images import CorruptImageError, read_image
 from efpn.data.records import ImageRecord
 from efpn.evaluation.coco import EvalResult, evaluate_detections
 from efpn.infer.preprocess import Prepared, boxes_to_original, prepare
-from efpn.infer.slicing import sliced_predict
+from efpn.infer.slicing import TooManyTilesError, sliced_predict
 from efpn.models.detector import Detector, check_postprocess
 
 __all__ = ["Predictions", "predict_records", "predict_records_nms", "predict_records_sliced", "validate"]
@@ -253,8 +253,11 @@ def predict_records_sliced(
         except UNREADABLE as e:
             _unreadable(rec, e, skipped)
             continue
-        det = sliced_predict(model, rgb, tile=tile, overlap=overlap, score_thresh=score_thresh,
-                             max_det=max_det, image_size=image_size, nms_iou=nms_iou)
+        try:
+            det = sliced_predict(model, rgb, tile=tile, overlap=overlap, score_thresh=score_thresh,
+                                 max_det=max_det, image_size=image_size, nms_iou=nms_iou)
+        except TooManyTilesError as e:  # the option, not the file: every image would be left out, so stop here
+            raise TooManyTilesError(f"{rec.path}: {e}") from None
         out[rec.image_id] = {
             "boxes": det["boxes"].float().cpu().numpy().astype(np.float32),
             "scores": det["scores"].float().cpu().numpy(),

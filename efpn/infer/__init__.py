@@ -12,12 +12,22 @@ from efpn.infer.preprocess import (
     prepare,
     to_rgb_uint8,
 )
-from efpn.infer.slicing import num_tiles, sliced_predict, suggested_tile, tile_windows
+from efpn.infer.slicing import (
+    MAX_TILES,
+    TooManyTilesError,
+    num_tiles,
+    sliced_predict,
+    smallest_tile,
+    suggested_tile,
+    tile_windows,
+)
 
 __all__ = [
     "MAX_PIXELS",
+    "MAX_TILES",
     "ExportReport",
     "Prepared",
+    "TooManyTilesError",
     "boxes_to_network",
     "boxes_to_original",
     "detections_to_json",
@@ -28,6 +38,7 @@ __all__ = [
     "predict_image",
     "prepare",
     "sliced_predict",
+    "smallest_tile",
     "suggested_tile",
     "tile_windows",
     "to_rgb_uint8",

@@ -21,10 +21,19 @@ from efpn.det.postprocess import empty_detections
 from efpn.infer.predict import predict_image
 from efpn.infer.preprocess import MIN_SIDE, to_rgb_uint8
 
-__all__ = ["SLICED_MAX_PIXELS", "num_tiles", "sliced_predict", "suggested_tile", "tile_windows"]
+__all__ = ["MAX_TILES", "SLICED_MAX_PIXELS", "TooManyTilesError", "num_tiles", "sliced_predict", "smallest_tile",
+           "suggested_tile", "tile_windows"]
 
 #: Largest image sliced inference takes (each tile is small; the whole image must still fit in memory once).
 SLICED_MAX_PIXELS = 400_000_000
+#: Most windows one image is cut into by default: one forward each, so 4096 tiles are already minutes on a CPU.
+#: An 8 px tile of a 640 x 480 image made 8,560 windows (and of a 12 MP photo 333,500): a run that looks hung.
+MAX_TILES = 4096
+
+
+class TooManyTilesError(ValueError):
+    """A tile side (with its overlap) would cut an image into more windows than allowed; the message says which
+    tile side stays within the limit."""
 
 
 def _starts(extent: int, tile: int, step: int) -> list[int]:
@@ -86,6 +95,7 @@ def sliced_predict(
     include_full: bool = True,
     max_det: int | None = None,
     image_size: int | None = None,
+    max_tiles: int | None = MAX_TILES,
 ) -> dict[str, Any]:
     """Detect on overlapping tiles of ``image`` and merge with class-aware NMS.
 
@@ -99,6 +109,8 @@ def sliced_predict(
         include_full: also run the model once on the whole image (catches objects larger than a tile).
         max_det: cap on the merged detections (default: the model's ``postprocess.max_det``).
         image_size: network long side for every window (default: ``model.config.image_size``).
+        max_tiles: refuse (:class:`TooManyTilesError`, before any forward) an image that ``tile`` and ``overlap``
+            cut into more windows than this; None: no limit.
 
     Returns:
         ``{"boxes" (D, 4) xyxy original px, "scores" (D,), "labels" (D,), "levels" (D,) index into
@@ -117,6 +129,12 @@ def sliced_predict(
     if score_thresh is not None:
         kw["score_thresh"] = float(score_thresh)
 
+    n_tiles = num_tiles((h, w), tile, overlap)
+    if max_tiles is not None and n_tiles > max_tiles:
+        fit = smallest_tile((h, w), overlap, max_tiles)
+        raise TooManyTilesError(
+            f"tiles of {tile} px with overlap {overlap:g} cut this {w}x{h} image into {n_tiles} windows, more than "
+            f"the limit of {max_tiles} (one forward each); use tiles of at least {fit} px (or a smaller overlap)")
     windows = tile_windows(h, w, tile, overlap)
     parts = [_predict_crop(model, rgb[y1:y2, x1:x2], (x1, y1), size, **kw) for x1, y1, x2, y2 in windows]
     if include_full and len(windows) > 1:
@@ -135,6 +153,19 @@ def sliced_predict(
 def suggested_tile(image_hw: tuple[int, int], model_size: int) -> int:
     """A tile side that keeps objects at native resolution: the model's input size, but never above the image."""
     return int(max(32, min(model_size, max(image_hw))))
+
+
+def smallest_tile(image_hw: tuple[int, int], overlap: float, max_tiles: int) -> int:
+    """The smallest tile side (>= 8 px) that cuts an image of ``image_hw`` into at most ``max_tiles`` windows at
+    ``overlap`` (the count falls as the side grows, so a binary search finds it)."""
+    lo, hi = 8, max(8, *image_hw)  # one window at the image's long side
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if num_tiles(image_hw, mid, overlap) <= max_tiles:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def num_tiles(image_hw: tuple[int, int], tile: int, overlap: float) -> int:

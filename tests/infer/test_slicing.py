@@ -8,7 +8,7 @@ import torch
 
 import efpn
 from efpn.data.synthetic import make_synthetic_sample
-from efpn.infer.slicing import num_tiles, sliced_predict, tile_windows
+from efpn.infer.slicing import MAX_TILES, TooManyTilesError, num_tiles, sliced_predict, smallest_tile, tile_windows
 
 
 def test_windows_cover_the_image_with_equal_tiles() -> None:
@@ -51,3 +51,28 @@ def test_tiles_map_boxes_back_to_the_full_image() -> None:
     assert (b[:, 0] >= 0).all() and (b[:, 2] <= 256).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= 160).all()
     assert (out["scores"][:-1] >= out["scores"][1:]).all()
     assert out["levels"].max() < len(model.levels)
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (3000, 4000), (8, 20000)])
+@pytest.mark.parametrize("overlap", [0.0, 0.2, 0.5, 0.9])
+def test_smallest_tile_is_the_least_side_within_the_limit(hw: tuple[int, int], overlap: float) -> None:
+    side = smallest_tile(hw, overlap, 4096)
+    assert num_tiles(hw, side, overlap) <= 4096
+    assert side == 8 or num_tiles(hw, side - 1, overlap) > 4096
+
+
+def test_too_many_tiles_are_refused_before_any_forward() -> None:
+    """An 8 px tile of a 640 x 480 image is 8,560 forwards: refused at once, with a tile side that fits."""
+
+    class NoForward(torch.nn.Module):
+        @property
+        def config(self):  # sliced_predict reads the postprocess defaults and the input size before slicing
+            return efpn.build_model("tiny_efpn_n", num_classes=1).config
+
+        def forward(self, *a, **k):
+            raise AssertionError("no forward may run before the tile count is checked")
+
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    with pytest.raises(TooManyTilesError, match=r"8560 windows, more than the limit of 4096.*at least 11 px"):
+        sliced_predict(NoForward().eval(), rgb, tile=8, overlap=0.2)
+    assert num_tiles((480, 640), 11, 0.2) <= MAX_TILES < num_tiles((480, 640), 10, 0.2)
