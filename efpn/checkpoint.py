@@ -80,6 +80,8 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         card = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"model card {card_path} is not readable JSON: {e}") from e
+    except RecursionError as e:  # JSON nested thousands deep: not a card efpn wrote
+        raise CheckpointError(f"model card {card_path} nests its JSON too deeply to be an efpn model card") from e
     if not isinstance(card, dict):
         raise CheckpointError(f"model card {card_path} must be a JSON object, got {type(card).__name__}")
     if card.get("format") != FORMAT:

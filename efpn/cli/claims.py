@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,7 +77,11 @@ def _cards(checkpoints: Path) -> dict[str, dict]:
 
     out = {}
     for p in sorted(checkpoints.glob("*.safetensors")):
-        card = read_card(p)
+        try:
+            card = read_card(p)
+        except ValueError as e:  # CheckpointError: a missing or damaged card leaves this checkpoint out, not the report
+            print(f"efpn: warning: {e}; {p.name} is left out of the report", file=sys.stderr)
+            continue
         card["_source"] = f"{checkpoints.name}/{p.name}"
         card["_telemetry"] = read_jsonl(checkpoints / f"{card.get('name') or p.stem}.telemetry.jsonl")
         out[card.get("name") or p.stem] = card

@@ -15,8 +15,11 @@ report that kept only one of them; a record without a last-epoch card is left ou
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
+
+from efpn.engine.telemetry import read_jsonl_rows
 
 #: Where ``efpn report`` keeps the records, under its output folder.
 RECORDS_DIR = "run_records"
@@ -31,10 +34,16 @@ def run_complete(last: dict) -> bool:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSON-lines file (telemetry); ``[]`` when it is absent."""
+    """The rows of a JSON-lines file (telemetry); ``[]`` when it is absent. Lines that are not a JSON object (the
+    last one of a killed run, cut short) are skipped with a warning that names the file and the lines."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, bad = read_jsonl_rows(path)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        print(f"efpn: warning: {path}: line {shown} is not a JSON object (a run stopped mid-write?); skipped",
+              file=sys.stderr)
+    return rows
 
 
 def read_run(run: Path) -> dict | None:

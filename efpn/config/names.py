@@ -38,7 +38,12 @@ def read_names(src: ClassNames) -> list[str]:
     if not p.is_file():
         raise FileNotFoundError(f"class-name file {p} does not exist")
     if p.suffix.lower() in (".yaml", ".yml"):
-        data = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
+        except (yaml.YAMLError, RecursionError) as e:  # invalid, or nested too deeply to read
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"class-name file {p} is not readable YAML ({first[:200]}); expected e.g. "
+                             "'names: [cat, dog]'") from e
         if not isinstance(data, dict) or "names" not in data:
             raise ValueError(f"{p} has no 'names' key; expected e.g. 'names: [cat, dog]' or 'names: {{0: cat}}'")
         return parse_names(data["names"], source=str(p))

@@ -70,6 +70,8 @@ def read_yaml(path: str | Path, what: str) -> Any:
         return yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{what} {p} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except RecursionError as e:  # lists nested thousands deep: no configuration looks like that
+        raise ConfigError(f"{what} {p} nests its YAML too deeply to read; is it really a {what}?") from e
     except yaml.YAMLError as e:
         # the parser's own words and the position (1-based, as editors count), not its multi-line repr
         mark = getattr(e, "problem_mark", None)

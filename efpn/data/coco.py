@@ -40,6 +40,8 @@ def parse_json(data: bytes | str, source: str) -> Any:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{source} is not valid JSON ({e}); is it really a COCO annotation file?") from e
+    except RecursionError as e:  # e.g. [[[[...]]]] 200,000 deep: no annotation file nests like that
+        raise ValueError(f"{source} nests its JSON too deeply to read; is it really a COCO annotation file?") from e
 
 
 def read_json(path: str | Path) -> Any:

@@ -5,14 +5,13 @@ The YAML itself is read and validated by :mod:`efpn.config.data`; this module on
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from efpn.config.data import FORMATS, SPLITS, DataConfig, load_data_config
-from efpn.data.coco import load_coco
+from efpn.data.coco import load_coco, read_json
 from efpn.data.dota import load_dota
 from efpn.data.masks import load_masks
 from efpn.data.records import ImageRecord, SkipReport
@@ -69,7 +68,7 @@ def category_ids(cfg: DataConfig | str | Path, split: str = "train") -> list[int
     if cfg.format != "coco":
         return None
     carve = _carved(cfg, split)
-    doc = json.loads(Path(cfg.sources["train" if carve else split]["annotations"]).read_bytes())
+    doc = read_json(cfg.sources["train" if carve else split]["annotations"])  # errors name the file
     return sorted(int(c["id"]) for c in doc.get("categories", []))
 
 

@@ -94,7 +94,7 @@ def parse_annotation_bytes(
             record = records[0]
     except AnnotationError:
         raise
-    except (ValueError, KeyError, TypeError, IndexError, ET.ParseError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, ET.ParseError, UnicodeDecodeError, RecursionError) as e:
         raise AnnotationError(f"{file_name} could not be parsed: {e}; {_WHAT_TO_UPLOAD}") from e
     boxes, labels = record.target_boxes()
     found = list(found)

@@ -45,6 +45,25 @@ def _add(sums: dict[str, float], key: str, value: float) -> None:
     sums[key] = sums.get(key, 0.0) + float(value)
 
 
+
+def read_jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The JSON-object rows of a JSON-lines file and the 1-based numbers of the lines that are not one: a run killed
+    mid-write leaves its last line cut short, and that must not make the whole telemetry unreadable."""
+    rows: list[dict[str, Any]] = []
+    bad: list[int] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(number)
+    return rows, bad
+
 class EpochTelemetry:
     """Additive accumulator of one epoch's training internals.
 
@@ -198,8 +217,7 @@ class RunLogger:
                 with self.csv_path.open("w", newline="", encoding="utf-8") as f:
                     csv.writer(f).writerows(keep)
         if self.jsonl_path.is_file():
-            lines = self.jsonl_path.read_text(encoding="utf-8").splitlines()
-            records = [json.loads(ln) for ln in lines if ln.strip()]
+            records, _ = read_jsonl_rows(self.jsonl_path)  # a line cut short by the kill is dropped, not fatal
             keep_lines = [json.dumps(r) for r in records if r.get("step", 0) <= step and not r.get("partial")]
             self.jsonl_path.write_text("".join(ln + "\n" for ln in keep_lines), encoding="utf-8")
 
