@@ -38,6 +38,19 @@ def count(text: str) -> int:
     return _whole_number(text, 1, " >= 1", "at least one")
 
 
+def non_negative(text: str) -> int:
+    """argparse type of a count where 0 means "no limit" (``report --visdrone-limit``): a whole number >= 0."""
+    return _whole_number(text, 0, "", "0 for no limit")
+
+
+def seed(text: str) -> int:
+    """argparse type of a random seed: a whole number in [0, 2**32 - 1] (what NumPy's generators take)."""
+    value = _whole_number(text, 0, "", "a seed is 0 or more")
+    if value > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be at most {2**32 - 1}, got {value} (a 32-bit seed)")
+    return value
+
+
 def tile_size(text: str) -> int:
     """argparse type of a tile side (``--slice``): a whole number of at least 8 px."""
     return _whole_number(text, 8, " of pixels", "a tile of at least 8 px; leave the option out to not slice")

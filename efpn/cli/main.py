@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print a JSON list of {name, params, gflops}")
     s.add_argument("--size", type=guards.image_size, default=640,
                    help="square input side for GFLOPs, a multiple of 32 (default 640)")
-    s.add_argument("--num-classes", type=int, default=80, help="classes (default 80, as the references)")
+    s.add_argument("--num-classes", type=guards.count, default=80, help="classes (default 80, as the references)")
     s.add_argument("--all", action="store_true", help="include the tiny test presets")
     s.set_defaults(func=cmd_models)
 
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "its annotations.json, data.yaml and same-named images")
     s.add_argument("--num-images", type=guards.count, default=200, help="images to write (default 200)")
     s.add_argument("--image-size", type=guards.image_side, default=320, help="image side in px (default 320)")
-    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same dataset")
+    s.add_argument("--seed", type=guards.seed, default=0, help="random seed; the same seed writes the same dataset")
     s.add_argument("--min-size", type=float, default=2.0, help="smallest object side in px")
     s.add_argument("--max-size", type=float, default=32.0, help="largest object side in px")
     s.set_defaults(func=cmd_data_synth)
@@ -352,14 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=guards.image_size, default=None,
                    help="network input's long side (default: the checkpoint's own)")
     s.add_argument("--device", type=guards.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    s.add_argument("--max-det", type=guards.at_least_one, default=None,
+    s.add_argument("--max-det", type=guards.count, default=None,
                    help="at most this many detections per image (default: the checkpoint's)")
     s.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
                    help="keep only these classes (names; or indices, when no class has that name)")
     s.add_argument("--save-txt", action="store_true",
                    help="also write labels/NAME.txt per image: 'class cx cy w h score', normalised (YOLO)")
     s.add_argument("--no-draw", action="store_true", help="write no drawings (detections.json and labels only)")
-    s.add_argument("--vid-stride", type=guards.at_least_one, default=1, help="videos: every N-th frame (default 1)")
+    s.add_argument("--vid-stride", type=guards.count, default=1, help="videos: every N-th frame (default 1)")
     s.set_defaults(func=cmd_detect)
 
     s = sub.add_parser("export", help="export to ONNX, checked against onnxruntime")
@@ -397,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "section out (default ../shared/data)")
     s.add_argument("--checkpoints", default=REPORT_DEFAULTS["--checkpoints"],
                    help="folder of shipped checkpoints (default checkpoints)")
-    s.add_argument("--visdrone-limit", type=int, default=200, help="VisDrone annotation files to account (0: all)")
+    s.add_argument("--visdrone-limit", type=guards.non_negative, default=200,
+                   help="VisDrone annotation files to account (0: all)")
     s.add_argument("--runs", default=None, help="also read the cards and telemetry of the training runs in this "
                                                  "folder (ablation runs that are not shipped) and record them")
     s.add_argument("--records", default=None, help="folder of run records, kept in the repository so the runs' "

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from efpn.config.schema import from_mapping
+
+#: Most classes a model may have (LVIS has 1,203, ImageNet-21k 21,841): a mistyped count fails here, not as a
+#: terabyte allocation in the head.
+MAX_CLASSES = 100_000
+#: Network input long side a model config accepts: from the smallest input the detectors run (8 px) to the largest
+#: single input the CLI takes (larger images are sliced into tiles instead).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
 
 BackboneKind = Literal["cspdarknet", "resnet", "mobilenetv2", "efficientnet_lite"]
 NeckKind = Literal["fpn", "pan"]
@@ -151,6 +159,16 @@ class PostprocessConfig:
     max_det: int = 300
     pre_nms_topk: int = 1000
 
+    def __post_init__(self) -> None:
+        # a card edited by hand must not make every prediction silently empty (max_det 0) or unsuppressed
+        for name in ("score_thresh", "nms_iou"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"postprocess.{name} must be a number in [0, 1], got {value!r}")
+        for name in ("max_det", "pre_nms_topk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"postprocess.{name} must be >= 1, got {getattr(self, name)!r}")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -170,8 +188,18 @@ class ModelConfig:
     pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise ValueError(f"num_classes must be between 1 and {MAX_CLASSES:,}, got {self.num_classes}")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size (the network input's long side) must be between {MIN_IMAGE_SIZE} and "
+                             f"{MAX_IMAGE_SIZE} px, got {self.image_size}")
+        for name in ("pixel_mean", "pixel_std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be three finite numbers (R, G, B), got {values!r}")
+        if min(self.pixel_std) <= 0:
+            raise ValueError(f"pixel_std must be > 0 for every channel (the input is divided by it), got "
+                             f"{self.pixel_std!r}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"

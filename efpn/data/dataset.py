@@ -111,7 +111,24 @@ class DetectionDataset(Dataset):
                 path = self.records[i].path
                 self.report.add("unreadable_image", 1, path.name if path else None)
                 warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
-        raise CorruptImageError(f"none of the {n} images of this dataset could be decoded")
+        first = self.records[min(self._bad)].path if self._bad else None
+        raise CorruptImageError(f"none of the {n} images of this dataset could be decoded"
+                                + (f" (the first: {first})" if first is not None else "")
+                                + "; check that the image files the annotations name exist and open")
+
+    def first_readable(self) -> int:
+        """The index of the first sample that decodes (with ``skip_corrupt``, skipping and reporting the others);
+        CorruptImageError when none does. Cheap for a healthy dataset (one decode): call it before handing the
+        dataset to DataLoader workers, whose failure would arrive wrapped in their traceback."""
+        for i in range(len(self.records)):
+            try:
+                self._load_readable(i)
+            except CorruptImageError:
+                if self.skip_corrupt:
+                    raise  # _load_readable already tried every sample from i on (and wrapped around)
+                continue
+            return i
+        raise CorruptImageError(f"none of the {len(self.records)} images of this dataset could be decoded")
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         image, target = self._load_readable(index)

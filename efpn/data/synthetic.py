@@ -120,6 +120,17 @@ def _place(
     return None
 
 
+def _check_sizes(hw: tuple[int, int], min_size: int, max_size: int, objects_per_image: tuple[int, int]) -> None:
+    """ValueError unless ``1 <= min_size <= max_size < min(H, W)`` and ``0 <= low <= high`` objects."""
+    h, w = hw
+    if not 1 <= min_size <= max_size or max_size >= min(h, w):
+        raise ValueError(f"object sizes need 1 <= min_size <= max_size < the image side, got min_size={min_size}, "
+                         f"max_size={max_size} for {w}x{h} px images")
+    lo, hi = objects_per_image
+    if not 0 <= lo <= hi:
+        raise ValueError(f"objects_per_image must be (low, high) with 0 <= low <= high, got {objects_per_image}")
+
+
 def make_synthetic_sample(
     seed: int,
     index: int,
@@ -131,10 +142,7 @@ def make_synthetic_sample(
     """Image ``index`` of the synthetic dataset ``seed``, in memory (``image_size`` = side or (W, H))."""
     h, w = _as_hw(image_size)
     lo, hi = objects_per_image
-    if not 1 <= min_size <= max_size or max_size >= min(h, w):
-        raise ValueError(f"need 1 <= min_size <= max_size < image side, got {min_size}, {max_size}, {w}x{h}")
-    if not 0 <= lo <= hi:
-        raise ValueError(f"objects_per_image must be (low, high) with 0 <= low <= high, got {objects_per_image}")
+    _check_sizes((h, w), min_size, max_size, objects_per_image)
     rng = np.random.default_rng([seed, index])
     img = _background(rng, h, w)
     boxes: list[tuple[int, int, int, int]] = []
@@ -179,6 +187,7 @@ def write_synthetic_dataset(
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
+    _check_sizes(_as_hw(image_size), min_size, max_size, objects_per_image)  # before anything is written
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []

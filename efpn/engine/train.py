@@ -55,7 +55,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from efpn.checkpoint import check_state_dict, save_checkpoint
 from efpn.config import ModelConfig, TrainConfig
-from efpn.data.dataset import collate
+from efpn.data.dataset import DetectionDataset, collate
+from efpn.data.images import CorruptImageError
 from efpn.engine import distributed as D
 from efpn.engine.cards import hardware_info, training_card
 from efpn.engine.data import StepBatchSampler, load_train_data, to_device, train_samples
@@ -173,6 +174,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         # resume leaves the run it was pointed at as it was, a refused start leaves no folder behind
         per_rank_batch = cfg.batch_size // world
         dataset = train_samples(cfg, data.train)
+        try:  # in this process, before the workers: with no readable image each worker's error would come wrapped
+            DetectionDataset(list(data.train), None, skip_corrupt=True).first_readable()  # in its traceback
+        except CorruptImageError as e:
+            raise ValueError(f"the train split of {cfg.data}: {e}") from None
         sampler = DistributedSampler(dataset, num_replicas=world, rank=info.rank, shuffle=True, seed=cfg.seed,
                                      drop_last=True)
         batches_of = StepBatchSampler(sampler, per_rank_batch, cfg.accumulate)

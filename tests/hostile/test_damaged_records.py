@@ -67,3 +67,48 @@ def test_yaml_nested_too_deeply_is_a_clear_error(tmp_path: Path) -> None:
         read_yaml(tmp_path / "data.yaml", "data YAML")
     with pytest.raises(ValueError, match=r"class-name file .*data\.yaml is not readable YAML"):
         read_names(tmp_path / "data.yaml")
+
+
+def test_training_on_images_none_of_which_decode_says_so_in_one_line(tmp_path: Path) -> None:
+    """Every image empty: one error naming the split's data file and the first image, raised before the DataLoader
+    (whose worker processes would wrap it in their traceback), and no run folder left behind."""
+    from efpn.config import TrainConfig
+    from efpn.data.synthetic import write_synthetic_dataset
+    from efpn.engine.train import train
+
+    write_synthetic_dataset(tmp_path / "ds", num_images=4, image_size=64, max_size=12)
+    for png in (tmp_path / "ds" / "images").glob("*.png"):
+        png.write_bytes(b"")
+    cfg = TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "ds" / "data.yaml"), image_size=64, epochs=1,
+                      batch_size=2, workers=2, device="cpu", val_split=None, progress=False, out=str(tmp_path / "runs"),
+                      name="run")
+    with pytest.warns(UserWarning, match="skipping unreadable image"), \
+            pytest.raises(ValueError, match=r"the train split of .*data\.yaml: none of the \d+ images .* could be "
+                                            r"decoded \(the first: .*000000\.png\)") as err:
+        train(cfg)
+    assert "Traceback" not in str(err.value)
+    assert not (tmp_path / "runs" / "run").exists()
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    (("postprocess", "max_det"), 0, "postprocess.max_det must be >= 1"),
+    (("postprocess", "nms_iou"), -1, r"postprocess.nms_iou must be a number in \[0, 1\]"),
+    (("postprocess", "score_thresh"), 2.0, r"postprocess.score_thresh must be a number in \[0, 1\]"),
+    (("pixel_std",), [0, 0, 0], "pixel_std must be > 0"),
+    (("image_size",), 0, "image_size .* must be between 8 and 4096"),
+    (("num_classes",), 100_000_000, "num_classes must be between 1 and 100,000"),
+])
+def test_a_card_edited_out_of_range_is_refused_naming_the_file(tmp_path: Path, key: tuple[str, ...], value: object,
+                                                               says: str) -> None:
+    """Values that made every prediction silently empty (max_det 0, pixel_std 0) or unsuppressed (nms_iou -1), or a
+    class count that became a terabyte allocation, are refused when the checkpoint is loaded."""
+    model = efpn.build_model("tiny_yolov8_sgdm", num_classes=1, class_names=("target",))
+    efpn.save_checkpoint(model, tmp_path / "m.safetensors")
+    card = json.loads((tmp_path / "m.json").read_text())
+    node = card["config"]
+    for k in key[:-1]:
+        node = node[k]
+    node[key[-1]] = value
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=rf"m\.json.*{says}"):
+        efpn.load_model(tmp_path / "m.safetensors")
