@@ -353,7 +353,13 @@ def _refuse_non_safetensors(path: Path) -> None:
             "model = efpn.zoo.build(config); model.load_state_dict(sd); "
             "efpn.checkpoint.save_checkpoint(model, 'model.safetensors', card={...})"
         )
-    raise CheckpointError(f"{path} is not a safetensors file (bad header: truncated or corrupt?)")
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path} looks like an ONNX model: efpn loads weights from .safetensors checkpoints "
+                              "(with their .json card), and writes ONNX only as an export (efpn export); pass the "
+                              ".safetensors the ONNX file was exported from")
+    raise CheckpointError(f"{path} is not a safetensors file (bad header: truncated or corrupt?); efpn checkpoints are "
+                          "a .safetensors file with its .json model card, as efpn train and efpn.save_checkpoint "
+                          "write them")
 
 
 def _describe(keys: list[str], limit: int = 10) -> str:

@@ -254,6 +254,9 @@ def test_pickle_is_refused_without_unpickling(tmp_path: Path, monkeypatch: pytes
         load_model(tmp_path / "junk.safetensors", builder=build_standin)
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "absent.safetensors", builder=build_standin)
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch" + b"\x00" * 32)  # an ONNX export's start
+    with pytest.raises(CheckpointError, match="looks like an ONNX model.*pass the .safetensors"):
+        load_model(tmp_path / "model.onnx", builder=build_standin)
 
 
 def test_truncated_safetensors_is_named_as_such(tmp_path: Path) -> None:
