@@ -56,7 +56,8 @@ if mode == "Sliced (tiles)":
         out = analyses.sliced_detections(model, ctx.ckpt_key, image.rgb, image.digest, tile, overlap, ctx.score,
                                          ctx.nms)
     except TooManyTilesError as e:  # a tiny tile on a large image: minutes of forwards, refused before the first
-        st.error(f"{e}. Move the tile slider up, or switch Inference back to Whole image.")
+        why = str(e)
+        st.error(f"{why[:1].upper()}{why[1:]}. Move the tile slider up, or switch Inference back to Whole image.")
         st.stop()
     detections = out
     tiles = out["tiles"]
