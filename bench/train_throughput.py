@@ -352,7 +352,9 @@ def render(payload: dict[str, Any], targets: Sequence[H.Target]) -> str:
         "# Training throughput",
         "",
         f"{a['imgsz']} px, batch {a['batch']}, {a['num_images']} synthetic images (3 classes), device {a['device']}, "
-        f"amp {a['amp']}, channels_last {a['channels_last']}, {a['threads']} CPU threads; {a['steps']} interleaved "
+        f"amp {a['amp']}, channels_last {a['channels_last']}, "
+        + ("our networks torch.compile'd (Ultralytics eager), " if a.get("compile") else "")
+        + f"{a['threads']} CPU threads; {a['steps']} interleaved "
         f"steps per model after {a['warmup']} warm-up steps; ms = median [IQR].",
         "",
         f"Machine: {H.machine_line(payload['machine'])}",
