@@ -21,8 +21,19 @@ from efpn.data.images import CorruptImageError, read_image
 from efpn.data.yolo import read_image_list
 from efpn.infer.draw import detections_to_json, draw_detections, yolo_lines
 
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the name itself is unusable (too long, say) instead of an OSError."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # ENAMETOOLONG, an embedded NUL, ...
+        return False
+
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # a GIF: its first frame
 MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES  # what a folder or a pattern contributes
+#: Lines of one image list that name no file, each echoed (the rest are counted): a binary or foreign .txt has many.
+SHOWN_MISSING = 10
 
 
 def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
@@ -41,14 +52,21 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() in MEDIA_SUFFIXES and q.is_file())
             out += [q for q in found if not any(_within(q, e) for e in excluded)]
         elif p.is_file() and p.suffix.lower() == ".txt":  # an image list (Ultralytics' train.txt), one path a line
+            missing = 0
             for q in read_image_list(p):
-                if not q.is_file():
+                if not _is_file(q):
                     why = f"listed in {p.name} but not an existing file"
-                    tqdm.write(f"skipped {q}: {why}")
+                    missing += 1
+                    if missing <= SHOWN_MISSING:  # a binary or foreign .txt would print every garbage line
+                        shown = "".join(c if c.isprintable() else "?" for c in str(q))[:200]
+                        tqdm.write(f"skipped {shown}: {why}")
                     if skipped is not None:
                         skipped[str(q)] = why
                 elif not any(_within(q, e) for e in excluded):
                     out.append(q)
+            if missing > SHOWN_MISSING:
+                tqdm.write(f"skipped {missing - SHOWN_MISSING} more lines of {p.name} that name no existing file "
+                           "(all listed in detections.json); is it really an image list?")
         elif p.is_file():
             out.append(p)
         elif any(c in str(s) for c in "*?[") and not p.exists():  # a pattern the shell did not expand (it was quoted)

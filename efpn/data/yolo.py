@@ -95,7 +95,11 @@ def read_image_list(path: str | Path, root: str | Path | None = None) -> list[Pa
             continue
         p = lst.parent / entry[2:] if entry.startswith("./") else Path(entry)
         p = Path(os.path.normpath(p if p.is_absolute() else base / p))
-        out.setdefault(str(p.resolve()) if p.exists() else str(p), p)
+        try:
+            key = str(p.resolve()) if p.exists() else str(p)
+        except (OSError, ValueError):  # a name no file can have (too long, a NUL byte): kept, reported as missing
+            key = str(p)
+        out.setdefault(key, p)
     return list(out.values())
 
 

@@ -212,3 +212,25 @@ def test_a_large_stride_on_a_short_tiny_video_writes_its_drawn_video(ckpt: Path,
     drawn = cv2.VideoCapture(summary["drawn"][str(src / "tiny.avi")])
     assert int(drawn.get(cv2.CAP_PROP_FRAME_COUNT)) == 1
     drawn.release()
+
+
+def test_a_binary_file_named_txt_is_read_as_a_list_of_missing_files_not_a_crash(
+        ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Random bytes in a .txt source: its "lines" (some longer than a file name may be) are missing files, reported
+    in detections.json; only the first few are echoed, without their control bytes; the good image is detected."""
+    import random
+
+    rnd = random.Random(0)
+    lines = [bytes(rnd.randrange(1, 256) for _ in range(rnd.choice([5, 40, 600]))).replace(b"\n", b"")
+             for _ in range(40)]
+    (tmp_path / "garbage.txt").write_bytes(b"\n".join(lines))
+    cv2.imwrite(str(tmp_path / "good.png"), np.full((48, 48, 3), 90, np.uint8))
+    out = tmp_path / "out"
+    main(["detect", str(tmp_path / "garbage.txt"), str(tmp_path / "good.png"), "--weights", str(ckpt),
+          "--out", str(out)])
+    summary = json.loads((out / "detections.json").read_text())
+    assert list(summary["images"]) == [str(tmp_path / "good.png")]
+    assert len(summary["errors"]) >= 30
+    printed = capsys.readouterr()
+    echoed = [ln for ln in (printed.out + printed.err).splitlines() if ln.startswith("skipped /")]
+    assert len(echoed) == 10 and all(c.isprintable() for ln in echoed for c in ln)
