@@ -13,9 +13,11 @@ import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-#: Network input sides the CLI accepts: a multiple of 32 (the coarsest stride the presets use) up to this size (a
-#: larger single input does not fit in memory on most machines; --slice tiles large images instead).
-MAX_IMAGE_SIZE = 4096
+from efpn.config.model import MAX_IMAGE_SIZE as MODEL_MAX_IMAGE_SIZE
+
+#: Network input sides the CLI accepts: a multiple of 32 (the coarsest stride the presets use) up to the largest a
+#: model config takes (a larger single input does not fit in memory on most machines; --slice tiles large images).
+MAX_IMAGE_SIZE = MODEL_MAX_IMAGE_SIZE
 
 
 def _whole_number(text: str, minimum: int, unit: str, hint: str) -> int:
