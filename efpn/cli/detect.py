@@ -115,7 +115,8 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     names: list[str] = []
     taken: set[str] = set()
     for path in paths:
-        stem = path.stem.encode("utf-8", "replace").decode("utf-8").replace("\ufffd", "_") or "image"
+        # undecodable bytes arrive as lone surrogates (U+DC80-U+DCFF, Python's surrogateescape); none can be written
+        stem = "".join("_" if "\ud800" <= c <= "\udfff" else c for c in path.stem) or "image"
         name, k = f"{stem}.png", 1
         while name.lower() in taken:  # case-insensitive: also unique on Windows and macOS file systems
             k += 1

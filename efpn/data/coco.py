@@ -279,8 +279,10 @@ def parse_coco(
             report.add("image_without_labels", 1, file_name)
         records.append(make_record(image_id, path, width, height, boxes, labels, roles, report))
 
-    orphans = sum(len(v) for v in by_image.values()) + len(unknown_ids)
-    shown = [*sorted(by_image)[:3], *unknown_ids[:3]][:3]
+    # counted per image, as every loader counts this reason: one unknown image id, however many annotations
+    unknown = list(dict.fromkeys(_id_key(raw) for raw in unknown_ids))
+    orphans = len(by_image) + len(unknown)
+    shown = [*sorted(by_image)[:3], *unknown[:3]][:3]
     report.add("label_without_image", orphans, f"annotations of unknown image ids {shown}")
     return records, class_names, report.tally(records)
 

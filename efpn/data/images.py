@@ -95,7 +95,7 @@ def _check_exists(src: ImageSource) -> None:
 _WARNED_LOW_RANGE: list[bool] = []  # whether the low-range 16-bit warning was given in this process
 
 
-def to_rgb_uint8(arr: np.ndarray, bgr: bool = False) -> np.ndarray:
+def to_rgb_uint8(arr: np.ndarray, bgr: bool = False, source: str | None = None) -> np.ndarray:
     """Any decoded pixel array -> (H, W, 3) uint8 RGB, contiguous.
 
     * (H, W) or (H, W, 1) grayscale is repeated to 3 channels; (H, W, 2) gray+alpha keeps the gray;
@@ -105,6 +105,7 @@ def to_rgb_uint8(arr: np.ndarray, bgr: bool = False) -> np.ndarray:
       same way with a warning that it will be nearly black and how to rescale it; float images in [0, 1] are
       scaled by 255, others clipped to [0, 255].
     * ``bgr=True`` for OpenCV-decoded colour arrays.
+    * ``source`` names the file in the low-range warning (the first one in a dataset of them is named).
     """
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[2] == 1:
@@ -124,10 +125,12 @@ def to_rgb_uint8(arr: np.ndarray, bgr: bool = False) -> np.ndarray:
             # 10-14-bit sensor data (infrared, SAR, microscopy) is often stored in 16-bit files: the linear
             # 16 -> 8 bit mapping makes it nearly black, and a detector then finds nothing without saying why
             bits = max(int(a.max()).bit_length(), 8)
+            named = "" if source is None else f"{source}: "
             warnings.warn(
-                f"a 16-bit image uses values up to {int(a.max())} only ({bits}-bit data?): read as 16-bit it becomes "
-                f"nearly black (at most {round(int(a.max()) / 257)} of 255). Rescale it to the full range first (e.g. "
-                f"multiply by {2 ** (16 - bits)}), or save it as 8-bit", stacklevel=2)
+                f"{named}a 16-bit image uses values up to {int(a.max())} only ({bits}-bit data?): read as 16-bit it "
+                f"becomes nearly black (at most {round(int(a.max()) / 257)} of 255). Rescale it to the full range "
+                f"first (e.g. multiply by {2 ** (16 - bits)}), or save it as 8-bit. Said once per process: other "
+                "images like it are read the same way without a warning", stacklevel=2)
         scaled = np.round(a.astype(np.float64) / 257.0) if is_16bit else a
         a = np.clip(scaled, 0, 255).astype(np.uint8)
     else:
@@ -166,7 +169,7 @@ def _decode_cv2(data: bytes, src: ImageSource) -> np.ndarray:
         raise _too_large(src, ValueError(f"it has {arr.shape[0] * arr.shape[1]:,} pixels; OpenCV was loaded before "
                                          "efpn could limit it, so it was decoded before being refused"))
     colour = arr.ndim == 3 and arr.shape[2] >= 3
-    return to_rgb_uint8(arr, bgr=colour)
+    return to_rgb_uint8(arr, bgr=colour, source=_describe(src))
 
 
 def read_image(src: ImageSource, exif_transpose: bool = True) -> np.ndarray:
@@ -201,7 +204,7 @@ def read_image(src: ImageSource, exif_transpose: bool = True) -> np.ndarray:
             arr = _pil_to_array(im)
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise _corrupt(src, str(e) or type(e).__name__) from e
-    return to_rgb_uint8(arr)
+    return to_rgb_uint8(arr, source=_describe(src))
 
 
 def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]:

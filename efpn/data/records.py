@@ -146,7 +146,8 @@ REASONS: dict[str, str] = {
     "difficult": "difficult objects (VOC/DOTA): handled by the `difficult` policy",
     "unknown_class": "objects whose class is not among the class names: dropped",
     "malformed": "annotation entries or files that could not be parsed: dropped",
-    "label_without_image": "annotations whose image file is missing: dropped",
+    "label_without_image": "labelled images whose image file is missing (a label file, or one image id's "
+    "annotations): dropped",
     "image_without_labels": "images without a label file or any annotation: kept with no boxes",
     "unreadable_image": "images whose header or pixels could not be read: dropped (dataset: skipped)",
     "estimated_size": "images of unknown size (boxes-only mode): size estimated from the box extent",

@@ -9,6 +9,8 @@ the same value the model pads with itself.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +77,17 @@ def _unreadable(rec: ImageRecord, e: Exception, skipped: dict[str, str] | None) 
     if skipped is None:
         raise e
     skipped[str(rec.path)] = str(e)
-    warnings.warn(f"skipped unreadable image {rec.path}: {e}", stacklevel=3)
+    warnings.warn(f"skipped unreadable image {rec.path}: {e}", stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning to the first frame outside this module and torch (whose
+    ``no_grad`` wrapper sits between the public functions and their callers): the code that asked to evaluate."""
+    here, torch_dir = __file__, os.path.dirname(torch.__file__) + os.sep
+    frame, level = sys._getframe(2), 2  # level 1 is the caller of this helper, where the warning is raised
+    while frame is not None and (frame.f_code.co_filename == here or frame.f_code.co_filename.startswith(torch_dir)):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def predict_records(

@@ -55,6 +55,20 @@ def test_boxes_only_without_images(coco_dir: Path) -> None:
     assert report.label_without_image == 1  # only the annotation of unknown image id 42
 
 
+def test_missing_images_are_counted_per_image(coco_dir: Path) -> None:
+    """label_without_image counts images, whatever their number of annotations (as the other loaders count label
+    files): a missing file with two annotations is one, an unknown image id with three annotations is one."""
+    ann = coco_dir / "annotations" / "train.json"
+    data = json.loads(ann.read_text())
+    box = {"category_id": 3, "bbox": [1, 1, 2, 2], "iscrowd": 0}
+    data["annotations"] += [{"id": 10, "image_id": 3, **box}, {"id": 11, "image_id": 42, **box},
+                            {"id": 12, "image_id": "42", **box}]
+    ann.write_text(json.dumps(data))
+    _, _, report = load_coco(ann, coco_dir / "images")
+    assert report.label_without_image == 2  # image 3 (file missing) + unknown image id 42
+    assert len(report.examples["label_without_image"]) == 2
+
+
 def test_not_coco_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_coco(tmp_path / "missing.json")

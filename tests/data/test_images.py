@@ -61,7 +61,8 @@ def test_16bit_data_that_uses_a_small_part_of_the_range_is_warned_about(tmp_path
     images._WARNED_LOW_RANGE.clear()  # once per process: another test may have been first
     gray12 = np.array([[0, 1000, 4000]], dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "g12.png"), gray12)
-    with pytest.warns(UserWarning, match=r"values up to 4000 only \(12-bit data\?\).*multiply by 16"):
+    with pytest.warns(UserWarning, match=r"g12\.png: a 16-bit image uses values up to 4000 only \(12-bit data\?\)"
+                                         r".*multiply by 16"):
         out = read_image(tmp_path / "g12.png")
     np.testing.assert_array_equal(out[0, :, 0], [0, 4, 16])  # the mapping itself is unchanged
     with warnings.catch_warnings():

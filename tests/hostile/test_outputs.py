@@ -78,6 +78,7 @@ def test_detect_survives_a_file_name_that_is_not_utf8(ckpt: Path, tmp_path: Path
     main(["detect", str(src), "--weights", str(ckpt), "--out", str(out)])
     summary = json.loads((out / "detections.json").read_text())
     assert len(summary["images"]) == 2 and len(summary["drawn"]) == 2
+    assert sorted(p.name for p in out.glob("*.png")) == ["__.png", "good.png"]  # each undecodable byte is a _
 
 
 def test_detect_exits_non_zero_when_no_image_could_be_read(ckpt: Path, tmp_path: Path) -> None:
