@@ -10,6 +10,7 @@ calls it. Boxes given and returned here are in the image's pixels; the network's
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -68,7 +69,18 @@ TAL_NOTE = ("TAL ranks candidates by score^0.5 x IoU^6 of the model's own predic
 #: Heavy requests (sliced inference, Integrated Gradients / Occlusion) run at most this many at a time in the server
 #: process (``EFPN_STUDIO_HEAVY_SLOTS``, default 1). The others wait for a slot instead of all slowing each other
 #: down, and the light work of every session (inspections, pages) keeps the rest of the machine.
-HEAVY_SLOTS = max(1, int(os.environ.get("EFPN_STUDIO_HEAVY_SLOTS", "1") or 1))
+def _slots_from_env(default: int = 1) -> int:
+    """``$EFPN_STUDIO_HEAVY_SLOTS`` as a whole number >= 1; any other value is logged and the default kept (at import
+    time there is no page to say it on, and a typo must not take every page down)."""
+    raw = os.environ.get("EFPN_STUDIO_HEAVY_SLOTS", "").strip()
+    try:
+        return max(1, int(raw)) if raw else default
+    except ValueError:
+        logging.getLogger(__name__).warning("EFPN_STUDIO_HEAVY_SLOTS=%r is not a whole number; using %d", raw, default)
+        return default
+
+
+HEAVY_SLOTS = _slots_from_env()
 _HEAVY = threading.BoundedSemaphore(HEAVY_SLOTS)
 
 
@@ -180,11 +192,13 @@ def diagnose_record(
 
 def merge_diagnoses(parts: Sequence[DatasetDiagnosis], score: float, iou: float,
                     class_names: Sequence[str], class_aware: bool = True) -> DatasetDiagnosis:
-    """Per-image diagnoses as one :class:`efpn.explain.DatasetDiagnosis` (its table, rows, COCO results)."""
+    """Per-image diagnoses as one :class:`efpn.explain.DatasetDiagnosis` (its table, rows, COCO results, and the
+    images that could not be diagnosed, with why)."""
     out = DatasetDiagnosis(score_thresh=score, iou_thresh=iou, class_names=list(class_names), class_aware=class_aware)
     for d in parts:
         out.images.extend(d.images)
         out.detections.update(d.detections)
+        out.errors.extend(d.errors)
     return out
 
 

@@ -126,6 +126,9 @@ def save_uploaded_checkpoint(weights_name: str, weights: bytes, card: bytes) -> 
         raise ValueError(f"uploaded checkpoint is {len(weights) / 2**20:.0f} MiB with a {len(card) / 2**10:.0f} KiB "
                          f"card; the studio takes at most {MAX_CHECKPOINT_BYTES >> 20} MiB and "
                          f"{MAX_CARD_BYTES >> 10} KiB")
+    if Path(weights_name).suffix.lower() == ".json":  # it would be overwritten by the card of the same stem
+        raise ValueError(f"{Path(weights_name).name} was given as the weights: the first box takes the weights "
+                         "(.safetensors), the second the model card (.json) saved beside them")
     digest = hashlib.sha1(weights + b"\0" + card).hexdigest()[:16]
     folder = upload_dir() / digest
     folder.mkdir(exist_ok=True)

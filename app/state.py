@@ -7,6 +7,7 @@ session as bytes, so switching pages never loses them and nothing is shared with
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,8 +219,8 @@ def _on_checkpoint_upload() -> None:
         return
     try:
         loaders.load_detector(str(path))
-    except CheckpointError as e:
-        st.session_state["ckpt_upload_error"] = str(e)
+    except CheckpointError as e:  # named by the uploaded files' names, not the server's private folder
+        st.session_state["ckpt_upload_error"] = str(e).replace(f"{path.parent}{os.sep}", "")
         shutil.rmtree(path.parent, ignore_errors=True)  # a refused upload is not kept
         return
     uploaded = st.session_state[UPLOADED_CKPTS]
@@ -252,11 +253,21 @@ def clean_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.
 # ----------------------------------------------------------------------------------------------- sidebar
 
 
+def checkpoint_labels(entries: list[dict[str, Any]]) -> dict[str, str]:
+    """What the pickers show for each listed checkpoint (path -> label): its card's name, with its file when two cards
+    give the same name (two identical entries could not be told apart), marked when its card cannot be read."""
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e["name"]] = counts.get(e["name"], 0) + 1
+    return {e["path"]: e["name"] + (f" ({Path(e['path']).name})" if counts[e["name"]] > 1 else "")
+            + (" (unreadable card)" if "error" in e else "") for e in entries}
+
+
 def _checkpoint_picker(ctx: Context) -> None:
     entries = loaders.available_checkpoints()
     ctx.entries = entries
     options = [e["path"] for e in entries] + [p for p in st.session_state[UPLOADED_CKPTS]]
-    names = {e["path"]: e["name"] + (" (unreadable card)" if "error" in e else "") for e in entries}
+    names = checkpoint_labels(entries)
     names.update({p: f"uploaded {Path(p).stem}" for p in st.session_state[UPLOADED_CKPTS]})
     if not options:
         return

@@ -15,9 +15,7 @@ Loading a model needs nothing from training; the resume state of a run lives wit
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import glob
 import importlib.metadata
 import json
 import os
@@ -31,6 +29,8 @@ from torch import nn
 
 from efpn import zoo
 from efpn.config import ModelConfig
+from efpn.config.card import card_field_problems
+from efpn.files import atomic_write
 
 #: ``format`` of a model card and of the safetensors metadata (``FORMAT_VERSION`` changes with the layout).
 FORMAT = "efpn"
@@ -94,6 +94,10 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(
             f"{card_path} has format_version {version!r}; this efpn reads versions 1..{FORMAT_VERSION}"
             + (": it was written by a newer efpn, upgrade efpn to load it" if newer else ": the card is damaged"))
+    problems = card_field_problems(card)  # a hand-edited field would otherwise fail later, in whichever tool reads it
+    if problems:
+        raise CheckpointError(f"model card {card_path} is damaged: {'; '.join(problems)}. Restore the card that came "
+                              "with these weights, or correct those fields")
     return card
 
 
@@ -202,42 +206,6 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"model card values must be JSON data (numbers, strings, lists, dicts); got {type(obj).__name__}")
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
-def _file_mode() -> int:
-    """The mode a plain new file gets here (0666 minus the umask), so every file of a checkpoint matches."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file and rename, so an interrupted save never leaves a half-written file.
-
-    Temporary files of earlier saves of the same path whose process is gone (a save killed half-way) are removed
-    first; the file gets the ordinary mode of a new file (some writers create their files 0600)."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or (int(pid) != os.getpid() and not _process_alive(int(pid))):
-            stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):  # a failed clean-up (e.g. a read-only disk) must not hide the error above
-            tmp.unlink(missing_ok=True)
-
-
 def _default_name(weights: Path) -> str:
     """Display name of a checkpoint: its file stem, or its folder's name for ``model.safetensors``."""
     return weights.parent.name if weights.stem == "model" and weights.parent.name else weights.stem
@@ -303,7 +271,6 @@ def save_checkpoint(
     info["preset"] = preset
     if cfg.class_names:
         info.setdefault("classes", list(cfg.class_names))
-    _check_card_classes(info, cfg, "save_checkpoint: the card")
     info.setdefault("image_size", cfg.image_size)
     info.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     info.setdefault("torch_version", torch.__version__)
@@ -312,6 +279,10 @@ def save_checkpoint(
         text = json.dumps(info, indent=2, allow_nan=False, default=_json_default)
     except ValueError as e:
         raise CheckpointError(f"model card values must be finite (use null for a missing metric): {e}") from e
+    problems = card_field_problems(json.loads(text))  # as it will be read back: tuples are lists there
+    if problems:
+        raise CheckpointError(f"save_checkpoint: the card would not load back: {'; '.join(problems)}")
+    _check_card_classes(info, cfg, "save_checkpoint: the card")
 
     from safetensors.torch import save_file
 

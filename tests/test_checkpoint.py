@@ -292,6 +292,37 @@ def test_missing_or_bad_card(saved: tuple[StandIn, Path]) -> None:
         load_model(path, builder=build_standin)
 
 
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("classes", 5, r"'classes' is 5, expected a JSON list"),
+    ("classes", [1, 2], r"'classes' must list class names as strings"),
+    ("data", "sirst", r"'data' is 'sirst', expected a JSON object"),
+    ("num_parameters", "1.2M", r"'num_parameters' is '1.2M', expected a whole number"),
+    ("image_size", True, r"'image_size' is True, expected a whole number"),
+    ("metrics", {"AP": [0.3], "AP50": 0.5}, r"'metrics' holds non-numbers under 'AP'"),
+    ("telemetry", [], r"'telemetry' is \[\], expected a JSON object"),
+], ids=["classes-int", "classes-ints", "data-str", "params-str", "size-bool", "metric-list", "telemetry-list"])
+def test_a_card_field_of_the_wrong_type_is_refused_where_the_card_is_read(
+        saved: tuple[StandIn, Path], field: str, value: object, says: str) -> None:
+    """A hand-edited field of the wrong type fails at the card, naming the field, not later in whichever tool reads
+    it; a folder listing marks that checkpoint and keeps the others."""
+    _, path = saved
+    card_path = path.with_suffix(".json")
+    good = card_path.read_text()
+    card_path.write_text(json.dumps({**json.loads(good), field: value}))
+    for read in (read_card, lambda p: load_model(p, builder=build_standin)):
+        with pytest.raises(CheckpointError, match=f"is damaged: .*{says}"):
+            read(path)
+    save_checkpoint(trained_standin(), path.parent / "other.safetensors")
+    listed = {Path(e["path"]).name: e for e in list_checkpoints(path.parent)}
+    assert "damaged" in listed["model.safetensors"]["error"] and "error" not in listed["other.safetensors"]
+    card_path.write_text(good)
+    assert read_card(path)["metrics"] == {"AP": 0.25}  # null and unknown fields stay free
+    if field != "num_parameters":  # save_checkpoint writes that one itself
+        with pytest.raises(CheckpointError, match=f"would not load back: {says}"):
+            save_checkpoint(trained_standin(), path.parent / "new.safetensors", card={field: value})
+        assert not (path.parent / "new.safetensors").exists()
+
+
 def test_save_validates_card(tmp_path: Path) -> None:
     plain = nn.Linear(2, 2)  # no .config
     with pytest.raises(CheckpointError, match="needs a 'config'"):

@@ -157,10 +157,14 @@ with tab_image:
             except AnnotationError as e:
                 st.error(f"{e}\n\nThe ground truth is unchanged.")
             else:
-                _set(parsed.boxes, parsed.labels, parsed.class_names, f"uploaded {parsed.fmt}")
-                if "nothing skipped" not in parsed.report:
-                    st.session_state["gt_report"] = parsed.report
-                st.rerun()
+                if not len(parsed.boxes) and parsed.dropped:  # every entry refused: not an image without objects
+                    st.error(f"Nothing usable in {ann.name}: every entry of it was skipped, so it is not taken for "
+                             f"an image without objects.\n```\n{parsed.report}\n```\nThe ground truth is unchanged.")
+                else:
+                    _set(parsed.boxes, parsed.labels, parsed.class_names, f"uploaded {parsed.fmt}")
+                    if "nothing skipped" not in parsed.report:
+                        st.session_state["gt_report"] = parsed.report
+                    st.rerun()
         report = st.session_state.pop("gt_report", None)
         if report:
             st.warning(f"Read with some entries skipped:\n```\n{report}\n```")
@@ -231,6 +235,7 @@ with tab_data:
         try:
             records, class_names, report = load_split(yaml_path, split)
         except (ValueError, FileNotFoundError, OSError) as e:
+            st.session_state.pop("ds_result", None)  # an earlier dataset's numbers under this error would mislead
             st.error(f"The dataset could not be loaded: {e}")
         else:
             records = records[: int(limit)]

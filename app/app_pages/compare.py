@@ -19,7 +19,7 @@ image = state.require_image(ctx)
 options = [e["path"] for e in ctx.entries if "error" not in e] + list(st.session_state.get(state.UPLOADED_CKPTS, []))
 if ctx.checkpoint and ctx.checkpoint not in options:
     options.insert(0, ctx.checkpoint)
-names = {e["path"]: e["name"] for e in ctx.entries}
+names = state.checkpoint_labels(ctx.entries)
 label = lambda p: names.get(p, Path(p).stem)  # noqa: E731
 if len(options) < 2:
     st.info("Only one checkpoint is available; add another to checkpoints/ (or upload one in the sidebar) to compare.")
@@ -92,6 +92,8 @@ if results:
                        f"{len(ctx.gt.boxes)} ground-truth objects).")
         st.caption(f"Matched at IoU ≥ {iou:.2f}, {'same class only' if aware else 'any class'} (the Detect page's "
                    f"setting), score ≥ {ctx.score:.2f} (sidebar). Object = index of the ground-truth box.")
+    elif a != b:  # one of the two did not load (its error is above)
+        st.info("Both checkpoints must load to list the objects one finds and the other misses.")
     else:
         st.info("Choose two different checkpoints to list the objects one finds and the other misses.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -111,6 +112,11 @@ if diagnosis is not None:
     tiny_missed = sum(table[b]["gt"] - table[b]["found"] for b in ("vt", "t"))
     m = [*st.columns(2), *st.columns(2)]  # two rows: the labels stay whole on a narrow page
     m[0].metric("Images", len(diagnosis.images))
+    if diagnosis.errors:  # left out of every number below: say which and why
+        listed = "\n".join(f"- **{Path(f).name}**: {why}" for _, f, why in diagnosis.errors[:10])
+        more = f"\n- ... and {len(diagnosis.errors) - 10} more" if len(diagnosis.errors) > 10 else ""
+        st.warning(f"{len(diagnosis.errors)} of {n} images could not be diagnosed and are left out of the numbers "
+                   f"below (the All (JSON) download lists them):\n{listed}{more}")
     m[1].metric("Objects", total)
     m[2].metric("Recall", f"{100 * found / total:.1f} %" if total else "–")
     m[3].metric("Tiny objects missed", tiny_missed, help="Very tiny (< 8 px) and tiny (8-16 px) objects missed.")
@@ -123,6 +129,9 @@ if diagnosis is not None:
                + ". The rule is documented in `efpn/explain/diagnose.py`.")
 
     stem = f"{name}_{split}_{n}"
+    # files named from the dataset's own image folder in the downloads, not by this server's folders
+    folders = [str(r.path.parent) for r in records[:n] if r.path is not None]
+    root = os.path.commonpath(folders) if folders else None
     d1, d2, d3 = st.columns(3)
     ids = category_ids(path, split) if same_classes else None  # the dataset's own ids: scored as annotated
     d1.download_button("COCO results", json.dumps(diagnosis.coco_results(ids)),
@@ -130,9 +139,9 @@ if diagnosis is not None:
                        help="The predictions as COCO results JSON, one entry per detection above the threshold: "
                             "image_id, category_id (the dataset's category id; class index + 1 for formats "
                             "without ids), bbox (x, y, w, h), score.")
-    d2.download_button("Misses (CSV)", diagnosis.csv_text(), file_name=f"{stem}_misses.csv", mime="text/csv",
+    d2.download_button("Misses (CSV)", diagnosis.csv_text(root), file_name=f"{stem}_misses.csv", mime="text/csv",
                        key="dsd_dl_csv", help="One row per missed object: its image, cause and the numbers.")
-    d3.download_button("All (JSON)", json.dumps(diagnosis.to_json(), indent=1),
+    d3.download_button("All (JSON)", json.dumps(diagnosis.to_json(root), indent=1),
                        file_name=f"{stem}_diagnosis.json", mime="application/json", key="dsd_dl_json")
 
 # ----------------------------------------------------------------------------------------------- images

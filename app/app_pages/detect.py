@@ -323,17 +323,27 @@ if len(uploads) > 1:
         with all_box:
             summary = []
             bar = st.progress(0.0, text="Detecting on every upload ...")
+            failed: list[str] = []
             for i, (name, data) in enumerate(uploads.items(), start=1):
                 digest = loaders.digest_of(data)
-                decoded = loaders.decode_image(digest, data, loaders.max_pixels())
-                det = (detections if digest == image.digest and sliced is None  # this page's image: already run
-                       else analyses.predict_detections(model, ctx.ckpt_key, decoded.rgb, digest, ctx.score, ctx.nms))
+                try:
+                    decoded = loaders.decode_image(digest, data, loaders.max_pixels())
+                    det = (detections if digest == image.digest and sliced is None  # this page's image: already run
+                           else analyses.predict_detections(model, ctx.ckpt_key, decoded.rgb, digest, ctx.score,
+                                                            ctx.nms))
+                except ValueError as e:  # e.g. a strip too thin for one network input: that row, not the table
+                    failed.append(f"**{name}**: {e}")
+                    continue
+                finally:
+                    bar.progress(i / len(uploads), text=f"{i}/{len(uploads)} images")
                 per = views.level_counts(views.detection_rows(det, model.levels, ctx.class_names), model.levels)
                 scores = np.asarray(det["scores"], dtype=np.float32)  # numpy or a CPU tensor
                 best = float(scores.max()) if scores.size else 0.0
                 summary.append({"image": name, "size": f"{decoded.rgb.shape[1]}x{decoded.rgb.shape[0]}",
                                 "detections": int(sum(per.values())), "best score": round(best, 3), **per})
-                bar.progress(i / len(uploads), text=f"{i}/{len(uploads)} images")
             bar.empty()
             st.dataframe(summary, hide_index=True, width="stretch")
+            if failed:
+                st.warning("Not run whole (pick it in the sidebar and use Sliced inference, or remove it):\n\n- "
+                           + "\n- ".join(failed))
             st.caption("Pick one in the sidebar's Image list to inspect it on every page.")

@@ -64,7 +64,7 @@ def read_run(run: Path) -> dict | None:
 
 def write_record(record: dict, records: Path) -> Path:
     """Write ``record`` as ``records/RUN.json`` (through a temporary file: a killed report leaves the old one)."""
-    from efpn.checkpoint import atomic_write
+    from efpn.files import atomic_write
 
     records.mkdir(parents=True, exist_ok=True)
     path = records / f"{record['run']}.json"

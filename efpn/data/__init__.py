@@ -26,6 +26,7 @@ from efpn.data.transforms import (
 )
 from efpn.data.uploads import (
     ANNOTATION_FORMATS,
+    MAX_OBJECTS_PER_IMAGE,
     AnnotationError,
     ParsedAnnotation,
     map_class_names,
@@ -38,6 +39,7 @@ from efpn.data.yolo import load_yolo, parse_yolo
 __all__ = [
     "boxes_from_mask",
     "load_masks",
+    "MAX_OBJECTS_PER_IMAGE",
     "ANNOTATION_FORMATS",
     "DOTA_V1_CLASSES",
     "FORMATS",

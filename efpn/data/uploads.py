@@ -31,10 +31,16 @@ from efpn.data.records import ImageRecord, SkipReport, decode_text
 from efpn.data.voc import parse_voc
 from efpn.data.yolo import parse_yolo
 
-__all__ = ["ANNOTATION_FORMATS", "AnnotationError", "ParsedAnnotation", "map_class_names", "parse_annotation_bytes"]
+__all__ = ["ANNOTATION_FORMATS", "MAX_OBJECTS_PER_IMAGE", "AnnotationError", "ParsedAnnotation", "map_class_names",
+           "parse_annotation_bytes"]
 
 #: File suffix -> the format it is read as (what an uploader should accept).
 ANNOTATION_FORMATS: dict[str, str] = {".json": "COCO JSON", ".txt": "YOLO txt", ".xml": "VOC XML"}
+
+#: The most objects (boxes + ignore regions) one image's annotation may hold. Dense scenes stay far below it (AI-TOD
+#: evaluates up to 1,500 detections per image; DOTA's densest images hold a few thousand objects); beyond it every view
+#: of the image would draw, match and diagnose tens of thousands of boxes on each interaction.
+MAX_OBJECTS_PER_IMAGE = 10_000
 
 _WHAT_TO_UPLOAD = (
     "upload a COCO JSON, a YOLO txt (class cx cy w h, normalised) or a Pascal VOC XML of this image"
@@ -54,6 +60,11 @@ class ParsedAnnotation:
     class_names: list[str]
     fmt: str  # a value of ANNOTATION_FORMATS
     report: str  # SkipReport.summary() of the file: what was skipped or changed
+    dropped: int = 0  # entries refused (malformed, unknown class, no area, outside the image): not boxes of it
+
+
+#: the SkipReport reasons that drop an annotated object (the others keep it, re-route it or note something)
+DROPPING = ("malformed", "unknown_class", "zero_size_boxes", "outside_image", "label_without_image")
 
 
 def parse_annotation_bytes(
@@ -67,7 +78,8 @@ def parse_annotation_bytes(
     ``file_name`` whose content is ``data`` (see the module docstring for each format).
 
     ``class_names``: the classes boxes are labelled in (the model's); YOLO ids index them, VOC names map onto them.
-    Raises :class:`AnnotationError` for an unknown suffix, a file that does not parse, or one without this image.
+    Raises :class:`AnnotationError` for an unknown suffix, a file that does not parse, one without this image, or
+    one giving it more than :data:`MAX_OBJECTS_PER_IMAGE` objects.
     """
     suffix = Path(file_name).suffix.lower()
     if suffix not in ANNOTATION_FORMATS:
@@ -88,15 +100,19 @@ def parse_annotation_bytes(
             record = records[0]
         else:
             records, found, report = parse_voc(data, stem, (h, w), name=file_name)
-            if not records:
-                raise AnnotationError(f"{file_name} could not be read as Pascal VOC XML ({report.summary()}); "
-                                      f"{_WHAT_TO_UPLOAD}")
+            if not records:  # the parser's own reason when it gave one (a syntax error, a refused entity)
+                why = (report.examples.get("malformed") or [report.summary()])[0]
+                raise AnnotationError(f"{file_name} could not be read as Pascal VOC XML ({why}); {_WHAT_TO_UPLOAD}")
             record = records[0]
     except AnnotationError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, ET.ParseError, UnicodeDecodeError, RecursionError) as e:
         raise AnnotationError(f"{file_name} could not be parsed: {e}; {_WHAT_TO_UPLOAD}") from e
     boxes, labels = record.target_boxes()
+    if len(record.boxes) + len(record.ignore) > MAX_OBJECTS_PER_IMAGE:
+        raise AnnotationError(f"{file_name} gives this image {len(record.boxes) + len(record.ignore):,} objects, more "
+                              f"than the {MAX_OBJECTS_PER_IMAGE:,} one image's ground truth may hold; upload the "
+                              "annotation of this image only, or of a crop of it")
     found = list(found)
     if suffix in (".json", ".xml") and names:  # class names, not the file's own order, decide the label
         labels, found = map_class_names(names, found, labels)
@@ -104,7 +120,8 @@ def parse_annotation_bytes(
         sx, sy = w / record.width, h / record.height
         boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
     return ParsedAnnotation(boxes.astype(np.float32).reshape(-1, 4), labels.astype(np.int64).reshape(-1), found,
-                            ANNOTATION_FORMATS[suffix], report.summary())
+                            ANNOTATION_FORMATS[suffix], report.summary(),
+                            sum(int(getattr(report, reason)) for reason in DROPPING))
 
 
 def map_class_names(names: list[str], found: list[str], labels: np.ndarray) -> tuple[np.ndarray, list[str]]:

@@ -222,16 +222,17 @@ def parse_voc(
     at all, gives no record and is counted as ``malformed``; ``name`` is the report's dataset (default the file).
     """
     check_policy("difficult", difficult)
-    report = SkipReport(dataset=name or f"{stem}.xml")
+    source = name or f"{stem}.xml"  # the document, as its reader knows it (an upload: its own file name)
+    report = SkipReport(dataset=source)
     try:
         voc = _parse_root(ET.fromstring(data), stem)
-    except ET.ParseError:
-        report.add("malformed", 1, f"{stem}.xml")
+    except ET.ParseError as e:  # not XML, cut short, or entities (refused: the parser expands none)
+        report.add("malformed", 1, f"{source}: not well-formed XML ({e})")
         return [], read_names(names) if names is not None else [], report.tally([])
-    report.add("malformed", voc.bad_objects, f"{stem}.xml")
+    report.add("malformed", voc.bad_objects, source)
     if (voc.width <= 0 or voc.height <= 0) and image_hw is not None:
         voc.height, voc.width = int(image_hw[0]), int(image_hw[1])
     if voc.width <= 0 or voc.height <= 0:
-        report.add("malformed", 1, f"{stem}.xml (no <size> and no image size)")
+        report.add("malformed", 1, f"{source} (no <size> and no image size)")
         return [], read_names(names) if names is not None else [], report.tally([])
     return _records([(0, voc, None)], names, difficult, report)

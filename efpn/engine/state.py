@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from efpn.checkpoint import FORMAT_VERSION, CheckpointError, atomic_write, unwrap_model
+from efpn.checkpoint import FORMAT_VERSION, CheckpointError, unwrap_model
 from efpn.config import RESUME_FREE, TrainConfig
+from efpn.files import atomic_write
 
 #: ``format`` of a training-state file.
 TRAIN_FORMAT = "efpn-train"

@@ -52,25 +52,29 @@ class DatasetDiagnosis:
         """Per size bucket: GTs, found, and misses per cause (see :func:`recall_by_bucket_and_cause`)."""
         return recall_by_bucket_and_cause([d for _, d in self.images])
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The miss table: one row per missed object, with its image."""
+    def rows(self, root: str | Path | None = None) -> list[dict[str, Any]]:
+        """The miss table: one row per missed object, with its image (``file``: relative to ``root`` when the image
+        is under it, e.g. so a download from a server does not show the server's folders)."""
         out = []
         for rec, diag in self.images:
             for m in diag.misses:
-                out.append({"image_id": rec.image_id, "file": str(rec.path), **m.to_row()})
+                out.append({"image_id": rec.image_id, "file": _shown(rec.path, root), **m.to_row()})
         return out
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, root: str | Path | None = None) -> dict[str, Any]:
+        """Everything as JSON data: settings, recall per bucket and cause, the miss rows and the images that could
+        not be diagnosed (files relative to ``root``, as in :meth:`rows`)."""
         table = self.table()
         recall = {b: (t["found"] / t["gt"] if t["gt"] else None) for b, t in table.items()}
         return {"score_thresh": self.score_thresh, "iou_thresh": self.iou_thresh, "slice": self.slice_size,
                 "class_aware": self.class_aware, "images": len(self.images), "recall_by_bucket": recall,
-                "by_bucket_and_cause": table, "causes": CAUSE_TEXT, "misses": self.rows(),
-                "errors": [{"image_id": i, "file": f, "error": e} for i, f, e in self.errors]}
+                "by_bucket_and_cause": table, "causes": CAUSE_TEXT, "misses": self.rows(root),
+                "errors": [{"image_id": i, "file": _shown(f, root), "error": e} for i, f, e in self.errors]}
 
-    def csv_text(self) -> str:
-        """The miss table as CSV text (dict- and list-valued columns as JSON), e.g. for a download button."""
-        rows = self.rows()
+    def csv_text(self, root: str | Path | None = None) -> str:
+        """The miss table as CSV text (dict- and list-valued columns as JSON), e.g. for a download button (files
+        relative to ``root``, as in :meth:`rows`)."""
+        rows = self.rows(root)
         keys = list(rows[0]) if rows else ["image_id", "file", "gt_index", "box", "cause"]
         buf = io.StringIO(newline="")
         w = csv.DictWriter(buf, fieldnames=keys)
@@ -101,6 +105,16 @@ class DatasetDiagnosis:
 
 
 @torch.no_grad()
+def _shown(path: str | Path | None, root: str | Path | None) -> str:
+    """``path`` as a row shows it: relative to ``root`` when it lies under it, else as given."""
+    if path is None or root is None:
+        return str(path)
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def diagnose_records(
     model: Detector,
     records: Sequence[ImageRecord],
@@ -118,8 +132,9 @@ def diagnose_records(
 
     ``class_aware``: a detection finds an object only with the same class (False: any class). ``on_image(done,
     total, record)`` is called after each image (e.g. a progress bar; an exception from it stops the run). An image
-    that cannot be read is recorded in :attr:`DatasetDiagnosis.errors` with the reason and the rest are diagnosed:
-    one bad file never stops a dataset.
+    that cannot be read or run (unreadable, too thin for the network's input, more tiles than ``MAX_TILES``) is
+    recorded in :attr:`DatasetDiagnosis.errors` with the reason and the rest are diagnosed: one bad file never stops
+    a dataset.
     """
     if class_aware:  # fail before hours of inspection, not per image
         check_classes(model, class_names, "use data with the model's classes, or match detections of any class "
@@ -137,9 +152,6 @@ def diagnose_records(
             if rec.path is None:
                 raise ValueError("the record has no image path; diagnosis needs the pixels")
             rgb = read_image(rec.path)
-        except (OSError, ValueError) as e:  # CorruptImageError is a ValueError
-            out.errors.append((rec.image_id, str(rec.path), str(e)[:500]))
-        else:
             boxes, labels = rec.target_boxes()
             ins = inspect(model, rgb, score_thresh=min(thr, model.config.postprocess.score_thresh),
                           image_size=image_size)
@@ -148,6 +160,9 @@ def diagnose_records(
                 det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=thr,
                                      image_size=image_size)
             diag = diagnose_image(model, ins, boxes, labels, thr, iou_thresh, class_aware, detections=det)
+        except (OSError, ValueError) as e:  # unreadable (CorruptImageError), too thin for the network, too many
+            out.errors.append((rec.image_id, str(rec.path), str(e)[:500]))  # tiles: that image, not the dataset
+        else:
             chosen = det if det is not None else ins.detections
             keep = chosen["scores"] >= thr
             out.detections[rec.image_id] = {k: chosen[k][keep].cpu().numpy() for k in ("boxes", "scores", "labels")}

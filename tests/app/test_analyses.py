@@ -184,3 +184,27 @@ def test_heavy_slot_queues_the_second_request_and_always_releases() -> None:
             raise RuntimeError("the computation failed")
     with analyses.heavy_slot(lambda: pytest.fail("the slot was not released")):  # free again at once
         pass
+
+
+def test_a_bad_heavy_slots_setting_keeps_the_default(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A typo in EFPN_STUDIO_HEAVY_SLOTS is logged and ignored: raised at import it took every page down."""
+    from app import analyses
+
+    monkeypatch.setenv("EFPN_STUDIO_HEAVY_SLOTS", "two")
+    assert analyses._slots_from_env() == 1
+    assert "EFPN_STUDIO_HEAVY_SLOTS='two'" in caplog.text
+    monkeypatch.setenv("EFPN_STUDIO_HEAVY_SLOTS", " 3 ")
+    assert analyses._slots_from_env() == 3
+    monkeypatch.setenv("EFPN_STUDIO_HEAVY_SLOTS", "0")
+    assert analyses._slots_from_env() == 1
+
+
+def test_checkpoints_sharing_a_name_are_told_apart() -> None:
+    from app.state import checkpoint_labels
+
+    entries = [{"path": "/c/a.safetensors", "name": "ship"}, {"path": "/c/b.safetensors", "name": "ship"},
+               {"path": "/c/c.safetensors", "name": "other"}, {"path": "/c/d.safetensors", "name": "d", "error": "x"}]
+    assert checkpoint_labels(entries) == {"/c/a.safetensors": "ship (a.safetensors)",
+                                          "/c/b.safetensors": "ship (b.safetensors)",
+                                          "/c/c.safetensors": "other", "/c/d.safetensors": "d (unreadable card)"}

@@ -294,6 +294,25 @@ def test_assignment_bad_annotation_keeps_gt(app) -> None:
     assert _metric(app, "GT boxes") == before
 
 
+@pytest.mark.parametrize("name, data", [
+    ("bad.txt", b"0 nan 0.5 0.1 0.1\n9 0.5 0.5 0.1 0.1\nnot a box\n"),
+    ("bin.txt", bytes(range(256)) * 8),
+])
+def test_assignment_annotation_with_nothing_usable_keeps_gt(app, name: str, data: bytes) -> None:
+    """A file whose every entry is refused is not an image without objects: the ground truth stays, and the page
+    says why (an empty label file, which is one, is still accepted as zero boxes)."""
+    _goto(app, "assignment")
+    before = _metric(app, "GT boxes")
+    assert int(before) > 0
+    app.file_uploader(key="gt_upload_0").set_value((name, data, "text/plain")).run()
+    _ok(app)
+    assert any(f"Nothing usable in {name}" in e and "unchanged" in e for e in _errors(app)), _errors(app)
+    assert _metric(app, "GT boxes") == before
+    app.file_uploader(key="gt_upload_0").set_value(("empty.txt", b"", "text/plain")).run()
+    _ok(app)
+    assert any("0 boxes from uploaded YOLO txt" in c.value for c in app.caption), [c.value for c in app.caption]
+
+
 def test_assignment_table_editor_and_reset(app) -> None:
     _goto(app, "assignment")
     app.button(key="gt_from_det").click().run()  # threshold 0.25: no detection -> empty GT
@@ -314,6 +333,27 @@ def test_assignment_dataset_mode(app) -> None:
     assert not app.text_input
     options = app.selectbox(key="ds_yaml").options  # as shown: "ssdd (recipes/data)", ...
     assert "samples (app/samples)" in options and all(o.endswith(")") for o in options)
+
+
+def test_assignment_dataset_mode_failure_clears_the_earlier_result(app, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset that fails to load shows its error alone, not under the numbers of the dataset run before it."""
+    samples = APP.parent / "samples"
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "zbroken.yaml").write_text(
+        f"format: coco\nroot: {samples.resolve()}\ntrain:\n  annotations: {tmp_path / 'broken.json'}\n"
+        "  images: images\n")
+    monkeypatch.setenv("EFPN_DATA_DIR", str(tmp_path))
+    _goto(app, "assignment")
+    app.number_input(key="ds_limit").set_value(2).run()
+    app.button(key="ds_run").click().run()
+    assert _metric(app, "Images") == "2"
+    box = app.selectbox(key="ds_yaml")
+    box.select_index(box.options.index("zbroken (EFPN_DATA_DIR)")).run()
+    app.button(key="ds_run").click().run()
+    _ok(app)
+    assert any("could not be loaded" in e for e in _errors(app)), _errors(app)
+    assert not [m for m in app.metric if m.label == "Images"]
 
 
 # ----------------------------------------------------------------------------------------------- sessions
@@ -348,6 +388,16 @@ def test_a_failing_upload_can_be_removed(app, sample_rgb: np.ndarray) -> None:
     app.radio(key="detect_mode").set_value("Sliced (tiles)").run()  # tile by tile it works
     _ok(app)
     assert not _errors(app)
+    # with a second upload, the all-uploads table runs every other image and names the strip instead of failing
+    app.file_uploader(key="detect_uploader").set_value([("fine.png", png_bytes(sample_rgb), "image/png")]).run()
+    app.session_state["detect_all_open"] = True
+    app.run()
+    _ok(app)
+    summary = next(d.value for d in app.dataframe if "best score" in d.value.columns)
+    assert list(summary["image"]) == ["upload fine.png"]
+    assert any("strip.png" in w.value and "Sliced" in w.value for w in app.warning), [w.value for w in app.warning]
+    app.session_state["detect_all_open"] = False
+    app.sidebar.selectbox(key="image_choice").set_value("upload strip.png").run()
     app.radio(key="detect_mode").set_value("Whole image").run()
     app.sidebar.button(key="remove_upload").click().run()
     _ok(app)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from studio_helpers import APP, errors, ok
 from studio_helpers import goto as _goto
@@ -277,3 +278,28 @@ def test_dataset_of_other_classes_is_diagnosed_by_boxes(app, tmp_path, monkeypat
     _goto(app, "gates")
     _ok(app)
     assert any("carry a class this checkpoint does not predict" in c.value for c in app.caption)
+
+
+def test_images_that_cannot_be_diagnosed_are_named(app, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One image of the dataset is a 600x1 strip (too thin for the network): the others are diagnosed and the page
+    names it with the reason, instead of a smaller image count and no word."""
+    import shutil
+
+    import cv2
+
+    samples = (APP.parent / "samples").resolve()
+    shutil.copytree(samples / "images", tmp_path / "images")
+    first = sorted((tmp_path / "images").iterdir())[0]
+    cv2.imwrite(str(first), np.full((1, 600, 3), 90, np.uint8))
+    (tmp_path / "strip.yaml").write_text(
+        f"format: coco\nroot: {tmp_path}\ntrain:\n  annotations: {samples / 'annotations.json'}\n  images: images\n")
+    monkeypatch.setenv("EFPN_DATA_DIR", str(tmp_path))
+    _goto(app, "dataset")
+    _choose(app, "dsd_choice", "strip (EFPN_DATA_DIR)")
+    total = len(list((tmp_path / "images").iterdir()))
+    app.number_input(key="dsd_n_strip (EFPN_DATA_DIR)").set_value(total).run()
+    app.button(key="dsd_run").click().run()
+    _ok(app)
+    assert _metric(app, "Images") == str(total - 1)
+    assert any(first.name in w.value and "could not be diagnosed" in w.value and "minimum" in w.value
+               for w in app.warning), [w.value for w in app.warning]

@@ -77,12 +77,23 @@ def test_yolo_ids_index_the_class_names_and_bad_lines_are_reported() -> None:
     assert got.labels.tolist() == [2, 0]
     np.testing.assert_allclose(got.boxes, [[90, 40, 110, 60], [20, 20, 40, 30]], atol=1e-4)  # box, then polygon
     assert "not among the class names" in got.report and "could not be parsed" in got.report
+    assert got.dropped == 2  # the unknown class and the unparsable line: what a page needs to refuse an all-bad file
 
 
 def test_yolo_empty_file_is_an_image_without_boxes() -> None:
     got = parse_annotation_bytes(b"\n", "x.txt", "x.png", HW, NAMES)
     assert got.boxes.shape == (0, 4) and got.labels.shape == (0,)
-    assert "without a label file or any annotation" in got.report
+    assert "without a label file or any annotation" in got.report and got.dropped == 0
+
+
+def test_more_objects_than_one_image_may_hold_are_refused() -> None:
+    from efpn.data import MAX_OBJECTS_PER_IMAGE
+
+    line = b"0 0.5 0.5 0.01 0.01\n"
+    assert len(parse_annotation_bytes(line * MAX_OBJECTS_PER_IMAGE, "x.txt", "x.png", HW, NAMES).boxes) == (
+        MAX_OBJECTS_PER_IMAGE)
+    with pytest.raises(AnnotationError, match=f"x.txt gives this image {MAX_OBJECTS_PER_IMAGE + 1:,} objects"):
+        parse_annotation_bytes(line * (MAX_OBJECTS_PER_IMAGE + 1), "x.txt", "x.png", HW, NAMES)
 
 
 def test_yolo_without_class_names_is_refused() -> None:
@@ -107,7 +118,10 @@ def test_voc_without_size_takes_the_image_size() -> None:
 
 
 @pytest.mark.parametrize("name, data, match", [
-    ("a.xml", b"<annotation><object>", "a.xml could not be read as Pascal VOC XML"),
+    ("a.xml", b"<annotation><object>", r"a.xml could not be read as Pascal VOC XML \(a.xml: not well-formed XML "
+                                       r"\(no element found"),
+    ("up.xml", b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/hostname">]><annotation>&x;'
+               b"</annotation>", r"up.xml could not be read as Pascal VOC XML \(up.xml: .*entity"),  # never fetched
     ("a.csv", b"x,y", "a.csv: unknown annotation type"),
 ])
 def test_bad_files(name: str, data: bytes, match: str) -> None:

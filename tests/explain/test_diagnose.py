@@ -122,12 +122,41 @@ def test_diagnose_records_skips_a_bad_image_reports_progress_and_exports(tmp_pat
     assert [e[0] for e in aware.errors] == [records[1].image_id] and aware.errors[0][2]
     assert len(aware.images) == 3 and records[1].image_id not in aware.detections
     assert aware.to_json()["errors"][0]["image_id"] == records[1].image_id
+    # files relative to a root (a server's download), as given otherwise
+    assert aware.to_json(tmp_path / "d")["errors"][0]["file"] == records[1].path.relative_to(tmp_path / "d").as_posix()
+    assert aware.to_json(tmp_path / "elsewhere")["errors"][0]["file"] == str(records[1].path)
+    assert all(r["file"].startswith("images/") for r in aware.rows(tmp_path / "d"))
     csv_file = aware.write_csv(tmp_path / "m.csv")
     assert csv_file.read_bytes().decode("utf-8") == aware.csv_text()
     assert aware.csv_text().splitlines()[0].startswith("image_id,file")
     agnostic = diagnose_records(model, records, names, score_thresh=0.0, class_aware=False)
     found = lambda d: sum(t["found"] for t in d.table().values())  # noqa: E731
     assert not agnostic.class_aware and found(agnostic) >= found(aware)
+
+
+def test_an_image_the_network_cannot_take_is_skipped_not_the_dataset(tmp_path) -> None:
+    """A 600x1 strip decodes but is too thin for the network's input (whole image), and a tiny tile on it means too
+    many tiles (sliced): each time that image is listed in ``errors`` with the reason and the others are
+    diagnosed."""
+    import cv2
+
+    import efpn
+    from efpn.data.splits import load_split
+    from efpn.data.synthetic import write_synthetic_dataset
+    from efpn.explain import diagnose_records
+
+    write_synthetic_dataset(tmp_path / "d", 3, image_size=64, seed=0, val_fraction=0.0)
+    records, names, _ = load_split(tmp_path / "d" / "data.yaml", "train")
+    model = efpn.build_model("tiny_efpn_n", num_classes=len(names)).eval()
+    strip = records[0].path
+    assert strip is not None
+    cv2.imwrite(str(strip), np.full((1, 600, 3), 90, np.uint8))
+    whole = diagnose_records(model, records, names, score_thresh=0.0)
+    assert [e[0] for e in whole.errors] == [records[0].image_id] and "minimum" in whole.errors[0][2]
+    assert len(whole.images) == 2
+    cv2.imwrite(str(strip), np.full((800, 600, 3), 90, np.uint8))  # 100 x 75 tiles of 8 px
+    sliced = diagnose_records(model, records, names, score_thresh=0.0, slice_size=8, overlap=0.0)
+    assert [e[0] for e in sliced.errors] == [records[0].image_id] and "tiles" in sliced.errors[0][2]
 
 
 def test_labels_outside_the_models_classes(tmp_path) -> None:
