@@ -141,6 +141,10 @@ with tab_image:
     st.caption(f"{len(gt.boxes)} boxes from {gt.source}." if gt is not None else "This image has no ground truth yet.")
     version = st.session_state.setdefault("gt_version", 0)
 
+    def _report_lines(report: str) -> str:
+        """A loader's report as a markdown list: it wraps in a narrow column, where a code block would scroll."""
+        return "\n".join(f"- {line.strip()}" for line in report.splitlines() if line.strip())
+
     def _set(boxes: np.ndarray, labels: np.ndarray, class_names: list[str], source: str) -> None:
         b, ok = state.clean_boxes(boxes, (h, w))
         state.set_ground_truth(image.digest, state.GroundTruth(b[ok], np.asarray(labels, np.int64)[ok],
@@ -159,7 +163,8 @@ with tab_image:
             else:
                 if not len(parsed.boxes) and parsed.dropped:  # every entry refused: not an image without objects
                     st.error(f"Nothing usable in {ann.name}: every entry of it was skipped, so it is not taken for "
-                             f"an image without objects.\n```\n{parsed.report}\n```\nThe ground truth is unchanged.")
+                             f"an image without objects.\n\n{_report_lines(parsed.report)}\n\nThe ground truth is "
+                             "unchanged.")
                 else:
                     _set(parsed.boxes, parsed.labels, parsed.class_names, f"uploaded {parsed.fmt}")
                     if "nothing skipped" not in parsed.report:
@@ -167,7 +172,7 @@ with tab_image:
                     st.rerun()
         report = st.session_state.pop("gt_report", None)
         if report:
-            st.warning(f"Read with some entries skipped:\n```\n{report}\n```")
+            st.warning(f"Read with some entries skipped:\n\n{_report_lines(report)}")
         with c2:
             if st.button("Use the detections as ground truth", key="gt_from_det"):
                 ins = state.inspection(ctx, model, image)

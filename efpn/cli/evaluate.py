@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def model_and_records(args: argparse.Namespace, why: str) -> tuple[Any, list, li
 def cmd_val(args: argparse.Namespace) -> None:
     from efpn.cli.tables import metrics_line, per_class_lines
     from efpn.evaluation import plot_ap_by_size, plot_pr_curves, sweep_nms_iou
-    from efpn.evaluation.validate import validate
+    from efpn.evaluation.validate import check_network_sizes, validate
 
     guards.check_outputs({"--json": args.json, "--plots": args.plots},
                          {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)},
@@ -44,16 +45,24 @@ def cmd_val(args: argparse.Namespace) -> None:
     nms = args.nms_iou if args.nms_iou is not None else model.config.postprocess.nms_iou
     print(f"NMS IoU {nms:g}" + (" (the checkpoint's)" if args.nms_iou is None else ""))
 
-    result = validate(model, records, names, image_size=size, batch_size=args.batch_size, device=args.device,
-                      progress=True, nms_iou=args.nms_iou)
-    m: dict[str, Any] = {**result.to_json_dict(), "nms_iou": nms}
+    whole = True
+    if args.slice is not None:  # tiles take images too thin for one input: the whole-image comparison does not
+        try:
+            check_network_sizes(records, size, "whole-image metrics", "keep --slice alone")
+        except ValueError as e:
+            print(f"{e}: the whole-image metrics are left out, the sliced ones computed", file=sys.stderr)
+            whole = False
+    result = (validate(model, records, names, image_size=size, batch_size=args.batch_size, device=args.device,
+                       progress=True, nms_iou=args.nms_iou) if whole else None)
+    m: dict[str, Any] = {**result.to_json_dict(), "nms_iou": nms} if result is not None else {}
     if args.slice is not None:
         # the same model and records, tiled: AP by size with and without slicing side by side
         sliced = validate(model, records, names, image_size=size, device=args.device, progress=True,
                           slice_size=args.slice, overlap=args.overlap, nms_iou=args.nms_iou)
-        print(metrics_line(m, "whole image: "))
+        if m:
+            print(metrics_line(m, "whole image: "))
         result, m = sliced, {**sliced.to_json_dict(), "nms_iou": nms,
-                             "slicing": {"tile": args.slice, "overlap": args.overlap}, "without_slicing": m}
+                             "slicing": {"tile": args.slice, "overlap": args.overlap}, "without_slicing": m or None}
         print(metrics_line(m, f"tiles {args.slice} px, overlap {args.overlap:g}: "))
     else:
         print(metrics_line(m))
@@ -66,6 +75,7 @@ def cmd_val(args: argparse.Namespace) -> None:
         print(f"best AP at NMS IoU {sweep.best:g} ({sweep.gain:+.4f} over the checkpoint's {sweep.current:g}); chosen "
               "on this split, so optimistic for it: confirm on held-out data (efpn ship --nms-iou auto records it)")
         m["nms_sweep"] = sweep.to_json_dict()
+    assert result is not None  # the sliced result when the whole-image one was left out
     if result.skipped:
         print(f"skipped {len(result.skipped)} unreadable image(s); the metrics are computed without them (listed "
               "under skipped_images in --json):")

@@ -75,7 +75,7 @@ from efpn.engine.state import (
 )
 from efpn.engine.telemetry import EpochTelemetry, RunLogger
 from efpn.evaluation.coco import EvalResult
-from efpn.evaluation.validate import validate
+from efpn.evaluation.validate import check_network_sizes, validate
 from efpn.explain.gradient import high_level_grad_norms
 from efpn.models.criterion import CriterionStats
 from efpn.models.detector import Detector
@@ -178,6 +178,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             DetectionDataset(list(data.train), None, skip_corrupt=True).first_readable()  # in its traceback
         except CorruptImageError as e:
             raise ValueError(f"the train split of {cfg.data}: {e}") from None
+        # a val image the network cannot take whole would stop the run at its first validation, an epoch lost
+        check_network_sizes(data.val, cfg.eval_size, f"the val split of {cfg.data}", "train at a larger --image-size")
         sampler = DistributedSampler(dataset, num_replicas=world, rank=info.rank, shuffle=True, seed=cfg.seed,
                                      drop_last=True)
         batches_of = StepBatchSampler(sampler, per_rank_batch, cfg.accumulate)

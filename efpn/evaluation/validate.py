@@ -23,7 +23,7 @@ from torch import Tensor
 from efpn.data.images import CorruptImageError, read_image
 from efpn.data.records import ImageRecord
 from efpn.evaluation.coco import EvalResult, evaluate_detections
-from efpn.infer.preprocess import Prepared, boxes_to_original, prepare
+from efpn.infer.preprocess import MIN_SIDE, Prepared, boxes_to_original, prepare
 from efpn.infer.slicing import TooManyTilesError, sliced_predict
 from efpn.models.detector import Detector, check_postprocess
 
@@ -54,7 +54,24 @@ def _prepare_or_error(rec: ImageRecord, image_size: int) -> Prepared | Exception
         rgb = read_image(rec.path)
     except UNREADABLE as e:
         return e
-    return prepare(rgb, image_size)
+    try:
+        return prepare(rgb, image_size)
+    except ValueError as e:  # too thin for one input (its file, not its annotation, said so): name it
+        raise ValueError(f"{rec.path}: {e}") from None
+
+
+def check_network_sizes(records: Sequence[ImageRecord], image_size: int, where: str,
+                        advice: str = "evaluate on tiles (efpn val --slice)") -> None:
+    """Raise ValueError, before any forward pass, when an image's annotated size becomes thinner than the network's
+    minimum side at ``image_size`` (a whole-image pass cannot take it); the message names the first few and what to
+    do. ``where`` names the data (e.g. "the val split of data.yaml"), ``advice`` the last way out offered. Such an
+    image is not left out silently: without its objects the score would rise."""
+    bad = [r for r in records if min(_network_hw(r, image_size)) < MIN_SIDE]
+    if bad:
+        shown = ", ".join(f"{r.path} ({r.width}x{r.height})" for r in bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise ValueError(f"{where}: {len(bad)} image(s) become thinner than the network's {MIN_SIDE} px minimum at "
+                         f"{image_size} px long side: {shown}. Crop or pad them towards a square, remove them from "
+                         f"this split, or {advice}")
 
 
 def _prepared(records: Sequence[ImageRecord], image_size: int,
@@ -325,6 +342,8 @@ def validate(
     check_classes(model, class_names)
     size = int(image_size or model.config.image_size)
     skipped: dict[str, str] = {}
+    if slice_size is None:  # before hours of forwards, not at the image
+        check_network_sizes(records, size, "the evaluated images")
     if slice_size is not None:
         if slice_size < 8:
             raise ValueError(f"slice_size must be at least 8 px, got {slice_size}")

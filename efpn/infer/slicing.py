@@ -19,7 +19,7 @@ from torchvision.ops import batched_nms
 
 from efpn.det.postprocess import empty_detections
 from efpn.infer.predict import predict_image
-from efpn.infer.preprocess import MIN_SIDE, to_rgb_uint8
+from efpn.infer.preprocess import MIN_SIDE, network_hw, to_rgb_uint8
 
 __all__ = ["MAX_TILES", "SLICED_MAX_PIXELS", "TooManyTilesError", "num_tiles", "sliced_predict", "smallest_tile",
            "suggested_tile", "tile_windows"]
@@ -106,7 +106,8 @@ def sliced_predict(
         overlap: overlap between neighbouring windows, as a fraction of ``tile`` in [0, 1).
         score_thresh, nms_iou: per-tile postprocessing (default: the model's config); ``nms_iou`` is also the
             IoU of the final merge.
-        include_full: also run the model once on the whole image (catches objects larger than a tile).
+        include_full: also run the model once on the whole image (catches objects larger than a tile), when the
+            network can take it whole (a strip thinner than its minimum side at ``image_size`` gets its tiles alone).
         max_det: cap on the merged detections (default: the model's ``postprocess.max_det``).
         image_size: network long side for every window (default: ``model.config.image_size``).
         max_tiles: refuse (:class:`TooManyTilesError`, before any forward) an image that ``tile`` and ``overlap``
@@ -137,7 +138,9 @@ def sliced_predict(
             f"the limit of {max_tiles} (one forward each); use tiles of at least {fit} px (or a smaller overlap)")
     windows = tile_windows(h, w, tile, overlap)
     parts = [_predict_crop(model, rgb[y1:y2, x1:x2], (x1, y1), size, **kw) for x1, y1, x2, y2 in windows]
-    if include_full and len(windows) > 1:
+    # the whole-image pass (objects larger than a tile) needs an image the network can take whole: a strip too thin
+    # for one input is covered by its tiles alone
+    if include_full and len(windows) > 1 and min(network_hw((h, w), size)[1]) >= MIN_SIDE:
         parts.append(_predict_crop(model, rgb, (0, 0), size, **kw))
     merged = {k: torch.cat([p[k] for p in parts]) for k in ("boxes", "scores", "labels", "levels")}
     if merged["boxes"].numel() == 0:
