@@ -210,6 +210,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         _die(f"unsupported export format {args.format!r}; only 'onnx' is supported")
     out = args.out or str(Path(args.weights).with_suffix(".onnx"))
     guards.check_outputs({"--out": out}, guards.checkpoint_files(args.weights))
+    if Path(out).exists() and not args.overwrite:  # it may be anything: a data YAML, a run's resume state
+        _die(f"{out} already exists; pass --overwrite to replace it with the exported model, or give another --out")
     model = efpn.load_model(args.weights)
     try:
         rep = export_onnx(model, out, args.image_size)
@@ -366,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", required=True, help="checkpoint .safetensors (with its .json card)")
     s.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx only)")
     s.add_argument("--out", default=None, help="output file (default: the weights' path with .onnx)")
+    s.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     s.add_argument("--image-size", type=guards.image_size, default=None,
                    help="fixed input side of the exported graph (default: the checkpoint's own)")
     s.set_defaults(func=cmd_export)

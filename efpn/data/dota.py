@@ -20,7 +20,15 @@ from pathlib import Path
 
 from efpn.config.names import ClassNames, read_names
 from efpn.data.images import CorruptImageError, image_size, index_images
-from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record, read_text
+from efpn.data.records import (
+    ImageRecord,
+    Policy,
+    SkipReport,
+    assign_image_ids,
+    check_policy,
+    make_record,
+    read_label_text,
+)
 
 __all__ = ["DOTA_V1_CLASSES", "load_dota", "polygon_to_xyxy"]
 
@@ -106,7 +114,10 @@ def load_dota(
             continue
         boxes, labels_, roles = [], [], []
         n_objects = 0
-        lines = read_text(txt).splitlines() if txt is not None else []
+        text = read_label_text(txt, report)
+        if text is None:  # a pipe, a device, a giant: reported, and the image left out
+            continue
+        lines = text.splitlines()
         for line in lines:
             tokens = line.split()
             if not tokens or ":" in tokens[0]:  # blank, or header (imagesource:, gsd:)

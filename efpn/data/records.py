@@ -38,6 +38,7 @@ __all__ = [
     "check_policy",
     "decode_text",
     "make_record",
+    "read_label_text",
     "read_text",
 ]
 
@@ -63,9 +64,37 @@ def decode_text(data: bytes) -> str:
     return data.decode("utf-8-sig", errors="replace")
 
 
+#: The largest text annotation file read (a label file, an image list): far above any real one, far below memory.
+MAX_TEXT_BYTES = 64 << 20
+
+
 def read_text(path: str | Path) -> str:
-    """:func:`decode_text` of a file's bytes."""
-    return decode_text(Path(path).read_bytes())
+    """:func:`decode_text` of a file's bytes.
+
+    Raises FileNotFoundError for a missing file and ValueError, before reading, for one that is not a regular file (a
+    pipe would block forever, ``/dev/zero`` would fill the memory) or holds more than :data:`MAX_TEXT_BYTES`."""
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        raise ValueError(f"{p} is not a regular file (a folder, a pipe or a device); annotations are read from files")
+    with p.open("rb") as f:
+        data = f.read(MAX_TEXT_BYTES + 1)  # bounded even where the size on disk says nothing (/proc files: 0)
+    if len(data) > MAX_TEXT_BYTES:
+        raise ValueError(f"{p} holds more than {MAX_TEXT_BYTES >> 20} MiB of text, more than an annotation file of "
+                         "one image or an image list holds; check that it is the file meant")
+    return decode_text(data)
+
+
+def read_label_text(path: Path | None, report: SkipReport) -> str | None:
+    """The text of one image's label file (``""`` without one), or None when it cannot be read as one: then it is
+    counted as ``malformed`` with the reason and the caller drops the image (kept without its labels, its objects
+    would be trained on as background)."""
+    if path is None:
+        return ""
+    try:
+        return read_text(path)
+    except (OSError, ValueError) as e:
+        report.add("malformed", 1, f"{path.name}: {e}")
+        return None
 
 
 def _empty_boxes() -> np.ndarray:

@@ -29,7 +29,15 @@ from pathlib import Path
 
 from efpn.data.coco import read_json
 from efpn.data.images import CorruptImageError, image_size, index_images
-from efpn.data.records import ImageRecord, Policy, SkipReport, assign_image_ids, check_policy, make_record, read_text
+from efpn.data.records import (
+    ImageRecord,
+    Policy,
+    SkipReport,
+    assign_image_ids,
+    check_policy,
+    make_record,
+    read_label_text,
+)
 
 __all__ = ["VISDRONE_CLASSES", "load_visdrone", "read_image_sizes"]
 
@@ -110,7 +118,10 @@ def load_visdrone(
         txt = files.get(key)
         source = txt.name if txt is not None else key
         boxes, labels, roles = [], [], []
-        lines = read_text(txt).splitlines() if txt is not None else []
+        text = read_label_text(txt, report)
+        if text is None:  # a pipe, a device, a giant: reported, and the image left out
+            continue
+        lines = text.splitlines()
         for line in lines:
             if not line.strip():
                 continue

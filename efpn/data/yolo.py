@@ -31,7 +31,7 @@ import numpy as np
 
 from efpn.config.names import ClassNames, read_names
 from efpn.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size, index_images
-from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record, read_text
+from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record, read_label_text, read_text
 
 __all__ = ["default_label_dir", "label_path_of", "load_yolo", "parse_yolo", "parse_yolo_labels", "read_image_list"]
 
@@ -60,7 +60,7 @@ def _parse_line(tokens: list[str], width: int, height: int) -> tuple[int, list[f
         values = [float(t) for t in tokens[1:]]
     except ValueError:
         return "a value that is not a number"
-    if cls_f != int(cls_f) or not all(np.isfinite(values)):
+    if not np.isfinite(cls_f) or cls_f != int(cls_f) or not all(np.isfinite(values)):  # int() of inf/nan raises
         return "a class that is not a whole number, or a coordinate that is not finite"
     if len(values) == 4:
         cx, cy, w, h = values
@@ -197,7 +197,9 @@ def load_yolo(
             report.add("unreadable_image", 1, path.name)
             continue
         label_path = label_files.get(key)
-        text = read_text(label_path) if label_path else ""
+        text = read_label_text(label_path, report)
+        if text is None:  # a pipe, a device, a giant: reported, and the image left out
+            continue
         source = label_path.name if label_path else None
         boxes, classes = parse_yolo_labels(text, width, height, len(class_names), report, source)
         if not any(line.strip() for line in text.splitlines()):

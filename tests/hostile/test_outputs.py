@@ -120,6 +120,21 @@ def test_export_refuses_to_write_over_the_weights(ckpt: Path, capsys: pytest.Cap
     assert "the checkpoint's weights" in capsys.readouterr().err and ckpt.read_bytes() == before
 
 
+def test_export_refuses_to_replace_an_existing_file_without_overwrite(ckpt: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Any existing --out (a data YAML, a run's resume state) is kept unless --overwrite says otherwise."""
+    precious = tmp_path / "data.yaml"
+    precious.write_text("names: [a]\n")
+    assert _exit_code(["export", "--weights", str(ckpt), "--out", str(precious)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and precious.read_text() == "names: [a]\n"
+    out = tmp_path / "m.onnx"
+    main(["export", "--weights", str(ckpt), "--out", str(out)])
+    first = out.stat().st_mtime_ns
+    assert _exit_code(["export", "--weights", str(ckpt), "--out", str(out)]) == 2
+    main(["export", "--weights", str(ckpt), "--out", str(out), "--overwrite"])
+    assert out.stat().st_mtime_ns > first
+
+
 @pytest.mark.parametrize("argv, says", [
     (["val", "--limit", "-1"], "must be >= 1"),
     (["val", "--limit", "0"], "must be >= 1"),
@@ -146,6 +161,36 @@ def test_yolo_lines_with_extra_columns_are_reported_with_a_reason_not_misread() 
     assert classes == [2] and report.malformed == 2
     said = " ".join(report.examples["malformed"])
     assert "confidence" in said and "outside [0, 1]" in said
+
+
+def test_yolo_class_ids_that_are_not_finite_are_malformed_lines() -> None:
+    report = SkipReport()
+    text = "inf 0.5 0.5 0.1 0.1\n1e400 0.5 0.5 0.1 0.1\nnan 0.5 0.5 0.1 0.1\n-inf 0.5 0.5 0.1 0.1\n1 0.5 0.5 0.1 0.1\n"
+    boxes, classes = parse_yolo_labels(text, 100, 100, 3, report, "a.txt")
+    assert classes == [1] and report.malformed == 4
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no FIFOs or /dev/zero on Windows")
+def test_a_label_file_that_is_a_pipe_or_a_device_is_reported_not_read(tmp_path: Path) -> None:
+    """A FIFO label file used to block the loader forever and a link to /dev/zero to fill the memory: each is now
+    refused before reading, counted as malformed, and its image left out; the other images load."""
+    from efpn.data import load_yolo
+    from efpn.data.records import MAX_TEXT_BYTES, read_text
+
+    for i in range(3):
+        _image(tmp_path / "images" / f"{i}.png")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "0.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    os.mkfifo(tmp_path / "labels" / "1.txt")
+    os.symlink("/dev/zero", tmp_path / "labels" / "2.txt")
+    records, _, report = load_yolo(tmp_path / "images", names=["a"])
+    assert [r.path.name for r in records] == ["0.png"] and report.malformed == 2
+    assert all("not a regular file" in e for e in report.examples["malformed"])
+    big = tmp_path / "big.txt"
+    with big.open("wb") as f:
+        f.truncate(MAX_TEXT_BYTES + 1)
+    with pytest.raises(ValueError, match="holds more than 64 MiB"):
+        read_text(big)
 
 
 def test_weights_holding_nan_are_refused(tmp_path: Path) -> None:
