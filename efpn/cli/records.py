@@ -102,7 +102,11 @@ def gather_runs(runs: str | Path | None, records: str | Path | None) -> dict[str
     kept = load_records(Path(records)) if records else {}
     root = Path(runs) if runs else None
     for run in sorted(p for p in root.iterdir() if p.is_dir()) if root and root.is_dir() else []:
-        record = read_run(run)
+        try:
+            record = read_run(run)
+        except ValueError as e:  # CheckpointError: a damaged card leaves this run out, not the report
+            print(f"efpn: warning: {e}; the run {run.name} is left out of the report", file=sys.stderr)
+            continue
         if record is None:
             continue
         old = kept.get(run.name)

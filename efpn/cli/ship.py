@@ -109,20 +109,24 @@ def load_sanity_image(entry: dict[str, Any], shared_root: Path | None = None) ->
 
 
 def storage_keeps_accuracy(metrics: dict[str, Any], fp32: dict[str, Any]) -> bool:
-    """True when every metric of :data:`AUTO_TOLERANCE` present in both moved by at most its tolerance.
+    """True when every metric of :data:`AUTO_TOLERANCE` present in both moved by at most its tolerance (and at least
+    one was present in both).
 
     A size bucket with fewer than :data:`MIN_JUDGED_OBJECTS` objects in ``fp32["num_gt"]`` (when recorded) is not
     judged: there one object's rank moves AP by more than the tolerance (SSDD's validation split has 2 very tiny
     ships, whose AP_vt moved 0.025 between fp32 and fp16 with AP and AP50 unchanged to 0.0002)."""
     counts = fp32.get("num_gt") or {}
+    judged = 0
     for key, tol in AUTO_TOLERANCE.items():
         bucket = key.removeprefix("AP_") if key.startswith("AP_") else None
         if bucket is not None and bucket in counts and counts[bucket] < MIN_JUDGED_OBJECTS:
             continue
         a, b = metrics.get(key), fp32.get(key)
-        if a is not None and b is not None and abs(a - b) > tol:
-            return False
-    return True
+        if a is not None and b is not None:
+            judged += 1
+            if abs(a - b) > tol:
+                return False
+    return judged > 0  # nothing measured on both sides: nothing shows the smaller storage keeps the accuracy
 
 
 def ship(
@@ -190,6 +194,10 @@ def ship(
         records, names = _records_by_id(data_yaml, list(split.get("val_ids") or []))
     if not records:
         raise ValueError(f"no validation images found for {run}; check {run / 'data_split.json'}")
+    if not any(r.num_targets for r in records):  # every metric would be empty, and "auto" would judge nothing
+        raise ValueError(f"the {len(records)} validation images of {run} hold no object boxes, so the checkpoint "
+                         "cannot be measured (no AP, and --storage auto would compare nothing); train with a val "
+                         "split that has ground truth, then ship")
     image_size = int(card.get("image_size") or model.config.image_size)
     sweep = None
     if nms_iou == "auto":

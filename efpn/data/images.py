@@ -92,6 +92,10 @@ def _check_exists(src: ImageSource) -> None:
             raise CorruptImageError(f"{p} is a folder, not an image file")
 
 
+#: A float image whose values stay at or under this is read as [0, 1] (then clipped): interpolation overshoots 1 a
+#: little, and 0-255 data that dark would be black either way.
+FLOAT_UNIT_MAX = 1.5
+
 _WARNED_LOW_RANGE: list[bool] = []  # whether the low-range 16-bit warning was given in this process
 
 
@@ -102,8 +106,8 @@ def to_rgb_uint8(arr: np.ndarray, bgr: bool = False, source: str | None = None) 
       a 4th (alpha) channel is dropped.
     * uint16 is mapped linearly ``v / 257`` (65535 -> 255); other integer types with values above 255 the same
       way, else taken as 8-bit; a 16-bit image whose values stay below 4096 (10-12-bit sensor data) is mapped the
-      same way with a warning that it will be nearly black and how to rescale it; float images in [0, 1] are
-      scaled by 255, others clipped to [0, 255].
+      same way with a warning that it will be nearly black and how to rescale it; float images with values up to
+      :data:`FLOAT_UNIT_MAX` are read as [0, 1] and scaled by 255, others as 0-255; both clipped to [0, 255].
     * ``bgr=True`` for OpenCV-decoded colour arrays.
     * ``source`` names the file in the low-range warning (the first one in a dataset of them is named).
     """
@@ -135,7 +139,7 @@ def to_rgb_uint8(arr: np.ndarray, bgr: bool = False, source: str | None = None) 
         a = np.clip(scaled, 0, 255).astype(np.uint8)
     else:
         f = np.nan_to_num(a.astype(np.float64))
-        if f.size and f.max() <= 1.0:
+        if f.size and f.max() <= FLOAT_UNIT_MAX:  # [0, 1], resampling overshoot included (1.0001 is not 0-255 data)
             f = f * 255.0
         a = np.clip(np.round(f), 0, 255).astype(np.uint8)
     if a.ndim == 2:

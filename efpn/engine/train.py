@@ -180,6 +180,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise ValueError(f"the train split of {cfg.data}: {e}") from None
         # a val image the network cannot take whole would stop the run at its first validation, an epoch lost
         check_network_sizes(data.val, cfg.eval_size, f"the val split of {cfg.data}", "train at a larger --image-size")
+        if main and data.val and not any(r.num_targets for r in data.val):
+            warnings.warn(f"the val split of {cfg.data} holds no object boxes: validation measures nothing, so no "
+                          "AP is recorded and no best.safetensors written; give a val split with ground truth",
+                          stacklevel=2)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=info.rank, shuffle=True, seed=cfg.seed,
                                      drop_last=True)
         batches_of = StepBatchSampler(sampler, per_rank_batch, cfg.accumulate)

@@ -32,12 +32,17 @@ class Prepared:
     orig_hw: tuple[int, int]
 
 
+#: How far below 0 a float image may reach (resampling overshoot) before it is taken for normalised input.
+NEGATIVE_SLACK = 0.05
+
+
 def to_rgb_uint8(image: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any supported image -> contiguous (H, W, 3) uint8 RGB.
 
     Accepts a path (read with :func:`efpn.data.dataset.read_image`), a PIL image, a numpy array (H, W),
     (H, W, 1), (H, W, 3), (H, W, 4) of uint8 / uint16 / float in [0, 1], or a tensor (3, H, W) / (H, W, 3).
-    Raises ValueError with the reason for anything else, and for more than ``max_pixels`` pixels.
+    Raises ValueError with the reason for anything else, for more than ``max_pixels`` pixels, and for a float image
+    with clearly negative values (normalised input, not pixels).
     """
     if isinstance(image, (str, Path)):
         from efpn.data.images import read_image
@@ -46,7 +51,11 @@ def to_rgb_uint8(image: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
         return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
     if isinstance(image, Tensor):
+        if image.device.type == "meta":
+            raise ValueError("the image is a tensor on the meta device, which holds no pixel values; give the image")
         t = image.detach().cpu()
+        if t.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16: widen (exactly) before converting
+            t = t.float()
         if t.dim() == 3 and t.shape[0] in (1, 3, 4) and t.shape[-1] not in (1, 3, 4):
             t = t.permute(1, 2, 0)
         image = t.numpy()
@@ -62,6 +71,11 @@ def to_rgb_uint8(image: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                          f"{max_pixels:,} limit of one network input; use sliced inference (--slice) or downscale it")
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         raise ValueError("image contains NaN or infinite values")
+    if np.issubdtype(a.dtype, np.floating) and a.size and float(a.min()) < -NEGATIVE_SLACK:
+        # mean/std-normalised input read as pixels would be a nearly black image, found nothing in without a word
+        raise ValueError(f"image holds negative values (down to {float(a.min()):.3g}): it looks normalised (mean/std). "
+                         "Give the image itself: uint8 0-255 or float in [0, 1]; the model normalises with its own "
+                         "pixel_mean and pixel_std")
     if not (a.dtype == bool or a.dtype.kind in "uif"):
         raise ValueError(f"unsupported image dtype {a.dtype}; use uint8, uint16 or float")
     # dtype and channel conversion is the data loaders' (uint16 / 257, float [0, 1] * 255, gray -> RGB, no alpha)

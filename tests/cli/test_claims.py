@@ -120,6 +120,19 @@ def _seed_run(runs: Path, name: str, preset: str, seed: int, ap: float, epochs: 
     save_checkpoint(model, runs / name / "last.safetensors", card)
 
 
+def test_a_run_with_a_damaged_card_is_left_out_of_the_report_not_the_report(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    from efpn.cli.records import gather_runs
+
+    runs = tmp_path / "runs"
+    _seed_run(runs, "good", "fpn_mv2", 0, 0.3)
+    _seed_run(runs, "broken", "fpn_mv2", 1, 0.3)
+    card = runs / "broken" / "last.json"
+    card.write_text(card.read_text()[:40])  # cut short, as by a full disk or a killed copy
+    assert list(gather_runs(runs, None)) == ["good"]
+    assert "the run broken is left out of the report" in capsys.readouterr().err
+
+
 def test_seed_comparisons_need_three_seeds_and_non_overlapping_ranges(tmp_path: Path) -> None:
     """E-FPN-BS vs its baseline over seeds: a verdict only from 3 seeds a side; "supported" only when the ranges
     do not overlap; an unfinished run and a run of another budget are not mixed in."""

@@ -74,6 +74,9 @@ def test_auto_storage_judges_ap50_and_tiny_objects_too() -> None:
     counted = {**fp32, "num_gt": {"all": 274, "vt": 2, "t": 33}}
     assert storage_keeps_accuracy({**fp32, "AP_vt": 0.325}, counted)
     assert not storage_keeps_accuracy({**fp32, "AP_vt": 0.325, "AP_t": 0.480}, counted)
+    # a split with no ground truth measures nothing: nothing shows a smaller storage keeps the accuracy
+    empty = dict.fromkeys(fp32)
+    assert not storage_keeps_accuracy(empty, empty)
 
 
 def test_ship_chooses_or_sets_the_nms_iou_and_the_card_carries_it(tmp_path: Path) -> None:

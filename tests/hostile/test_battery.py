@@ -71,6 +71,29 @@ def test_bad_in_memory_images_are_a_clear_error(array: object) -> None:
         efpn.inspect(model, array)
 
 
+def test_in_memory_image_conventions() -> None:
+    """float [0, 1] with a resampling overshoot is still [0, 1]; normalised (mean/std) input is refused, not read as
+    a black image; bfloat16 and float16 tensors convert; a meta tensor is named."""
+    import torch
+
+    from efpn.infer.preprocess import to_rgb_uint8
+
+    rng = np.random.default_rng(0)
+    unit = rng.random((6, 8, 3)).astype(np.float32)
+    as_uint8 = to_rgb_uint8(unit)
+    over = unit.copy()
+    over[0, 0, 0] = 1.0001  # bicubic resampling of a [0, 1] image
+    np.testing.assert_array_equal(to_rgb_uint8(over)[1:], as_uint8[1:])
+    assert to_rgb_uint8(over)[0, 0, 0] == 255
+    with pytest.raises(ValueError, match=r"negative values \(down to -2.1.*normalised"):
+        to_rgb_uint8((unit - 0.485) / 0.229)
+    t = torch.from_numpy(unit).permute(2, 0, 1)
+    assert np.abs(to_rgb_uint8(t.to(torch.bfloat16)).astype(int) - as_uint8).max() <= 1
+    np.testing.assert_array_equal(to_rgb_uint8(t.half()), to_rgb_uint8(t.half().float()))
+    with pytest.raises(ValueError, match="meta device"):
+        to_rgb_uint8(torch.empty(3, 6, 8, device="meta"))
+
+
 # ------------------------------------------------------------------------------------------------- data YAMLs
 
 DATA_YAMLS = {
