@@ -13,7 +13,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -257,6 +257,36 @@ def _claim(run_dir: Path) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+#: Held (``flock``) by the process training a run, so a second one started on the same folder is refused.
+LOCK_FILE = ".training.lock"
+
+
+def hold_run(run_dir: Path) -> IO[str] | None:
+    """Lock ``run_dir`` for this process until :func:`release_run` (or its end: the kernel drops the lock of a killed
+    process, so none goes stale); ValueError when another process holds it. Two resumes of one run at once would
+    write each other's checkpoints and log every epoch twice. None where ``flock`` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = (run_dir / LOCK_FILE).open("a")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(f"{run_dir} is being trained by another process right now (its {LOCK_FILE} is held); wait "
+                         "for that run to end or stop it, then resume") from None
+    return handle
+
+
+def release_run(run_dir: Path, handle: IO[str] | None) -> None:
+    """Drop the lock of :func:`hold_run` and its file."""
+    if handle is not None:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
+        handle.close()
 
 
 def release_claim(run_dir: Path, started: bool) -> None:

@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import yaml
@@ -67,8 +67,10 @@ from efpn.engine.state import (
     check_resume_classes,
     check_resume_config,
     check_resume_model,
+    hold_run,
     load_training_state,
     release_claim,
+    release_run,
     restore_training_state,
     run_dir_and_state,
     save_training_state,
@@ -150,6 +152,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     verbose = main and cfg.progress
     logger: RunLogger | None = None
     run_dir: Path | None = None
+    lock: IO[str] | None = None
     try:
         # ------------------------------------------------------------------ checks that need the world size
         if cfg.batch_size % (world * cfg.accumulate):
@@ -165,6 +168,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         # ------------------------------------------------------------------ data, run dir
         data = load_train_data(cfg, verbose)
         run_dir, state_path = D.broadcast_object(run_dir_and_state(cfg) if main else None)
+        lock = hold_run(run_dir) if main else None  # before anything in it is read for a resume or rewritten
         state: dict[str, Any] | None = None
         if state_path is not None:  # every rank: a refusal must not leave the others waiting in a collective
             check_resume_classes(run_dir, list(data.class_names))
@@ -446,6 +450,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
     finally:
         if main and run_dir is not None:
+            release_run(run_dir, lock)
             release_claim(run_dir, started=(run_dir / "config.yaml").exists())  # a refused start leaves no folder
         if logger is not None:
             logger.close()

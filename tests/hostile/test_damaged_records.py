@@ -5,6 +5,7 @@ of the work goes on."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,30 @@ def test_a_card_edited_out_of_range_is_refused_naming_the_file(tmp_path: Path, k
     (tmp_path / "m.json").write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match=rf"m\.json.*{says}"):
         efpn.load_model(tmp_path / "m.safetensors")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="flock is POSIX")
+def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path: Path) -> None:
+    """Two resumes of one run at once wrote each other's checkpoints and logged epochs twice: the second is refused
+    before it reads or rewrites anything, and the lock goes with the process that held it."""
+    from efpn.config import TrainConfig
+    from efpn.engine.state import LOCK_FILE, STATE_FILE, hold_run, release_run
+    from efpn.engine.train import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / STATE_FILE).write_bytes(b"state of the run")
+    held = hold_run(run)
+    from efpn.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "ds", num_images=4, image_size=64, max_size=12)
+    cfg = TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "ds" / "data.yaml"), image_size=64, resume=str(run),
+                      progress=False, workers=0, device="cpu")
+    with pytest.raises(ValueError, match="being trained by another process right now"):
+        train(cfg)
+    with pytest.raises(ValueError, match="being trained by another process"):
+        hold_run(run)
+    assert (run / STATE_FILE).read_bytes() == b"state of the run"
+    release_run(run, held)
+    assert not (run / LOCK_FILE).exists()
+    release_run(run, hold_run(run))  # free again
