@@ -300,22 +300,29 @@ def release_claim(run_dir: Path, started: bool) -> None:
         run_dir.rmdir()
 
 
-def check_resume_classes(run_dir: str | os.PathLike[str], class_names: list[str]) -> None:
+def check_resume_classes(run_dir: str | os.PathLike[str], class_names: list[str],
+                         saved: list[str] | None = None) -> None:
     """Raise ValueError, before anything in ``run_dir`` is rewritten, when the run was trained on other classes than
-    the data now gives (its weights could not load, or would read the new classes as the old ones)."""
-    from efpn.checkpoint import read_card
+    the data now gives (its weights could not load, or would read the new classes as the old ones). ``saved``: the
+    classes its training state recorded (states of older runs have none); else its cards say."""
+    from efpn.checkpoint import CheckpointError, read_card
 
-    for name in ("last.json", "best.json"):
+    before: list[str] | None = list(saved) if saved is not None else None
+    for name in ("last.json", "best.json") if before is None else ():
         path = Path(run_dir) / name
         if not path.is_file():
             continue
-        card = read_card(path)
+        try:
+            card = read_card(path)
+        except CheckpointError as e:  # e.g. cut short by a full disk: the state does not need it
+            raise ValueError(f"{e}. The run's {STATE_FILE} does not depend on it: restore {path.name} or delete it "
+                             "(the next epoch writes it again), then resume") from None
         before = card.get("classes") or (card.get("config") or {}).get("class_names")
-        if before and list(before) != list(class_names):
-            raise ValueError(f"run {run_dir} was trained on the classes [{', '.join(map(str, before))}] and the data "
-                             f"now gives [{', '.join(class_names)}]: resume it with its own data, or start a new run "
-                             "(another --name)")
-        return
+        break
+    if before and list(before) != list(class_names):
+        raise ValueError(f"run {run_dir} was trained on the classes [{', '.join(map(str, before))}] and the data "
+                         f"now gives [{', '.join(class_names)}]: resume it with its own data, or start a new run "
+                         "(another --name)")
 
 
 def check_resume_model(saved: Mapping[str, Any] | None, cfg: TrainConfig, run_dir: str | os.PathLike[str]) -> None:

@@ -171,8 +171,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         lock = hold_run(run_dir) if main else None  # before anything in it is read for a resume or rewritten
         state: dict[str, Any] | None = None
         if state_path is not None:  # every rank: a refusal must not leave the others waiting in a collective
-            check_resume_classes(run_dir, list(data.class_names))
             state = load_training_state(state_path, map_location="cpu")
+            check_resume_classes(run_dir, list(data.class_names), state["extra"].get("class_names"))
             check_resume_model(state["extra"].get("train_config"), cfg, run_dir)
         # the run's record (config.yaml, data_split.json) is written once the run is known to start: a refused
         # resume leaves the run it was pointed at as it was, a refused start leaves no folder behind
@@ -421,6 +421,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     run_dir / STATE_FILE, model, optimizer, scaler if scaler.is_enabled() else None, scheduler,
                     ema, epoch=epoch + 1 if epoch_done else epoch, step=step,
                     extra={"epoch_step": 0 if epoch_done else epoch_step, "best_ap": best_ap, "skipped": skipped,
+                           "class_names": list(data.class_names),
                            "wall_time_s": wall, "metrics": last_metrics, "train_config": cfg.to_dict(),
                            "telemetry": tel.state_dict() if not epoch_done else {}},
                 )

@@ -228,6 +228,24 @@ def test_resume_on_data_of_other_classes_is_refused_before_touching_the_run(synt
         train(_small(other / "data.yaml", tmp_path / "r", max_steps=2, resume="auto"))
     assert (first.run_dir / "config.yaml").read_bytes() == config_before
     assert (first.run_dir / "data_split.json").read_bytes() == split_before
+    # the cards gone, the training state still knows the classes
+    for card in first.run_dir.glob("*.json"):
+        if card.name != "data_split.json":
+            card.unlink()
+    with pytest.raises(ValueError, match=r"trained on the classes \[disc, square, cross\]"):
+        train(_small(other / "data.yaml", tmp_path / "r", max_steps=2, resume="auto"))
+
+
+def test_resume_with_a_damaged_card_says_how_to_recover(synth_small: Path, tmp_path: Path) -> None:
+    first = train(_small(synth_small, tmp_path / "r", max_steps=1))
+    (first.run_dir / "last.json").write_text('{"format": "efpn", "con')
+    state = torch.load(first.run_dir / "last_state.pt", weights_only=False)
+    state["extra"].pop("class_names")  # a state saved before the classes were recorded in it
+    torch.save(state, first.run_dir / "last_state.pt")
+    with pytest.raises(ValueError, match=r"last\.json is not readable JSON.*restore last\.json or delete it"):
+        train(_small(synth_small, tmp_path / "r", max_steps=2, resume="auto"))
+    (first.run_dir / "last.json").unlink()
+    assert train(_small(synth_small, tmp_path / "r", max_steps=2, resume="auto")).steps == 2
 
 
 def test_resume_path_must_exist(synth_small: Path, tmp_path: Path) -> None:
