@@ -174,6 +174,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             state = load_training_state(state_path, map_location="cpu")
             check_resume_classes(run_dir, list(data.class_names), state["extra"].get("class_names"))
             check_resume_model(state["extra"].get("train_config"), cfg, run_dir)
+            if cfg.epochs < int(state["epoch"]):  # nothing would run, and its config.yaml would say fewer epochs
+                raise ValueError(f"run {run_dir} has trained {int(state['epoch'])} epochs, more than the {cfg.epochs} "
+                                 "asked for: nothing to resume. Pass a larger --epochs to train it further")
         # the run's record (config.yaml, data_split.json) is written once the run is known to start: a refused
         # resume leaves the run it was pointed at as it was, a refused start leaves no folder behind
         per_rank_batch = cfg.batch_size // world

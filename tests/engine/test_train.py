@@ -248,6 +248,14 @@ def test_resume_with_a_damaged_card_says_how_to_recover(synth_small: Path, tmp_p
     assert train(_small(synth_small, tmp_path / "r", max_steps=2, resume="auto")).steps == 2
 
 
+def test_resuming_with_fewer_epochs_than_trained_is_refused(synth_small: Path, tmp_path: Path) -> None:
+    first = train(_small(synth_small, tmp_path / "r", epochs=2))
+    config = (first.run_dir / "config.yaml").read_bytes()
+    with pytest.raises(ValueError, match=r"has trained 2 epochs, more than the 1 asked for: nothing to resume"):
+        train(_small(synth_small, tmp_path / "r", epochs=1, resume="auto"))
+    assert (first.run_dir / "config.yaml").read_bytes() == config  # still says 2 epochs
+
+
 def test_resume_path_must_exist(synth_small: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no training state"):
         train(_small(synth_small, tmp_path, resume=str(tmp_path / "nowhere")))
