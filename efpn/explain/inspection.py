@@ -10,6 +10,7 @@ buffer writes (a shared model can serve many users).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,6 +206,34 @@ def assign_on(
     return _assignment_view(model, inspection.priors, inspection.head, b, lab, inspection.scale, assigner=assigner)
 
 
+def checked_targets(targets: Any, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``targets`` (``{"boxes": (M, 4) xyxy, "labels": (M,)}`` in the image's own pixels) as float32 boxes and int64
+    labels; ValueError naming what is wrong in those pixels and that image size (the network's are not the user's)."""
+    if not isinstance(targets, Mapping):
+        raise ValueError(f"targets must be a dict {{'boxes': (M, 4) xyxy in image pixels, 'labels': (M,)}}, got a "
+                         f"{type(targets).__name__}")
+    boxes = np.asarray(targets.get("boxes", np.zeros((0, 4))), dtype=np.float32)
+    boxes = boxes.reshape(-1, 4) if boxes.size in (0, 4) else boxes
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"targets['boxes'] must be (M, 4) xyxy in image pixels, got shape {boxes.shape}")
+    labels = np.asarray(targets.get("labels", np.zeros(0))).reshape(-1)
+    whole = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and bool(np.all(np.isfinite(labels)
+                                                                                     & (labels == np.round(labels)))))
+    if labels.size and not whole:
+        raise ValueError(f"targets['labels'] must be whole class indices, got {labels[:5].tolist()}")
+    if len(labels) != len(boxes):
+        raise ValueError(f"targets: {len(boxes)} boxes but {len(labels)} labels")
+    h, w = image_hw
+    inside = np.clip(np.nan_to_num(boxes, nan=-1.0), 0, [w, h, w, h])
+    bad = ~np.isfinite(boxes).all(1) | (inside[:, 2] <= inside[:, 0]) | (inside[:, 3] <= inside[:, 1])
+    bad |= (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bad.any():
+        j = int(bad.nonzero()[0][0])
+        raise ValueError(f"targets['boxes'][{j}] {boxes[j].tolist()} has no area inside the {w}x{h} image: boxes are "
+                         f"x1 < x2, y1 < y2 in its own pixels, overlapping [0, {w}] x [0, {h}]")
+    return boxes, labels.astype(np.int64)
+
+
 @torch.no_grad()
 def inspect(
     model: Detector,
@@ -230,8 +259,9 @@ def inspect(
     x = prep.tensor.to(device)
     net_targets = None
     if targets is not None:
-        boxes = boxes_to_network(targets.get("boxes", np.zeros((0, 4))), prep.scale)
-        labels = torch.as_tensor(np.asarray(targets.get("labels", np.zeros(0)), dtype=np.int64)).reshape(-1)
+        orig_boxes, orig_labels = checked_targets(targets, rgb.shape[:2])  # said in the user's pixels, not the net's
+        boxes = boxes_to_network(orig_boxes, prep.scale)
+        labels = torch.from_numpy(orig_labels)
         net_targets = [{"boxes": boxes.to(device), "labels": labels.to(device), "scale": prep.scale}]
     t1 = time.perf_counter()
     run = model.run(x, internals=True, targets=net_targets, detect=True,
@@ -254,7 +284,7 @@ def inspect(
     if net_targets is not None:
         losses = {k: float(v) for k, v in (run.losses or {}).items()}
         assignment_view = _assignment_view(
-            model, priors, head, np.asarray(targets["boxes"], dtype=np.float32).reshape(-1, 4),
+            model, priors, head, orig_boxes,
             net_targets[0]["labels"].cpu(), prep.scale,
             accounting=run.stats.accounting if run.stats is not None else None,
         )

@@ -94,6 +94,20 @@ def test_in_memory_image_conventions() -> None:
         to_rgb_uint8(torch.empty(3, 6, 8, device="meta"))
 
 
+@pytest.mark.parametrize(("targets", "says"), [
+    ([{"boxes": [[1, 1, 5, 5]], "labels": [0]}], "targets must be a dict .* got a list"),
+    ({"boxes": [[18, 18, 10, 10]], "labels": [0]}, r"\[18.0, 18.0, 10.0, 10.0\] has no area inside the 96x64 image"),
+    ({"boxes": [[100, 10, 120, 20]], "labels": [0]}, "has no area inside the 96x64 image"),
+    ({"boxes": [[1, 1, 5, 5, 0.9]], "labels": [0]}, r"must be \(M, 4\) xyxy in image pixels, got shape \(1, 5\)"),
+    ({"boxes": [[1, 1, 5, 5]], "labels": [0.5]}, "must be whole class indices"),
+    ({"boxes": [[1, 1, 5, 5]], "labels": [0, 1]}, "1 boxes but 2 labels"),
+], ids=["list", "inverted", "outside", "five-columns", "fractional-label", "count"])
+def test_inspect_targets_are_checked_in_the_images_own_pixels(targets: object, says: str) -> None:
+    model = efpn.build_model("tiny_yolov8_sgdm", num_classes=3).eval()
+    with pytest.raises(ValueError, match=says):
+        efpn.inspect(model, np.zeros((64, 96, 3), np.uint8), targets=targets)  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------------------------------------- data YAMLs
 
 DATA_YAMLS = {
