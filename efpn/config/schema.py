@@ -86,10 +86,11 @@ def _accepted(hint: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        parts = [_accepted(a) for a in args if a is not type(None)]
-        return " or ".join(parts) + (" or null" if type(None) in args else "")
+        parts = [_accepted(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else [])
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]  # a, b or c
     if origin is tuple:
-        return f"a list of {_accepted(args[0])}" if args else "a list"
+        plural = {"a string": "strings", "an integer": "integers", "a finite number": "finite numbers"}
+        return f"a list of {plural.get(_accepted(args[0]), _accepted(args[0]))}" if args else "a list"
     if dataclasses.is_dataclass(hint):
         return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(hint))}"
     if hint is dict or origin is dict:

@@ -67,7 +67,9 @@ def _parse(tokens: list[str]) -> tuple[list[float], str, bool] | None:
         return None
     if not all(math.isfinite(c) for c in coords):
         return None
-    difficult = len(tokens) == 10 and tokens[9] not in ("0", "0.0")
+    if len(tokens) == 10 and tokens[9] not in ("0", "1", "0.0", "1.0"):  # the flag is 0 or 1; nan is not "difficult"
+        return None
+    difficult = len(tokens) == 10 and tokens[9] in ("1", "1.0")
     return coords, tokens[8], difficult
 
 

@@ -71,12 +71,15 @@ def read_image_sizes(path: str | Path) -> dict[str, tuple[int, int]]:
 
 def _parse(line: str) -> list[int] | None:
     parts = [p for p in line.strip().split(",") if p.strip() != ""]
-    if len(parts) < 6:
+    if not 6 <= len(parts) <= 8:  # the format's 8 fields (6 in some exports); more is another file's line
         return None
     try:
-        return [int(float(p)) for p in parts[:8]]
-    except (ValueError, OverflowError):  # text, nan, inf: a malformed line
+        values = [float(p) for p in parts]
+    except ValueError:  # text: a malformed line
         return None
+    if not all(math.isfinite(v) and v == int(v) for v in values):  # nan, inf, 4.5: every field is a whole number
+        return None
+    return [int(v) for v in values]
 
 
 def load_visdrone(

@@ -42,7 +42,7 @@ def test_builds_nested_dataclasses_with_tuples_and_widened_numbers() -> None:
         ({"flag": "yes"}, r"'flag' must be true or false"),
         ({"inner": {"weight": float("nan")}}, r"'inner\.weight' must be a finite number, got nan"),
         ({"inner": {"weight": math.inf}}, r"'inner\.weight' must be a finite number"),
-        ({"inner": {"levels": "p3"}}, r"'inner\.levels' must be a list of a string"),
+        ({"inner": {"levels": "p3"}}, r"'inner\.levels' must be a list of strings"),
         ({"inner": {"colour": 1}}, r"unknown key\(s\) \['inner\.colour'\]; valid keys: inner\.levels, inner\.weight"),
         ({"inner": 5}, r"'inner' must be a mapping with keys levels, weight"),
         ({"speed": 1}, r"unknown key\(s\) \['speed'\]; valid keys: name, count, flag, mode, inner"),

@@ -66,3 +66,10 @@ def test_dota_sample(shared_data: Path) -> None:
     # first object: "1054 1028 1063 1011 1111 1040 1112 1062 ship 1" -> [1054, 1011, 1112, 1062], clipped at x=1111
     assert [1054, 1011, 1111, 1062] in p0706.boxes.tolist()
     assert report.clipped_boxes == 1 and len(p0706.boxes) == 536
+
+
+def test_a_difficulty_flag_that_is_not_0_or_1_is_malformed(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("1 1 9 1 9 9 1 9 plane 0\n1 1 9 1 9 9 1 9 plane 1\n1 1 9 1 9 9 1 9 plane nan\n"
+                                    "1 1 9 1 9 9 1 9 plane 2\n")
+    records, _, report = load_dota(tmp_path)
+    assert report.malformed == 2 and report.difficult == 1 and len(records[0].boxes) == 2

@@ -71,3 +71,12 @@ def test_visdrone_annotations(shared_data: Path) -> None:
     stems = sorted(f.stem for f in (root / "train").glob("*.txt"))
     matched = {s: (r.width, r.height) for s, r in zip(stems, records) if s in json_sizes}
     assert len(matched) == 11 and all(json_sizes[s] == wh for s, wh in matched.items())
+
+
+def test_lines_that_are_not_visdrone_fields_are_malformed(tmp_path: Path) -> None:
+    """More than the format's 8 fields (another tool's line) or a field that is not a whole number (4.5, nan) is a
+    malformed line, not a box read by truncation."""
+    (tmp_path / "a.txt").write_text("10,10,5,5,1,4,0,0\n10,10,5,5,1,4,0,0,99,extra\n10,10,5,5,1,4.5,0,0\n"
+                                    "10,nan,5,5,1,4,0,0\n")
+    records, _, report = load_visdrone(tmp_path, image_sizes=None)
+    assert len(records[0].boxes) == 1 and report.malformed == 3

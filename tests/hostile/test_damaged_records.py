@@ -140,3 +140,17 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path: Path) -> Non
     release_run(run, held)
     assert not (run / LOCK_FILE).exists()
     release_run(run, hold_run(run))  # free again
+
+
+@pytest.mark.parametrize(("names", "says"), [
+    ({0: "disc", 1: "square", 2: ["x"]}, r"class 2 is named \['x'\]; every class name is a string"),
+    (["disc", None], "class 1 is named None"),
+    (["disc", True], "class 1 is named True"),
+])
+def test_class_names_that_are_not_names_are_refused(names: object, says: str) -> None:
+    """A list or a null among the names used to become the class "['x']" or "None"."""
+    from efpn.config.names import parse_names
+
+    with pytest.raises(ValueError, match=says):
+        parse_names(names)
+    assert parse_names({0: "a", 1: 2}) == ["a", "2"]  # numbers as names stay accepted, as YOLO files have them
