@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -191,10 +192,17 @@ def check_writable(path: Path, flag: str) -> None:
     # a folder is written into; a file (existing or new) is replaced through a temporary file beside it, so what
     # needs write permission is its folder, or the nearest existing one above
     target = path if path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
+    where = "" if target == path else f" (its nearest existing folder {target})"
     if not os.access(target, os.W_OK):
-        where = "" if target == path else f" (its nearest existing folder {target})"
         raise ValueError(f"{flag} {path} cannot be written{where}: no write permission or a read-only file system. "
                          "Give a path you can write to")
+    if target.is_dir():  # a trial file: some folders grant the permission and take no file (/proc, /sys)
+        try:
+            with tempfile.TemporaryFile(dir=target):
+                pass
+        except OSError as e:
+            raise ValueError(f"{flag} {path} cannot be written{where}: a file cannot be created there "
+                             f"({e.strerror or e}). Give a path you can write to") from None
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -246,3 +246,13 @@ def test_detect_skips_a_source_that_is_not_a_regular_file(ckpt: Path, tmp_path: 
     assert "skipped /dev/null: not a regular file" in said.out + said.err
     summary = json.loads((tmp_path / "o" / "detections.json").read_text())
     assert [Path(p).name for p in summary["images"]] == ["a.png"] and list(summary["errors"]) == ["/dev/null"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_folder_that_takes_no_file_is_refused_before_the_run() -> None:
+    """/proc grants root the write permission and takes no file: a trial file finds that before the run, where its
+    results used to be lost at the end."""
+    from efpn.cli.guards import check_outputs
+
+    with pytest.raises(ValueError, match=r"--json /proc/m\.json cannot be written .*a file cannot be created there"):
+        check_outputs({"--json": "/proc/m.json"}, {})
