@@ -360,6 +360,8 @@ def load_data_config(path: str | Path) -> DataConfig:
         hint = f" (it holds {', '.join(yamls[:3])})" if yamls else ""
         raise IsADirectoryError(f"data YAML {p} is a folder{hint}; pass the data YAML file itself, e.g. "
                                 f"{p / (yamls[0] if yamls else 'data.yaml')}")
+    if p.exists() and not p.is_file():  # a pipe or a device: reading it could block or never end
+        raise ValueError(f"data YAML {p} is not a regular file (a pipe or a device?); pass the data YAML file itself")
     if not p.is_file():
         raise FileNotFoundError(f"data YAML {p} does not exist; pass the path of a data YAML (e.g. data/ssdd.yaml)")
     return parse_data_config(read_yaml(p, "data YAML"), base_dir=p.resolve().parent, yaml_path=p)

@@ -154,3 +154,21 @@ def test_class_names_that_are_not_names_are_refused(names: object, says: str) ->
     with pytest.raises(ValueError, match=says):
         parse_names(names)
     assert parse_names({0: "a", 1: 2}) == ["a", "2"]  # numbers as names stay accepted, as YOLO files have them
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no FIFOs on Windows")
+def test_a_data_yaml_that_is_a_pipe_or_a_folder_is_named_as_such(tmp_path: Path) -> None:
+    from efpn.config import TrainConfig
+    from efpn.config.data import load_data_config
+
+    fifo = tmp_path / "data.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        load_data_config(fifo)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        TrainConfig(model="tiny_efpn_n", data=str(fifo)).check_paths()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "ssdd.yaml").write_text("format: coco\n")
+    TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "d")).check_paths()  # the loader explains a folder:
+    with pytest.raises(IsADirectoryError, match=r"is a folder \(it holds ssdd\.yaml\)"):
+        load_data_config(tmp_path / "d")
