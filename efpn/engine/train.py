@@ -247,6 +247,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             restore_training_state(state, model, optimizer, scaler if scaler.is_enabled() else None, scheduler, ema)
             extra = state["extra"]
             step, start_epoch, start_step = int(state["step"]), int(state["epoch"]), int(extra.get("epoch_step", 0))
+            was = int((extra.get("train_config") or {}).get("batch_size") or cfg.batch_size)
+            if start_step and was != cfg.batch_size:  # the images the interrupted epoch has seen, in steps of now:
+                start_step = min(start_step * was // cfg.batch_size, steps_per_epoch)  # not the old step count
             best_ap, skipped = extra.get("best_ap"), int(extra.get("skipped", 0))
             prior_wall, last_metrics = float(extra.get("wall_time_s", 0.0)), dict(extra.get("metrics") or {})
             if main and start_step:  # the interrupted epoch's telemetry so far (summed over ranks when saved)

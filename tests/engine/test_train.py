@@ -256,6 +256,15 @@ def test_resuming_with_fewer_epochs_than_trained_is_refused(synth_small: Path, t
     assert (first.run_dir / "config.yaml").read_bytes() == config  # still says 2 epochs
 
 
+def test_resuming_mid_epoch_with_another_batch_size_finishes_that_epoch(synth_small: Path, tmp_path: Path) -> None:
+    """Interrupted after 3 of 4 steps of batch 2 (6 of 8 images), resumed with batch 4: the epoch's remaining images
+    make 1 step of 4 (the old step count, 3, was past the new epoch's 2 steps, so the rest of it never ran)."""
+    train(_small(synth_small, tmp_path / "r", max_steps=3))
+    with pytest.warns(UserWarning, match="batch_size: 2 -> 4"):
+        resumed = train(_small(synth_small, tmp_path / "r", batch_size=4, resume="auto"))
+    assert resumed.steps == 3 + 1 + 2 + 2  # the rest of epoch 1, then epochs 2 and 3 at 2 steps each
+
+
 def test_resume_path_must_exist(synth_small: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no training state"):
         train(_small(synth_small, tmp_path, resume=str(tmp_path / "nowhere")))
