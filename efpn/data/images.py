@@ -8,9 +8,10 @@ a size from the header, so boxes annotated on the displayed image line up.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -159,10 +160,27 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))  # P, PA, LA, RGBA, CMYK, YCbCr, ...
 
 
+@contextlib.contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own log for the ``with`` block: a decoder failure it would print to stderr (``[ERROR:0@0.01]
+    ... readHeader``) is reported by efpn, with the file and what to do, from the ``None`` OpenCV returns."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:
+        yield
+        return
+    before = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        log.setLogLevel(before)
+
+
 def _decode_cv2(data: bytes, src: ImageSource) -> np.ndarray:
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
-        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+        with quiet_opencv():
+            arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     except cv2.error as e:  # OpenCV refuses some headers (e.g. sizes over its own limit) by raising
         if "CV_IO_MAX_IMAGE_PIXELS" in str(e):
             raise _too_large(src, ValueError(f"its header declares more than {OPENCV_MAX_PIXELS:,} pixels")) from e

@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from efpn.data.images import CorruptImageError, image_size, index_images
+from efpn.data.images import CorruptImageError, image_size, index_images, quiet_opencv
 from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record, read_text
 
 __all__ = ["boxes_from_mask", "load_masks"]
@@ -98,7 +98,8 @@ def _image_ids(stems: list[str]) -> list[int]:
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    with quiet_opencv():  # its stderr line would precede efpn's own report of the file
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise CorruptImageError(f"mask {path} could not be read as an image")
     return mask

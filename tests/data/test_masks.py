@@ -110,3 +110,17 @@ def test_voc_loader_warns_about_sirst_single_box_xml() -> None:
         warnings.simplefilter("always")
         load_voc(SHARED / "sirst", annotations="masks", images="images")
     assert any("ONE box per image" in str(w.message) and "format 'masks'" in str(w.message) for w in caught)
+
+
+def test_a_corrupt_mask_is_reported_by_efpn_alone(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """OpenCV printed its own '[ERROR:0@...] readHeader' line for a broken PNG before efpn's report of the file."""
+    from efpn.data.images import CorruptImageError
+    from efpn.data.masks import _read_mask
+
+    bad = tmp_path / "m.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDRgarbage")
+    level = cv2.utils.logging.getLogLevel()
+    with pytest.raises(CorruptImageError, match="could not be read as an image"):
+        _read_mask(bad)
+    assert "[ERROR" not in capfd.readouterr().err
+    assert cv2.utils.logging.getLogLevel() == level  # the process's own setting is back
