@@ -156,6 +156,8 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
                             class_aware=not args.any_class)
     for image_id, file, why in diag.errors:  # reported; every other image was diagnosed
         print(f"skipped image {image_id} ({file}): {why}", file=sys.stderr)
+    if records and not diag.images:  # as detect: a run that diagnosed nothing is a failure, not an empty table
+        _die(f"none of the {len(records)} images could be diagnosed (each reason is above)", code=1)
     table = diag.table()
     print(f"{'size':<20}{'objects':>8}{'found':>7}{'recall':>8}  " + "  ".join(f"{c:>15}" for c in
                                                                          ("starved", "gated_out", "never_scored",

@@ -208,6 +208,30 @@ def test_diagnose_on_a_small_synthetic_set(tiny_ckpt_and_data: tuple[Path, Path]
     assert sliced["slice"] == 64 and set(sliced["recall_by_bucket"]) == set(table)
 
 
+def test_diagnose_that_diagnosed_no_image_exits_1(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Every image a strip the network cannot take: each is named, and the run fails as detect's does, instead of an
+    empty table and status 0."""
+    import cv2
+    import numpy as np
+
+    ckpt, _ = tiny_ckpt_and_data
+    (tmp_path / "images").mkdir()
+    images, anns = [], []
+    for i in (1, 2):
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.png"), np.full((1, 200, 3), 90, np.uint8))
+        images.append({"id": i, "file_name": f"{i}.png", "width": 200, "height": 1})
+        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [10, 0, 20, 1], "iscrowd": 0})
+    cats = [{"id": k + 1, "name": n} for k, n in enumerate(("disc", "square", "cross"))]
+    (tmp_path / "a.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    (tmp_path / "data.yaml").write_text(f"format: coco\nroot: {tmp_path}\ntrain: {{annotations: a.json, images: "
+                                        "images}\n")
+    with pytest.raises(SystemExit) as e:
+        main(["diagnose", "--weights", str(ckpt), "--data", str(tmp_path / "data.yaml"), "--split", "train"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "none of the 2 images could be diagnosed" in err and err.count("skipped image") == 2
+
+
 @pytest.mark.parametrize(("err", "said"), [
     (OSError(30, "Read-only file system", "out/x.json"), "out/x.json: read-only file system; give a path on a"),
     (PermissionError(13, "Permission denied", "/root/x"), "/root/x: permission denied; no permission"),
