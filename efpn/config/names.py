@@ -21,20 +21,17 @@ def parse_names(value: Any, source: str = "names") -> list[str]:
             keyed = {int(k): v for k, v in value.items()}
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: class-name keys must be integers 0..K-1, got {list(value)[:5]}") from e
-        odd = {k: v for k, v in keyed.items() if not isinstance(v, str | int) or isinstance(v, bool)}
-        if odd:  # a list or a null would become the class "['x']" or "None"
-            k = min(odd)
-            raise ValueError(f"{source}: class {k} is named {odd[k]!r}; every class name is a string")
-        keyed = {k: str(v) for k, v in keyed.items()}
         if sorted(keyed) != list(range(len(keyed))):
             raise ValueError(f"{source}: class-name keys must be exactly 0..{len(keyed) - 1}, got {sorted(keyed)}")
-        return [keyed[i] for i in range(len(keyed))]
-    if isinstance(value, list | tuple):
-        odd = [i for i, v in enumerate(value) if not isinstance(v, str | int) or isinstance(v, bool)]
-        if odd:
-            raise ValueError(f"{source}: class {odd[0]} is named {value[odd[0]]!r}; every class name is a string")
-        return [str(v) for v in value]
-    raise ValueError(f"{source}: expected a list of class names or a {{index: name}} mapping, got {value!r:.80}")
+        items = [keyed[i] for i in range(len(keyed))]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError(f"{source}: expected a list of class names or a {{index: name}} mapping, got {value!r:.80}")
+    odd = [i for i, v in enumerate(items) if not isinstance(v, str | int) or isinstance(v, bool)]
+    if odd:  # a list or a null would become the class "['x']" or "None"
+        raise ValueError(f"{source}: class {odd[0]} is named {items[odd[0]]!r}; every class name is a string")
+    return [str(v) for v in items]
 
 
 def read_names(src: ClassNames) -> list[str]:

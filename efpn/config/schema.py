@@ -89,8 +89,11 @@ def _accepted(hint: Any) -> str:
         parts = [_accepted(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else [])
         return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]  # a, b or c
     if origin is tuple:
+        if not args:
+            return "a list"
+        item = _accepted(args[0])
         plural = {"a string": "strings", "an integer": "integers", "a finite number": "finite numbers"}
-        return f"a list of {plural.get(_accepted(args[0]), _accepted(args[0]))}" if args else "a list"
+        return f"a list of {plural.get(item, item)}"
     if dataclasses.is_dataclass(hint):
         return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(hint))}"
     if hint is dict or origin is dict:

@@ -166,12 +166,7 @@ class TrainConfig:
         """Filesystem checks done when training starts: the data YAML must be given and exist."""
         if not self.data:
             raise ValueError("TrainConfig: data is required: the path of a data YAML (e.g. recipes/data/synth.yaml)")
-        if Path(self.data).is_dir():
-            return  # loading it says which data YAMLs the folder holds
-        if Path(self.data).exists() and not Path(self.data).is_file():
-            raise ValueError(f"TrainConfig: data YAML {self.data} is not a regular file (a pipe or a device?); give "
-                             "the path of the data YAML file itself")
-        if not Path(self.data).is_file():
+        if not Path(self.data).exists():  # a folder or a pipe: loading it (load_data_config) says what it is
             raise FileNotFoundError(
                 f"TrainConfig: data YAML {self.data} does not exist (resolved: {Path(self.data).resolve()}); "
                 "give the path of a data YAML, e.g. recipes/data/ssdd.yaml, or write one with `efpn data synth`"

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from efpn.det.accounting import LevelAccounting, account
 from efpn.det.assign import Assignment
+from efpn.det.boxes import validate_boxes
 from efpn.det.priors import Priors
 from efpn.infer.preprocess import Prepared, boxes_to_network, boxes_to_original, prepare, to_rgb_uint8
 from efpn.models.detector import Detector
@@ -224,11 +225,9 @@ def checked_targets(targets: Any, image_hw: tuple[int, int]) -> tuple[np.ndarray
     if len(labels) != len(boxes):
         raise ValueError(f"targets: {len(boxes)} boxes but {len(labels)} labels")
     h, w = image_hw
-    inside = np.clip(np.nan_to_num(boxes, nan=-1.0), 0, [w, h, w, h])
-    bad = ~np.isfinite(boxes).all(1) | (inside[:, 2] <= inside[:, 0]) | (inside[:, 3] <= inside[:, 1])
-    bad |= (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-    if bad.any():
-        j = int(bad.nonzero()[0][0])
+    _, keep = validate_boxes(torch.from_numpy(boxes), (h, w), drop_nonfinite=True)  # no area once clipped: dropped
+    if not bool(keep.all()):
+        j = int((~keep).nonzero()[0])
         raise ValueError(f"targets['boxes'][{j}] {boxes[j].tolist()} has no area inside the {w}x{h} image: boxes are "
                          f"x1 < x2, y1 < y2 in its own pixels, overlapping [0, {w}] x [0, {h}]")
     return boxes, labels.astype(np.int64)

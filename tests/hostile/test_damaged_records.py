@@ -160,15 +160,15 @@ def test_class_names_that_are_not_names_are_refused(names: object, says: str) ->
 def test_a_data_yaml_that_is_a_pipe_or_a_folder_is_named_as_such(tmp_path: Path) -> None:
     from efpn.config import TrainConfig
     from efpn.config.data import load_data_config
+    from efpn.engine.data import load_train_data
 
     fifo = tmp_path / "data.yaml"
     os.mkfifo(fifo)
     with pytest.raises(ValueError, match="is not a regular file"):
         load_data_config(fifo)
     with pytest.raises(ValueError, match="is not a regular file"):
-        TrainConfig(model="tiny_efpn_n", data=str(fifo)).check_paths()
+        load_train_data(TrainConfig(model="tiny_efpn_n", data=str(fifo)), False)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "ssdd.yaml").write_text("format: coco\n")
-    TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "d")).check_paths()  # the loader explains a folder:
     with pytest.raises(IsADirectoryError, match=r"is a folder \(it holds ssdd\.yaml\)"):
-        load_data_config(tmp_path / "d")
+        load_train_data(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "d")), False)
