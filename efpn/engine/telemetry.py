@@ -45,7 +45,6 @@ def _add(sums: dict[str, float], key: str, value: float) -> None:
     sums[key] = sums.get(key, 0.0) + float(value)
 
 
-
 def read_jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     """The JSON-object rows of a JSON-lines file and the 1-based numbers of the lines that are not one: a run killed
     mid-write leaves its last line cut short, and that must not make the whole telemetry unreadable."""
@@ -63,6 +62,7 @@ def read_jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
         else:
             bad.append(number)
     return rows, bad
+
 
 class EpochTelemetry:
     """Additive accumulator of one epoch's training internals.
