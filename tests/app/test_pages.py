@@ -171,3 +171,27 @@ def test_compare_checkpoints_of_other_classes_matches_boxes(app_env, tmp_path, m
     assert at.selectbox(key="cmp_b").value.endswith("ships.safetensors")
     assert any("matched here by boxes alone" in w.value for w in at.warning)
     assert any("any class" in c.value for c in at.caption)
+
+
+def test_compare_names_the_checkpoint_that_does_not_load(app_env, tmp_path, monkeypatch) -> None:
+    """B's weights are damaged (its card reads): B's column shows why it cannot be loaded, A is still drawn, and the
+    per-object comparison says both must load, not "choose two different checkpoints"."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+    from studio_helpers import APP
+
+    for name in ("tiny_efpn_n.safetensors", "tiny_efpn_n.json"):
+        shutil.copy(app_env / name, tmp_path / name)
+    (tmp_path / "damaged.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    shutil.copy(app_env / "tiny_efpn_n.json", tmp_path / "damaged.json")  # same classes: B opens on it
+    monkeypatch.setenv("EFPN_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setenv("EFPN_CHECKPOINT", str(tmp_path / "tiny_efpn_n.safetensors"))
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    at.run()
+    _goto(at, "compare")
+    _ok(at)
+    assert at.selectbox(key="cmp_b").value.endswith("damaged.safetensors")
+    assert any("cannot be loaded" in e.value for e in at.error)
+    assert any("Both checkpoints must load" in i.value for i in at.info)
+    assert not any("Choose two different" in i.value for i in at.info)

@@ -109,3 +109,11 @@ def test_ship_chooses_or_sets_the_nms_iou_and_the_card_carries_it(tmp_path: Path
     assert card["metrics"]["AP"] == pytest.approx(validate(model, records, names, image_size=128).metrics["AP"])
     with pytest.raises(ValueError, match="'auto' or a number"):
         ship(result.run_dir, "tiny_bad", out_dir=tmp_path / "ckpt", progress=False, nms_iou="best")
+
+    # a val split whose images hold no boxes measures nothing: refused, nothing written
+    data = json.loads((tmp_path / "synth" / "annotations.json").read_text())
+    data["annotations"] = []
+    (tmp_path / "synth" / "annotations.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="hold no object boxes"):
+        ship(result.run_dir, "tiny_empty", out_dir=tmp_path / "ckpt", progress=False, storage="auto")
+    assert not (tmp_path / "ckpt" / "tiny_empty.safetensors").exists()
