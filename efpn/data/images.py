@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -176,12 +177,31 @@ def quiet_opencv() -> Iterator[None]:
         log.setLogLevel(before)
 
 
+def _remove_opencv_copies(data: bytes) -> int:
+    """Remove the temporary copies of ``data`` that ``cv2.imdecode`` left behind; returns how many.
+
+    OpenCV decodes some formats (Radiance HDR) from a copy of the bytes in a file ``__opencv_temp.XXXXXX`` (in
+    ``$OPENCV_TEMP_PATH``, else /tmp) and does not remove it when it refuses the header by raising (a size over its
+    pixel limit): every such file would stay, one per upload. Only regular files holding exactly these bytes go."""
+    folder = Path(os.environ.get("OPENCV_TEMP_PATH") or "/tmp")
+    removed = 0
+    with contextlib.suppress(OSError):
+        for path in folder.glob("__opencv_temp.*"):
+            with contextlib.suppress(OSError):
+                if (path.is_file() and not path.is_symlink() and path.stat().st_size == len(data)
+                        and path.read_bytes() == data):
+                    path.unlink()
+                    removed += 1
+    return removed
+
+
 def _decode_cv2(data: bytes, src: ImageSource) -> np.ndarray:
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         with quiet_opencv():
             arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
     except cv2.error as e:  # OpenCV refuses some headers (e.g. sizes over its own limit) by raising
+        _remove_opencv_copies(data)
         if "CV_IO_MAX_IMAGE_PIXELS" in str(e):
             raise _too_large(src, ValueError(f"its header declares more than {OPENCV_MAX_PIXELS:,} pixels")) from e
         raise _corrupt(src, f"OpenCV cannot decode it ({str(e).strip().splitlines()[-1][:200]})") from e

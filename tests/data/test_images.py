@@ -134,9 +134,13 @@ def test_a_header_only_opencv_reads_is_refused_before_it_allocates(tmp_path: Pat
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))\n"
             "from efpn.data.images import ImageTooLargeError, read_image\n"
             "try:\n    read_image(sys.argv[1])\nexcept ImageTooLargeError as e:\n    print('refused:', e)\n")
+    cv_temp = tmp_path / "opencv_temp"  # OpenCV decodes HDR from a temporary copy of the bytes, made here
+    cv_temp.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    env["OPENCV_TEMP_PATH"] = str(cv_temp)
     out = subprocess.run([sys.executable, "-c", code, str(hdr)], capture_output=True, text=True, timeout=120, env=env,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "refused:" in out.stdout and "huge.hdr is too large to decode safely" in out.stdout, out.stdout
     assert "178,956,970" in out.stdout
+    assert not list(cv_temp.iterdir())  # the copy OpenCV leaves behind when it raises is removed
