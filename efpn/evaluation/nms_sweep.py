@@ -105,7 +105,8 @@ def sweep_nms_iou(
         raise ValueError(f"none of the {len(records)} images could be read; the NMS sweep has nothing to score")
     rows: dict[float, dict[str, float | None]] = {}
     for iou in grid:
-        m = evaluate_detections(kept, preds[iou], class_names, max_dets=(100, 1500)).to_json_dict()
+        m = evaluate_detections(kept, preds[iou], class_names, max_dets=(100, 1500),
+                                ignore_regions=True).to_json_dict()  # scored as validate() scores
         rows[iou] = {k: m.get(k) for k in SWEEP_KEYS}
 
     def score(iou: float) -> float:

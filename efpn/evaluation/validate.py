@@ -333,7 +333,9 @@ def validate(
     ``image_size`` defaults to the model config's. Predictions come from :func:`predict_records`, or with
     ``slice_size`` from :func:`predict_records_sliced` (tiles of that many original pixels, ``overlap`` a fraction
     of the tile), always scored against the full-image ground truth; matching is
-    :func:`efpn.evaluation.coco.evaluate_detections` (pycocotools). The headline metrics are at ``max(max_dets)``.
+    :func:`efpn.evaluation.coco.evaluate_detections` (pycocotools), with every record's ignore regions (COCO
+    ``ignore=1``, VisDrone category 0 and score 0) as crowd boxes of every class: a detection inside one is neither a
+    true nor a false positive. The headline metrics are at ``max(max_dets)``.
     ``nms_iou`` overrides the model config's NMS IoU threshold (see :func:`efpn.evaluation.sweep_nms_iou`).
     Raises ValueError when the data's classes are not the model's: more of them (its AP would silently average in
     classes the model cannot score), or other names or another order (class k of the data would be scored against
@@ -359,7 +361,9 @@ def validate(
         path, why = next(iter(skipped.items()))
         raise ValueError(f"none of the {len(records)} images could be read (e.g. {path}: {why}); check the data's "
                          "image files")
-    result = evaluate_detections(kept, preds, class_names, max_dets=max_dets)
+    # ignore regions (COCO ignore=1, VisDrone category 0 and score 0) absorb the detections inside them, as the
+    # VisDrone toolkit does: neither found objects nor false alarms
+    result = evaluate_detections(kept, preds, class_names, max_dets=max_dets, ignore_regions=True)
     result.skipped = skipped
     return result
 

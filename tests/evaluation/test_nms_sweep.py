@@ -109,3 +109,24 @@ def test_val_cli_scores_another_threshold_and_the_sweep(tmp_path: Path, capsys: 
     with pytest.raises(SystemExit):
         main(["val", "--weights", str(ckpt), "--data", str(data), "--nms-iou", "0.6", "--nms-sweep"])
     assert "drop --nms-iou" in capsys.readouterr().err
+
+
+def test_validate_and_the_sweep_honour_ignore_regions(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A detection inside an ignore region (COCO ignore=1, VisDrone category 0) is neither a true nor a false
+    positive in validate() and in the sweep, as in the VisDrone toolkit: here both objects are found at score 0.5 and
+    the only other detection (score 0.9) lies in an ignore region, so AP50 is 1 (2/3 when it was counted)."""
+    import importlib
+
+    validate_module = importlib.import_module("efpn.evaluation.validate")  # the package exports the function
+    model, _, names = tiny
+    objects = np.array([[40, 40, 60, 60], [70, 20, 90, 36]], np.float32)
+    records = [ImageRecord(image_id=7, path=Path("ignore.png"), width=100, height=100, boxes=objects,
+                           labels=np.zeros(2, np.int64), ignore=[[0, 0, 30, 30]])]
+    preds = {7: {"boxes": np.concatenate([objects, [[2, 2, 12, 12]]]).astype(np.float32),
+                 "scores": np.array([0.5, 0.5, 0.9], np.float32), "labels": np.zeros(3, np.int64)}}
+    monkeypatch.setattr(validate_module, "predict_records", lambda *a, **kw: preds)
+    monkeypatch.setattr(nms_sweep, "predict_records_nms",
+                        lambda model, recs, size, ious, **kw: dict.fromkeys(ious, preds))
+    assert validate(model, records, names, image_size=96).metrics["AP50"] == pytest.approx(1.0)
+    sweep = sweep_nms_iou(model, records, names, image_size=96, ious=(0.5,), metric="AP50")
+    assert all(row["AP50"] == pytest.approx(1.0) for row in sweep.rows.values())
