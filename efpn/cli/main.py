@@ -177,8 +177,17 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     if args.csv:
         print(f"saved {diag.write_csv(args.csv)}")
     if args.coco:
+        # the detections' labels are the model's class indices: the data's category ids name them only when the
+        # model's classes are the data's (with --any-class they may be others, e.g. car/boat scored against ships)
+        mine = list(model.config.class_names or [])
+        same = len(names) == model.num_classes and (not mine or list(names) == mine)
+        if not same:
+            print(f"note: the model's classes [{', '.join(mine) or f'{model.num_classes} unnamed'}] are not the "
+                  f"data's [{', '.join(names)}]: {args.coco} gives each detection the model's class index + 1 as "
+                  "category_id, not one of the data's category ids", file=sys.stderr)
         Path(args.coco).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.coco).write_text(json.dumps(diag.coco_results(category_ids(args.data, args.split))))
+        ids = category_ids(args.data, args.split) if same else None
+        Path(args.coco).write_text(json.dumps(diag.coco_results(ids, num_classes=model.num_classes)))
         print(f"saved {args.coco}")
     if args.html:
         print(f"saved {write_html(diag, args.html)}")

@@ -90,11 +90,14 @@ class DatasetDiagnosis:
         path.write_text(self.csv_text(), encoding="utf-8", newline="")
         return path
 
-    def coco_results(self, category_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    def coco_results(self, category_ids: Sequence[int] | None = None,
+                     num_classes: int | None = None) -> list[dict[str, Any]]:
         """Detections as COCO results JSON entries (``bbox`` xywh). ``category_id``: ``category_ids[class index]``,
         the dataset's own ids (:func:`efpn.data.splits.category_ids`), so pycocotools scores the results against
-        the original annotations; without them COCO's 1-based ``class index + 1`` (as efpn's COCO evaluation)."""
-        ids = list(category_ids) if category_ids is not None else [k + 1 for k in range(len(self.class_names))]
+        the original annotations — give them only when the model's classes are the data's; without them COCO's
+        1-based ``class index + 1`` (as efpn's COCO evaluation) over ``num_classes`` (default: the data's)."""
+        k_all = len(self.class_names) if num_classes is None else int(num_classes)
+        ids = list(category_ids) if category_ids is not None else [k + 1 for k in range(k_all)]
         out = []
         for image_id, det in self.detections.items():
             for b, s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):

@@ -215,3 +215,12 @@ def test_coco_results_carry_the_datasets_category_ids(tmp_path) -> None:
           "--split", "train", "--coco", str(out)])
     ids = {r["category_id"] for r in json.loads(out.read_text())}
     assert ids and ids <= set(remap.values())
+
+    # --any-class with a model of other classes: its labels are its own indices, not the data's classes; the file
+    # says index + 1 (and stderr why), never the data's ids for unrelated classes
+    other = efpn.build_model("tiny_efpn_n", num_classes=2, class_names=("car", "boat"))
+    weights = efpn.save_checkpoint(other, tmp_path / "other.safetensors")
+    main(["diagnose", "--weights", str(weights), "--data", str(root / "data.yaml"), "--score", "0.0",
+          "--split", "train", "--any-class", "--coco", str(out)])
+    ids = {r["category_id"] for r in json.loads(out.read_text())}
+    assert ids and ids <= {1, 2}
