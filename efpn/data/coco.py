@@ -8,8 +8,9 @@ Contract of :func:`load_coco`:
   (both counted); an annotation with no ``bbox`` (absent, null or empty) gets the box around its
   ``segmentation`` (polygons or RLE);
 * ids may be integers or strings of integers; image ids that are other strings (``"frame_0001"``) are numbered
-  1, 2, ... in the order of ``images``; an image entry or annotation without an id is dropped (``malformed``), a
-  category without an integer id is an error;
+  1, 2, ... in the order of ``images``; a string id is kept as the record's ``source_id`` (results written for
+  COCO tools use it, so they match the original file); an image entry or annotation without an id is dropped
+  (``malformed``), a category without an integer id is an error;
 * ``iscrowd=1`` annotations follow the ``crowd`` policy (default ``"crowd"``: kept with ``iscrowd=True``,
   never a training target); annotations with ``ignore=1`` (AI-TOD / VisDrone-in-COCO style) become ignore
   regions;
@@ -277,7 +278,10 @@ def parse_coco(
             boxes.append(xyxy), labels.append(label), roles.append(role)
         if not anns:
             report.add("image_without_labels", 1, file_name)
-        records.append(make_record(image_id, path, width, height, boxes, labels, roles, report))
+        record = make_record(image_id, path, width, height, boxes, labels, roles, report)
+        if isinstance(entry.get("id"), str):  # "frame_0001", "0042": results for COCO tools must spell it so
+            record.source_id = entry["id"]
+        records.append(record)
 
     # counted per image, as every loader counts this reason: one unknown image id, however many annotations
     unknown = list(dict.fromkeys(_id_key(raw) for raw in unknown_ids))

@@ -116,6 +116,8 @@ class ImageRecord:
         labels: (M,) int64 in ``[0, K)``.
         iscrowd: (M,) bool; ``True`` = not a training target and not penalised (see module docstring).
         ignore: (Q, 4) float32 ``xyxy`` px label-less ignore regions.
+        source_id: the image's id as its annotation file spells it, when that is not ``image_id`` (a COCO string id
+            such as ``"frame_0001"`` or ``"0042"``); COCO results name the image by it. None: ``image_id``.
 
     Arrays are coerced to these dtypes on construction; inconsistent shapes raise ``ValueError``.
     """
@@ -128,6 +130,7 @@ class ImageRecord:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
     iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=bool))  # empty = all False
     ignore: np.ndarray = field(default_factory=_empty_boxes)
+    source_id: int | str | None = None
 
     def __post_init__(self) -> None:
         self.image_id = int(self.image_id)

@@ -98,11 +98,14 @@ class DatasetDiagnosis:
         1-based ``class index + 1`` (as efpn's COCO evaluation) over ``num_classes`` (default: the data's)."""
         k_all = len(self.class_names) if num_classes is None else int(num_classes)
         ids = list(category_ids) if category_ids is not None else [k + 1 for k in range(k_all)]
+        # an image whose annotation file spells its id otherwise ("frame_0001", "0042") is named as spelled there
+        spelled = {rec.image_id: rec.source_id for rec, _ in self.images if rec.source_id is not None}
         out = []
         for image_id, det in self.detections.items():
+            named = spelled.get(image_id, int(image_id))
             for b, s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
                 cat = ids[int(c)] if 0 <= int(c) < len(ids) else int(c) + 1
-                out.append({"image_id": int(image_id), "category_id": cat, "score": round(float(s), 5),
+                out.append({"image_id": named, "category_id": cat, "score": round(float(s), 5),
                             "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)]})
         return out
 

@@ -224,3 +224,36 @@ def test_coco_results_carry_the_datasets_category_ids(tmp_path) -> None:
           "--split", "train", "--any-class", "--coco", str(out)])
     ids = {r["category_id"] for r in json.loads(out.read_text())}
     assert ids and ids <= {1, 2}
+
+
+def test_coco_results_name_images_as_their_file_does(tmp_path) -> None:
+    """COCO image ids that are strings ("frame_0", and "0042" which reads as a number) are written back as spelled:
+    pycocotools scores the results against the original annotations (it refused renumbered ids)."""
+    import contextlib
+    import io
+    import json
+
+    from pycocotools.coco import COCO
+
+    from efpn.cli.main import main
+    from efpn.data.synthetic import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "d", 2, image_size=64, seed=0, val_fraction=0.0).parent
+    ann = root / "annotations.json"
+    doc = json.loads(ann.read_text())
+    spelled = {doc["images"][0]["id"]: "frame_0", doc["images"][1]["id"]: "0042"}
+    for im in doc["images"]:
+        im["id"] = spelled[im["id"]]
+    for a in doc["annotations"]:
+        a["image_id"] = spelled[a["image_id"]]
+    ann.write_text(json.dumps(doc))
+    model = efpn.build_model("tiny_efpn_n", num_classes=3, class_names=("disc", "square", "cross"))
+    weights = efpn.save_checkpoint(model, tmp_path / "m.safetensors")
+    out = tmp_path / "res.json"
+    main(["diagnose", "--weights", str(weights), "--data", str(root / "data.yaml"), "--score", "0.0",
+          "--split", "train", "--coco", str(out)])
+    results = json.loads(out.read_text())
+    assert {r["image_id"] for r in results} == {"frame_0", "0042"}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann))
+        assert len(gt.loadRes(str(out)).getAnnIds()) == len(results)  # matched to the original images
