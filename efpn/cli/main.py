@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classes", nargs="+", default=None, metavar="CLASS",
                    help="keep only these classes (names; or indices, when no class has that name)")
     s.add_argument("--save-txt", action="store_true",
-                   help="also write labels/NAME.txt per image: 'class cx cy w h score', normalised (YOLO)")
+                   help="also write labels/NAME.txt per image (labels/NAME/FRAME.txt per video frame): "
+                        "'class cx cy w h score', normalised (YOLO)")
     s.add_argument("--no-draw", action="store_true", help="write no drawings (detections.json and labels only)")
     s.add_argument("--vid-stride", type=guards.count, default=1, help="videos: every N-th frame (default 1)")
     s.set_defaults(func=cmd_detect)

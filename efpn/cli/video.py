@@ -7,7 +7,11 @@ frame, or whose drawing cannot be written is reported under the JSON's ``"errors
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,11 +52,52 @@ def detect_video(
     ``predict`` maps an (H, W, 3) uint8 RGB frame to detections (raising ValueError for a frame the model cannot
     take); each frame's detections go to ``summary["images"][frame_key(...)]``, the drawn video (``<stem>.mp4``)
     to ``summary["drawn"][str(video)]``, with ``save_txt`` each frame's YOLO labels to
-    ``labels/<stem>_<frame>.txt`` (``summary["labels"]`` maps the frame key to it). Problems are recorded under
-    ``summary["errors"][str(video)]`` (what was detected before them is kept).
+    ``labels/<stem>/<frame>.txt`` (``summary["labels"]`` maps the frame key to it; a folder per video, so no frame's
+    file can take the name of an image's ``labels/<stem>.txt``, as ``a_0.png``'s would with ``a.mp4``'s frame 0).
+    Problems are recorded under ``summary["errors"][str(video)]`` (what was detected before them is kept).
     """
     key = str(video)
-    capture = cv2.VideoCapture(str(video))
+    if not video.is_file():  # a pipe or a device would block FFmpeg's reader, or never end
+        summary["errors"][key] = f"{video} is not a regular file (a pipe, socket or device); give the video file"
+        tqdm.write(f"skipped {key}: {summary['errors'][key]}")
+        return []
+    aliases = Path(tempfile.mkdtemp(prefix="efpn_video_"))  # names OpenCV can take (see _opencv_name)
+    try:
+        return _detect_frames(video, _opencv_name(video, aliases / f"source{_suffix(video)}"), stem, predict, names,
+                              levels, out, summary, save_txt=save_txt, draw=draw, stride=stride, aliases=aliases)
+    finally:
+        shutil.rmtree(aliases, ignore_errors=True)
+
+
+def _utf8(path: Path) -> bool:
+    """Whether ``path`` is valid UTF-8 text: OpenCV's Python binding crashes the whole process (a segmentation
+    fault, nothing saved) on a name that is not, which Python holds with lone surrogates."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _suffix(video: Path) -> str:
+    return video.suffix.lower() if _utf8(Path(video.suffix)) else ".mp4"
+
+
+def _opencv_name(path: Path, alias: Path) -> Path:
+    """``path`` itself when OpenCV can take its name, else ``alias`` (a valid UTF-8 name) as a link to it."""
+    if _utf8(path):
+        return path
+    os.symlink(path.resolve(), alias)
+    return alias
+
+
+def _detect_frames(video: Path, source: Path, stem: str, predict: Callable[[np.ndarray], dict[str, Any]],
+                   names: list[str], levels: list[str], out: Path, summary: dict[str, Any], *, save_txt: bool,
+                   draw: bool, stride: int, aliases: Path) -> list[Path]:
+    """:func:`detect_video`'s work, with ``source`` the name OpenCV opens and ``aliases`` a folder for names it
+    can take (the drawn video is written there first when its own name is not valid UTF-8, then moved)."""
+    key = str(video)
+    capture = cv2.VideoCapture(str(source))
     if not capture.isOpened():
         summary["errors"][key] = (f"cannot open video {video}: OpenCV's FFmpeg could not read it; re-encode it "
                                   "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) or extract its frames as images")
@@ -64,6 +109,7 @@ def detect_video(
     written: list[Path] = []
     writer: cv2.VideoWriter | None = None
     drawn_path = out / f"{stem}.mp4"
+    drawn_target = drawn_path if _utf8(drawn_path) else aliases / "drawn.mp4"  # moved to drawn_path at the end
     index, done = -1, 0
     bar = tqdm(total=total or None, desc=video.name, unit="frame", leave=False)
     try:
@@ -86,7 +132,8 @@ def detect_video(
             summary["images"][frame_key(video, index)] = detections_to_json(det, names, levels)
             done += 1
             if save_txt:
-                label = out / "labels" / f"{stem}_{index}.txt"
+                label = out / "labels" / stem / f"{index}.txt"
+                label.parent.mkdir(parents=True, exist_ok=True)
                 label.write_text(yolo_lines(det, rgb.shape[:2]), encoding="utf-8")
                 summary["labels"][frame_key(video, index)] = str(label)
                 written.append(label)
@@ -97,7 +144,7 @@ def detect_video(
                     # at least 1 frame/s: a large stride on a slow video gave 0.1 fps or less, at which the
                     # MPEG-4 encoder aborts the whole process (an assertion in libavcodec's rate control)
                     out_fps = max(1.0, fps / stride)
-                    writer = cv2.VideoWriter(str(drawn_path), cv2.VideoWriter_fourcc(*"mp4v"), out_fps, (w, h))
+                    writer = cv2.VideoWriter(str(drawn_target), cv2.VideoWriter_fourcc(*"mp4v"), out_fps, (w, h))
                     if not writer.isOpened():
                         raise OSError(f"OpenCV could not open {drawn_path} for writing an MPEG-4 video")
                 writer.write(picture)
@@ -109,6 +156,9 @@ def detect_video(
         capture.release()
         if writer is not None:
             writer.release()
+            if drawn_target != drawn_path and drawn_target.is_file():
+                with contextlib.suppress(OSError):  # reported below: the drawing is then not listed
+                    shutil.move(drawn_target, drawn_path)
     if done == 0 and key not in summary["errors"]:
         summary["errors"][key] = f"no frame of {video} could be read; re-encode it or extract its frames as images"
         tqdm.write(f"skipped {key}: {summary['errors'][key]}")

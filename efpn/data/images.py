@@ -26,6 +26,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "CorruptImageError",
     "ImageSource",
+    "file_bytes",
     "image_size",
     "index_images",
     "read_image",
@@ -73,11 +74,21 @@ def _corrupt(src: ImageSource, why: str) -> CorruptImageError:
     )
 
 
+def file_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file. Raises FileNotFoundError for a missing file and :class:`CorruptImageError` for a
+    path that is not a regular file (a folder; a pipe or a device, which would block the reader or never end)."""
+    _check_exists(path)
+    p = Path(path)
+    if not p.is_file():
+        raise CorruptImageError(f"{p} is not a regular file (a pipe, socket or device): give the image file itself")
+    return p.read_bytes()
+
+
 def _as_bytes(src: ImageSource) -> bytes:
     if isinstance(src, bytes):
         return src
     if isinstance(src, str | Path):
-        return Path(src).read_bytes()
+        return file_bytes(src)
     data = src.read()
     if hasattr(src, "seek"):
         src.seek(0)

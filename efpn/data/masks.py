@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from efpn.data.images import CorruptImageError, image_size, index_images, quiet_opencv
+from efpn.data.images import CorruptImageError, file_bytes, image_size, index_images, quiet_opencv
 from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record, read_text
 
 __all__ = ["boxes_from_mask", "load_masks"]
@@ -98,8 +98,13 @@ def _image_ids(stems: list[str]) -> list[int]:
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    with quiet_opencv():  # its stderr line would precede efpn's own report of the file
-        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    # decoded from the bytes: OpenCV's imread crashes the process on a file name that is not valid UTF-8
+    try:
+        buf = np.frombuffer(file_bytes(path), dtype=np.uint8)
+        with quiet_opencv():  # its stderr line would precede efpn's own report of the file
+            mask = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    except (OSError, cv2.error) as e:  # unreadable, or a header OpenCV refuses (over its pixel limit)
+        raise CorruptImageError(f"mask {path} could not be read ({str(e).strip().splitlines()[-1][:200]})") from e
     if mask is None:
         raise CorruptImageError(f"mask {path} could not be read as an image")
     return mask

@@ -124,3 +124,29 @@ def test_a_corrupt_mask_is_reported_by_efpn_alone(tmp_path: Path, capfd: pytest.
         _read_mask(bad)
     assert "[ERROR" not in capfd.readouterr().err
     assert cv2.utils.logging.getLogLevel() == level  # the process's own setting is back
+
+
+def test_masks_with_names_that_are_not_utf8_and_a_mask_that_is_a_pipe(tmp_path: Path) -> None:
+    """A mask whose file name is not valid UTF-8 is read (OpenCV's imread crashed the process on it: the loader
+    decodes the bytes itself); a mask that is a pipe is no mask file, instead of blocking the loader. Run in a
+    child process, so a regression fails this test instead of killing the test session."""
+    import os
+    import subprocess
+    import sys
+
+    img, msk = tmp_path / "images", tmp_path / "masks"
+    one = np.zeros((24, 32), np.uint8)
+    one[5:8, 6:9] = 255
+    for stem in (os.fsdecode(b"t\xe9_1"), "p_2"):
+        _write(img, "x.png", np.full((24, 32, 3), 40, np.uint8))
+        (img / "x.png").rename(img / f"{stem}.png")
+    _write(msk, "x.png", one)
+    (msk / "x.png").rename(msk / (os.fsdecode(b"t\xe9_1") + "_pixels0.png"))
+    os.mkfifo(msk / "p_2_pixels0.png")
+    code = ("import os, sys; from efpn.data.masks import load_masks; "
+            "recs, _, rep = load_masks(os.fsdecode(sys.argv[1]), os.fsdecode(sys.argv[2])); "
+            "print(len(recs), [len(r.boxes) for r in recs], rep.unreadable_image)")
+    done = subprocess.run([sys.executable, "-c", code, os.fsencode(img), os.fsencode(msk)], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[0].startswith("2 [0, 1]")  # the pipe is no mask file: p_2 has no targets

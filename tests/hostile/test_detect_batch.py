@@ -234,3 +234,38 @@ def test_a_binary_file_named_txt_is_read_as_a_list_of_missing_files_not_a_crash(
     printed = capsys.readouterr()
     echoed = [ln for ln in (printed.out + printed.err).splitlines() if ln.startswith("skipped /")]
     assert len(echoed) == 10 and all(c.isprintable() for ln in echoed for c in ln)
+
+
+def test_a_video_and_an_output_folder_whose_names_are_not_utf8(ckpt: Path, tmp_path: Path) -> None:
+    """OpenCV's binding crashes the process (a segmentation fault, every result lost) on a file name that is not
+    valid UTF-8: such a video is opened, and its drawing written, under names OpenCV can take. Its frames' label files
+    have a folder of their own, so the image clip_0.png's label file is not overwritten by frame 0's. Run in a child
+    process, so a regression fails this test instead of killing the test session."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    src.mkdir()
+    video = src / os.fsdecode(b"clip\xe9.mp4")
+    writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MPEG-4 video")
+    for i in range(2):
+        writer.write(np.full((48, 64, 3), 40 + 50 * i, np.uint8))
+    writer.release()
+    (tmp_path / "clip.mp4").rename(video)
+    cv2.imwrite(str(src / "clip_0.png"), np.full((48, 64, 3), 90, np.uint8))
+    out = tmp_path / os.fsdecode(b"out\xe9")
+    code = ("import os, sys; from efpn.cli.main import main; "
+            "main(['detect', os.fsdecode(sys.argv[1]), '--weights', sys.argv[2], '--out', os.fsdecode(sys.argv[3]), "
+            "'--save-txt', '--score', '0.0', '--max-det', '2'])")
+    done = subprocess.run([sys.executable, "-c", code, os.fsencode(src), str(ckpt), os.fsencode(out)],
+                          capture_output=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:].decode(errors="replace")
+    summary = json.loads((out / "detections.json").read_text())
+    frames = [k for k in summary["images"] if "#frame=" in k]
+    assert len(frames) == 2 and not summary["errors"]
+    assert Path(summary["drawn"][str(video)]).is_file()  # written under a UTF-8 name, then moved into `out`
+    labels = [summary["labels"][k] for k in (*frames, str(src / "clip_0.png"))]
+    assert len(set(labels)) == 3 and all(Path(p).is_file() for p in labels)
