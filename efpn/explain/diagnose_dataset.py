@@ -9,6 +9,7 @@ input size; with slicing, a miss that the whole image would have found counts as
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
 import io
@@ -87,7 +88,7 @@ class DatasetDiagnosis:
         """The miss table as a CSV file (:meth:`csv_text`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.csv_text(), encoding="utf-8", newline="")
+        path.write_text(self.csv_text(), encoding="utf-8", errors="backslashreplace", newline="")
         return path
 
     def coco_results(self, category_ids: Sequence[int] | None = None,
@@ -112,13 +113,18 @@ class DatasetDiagnosis:
 
 @torch.no_grad()
 def _shown(path: str | Path | None, root: str | Path | None) -> str:
-    """``path`` as a row shows it: relative to ``root`` when it lies under it, else as given."""
-    if path is None or root is None:
-        return str(path)
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
+    """``path`` as a row shows it: relative to ``root`` when it lies under it, else as given; bytes of a file name
+    that are not UTF-8 written as ``\\xe9`` (so the CSV, HTML and downloads stay valid UTF-8 and still say which
+    bytes the name has)."""
+    if path is not None and root is not None:
+        with contextlib.suppress(ValueError):
+            path = Path(path).relative_to(root).as_posix()
+    return printable(str(path))
+
+
+def printable(text: str) -> str:
+    """``text`` with the lone surrogates by which Python holds undecodable file-name bytes written as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def diagnose_records(
@@ -233,11 +239,11 @@ def write_html(diagnosis: DatasetDiagnosis, path: str | Path, worst: int = 24) -
         best = f"{m.best_score:.3f} on {m.best_level}, IoU {m.best_iou:.2f}" if m.best_level else "none covers it"
         gates = " ".join(f"{lv}:{g:.2f}" for lv, g in m.gates.items()) or "no FBSM"
         buf.write(f"<tr><td><img src='{_crop_png(cache[rec.path], m.box)}' width=96 height=96></td>"
-                  f"<td class='l'>{esc(Path(str(rec.path)).name)}</td><td>{m.size:.1f}</td>"
+                  f"<td class='l'>{esc(printable(Path(str(rec.path)).name))}</td><td>{m.size:.1f}</td>"
                   f"<td class='l'><b>{esc(m.cause)}</b></td><td class='l'>{esc(pos)}</td><td class='l'>{esc(best)}</td>"
                   f"<td class='l'>{esc(gates)}</td></tr>")
     buf.write("</table>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(buf.getvalue(), encoding="utf-8")
+    path.write_text(buf.getvalue(), encoding="utf-8", errors="backslashreplace")  # a name in an error message
     return path

@@ -257,3 +257,27 @@ def test_coco_results_name_images_as_their_file_does(tmp_path) -> None:
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(ann))
         assert len(gt.loadRes(str(out)).getAnnIds()) == len(results)  # matched to the original images
+
+
+def test_diagnose_writes_its_tables_for_file_names_that_are_not_utf8(tmp_path) -> None:
+    """The CSV and HTML tables name such a file with its odd bytes written as \\xe9 (valid UTF-8 that still says
+    which bytes the name has); writing them used to fail after the whole run, losing every output."""
+    import json
+    import os
+
+    from efpn.cli.main import main
+    from efpn.data.synthetic import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "d", 2, image_size=64, seed=0, val_fraction=0.0).parent
+    odd = os.fsdecode(b"a\xe9.png")
+    ann = root / "annotations.json"
+    doc = json.loads(ann.read_text())
+    (root / "images" / doc["images"][0]["file_name"]).rename(root / "images" / odd)
+    doc["images"][0]["file_name"] = odd
+    ann.write_text(json.dumps(doc))  # the name as JSON escapes it; read back as the same lone surrogate
+    model = efpn.build_model("tiny_efpn_n", num_classes=3, class_names=("disc", "square", "cross"))
+    weights = efpn.save_checkpoint(model, tmp_path / "m.safetensors")
+    main(["diagnose", "--weights", str(weights), "--data", str(root / "data.yaml"), "--score", "0.999",
+          "--split", "train", "--csv", str(tmp_path / "m.csv"), "--html", str(tmp_path / "m.html")])
+    assert "a\\xe9.png" in (tmp_path / "m.csv").read_text(encoding="utf-8")
+    assert "a\\xe9.png" in (tmp_path / "m.html").read_text(encoding="utf-8")
