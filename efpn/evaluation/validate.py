@@ -23,7 +23,7 @@ from torch import Tensor
 from efpn.data.images import CorruptImageError, read_image
 from efpn.data.records import ImageRecord
 from efpn.evaluation.coco import EvalResult, evaluate_detections
-from efpn.infer.preprocess import MIN_SIDE, Prepared, boxes_to_original, prepare
+from efpn.infer.preprocess import MIN_SIDE, Prepared, boxes_to_original, drop_empty, prepare
 from efpn.infer.slicing import TooManyTilesError, sliced_predict
 from efpn.models.detector import Detector, check_postprocess
 
@@ -212,11 +212,12 @@ def _predict_batches(
                                      nms_iou=iou, max_det=max_det) for iou in nms_ious]
         for out, dets in zip(outs, per_iou):
             for (rec, p), det in zip(batch, dets):
-                boxes = boxes_to_original(det["boxes"].float().cpu(), p.scale, p.orig_hw)
+                kept = drop_empty({"boxes": boxes_to_original(det["boxes"].float().cpu(), p.scale, p.orig_hw),
+                                   "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()})
                 out[rec.image_id] = {
-                    "boxes": boxes.numpy().astype(np.float32),
-                    "scores": det["scores"].float().cpu().numpy(),
-                    "labels": det["labels"].cpu().numpy().astype(np.int64),
+                    "boxes": kept["boxes"].numpy().astype(np.float32),
+                    "scores": kept["scores"].numpy(),
+                    "labels": kept["labels"].numpy().astype(np.int64),
                 }
 
     bar = None

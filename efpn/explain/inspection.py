@@ -22,7 +22,7 @@ from efpn.det.accounting import LevelAccounting, account
 from efpn.det.assign import Assignment
 from efpn.det.boxes import validate_boxes
 from efpn.det.priors import Priors
-from efpn.infer.preprocess import Prepared, boxes_to_network, boxes_to_original, prepare, to_rgb_uint8
+from efpn.infer.preprocess import Prepared, boxes_to_network, boxes_to_original, drop_empty, prepare, to_rgb_uint8
 from efpn.models.detector import Detector
 from efpn.models.heads import HeadOutput
 from efpn.models.outputs import KernelLayer
@@ -269,12 +269,12 @@ def inspect(
 
     assert run.detections is not None
     det = run.detections[0]
-    detections = {
+    detections = drop_empty({  # boxes wholly in the input's padding dropped, as predict_image drops them
         "boxes": boxes_to_original(det["boxes"].float().cpu(), prep.scale, prep.orig_hw),
         "scores": det["scores"].float().cpu(),
         "labels": det["labels"].cpu(),
         "levels": det["levels"].cpu(),
-    }
+    })
     levels = run.levels.values()
     priors: Priors = run.priors.to("cpu")
     head = run.head.image(0).to("cpu")

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from efpn.infer.preprocess import boxes_to_original, prepare
+from efpn.infer.preprocess import boxes_to_original, drop_empty, prepare
 from efpn.models.detector import Detector
 
 
@@ -29,4 +29,4 @@ def predict_image(
     det = model.predict(prep.tensor.to(device), score_thresh=score_thresh, nms_iou=nms_iou, max_det=max_det)[0]
     out = {k: v.cpu() for k, v in det.items()}
     out["boxes"] = boxes_to_original(out["boxes"].float(), prep.scale, prep.orig_hw)
-    return out
+    return drop_empty(out)  # boxes wholly in the input's padding

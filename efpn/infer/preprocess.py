@@ -121,3 +121,21 @@ def boxes_to_original(boxes: Tensor, scale: float, orig_hw: tuple[int, int]) -> 
     out[:, 0::2] = out[:, 0::2].clamp(0, orig_hw[1])
     out[:, 1::2] = out[:, 1::2].clamp(0, orig_hw[0])
     return out
+
+
+def drop_empty(det: dict[str, Tensor], hw: tuple[int, int] | None = None) -> dict[str, Tensor]:
+    """``det`` (per-detection tensors: boxes (D, 4) xyxy, scores, labels, ...) without the detections whose box has
+    no area, after clipping it to ``hw`` (H, W) when given.
+
+    A box the network puts wholly in the padding of its input (below a wide image, beside a tall one) is clipped to
+    a line on the image's edge: nothing to find there, and a box no analysis can take (attribution, gradient reach
+    and the assigner refuse it)."""
+    boxes = det["boxes"]
+    if hw is not None:
+        boxes = boxes.clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, hw[1])
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, hw[0])
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (D,)
+    out = {k: v[keep] if isinstance(v, Tensor) and v.dim() and v.shape[0] == len(keep) else v for k, v in det.items()}
+    out["boxes"] = boxes[keep]
+    return out

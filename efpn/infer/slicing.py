@@ -19,7 +19,7 @@ from torchvision.ops import batched_nms
 
 from efpn.det.postprocess import empty_detections
 from efpn.infer.predict import predict_image
-from efpn.infer.preprocess import MIN_SIDE, network_hw, to_rgb_uint8
+from efpn.infer.preprocess import MIN_SIDE, drop_empty, network_hw, to_rgb_uint8
 
 __all__ = ["MAX_TILES", "SLICED_MAX_PIXELS", "TooManyTilesError", "num_tiles", "sliced_predict", "smallest_tile",
            "suggested_tile", "tile_windows"]
@@ -78,8 +78,7 @@ def _predict_crop(
         padded[:h, :w] = crop
         crop = padded
     det = predict_image(model, crop, image_size=image_size, **kw)
-    det["boxes"][:, 0::2] = det["boxes"][:, 0::2].clamp(max=w)  # nothing lies in the padding
-    det["boxes"][:, 1::2] = det["boxes"][:, 1::2].clamp(max=h)
+    det = drop_empty(det, (h, w))  # nothing lies in the padding
     det["boxes"] = det["boxes"] + torch.tensor([offset[0], offset[1], offset[0], offset[1]], dtype=det["boxes"].dtype)
     return det
 
