@@ -55,7 +55,11 @@ for col, path in ((c1, a), (c2, b)):
             st.error(f"{label(path)} cannot be loaded: {e}")
             continue
         key = loaders.checkpoint_key(path)
-        det = analyses.predict_detections(model, key, image.rgb, image.digest, ctx.score, ctx.nms)
+        try:
+            det = analyses.predict_detections(model, key, image.rgb, image.digest, ctx.score, ctx.nms)
+        except ValueError as e:  # e.g. a strip too elongated for one input of this checkpoint
+            st.error(f"{label(path)} cannot run on this image: {e}")
+            continue
         names_k = list(model.config.class_names) or [str(i) for i in range(model.num_classes)]
         class_lists.append(names_k)
         rows = views.detection_rows(det, model.levels, names_k)

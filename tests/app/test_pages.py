@@ -195,3 +195,15 @@ def test_compare_names_the_checkpoint_that_does_not_load(app_env, tmp_path, monk
     assert any("cannot be loaded" in e.value for e in at.error)
     assert any("Both checkpoints must load" in i.value for i in at.info)
     assert not any("Choose two different" in i.value for i in at.info)
+
+
+def test_compare_on_an_image_too_elongated_for_one_input(app) -> None:
+    """A 4000x30 panorama: every page says it cannot be inspected whole; Compare said so with a traceback."""
+    import numpy as np
+    from studio_helpers import png_bytes
+
+    strip = np.tile((np.random.default_rng(0).random((30, 400, 3)) * 200).astype(np.uint8), (1, 10, 1))
+    app.file_uploader(key="detect_uploader").set_value(("panorama.png", png_bytes(strip), "image/png")).run()
+    _goto(app, "compare")
+    _ok(app)
+    assert sum("cannot run on this image" in e for e in _errors(app)) == 2  # both columns, each with the reason
