@@ -10,7 +10,7 @@ import streamlit as st
 
 from app import analyses, charts, focusing, loaders, state, views
 from efpn import BUCKET_LABELS, BUCKETS
-from efpn.data import AnnotationError, category_ids
+from efpn.data import AnnotationError, category_ids, category_ids_for
 from efpn.explain import CAUSE_TEXT, CAUSES
 
 KEPT = "dataset_page"  # path, split, N of this page, outside its widgets (cleared when another page runs)
@@ -133,12 +133,14 @@ if diagnosis is not None:
     folders = [str(r.path.parent) for r in records[:n] if r.path is not None]
     root = os.path.commonpath(folders) if folders else None
     d1, d2, d3 = st.columns(3)
-    ids = category_ids(path, split) if same_classes else None  # the dataset's own ids: scored as annotated
+    # each model class as the dataset's category of the same name: scored as annotated (others left out)
+    ids = category_ids_for(list(model.config.class_names or []), list(names), category_ids(path, split))
     d1.download_button("COCO results", json.dumps(diagnosis.coco_results(ids)),
                        file_name=f"{stem}_results.json", mime="application/json", key="dsd_dl_coco",
                        help="The predictions as COCO results JSON, one entry per detection above the threshold: "
-                            "image_id, category_id (the dataset's category id; class index + 1 for formats "
-                            "without ids), bbox (x, y, w, h), score.")
+                            "image_id, category_id (the dataset's id of the class of the same name; class index "
+                            "+ 1 for formats without ids; classes the dataset lacks are left out), bbox (x, y, w, h), "
+                            "score.")
     d2.download_button("Misses (CSV)", diagnosis.csv_text(root), file_name=f"{stem}_misses.csv", mime="text/csv",
                        key="dsd_dl_csv", help="One row per missed object: its image, cause and the numbers.")
     d3.download_button("All (JSON)", json.dumps(diagnosis.to_json(root), indent=1),

@@ -145,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> None:
-    from efpn.data.splits import category_ids
+    from efpn.data.splits import category_ids, category_ids_for
     from efpn.explain import diagnose_records, write_html
 
     guards.check_outputs({"--json": args.json, "--csv": args.csv, "--coco": args.coco, "--html": args.html},
@@ -177,17 +177,16 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     if args.csv:
         print(f"saved {diag.write_csv(args.csv)}")
     if args.coco:
-        # the detections' labels are the model's class indices: the data's category ids name them only when the
-        # model's classes are the data's (with --any-class they may be others, e.g. car/boat scored against ships)
+        # the detections' labels are the model's class indices: each is written as the data's category of the same
+        # name (with --any-class the model's classes may be others, e.g. car/boat scored against ships)
         mine = list(model.config.class_names or [])
-        same = len(names) == model.num_classes and (not mine or list(names) == mine)
-        if not same:
-            print(f"note: the model's classes [{', '.join(mine) or f'{model.num_classes} unnamed'}] are not the "
-                  f"data's [{', '.join(names)}]: {args.coco} gives each detection the model's class index + 1 as "
-                  "category_id, not one of the data's category ids", file=sys.stderr)
+        ids = category_ids_for(mine, names, category_ids(args.data, args.split))
+        missing = [n for n, i in zip(mine, ids) if i is None]
+        if missing:
+            print(f"note: the data has no class {', '.join(missing)}: {args.coco} leaves out the model's detections "
+                  "of those classes (nothing to score them as)", file=sys.stderr)
         Path(args.coco).parent.mkdir(parents=True, exist_ok=True)
-        ids = category_ids(args.data, args.split) if same else None
-        Path(args.coco).write_text(json.dumps(diag.coco_results(ids, num_classes=model.num_classes)))
+        Path(args.coco).write_text(json.dumps(diag.coco_results(ids)))
         print(f"saved {args.coco}")
     if args.html:
         print(f"saved {write_html(diag, args.html)}")
@@ -346,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, help="write the table and every miss as JSON")
     s.add_argument("--csv", default=None, help="write the miss table as CSV")
     s.add_argument("--coco", default=None, help="write the detections as COCO results JSON (category_id: the "
-                   "dataset's own id; class index + 1 for formats without ids)")
+                   "dataset's own id of the class of the same name, class index + 1 for formats without ids; "
+                   "detections of classes the dataset lacks are left out)")
     s.add_argument("--html", default=None, help="write an HTML report with crops of the worst misses")
     s.set_defaults(func=cmd_diagnose)
 

@@ -14,7 +14,7 @@ from efpn.data.dota import DOTA_V1_CLASSES, load_dota
 from efpn.data.images import CorruptImageError, ImageTooLargeError, image_size, read_image
 from efpn.data.masks import boxes_from_mask, load_masks
 from efpn.data.records import POLICIES, ImageRecord, Policy, SkipReport
-from efpn.data.splits import category_ids, load_split, split_records
+from efpn.data.splits import category_ids, category_ids_for, load_split, split_records
 from efpn.data.synthetic import SYNTH_CLASSES, make_synthetic_sample, write_synthetic_dataset
 from efpn.data.transforms import (
     DetectionTransform,
@@ -68,6 +68,7 @@ __all__ = [
     "load_split",
     "map_class_names",
     "category_ids",
+    "category_ids_for",
     "load_visdrone",
     "load_voc",
     "load_yolo",

@@ -72,6 +72,19 @@ def category_ids(cfg: DataConfig | str | Path, split: str = "train") -> list[int
     return sorted(int(c["id"]) for c in doc.get("categories", []))
 
 
+def category_ids_for(classes: Sequence[str], data_names: Sequence[str],
+                     data_ids: Sequence[int] | None) -> list[int | None]:
+    """For results of a model whose classes are ``classes`` (in its order), scored against data annotated with
+    ``data_names`` (and ``data_ids``, :func:`category_ids`; None: COCO's ``index + 1``): per model class, the data's
+    category id of the class of the same name, or None when the data has no class of that name (such detections
+    have nothing to be scored as). A model's classes that are the data's map one to one; an unnamed model (empty
+    ``classes``) is taken as having the data's classes."""
+    names = list(classes) or list(data_names)
+    ids = list(data_ids) if data_ids is not None else [j + 1 for j in range(len(data_names))]
+    where = {str(n): j for j, n in enumerate(data_names)}
+    return [ids[where[str(n)]] if str(n) in where and where[str(n)] < len(ids) else None for n in names]
+
+
 def _carved(cfg: DataConfig, split: str) -> bool:
     """Whether ``split`` is carved out of the train source (train or val with ``val_fraction`` and no val source)."""
     return split in ("train", "val") and cfg.val_fraction > 0 and "val" not in cfg.sources

@@ -91,21 +91,22 @@ class DatasetDiagnosis:
         path.write_text(self.csv_text(), encoding="utf-8", errors="backslashreplace", newline="")
         return path
 
-    def coco_results(self, category_ids: Sequence[int] | None = None,
-                     num_classes: int | None = None) -> list[dict[str, Any]]:
+    def coco_results(self, category_ids: Sequence[int | None] | None = None) -> list[dict[str, Any]]:
         """Detections as COCO results JSON entries (``bbox`` xywh). ``category_id``: ``category_ids[class index]``,
-        the dataset's own ids (:func:`efpn.data.splits.category_ids`), so pycocotools scores the results against
-        the original annotations — give them only when the model's classes are the data's; without them COCO's
-        1-based ``class index + 1`` (as efpn's COCO evaluation) over ``num_classes`` (default: the data's)."""
-        k_all = len(self.class_names) if num_classes is None else int(num_classes)
-        ids = list(category_ids) if category_ids is not None else [k + 1 for k in range(k_all)]
+        the dataset's own id of the model's class (:func:`efpn.data.category_ids_for`), so pycocotools scores the
+        results against the original annotations; a class whose entry is None (the data has no class of its name)
+        is left out. Without ``category_ids``, COCO's 1-based ``class index + 1`` (as efpn's COCO evaluation)."""
+        ids: list[int | None] = (list(category_ids) if category_ids is not None
+                                 else [k + 1 for k in range(len(self.class_names))])
         # an image whose annotation file spells its id otherwise ("frame_0001", "0042") is named as spelled there
         spelled = {rec.image_id: rec.source_id for rec, _ in self.images if rec.source_id is not None}
         out = []
         for image_id, det in self.detections.items():
             named = spelled.get(image_id, int(image_id))
             for b, s, c in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-                cat = ids[int(c)] if 0 <= int(c) < len(ids) else int(c) + 1
+                cat = ids[int(c)] if 0 <= int(c) < len(ids) else (int(c) + 1 if category_ids is None else None)
+                if cat is None:  # a class the data does not have: nothing to score it as
+                    continue
                 out.append({"image_id": named, "category_id": cat, "score": round(float(s), 5),
                             "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)]})
         return out

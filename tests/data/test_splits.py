@@ -253,3 +253,12 @@ def test_data_without_usable_classes_is_refused(tmp_path: Path, categories: list
     path = _yaml(tmp_path / "d.yaml", {"format": "coco", "train": {"annotations": "a.json", "images": "images"}})
     with pytest.raises(ValueError, match=match):
         load_split(path, "train")
+
+
+def test_category_ids_for_a_models_classes_go_by_name() -> None:
+    """A ship model on data with boat = 3 and ship = 9 writes ship as 9; a class the data lacks has no id."""
+    from efpn.data import category_ids_for
+
+    assert category_ids_for(["ship"], ["boat", "ship"], [3, 9]) == [9]
+    assert category_ids_for(["car", "ship"], ["boat", "ship"], None) == [None, 2]  # no ids: index + 1
+    assert category_ids_for([], ["boat", "ship"], [3, 9]) == [3, 9]  # an unnamed model: the data's classes
