@@ -111,7 +111,9 @@ def _read_mask(path: Path) -> np.ndarray:
 
 
 def _read_list(path: Path) -> list[str]:
-    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    """The stems of a split list, in order, blanks and repeats skipped (a repeat would be trained and scored twice,
+    and would change every image's id)."""
+    return list(dict.fromkeys(line.strip() for line in read_text(path).splitlines() if line.strip()))
 
 
 def load_masks(

@@ -51,11 +51,12 @@ class _VocFile:
 
 
 def read_voc_list(list_file: str | Path) -> list[str]:
-    """Ids from an ``ImageSets`` list file (first column; blank lines skipped)."""
+    """Ids from an ``ImageSets`` list file (first column; blank lines and repeats skipped: an image listed twice
+    would be trained twice and its objects counted twice by evaluation)."""
     p = Path(list_file)
     if not p.is_file():
         raise FileNotFoundError(f"VOC split list {p} does not exist")
-    return [line.split()[0] for line in read_text(p).splitlines() if line.strip()]
+    return list(dict.fromkeys(line.split()[0] for line in read_text(p).splitlines() if line.strip()))
 
 
 def _text(node: ET.Element | None, tag: str) -> str | None:

@@ -81,7 +81,7 @@ def test_loader_counts_what_it_skips(tmp_path: Path) -> None:
     assert report.image_without_labels == 1 and report.malformed == 1
     assert report.label_without_image == 1 and report.unreadable_image == 1
     lst = tmp_path / "list.txt"
-    lst.write_text("b\na\nzz\n")
+    lst.write_text("b\na\nzz\nb\n")  # b twice: one record
     records, _, report = load_masks(img, msk, lst)
     assert [r.path.name for r in records] == ["b.png", "a.png"] and report.label_without_image == 1
     with pytest.raises(FileNotFoundError, match="masks folder"):

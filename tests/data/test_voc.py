@@ -86,3 +86,12 @@ def test_stated_size_checked_against_the_file(voc_dir: Path) -> None:
     first = next(r for r in records if r.path is not None and r.path.stem == "img1")
     assert (first.width, first.height) == (80, 60)
     assert report.size_mismatch == 1 and report.examples["size_mismatch"] == ["img1.jpg (annotated 160x60, file 80x60)"]
+
+
+def test_an_id_listed_twice_is_one_record(tmp_path) -> None:
+    """A repeated line in an ImageSets list trained the image twice and counted its objects twice in evaluation."""
+    from efpn.data.voc import read_voc_list
+
+    lst = tmp_path / "train.txt"
+    lst.write_text("a\nb 1\n\na\nc\n")
+    assert read_voc_list(lst) == ["a", "b", "c"]
