@@ -10,6 +10,7 @@ larger than a tile), and merges everything with class-aware NMS. Pure library co
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,19 @@ def _starts(extent: int, tile: int, step: int) -> list[int]:
     return sorted(set(starts))
 
 
+def check_slicing(tile: Any, overlap: Any) -> tuple[int, float]:
+    """``(tile, overlap)`` as an int >= 8 px and a float in [0, 1); ValueError saying what is wrong otherwise (a
+    fractional or boolean tile, an overlap that is NaN, 1 or more, or negative)."""
+    if isinstance(tile, bool) or not isinstance(tile, numbers.Real) or not math.isfinite(tile) or tile != int(tile):
+        raise ValueError(f"tile is a window side in whole pixels (an int, at least 8), got {tile!r}")
+    if int(tile) < 8:
+        raise ValueError(f"tile must be >= 8 px, got {tile}")
+    if (isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not math.isfinite(overlap)
+            or not 0.0 <= overlap < 1.0):
+        raise ValueError(f"overlap is a fraction of the tile in [0, 1) (0.2 is usual), got {overlap!r}")
+    return int(tile), float(overlap)
+
+
 def tile_windows(height: int, width: int, tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
     """Windows ``(x1, y1, x2, y2)`` (pixels, end exclusive) of at most ``tile`` x ``tile`` covering the image.
 
@@ -54,10 +68,7 @@ def tile_windows(height: int, width: int, tile: int, overlap: float) -> list[tup
     """
     if height < 1 or width < 1:
         raise ValueError(f"image must be at least 1x1, got {width}x{height}")
-    if tile < 8:
-        raise ValueError(f"tile must be >= 8 px, got {tile}")
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap is a fraction of the tile in [0, 1), got {overlap}")
+    tile, overlap = check_slicing(tile, overlap)
     step = max(1, tile - int(round(overlap * tile)))
     tw, th = min(tile, width), min(tile, height)
     return [(x, y, x + tw, y + th) for y in _starts(height, tile, step) for x in _starts(width, tile, step)]
@@ -119,6 +130,7 @@ def sliced_predict(
     """
     if model.training:
         raise ValueError("sliced_predict needs an eval-mode model; call model.eval() once after loading")
+    tile, overlap = check_slicing(tile, overlap)  # before the image is decoded, and before any count of tiles
     rgb = to_rgb_uint8(image, max_pixels=SLICED_MAX_PIXELS)  # tiles are small: the whole image may be large
     h, w = rgb.shape[:2]
     pp = model.config.postprocess

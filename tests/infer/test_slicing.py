@@ -76,3 +76,22 @@ def test_too_many_tiles_are_refused_before_any_forward() -> None:
     with pytest.raises(TooManyTilesError, match=r"8560 windows, more than the limit of 4096.*at least 11 px"):
         sliced_predict(NoForward().eval(), rgb, tile=8, overlap=0.2)
     assert num_tiles((480, 640), 11, 0.2) <= MAX_TILES < num_tiles((480, 640), 10, 0.2)
+
+
+@pytest.mark.parametrize(("tile", "overlap", "match"), [
+    (32.5, 0.2, "whole pixels"), (True, 0.2, "whole pixels"), (float("nan"), 0.2, "whole pixels"),
+    (-5, 0.2, ">= 8 px"), (0, 0.2, ">= 8 px"),
+    (64, float("nan"), r"\[0, 1\)"), (64, 1.0, r"\[0, 1\)"), (64, -0.1, r"\[0, 1\)"), (64, "0.2", r"\[0, 1\)"),
+])
+def test_tile_and_overlap_are_checked_first(tile, overlap, match) -> None:
+    """The Python API said "use tiles of at least 1937 px" for overlap 1 (following it failed again), raised a bare
+    TypeError for a float tile and "cannot convert float NaN to integer" for a NaN overlap."""
+    model = efpn.build_model("tiny_efpn_n", num_classes=1).eval()
+    with pytest.raises(ValueError, match=match):
+        sliced_predict(model, np.zeros((2000, 2000, 3), np.uint8), tile=tile, overlap=overlap)
+
+
+def test_a_whole_float_tile_is_taken() -> None:
+    from efpn.infer.slicing import check_slicing
+
+    assert check_slicing(64.0, 0) == (64, 0.0)
