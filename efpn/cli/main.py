@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -138,7 +139,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                  if getattr(args, f.name, None) is not None}
     cfg = load_train_config(args.config, **overrides) if args.config else TrainConfig(**overrides)
     result = train(cfg)
-    print(result)
+    if os.environ.get("RANK", "0").strip() in ("", "0"):  # under torchrun every rank returns: rank 0 reports the run
+        print(result)
 
 
 # ------------------------------------------------------------------------------------------------ diagnose
