@@ -187,7 +187,8 @@ def decode_image(digest: str, _data: bytes, limit: int) -> DecodedImage:
             f"the file declares more than {HARD_MAX_PIXELS / 1e6:.0f} MP, the most the studio will decode (a "
             "decompression bomb or a huge scan); crop or downscale it first"
         )
-    rgb = read_image(_data)
+    notes: list[str] = []  # e.g. 12-bit sensor data in a 16-bit file, shown with this image (not the server log)
+    rgb = read_image(_data, notes=notes)
     h, w = rgb.shape[:2]
     if h * w > HARD_MAX_PIXELS:  # a format only OpenCV reads has no header check above; its own limit is higher
         raise ValueError(f"the image has {w}x{h} = {w * h / 1e6:.0f} MP, more than the {HARD_MAX_PIXELS / 1e6:.0f} MP "
@@ -202,6 +203,8 @@ def decode_image(digest: str, _data: bytes, limit: int) -> DecodedImage:
             f"downscaled to {nw}x{nh}. Boxes and sizes refer to the downscaled image. For tiny objects in huge "
             "images crop them first, or run `sliced_predict` from efpn.infer on the full file."
         )
+    if notes:
+        notice = " ".join([*notes, *([notice] if notice else [])])
     return DecodedImage(rgb=np.ascontiguousarray(rgb), original_hw=(h, w), notice=notice)
 
 

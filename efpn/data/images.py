@@ -112,14 +112,16 @@ FLOAT_UNIT_MAX = 1.5
 _WARNED_LOW_RANGE: list[bool] = []  # whether the low-range 16-bit warning was given in this process
 
 
-def to_rgb_uint8(arr: np.ndarray, bgr: bool = False, source: str | None = None) -> np.ndarray:
+def to_rgb_uint8(arr: np.ndarray, bgr: bool = False, source: str | None = None, *,
+                 notes: list[str] | None = None) -> np.ndarray:
     """Any decoded pixel array -> (H, W, 3) uint8 RGB, contiguous.
 
     * (H, W) or (H, W, 1) grayscale is repeated to 3 channels; (H, W, 2) gray+alpha keeps the gray;
       a 4th (alpha) channel is dropped.
     * uint16 is mapped linearly ``v / 257`` (65535 -> 255); other integer types with values above 255 the same
       way, else taken as 8-bit; a 16-bit image whose values stay below 4096 (10-12-bit sensor data) is mapped the
-      same way with a warning that it will be nearly black and how to rescale it; float images with values up to
+      same way with a warning that it will be nearly black and how to rescale it (once per process; with
+      ``notes`` appended there instead, every time, for a caller that shows it with the image); float images up to
       :data:`FLOAT_UNIT_MAX` are read as [0, 1] and scaled by 255, others as 0-255; both clipped to [0, 255].
     * ``bgr=True`` for OpenCV-decoded colour arrays.
     * ``source`` names the file in the low-range warning (the first one in a dataset of them is named).
@@ -137,17 +139,20 @@ def to_rgb_uint8(arr: np.ndarray, bgr: bool = False, source: str | None = None) 
         a = a.astype(np.uint8) * 255
     elif a.dtype.kind in "ui":
         is_16bit = (a.dtype.kind == "u" and a.dtype.itemsize == 2) or (a.size > 0 and int(a.max()) > 255)
-        if is_16bit and a.size and 0 < int(a.max()) < 4096 and not _WARNED_LOW_RANGE:
-            _WARNED_LOW_RANGE.append(True)  # once per process: a dataset of them would repeat it for every image
+        if is_16bit and a.size and 0 < int(a.max()) < 4096 and (notes is not None or not _WARNED_LOW_RANGE):
             # 10-14-bit sensor data (infrared, SAR, microscopy) is often stored in 16-bit files: the linear
             # 16 -> 8 bit mapping makes it nearly black, and a detector then finds nothing without saying why
             bits = max(int(a.max()).bit_length(), 8)
             named = "" if source is None else f"{source}: "
-            warnings.warn(
-                f"{named}a 16-bit image uses values up to {int(a.max())} only ({bits}-bit data?): read as 16-bit it "
-                f"becomes nearly black (at most {round(int(a.max()) / 257)} of 255). Rescale it to the full range "
-                f"first (e.g. multiply by {2 ** (16 - bits)}), or save it as 8-bit. Said once per process: other "
-                "images like it are read the same way without a warning", stacklevel=2)
+            said = (f"{named}a 16-bit image uses values up to {int(a.max())} only ({bits}-bit data?): read as 16-bit "
+                    f"it becomes nearly black (at most {round(int(a.max()) / 257)} of 255). Rescale it to the full "
+                    f"range first (e.g. multiply by {2 ** (16 - bits)}), or save it as 8-bit.")
+            if notes is not None:  # the caller shows it with this image (e.g. the studio, per upload)
+                notes.append(said)
+            else:
+                _WARNED_LOW_RANGE.append(True)  # once per process: a dataset of them would repeat it for every image
+                warnings.warn(f"{said} Said once per process: other images like it are read the same way without "
+                              "a warning", stacklevel=2)
         scaled = np.round(a.astype(np.float64) / 257.0) if is_16bit else a
         a = np.clip(scaled, 0, 255).astype(np.uint8)
     else:
@@ -206,7 +211,7 @@ def _remove_opencv_copies(data: bytes) -> int:
     return removed
 
 
-def _decode_cv2(data: bytes, src: ImageSource) -> np.ndarray:
+def _decode_cv2(data: bytes, src: ImageSource, notes: list[str] | None = None) -> np.ndarray:
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         with quiet_opencv():
@@ -222,13 +227,14 @@ def _decode_cv2(data: bytes, src: ImageSource) -> np.ndarray:
         raise _too_large(src, ValueError(f"it has {arr.shape[0] * arr.shape[1]:,} pixels; OpenCV was loaded before "
                                          "efpn could limit it, so it was decoded before being refused"))
     colour = arr.ndim == 3 and arr.shape[2] >= 3
-    return to_rgb_uint8(arr, bgr=colour, source=_describe(src))
+    return to_rgb_uint8(arr, bgr=colour, source=_describe(src), notes=notes)
 
 
-def read_image(src: ImageSource, exif_transpose: bool = True) -> np.ndarray:
+def read_image(src: ImageSource, exif_transpose: bool = True, *, notes: list[str] | None = None) -> np.ndarray:
     """Decode an image file to an (H, W, 3) uint8 RGB array.
 
-    Handles grayscale, palette, RGBA (alpha dropped), 16-bit and float images (see :func:`to_rgb_uint8`).
+    Handles grayscale, palette, RGBA (alpha dropped), 16-bit and float images (see :func:`to_rgb_uint8`; ``notes``
+    collects what the reader would warn about this image, e.g. 12-bit data in a 16-bit file).
 
     Raises:
         FileNotFoundError: ``src`` is a path that does not exist.
@@ -246,7 +252,7 @@ def read_image(src: ImageSource, exif_transpose: bool = True) -> np.ndarray:
     except Image.DecompressionBombError as e:
         raise _too_large(src, e) from e
     except UnidentifiedImageError:
-        return _decode_cv2(data, src)  # formats Pillow cannot open
+        return _decode_cv2(data, src, notes)  # formats Pillow cannot open
     except (OSError, SyntaxError, ValueError) as e:
         raise _corrupt(src, str(e)) from e
     try:
@@ -257,7 +263,7 @@ def read_image(src: ImageSource, exif_transpose: bool = True) -> np.ndarray:
             arr = _pil_to_array(im)
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise _corrupt(src, str(e) or type(e).__name__) from e
-    return to_rgb_uint8(arr, source=_describe(src))
+    return to_rgb_uint8(arr, source=_describe(src), notes=notes)
 
 
 def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]:

@@ -207,3 +207,18 @@ def test_compare_on_an_image_too_elongated_for_one_input(app) -> None:
     _goto(app, "compare")
     _ok(app)
     assert sum("cannot run on this image" in e for e in _errors(app)) == 2  # both columns, each with the reason
+
+
+def test_twelve_bit_data_in_a_sixteen_bit_png_is_named_on_the_page(app) -> None:
+    """Infrared sensors store 12-bit values in 16-bit files: decoded they are nearly black. The library's warning
+    went to the server log once per process; the page says it with every such image."""
+    import cv2
+    import numpy as np
+
+    data = (np.random.default_rng(0).random((96, 128)) * 4000).astype(np.uint16)
+    for name in ("ir_a.png", "ir_b.png"):  # the second such upload too, not only the first of the process
+        data = data[::-1].copy()
+        png = cv2.imencode(".png", data)[1].tobytes()
+        app.file_uploader(key="detect_uploader").set_value((name, png, "image/png")).run()
+        _ok(app)
+        assert any("nearly black" in w.value and "12-bit" in w.value for w in app.warning), name
