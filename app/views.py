@@ -289,10 +289,27 @@ def plan_images(plan: Sequence[tuple[str, Mapping[str, int]]]) -> int:
     return sum(sum(p.values()) for _, p in plan)
 
 
-def progress_text(done: int, plan: Sequence[tuple[str, Mapping[str, int]]], elapsed_s: float | None = None) -> str:
+def _work_done(done: int, plan: Sequence[tuple[str, Mapping[str, int]]],
+               pass_ms: Mapping[str, float]) -> tuple[float, float]:
+    """(estimated ms of the first ``done`` passes of ``plan``, of all of them) at ``pass_ms`` per pass of each kind:
+    a forward+backward pass costs several forward ones, so passes are not equal units of time."""
+    start, so_far, whole = 0, 0.0, 0.0
+    for _, passes in plan:
+        n = sum(passes.values())
+        cost = sum(k * pass_ms.get(kind, 0.0) for kind, k in passes.items())  # this part's ms
+        whole += cost
+        if n:
+            so_far += cost * min(max(done - start, 0), n) / n
+        start += n
+    return so_far, whole
+
+
+def progress_text(done: int, plan: Sequence[tuple[str, Mapping[str, int]]], elapsed_s: float | None = None,
+                  pass_ms: Mapping[str, float] | None = None) -> str:
     """The progress bar's text after ``done`` images of ``plan`` (one image through the network = one pass): the
     part running and how far it is ("Integrated Gradients: step 5 of 16"), the passes overall and, with
-    ``elapsed_s``, the time left at the pace so far."""
+    ``elapsed_s``, the time left at the pace so far: with ``pass_ms`` (ms per pass of each kind, as measured for
+    the estimate) each remaining pass weighs what its kind costs, else every pass the same."""
     total = plan_images(plan)
     start = 0
     where = ""
@@ -306,7 +323,9 @@ def progress_text(done: int, plan: Sequence[tuple[str, Mapping[str, int]]], elap
         start += n
     text = f"{where} · {done}/{total} passes through the network"
     if elapsed_s is not None and done > 0 and done < total:
-        text += f" · about {elapsed_s / done * (total - done):.0f} s left"
+        so_far, whole = _work_done(done, plan, pass_ms) if pass_ms else (float(done), float(total))
+        if so_far > 0:
+            text += f" · about {elapsed_s / so_far * (whole - so_far):.0f} s left"
     return text
 
 

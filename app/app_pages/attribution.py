@@ -197,7 +197,8 @@ if pressed and methods and done_ex is None:
     def _progress(done: int, of: int) -> None:
         run["done"], run["total"] = done, of
         # a Streamlit call: where a Cancel (or any other control's rerun) stops this script run
-        bar.progress(done / max(of, 1), text=views.progress_text(done, plan, time.perf_counter() - t0))
+        bar.progress(done / max(of, 1), text=views.progress_text(done, plan, time.perf_counter() - t0,
+                                                                     fast.pass_ms))
 
     def _waiting() -> None:
         # a Streamlit call too: Cancel also works while the request waits for the server's heavy-work slot
