@@ -145,11 +145,17 @@ with tab_image:
         """A loader's report as a markdown list: it wraps in a narrow column, where a code block would scroll."""
         return "\n".join(f"- {line.strip()}" for line in report.splitlines() if line.strip())
 
-    def _set(boxes: np.ndarray, labels: np.ndarray, class_names: list[str], source: str) -> None:
+    def _set(boxes: np.ndarray, labels: np.ndarray, class_names: list[str], source: str) -> int:
+        """Set the ground truth; returns how many boxes were left out (under 1 px once clipped to the image)."""
         b, ok = state.clean_boxes(boxes, (h, w))
         state.set_ground_truth(image.digest, state.GroundTruth(b[ok], np.asarray(labels, np.int64)[ok],
                                                                class_names, source))
         st.session_state["gt_version"] = st.session_state.get("gt_version", 0) + 1
+        return int((~ok).sum())
+
+    def _under_a_pixel(n: int, what: str) -> list[str]:
+        return [f"{n} {what} left out: under 1 px wide or high once clipped to this {w}x{h} image (no object the "
+                "assigner or a match could use)."] if n else []
 
     with st.expander("Change the ground truth: upload, draw, or edit", expanded=gt is None):
         c1, c2 = st.columns(2)
@@ -157,7 +163,8 @@ with tab_image:
                                key=f"gt_upload_{version}")
         if ann is not None:
             try:
-                parsed = parse_annotation_bytes(ann.getvalue(), ann.name, image.file_name, image.hw, names)
+                parsed = parse_annotation_bytes(ann.getvalue(), ann.name, image.file_name, image.hw, names,
+                                                original_hw=image.original_hw)
             except AnnotationError as e:
                 st.error(f"{e}\n\nThe ground truth is unchanged.")
             else:
@@ -166,17 +173,21 @@ with tab_image:
                              f"an image without objects.\n\n{_report_lines(parsed.report)}\n\nThe ground truth is "
                              "unchanged.")
                 else:
-                    _set(parsed.boxes, parsed.labels, parsed.class_names, f"uploaded {parsed.fmt}")
+                    small = _set(parsed.boxes, parsed.labels, parsed.class_names, f"uploaded {parsed.fmt}")
                     if "nothing skipped" not in parsed.report:
                         st.session_state["gt_report"] = parsed.report
+                    st.session_state["gt_notes"] = [*parsed.notes, *_under_a_pixel(small, "box(es) of the file")]
                     st.rerun()
         report = st.session_state.pop("gt_report", None)
         if report:
             st.warning(f"Read with some entries skipped:\n\n{_report_lines(report)}")
+        for note in st.session_state.pop("gt_notes", []):  # what the reader assumed, for the user to check
+            st.warning(note)
         with c2:
             if st.button("Use the detections as ground truth", key="gt_from_det"):
                 ins = state.inspection(ctx, model, image)
-                _set(ins.detections["boxes"].numpy(), ins.detections["labels"].numpy(), names, "detections")
+                small = _set(ins.detections["boxes"].numpy(), ins.detections["labels"].numpy(), names, "detections")
+                st.session_state["gt_notes"] = _under_a_pixel(small, "detection(s)")
                 st.rerun()
             if st.button("Reset to the original ground truth", key="gt_reset"):
                 state.set_ground_truth(image.digest, None)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,8 @@ class ParsedAnnotation:
     fmt: str  # a value of ANNOTATION_FORMATS
     report: str  # SkipReport.summary() of the file: what was skipped or changed
     dropped: int = 0  # entries refused (malformed, unknown class, no area, outside the image): not boxes of it
+    #: what the reader had to assume, for the user to check (a file describing another image, or another size)
+    notes: list[str] = field(default_factory=list)
 
 
 #: the SkipReport reasons that drop an annotated object (the others keep it, re-route it or note something)
@@ -73,9 +75,14 @@ def parse_annotation_bytes(
     image_name: str,
     image_hw: tuple[int, int],
     class_names: Sequence[str],
+    original_hw: tuple[int, int] | None = None,
 ) -> ParsedAnnotation:
     """Read the ground truth of the image ``image_name`` (H, W = ``image_hw``) from the annotation file
     ``file_name`` whose content is ``data`` (see the module docstring for each format).
+
+    Boxes annotated at another size are scaled to ``image_hw`` (``original_hw``: the size of the file on disk when
+    the image was downscaled after reading; annotations made at either size are expected). ``notes`` says when the
+    file describes an image of another name (a COCO JSON of one image) or of a size that is neither.
 
     ``class_names``: the classes boxes are labelled in (the model's); YOLO ids index them, VOC names map onto them.
     Raises :class:`AnnotationError` for an unknown suffix, a file that does not parse, one without this image, or
@@ -89,8 +96,12 @@ def parse_annotation_bytes(
     h, w = int(image_hw[0]), int(image_hw[1])
     names = list(class_names)
     try:
+        notes: list[str] = []
         if suffix == ".json":
-            record, found, report = _coco(data, file_name, stem)
+            record, found, report, described = _coco(data, file_name, stem)
+            if Path(described).stem != stem:
+                notes.append(f"{file_name} describes '{described}', not '{image_name}': its only image was taken "
+                             "for this one. Check that its boxes belong to this image.")
         elif suffix == ".txt":
             if not names:
                 raise AnnotationError(f"{file_name}: YOLO labels are class ids, and there are no class names to "
@@ -117,11 +128,14 @@ def parse_annotation_bytes(
     if suffix in (".json", ".xml") and names:  # class names, not the file's own order, decide the label
         labels, found = map_class_names(names, found, labels)
     if (record.width, record.height) != (w, h):
+        if original_hw is None or (record.height, record.width) != tuple(original_hw):
+            notes.append(f"{file_name} annotates a {record.width}x{record.height} image and this one is {w}x{h}: its "
+                         "boxes were stretched to fit. Check that the file belongs to this image.")
         sx, sy = w / record.width, h / record.height
         boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
     return ParsedAnnotation(boxes.astype(np.float32).reshape(-1, 4), labels.astype(np.int64).reshape(-1), found,
                             ANNOTATION_FORMATS[suffix], report.summary(),
-                            sum(int(getattr(report, reason)) for reason in DROPPING))
+                            sum(int(getattr(report, reason)) for reason in DROPPING), notes)
 
 
 def map_class_names(names: list[str], found: list[str], labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -134,8 +148,9 @@ def map_class_names(names: list[str], found: list[str], labels: np.ndarray) -> t
     return np.array([index[int(c)] for c in labels], dtype=np.int64), names + extra
 
 
-def _coco(data: bytes, file_name: str, stem: str) -> tuple[ImageRecord, list[str], SkipReport]:
-    """The COCO record of the image with this stem (else the only one) in the JSON ``data``."""
+def _coco(data: bytes, file_name: str, stem: str) -> tuple[ImageRecord, list[str], SkipReport, str]:
+    """The COCO record of the image with this stem (else the only one) in the JSON ``data``, with the file name
+    the JSON gives that image."""
     doc = parse_json(data, file_name)
     records, names, report = parse_coco(doc, None, name=Path(file_name).stem, source=file_name)
     if not records:
@@ -152,4 +167,7 @@ def _coco(data: bytes, file_name: str, stem: str) -> tuple[ImageRecord, list[str
             f"{file_name} has {len(records)} images and none is named like '{stem}'; upload the JSON of this image, "
             "or rename the image to its file_name"
         )
-    return pick[0], names, report
+    chosen = pick[0]
+    described = next((str(e.get("file_name", "")) for e in doc["images"]
+                      if isinstance(e, dict) and to_id(e.get("id")) == chosen.image_id), "")
+    return chosen, names, report, described

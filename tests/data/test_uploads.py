@@ -36,6 +36,11 @@ def test_coco_entry_by_file_name_rescaled_to_the_image() -> None:
     np.testing.assert_allclose(got.boxes, [[20, 10, 30, 15]])  # annotated at 400x200, the image is 200x100
     assert got.boxes.dtype == np.float32 and got.labels.dtype == np.int64
     assert "crowd" in got.report
+    assert got.notes == ["gt.json annotates a 400x200 image and this one is 200x100: its boxes were stretched to fit. "
+                         "Check that the file belongs to this image."]
+    # annotated on the file that the studio downscaled to 200x100 after reading it: expected, nothing to check
+    assert parse_annotation_bytes(json.dumps(COCO).encode(), "gt.json", "b.png", HW, NAMES,
+                                  original_hw=(200, 400)).notes == []
 
 
 def test_coco_categories_map_onto_the_class_names_by_name() -> None:
@@ -54,6 +59,8 @@ def test_coco_single_entry_is_used_whatever_its_name() -> None:
     got = parse_annotation_bytes(json.dumps(one).encode(), "gt.json", "photo.png", HW, NAMES)
     np.testing.assert_allclose(got.boxes, [[1, 2, 4, 6]])
     assert got.labels.tolist() == [1]
+    assert len(got.notes) == 1 and "describes 'a.png', not 'photo.png'" in got.notes[0]  # said, for the user to check
+    assert parse_annotation_bytes(json.dumps(one).encode(), "gt.json", "a.jpg", HW, NAMES).notes == []
 
 
 @pytest.mark.parametrize("data, match", [
