@@ -24,7 +24,7 @@ _CTX = "efpn_ctx"
 UPLOADS = "uploads"  # name -> bytes, in upload order
 UPLOADED_CKPTS = "uploaded_checkpoints"  # list of weights paths
 DATASET_IMAGES = "dataset_images"  # label -> DatasetImage, opened from the Dataset page
-GT_OVERRIDES = "gt_overrides"  # image digest -> GroundTruth
+GT_OVERRIDES = "gt_overrides"  # ImageItem.key (image list entry: name and content) -> GroundTruth
 IMAGE_CHOICE = "image_choice"
 CKPT_CHOICE = "checkpoint_choice"
 #: Page scripts by short name, for st.page_link (paths relative to app/streamlit_app.py).
@@ -71,6 +71,12 @@ class ImageItem:
     rgb: np.ndarray
     original_hw: tuple[int, int]
     notice: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What a ground truth given in the studio belongs to: this entry of the image list (name and content), so
+        an upload with the bytes of a sample leaves the sample's own annotation as it is."""
+        return gt_key(self.name, self.digest)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -175,7 +181,7 @@ def remove_upload(label: str) -> None:
     data = st.session_state[UPLOADS].pop(label, None)
     if data is None:
         return
-    st.session_state[GT_OVERRIDES].pop(loaders.digest_of(data), None)
+    st.session_state[GT_OVERRIDES].pop(gt_key(label, loaders.digest_of(data)), None)
     if st.session_state.get(IMAGE_CHOICE) == label:
         st.session_state.pop(IMAGE_CHOICE, None)
 
@@ -231,13 +237,19 @@ def _on_checkpoint_upload() -> None:
     st.session_state[CKPT_CHOICE] = str(path)
 
 
-def set_ground_truth(digest: str, gt: GroundTruth | None) -> None:
-    """Replace (or with ``None`` reset) the GT of an image for this session."""
+def gt_key(name: str, digest: str) -> str:
+    """The key of an image's ground truth given in the studio (:attr:`ImageItem.key`)."""
+    return f"{name}\n{digest}"
+
+
+def set_ground_truth(key: str, gt: GroundTruth | None) -> None:
+    """Replace (or with ``None`` reset) the GT of the image list's entry ``key`` (:attr:`ImageItem.key`) for this
+    session."""
     _init()
     if gt is None:
-        st.session_state[GT_OVERRIDES].pop(digest, None)
+        st.session_state[GT_OVERRIDES].pop(key, None)
     else:
-        st.session_state[GT_OVERRIDES][digest] = gt
+        st.session_state[GT_OVERRIDES][key] = gt
 
 
 def clean_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +337,7 @@ def _image_picker(ctx: Context) -> None:
         st.error(f"{choice} cannot be decoded: {e}")
         return
     ctx.image = ImageItem(choice, digest, decoded.rgb, decoded.original_hw, decoded.notice)
-    override = st.session_state[GT_OVERRIDES].get(digest)
+    override = st.session_state[GT_OVERRIDES].get(ctx.image.key)
     if override is not None:
         ctx.gt = override
     elif choice in by_name:

@@ -148,7 +148,7 @@ with tab_image:
     def _set(boxes: np.ndarray, labels: np.ndarray, class_names: list[str], source: str) -> int:
         """Set the ground truth; returns how many boxes were left out (under 1 px once clipped to the image)."""
         b, ok = state.clean_boxes(boxes, (h, w))
-        state.set_ground_truth(image.digest, state.GroundTruth(b[ok], np.asarray(labels, np.int64)[ok],
+        state.set_ground_truth(image.key, state.GroundTruth(b[ok], np.asarray(labels, np.int64)[ok],
                                                                class_names, source))
         st.session_state["gt_version"] = st.session_state.get("gt_version", 0) + 1
         return int((~ok).sum())
@@ -190,7 +190,7 @@ with tab_image:
                 st.session_state["gt_notes"] = _under_a_pixel(small, "detection(s)")
                 st.rerun()
             if st.button("Reset to the original ground truth", key="gt_reset"):
-                state.set_ground_truth(image.digest, None)
+                state.set_ground_truth(image.key, None)
                 st.session_state["gt_version"] = version + 1
                 st.rerun()
             state.keep_valid("gt_draw_class", list(range(len(names))))

@@ -452,3 +452,22 @@ def test_detect_opens_any_internal_map_full_size(app) -> None:
     app.selectbox(key="detect_full_map").set_value(gate).run()
     _ok(app)
     assert app.selectbox(key="detect_full_map").value == gate
+
+
+def test_ground_truth_given_to_an_upload_leaves_a_sample_with_its_bytes_alone(app) -> None:
+    """Ground truth was kept by file content: given to an upload with the bytes of a bundled sample, it replaced the
+    sample's own annotation too (16 boxes became 1)."""
+    from pathlib import Path
+
+    from studio_helpers import APP
+
+    sample = next(o for o in app.selectbox(key="image_choice").options if o.startswith("sample"))
+    before = len(app.session_state["efpn_ctx"].gt.boxes)
+    data = (Path(APP).parent / "samples" / "images" / sample.split(" ", 1)[1]).read_bytes()
+    app.file_uploader(key="detect_uploader").set_value(("my_copy.png", data, "image/png")).run()
+    _goto(app, "assignment")
+    app.file_uploader(key="gt_upload_0").set_value(("my_copy.txt", b"0 0.5 0.5 0.1 0.1\n", "text/plain")).run()
+    _ok(app)
+    assert len(app.session_state["efpn_ctx"].gt.boxes) == 1
+    app.selectbox(key="image_choice").set_value(sample).run()
+    assert len(app.session_state["efpn_ctx"].gt.boxes) == before > 1
