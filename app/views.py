@@ -417,7 +417,13 @@ def learn_notice(step: int, ins: Any, gt_boxes: np.ndarray | None = None,
             stride = ins.network_stride(levels[0])
             return (f"the smallest object here is {here:.1f} px; the network sees it as {seen:.1f} px, "
                     f"{seen / stride:.2f} of one {levels[0]} cell ({stride} px).")
-        return f"everything is scaled by {ins.scale:.3f} before the network sees it: small objects shrink with it."
+        if ins.scale < 1:
+            return (f"everything is scaled by {ins.scale:.3f} before the network sees it: small objects shrink with "
+                    "it.")
+        if ins.scale > 1:
+            return (f"everything is enlarged {ins.scale:.3g}x before the network sees it: the image is smaller than "
+                    "the network's input, and enlarging adds no detail a small object did not have.")
+        return "the image enters the network at its own size: one image pixel is one input pixel."
     if step == 1:
         name, feat = list(ins.backbone.items())[-1]
         return (f"{name} is only {feat.shape[-1]}x{feat.shape[-2]} cells for the whole image: compare its blobs with "

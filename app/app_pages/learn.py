@@ -17,9 +17,11 @@ gt = ctx.gt
 gkey = gt.for_model(model.num_classes) if gt is not None and len(gt.boxes) else None
 try:
     ins = analyses.inspect_image(model, ctx.ckpt_key, image.rgb, image.digest, ctx.score, ctx.nms, gkey)
-except ValueError as e:  # ground truth the model refuses (e.g. boxes outside the image)
-    st.warning(f"The ground truth cannot be used for the training steps ({e}); showing inference only.")
+except ValueError as e:
+    # an image the network cannot take whole (a long strip) stops the page here, with that reason; otherwise it
+    # was the ground truth the model refuses (e.g. boxes outside the image)
     ins = state.inspection(ctx, model, image)
+    st.warning(f"The ground truth cannot be used for the training steps ({e}); showing inference only.")
 
 STEPS = ["1 Input", "2 Backbone", "3 FPN", "4 CEM", "5 FBSM", "6 Dynamic kernels", "7 Head",
          "8 Assignment and loss", "9 Decoding and NMS"]

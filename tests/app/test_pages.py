@@ -222,3 +222,24 @@ def test_twelve_bit_data_in_a_sixteen_bit_png_is_named_on_the_page(app) -> None:
         app.file_uploader(key="detect_uploader").set_value((name, png, "image/png")).run()
         _ok(app)
         assert any("nearly black" in w.value and "12-bit" in w.value for w in app.warning), name
+
+
+def test_learn_on_an_elongated_image_and_on_an_enlarged_one(app) -> None:
+    """A strip too long for one input is named as such (Learn blamed the ground truth, which the upload has none
+    of); an image smaller than the input is said to be enlarged, not that its objects shrink."""
+    import numpy as np
+    from studio_helpers import png_bytes
+
+    strip = np.tile((np.random.default_rng(0).random((30, 400, 3)) * 200).astype(np.uint8), (1, 10, 1))
+    app.file_uploader(key="detect_uploader").set_value(("panorama.png", png_bytes(strip), "image/png")).run()
+    _goto(app, "learn")
+    _ok(app)
+    assert any("cannot be inspected" in e for e in _errors(app))
+    assert not any("ground truth cannot be used" in w.value for w in app.warning)
+    small = (np.random.default_rng(1).random((40, 48, 3)) * 200).astype(np.uint8)
+    _goto(app, "detect")
+    app.file_uploader(key="detect_uploader").set_value(("small.png", png_bytes(small), "image/png")).run()
+    _goto(app, "learn")
+    _ok(app)
+    notice = next(i.value for i in app.info if "What to notice" in i.value)
+    assert "enlarged" in notice and "shrink" not in notice, notice
