@@ -56,8 +56,11 @@ try:
 except (ValueError, OSError, AnnotationError) as e:
     st.error(f"{choice.label} could not be loaded: {e}")
     st.stop()
-if not records:
-    st.info(f"{choice.label} has no images with files in its {split} split (annotations only).")
+if not records:  # an empty list, a carved split of a tiny set, or annotations whose image files are missing
+    lines = "\n".join(f"- {line.strip()}" for line in report.splitlines() if line.strip())
+    st.info(f"The {split} split of {choice.label} holds no image to show: its list is empty, it is carved from a "
+            f"train set too small to spare one, or its image files are missing. The loader's report:\n\n{lines}"
+            "\n\nChoose another split, or check the split's entries in the YAML.")
     st.stop()
 name = Path(path).stem if Path(path).name != "data.yaml" else Path(path).parent.name
 model_names = ctx.class_names

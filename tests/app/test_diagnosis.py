@@ -303,3 +303,22 @@ def test_images_that_cannot_be_diagnosed_are_named(app, tmp_path, monkeypatch: p
     assert _metric(app, "Images") == str(total - 1)
     assert any(first.name in w.value and "could not be diagnosed" in w.value and "minimum" in w.value
                for w in app.warning), [w.value for w in app.warning]
+
+
+def test_an_empty_split_says_why_with_the_loaders_report(app, data_dir) -> None:
+    """A val split whose annotation file lists no image: the page said "annotations only" and stopped before the
+    loader's report; it now says what can make a split empty and shows the report."""
+    import json
+
+    (data_dir / "empty.json").write_text(json.dumps({"images": [], "annotations": [],
+                                                     "categories": [{"id": 1, "name": "disc"}]}))
+    samples = (APP.parent / "samples").resolve()
+    (data_dir / "hollow.yaml").write_text(
+        f"format: coco\nroot: {samples}\ntrain:\n  annotations: annotations.json\n  images: images\n"
+        f"val:\n  annotations: {data_dir / 'empty.json'}\n  images: images\n")
+    _goto(app, "dataset")
+    _choose(app, "dsd_choice", "hollow (EFPN_DATA_DIR)")
+    app.selectbox(key="dsd_split").set_value("val").run()
+    _ok(app)
+    said = " ".join(i.value for i in app.info)
+    assert "holds no image to show" in said and "0 images" in said, said
