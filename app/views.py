@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,14 @@ def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     digits = {"score": 4, "size": 1, "x1": 1, "y1": 1, "x2": 1, "y2": 1}
     keys = ("index", "class", "score", "level", "size", "bucket", "x1", "y1", "x2", "y2")
     return [{k: (round(r[k], digits[k]) if k in digits else r[k]) for k in keys} for r in rows]
+
+
+def download_stem(name: str) -> str:
+    """A file name for downloads from an image's name: its stem with anything but letters, digits, ``-``, ``_`` and
+    ``.`` as ``_`` (an upload named ``../../x.png`` or with spaces gives a plain name), never empty or hidden."""
+    stem = PurePosixPath(name.replace("\\", "/")).stem  # the last part of a name that holds a path
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in stem).strip("._")
+    return safe or "image"
 
 
 def level_counts(rows: Sequence[Mapping[str, Any]], levels: Sequence[str]) -> dict[str, int]:

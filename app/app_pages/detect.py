@@ -24,7 +24,7 @@ with up_col:
         accept_multiple_files=True, key="detect_uploader", on_change=state.on_upload, args=("detect_uploader",),
     )
 with opt_col:
-    mode = st.radio("Inference", ["Whole image", "Sliced (tiles)"], key="detect_mode",
+    mode = st.radio("Inference", ["Whole image", "Sliced (tiles)"], key=state.sticky("detect_mode", "Whole image"),
                     help="Sliced: detect on overlapping tiles at full resolution and merge with NMS (large images).")
     use_camera = st.toggle("Webcam", key="use_camera", help="Take a photo with your camera.")
 if use_camera:
@@ -303,7 +303,7 @@ st.subheader("Detections")
 st.dataframe(views.table_rows(rows), hide_index=True, width="stretch", key="detect_table")
 
 d1, d2 = st.columns(2)
-stem = image.name.replace(" ", "_").rsplit(".", 1)[0]
+stem = views.download_stem(image.name)
 d1.download_button(
     "Download JSON",
     views.detections_json(detections, model.levels, ctx.class_names, image.name, (h, w), ctx.checkpoint or "",

@@ -143,6 +143,9 @@ def test_sliced_inference(app) -> None:
     _ok(app)
     assert int(_metric(app, "Detections")) > 0
     assert any("tiles" in c.value for c in app.caption)
+    _goto(app, "gates")
+    _goto(app, "detect")
+    assert app.radio(key="detect_mode").value == "Sliced (tiles)"  # kept when the page is left (it was reset)
 
 
 def test_corrupt_and_fake_images_are_reported(app) -> None:

@@ -103,3 +103,11 @@ def test_object_differences_lists_what_one_checkpoint_finds_and_the_other_misses
     assert [r["object"] for r in aware] == [0] and [r["object"] for r in agnostic] == [0, 2]
     with pytest.raises(ValueError, match="two checkpoints"):
         views.object_differences(gt, labels, ["ship"], {"A": a}, 0.5, True)
+
+
+def test_download_names_are_plain_file_names() -> None:
+    assert views.download_stem("upload ../../etc/evil.png") == "evil"
+    assert views.download_stem("upload my photo.JPG") == "upload_my_photo"
+    assert views.download_stem("sample 000000.png") == "sample_000000"
+    assert views.download_stem("upload ..png") == "upload" and views.download_stem("upload 你好") == "upload"
+    assert views.download_stem("...") == "image"
