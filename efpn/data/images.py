@@ -255,6 +255,14 @@ def read_image(src: ImageSource, exif_transpose: bool = True, *, notes: list[str
         return _decode_cv2(data, src, notes)  # formats Pillow cannot open
     except (OSError, SyntaxError, ValueError) as e:
         raise _corrupt(src, str(e)) from e
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    if frames > 1:  # a multi-page TIFF, an animated WebP or GIF: detection is on one picture
+        said = (f"{'The image' if isinstance(src, bytes) else _describe(src)} holds {frames} pages or frames; only "
+                "the first is read. Save each as its own image to detect on the others.")
+        if notes is not None:
+            notes.append(said)
+        else:
+            warnings.warn(said, stacklevel=2)
     try:
         with im:
             im.load()  # truncated files raise here ("image file is truncated")

@@ -144,3 +144,14 @@ def test_a_header_only_opencv_reads_is_refused_before_it_allocates(tmp_path: Pat
     assert "refused:" in out.stdout and "huge.hdr is too large to decode safely" in out.stdout, out.stdout
     assert "178,956,970" in out.stdout
     assert not list(cv_temp.iterdir())  # the copy OpenCV leaves behind when it raises is removed
+
+
+def test_a_multi_page_tiff_is_read_as_its_first_page_and_says_so(tmp_path: Path) -> None:
+    pages = [Image.fromarray(np.full((16, 24, 3), v, np.uint8)) for v in (10, 200, 90)]
+    path = tmp_path / "stack.tif"
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    with pytest.warns(UserWarning, match="stack.tif holds 3 pages or frames; only the first is read"):
+        assert int(read_image(path).mean()) == 10
+    notes: list[str] = []
+    read_image(path.read_bytes(), notes=notes)  # a caller that shows it with the image (the studio)
+    assert len(notes) == 1 and notes[0].startswith("The image holds 3 pages")
