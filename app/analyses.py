@@ -166,17 +166,20 @@ def sliced_detections(
 def diagnose(
     _model: Detector, ckpt: str, _ins: Inspection, digest: str, score: float, nms: float, gt: tuple, iou: float,
     class_aware: bool, sliced: tuple[int, float] | None = None, _detections: dict[str, Any] | None = None,
+    ignore: tuple[float, ...] = (),
 ) -> ImageDiagnosis:
     """``efpn.explain.diagnose_image``: the detections above ``score`` matched to ``gt`` (original px) at ``iou``,
     and every miss walked back through the cached inspection (no second forward). Keyed like the inspection
     (checkpoint, image, thresholds) plus the boxes and the matching settings; with ``sliced`` = (tile, overlap) the
-    matched detections are the sliced ones passed in ``_detections``."""
+    matched detections are the sliced ones passed in ``_detections``; ``ignore``: flattened xyxy ignore regions
+    (crowds, ignored areas), whose detections are no false alarms."""
     t = _targets(gt)
     assert t is not None
     det = None
     if _detections is not None:
         det = {k: torch.as_tensor(np.asarray(_detections[k])) for k in ("boxes", "scores", "labels")}
-    return diagnose_image(_model, _ins, t["boxes"], t["labels"], score, iou, class_aware, detections=det)
+    return diagnose_image(_model, _ins, t["boxes"], t["labels"], score, iou, class_aware, detections=det,
+                          ignore_boxes=np.asarray(ignore, np.float32).reshape(-1, 4))
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)

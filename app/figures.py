@@ -222,7 +222,7 @@ def matching_figure(
     by_index = {int(r["index"]): r for r in rows}
     found = [j for j, d in enumerate(gt_match) if d >= 0]
     missed = [j for j, d in enumerate(gt_match) if d < 0]
-    alarms = [r for r in rows if int(det_match[int(r["index"])]) < 0]
+    alarms = [r for r in rows if int(det_match[int(r["index"])]) == -1]  # not those in an ignore region (-2)
 
     def _gt_hover(j: int) -> str:
         head = f"GT {j} {gt_names[j]}<br>size {sizes[j]:.1f} px"

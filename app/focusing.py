@@ -45,7 +45,7 @@ def diagnosis(ctx: Context, model: Detector, image: ImageItem, ins: Inspection |
     iou, aware = match_settings()
     return analyses.diagnose(model, ctx.ckpt_key, ins, image.digest, ctx.score, ctx.nms,
                              ctx.gt.for_model(model.num_classes), iou, aware, sliced,
-                             detections if sliced is not None else None)
+                             detections if sliced is not None else None, ctx.gt.ignore_key())
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,12 @@ class GroundTruth:
     labels: np.ndarray  # (M,) int64
     class_names: list[str]
     source: str
+    #: (Q, 4) crowds and ignored areas of a dataset image: detections in them are no false alarms
+    ignore: np.ndarray | None = None
+
+    def ignore_key(self) -> tuple[float, ...]:
+        """The ignore regions as a hashable cache key (flattened xyxy), empty when there are none."""
+        return () if self.ignore is None else tuple(np.asarray(self.ignore, np.float32).reshape(-1).tolist())
 
     def key(self) -> tuple | None:
         return analyses.gt_key(self.boxes, self.labels)
@@ -60,6 +66,7 @@ class DatasetImage:
     labels: np.ndarray
     class_names: list[str]
     dataset: str
+    ignore: np.ndarray | None = None  # (Q, 4) crowds and ignored areas, in its pixels
 
 
 @dataclass
@@ -348,7 +355,8 @@ def _image_picker(ctx: Context) -> None:
         k = decoded.rgb.shape[1] / max(decoded.original_hw[1], 1)  # < 1 when the studio downscaled a huge image
         ctx.gt = _in_model_classes(ctx, GroundTruth(np.asarray(d.boxes, np.float32) * k,
                                                     np.asarray(d.labels, np.int64), d.class_names,
-                                                    f"{d.dataset} annotation"))
+                                                    f"{d.dataset} annotation",
+                                                    None if d.ignore is None else np.asarray(d.ignore, np.float32) * k))
 
 
 def _in_model_classes(ctx: Context, gt: GroundTruth) -> GroundTruth:
@@ -359,7 +367,7 @@ def _in_model_classes(ctx: Context, gt: GroundTruth) -> GroundTruth:
     if unnamed or not gt.class_names or list(gt.class_names) == list(names):
         return gt
     labels, all_names = map_class_names(list(names), list(gt.class_names), gt.labels)
-    return GroundTruth(gt.boxes, labels, all_names, gt.source)
+    return GroundTruth(gt.boxes, labels, all_names, gt.source, gt.ignore)
 
 
 def render_sidebar() -> Context:

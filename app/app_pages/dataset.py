@@ -168,7 +168,8 @@ by_id = {rec.image_id: rec for rec in shown}
 def _open(image_id: int) -> None:
     rec = by_id[image_id]
     boxes, labels = rec.target_boxes()
-    state.open_dataset_image(state.DatasetImage(str(rec.path), boxes, labels, list(names), name))
+    state.open_dataset_image(state.DatasetImage(str(rec.path), boxes, labels, list(names), name,
+                                                rec.ignore_regions()))  # crowds, ignored areas
     st.session_state["dsd_opened"] = rec.path.name if rec.path is not None else str(image_id)
 
 

@@ -17,7 +17,10 @@ from torchvision.ops import box_iou
 
 from efpn.vocab import BUCKETS, size_bucket
 
-__all__ = ["Matching", "match_detections"]
+__all__ = ["IGNORED", "Matching", "match_detections"]
+
+#: ``Matching.det_match`` of a detection inside an ignore region.
+IGNORED = -2
 
 
 @dataclass(frozen=True)
@@ -25,8 +28,9 @@ class Matching:
     """The outcome of :func:`match_detections` (all tensors on CPU).
 
     ``gt_match`` (M,) int64: index of the detection that found each GT, -1 when missed; ``gt_iou`` (M,) its IoU
-    (0 when missed); ``det_match`` (D,) int64: index of the GT each detection found, -1 for a false alarm;
-    ``gt_bucket`` (M,) int64 index into :data:`efpn.vocab.BUCKETS` of each GT's size.
+    (0 when missed); ``det_match`` (D,) int64: index of the GT each detection found, -1 for a false alarm,
+    :data:`IGNORED` for one inside an ignore region (neither); ``gt_bucket`` (M,) int64 index into
+    :data:`efpn.vocab.BUCKETS` of each GT's size.
     """
 
     gt_match: Tensor
@@ -48,8 +52,14 @@ class Matching:
 
     @property
     def false_alarms(self) -> Tensor:
-        """(D,) bool: detections that matched no GT."""
-        return self.det_match < 0
+        """(D,) bool: detections that matched no GT and lie in no ignore region."""
+        return self.det_match == -1
+
+    @property
+    def ignored(self) -> Tensor:
+        """(D,) bool: unmatched detections inside an ignore region (a crowd, VisDrone's ignored areas): neither
+        found objects nor false alarms."""
+        return self.det_match == IGNORED
 
     def counts_by_bucket(self) -> dict[str, dict[str, int]]:
         """``{bucket: {"gt", "found", "missed"}}`` for every size bucket (zeros where there is no GT)."""
@@ -69,11 +79,14 @@ def match_detections(
     gt_labels: Tensor | np.ndarray,
     iou_thresh: float = 0.5,
     class_aware: bool = True,
+    ignore_boxes: Tensor | np.ndarray | None = None,
 ) -> Matching:
     """Greedy one-to-one matching of detections (D, 4) xyxy with scores (D,) and labels (D,) to ground truth
     (M, 4) with labels (M,), all in the same pixels. Ties in score keep the detections' order; a detection takes
     the best-overlapping GT still free. Sizes (for the buckets) are measured on ``gt_boxes`` as given, so pass
-    boxes in the image's own pixels."""
+    boxes in the image's own pixels. ``ignore_boxes`` (Q, 4): regions of any class (crowds, VisDrone's ignored
+    areas) that take, as COCO's crowd boxes do, every detection left unmatched with at least ``iou_thresh`` of its
+    area inside one: such a detection is :data:`IGNORED`, not a false alarm."""
     if not 0.0 < iou_thresh <= 1.0:
         raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
     db = torch.as_tensor(np.asarray(det_boxes, dtype=np.float32)).reshape(-1, 4)
@@ -98,4 +111,14 @@ def match_detections(
             best = int(cand.argmax())
             if float(cand[best]) >= iou_thresh:
                 gt_match[best], gt_iou[best], det_match[j] = j, float(cand[best]), best
+    regions = (torch.as_tensor(np.asarray(ignore_boxes, dtype=np.float32)).reshape(-1, 4)
+               if ignore_boxes is not None else torch.zeros((0, 4)))
+    free = det_match < 0
+    if len(regions) and bool(free.any()):
+        lt = torch.maximum(db[:, None, :2], regions[None, :, :2])  # (D, Q, 2)
+        rb = torch.minimum(db[:, None, 2:], regions[None, :, 2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)  # (D, Q)
+        area = (db[:, 2:] - db[:, :2]).clamp(min=0).prod(-1).clamp(min=1e-9)  # (D,)
+        inside = (inter / area[:, None]).amax(1) >= iou_thresh  # share of the detection in a region
+        det_match[free & inside] = IGNORED
     return Matching(gt_match, gt_iou, det_match, size_bucket(gb), float(iou_thresh), class_aware)

@@ -224,14 +224,16 @@ def diagnose_image(
     iou_thresh: float = 0.5,
     class_aware: bool = True,
     detections: dict[str, Tensor] | None = None,
+    ignore_boxes: Any = None,
 ) -> ImageDiagnosis:
     """Match the inspection's detections (or ``detections``, e.g. sliced ones, in image px) above
-    ``score_thresh`` (default: the model's) to the ground truth, and diagnose every miss."""
+    ``score_thresh`` (default: the model's) to the ground truth, and diagnose every miss. ``ignore_boxes`` (Q, 4):
+    crowds and ignored areas, whose detections are no false alarms (:func:`efpn.evaluation.match_detections`)."""
     thr = model.config.postprocess.score_thresh if score_thresh is None else float(score_thresh)
     det = ins.detections if detections is None else detections
     keep = det["scores"] >= thr
     matching = match_detections(det["boxes"][keep], det["scores"][keep], det["labels"][keep], gt_boxes, gt_labels,
-                                iou_thresh, class_aware)
+                                iou_thresh, class_aware, ignore_boxes)
     # indices into the full detection list, not the thresholded one
     kept = keep.nonzero().flatten()
     gt_match = matching.gt_match.clone()

@@ -172,7 +172,8 @@ def diagnose_records(
             if slice_size is not None:
                 det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=thr,
                                      image_size=image_size)
-            diag = diagnose_image(model, ins, boxes, labels, thr, iou_thresh, class_aware, detections=det)
+            diag = diagnose_image(model, ins, boxes, labels, thr, iou_thresh, class_aware, detections=det,
+                                  ignore_boxes=rec.ignore_regions())  # crowds and ignored areas: no false alarms
         except (OSError, ValueError) as e:  # unreadable (CorruptImageError), too thin for the network, too many
             out.errors.append((rec.image_id, str(rec.path), str(e)[:500]))  # tiles: that image, not the dataset
         else:

@@ -322,3 +322,25 @@ def test_an_empty_split_says_why_with_the_loaders_report(app, data_dir) -> None:
     _ok(app)
     said = " ".join(i.value for i in app.info)
     assert "holds no image to show" in said and "0 images" in said, said
+
+
+def test_detections_in_a_dataset_images_ignored_area_are_no_false_alarms(app, data_dir) -> None:
+    """COCO ignore=1 (VisDrone's ignored areas): a dataset image opened on Detect counts no detection inside such an
+    area as a false alarm, as val and the VisDrone toolkit do not."""
+    import json
+
+    samples = (APP.parent / "samples").resolve()
+    doc = json.loads((samples / "annotations.json").read_text())
+    first = doc["images"][0]
+    doc["annotations"].append({"id": 10**6, "image_id": first["id"], "category_id": doc["categories"][0]["id"],
+                               "bbox": [0, 0, first["width"], first["height"]], "ignore": 1})
+    (data_dir / "ign.json").write_text(json.dumps(doc))
+    (data_dir / "ign.yaml").write_text(f"format: coco\nroot: {samples}\ntrain:\n  annotations: {data_dir / 'ign.json'}"
+                                       "\n  images: images\n")
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()  # random weights: every detection is unmatched
+    _goto(app, "dataset")
+    _choose(app, "dsd_choice", "ign (EFPN_DATA_DIR)")
+    app.selectbox(key="dsd_open").set_value(first["file_name"]).run()
+    _goto(app, "detect")
+    _ok(app)
+    assert int(_metric(app, "Detections")) > 0 and int(_metric(app, "False alarms")) == 0

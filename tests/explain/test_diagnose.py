@@ -282,3 +282,19 @@ def test_diagnose_writes_its_tables_for_file_names_that_are_not_utf8(tmp_path) -
           "--split", "train", "--csv", str(tmp_path / "m.csv"), "--html", str(tmp_path / "m.html")])
     assert "a\\xe9.png" in (tmp_path / "m.csv").read_text(encoding="utf-8")
     assert "a\\xe9.png" in (tmp_path / "m.html").read_text(encoding="utf-8")
+
+
+def test_detections_in_an_ignore_region_are_no_false_alarms() -> None:
+    """A detection left unmatched with at least the IoU threshold of its area inside a crowd or ignored area is
+    neither found object nor false alarm (COCO's crowd rule); one outside stays a false alarm, and a detection that
+    finds an object keeps it even inside a region."""
+    from efpn.evaluation import IGNORED, match_detections
+
+    gt = np.array([[10, 10, 20, 20]], np.float32)
+    det = np.array([[10, 10, 20, 20], [52, 52, 58, 58], [45, 45, 55, 55], [80, 80, 90, 90]], np.float32)
+    m = match_detections(det, np.array([0.9, 0.8, 0.7, 0.6]), np.zeros(4), gt, np.zeros(1),
+                         ignore_boxes=np.array([[50, 50, 70, 70]], np.float32))
+    assert m.det_match.tolist() == [0, IGNORED, -1, -1]  # 25 % of the third inside: not enough
+    assert m.false_alarms.tolist() == [False, False, True, True] and m.ignored.tolist() == [False, True, False, False]
+    plain = match_detections(det, np.array([0.9, 0.8, 0.7, 0.6]), np.zeros(4), gt, np.zeros(1))
+    assert plain.false_alarms.sum() == 3
