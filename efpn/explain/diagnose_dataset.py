@@ -55,11 +55,18 @@ class DatasetDiagnosis:
 
     def rows(self, root: str | Path | None = None) -> list[dict[str, Any]]:
         """The miss table: one row per missed object, with its image (``file``: relative to ``root`` when the image
-        is under it, e.g. so a download from a server does not show the server's folders)."""
+        is under it, e.g. so a download from a server does not show the server's folders), its ``box`` (xyxy, the
+        image's pixels), ``label`` (class index) and ``class`` (its name)."""
         out = []
         for rec, diag in self.images:
             for m in diag.misses:
-                out.append({"image_id": rec.image_id, "file": _shown(rec.path, root), **m.to_row()})
+                named = self.class_names[m.label] if 0 <= m.label < len(self.class_names) else str(m.label)
+                row: dict[str, Any] = {"image_id": rec.image_id, "file": _shown(rec.path, root)}
+                for k, v in m.to_row().items():
+                    row[k] = v
+                    if k == "label":  # its name beside the index
+                        row["class"] = named
+                out.append(row)
         return out
 
     def to_json(self, root: str | Path | None = None) -> dict[str, Any]:

@@ -128,7 +128,8 @@ def test_diagnose_records_skips_a_bad_image_reports_progress_and_exports(tmp_pat
     assert all(r["file"].startswith("images/") for r in aware.rows(tmp_path / "d"))
     csv_file = aware.write_csv(tmp_path / "m.csv")
     assert csv_file.read_bytes().decode("utf-8") == aware.csv_text()
-    assert aware.csv_text().splitlines()[0].startswith("image_id,file")
+    assert aware.csv_text().splitlines()[0].startswith("image_id,file,gt_index,box,label,class,")
+    assert all(r["class"] == aware.class_names[r["label"]] for r in aware.rows())  # the name beside the index
     agnostic = diagnose_records(model, records, names, score_thresh=0.0, class_aware=False)
     found = lambda d: sum(t["found"] for t in d.table().values())  # noqa: E731
     assert not agnostic.class_aware and found(agnostic) >= found(aware)
