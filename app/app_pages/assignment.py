@@ -157,6 +157,12 @@ with tab_image:
         return [f"{n} {what} left out: under 1 px wide or high once clipped to this {w}x{h} image (no object the "
                 "assigner or a match could use)."] if n else []
 
+    # what the last upload's reader skipped or assumed: above the expander, which closes once there is ground truth
+    report = st.session_state.pop("gt_report", None)
+    if report:
+        st.warning(f"Read with some entries skipped:\n\n{_report_lines(report)}")
+    for note in st.session_state.pop("gt_notes", []):  # for the user to check
+        st.warning(note)
     with st.expander("Change the ground truth: upload, draw, or edit", expanded=gt is None):
         c1, c2 = st.columns(2)
         ann = c1.file_uploader("Annotation file (COCO .json, YOLO .txt, Pascal VOC .xml)", type=["json", "txt", "xml"],
@@ -178,11 +184,6 @@ with tab_image:
                         st.session_state["gt_report"] = parsed.report
                     st.session_state["gt_notes"] = [*parsed.notes, *_under_a_pixel(small, "box(es) of the file")]
                     st.rerun()
-        report = st.session_state.pop("gt_report", None)
-        if report:
-            st.warning(f"Read with some entries skipped:\n\n{_report_lines(report)}")
-        for note in st.session_state.pop("gt_notes", []):  # what the reader assumed, for the user to check
-            st.warning(note)
         with c2:
             if st.button("Use the detections as ground truth", key="gt_from_det"):
                 ins = state.inspection(ctx, model, image)

@@ -143,8 +143,8 @@ def to_rgb_uint8(arr: np.ndarray, bgr: bool = False, source: str | None = None, 
             # 10-14-bit sensor data (infrared, SAR, microscopy) is often stored in 16-bit files: the linear
             # 16 -> 8 bit mapping makes it nearly black, and a detector then finds nothing without saying why
             bits = max(int(a.max()).bit_length(), 8)
-            named = "" if source is None else f"{source}: "
-            said = (f"{named}a 16-bit image uses values up to {int(a.max())} only ({bits}-bit data?): read as 16-bit "
+            named = "A" if source is None else f"{source}: a"
+            said = (f"{named} 16-bit image uses values up to {int(a.max())} only ({bits}-bit data?): read as 16-bit "
                     f"it becomes nearly black (at most {round(int(a.max()) / 257)} of 255). Rescale it to the full "
                     f"range first (e.g. multiply by {2 ** (16 - bits)}), or save it as 8-bit.")
             if notes is not None:  # the caller shows it with this image (e.g. the studio, per upload)
@@ -227,7 +227,7 @@ def _decode_cv2(data: bytes, src: ImageSource, notes: list[str] | None = None) -
         raise _too_large(src, ValueError(f"it has {arr.shape[0] * arr.shape[1]:,} pixels; OpenCV was loaded before "
                                          "efpn could limit it, so it was decoded before being refused"))
     colour = arr.ndim == 3 and arr.shape[2] >= 3
-    return to_rgb_uint8(arr, bgr=colour, source=_describe(src), notes=notes)
+    return to_rgb_uint8(arr, bgr=colour, source=None if isinstance(src, bytes) else _describe(src), notes=notes)
 
 
 def read_image(src: ImageSource, exif_transpose: bool = True, *, notes: list[str] | None = None) -> np.ndarray:
@@ -271,7 +271,7 @@ def read_image(src: ImageSource, exif_transpose: bool = True, *, notes: list[str
             arr = _pil_to_array(im)
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise _corrupt(src, str(e) or type(e).__name__) from e
-    return to_rgb_uint8(arr, source=_describe(src), notes=notes)
+    return to_rgb_uint8(arr, source=None if isinstance(src, bytes) else _describe(src), notes=notes)
 
 
 def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]:
