@@ -381,8 +381,14 @@ def render_sidebar() -> Context:
         default_nms = ctx.model.config.postprocess.nms_iou if ctx.model is not None else 0.5
         ctx.score = st.slider("Score threshold", 0.0, 1.0, 0.25, 0.01, key="score_thresh",
                               help="Keep detections scoring above this.")
-        ctx.nms = st.slider("NMS IoU", 0.05, 0.95, float(default_nms), 0.05, key="nms_iou",
-                            help="Suppress a box overlapping a better one of the same class by more than this.")
+        # each checkpoint opens at its own NMS IoU (SSDD's were shipped at 0.7-0.8): the slider's value is reset when
+        # another checkpoint is chosen, else a slider keyed once keeps the first checkpoint's default for all
+        if st.session_state.get("_nms_checkpoint") != ctx.checkpoint or "nms_iou" not in st.session_state:
+            st.session_state["nms_iou"] = min(0.95, max(0.05, float(default_nms)))
+            st.session_state["_nms_checkpoint"] = ctx.checkpoint
+        ctx.nms = st.slider("NMS IoU", 0.05, 0.95, step=0.05, key="nms_iou",
+                            help="Suppress a box overlapping a better one of the same class by more than this. "
+                                 "Starts at the checkpoint's own value whenever a checkpoint is chosen.")
     st.session_state[_CTX] = ctx
     return ctx
 

@@ -288,22 +288,6 @@ def test_assignment_annotation_upload_coco_and_voc(app, name: str, data: bytes, 
     assert _metric(app, "GT boxes") == "1"
 
 
-def test_ground_truth_of_another_image_is_said(app) -> None:
-    """A COCO file of one other image, annotated at another size: its boxes are applied (the user may mean it), and
-    the page says whose they are and that they were stretched, for the user to check; a box that clipping leaves
-    under a pixel is counted, not silently dropped."""
-    doc = (b'{"images": [{"id": 1, "file_name": "holiday_0042.jpg", "width": 1000, "height": 1000}], '
-           b'"annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [100, 100, 100, 100]}, '
-           b'{"id": 2, "image_id": 1, "category_id": 1, "bbox": [999.5, 10, 50, 50]}], '
-           b'"categories": [{"id": 1, "name": "disc"}]}')
-    _goto(app, "assignment")
-    app.file_uploader(key="gt_upload_0").set_value(("gt.json", doc, "application/json")).run()
-    _ok(app)
-    said = " ".join(w.value for w in app.warning)
-    assert "describes 'holiday_0042.jpg'" in said and "annotates a 1000x1000 image" in said, said
-    assert "1 box(es) of the file left out: under 1 px" in said, said
-
-
 def test_assignment_bad_annotation_keeps_gt(app) -> None:
     _goto(app, "assignment")
     before = _metric(app, "GT boxes")
@@ -455,22 +439,3 @@ def test_detect_opens_any_internal_map_full_size(app) -> None:
     app.selectbox(key="detect_full_map").set_value(gate).run()
     _ok(app)
     assert app.selectbox(key="detect_full_map").value == gate
-
-
-def test_ground_truth_given_to_an_upload_leaves_a_sample_with_its_bytes_alone(app) -> None:
-    """Ground truth was kept by file content: given to an upload with the bytes of a bundled sample, it replaced the
-    sample's own annotation too (16 boxes became 1)."""
-    from pathlib import Path
-
-    from studio_helpers import APP
-
-    sample = next(o for o in app.selectbox(key="image_choice").options if o.startswith("sample"))
-    before = len(app.session_state["efpn_ctx"].gt.boxes)
-    data = (Path(APP).parent / "samples" / "images" / sample.split(" ", 1)[1]).read_bytes()
-    app.file_uploader(key="detect_uploader").set_value(("my_copy.png", data, "image/png")).run()
-    _goto(app, "assignment")
-    app.file_uploader(key="gt_upload_0").set_value(("my_copy.txt", b"0 0.5 0.5 0.1 0.1\n", "text/plain")).run()
-    _ok(app)
-    assert len(app.session_state["efpn_ctx"].gt.boxes) == 1
-    app.selectbox(key="image_choice").set_value(sample).run()
-    assert len(app.session_state["efpn_ctx"].gt.boxes) == before > 1
