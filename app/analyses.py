@@ -185,12 +185,13 @@ def diagnose(
 @st.cache_data(max_entries=4096, show_spinner=False)
 def diagnose_record(
     _model: Detector, ckpt: str, _record: ImageRecord, image_key: str, class_names: tuple[str, ...], score: float,
-    iou: float, class_aware: bool = True,
+    iou: float, class_aware: bool = True, nms: float | None = None,
 ) -> DatasetDiagnosis:
     """``efpn.explain.diagnose_records`` on one dataset image (cached per image, so a larger N only runs the new
-    ones and a progress bar can follow). ``image_key``: the file, its modification time and the record's id."""
+    ones and a progress bar can follow) at the sidebar's ``score`` and ``nms`` (as Detect). ``image_key``: the file,
+    its modification time and the record's id."""
     return diagnose_records(_model, [_record], list(class_names), score_thresh=score, iou_thresh=iou,
-                            class_aware=class_aware)
+                            class_aware=class_aware, nms_iou=nms)
 
 
 def merge_diagnoses(parts: Sequence[DatasetDiagnosis], score: float, iou: float,

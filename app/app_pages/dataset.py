@@ -86,9 +86,9 @@ n = int(c1.number_input("Images to diagnose", 1, n_max, n0, key=f"dsd_n_{choice.
 iou = c2.slider("Match IoU", 0.1, 0.95, focusing.match_settings()[0], 0.05, key="dsd_iou",
                 help="A detection finds an object when their boxes overlap by at least this IoU (same class).")
 st.session_state[KEPT] = {"path": path, "split": split, "n": n}
-request = (ctx.ckpt_key, path, split, n, ctx.score, iou, same_classes)
-c3.caption(f"Score threshold {ctx.score:.2f} (sidebar); whole-image inference at the model's "
-           f"{model.config.image_size} px, the model's own NMS; "
+request = (ctx.ckpt_key, path, split, n, ctx.score, ctx.nms, iou, same_classes)
+c3.caption(f"Score threshold {ctx.score:.2f} and NMS IoU {ctx.nms:.2f} (sidebar, as on Detect); whole-image "
+           f"inference at the model's {model.config.image_size} px; "
            + ("same class only." if same_classes else "any class (the class lists differ)."))
 what = f"{n} image" + ("s" if n != 1 else "")
 if c3.button(f"Diagnose {what}", type="primary", key="dsd_run"):
@@ -100,7 +100,7 @@ if st.session_state.get("dsd_request") == request:
     parts = []
     for i, rec in enumerate(records[:n], start=1):
         parts.append(analyses.diagnose_record(model, ctx.ckpt_key, rec, analyses.record_key(rec), tuple(names),
-                                              ctx.score, iou, same_classes))
+                                              ctx.score, iou, same_classes, ctx.nms))
         bar.progress(i / n, text=f"{i}/{n} images")
     bar.empty()
     diagnosis = analyses.merge_diagnoses(parts, ctx.score, iou, names, same_classes)

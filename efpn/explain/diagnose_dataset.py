@@ -147,8 +147,11 @@ def diagnose_records(
     progress: bool = False,
     class_aware: bool = True,
     on_image: Callable[[int, int, ImageRecord], None] | None = None,
+    nms_iou: float | None = None,
 ) -> DatasetDiagnosis:
     """Inspect, match and diagnose every record (see the module docstring).
+
+    ``nms_iou``: the NMS IoU threshold of the detections diagnosed (default: the model's own).
 
     ``class_aware``: a detection finds an object only with the same class (False: any class). ``on_image(done,
     total, record)`` is called after each image (e.g. a progress bar; an exception from it stops the run). An image
@@ -174,11 +177,11 @@ def diagnose_records(
             rgb = read_image(rec.path)
             boxes, labels = rec.target_boxes()
             ins = inspect(model, rgb, score_thresh=min(thr, model.config.postprocess.score_thresh),
-                          image_size=image_size)
+                          image_size=image_size, nms_iou=nms_iou)
             det = None
             if slice_size is not None:
                 det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=thr,
-                                     image_size=image_size)
+                                     image_size=image_size, nms_iou=nms_iou)
             diag = diagnose_image(model, ins, boxes, labels, thr, iou_thresh, class_aware, detections=det,
                                   ignore_boxes=rec.ignore_regions())  # crowds and ignored areas: no false alarms
         except (OSError, ValueError) as e:  # unreadable (CorruptImageError), too thin for the network, too many

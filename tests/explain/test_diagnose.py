@@ -299,3 +299,19 @@ def test_detections_in_an_ignore_region_are_no_false_alarms() -> None:
     assert m.false_alarms.tolist() == [False, False, True, True] and m.ignored.tolist() == [False, True, False, False]
     plain = match_detections(det, np.array([0.9, 0.8, 0.7, 0.6]), np.zeros(4), gt, np.zeros(1))
     assert plain.false_alarms.sum() == 3
+
+
+def test_dataset_diagnosis_at_another_nms_iou(tmp_path) -> None:
+    """The studio's Dataset page diagnoses at the sidebar's NMS IoU, as Detect does (it used the model's own)."""
+    from efpn.data.splits import load_split
+    from efpn.data.synthetic import write_synthetic_dataset
+    from efpn.explain import diagnose_records
+
+    root = write_synthetic_dataset(tmp_path / "d", 2, image_size=64, seed=0, val_fraction=0.0).parent
+    records, names, _ = load_split(root / "data.yaml", "train")
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_efpn_n", num_classes=3, class_names=tuple(names)).eval()
+    counts = {iou: sum(len(d["scores"]) for d in diagnose_records(model, records, names, score_thresh=0.0,
+                                                                 nms_iou=iou).detections.values())
+              for iou in (0.05, 0.95)}
+    assert counts[0.05] < counts[0.95]
