@@ -14,7 +14,7 @@ from PIL import Image
 
 from efpn import BUCKETS, box_size, size_bucket
 from efpn.evaluation import match_detections
-from efpn.explain import GATE_LOW, SCORE_FLOOR, MissDiagnosis
+from efpn.explain import CAUSES, GATE_LOW, SCORE_FLOOR, MissDiagnosis
 from efpn.infer import detections_to_json, draw_detections
 
 
@@ -203,7 +203,10 @@ def dataset_image_rows(records: Sequence[Any], diagnoses: Mapping[int, Any]) -> 
             causes = [m.cause for m in diag.misses]
             row.update({"found": int(diag.matching.found.sum()), "missed": len(diag.misses),
                         "missed tiny": sum(m.bucket in TINY for m in diag.misses),
-                        "main cause": max(set(causes), key=causes.count) if causes else ""})
+                        # the most frequent cause; a tie goes to the earlier stage of the rule (CAUSES order), so
+                        # the same image always shows the same one
+                        "main cause": max(CAUSES, key=lambda c: (causes.count(c), -CAUSES.index(c)))
+                        if causes else ""})
         out.append(row)
     return out
 

@@ -111,3 +111,20 @@ def test_download_names_are_plain_file_names() -> None:
     assert views.download_stem("sample 000000.png") == "sample_000000"
     assert views.download_stem("upload ..png") == "upload" and views.download_stem("upload 你好") == "upload"
     assert views.download_stem("...") == "image"
+
+
+def test_the_main_cause_of_an_image_with_tied_causes_is_always_the_same() -> None:
+    """One under_threshold and one gated_out miss: the earlier stage of the rule (gated_out) is named, every time
+    (the choice followed Python's set order, which changes between processes)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from efpn.data.records import ImageRecord
+
+    rec = ImageRecord(image_id=1, path=None, width=64, height=64, boxes=np.array([[1, 1, 5, 5], [9, 9, 14, 14]]),
+                      labels=np.zeros(2))
+    misses = [SimpleNamespace(cause=c, bucket="vt") for c in ("under_threshold", "gated_out")]
+    diag = SimpleNamespace(misses=misses, matching=SimpleNamespace(found=torch.zeros(2, dtype=torch.bool)))
+    assert views.dataset_image_rows([rec], {1: diag})[0]["main cause"] == "gated_out"
