@@ -484,8 +484,8 @@ def learn_notice(step: int, ins: Any, gt_boxes: np.ndarray | None = None,
             return "with ground truth, this step shows which priors each box trains."
         acc = ins.assignment.accounting.to_dict()
         coarse = sum(v for k, v in acc.get("positives_per_level", {}).items() if k in levels[-2:])
-        return (f"{len(acc['starved'])} of {acc['num_gt']} boxes get no positive (never learnt), and "
-                f"{levels[-2]}/{levels[-1]} get {coarse} positives from this image.")
+        return (f"{len(acc['starved'])} of {acc['num_gt']} boxes get no regular positive (at most low-IoU fallback "
+                f"matches: starved), and {levels[-2]}/{levels[-1]} get {coarse} positives from this image.")
     cands = 0 if not score_maps else int(sum((np.asarray(v) >= score).sum() for v in score_maps.values()))
     kept = len(ins.detections["boxes"])
     return f"{cands} cells score above {score:.2f}; after NMS {kept} detections remain."

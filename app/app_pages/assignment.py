@@ -87,7 +87,7 @@ def _assignment_section(gt: state.GroundTruth) -> None:
     if acc["histogram"]:
         c1.plotly_chart(charts.histogram_figure(acc["histogram"]), width="stretch", key="asg_hist")
     if acc["starved"]:
-        c2.markdown("**Starved GTs**")
+        c2.markdown("**Starved GTs** (no regular positive; fallback matches at most)")
         c2.dataframe([
             {"GT": i, "size px": round(acc["gt_sizes"][i], 1), "bucket": BUCKET_LABELS[acc["gt_buckets"][i]],
              "positives": acc["positives_per_gt"][i], "regular": acc["regular_per_gt"][i]}

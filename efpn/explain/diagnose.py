@@ -52,7 +52,8 @@ __all__ = [
 CAUSES: tuple[str, ...] = ("starved", "gated_out", "never_scored", "under_threshold", "lost_in_nms", "mislocalised")
 #: One sentence per cause, for tables and the studio.
 CAUSE_TEXT: dict[str, str] = {
-    "starved": "no positive prior under the model's own assigner: training never asked for it",
+    "starved": ("no regular positive prior under the model's own assigner (low-IoU fallback matches at most): "
+                "training never asked a well-placed prior to find it"),
     "gated_out": "the FBSM gate is closed at its centre on every gated level",
     "never_scored": "no prior covering it gives its class a score above the floor",
     "under_threshold": "the best prior covering it scores above the floor but below the threshold",
