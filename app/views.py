@@ -63,6 +63,19 @@ def download_stem(name: str) -> str:
     return safe or "image"
 
 
+def selected_row(rows: Sequence[Mapping[str, Any]], selection: Any, digest: str) -> int | None:
+    """The index in ``rows`` (:func:`detection_rows`) of the detection ``selection`` = ``(image digest, index, box)``
+    names on the image ``digest``: the row with that box (another threshold or NMS IoU renumbers the detections, and
+    an index alone would then name another box); None when it is not among them, or was made on another image."""
+    if not selection or len(selection) != 3 or selection[0] != digest:
+        return None
+    _, _, box = selection
+    for i, r in enumerate(rows):
+        if np.allclose(np.asarray(r["box"], dtype=np.float64), np.asarray(box, dtype=np.float64), atol=1e-3):
+            return i
+    return None
+
+
 def level_counts(rows: Sequence[Mapping[str, Any]], levels: Sequence[str]) -> dict[str, int]:
     return {lv: sum(1 for r in rows if r["level"] == lv) for lv in levels}
 

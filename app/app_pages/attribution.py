@@ -70,15 +70,15 @@ if source == FOCUSED:
                    + ("is found at these settings" if focus_miss is None else "has no covering prior")
                    + f": its own box is explained for {focusing.class_name(ctx, label)}.")
 elif source == "a detection":
-    digest, picked = st.session_state.get("selected_detection") or (None, None)
-    chosen = (digest, picked)
-    if digest == image.digest and picked is not None and picked < len(rows) \
-            and chosen != st.session_state.get("attr_det_applied"):
+    chosen = st.session_state.get("selected_detection")
+    picked = views.selected_row(rows, chosen, image.digest)  # by its box: the same detection at any threshold
+    if picked is not None and (chosen, picked) != st.session_state.get("attr_det_applied"):
         st.session_state["attr_det"] = picked  # the detection clicked on the Detect page
-        st.session_state["attr_det_applied"] = chosen
+        st.session_state["attr_det_applied"] = (chosen, picked)
     state.keep_valid("attr_det", list(range(len(rows))))
+    state.keep_valid("_kept_attr_det", list(range(len(rows))))
     idx = st.selectbox(
-        "Detection", list(range(len(rows))), key="attr_det",
+        "Detection", list(range(len(rows))), key=state.sticky("attr_det", 0),  # kept while other pages are shown
         format_func=lambda i: f"#{i} {rows[i]['class']} · score {rows[i]['score']:.3f} · {rows[i]['level']} · "
                               f"{rows[i]['size']:.1f} px",
     )

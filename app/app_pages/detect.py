@@ -125,7 +125,7 @@ if picks and picks[-1] != st.session_state.get("detect_last_pick"):  # a new cli
     st.session_state["detect_last_pick"] = picks[-1]
     kind, idx = picks[-1]
     if kind == "det" and idx < len(rows):
-        st.session_state["selected_detection"] = (image.digest, idx)
+        st.session_state["selected_detection"] = (image.digest, idx, tuple(rows[idx]["box"]))  # the box names it
     elif kind == "gt" and ctx.gt is not None and idx < len(ctx.gt.boxes):
         focusing.set_focus(image.digest, idx, ctx.gt.boxes[idx], int(ctx.gt.labels[idx]))
         st.rerun()
@@ -142,8 +142,8 @@ with right:
                    f"{model.config.image_size} px long side), measured when this image was first run.")
     if not rows:
         st.info("No detection above the score threshold; lower it in the sidebar to see weaker ones.")
-    digest, sel = st.session_state.get("selected_detection") or (None, None)
-    if digest == image.digest and sel is not None and sel < len(rows):
+    sel = views.selected_row(rows, st.session_state.get("selected_detection"), image.digest)
+    if sel is not None:
         r = rows[sel]
         st.caption(f"Selected #{sel}: {r['class']} {r['score']:.3f} on {r['level']}. The **Attribution** page "
                    "explains it.")

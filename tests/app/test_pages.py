@@ -243,3 +243,31 @@ def test_learn_on_an_elongated_image_and_on_an_enlarged_one(app) -> None:
     _ok(app)
     notice = next(i.value for i in app.info if "What to notice" in i.value)
     assert "enlarged" in notice and "shrink" not in notice, notice
+
+
+def test_a_detection_selected_on_detect_stays_the_one_attribution_explains(app) -> None:
+    """Attribution explained the clicked detection on its first visit only (its picker was reset when another page
+    was shown), and the selection was an index: after an NMS change it named another box."""
+    import efpn
+    from app import views
+
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
+    ctx = app.session_state["efpn_ctx"]
+    model = efpn.load_model(ctx.checkpoint)
+    ins = efpn.inspect(model, ctx.image.rgb, score_thresh=0.0, nms_iou=ctx.nms)
+    rows = views.detection_rows(ins.detections, model.levels, ctx.class_names)
+    assert len(rows) > 3
+    app.session_state["selected_detection"] = (ctx.image.digest, 2, tuple(rows[2]["box"]))  # what a click writes
+    for _ in range(2):  # every visit, not the first only
+        _goto(app, "attribution")
+        assert app.radio(key="attr_source").value == "a detection"  # no object focused: detections come first
+        assert app.selectbox(key="attr_det").value == 2
+        _goto(app, "detect")
+        assert any(c.value.startswith("Selected #2") for c in app.caption)
+    box = rows[2]["box"]
+    app.sidebar.slider(key="nms_iou").set_value(0.05).run()  # renumbers (or drops) the detections
+    caps = [c.value for c in app.caption if c.value.startswith("Selected #")]
+    if caps:  # still there: the caption names the same box, wherever it now is in the list
+        k = int(caps[0].split("#")[1].split(":")[0])
+        ins2 = efpn.inspect(model, ctx.image.rgb, score_thresh=0.0, nms_iou=0.05)
+        assert views.detection_rows(ins2.detections, model.levels, ctx.class_names)[k]["box"] == box
