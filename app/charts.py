@@ -271,9 +271,12 @@ def gradient_reach_figure(
 def gradient_reach_html(with_cem: Mapping[str, float], without_cem: Mapping[str, float] | None,
                         part: str = "positive", height: int = 170) -> str:
     """:func:`gradient_reach_figure`'s numbers as static grouped bars (:func:`bars_html`, log scale, one scale for
-    both series): the value written over every bar, an exact zero written "0" on the baseline with no bar."""
+    both series): the value written over every bar, an exact zero written "0" on the baseline with no bar.
+    ``without_cem`` None: a model without CEM, one series named as such."""
     keys, labels = _reach_rows(with_cem, part)
-    series: list[BarSeries] = [("with CEM", [with_cem.get(k, 0.0) for k in keys], "#5c6bc0")]
+    # without a baseline the model has no CEM: its one series is the model itself, not "with CEM"
+    name = "with CEM" if without_cem is not None else "this model (no CEM)"
+    series: list[BarSeries] = [(name, [with_cem.get(k, 0.0) for k in keys], "#5c6bc0")]
     if without_cem is not None:
         series.append(("CEM bypassed (baseline FPN)", [without_cem.get(k, 0.0) for k in keys], "#9e9e9e"))
     return bars_html(labels, series, height=height, log=True, fmt=_sci, upright=True,

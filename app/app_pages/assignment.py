@@ -100,11 +100,18 @@ def _assignment_section(gt: state.GroundTruth) -> None:
 
     # ------------------------------------------------------------------------------------------- baseline vs E-FPN-BS
     st.subheader("Baseline FPN vs E-FPN-BS")
+    if model.config.neck.cem is None:  # nothing to compare: one sentence instead of two identical series
+        st.info("This checkpoint has no CEM, so it has no E-FPN-BS counterpart to compare here: where CEM sends the "
+                "gradient of tiny objects' positives is shown for an E-FPN-BS or efpn_n checkpoint (sidebar).")
+        return
+    depends = ("Under TAL, assignment also depends on the model's own predictions, so the positives (left) are "
+               "this checkpoint's; the baseline's may differ a little. " if model.config.head.assigner == "tal" else
+               "Assignment depends only on boxes and priors, so CEM does not change it: the baseline and E-FPN-BS "
+               "get the same positives (left). ")
     st.caption(
-        "Assignment depends only on boxes and priors, so CEM does not change it: the baseline and E-FPN-BS get the "
-        "same positives (left). What changes is where the gradient of those positives flows (right and below, one "
-        "axis for both: the model with CEM bypassed, the baseline FPN path, and with CEM; measured with the "
-        "checkpoint's own assigner and loss)."
+        depends + "What changes is where the gradient of those positives flows (right and below, one axis for "
+        "both: the model with CEM bypassed, the baseline FPN path, and with CEM; measured with the checkpoint's own "
+        "assigner and loss)."
     )
     try:
         reach = analyses.gradient_reach_pair(model, ctx.ckpt_key, image.rgb, image.digest, gkey)
@@ -128,8 +135,6 @@ def _assignment_section(gt: state.GroundTruth) -> None:
     st.plotly_chart(charts.gradient_reach_figure(reach["with"], reach["without"], "positive",
                                                  title="Positive-driven gradient reach, both models on one axis"),
                     width="stretch", key="asg_reach")
-    if model.config.neck.cem is None:
-        st.info("This checkpoint has no CEM, so both series are the baseline. Choose an E-FPN-BS / efpn_n checkpoint.")
 
 
 tab_image, tab_data = st.tabs(["This image", "Dataset-wide"])

@@ -110,7 +110,8 @@ def _gradient_reach(ctx: state.Context, model: Detector, image: state.ImageItem,
                        "baseline: no gradient reaches that place.")
         table = [
             {"quantity": k, "with CEM": f"{reach['with'][k]:.3e}",
-             "CEM bypassed": f"{reach['without'].get(k, 0.0):.3e}"}
+             "CEM bypassed": f"{reach['without'].get(k, 0.0):.3e}"} if has_cem
+            else {"quantity": k, "this model (no CEM)": f"{reach['with'][k]:.3e}"}
             for k in reach["with"]
         ]
         st.markdown("**All numbers**")

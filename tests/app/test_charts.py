@@ -85,3 +85,4 @@ def test_gradient_reach_html_writes_exact_zeros_on_one_scale() -> None:
     assert "loss" not in out.split("efpn-bars-names")[1]  # loss values are not bars
     one = charts.gradient_reach_html(with_cem, None, "total")
     assert "CEM bypassed" not in one and 'data-value="2.0e-3"' in one
+    assert 'data-series="this model (no CEM)"' in one and "with CEM" not in one  # one series: the model itself

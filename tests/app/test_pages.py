@@ -271,3 +271,12 @@ def test_a_detection_selected_on_detect_stays_the_one_attribution_explains(app) 
         k = int(caps[0].split("#")[1].split(":")[0])
         ins2 = efpn.inspect(model, ctx.image.rgb, score_thresh=0.0, nms_iou=0.05)
         assert views.detection_rows(ins2.detections, model.levels, ctx.class_names)[k]["box"] == box
+
+
+def test_pages_say_a_checkpoint_has_no_cem_instead_of_charting_it(app, app_env) -> None:
+    """tiny_yolov8_sgdm has no CEM: Assignment showed 'E-FPN-BS' metrics and a 'with CEM' series for it."""
+    app.sidebar.selectbox(key="checkpoint_choice").set_value(str(app_env / "tiny_yolov8_sgdm.safetensors")).run()
+    _goto(app, "assignment")
+    _ok(app)
+    assert any("has no CEM, so it has no E-FPN-BS counterpart" in i.value for i in app.info)
+    assert not any(m.label == "E-FPN-BS" for m in app.metric)
