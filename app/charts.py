@@ -202,8 +202,7 @@ def level_bucket_figure(accounting: Mapping[str, Any], title: str = "Positives: 
     return fig
 
 
-def histogram_figure(histogram: Sequence[int],
-                     title: str = "Positives per GT (fallback matches included)") -> go.Figure:
+def histogram_figure(histogram: Sequence[int], title: str = "Positives per GT") -> go.Figure:
     """Bar chart of how many GTs got exactly k positives, fallback matches included; k = 0 (no positive at all) in
     the starved colour. A GT with fallback matches only is starved too (no regular positive) but sits at k > 0: the
     starved list beside the chart names them all."""
@@ -212,7 +211,7 @@ def histogram_figure(histogram: Sequence[int],
     fig = go.Figure(go.Bar(x=ks, y=list(histogram), marker_color=colours,
                            hovertemplate="%{y} GTs with %{x} positives (fallback included)<extra></extra>"))
     fig.update_layout(title=title, height=260, margin=dict(l=0, r=0, t=40, b=0),
-                      xaxis_title="positives of a GT", yaxis_title="GTs")
+                      xaxis_title="positives of a GT (fallback included)", yaxis_title="GTs")
     return fig
 
 

@@ -105,9 +105,10 @@ def _gradient_reach(ctx: state.Context, model: Detector, image: state.ImageItem,
         with st.container(key="pyr_reach"):
             st.markdown(f"**‖gradient‖ reaching the coarse levels ({part} loss)**")
             st.html(charts.gradient_reach_html(reach["with"], reach["without"] if has_cem else None, part))
-            st.caption("Bar heights on a log scale shared by both series, from a tenth of the smallest value above 0; "
-                       "each value is written over its bar. An exact 0 has no bar and is written \"0\" on the "
-                       "baseline: no gradient reaches that place.")
+            st.caption(("Bar heights on a log scale shared by both series" if has_cem else
+                        "Bar heights on a log scale (this checkpoint has no CEM: one series, the model itself)")
+                       + ", from a tenth of the smallest value above 0; each value is written over its bar. An exact "
+                       "0 has no bar and is written \"0\" on the baseline: no gradient reaches that place.")
         table = [
             {"quantity": k, "with CEM": f"{reach['with'][k]:.3e}",
              "CEM bypassed": f"{reach['without'].get(k, 0.0):.3e}"} if has_cem
