@@ -317,6 +317,10 @@ def _refuse_non_safetensors(path: Path) -> None:
     # pickle protocol 2-5 (0x80 then the protocol byte), or torch.save's zip container; a safetensors file whose
     # header length happens to start with 0x80 was recognised above by its "{"
     if (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:4] == b"PK\x03\x04":
+        if path.name == "last_state.pt":  # efpn's own training state (engine.state.STATE_FILE), not a state_dict
+            raise CheckpointError(
+                f"{path} is a training run's resume state, not a checkpoint: load the run's best.safetensors or "
+                f"last.safetensors beside it, or continue training with efpn train --resume {path.parent}")
         raise CheckpointError(
             f"refusing to unpickle {path}: efpn loads weights only from safetensors, because unpickling a "
             "file can run arbitrary code. If you trust it, convert it once: "
@@ -395,6 +399,9 @@ def load_model(
     Pickled files and weights holding NaN or infinity are refused. The card is attached as ``model.card`` (a dict;
     treat it as read-only).
     """
+    target = torch.device(device)  # an unknown name raises here, before anything is read
+    if target.type == "cuda" and not torch.cuda.is_available():  # said before the model is built, not by torch after
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here; use device='cpu'")
     weights_path, card_path = checkpoint_paths(path)
     _refuse_non_safetensors(weights_path)
     card = read_card(card_path)

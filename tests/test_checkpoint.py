@@ -254,6 +254,12 @@ def test_pickle_is_refused_without_unpickling(tmp_path: Path, monkeypatch: pytes
         load_model(tmp_path / "junk.safetensors", builder=build_standin)
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "absent.safetensors", builder=build_standin)
+    torch.save({"step": 3}, tmp_path / "last_state.pt")  # a run's resume state: it said to load_state_dict it
+    with pytest.raises(CheckpointError, match="resume state, not a checkpoint.*efpn train --resume"):
+        load_model(tmp_path / "last_state.pt", builder=build_standin)
+    if not torch.cuda.is_available():  # said before anything is built, not torch's driver error after
+        with pytest.raises(ValueError, match="CUDA is not available here; use device='cpu'"):
+            load_model(tmp_path / "model.safetensors", device="cuda", builder=build_standin)
     (tmp_path / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch" + b"\x00" * 32)  # an ONNX export's start
     with pytest.raises(CheckpointError, match="looks like an ONNX model.*pass the .safetensors"):
         load_model(tmp_path / "model.onnx", builder=build_standin)
