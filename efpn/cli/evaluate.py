@@ -72,8 +72,10 @@ def cmd_val(args: argparse.Namespace) -> None:
         sweep = sweep_nms_iou(model, records, names, image_size=size, batch_size=args.batch_size,
                               device=args.device, progress=True)
         print("\n".join(sweep.table()))
-        print(f"best AP at NMS IoU {sweep.best:g} ({sweep.gain:+.4f} over the checkpoint's {sweep.current:g}); chosen "
-              "on this split, so optimistic for it: confirm on held-out data (efpn ship --nms-iou auto records it)")
+        print(f"chosen: NMS IoU {sweep.best:g} ({sweep.gain:+.4f} AP over the checkpoint's {sweep.current:g}; another "
+              f"threshold is chosen only when it gains at least {sweep.min_gain:g} AP, so noise does not move it); "
+              "chosen on this split, so optimistic for it: confirm on held-out data (efpn ship --nms-iou auto "
+              "records it)")
         m["nms_sweep"] = sweep.to_json_dict()
     assert result is not None  # the sliced result when the whole-image one was left out
     if result.skipped:

@@ -107,7 +107,11 @@ def gather_runs(runs: str | Path | None, records: str | Path | None) -> dict[str
         except ValueError as e:  # CheckpointError: a damaged card leaves this run out, not the report
             print(f"efpn: warning: {e}; the run {run.name} is left out of the report", file=sys.stderr)
             continue
-        if record is None:
+        if record is None:  # still training, or stopped before its planned epochs (killed, --max-steps)
+            if (run / "last.json").is_file():
+                print(f"efpn: note: the run {run.name} has not finished its planned epochs (still training, or "
+                      "stopped early); it is left out of the report until it does (efpn train --resume "
+                      f"{run})", file=sys.stderr)
             continue
         old = kept.get(run.name)
         if old is not None and {**old, "recorded": None} == {**record, "recorded": None}:

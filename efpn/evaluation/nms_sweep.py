@@ -46,6 +46,7 @@ class NmsSweep:
     current: float
     best: float
     rows: dict[float, dict[str, float | None]] = field(default_factory=dict)
+    min_gain: float = 0.002
 
     @property
     def gain(self) -> float:
@@ -64,7 +65,8 @@ class NmsSweep:
         lines = ["NMS IoU " + " ".join(f"{k:>7}" for k in SWEEP_KEYS)]
         for iou, m in self.rows.items():
             cells = " ".join(f"{'-' if m.get(k) is None else format(m[k], '.4f'):>7}" for k in SWEEP_KEYS)
-            mark = "  <- best " + self.metric if iou == self.best else ("  (model's)" if iou == self.current else "")
+            mark = ("  <- chosen" + (" (the model's)" if iou == self.current else "") if iou == self.best
+                    else ("  (model's)" if iou == self.current else ""))
             lines.append(f"{iou:>7g} {cells}{mark}")
         return lines
 
@@ -116,4 +118,4 @@ def sweep_nms_iou(
     best = max(grid, key=lambda iou: (score(iou), -abs(iou - current)))
     if score(best) - score(current) < min_gain:
         best = current
-    return NmsSweep(metric=metric, current=current, best=best, rows=rows)
+    return NmsSweep(metric=metric, current=current, best=best, rows=rows, min_gain=min_gain)

@@ -52,7 +52,7 @@ def test_sweep_rows_are_validations_at_each_threshold(tiny) -> None:
     assert sweep.rows[sweep.best]["AP"] >= best - 0.002
     assert sweep.best == 0.5 or sweep.gain >= 0.002  # moved off the model's threshold only for a real gain
     assert json.loads(json.dumps(sweep.to_json_dict()))["rows"]["0.45"]["AP"] == sweep.rows[0.45]["AP"]
-    assert any("<- best AP" in line for line in sweep.table())
+    assert any("<- chosen" in line for line in sweep.table())
     with pytest.raises(ValueError, match="metric must be one of"):
         sweep_nms_iou(model, records, names, metric="F1")
     with pytest.raises(ValueError, match=r"IoU thresholds in \[0, 1\]"):
