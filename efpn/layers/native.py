@@ -24,6 +24,7 @@ Chunks of rows run in parallel on PyTorch's OpenMP threads (see :data:`CFLAGS`);
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -33,6 +34,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -54,9 +56,27 @@ _failed: str | None = None
 _f32p = ctypes.POINTER(ctypes.c_float)
 
 
+_thread = threading.local()  # per-thread switch of :func:`switched_off` (a studio serves sessions in threads)
+
+
 def enabled() -> bool:
-    """False when ``EFPN_NATIVE=0`` (or ``false``/``no``/``off``) switches the native kernels off."""
+    """False when ``EFPN_NATIVE=0`` (or ``false``/``no``/``off``) switches the native kernels off, or inside
+    :func:`switched_off` on this thread."""
+    if getattr(_thread, "off", False):
+        return False
     return os.environ.get("EFPN_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def switched_off() -> Iterator[None]:
+    """The PyTorch path for every call of this thread inside the ``with`` (same function): e.g. to count FLOPs, which
+    a counter cannot see inside a foreign call."""
+    before = getattr(_thread, "off", False)
+    _thread.off = True
+    try:
+        yield
+    finally:
+        _thread.off = before
 
 
 def _cache_dir() -> Path:

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from efpn.layers import native
+
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those requiring gradient)."""
@@ -25,7 +27,8 @@ def count_gflops(model: nn.Module, image_size: int = 640) -> float:
         raise ValueError("count_gflops needs an eval-mode model (call model.eval())")
     device = next(model.parameters()).device
     x = torch.zeros(1, 3, image_size, image_size, device=device)
-    with FlopCounterMode(display=False) as counter:
+    # the PyTorch path (same function): a counter cannot see inside efpn's native kernels, whose FLOPs would be lost
+    with native.switched_off(), FlopCounterMode(display=False) as counter:
         run = getattr(model, "_run", None)
         if run is not None:
             run(x, internals=False)
