@@ -91,8 +91,8 @@ __all__ = ["LossStep", "TrainResult", "train"]
 class TrainResult:
     """What a run produced (the same on every rank).
 
-    ``last``/``best``: ``.safetensors`` checkpoints with model cards (``best`` is None without validation);
-    ``state``: the resumable ``last_state.pt``; ``metrics``: the last validation
+    ``last``/``best``: ``.safetensors`` checkpoints with model cards (``best`` is None until a whole epoch was
+    validated); ``state``: the resumable ``last_state.pt``; ``metrics``: the last validation
     (:meth:`EvalResult.to_json_dict`, ``{}`` without one); ``telemetry``: the last epoch's summary;
     ``steps`` counts optimizer steps including the ``skipped_steps`` whose loss was not finite.
     """
@@ -411,7 +411,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                     last_metrics = result.to_json_dict()
                     record["val"] = last_metrics
                     ap = last_metrics.get("AP")
-                    improved = ap is not None and (best_ap is None or ap > best_ap)
+                    # best is chosen among whole epochs: a stop mid-epoch (max_steps) is validated and recorded in
+                    # last.json, but an uninterrupted run never validates there, so a run resumed after it must not
+                    # keep that snapshot as its best (resume is exact)
+                    improved = epoch_done and ap is not None and (best_ap is None or ap > best_ap)
                     if improved:
                         best_ap = float(ap)
                 logger.log_epoch(epoch + 1, step, record)
