@@ -3,6 +3,8 @@
 The exported graph takes a fixed-size RGB batch ``(1, 3, S, S)`` in [0, 1] and returns the decoded per-prior
 predictions before NMS — ``boxes (1, R, 4)`` xyxy in input pixels and ``scores (1, R, K)`` — which is what ONNX
 runtimes and TensorRT plug-ins expect to post-process (NMS is left to the runtime, as Ultralytics does by default).
+The file's metadata carries what reproduces efpn's own detections: the classes, how an image becomes the input, and
+the post-processing (score threshold, NMS IoU, the per-level top-k before NMS, the cap on detections).
 """
 
 from __future__ import annotations
@@ -59,9 +61,18 @@ def _write_metadata(path: Path, model: Detector, size: int) -> None:
     cfg = model.config
     names = list(cfg.class_names) or [str(k) for k in range(cfg.num_classes)]
     proto = onnx.load(str(path))
+    pp = cfg.postprocess
     meta = {"names": json.dumps(dict(enumerate(names))), "num_classes": str(cfg.num_classes),
-            "imgsz": json.dumps([size, size]), "input": "images: (1, 3, S, S) float RGB in [0, 1]",
+            "imgsz": json.dumps([size, size]),
+            "input": ("images: (1, 3, S, S) float RGB in [0, 1]; an image is resized to S on its long side and "
+                      "padded with zeros at the bottom and right to S x S (efpn itself pads only to a multiple of "
+                      "32, so on a non-square image scores near the padding may differ slightly)"),
             "outputs": "boxes: (1, R, 4) xyxy in input px; scores: (1, R, K) per class, before NMS",
+            # efpn's own post-processing, to reproduce its detections: per level the pre_nms_topk best (prior,
+            # class) pairs above score_thresh, class-aware NMS at nms_iou, then the max_det best
+            "postprocess": json.dumps({"score_thresh": pp.score_thresh, "nms_iou": pp.nms_iou,
+                                       "pre_nms_topk_per_level": pp.pre_nms_topk, "max_det": pp.max_det,
+                                       "levels": list(getattr(model, "levels", []))}),
             "preset": str(getattr(cfg, "name", "") or ""), "producer": "efpn"}
     del proto.metadata_props[:]
     for key, value in meta.items():

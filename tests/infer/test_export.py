@@ -25,6 +25,11 @@ def test_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     meta = {p.key: p.value for p in onnx.load(str(rep.path)).metadata_props}  # what a deployment reads
     assert json.loads(meta["names"]) == {"0": "0", "1": "1", "2": "2"} and json.loads(meta["imgsz"]) == [96, 96]
     assert meta["num_classes"] == "3" and meta["preset"] == name
+    pp = model.config.postprocess  # efpn's own post-processing travels with the graph, to reproduce its detections
+    assert json.loads(meta["postprocess"]) == {"score_thresh": pp.score_thresh, "nms_iou": pp.nms_iou,
+                                               "pre_nms_topk_per_level": pp.pre_nms_topk, "max_det": pp.max_det,
+                                               "levels": list(model.levels)}
+    assert "padded with zeros at the bottom and right" in meta["input"]
 
 
 def test_export_rejects_bad_size(tmp_path: Path) -> None:
