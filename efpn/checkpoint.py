@@ -16,6 +16,7 @@ Loading a model needs nothing from training; the resume state of a run lives wit
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -277,6 +278,10 @@ def save_checkpoint(
     info.setdefault("efpn_version", _efpn_version())
     try:
         text = json.dumps(info, indent=2, allow_nan=False, default=_json_default)
+        # one id in the card and in the weights' metadata: a save interrupted between its two files (new weights
+        # beside the old card) is then named as such on load, instead of as a config mismatch
+        info["save_id"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+        text = json.dumps(info, indent=2, allow_nan=False, default=_json_default)
     except ValueError as e:
         raise CheckpointError(f"model card values must be finite (use null for a missing metric): {e}") from e
     problems = card_field_problems(json.loads(text))  # as it will be read back: tuples are lists there
@@ -287,7 +292,7 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": FORMAT, "preset": preset, "dtype": info["weights_dtype"]}
+    metadata = {"format": FORMAT, "preset": preset, "dtype": info["weights_dtype"], "save_id": info["save_id"]}
     atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     # the card goes last: a card on disk means its weights are complete
     atomic_write(weights_path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
@@ -409,13 +414,20 @@ def load_model(
     _check_card_classes(card, config, f"model card {card_path}")
     model = (builder or _default_builder)(config)
 
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            saved = (f.metadata() or {}).get("save_id")
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot read safetensors file {weights_path}: {e}") from e
+    if saved and card.get("save_id") and saved != card.get("save_id"):  # both written by efpn, by two saves
+        raise CheckpointError(
+            f"{weights_path.name} and its card {card_path.name} come from two different saves (a save of this "
+            "checkpoint was interrupted between writing its weights and its card, or one file was copied over): "
+            "save it again (efpn ship --overwrite, or the run's last/best), or restore both files together")
     tensors = _dequantized(tensors)
     expected = model.state_dict()
     problems = check_state_dict(expected, tensors, strict)

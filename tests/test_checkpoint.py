@@ -432,3 +432,15 @@ def test_training_state_refuses_non_plain_data(tmp_path: Path) -> None:
         load_training_state(tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_training_state(tmp_path / "none.pt")
+
+
+def test_weights_and_card_of_two_saves_are_named_as_such(tmp_path: Path) -> None:
+    """A save interrupted between its two files (new weights beside the old card) was reported as a config
+    mismatch ('missing from the weights (319)'); the card and the weights now carry one id per save."""
+    torch.manual_seed(0)
+    save_checkpoint(trained_standin(), tmp_path / "a.safetensors", card={})
+    save_checkpoint(trained_standin(), tmp_path / "b.safetensors", card={"note": "another save"})
+    load_model(tmp_path / "a.safetensors", builder=build_standin)  # a pair from one save loads
+    (tmp_path / "b.safetensors").replace(tmp_path / "a.safetensors")  # the new weights landed, the card did not
+    with pytest.raises(CheckpointError, match="come from two different saves"):
+        load_model(tmp_path / "a.safetensors", builder=build_standin)
