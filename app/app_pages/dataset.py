@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import analyses, charts, focusing, loaders, state, views
+from app import analyses, charts, dataset_rows, focusing, loaders, state
 from efpn import BUCKET_LABELS, BUCKETS
 from efpn.data import AnnotationError, category_ids, category_ids_for
 from efpn.explain import CAUSE_TEXT, CAUSES
@@ -153,13 +153,13 @@ if diagnosis is not None:
 st.subheader("Images")
 per_image = {rec.image_id: d for rec, d in diagnosis.images} if diagnosis is not None else {}
 shown = records[:n] if diagnosis is not None else records[: min(len(records), 500)]
-image_rows = views.dataset_image_rows(shown, per_image)
+image_rows = dataset_rows.dataset_image_rows(shown, per_image)
 sorts = ["most missed tiny objects first", "most missed objects first", "file name"] if per_image else ["file name"]
 c1, c2 = st.columns([2, 2])
 how = c1.selectbox("Order", sorts, key="dsd_sort" if per_image else "dsd_sort_files")
 only = c2.toggle("Missed tiny only", key="dsd_only", disabled=not per_image,
                  help="Only images where a very tiny (< 8 px) or tiny (8-16 px) object was missed.")
-image_rows = views.sort_dataset_rows(image_rows, how, only and bool(per_image))
+image_rows = dataset_rows.sort_dataset_rows(image_rows, how, only and bool(per_image))
 if not per_image:
     st.caption(f"The first {len(shown)} of {len(records)} images; diagnose them to sort by what is missed.")
 by_id = {rec.image_id: rec for rec in shown}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from studio_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 
-from app import charts, figures, heatmaps, views
+from app import charts, dataset_rows, figures, heatmaps, views
 from efpn.explain import CAUSES, MissDiagnosis
 
 
@@ -57,9 +57,9 @@ def test_bucket_rows_and_dataset_sorting() -> None:
     assert rows[0]["recall"] == "25 %" and rows[0]["false alarms"] == 2 and rows[1]["recall"] == "–"
     images = [{"file": "b", "missed": 1, "missed tiny": 0}, {"file": "a", "missed": 2, "missed tiny": 1},
               {"file": "c", "missed": 3, "missed tiny": 1}]
-    assert [r["file"] for r in views.sort_dataset_rows(images, "most missed tiny objects first", False)] == \
+    assert [r["file"] for r in dataset_rows.sort_dataset_rows(images, "most missed tiny objects first", False)] == \
         ["c", "a", "b"]
-    assert [r["file"] for r in views.sort_dataset_rows(images, "file name", True)] == ["a", "c"]
+    assert [r["file"] for r in dataset_rows.sort_dataset_rows(images, "file name", True)] == ["a", "c"]
 
 
 def test_matching_figure_styles_each_outcome() -> None:

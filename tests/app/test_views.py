@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from studio_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 
-from app import views
+from app import dataset_rows, views
 
 DET = {"boxes": np.array([[1, 2, 9, 10], [20, 20, 40, 44]], np.float32), "scores": np.array([0.9, 0.4]),
        "labels": np.array([0, 2]), "levels": np.array([0, 1])}
@@ -127,4 +127,4 @@ def test_the_main_cause_of_an_image_with_tied_causes_is_always_the_same() -> Non
                       labels=np.zeros(2))
     misses = [SimpleNamespace(cause=c, bucket="vt") for c in ("under_threshold", "gated_out")]
     diag = SimpleNamespace(misses=misses, matching=SimpleNamespace(found=torch.zeros(2, dtype=torch.bool)))
-    assert views.dataset_image_rows([rec], {1: diag})[0]["main cause"] == "gated_out"
+    assert dataset_rows.dataset_image_rows([rec], {1: diag})[0]["main cause"] == "gated_out"
