@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -56,3 +58,17 @@ def html_bars(svg: str) -> dict[str, dict[str, float]]:
     for s, c, v in re.findall(r'data-series="([^"]*)" data-category="([^"]*)" data-value="([^"]*)"', svg):
         out.setdefault(html.unescape(s), {})[html.unescape(c)] = float(v)
     return out
+
+
+def studio_on(folder: Path, app_env: Path, monkeypatch: Any) -> Any:
+    """A fresh studio session (AppTest, first run done) on the checkpoints of ``folder``, with the tests' tiny_efpn_n
+    copied there from ``app_env`` as the default, beside whatever the test put in it."""
+    from streamlit.testing.v1 import AppTest
+
+    for name in ("tiny_efpn_n.safetensors", "tiny_efpn_n.json"):
+        shutil.copy(app_env / name, folder / name)
+    monkeypatch.setenv("EFPN_CHECKPOINT_DIR", str(folder))
+    monkeypatch.setenv("EFPN_CHECKPOINT", str(folder / "tiny_efpn_n.safetensors"))
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    at.run()
+    return at

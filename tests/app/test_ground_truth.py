@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from studio_helpers import goto as _goto
 from studio_helpers import ok as _ok
+from studio_helpers import studio_on
 
 
 def test_ground_truth_of_another_image_is_said(app) -> None:
@@ -47,23 +48,14 @@ def test_each_checkpoint_opens_at_its_own_nms_iou(app_env, tmp_path, monkeypatch
     """The NMS slider kept the first checkpoint's default for every checkpoint chosen after it (an SSDD checkpoint
     shipped at 0.75 ran at 0.5, with other detections than the CLI and the Dataset page)."""
     import dataclasses
-    import shutil
-
-    from streamlit.testing.v1 import AppTest
-    from studio_helpers import APP
 
     import efpn
 
-    for name in ("tiny_efpn_n.safetensors", "tiny_efpn_n.json"):
-        shutil.copy(app_env / name, tmp_path / name)
     wide = efpn.build_model("tiny_efpn_n", num_classes=3, class_names=("disc", "square", "cross"))
     wide.config = dataclasses.replace(wide.config, postprocess=dataclasses.replace(wide.config.postprocess,
                                                                                    nms_iou=0.75))
     efpn.save_checkpoint(wide, tmp_path / "wide.safetensors")
-    monkeypatch.setenv("EFPN_CHECKPOINT_DIR", str(tmp_path))
-    monkeypatch.setenv("EFPN_CHECKPOINT", str(tmp_path / "tiny_efpn_n.safetensors"))
-    at = AppTest.from_file(str(APP), default_timeout=180)
-    at.run()
+    at = studio_on(tmp_path, app_env, monkeypatch)
     assert at.sidebar.slider(key="nms_iou").value == pytest.approx(0.5)
     at.sidebar.slider(key="nms_iou").set_value(0.3).run()  # the user's value holds while the checkpoint does
     _goto(at, "gates")

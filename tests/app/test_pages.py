@@ -8,6 +8,7 @@ from studio_helpers import errors as _errors
 from studio_helpers import goto as _goto
 from studio_helpers import metric as _metric
 from studio_helpers import ok as _ok
+from studio_helpers import studio_on
 
 
 def test_gates_show_each_gate_beside_its_target(app) -> None:
@@ -149,23 +150,15 @@ def test_learn_walks_every_step(app) -> None:
 def test_compare_checkpoints_of_other_classes_matches_boxes(app_env, tmp_path, monkeypatch) -> None:
     """Checkpoints whose class lists differ: the per-object comparison says so and matches boxes alone (class k of
     A is not class k of B), instead of counting a box on the right object as missed."""
-    import shutil
 
     import torch
-    from streamlit.testing.v1 import AppTest
-    from studio_helpers import APP
 
     import efpn
 
-    for name in ("tiny_efpn_n.safetensors", "tiny_efpn_n.json"):
-        shutil.copy(app_env / name, tmp_path / name)
     torch.manual_seed(1)
     efpn.save_checkpoint(efpn.build_model("tiny_efpn_n", num_classes=3, class_names=("ship", "boat", "buoy")),
                          tmp_path / "ships.safetensors")
-    monkeypatch.setenv("EFPN_CHECKPOINT_DIR", str(tmp_path))
-    monkeypatch.setenv("EFPN_CHECKPOINT", str(tmp_path / "tiny_efpn_n.safetensors"))
-    at = AppTest.from_file(str(APP), default_timeout=180)
-    at.run()
+    at = studio_on(tmp_path, app_env, monkeypatch)
     _goto(at, "compare")
     _ok(at)
     assert at.selectbox(key="cmp_b").value.endswith("ships.safetensors")
@@ -178,17 +171,10 @@ def test_compare_names_the_checkpoint_that_does_not_load(app_env, tmp_path, monk
     per-object comparison says both must load, not "choose two different checkpoints"."""
     import shutil
 
-    from streamlit.testing.v1 import AppTest
-    from studio_helpers import APP
 
-    for name in ("tiny_efpn_n.safetensors", "tiny_efpn_n.json"):
-        shutil.copy(app_env / name, tmp_path / name)
     (tmp_path / "damaged.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     shutil.copy(app_env / "tiny_efpn_n.json", tmp_path / "damaged.json")  # same classes: B opens on it
-    monkeypatch.setenv("EFPN_CHECKPOINT_DIR", str(tmp_path))
-    monkeypatch.setenv("EFPN_CHECKPOINT", str(tmp_path / "tiny_efpn_n.safetensors"))
-    at = AppTest.from_file(str(APP), default_timeout=180)
-    at.run()
+    at = studio_on(tmp_path, app_env, monkeypatch)
     _goto(at, "compare")
     _ok(at)
     assert at.selectbox(key="cmp_b").value.endswith("damaged.safetensors")
