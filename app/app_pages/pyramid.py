@@ -19,15 +19,16 @@ model = state.require_model(ctx)
 image = state.require_image(ctx)
 ins = state.inspection(ctx, model, image)
 
-focus = focusing.focus_banner(ctx, model, image, "Here: the cell holding its centre is outlined on every level, before "
-                                              "and after CEM.")
+has_cem = model.config.neck.cem is not None
+has_fbsm = model.config.neck.fbsm is not None
+focus = focusing.focus_banner(ctx, model, image, "Here: the cell holding its centre is outlined on every level"
+                              + (", before and after CEM." if has_cem else "."))
 labels = {"mean": "channel mean", "max": "channel max", "pca": "PCA → RGB"}
 how = st.radio("Show channels as", list(labels), format_func=labels.get, horizontal=True, key="pyr_reduce",
                help="PCA → RGB colours each location by its first three principal components over channels.")
-has_cem = model.config.neck.cem is not None
-has_fbsm = model.config.neck.fbsm is not None
-if not has_cem:
-    st.info("This checkpoint has no CEM (its config has `neck.cem = null`): before and after are the same.")
+if not has_cem:  # no before/after to compare: each level once
+    st.info("This checkpoint has no CEM (its config has `neck.cem = null`), so there is no before and after: each "
+            "level's output is shown once. Choose an E-FPN-BS or efpn_n checkpoint to see what CEM adds.")
 
 interactive = st.toggle("Interactive heatmaps (hover values)", key="pyr_interactive",
                         help="Off: quick pictures, all levels at once. On: plotly heatmaps with the value under the "
@@ -41,11 +42,15 @@ for lv in ins.levels:
     st.markdown(f"**{lv}** · stride {level_stride(lv)} · {c} x {fh} x {fw}{where}")
     title = "after CEM" + (" and FBSM" if has_fbsm and lv in (model.config.neck.fbsm.levels or ()) else "")
     panels: list[tuple[str, object]] = [("FPN output (before CEM)", before)]
-    if lv in ins.cem_fused:
+    if not has_cem:
+        gated = has_fbsm and lv in (model.config.neck.fbsm.levels or ())
+        panels = [(f"{lv} output" + (" (after FBSM)" if gated else ""), after)]
+    elif lv in ins.cem_fused:
         panels.append((f"CEM fused F (α = {ins.cem_alpha.get(lv, 0.0):.3g})", ins.cem_fused[lv]))
     else:
         panels.append(("CEM does not write to this level.", None))
-    panels.append((title, after))
+    if has_cem:
+        panels.append((title, after))
     cols = st.columns(3)
     for i, (col, (name, feature)) in enumerate(zip(cols, panels)):
         if feature is None:
@@ -71,7 +76,7 @@ def _gradient_reach(ctx: state.Context, model: Detector, image: state.ImageItem,
                     has_cem: bool) -> None:
     """The gradient-reach section as a fragment: opening it or switching the loss reruns this section only, not the
     page's pictures above it (~0.4 s of the click otherwise)."""
-    st.subheader("Gradient reaching p5/p6, with and without CEM")
+    st.subheader("Gradient reaching p5/p6" + (", with and without CEM" if has_cem else ""))
     # lazy: two backward passes (~0.5 s on a laptop CPU) run only while this is open, not on every visit of the page
     reach_box = st.expander("Measure it on this image (two backward passes)", icon=":material/insights:",
                             key="pyr_reach_open", on_change="rerun")

@@ -266,3 +266,7 @@ def test_pages_say_a_checkpoint_has_no_cem_instead_of_charting_it(app, app_env) 
     _ok(app)
     assert any("has no CEM, so it has no E-FPN-BS counterpart" in i.value for i in app.info)
     assert not any(m.label == "E-FPN-BS" for m in app.metric)
+    _goto(app, "pyramid")  # each level once, not "before" and "after" a CEM it does not have
+    _ok(app)
+    assert any("so there is no before and after" in i.value for i in app.info)
+    assert not any("with and without CEM" in h.value for h in app.subheader)
