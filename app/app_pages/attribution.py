@@ -255,6 +255,10 @@ if done_ex is not None:
 st.caption("Read each map against its random baseline: a deletion AUC below the random pixel order's means the map "
            "points at pixels the score depends on, and an in-box share above the box's area share means it "
            "concentrates on the object.")
+if aucs and min(aucs.values()) >= 0.98:  # every curve stays at its start: the test has nothing to tell apart
+    st.info("Deleting pixels barely changes the score on this image (every deletion AUC is about 1, the random "
+            "order's too): its blurred baseline is almost the image itself (a tiny or uniform image), so the deletion "
+            "test cannot tell the maps apart here. The in-box shares still can.")
 # a static table: its few rows wrap in a narrow window instead of scrolling out of sight
 st.table(pd.DataFrame(views.faithfulness_rows(mass, aucs, shown)).set_index("map"))
 if done_ex is None:

@@ -270,3 +270,16 @@ def test_pages_say_a_checkpoint_has_no_cem_instead_of_charting_it(app, app_env) 
     _ok(app)
     assert any("so there is no before and after" in i.value for i in app.info)
     assert not any("with and without CEM" in h.value for h in app.subheader)
+
+
+def test_attribution_says_when_deletion_cannot_tell_maps_apart(app) -> None:
+    """On a 3x3 upload every deletion AUC was 1.000, the random order's too: the page showed them as a result."""
+    import numpy as np
+    from studio_helpers import png_bytes
+
+    tiny = (np.random.default_rng(0).random((3, 3, 3)) * 255).astype(np.uint8)
+    app.sidebar.slider(key="score_thresh").set_value(0.0).run()
+    app.file_uploader(key="detect_uploader").set_value(("tiny.png", png_bytes(tiny), "image/png")).run()
+    _goto(app, "attribution")
+    _ok(app)
+    assert any("deletion test cannot tell the maps apart" in i.value for i in app.info)
