@@ -415,12 +415,11 @@ def load_model(
     model = (builder or _default_builder)(config)
 
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     try:
-        with safe_open(str(weights_path), framework="pt") as f:
+        with safe_open(str(weights_path), framework="pt", device="cpu") as f:  # one read: metadata and tensors
             saved = (f.metadata() or {}).get("save_id")
-        tensors = load_file(str(weights_path), device="cpu")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # the handle is not iterable itself
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot read safetensors file {weights_path}: {e}") from e
     if saved and card.get("save_id") and saved != card.get("save_id"):  # both written by efpn, by two saves

@@ -193,22 +193,19 @@ def quiet_opencv() -> Iterator[None]:
         log.setLogLevel(before)
 
 
-def _remove_opencv_copies(data: bytes) -> int:
-    """Remove the temporary copies of ``data`` that ``cv2.imdecode`` left behind; returns how many.
+def _remove_opencv_copies(data: bytes) -> None:
+    """Remove the temporary copies of ``data`` that ``cv2.imdecode`` left behind.
 
-    OpenCV decodes some formats (Radiance HDR) from a copy of the bytes in a file ``__opencv_temp.XXXXXX`` (in
+    OpenCV decodes some formats (Radiance HDR) from a copy of the bytes in a file named ``__opencv_temp.*`` (in
     ``$OPENCV_TEMP_PATH``, else /tmp) and does not remove it when it refuses the header by raising (a size over its
     pixel limit): every such file would stay, one per upload. Only regular files holding exactly these bytes go."""
     folder = Path(os.environ.get("OPENCV_TEMP_PATH") or "/tmp")
-    removed = 0
     with contextlib.suppress(OSError):
         for path in folder.glob("__opencv_temp.*"):
             with contextlib.suppress(OSError):
                 if (path.is_file() and not path.is_symlink() and path.stat().st_size == len(data)
                         and path.read_bytes() == data):
                     path.unlink()
-                    removed += 1
-    return removed
 
 
 def _decode_cv2(data: bytes, src: ImageSource, notes: list[str] | None = None) -> np.ndarray:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from efpn.det.boxes import box_iou_pairwise
+from efpn.det.boxes import box_iof, box_iou_pairwise
 from efpn.det.priors import (
     Priors,
 )
@@ -171,11 +171,7 @@ def _covered_by_regions(priors: Priors, regions: Tensor, min_iof: float) -> Tens
     covered = torch.zeros(len(priors), dtype=torch.bool, device=boxes.device)
     for sl in _gt_blocks(regions.shape[0], len(priors), per_prior=2):
         reg = regions[sl]
-        wh = (
-            torch.minimum(boxes[None, :, 2:], reg[:, None, 2:])
-            - torch.maximum(boxes[None, :, :2], reg[:, None, :2])
-        ).clamp(min=0)  # (Q, R, 2)
-        iof = wh.prod(2) / area.clamp(min=1e-12)  # (Q, R)
+        iof = box_iof(boxes, reg).T  # (Q, R): the share of each prior inside each region
         point_in = _ltrb(priors.points, reg).amin(2) >= 0  # (Q, R)
         hit = torch.where(area > 0, iof >= min_iof, point_in)
         covered |= hit.any(0)

@@ -29,6 +29,7 @@ from torchvision.ops import box_convert, generalized_box_iou_loss
 __all__ = [
     "DEFAULT_DELTA_CLAMP",
     "bbox2dist",
+    "box_iof",
     "box_iou_pairwise",
     "ciou_pairwise",
     "clip_boxes",
@@ -140,6 +141,17 @@ def box_iou_pairwise(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:
     NaN.
     """
     return _pairwise_terms(a, b, eps)[0]
+
+
+def box_iof(a: Tensor, regions: Tensor, eps: float = 1e-12) -> Tensor:
+    """Share of each xyxy box of ``a (A, 4)`` inside each region of ``regions (Q, 4)`` (intersection over the box's
+    own area, COCO's crowd rule) -> ``(A, Q)`` in [0, 1]; a box with no area gets 0 (``eps`` keeps it finite)."""
+    _check_last_dim(a, 4, "a")
+    _check_last_dim(regions, 4, "regions")
+    wh = (torch.minimum(a[:, None, 2:], regions[None, :, 2:])
+          - torch.maximum(a[:, None, :2], regions[None, :, :2])).clamp(min=0)  # (A, Q, 2)
+    area = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(1)  # (A,)
+    return wh.prod(2) / area.clamp(min=eps)[:, None]
 
 
 def giou_pairwise(a: Tensor, b: Tensor, eps: float = _EPS) -> Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from efpn.det.boxes import box_iof
 from efpn.vocab import BUCKETS, size_bucket
 
 __all__ = ["IGNORED", "Matching", "match_detections"]
@@ -115,10 +116,6 @@ def match_detections(
                if ignore_boxes is not None else torch.zeros((0, 4)))
     free = det_match < 0
     if len(regions) and bool(free.any()):
-        lt = torch.maximum(db[:, None, :2], regions[None, :, :2])  # (D, Q, 2)
-        rb = torch.minimum(db[:, None, 2:], regions[None, :, 2:])
-        inter = (rb - lt).clamp(min=0).prod(-1)  # (D, Q)
-        area = (db[:, 2:] - db[:, :2]).clamp(min=0).prod(-1).clamp(min=1e-9)  # (D,)
-        inside = (inter / area[:, None]).amax(1) >= iou_thresh  # share of the detection in a region
+        inside = box_iof(db, regions).amax(1) >= iou_thresh  # (D,): share of the detection in a region
         det_match[free & inside] = IGNORED
     return Matching(gt_match, gt_iou, det_match, size_bucket(gb), float(iou_thresh), class_aware)

@@ -237,3 +237,13 @@ def test_dfl_decode_one_hot_and_two_bin() -> None:
 def test_dfl_decode_wrong_size_raises() -> None:
     with pytest.raises(ValueError, match="4\\*reg_max=64"):
         dfl_decode(torch.zeros(2, 60), 16)
+
+
+def test_box_iof_is_the_share_of_each_box_inside_each_region() -> None:
+    import torch
+
+    from efpn.det.boxes import box_iof
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 5.0, 9.0]])  # the second has no area
+    regions = torch.tensor([[5.0, 0.0, 20.0, 10.0], [100.0, 100.0, 110.0, 110.0]])
+    assert box_iof(boxes, regions).tolist() == [[0.5, 0.0], [0.0, 0.0]]
