@@ -457,12 +457,15 @@ def boxes_for_analysis(ctx: Context, detections: dict[str, Any] | None) -> tuple
     return None, "No boxes: this image has no ground truth and no detections at this threshold."
 
 
-def sticky(key: str, default: Any) -> str:
+def sticky(key: str, default: Any, options: list[Any] | None = None) -> str:
     """Keep a widget's value when its page is left and opened again (Streamlit forgets the value of a widget not drawn
     in a run): the value is copied aside on every run and put back when the widget's own key is gone. Create the
-    widget with ``key=sticky(key, default)`` and no default of its own (it reads the value from the session).
-    Returns ``key``."""
+    widget with ``key=sticky(key, default)`` and no default of its own (it reads the value from the session). With
+    ``options``, a value (live or kept) no longer among them gives way to ``default``. Returns ``key``."""
     kept = f"_kept_{key}"
+    if options is not None:
+        keep_valid(key, options)
+        keep_valid(kept, options)
     if key not in st.session_state:
         st.session_state[key] = st.session_state.get(kept, default)
     st.session_state[kept] = st.session_state[key]

@@ -75,10 +75,8 @@ elif source == "a detection":
     if picked is not None and (chosen, picked) != st.session_state.get("attr_det_applied"):
         st.session_state["attr_det"] = picked  # the detection clicked on the Detect page
         st.session_state["attr_det_applied"] = (chosen, picked)
-    state.keep_valid("attr_det", list(range(len(rows))))
-    state.keep_valid("_kept_attr_det", list(range(len(rows))))
-    idx = st.selectbox(
-        "Detection", list(range(len(rows))), key=state.sticky("attr_det", 0),  # kept while other pages are shown
+    idx = st.selectbox(  # the choice is kept while other pages are shown
+        "Detection", list(range(len(rows))), key=state.sticky("attr_det", 0, list(range(len(rows)))),
         format_func=lambda i: f"#{i} {rows[i]['class']} · score {rows[i]['score']:.3f} · {rows[i]['level']} · "
                               f"{rows[i]['size']:.1f} px",
     )
