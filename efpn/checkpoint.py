@@ -20,6 +20,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shlex
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +32,7 @@ from torch import nn
 from efpn import zoo
 from efpn.config import ModelConfig
 from efpn.config.card import card_field_problems
-from efpn.files import atomic_write
+from efpn.files import atomic_write_group, previous_path
 
 #: ``format`` of a model card and of the safetensors metadata (``FORMAT_VERSION`` changes with the layout).
 FORMAT = "efpn"
@@ -293,10 +294,34 @@ def save_checkpoint(
 
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "preset": preset, "dtype": info["weights_dtype"], "save_id": info["save_id"]}
-    atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    # the card goes last: a card on disk means its weights are complete
-    atomic_write(weights_path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    card_path = weights_path.with_suffix(".json")
+    # both files are written whole before either replaces anything; while the two renames run, a checkpoint being
+    # replaced stays intact as NAME.previous (a kill between them is named on load with that copy to restore)
+    atomic_write_group([(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata)),
+                        (card_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))],
+                       keep_previous=_saved_together(weights_path, card_path))
     return weights_path
+
+
+def _save_id(weights_path: Path) -> str | None:
+    """The ``save_id`` in a safetensors file's metadata (None for files saved before it existed or by others)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights_path), framework="pt", device="cpu") as f:
+        return (f.metadata() or {}).get("save_id")
+
+
+def _saved_together(weights_path: Path, card_path: Path) -> bool:
+    """Whether the checkpoint at these paths is a readable pair from one save (so worth keeping while it is replaced):
+    False when a file is missing or unreadable, or when their save ids differ (an interrupted earlier save)."""
+    if not (weights_path.is_file() and card_path.is_file()):
+        return False
+    try:
+        card_id = json.loads(card_path.read_text(encoding="utf-8")).get("save_id")
+        weights_id = _save_id(weights_path)
+    except Exception:  # any unreadable pair: nothing worth keeping (and never a reason to fail the new save)
+        return False
+    return not (card_id and weights_id and card_id != weights_id)
 
 
 # ------------------------------------------------------------------------------------------------ load
@@ -423,10 +448,15 @@ def load_model(
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot read safetensors file {weights_path}: {e}") from e
     if saved and card.get("save_id") and saved != card.get("save_id"):  # both written by efpn, by two saves
+        kept = [previous_path(weights_path), previous_path(card_path)]
+        restore = (f"; the checkpoint that save replaced is intact in {kept[0].name} and {kept[1].name}: restore it "
+                   f"with  mv {shlex.quote(str(kept[0]))} {shlex.quote(str(weights_path))} && mv "
+                   f"{shlex.quote(str(kept[1]))} {shlex.quote(str(card_path))}"
+                   if all(p.is_file() for p in kept) else "")
         raise CheckpointError(
             f"{weights_path.name} and its card {card_path.name} come from two different saves (a save of this "
             "checkpoint was interrupted between writing its weights and its card, or one file was copied over): "
-            "save it again (efpn ship --overwrite, or the run's last/best), or restore both files together")
+            f"save it again (efpn ship --overwrite, or the run's last/best), or restore both files together{restore}")
     tensors = _dequantized(tensors)
     expected = model.state_dict()
     problems = check_state_dict(expected, tensors, strict)

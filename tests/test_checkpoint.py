@@ -444,3 +444,35 @@ def test_weights_and_card_of_two_saves_are_named_as_such(tmp_path: Path) -> None
     (tmp_path / "b.safetensors").replace(tmp_path / "a.safetensors")  # the new weights landed, the card did not
     with pytest.raises(CheckpointError, match="come from two different saves"):
         load_model(tmp_path / "a.safetensors", builder=build_standin)
+
+
+def test_a_save_killed_between_its_two_files_keeps_the_replaced_checkpoint(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ship --overwrite`` killed after the new weights' rename and before the card's lost the shipped model; the
+    replaced pair now stays as NAME.previous until the new pair is whole, and the load error says how to restore it."""
+    from efpn import files
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    first = trained_standin()
+    save_checkpoint(first, path, card={"note": "the shipped one"})
+    real_replace = files.os.replace
+
+    def killed_at_the_card(src: str, dst: str) -> None:
+        if str(dst).endswith(".json"):
+            raise KeyboardInterrupt  # the process dies between the two renames
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", killed_at_the_card)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(trained_standin(), path, card={"note": "its replacement"})
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match=r"intact in m\.safetensors\.previous and m\.json\.previous") as err:
+        load_model(path, builder=build_standin)
+    assert "mv " in str(err.value)
+    files.previous_path(path).replace(path)
+    files.previous_path(path.with_suffix(".json")).replace(path.with_suffix(".json"))
+    restored = load_model(path, builder=build_standin)
+    assert read_card(path)["note"] == "the shipped one"
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], tensor), name

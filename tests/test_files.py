@@ -41,3 +41,48 @@ def test_other_writer_errors_pass_through_unchanged(tmp_path: Path) -> None:
         atomic_write(tmp_path / "x.pt", _fails_with("cannot pickle 'generator' object"))
     atomic_write(tmp_path / "ok.txt", lambda tmp: tmp.write_text("done"))
     assert (tmp_path / "ok.txt").read_text() == "done"
+
+
+def _write(text: str):
+    return lambda tmp: tmp.write_text(text)
+
+
+def test_a_group_is_written_whole_before_anything_is_replaced(tmp_path: Path) -> None:
+    a, b = tmp_path / "m.safetensors", tmp_path / "m.json"
+    files.atomic_write_group([(a, _write("old weights")), (b, _write("old card"))])
+    with pytest.raises(RuntimeError, match="cannot pickle"):  # the second file fails: the first is not replaced
+        files.atomic_write_group([(a, _write("new weights")), (b, _fails_with("cannot pickle 'x'"))],
+                                 keep_previous=True)
+    assert (a.read_text(), b.read_text()) == ("old weights", "old card")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]  # no temporaries, no backups
+
+
+def test_a_group_killed_between_its_renames_leaves_the_previous_group_intact(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = tmp_path / "m.safetensors", tmp_path / "m.json"
+    files.atomic_write_group([(a, _write("old weights")), (b, _write("old card"))])
+    renames = []
+
+    def replace_then_die(src: str, dst: str) -> None:
+        if renames:  # the second rename: the process is killed here
+            raise KeyboardInterrupt
+        renames.append(dst)
+        real_replace(src, dst)
+
+    real_replace = files.os.replace
+    monkeypatch.setattr(files.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write_group([(a, _write("new weights")), (b, _write("new card"))], keep_previous=True)
+    monkeypatch.undo()
+    assert (a.read_text(), b.read_text()) == ("new weights", "old card")  # the mixed state a kill leaves
+    kept = files.previous_path(a), files.previous_path(b)
+    assert [p.read_text() for p in kept] == ["old weights", "old card"]  # ... and the whole previous group
+    files.atomic_write_group([(a, _write("newer weights")), (b, _write("newer card"))], keep_previous=True)
+    assert not any(p.exists() for p in kept)  # a completed group leaves no backups
+
+
+def test_keep_previous_needs_every_file_of_the_group(tmp_path: Path) -> None:
+    a, b = tmp_path / "m.safetensors", tmp_path / "m.json"
+    a.write_text("weights without a card")
+    files.atomic_write_group([(a, _write("w")), (b, _write("c"))], keep_previous=True)
+    assert (a.read_text(), b.read_text()) == ("w", "c") and not files.previous_path(a).exists()
