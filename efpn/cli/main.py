@@ -226,11 +226,13 @@ def cmd_export(args: argparse.Namespace) -> None:
         _die(f"{out} already exists; pass --overwrite to replace it with the exported model, or give another --out")
     model = efpn.load_model(args.weights)
     try:
-        rep = export_onnx(model, out, args.image_size)
+        rep = export_onnx(model, out, args.image_size, dynamic=args.dynamic)
     except RuntimeError as e:  # onnxruntime disagrees with PyTorch, or the exporter failed: nothing was written
         _die(str(e), code=1)
-    print(f"exported {rep.path} ({rep.num_priors} priors at {rep.image_size}px); onnxruntime max |diff| "
-          f"boxes {rep.max_abs_diff_boxes:.2e}, scores {rep.max_abs_diff_scores:.2e}")
+    shape = (f"(N, 3, H, W), H and W multiples of {model.size_divisor}, checked at {rep.image_size}px and a batch of "
+             "2 at another size" if rep.dynamic else f"(1, 3, {rep.image_size}, {rep.image_size})")
+    print(f"exported {rep.path}: input {shape}, {rep.num_priors} priors at {rep.image_size}px; onnxruntime max "
+          f"|diff| boxes {rep.max_abs_diff_boxes:.2e}, scores {rep.max_abs_diff_scores:.2e}")
 
 
 # ------------------------------------------------------------------------------------------------ ship
@@ -384,7 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="output file (default: the weights' path with .onnx)")
     s.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     s.add_argument("--image-size", type=guards.image_size, default=None,
-                   help="fixed input side of the exported graph (default: the checkpoint's own)")
+                   help="input side of the exported graph (default: the checkpoint's own)")
+    s.add_argument("--dynamic", action="store_true",
+                   help="free batch, height and width (multiples of 32): feed the image as efpn does, resized to "
+                        "--image-size on its long side and padded to a multiple of 32, for efpn's exact scores")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("ship", help="validate a run's best weights and write them to checkpoints/ with a model card")

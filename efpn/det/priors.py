@@ -55,6 +55,8 @@ class Priors:
     anchors_per_loc: int  # A
 
     def __post_init__(self) -> None:
+        if torch.jit.is_tracing():
+            return  # sizes are the tracer's tensors there (a dynamic export); the builders made them consistent
         r = self.boxes.shape[0]
         if self.boxes.shape != (r, 4) or self.points.shape != (r, 2):
             raise ValueError(
@@ -199,11 +201,12 @@ def _build(
         centres = torch.stack([cx.reshape(-1), cy.reshape(-1)], dim=1)  # (H*W, 2)
         half = torch.tensor(shapes[name], dtype=torch.float32, device=device) / 2  # (A, 2)
         lvl_boxes = torch.cat([centres[:, None] - half, centres[:, None] + half], dim=2)  # (H*W, A, 4)
-        n = h * w * a
-        boxes.append(lvl_boxes.reshape(n, 4))
+        n = h * w * a  # an int, or the tracer's 0-dim tensor in a dynamic export (so no torch.full((n,)) below)
+        lvl_boxes = lvl_boxes.reshape(-1, 4)  # (H*W*A, 4)
+        boxes.append(lvl_boxes)
         points.append(centres.repeat_interleave(a, dim=0))  # (H*W*A, 2)
-        strides.append(torch.full((n,), float(s), device=device))
-        level.append(torch.full((n,), i, dtype=torch.int64, device=device))
+        strides.append(torch.full_like(lvl_boxes[:, 0], float(s)))  # (H*W*A,)
+        level.append(torch.full_like(lvl_boxes[:, 0], i, dtype=torch.int64))
         num_per_level.append(n)
     if not boxes:
         raise ValueError("feature_sizes is empty")

@@ -52,6 +52,10 @@ def _flatten(x: Tensor, num_anchors: int) -> Tensor:
 
 
 def _sizes(feats: Mapping[str, Tensor]) -> dict[str, tuple[int, int]]:
+    """``{level: (H_l, W_l)}``. While tracing (an ONNX export) the sizes stay the tracer's 0-dim tensors, so the
+    priors built from them follow the input's size in a graph exported with dynamic height and width."""
+    if torch.jit.is_tracing():
+        return {lv: (f.shape[-2], f.shape[-1]) for lv, f in feats.items()}
     return {lv: (int(f.shape[-2]), int(f.shape[-1])) for lv, f in feats.items()}
 
 

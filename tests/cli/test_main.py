@@ -174,6 +174,8 @@ def test_export_onnx_cli(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path,
     ckpt, _ = tiny_ckpt_and_data
     main(["export", "--weights", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
     assert (tmp_path / "m.onnx").is_file() and "onnxruntime max |diff|" in capsys.readouterr().out
+    main(["export", "--weights", str(ckpt), "--out", str(tmp_path / "d.onnx"), "--dynamic"])
+    assert "input (N, 3, H, W), H and W multiples of 32" in capsys.readouterr().out
 
 
 def test_pickle_weights_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -51,3 +51,35 @@ def test_an_untrustworthy_export_never_replaces_a_good_one(tmp_path: Path, monke
         export_onnx(perturb(model, seed=1, scale=0.05), good, image_size=64)
     assert good.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("name", ["tiny_efpn_n", "tiny_yolov8_sgdm"])
+def test_a_dynamic_export_follows_any_input_size_as_pytorch_does(name: str, tmp_path: Path) -> None:
+    """The priors are computed from the input's size inside the graph: one file serves every padded size (efpn's own
+    input, resized and padded to a multiple of 32) and batch, where a fixed export only takes S x S."""
+    import json
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    model = perturb(efpn.build_model(name, num_classes=3), seed=0, scale=0.05).eval()
+    rep = export_onnx(model, tmp_path / "m.onnx", image_size=96, dynamic=True)
+    assert rep.ok and rep.dynamic
+    sess = ort.InferenceSession(str(rep.path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 128, 64), (3, 3, 32, 160)]:
+        x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            run = model.run(x, decode=True)
+        assert run.decoded is not None
+        boxes, scores = sess.run(["boxes", "scores"], {"images": x.numpy()})
+        assert boxes.shape == tuple(run.decoded[0].shape) and scores.shape == tuple(run.decoded[1].shape)
+        assert np.abs(boxes - run.decoded[0].numpy()).max() < 1e-2
+        assert np.abs(scores - run.decoded[1].numpy()).max() < 1e-4
+    meta = {p.key: p.value for p in onnx.load(str(rep.path)).metadata_props}
+    assert json.loads(meta["dynamic"]) is True and "next multiple of 32" in meta["input"]
+    fixed = export_onnx(model, tmp_path / "f.onnx", image_size=96)
+    assert not fixed.dynamic and fixed.num_priors == rep.num_priors
+    fixed_meta = {p.key: p.value for p in onnx.load(str(fixed.path)).metadata_props}
+    assert json.loads(fixed_meta["dynamic"]) is False
