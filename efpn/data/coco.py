@@ -10,7 +10,8 @@ Contract of :func:`load_coco`:
 * ids may be integers or strings of integers; image ids that are other strings (``"frame_0001"``) are numbered
   1, 2, ... in the order of ``images``; a string id is kept as the record's ``source_id`` (results written for
   COCO tools use it, so they match the original file); an image entry or annotation without an id is dropped
-  (``malformed``), a category without an integer id is an error;
+  (``malformed``), a category without an integer id is an error; an annotation whose box (or ``iscrowd`` /
+  ``ignore`` flag: 0/1, also as a string) cannot be read leaves its image out whole (``malformed_image``);
 * ``iscrowd=1`` annotations follow the ``crowd`` policy (default ``"crowd"``: kept with ``iscrowd=True``,
   never a training target); annotations with ``ignore=1`` (AI-TOD / VisDrone-in-COCO style) become ignore
   regions;
@@ -30,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from efpn.config.schema import short
-from efpn.data.records import ImageRecord, Policy, SkipReport, check_policy, checked_size, make_record
+from efpn.data.records import (
+    ImageRecord,
+    Policy,
+    SkipReport,
+    check_policy,
+    checked_size,
+    dropped_as_malformed,
+    make_record,
+)
 
 __all__ = ["image_id_map", "load_coco", "parse_coco", "parse_json", "read_json", "records_to_coco"]
 
@@ -57,6 +66,23 @@ def _resolve_image(images: Path, file_name: str) -> Path | None:
     for candidate in (images / file_name, images / Path(file_name).name):
         if candidate.is_file():
             return candidate
+    return None
+
+
+_FALSE = ("0", "0.0", "false", "no", "")
+_TRUE = ("1", "1.0", "true", "yes")
+
+
+def _flag(value: Any) -> bool | None:
+    """A COCO 0/1 flag (``iscrowd``, ``ignore``): absent, 0, 1, a bool, or the same written as a string (``"0"`` is
+    0, as pycocotools' ``int()`` reads it, where a truth test would call it set); None for anything else."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int | float):
+        return None if not math.isfinite(value) else value != 0
+    if isinstance(value, str):
+        text = value.strip().lower()
+        return False if text in _FALSE else True if text in _TRUE else None
     return None
 
 
@@ -255,14 +281,16 @@ def parse_coco(
             width, height = size
 
         boxes, labels, roles = [], [], []
+        malformed = report.malformed
         for ann in anns:
             xyxy = _bbox_xyxy(ann.get("bbox"))
             if xyxy is None and ann.get("bbox") in (None, []):  # no box written: the one around the segmentation
                 xyxy = _segmentation_xyxy(ann.get("segmentation"))
-            if xyxy is None:
+            ignore, iscrowd = _flag(ann.get("ignore")), _flag(ann.get("iscrowd"))
+            if xyxy is None or ignore is None or iscrowd is None:
                 report.add("malformed", 1, file_name)
                 continue
-            if ann.get("ignore"):
+            if ignore:
                 report.add("ignored_regions", 1, file_name)
                 boxes.append(xyxy), labels.append(-1), roles.append("ignore")
                 continue
@@ -272,10 +300,12 @@ def parse_coco(
                 report.add("unknown_class", 1, file_name)
                 continue
             role = "target"
-            if ann.get("iscrowd"):
+            if iscrowd:
                 report.add("crowd", 1, file_name)
                 role = crowd
             boxes.append(xyxy), labels.append(label), roles.append(role)
+        if dropped_as_malformed(report, malformed, file_name):
+            continue
         if not anns:
             report.add("image_without_labels", 1, file_name)
         record = make_record(image_id, path, width, height, boxes, labels, roles, report)

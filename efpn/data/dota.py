@@ -7,7 +7,8 @@ Contract of :func:`load_dota`:
 
 * the polygon becomes its horizontal bounding box ``(min x, min y, max x, max y)``, clipped to the image;
 * ``difficult=1`` follows the ``difficult`` policy (default ``"crowd"``: kept, flagged, not trained on);
-* classes outside ``names`` (default :data:`DOTA_V1_CLASSES`) are dropped (``unknown_class``);
+* classes outside ``names`` (default :data:`DOTA_V1_CLASSES`) are dropped (``unknown_class``); a line that cannot be
+  read (``malformed``) leaves its image out whole (``malformed_image``);
 * with an ``images`` folder, its size comes from the header and a label file without its image is skipped
   (``label_without_image``); images without a label file are kept with no boxes; without an ``images``
   folder, records are boxes-only (``path=None``, size = box extent, ``estimated_size``).
@@ -26,6 +27,7 @@ from efpn.data.records import (
     SkipReport,
     assign_image_ids,
     check_policy,
+    dropped_as_malformed,
     make_record,
     read_label_text,
 )
@@ -120,6 +122,7 @@ def load_dota(
         if text is None:  # a pipe, a device, a giant: reported, and the image left out
             continue
         lines = text.splitlines()
+        malformed = report.malformed
         for line in lines:
             tokens = line.split()
             if not tokens or ":" in tokens[0]:  # blank, or header (imagesource:, gsd:)
@@ -138,6 +141,8 @@ def load_dota(
                 report.add("difficult", 1, source)
                 role = difficult
             boxes.append(polygon_to_xyxy(coords)), labels_.append(label_of[cls]), roles.append(role)
+        if dropped_as_malformed(report, malformed, source):
+            continue
         if path is not None:
             try:
                 width, height = image_size(path)

@@ -37,6 +37,7 @@ __all__ = [
     "assign_image_ids",
     "check_policy",
     "decode_text",
+    "dropped_as_malformed",
     "make_record",
     "read_label_text",
     "read_text",
@@ -95,6 +96,18 @@ def read_label_text(path: Path | None, report: SkipReport) -> str | None:
     except (OSError, ValueError) as e:
         report.add("malformed", 1, f"{path.name}: {e}")
         return None
+
+
+def dropped_as_malformed(report: SkipReport, malformed_before: int, example: str | Path | None) -> bool:
+    """Whether entries of one image's annotation were counted ``malformed`` since ``malformed_before`` (the report's
+    count when that annotation began); then the image is counted under ``malformed_image`` and the caller leaves it
+    out, as it does for an unreadable label file: kept, the objects of the unread entries would be trained on as
+    background and their detections scored as false alarms (as Ultralytics leaves out an image with a corrupt
+    label line)."""
+    if report.malformed <= malformed_before:
+        return False
+    report.add("malformed_image", 1, example)
+    return True
 
 
 def _empty_boxes() -> np.ndarray:
@@ -178,6 +191,8 @@ REASONS: dict[str, str] = {
     "difficult": "difficult objects (VOC/DOTA): handled by the `difficult` policy",
     "unknown_class": "objects whose class is not among the class names: dropped",
     "malformed": "annotation entries or files that could not be parsed: dropped",
+    "malformed_image": "images with such entries: dropped whole (kept, their unread objects would be trained on as "
+    "background and found ones scored as false alarms); fix or delete the entries to use them",
     "label_without_image": "labelled images whose image file is missing (a label file, or one image id's "
     "annotations): dropped",
     "image_without_labels": "images without a label file or any annotation: kept with no boxes",
@@ -214,6 +229,7 @@ class SkipReport:
     difficult: int = 0
     unknown_class: int = 0
     malformed: int = 0
+    malformed_image: int = 0
     label_without_image: int = 0
     image_without_labels: int = 0
     unreadable_image: int = 0

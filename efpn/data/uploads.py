@@ -161,7 +161,11 @@ def _coco(data: bytes, file_name: str, stem: str) -> tuple[ImageRecord, list[str
     to_id = image_id_map(doc["images"])
     ids = {to_id(e.get("id")) for e in doc["images"]
            if isinstance(e, dict) and Path(str(e.get("file_name", ""))).stem == stem}
-    pick = [r for r in records if r.image_id in ids] or (records if len(records) == 1 else [])
+    pick = [r for r in records if r.image_id in ids] or (records if len(records) == 1 and not ids else [])
+    if ids and not pick:  # this image is in the file, and its annotation has entries that cannot be read
+        example = (report.examples.get("malformed") or ["?"])[0]
+        raise AnnotationError(f"{file_name}: the annotation of '{stem}' has entries that could not be read (e.g. "
+                              f"{example}); fix or delete them, as a part of its objects would count as background")
     if not pick:
         raise AnnotationError(
             f"{file_name} has {len(records)} images and none is named like '{stem}'; upload the JSON of this image, "

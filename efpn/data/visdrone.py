@@ -6,7 +6,7 @@ corner). Categories 1..10 are the classes of :data:`VISDRONE_CLASSES`; 0 is an "
 
 Contract of :func:`load_visdrone` (rules applied in this order, each line counted once):
 
-1. an unparsable line is dropped (``malformed``);
+1. an unparsable line (``malformed``) leaves its image out whole (``malformed_image``);
 2. category 0 -> ignore region (``ignored_regions``);
 3. category 11 -> the ``others`` policy (``others``; default ``"ignore"``, ``"target"``/``"crowd"`` add an
    11th class ``"others"``);
@@ -35,6 +35,7 @@ from efpn.data.records import (
     SkipReport,
     assign_image_ids,
     check_policy,
+    dropped_as_malformed,
     make_record,
     read_label_text,
 )
@@ -125,6 +126,7 @@ def load_visdrone(
         if text is None:  # a pipe, a device, a giant: reported, and the image left out
             continue
         lines = text.splitlines()
+        malformed = report.malformed
         for line in lines:
             if not line.strip():
                 continue
@@ -150,6 +152,8 @@ def load_visdrone(
                 report.add("unknown_class", 1, source)
                 continue
             boxes.append(box), labels.append(label), roles.append(role)
+        if dropped_as_malformed(report, malformed, source):
+            continue
 
         path: Path | None = None
         if images is not None:

@@ -33,6 +33,7 @@ from efpn.data.records import (
     assign_image_ids,
     check_policy,
     checked_size,
+    dropped_as_malformed,
     make_record,
     read_text,
 )
@@ -164,6 +165,8 @@ def load_voc(
             report.add("malformed", 1, xml_path.name)
             continue
         report.add("malformed", voc.bad_objects, xml_path.name)
+        if dropped_as_malformed(report, report.malformed - voc.bad_objects, xml_path.name):
+            continue
         img = _find_image(img_dir, stem, voc.filename)
         if img is None:
             report.add("label_without_image", 1, xml_path.name)

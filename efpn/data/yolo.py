@@ -11,7 +11,8 @@ Contract of :func:`load_yolo`:
 * an image with no label file (or an empty one) is kept with no boxes (``image_without_labels``);
 * a label file with no image is skipped (``label_without_image``); ``classes.txt`` (LabelImg) is not a
   label file;
-* class ids outside ``0..K-1`` are dropped (``unknown_class``), unparsable lines are dropped (``malformed``);
+* class ids outside ``0..K-1`` are dropped (``unknown_class``); an unparsable line (``malformed``) leaves its image
+  out whole (``malformed_image``: kept, its unread object would count as background);
 * ``image_id`` is the numeric file stem when every stem is a number (COCO-style names keep their COCO id),
   else the index in sorted path order;
 * with an image list (Ultralytics' ``train.txt``: one image path per line), only the listed images are records,
@@ -31,7 +32,15 @@ import numpy as np
 
 from efpn.config.names import ClassNames, read_names
 from efpn.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size, index_images
-from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record, read_label_text, read_text
+from efpn.data.records import (
+    ImageRecord,
+    SkipReport,
+    assign_image_ids,
+    dropped_as_malformed,
+    make_record,
+    read_label_text,
+    read_text,
+)
 
 __all__ = ["default_label_dir", "label_path_of", "load_yolo", "parse_yolo", "parse_yolo_labels", "read_image_list"]
 
@@ -201,7 +210,10 @@ def load_yolo(
         if text is None:  # a pipe, a device, a giant: reported, and the image left out
             continue
         source = label_path.name if label_path else None
+        malformed = report.malformed
         boxes, classes = parse_yolo_labels(text, width, height, len(class_names), report, source)
+        if dropped_as_malformed(report, malformed, source):
+            continue
         if not any(line.strip() for line in text.splitlines()):
             report.add("image_without_labels", 1, path.name)
         roles = ["target"] * len(boxes)

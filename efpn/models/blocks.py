@@ -74,7 +74,15 @@ class SPPF(nn.Module):
         self.pool = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.cv1(x)
+        x = self.cv1(x)  # (N, C/2, H, W)
+        if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and x.shape[1] > 1:
+            # PyTorch's CPU max-pool over a contiguous (N, C, H, W) map parallelises over its small planes and took
+            # ~1.7 ms a call on a YOLOv8n p5 map of 10 x 10 in training, 3 calls per forward; over the channels-last
+            # rows of the same values it is several times faster, and so is the cat there. Same values either way.
+            xc = x.contiguous(memory_format=torch.channels_last)
+            y1 = self.pool(xc)
+            y2 = self.pool(y1)
+            return self.cv2(torch.cat((xc, y1, y2, self.pool(y2)), dim=1).contiguous())  # back to x's layout
         y1 = self.pool(x)
         y2 = self.pool(y1)
         return self.cv2(torch.cat((x, y1, y2, self.pool(y2)), dim=1))

@@ -36,13 +36,14 @@ def coco_dir(tmp_path: Path) -> Path:
     """COCO: categories ids 7 ('b') and 3 ('a') -> labels a=0, b=1.
 
     images: 1 a.png 100x80 (4 anns: normal, crowd, ignore=1, past the right edge), 2 b.png 50x50 (no anns),
-    3 c.png listed but missing, 4 d.png 60x40 (zero-size box, unknown category 99, bad bbox);
-    one annotation of unknown image id 42.
+    3 c.png listed but missing, 4 d.png 60x40 (zero-size box, unknown category 99), 5 e.png 30x30 (a normal box
+    and a bad bbox: left out whole); one annotation of unknown image id 42.
     """
     root = tmp_path / "coco"
     write_image(root / "images" / "a.png", 100, 80)
     write_image(root / "images" / "b.png", 50, 50)
     write_image(root / "images" / "d.png", 60, 40)
+    write_image(root / "images" / "e.png", 30, 30)
     anns = [
         {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 10, 20, 10], "iscrowd": 0},
         {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 40, 40], "iscrowd": 1},
@@ -50,7 +51,8 @@ def coco_dir(tmp_path: Path) -> Path:
         {"id": 4, "image_id": 1, "category_id": 3, "bbox": [90, 60, 30, 10], "iscrowd": 0},
         {"id": 5, "image_id": 4, "category_id": 3, "bbox": [5, 5, 0, 10], "iscrowd": 0},
         {"id": 6, "image_id": 4, "category_id": 99, "bbox": [5, 5, 10, 10], "iscrowd": 0},
-        {"id": 7, "image_id": 4, "category_id": 3, "bbox": [5, 5], "iscrowd": 0},
+        {"id": 7, "image_id": 5, "category_id": 3, "bbox": [5, 5], "iscrowd": 0},
+        {"id": 10, "image_id": 5, "category_id": 3, "bbox": [5, 5, 10, 10], "iscrowd": 0},
         {"id": 8, "image_id": 42, "category_id": 3, "bbox": [1, 1, 2, 2], "iscrowd": 0},
         {"id": 9, "image_id": 3, "category_id": 3, "bbox": [1, 1, 2, 2], "iscrowd": 0},
     ]
@@ -60,6 +62,7 @@ def coco_dir(tmp_path: Path) -> Path:
             {"id": 2, "file_name": "b.png", "width": 50, "height": 50},
             {"id": 3, "file_name": "c.png", "width": 50, "height": 50},
             {"id": 4, "file_name": "d.png", "width": 60, "height": 40},
+            {"id": 5, "file_name": "e.png", "width": 30, "height": 30},
         ],
         "annotations": anns,
         "categories": [{"id": 7, "name": "b"}, {"id": 3, "name": "a"}],
@@ -73,8 +76,9 @@ def coco_dir(tmp_path: Path) -> Path:
 def yolo_dir(tmp_path: Path) -> Path:
     """YOLO: names [cat, dog] in names.yaml.
 
-    images/train: 000001.png 100x50 (labels: normal, class 5 unknown, malformed, polygon, past the edge),
-    000002.png 40x40 (no label file), 000003.jpg truncated (header fine: loads; decoding fails later);
+    images/train: 000001.png 100x50 (labels: normal, class 5 unknown, polygon, past the edge),
+    000002.png 40x40 (no label file), 000003.jpg truncated (header fine: loads; decoding fails later),
+    000005.png 20x20 (a normal and a malformed line: left out whole);
     labels/train: 000004.txt has no image; classes.txt (LabelImg) is not a label file.
     """
     root = tmp_path / "yolo"
@@ -86,13 +90,14 @@ def yolo_dir(tmp_path: Path) -> Path:
     (labels / "000001.txt").write_text(
         "0 0.5 0.5 0.2 0.4\n"  # -> [40, 15, 60, 35]
         "5 0.5 0.5 0.1 0.1\n"  # unknown class
-        "1 0.5 oops 0.1\n"  # malformed
         "1 0.1 0.2 0.3 0.2 0.3 0.6\n"  # polygon -> [10, 10, 30, 30]
         "1 0.95 0.5 0.2 0.2\n"  # past the right edge -> [85, 20, 100, 30]
         "\n"
     )
     (labels / "000003.txt").write_text("0 0.5 0.5 0.5 0.5\n")
     (labels / "000004.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    write_image(root / "images" / "train" / "000005.png", 20, 20)
+    (labels / "000005.txt").write_text("0 0.5 0.5 0.2 0.4\n1 0.5 oops 0.1\n")  # malformed
     (labels / "classes.txt").write_text("cat\ndog\n")
     (root / "names.yaml").write_text("names:\n  0: cat\n  1: dog\n")
     return root
@@ -143,8 +148,9 @@ def voc_dir(tmp_path: Path) -> Path:
 def visdrone_dir(tmp_path: Path) -> Path:
     """VisDrone: a.txt (image 200x100 in images/ and in sizes.json), b.txt (no image, not in sizes.json).
 
-    a.txt: car; category 0 region; pedestrian with score 0; others (11); category 12 (unknown); malformed line;
-    van past the right edge. b.txt: bus [10, 20, 40, 60] and a zero-height category 0 region.
+    a.txt: car; category 0 region; pedestrian with score 0; others (11); category 12 (unknown); van past the right
+    edge. b.txt: bus [10, 20, 40, 60] and a zero-height category 0 region. c.txt: a car and a malformed line (left
+    out whole).
     """
     root = tmp_path / "visdrone"
     ann = root / "annotations"
@@ -155,10 +161,10 @@ def visdrone_dir(tmp_path: Path) -> Path:
         "60,60,5,10,0,1,0,0\n"
         "70,10,8,8,0,11,0,0\n"
         "80,10,8,8,1,12,0,0\n"
-        "oops\n"
         "190,50,30,20,1,5,0,0,\n"
     )
     (ann / "b.txt").write_text("10,20,30,40,1,9,0,0\n5,5,3,0,0,0,0,0\n")
+    (ann / "c.txt").write_text("10,10,20,10,1,4,0,0\noops\n")
     write_image(root / "images" / "a.jpg", 200, 100)
     (root / "sizes.json").write_text(
         json.dumps({"images": [{"id": 1, "file_name": "images/a.jpg", "width": 200, "height": 100}]})
@@ -168,8 +174,8 @@ def visdrone_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def dota_dir(tmp_path: Path) -> Path:
-    """DOTA: p1.txt (image 100x80): header, plane polygon, difficult ship past the edge, unknown 'ufo',
-    malformed line; p2.txt: no image, one small-vehicle."""
+    """DOTA: p1.txt (image 100x80): header, plane polygon, difficult ship past the edge, unknown 'ufo';
+    p2.txt: no image, one small-vehicle; p3.txt (image 50x50): a plane and a malformed line (left out whole)."""
     root = tmp_path / "dota"
     lbl = root / "labelTxt"
     lbl.mkdir(parents=True)
@@ -179,10 +185,11 @@ def dota_dir(tmp_path: Path) -> Path:
         "10 20 30 15 35 40 12 45 plane 0\n"  # -> [10, 15, 35, 45]
         "90 70 105 70 105 85 90 85 ship 1\n"  # -> [90, 70, 100, 80] clipped, difficult
         "1 1 2 1 2 2 1 2 ufo 0\n"
-        "1 2 3 plane\n"
     )
+    (lbl / "p3.txt").write_text("10 20 30 15 35 40 12 45 plane 0\n1 2 3 plane\n")
     (lbl / "p2.txt").write_text("imagesource:GF\ngsd:1\n0 0 10 0 10 10 0 10 small-vehicle 0\n")
     write_image(root / "images" / "p1.png", 100, 80)
+    write_image(root / "images" / "p3.png", 50, 50)
     return root
 
 

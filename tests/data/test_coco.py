@@ -31,6 +31,7 @@ def test_fixture_counts_and_mapping(coco_dir: Path) -> None:
         "crowd": 1,
         "unknown_class": 1,
         "malformed": 1,
+        "malformed_image": 1,  # image 5: one annotation cannot be read, so it is left out whole
         "label_without_image": 2,  # image 3 (file missing) + the annotation of unknown image id 42
         "image_without_labels": 1,
     }
@@ -161,3 +162,20 @@ def test_stated_size_checked_against_the_file(tmp_path: Path) -> None:
     # without checking the files, nothing is opened: the JSON's sizes stand
     unchecked = load_coco(root / "a.json", root / "images", check_images=False)[0]
     assert [(r.width, r.height) for r in unchecked] == [(60, 40), (100, 60), (40, 20)]
+
+
+def test_crowd_and_ignore_flags_written_as_strings_read_as_numbers(tmp_path: Path) -> None:
+    """``"iscrowd": "0"`` was a truth test, so every such object became a crowd box (nothing left to score); a flag
+    is read as pycocotools' ``int()`` reads it, and one that is not 0/1 makes its annotation malformed."""
+    anns = [{"id": i, "image_id": 1, "category_id": 1, "bbox": [i * 10, 5, 8, 8], "iscrowd": crowd, "ignore": ignore}
+            for i, (crowd, ignore) in enumerate([("0", "false"), (0.0, "0"), ("1", None), (True, 0), ("no", "")], 1)]
+    data = {"images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 40},
+                       {"id": 2, "file_name": "b.png", "width": 100, "height": 40}],
+            "annotations": [*anns, {"id": 9, "image_id": 2, "category_id": 1, "bbox": [5, 5, 8, 8],
+                                    "iscrowd": "maybe"}],
+            "categories": [{"id": 1, "name": "ship"}]}
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    (record,), _, report = load_coco(tmp_path / "a.json")
+    np.testing.assert_array_equal(record.iscrowd, [False, False, True, True, False])
+    assert len(record.ignore) == 0 and report.crowd == 2
+    assert report.malformed == 1 and report.malformed_image == 1  # image 2's flag "maybe": left out whole

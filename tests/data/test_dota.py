@@ -28,6 +28,7 @@ def test_fixture_with_images(dota_dir: Path) -> None:
         "difficult": 1,
         "unknown_class": 1,
         "malformed": 1,
+        "malformed_image": 1,  # p3.txt: one line cannot be read, so its image is left out whole
         "label_without_image": 1,  # p2.txt
     }
 
@@ -72,4 +73,7 @@ def test_a_difficulty_flag_that_is_not_0_or_1_is_malformed(tmp_path: Path) -> No
     (tmp_path / "a.txt").write_text("1 1 9 1 9 9 1 9 plane 0\n1 1 9 1 9 9 1 9 plane 1\n1 1 9 1 9 9 1 9 plane nan\n"
                                     "1 1 9 1 9 9 1 9 plane 2\n")
     records, _, report = load_dota(tmp_path)
-    assert report.malformed == 2 and report.difficult == 1 and len(records[0].boxes) == 2
+    assert report.malformed == 2 and report.malformed_image == 1 and not records  # the image is left out whole
+    (tmp_path / "a.txt").write_text("1 1 9 1 9 9 1 9 plane 0\n1 1 9 1 9 9 1 9 plane 1\n")
+    records, _, report = load_dota(tmp_path)
+    assert report.malformed == 0 and report.difficult == 1 and len(records[0].boxes) == 2

@@ -163,3 +163,16 @@ def test_coco_with_string_image_ids_finds_the_image_by_name() -> None:
     assert named["images"][1]["id"] == "img_b"
     got = parse_annotation_bytes(json.dumps(named).encode(), "gt.json", "b.jpg", (200, 400), NAMES)
     np.testing.assert_allclose(got.boxes, [[40, 20, 60, 30]])
+
+
+def test_a_coco_image_whose_annotation_cannot_be_read_is_named_as_such() -> None:
+    """The image's COCO entry is left out whole when one of its annotations cannot be read; the upload says that,
+    instead of 'none is named like' it, and never takes another image's boxes for it."""
+    doc = json.loads(json.dumps(COCO))
+    doc["annotations"].append({"id": 4, "image_id": 2, "category_id": 1, "bbox": [5, 5]})
+    with pytest.raises(AnnotationError, match=r"annotation of 'b' has entries that could not be read"):
+        parse_annotation_bytes(json.dumps(doc).encode(), "gt.json", "b.png", HW, NAMES)
+    doc["images"] = doc["images"][1:]  # b is the file's only image
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] == 2]
+    with pytest.raises(AnnotationError, match=r"holds no usable image entries \(dropped: .*malformed_image"):
+        parse_annotation_bytes(json.dumps(doc).encode(), "gt.json", "b.png", HW, NAMES)

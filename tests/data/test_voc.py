@@ -95,3 +95,16 @@ def test_an_id_listed_twice_is_one_record(tmp_path) -> None:
     lst = tmp_path / "train.txt"
     lst.write_text("a\nb 1\n\na\nc\n")
     assert read_voc_list(lst) == ["a", "b", "c"]
+
+
+def test_an_object_that_cannot_be_read_leaves_its_image_out(voc_dir: Path) -> None:
+    """An <object> without <bndbox> was dropped and its image kept (and called an image 'without any annotation'):
+    its object would then be trained on as background and a detection of it scored as a false alarm."""
+    (voc_dir / "Annotations" / "img1.xml").write_text(
+        "<annotation><filename>img1.jpg</filename><size><width>80</width><height>60</height></size>"
+        "<object><name>RBC</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>"
+        "<object><name>RBC</name></object></annotation>")
+    records, _, report = load_voc(voc_dir, "ImageSets/Main/train.txt")
+    assert [r.path.name for r in records if r.path] == ["img2.jpg"]
+    assert report.malformed == 1 and report.malformed_image == 1 and report.examples["malformed_image"] == ["img1.xml"]
+    assert report.image_without_labels == 1  # img2 only

@@ -25,10 +25,12 @@ def test_fixture(yolo_dir: Path) -> None:
         "clipped_boxes": 1,
         "unknown_class": 1,
         "malformed": 1,
+        "malformed_image": 1,  # 000005: one line cannot be read, so the image is left out whole
         "label_without_image": 1,  # 000004.txt; classes.txt is not counted
         "image_without_labels": 1,
     }
     assert report.examples["label_without_image"] == ["000004.txt"]
+    assert report.examples["malformed_image"] == ["000005.txt"]
 
 
 def test_names_as_list_and_label_dir_inference(yolo_dir: Path) -> None:
