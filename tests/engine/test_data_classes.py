@@ -35,6 +35,29 @@ def test_val_labels_follow_the_class_names_of_train(tmp_path: Path) -> None:
         load_train_data(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "two.yaml"), val_split="val"), False)
 
 
+def test_the_val_splits_loader_report_is_printed_and_kept_with_the_run(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A val source of its own drops an image (an annotation that cannot be read): validation, which picks the
+    best weights, runs on fewer images, so what its loader dropped is printed beside train's and kept in the
+    run's data_split.json."""
+    import json as _json
+
+    from efpn.engine.data import load_train_data
+
+    write_synthetic_dataset(tmp_path, 4, image_size=64, seed=0, val_fraction=0.0)
+    doc = _json.loads((tmp_path / "annotations.json").read_text())
+    doc["annotations"].append({"id": 999, "image_id": doc["images"][0]["id"], "category_id": 1, "bbox": [1, 2]})
+    (tmp_path / "val.json").write_text(_json.dumps(doc))
+    (tmp_path / "two.yaml").write_text("format: coco\nroot: .\ntrain:\n  annotations: annotations.json\n  images: "
+                                       "images\nval:\n  annotations: val.json\n  images: images\n")
+    data = load_train_data(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "two.yaml"), val_split="val"), True)
+    out = capsys.readouterr().out
+    assert "val: 3 images" in out and "dropped whole" in out
+    assert len(data.val) == 3 and data.split["val_loader"]["counts"] == {"malformed": 1, "malformed_image": 1}
+    assert data.split["train_loader"]["images"] == 4 and data.split["train_loader"]["counts"] == {}
+    _json.dumps(data.split)  # written as the run's data_split.json
+
+
 def test_close_mosaic_reads_plain_crops_in_the_last_epochs(tmp_path: Path) -> None:
     """close_mosaic = 1 of 3 epochs: epochs 0-1 are the mosaic pipeline's samples, epoch 2 the plain pipeline's
     (same seed, same sample); without mosaic, or with 0, there is one pipeline; a negative count is refused."""
