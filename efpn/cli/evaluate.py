@@ -12,9 +12,10 @@ from typing import Any
 from efpn.cli import guards
 
 
-def model_and_records(args: argparse.Namespace, why: str) -> tuple[Any, list, list[str]]:
-    """The checkpoint ``--weights`` (on ``--device``) and split ``--split`` of ``--data``: the loader's report
-    printed, ``--limit`` applied. ValueError when no record has a box, ``why`` ending the message."""
+def model_and_records(args: argparse.Namespace, why: str) -> tuple[Any, list, list[str], dict[str, Any]]:
+    """The checkpoint ``--weights`` (on ``--device``), split ``--split`` of ``--data`` (``--limit`` applied) and
+    its loader's report (printed, and returned as JSON data for the results file: the images it left out are not in
+    the metrics). ValueError when no record has a box, ``why`` ending the message."""
     import efpn
     from efpn.config.data import load_data_config
     from efpn.data.splits import load_split
@@ -26,7 +27,7 @@ def model_and_records(args: argparse.Namespace, why: str) -> tuple[Any, list, li
         records = records[: args.limit]
     if not any(r.num_targets for r in records):
         raise ValueError(f"split {args.split!r} of {args.data} has no object boxes {why}")
-    return model, records, list(names)
+    return model, records, list(names), report.to_json_dict()
 
 
 def cmd_val(args: argparse.Namespace) -> None:
@@ -39,7 +40,7 @@ def cmd_val(args: argparse.Namespace) -> None:
                          folders=("--plots",))
     if args.nms_sweep and args.nms_iou is not None:
         raise ValueError("--nms-sweep scores a grid of NMS IoU thresholds itself; drop --nms-iou (or --nms-sweep)")
-    model, records, names = model_and_records(args, "to score against (see the loader's report above); AP is "
+    model, records, names, loader = model_and_records(args, "to score against (see the loader's report above); AP is "
                                               "undefined without ground truth")
     size = args.image_size or model.config.image_size
     nms = args.nms_iou if args.nms_iou is not None else model.config.postprocess.nms_iou
@@ -78,6 +79,7 @@ def cmd_val(args: argparse.Namespace) -> None:
               "records it)")
         m["nms_sweep"] = sweep.to_json_dict()
     assert result is not None  # the sliced result when the whole-image one was left out
+    m["loader"] = loader  # what the data's loader left out before scoring (images, boxes, by reason)
     if result.skipped:
         print(f"skipped {len(result.skipped)} unreadable image(s); the metrics are computed without them (listed "
               "under skipped_images in --json):")
@@ -105,8 +107,9 @@ def add_val_parser(sub: Any) -> None:
     s.add_argument("--batch-size", type=guards.count, default=8, help="images per forward pass (default 8)")
     s.add_argument("--device", type=guards.device, default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     s.add_argument("--limit", type=guards.at_least_one, default=None, help="only the first N images")
-    s.add_argument("--json", default=None, help="write {AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, per_class, nms_iou}; "
-                   "with --slice the sliced metrics, plus 'without_slicing' and 'slicing'; with --nms-sweep "
+    s.add_argument("--json", default=None, help="write {AP, AP50, AP75, AP_vt, AP_t, AP_s, AP_m, per_class, nms_iou, "
+                   "loader (what the data's loader left out, by reason)}; with --slice the sliced metrics, plus "
+                   "'without_slicing' and 'slicing'; with --nms-sweep "
                    "'nms_sweep'")
     s.add_argument("--plots", default=None, help="folder for PR curves and AP-by-size charts (PNG)")
     s.add_argument("--slice", type=guards.tile_size, default=None, metavar="S",

@@ -152,7 +152,8 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 
     guards.check_outputs({"--json": args.json, "--csv": args.csv, "--coco": args.coco, "--html": args.html},
                          {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)})
-    model, records, names = model_and_records(args, "(see the loader's report above), so no object can be missed")
+    model, records, names, loader = model_and_records(args, "(see the loader's report above), so no object can be "
+                                                      "missed")
     diag = diagnose_records(model, records, names, score_thresh=args.score, iou_thresh=args.iou,
                             slice_size=args.slice, overlap=args.overlap, image_size=args.image_size, progress=True,
                             class_aware=not args.any_class)
@@ -174,7 +175,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
                                                   "lost_in_nms", "mislocalised")))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(diag.to_json(), indent=1))
+        Path(args.json).write_text(json.dumps({**diag.to_json(), "loader": loader}, indent=1))
         print(f"saved {args.json}")
     if args.csv:
         print(f"saved {diag.write_csv(args.csv)}")

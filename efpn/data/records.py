@@ -278,6 +278,12 @@ class SkipReport:
                 del seen[_MAX_EXAMPLES:]
         return out
 
+    def to_json_dict(self) -> dict[str, object]:
+        """What the loader kept, dropped and changed, as JSON data for results files and run records:
+        ``{"dataset", "images", "boxes", "ignore", "counts": {reason: n}, "examples": {reason: [file, ...]}}``."""
+        return {"dataset": self.dataset, "images": self.images, "boxes": self.boxes, "ignore": self.ignore,
+                "counts": self.counts(), "examples": {k: list(v) for k, v in self.examples.items()}}
+
     def summary(self) -> str:
         """Multi-line human summary: what was loaded, then one line per non-zero reason with examples."""
         head = (

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from efpn.config import TrainConfig
 from efpn.config.data import DataConfig, load_data_config
 from efpn.data.dataset import DetectionDataset
-from efpn.data.records import ImageRecord, SkipReport
+from efpn.data.records import ImageRecord
 from efpn.data.splits import load_split, split_records
 from efpn.data.transforms import DetectionTransform, build_transforms
 from efpn.data.uploads import map_class_names
@@ -157,13 +157,6 @@ def onto_class_names(records: list[ImageRecord], names: list[str], target: list[
     return [dataclasses.replace(r, labels=index[r.labels]) for r in records]
 
 
-def _loader_record(report: SkipReport) -> dict[str, Any]:
-    """What a split's loader kept, dropped and changed, for the run's ``data_split.json``: counts by reason (see
-    :data:`efpn.data.records.REASONS`) with a few example files each."""
-    return {"dataset": report.dataset, "images": report.images, "boxes": report.boxes, "counts": report.counts(),
-            "examples": {k: list(v) for k, v in report.examples.items()}}
-
-
 def load_train_data(cfg: TrainConfig, verbose: bool) -> TrainData:
     """Train and val records from the data YAML; val is carved from train when the YAML gives none."""
     data_cfg = load_data_config(cfg.data)
@@ -184,7 +177,7 @@ def load_train_data(cfg: TrainConfig, verbose: bool) -> TrainData:
         if not carved:  # its own source: what its loader dropped is said too (validation picks the best weights)
             if verbose:
                 print(val_report.summary())
-            split["val_loader"] = _loader_record(val_report)
+            split["val_loader"] = val_report.to_json_dict()
         val_records = onto_class_names(val_records, val_names, names, f"data YAML {cfg.data}: split "
                                        f"{cfg.val_split!r}")
         split["val_source"] = "carved from train by the data YAML" if carved else "data YAML"
@@ -199,7 +192,7 @@ def load_train_data(cfg: TrainConfig, verbose: bool) -> TrainData:
     if not any(r.num_targets for r in train_records):  # a detector learns nothing from background alone
         raise ValueError(f"data YAML {cfg.data}: split {cfg.train_split!r} has {len(train_records)} images but no "
                          f"object boxes to train on; what the loader dropped and why:\n{report.summary()}")
-    split["train_loader"] = _loader_record(report)
+    split["train_loader"] = report.to_json_dict()
     split["num_train"], split["num_val"] = len(train_records), len(val_records)
     split["val_ids"] = [r.image_id for r in val_records]
     split["train_ids"] = [r.image_id for r in train_records]

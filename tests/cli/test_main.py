@@ -95,6 +95,17 @@ def test_val_writes_json_in_unit_range(tiny_ckpt_and_data: tuple[Path, Path], tm
     for k in ("AP", "AP50", "AP75"):
         assert 0.0 <= m[k] <= 1.0
     assert set(m["per_class"]) == {"disc", "square", "cross"}
+    assert m["loader"]["images"] == 5 and m["loader"]["counts"] == {}  # the source; its val carve is left out
+    # an image its loader leaves out (an annotation that cannot be read) is not scored: the JSON says so
+    coco = data.parent / "annotations.json"
+    doc = json.loads(coco.read_text())
+    first = doc["images"][0]
+    doc["annotations"].append({"id": 10**6, "image_id": first["id"], "category_id": 1, "bbox": [1, 2]})
+    coco.write_text(json.dumps(doc))
+    main(["val", "--weights", str(ckpt), "--data", str(data), "--split", "train", "--json", str(out)])
+    m = json.loads(out.read_text())
+    assert m["loader"]["counts"] == {"malformed": 1, "malformed_image": 1} and m["loader"]["images"] == 4
+    assert m["loader"]["examples"]["malformed_image"] == [first["file_name"]]
 
 
 def test_val_scores_a_held_out_test_split(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path) -> None:
