@@ -190,6 +190,8 @@ REASONS: dict[str, str] = {
     "crowd": "crowd annotations (COCO iscrowd=1): handled by the `crowd` policy",
     "difficult": "difficult objects (VOC/DOTA): handled by the `difficult` policy",
     "unknown_class": "objects whose class is not among the class names: dropped",
+    "duplicate_boxes": "objects annotated twice (same class, same box): the copies dropped (each would be a second "
+    "object no detection can match)",
     "malformed": "annotation entries or files that could not be parsed: dropped",
     "malformed_image": "images with such entries: dropped whole (kept, their unread objects would be trained on as "
     "background and found ones scored as false alarms); fix or delete the entries to use them",
@@ -228,6 +230,7 @@ class SkipReport:
     crowd: int = 0
     difficult: int = 0
     unknown_class: int = 0
+    duplicate_boxes: int = 0
     malformed: int = 0
     malformed_image: int = 0
     label_without_image: int = 0
@@ -371,6 +374,9 @@ def make_record(
 
     ok = ~empty
     clipped, labels, roles_arr = clipped[ok], labels[ok], roles_arr[ok]
+    first = _first_copies(clipped, labels, roles_arr)  # an object written twice (a copied line) is one object
+    report.add("duplicate_boxes", int(len(first) - first.sum()), example)
+    clipped, labels, roles_arr = clipped[first], labels[first], roles_arr[first]
     is_box = (roles_arr == "target") | (roles_arr == "crowd")
     return ImageRecord(
         image_id=image_id,
@@ -382,6 +388,21 @@ def make_record(
         iscrowd=roles_arr[is_box] == "crowd",
         ignore=clipped[roles_arr == "ignore"].astype(np.float32),
     )
+
+
+def _first_copies(boxes: np.ndarray, labels: np.ndarray, roles: np.ndarray) -> np.ndarray:
+    """(n,) bool: False for an object (a target or crowd box) that repeats an earlier one's role, label and
+    coordinates (to within :data:`_CLIP_TOL` px), as Ultralytics removes repeated label rows. Ignore regions are
+    kept as they are (overlapping regions ignore the same pixels; COCO writes one per category)."""
+    keep = np.ones(len(boxes), dtype=bool)
+    seen: set[tuple[object, ...]] = set()
+    for i, (box, label, role) in enumerate(zip(np.round(boxes / _CLIP_TOL).astype(np.int64), labels, roles)):
+        if role == "ignore":
+            continue
+        key = (role, int(label), *box.tolist())
+        keep[i] = key not in seen
+        seen.add(key)
+    return keep
 
 
 def check_policy(name: str, value: str) -> str:

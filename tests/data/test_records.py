@@ -83,3 +83,16 @@ def test_assign_image_ids() -> None:
     assert assign_image_ids(["000000000009", "000000000025"]) == [9, 25]
     assert assign_image_ids(["a", "b", "c"]) == [0, 1, 2]
     assert assign_image_ids(["01", "1"]) == [0, 1]  # numeric but not unique
+
+
+def test_an_object_written_twice_is_one_object() -> None:
+    """A repeated label line (same class, same box) was a second ground-truth object no detection can match after NMS
+    (AP50 1.00 -> 0.61 on four SIRST images with every line doubled); copies are dropped and counted."""
+    report = SkipReport()
+    boxes = [[10, 10, 20, 20], [10, 10, 20, 20.0000001], [10, 10, 20, 20], [30, 30, 40, 40], [30, 30, 40, 40],
+             [30, 30, 40, 40]]
+    record = make_record(0, None, 100, 100, boxes, [0, 0, 1, -1, -1, 0], ["target", "target", "target", "ignore",
+                                                                        "ignore", "crowd"], report)
+    assert record.labels.tolist() == [0, 1, 0]  # the copy of class 0 dropped; class 1 on the same box is another object
+    assert record.iscrowd.tolist() == [False, False, True] and len(record.ignore) == 2  # regions are left as they are
+    assert report.duplicate_boxes == 1 and "1 objects annotated twice" in report.summary()

@@ -96,11 +96,13 @@ def test_yolo_empty_file_is_an_image_without_boxes() -> None:
 def test_more_objects_than_one_image_may_hold_are_refused() -> None:
     from efpn.data import MAX_OBJECTS_PER_IMAGE
 
-    line = b"0 0.5 0.5 0.01 0.01\n"
-    assert len(parse_annotation_bytes(line * MAX_OBJECTS_PER_IMAGE, "x.txt", "x.png", HW, NAMES).boxes) == (
+    def lines(n: int) -> bytes:  # n distinct small boxes (a repeated line would be one object)
+        return b"".join(f"0 {0.1 + i * 8e-5:.6f} 0.5 0.01 0.01\n".encode() for i in range(n))
+
+    assert len(parse_annotation_bytes(lines(MAX_OBJECTS_PER_IMAGE), "x.txt", "x.png", HW, NAMES).boxes) == (
         MAX_OBJECTS_PER_IMAGE)
     with pytest.raises(AnnotationError, match=f"x.txt gives this image {MAX_OBJECTS_PER_IMAGE + 1:,} objects"):
-        parse_annotation_bytes(line * (MAX_OBJECTS_PER_IMAGE + 1), "x.txt", "x.png", HW, NAMES)
+        parse_annotation_bytes(lines(MAX_OBJECTS_PER_IMAGE + 1), "x.txt", "x.png", HW, NAMES)
 
 
 def test_yolo_without_class_names_is_refused() -> None:
