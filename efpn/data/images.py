@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import struct
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -271,6 +272,40 @@ def read_image(src: ImageSource, exif_transpose: bool = True, *, notes: list[str
     return to_rgb_uint8(arr, source=None if isinstance(src, bytes) else _describe(src), notes=notes)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_exif_orientation(path: str | Path) -> int | None:
+    """The EXIF orientation of a PNG from its ``eXIf`` chunk, found by walking the chunk headers (no pixel data is
+    read or inflated); None without one."""
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"eXIf":
+                exif = Image.Exif()
+                exif.load(f.read(length))
+                value = exif.get(_EXIF_ORIENTATION_TAG)
+                return int(value) if isinstance(value, int) else None
+            if kind == b"IEND":
+                return None
+            f.seek(length + 4, 1)  # the chunk's data and CRC
+
+
+def _orientation(im: Image.Image, path: str | Path) -> int | None:
+    """The EXIF orientation :func:`read_image` applies. Pillow's ``getexif()`` on a PNG decodes the whole image to
+    look for an ``eXIf`` chunk after the pixels (~190 ms on a 4000 x 4000 file against 0.4 ms for a header), so
+    PNG chunks are walked instead."""
+    if im.format == "PNG":
+        return _png_exif_orientation(path)
+    value = im.getexif().get(_EXIF_ORIENTATION_TAG)
+    return int(value) if isinstance(value, int) else None
+
+
 def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]:
     """``(width, height)`` from the file header without decoding the pixels (EXIF orientation applied).
 
@@ -282,7 +317,7 @@ def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
-                if exif_transpose and im.getexif().get(_EXIF_ORIENTATION_TAG) in _TRANSPOSED_ORIENTATIONS:
+                if exif_transpose and _orientation(im, path) in _TRANSPOSED_ORIENTATIONS:
                     w, h = h, w
                 return int(w), int(h)
     except Image.DecompressionBombError as e:
