@@ -60,8 +60,13 @@ def tile_size(text: str) -> int:
 
 
 def image_side(text: str) -> int:
-    """argparse type of an image's side to write (``data synth --image-size``): a whole number of at least 16 px."""
-    return _whole_number(text, 16, " of pixels", "an image side of at least 16 px")
+    """argparse type of an image's side to write (``data synth --image-size``): a whole number in [16,
+    MAX_IMAGE_SIZE] px (100000 px asked numpy for 112 GiB and left an empty folder)."""
+    value = _whole_number(text, 16, " of pixels", "an image side of at least 16 px")
+    if value > MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_IMAGE_SIZE} px (the largest network input), got "
+                                         f"{value}")
+    return value
 
 
 def _in_range(text: str, upper_open: bool) -> float:

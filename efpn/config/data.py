@@ -87,6 +87,35 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "masks": ("mask_suffix", "connectivity", "instances"),
 }
 
+#: option -> (its type, its allowed values or None): checked where the YAML is read, so a wrong type is named
+#: with its key instead of failing inside a loader (``connectivity: 8.0`` reached OpenCV; ``instances: 'false'``
+#: was a true string).
+_OPTION_TYPES: dict[str, tuple[type, tuple[Any, ...] | None]] = {
+    "crowd": (str, ("target", "crowd", "ignore", "drop")),
+    "difficult": (str, ("target", "crowd", "ignore", "drop")),
+    "others": (str, ("target", "crowd", "ignore", "drop")),
+    "check_images": (bool, None),
+    "mask_suffix": (str, None),
+    "connectivity": (int, (4, 8)),
+    "instances": (bool, None),
+}
+
+
+def _option_problems(options: dict[Any, Any]) -> list[str]:
+    """What is wrong with each known option's value (type or allowed values), one line per option."""
+    problems = []
+    for key, value in options.items():
+        kind, allowed = _OPTION_TYPES.get(str(key), (object, None))
+        if kind is not object and (type(value) is not kind):  # bool is not an int here, nor 8.0 an int
+            what = {bool: "true or false", int: "a whole number", str: "text"}[kind]
+            problems.append(f"options.{key} must be {what}"
+                            + (f" ({' or '.join(map(str, allowed))})" if allowed else "")
+                            + f", got {value!r}")
+        elif allowed is not None and value not in allowed:
+            problems.append(f"options.{key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+    return problems
+
+
 SPLITS = ("train", "val", "test")
 
 #: Top-level keys of an Ultralytics dataset YAML that efpn reads (docs.ultralytics.com/datasets/detect).
@@ -340,6 +369,11 @@ def parse_data_config(data: Any, base_dir: str | Path = ".", yaml_path: str | Pa
     if bad:
         valid = ", ".join(OPTIONS[fmt]) or "none"
         raise ConfigError(f"{where}: unknown option(s) {short(bad)} for format {fmt}; valid options: {valid}")
+    problems = _option_problems(options)
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    if top.split_seed is not None and (type(top.split_seed) is not int or top.split_seed < 0):
+        raise ConfigError(f"{where}: 'split_seed' must be a whole number >= 0, got {top.split_seed!r}")
     return DataConfig(
         format=fmt,
         root=root,

@@ -58,16 +58,38 @@ VISDRONE_CLASSES: tuple[str, ...] = (
 _OTHERS = 11
 
 
-def read_image_sizes(path: str | Path) -> dict[str, tuple[int, int]]:
-    """``{file stem: (width, height)}`` from a COCO-style JSON's ``images`` list."""
+def read_image_sizes(path: str | Path, report: SkipReport | None = None) -> dict[str, tuple[int, int]]:
+    """``{file stem: (width, height)}`` from a COCO-style JSON's ``images`` list.
+
+    An entry without a file name or without a positive whole width and height is skipped (counted as ``malformed`` in
+    ``report`` when given, naming the JSON): its images then get sizes from their boxes, as unlisted ones do."""
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path}: expected a COCO-style JSON with an 'images' list of file_name/width/height")
     out: dict[str, tuple[int, int]] = {}
     for im in data["images"]:
-        if im.get("file_name") and im.get("width") and im.get("height"):
-            out[Path(str(im["file_name"])).stem] = (int(im["width"]), int(im["height"]))
+        size = _entry_size(im)
+        if size is None:
+            if report is not None:
+                report.add("malformed", 1, f"{Path(path).name}: image entry {str(im)[:60]}")
+            continue
+        out[Path(str(im["file_name"])).stem] = size
     return out
+
+
+def _entry_size(entry: object) -> tuple[int, int] | None:
+    """(width, height) of one ``images`` entry, or None when it has no file name or no positive whole sizes."""
+    if not isinstance(entry, dict) or not entry.get("file_name"):
+        return None
+    sizes = []
+    for key in ("width", "height"):
+        value = entry.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        if value != int(value) or value < 1:
+            return None
+        sizes.append(int(value))
+    return sizes[0], sizes[1]
 
 
 def _parse(line: str) -> list[int] | None:
@@ -113,7 +135,7 @@ def load_visdrone(
     if images is not None and not Path(images).is_dir():
         raise FileNotFoundError(f"VisDrone image folder {images} does not exist")
     image_index = index_images(images, recursive=False) if images is not None else {}
-    sizes = read_image_sizes(image_sizes) if image_sizes is not None and images is None else {}
+    sizes = read_image_sizes(image_sizes, report) if image_sizes is not None and images is None else {}
 
     files = {f.stem: f for f in sorted(ann_dir.glob("*.txt"))}
     keys = sorted(set(files) | set(image_index))  # images without a txt are kept with no boxes

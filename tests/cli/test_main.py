@@ -69,6 +69,14 @@ def test_unknown_protocol_is_a_clear_error(tmp_path: Path, capsys: pytest.Captur
     assert "unknown assignment protocol" in capsys.readouterr().err
 
 
+def test_synth_refuses_an_image_side_no_network_takes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--image-size 100000 asked numpy for 112 GiB (a traceback, and an empty folder left behind)."""
+    with pytest.raises(SystemExit) as e:
+        main(["data", "synth", "--out", str(tmp_path / "s"), "--num-images", "2", "--image-size", "100000"])
+    assert e.value.code == 2 and "must be at most 4096 px" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_parser_builds() -> None:
     assert build_parser().prog == "efpn"
 

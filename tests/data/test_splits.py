@@ -174,6 +174,29 @@ def test_split_records_deterministic() -> None:
             ValueError,
             "val_fraction",
         ),
+        (  # option values of the wrong type are named where the YAML is read, not inside a loader or OpenCV
+            {"format": "masks", "train": {"images": "images", "masks": "images"},
+             "options": {"mask_suffix": 5, "connectivity": 8.0, "instances": "false"}},
+            ValueError,
+            r"options.connectivity must be a whole number \(4 or 8\), got 8.0; options.instances must be true or "
+            r"false, got 'false'; options.mask_suffix must be text, got 5",
+        ),
+        (
+            {"format": "coco", "train": {"annotations": "annotations/train.json"}, "options": {"crowd": 1}},
+            ValueError,
+            r"bad.yaml: options.crowd must be text \(target or crowd or ignore or drop\), got 1",
+        ),
+        (
+            {"format": "masks", "train": {"images": "images", "masks": "images"}, "options": {"connectivity": 6}},
+            ValueError,
+            "options.connectivity must be one of 4, 8, got 6",
+        ),
+        (
+            {"format": "coco", "train": {"annotations": "annotations/train.json"}, "val_fraction": 0.2,
+             "split_seed": -1},
+            ValueError,
+            r"'split_seed' must be a whole number >= 0, got -1",
+        ),
         (
             {"format": "coco", "train": {"annotations": "annotations/train.json"}, "names": ["a"], "nc": 2},
             ValueError,

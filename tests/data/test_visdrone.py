@@ -83,3 +83,19 @@ def test_lines_that_are_not_visdrone_fields_are_malformed(tmp_path: Path) -> Non
                                     "10,nan,5,5,1,4,0,0\n")
     records, _, report = load_visdrone(tmp_path, image_sizes=None)
     assert not records and report.malformed == 3 and report.malformed_image == 1
+
+
+def test_bad_entries_of_the_image_sizes_json_are_skipped_and_named(tmp_path: Path) -> None:
+    """A string, an infinite or a text width stopped the whole load with a traceback (AttributeError, OverflowError);
+    each bad entry is now skipped and counted, and its image sized from its boxes as an unlisted one is."""
+    import json
+
+    (tmp_path / "a.txt").write_text("10,20,30,40,1,4,0,0\n")
+    (tmp_path / "b.txt").write_text("10,20,30,40,1,4,0,0\n")
+    (tmp_path / "sizes.json").write_text(json.dumps({"images": [
+        "a.jpg", {"file_name": "a.jpg", "width": 1e400, "height": 10}, {"file_name": "x.jpg", "width": "640px"},
+        {"file_name": "y.jpg", "width": -640, "height": 480}, {"file_name": "b.jpg", "width": 640, "height": 480}]}))
+    records, _, report = load_visdrone(tmp_path, image_sizes=tmp_path / "sizes.json")
+    assert [(r.width, r.height) for r in records] == [(40, 60), (640, 480)]  # a from its box, b from the JSON
+    assert report.malformed == 4 and report.estimated_size == 1 and not report.malformed_image
+    assert report.examples["malformed"][0].startswith("sizes.json: image entry")
