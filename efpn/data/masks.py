@@ -19,6 +19,8 @@ Contract of :func:`load_masks`:
 * an image without a mask file is kept with no boxes (``image_without_labels``); a mask without its image is
   skipped (``label_without_image``); an unreadable image or mask drops the image (``unreadable_image``); a mask
   whose size differs from its image's is ``malformed`` and the image is dropped (the boxes would be wrong);
+* regions at 1/8 to 1/2 of a mask's peak value, apart from its targets, are counted (``faint_mask_regions``):
+  they are not targets by the rule above, but instance ids or a fainter paint would be (see :func:`faint_regions`);
 * ids in the list that have no image are counted as ``label_without_image``;
 * ``image_id``: the number ending each stem (``Misc_123`` -> 123) when those are distinct, so ids do not depend on
   which list loaded the image; else as every loader (numeric stems, or the index in list or sorted order).
@@ -62,6 +64,25 @@ def boxes_from_mask(mask: np.ndarray, connectivity: int = 8, instances: bool = F
             boxes.append([x, y, x + w, y + h])
     out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     return out[np.lexsort((out[:, 0], out[:, 1]))] if len(out) else out
+
+
+def faint_regions(mask: np.ndarray, connectivity: int = 8) -> int:
+    """Regions of a mask (H, W) that :func:`boxes_from_mask` does not take as targets but that look like ones: values
+    from 1/8 to under 1/2 of the mask's peak, more than 2 px from any target (a lossy save's noise is fainter, and
+    a resampled target's soft edge touches it). Instance ids 1, 2 in a mask whose ids reach 6, or a target painted
+    at 100 beside one at 255, are such regions: the loader counts them so they are not lost without a word."""
+    mask = _one_channel(mask, False)
+    peak = float(mask.max()) if mask.size else 0.0
+    if peak <= 0:
+        return 0
+    target = (mask >= peak / 2).astype(np.uint8)
+    faint = ((mask >= peak / 8) & (target == 0)).astype(np.uint8)
+    if not faint.any():
+        return 0
+    near = cv2.dilate(target, np.ones((5, 5), np.uint8)) > 0  # within 2 px of a target: its soft edge
+    count, labels = cv2.connectedComponents(faint, connectivity=connectivity)
+    touching = np.unique(labels[near & (faint > 0)])
+    return int(count - 1 - np.count_nonzero(touching))
 
 
 def _one_channel(mask: np.ndarray, instances: bool) -> np.ndarray:
@@ -181,6 +202,8 @@ def load_masks(
                 report.add("malformed", 1, f"{mask_path.name} ({mask.shape[1]}x{mask.shape[0]} for a {w}x{h} image)")
                 continue
             boxes = boxes_from_mask(mask, connectivity, instances)
+            if not instances:
+                report.add("faint_mask_regions", faint_regions(mask, connectivity), mask_path.name)
         kept_stems.append(stem)
         pending.append((stem, path, w, h, boxes))
     for image_id, (stem, path, w, h, boxes) in zip(_image_ids(kept_stems), pending):

@@ -199,6 +199,9 @@ REASONS: dict[str, str] = {
     "annotations): dropped",
     "image_without_labels": "images without a label file or any annotation: kept with no boxes",
     "unreadable_image": "images whose header or pixels could not be read: dropped (dataset: skipped)",
+    "faint_mask_regions": "mask regions at 1/8 to 1/2 of the mask's brightest value, apart from its targets: not "
+    "read as targets; if they are (instance ids 1, 2, ... or a fainter paint), set options: {instances: true} or save "
+    "the masks as 0/255",
     "estimated_size": "images of unknown size (boxes-only mode): size estimated from the box extent",
     "size_mismatch": "images whose file is not the size the annotation states: kept at the file's size, boxes as "
     "annotated (check the export: an EXIF rotation, or files resized after labelling)",
@@ -236,6 +239,7 @@ class SkipReport:
     label_without_image: int = 0
     image_without_labels: int = 0
     unreadable_image: int = 0
+    faint_mask_regions: int = 0
     estimated_size: int = 0
     size_mismatch: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)

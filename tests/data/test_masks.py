@@ -11,6 +11,7 @@ import pytest
 from torch.testing import assert_close
 
 from efpn.data import boxes_from_mask, load_masks, load_voc
+from efpn.data.masks import faint_regions
 from efpn.data.splits import load_split
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -30,6 +31,30 @@ def test_components_give_tight_boxes_and_diagonals_join_at_8_connectivity() -> N
     noisy[5, 3:6], noisy[0, 29], noisy[19, 0:30] = 2, 1, 3  # what a lossy save leaves around and across a mask
     assert_close(boxes_from_mask(noisy), expected)  # faint values are neither targets nor parts of one
     assert boxes_from_mask(np.zeros((5, 5), np.uint8)).shape == (0, 4)
+
+
+def test_faint_regions_apart_from_targets_are_counted_and_noise_is_not(tmp_path: Path) -> None:
+    """A target painted at 100 beside one at 255, or instance ids 1..6 read without ``instances``, vanished without a
+    word (under half the peak); such regions are now counted, while a lossy save's faint noise and a target's soft
+    edge are not."""
+    mask = np.zeros((20, 40), np.uint8)
+    mask[2:5, 3:6] = 255
+    mask[5, 3:6] = 90  # a soft edge touching the target
+    mask[19, :] = 3  # lossy-save noise, far below 1/8 of the peak
+    assert faint_regions(mask) == 0
+    mask[10:13, 20:23] = 100  # a second target painted fainter
+    assert faint_regions(mask) == 1 and len(boxes_from_mask(mask)) == 1
+    ids = np.zeros((20, 40), np.uint8)
+    for i in range(6):
+        ids[2:5, 1 + 6 * i:4 + 6 * i] = i + 1  # ids 1..6: 1 and 2 are under half of 6
+    assert faint_regions(ids) == 2 and len(boxes_from_mask(ids)) == 4 and len(boxes_from_mask(ids, instances=True)) == 6
+    _write(tmp_path / "images", "a.png", np.zeros((20, 40, 3), np.uint8))
+    _write(tmp_path / "masks", "a_pixels0.png", ids)
+    records, _, report = load_masks(tmp_path / "images", tmp_path / "masks")
+    assert len(records[0].boxes) == 4 and report.faint_mask_regions == 2
+    assert "options: {instances: true}" in report.summary()
+    _, _, report = load_masks(tmp_path / "images", tmp_path / "masks", instances=True)
+    assert report.faint_mask_regions == 0
 
 
 def test_instance_ids_are_one_box_each_even_when_split() -> None:
