@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,10 @@ def read_names(src: ClassNames) -> list[str]:
     p = Path(src)
     if not p.is_file():
         raise FileNotFoundError(f"class-name file {p} does not exist")
+    text = _names_text(p)
     if p.suffix.lower() in (".yaml", ".yml"):
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
+            data = yaml.safe_load(text)
         except (yaml.YAMLError, RecursionError) as e:  # invalid, or nested too deeply to read
             first = (str(e).splitlines() or [type(e).__name__])[0]
             raise ValueError(f"class-name file {p} is not readable YAML ({first[:200]}); expected e.g. "
@@ -52,4 +54,17 @@ def read_names(src: ClassNames) -> list[str]:
         if not isinstance(data, dict) or "names" not in data:
             raise ValueError(f"{p} has no 'names' key; expected e.g. 'names: [cat, dog]' or 'names: {{0: cat}}'")
         return parse_names(data["names"], source=str(p))
-    return [line.strip() for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _names_text(path: Path) -> str:
+    """A class-name file's text: UTF-8 (with or without a byte-order mark), or UTF-16 with one (as Windows Notepad
+    and LabelImg write it); another encoding is a ValueError naming the file."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"class-name file {path} is not UTF-8 text (byte {e.start} is {data[e.start:e.start + 1]!r}: "
+                         "Latin-1 or another code page?); save it as UTF-8") from e

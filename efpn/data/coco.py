@@ -27,7 +27,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from efpn.config.schema import short
@@ -63,7 +63,9 @@ def read_json(path: str | Path) -> Any:
 
 
 def _resolve_image(images: Path, file_name: str) -> Path | None:
-    for candidate in (images / file_name, images / Path(file_name).name):
+    """The image file a COCO ``file_name`` names under ``images``: as written, or by its base name (also of a Windows
+    path, ``C:\\data\\a.png`` or ``images\\a.png``, as annotation tools on Windows write them)."""
+    for candidate in (images / file_name, images / Path(file_name).name, images / PureWindowsPath(file_name).name):
         if candidate.is_file():
             return candidate
     return None

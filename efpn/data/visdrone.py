@@ -93,7 +93,11 @@ def _entry_size(entry: object) -> tuple[int, int] | None:
 
 
 def _parse(line: str) -> list[int] | None:
-    parts = [p for p in line.strip().split(",") if p.strip() != ""]
+    parts = line.strip().split(",")
+    if parts and parts[-1].strip() == "":  # a trailing comma, as some exports write: not a field
+        parts.pop()
+    if any(p.strip() == "" for p in parts):  # an empty field inside the line would shift every field after it
+        return None
     if not 6 <= len(parts) <= 8:  # the format's 8 fields (6 in some exports); more is another file's line
         return None
     try:

@@ -179,3 +179,19 @@ def test_crowd_and_ignore_flags_written_as_strings_read_as_numbers(tmp_path: Pat
     np.testing.assert_array_equal(record.iscrowd, [False, False, True, True, False])
     assert len(record.ignore) == 0 and report.crowd == 2
     assert report.malformed == 1 and report.malformed_image == 1  # image 2's flag "maybe": left out whole
+
+
+def test_windows_file_names_find_their_images(tmp_path: Path) -> None:
+    """Names written on Windows ('C:\\Users\\me\\a.png', 'images\\b.png') were 'labelled images whose file is
+    missing'."""
+    from tests.data.conftest import write_image
+
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "images" / name, 20, 20)
+    doc = {"images": [{"id": 1, "file_name": "C:\\Users\\me\\data\\a.png", "width": 20, "height": 20},
+                      {"id": 2, "file_name": "images\\b.png", "width": 20, "height": 20}],
+           "annotations": [{"id": 1, "image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in (1, 2)],
+           "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    records, _, report = load_coco(tmp_path / "a.json", tmp_path / "images")
+    assert [r.path.name for r in records] == ["a.png", "b.png"] and report.label_without_image == 0

@@ -99,3 +99,12 @@ def test_bad_entries_of_the_image_sizes_json_are_skipped_and_named(tmp_path: Pat
     assert [(r.width, r.height) for r in records] == [(40, 60), (640, 480)]  # a from its box, b from the JSON
     assert report.malformed == 4 and report.estimated_size == 1 and not report.malformed_image
     assert report.examples["malformed"][0].startswith("sizes.json: image entry")
+
+
+def test_an_empty_field_inside_a_line_is_malformed_and_a_trailing_comma_is_not(tmp_path: Path) -> None:
+    """Empty fields were dropped anywhere in the line, so '10,,10,5,5,1,4,0' was read shifted, as a car at y = 10."""
+    (tmp_path / "a.txt").write_text("10,20,5,5,1,4,0,0,\n")
+    (tmp_path / "b.txt").write_text("10,20,5,5,1,4,0,0\n10,,10,5,5,1,4,0\n")
+    records, _, report = load_visdrone(tmp_path, image_sizes=None)
+    assert len(records) == 1 and len(records[0].boxes) == 1  # a.txt; b.txt left out whole for its shifted line
+    assert report.malformed == 1 and report.malformed_image == 1

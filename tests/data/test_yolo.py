@@ -69,3 +69,15 @@ def test_coco128_yolo_matches_json(shared_data: Path) -> None:
             err = np.abs(boxes - box).max(axis=1)
             err[labels != label] = np.inf
             assert err.min() < 0.01
+
+
+def test_a_utf16_class_name_file_is_read_and_another_encoding_is_named(tmp_path: Path) -> None:
+    """A classes.txt saved by Windows Notepad (UTF-16 with a BOM) gave "'utf-8' codec can't decode byte 0xff", naming
+    no file."""
+    from efpn.config.names import read_names
+
+    (tmp_path / "u16.txt").write_bytes("cat\r\ndog\r\n".encode("utf-16"))
+    assert read_names(tmp_path / "u16.txt") == ["cat", "dog"]
+    (tmp_path / "latin.txt").write_bytes("chat\nc\xe9pe\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"class-name file .*latin.txt is not UTF-8 text .*save it as UTF-8"):
+        read_names(tmp_path / "latin.txt")
