@@ -254,6 +254,7 @@ def parse_coco(
 
     records: list[ImageRecord] = []
     seen: set[int] = set()
+    files_seen: dict[str, int] = {}  # image file (or file_name without images) -> the id it was first read under
     for entry in data["images"]:
         maybe_id = to_id(entry.get("id")) if isinstance(entry, dict) else None
         if maybe_id is None:
@@ -272,6 +273,12 @@ def parse_coco(
             if path is None:
                 report.add("label_without_image", 1, file_name)
                 continue
+        key = str(path) if path is not None else file_name
+        if key in files_seen:  # one picture under two ids: scored twice, and a carve could split it train/val
+            report.add("malformed", 1, f"{file_name} listed again as image {image_id} (first as {files_seen[key]}): "
+                                       "left out")
+            continue
+        files_seen[key] = image_id
         width, height = _size(entry.get("width")), _size(entry.get("height"))
         if path is None and (width <= 0 or height <= 0):
             report.add("malformed", 1, f"{file_name} (no width/height and no image)")

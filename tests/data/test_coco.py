@@ -195,3 +195,19 @@ def test_windows_file_names_find_their_images(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text(json.dumps(doc))
     records, _, report = load_coco(tmp_path / "a.json", tmp_path / "images")
     assert [r.path.name for r in records] == ["a.png", "b.png"] and report.label_without_image == 0
+
+
+def test_one_image_listed_under_two_ids_is_read_once(tmp_path: Path) -> None:
+    """The same file under ids 1 and 2 was two images: its objects scored twice, and a val carve could put one copy
+    in train and the other in val."""
+    from tests.data.conftest import write_image
+
+    write_image(tmp_path / "images" / "a.png", 20, 20)
+    doc = {"images": [{"id": i, "file_name": "a.png", "width": 20, "height": 20} for i in (1, 2)],
+           "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in (1, 2)],
+           "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    for images in (tmp_path / "images", None):
+        records, _, report = load_coco(tmp_path / "a.json", images)
+        assert [r.image_id for r in records] == [1] and report.malformed == 1
+        assert "a.png listed again as image 2 (first as 1)" in report.examples["malformed"][0]
