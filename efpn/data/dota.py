@@ -30,6 +30,7 @@ from efpn.data.records import (
     dropped_as_malformed,
     make_record,
     read_label_text,
+    report_shadowed,
 )
 
 __all__ = ["DOTA_V1_CLASSES", "load_dota", "polygon_to_xyxy"]
@@ -104,7 +105,9 @@ def load_dota(
     class_names = read_names(names) if names is not None else list(DOTA_V1_CLASSES)
     label_of = {n: i for i, n in enumerate(class_names)}
     report = SkipReport(dataset=name or lbl_dir.resolve().parent.name)
-    image_index = index_images(images, recursive=False) if images is not None else {}
+    shadowed: list[tuple[Path, Path]] = []
+    image_index = index_images(images, recursive=False, shadowed=shadowed) if images is not None else {}
+    report_shadowed(report, shadowed)
 
     files = {f.stem: f for f in sorted(lbl_dir.glob("*.txt"))}
     keys = sorted(set(files) | set(image_index))

@@ -329,10 +329,12 @@ def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]
         raise _corrupt(path, str(e)) from e
 
 
-def index_images(folder: str | Path, recursive: bool = True) -> dict[str, Path]:
+def index_images(folder: str | Path, recursive: bool = True,
+                 shadowed: list[tuple[Path, Path]] | None = None) -> dict[str, Path]:
     """Map ``relative/path/stem`` (POSIX, no suffix) -> image path for every image under ``folder``.
 
-    When two files share a stem (``a.jpg`` and ``a.png``) the first in sorted order wins.
+    When two files share a stem (``a.jpg`` and ``a.png``) the first in sorted order wins; ``shadowed``, when given,
+    receives ``(left out, kept)`` for each such pair, for the loader to report (one annotation names both).
     """
     root = Path(folder)
     pattern: Iterable[Path] = root.rglob("*") if recursive else root.iterdir()
@@ -340,5 +342,7 @@ def index_images(folder: str | Path, recursive: bool = True) -> dict[str, Path]:
     for p in sorted(pattern):
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
             key = p.relative_to(root).with_suffix("").as_posix()
-            out.setdefault(key, p)
+            kept = out.setdefault(key, p)
+            if kept is not p and shadowed is not None:
+                shadowed.append((p, kept))
     return out

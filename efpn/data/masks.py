@@ -34,8 +34,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from efpn.data.images import CorruptImageError, file_bytes, image_size, index_images, quiet_opencv
-from efpn.data.records import ImageRecord, SkipReport, assign_image_ids, make_record, read_text
+from efpn.data.images import (
+    IMAGE_EXTENSIONS,
+    CorruptImageError,
+    file_bytes,
+    image_size,
+    index_images,
+    quiet_opencv,
+)
+from efpn.data.records import (
+    ImageRecord,
+    SkipReport,
+    assign_image_ids,
+    make_record,
+    read_text,
+    report_shadowed,
+)
 
 __all__ = ["boxes_from_mask", "load_masks"]
 
@@ -161,10 +175,20 @@ def load_masks(
     if len(class_names) != 1:
         raise ValueError(f"masks give one class; got names {class_names[:5]} (give one name or none)")
     report = SkipReport(dataset=name or img_dir.parent.name)
-    index = index_images(img_dir)
-    mask_index = {p.stem[: -len(mask_suffix)] if mask_suffix else p.stem: p
-                  for p in index_images(mask_dir).values()
-                  if not mask_suffix or p.stem.endswith(mask_suffix)}
+    shadowed: list[tuple[Path, Path]] = []
+    index = index_images(img_dir, shadowed=shadowed)
+    mask_index: dict[str, Path] = {}
+    for p in sorted(mask_dir.rglob("*")):  # one mask per stem: a PNG (lossless) before a preview of another type
+        if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file() or not p.stem.endswith(mask_suffix):
+            continue
+        stem = p.stem[: -len(mask_suffix)] if mask_suffix else p.stem
+        kept = mask_index.get(stem)
+        if kept is None or (p.suffix.lower() == ".png" and kept.suffix.lower() != ".png"):
+            mask_index[stem] = p
+            kept, p = p, kept
+        if p is not None:
+            shadowed.append((p, kept))
+    report_shadowed(report, shadowed)
     if list_file is not None:
         lf = Path(list_file)
         if not lf.is_file():

@@ -41,6 +41,7 @@ __all__ = [
     "make_record",
     "read_label_text",
     "read_text",
+    "report_shadowed",
 ]
 
 #: What a loader does with a special kind of annotation (crowd, difficult, VisDrone "others"):
@@ -108,6 +109,13 @@ def dropped_as_malformed(report: SkipReport, malformed_before: int, example: str
         return False
     report.add("malformed_image", 1, example)
     return True
+
+
+def report_shadowed(report: SkipReport, shadowed: Sequence[tuple[Path, Path]]) -> None:
+    """Count images :func:`~efpn.data.images.index_images` left out for sharing a stem with another
+    (``same_stem``), naming both files."""
+    for left_out, kept in shadowed:
+        report.add("same_stem", 1, f"{left_out.name} (beside {kept.name})")
 
 
 def _empty_boxes() -> np.ndarray:
@@ -198,6 +206,8 @@ REASONS: dict[str, str] = {
     "label_without_image": "labelled images whose image file is missing (a label file, or one image id's "
     "annotations): dropped",
     "image_without_labels": "images without a label file or any annotation: kept with no boxes",
+    "same_stem": "images sharing a name with another image of the folder (a.jpg beside a.png): left out, the first "
+    "in sorted order read (one label file names both); rename one to use it",
     "unreadable_image": "images whose header or pixels could not be read: dropped (dataset: skipped)",
     "faint_mask_regions": "mask regions at 1/8 to 1/2 of the mask's brightest value, apart from its targets: not "
     "read as targets; if they are (instance ids 1, 2, ... or a fainter paint), set options: {instances: true} or save "
@@ -238,6 +248,7 @@ class SkipReport:
     malformed_image: int = 0
     label_without_image: int = 0
     image_without_labels: int = 0
+    same_stem: int = 0
     unreadable_image: int = 0
     faint_mask_regions: int = 0
     estimated_size: int = 0

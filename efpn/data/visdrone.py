@@ -38,6 +38,7 @@ from efpn.data.records import (
     dropped_as_malformed,
     make_record,
     read_label_text,
+    report_shadowed,
 )
 
 __all__ = ["VISDRONE_CLASSES", "load_visdrone", "read_image_sizes"]
@@ -138,7 +139,9 @@ def load_visdrone(
     class_names = list(VISDRONE_CLASSES) + (["others"] if others in ("target", "crowd") else [])
     if images is not None and not Path(images).is_dir():
         raise FileNotFoundError(f"VisDrone image folder {images} does not exist")
-    image_index = index_images(images, recursive=False) if images is not None else {}
+    shadowed: list[tuple[Path, Path]] = []
+    image_index = index_images(images, recursive=False, shadowed=shadowed) if images is not None else {}
+    report_shadowed(report, shadowed)
     sizes = read_image_sizes(image_sizes, report) if image_sizes is not None and images is None else {}
 
     files = {f.stem: f for f in sorted(ann_dir.glob("*.txt"))}

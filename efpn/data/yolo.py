@@ -40,6 +40,7 @@ from efpn.data.records import (
     make_record,
     read_label_text,
     read_text,
+    report_shadowed,
 )
 
 __all__ = ["default_label_dir", "label_path_of", "load_yolo", "parse_yolo", "parse_yolo_labels", "read_image_list"]
@@ -186,7 +187,9 @@ def load_yolo(
             if not d.is_dir():
                 raise FileNotFoundError(f"YOLO {what} folder {d} does not exist")
         report = SkipReport(dataset=name or img_dir.name)
-        image_index = index_images(img_dir)
+        shadowed: list[tuple[Path, Path]] = []
+        image_index = index_images(img_dir, shadowed=shadowed)
+        report_shadowed(report, shadowed)
         label_files = {
             p.relative_to(lbl_dir).with_suffix("").as_posix(): p
             for p in sorted(lbl_dir.rglob("*.txt"))

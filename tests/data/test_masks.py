@@ -175,3 +175,20 @@ def test_masks_with_names_that_are_not_utf8_and_a_mask_that_is_a_pipe(tmp_path: 
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[0].startswith("2 [0, 1]")  # the pipe is no mask file: p_2 has no targets
+
+
+def test_two_files_of_one_stem_are_reported_and_a_png_mask_is_preferred(tmp_path: Path) -> None:
+    """frame1.jpg beside frame1.png: one was read, the other never mentioned; an empty .bmp preview beside the real
+    .png mask won by sort order and the image got no targets."""
+    img, msk = tmp_path / "images", tmp_path / "masks"
+    _write(img, "frame1.png", np.zeros((20, 20, 3), np.uint8))
+    _write(img, "frame1.jpg", np.zeros((20, 20, 3), np.uint8))
+    real = np.zeros((20, 20), np.uint8)
+    real[5:8, 5:8] = 255
+    _write(msk, "frame1_pixels0.png", real)
+    _write(msk, "frame1_pixels0.bmp", np.zeros((20, 20), np.uint8))
+    records, _, report = load_masks(img, msk)
+    assert len(records) == 1 and len(records[0].boxes) == 1  # the PNG mask
+    assert report.same_stem == 2
+    assert sorted(report.examples["same_stem"]) == ["frame1.png (beside frame1.jpg)",
+                                                    "frame1_pixels0.bmp (beside frame1_pixels0.png)"]
