@@ -12,6 +12,7 @@ import os
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -437,12 +438,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             print("efpn: warning: --overlap applies to --slice tiles; without --slice it is ignored", file=sys.stderr)
         args.overlap = 0.2 if args.overlap is None else args.overlap
     keep_freed_memory()  # large activations reuse heap blocks instead of fresh mmaps (efpn.runtime)
+    before = warnings.formatwarning
+    warnings.formatwarning = _plain_warning  # a user reads the message, not efpn's source line that raised it
     try:
         args.func(args)
     except ValueError as e:
         _die(str(e))
     except OSError as e:  # a path that cannot be read or written (missing, read-only, permissions, disk full)
         _die(guards.describe_os_error(e))
+    finally:
+        warnings.formatwarning = before
+
+
+def _plain_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   line: str | None = None) -> str:
+    """A warning as the CLI prints it: ``efpn: warning: MESSAGE`` (Python's default adds the file, line number and
+    source line of the code that warned, which mean nothing to a user and broke into progress bars)."""
+    return f"efpn: warning: {message}\n"
 
 
 if __name__ == "__main__":

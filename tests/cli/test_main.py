@@ -77,6 +77,20 @@ def test_synth_refuses_an_image_side_no_network_takes(tmp_path: Path, capsys: py
     assert not (tmp_path / "s").exists()
 
 
+def test_warnings_print_as_messages_not_source_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A warning raised under a command prints as 'efpn: warning: ...', not with the file, line and source line of
+    efpn's code (which broke into val's progress bar); the process's own formatter is restored afterwards."""
+    import warnings
+
+    before = warnings.formatwarning
+    main(["data", "synth", "--out", str(tmp_path / "s"), "--num-images", "1", "--image-size", "64"])
+    assert warnings.formatwarning is before
+    from efpn.cli.main import _plain_warning
+
+    assert _plain_warning(UserWarning("skipped unreadable image x.png"), UserWarning, "validate.py", 97,
+                          "warnings.warn(...)") == "efpn: warning: skipped unreadable image x.png\n"
+
+
 def test_parser_builds() -> None:
     assert build_parser().prog == "efpn"
 
