@@ -74,6 +74,9 @@ def _parse_line(tokens: list[str], width: int, height: int) -> tuple[int, list[f
         return "a class that is not a whole number, or a coordinate that is not finite"
     if len(values) == 4:
         cx, cy, w, h = values
+        if max(values) > 1.5:  # far past the image: not a box reaching over an edge, but another unit
+            return (f"a value of {max(values):g}: YOLO coordinates are fractions (0 to 1) of the image's width and "
+                    "height; pixel coordinates? divide x and w by the width, y and h by the height")
         box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
     elif len(values) >= 6 and len(values) % 2 == 0:  # polygon segment
         if not all(-_SLACK <= v <= 1 + _SLACK for v in values):

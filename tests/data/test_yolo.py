@@ -81,3 +81,14 @@ def test_a_utf16_class_name_file_is_read_and_another_encoding_is_named(tmp_path:
     (tmp_path / "latin.txt").write_bytes("chat\nc\xe9pe\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"class-name file .*latin.txt is not UTF-8 text .*save it as UTF-8"):
         read_names(tmp_path / "latin.txt")
+
+
+def test_pixel_coordinates_are_named_as_such(tmp_path: Path) -> None:
+    """'0 50 25 10 10' (pixels) lost every box as 'entirely outside the image' and kept the image as background."""
+    from efpn.data.records import SkipReport
+    from efpn.data.yolo import parse_yolo_labels
+
+    report = SkipReport()
+    boxes, _ = parse_yolo_labels("0 50 25 10 10\n0 1.02 0.5 0.1 0.1\n", 100, 50, 1, report, "a.txt")
+    assert len(boxes) == 1 and report.malformed == 1  # the second reaches past the right edge: kept, clipped later
+    assert "a value of 50: YOLO coordinates are fractions" in report.examples["malformed"][0]
