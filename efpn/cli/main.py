@@ -138,10 +138,35 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if getattr(args, f.name, None) is not None}
-    cfg = load_train_config(args.config, **overrides) if args.config else TrainConfig(**overrides)
+    if args.config:
+        cfg = load_train_config(args.config, **overrides)
+    else:  # a resumed run starts from its own settings (its config.yaml), the flags given on top
+        cfg = TrainConfig(**{**_run_settings(args.resume), **overrides})
     result = train(cfg)
     if os.environ.get("RANK", "0").strip() in ("", "0"):  # under torchrun every rank returns: rank 0 reports the run
         print(result)
+
+
+def _run_settings(resume: str | None) -> dict[str, Any]:
+    """The settings a run was trained with (its ``config.yaml``) when ``--resume`` names its folder or a file in it;
+    {} otherwise (no resume, ``auto``, or a folder without one). Without them every flag not typed again fell back to
+    its default: a 2-epoch 96 px run resumed as 100 epochs at 640 px."""
+    import yaml
+
+    from efpn.config import TrainConfig
+
+    if not resume or resume == "auto":
+        return {}
+    folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}  # the resume itself says what is wrong with the folder
+    if not isinstance(saved, dict):
+        return {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume"}
+    print(f"resuming with the settings in {folder / 'config.yaml'} (flags given replace them)")
+    return {k: v for k, v in saved.items() if k in known}
 
 
 # ------------------------------------------------------------------------------------------------ diagnose

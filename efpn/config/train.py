@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from efpn.config.model import MAX_IMAGE_SIZE
 from efpn.config.schema import ConfigError, coerce, field_hints, from_mapping, read_yaml
 
 __all__ = ["RESUME_FREE", "TrainConfig", "load_train_config"]
@@ -127,22 +128,27 @@ class TrainConfig:
         need(self.tile or (self.zoom_in == 1 and self.zoom_out == 1),
              "zoom_in/zoom_out zoom the training tiles; with tile=False there are none (set tile=True or zoom 1)")
         need(self.accumulate >= 1, f"accumulate must be >= 1, got {self.accumulate}")
-        need(self.image_size >= 32 and self.image_size % 32 == 0,
-             f"image_size must be a positive multiple of 32, got {self.image_size}")
-        need(self.val_image_size is None or (self.val_image_size >= 32 and self.val_image_size % 32 == 0),
-             f"val_image_size must be a positive multiple of 32 or None, got {self.val_image_size}")
+        need(32 <= self.image_size <= MAX_IMAGE_SIZE and self.image_size % 32 == 0,
+             f"image_size must be a multiple of 32 from 32 to {MAX_IMAGE_SIZE}, got {self.image_size}")
+        need(self.val_image_size is None or (32 <= self.val_image_size <= MAX_IMAGE_SIZE
+                                             and self.val_image_size % 32 == 0),
+             f"val_image_size must be a multiple of 32 from 32 to {MAX_IMAGE_SIZE} or None, got {self.val_image_size}")
         need(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+             f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.warmup_iters >= 0, f"warmup_iters must be >= 0, got {self.warmup_iters}")
         need(0 < self.backbone_lr_scale <= 1, f"backbone_lr_scale must be in (0, 1], got {self.backbone_lr_scale}")
         need(self.dcloss_warmup_fraction is None or 0 <= self.dcloss_warmup_fraction < 1,
              f"dcloss_warmup_fraction must be in [0, 1) or None, got {self.dcloss_warmup_fraction}")
         need(0 <= self.final_lr_ratio <= 1, f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
-        need(self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0 or None, got {self.clip_grad}")
+        need(self.clip_grad is None or (self.clip_grad > 0 and math.isfinite(self.clip_grad)),
+             f"clip_grad must be a finite number > 0 (or 0 / None: no clipping), got {self.clip_grad}")
         need(self.nonfinite_limit >= 1, f"nonfinite_limit must be >= 1, got {self.nonfinite_limit}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        need(self.ema_tau > 0, f"ema_tau must be > 0, got {self.ema_tau}")
+        need(self.ema_tau > 0 and math.isfinite(self.ema_tau),
+             f"ema_tau must be a finite number > 0, got {self.ema_tau}")
+        need(0 <= self.seed < 2**32, f"seed must be a whole number in [0, 2**32), got {self.seed}")
         need(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
         need(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         need(self.val_every >= 1, f"val_every must be >= 1, got {self.val_every}")

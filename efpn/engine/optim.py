@@ -10,7 +10,7 @@ from torch import nn
 
 from efpn.config import TrainConfig
 
-__all__ = ["WarmupCosine", "build_optimizer", "param_groups"]
+__all__ = ["WarmupCosine", "apply_config", "build_optimizer", "param_groups"]
 
 
 class WarmupCosine:
@@ -54,13 +54,47 @@ def param_groups(
     ]
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW (beta1 = ``momentum``) or Nesterov SGD over :func:`param_groups`."""
+def _groups(cfg: TrainConfig, model: nn.Module) -> list[dict[str, Any]]:
+    """:func:`param_groups` of ``model`` under ``cfg`` (a pretrained backbone's parameters are the slow ones)."""
     pretrained = getattr(getattr(model, "config", None), "backbone", None)
     slow = "backbone." if pretrained is not None and pretrained.weights else None
-    groups = param_groups(model, cfg.weight_decay, slow, cfg.backbone_lr_scale)
+    return param_groups(model, cfg.weight_decay, slow, cfg.backbone_lr_scale)
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW (beta1 = ``momentum``) or Nesterov SGD over :func:`param_groups`."""
+    groups = _groups(cfg, model)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_scale"]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def apply_config(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int) -> None:
+    """Put ``cfg``'s settings into an optimizer and scheduler whose states a resume just restored (those states carry
+    the settings the run was started with): the peak lr, weight decay, momentum, the backbone's lr scale, the
+    warm-up, the final lr ratio and the schedule's length ``total_steps`` (a larger ``epochs`` stretches the cosine
+    over the new total instead of training the added epochs at the final lr). The lr of the step the run is at is
+    recomputed as LambdaLR computes it, so with unchanged settings every value is the same and an interrupted run
+    still resumes bit for bit."""
+    fresh = _groups(cfg, model)
+    if len(fresh) != len(optimizer.param_groups):
+        raise ValueError(f"the resumed optimizer has {len(optimizer.param_groups)} parameter groups and this "
+                         f"configuration gives {len(fresh)}; resume with the run's own settings")
+    schedule = WarmupCosine(total_steps, cfg.warmup_iters, cfg.final_lr_ratio)
+    for fn in scheduler.lr_lambdas:  # one object per group (or the same one for all): LambdaLR restored its fields
+        fn.__dict__.update(schedule.__dict__)
+    bases = []
+    for group, want in zip(optimizer.param_groups, fresh, strict=True):
+        group["weight_decay"], group["lr_scale"] = want["weight_decay"], want["lr_scale"]
+        if "betas" in group:  # AdamW: beta1 is the momentum
+            group["betas"] = (cfg.momentum, group["betas"][1])
+        elif "momentum" in group:
+            group["momentum"], group["nesterov"] = cfg.momentum, cfg.momentum > 0
+        group["initial_lr"] = cfg.lr * want["lr_scale"]
+        bases.append(group["initial_lr"])
+    scheduler.base_lrs = bases
+    for group, base, fn in zip(optimizer.param_groups, bases, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * fn(scheduler.last_epoch)

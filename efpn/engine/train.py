@@ -61,7 +61,7 @@ from efpn.engine import distributed as D
 from efpn.engine.cards import hardware_info, training_card
 from efpn.engine.data import StepBatchSampler, load_train_data, to_device, train_samples
 from efpn.engine.ema import ModelEMA
-from efpn.engine.optim import WarmupCosine, build_optimizer
+from efpn.engine.optim import WarmupCosine, apply_config, build_optimizer
 from efpn.engine.state import (
     STATE_FILE,
     check_resume_classes,
@@ -245,7 +245,16 @@ def train(cfg: TrainConfig) -> TrainResult:
                                  f"{'; '.join(fits)[:300]}. Resume with the run's own settings (its config.yaml) or "
                                  "start a new run")
             restore_training_state(state, model, optimizer, scaler if scaler.is_enabled() else None, scheduler, ema)
+            # the restored states carry the settings the run started with: this run's settings replace them (the
+            # same values when nothing changed; the warning above lists what did)
+            apply_config(cfg, model, optimizer, scheduler, total_steps)
+            if ema is not None:
+                ema.decay, ema.tau = cfg.ema_decay, cfg.ema_tau
             extra = state["extra"]
+            planned = (extra.get("train_config") or {}).get("epochs")
+            if verbose and planned is not None and int(planned) != cfg.epochs:
+                print(f"the learning-rate schedule now spans {cfg.epochs} epochs (the run planned {planned}): its "
+                      "cosine continues from this step over the new total")
             step, start_epoch, start_step = int(state["step"]), int(state["epoch"]), int(extra.get("epoch_step", 0))
             was = int((extra.get("train_config") or {}).get("batch_size") or cfg.batch_size)
             if start_step and was != cfg.batch_size:  # the images the interrupted epoch has seen, in steps of now:

@@ -138,3 +138,48 @@ def test_resume_on_data_of_other_classes_is_refused_before_touching_the_run(synt
             card.unlink()
     with pytest.raises(ValueError, match=r"trained on the classes \[disc, square, cross\]"):
         train(_small(other / "data.yaml", tmp_path / "r", max_steps=2, resume="auto"))
+
+
+def test_a_resume_applies_its_settings_and_a_larger_epochs_stretches_the_schedule(synth_small: Path,
+                                                                               tmp_path: Path) -> None:
+    """The restored optimizer, scheduler and EMA states carried the settings the run started with, so a resume with
+    another lr, weight decay or momentum ran on the old ones while config.yaml and the cards recorded the new; and
+    the epochs added by a larger --epochs all ran at the final lr. Both now follow this run's settings."""
+    import math
+
+    from efpn.engine.state import load_training_state
+
+    first = train(_small(synth_small, tmp_path / "r", epochs=2, warmup_iters=0, final_lr_ratio=0.01))
+    assert first.steps == 8  # 4 steps per epoch
+    with pytest.warns(UserWarning, match="weight_decay: 0.01 -> 0.2; momentum: 0.9 -> 0.5"):
+        longer = train(_small(synth_small, tmp_path / "r", epochs=4, warmup_iters=0, final_lr_ratio=0.01,
+                              weight_decay=0.2, momentum=0.5, resume=str(first.run_dir)))
+    state = load_training_state(longer.state)
+    groups = state["optimizer"]["param_groups"]
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.2} and {g["betas"][0] for g in groups} == {0.5}
+    assert state["scheduler"]["lr_lambdas"][0]["total_steps"] == 16
+    lrs = [float(ln.split(",")[3]) for ln in (longer.run_dir / "metrics.csv").read_text().splitlines()
+           if ln.startswith("step,")]
+    # the cosine over 16 steps: steps 9..16 continue from its middle (2e-3 x ~0.5) down to the floor, where the
+    # old 8-step schedule had them all at 2e-3 x 0.01
+    expected = [2e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t / 15)))) for t in range(9, 17)]
+    assert lrs[-8:] == pytest.approx(expected, rel=1e-6)
+
+
+def test_efpn_train_resume_without_retyping_flags_uses_the_runs_own_settings(synth_small: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`efpn train --resume RUN` built its settings from the defaults, so a 2-epoch 64 px run resumed as 100 epochs at
+    640 px (a warning, and ten minutes of training); the run's config.yaml is now the base, flags given replace it."""
+    import yaml
+
+    from efpn.cli.main import main
+
+    args = ["--model", "tiny_efpn_n", "--data", str(synth_small), "--image-size", "64", "--epochs", "2",
+            "--batch-size", "2", "--workers", "0", "--val-split", "none", "--out", str(tmp_path), "--name", "r",
+            "--no-progress", "--seed", "3"]
+    main(["train", *args, "--max-steps", "2"])
+    main(["train", "--resume", str(tmp_path / "r"), "--max-steps", "3"])
+    assert "resuming with the settings in" in capsys.readouterr().out
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert (saved["image_size"], saved["epochs"], saved["batch_size"], saved["seed"]) == (64, 2, 2, 3)
+    assert saved["max_steps"] == 3  # the flag given replaced the run's own

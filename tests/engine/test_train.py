@@ -257,8 +257,16 @@ def test_bad_configs_fail_clearly(tmp_path: Path, synth_small: Path) -> None:
         train(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "missing.yaml")))
     with pytest.raises(ValueError, match="data is required"):
         train(TrainConfig(model="tiny_efpn_n"))
-    with pytest.raises(ValueError, match="image_size must be a positive multiple of 32"):
+    with pytest.raises(ValueError, match="image_size must be a multiple of 32 from 32 to 4096"):
         TrainConfig(image_size=100)
+    with pytest.raises(ValueError, match="val_image_size must be a multiple of 32 from 32 to 4096"):
+        TrainConfig(val_image_size=8192)  # named itself, not the model's image_size
+    for name in ("weight_decay", "ema_tau", "clip_grad"):  # a flag's inf trained an epoch, then failed the card
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            TrainConfig(**{name: float("inf")})
+    for seed in (-1, 2**64):  # numpy's "expected non-negative integer" at the first sample, or an overflow
+        with pytest.raises(ValueError, match=r"seed must be a whole number in \[0, 2\*\*32\)"):
+            TrainConfig(seed=seed)
     with pytest.raises(ValueError, match="amp must be"):
         TrainConfig(amp="fp8")
     with pytest.raises(ValueError, match="divisible by world_size x accumulate"):
