@@ -14,6 +14,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -158,17 +159,24 @@ def ship(
         raise ValueError(f"nms_iou must be None, 'auto' or a number in [0, 1], got {nms_iou!r}")
     if storage not in ("auto", "fp32", "fp16", "int8"):
         raise ValueError(f"storage must be auto, fp32, fp16 or int8, got {storage!r}")
-    if not name or Path(name).name != name or name in (".", "..") or "\\" in name:
+    if not name or Path(name).name != name or name in (".", "..") or "\\" in name or not name.isprintable():
         raise ValueError(f"--name must be a plain file name such as efpn_n_synth (no folders), got {name!r}; "
                          "--out chooses the folder")
-    existing = Path(out_dir) / f"{name}.safetensors"
-    if existing.exists() and not overwrite:
-        raise FileExistsError(f"{existing} exists: shipping would replace it. Pass --overwrite to replace it, or give "
-                              "another --name")
+    if name.endswith((".safetensors", ".json")):
+        raise ValueError(f"--name is the checkpoint's name without a suffix (it writes NAME.safetensors and "
+                         f"NAME.json), got {name!r}: use --name {Path(name).stem}")
+    files = [Path(out_dir) / f"{name}{suffix}" for suffix in (".safetensors", ".json", ".telemetry.jsonl")]
+    existing = [f for f in files if f.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists: shipping would replace it. Pass --overwrite to replace it, or "
+                              "give another --name")
     run = Path(run_dir)
     best = run / "best.safetensors"
     if not best.is_file():
         best = run / "last.safetensors"
+        if best.is_file():  # no validated epoch yet: a stop mid-run (--max-steps, a kill) or a run still going
+            warnings.warn(f"{run} has no best.safetensors (no epoch of it was validated): shipping its last weights; "
+                          f"resume it (efpn train --resume {run}) to ship a finished run", stacklevel=2)
     if not best.is_file():
         raise FileNotFoundError(f"no best.safetensors or last.safetensors in {run}; train first (efpn train)")
     split_file = run / "data_split.json"
@@ -191,7 +199,13 @@ def ship(
     if split.get("val_source") == "data YAML":  # the YAML's own val split: load it as the run did
         records, names, _ = load_split(load_data_config(data_yaml), split.get("val_split") or "val")
     else:  # carved from train: the recorded ids say which images
-        records, names = _records_by_id(data_yaml, list(split.get("val_ids") or []))
+        ids = list(split.get("val_ids") or [])
+        records, names = _records_by_id(data_yaml, ids)
+        if len(records) < len(ids):  # the card would describe metrics on part of the run's validation split
+            missing = sorted(set(ids) - {r.image_id for r in records})
+            raise ValueError(f"{len(missing)} of the {len(ids)} validation images {run} recorded are no longer in "
+                             f"{data_yaml} (ids {missing[:5]}): restore them, so the card's metrics are those of the "
+                             "run's validation split")
     if not records:
         raise ValueError(f"no validation images found for {run}; check {run / 'data_split.json'}")
     if not any(r.num_targets for r in records):  # every metric would be empty, and "auto" would judge nothing
@@ -250,9 +264,11 @@ def ship(
     if sweep is not None:
         card["nms_sweep"] = sweep.to_json_dict()
     save_checkpoint(model, target, card, storage=chosen)
-    telemetry = run / "telemetry.jsonl"
+    telemetry, shipped = run / "telemetry.jsonl", out / f"{name}.telemetry.jsonl"
     if telemetry.is_file():
-        shutil.copy(telemetry, out / f"{name}.telemetry.jsonl")
+        shutil.copy(telemetry, shipped)
+    else:  # a replaced model's telemetry would be read as this one's
+        shipped.unlink(missing_ok=True)
     return target
 
 

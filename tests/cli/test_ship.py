@@ -117,3 +117,32 @@ def test_ship_chooses_or_sets_the_nms_iou_and_the_card_carries_it(tmp_path: Path
     with pytest.raises(ValueError, match="hold no object boxes"):
         ship(result.run_dir, "tiny_empty", out_dir=tmp_path / "ckpt", progress=False, storage="auto")
     assert not (tmp_path / "ckpt" / "tiny_empty.safetensors").exists()
+
+
+def test_ship_guards_every_file_it_writes_and_measures_the_runs_own_split(tmp_path: Path) -> None:
+    """ship replaced a lone NAME.json and NAME.telemetry.jsonl without --overwrite, left a replaced model's telemetry
+    beside a new one (read by efpn report as its own), shipped an unvalidated run's last weights without a word and
+    validated on whatever part of the recorded val images was left."""
+    write_synthetic_dataset(tmp_path / "synth", num_images=12, image_size=128, seed=4, max_size=24)
+    data = tmp_path / "synth" / "data.yaml"
+    result = train(TrainConfig(model="tiny_efpn_n", data=str(data), image_size=128, epochs=1, batch_size=4,
+                               max_steps=1, workers=0, out=str(tmp_path / "runs"), name="t", progress=False))
+    assert not (result.run_dir / "best.safetensors").exists()  # stopped before its epoch ended
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "m.json").write_text('{"mine": "precious"}')
+    with pytest.raises(FileExistsError, match=r"m\.json exists"):
+        ship(result.run_dir, "m", out_dir=ckpt, progress=False, storage="fp32")
+    assert (ckpt / "m.json").read_text() == '{"mine": "precious"}'
+    with pytest.raises(ValueError, match="without a suffix .*use --name m"):
+        ship(result.run_dir, "m.safetensors", out_dir=ckpt, progress=False)
+    (ckpt / "m.telemetry.jsonl").write_text('{"epoch": 1, "of": "another model"}\n')
+    (result.run_dir / "telemetry.jsonl").unlink()  # this run has none
+    with pytest.warns(UserWarning, match="no best.safetensors .*shipping its last weights"):
+        ship(result.run_dir, "m", out_dir=ckpt, progress=False, storage="fp32", overwrite=True)
+    assert not (ckpt / "m.telemetry.jsonl").exists()  # not left to be read as this model's
+    split = json.loads((result.run_dir / "data_split.json").read_text())
+    split["val_ids"] = [*split["val_ids"], 10**6]  # one recorded val image is gone from the data
+    (result.run_dir / "data_split.json").write_text(json.dumps(split))
+    with pytest.raises(ValueError, match=r"1 of the \d+ validation images .* are no longer in"):
+        ship(result.run_dir, "m2", out_dir=ckpt, progress=False)
