@@ -471,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         _die(str(e))
     except OSError as e:  # a path that cannot be read or written (missing, read-only, permissions, disk full)
         _die(guards.describe_os_error(e))
+    except KeyboardInterrupt:  # Ctrl-C: the command said what it kept (train: how to resume); no traceback
+        print("efpn: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         warnings.formatwarning = before
 

@@ -41,6 +41,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -467,6 +468,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             wall_time_s=wall,
             telemetry=D.broadcast_object(tel.summary() if main else {}),
         )
+    except KeyboardInterrupt:  # Ctrl-C: what was kept and how to go on, then the interrupt itself
+        if main and run_dir is not None and (run_dir / STATE_FILE).is_file():
+            print(f"\ninterrupted: {run_dir / STATE_FILE} holds the run as of its last saved epoch (or --max-steps "
+                  f"stop); continue exactly from there with  efpn train --resume {run_dir}", file=sys.stderr)
+        raise
     finally:
         if main and run_dir is not None:
             release_run(run_dir, lock)

@@ -183,3 +183,27 @@ def test_efpn_train_resume_without_retyping_flags_uses_the_runs_own_settings(syn
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert (saved["image_size"], saved["epochs"], saved["batch_size"], saved["seed"]) == (64, 2, 2, 3)
     assert saved["max_steps"] == 3  # the flag given replaced the run's own
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(synth_small: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C ended in a KeyboardInterrupt traceback through torch's optimizer, saying nothing of the saved state."""
+    from efpn.cli.main import main
+
+    real_step, calls = torch.optim.AdamW.step, []
+
+    def step(self, *a, **kw):  # the user presses Ctrl-C during the second epoch
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--model", "tiny_efpn_n", "--data", str(synth_small), "--image-size", "64", "--epochs", "2",
+              "--batch-size", "2", "--workers", "0", "--val-split", "none", "--out", str(tmp_path), "--name", "r",
+              "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "Traceback" not in err
+    assert f"continue exactly from there with  efpn train --resume {tmp_path / 'r'}" in err
