@@ -14,6 +14,7 @@ report that kept only one of them; a record without a last-epoch card is left ou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -62,6 +63,21 @@ def read_run(run: Path) -> dict | None:
             "note": f"from the run folder {run.name}"}
 
 
+def _why_left_out(run: Path) -> str:
+    """Why a run folder with a ``last.json`` has no record: it has not finished its epochs, or it finished without
+    validation metrics (nothing to report)."""
+    try:
+        last = json.loads((run / "last.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        last = {}
+    planned = (last.get("training") or {}).get("epochs") if isinstance(last, dict) else None
+    if isinstance(last, dict) and planned is not None and last.get("epochs") == planned:
+        return (f"the run {run.name} finished without validation metrics (trained with val_split none, or a val split "
+                "without boxes), so it has nothing to report; it is left out")
+    return (f"the run {run.name} has not finished its planned epochs (still training, or stopped early); it is left "
+            f"out of the report until it does (efpn train --resume {run})")
+
+
 def write_record(record: dict, records: Path) -> Path:
     """Write ``record`` as ``records/RUN.json`` (through a temporary file: a killed report leaves the old one)."""
     from efpn.files import atomic_write
@@ -107,19 +123,37 @@ def gather_runs(runs: str | Path | None, records: str | Path | None) -> dict[str
         except ValueError as e:  # CheckpointError: a damaged card leaves this run out, not the report
             print(f"efpn: warning: {e}; the run {run.name} is left out of the report", file=sys.stderr)
             continue
-        if record is None:  # still training, or stopped before its planned epochs (killed, --max-steps)
+        if record is None:  # still training, stopped before its planned epochs (killed, --max-steps), or unscored
             if (run / "last.json").is_file():
-                print(f"efpn: note: the run {run.name} has not finished its planned epochs (still training, or "
-                      "stopped early); it is left out of the report until it does (efpn train --resume "
-                      f"{run})", file=sys.stderr)
+                print(f"efpn: note: {_why_left_out(run)}", file=sys.stderr)
             continue
-        old = kept.get(run.name)
+        key = run.name
+        if key in kept and _identity(kept[key]) != _identity(record):
+            # another run under the same folder name (another machine's runs folder, another seed): both are kept
+            key = f"{run.name}@{_identity(record)}"
+            record = {**record, "run": key, "note": f"{record['note']} (another run of that name is recorded as "
+                                                    f"{run.name})"}
+            if key not in kept:
+                print(f"efpn: note: the run {run} was trained with other settings than the recorded run "
+                      f"{run.name}; it is recorded as {key}", file=sys.stderr)
+        old = kept.get(key)
         if old is not None and {**old, "recorded": None} == {**record, "recorded": None}:
             continue  # unchanged since it was recorded: the file (and its time) stay as they are
-        kept[run.name] = record
+        kept[key] = record
         if records:
             write_record(record, Path(records))
     return dict(sorted(kept.items()))
+
+
+def _identity(record: dict) -> str:
+    """A short digest of the settings a recorded run was trained with (its card's ``training``, less the fields a
+    resume may change): two runs of one folder name with another seed, model or data differ in it, while a run
+    recorded again after more epochs keeps it."""
+    from efpn.config import RESUME_FREE
+
+    card = record.get("last") or record.get("best") or {}
+    training = {k: v for k, v in dict(card.get("training") or {}).items() if k not in RESUME_FREE}
+    return hashlib.sha256(json.dumps(training, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def record_card(record: dict, which: str = "best") -> dict:

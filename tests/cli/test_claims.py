@@ -349,3 +349,30 @@ def test_budget_is_the_planned_epochs_not_the_best_epoch() -> None:
     assert card_budget(both) == "30 ep x b8 @ 320 px, zoom in 1.5, zoom out 2"
     plain = {"image_size": 320, "training": {"epochs": 30, "batch_size": 8, "zoom_in": 1.0, "zoom_out": 1.0}}
     assert card_budget(plain) == "30 ep x b8 @ 320 px"
+
+
+def test_a_run_of_the_same_name_from_another_runs_folder_keeps_both_records(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """Records were keyed by folder name alone, so another machine's run with the same default name (another seed)
+    replaced the earlier seed's record without a word; a finished run without validation was called unfinished."""
+    from efpn.cli.records import gather_runs, load_records
+
+    records = tmp_path / "records"
+    _seed_run(tmp_path / "m1", "fpn_sirst", "fpn_mv2", 0, 0.30)
+    _seed_run(tmp_path / "m2", "fpn_sirst", "fpn_mv2", 1, 0.31)
+    gather_runs(tmp_path / "m1", records)
+    both = gather_runs(tmp_path / "m2", records)
+    assert len(both) == 2 and both["fpn_sirst"]["last"]["training"]["seed"] == 0
+    other = next(k for k in both if k != "fpn_sirst")
+    assert other.startswith("fpn_sirst@") and both[other]["last"]["training"]["seed"] == 1
+    assert f"it is recorded as {other}" in capsys.readouterr().err
+    assert sorted(load_records(records)) == sorted(both)
+    gather_runs(tmp_path / "m2", records)  # the same run again: recorded once
+    assert len(load_records(records)) == 2
+
+    _seed_run(tmp_path / "m3", "noval", "fpn_mv2", 0, 0.30)
+    card = tmp_path / "m3" / "noval" / "last.json"
+    card.write_text(card.read_text().replace('"metrics"', '"no_metrics"'))
+    assert "noval" not in gather_runs(tmp_path / "m3", None)
+    err = capsys.readouterr().err
+    assert "finished without validation metrics" in err and "--resume" not in err
