@@ -235,7 +235,8 @@ def describe_os_error(e: OSError) -> str:
     raised with a message of its own (no errno) is that message."""
     if e.errno is None or e.strerror is None:
         return str(e)
-    what = e.strerror.rstrip(".").lower()
+    what = e.strerror.rstrip(".")
+    what = what[:1].lower() + what[1:]  # "No space left on device" -> "no space ...", "MiB" kept as written
     path = f"{e.filename}: " if e.filename is not None else ""
     advice = _OS_ADVICE.get(e.errno or -1)
     return f"{path}{what}" + (f"; {advice}" if advice else "")

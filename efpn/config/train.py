@@ -160,7 +160,8 @@ class TrainConfig:
         need(self.val_split in (None, "train", "val"),
              f"val_split must be 'train', 'val' or None, got {self.val_split!r}")
         need(bool(self.out), "out (the runs folder) must not be empty")
-        need(self.name is None or (self.name and "/" not in self.name and self.name not in (".", "..")),
+        need(self.name is None or (self.name and "/" not in self.name and self.name not in (".", "..")
+                                    and self.name.isprintable()),
              f"name must be a plain folder name, got {self.name!r}")
 
     @property

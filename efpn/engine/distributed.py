@@ -41,7 +41,9 @@ class DistInfo:
         return self.rank == 0
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """The integer a torchrun environment variable holds (``default`` when unset or empty); ValueError naming the
+    variable when it is not one."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -73,9 +75,9 @@ def setup_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistIn
     """
     import datetime
 
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", rank if world_size > 1 else 0)
+    world_size = env_int("WORLD_SIZE", 1)
+    rank = env_int("RANK", 0)
+    local_rank = env_int("LOCAL_RANK", rank if world_size > 1 else 0)
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} is outside [0, WORLD_SIZE={world_size})")
     dev = resolve_device(device, local_rank)

@@ -40,7 +40,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -202,7 +201,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         # more loader processes than this process's share of the CPUs (torchrun starts LOCAL_WORLD_SIZE of them on a
         # machine) only contend with training; the samples do not depend on the worker count, so capping it changes
         # nothing but the speed
-        workers = min(cfg.workers, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+        workers = min(cfg.workers, usable_cpus() // max(1, D.env_int("LOCAL_WORLD_SIZE", 1)))
         loader = DataLoader(
             dataset, batch_sampler=batches_of, num_workers=workers, collate_fn=collate,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
