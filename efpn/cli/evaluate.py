@@ -23,6 +23,9 @@ def model_and_records(args: argparse.Namespace, why: str) -> tuple[Any, list, li
     model = efpn.load_model(args.weights, device=args.device)
     records, names, report = load_split(load_data_config(args.data), args.split)
     print(report.summary())
+    if len(records) != report.images:  # the split is carved from that source by the data YAML's val_fraction
+        print(f"split {args.split!r}: {len(records)} of these {report.images} images (carved from the source above "
+              "by the data YAML's val_fraction and split_seed)")
     if args.limit:
         records = records[: args.limit]
     if not any(r.num_targets for r in records):

@@ -107,11 +107,14 @@ def tiny_ckpt_and_data(tmp_path: Path) -> tuple[Path, Path]:
     return ckpt, tmp_path / "synth" / "data.yaml"
 
 
-def test_val_writes_json_in_unit_range(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_val_writes_json_in_unit_range(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     ckpt, data = tiny_ckpt_and_data
     out = tmp_path / "m.json"
     main(["val", "--weights", str(ckpt), "--data", str(data), "--split", "train", "--json", str(out)])
     m = json.loads(out.read_text())
+    # the loader's header names the whole source; the split scored is part of it, and says so
+    assert f"split 'train': {m['num_images']} of these 5 images (carved" in capsys.readouterr().out
     for k in ("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "per_class"):
         assert k in m
     for k in ("AP", "AP50", "AP75"):

@@ -28,8 +28,12 @@ def test_coco_non_finite_or_odd_boxes_are_malformed(tmp_path: Path, bad: object)
                            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 2, 6, 6]}]}
     (tmp_path / "a.json").write_text(json.dumps(doc).replace("Infinity", "1e999").replace("NaN", "NaN"))
     records, _, report = load_coco(tmp_path / "a.json", tmp_path / "images")
-    assert len(records[0].boxes) == 1 and report.malformed == 1
-    assert np.isfinite(records[0].boxes).all()
+    # the image is left out whole: kept, the object of the unread box would count as background
+    assert not records and report.malformed == 1 and report.malformed_image == 1
+    doc["annotations"] = doc["annotations"][1:]
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    records, _, report = load_coco(tmp_path / "a.json", tmp_path / "images")
+    assert len(records[0].boxes) == 1 and np.isfinite(records[0].boxes).all() and report.malformed == 0
 
 
 def test_voc_and_visdrone_and_yolo_non_finite(tmp_path: Path) -> None:
@@ -41,32 +45,32 @@ def test_voc_and_visdrone_and_yolo_non_finite(tmp_path: Path) -> None:
         "<object><name>t</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>8</xmax><ymax>9</ymax></bndbox></object>"
         "</annotation>")
     records, _, report = load_voc(tmp_path / "voc")
-    assert len(records) == 1 and len(records[0].boxes) == 1 and report.malformed == 1
+    assert not records and report.malformed == 1 and report.malformed_image == 1  # left out whole
 
     _image(tmp_path / "vd" / "images" / "a.png")
     (tmp_path / "vd" / "ann").mkdir(parents=True)
     (tmp_path / "vd" / "ann" / "a.txt").write_text("1,1,inf,5,1,1,0,0\nnan,1,2,3,1,1,0,0\n2,2,6,6,1,1,0,0\n")
     records, _, report = load_visdrone(tmp_path / "vd" / "ann", tmp_path / "vd" / "images")
-    assert len(records[0].boxes) == 1 and report.malformed == 2
+    assert not records and report.malformed == 2 and report.malformed_image == 1
 
     _image(tmp_path / "y" / "images" / "a.png")
     (tmp_path / "y" / "labels").mkdir(parents=True)
     (tmp_path / "y" / "labels" / "a.txt").write_text("0 nan 0.5 0.1 0.1\n0 0.5 0.5 inf 0.1\n0 0.5 0.5 0.2 0.2\n")
     records, _, report = load_yolo(tmp_path / "y" / "images", tmp_path / "y" / "labels", names=["t"])
-    assert len(records[0].boxes) == 1 and report.malformed == 2
+    assert not records and report.malformed == 2 and report.malformed_image == 1
 
 
 def test_coco_ids_as_strings_boxes_from_segmentation_and_entries_without_ids(tmp_path: Path) -> None:
     from pycocotools import mask as mask_utils
 
-    for name in ("a.png", "b.png", "c.png"):
+    for name in ("a.png", "b.png", "c.png", "d.png"):
         _image(tmp_path / "images" / name)
     square = np.zeros((30, 40), np.uint8, order="F")
     square[5:15, 20:32] = 1  # x 20..32, y 5..15
     rle = mask_utils.encode(square)
     rle["counts"] = rle["counts"].decode()
     doc = {"images": [{"id": "frame_a", "file_name": "a.png"}, {"id": "frame_b", "file_name": "b.png"},
-                      {"file_name": "c.png"}],
+                      {"file_name": "c.png"}, {"id": "frame_d", "file_name": "d.png"}],
            "categories": [{"id": "2", "name": "t"}],
            "annotations": [
                {"id": 1, "image_id": "frame_a", "category_id": "2", "bbox": [1, 2, 3, 4]},
@@ -75,13 +79,14 @@ def test_coco_ids_as_strings_boxes_from_segmentation_and_entries_without_ids(tmp
                {"id": 3, "image_id": "frame_b", "category_id": 2, "segmentation": rle},
                {"id": 4, "image_id": "frame_b", "category_id": None, "bbox": [1, 1, 2, 2]},
                {"id": 5, "category_id": 2, "bbox": [1, 1, 2, 2]},
-               {"id": 6, "image_id": "frame_b", "category_id": 2, "segmentation": [[1, "x"]]}]}
+               {"id": 6, "image_id": "frame_d", "category_id": 2, "segmentation": [[1, "x"]]}]}
     (tmp_path / "s.json").write_text(json.dumps(doc))
     records, names, report = load_coco(tmp_path / "s.json", tmp_path / "images")
     assert names == ["t"] and [r.image_id for r in records] == [1, 2]  # numbered in the order of 'images'
     np.testing.assert_allclose(records[0].boxes, [[1, 2, 4, 6], [10, 5, 20, 18]])
     np.testing.assert_allclose(records[1].boxes, [[20, 5, 32, 15]])
     assert report.malformed == 3 and report.unknown_class == 1  # entry without id, ann without image_id, bad polygon
+    assert report.malformed_image == 1  # frame_d, whose only annotation is the bad polygon
 
     doc["categories"] = [{"name": "no id"}]
     (tmp_path / "s.json").write_text(json.dumps(doc))
