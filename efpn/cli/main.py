@@ -164,8 +164,12 @@ def _run_settings(resume: str | None) -> dict[str, Any]:
         return {}  # the resume itself says what is wrong with the folder
     if not isinstance(saved, dict):
         return {}
-    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume"}
-    print(f"resuming with the settings in {folder / 'config.yaml'} (flags given replace them)")
+    # what the run is (its model, data, budget and schedule), not how one sitting ran it: a --max-steps stop inherited
+    # would end the resume at once, and workers/progress belong to this machine and terminal
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "max_steps", "workers", "progress", "out",
+                                                                 "name"}
+    if os.environ.get("RANK", "0").strip() in ("", "0"):
+        print(f"resuming with the settings in {folder / 'config.yaml'} (flags given replace them)")
     return {k: v for k, v in saved.items() if k in known}
 
 

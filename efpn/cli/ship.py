@@ -203,9 +203,10 @@ def ship(
         records, names = _records_by_id(data_yaml, ids)
         if len(records) < len(ids):  # the card would describe metrics on part of the run's validation split
             missing = sorted(set(ids) - {r.image_id for r in records})
-            raise ValueError(f"{len(missing)} of the {len(ids)} validation images {run} recorded are no longer in "
-                             f"{data_yaml} (ids {missing[:5]}): restore them, so the card's metrics are those of the "
-                             "run's validation split")
+            raise ValueError(f"{len(missing)} of the {len(ids)} validation images {run} recorded are not among the "
+                             f"images {data_yaml} gives now (ids {missing[:5]}): removed from the data, or left out by "
+                             "its loader (efpn val --data prints what it leaves out and why); restore them, so the "
+                             "card's metrics are those of the run's validation split")
     if not records:
         raise ValueError(f"no validation images found for {run}; check {run / 'data_split.json'}")
     if not any(r.num_targets for r in records):  # every metric would be empty, and "auto" would judge nothing

@@ -273,8 +273,8 @@ def parse_coco(
             if path is None:
                 report.add("label_without_image", 1, file_name)
                 continue
-        key = str(path) if path is not None else file_name
-        if key in files_seen:  # one picture under two ids: scored twice, and a carve could split it train/val
+        key = str(path) if path is not None else file_name  # "" (no file name, boxes only): nothing to compare
+        if key and key in files_seen:  # one picture under two ids: scored twice, and a carve could split it
             report.add("malformed", 1, f"{file_name} listed again as image {image_id} (first as {files_seen[key]}): "
                                        "left out")
             continue

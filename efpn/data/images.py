@@ -275,9 +275,13 @@ def read_image(src: ImageSource, exif_transpose: bool = True, *, notes: list[str
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _png_exif_orientation(path: str | Path) -> int | None:
+#: Keywords of PNG text chunks that hold EXIF as hex text (ImageMagick, older exiftool); Pillow reads them too.
+_RAW_EXIF_KEYWORDS = (b"Raw profile type exif", b"Raw profile type APP1")
+
+
+def _png_exif_orientation(path: str | Path) -> int | None | str:
     """The EXIF orientation of a PNG from its ``eXIf`` chunk, found by walking the chunk headers (no pixel data is
-    read or inflated); None without one."""
+    read or inflated); None without one; ``"text"`` when the EXIF is in a text chunk instead (for Pillow to read)."""
     with open(path, "rb") as f:
         if f.read(8) != _PNG_SIGNATURE:
             return None
@@ -293,6 +297,12 @@ def _png_exif_orientation(path: str | Path) -> int | None:
                 return int(value) if isinstance(value, int) else None
             if kind == b"IEND":
                 return None
+            if kind in (b"tEXt", b"zTXt", b"iTXt"):
+                keyword = f.read(min(length, 80)).split(b"\0", 1)[0]
+                if keyword in _RAW_EXIF_KEYWORDS:
+                    return "text"
+                f.seek(length - min(length, 80) + 4, 1)
+                continue
             f.seek(length + 4, 1)  # the chunk's data and CRC
 
 
@@ -301,8 +311,10 @@ def _orientation(im: Image.Image, path: str | Path) -> int | None:
     look for an ``eXIf`` chunk after the pixels (~190 ms on a 4000 x 4000 file against 0.4 ms for a header), so
     PNG chunks are walked instead."""
     if im.format == "PNG":
-        return _png_exif_orientation(path)
-    value = im.getexif().get(_EXIF_ORIENTATION_TAG)
+        found = _png_exif_orientation(path)
+        if found != "text":
+            return found if isinstance(found, int) else None
+    value = im.getexif().get(_EXIF_ORIENTATION_TAG)  # Pillow's reader (a PNG with text-chunk EXIF: a decode, rare)
     return int(value) if isinstance(value, int) else None
 
 

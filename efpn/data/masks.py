@@ -80,6 +80,11 @@ def boxes_from_mask(mask: np.ndarray, connectivity: int = 8, instances: bool = F
     return out[np.lexsort((out[:, 0], out[:, 1]))] if len(out) else out
 
 
+#: Mask file types whose compression rings at 1/8 to 1/2 of the peak value away from targets (JPEG at quality 50
+#: or lower): faint regions there are noise, not targets, and are not counted.
+_LOSSY = (".jpg", ".jpeg", ".webp")
+
+
 def faint_regions(mask: np.ndarray, connectivity: int = 8) -> int:
     """Regions of a mask (H, W) that :func:`boxes_from_mask` does not take as targets but that look like ones: values
     from 1/8 to under 1/2 of the mask's peak, more than 2 px from any target (a lossy save's noise is fainter, and
@@ -226,7 +231,7 @@ def load_masks(
                 report.add("malformed", 1, f"{mask_path.name} ({mask.shape[1]}x{mask.shape[0]} for a {w}x{h} image)")
                 continue
             boxes = boxes_from_mask(mask, connectivity, instances)
-            if not instances:
+            if not instances and mask_path.suffix.lower() not in _LOSSY:  # a lossy save's ringing is faint too
                 report.add("faint_mask_regions", faint_regions(mask, connectivity), mask_path.name)
         kept_stems.append(stem)
         pending.append((stem, path, w, h, boxes))

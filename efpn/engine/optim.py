@@ -84,6 +84,11 @@ def apply_config(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Opti
         raise ValueError(f"the resumed optimizer has {len(optimizer.param_groups)} parameter groups and this "
                          f"configuration gives {len(fresh)}; resume with the run's own settings")
     schedule = WarmupCosine(total_steps, cfg.warmup_iters, cfg.final_lr_ratio)
+    restored = scheduler.lr_lambdas[0]
+    if min(int(cfg.warmup_iters), restored.total_steps // 3) == restored.warmup:
+        # warmup_iters unchanged: the warm-up the run had (capped at a third of its old length) stays, so a longer
+        # run does not fall back into a longer warm-up it has already passed
+        schedule.warmup = restored.warmup
     for fn in scheduler.lr_lambdas:  # one object per group (or the same one for all): LambdaLR restored its fields
         fn.__dict__.update(schedule.__dict__)
     bases = []
@@ -98,3 +103,4 @@ def apply_config(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Opti
     scheduler.base_lrs = bases
     for group, base, fn in zip(optimizer.param_groups, bases, scheduler.lr_lambdas, strict=True):
         group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports

@@ -333,9 +333,14 @@ def check_resume_model(saved: Mapping[str, Any] | None, cfg: TrainConfig, run_di
 
 
 def check_resume_config(saved: Mapping[str, Any] | None, cfg: TrainConfig) -> None:
-    """Warn when a run resumes with settings that change what it computes (``RESUME_FREE`` ones may change)."""
+    """Warn when a run resumes with settings that change what it computes (``RESUME_FREE`` ones may change); refuse
+    another optimizer (its state cannot continue as another's)."""
     if not saved:
         return
+    if saved.get("optimizer", cfg.optimizer) != cfg.optimizer:  # its saved state is another optimizer's
+        raise ValueError(f"the run was trained with --optimizer {saved['optimizer']} and its state is that "
+                         f"optimizer's; resume with --optimizer {saved['optimizer']} (or start a new run with "
+                         f"{cfg.optimizer})")
     now = cfg.to_dict()
     # a field the saved run predates had its default then (a new field never changes what an old run computed)
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -135,6 +135,20 @@ class LossStep(nn.Module):
 # ==================================================================================================== train
 
 
+def _warn_if_split_moved(recorded: Path, split: dict[str, Any]) -> None:
+    """Warn when a resumed run's validation images are not the ones it recorded (the data changed, or its loader now
+    leaves out images, which moves a carve): validation would then score images the run trained on."""
+    try:
+        before = json.loads(recorded.read_text(encoding="utf-8")).get("val_ids")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(before, list) and sorted(before) != sorted(split.get("val_ids") or []):
+        moved = len(set(before) ^ set(split.get("val_ids") or []))
+        warnings.warn(f"the validation split differs from the one this run recorded in {recorded} ({moved} image ids "
+                      "in one and not the other): the data changed, or its loader now leaves out images (see its "
+                      "report above); validation may score images the run trained on", stacklevel=3)
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; returns a :class:`TrainResult` (see the module docstring).
 
@@ -239,6 +253,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         tel = EpochTelemetry()
         if state is not None:
             check_resume_config(state["extra"].get("train_config"), cfg)
+            _warn_if_split_moved(run_dir / "data_split.json", data.split)
             fits = check_state_dict(model.state_dict(), state["model"], strict=True)  # [] when every key fits
             if fits:  # before load_state_dict's list of thousands of keys, which says nothing a user can act on
                 raise ValueError(f"the training state {state_path} does not fit the {cfg.model} model built now: "

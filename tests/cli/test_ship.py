@@ -144,5 +144,5 @@ def test_ship_guards_every_file_it_writes_and_measures_the_runs_own_split(tmp_pa
     split = json.loads((result.run_dir / "data_split.json").read_text())
     split["val_ids"] = [*split["val_ids"], 10**6]  # one recorded val image is gone from the data
     (result.run_dir / "data_split.json").write_text(json.dumps(split))
-    with pytest.raises(ValueError, match=r"1 of the \d+ validation images .* are no longer in"):
+    with pytest.raises(ValueError, match=r"1 of the \d+ validation images .* are not among the images"):
         ship(result.run_dir, "m2", out_dir=ckpt, progress=False)

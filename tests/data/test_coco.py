@@ -211,3 +211,14 @@ def test_one_image_listed_under_two_ids_is_read_once(tmp_path: Path) -> None:
         records, _, report = load_coco(tmp_path / "a.json", images)
         assert [r.image_id for r in records] == [1] and report.malformed == 1
         assert "a.png listed again as image 2 (first as 1)" in report.examples["malformed"][0]
+
+
+def test_boxes_only_images_without_file_names_are_all_read(tmp_path: Path) -> None:
+    """Entries without a file_name (boxes only) shared the empty name and all but the first were 'listed again'."""
+    from efpn.data.coco import parse_coco
+
+    doc = {"images": [{"id": 1, "width": 100, "height": 100}, {"id": 2, "width": 100, "height": 100}],
+           "categories": [{"id": 1, "name": "a"}],
+           "annotations": [{"id": i, "image_id": i, "bbox": [10, 10, 5, 5], "category_id": 1} for i in (1, 2)]}
+    records, _, report = parse_coco(doc, None)
+    assert [r.image_id for r in records] == [1, 2] and report.malformed == 0

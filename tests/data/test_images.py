@@ -185,3 +185,19 @@ def test_png_size_reads_an_exif_orientation_after_the_pixels_without_decoding(tm
         assert image_size(tmp_path / name) == (20, 30)
     monkeypatch.undo()
     assert read_image(tmp_path / "b.png").shape == (30, 20, 3)  # as displayed: W=20, H=30
+
+
+def test_png_exif_in_a_raw_profile_text_chunk_still_turns_the_size(tmp_path: Path) -> None:
+    """ImageMagick writes a PNG's EXIF as hex text ('Raw profile type exif'); Pillow and read_image turn the image by
+    it, so image_size must too (the chunk walk alone saw no eXIf chunk and gave the unturned size)."""
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()
+    text = f"\nexif\n{len(raw):8d}\n" + raw.hex() + "\n"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", text)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "raw.png", pnginfo=info)
+    assert image_size(tmp_path / "raw.png") == (20, 30)
+    assert read_image(tmp_path / "raw.png").shape == (30, 20, 3)

@@ -192,3 +192,15 @@ def test_two_files_of_one_stem_are_reported_and_a_png_mask_is_preferred(tmp_path
     assert report.same_stem == 2
     assert sorted(report.examples["same_stem"]) == ["frame1.png (beside frame1.jpg)",
                                                     "frame1_pixels0.bmp (beside frame1_pixels0.png)"]
+
+
+def test_faint_regions_of_a_lossy_mask_are_not_counted(tmp_path: Path) -> None:
+    """A JPEG mask at quality 50 rings at 1/8 to 1/2 of its peak away from the targets; counted, the report advised
+    instances: true, which would make every noise value an object there."""
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:10, 5:10] = 255
+    mask[25:28, 25:28] = 100  # what would be counted in a lossless mask
+    _write(tmp_path / "images", "a.png", np.zeros((40, 40, 3), np.uint8))
+    _write(tmp_path / "masks", "a_pixels0.jpg", mask)
+    _, _, report = load_masks(tmp_path / "images", tmp_path / "masks")
+    assert report.faint_mask_regions == 0

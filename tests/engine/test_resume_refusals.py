@@ -183,6 +183,25 @@ def test_efpn_train_resume_without_retyping_flags_uses_the_runs_own_settings(syn
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert (saved["image_size"], saved["epochs"], saved["batch_size"], saved["seed"]) == (64, 2, 2, 3)
     assert saved["max_steps"] == 3  # the flag given replaced the run's own
+    main(["train", "--resume", str(tmp_path / "r")])  # a --max-steps stop is not inherited: it trains to the end
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["max_steps"] is None and "2 epochs, 8 steps" in capsys.readouterr().out
+
+
+def test_a_longer_resume_keeps_the_warm_up_it_had_and_another_optimizer_is_refused(synth_small: Path,
+                                                                                  tmp_path: Path) -> None:
+    """The warm-up is capped at a third of the run: recomputed for a longer run it grew, and a run past its warm-up
+    fell back into a longer one (the lr halved, then ramped up again). An optimizer state cannot continue as
+    another optimizer's (AdamW's groups have no 'momentum': a KeyError at the first SGD step)."""
+    from efpn.engine.state import load_training_state
+
+    first = train(_small(synth_small, tmp_path / "r", epochs=3, warmup_iters=500, max_steps=6))  # warm-up 12 // 3
+    longer = train(_small(synth_small, tmp_path / "r", epochs=12, warmup_iters=500, max_steps=7,
+                          resume=str(first.run_dir)))
+    schedule = load_training_state(longer.state)["scheduler"]["lr_lambdas"][0]
+    assert (schedule["warmup"], schedule["total_steps"]) == (4, 48)  # not 48 // 3 = 16
+    with pytest.raises(ValueError, match="trained with --optimizer adamw .* resume with --optimizer adamw"):
+        train(_small(synth_small, tmp_path / "r", epochs=12, optimizer="sgd", resume=str(first.run_dir)))
 
 
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(synth_small: Path, tmp_path: Path,
