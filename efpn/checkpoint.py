@@ -33,6 +33,7 @@ from efpn import zoo
 from efpn.config import ModelConfig
 from efpn.config.card import card_field_problems
 from efpn.files import atomic_write_group, previous_path
+from efpn.storage import INT8_MIN_NUMEL, INT8_SCALE_PREFIX, dequantize_int8, fits_half, quantize_int8
 
 #: ``format`` of a model card and of the safetensors metadata (``FORMAT_VERSION`` changes with the layout).
 FORMAT = "efpn"
@@ -131,32 +132,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def _fits_half(t: torch.Tensor) -> bool:
-    """True when casting ``t`` to fp16 keeps every finite value finite (BN running_var can exceed 65504)."""
-    return bool(torch.isfinite(t.to(torch.float16)).eq(torch.isfinite(t)).all())
-
-
-#: Prefix of the per-channel scale stored beside each int8 weight (``{prefix}{key}``).
-INT8_SCALE_PREFIX = "__int8_scale__."
-#: Weights with fewer elements stay fp16 under int8 storage (biases, norms, small kernels: no size to win).
-INT8_MIN_NUMEL = 1024
 Storage = Literal["fp32", "fp16", "int8"]
 _DTYPE_NAME = {"fp32": "float32", "fp16": "float16", "int8": "int8-weights"}
-
-
-def _quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: ``t`` (O, ...) float -> (q (O, ...) int8, scale (O,) float32) with
-    ``t ~= q * scale[:, None, ...]``; an all-zero channel gets scale 1 (its q is 0)."""
-    flat = t.detach().float().reshape(t.shape[0], -1)  # (O, K)
-    scale = flat.abs().amax(dim=1) / 127.0
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(flat / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q.reshape(t.shape).contiguous(), scale.contiguous()
-
-
-def _dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_quantize_int8` -> float32 tensor of ``q``'s shape."""
-    return (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(q.shape)
 
 
 def _weights_to_save(model: nn.Module, storage: Storage) -> dict[str, torch.Tensor]:
@@ -175,9 +152,9 @@ def _weights_to_save(model: nn.Module, storage: Storage) -> dict[str, torch.Tens
             )
         t = value.detach().cpu().contiguous().clone()
         if storage == "int8" and t.is_floating_point() and t.dim() >= 2 and t.numel() >= INT8_MIN_NUMEL:
-            out[key], out[INT8_SCALE_PREFIX + key] = _quantize_int8(t)
+            out[key], out[INT8_SCALE_PREFIX + key] = quantize_int8(t)
             continue
-        if storage in ("fp16", "int8") and t.is_floating_point() and t.dtype != torch.float16 and _fits_half(t):
+        if storage in ("fp16", "int8") and t.is_floating_point() and t.dtype != torch.float16 and fits_half(t):
             t = t.to(torch.float16)
         out[key] = t
     return out
@@ -192,7 +169,7 @@ def _dequantized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if q is None or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
             raise CheckpointError(f"int8 scale {INT8_SCALE_PREFIX + key!r} has no matching int8 weight {key!r} "
                                   "of as many output channels; the file is damaged: re-export it")
-        out[key] = _dequantize_int8(q, scale)
+        out[key] = dequantize_int8(q, scale)
     return out
 
 

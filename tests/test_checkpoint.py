@@ -113,13 +113,13 @@ def test_int8_storage_quantizes_conv_weights_per_channel(tmp_path: Path) -> None
     """int8: big weights as int8 + per-channel scales (error <= half a step), the rest fp16; a real preset
     gives the same detections and its file is about a quarter of fp32."""
     import efpn
-    from efpn.checkpoint import INT8_SCALE_PREFIX, _dequantize_int8, _quantize_int8
+    from efpn.storage import INT8_SCALE_PREFIX, dequantize_int8, quantize_int8
 
     w = torch.randn(8, 4, 3, 3) * torch.linspace(0.01, 3.0, 8)[:, None, None, None]
     w[3] = 0.0
-    q, scale = _quantize_int8(w)
+    q, scale = quantize_int8(w)
     assert q.dtype == torch.int8 and scale.shape == (8,) and float(scale[3]) == 1.0
-    err = (_dequantize_int8(q, scale) - w).abs().reshape(8, -1).amax(1)
+    err = (dequantize_int8(q, scale) - w).abs().reshape(8, -1).amax(1)
     assert bool((err <= scale / 2 + 1e-7).all()), (err, scale)
 
     torch.manual_seed(0)

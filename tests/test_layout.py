@@ -16,7 +16,7 @@ EFPN = REPO / "efpn"
 
 #: component (top-level module or sub-package of efpn) -> layer
 LAYERS: dict[str, int] = {
-    "vocab": 0, "config": 0, "runtime": 0, "_limits": 0, "files": 0,
+    "vocab": 0, "config": 0, "runtime": 0, "_limits": 0, "files": 0, "storage": 0,
     "data": 1, "det": 1, "layers": 1,
     "models": 2,
     "zoo": 3,

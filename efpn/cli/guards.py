@@ -19,6 +19,8 @@ from efpn.config.model import MAX_IMAGE_SIZE as MODEL_MAX_IMAGE_SIZE
 #: Network input sides the CLI accepts: a multiple of 32 (the coarsest stride the presets use) up to the largest a
 #: model config takes (a larger single input does not fit in memory on most machines; --slice tiles large images).
 MAX_IMAGE_SIZE = MODEL_MAX_IMAGE_SIZE
+#: The largest side ``data synth`` writes: DOTA-sized scenes for tiling, 0.75 GiB of pixels at most.
+MAX_SYNTH_SIDE = 16384
 
 
 def _whole_number(text: str, minimum: int, unit: str, hint: str) -> int:
@@ -61,11 +63,12 @@ def tile_size(text: str) -> int:
 
 def image_side(text: str) -> int:
     """argparse type of an image's side to write (``data synth --image-size``): a whole number in [16,
-    MAX_IMAGE_SIZE] px (100000 px asked numpy for 112 GiB and left an empty folder)."""
+    MAX_SYNTH_SIDE] px (100000 px asked numpy for 112 GiB and left an empty folder; sides above a network input are
+    for tiled inference, so the bound is memory, not the network)."""
     value = _whole_number(text, 16, " of pixels", "an image side of at least 16 px")
-    if value > MAX_IMAGE_SIZE:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_IMAGE_SIZE} px (the largest network input), got "
-                                         f"{value}")
+    if value > MAX_SYNTH_SIDE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SYNTH_SIDE} px (a {MAX_SYNTH_SIDE} px image is "
+                                         f"{3 * MAX_SYNTH_SIDE ** 2 / 2 ** 30:.2g} GiB in memory), got {value}")
     return value
 
 

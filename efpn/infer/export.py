@@ -59,6 +59,7 @@ class ExportReport:
 
 
 def _input_contract(size: int, divisor: int, dynamic: bool) -> str:
+    """The metadata's ``input`` entry: how an image becomes the graph's input, for a fixed or a dynamic graph."""
     if dynamic:
         return (f"images: (N, 3, H, W) float RGB in [0, 1], H and W multiples of {divisor}; as efpn feeds it: resize "
                 f"to {size} on the long side, then pad with zeros at the bottom and right to the next multiple of "
@@ -131,7 +132,8 @@ def _check_sizes(size: int, divisor: int, dynamic: bool) -> list[tuple[int, int,
     batch of 2 at a non-square size (about 3/4 of it in height, a multiple of the divisor)."""
     sizes = [(1, size, size)]
     if dynamic:
-        sizes.append((2, max(divisor, (size * 3 // 4) // divisor * divisor), size))
+        height = max(divisor, (size * 3 // 4) // divisor * divisor)
+        sizes.append((2, height, size if height != size else size + divisor))  # never square: a free width too
     return sizes
 
 

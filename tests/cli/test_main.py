@@ -73,7 +73,7 @@ def test_synth_refuses_an_image_side_no_network_takes(tmp_path: Path, capsys: py
     """--image-size 100000 asked numpy for 112 GiB (a traceback, and an empty folder left behind)."""
     with pytest.raises(SystemExit) as e:
         main(["data", "synth", "--out", str(tmp_path / "s"), "--num-images", "2", "--image-size", "100000"])
-    assert e.value.code == 2 and "must be at most 4096 px" in capsys.readouterr().err
+    assert e.value.code == 2 and "must be at most 16384 px" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
