@@ -60,7 +60,7 @@ def read_run(run: Path) -> dict | None:
     best = read_card(run / "best.json") if (run / "best.json").is_file() else None
     return {"run": run.name, "last": last, "best": best if best and best.get("metrics") else None,
             "telemetry": read_jsonl(run / "telemetry.jsonl"), "recorded": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "note": f"from the run folder {run.name}"}
+            "note": f"from the run folder {run.name}", "folder": str(run.resolve())}
 
 
 def _why_left_out(run: Path) -> str:
@@ -128,8 +128,11 @@ def gather_runs(runs: str | Path | None, records: str | Path | None) -> dict[str
                 print(f"efpn: note: {_why_left_out(run)}", file=sys.stderr)
             continue
         key = run.name
-        if key in kept and _identity(kept[key]) != _identity(record):
-            # another run under the same folder name (another machine's runs folder, another seed): both are kept
+        earlier = kept.get(key)
+        if (earlier is not None and earlier.get("folder") not in (None, record["folder"])
+                and _identity(earlier) != _identity(record)):
+            # another run under the same folder name (another machine's runs folder, another seed): both are kept;
+            # the same folder trained again replaces its record, as a record without a folder does
             key = f"{run.name}@{_identity(record)}"
             record = {**record, "run": key, "note": f"{record['note']} (another run of that name is recorded as "
                                                     f"{run.name})"}

@@ -369,6 +369,12 @@ def test_a_run_of_the_same_name_from_another_runs_folder_keeps_both_records(tmp_
     assert sorted(load_records(records)) == sorted(both)
     gather_runs(tmp_path / "m2", records)  # the same run again: recorded once
     assert len(load_records(records)) == 2
+    import shutil
+
+    shutil.rmtree(tmp_path / "m1" / "fpn_sirst")  # the first folder trained again with other settings: replaced
+    _seed_run(tmp_path / "m1", "fpn_sirst", "fpn_mv2", 5, 0.50)
+    again = gather_runs(tmp_path / "m1", records)
+    assert again["fpn_sirst"]["last"]["metrics"]["AP"] == 0.50 and len(again) == 2
 
     _seed_run(tmp_path / "m3", "noval", "fpn_mv2", 0, 0.30)
     card = tmp_path / "m3" / "noval" / "last.json"
