@@ -212,10 +212,13 @@ def parse_coco(
     check_images: bool = True,
     name: str = "",
     source: str = "the annotation file",
+    keep_partial: bool = False,
 ) -> tuple[list[ImageRecord], list[str], SkipReport]:
     """:func:`load_coco` on a COCO detection dict already in memory (e.g. parsed with :func:`parse_json` from an
     upload). ``source`` names the file in the ValueError for a dict that is not COCO detection; ``name`` is the
-    report's dataset name. Same arguments, contract and result as :func:`load_coco`.
+    report's dataset name. Same arguments, contract and result as :func:`load_coco`, except that ``keep_partial``
+    keeps an image whose annotation has unreadable entries, with its readable objects (counted as ``malformed``),
+    as the YOLO and VOC readers of one image's upload do: the studio shows the rest with the count.
     """
     check_policy("crowd", crowd)
     if not isinstance(data, dict) or "images" not in data or "categories" not in data:
@@ -313,7 +316,7 @@ def parse_coco(
                 report.add("crowd", 1, file_name)
                 role = crowd
             boxes.append(xyxy), labels.append(label), roles.append(role)
-        if dropped_as_malformed(report, malformed, file_name):
+        if not keep_partial and dropped_as_malformed(report, malformed, file_name):
             continue
         if not anns:
             report.add("image_without_labels", 1, file_name)

@@ -2,12 +2,15 @@
 
 :func:`parse_annotation_bytes` reads the bytes with the format loaders' own per-record parsing
 (:func:`~efpn.data.coco.parse_coco`, :func:`~efpn.data.yolo.parse_yolo`, :func:`~efpn.data.voc.parse_voc`), so an
-upload is cleaned, clipped and reported exactly like a dataset on disk; nothing is written to disk.
+upload is cleaned, clipped and reported like a dataset on disk, with one difference: where a dataset's loader leaves
+out an image whose annotation has entries it cannot read, an upload keeps the image's readable objects and counts the
+rest (``dropped``), for the page to show both; nothing is written to disk.
 
 Contract:
 
 * the format is chosen by the file's suffix: ``.json`` COCO, ``.txt`` YOLO, ``.xml`` Pascal VOC;
-* COCO: the entry whose ``file_name`` has the image's stem, else the only entry; crowd boxes are not targets;
+* COCO: the entry whose ``file_name`` has the image's stem (also written with Windows separators), else the only
+  entry; crowd boxes are not targets;
 * YOLO: class ids index ``class_names`` (the model's), coordinates are relative to ``image_hw``;
 * VOC: difficult objects are not targets; a missing ``<size>`` is ``image_hw``;
 * COCO and VOC: category names found in ``class_names`` take their index there; the file's other names come after
@@ -22,7 +25,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -99,7 +102,7 @@ def parse_annotation_bytes(
         notes: list[str] = []
         if suffix == ".json":
             record, found, report, described = _coco(data, file_name, stem)
-            if Path(described).stem != stem:
+            if _stem(described) != stem:
                 notes.append(f"{file_name} describes '{described}', not '{image_name}': its only image was taken "
                              "for this one. Check that its boxes belong to this image.")
         elif suffix == ".txt":
@@ -148,11 +151,16 @@ def map_class_names(names: list[str], found: list[str], labels: np.ndarray) -> t
     return np.array([index[int(c)] for c in labels], dtype=np.int64), names + extra
 
 
+def _stem(file_name: str) -> str:
+    """A COCO ``file_name``'s stem, also when it is written with Windows separators (``C:\\data\\a.jpg``)."""
+    return PureWindowsPath(file_name).stem if "\\" in file_name else Path(file_name).stem
+
+
 def _coco(data: bytes, file_name: str, stem: str) -> tuple[ImageRecord, list[str], SkipReport, str]:
     """The COCO record of the image with this stem (else the only one) in the JSON ``data``, with the file name
     the JSON gives that image."""
     doc = parse_json(data, file_name)
-    records, names, report = parse_coco(doc, None, name=Path(file_name).stem, source=file_name)
+    records, names, report = parse_coco(doc, None, name=Path(file_name).stem, source=file_name, keep_partial=True)
     if not records:
         dropped = [f"{n} {reason}" + (f", e.g. {report.examples[reason][0]}" if report.examples.get(reason) else "")
                    for reason, n in report.counts().items()]
@@ -160,12 +168,8 @@ def _coco(data: bytes, file_name: str, stem: str) -> tuple[ImageRecord, list[str
         raise AnnotationError(f"{file_name} holds no{why}; {_WHAT_TO_UPLOAD}")
     to_id = image_id_map(doc["images"])
     ids = {to_id(e.get("id")) for e in doc["images"]
-           if isinstance(e, dict) and Path(str(e.get("file_name", ""))).stem == stem}
+           if isinstance(e, dict) and _stem(str(e.get("file_name", ""))) == stem}
     pick = [r for r in records if r.image_id in ids] or (records if len(records) == 1 and not ids else [])
-    if ids and not pick:  # this image is in the file, and its annotation has entries that cannot be read
-        example = (report.examples.get("malformed") or ["?"])[0]
-        raise AnnotationError(f"{file_name}: the annotation of '{stem}' has entries that could not be read (e.g. "
-                              f"{example}); fix or delete them, as a part of its objects would count as background")
     if not pick:
         raise AnnotationError(
             f"{file_name} has {len(records)} images and none is named like '{stem}'; upload the JSON of this image, "
