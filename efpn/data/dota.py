@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 
 from efpn.config.names import ClassNames, read_names
-from efpn.data.images import CorruptImageError, image_size, index_images
+from efpn.data.images import CorruptImageError, image_size, index_images, unreadable_example
 from efpn.data.records import (
     ImageRecord,
     Policy,
@@ -149,8 +149,8 @@ def load_dota(
         if path is not None:
             try:
                 width, height = image_size(path)
-            except CorruptImageError:
-                report.add("unreadable_image", 1, path.name)
+            except CorruptImageError as e:
+                report.add("unreadable_image", 1, unreadable_example(path, e))
                 continue
         else:
             report.add("estimated_size", 1, source)

@@ -82,7 +82,22 @@ def file_bytes(path: str | Path) -> bytes:
     p = Path(path)
     if not p.is_file():
         raise CorruptImageError(f"{p} is not a regular file (a pipe, socket or device): give the image file itself")
-    return p.read_bytes()
+    try:
+        return p.read_bytes()
+    except PermissionError as e:  # an unreadable file, as a corrupt one, is skipped by a batch: said as what it is
+        raise _denied(p) from e
+
+
+def unreadable_example(path: Path, error: Exception) -> str:
+    """How a loader's report names an image it could not read: its file name, and why when that is not damage
+    (permission denied), so the report does not send a user to re-download a file it may only not read."""
+    return f"{path.name} (permission denied)" if "permission denied" in str(error) else path.name
+
+
+def _denied(path: Path) -> CorruptImageError:
+    """The error for an image file this user may not read (not a damaged file: its advice is about access)."""
+    return CorruptImageError(f"cannot read image {path}: permission denied; give this user read access to it "
+                             f"(chmod a+r {path}) or move it out of the data")
 
 
 def _as_bytes(src: ImageSource) -> bytes:
@@ -337,6 +352,8 @@ def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]
     except UnidentifiedImageError:
         h, w = read_image(path, exif_transpose=exif_transpose).shape[:2]
         return int(w), int(h)
+    except PermissionError as e:
+        raise _denied(Path(path)) from e
     except (OSError, SyntaxError, ValueError) as e:
         raise _corrupt(path, str(e)) from e
 

@@ -41,6 +41,7 @@ from efpn.data.images import (
     image_size,
     index_images,
     quiet_opencv,
+    unreadable_example,
 )
 from efpn.data.records import (
     ImageRecord,
@@ -214,8 +215,8 @@ def load_masks(
         path = index[stem]
         try:
             w, h = image_size(path)
-        except CorruptImageError:
-            report.add("unreadable_image", 1, path.name)
+        except CorruptImageError as e:
+            report.add("unreadable_image", 1, unreadable_example(path, e))
             continue
         mask_path = mask_index.get(stem)
         if mask_path is None:
@@ -224,8 +225,8 @@ def load_masks(
         else:
             try:
                 mask = _read_mask(mask_path)
-            except CorruptImageError:
-                report.add("unreadable_image", 1, mask_path.name)
+            except CorruptImageError as e:
+                report.add("unreadable_image", 1, unreadable_example(mask_path, e))
                 continue
             if mask.shape[:2] != (h, w):
                 report.add("malformed", 1, f"{mask_path.name} ({mask.shape[1]}x{mask.shape[0]} for a {w}x{h} image)")

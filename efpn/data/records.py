@@ -328,10 +328,10 @@ def checked_size(path: Path, width: int, height: int, report: SkipReport, label:
     as ``unreadable_image``). Reads the header only (EXIF orientation applied, as decoding does)."""
     try:
         file_w, file_h = image_size(path)
-    except (CorruptImageError, OSError):
+    except (CorruptImageError, OSError) as e:
         if width > 0 and height > 0:
             return width, height
-        report.add("unreadable_image", 1, label)
+        report.add("unreadable_image", 1, label + (" (permission denied)" if "permission denied" in str(e) else ""))
         return None
     if width > 0 and height > 0 and (file_w, file_h) != (width, height):
         report.add("size_mismatch", 1, f"{label} (annotated {width}x{height}, file {file_w}x{file_h})")

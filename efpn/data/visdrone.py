@@ -28,7 +28,7 @@ import math
 from pathlib import Path
 
 from efpn.data.coco import read_json
-from efpn.data.images import CorruptImageError, image_size, index_images
+from efpn.data.images import CorruptImageError, image_size, index_images, unreadable_example
 from efpn.data.records import (
     ImageRecord,
     Policy,
@@ -192,8 +192,8 @@ def load_visdrone(
                 continue
             try:
                 width, height = image_size(path)
-            except CorruptImageError:
-                report.add("unreadable_image", 1, path.name)
+            except CorruptImageError as e:
+                report.add("unreadable_image", 1, unreadable_example(path, e))
                 continue
         elif key in sizes:
             width, height = sizes[key]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from efpn.config.names import ClassNames, read_names
-from efpn.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size, index_images
+from efpn.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size, index_images, unreadable_example
 from efpn.data.records import (
     ImageRecord,
     SkipReport,
@@ -208,8 +208,8 @@ def load_yolo(
         path = image_index[key]
         try:
             width, height = image_size(path)
-        except CorruptImageError:
-            report.add("unreadable_image", 1, path.name)
+        except CorruptImageError as e:
+            report.add("unreadable_image", 1, unreadable_example(path, e))
             continue
         label_path = label_files.get(key)
         text = read_label_text(label_path, report)

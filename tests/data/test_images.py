@@ -201,3 +201,32 @@ def test_png_exif_in_a_raw_profile_text_chunk_still_turns_the_size(tmp_path: Pat
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "raw.png", pnginfo=info)
     assert image_size(tmp_path / "raw.png") == (20, 30)
     assert read_image(tmp_path / "raw.png").shape == (30, 20, 3)
+
+
+def test_an_image_this_user_may_not_read_is_said_so_not_called_damaged(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file without read permission was 'cannot decode image ... Re-export or re-download the file' (image_size) or
+    a bare PermissionError (read_image, which a batch does not skip); it is an unreadable image that says why."""
+    from efpn.data import load_yolo
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for name in ("a", "b"):
+        cv2.imwrite(str(tmp_path / "images" / f"{name}.png"), np.zeros((10, 10, 3), np.uint8))
+        (tmp_path / "labels" / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    denied = tmp_path / "images" / "b.png"
+    real_open, real_read = Image.open, Path.read_bytes
+
+    def no_access(path, *a, **kw):
+        if Path(path) == denied:
+            raise PermissionError(13, "Permission denied", str(denied))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(Image, "open", no_access)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: no_access(self) if self == denied else real_read(self))
+    for reader in (image_size, read_image):
+        with pytest.raises(CorruptImageError, match=r"permission denied; give this user read access .*chmod a\+r"):
+            reader(denied)
+    records, _, report = load_yolo(tmp_path / "images", names=["x"])
+    assert [r.path.name for r in records] == ["a.png"]
+    assert report.examples["unreadable_image"] == ["b.png (permission denied)"]
