@@ -40,8 +40,14 @@ def cmd_models(args: argparse.Namespace) -> None:
     names = list(efpn.PRESETS) if args.all else list(efpn.MAIN_PRESETS)
     rows = []
     for name in tqdm(names, desc="measuring", disable=args.json or not sys.stderr.isatty(), leave=False):
-        with torch.no_grad():
-            m = efpn.build_model(name, num_classes=args.num_classes).eval()
+        try:
+            with torch.no_grad():
+                m = efpn.build_model(name, num_classes=args.num_classes).eval()
+        except (RuntimeError, MemoryError) as e:  # the allocator's words for a head too large for this machine
+            if not isinstance(e, MemoryError) and "allocate" not in str(e):
+                raise
+            _die(f"{name} with {args.num_classes:,} classes needs more memory than this machine has (its head alone "
+                 "holds a weight per class for every anchor); give --num-classes the count your data has", code=1)
         rows.append({
             "name": name, "params": efpn.count_params(m),
             "gflops": round(efpn.count_gflops(m, args.size), 2),

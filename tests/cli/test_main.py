@@ -334,3 +334,18 @@ def test_val_prints_one_line_and_a_per_class_table_for_several_classes() -> None
     assert per_class_lines({**m, "per_class": {"ship": 0.5}}) == []  # one class: the line says it all
     many = {"per_class": {f"c{i}": 0.1 for i in range(5)}, "per_class_AP50": {}}
     assert per_class_lines(many, limit=2)[-1] == "  ... 3 more classes in --json"
+
+
+def test_models_with_more_classes_than_memory_holds_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """--num-classes 100000 asked for a 4 GB head per dense preset and ended in the allocator's traceback."""
+    import efpn
+
+    def no_memory(*a, **kw):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 4147200000 bytes")
+
+    monkeypatch.setattr(efpn, "build_model", no_memory)
+    with pytest.raises(SystemExit) as e:
+        main(["models", "--num-classes", "100000"])
+    assert e.value.code == 1 and "100,000 classes needs more memory than this machine has" in capsys.readouterr().err
