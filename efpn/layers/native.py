@@ -1,7 +1,7 @@
 """Native CPU kernels, compiled on first use with the system's C compiler and loaded with ctypes.
 
-Kernels of ``native/sgdm_dynamic.c``, ``native/aggregate.c`` and ``native/bn_act.c`` (one library; ``native/vexp.h``:
-a vectorised e^x):
+Kernels of ``native/sgdm_dynamic.c``, ``native/aggregate.c``, ``native/bn_act.c`` and ``native/kernel_head.c`` (one
+library; ``native/vexp.h``: a vectorised e^x):
 
 - SGDM's dynamic branch at inference (:func:`sgdm_dynamic`): the razor map, the per-pixel kernel logits, their
   softmax, the static guidance and the strided aggregation in one pass over bands of output rows, where the PyTorch
@@ -12,6 +12,11 @@ a vectorised e^x):
   given kernels and its backward in one pass each (no polyphase copies of x, no per-tap temporaries), and the razor
   statistics' backward in one pass (PyTorch needs five over (N, C, H, W)); rdconv's autograd Functions call them for
   float32 CPU tensors (tests/layers/test_native_train.py holds them equal to the PyTorch arithmetic).
+- SGDM's kernel generator in training (:func:`razor_forward`, :func:`kernel_head_forward`,
+  :func:`kernel_head_backward`): the razor statistics in one read of x, and the BatchNorm (batch statistics), the
+  channel logits, the softmax and the static guidance in three passes forward and two backward, where PyTorch runs
+  about a dozen operators each way; :mod:`efpn.layers.kernel_head` wraps them in an autograd Function
+  (tests/layers/test_kernel_head.py holds them equal to the modules).
 - BatchNorm on batch statistics + SiLU, optionally of the sum of two BatchNorms (:func:`bn_act_forward`,
   :func:`bn_act_backward`): a YOLO Conv unit's and SGDM's join in training, in three passes forward and two backward
   where PyTorch's operators take about ten; :mod:`efpn.layers.bn_act` wraps them in an autograd Function.
@@ -42,7 +47,7 @@ from torch import Tensor
 
 _DIR = Path(__file__).resolve().parent / "native"
 #: Compiled together into one library; every file of the folder (the header too) keys the cached build.
-SOURCES = (_DIR / "sgdm_dynamic.c", _DIR / "aggregate.c", _DIR / "bn_act.c")
+SOURCES = (_DIR / "sgdm_dynamic.c", _DIR / "aggregate.c", _DIR / "bn_act.c", _DIR / "kernel_head.c")
 HEADERS = (_DIR / "vexp.h",)
 #: Compiler flags: no -ffast-math (a shared library built with it can switch the whole process to flush denormals).
 #: -fopenmp: the library links libgomp.so.1, which resolves to the one PyTorch already loaded (same soname), so
@@ -149,6 +154,14 @@ def sgdm_library() -> ctypes.CDLL | None:
                                                     _f32p, _f32p, _f32p, _f32p, _f32p]
                 lib.efpn_bn_act_backward.restype = i
                 lib.efpn_bn_act_backward.argtypes = [_f32p, _f32p, _f32p, i, i, lg, *[_f32p] * 8, i, *[_f32p] * 6]
+                lib.efpn_razor_forward.restype = i
+                lib.efpn_razor_forward.argtypes = [_f32p, i, i, lg, _f32p, _f32p]
+                lib.efpn_kernel_head_forward.restype = i
+                lib.efpn_kernel_head_forward.argtypes = [_f32p, i, i, i, lg, _f32p, _f32p, f, _f32p, _f32p, f,
+                                                         *[_f32p] * 4]
+                lib.efpn_kernel_head_backward.restype = i
+                lib.efpn_kernel_head_backward.argtypes = [_f32p, _f32p, _f32p, i, i, i, lg, *[_f32p] * 4, f,
+                                                          *[_f32p] * 5]
                 _lib = lib
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 _failed = str(e)
@@ -333,3 +346,63 @@ def bn_act_backward(grad_y: Tensor, x1: Tensor, gamma1: Tensor, beta1: Tensor, m
                                     _ptr(gg2), _ptr(gb2)), "BatchNorm + activation backward", tuple(x1.shape))
     return gx1, gg1, gb1, gx2, gg2, gb2
 
+
+
+def razor_forward(x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``([mean_c x, max_c x], mean_hw x)`` in one read of x: (N, C, H, W) -> (N, 2, H, W), (N, C, 1, 1), float32 on
+    CPU, no autograd. None when the library is unavailable (the caller runs its PyTorch path)."""
+    lib = sgdm_library()
+    if lib is None or not _cpu_f32(x):
+        return None
+    n, c, h, w = x.shape
+    x = x.detach().contiguous()
+    r = torch.empty((n, 2, h, w), dtype=torch.float32)
+    gap = torch.empty((n, c, 1, 1), dtype=torch.float32)
+    _check(lib.efpn_razor_forward(_ptr(x), n, c, h * w, _ptr(r), _ptr(gap)), "razor", tuple(x.shape))
+    return r, gap
+
+
+def kernel_head_forward(s: Tensor, c: Tensor, gamma: Tensor, beta: Tensor, bn_eps: float, bank: Tensor | None,
+                        eps: float, groups: int) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """SGDM's kernels from the razor conv's output in training: ``K = guide(softmax(BN_batch(s) + c), bank)``.
+
+    s (N, G*kk, H', W'), c (N, G*kk) per-image logits, gamma/beta (G*kk), bank (G, kk) or None (K = D). Returns
+    ``(D, K, mean, var)``: D and K (N, G, kk, H', W') (K is D without a bank), the batch mean and biased variance
+    (G*kk). None when the library is unavailable."""
+    lib = sgdm_library()
+    if lib is None or not _cpu_f32(s, c, gamma, beta, bank):
+        return None
+    n, ch, h, w = s.shape
+    kk = ch // groups
+    s, c, gamma, beta = (t.detach().contiguous() for t in (s, c, gamma, beta))
+    sb = None if bank is None else bank.detach().contiguous()
+    d = torch.empty((n, groups, kk, h, w), dtype=torch.float32)
+    k = torch.empty_like(d) if sb is not None else d
+    mean, var = torch.empty(ch), torch.empty(ch)
+    _check(lib.efpn_kernel_head_forward(_ptr(s), n, groups, kk, h * w, _ptr(gamma), _ptr(beta), bn_eps, _ptr(c),
+                                        _ptr(sb), eps, _ptr(mean), _ptr(var), _ptr(d), _ptr(k) if sb is not None
+                                        else None), "kernel head", tuple(s.shape))
+    return d, k, mean, var
+
+
+def kernel_head_backward(
+    grad_k: Tensor, s: Tensor, d: Tensor, gamma: Tensor, mean: Tensor, invstd: Tensor, bank: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None] | None:
+    """The gradients of :func:`kernel_head_forward`'s K for ``grad_k`` (N, G, kk, H', W'): ``(grad_s, grad_c,
+    grad_gamma, grad_beta, grad_bank)`` (grad_bank None without a bank). None when the library is unavailable."""
+    lib = sgdm_library()
+    if lib is None or not _cpu_f32(grad_k, s, d):
+        return None
+    n, g, kk, h, w = d.shape
+    grad_k, s, d = (t.detach().contiguous() for t in (grad_k, s, d))
+    gamma, mean, invstd = (t.detach().contiguous() for t in (gamma, mean, invstd))
+    sb = None if bank is None else bank.detach().contiguous()
+    grad_s = torch.empty((n, g * kk, h, w), dtype=torch.float32)
+    grad_c = torch.empty((n, g * kk), dtype=torch.float32)
+    grad_gamma, grad_beta = torch.empty(g * kk), torch.empty(g * kk)
+    grad_bank = torch.empty((g, kk)) if sb is not None else None
+    _check(lib.efpn_kernel_head_backward(_ptr(grad_k), _ptr(s), _ptr(d), n, g, kk, h * w, _ptr(gamma), _ptr(mean),
+                                         _ptr(invstd), _ptr(sb), eps, _ptr(grad_s), _ptr(grad_gamma),
+                                         _ptr(grad_beta), _ptr(grad_c), _ptr(grad_bank)),
+           "kernel head backward", tuple(s.shape))
+    return grad_s, grad_c, grad_gamma, grad_beta, grad_bank

@@ -278,9 +278,14 @@ class _RazorStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        peak = x.amax(1, keepdim=True)  # (N, 1, H, W)
-        ctx.save_for_backward(x, peak)  # x is kept alive by the static branch anyway: no copy
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not as zeros
+        stats = native.razor_forward(x) if native.eligible(x) and x.is_contiguous() else None  # one read of x
+        if stats is not None:
+            r, gap = stats
+            ctx.save_for_backward(x, r[:, 1:2])  # the peak, a view; x is kept alive by the static branch anyway
+            return r, gap
+        peak = x.amax(1, keepdim=True)  # (N, 1, H, W)
+        ctx.save_for_backward(x, peak)
         return torch.cat([x.mean(1, keepdim=True), peak], 1), x.mean((2, 3), keepdim=True)
 
     @staticmethod
@@ -358,13 +363,18 @@ class RazorKernelGenerator(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n = x.shape[0]
         kk = self.kernel_size * self.kernel_size
+        s, c = self.pre_norm(x)
+        s = self.spatial_bn(s)  # (N, G*k^2, H', W')
+        logits = (s + c.view(n, -1, 1, 1)).view(n, self.groups, kk, *s.shape[-2:])  # (N, G, k^2, H', W')
+        return logits.softmax(2)  # D: sums to 1 over the k^2 taps
+
+    def pre_norm(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The two logit terms before the BatchNorm: the razor conv's output (N, G*k^2, H', W') and the channel
+        logits (N, G*k^2); ``forward`` is ``softmax(spatial_bn(s) + c)`` of them."""
         r, gap = razor_stats(x)  # (N, 2, H, W), (N, C, 1, 1)
         if self.razor is not None:
             r = r + self.razor(x)  # (N, 2, H, W)
-        s = self.spatial_bn(self.spatial(r))  # (N, G*k^2, H', W')
-        c = self.channel_logits(gap).view(n, -1, 1, 1)  # (N, G*k^2, 1, 1)
-        logits = (s + c).view(n, self.groups, kk, *s.shape[-2:])  # (N, G, k^2, H', W')
-        return logits.softmax(2)  # D: sums to 1 over the k^2 taps
+        return self.spatial(r), self.channel_logits(gap)
 
     def channel_logits(self, gap: Tensor) -> Tensor:
         """The channel branch on pooled features: (N, C, 1, 1) or (N, C) -> (N, G*k^2), ``self.channel`` applied as

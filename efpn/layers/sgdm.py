@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from efpn.layers import native
+from efpn.layers import kernel_head, native
 from efpn.layers.bn_act import batchnorm_act
 from efpn.layers.conv import ActLayer, ConvBNAct, check_nchw, make_act
 from efpn.layers.folding import (
@@ -242,6 +242,13 @@ class SGDM(nn.Module):
                 return self._merge_fast(dyn, x), KernelInternals(
                     dynamic=d, guided=kernel, bank=bank, entropy=kernel_entropy(d),
                     hf_energy=laplacian_energy(kernel, k))
+        if self.path == "fast" and self.training and not return_internals and self.impl == "shift" and (
+                self.bank is None or self.shared_bank):
+            shared = self.bank() if self.bank is not None else None  # (G, k^2)
+            if kernel_head.applies(self.generator.spatial_bn, x, shared):  # generator + guidance, one native pass
+                fused = kernel_head.guided_kernels(*self.generator.pre_norm(x), self.generator.spatial_bn, shared,
+                                                   self.eps, self.groups)  # (N, G, k^2, H', W')
+                return self._merge_fast(apply_dynamic_kernels(x, fused, k, s, self.impl), x)
         d = self.generator(x)  # (N, G, k^2, H', W'), softmax over k^2
         bank: Tensor | None = None
         kernel: Tensor | None = None  # the applied kernel, when it exists as one tensor
