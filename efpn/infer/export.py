@@ -58,15 +58,21 @@ class ExportReport:
         return self.max_abs_diff_boxes < 1e-2 and self.max_abs_diff_scores < 1e-3
 
 
-def _input_contract(size: int, divisor: int, dynamic: bool) -> str:
-    """The metadata's ``input`` entry: how an image becomes the graph's input, for a fixed or a dynamic graph."""
+def _input_contract(size: int, divisor: int, dynamic: bool, mean: tuple[float, float, float]) -> str:
+    """The metadata's ``input`` entry: how an image becomes the graph's input, for a fixed or a dynamic graph.
+
+    The padding value is the model's ``pixel_mean`` (in the [0, 1] input scale): the graph normalises its input, so
+    only a mean-valued border becomes the zeros efpn's own inference pads with after normalising."""
+    fill = "(" + ", ".join(f"{v:.6g}" for v in mean) + ")"
+    pad = (f"pad with the RGB value {fill} (this model's pixel_mean; the graph normalises it to 0, as efpn pads)"
+           if any(mean) else "pad with zeros (this model's pixel_mean)")
     if dynamic:
         return (f"images: (N, 3, H, W) float RGB in [0, 1], H and W multiples of {divisor}; as efpn feeds it: resize "
-                f"to {size} on the long side, then pad with zeros at the bottom and right to the next multiple of "
+                f"to {size} on the long side, then {pad} at the bottom and right to the next multiple of "
                 f"{divisor} (the same scores as efpn's own inference)")
-    return ("images: (1, 3, S, S) float RGB in [0, 1]; an image is resized to S on its long side and padded with "
-            f"zeros at the bottom and right to S x S (efpn itself pads only to a multiple of {divisor}, so on a "
-            "non-square image scores near the padding may differ slightly; export with dynamic axes to match it)")
+    return (f"images: (1, 3, S, S) float RGB in [0, 1]; an image is resized to S on its long side, then {pad} at the "
+            f"bottom and right to S x S (efpn itself pads only to a multiple of {divisor}, so on a non-square image "
+            "scores near the padding may differ slightly; export with dynamic axes to match it)")
 
 
 def _write_metadata(path: Path, model: Detector, size: int, dynamic: bool = False) -> None:
@@ -81,7 +87,7 @@ def _write_metadata(path: Path, model: Detector, size: int, dynamic: bool = Fals
     meta = {"names": json.dumps(dict(enumerate(names))), "num_classes": str(cfg.num_classes),
             "imgsz": json.dumps([size, size]),
             "dynamic": json.dumps(dynamic),
-            "input": _input_contract(size, model.size_divisor, dynamic),
+            "input": _input_contract(size, model.size_divisor, dynamic, tuple(cfg.pixel_mean)),
             "outputs": "boxes: (N, R, 4) xyxy in input px; scores: (N, R, K) per class, before NMS",
             # efpn's own post-processing, to reproduce its detections: per level the pre_nms_topk best (prior,
             # class) pairs above score_thresh, class-aware NMS at nms_iou, then the max_det best

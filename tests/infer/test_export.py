@@ -29,7 +29,7 @@ def test_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     assert json.loads(meta["postprocess"]) == {"score_thresh": pp.score_thresh, "nms_iou": pp.nms_iou,
                                                "pre_nms_topk_per_level": pp.pre_nms_topk, "max_det": pp.max_det,
                                                "levels": list(model.levels)}
-    assert "padded with zeros at the bottom and right" in meta["input"]
+    assert "then pad with zeros (this model's pixel_mean) at the bottom and right" in meta["input"]
 
 
 def test_export_rejects_bad_size(tmp_path: Path) -> None:
@@ -83,3 +83,33 @@ def test_a_dynamic_export_follows_any_input_size_as_pytorch_does(name: str, tmp_
     assert not fixed.dynamic and fixed.num_priors == rep.num_priors
     fixed_meta = {p.key: p.value for p in onnx.load(str(fixed.path)).metadata_props}
     assert json.loads(fixed_meta["dynamic"]) is False
+
+
+def test_padding_as_the_metadata_says_gives_efpns_scores(tmp_path: Path) -> None:
+    """A model with a non-zero pixel_mean (every ImageNet backbone) normalises before it pads: the border it sees is
+    0 after normalisation, so a deployment must pad with the mean, which the metadata names, not with zeros."""
+    import re
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    mean = (0.485, 0.456, 0.406)
+    model = perturb(efpn.build_model("tiny_efpn_n", num_classes=3, pixel_mean=mean, pixel_std=(0.229, 0.224, 0.225)),
+                    seed=0, scale=0.05).eval()
+    rep = export_onnx(model, tmp_path / "m.onnx", image_size=96, dynamic=True)
+    said = {p.key: p.value for p in onnx.load(str(rep.path)).metadata_props}["input"]
+    fill = re.search(r"pad with the RGB value \(([^)]*)\)", said)
+    assert fill is not None, said
+    value = torch.tensor([float(v) for v in fill.group(1).split(",")]).view(1, 3, 1, 1)
+    torch.testing.assert_close(value.flatten(), torch.tensor(mean))
+    image = torch.rand(1, 3, 70, 45, generator=torch.Generator().manual_seed(2))  # efpn pads it to 96 x 64 itself
+    with torch.no_grad():
+        run = model.run(image, decode=True)
+    assert run.decoded is not None
+    padded = value.expand(1, 3, 96, 64).clone()
+    padded[..., :70, :45] = image
+    sess = ort.InferenceSession(str(rep.path), providers=["CPUExecutionProvider"])
+    scores = sess.run(["scores"], {"images": padded.numpy()})[0]
+    assert np.abs(scores - run.decoded[1].numpy()).max() < 1e-4
