@@ -43,6 +43,9 @@ def cmd_val(args: argparse.Namespace) -> None:
                          folders=("--plots",))
     if args.nms_sweep and args.nms_iou is not None:
         raise ValueError("--nms-sweep scores a grid of NMS IoU thresholds itself; drop --nms-iou (or --nms-sweep)")
+    if args.nms_sweep and args.slice is not None:  # refused before any work: the sweep predicts whole images
+        raise ValueError("--nms-sweep scores whole images, so its best threshold would not be the sliced score's; "
+                         "run the sweep without --slice, then --slice with --nms-iou set to the threshold it chose")
     model, records, names, loader = model_and_records(args, "to score against (see the loader's report above); AP is "
                                               "undefined without ground truth")
     size = args.image_size or model.config.image_size
@@ -116,8 +119,8 @@ def add_val_parser(sub: Any) -> None:
                    "'nms_sweep'")
     s.add_argument("--plots", default=None, help="folder for PR curves and AP-by-size charts (PNG)")
     s.add_argument("--slice", type=guards.tile_size, default=None, metavar="S",
-                   help="also validate on S x S tiles of each image (original px, >= 8), merged and scored against "
-                   "the full-image ground truth")
+                   help="also validate on S x S tiles of each image (original px, >= 8; each tile resized to the "
+                   "network's input size on its long side), merged and scored against the full-image ground truth")
     s.add_argument("--overlap", type=guards.fraction, default=None,
                    help="tile overlap, a fraction in [0, 1) (default 0.2)")
     s.add_argument("--nms-iou", type=guards.unit, default=None,

@@ -94,6 +94,16 @@ def unit(text: str) -> float:
     return _in_range(text, upper_open=False)
 
 
+def match_iou(text: str) -> float:
+    """argparse type of the IoU that makes a detection find an object: a number in (0, 1] (at 0 every detection of
+    the class would find every object)."""
+    value = unit(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError("must be in (0, 1]: at 0 any detection would find any object; 0.5 is "
+                                         "COCO's AP50 match")
+    return value
+
+
 def unit_or_auto(text: str) -> float | str:
     """argparse type of a threshold that may also be chosen by measurement: ``auto`` or a number in [0, 1]."""
     if text.strip().lower() == "auto":

@@ -159,6 +159,11 @@ def _detect_frames(video: Path, source: Path, stem: str, predict: Callable[[np.n
             if drawn_target != drawn_path and drawn_target.is_file():
                 with contextlib.suppress(OSError):  # reported below: the drawing is then not listed
                     shutil.move(drawn_target, drawn_path)
+    if 0 <= index + 1 < total and key not in summary["errors"]:  # the decoder stopped before the declared end
+        note = (f"read {index + 1} of the {total} frames the file declares: a truncated or damaged file (or a frame "
+                "count its container only estimates); the frames read are detected, re-encode it to get the rest")
+        summary.setdefault("notes", {})[key] = note
+        tqdm.write(f"note: {key}: {note}")
     if done == 0 and key not in summary["errors"]:
         summary["errors"][key] = f"no frame of {video} could be read; re-encode it or extract its frames as images"
         tqdm.write(f"skipped {key}: {summary['errors'][key]}")

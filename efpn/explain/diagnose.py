@@ -45,6 +45,7 @@ __all__ = [
     "MissDiagnosis",
     "diagnose_image",
     "diagnose_misses",
+    "match_image",
     "recall_by_bucket_and_cause",
 ]
 
@@ -231,8 +232,17 @@ def diagnose_image(
     ``score_thresh`` (default: the model's) to the ground truth, and diagnose every miss. ``ignore_boxes`` (Q, 4):
     crowds and ignored areas, whose detections are no false alarms (:func:`efpn.evaluation.match_detections`)."""
     thr = model.config.postprocess.score_thresh if score_thresh is None else float(score_thresh)
-    det = ins.detections if detections is None else detections
-    keep = det["scores"] >= thr
+    matching = match_image(ins.detections if detections is None else detections, gt_boxes, gt_labels, thr,
+                           iou_thresh, class_aware, ignore_boxes)
+    misses = diagnose_misses(model, ins, gt_boxes, gt_labels, matching, thr, iou_thresh, class_aware)
+    return ImageDiagnosis(matching, misses, thr, iou_thresh)
+
+
+def match_image(det: dict[str, Tensor], gt_boxes: Any, gt_labels: Any, score_thresh: float, iou_thresh: float = 0.5,
+                class_aware: bool = True, ignore_boxes: Any = None) -> Matching:
+    """:func:`efpn.evaluation.match_detections` of the detections scoring at least ``score_thresh``, with the
+    detection indices of the result (``gt_match``, ``det_match``) into the full ``det`` lists."""
+    keep = det["scores"] >= score_thresh
     matching = match_detections(det["boxes"][keep], det["scores"][keep], det["labels"][keep], gt_boxes, gt_labels,
                                 iou_thresh, class_aware, ignore_boxes)
     # indices into the full detection list, not the thresholded one
@@ -242,13 +252,12 @@ def diagnose_image(
     gt_match[found] = kept[gt_match[found]]
     det_match = torch.full((len(keep),), -1, dtype=torch.int64)
     det_match[kept] = matching.det_match
-    matching = Matching(gt_match, matching.gt_iou, det_match, matching.gt_bucket, matching.iou_thresh, class_aware)
-    misses = diagnose_misses(model, ins, gt_boxes, gt_labels, matching, thr, iou_thresh, class_aware)
-    return ImageDiagnosis(matching, misses, thr, iou_thresh)
+    return Matching(gt_match, matching.gt_iou, det_match, matching.gt_bucket, matching.iou_thresh, class_aware)
 
 
 def recall_by_bucket_and_cause(images: Sequence[ImageDiagnosis]) -> dict[str, dict[str, int]]:
-    """Over many images: per size bucket the GT count, found count and misses per cause."""
+    """Over many images: per size bucket the GT count, found count, misses per cause, and ``not_diagnosed``: misses
+    without a cause (an image matched but never inspected whole, e.g. detected on tiles only)."""
     table = {b: {"gt": 0, "found": 0, **dict.fromkeys(CAUSES, 0)} for b in BUCKETS}
     for img in images:
         for b, c in img.matching.counts_by_bucket().items():
@@ -256,4 +265,6 @@ def recall_by_bucket_and_cause(images: Sequence[ImageDiagnosis]) -> dict[str, di
             table[b]["found"] += c["found"]
         for m in img.misses:
             table[m.bucket][m.cause] += 1
+    for t in table.values():
+        t["not_diagnosed"] = t["gt"] - t["found"] - sum(t[c] for c in CAUSES)
     return table

@@ -26,7 +26,14 @@ import torch
 from efpn.data.images import read_image
 from efpn.data.records import ImageRecord
 from efpn.evaluation.validate import check_classes
-from efpn.explain.diagnose import CAUSE_TEXT, CAUSES, ImageDiagnosis, diagnose_image, recall_by_bucket_and_cause
+from efpn.explain.diagnose import (
+    CAUSE_TEXT,
+    CAUSES,
+    ImageDiagnosis,
+    diagnose_image,
+    match_image,
+    recall_by_bucket_and_cause,
+)
 from efpn.explain.inspection import inspect
 from efpn.infer.slicing import sliced_predict
 from efpn.models.detector import Detector
@@ -48,6 +55,11 @@ class DatasetDiagnosis:
     class_aware: bool = True
     #: images that could not be diagnosed (unreadable, missing): (image id, file, why); the others were
     errors: list[tuple[int, str, str]] = field(default_factory=list)
+    overlap: float | None = None  # the tiles' overlap, with slice_size
+    nms_iou: float | None = None  # the NMS IoU threshold of the detections
+    #: images matched on their tiles whose misses have no cause, as the whole image could not be inspected (too
+    #: thin or too large for one network input): (image id, file, why); they count in recall as ``not_diagnosed``
+    tiles_only: list[tuple[int, str, str]] = field(default_factory=list)
 
     def table(self) -> dict[str, dict[str, int]]:
         """Per size bucket: GTs, found, and misses per cause (see :func:`recall_by_bucket_and_cause`)."""
@@ -74,9 +86,11 @@ class DatasetDiagnosis:
         not be diagnosed (files relative to ``root``, as in :meth:`rows`)."""
         table = self.table()
         recall = {b: (t["found"] / t["gt"] if t["gt"] else None) for b, t in table.items()}
-        return {"score_thresh": self.score_thresh, "iou_thresh": self.iou_thresh, "slice": self.slice_size,
-                "class_aware": self.class_aware, "images": len(self.images), "recall_by_bucket": recall,
+        return {"score_thresh": self.score_thresh, "iou_thresh": self.iou_thresh, "nms_iou": self.nms_iou,
+                "slice": self.slice_size, "overlap": self.overlap, "class_aware": self.class_aware,
+                "images": len(self.images), "recall_by_bucket": recall,
                 "by_bucket_and_cause": table, "causes": CAUSE_TEXT, "misses": self.rows(root),
+                "tiles_only": [{"image_id": i, "file": _shown(f, root), "why": e} for i, f, e in self.tiles_only],
                 "errors": [{"image_id": i, "file": _shown(f, root), "error": e} for i, f, e in self.errors]}
 
     def csv_text(self, root: str | Path | None = None) -> str:
@@ -164,7 +178,9 @@ def diagnose_records(
                                           "(class_aware=False; efpn diagnose --any-class)")
     thr = model.config.postprocess.score_thresh if score_thresh is None else float(score_thresh)
     out = DatasetDiagnosis(score_thresh=thr, iou_thresh=iou_thresh, slice_size=slice_size,
-                           class_names=list(class_names), class_aware=class_aware)
+                           class_names=list(class_names), class_aware=class_aware,
+                           overlap=overlap if slice_size is not None else None,
+                           nms_iou=model.config.postprocess.nms_iou if nms_iou is None else float(nms_iou))
     iterator: Any = records
     if progress:
         from tqdm import tqdm
@@ -176,14 +192,22 @@ def diagnose_records(
                 raise ValueError("the record has no image path; diagnosis needs the pixels")
             rgb = read_image(rec.path)
             boxes, labels = rec.target_boxes()
-            ins = inspect(model, rgb, score_thresh=min(thr, model.config.postprocess.score_thresh),
-                          image_size=image_size, nms_iou=nms_iou)
             det = None
             if slice_size is not None:
                 det = sliced_predict(model, rgb, tile=slice_size, overlap=overlap, score_thresh=thr,
                                      image_size=image_size, nms_iou=nms_iou)
-            diag = diagnose_image(model, ins, boxes, labels, thr, iou_thresh, class_aware, detections=det,
-                                  ignore_boxes=rec.ignore_regions())  # crowds and ignored areas: no false alarms
+            try:
+                ins = inspect(model, rgb, score_thresh=min(thr, model.config.postprocess.score_thresh),
+                              image_size=image_size, nms_iou=nms_iou)
+            except ValueError as e:  # e.g. a strip too thin for one network input: its tiles still detect
+                if det is None:
+                    raise
+                out.tiles_only.append((rec.image_id, str(rec.path), str(e)[:500]))
+                matching = match_image(det, boxes, labels, thr, iou_thresh, class_aware, rec.ignore_regions())
+                diag = ImageDiagnosis(matching, [], thr, iou_thresh)  # matched, but no cause without an inspection
+            else:
+                diag = diagnose_image(model, ins, boxes, labels, thr, iou_thresh, class_aware, detections=det,
+                                      ignore_boxes=rec.ignore_regions())  # crowds and ignored areas: no false alarms
         except (OSError, ValueError) as e:  # unreadable (CorruptImageError), too thin for the network, too many
             out.errors.append((rec.image_id, str(rec.path), str(e)[:500]))  # tiles: that image, not the dataset
         else:
@@ -216,9 +240,12 @@ def _crop_png(rgb: np.ndarray, box: Sequence[float], side: int = 96) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def write_html(diagnosis: DatasetDiagnosis, path: str | Path, worst: int = 24) -> Path:
-    """A self-contained HTML report: recall by size bucket x cause, then the ``worst`` misses (smallest first,
-    then by lowest best score) with crops and their numbers."""
+def write_html(diagnosis: DatasetDiagnosis, path: str | Path, worst: int = 24,
+               loader: dict[str, Any] | None = None) -> Path:
+    """A self-contained HTML report: the settings, what was left out (images that could not be diagnosed, images
+    matched on tiles only, and ``loader``: the data loader's report, :meth:`efpn.data.SkipReport.to_json_dict`),
+    recall by size bucket x cause, then the ``worst`` misses (smallest first, then by lowest best score) with crops
+    and their numbers."""
     table = diagnosis.table()
     buf = io.StringIO()
     esc = html.escape
@@ -226,18 +253,25 @@ def write_html(diagnosis: DatasetDiagnosis, path: str | Path, worst: int = 24) -
               "<style>body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}"
               "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}"
               "td.l{text-align:left}img{image-rendering:pixelated}</style>")
+    tiles = (f", tiles of {diagnosis.slice_size} px overlapping by {diagnosis.overlap or 0:g}"
+             if diagnosis.slice_size else "")
+    nms = f", NMS IoU {diagnosis.nms_iou:g}" if diagnosis.nms_iou is not None else ""
+    which = "the same class only" if diagnosis.class_aware else "any class (--any-class)"
     buf.write(f"<h1>Why objects were missed</h1><p>{len(diagnosis.images)} images, score threshold "
-              f"{diagnosis.score_thresh:g}, match IoU {diagnosis.iou_thresh:g}"
-              f"{f', tiles of {diagnosis.slice_size} px' if diagnosis.slice_size else ''}.</p>")
+              f"{diagnosis.score_thresh:g}{nms}, match IoU {diagnosis.iou_thresh:g} with {which}{tiles}.</p>")
+    buf.write(_left_out_html(diagnosis, loader))
+    undiagnosed = sum(t["not_diagnosed"] for t in table.values())
+    columns = (*CAUSES, "not_diagnosed") if undiagnosed else CAUSES
     buf.write("<h2>Recall by object size and the cause of each miss</h2><table><tr><th>size</th><th>objects</th>"
-              "<th>found</th><th>recall</th>" + "".join(f"<th>{esc(c)}</th>" for c in CAUSES) + "</tr>")
+              "<th>found</th><th>recall</th>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr>")
     for b in BUCKETS:
         t = table[b]
         recall = f"{t['found'] / t['gt']:.2f}" if t["gt"] else "–"
         buf.write(f"<tr><td class='l'>{esc(BUCKET_LABELS[b])}</td><td>{t['gt']}</td><td>{t['found']}</td>"
-                  f"<td>{recall}</td>" + "".join(f"<td>{t[c]}</td>" for c in CAUSES) + "</tr>")
+                  f"<td>{recall}</td>" + "".join(f"<td>{t[c]}</td>" for c in columns) + "</tr>")
     buf.write("</table><ul>" + "".join(f"<li><b>{esc(c)}</b>: {esc(t)}</li>" for c, t in CAUSE_TEXT.items())
-              + "</ul>")
+              + ("<li><b>not_diagnosed</b>: missed in an image matched on tiles only (listed above)</li>"
+                 if undiagnosed else "") + "</ul>")
     misses = [(rec, m) for rec, d in diagnosis.images for m in d.misses]
     misses.sort(key=lambda rm: (rm[1].size, rm[1].best_score))
     buf.write(f"<h2>The {min(worst, len(misses))} worst misses (smallest first)</h2><table><tr><th>crop</th>"
@@ -259,3 +293,28 @@ def write_html(diagnosis: DatasetDiagnosis, path: str | Path, worst: int = 24) -
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(buf.getvalue(), encoding="utf-8", errors="backslashreplace")  # a name in an error message
     return path
+
+
+def _left_out_html(diagnosis: DatasetDiagnosis, loader: dict[str, Any] | None) -> str:
+    """The report's account of what its numbers leave out or could not explain, as the JSON records it."""
+    esc = html.escape
+    parts = []
+    if loader and loader.get("counts"):
+        examples = loader.get("examples") or {}
+        items = "".join(f"<li>{int(n)} × {esc(str(reason))}"
+                        + (f" (e.g. {esc(', '.join(map(str, examples.get(reason, [])[:3])))})"
+                           if examples.get(reason) else "") + "</li>"
+                        for reason, n in loader["counts"].items())
+        parts.append(f"<h2>What the data loader left out or changed</h2><ul>{items}</ul>")
+    if diagnosis.errors:
+        items = "".join(f"<li><b>{esc(printable(Path(f).name))}</b> (image {i}): {esc(e)}</li>"
+                        for i, f, e in diagnosis.errors)
+        parts.append(f"<h2>{len(diagnosis.errors)} image(s) could not be diagnosed and are left out of every number "
+                     f"below</h2><ul>{items}</ul>")
+    if diagnosis.tiles_only:
+        items = "".join(f"<li><b>{esc(printable(Path(f).name))}</b> (image {i}): {esc(e)}</li>"
+                        for i, f, e in diagnosis.tiles_only)
+        parts.append(f"<h2>{len(diagnosis.tiles_only)} image(s) matched on tiles only</h2><p>Their objects count "
+                     f"in recall; their misses have no cause (column not_diagnosed), as the whole image could not be "
+                     f"inspected:</p><ul>{items}</ul>")
+    return "".join(parts)

@@ -246,6 +246,32 @@ def test_diagnose_on_a_small_synthetic_set(tiny_ckpt_and_data: tuple[Path, Path]
     assert sliced["slice"] == 64 and set(sliced["recall_by_bucket"]) == set(table)
 
 
+def test_diagnose_match_and_nms_options(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """diagnose's match IoU must be above 0 (refused before any work); --iou is its other name, not NMS's, which is
+    --nms-iou as in val; the HTML report says the settings the JSON records."""
+    ckpt, data = tiny_ckpt_and_data
+    with pytest.raises(SystemExit) as e:
+        main(["diagnose", "--weights", str(ckpt), "--data", str(data), "--iou", "0"])
+    assert e.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err
+    out = tmp_path / "d"
+    main(["diagnose", "--weights", str(ckpt), "--data", str(data), "--split", "train", "--limit", "2", "--match-iou",
+          "0.3", "--nms-iou", "0.45", "--any-class", "--json", str(out / "d.json"), "--html", str(out / "r.html")])
+    report = json.loads((out / "d.json").read_text())
+    assert report["iou_thresh"] == 0.3 and report["nms_iou"] == 0.45 and report["class_aware"] is False
+    page = (out / "r.html").read_text()
+    assert "NMS IoU 0.45, match IoU 0.3 with any class" in page
+
+
+def test_val_refuses_an_nms_sweep_with_slicing_before_any_work(tiny_ckpt_and_data: tuple[Path, Path],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt, data = tiny_ckpt_and_data
+    with pytest.raises(SystemExit) as e:
+        main(["val", "--weights", str(ckpt), "--data", str(data), "--slice", "64", "--nms-sweep"])
+    err = capsys.readouterr()
+    assert e.value.code == 2 and "--nms-sweep scores whole images" in err.err and "AP" not in err.out
+
+
 def test_diagnose_that_diagnosed_no_image_exits_1(tiny_ckpt_and_data: tuple[Path, Path], tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """Every image a strip the network cannot take: each is named, and the run fails as detect's does, instead of an

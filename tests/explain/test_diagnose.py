@@ -12,6 +12,7 @@ import torch
 import efpn
 from efpn.evaluation.matching import match_detections
 from efpn.explain.diagnose import CAUSES, diagnose_image, recall_by_bucket_and_cause
+from efpn.explain.diagnose_dataset import write_html
 from efpn.models.heads import HeadOutput
 
 
@@ -158,6 +159,42 @@ def test_an_image_the_network_cannot_take_is_skipped_not_the_dataset(tmp_path) -
     cv2.imwrite(str(strip), np.full((800, 600, 3), 90, np.uint8))  # 100 x 75 tiles of 8 px
     sliced = diagnose_records(model, records, names, score_thresh=0.0, slice_size=8, overlap=0.0)
     assert [e[0] for e in sliced.errors] == [records[0].image_id] and "tiles" in sliced.errors[0][2]
+    page = write_html(sliced, tmp_path / "r.html", loader={"counts": {"duplicate_boxes": 2},
+                                                           "examples": {"duplicate_boxes": ["a.txt"]}}).read_text()
+    assert "1 image(s) could not be diagnosed" in page and strip.name in page and "tiles of 8 px" in page
+    assert "duplicate_boxes" in page and "a.txt" in page  # the loader's report, as the JSON has it
+
+
+def test_with_tiles_an_image_too_thin_for_one_input_is_matched_on_its_tiles(tmp_path) -> None:
+    """Sliced, a strip the whole-image pass cannot take is still detected on its tiles and scored, as efpn val
+    scores it: its objects count in recall, and its misses are counted as ``not_diagnosed`` (no inspection to
+    name a cause from); the JSON and the HTML report say which image and why."""
+    import cv2
+
+    import efpn
+    from efpn.data.splits import load_split
+    from efpn.data.synthetic import write_synthetic_dataset
+    from efpn.explain import diagnose_records
+
+    write_synthetic_dataset(tmp_path / "d", 3, image_size=64, seed=0, val_fraction=0.0)
+    records, names, _ = load_split(tmp_path / "d" / "data.yaml", "train")
+    model = efpn.build_model("tiny_efpn_n", num_classes=len(names)).eval()
+    strip = records[0].path
+    assert strip is not None
+    cv2.imwrite(str(strip), np.full((16, 900, 3), 90, np.uint8))  # whole: under 8 px high; 64 px tiles: fine
+    diag = diagnose_records(model, records, names, score_thresh=0.5, slice_size=64, overlap=0.0)
+    assert not diag.errors and len(diag.images) == 3
+    assert [t[0] for t in diag.tiles_only] == [records[0].image_id] and "minimum" in diag.tiles_only[0][2]
+    strip_diag = next(d for rec, d in diag.images if rec.image_id == records[0].image_id)
+    missed = int(strip_diag.matching.missed.sum())
+    assert missed > 0 and strip_diag.misses == []
+    table = diag.table()
+    assert sum(t["not_diagnosed"] for t in table.values()) == missed
+    assert all(t["gt"] - t["found"] == t["not_diagnosed"] + sum(t[c] for c in CAUSES) for t in table.values())
+    report = diag.to_json()
+    assert report["tiles_only"][0]["image_id"] == records[0].image_id and report["overlap"] == 0.0
+    page = write_html(diag, tmp_path / "r.html").read_text()
+    assert "matched on tiles only" in page and "<th>not_diagnosed</th>" in page and strip.name in page
 
 
 def test_labels_outside_the_models_classes(tmp_path) -> None:

@@ -185,6 +185,27 @@ def test_videos_are_detected_frame_by_frame_and_a_broken_one_is_reported(ckpt: P
         assert len(lines) == len(summary["images"][key]) <= 3
 
 
+def test_a_truncated_video_says_how_many_of_its_frames_were_read(ckpt: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 64))
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write Motion-JPEG video")
+    for i in range(6):  # noise frames: each JPEG is large, so the cut below loses whole frames
+        writer.write(np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    writer.release()
+    data = whole.read_bytes()
+    (src / "cut.avi").write_bytes(data[: int(len(data) * 0.6)])  # the header still declares 6 frames
+    out = tmp_path / "out"
+    main(["detect", str(src), "--weights", str(ckpt), "--out", str(out), "--no-draw"])
+    summary = json.loads((out / "detections.json").read_text())
+    read = len([k for k in summary["images"] if "#frame=" in k])
+    assert 0 < read < 6
+    assert summary["notes"][str(src / "cut.avi")].startswith(f"read {read} of the 6 frames the file declares")
+    assert not summary["errors"]  # the frames read were detected: a note, not a skipped file
+
+
 def test_a_large_stride_on_a_short_tiny_video_writes_its_drawn_video(ckpt: Path, tmp_path: Path) -> None:
     """A drawn video used to be written at fps / stride: 0.1 fps here, at which libavcodec's MPEG-4 encoder aborts
     the process (SIGABRT), losing every other file's results. Run in a child process, so a regression fails this
