@@ -1,7 +1,7 @@
 """Native CPU kernels, compiled on first use with the system's C compiler and loaded with ctypes.
 
 Kernels of ``native/sgdm_dynamic.c``, ``native/aggregate.c``, ``native/bn_act.c`` and ``native/kernel_head.c`` (one
-library; ``native/vexp.h``: a vectorised e^x):
+library; headers ``native/vexp.h``, a vectorised e^x, and ``native/stats.h``, BatchNorm's batch statistics):
 
 - SGDM's dynamic branch at inference (:func:`sgdm_dynamic`): the razor map, the per-pixel kernel logits, their
   softmax, the static guidance and the strided aggregation in one pass over bands of output rows, where the PyTorch
@@ -48,7 +48,7 @@ from torch import Tensor
 _DIR = Path(__file__).resolve().parent / "native"
 #: Compiled together into one library; every file of the folder (the header too) keys the cached build.
 SOURCES = (_DIR / "sgdm_dynamic.c", _DIR / "aggregate.c", _DIR / "bn_act.c", _DIR / "kernel_head.c")
-HEADERS = (_DIR / "vexp.h",)
+HEADERS = (_DIR / "vexp.h", _DIR / "stats.h")
 #: Compiler flags: no -ffast-math (a shared library built with it can switch the whole process to flush denormals).
 #: -fopenmp: the library links libgomp.so.1, which resolves to the one PyTorch already loaded (same soname), so
 #: its parallel loops run on PyTorch's own threads (torch.set_num_threads applies) instead of a competing pool.

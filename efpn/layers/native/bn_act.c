@@ -19,32 +19,10 @@
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
+#include "stats.h"
 #include "vexp.h"
 
 enum { ACT_NONE = 0, ACT_SILU = 1 };
-
-/* Batch mean and biased variance of channel ch of x (N, C, P): two passes, in double across planes. */
-static void channel_stats(const float *x, int n, int c, long p, int ch, float *mean, float *var) {
-    double sum = 0.0, sq = 0.0;
-    for (int b = 0; b < n; ++b) {
-        const float *xp = x + ((long)b * c + ch) * p;
-        float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-        for (long i = 0; i < p; ++i) part += xp[i];
-        sum += part;
-    }
-    const double mu = sum / ((double)n * p);
-    const float m = (float)mu;
-    for (int b = 0; b < n; ++b) {
-        const float *xp = x + ((long)b * c + ch) * p;
-        float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-        for (long i = 0; i < p; ++i) part += (xp[i] - m) * (xp[i] - m);
-        sq += part;
-    }
-    *mean = m;
-    *var = (float)(sq / ((double)n * p));
-}
 
 /* z * sigmoid(z) on 8 lanes, and the scalar form for the tail */
 static inline v8f silu8(v8f z) { return z / (1.0f + efpn_exp8(-z)); }
@@ -58,11 +36,11 @@ int efpn_bn_act_forward(const float *x1, const float *x2, int n, int c, long p, 
     if (n < 1 || c < 1 || p < 1 || (act != ACT_NONE && act != ACT_SILU)) return 1;
 #pragma omp parallel for schedule(static)
     for (int ch = 0; ch < c; ++ch) {
-        channel_stats(x1, n, c, p, ch, &mean1[ch], &var1[ch]);
+        efpn_channel_stats(x1, n, c, p, ch, &mean1[ch], &var1[ch]);
         const float a1 = gamma1[ch] / sqrtf(var1[ch] + eps1);
         float a2 = 0.0f, shift = beta1[ch] - mean1[ch] * a1;
         if (x2) {
-            channel_stats(x2, n, c, p, ch, &mean2[ch], &var2[ch]);
+            efpn_channel_stats(x2, n, c, p, ch, &mean2[ch], &var2[ch]);
             a2 = gamma2[ch] / sqrtf(var2[ch] + eps2);
             shift += beta2[ch] - mean2[ch] * a2;
         }

@@ -18,6 +18,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "stats.h"
 #include "vexp.h"
 
 #define KK_MAX 49 /* k <= 7 */
@@ -89,28 +90,6 @@ int efpn_razor_forward(const float *x, int N, int C, long P, float *r, float *ga
     return 0;
 }
 
-/* Batch mean and biased variance of channel ch of s (N, CH, P): two passes, in double across planes. */
-static void plane_stats(const float *s, int N, int CH, long P, int ch, float *mean, float *var) {
-    double sum = 0.0, sq = 0.0;
-    for (int b = 0; b < N; ++b) {
-        const float *sp = s + ((long)b * CH + ch) * P;
-        float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-        for (long i = 0; i < P; ++i) part += sp[i];
-        sum += part;
-    }
-    const float m = (float)(sum / ((double)N * P));
-    for (int b = 0; b < N; ++b) {
-        const float *sp = s + ((long)b * CH + ch) * P;
-        float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-        for (long i = 0; i < P; ++i) part += (sp[i] - m) * (sp[i] - m);
-        sq += part;
-    }
-    *mean = m;
-    *var = (float)(sq / ((double)N * P));
-}
-
 /* Forward. s (N, G*kk, P) the razor conv's output; gamma, beta, mean/var outputs (G*kk); c (N, G*kk) per-image
  * logits; bank (G*kk) or NULL. Writes the batch mean and biased variance, D and (with a bank) K, each (N, G, kk, P). */
 int efpn_kernel_head_forward(const float *s, int N, int G, int kk, long P, const float *gamma, const float *beta,
@@ -119,7 +98,7 @@ int efpn_kernel_head_forward(const float *s, int N, int G, int kk, long P, const
     if (N < 1 || G < 1 || kk < 1 || kk > KK_MAX || P < 1 || (bank && !k)) return 1;
     const int CH = G * kk;
 #pragma omp parallel for schedule(static)
-    for (int ch = 0; ch < CH; ++ch) plane_stats(s, N, CH, P, ch, mean + ch, var + ch);
+    for (int ch = 0; ch < CH; ++ch) efpn_channel_stats(s, N, CH, P, ch, mean + ch, var + ch);
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < N * G; ++t) {
         const int n = t / G, g = t % G;
