@@ -198,11 +198,15 @@ def merge_diagnoses(parts: Sequence[DatasetDiagnosis], score: float, iou: float,
                     class_names: Sequence[str], class_aware: bool = True) -> DatasetDiagnosis:
     """Per-image diagnoses as one :class:`efpn.explain.DatasetDiagnosis` (its table, rows, COCO results, and the
     images that could not be diagnosed, with why)."""
-    out = DatasetDiagnosis(score_thresh=score, iou_thresh=iou, class_names=list(class_names), class_aware=class_aware)
+    out = DatasetDiagnosis(score_thresh=score, iou_thresh=iou, class_names=list(class_names), class_aware=class_aware,
+                           nms_iou=next((d.nms_iou for d in parts if d.nms_iou is not None), None),
+                           slice_size=next((d.slice_size for d in parts if d.slice_size is not None), None),
+                           overlap=next((d.overlap for d in parts if d.overlap is not None), None))
     for d in parts:
         out.images.extend(d.images)
         out.detections.update(d.detections)
         out.errors.extend(d.errors)
+        out.tiles_only.extend(d.tiles_only)
     return out
 
 

@@ -83,10 +83,15 @@ def kernel_head_backward(grad_k: Tensor, s: Tensor, d: Tensor, gamma: Tensor, me
     return grad_s, grad_c, grad_gamma, grad_beta, grad_bank
 
 
-def applies(bn: nn.Module, x: Tensor, bank: Tensor | None) -> bool:
-    """Whether :func:`guided_kernels` computes a call with BatchNorm ``bn`` on an input x (N, C, H, W) and ``bank``
-    (G, k*k) or None (a per-channel bank does not apply: its kernels are never built whole in training)."""
-    return (_trains(bn) and x.dim() == 4 and native.eligible(x, bn.weight, bn.bias, bank)
+#: The most taps per kernel the native kernels hold (7x7): larger kernels run the modules.
+MAX_TAPS = 49
+
+
+def applies(bn: nn.Module, x: Tensor, bank: Tensor | None, taps: int) -> bool:
+    """Whether :func:`guided_kernels` computes a call with BatchNorm ``bn`` on an input x (N, C, H, W), ``bank``
+    (G, k*k) or None (a per-channel bank does not apply: its kernels are never built whole in training) and ``taps``
+    = k*k taps per kernel."""
+    return (_trains(bn) and x.dim() == 4 and 1 <= taps <= MAX_TAPS and native.eligible(x, bn.weight, bn.bias, bank)
             and not torch.is_autocast_enabled(x.device.type) and native.sgdm_library() is not None)
 
 

@@ -245,7 +245,7 @@ class SGDM(nn.Module):
         if self.path == "fast" and self.training and not return_internals and self.impl == "shift" and (
                 self.bank is None or self.shared_bank):
             shared = self.bank() if self.bank is not None else None  # (G, k^2)
-            if kernel_head.applies(self.generator.spatial_bn, x, shared):  # generator + guidance, one native pass
+            if kernel_head.applies(self.generator.spatial_bn, x, shared, k * k):  # generator + guidance, natively
                 fused = kernel_head.guided_kernels(*self.generator.pre_norm(x), self.generator.spatial_bn, shared,
                                                    self.eps, self.groups)  # (N, G, k^2, H', W')
                 return self._merge_fast(apply_dynamic_kernels(x, fused, k, s, self.impl), x)

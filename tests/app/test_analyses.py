@@ -208,3 +208,15 @@ def test_checkpoints_sharing_a_name_are_told_apart() -> None:
     assert checkpoint_labels(entries) == {"/c/a.safetensors": "ship (a.safetensors)",
                                           "/c/b.safetensors": "ship (b.safetensors)",
                                           "/c/c.safetensors": "other", "/c/d.safetensors": "d (unreadable card)"}
+
+
+def test_merged_diagnoses_keep_the_settings_their_parts_ran_with() -> None:
+    """The Dataset page's JSON download says the NMS IoU (and tiles) the per-image diagnoses used, not null."""
+    from efpn.explain import DatasetDiagnosis
+
+    parts = [DatasetDiagnosis(nms_iou=0.45, slice_size=256, overlap=0.2, tiles_only=[(7, "a.png", "too thin")]),
+             DatasetDiagnosis(nms_iou=0.45, slice_size=256, overlap=0.2)]
+    merged = analyses.merge_diagnoses(parts, 0.25, 0.5, ["ship"])
+    report = merged.to_json()
+    assert (report["nms_iou"], report["slice"], report["overlap"]) == (0.45, 256, 0.2)
+    assert [t["image_id"] for t in report["tiles_only"]] == [7]

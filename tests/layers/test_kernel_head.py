@@ -75,7 +75,7 @@ def _case(n: int, groups: int, kk: int, h: int, w: int, guided: bool, seed: int 
 def test_kernel_head_equals_the_modules(n: int, groups: int, kk: int, h: int, w: int, guided: bool) -> None:
     s, c, bank = _case(n, groups, kk, h, w, guided, seed=n * 100 + h)
     bn_fused, bn_ref = _bn(groups * kk, 1), _bn(groups * kk, 1)
-    assert kernel_head.applies(bn_fused, s, bank)
+    assert kernel_head.applies(bn_fused, s, bank, kk)
     fused = _run(lambda a, b, bn, k: kernel_head.guided_kernels(a, b, bn, k, 1e-6, groups), s, c, bn_fused, bank)
     _assert_same(fused, _run(lambda a, b, bn, k: _modules(a, b, bn, k, groups), s, c, bn_ref, bank))
     assert int(bn_fused.num_batches_tracked) == 1
@@ -115,13 +115,15 @@ def test_backward_without_the_library_runs_the_same_arithmetic_in_pytorch(monkey
 
 def test_used_only_where_it_computes_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
     x, bn = torch.randn(2, 4, 6, 6), _bn(9, 0)
-    assert not kernel_head.applies(_bn(9, 0).eval(), x, None)  # running statistics: the modules
-    assert not kernel_head.applies(bn, x.double(), None)
-    assert not kernel_head.applies(nn.SyncBatchNorm(9).train(), x, None)
+    assert kernel_head.applies(bn, x, None, 9)
+    assert not kernel_head.applies(bn, x, None, 81)  # 9x9 kernels: more taps than the native kernels hold
+    assert not kernel_head.applies(_bn(9, 0).eval(), x, None, 9)  # running statistics: the modules
+    assert not kernel_head.applies(bn, x.double(), None, 9)
+    assert not kernel_head.applies(nn.SyncBatchNorm(9).train(), x, None, 9)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not kernel_head.applies(bn, x, None)  # the razor conv's output would be bfloat16
+        assert not kernel_head.applies(bn, x, None, 9)  # the razor conv's output would be bfloat16
     monkeypatch.setenv("EFPN_NATIVE", "0")
-    assert not kernel_head.applies(bn, x, None)
+    assert not kernel_head.applies(bn, x, None, 9)
 
 
 @needs_native
@@ -162,3 +164,32 @@ def test_native_razor_statistics_equal_the_pytorch_reductions(shape: tuple[int, 
     torch.testing.assert_close(gap, x.mean((2, 3), keepdim=True))
     r2, gap2 = razor_stats(x.clone().requires_grad_())  # the autograd Function's forward serves it too
     assert torch.equal(r2.detach(), r) and torch.equal(gap2.detach(), gap)
+
+
+@needs_native
+def test_eps_zero_keeps_gradients_finite_on_a_tail_of_pixels() -> None:
+    """With eps = 0 the padded lanes past the last whole 8 pixels must not divide by zero (they once turned every
+    gradient into NaN through the per-channel sums)."""
+    s, c, bank = _case(2, 2, 9, 5, 5, True)  # 25 pixels: a tail of 1
+    bank = bank.abs() + 0.1  # no zero tap: the reference itself is finite at eps = 0
+    fused = _run(lambda a, b, m, k: kernel_head.guided_kernels(a, b, m, k, 0.0, 2), s, c, _bn(18, 5), bank)
+    ref = _run(lambda a, b, m, k: guide_kernels((m(a) + b.view(2, 18, 1, 1)).view(2, 2, 9, 5, 5).softmax(2), k,
+                                                eps=0.0), s, c, _bn(18, 5), bank)
+    assert all(torch.isfinite(g).all() for g in fused[1])
+    _assert_same(fused, ref)
+
+
+@needs_native
+def test_sgdm_with_kernels_larger_than_7x7_trains_on_the_modules() -> None:
+    m = SGDM(16, 16, kernel_size=9).train()
+    x = torch.randn(2, 16, 12, 12, requires_grad=True)
+    m(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@needs_native
+def test_native_razor_max_propagates_nan_as_amax() -> None:
+    x = torch.randn(1, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    x[0, 1, 0, 0] = float("nan")
+    r, _ = native.razor_forward(x)  # type: ignore[misc]
+    assert torch.isnan(r[0, 1, 0, 0]) and torch.isfinite(r[0, 1, 1, 1])

@@ -71,7 +71,7 @@ int efpn_razor_forward(const float *x, int N, int C, long P, float *r, float *ga
 #pragma omp simd reduction(+ : acc)
                 for (long i = i0; i < i1; ++i) {
                     mean[i] += xc[i];
-                    peak[i] = xc[i] > peak[i] ? xc[i] : peak[i];
+                    peak[i] = (xc[i] > peak[i] || xc[i] != xc[i]) ? xc[i] : peak[i]; /* NaN wins, as amax */
                     acc += xc[i];
                 }
             }
@@ -162,6 +162,8 @@ int efpn_kernel_head_backward(const float *grad_k, const float *s, const float *
         for (int q = 0; q < kk; ++q) acc_gz[q] = acc_gzx[q] = acc_bank[q] = (v8f){0};
         for (long i = 0; i < P; i += 8) {
             const int len = P - i < 8 ? (int)(P - i) : 8;
+            v8f pad_one = {0}; /* 1 on the lanes past the tail: their L1 norm must not be 0 (1/eps may be inf) */
+            for (int j = len; j < 8; ++j) pad_one[j] = 1.0f;
             v8f dq[KK_MAX], gd[KK_MAX];
             for (int q = 0; q < kk; ++q) {
                 dq[q] = load8(d + base + q * P + i, len);
@@ -174,7 +176,7 @@ int efpn_kernel_head_backward(const float *grad_k, const float *s, const float *
                     l1 += vabs(sd[q]);
                     dot += gd[q] * sd[q];
                 }
-                const v8f inv = 1.0f / (l1 + eps);
+                const v8f inv = 1.0f / (l1 + pad_one + eps); /* padded lanes: D = dK = 0, so dsd = 0 there */
                 dot *= inv; /* sum dK K */
                 for (int q = 0; q < kk; ++q) {
                     const v8f sign = __builtin_convertvector(sd[q] < 0.0f, v8f)
