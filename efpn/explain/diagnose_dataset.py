@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from efpn.data.images import read_image
-from efpn.data.records import ImageRecord
+from efpn.data.records import REASONS, ImageRecord
 from efpn.evaluation.validate import check_classes
 from efpn.explain.diagnose import (
     CAUSE_TEXT,
@@ -250,7 +250,7 @@ def write_html(diagnosis: DatasetDiagnosis, path: str | Path, worst: int = 24,
     buf = io.StringIO()
     esc = html.escape
     buf.write("<!doctype html><meta charset='utf-8'><title>efpn: why objects were missed</title>"
-              "<style>body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}"
+              "<style>body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%}"
               "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}"
               "td.l{text-align:left}img{image-rendering:pixelated}</style>")
     tiles = (f", tiles of {diagnosis.slice_size} px overlapping by {diagnosis.overlap or 0:g}"
@@ -274,9 +274,14 @@ def write_html(diagnosis: DatasetDiagnosis, path: str | Path, worst: int = 24,
                  if undiagnosed else "") + "</ul>")
     misses = [(rec, m) for rec, d in diagnosis.images for m in d.misses]
     misses.sort(key=lambda rm: (rm[1].size, rm[1].best_score))
-    buf.write(f"<h2>The {min(worst, len(misses))} worst misses (smallest first)</h2><table><tr><th>crop</th>"
-              "<th>image</th><th>size px</th><th>cause</th><th>positives per level</th><th>best prior</th>"
-              "<th>gates at centre</th></tr>")
+    if not misses:
+        buf.write(f"<h2>No missed object with a cause</h2><p>The {undiagnosed} missed object(s) lie in images matched "
+                  "on tiles only (listed above): no cause, no crop.</p>" if undiagnosed else
+                  "<h2>No missed object</h2><p>Every object of the diagnosed images was found at these settings.</p>")
+    else:
+        buf.write(f"<h2>The {min(worst, len(misses))} worst misses (smallest first)</h2><table><tr><th>crop</th>"
+                  "<th>image</th><th>size px</th><th>cause</th><th>positives per level</th><th>best prior</th>"
+                  "<th>gates at centre</th></tr>")
     cache: dict[Any, np.ndarray] = {}
     for rec, m in misses[:worst]:
         if rec.path not in cache:
@@ -288,7 +293,8 @@ def write_html(diagnosis: DatasetDiagnosis, path: str | Path, worst: int = 24,
                   f"<td class='l'>{esc(printable(Path(str(rec.path)).name))}</td><td>{m.size:.1f}</td>"
                   f"<td class='l'><b>{esc(m.cause)}</b></td><td class='l'>{esc(pos)}</td><td class='l'>{esc(best)}</td>"
                   f"<td class='l'>{esc(gates)}</td></tr>")
-    buf.write("</table>")
+    if misses:
+        buf.write("</table>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(buf.getvalue(), encoding="utf-8", errors="backslashreplace")  # a name in an error message
@@ -301,7 +307,7 @@ def _left_out_html(diagnosis: DatasetDiagnosis, loader: dict[str, Any] | None) -
     parts = []
     if loader and loader.get("counts"):
         examples = loader.get("examples") or {}
-        items = "".join(f"<li>{int(n)} × {esc(str(reason))}"
+        items = "".join(f"<li>{int(n)} × {esc(REASONS.get(str(reason), str(reason)))}"
                         + (f" (e.g. {esc(', '.join(map(str, examples.get(reason, [])[:3])))})"
                            if examples.get(reason) else "") + "</li>"
                         for reason, n in loader["counts"].items())
@@ -315,6 +321,6 @@ def _left_out_html(diagnosis: DatasetDiagnosis, loader: dict[str, Any] | None) -
         items = "".join(f"<li><b>{esc(printable(Path(f).name))}</b> (image {i}): {esc(e)}</li>"
                         for i, f, e in diagnosis.tiles_only)
         parts.append(f"<h2>{len(diagnosis.tiles_only)} image(s) matched on tiles only</h2><p>Their objects count "
-                     f"in recall; their misses have no cause (column not_diagnosed), as the whole image could not be "
-                     f"inspected:</p><ul>{items}</ul>")
+                     f"in recall; a miss among them has no cause (counted as not_diagnosed), as the whole-image "
+                     f"inspection refused the image:</p><ul>{items}</ul>")
     return "".join(parts)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import efpn
+from efpn.data.records import REASONS
 from efpn.evaluation.matching import match_detections
 from efpn.explain.diagnose import CAUSES, diagnose_image, recall_by_bucket_and_cause
 from efpn.explain.diagnose_dataset import write_html
@@ -162,7 +163,7 @@ def test_an_image_the_network_cannot_take_is_skipped_not_the_dataset(tmp_path) -
     page = write_html(sliced, tmp_path / "r.html", loader={"counts": {"duplicate_boxes": 2},
                                                            "examples": {"duplicate_boxes": ["a.txt"]}}).read_text()
     assert "1 image(s) could not be diagnosed" in page and strip.name in page and "tiles of 8 px" in page
-    assert "duplicate_boxes" in page and "a.txt" in page  # the loader's report, as the JSON has it
+    assert REASONS["duplicate_boxes"] in page and "a.txt" in page  # the loader's report, in words
 
 
 def test_with_tiles_an_image_too_thin_for_one_input_is_matched_on_its_tiles(tmp_path) -> None:
