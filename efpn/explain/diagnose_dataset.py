@@ -250,7 +250,8 @@ def write_html(diagnosis: DatasetDiagnosis, path: str | Path, worst: int = 24,
     buf = io.StringIO()
     esc = html.escape
     buf.write("<!doctype html><meta charset='utf-8'><title>efpn: why objects were missed</title>"
-              "<style>body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%}"
+              "<style>body{font-family:sans-serif;margin:24px;max-width:1200px}"
+              "table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%}"
               "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}th{background:#eee}"
               "td.l{text-align:left}img{image-rendering:pixelated}</style>")
     tiles = (f", tiles of {diagnosis.slice_size} px overlapping by {diagnosis.overlap or 0:g}"
@@ -313,14 +314,16 @@ def _left_out_html(diagnosis: DatasetDiagnosis, loader: dict[str, Any] | None) -
                         for reason, n in loader["counts"].items())
         parts.append(f"<h2>What the data loader left out or changed</h2><ul>{items}</ul>")
     if diagnosis.errors:
-        items = "".join(f"<li><b>{esc(printable(Path(f).name))}</b> (image {i}): {esc(e)}</li>"
-                        for i, f, e in diagnosis.errors)
         parts.append(f"<h2>{len(diagnosis.errors)} image(s) could not be diagnosed and are left out of every number "
-                     f"below</h2><ul>{items}</ul>")
+                     f"below</h2>{_image_list(diagnosis.errors)}")
     if diagnosis.tiles_only:
-        items = "".join(f"<li><b>{esc(printable(Path(f).name))}</b> (image {i}): {esc(e)}</li>"
-                        for i, f, e in diagnosis.tiles_only)
         parts.append(f"<h2>{len(diagnosis.tiles_only)} image(s) matched on tiles only</h2><p>Their objects count "
                      f"in recall; a miss among them has no cause (counted as not_diagnosed), as the whole-image "
-                     f"inspection refused the image:</p><ul>{items}</ul>")
+                     f"inspection refused the image:</p>{_image_list(diagnosis.tiles_only)}")
     return "".join(parts)
+
+
+def _image_list(entries: Sequence[tuple[int, str, str]]) -> str:
+    """(image id, file, why) entries as an HTML list: the file's name in bold, its id, the reason."""
+    return "<ul>" + "".join(f"<li><b>{html.escape(printable(Path(f).name))}</b> (image {i}): {html.escape(e)}</li>"
+                            for i, f, e in entries) + "</ul>"

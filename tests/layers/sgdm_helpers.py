@@ -18,3 +18,16 @@ def perturb(module: nn.Module, seed: int = 0, scale: float = 0.2) -> nn.Module:
                 mod.running_mean.normal_(0.0, 0.3, generator=gen)
                 mod.running_var.uniform_(0.5, 2.0, generator=gen)
     return module
+
+
+def count_calls(monkeypatch, owner: object, name: str) -> dict[str, int]:
+    """Replace ``owner.name`` by a wrapper that counts its calls (``counts["n"]``) and still calls it."""
+    counts = {"n": 0}
+    real = getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        counts["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return counts

@@ -14,6 +14,7 @@ from efpn.layers import native
 from efpn.layers.bn_act import batchnorm_act
 from efpn.layers.conv import ConvBNAct
 from efpn.layers.sgdm import SGDM
+from tests.layers.sgdm_helpers import count_calls
 
 needs_native = pytest.mark.skipif(native.sgdm_library() is None,
                                   reason="no C compiler here: the modules run their PyTorch operators")
@@ -122,14 +123,7 @@ def test_training_steps_equal_the_pytorch_path(monkeypatch: pytest.MonkeyPatch, 
                 m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
     reference = copy.deepcopy(module)
     x = torch.randn(shape)
-    calls = {"n": 0}
-    real = native.bn_act_forward
-
-    def counting(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(native, "bn_act_forward", counting)
+    calls = count_calls(monkeypatch, native, "bn_act_forward")
     fused = _step(module, [x], [module])
     assert calls["n"] >= 1
     monkeypatch.setenv("EFPN_NATIVE", "0")

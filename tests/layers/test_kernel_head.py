@@ -13,7 +13,7 @@ from torch import nn
 from efpn.layers import kernel_head, native
 from efpn.layers.rdconv import razor_stats
 from efpn.layers.sgdm import SGDM, guide_kernels
-from tests.layers.sgdm_helpers import perturb
+from tests.layers.sgdm_helpers import count_calls, perturb
 
 needs_native = pytest.mark.skipif(native.sgdm_library() is None,
                                   reason="no C compiler here: SGDM runs its PyTorch modules")
@@ -135,14 +135,7 @@ def test_sgdm_training_serves_its_kernels_natively_and_equals_the_reference_path
     perturb(fast, seed=1, scale=0.3)
     reference = copy.deepcopy(fast)
     reference.path = "reference"
-    calls = {"n": 0}
-    real = native.kernel_head_forward
-
-    def counting(*args, **kwargs):
-        calls["n"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(native, "kernel_head_forward", counting)
+    calls = count_calls(monkeypatch, native, "kernel_head_forward")
     x = torch.randn(2, 16, 21, 18, generator=torch.Generator().manual_seed(4))
     outs = []
     for m in (fast, reference):
