@@ -29,7 +29,7 @@ from efpn.config import (
 from efpn.explain import Inspection, inspect
 from efpn.models.detector import Detector
 from efpn.models.profile import count_gflops, count_params
-from efpn.runtime import keep_freed_memory
+from efpn.runtime import freeze_long_lived_objects, keep_freed_memory
 from efpn.vocab import (
     BUCKET_EDGES,
     BUCKET_LABELS,
@@ -74,6 +74,7 @@ __all__ = [
     "build_model",
     "count_gflops",
     "count_params",
+    "freeze_long_lived_objects",
     "get_config",
     "inspect",
     "keep_freed_memory",

@@ -1,4 +1,4 @@
-"""efpn.runtime: the allocator setting the CLI, studio and benchmarks opt into."""
+"""efpn.runtime: the allocator and garbage-collector settings the CLI, studio and benchmarks opt into."""
 
 from __future__ import annotations
 
@@ -26,3 +26,26 @@ def test_keep_freed_memory_applies_once_and_can_be_switched_off() -> None:
 def test_importing_efpn_leaves_the_allocator_alone() -> None:
     code = "import efpn, efpn.runtime as r; print(r.keep_freed_memory.cache_info().currsize)"
     assert _run(code, {}) == "0"
+
+
+_FREEZE = """
+import gc
+from efpn.runtime import freeze_long_lived_objects as f
+before = gc.get_freeze_count()
+first, again = f(), f()
+frozen = gc.get_freeze_count()
+a = []; a.append(a); del a  # a cycle made after the freeze: still collected
+print(before, first, again, frozen > 1000, gc.collect() >= 1)
+"""
+
+
+def test_freeze_long_lived_objects_freezes_once_and_later_cycles_are_still_collected() -> None:
+    assert _run(_FREEZE, {"EFPN_GC_FREEZE": "1"}) == "0 True True True True"
+
+
+def test_freeze_long_lived_objects_can_be_switched_off() -> None:
+    assert _run(_FREEZE, {"EFPN_GC_FREEZE": "0"}) == "0 False False False True"
+
+
+def test_importing_efpn_freezes_nothing() -> None:
+    assert _run("import gc, efpn; print(gc.get_freeze_count())", {}) == "0"
