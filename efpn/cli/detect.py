@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from efpn.cli.guards import check_writable
 from efpn.cli.video import VIDEO_SUFFIXES, detect_video
-from efpn.data.images import CorruptImageError, read_image
+from efpn.data.images import CorruptImageError, read_image, walk_files
 from efpn.data.yolo import read_image_list
 from efpn.infer.draw import detections_to_json, draw_detections, yolo_lines
 
@@ -49,8 +49,14 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
     for s in sources:
         p = Path(s)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in MEDIA_SUFFIXES and q.is_file())
+            unreadable: list[tuple[Path, str]] = []
+            found = [q for q in walk_files(p, unreadable=unreadable) if q.suffix.lower() in MEDIA_SUFFIXES
+                     and q.is_file()]
             out += [q for q in found if not any(_within(q, e) for e in excluded)]
+            for folder, why in unreadable:  # its images were not read: said, and kept in detections.json
+                tqdm.write(f"skipped the folder {folder}: it could not be listed ({why}); its images were not read")
+                if skipped is not None:
+                    skipped[str(folder)] = f"a folder that could not be listed ({why}): its images were not read"
         elif p.is_file() and p.suffix.lower() == ".txt":  # an image list (Ultralytics' train.txt), one path a line
             missing = 0
             for q in read_image_list(p):

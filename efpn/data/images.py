@@ -13,7 +13,7 @@ import io
 import os
 import struct
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +32,7 @@ __all__ = [
     "index_images",
     "read_image",
     "to_rgb_uint8",
+    "walk_files",
 ]
 
 #: File suffixes (lower case) treated as images when scanning folders.
@@ -358,17 +359,43 @@ def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]
         raise _corrupt(path, str(e)) from e
 
 
-def index_images(folder: str | Path, recursive: bool = True,
-                 shadowed: list[tuple[Path, Path]] | None = None) -> dict[str, Path]:
+def walk_files(folder: str | Path, recursive: bool = True,
+               unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """The files under ``folder`` (every entry that is not a folder; links to files included), sorted.
+
+    As ``Path.rglob("*")`` (``iterdir`` when not ``recursive``), links to folders are not followed; unlike it, a
+    subfolder that cannot be listed (permission denied, an I/O error) is not passed over in silence: it is appended
+    to ``unreadable`` as ``(folder, reason)`` for the caller to report (its files were not read). Raises
+    PermissionError / OSError, saying so, when ``folder`` itself cannot be listed.
+    """
+    root = Path(folder)
+    errors: list[OSError] = []
+    out: list[Path] = []
+    for here, _subfolders, files in os.walk(root, onerror=errors.append):
+        out += [Path(here, f) for f in files]
+        if not recursive:
+            break
+    for e in errors:
+        where = Path(e.filename) if e.filename is not None else root
+        if where == root:
+            raise type(e)(e.errno, f"cannot list the folder {root}: {e.strerror or e}; check that it exists and "
+                                   "that this user may read it", str(root))
+        if unreadable is not None:
+            unreadable.append((where, e.strerror or str(e)))
+    return sorted(out)
+
+
+def index_images(folder: str | Path, recursive: bool = True, shadowed: list[tuple[Path, Path]] | None = None,
+                 unreadable: list[tuple[Path, str]] | None = None) -> dict[str, Path]:
     """Map ``relative/path/stem`` (POSIX, no suffix) -> image path for every image under ``folder``.
 
     When two files share a stem (``a.jpg`` and ``a.png``) the first in sorted order wins; ``shadowed``, when given,
     receives ``(left out, kept)`` for each such pair, for the loader to report (one annotation names both).
+    ``unreadable`` receives the subfolders that could not be listed (:func:`walk_files`).
     """
     root = Path(folder)
-    pattern: Iterable[Path] = root.rglob("*") if recursive else root.iterdir()
     out: dict[str, Path] = {}
-    for p in sorted(pattern):
+    for p in walk_files(root, recursive, unreadable):
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
             key = p.relative_to(root).with_suffix("").as_posix()
             kept = out.setdefault(key, p)

@@ -42,6 +42,7 @@ from efpn.data.images import (
     index_images,
     quiet_opencv,
     unreadable_example,
+    walk_files,
 )
 from efpn.data.records import (
     ImageRecord,
@@ -50,6 +51,7 @@ from efpn.data.records import (
     make_record,
     read_text,
     report_shadowed,
+    report_unreadable_folders,
 )
 
 __all__ = ["boxes_from_mask", "load_masks"]
@@ -182,9 +184,11 @@ def load_masks(
         raise ValueError(f"masks give one class; got names {class_names[:5]} (give one name or none)")
     report = SkipReport(dataset=name or img_dir.parent.name)
     shadowed: list[tuple[Path, Path]] = []
-    index = index_images(img_dir, shadowed=shadowed)
+    unreadable: list[tuple[Path, str]] = []  # subfolders that could not be listed: said, not passed over
+    index = index_images(img_dir, shadowed=shadowed, unreadable=unreadable)
     mask_index: dict[str, Path] = {}
-    for p in sorted(mask_dir.rglob("*")):  # one mask per stem: a PNG (lossless) before a preview of another type
+    # one mask per stem: a PNG (lossless) before a preview of another type
+    for p in walk_files(mask_dir, unreadable=unreadable if mask_dir != img_dir else None):
         if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file() or not p.stem.endswith(mask_suffix):
             continue
         stem = p.stem[: -len(mask_suffix)] if mask_suffix else p.stem
@@ -195,6 +199,7 @@ def load_masks(
         if p is not None:
             shadowed.append((p, kept))
     report_shadowed(report, shadowed)
+    report_unreadable_folders(report, unreadable)
     if list_file is not None:
         lf = Path(list_file)
         if not lf.is_file():

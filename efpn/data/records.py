@@ -42,6 +42,7 @@ __all__ = [
     "read_label_text",
     "read_text",
     "report_shadowed",
+    "report_unreadable_folders",
 ]
 
 #: What a loader does with a special kind of annotation (crowd, difficult, VisDrone "others"):
@@ -116,6 +117,13 @@ def report_shadowed(report: SkipReport, shadowed: Sequence[tuple[Path, Path]]) -
     (``same_stem``), naming both files."""
     for left_out, kept in shadowed:
         report.add("same_stem", 1, f"{left_out.name} (beside {kept.name})")
+
+
+def report_unreadable_folders(report: SkipReport, unreadable: Sequence[tuple[Path, str]]) -> None:
+    """Count the subfolders :func:`~efpn.data.images.walk_files` could not list (``unreadable_folder``), naming
+    each with the reason."""
+    for folder, why in unreadable:
+        report.add("unreadable_folder", 1, f"{folder}: {why}")
 
 
 def _empty_boxes() -> np.ndarray:
@@ -209,6 +217,8 @@ REASONS: dict[str, str] = {
     "same_stem": "images sharing a name with another image of the folder (a.jpg beside a.png): left out, the first "
     "in sorted order read (one label file names both); rename one to use it",
     "unreadable_image": "images whose header or pixels could not be read: dropped (dataset: skipped)",
+    "unreadable_folder": "subfolders that could not be listed (permission denied, an I/O error): the images, labels "
+    "or masks in them were not read; give this user read access to use them",
     "faint_mask_regions": "mask regions at 1/8 to 1/2 of the mask's brightest value, apart from its targets: not "
     "read as targets; if they are (instance ids 1, 2, ... or a fainter paint), set options: {instances: true} or save "
     "the masks as 0/255",
@@ -250,6 +260,7 @@ class SkipReport:
     image_without_labels: int = 0
     same_stem: int = 0
     unreadable_image: int = 0
+    unreadable_folder: int = 0
     faint_mask_regions: int = 0
     estimated_size: int = 0
     size_mismatch: int = 0

@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from efpn.config.names import ClassNames, read_names
-from efpn.data.images import IMAGE_EXTENSIONS, CorruptImageError, image_size, index_images, unreadable_example
+from efpn.data.images import (
+    IMAGE_EXTENSIONS,
+    CorruptImageError,
+    image_size,
+    index_images,
+    unreadable_example,
+    walk_files,
+)
 from efpn.data.records import (
     ImageRecord,
     SkipReport,
@@ -41,6 +48,7 @@ from efpn.data.records import (
     read_label_text,
     read_text,
     report_shadowed,
+    report_unreadable_folders,
 )
 
 __all__ = ["default_label_dir", "label_path_of", "load_yolo", "parse_yolo", "parse_yolo_labels", "read_image_list"]
@@ -191,13 +199,15 @@ def load_yolo(
                 raise FileNotFoundError(f"YOLO {what} folder {d} does not exist")
         report = SkipReport(dataset=name or img_dir.name)
         shadowed: list[tuple[Path, Path]] = []
-        image_index = index_images(img_dir, shadowed=shadowed)
+        unreadable: list[tuple[Path, str]] = []  # subfolders that could not be listed: said, not passed over
+        image_index = index_images(img_dir, shadowed=shadowed, unreadable=unreadable)
         report_shadowed(report, shadowed)
         label_files = {
             p.relative_to(lbl_dir).with_suffix("").as_posix(): p
-            for p in sorted(lbl_dir.rglob("*.txt"))
-            if p.name not in _NOT_LABEL_FILES
+            for p in walk_files(lbl_dir, unreadable=unreadable if lbl_dir != img_dir else None)
+            if p.suffix == ".txt" and p.name not in _NOT_LABEL_FILES
         }
+        report_unreadable_folders(report, unreadable)
         for key in sorted(set(label_files) - set(image_index)):
             report.add("label_without_image", 1, label_files[key].name)
 
