@@ -81,6 +81,29 @@ def test_a_group_killed_between_its_renames_leaves_the_previous_group_intact(tmp
     assert not any(p.exists() for p in kept)  # a completed group leaves no backups
 
 
+def test_a_whole_group_written_over_a_mixed_one_removes_the_kills_backups(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files in place do not belong together after a kill, so the next write cannot keep them (no
+    ``keep_previous``); the older group's backups are removed once the new group is whole, not left for good."""
+    a, b = tmp_path / "m.safetensors", tmp_path / "m.json"
+    files.atomic_write_group([(a, _write("old weights")), (b, _write("old card"))])
+    real_replace = files.os.replace
+
+    def die_at_the_card(src: str, dst: str) -> None:
+        if str(dst).endswith(".json"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", die_at_the_card)
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write_group([(a, _write("new weights")), (b, _write("new card"))], keep_previous=True)
+    monkeypatch.undo()
+    assert files.previous_path(a).exists() and files.previous_path(b).exists()
+    files.atomic_write_group([(a, _write("newer weights")), (b, _write("newer card"))], keep_previous=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+    assert (a.read_text(), b.read_text()) == ("newer weights", "newer card")
+
+
 def test_keep_previous_needs_every_file_of_the_group(tmp_path: Path) -> None:
     a, b = tmp_path / "m.safetensors", tmp_path / "m.json"
     a.write_text("weights without a card")
