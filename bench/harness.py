@@ -220,6 +220,8 @@ def machine_info(threads: int, device: str = "cpu") -> dict[str, Any]:
         "torch_threads": threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp default, spinning)"),
         "malloc_reuse": keep_freed_memory(),
+        # efpn's own switches (EFPN_NATIVE=0, EFPN_GC_FREEZE=0, ...): a run with one set measures another program
+        "efpn_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("EFPN_")},
         "device": device,
         "loadavg_start": _loadavg(),
     }
@@ -280,12 +282,14 @@ def machine_line(info: Mapping[str, Any]) -> str:
     """One human line about the machine for the markdown files."""
     load = info.get("loadavg_start")
     gpu = f", GPU {info['gpu']}" if info.get("gpu") else ""
+    env = info.get("efpn_env") or {}
+    settings = f"; set: {', '.join(f'{k}={v}' for k, v in env.items())}" if env else ""
     return (
         f"{info.get('date_utc')} UTC; {info.get('cpu')} ({info.get('logical_cpus')} logical CPUs{gpu}), "
         f"torch {info.get('torch')} with {info.get('torch_threads')} threads (OMP_WAIT_POLICY "
         f"{info.get('omp_wait_policy')}), device {info.get('device')}, "
         f"ultralytics {info.get('ultralytics', 'n/a')}, torchvision {info.get('torchvision', 'n/a')}; "
-        f"load average at start {load}"
+        f"load average at start {load}{settings}"
     )
 
 
