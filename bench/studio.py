@@ -15,7 +15,9 @@ Four measurements, one result file (``bench/results/studio.json`` / ``studio.md`
      This is "upload -> detections and all internals rendered" (target <= 1 s);
    * then each detail page, Pyramid, Gates and Kernels: click in the sidebar -> that page's run finished and
      all its figures drawn (reported apart, with the sum of the whole walk; each an interaction after the first
-     inspection, target <= 1 s).
+     inspection, target <= 1 s);
+   * then the Attribution page, which explains detection #0 with LayerGradCAM on every level as it opens (the
+     studio's default attribution, target <= 5 s).
 
    "Rendered" is read from the DOM: ``stApp``'s ``data-test-script-state`` went back to ``notRunning`` after
    the action (a MutationObserver counts those transitions), the page's ``<h1>`` is there, no element is
@@ -83,8 +85,10 @@ import efpn  # noqa: E402
 from efpn.data.synthetic import make_synthetic_sample  # noqa: E402
 from efpn.infer.predict import predict_image  # noqa: E402
 
-#: upload -> detections and all internals rendered, seconds
+#: upload -> detections and all internals rendered, seconds (and every other page of the walk)
 TARGET_S = 1.0
+#: the Attribution page's default (LayerGradCAM on every level) is computed when the page opens: its own budget
+PAGE_BUDGET_S: dict[str, float] = {"Attribution": 5.0}
 #: efpn.explain.inspection / predict_image
 INSPECT_BOUND = 1.1
 INSPECT_PRESETS: tuple[str, ...] = ("checkpoint", "yolov8n_sgdm")  # "checkpoint": the one served
@@ -185,15 +189,17 @@ def build_targets(payload: dict[str, Any]) -> list[H.Target]:
     targets: list[H.Target] = []
     lat = payload.get("latency")
     if lat:
-        budget = TARGET_S * 1e3
         rows = [("Detect", "upload -> detections + internals (Detect page)", 1.0)]
-        rows += [(page, f"open {page} after the inspection", 1.0) for page in INTERNAL_PAGES]
+        rows += [(page, f"open {page} after the inspection" + (" (LayerGradCAM on every level)"
+                                                                if page == "Attribution" else ""), 1.0)
+                 for page in INTERNAL_PAGES]
         rows += [(REACH_STEP, "open the Pyramid page's gradient reach (two backward passes)", None)]
-        rows += [("total", "upload -> Detect + Pyramid (+ gradient reach) + Gates + Kernels pages", None)]
+        rows += [("total", f"upload -> Detect + {' + '.join(STEPS)} pages", None)]
         for key, what, bound in rows:
             med = lat["summary_s"][key]["median"] * 1e3
-            targets.append(H.Target(f"studio {what} (median, browser)", "studio", f"{TARGET_S:g} s budget", med,
-                                    budget, "ms", med / budget, bound, f"ratio = time / {TARGET_S:g} s"))
+            limit = PAGE_BUDGET_S.get(key, TARGET_S)
+            targets.append(H.Target(f"studio {what} (median, browser)", "studio", f"{limit:g} s budget", med,
+                                    limit * 1e3, "ms", med / (limit * 1e3), bound, f"ratio = time / {limit:g} s"))
     ins = payload.get("inspect")
     if ins:
         for name, r in ins["ratios"].items():
@@ -226,8 +232,12 @@ def render(payload: dict[str, Any]) -> str:
                      f"median {_met(s['Detect']['median'], TARGET_S)}, p90 {_met(s['Detect']['p90'], TARGET_S)}"])
         for t in STEPS:
             what = ("then open its gradient reach (click -> two backward passes -> bars drawn)" if t == REACH_STEP
+                    else "then the Attribution page (click -> LayerGradCAM on every level for detection #0 -> "
+                         "maps and charts drawn)" if t == "Attribution"
                     else f"then the {t} detail page (click -> figures drawn)")
-            rows.append([what, _fmt_s(s[t]), "—", "—"])
+            budget = PAGE_BUDGET_S.get(t, TARGET_S)  # each an interaction after the first inspection
+            rows.append([what, _fmt_s(s[t]), f"< {budget:g} s",
+                         f"median {_met(s[t]['median'], budget)}, p90 {_met(s[t]['p90'], budget)}"])
         rows.append([f"whole walk: Detect + {' + '.join(STEPS)}", _fmt_s(s["total"]), "—", "—"])
     if ins:
         for name, r in ins["ratios"].items():
@@ -277,7 +287,9 @@ def render(payload: dict[str, Any]) -> str:
         det = sorted({r["detections"] for r in lat["repetitions"]}, key=lambda x: (x is None, x))
         parts += [
             f"Detections shown per image: {det}. The Pyramid page's gradient reach, opened after the page (two "
-            f"backward passes; needs GT or detections), drew its bars, per image: {lat['pyramid_gradient_reach']}.",
+            f"backward passes; needs GT or detections), drew its bars, per image: {lat['pyramid_gradient_reach']}. "
+            f"The Attribution page explained detection #0 (its LayerGradCAM maps shown), per image: "
+            f"{lat.get('attribution_explained')}.",
             "",
             H.markdown_table(["image", "Detect s", *[f"{t} s" for t in STEPS], "total s", "detections"],
                              [[r["image"] + (" (warm-up)" if r["warmup"] else ""), f"{r['Detect']:.2f}",

@@ -37,14 +37,17 @@ BUNDLED_CHECKPOINT = next((p for p in (REPO / "checkpoints" / "efpn_mv2_sirst.sa
 CHROMIUM = Path(os.environ.get("EFPN_CHROMIUM", "/usr/bin/chromium"))
 VIEWPORT = {"width": 1440, "height": 1100}
 
-#: detail pages opened after Detect, in this order, for the same image (the Detect page already shows an overview)
-INTERNAL_PAGES: tuple[str, ...] = ("Pyramid", "Gates", "Kernels")
+#: detail pages opened after Detect, in this order, for the same image (the Detect page already shows an overview);
+#: Attribution opens on detection #0 (an upload has no ground truth) and runs LayerGradCAM on every level at once
+INTERNAL_PAGES: tuple[str, ...] = ("Pyramid", "Gates", "Kernels", "Attribution")
+#: the page text that shows Attribution explained a box (it says "Nothing to explain" without a detection)
+ATTRIBUTION_DONE_TEXT = "LayerGradCAM per pyramid level"
 #: The Pyramid page measures gradient reach (two backward passes) only when its expander is opened: a step of its
 #: own, right after the Pyramid page is drawn.
 REACH_STEP = "Pyramid reach"
 REACH_LABEL = "Measure it on this image"
 #: Every timed step after the upload, in order.
-STEPS: tuple[str, ...] = ("Pyramid", REACH_STEP, "Gates", "Kernels")
+STEPS: tuple[str, ...] = ("Pyramid", REACH_STEP, "Gates", "Kernels", "Attribution")
 
 #: synthetic indices of the timed images start here (memory-phase images start at MEMORY_INDEX)
 IMAGE_INDEX = 100
@@ -370,6 +373,8 @@ def time_repetition(browser: Any, url: str, path: Path, timeout_ms: float, think
                 rec["charts"][REACH_STEP] = done["charts"]
                 rec["images"][REACH_STEP] = done["images"]
                 rec["pyramid_gradient_reach"] = page.locator(".st-key-pyr_reach").count() > 0
+            if title == "Attribution":
+                rec["attribution_explained"] = page.get_by_text(ATTRIBUTION_DONE_TEXT).count() > 0
         rec["total"] = rec["Detect"] + sum(rec[t] for t in STEPS)
         return rec
     finally:
@@ -404,12 +409,13 @@ def latency_phase(args: argparse.Namespace, checkpoint: str, tmp: Path) -> dict[
     split = {k: {p: round(statistics.median(r["breakdown"][k][p] for r in timed if r["breakdown"].get(k)), 4)
                  for p in parts} for k in steps[:-1] if all(r["breakdown"].get(k) for r in timed)}
     reach = sorted({r.get("pyramid_gradient_reach") for r in timed}, key=str)
+    explained = sorted({r.get("attribution_explained") for r in timed}, key=str)
     for r in records:
         for k in steps:
             r[k] = round(r[k], 4)
     forward = [r["forward_ms"] for r in timed if r.get("forward_ms") is not None]
     return {"chromium": version, "summary_s": summary, "breakdown_median_s": split, "repetitions": records,
-            "pyramid_gradient_reach": reach,
+            "pyramid_gradient_reach": reach, "attribution_explained": explained,
             "detect_forward_ms_median": statistics.median(forward) if forward else None}
 
 
