@@ -35,7 +35,9 @@ keep_freed_memory()  # reuse heap blocks for large activations (efpn.runtime); o
 
 # Streamlit collects all garbage after every script run, on every click, holding the interpreter lock while the
 # run's last messages wait to be sent: 0.3 s on a 2-core server with torch, plotly and pandas imported. Freezing the
-# objects the imports made (the pages' modules included, imported above) makes that 0.3-0.6 ms (efpn.runtime).
+# objects the imports made (the pages' modules included, imported above) makes that 0.3-0.6 ms (efpn.runtime). It
+# runs in the first session's first run, so that session's start-up objects are frozen too: a reference cycle among
+# them would outlive the session (kilobytes, once per server); models, images and inspections come later.
 freeze_long_lived_objects()  # once per server process
 
 PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
