@@ -138,6 +138,15 @@ CAUSE_COLOURS: dict[str, str] = {
 }
 
 
+def count_axis(largest: float, **extra: Any) -> dict[str, Any]:
+    """Axis settings for counts up to ``largest``: whole-number ticks from 0 (plotly's own choice for a small
+    range is 0.5 steps, and "1.5 GTs" reads as a fraction of an object), plus ``extra`` (title, ...)."""
+    top = max(1.0, float(largest))
+    step = next((s for s in (1, 2, 5) if top / s <= 8), None)  # None: plotly's steps, whole at this range
+    ticks = dict(tickmode="linear", tick0=0, dtick=step) if step is not None else {}
+    return {"rangemode": "tozero", "tickformat": ",d", **ticks, **extra}
+
+
 def recall_cause_figure(table: Mapping[str, Mapping[str, int]], causes: Sequence[str],
                         height: int = 340) -> go.Figure:
     """A dataset's objects per size bucket: found, then the misses split by cause (one stacked segment each), with
@@ -158,7 +167,7 @@ def recall_cause_figure(table: Mapping[str, Mapping[str, int]], causes: Sequence
                       legend=dict(orientation="v", x=1.01, xanchor="left", y=1, yanchor="top", traceorder="normal"),
                       title=dict(text="Objects by size: found, and why the rest were missed",
                                  subtitle=dict(text="recall above each bar")),
-                      yaxis=dict(title="objects", rangemode="tozero"))
+                      yaxis=count_axis(max(totals + [1]) * 1.15, title="objects"))
     fig.update_yaxes(range=[0, max(totals + [1]) * 1.15])
     return fig
 
@@ -184,7 +193,8 @@ def positives_bar_figure(accounting: Mapping[str, Any], title: str = "Positives 
     fig.update_layout(barmode="stack", title=dict(text=title, subtitle=dict(text=subtitle)),
                       height=300 + (30 if subtitle else 0) + 32,
                       margin=dict(l=0, r=0, t=_TOP_WITH_LEGEND + (30 if subtitle else 0), b=0),
-                      yaxis_title="positive (prior, GT) pairs", legend={**_LEGEND_ON_TOP, "traceorder": "normal"})
+                      yaxis=count_axis(max(pos, default=0), title="positive (prior, GT) pairs"),
+                      legend={**_LEGEND_ON_TOP, "traceorder": "normal"})
     return fig
 
 
@@ -211,7 +221,8 @@ def histogram_figure(histogram: Sequence[int], title: str = "Positives per GT") 
     fig = go.Figure(go.Bar(x=ks, y=list(histogram), marker_color=colours,
                            hovertemplate="%{y} GTs with %{x} positives (fallback included)<extra></extra>"))
     fig.update_layout(title=title, height=260, margin=dict(l=0, r=0, t=40, b=0),
-                      xaxis_title="positives of a GT (fallback included)", yaxis_title="GTs")
+                      xaxis=count_axis(len(ks) - 1, title="positives of a GT (fallback included)"),
+                      yaxis=count_axis(max(histogram, default=0), title="GTs"))
     return fig
 
 
@@ -250,7 +261,9 @@ def gradient_reach_figure(
         fig.add_trace(go.Bar(
             x=labels, y=[v if v > 0 else floor for v in vals], name=name,
             marker=dict(color=[colour if v > 0 else "rgba(0,0,0,0)" for v in vals], line=dict(width=0)),
-            text=["0" if v == 0 else f"{v:.2e}" for v in vals], textposition="outside", textfont=dict(size=9),
+            # upright and 11 px: side by side at 9 px they ran into each other on a narrow page
+            text=["0" if v == 0 else f"{v:.2e}" for v in vals], textposition="outside", textangle=-90,
+            textfont=dict(size=11), cliponaxis=False,
             hovertemplate="%{x}<br>%{text}<extra>" + name + "</extra>", legendgroup=name, showlegend=False,
         ))
         if without_cem is None:
@@ -264,6 +277,9 @@ def gradient_reach_figure(
         title=title or f"Gradient norm reaching the coarse levels ({part} loss)", yaxis_type="log",
         yaxis_title="‖gradient‖",
     )
+    top = max(positive_vals, default=floor * 10)
+    # room above the tallest bar for its upright value (~1.3 decades at this height); the range is in log10 units
+    fig.update_yaxes(range=[float(np.log10(floor)), float(np.log10(top)) + 1.3], dtick=1)  # decades only
     return fig
 
 
@@ -299,6 +315,11 @@ DELETION_COLOURS: dict[str, str] = {"gradcam": "#f57c00", "integrated_gradients"
                                     "random": "#8a8a8a"}
 
 
+#: (dash, marker) of the deletion curves, in their order: told apart where they lie on each other
+_CURVE_STYLES: tuple[tuple[str, str], ...] = (("solid", "circle"), ("dash", "square"), ("dashdot", "diamond"),
+                                              ("longdash", "triangle-up"))
+
+
 def deletion_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                     aucs: Mapping[str, float] | None = None,
                     names: Mapping[str, str] | None = None) -> go.Figure:
@@ -308,15 +329,19 @@ def deletion_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]
     display names (default: the keys)."""
     fig = go.Figure()
     order = [k for k in curves if k != "random"] + (["random"] if "random" in curves else [])
-    for name in order:
+    for i, name in enumerate(order):
         fr, sc = curves[name]
         shown = (names or {}).get(name, name)
         label = f"{shown} · AUC {aucs[name]:.3f}" if aucs and name in aucs else shown
+        # two methods often give nearly the same curve: each has its own dash and marker, and the earlier ones are
+        # drawn wider, so a curve under another still shows at its edges
+        dash, symbol = ("dot", "x") if name == "random" else _CURVE_STYLES[i % len(_CURVE_STYLES)]
         fig.add_trace(go.Scatter(
             x=[100 * f for f in fr], y=list(sc), mode="lines+markers", name=label,
-            line=dict(color=DELETION_COLOURS.get(name), dash="dot" if name == "random" else "solid",
-                      width=2 if name == "random" else 2.5),
-            marker=dict(size=5), hovertemplate="%{x:.2g} % removed: T = %{y:.4f}<extra>" + shown + "</extra>",
+            line=dict(color=DELETION_COLOURS.get(name), dash=dash,
+                      width=2 if name == "random" else max(2.0, 5 - 1.5 * i)),
+            marker=dict(size=8 if i == 0 else 6, symbol=symbol),
+            hovertemplate="%{x:.2g} % removed: T = %{y:.4f}<extra>" + shown + "</extra>",
         ))
     fig.update_layout(title=dict(text="Deletion curves", subtitle=dict(text="pixels removed, most attributed first")),
                       height=380, xaxis_title="% of pixels removed", yaxis=dict(title="target score T",
@@ -348,8 +373,9 @@ def counts_by_level_figure(counts: Mapping[str, Mapping[str, int]], title: str =
     fig = go.Figure()
     for name, per_level in counts.items():
         fig.add_trace(go.Bar(x=list(per_level), y=list(per_level.values()), name=name))
+    largest = max((v for per_level in counts.values() for v in per_level.values()), default=0)
     fig.update_layout(barmode="group", title=title, height=280, margin=dict(l=0, r=0, t=40, b=0),
-                      legend=dict(orientation="h", y=-0.3))
+                      legend=dict(orientation="h", y=-0.3), yaxis=count_axis(largest, title="detections"))
     return fig
 
 
@@ -363,5 +389,7 @@ def candidates_figure(before_nms: Mapping[str, int], after_nms: Mapping[str, int
                marker_color=[level_colour(lv) for lv in levels]),
     ])
     fig.update_layout(barmode="group", height=300, margin=dict(l=0, r=0, t=40, b=0),
-                      title="Decoding and NMS per level", legend=dict(orientation="h", y=-0.3))
+                      title="Decoding and NMS per level", legend=dict(orientation="h", y=-0.3),
+                      yaxis=count_axis(max([*before_nms.values(), *after_nms.values()], default=0),
+                                       title="locations / detections"))
     return fig

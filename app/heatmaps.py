@@ -6,17 +6,14 @@ overlays on the image are in :mod:`app.figures`.
 
 from __future__ import annotations
 
-import copy
 import functools
 import html
 from collections.abc import Mapping
-from typing import Any
 
 import cv2
 import numpy as np
 import plotly.graph_objects as go
 from PIL import Image
-from plotly.subplots import make_subplots
 
 from efpn.explain import normalize01
 
@@ -58,32 +55,6 @@ def _convert_colorscale(scale: list) -> tuple[tuple[float, str], ...]:
 # figure created without plotly re-checking every property (the same JSON reaches the browser; tests compare).
 
 
-@functools.lru_cache(maxsize=64)
-def _subplots_layout(rows: int, cols: int, titles: tuple[str, ...], spacing: tuple[tuple[str, float], ...]
-                     ) -> dict[str, Any]:
-    """``make_subplots(rows, cols, subplot_titles=titles, **spacing)``'s layout as a plain dict (kept: copy it)."""
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles), **dict(spacing))
-    return fig.layout.to_plotly_json()
-
-
-def _subplots(rows: int, cols: int, titles: list[str], **spacing: float) -> dict[str, Any]:
-    """A fresh copy of the layout of a ``rows`` x ``cols`` subplot grid titled ``titles`` (row by row)."""
-    return copy.deepcopy(_subplots_layout(rows, cols, tuple(titles), tuple(sorted(spacing.items()))))
-
-
-def _cell_axes(i: int) -> dict[str, str]:
-    """The axes of subplot ``i`` (1-based, row by row) as make_subplots names them on a trace."""
-    suffix = "" if i == 1 else str(i)
-    return {"xaxis": f"x{suffix}", "yaxis": f"y{suffix}"}
-
-
-def _figure(data: list[dict[str, Any]], layout: dict[str, Any]) -> go.Figure:
-    """A figure of plain-dict traces and layout, created without plotly checking each property again (the
-    builders here write only properties plotly's own setters accepted before; tests/app/test_heatmaps.py
-    compares the JSON with plotly's checked construction)."""
-    return go.Figure({"data": data, "layout": layout}, _validate=False)
-
-
 #: Outline of a marked cell (the focused object's, the picked pixel's): white over black, seen on any colour scale.
 MARK_COLOUR = "#ffffff"
 
@@ -111,57 +82,6 @@ def map_figure(a: np.ndarray, title: str | None = None, colorscale: str = "Virid
     if mark is not None:
         _mark_cell(fig, mark)
     return fig
-
-
-def maps_grid_figure(maps: Mapping[str, np.ndarray], colorscale: str = "Viridis", height: int = 260,
-                     zmin: float | None = None, zmax: float | None = None, mark: tuple[int, int] | None = None,
-                     colorbar_title: str | None = None) -> go.Figure:
-    """Several (H, W) maps side by side, one subplot each, titled by key (RGB arrays as images). Titles are small,
-    so several fit side by side on a narrow page; a ``<br>`` in a key breaks its title over two lines. ``mark``
-    outlines cell (row, col) on every map (maps of one size)."""
-    names = list(maps)
-    layout = _subplots(1, max(1, len(names)), names, horizontal_spacing=0.02)
-    data: list[dict[str, Any]] = []
-    shapes: list[dict[str, Any]] = []
-    for i, name in enumerate(names, start=1):
-        a = np.asarray(maps[name])
-        axes = _cell_axes(i)
-        if a.ndim == 3:
-            data.append({"type": "image", "z": a, **axes})
-        else:
-            colorbar: dict[str, Any] = {"thickness": 10}
-            if colorbar_title is not None:
-                colorbar["title"] = {"text": colorbar_title}
-            data.append({"type": "heatmap", "z": a, "colorscale": safe_colorscale(colorscale),
-                         **_unless_none(zmin=zmin, zmax=zmax), "showscale": i == len(names), "colorbar": colorbar,
-                         "hovertemplate": "x %{x}, y %{y}<br>%{z:.3g}<extra></extra>", **axes})
-        suffix = axes["xaxis"][1:]
-        layout[f"yaxis{suffix}"].update(autorange="reversed", scaleanchor=f"x{suffix}", showticklabels=False,
-                                        showgrid=False, zeroline=False, ticks="")
-        layout[f"xaxis{suffix}"].update(showticklabels=False, showgrid=False, zeroline=False, ticks="")
-        if mark is not None:
-            shapes += _cell_outline(mark, f"x{suffix}", f"y{suffix}")
-    two_lines = any("<br>" in n for n in names)
-    layout.update(margin={"l": 0, "r": 0, "t": 44 if two_lines else 30, "b": 0},
-                  height=height + (14 if two_lines else 0))
-    if shapes:
-        layout["shapes"] = shapes
-    for ann in layout.get("annotations", []):
-        ann["font"] = {"size": 12}
-    return _figure(data, layout)
-
-
-def _unless_none(**props: Any) -> dict[str, Any]:
-    """The properties that are set (plotly leaves a ``None`` one out)."""
-    return {k: v for k, v in props.items() if v is not None}
-
-
-def _cell_outline(cell: tuple[int, int], xref: str, yref: str) -> list[dict[str, Any]]:
-    """:func:`_mark_cell`'s two rectangles as layout shapes of the subplot on axes ``xref`` / ``yref``."""
-    r, c = cell
-    return [{"type": "rect", "x0": c - 0.5, "x1": c + 0.5, "y0": r - 0.5, "y1": r + 0.5,
-             "line": {"color": colour, "width": width}, "xref": xref, "yref": yref}
-            for colour, width in (("black", 4), (MARK_COLOUR, 2))]
 
 
 # ----------------------------------------------------------------------------------------------- thumbnails
@@ -275,11 +195,6 @@ def mark_box(picture: np.ndarray, box: tuple[float, float, float, float] | np.nd
 
 
 # ----------------------------------------------------------------------------------------------- kernels
-
-
-def _title(title: str | None) -> dict[str, Any]:
-    """A figure title as plotly's ``update_layout(title=...)`` stores it (``None``: an empty title)."""
-    return {"title": {} if title is None else {"text": title}}
 
 
 # Tables, not charts: nine numbers per kernel read best as text on their colours, and an HTML table is drawn by the

@@ -460,4 +460,10 @@ def learn_notice(step: int, ins: Any, gt_boxes: np.ndarray | None = None,
                 f"matches: starved), and {levels[-2]}/{levels[-1]} get {coarse} positives from this image.")
     cands = 0 if not score_maps else int(sum((np.asarray(v) >= score).sum() for v in score_maps.values()))
     kept = len(ins.detections["boxes"])
-    return f"{cands} cells score above {score:.2f}; after NMS {kept} detections remain."
+    return (f"{_count(cands, 'cell scores', 'cells score')} above {score:.2f}; after NMS "
+            f"{_count(kept, 'detection remains', 'detections remain')}.")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    """``n`` with its words in the singular or the plural: "1 cell scores", "3 cells score"."""
+    return f"{n} {one if n == 1 else many}"

@@ -106,9 +106,11 @@ if results:
     if any(metrics.values()):
         st.plotly_chart(charts.ap_by_size_figure(metrics), width="stretch", key="cmp_ap")
         keys = ["AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m", "AR"]
-        st.dataframe([{"checkpoint": n, **{k: m.get(k) for k in keys}} for n, m in metrics.items()],
+        st.dataframe([{"checkpoint": n, **{k: f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) else "n/a"
+                                           for k in keys}} for n, m in metrics.items()],
                      hide_index=True, width="stretch")
-        st.caption("Evaluated on: " + "; ".join(f"{n}: {_dataset(card)}" for n, (_, _, card) in results.items()))
+        st.caption("Evaluated on: " + "; ".join(f"{n}: {_dataset(card)}" for n, (_, _, card) in results.items())
+                   + ". n/a: not measured (e.g. no object of that size in the validation split).")
     else:
         st.info("Neither model card holds validation metrics (the `metrics` entry a training run with validation "
                 "writes).")
@@ -118,7 +120,7 @@ if results:
         def fmt(v: object) -> str:
             if isinstance(v, dict):
                 return ", ".join(f"{k} {x:.3g}" if isinstance(x, float) else f"{k} {x}" for k, x in v.items())
-            return f"{v:.3g}" if isinstance(v, float) else str(v)
+            return f"{v:.3g}" if isinstance(v, float) else "n/a" if v is None else str(v)
 
         st.dataframe([{"checkpoint": n, "starved GT rate": fmt(t.get("starved_rate")),
                        "fallback share": fmt(t.get("fallback_share")),

@@ -66,6 +66,10 @@ for lv, mask in ins.gates.items():
     stats.append(row)
 
 st.subheader("Summary")
-st.dataframe(stats, hide_index=True, width="stretch")
+st.dataframe(stats, hide_index=True, width="stretch", column_config={  # three digits say all a reader can use
+    "mass inside boxes": st.column_config.NumberColumn(format="%.3f"),
+    "box area share": st.column_config.NumberColumn(format="%.3f"),
+    "lift": st.column_config.NumberColumn(format="%.2f"),
+    "mass inside detections": st.column_config.NumberColumn(format="%.3f")})
 st.caption("mass inside = Σ M inside the boxes / Σ M; area share = what a uniform gate would score; lift = their ratio "
            "(1 = no separation). Boxes are rasterised like the FBSM supervision (the centre cell always counts).")

@@ -6,7 +6,6 @@ import numpy as np
 import streamlit as st
 
 from app import analyses, charts, figures, heatmaps, state, views
-from efpn import level_colour
 from efpn.explain import count_candidates, reduce_channels
 
 ctx = state.context()
@@ -38,10 +37,23 @@ step = c_sel.select_slider("Step", STEPS, key="learn_step", label_visibility="co
 st.header(step)
 
 
+MAP_PX = 190  # shown width of one map: five side by side on a wide page, two a row at 800 px
+
+
+def map_row(maps: dict[str, np.ndarray], colorscale: str = "Viridis", zmin: float | None = None,
+            zmax: float | None = None) -> None:
+    """Maps (H, W) or RGB pictures (H, W, 3) side by side, each captioned with its name, all the same width:
+    pictures wrap onto more rows in a narrow window (a row of plotly subplots shrank them to slivers with small
+    titles far above), and coarse maps are enlarged by whole cells (:func:`app.heatmaps.thumbnail`)."""
+    pictures = [heatmaps.thumbnail(a, colorscale, side=2 * MAP_PX, zmin=zmin, zmax=zmax) for a in maps.values()]
+    st.image([heatmaps.encode_png(p) for p in pictures], caption=list(maps), width=MAP_PX, output_format="PNG")
+
+
 def pca_grid(feats: dict, title_suffix: str = "") -> None:
     """A row of PCA -> RGB pictures, one per named feature map."""
-    pics = {f"{k} {tuple(v.shape[-2:])}{title_suffix}": reduce_channels(v, "pca") for k, v in feats.items()}
-    st.plotly_chart(heatmaps.maps_grid_figure(pics, height=230), width="stretch", key=f"learn_grid_{step}")
+    map_row({f"{k} · {v.shape[-2]}x{v.shape[-1]}{title_suffix}": reduce_channels(v, "pca") for k, v in feats.items()})
+    st.caption("Colours: the map's channels projected on their first three principal components, as red, green and "
+               "blue. Within one map, similar colour = similar features; colours do not compare across maps.")
 
 
 nh, nw = ins.network_hw
@@ -101,7 +113,9 @@ elif step == STEPS[4]:
         lv = next(iter(ins.gates))
         st.plotly_chart(figures.heatmap_overlay_figure(image.rgb, ins.gates[lv].numpy(), ins.stride_in_image(lv),
                                                        0.55, colorscale="Inferno", zmin=0, zmax=1, height=420,
-                                                       title=f"FBSM gate on {lv}"), width="stretch", key="learn_gate")
+                                                       title=f"FBSM gate on {lv}", colorbar_title="M"),
+                        width="stretch", key="learn_gate")
+        st.caption("The gate M over the image: black 0 (background) → pale yellow 1 (foreground).")
     else:
         st.info("This checkpoint has no FBSM gates.")
 elif step == STEPS[5]:
@@ -116,8 +130,10 @@ elif step == STEPS[5]:
         )
         ent = km.entropy.numpy().mean(0) if km.entropy is not None else km.dynamic.numpy().std(1).mean(0)
         st.plotly_chart(figures.heatmap_overlay_figure(image.rgb, ent, ins.stride_in_image(layer), 0.5, height=420,
-                                                       title=f"kernel entropy, {layer}"), width="stretch",
-                        key="learn_kernels")
+                                                       colorscale="Viridis", title=f"kernel entropy, {layer}",
+                                                       colorbar_title="nats"), width="stretch", key="learn_kernels")
+        st.caption("Kernel entropy over the image, as on the Kernels page: dark purple = lowest (sharp kernels), "
+                   "yellow = highest (spread out).")
     else:
         st.info("This checkpoint uses ordinary (static) convolutions: the same kernel at every pixel.")
 elif step == STEPS[6]:
@@ -127,8 +143,10 @@ elif step == STEPS[6]:
         "fine levels: on p5 one cell is already 32 px wide."
     )
     maps = analyses.score_maps(model, ctx.ckpt_key, image.rgb, image.digest)
-    st.plotly_chart(heatmaps.maps_grid_figure(maps, colorscale="Inferno", zmin=0, zmax=1, height=240), width="stretch",
-                    key="learn_scores")
+    # one scale for every level, up to this image's best score: on 0..1 the maps were black where scores are low
+    top = max((float(np.max(v)) for v in maps.values()), default=0.0) or 1.0
+    map_row({f"{lv} · best score {float(np.max(v)):.2f}": v for lv, v in maps.items()}, "Inferno", 0.0, top)
+    st.caption(f"One colour scale for every level: black 0 → pale yellow {top:.2f}, the best score on this image.")
 elif step == STEPS[7]:
     st.markdown(
         "In **training**, an assigner decides which priors are positive for each ground-truth box; only those "
@@ -157,10 +175,9 @@ else:
     st.plotly_chart(charts.candidates_figure(count_candidates({k: np.asarray(v) for k, v in maps.items()}, ctx.score),
                                              views.level_counts(rows, model.levels)), width="stretch", key="learn_nms")
     st.plotly_chart(figures.detections_figure(image.rgb, rows, height=420), width="stretch", key="learn_dets")
-    st.caption(" · ".join(f"{lv}: {n}" for lv, n in views.level_counts(rows, model.levels).items()) or "no detections")
-    # the colour on the square only: a yellow p2 or a purple p6 written in its colour is unreadable on one theme
-    st.markdown(" ".join(f"<span style='color:{level_colour(lv)}'>■</span> {lv}" for lv in model.levels),
-                unsafe_allow_html=True)
+    # the figure's legend keys the levels' colours; the caption counts every level, those with none too
+    st.caption("Detections per level: " + " · ".join(f"{lv}: {n}" for lv, n in
+                                                      views.level_counts(rows, model.levels).items()))
 
 # one sentence per step about what this image shows, computed from the same inspection
 _maps = analyses.score_maps(model, ctx.ckpt_key, image.rgb, image.digest) if STEPS.index(step) in (6, 8) else None

@@ -33,6 +33,9 @@ if not has_cem:  # no before/after to compare: each level once
 interactive = st.toggle("Interactive heatmaps (hover values)", key="pyr_interactive",
                         help="Off: quick pictures, all levels at once. On: plotly heatmaps with the value under the "
                              "cursor (slower to draw).")
+if how != "pca" and not interactive:
+    st.caption("Each map on its own scale, written under it: dark purple = its lowest value, yellow = its highest "
+               "(Viridis). Compare where a map is bright, not how bright two maps are.")
 for lv in ins.levels:
     before = ins.pyramid_before_cem[lv]
     after = ins.pyramid[lv]
@@ -59,7 +62,9 @@ for lv in ins.levels:
             col.plotly_chart(heatmaps.map_figure(reduce_channels(feature, how), name, height=220, mark=cell),
                              width="stretch", key=f"pyr_{lv}_{i}")
         else:
-            col.image(heatmaps.thumbnail(reduce_channels(feature, how), side=320, mark=cell), caption=name,
+            reduced = reduce_channels(feature, how)  # (h, w) map, or (h, w, 3) RGB for PCA
+            scale = f" · {float(reduced.min()):.3g} → {float(reduced.max()):.3g}" if reduced.ndim == 2 else ""
+            col.image(heatmaps.thumbnail(reduced, side=320, mark=cell), caption=name + scale,
                       width="stretch", output_format="PNG")
 
 if ins.cem_alpha:

@@ -85,7 +85,7 @@ def test_colours_survive_the_streamlit_theme() -> None:
     so every scale is sent as rgb() strings and a gate of 0 stays black."""
     scale = heatmaps.safe_colorscale("Inferno")
     assert scale[0] == [0.0, "rgb(0, 0, 4)"] and all(c.startswith("rgb(") for _, c in scale)
-    fig = heatmaps.maps_grid_figure({"gate": np.zeros((3, 3))}, colorscale="Inferno", zmin=0, zmax=1)
+    fig = heatmaps.map_figure(np.zeros((3, 3)), colorscale="Inferno")
     overlay = figures.heatmap_overlay_figure(np.zeros((8, 8, 3), np.uint8), np.zeros((2, 2)), 4, colorscale="Inferno")
     for f in (fig, overlay):
         heat = next(t for t in f.data if t.type == "heatmap")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
-import plotly.graph_objects as go
-import plotly.io as pio
 import pytest
 from studio_helpers import REPO  # noqa: F401  (puts the repository on sys.path)
 
@@ -44,30 +41,6 @@ def test_kernel_panels_write_every_weight_on_its_colour_with_a_key() -> None:
     assert "−0.200 blue" in page and "+0.200 red" in page and "0.111 dark blue" in page  # each panel's own key
     assert 'title="D row 0, col 0: 0.1111"' in page
     assert white == tuple(heatmaps.colour_lut("Blues")[0])  # the sequential scale starts at (near) white
-
-
-def _sent(fig: go.Figure) -> dict:
-    """What reaches the browser: the figure's JSON, parsed (key order aside; an empty title, which a rebuilt figure
-    drops, left out)."""
-    sent = json.loads(pio.to_json(fig, validate=False))
-    if sent["layout"].get("title") == {}:
-        del sent["layout"]["title"]
-    return sent
-
-
-def _checked(fig: go.Figure) -> dict:
-    """The figure rebuilt through plotly's checked setters (what ``make_subplots`` and ``go.Heatmap`` build)."""
-    return _sent(go.Figure(fig.to_dict()))
-
-
-def test_map_grids_built_from_dicts_are_the_figures_plotly_checks() -> None:
-    """The map grid skips plotly's per-property checks for speed: every property it writes is one plotly accepts and
-    stores unchanged, and its layout is make_subplots' (titles, domains, axes)."""
-    d = np.random.default_rng(0).random((3, 3))
-    fig = heatmaps.maps_grid_figure({"a": d, "b<br>c": d > 0.5, "rgb": np.zeros((3, 3, 3), np.uint8)},
-                                    zmin=0.0, zmax=1.0, mark=(1, 2), colorbar_title="M")
-    assert _sent(fig) == _checked(fig)
-    assert [s.xref for s in fig.layout.shapes] == ["x", "x", "x2", "x2", "x3", "x3"]
 
 
 def test_thumbnails_keep_cells_square_and_ranges_fixed() -> None:
