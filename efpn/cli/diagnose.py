@@ -73,6 +73,8 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
         recall = f"{t['found'] / t['gt']:.3f}" if t["gt"] else "-"
         print(f"{BUCKET_LABELS[b]:<20}{t['gt']:>8}{t['found']:>7}{recall:>8}  "
               + "  ".join(f"{t[c]:>15}" for c in columns))
+    print("size = sqrt(w·h) of the object's box in image pixels; 'medium' stops at 64 px here, while val's AP_m counts "
+          "every object from 32 px up (AI-TOD)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({**diag.to_json(), "loader": loader}, indent=1))
