@@ -4,6 +4,8 @@ step-by-step batching that makes DDP, gradient accumulation and resume see the s
 from __future__ import annotations
 
 import dataclasses
+import json
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,8 @@ from efpn.data.splits import load_split, split_records
 from efpn.data.transforms import DetectionTransform, build_transforms
 from efpn.data.uploads import map_class_names
 
-__all__ = ["SeededSamples", "StepBatchSampler", "TrainData", "load_train_data", "to_device", "train_samples",
-           "train_transforms"]
+__all__ = ["SeededSamples", "StepBatchSampler", "TrainData", "keep_recorded_split", "load_train_data", "to_device",
+           "train_samples", "train_transforms"]
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -197,6 +199,49 @@ def load_train_data(cfg: TrainConfig, verbose: bool) -> TrainData:
     split["val_ids"] = [r.image_id for r in val_records]
     split["train_ids"] = [r.image_id for r in train_records]
     return TrainData(train_records, val_records, list(names), data_cfg, split)
+
+
+def keep_recorded_split(data: TrainData, recorded: Path) -> TrainData:
+    """A resumed run's records split as its ``data_split.json`` (``recorded``) says, where that can be done.
+
+    A carve moves when the images loaded change (one added, or one the loader now leaves out: ``split_records``
+    permutes over all of them), and a resume must neither train on images it validated on nor validate on images it
+    trained on. So a val split carved from train (by the trainer or by the data YAML) is carved again from the
+    recorded val ids, in the recorded train order; an image the run never saw trains; a recorded val image that is
+    not loaded now is said (the loader's report says why). A val split with its own source cannot be re-carved: a
+    difference from the record is warned about. Returns ``data`` itself when nothing differs or nothing was recorded.
+    """
+    try:
+        before = json.loads(recorded.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return data
+    ids = before.get("val_ids") if isinstance(before, dict) else None
+    now = data.split.get("val_ids") or []
+    if not isinstance(ids, list) or sorted(map(str, ids)) == sorted(map(str, now)):
+        return data
+    moved = len(set(ids) ^ set(now))
+    carved = all(str(d.get("val_source", "")).startswith("carved") for d in (before, data.split))
+    if not carved:
+        warnings.warn(f"the validation split differs from the one this run recorded in {recorded} ({moved} image ids "
+                      "in one and not the other): the data changed, or its loader now leaves out images (see its "
+                      "report above); validation may score images the run trained on", stacklevel=2)
+        return data
+    wanted = set(ids)
+    rank = {image_id: i for i, image_id in enumerate(before.get("train_ids") or [])}
+    pool = [*data.train, *data.val]
+    val = [r for r in pool if r.image_id in wanted]
+    # the recorded order first (the sampler then permutes the same list as before), images new to the run after it
+    train = sorted((r for r in pool if r.image_id not in wanted), key=lambda r: rank.get(r.image_id, len(rank)))
+    gone = len(wanted - {r.image_id for r in pool})
+    new = sum(1 for r in train if r.image_id not in rank)
+    warnings.warn(
+        f"the carve of the images loaded now differs from the one this run recorded in {recorded} ({moved} image ids "
+        f"in one and not the other): the run keeps its recorded val split ({len(val)} images)"
+        + (f"; val images not loaded now (see the loader's report above): {gone}" if gone else "")
+        + (f"; images new to the run, trained on: {new}" if new else ""), stacklevel=2)
+    split = {**data.split, "val_ids": [r.image_id for r in val], "train_ids": [r.image_id for r in train],
+             "num_train": len(train), "num_val": len(val), "val_kept_from": str(recorded)}
+    return dataclasses.replace(data, train=train, val=val, split=split)
 
 
 def to_device(images: Tensor, targets: Sequence[Mapping[str, Any]], device: torch.device,

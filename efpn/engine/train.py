@@ -59,7 +59,7 @@ from efpn.data.dataset import DetectionDataset, collate
 from efpn.data.images import CorruptImageError
 from efpn.engine import distributed as D
 from efpn.engine.cards import hardware_info, training_card
-from efpn.engine.data import StepBatchSampler, load_train_data, to_device, train_samples
+from efpn.engine.data import StepBatchSampler, keep_recorded_split, load_train_data, to_device, train_samples
 from efpn.engine.ema import ModelEMA
 from efpn.engine.optim import WarmupCosine, apply_config, build_optimizer
 from efpn.engine.state import (
@@ -135,20 +135,6 @@ class LossStep(nn.Module):
 # ==================================================================================================== train
 
 
-def _warn_if_split_moved(recorded: Path, split: dict[str, Any]) -> None:
-    """Warn when a resumed run's validation images are not the ones it recorded (the data changed, or its loader now
-    leaves out images, which moves a carve): validation would then score images the run trained on."""
-    try:
-        before = json.loads(recorded.read_text(encoding="utf-8")).get("val_ids")
-    except (OSError, ValueError, AttributeError):
-        return
-    if isinstance(before, list) and sorted(before) != sorted(split.get("val_ids") or []):
-        moved = len(set(before) ^ set(split.get("val_ids") or []))
-        warnings.warn(f"the validation split differs from the one this run recorded in {recorded} ({moved} image ids "
-                      "in one and not the other): the data changed, or its loader now leaves out images (see its "
-                      "report above); validation may score images the run trained on", stacklevel=3)
-
-
 def train(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``; returns a :class:`TrainResult` (see the module docstring).
 
@@ -186,6 +172,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         state: dict[str, Any] | None = None
         if state_path is not None:  # every rank: a refusal must not leave the others waiting in a collective
             state = load_training_state(state_path, map_location="cpu")
+            data = keep_recorded_split(data, run_dir / "data_split.json")  # before any dataset is built from it
             check_resume_classes(run_dir, list(data.class_names), state["extra"].get("class_names"))
             check_resume_model(state["extra"].get("train_config"), cfg, run_dir)
             if cfg.epochs < int(state["epoch"]):  # nothing would run, and its config.yaml would say fewer epochs
@@ -253,7 +240,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         tel = EpochTelemetry()
         if state is not None:
             check_resume_config(state["extra"].get("train_config"), cfg)
-            _warn_if_split_moved(run_dir / "data_split.json", data.split)
             fits = check_state_dict(model.state_dict(), state["model"], strict=True)  # [] when every key fits
             if fits:  # before load_state_dict's list of thousands of keys, which says nothing a user can act on
                 raise ValueError(f"the training state {state_path} does not fit the {cfg.model} model built now: "
