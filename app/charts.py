@@ -253,7 +253,7 @@ def gradient_reach_figure(
     series = [("with CEM", with_cem, "#5c6bc0")]  # indigo that keeps 3.7:1 on the dark theme too
     if without_cem is not None:
         series.append(("CEM bypassed (baseline FPN)", without_cem, "#9e9e9e"))
-    positive_vals = [v for _, d, _ in series for k in keys if (v := d.get(k, 0.0)) > 0]
+    positive_vals = [v for _, d, _ in series for k in keys if (v := d.get(k, 0.0)) > 0 and np.isfinite(v)]
     floor = (min(positive_vals) / 10) if positive_vals else 1e-12
     fig = go.Figure()
     for name, d, colour in series:

@@ -105,9 +105,10 @@ def atomic_write_group(writes: list[tuple[Path, Callable[[Path], None]]], keep_p
     once the whole group is in place: a save killed in that window leaves the earlier group intact there, for the
     reader to restore. Nothing is kept unless every file of the group exists; an earlier ``.previous`` set is then
     replaced, so pass ``keep_previous`` only when the files in place belong together (else that set may be the only
-    good copy). Once a whole group is in place, with or without ``keep_previous``, no ``.previous`` copy of its files
-    is needed any more and none is left: a set an interrupted earlier write left is removed too (it would otherwise
-    lie beside the new files for good, and a reader would offer to restore an older group over a newer one)."""
+    good copy). Once a whole group of two or more files is in place, with or without ``keep_previous``, no
+    ``.previous`` copy of its files is needed any more and none is left: a set an interrupted earlier write left is
+    removed too (it would otherwise lie beside the new files for good, and a reader would offer to restore an older
+    group over a newer one)."""
     temps: list[Path] = []
     try:
         for path, write in writes:
@@ -124,7 +125,9 @@ def atomic_write_group(writes: list[tuple[Path, Callable[[Path], None]]], keep_p
                 backups.append(backup)
         for (path, _), tmp in zip(writes, temps, strict=True):
             os.replace(tmp, path)
-        for path, _ in writes:  # the whole new group is in place: no earlier one is needed (this write's or older)
+        # the whole new group is in place: no earlier one is needed (this write's, or an interrupted one's). A lone
+        # file is no group: its .previous may belong to a pair it is one half of (a card written alone)
+        for path, _ in writes if len(writes) > 1 else []:
             with contextlib.suppress(OSError):  # a copy that cannot be removed does not undo a finished write
                 previous_path(path).unlink(missing_ok=True)
     finally:

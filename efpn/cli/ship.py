@@ -23,7 +23,7 @@ import numpy as np
 from efpn.checkpoint import load_model, read_card, save_checkpoint
 from efpn.config.data import load_data_config
 from efpn.data.splits import load_split
-from efpn.engine.data import onto_class_names
+from efpn.engine.data import onto_class_names, record_key
 from efpn.evaluation.nms_sweep import sweep_nms_iou
 from efpn.evaluation.validate import validate
 from efpn.infer.predict import predict_image
@@ -50,15 +50,23 @@ ATTRIBUTION = {
 }
 
 
-def _records_by_id(data_yaml: str, ids: list[int]) -> tuple[list, list[str]]:
-    """The records with these image ids, from whichever split of the data YAML holds them."""
+def _recorded_records(data_yaml: str, split: dict[str, Any]) -> tuple[list, list[str], list]:
+    """The run's carved validation records, from whichever split of the data YAML holds them, by the files the run
+    recorded (``val_files``; ids shift when an image is added, see ``efpn.engine.data.record_key``), or by image id
+    for a record without them; returns ``(records, class names, what was recorded and is missing)``."""
     cfg = load_data_config(data_yaml)
     records, names, _ = load_split(cfg, "train")
     if cfg.has_split("val"):
         val, val_names, _ = load_split(cfg, "val")
         records += onto_class_names(val, val_names, names, f"data YAML {data_yaml}: split 'val'")
+    files = split.get("val_files")
+    if isinstance(files, list):
+        root = Path(data_yaml).resolve().parent
+        by_key = {record_key(r, root): r for r in records}
+        return [by_key[k] for k in files if k in by_key], list(names), [k for k in files if k not in by_key]
+    ids = list(split.get("val_ids") or [])
     by_id = {r.image_id: r for r in records}
-    return [by_id[i] for i in ids if i in by_id], list(names)
+    return [by_id[i] for i in ids if i in by_id], list(names), [i for i in ids if i not in by_id]
 
 
 def _synthetic_info(image_path: Path) -> dict[str, Any] | None:
@@ -198,15 +206,13 @@ def ship(
     data_yaml = split["data"]
     if split.get("val_source") == "data YAML":  # the YAML's own val split: load it as the run did
         records, names, _ = load_split(load_data_config(data_yaml), split.get("val_split") or "val")
-    else:  # carved from train: the recorded ids say which images
-        ids = list(split.get("val_ids") or [])
-        records, names = _records_by_id(data_yaml, ids)
-        if len(records) < len(ids):  # the card would describe metrics on part of the run's validation split
-            missing = sorted(set(ids) - {r.image_id for r in records})
-            raise ValueError(f"{len(missing)} of the {len(ids)} validation images {run} recorded are not among the "
-                             f"images {data_yaml} gives now (ids {missing[:5]}): removed from the data, or left out by "
-                             "its loader (efpn val --data prints what it leaves out and why); restore them, so the "
-                             "card's metrics are those of the run's validation split")
+    else:  # carved from train: the recorded files (or ids) say which images
+        records, names, missing = _recorded_records(data_yaml, split)
+        if missing:  # the card would describe metrics on part of the run's validation split
+            raise ValueError(f"{len(missing)} of the {len(records) + len(missing)} validation images {run} recorded "
+                             f"are not among the images {data_yaml} gives now ({missing[:5]}): removed from the data, "
+                             "or left out by its loader (efpn val --data prints what it leaves out and why); restore "
+                             "them, so the card's metrics are those of the run's validation split")
     if not records:
         raise ValueError(f"no validation images found for {run}; check {run / 'data_split.json'}")
     if not any(r.num_targets for r in records):  # every metric would be empty, and "auto" would judge nothing

@@ -187,8 +187,9 @@ def load_masks(
     unreadable: list[tuple[Path, str]] = []  # subfolders that could not be listed: said, not passed over
     index = index_images(img_dir, shadowed=shadowed, unreadable=unreadable)
     mask_index: dict[str, Path] = {}
+    blind: list[tuple[Path, str]] = []  # mask subfolders that could not be listed
     # one mask per stem: a PNG (lossless) before a preview of another type
-    for p in walk_files(mask_dir, unreadable=unreadable if mask_dir != img_dir else None):
+    for p in walk_files(mask_dir, unreadable=blind if mask_dir != img_dir else None):
         if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file() or not p.stem.endswith(mask_suffix):
             continue
         stem = p.stem[: -len(mask_suffix)] if mask_suffix else p.stem
@@ -199,13 +200,19 @@ def load_masks(
         if p is not None:
             shadowed.append((p, kept))
     report_shadowed(report, shadowed)
-    report_unreadable_folders(report, unreadable)
+    hidden: set[str] = set()
+    if blind:  # masks are found by name anywhere below: an image without one may have it in such a folder
+        hidden = {stem for stem in index if stem not in mask_index}
+        index = {stem: path for stem, path in index.items() if stem not in hidden}
+        blind = [(f, f"{why}; images without a mask found elsewhere, left out (theirs may be there): {len(hidden)}")
+                 for f, why in blind]
+    report_unreadable_folders(report, unreadable + blind)
     if list_file is not None:
         lf = Path(list_file)
         if not lf.is_file():
             raise FileNotFoundError(f"masks loader: id list {lf} does not exist")
         stems = _read_list(lf)
-        missing = [s for s in stems if s not in index]
+        missing = [s for s in stems if s not in index and s not in hidden]  # hidden ones are said above
         for s in missing:
             report.add("label_without_image", 1, f"{s} (listed in {lf.name})")
         stems = [s for s in stems if s in index]

@@ -217,8 +217,9 @@ REASONS: dict[str, str] = {
     "same_stem": "images sharing a name with another image of the folder (a.jpg beside a.png): left out, the first "
     "in sorted order read (one label file names both); rename one to use it",
     "unreadable_image": "images whose header or pixels could not be read: dropped (dataset: skipped)",
-    "unreadable_folder": "subfolders that could not be listed (permission denied, an I/O error): the images, labels "
-    "or masks in them were not read; give this user read access to use them",
+    "unreadable_folder": "subfolders that could not be listed (permission denied, an I/O error): the images in them "
+    "not read, and the images whose labels or masks may be there left out (kept, their objects would train as "
+    "background); give this user read access to use them",
     "faint_mask_regions": "mask regions at 1/8 to 1/2 of the mask's brightest value, apart from its targets: not "
     "read as targets; if they are (instance ids 1, 2, ... or a fainter paint), set options: {instances: true} or save "
     "the masks as 0/255",

@@ -202,12 +202,18 @@ def load_yolo(
         unreadable: list[tuple[Path, str]] = []  # subfolders that could not be listed: said, not passed over
         image_index = index_images(img_dir, shadowed=shadowed, unreadable=unreadable)
         report_shadowed(report, shadowed)
+        blind: list[tuple[Path, str]] = []  # label subfolders that could not be listed
         label_files = {
             p.relative_to(lbl_dir).with_suffix("").as_posix(): p
-            for p in walk_files(lbl_dir, unreadable=unreadable if lbl_dir != img_dir else None)
+            for p in walk_files(lbl_dir, unreadable=blind if lbl_dir != img_dir else None)
             if p.suffix == ".txt" and p.name not in _NOT_LABEL_FILES
         }
-        report_unreadable_folders(report, unreadable)
+        # an image whose label file lies in such a folder is left out: kept, its objects would train as background
+        hidden = {k for k in image_index if any((lbl_dir / f"{k}.txt").is_relative_to(f) for f, _ in blind)}
+        image_index = {k: v for k, v in image_index.items() if k not in hidden}
+        report_unreadable_folders(report, unreadable + [
+            (f, f"{why}; images whose labels are there, left out: "
+                f"{sum((lbl_dir / f'{k}.txt').is_relative_to(f) for k in hidden)}") for f, why in blind])
         for key in sorted(set(label_files) - set(image_index)):
             report.add("label_without_image", 1, label_files[key].name)
 

@@ -24,8 +24,8 @@ from efpn.data.splits import load_split, split_records
 from efpn.data.transforms import DetectionTransform, build_transforms
 from efpn.data.uploads import map_class_names
 
-__all__ = ["SeededSamples", "StepBatchSampler", "TrainData", "keep_recorded_split", "load_train_data", "to_device",
-           "train_samples", "train_transforms"]
+__all__ = ["SeededSamples", "StepBatchSampler", "TrainData", "keep_recorded_split", "load_train_data", "record_key",
+           "to_device", "train_samples", "train_transforms"]
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -198,7 +198,24 @@ def load_train_data(cfg: TrainConfig, verbose: bool) -> TrainData:
     split["num_train"], split["num_val"] = len(train_records), len(val_records)
     split["val_ids"] = [r.image_id for r in val_records]
     split["train_ids"] = [r.image_id for r in train_records]
+    # ids are positions for most formats (assign_image_ids): an added image shifts them; the files do not move
+    root = Path(cfg.data).resolve().parent
+    split["val_files"] = [record_key(r, root) for r in val_records]
+    split["train_files"] = [record_key(r, root) for r in train_records]
     return TrainData(train_records, val_records, list(names), data_cfg, split)
+
+
+def record_key(record: ImageRecord, root: Path) -> str:
+    """What names an image across loads of a dataset: its file relative to ``root`` (the data YAML's folder;
+    absolute when elsewhere), ``#id`` when it has no file. Ids are not enough: for every format but COCO and
+    numeric file names they are positions in the sorted file list, so an added or left-out image shifts them."""
+    if record.path is None:
+        return f"#{record.image_id}"
+    path = Path(record.path).resolve()
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def keep_recorded_split(data: TrainData, recorded: Path) -> TrainData:
@@ -207,39 +224,50 @@ def keep_recorded_split(data: TrainData, recorded: Path) -> TrainData:
     A carve moves when the images loaded change (one added, or one the loader now leaves out: ``split_records``
     permutes over all of them), and a resume must neither train on images it validated on nor validate on images it
     trained on. So a val split carved from train (by the trainer or by the data YAML) is carved again from the
-    recorded val ids, in the recorded train order; an image the run never saw trains; a recorded val image that is
-    not loaded now is said (the loader's report says why). A val split with its own source cannot be re-carved: a
-    difference from the record is warned about. Returns ``data`` itself when nothing differs or nothing was recorded.
+    recorded val files (:func:`record_key`), the train list in the recorded order; an image the run never saw
+    trains; a recorded val image that is not loaded now is said (the loader's report says why). A val split with
+    its own source cannot be re-carved, nor can a record without file names (ids alone do not say which images
+    moved): a difference from the record is warned about. Returns ``data`` itself when nothing differs or nothing
+    was recorded. Every DDP rank computes the same result from the same file (rank 0 rewrites it atomically).
     """
     try:
         before = json.loads(recorded.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return data
-    ids = before.get("val_ids") if isinstance(before, dict) else None
-    now = data.split.get("val_ids") or []
-    if not isinstance(ids, list) or sorted(map(str, ids)) == sorted(map(str, now)):
+    if not isinstance(before, dict) or not isinstance(before.get("val_files"), list):
+        if isinstance(before, dict) and isinstance(before.get("val_ids"), list) and sorted(
+                map(str, before["val_ids"])) != sorted(map(str, data.split.get("val_ids") or [])):
+            # a record without file names (an older run): ids alone cannot say which images moved
+            warnings.warn(f"the validation split differs from the one this run recorded in {recorded}: the data "
+                          "changed, or its loader now leaves out images (see its report above); validation may score "
+                          "images the run trained on", stacklevel=2)
         return data
-    moved = len(set(ids) ^ set(now))
+    root = Path(str(data.split.get("data", "."))).parent
+    wanted = [str(k) for k in before["val_files"]]
+    if set(wanted) == set(data.split.get("val_files") or []):
+        return data
+    moved = len(set(wanted) ^ set(data.split.get("val_files") or []))
     carved = all(str(d.get("val_source", "")).startswith("carved") for d in (before, data.split))
     if not carved:
-        warnings.warn(f"the validation split differs from the one this run recorded in {recorded} ({moved} image ids "
-                      "in one and not the other): the data changed, or its loader now leaves out images (see its "
-                      "report above); validation may score images the run trained on", stacklevel=2)
+        warnings.warn(f"the validation split differs from the one this run recorded in {recorded} ({moved} images in "
+                      "one and not the other): the data changed, or its loader now leaves out images (see its report "
+                      "above); validation may score images the run trained on", stacklevel=2)
         return data
-    wanted = set(ids)
-    rank = {image_id: i for i, image_id in enumerate(before.get("train_ids") or [])}
-    pool = [*data.train, *data.val]
-    val = [r for r in pool if r.image_id in wanted]
+    rank = {k: i for i, k in enumerate(str(k) for k in before.get("train_files") or [])}
+    pool = {record_key(r, root): r for r in [*data.train, *data.val]}
+    val = [pool[k] for k in wanted if k in pool]  # in the recorded order
     # the recorded order first (the sampler then permutes the same list as before), images new to the run after it
-    train = sorted((r for r in pool if r.image_id not in wanted), key=lambda r: rank.get(r.image_id, len(rank)))
-    gone = len(wanted - {r.image_id for r in pool})
-    new = sum(1 for r in train if r.image_id not in rank)
+    train_keys = sorted((k for k in pool if k not in set(wanted)), key=lambda k: rank.get(k, len(rank)))
+    train = [pool[k] for k in train_keys]
+    gone = sum(1 for k in wanted if k not in pool)
+    new = sum(1 for k in train_keys if k not in rank)
     warnings.warn(
-        f"the carve of the images loaded now differs from the one this run recorded in {recorded} ({moved} image ids "
+        f"the carve of the images loaded now differs from the one this run recorded in {recorded} ({moved} images "
         f"in one and not the other): the run keeps its recorded val split ({len(val)} images)"
         + (f"; val images not loaded now (see the loader's report above): {gone}" if gone else "")
         + (f"; images new to the run, trained on: {new}" if new else ""), stacklevel=2)
     split = {**data.split, "val_ids": [r.image_id for r in val], "train_ids": [r.image_id for r in train],
+             "val_files": [k for k in wanted if k in pool], "train_files": train_keys,
              "num_train": len(train), "num_val": len(val), "val_kept_from": str(recorded)}
     return dataclasses.replace(data, train=train, val=val, split=split)
 

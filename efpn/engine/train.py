@@ -79,6 +79,7 @@ from efpn.engine.telemetry import EpochTelemetry, RunLogger
 from efpn.evaluation.coco import EvalResult
 from efpn.evaluation.validate import check_network_sizes, validate
 from efpn.explain.gradient import high_level_grad_norms
+from efpn.files import atomic_write
 from efpn.models.criterion import CriterionStats
 from efpn.models.detector import Detector
 from efpn.runtime import usable_cpus
@@ -172,7 +173,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         state: dict[str, Any] | None = None
         if state_path is not None:  # every rank: a refusal must not leave the others waiting in a collective
             state = load_training_state(state_path, map_location="cpu")
-            data = keep_recorded_split(data, run_dir / "data_split.json")  # before any dataset is built from it
+            with warnings.catch_warnings():  # before any dataset is built from it; said once, by rank 0
+                if not main:
+                    warnings.simplefilter("ignore")
+                data = keep_recorded_split(data, run_dir / "data_split.json")
             check_resume_classes(run_dir, list(data.class_names), state["extra"].get("class_names"))
             check_resume_model(state["extra"].get("train_config"), cfg, run_dir)
             if cfg.epochs < int(state["epoch"]):  # nothing would run, and its config.yaml would say fewer epochs
@@ -269,7 +273,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-            (run_dir / "data_split.json").write_text(json.dumps(data.split, indent=1) + "\n", encoding="utf-8")
+            # atomically: the other ranks of a resume may be reading it (keep_recorded_split) at this moment
+            atomic_write(run_dir / "data_split.json",
+                         lambda p: p.write_text(json.dumps(data.split, indent=1) + "\n", encoding="utf-8"))
             release_claim(run_dir, started=True)
         if cfg.compile:
             # the dense network only: assignment and losses are data-dependent Python and stay eager.

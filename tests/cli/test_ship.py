@@ -101,10 +101,11 @@ def test_ship_chooses_or_sets_the_nms_iou_and_the_card_carries_it(tmp_path: Path
     model = efpn.load_model(fixed)
     assert model.config.postprocess.nms_iou == card["config"]["postprocess"]["nms_iou"] == 0.65
     assert "nms_sweep" not in card
-    from efpn.cli.ship import _records_by_id
+    from efpn.cli.ship import _recorded_records
 
     split = json.loads((Path(result.run_dir) / "data_split.json").read_text())
-    records, names = _records_by_id(split["data"], split["val_ids"])
+    records, names, missing = _recorded_records(split["data"], split)
+    assert not missing and [r.image_id for r in records] == split["val_ids"]
     assert len(records) == card["data"]["num_val_images"] > 0
     assert card["metrics"]["AP"] == pytest.approx(validate(model, records, names, image_size=128).metrics["AP"])
     with pytest.raises(ValueError, match="'auto' or a number"):
@@ -142,7 +143,12 @@ def test_ship_guards_every_file_it_writes_and_measures_the_runs_own_split(tmp_pa
         ship(result.run_dir, "m", out_dir=ckpt, progress=False, storage="fp32", overwrite=True)
     assert not (ckpt / "m.telemetry.jsonl").exists()  # not left to be read as this model's
     split = json.loads((result.run_dir / "data_split.json").read_text())
-    split["val_ids"] = [*split["val_ids"], 10**6]  # one recorded val image is gone from the data
+    split["val_files"] = [*split["val_files"], "images/gone.png"]  # one recorded val image is gone from the data
+    (result.run_dir / "data_split.json").write_text(json.dumps(split))
+    with pytest.raises(ValueError, match=r"1 of the \d+ validation images .* are not among the images .*gone\.png"):
+        ship(result.run_dir, "m2", out_dir=ckpt, progress=False)
+    del split["val_files"]  # a run recorded before file names were: its ids say which images
+    split["val_ids"] = [*split["val_ids"], 10**6]
     (result.run_dir / "data_split.json").write_text(json.dumps(split))
     with pytest.raises(ValueError, match=r"1 of the \d+ validation images .* are not among the images"):
         ship(result.run_dir, "m2", out_dir=ckpt, progress=False)

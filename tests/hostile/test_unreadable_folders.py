@@ -72,10 +72,11 @@ def test_yolo_loader_reports_unlistable_image_and_label_subfolders(tmp_path: Pat
         (tmp_path / "labels" / sub / "a.txt").write_text("0 0.5 0.5 0.4 0.4\n")
     _deny(monkeypatch, tmp_path / "labels" / "night")
     records, _, report = load_yolo(tmp_path / "images", names=["ship"])
-    # night/a.png is kept (its image is readable) but its labels could not be read: the report says which folder
-    assert [len(r.boxes) for r in records] == [1, 0]
+    # night/a.png is readable but its labels are not: left out (kept, its ship would train as background), and said
+    assert [(r.path.parent.name, len(r.boxes)) for r in records] == [("day", 1)]
     assert report.unreadable_folder == 1
-    assert report.examples["unreadable_folder"] == [f"{tmp_path / 'labels' / 'night'}: Permission denied"]
+    assert report.examples["unreadable_folder"] == [f"{tmp_path / 'labels' / 'night'}: Permission denied; images "
+                                                    "whose labels are there, left out: 1"]
     assert "subfolders that could not be listed" in report.summary()
 
     monkeypatch.undo()
@@ -87,13 +88,17 @@ def test_yolo_loader_reports_unlistable_image_and_label_subfolders(tmp_path: Pat
 def test_mask_loader_reports_an_unlistable_mask_subfolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mask = np.zeros((32, 40), np.uint8)
     mask[10:14, 10:14] = 255
-    for sub in ("x", "y"):
-        _image(tmp_path / "images" / sub / "a.png")
+    for sub, stem in (("x", "a"), ("y", "b")):
+        _image(tmp_path / "images" / f"{stem}.png")
         (tmp_path / "masks" / sub).mkdir(parents=True)
-        cv2.imwrite(str(tmp_path / "masks" / sub / "a.png"), mask)
+        cv2.imwrite(str(tmp_path / "masks" / sub / f"{stem}_pixels0.png"), mask)
+    assert [len(r.boxes) for r in load_masks(tmp_path / "images", tmp_path / "masks")[0]] == [1, 1]
     _deny(monkeypatch, tmp_path / "masks" / "y")
-    _, _, report = load_masks(tmp_path / "images", tmp_path / "masks")
-    assert report.unreadable_folder == 1 and str(tmp_path / "masks" / "y") in report.examples["unreadable_folder"][0]
+    records, _, report = load_masks(tmp_path / "images", tmp_path / "masks")
+    # masks are matched by name: every image whose mask was not found elsewhere may have it there, and is left out
+    assert [(r.path.stem, len(r.boxes)) for r in records] == [("a", 1)] and report.unreadable_folder == 1
+    assert report.examples["unreadable_folder"] == [f"{tmp_path / 'masks' / 'y'}: Permission denied; images without "
+                                                    "a mask found elsewhere, left out (theirs may be there): 1"]
 
 
 def test_detect_says_which_folder_it_could_not_read_and_detects_the_rest(tmp_path: Path,
