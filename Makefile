@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 app: $(STAMP)
-	$(VENV)/bin/streamlit run app/streamlit_app.py --server.port $(PORT)
+	$(PY) -m app --server.port $(PORT)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check efpn app tests bench

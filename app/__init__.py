@@ -1,1 +1,2 @@
-"""The efpn studio (Streamlit). Entry point: ``streamlit run app/streamlit_app.py`` (``make app``)."""
+"""The efpn studio (Streamlit). Entry point: ``python -m app`` (``make app``); ``streamlit run app/streamlit_app.py``
+serves the same pages."""

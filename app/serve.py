@@ -1,4 +1,5 @@
-"""Run the studio as a local subprocess: ``streamlit run app/streamlit_app.py`` on a free 127.0.0.1 port.
+"""Run the studio as a local subprocess: ``python -m app`` (``streamlit run app/streamlit_app.py``, its imports frozen
+first) on a free 127.0.0.1 port.
 
 Used by the browser tests and the studio benchmark (both drive Chromium against a real server), and handy in a
 notebook. The server is stopped when the ``with`` block ends, whatever happened inside it.
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "app" / "streamlit_app.py"
+
 #: Flags of a headless Chromium that needs no sandbox, GPU or network (CI containers).
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -52,7 +53,7 @@ def studio_server(env: Mapping[str, str], log: Path, timeout: float = 180.0) -> 
     """Serve the studio with ``env`` added to this process's environment (e.g. ``EFPN_CHECKPOINT``), its output
     in ``log``; yields ``(url, process)`` once healthy and terminates the server afterwards."""
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
+    cmd = [sys.executable, "-m", "app", "--server.headless", "true", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)

@@ -1,6 +1,7 @@
 """efpn studio: see why a detector finds or misses a tiny object. Router only (``st.navigation``).
 
-Run ``make app`` (or ``streamlit run app/streamlit_app.py``). Environment: ``EFPN_CHECKPOINT`` (the checkpoint to
+Run ``make app`` (``python -m app``: the same server, its imported objects frozen first, see ``app/__main__.py``; or
+``streamlit run app/streamlit_app.py``). Environment: ``EFPN_CHECKPOINT`` (the checkpoint to
 open), ``EFPN_CHECKPOINT_DIR`` (the folder listed in the sidebar, default ``checkpoints/``),
 ``EFPN_STUDIO_MAX_PIXELS`` (larger images are downscaled), ``OMP_WAIT_POLICY`` (default ``PASSIVE`` here, see
 below). The pages in ``app_pages/`` are UI only; model logic
@@ -28,17 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run app/streamlit_app.py` puts only app/ on the path
     sys.path.insert(0, str(ROOT))
 
-from app import analyses, charts, figures, heatmaps, state, views  # noqa: E402,F401  (the pages' imports, frozen below)
-from efpn import freeze_long_lived_objects, keep_freed_memory  # noqa: E402
+from app import state  # noqa: E402
+from efpn import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()  # reuse heap blocks for large activations (efpn.runtime); once per server process
-
-# Streamlit collects all garbage after every script run, on every click, holding the interpreter lock while the
-# run's last messages wait to be sent: 0.3 s on a 2-core server with torch, plotly and pandas imported. Freezing the
-# objects the imports made (the pages' modules included, imported above) makes that 0.3-0.6 ms (efpn.runtime). It
-# runs in the first session's first run, so that session's start-up objects are frozen too: a reference cycle among
-# them would outlive the session (kilobytes, once per server); models, images and inspections come later.
-freeze_long_lived_objects()  # once per server process
+# (`python -m app`, which `make app` runs, also freezes the imported objects before the first session: app/__main__.py)
 
 PAGES_DIR = Path(__file__).resolve().parent / "app_pages"
 STYLE = Path(__file__).resolve().parent / "studio.css"
