@@ -14,8 +14,9 @@ Long-running servers and Python's garbage collector. A full collection walks eve
 holds; with torch, plotly and pandas imported that is ~430,000 objects and 0.26-0.33 s on the reference machine,
 paid while holding the interpreter lock. Streamlit runs one after every script run (``runner.postScriptGC``), i.e.
 on every click in the studio, while its server still has the run's last messages to send. The imported modules live
-as long as the process, so moving them out of the collector's sight once (``gc.freeze``), before the first session, makes
-later collections walk only the newer objects: ~0.3-0.6 ms (``python -m app`` does, see ``app/__main__.py``).
+as long as the process, so moving them out of the collector's sight once (``gc.freeze``), before the first
+session, makes later collections walk only the newer objects: ~0.3-0.6 ms (``python -m app`` does, see
+``app/__main__.py``).
 """
 
 from __future__ import annotations
