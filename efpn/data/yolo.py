@@ -209,11 +209,10 @@ def load_yolo(
             if p.suffix == ".txt" and p.name not in _NOT_LABEL_FILES
         }
         # an image whose label file lies in such a folder is left out: kept, its objects would train as background
-        hidden = {k for k in image_index if any((lbl_dir / f"{k}.txt").is_relative_to(f) for f, _ in blind)}
-        image_index = {k: v for k, v in image_index.items() if k not in hidden}
+        under = {f: {k for k in image_index if (lbl_dir / f"{k}.txt").is_relative_to(f)} for f, _ in blind}
+        image_index = {k: v for k, v in image_index.items() if not any(k in keys for keys in under.values())}
         report_unreadable_folders(report, unreadable + [
-            (f, f"{why}; images whose labels are there, left out: "
-                f"{sum((lbl_dir / f'{k}.txt').is_relative_to(f) for k in hidden)}") for f, why in blind])
+            (f, f"{why}; images whose labels are there, left out: {len(under[f])}") for f, why in blind])
         for key in sorted(set(label_files) - set(image_index)):
             report.add("label_without_image", 1, label_files[key].name)
 

@@ -234,30 +234,31 @@ def keep_recorded_split(data: TrainData, recorded: Path) -> TrainData:
         before = json.loads(recorded.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return data
-    if not isinstance(before, dict) or not isinstance(before.get("val_files"), list):
-        if isinstance(before, dict) and isinstance(before.get("val_ids"), list) and sorted(
-                map(str, before["val_ids"])) != sorted(map(str, data.split.get("val_ids") or [])):
-            # a record without file names (an older run): ids alone cannot say which images moved
-            warnings.warn(f"the validation split differs from the one this run recorded in {recorded}: the data "
-                          "changed, or its loader now leaves out images (see its report above); validation may score "
-                          "images the run trained on", stacklevel=2)
+    def differs(moved: str) -> TrainData:
+        warnings.warn(f"the validation split differs from the one this run recorded in {recorded}{moved}: the data "
+                      "changed, or its loader now leaves out images (see its report above); validation may score "
+                      "images the run trained on", stacklevel=3)
         return data
+
+    if not isinstance(before, dict) or not isinstance(before.get("val_files"), list):
+        # a record without file names (an older run): ids alone cannot say which images moved
+        ids = before.get("val_ids") if isinstance(before, dict) else None
+        same = not isinstance(ids, list) or sorted(map(str, ids)) == sorted(map(str, data.split.get("val_ids") or []))
+        return data if same else differs("")
     root = Path(str(data.split.get("data", "."))).parent
     wanted = [str(k) for k in before["val_files"]]
-    if set(wanted) == set(data.split.get("val_files") or []):
+    wanted_set = set(wanted)
+    now = set(data.split.get("val_files") or [])
+    if wanted_set == now:
         return data
-    moved = len(set(wanted) ^ set(data.split.get("val_files") or []))
-    carved = all(str(d.get("val_source", "")).startswith("carved") for d in (before, data.split))
-    if not carved:
-        warnings.warn(f"the validation split differs from the one this run recorded in {recorded} ({moved} images in "
-                      "one and not the other): the data changed, or its loader now leaves out images (see its report "
-                      "above); validation may score images the run trained on", stacklevel=2)
-        return data
+    moved = len(wanted_set ^ now)
+    if not all(str(d.get("val_source", "")).startswith("carved") for d in (before, data.split)):
+        return differs(f" ({moved} images in one and not the other)")  # its own source: nothing to carve again
     rank = {k: i for i, k in enumerate(str(k) for k in before.get("train_files") or [])}
     pool = {record_key(r, root): r for r in [*data.train, *data.val]}
     val = [pool[k] for k in wanted if k in pool]  # in the recorded order
     # the recorded order first (the sampler then permutes the same list as before), images new to the run after it
-    train_keys = sorted((k for k in pool if k not in set(wanted)), key=lambda k: rank.get(k, len(rank)))
+    train_keys = sorted((k for k in pool if k not in wanted_set), key=lambda k: rank.get(k, len(rank)))
     train = [pool[k] for k in train_keys]
     gone = sum(1 for k in wanted if k not in pool)
     new = sum(1 for k in train_keys if k not in rank)
