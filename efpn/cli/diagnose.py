@@ -51,7 +51,8 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     from efpn.vocab import BUCKET_LABELS
 
     guards.check_outputs({"--json": args.json, "--csv": args.csv, "--coco": args.coco, "--html": args.html},
-                         {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)})
+                         {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)},
+                         input_folders=guards.data_folders(args.data))
     model, records, names, loader = model_and_records(args, "(see the loader's report above), so no object can be "
                                                       "missed")
     diag = diagnose_records(model, records, names, score_thresh=args.score, iou_thresh=args.iou,

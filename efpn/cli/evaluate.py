@@ -40,7 +40,7 @@ def cmd_val(args: argparse.Namespace) -> None:
 
     guards.check_outputs({"--json": args.json, "--plots": args.plots},
                          {**guards.checkpoint_files(args.weights), **guards.data_files(args.data)},
-                         folders=("--plots",))
+                         folders=("--plots",), input_folders=guards.data_folders(args.data))
     if args.nms_sweep and args.nms_iou is not None:
         raise ValueError("--nms-sweep scores a grid of NMS IoU thresholds itself; drop --nms-iou (or --nms-sweep)")
     if args.nms_sweep and args.slice is not None:  # refused before any work: the sweep predicts whole images

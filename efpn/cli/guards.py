@@ -152,9 +152,11 @@ def device(text: str) -> str:
 
 
 def checkpoint_files(weights: str | Path) -> dict[Path, str]:
-    """A checkpoint's files that a run reads: the weights and their model card (``.json`` beside them)."""
+    """A checkpoint's files: the weights, their model card (``.json`` beside them) and the training telemetry
+    ``ship`` copies beside them (``NAME.telemetry.jsonl``, which the studio's training page reads)."""
     w = Path(weights)
-    return {w: "the checkpoint's weights", w.with_suffix(".json"): "the checkpoint's model card"}
+    return {w: "the checkpoint's weights", w.with_suffix(".json"): "the checkpoint's model card",
+            w.with_name(f"{w.stem}.telemetry.jsonl"): "the checkpoint's training telemetry"}
 
 
 def data_files(data_yaml: str | Path) -> dict[Path, str]:
@@ -174,13 +176,44 @@ def data_files(data_yaml: str | Path) -> dict[Path, str]:
     return files
 
 
+def data_folders(data_yaml: str | Path) -> dict[Path, str]:
+    """The folders a data YAML's splits read (images, labels, masks, annotation folders, and the defaults the loaders
+    fill in: YOLO's ``labels`` beside ``images``, VOC's ``Annotations`` and ``JPEGImages``). A file written into one
+    would replace an image or a label, or join the split as an unlabelled image. An unreadable YAML names none."""
+    from efpn.config.data import load_data_config
+    from efpn.data.yolo import default_label_dir
+
+    try:
+        cfg = load_data_config(data_yaml)
+    except (ValueError, OSError):
+        return {}
+    folders: dict[Path, str] = {}
+    for split, source in cfg.sources.items():
+        for key, path in source.items():
+            if path is not None and path.is_dir():
+                folders[path] = f"the {split} split's {key} folder"
+        images = source.get("images")
+        if cfg.format == "yolo" and images is not None and source.get("labels") is None:
+            try:
+                folders[default_label_dir(images)] = f"the {split} split's labels folder"
+            except ValueError:  # no 'images' component: the loader says so when it runs
+                pass
+        if cfg.format == "voc":
+            for key, default in (("annotations", "Annotations"), ("images", "JPEGImages")):
+                if source.get(key) is None:
+                    folders[cfg.root / default] = f"the {split} split's {key} folder"
+    return {f: what for f, what in folders.items() if f.is_dir()}
+
+
 def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[Path, str],
-                  folders: Collection[str] = ()) -> None:
+                  folders: Collection[str] = (), input_folders: Mapping[Path, str] | None = None) -> None:
     """Refuse outputs that would replace an input, outputs given twice, and paths that cannot be written.
 
     ``outputs`` maps an option (``"--json"``) to its path (None: not given); the options in ``folders`` name a
-    folder to write into, every other one a file. ``inputs`` maps files the run reads to what they are. Raises
-    ValueError naming the option, the path and what it would destroy.
+    folder to write into, every other one a file. ``inputs`` maps files the run reads to what they are;
+    ``input_folders`` the folders it reads (a dataset's images, labels, masks): no output may lie in one, since a
+    file written there replaces an input or is read as one by the next run. Raises ValueError naming the option, the
+    path and what it would destroy.
     """
     given = {flag: Path(p) for flag, p in outputs.items() if p is not None}
     seen: dict[Path, str] = {}
@@ -189,6 +222,11 @@ def check_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[Path
             if _same_file(path, inp):
                 raise ValueError(f"{flag} {path} is {what}, which this run reads: writing there would replace it. "
                                  "Give another path")
+        for folder, what in (input_folders or {}).items():
+            if _inside(path, folder):
+                raise ValueError(f"{flag} {path} lies in {folder}, {what}, which this run reads: a file written "
+                                 "there would replace a dataset file or be read as one. Give a path outside the "
+                                 "dataset's folders")
         key = path.resolve()
         if key in seen:
             raise ValueError(f"{seen[key]} and {flag} both write {path}; give each its own path")
@@ -221,6 +259,14 @@ def check_writable(path: Path, flag: str) -> None:
         except OSError as e:
             raise ValueError(f"{flag} {path} cannot be written{where}: a file cannot be created there "
                              f"({e.strerror or e}). Give a path you can write to") from None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (existing or not) is ``folder`` or lies under it, links resolved."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):  # a link loop: not a path anything could be written to anyway
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:

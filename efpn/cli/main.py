@@ -96,7 +96,8 @@ def cmd_assign(args: argparse.Namespace) -> None:
     unknown = [name for name in args.protocol if name not in PROTOCOLS]
     if unknown:  # before the data loads
         _die(f"unknown assignment protocol {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
-    guards.check_outputs({"--json": args.json, "--plot": args.plot}, guards.data_files(args.data))
+    guards.check_outputs({"--json": args.json, "--plot": args.plot}, guards.data_files(args.data),
+                         input_folders=guards.data_folders(args.data))
     rep = assignment_report(
         args.data, split=args.split, protocols=args.protocol, image_size=args.image_size,
         limit=args.limit, progress=True,

@@ -174,6 +174,12 @@ def ship(
         raise ValueError(f"--name is the checkpoint's name without a suffix (it writes NAME.safetensors and "
                          f"NAME.json), got {name!r}: use --name {Path(name).stem}")
     files = [Path(out_dir) / f"{name}{suffix}" for suffix in (".safetensors", ".json", ".telemetry.jsonl")]
+    # the run's own files (its weights, their card) are what ship reads and what a resume continues from: never
+    # replaced, not even with --overwrite (shipping a run as "best" into its own folder wrote int8 over its fp32)
+    own = [f for f in files if f.exists() and f.resolve().parent == Path(run_dir).resolve()]
+    if own:
+        raise ValueError(f"{own[0]} is a file of the run {run_dir}: shipping there would replace the run's own "
+                         "weights or card. Give another --out (the default is checkpoints) or another --name")
     existing = [f for f in files if f.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{existing[0]} exists: shipping would replace it. Pass --overwrite to replace it, or "

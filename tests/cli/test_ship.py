@@ -129,6 +129,10 @@ def test_ship_guards_every_file_it_writes_and_measures_the_runs_own_split(tmp_pa
     result = train(TrainConfig(model="tiny_efpn_n", data=str(data), image_size=128, epochs=1, batch_size=4,
                                max_steps=1, workers=0, out=str(tmp_path / "runs"), name="t", progress=False))
     assert not (result.run_dir / "best.safetensors").exists()  # stopped before its epoch ended
+    own = (result.run_dir / "last.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="is a file of the run"):  # even with --overwrite: int8 over its fp32
+        ship(result.run_dir, "last", out_dir=result.run_dir, progress=False, overwrite=True)
+    assert (result.run_dir / "last.safetensors").read_bytes() == own
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "m.json").write_text('{"mine": "precious"}')

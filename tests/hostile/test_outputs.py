@@ -102,16 +102,42 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["diagnose", "--html", "{data}"], "the data YAML"),
     (["diagnose", "--coco", "{ann}"], "annotations"),
     (["diagnose", "--json", "{tmp}/x.json", "--csv", "{tmp}/x.json"], "both write"),
+    # files inside the dataset's folders: an image replaced by a report, a chart read as an unlabelled image
+    (["diagnose", "--html", "{image}"], "images folder"),
+    (["diagnose", "--coco", "{images}/dets.json"], "images folder"),
+    (["val", "--plots", "{images}"], "images folder"),
+    (["val", "--plots", "{images}/plots"], "images folder"),
+    (["val", "--json", "{telemetry}"], "training telemetry"),
 ])
 def test_outputs_that_would_replace_an_input_are_refused_before_the_run(
         ckpt: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], destroyed: str) -> None:
     ann = data.parent / "annotations.json"
-    fill = {"data": str(data), "card": str(ckpt.with_suffix(".json")), "ann": str(ann), "tmp": str(tmp_path)}
-    before = {p: p.read_bytes() for p in (data, ckpt.with_suffix(".json"), ann)}
+    image = sorted((data.parent / "images").iterdir())[0]
+    telemetry = ckpt.with_name(f"{ckpt.stem}.telemetry.jsonl")
+    telemetry.write_text('{"epoch": 1}\n')
+    fill = {"data": str(data), "card": str(ckpt.with_suffix(".json")), "ann": str(ann), "tmp": str(tmp_path),
+            "image": str(image), "images": str(image.parent), "telemetry": str(telemetry)}
+    listing = sorted(image.parent.rglob("*"))
+    before = {p: p.read_bytes() for p in (data, ckpt.with_suffix(".json"), ann, image, telemetry)}
     args = [a.format(**fill) for a in argv]
     assert _exit_code([args[0], "--weights", str(ckpt), "--data", str(data), *args[1:]]) == 2
     assert destroyed in capsys.readouterr().err
     assert all(p.read_bytes() == b for p, b in before.items())
+    assert sorted(image.parent.rglob("*")) == listing  # nothing added to the images folder either
+
+
+def test_assign_refuses_to_write_among_the_labels_it_reads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A YOLO label file replaced by the JSON report left the next load one image short; the label folder is the
+    default one beside images/, named nowhere in the YAML."""
+    root = tmp_path / "yolo"
+    _image(root / "images" / "a.png")
+    label = root / "labels" / "a.txt"
+    label.parent.mkdir(parents=True)
+    label.write_text("0 0.5 0.5 0.2 0.2\n")
+    data = root / "data.yaml"
+    data.write_text("format: yolo\nroot: .\nnames: [thing]\ntrain:\n  images: images\n")
+    assert _exit_code(["assign", "--data", str(data), "--split", "train", "--json", str(label)]) == 2
+    assert "labels folder" in capsys.readouterr().err and label.read_text() == "0 0.5 0.5 0.2 0.2\n"
 
 
 def test_export_refuses_to_write_over_the_weights(ckpt: Path, capsys: pytest.CaptureFixture) -> None:
