@@ -13,6 +13,7 @@ import math
 import numbers
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from torchvision.ops import batched_nms
 
 from efpn.det.postprocess import empty_detections
 from efpn.infer.predict import predict_image
-from efpn.infer.preprocess import MIN_SIDE, drop_empty, network_hw, to_rgb_uint8
+from efpn.infer.preprocess import MAX_PIXELS, MIN_SIDE, drop_empty, network_hw, to_rgb_uint8
 
 __all__ = ["MAX_TILES", "SLICED_MAX_PIXELS", "TooManyTilesError", "num_tiles", "sliced_predict", "smallest_tile",
            "suggested_tile", "tile_windows"]
@@ -88,7 +89,16 @@ def _predict_crop(
         padded = np.zeros((max(h, need), max(w, need), 3), dtype=crop.dtype)
         padded[:h, :w] = crop
         crop = padded
+    ph, pw = crop.shape[:2]
+    _, (nh, nw) = network_hw((ph, pw), image_size)
+    if ph * pw > MAX_PIXELS:
+        # more pixels than one network input is decoded with (the whole-image pass over a 56 MP scene, a tile as
+        # large as the image): shrunk here by area averaging to the network's own size, all that predict_image would
+        # keep of it, and the boxes scaled back
+        crop = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA)
     det = predict_image(model, crop, image_size=image_size, **kw)
+    if (ph, pw) != crop.shape[:2]:
+        det["boxes"] = det["boxes"] * torch.tensor([pw / nw, ph / nh, pw / nw, ph / nh], dtype=det["boxes"].dtype)
     det = drop_empty(det, (h, w))  # nothing lies in the padding
     det["boxes"] = det["boxes"] + torch.tensor([offset[0], offset[1], offset[0], offset[1]], dtype=det["boxes"].dtype)
     return det

@@ -95,3 +95,23 @@ def test_a_whole_float_tile_is_taken() -> None:
     from efpn.infer.slicing import check_slicing
 
     assert check_slicing(64.0, 0) == (64, 0.0)
+
+
+def test_an_image_over_one_inputs_pixel_limit_is_still_detected_whole_and_in_tiles() -> None:
+    """Tiles take images up to 400 MP, but the whole-image pass (and a tile as large as the image) went through the
+    50 MP limit of one network input: the tiles' work was thrown away and the image skipped, with advice to use the
+    --slice it was run with."""
+    from efpn.infer.preprocess import MAX_PIXELS
+
+    torch.manual_seed(0)
+    model = efpn.build_model("tiny_efpn_n", num_classes=3, image_size=128).eval()
+    side = 7200  # 51.8 MP
+    assert side * side > MAX_PIXELS
+    rgb = np.zeros((side, side, 3), np.uint8)
+    rgb[3000:3400, 5000:5400] = 255  # one large bright square, for the whole-image pass to see
+    out = sliced_predict(model, rgb, tile=4000, overlap=0.1, score_thresh=0.0, nms_iou=0.5, max_det=50)
+    assert out["num_tiles"] == 4 and len(out["boxes"]) > 0
+    assert float(out["boxes"][:, 2].max()) <= side and float(out["boxes"][:, 3].max()) <= side
+    one = sliced_predict(model, rgb, tile=8000, overlap=0.1, score_thresh=0.0, nms_iou=0.5, max_det=50)
+    assert one["num_tiles"] == 1 and len(one["boxes"]) > 0  # one window as large as the image
+    assert float(one["boxes"][:, 2:].max()) > 1000  # boxes in the image's pixels, not the shrunk input's
