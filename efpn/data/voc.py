@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import math
+import re
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -65,8 +66,36 @@ def _text(node: ET.Element | None, tag: str) -> str | None:
     return child.text.strip() if child is not None and child.text else None
 
 
+#: The XML declaration's encoding, at the very start of a document (expat's own rule for where it may stand).
+_DECLARED_ENCODING = re.compile(
+    rb"""^(?:\xef\xbb\xbf)?<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]{1,40})["'][^>]*\?>""")
+
+
+def parse_xml_document(data: bytes | str) -> ET.Element:
+    """The root element of an XML document, in any encoding Python knows.
+
+    Expat reads UTF-8, UTF-16, ISO-8859-1 and ASCII itself and stops at a declared multi-byte encoding (GBK, GB2312,
+    Shift_JIS, Big5: what labelling tools write in those locales) with a ValueError, and at an unknown one with a
+    LookupError. Such a document is decoded here with Python's codecs and parsed without its declaration. Anything
+    that still cannot be read raises ``ET.ParseError`` saying why, so callers count one bad file and go on.
+    """
+    try:
+        return ET.fromstring(data)
+    except (ValueError, LookupError) as e:
+        match = _DECLARED_ENCODING.match(data) if isinstance(data, bytes) else None
+        if match is None:
+            raise ET.ParseError(f"not readable as XML ({e})") from None
+        encoding = match.group(1).decode("ascii")
+        try:
+            text = data[match.end():].decode(encoding)
+        except (LookupError, UnicodeDecodeError) as decode_error:
+            raise ET.ParseError(f"declares encoding {encoding!r}, which it is not readable in ({decode_error}); "
+                                "save it as UTF-8") from None
+        return ET.fromstring(text)
+
+
 def _parse_xml(path: Path) -> _VocFile:
-    return _parse_root(ET.parse(path).getroot(), path.stem)
+    return _parse_root(parse_xml_document(path.read_bytes()), path.stem)
 
 
 def _parse_root(root: ET.Element, stem: str) -> _VocFile:
@@ -161,8 +190,8 @@ def load_voc(
             continue
         try:
             voc = _parse_xml(xml_path)
-        except ET.ParseError:
-            report.add("malformed", 1, xml_path.name)
+        except ET.ParseError as e:
+            report.add("malformed", 1, f"{xml_path.name} ({e})")
             continue
         report.add("malformed", voc.bad_objects, xml_path.name)
         if dropped_as_malformed(report, report.malformed - voc.bad_objects, xml_path.name):
@@ -229,7 +258,7 @@ def parse_voc(
     source = name or f"{stem}.xml"  # the document, as its reader knows it (an upload: its own file name)
     report = SkipReport(dataset=source)
     try:
-        voc = _parse_root(ET.fromstring(data), stem)
+        voc = _parse_root(parse_xml_document(data), stem)
     except ET.ParseError as e:  # not XML, cut short, or entities (refused: the parser expands none)
         report.add("malformed", 1, f"{source}: not well-formed XML ({e})")
         return [], read_names(names) if names is not None else [], report.tally([])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -108,3 +109,35 @@ def test_an_object_that_cannot_be_read_leaves_its_image_out(voc_dir: Path) -> No
     assert [r.path.name for r in records if r.path] == ["img2.jpg"]
     assert report.malformed == 1 and report.malformed_image == 1 and report.examples["malformed_image"] == ["img1.xml"]
     assert report.image_without_labels == 1  # img2 only
+
+
+def _voc_xml(encoding: str, name: str) -> str:
+    return (f'<?xml version="1.0" encoding="{encoding}"?>\n<annotation><filename>x.jpg</filename><size><width>64'
+            f"</width><height>48</height><depth>3</depth></size><object><name>{name}</name><bndbox><xmin>4</xmin>"
+            "<ymin>5</ymin><xmax>20</xmax><ymax>30</ymax></bndbox></object></annotation>")
+
+
+def test_xml_in_a_multi_byte_or_unknown_encoding_is_read_or_counted_not_fatal(tmp_path: Path) -> None:
+    """Labelling tools in Chinese or Japanese locales write GBK / Shift_JIS XML, which expat refuses ('multi-byte
+    encodings are not supported', naming no file), and an unknown declared encoding raised a bare LookupError: one such
+    file stopped the whole split."""
+    from efpn.data.voc import parse_voc
+
+    ann, img = tmp_path / "Annotations", tmp_path / "JPEGImages"
+    ann.mkdir()
+    img.mkdir()
+    for stem in ("gbk", "sjis", "bogus", "plain"):
+        cv2.imwrite(str(img / f"{stem}.jpg"), np.zeros((48, 64, 3), np.uint8))
+    (ann / "gbk.xml").write_bytes(_voc_xml("GBK", "红细胞").encode("gbk"))
+    (ann / "sjis.xml").write_bytes(_voc_xml("Shift_JIS", "赤血球").encode("shift_jis"))
+    (ann / "bogus.xml").write_bytes(_voc_xml("nonsense-enc", "cell").encode())
+    (ann / "plain.xml").write_text(_voc_xml("utf-8", "cell"), encoding="utf-8")
+    records, names, report = load_voc(tmp_path)
+    assert sorted(names) == sorted(["红细胞", "赤血球", "cell"])
+    assert sorted(r.path.stem for r in records if r.path) == ["gbk", "plain", "sjis"]
+    assert report.counts().get("malformed") == 1
+    assert any("bogus.xml" in e and "nonsense-enc" in e for e in report.examples["malformed"])
+    got, found, _ = parse_voc(_voc_xml("GB2312", "白细胞").encode("gb2312"), "up", (48, 64))  # an upload
+    assert found == ["白细胞"] and len(got) == 1 and got[0].boxes.tolist() == [[4.0, 5.0, 20.0, 30.0]]
+    none, _, rep = parse_voc(_voc_xml("nonsense-enc", "cell").encode(), "up", (48, 64))
+    assert none == [] and rep.counts() == {"malformed": 1}
