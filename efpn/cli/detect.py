@@ -50,9 +50,15 @@ def collect_images(sources: Sequence[str | Path], exclude: Path | None = None,
         p = Path(s)
         if p.is_dir():
             unreadable: list[tuple[Path, str]] = []
-            found = [q for q in walk_files(p, unreadable=unreadable) if q.suffix.lower() in MEDIA_SUFFIXES
-                     and q.is_file()]
-            out += [q for q in found if not any(_within(q, e) for e in excluded)]
+            media = [q for q in walk_files(p, unreadable=unreadable, follow_links=True)
+                     if q.suffix.lower() in MEDIA_SUFFIXES and not any(_within(q, e) for e in excluded)]
+            out += [q for q in media if q.is_file()]
+            for q in (q for q in media if not q.is_file()):  # a broken link, a pipe, a device: said, not dropped
+                broken = q.is_symlink() and not q.exists()
+                why = "a broken link" if broken else "not a regular file (a pipe or a device)"
+                tqdm.write(f"skipped {q}: {why}")
+                if skipped is not None:
+                    skipped[str(q)] = why
             for folder, why in unreadable:  # its images were not read: said, and kept in detections.json
                 tqdm.write(f"skipped the folder {folder}: it could not be listed ({why}); its images were not read")
                 if skipped is not None:

@@ -360,18 +360,26 @@ def image_size(path: str | Path, exif_transpose: bool = True) -> tuple[int, int]
 
 
 def walk_files(folder: str | Path, recursive: bool = True,
-               unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
+               unreadable: list[tuple[Path, str]] | None = None, follow_links: bool = False) -> list[Path]:
     """The files under ``folder`` (every entry that is not a folder; links to files included), sorted.
 
-    As ``Path.rglob("*")`` (``iterdir`` when not ``recursive``), links to folders are not followed; unlike it, a
-    subfolder that cannot be listed (permission denied, an I/O error) is not passed over in silence: it is appended
-    to ``unreadable`` as ``(folder, reason)`` for the caller to report (its files were not read). Raises
-    PermissionError / OSError, saying so, when ``folder`` itself cannot be listed.
+    As ``Path.rglob("*")`` (``iterdir`` when not ``recursive``), links to folders are not followed unless
+    ``follow_links`` (then each real folder is walked once: a link loop, or two links to one folder, is not walked
+    again); unlike it, a subfolder that cannot be listed (permission denied, an I/O error) is not passed over in
+    silence: it is appended to ``unreadable`` as ``(folder, reason)`` for the caller to report (its files were not
+    read). Raises PermissionError / OSError, saying so, when ``folder`` itself cannot be listed.
     """
     root = Path(folder)
     errors: list[OSError] = []
     out: list[Path] = []
-    for here, _subfolders, files in os.walk(root, onerror=errors.append):
+    walked: set[str] = set()
+    for here, subfolders, files in os.walk(root, onerror=errors.append, followlinks=follow_links):
+        if follow_links:
+            real = os.path.realpath(here)
+            if real in walked:
+                subfolders[:] = []  # os.walk is top-down: emptying the list prunes the walk below
+                continue
+            walked.add(real)
         out += [Path(here, f) for f in files]
         if not recursive:
             break

@@ -274,6 +274,27 @@ def test_detect_skips_a_source_that_is_not_a_regular_file(ckpt: Path, tmp_path: 
     assert [Path(p).name for p in summary["images"]] == ["a.png"] and list(summary["errors"]) == ["/dev/null"]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs symbolic links and named pipes (POSIX)")
+def test_detect_searches_linked_folders_once_and_names_what_inside_a_folder_it_cannot_read(
+        ckpt: Path, tmp_path: Path) -> None:
+    """Inside a source folder a linked subfolder was not searched, and a broken link or a pipe named .png vanished:
+    "0 skipped", nothing under errors."""
+    src, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
+    _image(src / "a.png")
+    _image(elsewhere / "b.png")
+    (src / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (src / "again").symlink_to(elsewhere, target_is_directory=True)  # the same folder twice: its image once
+    (src / "loop").symlink_to(src, target_is_directory=True)  # a loop: walked no further
+    (src / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(src / "pipe.png")  # never opened: reading it would wait forever
+    out = tmp_path / "o"
+    main(["detect", str(src), "--weights", str(ckpt), "--out", str(out)])
+    summary = json.loads((out / "detections.json").read_text())
+    assert sorted(Path(p).name for p in summary["images"]) == ["a.png", "b.png"]
+    assert sorted(Path(p).name for p in summary["errors"]) == ["gone.png", "pipe.png"]
+    assert "broken link" in summary["errors"][str(src / "gone.png")]
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_an_output_folder_that_takes_no_file_is_refused_before_the_run() -> None:
     """/proc grants root the write permission and takes no file: a trial file finds that before the run, where its
