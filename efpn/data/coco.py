@@ -7,10 +7,13 @@ Contract of :func:`load_coco`:
 * ``bbox = [x, y, w, h]`` becomes ``xyxy``; boxes past the edge are clipped, degenerate ones dropped
   (both counted); an annotation with no ``bbox`` (absent, null or empty) gets the box around its
   ``segmentation`` (polygons or RLE);
-* ids may be integers or strings of integers; image ids that are other strings (``"frame_0001"``) are numbered
-  1, 2, ... in the order of ``images``; a string id is kept as the record's ``source_id`` (results written for
-  COCO tools use it, so they match the original file); an image entry or annotation without an id is dropped
-  (``malformed``), a category without an integer id is an error; an annotation whose box (or ``iscrowd`` /
+* ids may be integers or strings of integers; an integer image id is the record's ``image_id`` (also in a file
+  that mixes it with other ids), image ids that are other strings (``"frame_0001"``) get the smallest positive
+  integers no integer id of the file takes, in the order of ``images``; a string id is kept as the record's
+  ``source_id`` (results written for COCO tools use it, so they match the original file); an image entry or
+  annotation without an id is dropped (``malformed``), a category without an integer id is an error; an image id
+  that two or more image entries carry leaves out every one of them with their annotations (``malformed``: which
+  image an annotation of that id belongs to cannot be told); an annotation whose box (or ``iscrowd`` /
   ``ignore`` flag: 0/1, also as a string) cannot be read leaves its image out whole (``malformed_image``);
 * ``iscrowd=1`` annotations follow the ``crowd`` policy (default ``"crowd"``: kept with ``iscrowd=True``,
   never a training target); annotations with ``ignore=1`` (AI-TOD / VisDrone-in-COCO style) become ignore
@@ -147,21 +150,37 @@ def _size(value: Any) -> int:
 
 
 def image_id_map(entries: list[Any]) -> Callable[[Any], int | None]:
-    """``raw id -> int`` for the image ids of a COCO file: the integers themselves when every id is one (or a string
-    of one), else (ids such as ``"frame_0001"``) 1, 2, ... in the order of ``images``, the same map for the
-    annotations' ``image_id``. Returns a function giving None for a missing or unknown id."""
+    """``raw id -> int`` for the image ids of a COCO file, the same map for the annotations' ``image_id``.
+
+    An id that is an integer (or a string or float holding one: ``3``, ``3.0``, ``"3"`` alike) maps to that integer,
+    whatever the file's other ids are: results written back name the image by it, so it must never be renumbered.
+    Every other id (``"frame_0001"``) gets the smallest positive integer that no integer id of ``entries`` takes and
+    no earlier such id got, in the order of ``images`` (1, 2, ... in a file of such ids only); its record keeps the
+    spelling as ``source_id``. Returns a function giving None for a missing or unknown id.
+    """
     raw = [e.get("id") for e in entries if isinstance(e, dict)]
     if all(_coco_id(r) is not None for r in raw):
         return _coco_id
+    taken = {n for n in map(_coco_id, raw) if n is not None}
     numbered: dict[str, int] = {}
+    free = 0
     for r in raw:
         key = _id_key(r)
-        if key is not None:
-            numbered.setdefault(key, len(numbered) + 1)
+        if key is None or _coco_id(r) is not None or key in numbered:
+            continue
+        free += 1
+        while free in taken:  # an integer id of the file keeps its number: the named ones go around it
+            free += 1
+        numbered[key] = free
 
     def lookup(value: Any) -> int | None:
         key = _id_key(value)
-        return None if key is None else numbered.get(key)
+        if key is None:
+            return None
+        number = _coco_id(value)
+        if number is not None:  # an integer id: itself when an image entry has it, else unknown
+            return number if number in taken else None
+        return numbered.get(key)
 
     return lookup
 
@@ -174,6 +193,30 @@ def _id_key(value: Any) -> str | None:
     if number is not None:
         return str(number)
     return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _drop_shared_ids(entries: list[Any], to_id: Callable[[Any], int | None],
+                     by_image: dict[int, list[dict[str, Any]]], report: SkipReport) -> set[int]:
+    """The image ids (as ``to_id`` maps them) that two or more of the image ``entries`` carry, their annotations
+    taken out of ``by_image`` (``image id -> annotations``) and every such entry counted as ``malformed``, one example
+    per id naming it as the file spells it and the file names of its entries.
+
+    Such an id cannot be attributed: its annotations could belong to any of the entries, so none of them is read
+    (keeping the first would give it the others' objects, and leave the others' pictures unlabelled)."""
+    shared: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for entry in entries:
+        image_id = to_id(entry.get("id")) if isinstance(entry, dict) else None
+        if image_id is not None:
+            shared[image_id].append(entry)
+    ambiguous = {image_id for image_id, group in shared.items() if len(group) > 1}
+    for image_id in sorted(ambiguous):
+        group, anns = shared[image_id], by_image.pop(image_id, [])
+        names = ", ".join(str(e.get("file_name", "")) or "(no file_name)" for e in group)
+        spelled = json.dumps(group[0].get("id"), ensure_ascii=False)  # as the file writes it: 1, "frame_1"
+        report.add("malformed", len(group),
+                   f"image id {spelled} given to {len(group)} image entries ({names}): all left out with the "
+                   f"{len(anns)} annotations of that id, which cannot be told apart; give each image its own id")
+    return ambiguous
 
 
 def load_coco(
@@ -255,21 +298,19 @@ def parse_coco(
         else:
             report.add("malformed", 1, f"annotation {short(ann)} without an image_id")
 
+    ambiguous = _drop_shared_ids(data["images"], to_id, by_image, report)
     records: list[ImageRecord] = []
-    seen: set[int] = set()
     files_seen: dict[str, int] = {}  # image file (or file_name without images) -> the id it was first read under
     for entry in data["images"]:
         maybe_id = to_id(entry.get("id")) if isinstance(entry, dict) else None
         if maybe_id is None:
             report.add("malformed", 1, f"image entry {short(entry)} without an id")
             continue
+        if maybe_id in ambiguous:  # counted, with every file name of the id, by _drop_shared_ids
+            continue
         image_id = maybe_id
         file_name = str(entry.get("file_name", ""))
         anns = by_image.pop(image_id, [])
-        if image_id in seen:
-            report.add("malformed", 1, f"duplicate image id {image_id}")
-            continue
-        seen.add(image_id)
         path: Path | None = None
         if img_dir is not None:
             path = _resolve_image(img_dir, file_name) if check_images else img_dir / file_name
@@ -321,7 +362,9 @@ def parse_coco(
         if not anns:
             report.add("image_without_labels", 1, file_name)
         record = make_record(image_id, path, width, height, boxes, labels, roles, report)
-        if isinstance(entry.get("id"), str):  # "frame_0001", "0042": results for COCO tools must spell it so
+        # "frame_0001", "0042": results for COCO tools must spell it so (an integer id is image_id itself, in any file:
+        # image_id_map never renumbers one)
+        if isinstance(entry.get("id"), str):
             record.source_id = entry["id"]
         records.append(record)
 
