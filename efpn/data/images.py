@@ -30,6 +30,7 @@ __all__ = [
     "file_bytes",
     "image_size",
     "index_images",
+    "pil_to_array",
     "read_image",
     "to_rgb_uint8",
     "walk_files",
@@ -186,7 +187,7 @@ def to_rgb_uint8(arr: np.ndarray, bgr: bool = False, source: str | None = None, 
     return a if a.flags.writeable else a.copy()  # Pillow's buffers are read-only; torch wants writable
 
 
-def _pil_to_array(im: Image.Image) -> np.ndarray:
+def pil_to_array(im: Image.Image) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F", "L", "RGB"):
         return np.asarray(im)
     if im.mode == "1":
@@ -282,7 +283,7 @@ def read_image(src: ImageSource, exif_transpose: bool = True, *, notes: list[str
             im.load()  # truncated files raise here ("image file is truncated")
             if exif_transpose:
                 im = ImageOps.exif_transpose(im)
-            arr = _pil_to_array(im)
+            arr = pil_to_array(im)
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise _corrupt(src, str(e) or type(e).__name__) from e
     return to_rgb_uint8(arr, source=None if isinstance(src, bytes) else _describe(src), notes=notes)

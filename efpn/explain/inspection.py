@@ -22,8 +22,16 @@ from efpn.det.accounting import LevelAccounting, account
 from efpn.det.assign import Assignment
 from efpn.det.boxes import validate_boxes
 from efpn.det.priors import Priors
-from efpn.infer.preprocess import Prepared, boxes_to_network, boxes_to_original, drop_empty, prepare, to_rgb_uint8
-from efpn.models.detector import Detector
+from efpn.infer.preprocess import (
+    Prepared,
+    boxes_to_network,
+    boxes_to_original,
+    check_image_size,
+    drop_empty,
+    prepare,
+    to_rgb_uint8,
+)
+from efpn.models.detector import Detector, check_postprocess
 from efpn.models.heads import HeadOutput
 from efpn.models.outputs import KernelLayer
 from efpn.vocab import level_stride
@@ -249,11 +257,17 @@ def inspect(
     ``targets``: optional ``{"boxes": (M, 4) xyxy in original px, "labels": (M,)}`` -> assignment accounting
     with the model's own assigner, and losses. ``image_size`` overrides the model's input size (long side).
     The detections equal ``model.predict`` on the same prepared input.
+
+    Raises ValueError, as ``model.predict`` and :func:`efpn.infer.predict_image` do, for ``score_thresh`` or
+    ``nms_iou`` outside [0, 1], a ``max_det`` that is not a whole number >= 1, and an ``image_size`` outside the
+    network's limits (:func:`efpn.infer.preprocess.check_image_size`), before the image is decoded.
     """
     _require_eval(model)
+    check_postprocess(score_thresh=score_thresh, nms_iou=nms_iou, max_det=max_det)  # the check predict makes
+    size = check_image_size(image_size or model.config.image_size)
     t0 = time.perf_counter()
     rgb = to_rgb_uint8(image)
-    prep: Prepared = prepare(rgb, image_size or model.config.image_size)
+    prep: Prepared = prepare(rgb, size)
     device = next(model.parameters()).device
     x = prep.tensor.to(device)
     net_targets = None

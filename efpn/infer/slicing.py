@@ -22,6 +22,7 @@ from torchvision.ops import batched_nms
 from efpn.det.postprocess import empty_detections
 from efpn.infer.predict import predict_image
 from efpn.infer.preprocess import MAX_PIXELS, MIN_SIDE, drop_empty, network_hw, to_rgb_uint8
+from efpn.models.detector import check_postprocess
 
 __all__ = ["MAX_TILES", "SLICED_MAX_PIXELS", "TooManyTilesError", "num_tiles", "sliced_predict", "smallest_tile",
            "suggested_tile", "tile_windows"]
@@ -141,6 +142,7 @@ def sliced_predict(
     if model.training:
         raise ValueError("sliced_predict needs an eval-mode model; call model.eval() once after loading")
     tile, overlap = check_slicing(tile, overlap)  # before the image is decoded, and before any count of tiles
+    check_postprocess(score_thresh=score_thresh, nms_iou=nms_iou, max_det=max_det)  # as predict: 1.5 is no count
     rgb = to_rgb_uint8(image, max_pixels=SLICED_MAX_PIXELS)  # tiles are small: the whole image may be large
     h, w = rgb.shape[:2]
     pp = model.config.postprocess

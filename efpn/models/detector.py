@@ -9,9 +9,11 @@ losses) as a return value: no hooks, no state left behind, so one model can serv
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,10 +35,14 @@ Targets = Sequence[Mapping[str, Tensor]]
 class Detector(nn.Module):
     """A dense detector assembled from explicit parts (see :func:`efpn.zoo.build`).
 
-    Inputs are RGB float images ``(N, 3, H, W)`` in [0, 1] of any size; the model normalises them with
-    ``config.pixel_mean/std`` and pads bottom/right to a multiple of ``size_divisor`` (boxes are unaffected).
-    Targets: one dict per image with ``boxes`` (M, 4) xyxy pixels and ``labels`` (M,) int64 in [0, K);
-    an optional float ``scale`` (network px / original px) makes size buckets use original sizes.
+    Inputs are RGB float images ``(N, 3, H, W)`` in [0, 1] of any size and any float dtype (float64, as
+    ``torch.from_numpy`` gives for a default numpy array, float16 and bfloat16 are converted to the model's own
+    dtype); the model normalises them with ``config.pixel_mean/std`` and pads bottom/right to a multiple of
+    ``size_divisor`` (boxes are unaffected). :meth:`predict` (and ``forward`` in eval mode) returns one result per
+    image, so an empty batch (N = 0) gives an empty list; every other forward refuses it.
+    Targets: one dict per image with ``boxes`` (M, 4) xyxy pixels and ``labels`` (M,) class indices in [0, K)
+    (integers, or floats with whole values); an optional float ``scale`` (network px / original px) makes size
+    buckets use original sizes.
 
     ``cpu_channels_last`` (default True): inference on CPU (eval mode, no gradient recorded) runs on channels-last
     tensors. oneDNN's convolutions then read and write NHWC as it lies instead of reordering every NCHW input into
@@ -78,8 +84,21 @@ class Detector(nn.Module):
     def num_classes(self) -> int:
         return self.config.num_classes
 
-    def check_images(self, images: Tensor) -> None:
-        """Raise ValueError with a clear message unless ``images`` is a finite float (N, 3, H, W) batch in [0, 1]."""
+    @property
+    def float_dtype(self) -> torch.dtype:
+        """The floating dtype of the model's weights (what its first convolution takes): float32 unless the model
+        was converted (``model.half()``, ``model.to(torch.bfloat16)``)."""
+        for param in self.parameters():
+            if param.is_floating_point():
+                return param.dtype
+        return torch.float32
+
+    def check_images(self, images: Tensor, *, allow_empty: bool = False) -> Tensor:
+        """``images`` ready for the network: the same finite float (N, 3, H, W) batch in [0, 1], in the model's
+        :attr:`float_dtype` (another float dtype is converted, differentiably; the same dtype is returned as is).
+
+        Raises ValueError with a clear message for anything else, and for an empty batch (N = 0) unless
+        ``allow_empty`` (a caller that returns one result per image answers it with none)."""
         if not isinstance(images, Tensor):
             raise ValueError(f"images must be a torch.Tensor (N, 3, H, W) in [0, 1], got {type(images).__name__}; for "
                              "an image file, array or PIL image use efpn.infer.predict_image(model, image) (boxes "
@@ -100,8 +119,12 @@ class Detector(nn.Module):
             )
         if images.shape[-1] < 8 or images.shape[-2] < 8:
             raise ValueError(f"images are too small ({tuple(images.shape[-2:])}); need at least 8x8 pixels")
+        if images.shape[0] == 0 and not allow_empty:
+            # the dynamic layers' kernels and the head's reshapes have nothing to work on: say so here, not there
+            raise ValueError(f"images is an empty batch (shape {tuple(images.shape)}): there is nothing to run; give "
+                             "at least one image (Detector.predict returns an empty list for an empty batch)")
         if not images.numel():
-            return
+            return images.to(self.float_dtype)
         # one pass over the pixels (isfinite + min + max were three, ~5 % of a YOLOv8n forward on CPU): a NaN makes
         # both extremes NaN and an infinity one of them, so every bad image fails the range test; diagnose it then
         lo, hi = torch.aminmax(images)
@@ -112,12 +135,16 @@ class Detector(nn.Module):
                 f"images must be in [0, 1], got range [{float(lo):.3g}, {float(hi):.3g}]; "
                 "if they are 0-255, divide by 255"
             )
+        # checked in the given dtype first (a value too large for float16 is said as out of range, not as infinite);
+        # a conv refuses an input of another dtype than its weights ("expected scalar type Double but found Float")
+        return images.to(self.float_dtype)
 
     def check_targets(self, targets: Targets, images: Tensor) -> list[dict[str, Tensor]]:
-        """Validate targets; returns them on the images' device with boxes clipped to the image.
+        """Validate targets; returns them on the images' device with boxes clipped to the image and labels int64.
 
         Raises ValueError for a wrong count, shape, NaN, inverted or zero-size boxes, boxes entirely outside
-        the image, or labels outside [0, K). Empty targets (M = 0) are valid.
+        the image, labels that are not whole numbers (0.7 is no class; 2.0 is class 2), or labels outside [0, K).
+        Empty targets (M = 0) are valid.
         """
         if len(targets) != images.shape[0]:
             raise ValueError(f"got {len(targets)} target dicts for {images.shape[0]} images")
@@ -127,7 +154,7 @@ class Detector(nn.Module):
             if "boxes" not in t or "labels" not in t:
                 raise ValueError(f"target {i} needs 'boxes' and 'labels' keys, got {sorted(t)}")
             boxes = torch.as_tensor(t["boxes"], dtype=torch.float32, device=images.device)
-            labels = torch.as_tensor(t["labels"], dtype=torch.int64, device=images.device)
+            labels = _class_indices(t["labels"], i).to(images.device)
             if boxes.numel() == 0:
                 boxes = boxes.reshape(0, 4)
             if boxes.dim() != 2 or boxes.shape[1] != 4:
@@ -196,7 +223,7 @@ class Detector(nn.Module):
         """The backbone's output for ``images`` (N, 3, H, W) in [0, 1], as :meth:`run` computes it first: the feature
         maps by stage name and, with ``internals``, the dynamic layers' kernels (else an empty dict). Pass the pair
         back as ``run(features=...)``. Runs in the caller's grad mode; changes no state."""
-        self.check_images(images)
+        images = self.check_images(images)
         return self._backbone_pass(images, internals)
 
     def _backbone_pass(self, images: Tensor, internals: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -238,8 +265,12 @@ class Detector(nn.Module):
 
         Runs in the caller's grad mode and never changes the module's state (no hooks, no mode switch), so one
         eval-mode model can serve many users at once. In train mode BatchNorm updates as in any forward.
+
+        Raises ValueError for images :meth:`check_images` refuses (an empty batch included), for targets
+        :meth:`check_targets` refuses, and for post-processing settings :func:`check_postprocess` refuses.
         """
-        self.check_images(images)
+        check_postprocess(score_thresh=score_thresh, nms_iou=nms_iou, max_det=max_det)
+        images = self.check_images(images)
         checked = self.check_targets(targets, images) if targets is not None else None
         want = internals or (checked is not None and self._needs_gates_for_loss())
         neck_kw = {"bypass_cem": True} if bypass_cem else {}
@@ -393,6 +424,9 @@ class Detector(nn.Module):
             if targets is None:
                 raise ValueError("in train mode the detector needs targets; call model.eval() to detect")
             return self.compute_losses(images, targets)[0]
+        if _empty_batch(images):
+            self.check_images(images, allow_empty=True)  # an empty batch of the wrong layout is still said
+            return []  # one result per image: none
         detections = self.run(images, detect=True).detections
         assert detections is not None
         return detections
@@ -402,20 +436,52 @@ class Detector(nn.Module):
         """Eval-mode detections with optional ``score_thresh``/``nms_iou``/``max_det`` overrides.
 
         Does not change the module's train/eval mode; BatchNorm uses running statistics only if the model is
-        already in eval mode (the studio always loads models in eval mode).
+        already in eval mode (the studio always loads models in eval mode). Returns one dict per image: an empty
+        list for an empty batch (N = 0), as torchvision's detectors do. Raises ValueError for bad images or
+        settings (see :meth:`run`).
         """
-        check_postprocess(**postprocess_kw)
+        if _empty_batch(images):
+            check_postprocess(**postprocess_kw)
+            self.check_images(images, allow_empty=True)  # an empty batch of the wrong layout is still said
+            return []
         detections = self.run(images, detect=True, **postprocess_kw).detections
         assert detections is not None
         return detections
 
 
+def _empty_batch(images: Any) -> bool:
+    """Whether ``images`` is a 4-D tensor batch of no images (N = 0)."""
+    return isinstance(images, Tensor) and images.dim() == 4 and images.shape[0] == 0
+
+
+def _class_indices(labels: Any, index: int) -> Tensor:
+    """Target ``index``'s ``labels`` as an int64 tensor; ValueError for values that are not whole numbers (a cast
+    would make 0.7 class 0 without a word)."""
+    t = torch.as_tensor(labels)
+    if t.is_floating_point() and t.numel() and not bool((torch.isfinite(t) & (t == t.round())).all()):
+        bad = ", ".join(f"{v:.4g}" for v in t[~(torch.isfinite(t) & (t == t.round()))].reshape(-1)[:5].tolist())
+        raise ValueError(f"target {index}: labels must be whole class indices, got {bad}; give each class as an "
+                         "integer (round or map soft labels first)")
+    return t.to(torch.int64)
+
+
 def check_postprocess(score_thresh: float | None = None, nms_iou: float | None = None, max_det: int | None = None,
                       **_: Any) -> None:
-    """Raise ValueError for post-processing settings outside their meaning: thresholds in [0, 1] (NaN refused),
-    at least one detection kept. None keeps the model config's value."""
+    """Raise ValueError for post-processing settings outside their meaning: thresholds are real numbers in [0, 1]
+    (NaN refused), ``max_det`` a whole number (an int, not a bool or a float) of at least one detection. None keeps
+    the model config's value. The one check of these settings: :meth:`Detector.run`, :func:`efpn.inspect` and
+    validation all call it."""
     for name, value in (("score_thresh", score_thresh), ("nms_iou", nms_iou)):
-        if value is not None and not 0.0 <= float(value) <= 1.0:
+        if value is None:
+            continue
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
-    if max_det is not None and int(max_det) < 1:
+    if max_det is None:
+        return
+    if isinstance(max_det, (bool, np.bool_)) or not isinstance(max_det, numbers.Integral):
+        # a float would fail later as a slice bound ("slice indices must be integers")
+        raise ValueError(f"max_det must be a whole number of detections (an int >= 1), got {max_det!r}")
+    if int(max_det) < 1:
         raise ValueError(f"max_det must be >= 1, got {max_det}")

@@ -115,3 +115,9 @@ def test_an_image_over_one_inputs_pixel_limit_is_still_detected_whole_and_in_til
     one = sliced_predict(model, rgb, tile=8000, overlap=0.1, score_thresh=0.0, nms_iou=0.5, max_det=50)
     assert one["num_tiles"] == 1 and len(one["boxes"]) > 0  # one window as large as the image
     assert float(one["boxes"][:, 2:].max()) > 1000  # boxes in the image's pixels, not the shrunk input's
+
+
+def test_sliced_settings_are_checked_as_predict_checks_them() -> None:
+    model = efpn.build_model("tiny_efpn_n", num_classes=3).eval()
+    with pytest.raises(ValueError, match="max_det must be a whole number"):
+        sliced_predict(model, np.zeros((64, 64, 3), np.uint8), tile=32, max_det=1.5)  # was rounded down to 1
