@@ -171,6 +171,11 @@ def _coco(data: bytes, file_name: str, stem: str) -> tuple[ImageRecord, list[str
            if isinstance(e, dict) and _stem(str(e.get("file_name", ""))) == stem}
     pick = [r for r in records if r.image_id in ids] or (records if len(records) == 1 and not ids else [])
     if not pick:
+        carried = [to_id(e.get("id")) for e in doc["images"] if isinstance(e, dict)]
+        if any(i is not None and carried.count(i) > 1 for i in ids):  # the entry is there, its id is another's too
+            raise AnnotationError(f"{file_name}: the entry of '{stem}' shares its image id with another entry, so "
+                                  "its boxes cannot be told from that image's; give each image its own id, or "
+                                  f"{_WHAT_TO_UPLOAD}")
         raise AnnotationError(
             f"{file_name} has {len(records)} images and none is named like '{stem}'; upload the JSON of this image, "
             "or rename the image to its file_name"

@@ -178,3 +178,9 @@ def test_a_coco_upload_keeps_an_images_readable_objects_as_yolo_and_voc_uploads_
     got = parse_annotation_bytes(json.dumps(doc).encode(), "gt.json", "b.png", HW, NAMES)
     assert got.labels.tolist() == [2]  # found by its stem, not taken as another image's file
     assert not any("describes" in note for note in got.notes)
+
+
+def test_a_coco_entry_whose_id_another_entry_shares_is_named_as_such() -> None:
+    doc = {**COCO, "images": [*COCO["images"], {"id": 2, "file_name": "c.png", "width": 200, "height": 100}]}
+    with pytest.raises(AnnotationError, match="the entry of 'c' shares its image id with another entry"):
+        parse_annotation_bytes(json.dumps(doc).encode(), "gt.json", "c.png", HW, NAMES)
