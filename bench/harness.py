@@ -50,6 +50,14 @@ def set_threads(threads: int) -> None:
         pass
 
 
+def begin(threads: int, seed: int, device: str = "cpu") -> dict[str, Any]:
+    """A benchmark's start: ``threads`` CPU threads with the CLI's runtime (:func:`set_threads`), torch's generator
+    seeded, and the machine facts (:func:`machine_info`) taken before the first timed call."""
+    set_threads(threads)
+    torch.manual_seed(seed)
+    return machine_info(threads, device)
+
+
 def interleaved(
     cases: Mapping[str, Case],
     rounds: int,

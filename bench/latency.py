@@ -332,9 +332,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON payload (also written to ``bench/results/<out>.json``)."""
     args = parse_args(argv)
-    H.set_threads(args.threads)
-    torch.manual_seed(args.seed)
-    machine = H.machine_info(args.threads)
+    machine = H.begin(args.threads, args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     image = torch.rand(1, 3, args.size, args.size, generator=gen)  # (1, 3, S, S) in [0, 1]
     image_u8 = (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (S, S, 3) RGB

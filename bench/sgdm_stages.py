@@ -205,9 +205,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON payload (also written to ``bench/results/<out>.json``)."""
     args = parse_args(argv)
-    H.set_threads(args.threads)
-    torch.manual_seed(args.seed)
-    machine = H.machine_info(args.threads)
+    machine = H.begin(args.threads, args.seed)
     root = Path(tempfile.mkdtemp(prefix="efpn-bench-sgdm-"))
     try:
         (batch, *_), num_classes, _ = T.synthetic_batches(root / "data", args)

@@ -425,10 +425,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON payload (also written to ``bench/results/<out>.json``)."""
     args = parse_args(argv)
-    H.set_threads(args.threads)
-    torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    machine = H.machine_info(args.threads, str(device))
+    machine = H.begin(args.threads, args.seed, str(device))
     notes: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="efpn-bench-train-"))
     try:
