@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["PREVIOUS", "atomic_write", "atomic_write_group", "previous_path"]
+__all__ = ["PREVIOUS", "atomic_write", "atomic_write_group", "previous_path", "replaceable"]
 
 
 def _process_alive(pid: int) -> bool:
@@ -78,6 +78,21 @@ def _write_temp(path: Path, write: Callable[[Path], None]) -> Path:
     return tmp
 
 
+def replaceable(path: str | Path) -> Path:
+    """The regular file a write-then-rename of ``path`` may replace: ``path`` itself, or the file a symbolic link at
+    ``path`` points to (the link stays a link; renaming over it would turn it into a file).
+
+    Raises ValueError when ``path`` exists and is not a regular file (a device, a pipe, a socket, a folder): renaming a
+    new file over it would destroy it (``--out /dev/null --overwrite`` run as root replaced the device with a file)."""
+    path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # a dangling link: its target is created where the link points
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a device, a pipe or a socket)"
+        raise ValueError(f"{path} is {kind}: writing a file there would replace it; give the path of a regular file")
+    return path
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file and rename, so an interrupted save never leaves a half-written file.
 
@@ -109,6 +124,7 @@ def atomic_write_group(writes: list[tuple[Path, Callable[[Path], None]]], keep_p
     ``.previous`` copy of its files is needed any more and none is left: a set an interrupted earlier write left is
     removed too (it would otherwise lie beside the new files for good, and a reader would offer to restore an older
     group over a newer one)."""
+    writes = [(replaceable(path), write) for path, write in writes]  # before anything is written
     temps: list[Path] = []
     try:
         for path, write in writes:

@@ -20,6 +20,7 @@ from typing import Any
 from efpn.cli import guards
 from efpn.cli.diagnose import add_diagnose_parser
 from efpn.cli.evaluate import add_val_parser
+from efpn.files import replaceable
 from efpn.runtime import keep_freed_memory
 
 
@@ -214,6 +215,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     guards.check_outputs({"--out": out}, guards.checkpoint_files(args.weights))
     if Path(out).exists() and not args.overwrite:  # it may be anything: a data YAML, a run's resume state
         _die(f"{out} already exists; pass --overwrite to replace it with the exported model, or give another --out")
+    replaceable(out)  # a device or a pipe at --out: refused before the model loads, not replaced by a file
     model = efpn.load_model(args.weights)
     try:
         rep = export_onnx(model, out, args.image_size, dynamic=args.dynamic)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from efpn.files import replaceable
 from efpn.models.detector import Detector
 
 
@@ -115,7 +116,7 @@ def export_onnx(model: Detector, path: str | Path, image_size: int | None = None
         raise ValueError(f"image_size must be a multiple of {model.size_divisor}, got {size}")
     if model.training:
         raise ValueError("export needs an eval-mode model (call model.eval())")
-    path = Path(path)
+    path = replaceable(path)  # a device or a pipe is refused, a link's file replaced: before the export, not after
     path.parent.mkdir(parents=True, exist_ok=True)
     # exported and checked under a temporary name, moved into place only once onnxruntime agrees: a failed or
     # interrupted export never replaces a good earlier file at ``path``

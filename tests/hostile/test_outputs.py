@@ -303,3 +303,25 @@ def test_an_output_folder_that_takes_no_file_is_refused_before_the_run() -> None
 
     with pytest.raises(ValueError, match=r"--json /proc/m\.json cannot be written .*a file cannot be created there"):
         check_outputs({"--json": "/proc/m.json"}, {})
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes and symbolic links (POSIX)")
+def test_overwrite_never_turns_a_device_a_pipe_or_a_link_into_a_file(ckpt: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """export wrote its file beside --out and renamed it over whatever was there: with --overwrite, as root, it
+    replaced a device (/dev/null, /dev/full) and a pipe with a regular file. A link keeps being a link; its file is
+    what is replaced."""
+    from efpn.files import atomic_write
+
+    pipe = tmp_path / "pipe.onnx"
+    os.mkfifo(pipe)
+    assert _exit_code(["export", "--weights", str(ckpt), "--out", str(pipe), "--overwrite"]) == 2
+    assert "not a regular file" in capsys.readouterr().err and pipe.is_fifo()
+    with pytest.raises(ValueError, match="not a regular file"):
+        atomic_write(pipe, lambda p: p.write_text("x"))
+    assert pipe.is_fifo()
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    atomic_write(link, lambda p: p.write_text("new"))
+    assert link.is_symlink() and target.read_text() == "new"
