@@ -167,12 +167,18 @@ def _run_settings(resume: str | None) -> dict[str, Any]:
     if not resume or resume == "auto":
         return {}
     folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    path = folder / "config.yaml"
     try:
-        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}  # the resume itself says what is wrong with the folder
-    if not isinstance(saved, dict):
-        return {}
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}  # not a run folder, or one from before config.yaml: the resume itself says what is wrong
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        saved = e
+    if not isinstance(saved, dict):  # there and unreadable: resuming on defaults would replace the run's settings
+        why = (f"{type(saved).__name__}: {' '.join(str(saved).split())[:200]}" if isinstance(saved, Exception)
+               else "not a mapping")  # a YAML error's own lines joined: one line to read
+        raise ValueError(f"{path} cannot be read ({why}): resuming would train on default settings and overwrite it. "
+                         "Restore the file, or give the run's settings with --config")
     # what the run is (its model, data, budget and schedule), not how one sitting ran it: a --max-steps stop inherited
     # would end the resume at once, and workers/progress belong to this machine and terminal
     known = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume", "max_steps", "workers", "progress", "out",

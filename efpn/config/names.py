@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ def parse_names(value: Any, source: str = "names") -> list[str]:
     odd = [i for i, v in enumerate(items) if not isinstance(v, str | int) or isinstance(v, bool)]
     if odd:  # a list or a null would become the class "['x']" or "None"
         raise ValueError(f"{source}: class {odd[0]} is named {items[odd[0]]!r}; every class name is a string")
-    return [str(v) for v in items]
+    names = [str(v) for v in items]
+    # an empty name cannot be told from a missing one in a chart, a card or a CSV; a line break splits a class in
+    # two wherever names are written one per line (classes.txt, the CLI's tables)
+    bad = [i for i, n in enumerate(names) if not n.strip() or any(unicodedata.category(c) == "Cc" for c in n)]
+    if bad:
+        raise ValueError(f"{source}: class {bad[0]} is named {names[bad[0]]!r:.80}; a class name needs a visible "
+                         "character and no line break or other control character")
+    return names
 
 
 def read_names(src: ClassNames) -> list[str]:

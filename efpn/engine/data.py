@@ -176,6 +176,10 @@ def load_train_data(cfg: TrainConfig, verbose: bool) -> TrainData:
     elif data_cfg.has_split(cfg.val_split):
         val_records, val_names, val_report = load_split(data_cfg, cfg.val_split)
         carved = cfg.val_split == "val" and "val" not in data_cfg.sources
+        if not val_records:  # a split the YAML gives, and nothing in it: training would pick no best weights, silently
+            raise ValueError(f"data YAML {cfg.data}: split {cfg.val_split!r} has no images to validate on; what the "
+                             f"loader dropped and why:\n{val_report.summary()}\nFix its source in the YAML, or leave "
+                             "the split out (val_fraction then carves one from train)")
         if not carved:  # its own source: what its loader dropped is said too (validation picks the best weights)
             if verbose:
                 print(val_report.summary())

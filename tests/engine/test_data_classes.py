@@ -108,3 +108,18 @@ def test_zoom_fields_reach_the_train_tiles(tmp_path: Path) -> None:
         TrainConfig(model="tiny_efpn_n", data=data, zoom_out=0.5)
     with pytest.raises(ValueError, match="tile=False"):
         TrainConfig(model="tiny_efpn_n", data=data, tile=False, zoom_in=1.5)
+
+
+def test_a_val_split_the_yaml_gives_that_holds_no_image_is_refused(tmp_path: Path) -> None:
+    """It trained with no validation and no best weights, said only as "no validation" in the last line."""
+    import json as _json
+
+    from efpn.engine.data import load_train_data
+
+    write_synthetic_dataset(tmp_path, 4, image_size=64, seed=0, val_fraction=0.0)
+    doc = _json.loads((tmp_path / "annotations.json").read_text())
+    (tmp_path / "val.json").write_text(_json.dumps({**doc, "images": [], "annotations": []}))
+    (tmp_path / "two.yaml").write_text("format: coco\nroot: .\ntrain:\n  annotations: annotations.json\n  images: "
+                                       "images\nval:\n  annotations: val.json\n  images: images\n")
+    with pytest.raises(ValueError, match=r"split 'val' has no images to validate on"):
+        load_train_data(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "two.yaml"), val_split="val"), False)

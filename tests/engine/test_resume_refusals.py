@@ -226,3 +226,18 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(synth_small: Path, tmp_path
     err = capsys.readouterr().err
     assert e.value.code == 130 and "Traceback" not in err
     assert f"continue exactly from there with  efpn train --resume {tmp_path / 'r'}" in err
+
+
+def test_a_run_whose_settings_file_is_unreadable_is_not_resumed_on_defaults(tmp_path: Path) -> None:
+    """A corrupt config.yaml was passed over: the run resumed on default settings and the file was overwritten."""
+    from efpn.cli.main import _run_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert _run_settings(str(run)) == {}  # no config.yaml: the resume itself says what the folder lacks
+    (run / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ValueError, match=r"config\.yaml cannot be read .*Restore the file, or give the run's settings"):
+        _run_settings(str(run))
+    (run / "config.yaml").write_text("- a list\n")
+    with pytest.raises(ValueError, match="not a mapping"):
+        _run_settings(str(run / "last_state.pt"))

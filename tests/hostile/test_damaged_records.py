@@ -172,3 +172,14 @@ def test_a_data_yaml_that_is_a_pipe_or_a_folder_is_named_as_such(tmp_path: Path)
     (tmp_path / "d" / "ssdd.yaml").write_text("format: coco\n")
     with pytest.raises(IsADirectoryError, match=r"is a folder \(it holds ssdd\.yaml\)"):
         load_train_data(TrainConfig(model="tiny_efpn_n", data=str(tmp_path / "d")), False)
+
+
+@pytest.mark.parametrize("names", [["ship", ""], ["   ", "ship"], ["a\nb"], ["tab\there"]])
+def test_blank_class_names_or_names_with_line_breaks_are_refused(names: list[str]) -> None:
+    """They trained and reached the model card: an empty name reads as a missing one, a line break splits a class
+    in two in classes.txt and in the tables."""
+    from efpn.config.names import parse_names
+
+    with pytest.raises(ValueError, match="a class name needs a visible character"):
+        parse_names(names)
+    assert parse_names(["traffic light", "ship"]) == ["traffic light", "ship"]  # spaces inside a name are fine
