@@ -17,11 +17,15 @@ Contract:
   them (index ``len(class_names)`` on), so a class the model does not know never poses as one it does;
 * boxes annotated at another size than ``image_hw`` (COCO ``width``/``height``, VOC ``<size>``) are rescaled to it;
 * anything unusable raises :class:`AnnotationError` (a ``ValueError``) naming the file, what was wrong and what to
-  upload instead; entries skipped along the way are in ``ParsedAnnotation.report``.
+  upload instead; entries skipped along the way are in ``ParsedAnnotation.report``;
+* a YOLO txt with more non-blank lines, or a VOC XML with more ``<object`` tags, than
+  :data:`MAX_OBJECTS_PER_IMAGE` is refused before it is parsed (counted on the raw bytes: a 50 MB file no longer
+  takes seconds and hundreds of MB to refuse); a COCO JSON is refused once parsed.
 """
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -109,10 +113,12 @@ def parse_annotation_bytes(
             if not names:
                 raise AnnotationError(f"{file_name}: YOLO labels are class ids, and there are no class names to "
                                       "read them with; upload a COCO JSON or a Pascal VOC XML instead")
+            _refuse_too_many(file_name, _yolo_entries(data))
             records, found, report = parse_yolo(decode_text(data), (h, w), names=names,
                                                 source=file_name)
             record = records[0]
         else:
+            _refuse_too_many(file_name, _voc_objects(data))
             records, found, report = parse_voc(data, stem, (h, w), name=file_name)
             if not records:  # the parser's own reason when it gave one (a syntax error, a refused entity)
                 why = (report.examples.get("malformed") or [report.summary()])[0]
@@ -123,10 +129,7 @@ def parse_annotation_bytes(
     except (ValueError, KeyError, TypeError, IndexError, ET.ParseError, UnicodeDecodeError, RecursionError) as e:
         raise AnnotationError(f"{file_name} could not be parsed: {e}; {_WHAT_TO_UPLOAD}") from e
     boxes, labels = record.target_boxes()
-    if len(record.boxes) + len(record.ignore) > MAX_OBJECTS_PER_IMAGE:
-        raise AnnotationError(f"{file_name} gives this image {len(record.boxes) + len(record.ignore):,} objects, more "
-                              f"than the {MAX_OBJECTS_PER_IMAGE:,} one image's ground truth may hold; upload the "
-                              "annotation of this image only, or of a crop of it")
+    _refuse_too_many(file_name, len(record.boxes) + len(record.ignore))
     found = list(found)
     if suffix in (".json", ".xml") and names:  # class names, not the file's own order, decide the label
         labels, found = map_class_names(names, found, labels)
@@ -149,6 +152,39 @@ def map_class_names(names: list[str], found: list[str], labels: np.ndarray) -> t
     extra = list(dict.fromkeys(n for n in found if n not in lookup))
     index = [lookup[n] if n in lookup else len(names) + extra.index(n) for n in found]
     return np.array([index[int(c)] for c in labels], dtype=np.int64), names + extra
+
+
+def _refuse_too_many(file_name: str, objects: int) -> None:
+    """Raise :class:`AnnotationError` when ``objects`` exceeds :data:`MAX_OBJECTS_PER_IMAGE`."""
+    if objects > MAX_OBJECTS_PER_IMAGE:
+        raise AnnotationError(f"{file_name} gives this image {objects:,} objects, more than the "
+                              f"{MAX_OBJECTS_PER_IMAGE:,} one image's ground truth may hold; upload the annotation of "
+                              "this image only, or of a crop of it")
+
+
+#: A non-blank line: from its first character that is neither white space nor a NUL (UTF-16 text) to its end.
+_NON_BLANK_LINE = re.compile(rb"[^\s\x00][^\r\n]*")
+
+
+def _yolo_entries(data: bytes) -> int:
+    """An upper bound of the objects in the YOLO txt ``data`` (one per non-blank line), counted on the raw bytes so a
+    file far over the limit is refused before it is decoded and parsed. Line breaks bound it first (a last line
+    without one included); only a file with more lines than the limit has its non-blank lines counted one by one."""
+    lines = data.count(b"\n") + data.count(b"\r") + 1  # \n, \r\n (counted twice) and old-Mac \r endings
+    if lines <= MAX_OBJECTS_PER_IMAGE:
+        return lines
+    return sum(1 for _ in _NON_BLANK_LINE.finditer(data))
+
+
+def _voc_objects(data: bytes) -> int:
+    """An upper bound of the ``<object>`` elements in the VOC XML ``data`` (in UTF-8 or any encoding that writes
+    ASCII as ASCII, or in UTF-16), counted on the raw bytes so a file far over the limit is refused before it is
+    parsed: each ``<object`` followed by white space, ``/`` or ``>`` (comments and CDATA included)."""
+    most = 0
+    for codec in ("utf-8", "utf-16-le", "utf-16-be"):
+        if data.count("<object".encode(codec)) > most:  # else this encoding cannot give more
+            most = max(most, sum(data.count(f"<object{end}".encode(codec)) for end in " \t\r\n/>"))
+    return most
 
 
 def _stem(file_name: str) -> str:

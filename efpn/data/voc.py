@@ -12,7 +12,9 @@ Contract of :func:`load_voc`:
 * the image is ``JPEGImages/<id>.<any image ext>``, else the XML ``<filename>``; if neither exists the entry
   is dropped (``label_without_image``); a missing or zero ``<size>`` is read from the image header;
 * class names: given, or discovered as the sorted set of names in the loaded files (pass ``names`` to keep
-  the same indices across splits; :func:`efpn.data.splits.load_split` does this for you).
+  the same indices across splits; :func:`efpn.data.splits.load_split` does this for you);
+* a file whose root element is not ``<annotation>`` (an HTML or SVG file among the XML) is ``malformed`` and left
+  out, like XML that does not parse: read as VOC it would be an image without ground truth.
 """
 
 from __future__ import annotations
@@ -94,11 +96,34 @@ def parse_xml_document(data: bytes | str) -> ET.Element:
         return ET.fromstring(text)
 
 
+class NotVocError(ET.ParseError):
+    """Well-formed XML whose root element is not Pascal VOC's ``<annotation>`` (an HTML, XHTML or SVG file, another
+    tool's XML): read as VOC it would be an image without objects, so it is refused like XML that does not parse."""
+
+
+#: What a Pascal VOC annotation looks like, for the reason a document of another kind is refused with.
+_VOC_SHAPE = "a Pascal VOC file is <annotation> holding <size> and one <object> (<name>, <bndbox>) per box"
+
+
 def _parse_xml(path: Path) -> _VocFile:
     return _parse_root(parse_xml_document(path.read_bytes()), path.stem)
 
 
+def _voc_root(root: ET.Element) -> ET.Element:
+    """``root`` if it is a VOC ``<annotation>`` (any case; under a namespace, whose prefix is then dropped from every
+    tag so the VOC children are found), else :class:`NotVocError` naming the root element found."""
+    local = root.tag.rpartition("}")[2]
+    if local.lower() != "annotation":
+        raise NotVocError(f"the root element is <{local}>, not <annotation>: {_VOC_SHAPE}")
+    if root.tag.startswith("{"):
+        for element in root.iter():
+            if isinstance(element.tag, str):
+                element.tag = element.tag.rpartition("}")[2]
+    return root
+
+
 def _parse_root(root: ET.Element, stem: str) -> _VocFile:
+    root = _voc_root(root)
     size = root.find("size")
 
     def dim(tag: str) -> int:
@@ -251,14 +276,18 @@ def parse_voc(
     """One Pascal VOC XML document held in memory (e.g. an upload) -> ``(records, class_names, report)``.
 
     What :func:`load_voc` does for the file ``<stem>.xml``, boxes-only (``path=None``, ``image_id`` 0): a missing
-    or zero ``<size>`` is taken from ``image_hw`` (H, W). XML that does not parse, or a document with no size
-    at all, gives no record and is counted as ``malformed``; ``name`` is the report's dataset (default the file).
+    or zero ``<size>`` is taken from ``image_hw`` (H, W). XML that does not parse, a document whose root is not
+    ``<annotation>`` (HTML, SVG, ...), or one with no size at all, gives no record and is counted as ``malformed``;
+    ``name`` is the report's dataset (default the file).
     """
     check_policy("difficult", difficult)
     source = name or f"{stem}.xml"  # the document, as its reader knows it (an upload: its own file name)
     report = SkipReport(dataset=source)
     try:
         voc = _parse_root(parse_xml_document(data), stem)
+    except NotVocError as e:  # well-formed, but another kind of document (HTML, SVG, ...)
+        report.add("malformed", 1, f"{source}: not a Pascal VOC annotation ({e})")
+        return [], read_names(names) if names is not None else [], report.tally([])
     except ET.ParseError as e:  # not XML, cut short, or entities (refused: the parser expands none)
         report.add("malformed", 1, f"{source}: not well-formed XML ({e})")
         return [], read_names(names) if names is not None else [], report.tally([])

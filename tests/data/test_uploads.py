@@ -184,3 +184,74 @@ def test_a_coco_entry_whose_id_another_entry_shares_is_named_as_such() -> None:
     doc = {**COCO, "images": [*COCO["images"], {"id": 2, "file_name": "c.png", "width": 200, "height": 100}]}
     with pytest.raises(AnnotationError, match="the entry of 'c' shares its image id with another entry"):
         parse_annotation_bytes(json.dumps(doc).encode(), "gt.json", "c.png", HW, NAMES)
+
+
+def _refuse_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the format parsers fail the test if called: an oversized file must be refused on its raw bytes."""
+    import efpn.data.uploads as uploads
+
+    def parsed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an oversized annotation was parsed")
+
+    monkeypatch.setattr(uploads, "parse_yolo", parsed)
+    monkeypatch.setattr(uploads, "parse_voc", parsed)
+
+
+def test_an_oversized_yolo_txt_is_refused_before_it_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 50 MB label file took seconds and ~1 GB to parse before the object limit refused it."""
+    from efpn.data import MAX_OBJECTS_PER_IMAGE
+
+    _refuse_parsing(monkeypatch)
+    line = b"0 0.5 0.5 0.01 0.01"
+    no_last_newline = b"\n".join([line] * (MAX_OBJECTS_PER_IMAGE + 1))  # the last line has no line break
+    with pytest.raises(AnnotationError, match=f"x.txt gives this image {MAX_OBJECTS_PER_IMAGE + 1:,} objects, more "
+                                              f"than the {MAX_OBJECTS_PER_IMAGE:,}"):
+        parse_annotation_bytes(no_last_newline, "x.txt", "x.png", HW, NAMES)
+    utf16 = ("\r\n".join(["0 0.5 0.5 0.01 0.01"] * (MAX_OBJECTS_PER_IMAGE + 1)) + "\r\n").encode("utf-16")
+    with pytest.raises(AnnotationError, match=f"gives this image {MAX_OBJECTS_PER_IMAGE + 1:,} objects"):
+        parse_annotation_bytes(utf16, "x.txt", "x.png", HW, NAMES)
+
+
+def test_blank_lines_and_line_endings_do_not_count_as_objects() -> None:
+    """The raw count is of non-blank lines: CRLF endings, blank lines and a last line without a break are no objects."""
+    from efpn.data import MAX_OBJECTS_PER_IMAGE
+
+    lines = [f"0 {0.1 + i * 8e-5:.6f} 0.5 0.01 0.01".encode() for i in range(MAX_OBJECTS_PER_IMAGE)]
+    text = b"\r\n".join(lines[:-1]) + b"\r\n  \r\n\r\n\t\r\n" + b"\n" * 20 + lines[-1]  # no break after the last
+    got = parse_annotation_bytes(text, "x.txt", "x.png", HW, NAMES)
+    assert len(got.boxes) == MAX_OBJECTS_PER_IMAGE
+
+
+def test_an_oversized_voc_xml_is_refused_before_it_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from efpn.data import MAX_OBJECTS_PER_IMAGE
+
+    _refuse_parsing(monkeypatch)
+    box = "<object><name>disc</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax><ymax>4</ymax></bndbox></object>"
+    xml = f"<annotation><size><width>200</width><height>100</height></size>{box * (MAX_OBJECTS_PER_IMAGE + 1)}" \
+          "</annotation>"
+    for data in (xml.encode(), xml.encode("utf-16")):
+        with pytest.raises(AnnotationError, match=f"x.xml gives this image {MAX_OBJECTS_PER_IMAGE + 1:,} objects"):
+            parse_annotation_bytes(data, "x.xml", "x.png", HW, NAMES)
+
+
+def test_voc_at_the_object_limit_is_read() -> None:
+    """``<objects>`` or ``<object_id>`` tags are not objects; the limit itself is allowed."""
+    from efpn.data import MAX_OBJECTS_PER_IMAGE
+
+    boxes = "".join(f"<object><name>disc</name><bndbox><xmin>{i % 190}</xmin><ymin>{i // 190}</ymin><xmax>"
+                    f"{i % 190 + 5}</xmax><ymax>{i // 190 + 5}</ymax></bndbox></object>"
+                    for i in range(MAX_OBJECTS_PER_IMAGE))
+    xml = f"<annotation><objects>1</objects><object_id/><size><width>200</width><height>100</height></size>{boxes}" \
+          "</annotation>"
+    assert len(parse_annotation_bytes(xml.encode(), "x.xml", "x.png", HW, NAMES).boxes) == MAX_OBJECTS_PER_IMAGE
+
+
+@pytest.mark.parametrize("data, root", [
+    (b'<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><body><p>hi</p></body></html>', "html"),
+    (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="5" height="5"/></svg>', "svg"),
+])
+def test_an_xml_file_that_is_not_voc_is_refused_not_read_as_an_image_without_objects(data: bytes, root: str) -> None:
+    """Read as VOC, an XHTML or SVG upload was an image without ground truth: every detection a false positive."""
+    with pytest.raises(AnnotationError, match=rf"page.xml could not be read as Pascal VOC XML \(page.xml: not a Pascal "
+                                              rf"VOC annotation \(the root element is <{root}>, not <annotation>"):
+        parse_annotation_bytes(data, "page.xml", "a.png", HW, NAMES)

@@ -141,3 +141,34 @@ def test_xml_in_a_multi_byte_or_unknown_encoding_is_read_or_counted_not_fatal(tm
     assert found == ["白细胞"] and len(got) == 1 and got[0].boxes.tolist() == [[4.0, 5.0, 20.0, 30.0]]
     none, _, rep = parse_voc(_voc_xml("nonsense-enc", "cell").encode(), "up", (48, 64))
     assert none == [] and rep.counts() == {"malformed": 1}
+
+
+def test_a_document_whose_root_is_not_annotation_is_malformed_and_the_split_loads(tmp_path: Path) -> None:
+    """An HTML or SVG file among the annotations was read as an image without objects; VOC's root is <annotation>
+    (any case, also under a namespace), anything else is counted as malformed with the root it has."""
+    from efpn.data.voc import parse_voc
+
+    ann, img = tmp_path / "Annotations", tmp_path / "JPEGImages"
+    ann.mkdir()
+    img.mkdir()
+    for stem in ("page", "drawing", "plain", "upper", "spaced"):
+        cv2.imwrite(str(img / f"{stem}.jpg"), np.zeros((48, 64, 3), np.uint8))
+    (ann / "page.xml").write_bytes(b"<html><head><title>x</title></head><body><object>x</object></body></html>")
+    (ann / "drawing.xml").write_bytes(b'<svg xmlns="http://www.w3.org/2000/svg"><circle r="3"/></svg>')
+    (ann / "plain.xml").write_text(_voc_xml("utf-8", "cell"), encoding="utf-8")
+    (ann / "upper.xml").write_text(_voc_xml("utf-8", "cell").replace("annotation>", "Annotation>"), encoding="utf-8")
+    (ann / "spaced.xml").write_text(_voc_xml("utf-8", "cell").replace("<annotation>", '<annotation xmlns="urn:x">'),
+                                    encoding="utf-8")
+    records, names, report = load_voc(tmp_path)
+    assert names == ["cell"] and sorted(r.path.stem for r in records if r.path) == ["plain", "spaced", "upper"]
+    assert all(len(r.boxes) == 1 for r in records)
+    assert report.malformed == 2 and report.counts().get("image_without_labels") is None
+    assert sorted(report.examples["malformed"]) == [
+        "drawing.xml (the root element is <svg>, not <annotation>: a Pascal VOC file is <annotation> holding <size> "
+        "and one <object> (<name>, <bndbox>) per box)",
+        "page.xml (the root element is <html>, not <annotation>: a Pascal VOC file is <annotation> holding <size> "
+        "and one <object> (<name>, <bndbox>) per box)",
+    ]
+    none, _, rep = parse_voc(b"<html><body/></html>", "up", (48, 64))
+    assert none == [] and rep.counts() == {"malformed": 1}
+    assert "up.xml: not a Pascal VOC annotation (the root element is <html>" in rep.examples["malformed"][0]
