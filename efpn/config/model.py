@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from efpn.config.schema import from_mapping
+from efpn.config.schema import from_mapping, short
 
 #: Most classes a model may have (LVIS has 1,203, ImageNet-21k 21,841): a mistyped count fails here, not as a
 #: terabyte allocation in the head.
 MAX_CLASSES = 100_000
+#: The longest class name a config takes (a name is a label drawn on images and written in tables and cards).
+MAX_CLASS_NAME_CHARS = 256
 #: Network input long side a model config accepts: from the smallest input the detectors run (8 px) to the largest
 #: single input the CLI takes (larger images are sliced into tiles instead).
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
@@ -204,6 +206,10 @@ class ModelConfig:
             raise ValueError(
                 f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}"
             )
+        long = [n for n in self.class_names if len(n) > MAX_CLASS_NAME_CHARS]
+        if long:  # a hand-edited card: a 100,000-character name would fill every message, chart and table quoting it
+            raise ValueError(f"class names must be at most {MAX_CLASS_NAME_CHARS} characters, got one of "
+                             f"{len(long[0]):,}: {short(long[0], 60)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -113,3 +113,15 @@ def test_train_and_data_configs_go_through_the_walker(tmp_path: Path) -> None:
     assert TrainConfig(model="tiny_efpn_n").epochs == 100
     with pytest.raises(ConfigError, match=r"data\.yaml: 'val_fraction' must be a finite number or null, got 'half'"):
         parse_data_config({"format": "coco", "val_fraction": "half"}, tmp_path, tmp_path / "data.yaml")
+
+
+def test_a_class_name_longer_than_a_label_is_refused() -> None:
+    """A hand-edited card with a 100,000-character class name loaded, and that name filled every message, chart and
+    table that quoted it."""
+    from efpn.config.model import MAX_CLASS_NAME_CHARS, ModelConfig
+
+    ok = ModelConfig(name="m", num_classes=2, class_names=("ship", "x" * MAX_CLASS_NAME_CHARS))
+    assert ok.class_names[1] == "x" * MAX_CLASS_NAME_CHARS
+    with pytest.raises(ValueError, match=r"at most 256 characters, got one of 100,000") as e:
+        ModelConfig(name="m", num_classes=2, class_names=("ship", "x" * 100_000))
+    assert len(str(e.value)) < 200
