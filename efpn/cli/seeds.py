@@ -19,7 +19,8 @@ from efpn.cli.tables import md_table as _md_table
 SEED_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("efpn_bs_mv2", "fpn_mv2"), ("efpn_mv2", "fpn_mv2"), ("yolov8n_sgdm", "yolov8n"), ("yolov8n_rdconv", "yolov8n"),
     ("fpn_mv2_cem", "fpn_mv2"), ("fpn_mv2_fbsm", "fpn_mv2"), ("fpn_mv2_dcloss", "fpn_mv2"),
-    ("efpn_bs_r18", "fpn_r18"), ("yolov5n_sgdm", "yolov5n"),
+    ("efpn_bs_r18", "fpn_r18"), ("yolov5n_sgdm", "yolov5n"), ("yolov8n_sgdm_lite", "yolov8n"),
+    ("yolov8n_sgdm_deep", "yolov8n"),
 )
 #: Seeds a side needs before a comparison gets a verdict.
 MIN_SEEDS = 3

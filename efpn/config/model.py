@@ -24,6 +24,8 @@ MAX_CLASS_NAME_CHARS = 256
 #: Network input long side a model config accepts: from the smallest input the detectors run (8 px) to the largest
 #: single input the CLI takes (larger images are sliced into tiles instead).
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
+#: widest pointwise MLP an SGDM config may ask for (hidden = expansion * c_in); wider is a typo, not a design
+MAX_SGDM_EXPANSION = 16.0
 
 BackboneKind = Literal["cspdarknet", "resnet", "mobilenetv2", "efficientnet_lite"]
 NeckKind = Literal["fpn", "pan"]
@@ -38,6 +40,12 @@ class SGDMConfig:
     ``backbone_stages`` names the backbone stages whose entry downsampling conv is replaced (``"c2".."c5"``);
     ``pan`` also replaces the PAN's two bottom-up downsampling convs. ``guided=False`` gives plain RDConv
     (no static guidance); ``shared_bank=False`` gives every channel its own static bank (the unshared ablation).
+    ``groups`` is the most kernel groups an SGDM gets: ``G = min(groups, max(1, c_in // 16))``, so every group
+    averages at least 16 channels. ``expansion`` is the hidden width (times ``c_in``) of SGDM's pointwise MLP
+    after the aggregation; ``None`` gives the SPEC's single 1x1 ``c_in -> c_out`` (about a third of the paper's
+    parameter budget, and a cheaper training step: see README, Benchmarks). ``mlp_min_channels`` keeps the MLP
+    only in SGDMs over at least that many input channels; the shallower ones get the single 1x1. Their MLPs hold
+    few parameters but run on the largest maps, so they cost the most training time per parameter.
     """
 
     backbone_stages: tuple[str, ...] = ()
@@ -47,6 +55,23 @@ class SGDMConfig:
     groups: int = 8
     kernel_size: int = 3
     block: Literal["sgdm", "cbam", "static"] = "sgdm"
+    expansion: float | None = 2.75
+    mlp_min_channels: int = 0
+
+    def __post_init__(self) -> None:
+        if self.groups < 1:
+            raise ValueError(f"sgdm.groups must be >= 1, got {self.groups!r}")
+        if self.expansion is not None and not 0.0 < self.expansion <= MAX_SGDM_EXPANSION:
+            raise ValueError(f"sgdm.expansion must be null (one 1x1 conv) or a number in (0, {MAX_SGDM_EXPANSION:g}], "
+                             f"got {self.expansion!r}")
+
+    def expansion_for(self, c_in: int) -> float | None:
+        """The pointwise MLP's expansion of an SGDM over ``c_in`` channels (None: the single 1x1)."""
+        return self.expansion if c_in >= self.mlp_min_channels else None
+
+    def groups_for(self, c_in: int) -> int:
+        """Kernel groups of an SGDM over ``c_in`` channels: at most ``groups``, at least 16 channels a group."""
+        return min(self.groups, max(1, c_in // 16))
 
 
 @dataclass(frozen=True)
