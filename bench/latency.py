@@ -50,6 +50,8 @@ from efpn.models.profile import count_gflops, count_params
 YOLO_PAIRS: tuple[tuple[str, str, float | None, float | None], ...] = (
     ("yolov8n", "yolov8n.yaml", 1.2, None),
     ("yolov8n_sgdm", "yolov8n.yaml", 1.05, 1.05),
+    ("yolov8n_sgdm_deep", "yolov8n.yaml", 1.05, 1.05),
+    ("yolov8n_sgdm_lite", "yolov8n.yaml", 1.05, 1.05),
     ("yolov5n", "yolov5n.yaml", None, None),
 )
 #: (flagship preset, our static network it is held against, bound): the pretrained flagship carrying both papers
@@ -214,9 +216,10 @@ def ratios_and_targets(
                     add(kind, ours + fused, peer + "+cl", None, "both channels-last")
                     add(kind, ours + fused + "+nchw", peer, None, "both NCHW")
         # SGDM against the static network it extends, timed in the same rounds (what SGDM itself costs)
-        if f"yolov8n_sgdm{fused}" in names and f"yolov8n{fused}" in names:
-            for kind in ("network", "predict"):
-                add(kind, f"yolov8n_sgdm{fused}", f"yolov8n{fused}", None, "SGDM over our static YOLOv8n")
+        for sgdm in [n for n, _, _, _ in YOLO_PAIRS if n.startswith("yolov8n_sgdm")]:
+            if f"{sgdm}{fused}" in names and f"yolov8n{fused}" in names:
+                for kind in ("network", "predict"):
+                    add(kind, f"{sgdm}{fused}", f"yolov8n{fused}", None, "SGDM over our static YOLOv8n")
         flagship, reference, bound = FLAGSHIP
         if f"{flagship}{fused}" in names and f"{reference}{fused}" in names:
             for kind in ("network", "predict"):

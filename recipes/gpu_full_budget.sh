@@ -162,12 +162,14 @@ if [ "${SGDM_BENCH:-1}" = "1" ]; then
   for mode in $MODES; do
     extra=(); [ "$mode" = compiled ] && extra=(--compile)
     name="_gpu_recipe_sgdm_$mode"
-    timeout 180 $PY bench/train_throughput.py --presets yolov8n yolov8n_sgdm --no-peers --no-e2e \
+    timeout 240 $PY bench/train_throughput.py --presets yolov8n yolov8n_sgdm yolov8n_sgdm_deep --no-peers --no-e2e \
       "${BENCH[@]}" "${extra[@]}" --out "$name" > "$WORK/sgdm_$mode.log" 2>&1
     rc=$?
-    row=$(grep -F '| yolov8n_sgdm: ' "bench/results/$name.md" 2>/dev/null | grep -F '| yolov8n: ' | head -n 1)
-    say "SGDM train step ($mode, exit $rc): ${row:-no result, see the log below}"
-    echo "SGDM train step ($mode): ${row:-no result (exit $rc)}" >> "$OUT/throughput.txt"
+    for preset in yolov8n_sgdm yolov8n_sgdm_deep; do
+      row=$(grep -F "| $preset: " "bench/results/$name.md" 2>/dev/null | grep -F '| yolov8n: ' | head -n 1)
+      say "$preset train step ($mode, exit $rc): ${row:-no result, see the log below}"
+      echo "$preset train step ($mode): ${row:-no result (exit $rc)}" >> "$OUT/throughput.txt"
+    done
     [ -n "$row" ] || tail -n 5 "$WORK/sgdm_$mode.log" | tee -a "$LOG"
     rm -f "bench/results/$name.md" "bench/results/$name.json"
   done

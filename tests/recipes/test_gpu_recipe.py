@@ -38,8 +38,10 @@ def test_gpu_recipe_dry_run(tmp_path: Path) -> None:
         assert "AP" in run["metrics"] and "AP_vt" in run["sliced_256"]
     throughput = (out / "throughput.txt").read_text()
     assert "img/s" in throughput
-    # the SGDM step against the static YOLOv8n was timed (eager only on the CPU) and its bench files removed
-    assert "SGDM train step (eager): | train step time" in throughput and "| yolov8n: " in throughput, throughput
+    # both SGDM forms' steps against the static YOLOv8n were timed (eager only on the CPU), bench files removed
+    for preset in ("yolov8n_sgdm", "yolov8n_sgdm_deep"):
+        assert f"{preset} train step (eager): | train step time" in throughput, throughput
+        assert f"| {preset}: " in throughput and "| yolov8n: " in throughput, throughput
     assert not list((REPO / "bench" / "results").glob("_gpu_recipe_sgdm_*"))
     parts = sorted(out.glob("ckpt_*.tar"))
     blob = tmp_path / "all.tar"
