@@ -322,7 +322,7 @@ def targets_of(hand: dict[str, dict[str, Any]], e2e: dict[str, dict[str, Any]]) 
         rows.append(H.Target("train step time (fwd+loss+bwd+opt)", name, "ultralytics-yolov8n",
                              r["step_ms"]["median"], peer["step_ms"]["median"], "ms", ratio.paired, bound,
                              f"{r['images_per_s']:.2f} vs {peer['images_per_s']:.2f} img/s"))
-    # SGDM (and its lite variant) against the static YOLOv8n it extends, same rounds and batches (bound: +15 %)
+    # every yolov8n_sgdm* form against the static YOLOv8n it extends, same rounds and batches (bound: +15 %)
     for name in [n for n in hand if n.startswith("yolov8n_sgdm")] if "yolov8n" in hand else []:
         a, b = hand[name], hand["yolov8n"]
         rows.append(H.Target("train step time (fwd+loss+bwd+opt)", name, "yolov8n",

@@ -26,6 +26,7 @@ from efpn.layers.cbam import CBAMDown
 from efpn.layers.cem import CEM
 from efpn.layers.conv import ConvBNAct
 from efpn.layers.fbsm import FBSM
+from efpn.layers.rdconv import resolve_groups
 from efpn.layers.sgdm import SGDM
 from efpn.models.backbones import CSPDarknet, MobileNetV2Backbone, ResNetBackbone
 from efpn.models.criterion import RetinaCriterion, YOLOv5Criterion, YOLOv8Criterion
@@ -259,7 +260,8 @@ def _downsample_factory(cfg: SGDMConfig, stages: tuple[str, ...]) -> Callable[[s
             return ConvBNAct(c_in, c_out, 3, 2)
         if cfg.block == "cbam":
             return CBAMDown(c_in, c_out, stride=2)
-        return SGDM(c_in, c_out, kernel_size=cfg.kernel_size, stride=2, groups=cfg.groups_for(c_in), guided=cfg.guided,
+        groups = resolve_groups(c_in, max_groups=cfg.groups)
+        return SGDM(c_in, c_out, kernel_size=cfg.kernel_size, stride=2, groups=groups, guided=cfg.guided,
                     shared_bank=cfg.shared_bank, expansion=cfg.expansion_for(c_in))
 
     return make

@@ -40,8 +40,8 @@ class SGDMConfig:
     ``backbone_stages`` names the backbone stages whose entry downsampling conv is replaced (``"c2".."c5"``);
     ``pan`` also replaces the PAN's two bottom-up downsampling convs. ``guided=False`` gives plain RDConv
     (no static guidance); ``shared_bank=False`` gives every channel its own static bank (the unshared ablation).
-    ``groups`` is the most kernel groups an SGDM gets: ``G = min(groups, max(1, c_in // 16))``, so every group
-    averages at least 16 channels. ``expansion`` is the hidden width (times ``c_in``) of SGDM's pointwise MLP
+    ``groups`` is the most kernel groups an SGDM gets (``efpn.layers.resolve_groups``: every group averages at
+    least 16 channels). ``expansion`` is the hidden width (times ``c_in``) of SGDM's pointwise MLP
     after the aggregation; ``None`` gives the SPEC's single 1x1 ``c_in -> c_out`` (about a third of the paper's
     parameter budget, and a cheaper training step: see README, Benchmarks). ``mlp_min_channels`` keeps the MLP
     only in SGDMs over at least that many input channels; the shallower ones get the single 1x1. Their MLPs hold
@@ -68,10 +68,6 @@ class SGDMConfig:
     def expansion_for(self, c_in: int) -> float | None:
         """The pointwise MLP's expansion of an SGDM over ``c_in`` channels (None: the single 1x1)."""
         return self.expansion if c_in >= self.mlp_min_channels else None
-
-    def groups_for(self, c_in: int) -> int:
-        """Kernel groups of an SGDM over ``c_in`` channels: at most ``groups``, at least 16 channels a group."""
-        return min(self.groups, max(1, c_in // 16))
 
 
 @dataclass(frozen=True)

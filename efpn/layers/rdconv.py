@@ -29,15 +29,15 @@ from efpn.layers.internals import KernelInternals
 Impl = Literal["shift", "unfold"]
 
 
-def resolve_groups(channels: int, groups: int | None = None) -> int:
-    """Kernel groups G for ``channels``: explicit ``groups``, else 8, or ``max(1, C // 16)`` when C < 128.
+def resolve_groups(channels: int, groups: int | None = None, max_groups: int = 8) -> int:
+    """Kernel groups G for ``channels``: explicit ``groups``, else ``min(max_groups, max(1, C // 16))``.
 
     Small C gets fewer groups so every group still averages >= 16 channels (a kernel per 2 channels would be a
     nearly per-channel dynamic conv, noisy and no longer "shared"). G must divide C.
     """
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
-    g = groups if groups is not None else (8 if channels >= 128 else max(1, channels // 16))
+    g = groups if groups is not None else min(max_groups, max(1, channels // 16))
     if g < 1 or channels % g:
         raise ValueError(f"groups={g} must be >= 1 and divide channels={channels}")
     return g
