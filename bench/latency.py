@@ -50,7 +50,7 @@ from efpn.models.profile import count_gflops, count_params
 YOLO_PAIRS: tuple[tuple[str, str, float | None, float | None], ...] = (
     ("yolov8n", "yolov8n.yaml", 1.2, None),
     ("yolov8n_sgdm", "yolov8n.yaml", 1.05, 1.05),
-    ("yolov8n_sgdm_deep", "yolov8n.yaml", 1.05, 1.05),
+    ("yolov8n_sgdm_full", "yolov8n.yaml", 1.05, 1.05),
     ("yolov8n_sgdm_lite", "yolov8n.yaml", 1.05, 1.05),
     ("yolov5n", "yolov5n.yaml", None, None),
 )

@@ -385,7 +385,7 @@ def render(payload: dict[str, Any], targets: Sequence[H.Target]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["yolov8n", "yolov8n_sgdm", "yolov8n_sgdm_deep"],
+    ap.add_argument("--presets", nargs="+", default=["yolov8n", "yolov8n_sgdm", "yolov8n_sgdm_full"],
                     help="our presets to train")
     ap.add_argument("--imgsz", type=int, default=320, help="image side (default 320)")
     ap.add_argument("--batch", type=int, default=8, help="batch size (default 8)")

@@ -162,11 +162,11 @@ if [ "${SGDM_BENCH:-1}" = "1" ]; then
   for mode in $MODES; do
     extra=(); [ "$mode" = compiled ] && extra=(--compile)
     name="_gpu_recipe_sgdm_$mode"
-    timeout 240 $PY bench/train_throughput.py --presets yolov8n yolov8n_sgdm yolov8n_sgdm_deep --no-peers --no-e2e \
+    timeout 240 $PY bench/train_throughput.py --presets yolov8n yolov8n_sgdm yolov8n_sgdm_full --no-peers --no-e2e \
       "${BENCH[@]}" "${extra[@]}" --out "$name" > "$WORK/sgdm_$mode.log" 2>&1
     rc=$?
     missing=0
-    for preset in yolov8n_sgdm yolov8n_sgdm_deep; do
+    for preset in yolov8n_sgdm yolov8n_sgdm_full; do
       row=$(grep -F "| $preset: " "bench/results/$name.md" 2>/dev/null | grep -F '| yolov8n: ' | head -n 1)
       say "$preset train step ($mode, exit $rc): ${row:-no result, see the log below}"
       echo "$preset train step ($mode): ${row:-no result (exit $rc)}" >> "$OUT/throughput.txt"

@@ -29,17 +29,18 @@ for m in fpn_mv2 efpn_bs_mv2; do
 done
 # the shipped FPN: the same tiles, 40 epochs, mosaic closed for the last 5 (about 110 min on 2 idle cores)
 train ssdd_fpn_mv2_40 --config recipes/ssdd_fpn_mv2.yaml ${MV2/--epochs 20/--epochs 40} --close-mosaic 5
-# paper 2: YOLOv8n, with SGDM, and with plain RDConv (no static guidance), same budget (images shrunk to 320 px)
-for m in yolov8n yolov8n_sgdm yolov8n_rdconv; do
-  train "ssdd_$m" --config "recipes/ssdd_$m.yaml" $YOLO
-done
-# paper 2 at native resolution: the pair at 40 epochs, then at 80 (both shipped)
-for m in yolov8n yolov8n_sgdm; do
-  train "ssdd_${m}_tiles" --config "recipes/ssdd_$m.yaml" $TILES
-done
-for m in yolov8n yolov8n_sgdm; do
-  train "ssdd_${m}_tiles80" --config "recipes/ssdd_$m.yaml" $TILES80
-done
+# paper 2: YOLOv8n, with SGDM, and with plain RDConv (no static guidance), same budget (images shrunk to 320 px).
+# The SGDM runs before 2026-12-03 trained the MLP in all four SGDMs: today's *_full presets (their records say so)
+train ssdd_yolov8n --config recipes/ssdd_yolov8n.yaml $YOLO
+train ssdd_yolov8n_sgdm --config recipes/ssdd_yolov8n_sgdm.yaml --model yolov8n_sgdm_full $YOLO
+train ssdd_yolov8n_rdconv --config recipes/ssdd_yolov8n_rdconv.yaml --model yolov8n_rdconv_full $YOLO
+# paper 2 at native resolution: the pair at 40 epochs, then at 80, then yolov8n_sgdm as it is now (the MLP only in
+# the two deep SGDMs) at 80 (shipped with the 80-epoch yolov8n)
+train ssdd_yolov8n_tiles --config recipes/ssdd_yolov8n.yaml $TILES
+train ssdd_yolov8n_sgdm_tiles --config recipes/ssdd_yolov8n_sgdm.yaml --model yolov8n_sgdm_full $TILES
+train ssdd_yolov8n_tiles80 --config recipes/ssdd_yolov8n.yaml $TILES80
+train ssdd_yolov8n_sgdm_tiles80 --config recipes/ssdd_yolov8n_sgdm.yaml --model yolov8n_sgdm_full $TILES80
+train ssdd_yolov8n_sgdm_deep_tiles80 --config recipes/ssdd_yolov8n_sgdm.yaml $TILES80
 # the flagship on the SAR ships
 train ssdd_efpn_n --config recipes/ssdd_efpn_n.yaml $NANO
 
@@ -52,6 +53,6 @@ $EFPN ship runs/ssdd_efpn_bs_mv2_cpu --name efpn_bs_mv2_ssdd --dataset ssdd --sh
   --nms-iou auto --recipe "bash recipes/ssdd_cpu_budget.sh (train ssdd_efpn_bs_mv2_cpu)"
 $EFPN ship runs/ssdd_yolov8n_tiles80 --name yolov8n_ssdd --dataset ssdd --shared-root ../shared/data --nms-iou auto \
   --recipe "bash recipes/ssdd_cpu_budget.sh (train ssdd_yolov8n_tiles80)"
-$EFPN ship runs/ssdd_yolov8n_sgdm_tiles80 --name yolov8n_sgdm_ssdd --dataset ssdd --shared-root ../shared/data \
-  --nms-iou auto --recipe "bash recipes/ssdd_cpu_budget.sh (train ssdd_yolov8n_sgdm_tiles80)"
+$EFPN ship runs/ssdd_yolov8n_sgdm_deep_tiles80 --name yolov8n_sgdm_ssdd --dataset ssdd --shared-root ../shared/data \
+  --nms-iou auto --recipe "bash recipes/ssdd_cpu_budget.sh (train ssdd_yolov8n_sgdm_deep_tiles80)"
 $EFPN report --out docs/claims --runs runs

@@ -110,8 +110,8 @@ ABLATION = {"fpn_r18": "baseline (FPN + MaxIoU + focal)", "fpn_r18_cem": "+ CEM"
 ABLATION_BASE = {p: ("fpn_mv2" if "mv2" in p else "fpn_r18") for p in ABLATION}
 #: SGDM comparison rows: preset -> its baseline preset.
 SGDM_ROWS = {"yolov8n": "yolov8n", "yolov8n_rdconv": "yolov8n", "yolov8n_sgdm": "yolov8n",
-             "yolov8n_sgdm_lite": "yolov8n", "yolov8n_sgdm_deep": "yolov8n", "yolov5n": "yolov5n",
-             "yolov5n_rdconv": "yolov5n", "yolov5n_sgdm": "yolov5n"}
+             "yolov8n_sgdm_lite": "yolov8n", "yolov8n_sgdm_full": "yolov8n", "yolov8n_rdconv_full": "yolov8n",
+             "yolov5n": "yolov5n", "yolov5n_rdconv": "yolov5n", "yolov5n_sgdm": "yolov5n"}
 _METRICS = ("AP", "AP50", "AP_vt", "AP_t", "AP_s", "AP_m")
 
 

@@ -20,7 +20,7 @@ SEED_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("efpn_bs_mv2", "fpn_mv2"), ("efpn_mv2", "fpn_mv2"), ("yolov8n_sgdm", "yolov8n"), ("yolov8n_rdconv", "yolov8n"),
     ("fpn_mv2_cem", "fpn_mv2"), ("fpn_mv2_fbsm", "fpn_mv2"), ("fpn_mv2_dcloss", "fpn_mv2"),
     ("efpn_bs_r18", "fpn_r18"), ("yolov5n_sgdm", "yolov5n"), ("yolov8n_sgdm_lite", "yolov8n"),
-    ("yolov8n_sgdm_deep", "yolov8n"), ("yolov8n_sgdm_deep", "yolov8n_sgdm"),
+    ("yolov8n_sgdm_full", "yolov8n"), ("yolov8n_sgdm", "yolov8n_sgdm_full"),
 )
 #: Seeds a side needs before a comparison gets a verdict.
 MIN_SEEDS = 3

@@ -81,7 +81,7 @@ def test_card_without_expansion_keeps_the_mlp() -> None:
 
 def test_lite_preset_is_the_single_pointwise_conv() -> None:
     with torch.device("meta"):
-        plain, full, lite = (efpn.build_model(n, num_classes=80) for n in ("yolov8n", "yolov8n_sgdm",
+        plain, full, lite = (efpn.build_model(n, num_classes=80) for n in ("yolov8n", "yolov8n_sgdm_full",
                                                                            "yolov8n_sgdm_lite"))
     assert all(isinstance(m.pw, ConvBNAct) for m in _sgdms(lite)) and len(_sgdms(lite)) == 4
     extra = _params(lite) - _params(plain)
@@ -90,13 +90,19 @@ def test_lite_preset_is_the_single_pointwise_conv() -> None:
     assert _params(full) - _params(plain) > 3 * extra
 
 
-def test_deep_preset_keeps_the_paper_budget_with_the_mlp_only_where_deep() -> None:
+@pytest.mark.parametrize(("preset", "full"), [("yolov8n_sgdm", "yolov8n_sgdm_full"),
+                                            ("yolov8n_rdconv", "yolov8n_rdconv_full")])
+def test_yolov8n_sgdm_presets_keep_the_paper_budget_with_the_mlp_only_where_deep(preset: str, full: str) -> None:
+    """The YOLOv8n SGDM presets (SGDM_V8_DEEP) put the 2.75x MLP only in the two deep SGDMs; their ``*_full`` forms,
+    the design the older runs and checkpoint trained, keep it in all four."""
     with torch.device("meta"):
-        plain, deep = (efpn.build_model(n, num_classes=80) for n in ("yolov8n", "yolov8n_sgdm_deep"))
+        plain, deep, everywhere = (efpn.build_model(n, num_classes=80) for n in ("yolov8n", preset, full))
     kinds = [(m.c_in, isinstance(m.pw, ConvBNAct)) for m in _sgdms(deep)]
     assert kinds == [(16, True), (32, True), (64, False), (128, False)]
+    assert not any(isinstance(m.pw, ConvBNAct) for m in _sgdms(everywhere)) and len(_sgdms(everywhere)) == 4
     extra = _params(deep) - _params(plain)
     assert 0.75 * 0.19e6 <= extra <= 1.25 * 0.19e6, extra  # SPEC §6: the paper's +0.19 M within 25 %
+    assert _params(deep) < _params(everywhere)
 
 
 def test_mlp_min_channels_picks_the_expansion() -> None:

@@ -39,7 +39,7 @@ def test_gpu_recipe_dry_run(tmp_path: Path) -> None:
     throughput = (out / "throughput.txt").read_text()
     assert "img/s" in throughput
     # both SGDM forms' steps against the static YOLOv8n were timed (eager only on the CPU), bench files removed
-    for preset in ("yolov8n_sgdm", "yolov8n_sgdm_deep"):
+    for preset in ("yolov8n_sgdm", "yolov8n_sgdm_full"):
         assert f"{preset} train step (eager): | train step time" in throughput, throughput
         assert f"| {preset}: " in throughput and "| yolov8n: " in throughput, throughput
     assert not list((REPO / "bench" / "results").glob("_gpu_recipe_sgdm_*"))
