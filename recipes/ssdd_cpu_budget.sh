@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU-budget SSDD checkpoints of checkpoints/ and the ablation runs of docs/claims, exactly as trained:
 # one process, 2 CPU cores, batch 8. Needs ../shared/data/ssdd beside the repository (recipes/data/ssdd.yaml).
-# Run from the repository root:  bash recipes/ssdd_cpu_budget.sh   (about 7 h on 2 cores; a GPU does it in
+# Run from the repository root:  bash recipes/ssdd_cpu_budget.sh   (about 8.5 h on 2 cores; a GPU does it in
 # minutes: drop the size/epoch overrides and add --amp bf16 --workers 8 for the recipes' full budget).
 set -euo pipefail
 EFPN=${EFPN:-efpn}
