@@ -154,6 +154,12 @@ def sgdm_library() -> ctypes.CDLL | None:
                                                     _f32p, _f32p, _f32p, _f32p, _f32p]
                 lib.efpn_bn_act_backward.restype = i
                 lib.efpn_bn_act_backward.argtypes = [_f32p, _f32p, _f32p, i, i, lg, *[_f32p] * 8, i, *[_f32p] * 6]
+                lib.efpn_bn_act_forward_nhwc.restype = i
+                lib.efpn_bn_act_forward_nhwc.argtypes = [_f32p, _f32p, lg, i, _f32p, _f32p, _f32p, _f32p, f, f, i,
+                                                         _f32p, _f32p, _f32p, _f32p, _f32p]
+                lib.efpn_bn_act_backward_nhwc.restype = i
+                lib.efpn_bn_act_backward_nhwc.argtypes = [_f32p, _f32p, _f32p, lg, i, *[_f32p] * 8, i,
+                                                          *[_f32p] * 6]
                 lib.efpn_razor_forward.restype = i
                 lib.efpn_razor_forward.argtypes = [_f32p, i, i, lg, _f32p, _f32p]
                 lib.efpn_kernel_head_forward.restype = i
@@ -311,19 +317,24 @@ BN_ACTS = {"none": 0, "silu": 1}
 def bn_act_forward(x1: Tensor, gamma1: Tensor, beta1: Tensor, eps1: float, act: str,
                    x2: Tensor | None = None, gamma2: Tensor | None = None, beta2: Tensor | None = None,
                    eps2: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None] | None:
-    """``act(BN1(x1) [+ BN2(x2)])`` on the batch's statistics, x (N, C, H, W) float32 contiguous on CPU, gamma and
-    beta (C,), ``act`` a key of :data:`BN_ACTS`; no autograd, no running statistics. Returns ``(y, mean1, var1,
-    mean2, var2)`` (biased variances; the second pair None without x2). None when the library is unavailable."""
+    """``act(BN1(x1) [+ BN2(x2)])`` on the batch's statistics, x (N, C, H, W) float32 on CPU, contiguous or
+    channels-last (x2 in x1's layout; y in it too), gamma and beta (C,), ``act`` a key of :data:`BN_ACTS`; no
+    autograd, no running statistics. Returns ``(y, mean1, var1, mean2, var2)`` (biased variances; the second pair
+    None without x2). None when the library is unavailable."""
     lib = sgdm_library()
     if lib is None:
         return None
     n, c, h, w = x1.shape
-    y = torch.empty_like(x1)
+    y = torch.empty_like(x1)  # x1's layout
     mean1, var1 = torch.empty(c), torch.empty(c)
     mean2, var2 = (torch.empty(c), torch.empty(c)) if x2 is not None else (None, None)
-    _check(lib.efpn_bn_act_forward(_ptr(x1), _ptr(x2), n, c, h * w, _ptr(gamma1), _ptr(beta1), _ptr(gamma2),
-                                   _ptr(beta2), eps1, eps2, BN_ACTS[act], _ptr(y), _ptr(mean1), _ptr(var1),
-                                   _ptr(mean2), _ptr(var2)), "BatchNorm + activation", tuple(x1.shape))
+    common = (_ptr(gamma1), _ptr(beta1), _ptr(gamma2), _ptr(beta2), eps1, eps2, BN_ACTS[act], _ptr(y), _ptr(mean1),
+              _ptr(var1), _ptr(mean2), _ptr(var2))
+    if channels_last(x1):  # (N*H*W, C) rows
+        code = lib.efpn_bn_act_forward_nhwc(_ptr(x1), _ptr(x2), n * h * w, c, *common)
+    else:
+        code = lib.efpn_bn_act_forward(_ptr(x1), _ptr(x2), n, c, h * w, *common)
+    _check(code, "BatchNorm + activation", tuple(x1.shape))
     return y, mean1, var1, mean2, var2
 
 
@@ -331,21 +342,23 @@ def bn_act_backward(grad_y: Tensor, x1: Tensor, gamma1: Tensor, beta1: Tensor, m
                     act: str, x2: Tensor | None = None, gamma2: Tensor | None = None, beta2: Tensor | None = None,
                     mean2: Tensor | None = None, invstd2: Tensor | None = None
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None] | None:
-    """The gradients of :func:`bn_act_forward` for ``grad_y`` (contiguous, like y): ``(grad_x1, grad_gamma1,
-    grad_beta1, grad_x2, grad_gamma2, grad_beta2)`` (the last three None without x2); ``invstd`` = ``1 / sqrt(var +
-    eps)``. None when the library is unavailable."""
+    """The gradients of :func:`bn_act_forward` for ``grad_y`` (in x1's layout, as y was): ``(grad_x1, grad_gamma1,
+    grad_beta1, grad_x2, grad_gamma2, grad_beta2)`` (the last three None without x2; the input gradients in x1's
+    layout); ``invstd`` = ``1 / sqrt(var + eps)``. None when the library is unavailable."""
     lib = sgdm_library()
     if lib is None:
         return None
     n, c, h, w = x1.shape
     gx1, gg1, gb1 = torch.empty_like(x1), torch.empty(c), torch.empty(c)
     gx2, gg2, gb2 = (torch.empty_like(x1), torch.empty(c), torch.empty(c)) if x2 is not None else (None, None, None)
-    _check(lib.efpn_bn_act_backward(_ptr(grad_y), _ptr(x1), _ptr(x2), n, c, h * w, _ptr(gamma1), _ptr(beta1),
-                                    _ptr(mean1), _ptr(invstd1), _ptr(gamma2), _ptr(beta2), _ptr(mean2),
-                                    _ptr(invstd2), BN_ACTS[act], _ptr(gx1), _ptr(gx2), _ptr(gg1), _ptr(gb1),
-                                    _ptr(gg2), _ptr(gb2)), "BatchNorm + activation backward", tuple(x1.shape))
+    common = (_ptr(gamma1), _ptr(beta1), _ptr(mean1), _ptr(invstd1), _ptr(gamma2), _ptr(beta2), _ptr(mean2),
+              _ptr(invstd2), BN_ACTS[act], _ptr(gx1), _ptr(gx2), _ptr(gg1), _ptr(gb1), _ptr(gg2), _ptr(gb2))
+    if channels_last(x1):
+        code = lib.efpn_bn_act_backward_nhwc(_ptr(grad_y), _ptr(x1), _ptr(x2), n * h * w, c, *common)
+    else:
+        code = lib.efpn_bn_act_backward(_ptr(grad_y), _ptr(x1), _ptr(x2), n, c, h * w, *common)
+    _check(code, "BatchNorm + activation backward", tuple(x1.shape))
     return gx1, gg1, gb1, gx2, gg2, gb2
-
 
 
 def razor_forward(x: Tensor) -> tuple[Tensor, Tensor] | None:

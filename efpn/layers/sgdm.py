@@ -246,9 +246,15 @@ class SGDM(nn.Module):
                 self.bank is None or self.shared_bank):
             shared = self.bank() if self.bank is not None else None  # (G, k^2)
             if kernel_head.applies(self.generator.spatial_bn, x, shared, k * k):  # generator + guidance, natively
-                fused = kernel_head.guided_kernels(*self.generator.pre_norm(x), self.generator.spatial_bn, shared,
+                # the native kernels read (N, C, H, W) memory: a channels-last x is reordered once here (and its
+                # gradient once back) instead of inside each of them, and dyn returns to x's layout for the MLP
+                xn = x.contiguous() if native.channels_last(x) else x
+                fused = kernel_head.guided_kernels(*self.generator.pre_norm(xn), self.generator.spatial_bn, shared,
                                                    self.eps, self.groups)  # (N, G, k^2, H', W')
-                return self._merge_fast(apply_dynamic_kernels(x, fused, k, s, self.impl), x)
+                dyn = apply_dynamic_kernels(xn, fused, k, s, self.impl)  # (N, c_in, H', W')
+                if xn is not x:
+                    dyn = dyn.contiguous(memory_format=torch.channels_last)
+                return self._merge_fast(dyn, x)
         d = self.generator(x)  # (N, G, k^2, H', W'), softmax over k^2
         bank: Tensor | None = None
         kernel: Tensor | None = None  # the applied kernel, when it exists as one tensor

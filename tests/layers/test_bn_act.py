@@ -91,6 +91,68 @@ def test_the_result_does_not_depend_on_the_thread_count() -> None:
     assert torch.equal(runs[0][0], runs[1][0]) and all(torch.equal(u, v) for u, v in zip(runs[0][1], runs[1][1]))
 
 
+def _cl(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(4, 6, 9, 11), (2, 16, 20, 20), (3, 20, 300, 7)])  # tail only; 2 blocks; both,
+@pytest.mark.parametrize("two", [False, True])                                      # and chunks of 256 rows + rest
+@pytest.mark.parametrize("act", ["silu", "none"])
+def test_the_channels_last_kernels_equal_the_contiguous_ones(shape, two: bool, act: str) -> None:
+    gen = torch.Generator().manual_seed(sum(shape))
+    x1, x2 = torch.randn(shape, generator=gen) * 3 + 1, torch.randn(shape, generator=gen) - 2
+    c = shape[1]
+    g1, b1, g2, b2 = (torch.rand(c, generator=gen) + 0.5 for _ in range(4))
+    second = (x2, g2, b2, 1e-5) if two else (None, None, None, 0.0)
+    out_n = native.bn_act_forward(x1, g1, b1, 1e-3, act, *second)
+    out_c = native.bn_act_forward(_cl(x1), g1, b1, 1e-3, act, *((_cl(x2),) + second[1:] if two else second))
+    assert out_n is not None and out_c is not None
+    assert native.channels_last(out_c[0]) or c == 1  # y keeps x's layout
+    for u, v in zip(out_c, out_n):
+        if v is not None:
+            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+    grad_y = torch.randn(shape, generator=gen)
+    _, mean1, var1, mean2, var2 = out_n
+    stats = [mean1, (var1 + 1e-3).rsqrt()]
+    rest = (x2, g2, b2, mean2, (var2 + 1e-5).rsqrt()) if two and var2 is not None else ()
+    grads_n = native.bn_act_backward(grad_y, x1, g1, b1, *stats, act, *rest)
+    rest_c = (_cl(x2), *rest[1:]) if rest else ()
+    grads_c = native.bn_act_backward(_cl(grad_y), _cl(x1), g1, b1, *stats, act, *rest_c)
+    assert grads_n is not None and grads_c is not None
+    for u, v in zip(grads_c, grads_n):  # per-channel sums over 256-row chunks here, over planes there
+        if v is not None:
+            torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-4 * float(v.abs().max()) + 1e-6)
+
+
+@needs_native
+def test_the_channels_last_sum_of_two_equals_the_modules() -> None:
+    gen = torch.Generator().manual_seed(7)
+    x1, x2 = _cl(torch.randn(2, 24, 17, 33, generator=gen)), _cl(torch.randn(2, 24, 17, 33, generator=gen) * 2 - 1)
+    bns = [_bn(24, 2, eps=1e-3), _bn(24, 3, eps=1e-5)]
+    refs = copy.deepcopy(bns)
+    fused = _step(lambda a, b: batchnorm_act(a, bns[0], nn.SiLU(), b, bns[1]), [x1, x2], bns)
+    ref = _step(lambda a, b: nn.functional.silu(refs[0](a) + refs[1](b)), [x1, x2], refs)
+    assert native.channels_last(fused[0]) and native.channels_last(fused[1][0])  # output and gradients keep it
+    _assert_same(fused, ref)
+
+
+@needs_native
+def test_the_channels_last_result_does_not_depend_on_the_thread_count() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x1, x2 = _cl(torch.randn(3, 20, 30, 30, generator=gen)), _cl(torch.randn(3, 20, 30, 30, generator=gen))
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            bns = [_bn(20, 4), _bn(20, 5)]
+            runs.append(_step(lambda a, b, bns=bns: batchnorm_act(a, bns[0], nn.SiLU(), b, bns[1]), [x1, x2], bns))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(runs[0][0], runs[1][0]) and all(torch.equal(u, v) for u, v in zip(runs[0][1], runs[1][1]))
+
+
 def test_used_only_where_it_computes_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.randn(2, 4, 5, 5)
     bn = _bn(4, 0)
@@ -99,7 +161,9 @@ def test_used_only_where_it_computes_the_same(monkeypatch: pytest.MonkeyPatch) -
     assert batchnorm_act(x, bn, nn.ReLU()) is None  # an activation it does not compute
     assert batchnorm_act(x.double(), bn.double(), nn.SiLU()) is None
     bn.float()
+    # one channels-last BatchNorm: PyTorch's own kernels (as fast there); a channels-last pair with a contiguous one
     assert batchnorm_act(x.to(memory_format=torch.channels_last), bn, nn.SiLU()) is None
+    assert batchnorm_act(_cl(x), bn, nn.SiLU(), x, _bn(4, 1)) is None
     assert batchnorm_act(x[:1, :, :1, :1], bn, nn.SiLU()) is None  # one value per channel: BatchNorm's own error
     assert batchnorm_act(x, nn.SyncBatchNorm(4).train(), nn.SiLU()) is None
     assert batchnorm_act(x, nn.BatchNorm2d(4, affine=False).train(), nn.SiLU()) is None

@@ -1,8 +1,11 @@
 """SGDM at inference on channels-last tensors (what ``Detector`` runs on CPU): the native dynamic branch reads NHWC
 as it lies, the pointwise MLP runs on the rows of the channels-last memory, and both compute what the contiguous
-path and the reference path compute; the output stays channels-last for the convs after it."""
+path and the reference path compute; the output stays channels-last for the convs after it. And in training
+(``--channels-last``): the same step as on a contiguous x."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ from torch import nn
 
 from efpn.layers import native
 from efpn.layers.sgdm import SGDM
-from tests.layers.sgdm_helpers import perturb
+from tests.layers.sgdm_helpers import count_calls, perturb
 
 needs_native = pytest.mark.skipif(native.sgdm_library() is None,
                                   reason="no C compiler here: SGDM runs its PyTorch path (tested elsewhere)")
@@ -112,6 +115,36 @@ def test_kernels_over_seven_taps_run_contiguous() -> None:
     assert out is not None and ref is not None and out.is_contiguous()
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(y, m(x).detach(), rtol=1e-4, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("c_in, c_out, size, kwargs", [
+    (16, 32, (21, 20), {}),                  # the deep layout's MLP
+    (32, 64, (9, 11), {"groups": 4}),
+    (16, 24, (17, 18), {"expansion": None}),  # one 1x1 after the aggregation
+])
+def test_channels_last_training_equals_contiguous(c_in: int, c_out: int, size: tuple[int, int], kwargs: dict,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training on a channels-last x (``efpn train --channels-last``): the native dynamic branch runs on x reordered
+    once, dyn returns channels-last for the MLP, the join runs channels-last; output, input gradient, parameter
+    gradients and running statistics equal the contiguous step's, and y stays channels-last."""
+    m = perturb(SGDM(c_in, c_out, **kwargs), seed=11, scale=0.3).train()
+    ref = copy.deepcopy(m)
+    x = torch.randn(2, c_in, *size, generator=torch.Generator().manual_seed(12))
+    heads = count_calls(monkeypatch, native, "kernel_head_forward")
+    xs = [_cl(x).requires_grad_(), x.clone().requires_grad_()]
+    ys = [mod(t) for mod, t in zip((m, ref), xs)]
+    assert heads["n"] == 2  # the native kernel head served both
+    assert _is_cl(ys[0])
+    grad = torch.randn(ys[1].shape, generator=torch.Generator().manual_seed(13))
+    for y in ys:
+        y.backward(grad)
+    torch.testing.assert_close(ys[0], ys[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-3, atol=1e-4 * float(xs[1].grad.abs().max()))
+    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4 * float(q.grad.abs().max()) + 1e-6, msg=name)
+    for (name, b), c in zip(m.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_channels_last_means_not_also_contiguous() -> None:
