@@ -19,8 +19,9 @@ from efpn.config import HeadConfig, LossConfig
 from efpn.det import boxes as bx
 from efpn.det import losses as L
 from efpn.det.accounting import LevelAccounting, account
-from efpn.det.assign import Assignment, assign_atss, assign_maxiou, assign_tal, assign_yolov5
+from efpn.det.assign import Assignment, assign_atss, assign_maxiou, assign_yolov5
 from efpn.det.priors import Priors
+from efpn.det.tal_batch import assign_tal_batch
 from efpn.layers.fbsm import box_mask_target, gate_mass_inside
 from efpn.layers.internals import GateInternals
 from efpn.vocab import level_stride, size_bucket
@@ -245,9 +246,11 @@ class YOLOv8Criterion(_Base):
         scores = out.cls_logits.detach().sigmoid()
         target_scores = torch.zeros_like(out.cls_logits)  # (N, R, K)
         img_l, prior_l, gt_l, q_l, bucket_l, lab_l = [], [], [], [], [], []
-        for i, t in enumerate(targets):
+        # the whole batch assigned at once (each image exactly as assign_tal alone would: efpn.det.tal_batch)
+        assignments = assign_tal_batch(priors, [t["boxes"] for t in targets], [t["labels"] for t in targets],
+                                       scores, pboxes.detach())
+        for i, (t, a) in enumerate(zip(targets, assignments)):
             gt, labels = t["boxes"], t["labels"]
-            a = assign_tal(priors, gt, labels, scores[i], pboxes[i].detach())
             acc = account(a, priors, gt, scale=float(t.get("scale", 1.0)))
             stats.accounting = acc if stats.accounting is None else stats.accounting.merge(acc)
             q = a.quality if a.quality is not None else torch.ones_like(a.prior_idx, dtype=scores.dtype)
