@@ -2,9 +2,10 @@
 box-only protocols with published defaults, losses and postprocessing."""
 
 from efpn.det.accounting import LevelAccounting, account
-from efpn.det.assign import Assignment, assign_atss, assign_fcos, assign_maxiou, assign_tal, assign_yolov5
+from efpn.det.assign import Assignment, assign_atss, assign_fcos, assign_maxiou, assign_yolov5
 from efpn.det.priors import Priors, anchor_priors, point_priors, yolo_priors
 from efpn.det.protocols import PROTOCOLS, assign_boxes
+from efpn.det.tal import assign_tal, assign_tal_batch
 
 __all__ = [
     "PROTOCOLS",
@@ -18,6 +19,7 @@ __all__ = [
     "assign_fcos",
     "assign_maxiou",
     "assign_tal",
+    "assign_tal_batch",
     "assign_yolov5",
     "point_priors",
     "yolo_priors",

@@ -1,9 +1,9 @@
 """Label assignment (SPEC §8): which priors are positive for which ground-truth box, and how many per level.
 
-Every assigner is a ``@torch.no_grad()`` pure function of boxes (TAL also of predictions) that returns an
-:class:`Assignment`: positives as ``(prior, gt)`` pairs, so one prior may serve several GTs (YOLOv5), plus the
-dense ``ignore`` mask. Counting them per level is :mod:`efpn.det.accounting`; running a box-only protocol with
-its published default priors is :mod:`efpn.det.protocols`.
+Every assigner is a ``@torch.no_grad()`` pure function of boxes (TAL, in :mod:`efpn.det.tal`, also of
+predictions) that returns an :class:`Assignment`: positives as ``(prior, gt)`` pairs, so one prior may serve several
+GTs (YOLOv5), plus the dense ``ignore`` mask. Counting them per level is :mod:`efpn.det.accounting`; running a
+box-only protocol with its published default priors is :mod:`efpn.det.protocols`.
 
 Shared conventions:
 
@@ -336,68 +336,6 @@ def assign_yolov5(priors: Priors, gt_boxes: Tensor, anchor_t: float = 4.0, offse
     prior_idx, gt_idx = key // m, key % m
     iou = box_iou_pairwise(priors.boxes[prior_idx], gt[gt_idx])
     return _assignment(prior_idx, gt_idx, r, iou=iou)
-
-
-@torch.no_grad()
-def assign_tal(
-    priors: Priors,
-    gt_boxes: Tensor,
-    gt_labels: Tensor,
-    pred_scores: Tensor,
-    pred_boxes: Tensor,
-    topk: int = 10,
-    alpha: float = 0.5,
-    beta: float = 6.0,
-    eps: float = 1e-9,
-) -> Assignment:
-    """Task-aligned assignment (TOOD; YOLOv8's TaskAlignedAssigner) on point priors.
-
-    ``pred_scores`` (R, K) are probabilities (after sigmoid), ``pred_boxes`` (R, 4) decoded xyxy,
-    ``gt_labels`` (M,) in [0, K). Candidates of a GT are the priors whose point is strictly inside it; the
-    alignment metric is ``t = score[gt_label] ** alpha * IoU(pred, gt) ** beta`` (plain IoU; Ultralytics uses
-    CIoU clamped at 0); the ``topk`` candidates by ``t`` are positive (fewer when the GT holds fewer points).
-    A point claimed by several GTs goes to the one with the highest IoU among them. ``quality`` is the
-    normalised metric ``t / (max t of the GT's positives + eps) * (max IoU of the GT's positives)`` — the soft
-    class target.
-    """
-    r = len(priors)
-    device = priors.device
-    gt, valid = _as_gt(gt_boxes, priors)
-    labels = gt_labels.to(device=device, dtype=torch.int64).reshape(-1)
-    scores = pred_scores.to(device=device, dtype=torch.float32)
-    boxes = pred_boxes.to(device=device, dtype=torch.float32)
-    if scores.shape[0] != r or boxes.shape != (r, 4) or labels.shape[0] != gt.shape[0]:
-        raise ValueError(
-            f"need pred_scores (R, K), pred_boxes (R, 4) with R={r} and one label per GT; got "
-            f"{tuple(scores.shape)}, {tuple(boxes.shape)}, {tuple(labels.shape)}"
-        )
-    if labels.numel() and (labels.min() < 0 or labels.max() >= scores.shape[1]):
-        raise ValueError(f"gt_labels must lie in [0, {scores.shape[1]}), got {labels.tolist()}")
-    pairs_p, pairs_g, pairs_iou, pairs_t = [], [], [], []
-    for sl in _gt_blocks(gt.shape[0], r, per_prior=4):
-        inside = (_ltrb(priors.points, gt[sl]).amin(2) > 0) & valid[sl, None]  # (b, R)
-        iou = _iou(gt[sl], boxes)  # (b, R)
-        t = scores[:, labels[sl]].T.clamp(min=0).pow(alpha) * iou.pow(beta)  # (b, R)
-        top_t, top_idx = torch.where(inside, t, -1.0).topk(min(topk, r), dim=1)  # (b, k); -1: not a candidate
-        g, j = (top_t >= 0).nonzero(as_tuple=True)
-        p = top_idx[g, j]
-        pairs_p.append(p)
-        pairs_g.append(g + sl.start)
-        pairs_iou.append(iou[g, p])
-        pairs_t.append(t[g, p])
-    if not pairs_p:  # M == 0
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        none = torch.zeros(0, device=device)
-        return _assignment(empty, empty, r, iou=none, quality=none)
-    prior_idx, gt_idx = torch.cat(pairs_p), torch.cat(pairs_g)
-    iou, t = torch.cat(pairs_iou), torch.cat(pairs_t)
-    keep = _best_pair_per_prior(prior_idx, gt_idx, iou, r)
-    prior_idx, gt_idx, iou, t = prior_idx[keep], gt_idx[keep], iou[keep], t[keep]
-    m = gt.shape[0]
-    max_t = torch.zeros(m, device=device).scatter_reduce(0, gt_idx, t, reduce="amax")  # (M,)
-    max_iou = torch.zeros(m, device=device).scatter_reduce(0, gt_idx, iou, reduce="amax")  # (M,)
-    quality = t / (max_t[gt_idx] + eps) * max_iou[gt_idx]  # (P,)
-    return _assignment(prior_idx, gt_idx, r, iou=iou, quality=quality)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from efpn.det import losses as L
 from efpn.det.accounting import LevelAccounting, account
 from efpn.det.assign import Assignment, assign_atss, assign_maxiou, assign_yolov5
 from efpn.det.priors import Priors
-from efpn.det.tal_batch import assign_tal_batch
+from efpn.det.tal import assign_tal_batch
 from efpn.layers.fbsm import box_mask_target, gate_mass_inside
 from efpn.layers.internals import GateInternals
 from efpn.vocab import level_stride, size_bucket
@@ -246,7 +246,7 @@ class YOLOv8Criterion(_Base):
         scores = out.cls_logits.detach().sigmoid()
         target_scores = torch.zeros_like(out.cls_logits)  # (N, R, K)
         img_l, prior_l, gt_l, q_l, bucket_l, lab_l = [], [], [], [], [], []
-        # the whole batch assigned at once (each image exactly as assign_tal alone would: efpn.det.tal_batch)
+        # the whole batch assigned at once (each image exactly as assign_tal alone would: efpn.det.tal)
         assignments = assign_tal_batch(priors, [t["boxes"] for t in targets], [t["labels"] for t in targets],
                                        scores, pboxes.detach())
         for i, (t, a) in enumerate(zip(targets, assignments)):

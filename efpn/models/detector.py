@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from efpn.config import ModelConfig
-from efpn.det.assign import Assignment, assign_tal, assign_yolov5
+from efpn.det.assign import Assignment, assign_yolov5
 from efpn.det.postprocess import batched_detections
 from efpn.det.priors import Priors
+from efpn.det.tal import assign_tal
 from efpn.layers.internals import GateInternals
 from efpn.models.criterion import CriterionStats, gate_target
 from efpn.models.decode import Decoder, candidate_subset

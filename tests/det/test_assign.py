@@ -13,9 +13,10 @@ from torch.testing import assert_close
 
 import efpn.det.assign as assign_mod
 from efpn.det.accounting import LevelAccounting, account
-from efpn.det.assign import Assignment, assign_atss, assign_fcos, assign_maxiou, assign_tal, assign_yolov5
+from efpn.det.assign import Assignment, assign_atss, assign_fcos, assign_maxiou, assign_yolov5
 from efpn.det.priors import Priors, anchor_priors, feature_sizes_for, point_priors, yolo_priors
 from efpn.det.protocols import PROTOCOLS, assign_boxes
+from efpn.det.tal import assign_tal
 
 P3_P7 = ("p3", "p4", "p5", "p6", "p7")
 P3_ONLY_YOLO = ((10, 13, 16, 30, 33, 23),)

@@ -1,16 +1,42 @@
-"""efpn.det.tal_batch: the batched task-aligned assigner gives every image exactly what assign_tal gives it alone."""
+"""efpn.det.tal: the batched task-aligned assigner gives every image exactly what the per-image algorithm gives it
+alone (an independent reference below: torchvision's all-pairs IoU, one image at a time), and assign_tal is it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 import efpn
 import efpn.models.criterion as criterion
 from efpn.det import assign_tal
-from efpn.det.assign import Assignment
-from efpn.det.priors import feature_sizes_for, point_priors
-from efpn.det.tal_batch import assign_tal_batch
+from efpn.det.assign import Assignment, _assignment, _best_pair_per_prior
+from efpn.det.priors import Priors, feature_sizes_for, point_priors
+from efpn.det.tal import assign_tal_batch
+
+
+def _reference(priors: Priors, gt: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
+               topk: int = 10, alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9) -> Assignment:
+    """Task-aligned assignment of one image, written out plainly (every GT at once, no blocks)."""
+    r = len(priors)
+    valid = torch.isfinite(gt).all(1) & (gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])
+    x, y = priors.points[None, :, 0], priors.points[None, :, 1]
+    inside = (torch.stack([x - gt[:, 0:1], y - gt[:, 1:2], gt[:, 2:3] - x, gt[:, 3:4] - y], 2).amin(2) > 0)
+    inside &= valid[:, None]  # (M, R)
+    iou = box_iou(gt, boxes).nan_to_num_(0.0)  # (M, R)
+    t = scores[:, labels].T.clamp(min=0).pow(alpha) * iou.pow(beta)
+    top_t, top_idx = torch.where(inside, t, -1.0).topk(min(topk, r), dim=1)
+    g, j = (top_t >= 0).nonzero(as_tuple=True)
+    p = top_idx[g, j]
+    if not p.numel():
+        empty = torch.zeros(0, dtype=torch.int64)
+        return _assignment(empty, empty, r, iou=torch.zeros(0), quality=torch.zeros(0))
+    pair_iou, pair_t = iou[g, p], t[g, p]
+    keep = _best_pair_per_prior(p, g, pair_iou, r)
+    p, g, pair_iou, pair_t = p[keep], g[keep], pair_iou[keep], pair_t[keep]
+    max_t = torch.zeros(gt.shape[0]).scatter_reduce(0, g, pair_t, reduce="amax")
+    max_iou = torch.zeros(gt.shape[0]).scatter_reduce(0, g, pair_iou, reduce="amax")
+    return _assignment(p, g, r, iou=pair_iou, quality=pair_t / (max_t[g] + eps) * max_iou[g])
 
 
 def _batch(counts: list[int], seed: int, size: int = 128, k: int = 3):
@@ -49,7 +75,8 @@ def test_each_image_gets_what_assign_tal_gives_it(counts: list[int], seed: int) 
     batched = assign_tal_batch(priors, gts, labels, scores, boxes)
     assert len(batched) == len(counts)
     for i in range(len(counts)):
-        _same(batched[i], assign_tal(priors, gts[i], labels[i], scores[i], boxes[i]))
+        _same(batched[i], _reference(priors, gts[i], labels[i], scores[i], boxes[i]))
+        _same(assign_tal(priors, gts[i], labels[i], scores[i], boxes[i]), batched[i])
     if sum(counts) > 5:  # not a vacuous equality: positives were found
         assert sum(a.prior_idx.numel() for a in batched) > 0
 
@@ -75,7 +102,7 @@ def test_bad_input_says_which() -> None:
 
 def test_the_yolov8_criterion_trains_as_with_one_image_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """The criterion's losses, gradients and per-level accounting with the batched assigner equal those with
-    assign_tal called image by image (the wiring: images, labels and predictions stay paired)."""
+    the per-image reference (the wiring: images, labels and predictions stay paired)."""
     torch.manual_seed(0)
     model = efpn.build_model("yolov8n", num_classes=3, image_size=96).train()
     images = torch.rand(3, 3, 96, 96)
@@ -95,7 +122,7 @@ def test_the_yolov8_criterion_trains_as_with_one_image_at_a_time(monkeypatch: py
     batched = step()
     model.load_state_dict(state)  # BatchNorm's running statistics as before the first step
     monkeypatch.setattr(criterion, "assign_tal_batch", lambda priors, gts, labels, scores, boxes: [
-        assign_tal(priors, g, lab, s, b) for g, lab, s, b in zip(gts, labels, scores, boxes)])
+        _reference(priors, g.float(), lab, s, b) for g, lab, s, b in zip(gts, labels, scores, boxes)])
     single = step()
     for name in batched[0]:
         assert torch.equal(batched[0][name], single[0][name]), name

@@ -1,10 +1,11 @@
-"""Task-aligned assignment for a whole batch in one pass: what :func:`efpn.det.assign.assign_tal` gives each image.
+"""Task-aligned assignment (TOOD; YOLOv8's TaskAlignedAssigner) on point priors, for one image or a whole batch.
 
-A training step assigns every image of the batch; run image by image, the assigner's few dozen small operators
-per image cost more in dispatch than in arithmetic (8 images at 320 px: ~1.7 ms each on 2 CPU threads, most of
-the YOLOv8 criterion's time). Here the batch's GTs are stacked, each compared with its own image's predictions,
-and the per-image rules applied with image-aware indices: the same pairs, IoUs and qualities, bit for bit
-(tests/det/test_tal_batch.py holds them equal to :func:`assign_tal` per image).
+:func:`assign_tal_batch` assigns N images in one pass: the batch's GTs are stacked, each compared with its own
+image's predictions, and the per-image rules applied with image-aware indices. A training step assigns every
+image; run image by image, the assigner's few dozen small operators cost more in dispatch than in arithmetic (8
+images at 320 px: ~1.7 ms each on 2 CPU threads, most of the YOLOv8 criterion's time). :func:`assign_tal` is the
+same function on one image; tests/det/test_tal.py holds the batch's result equal, bit for bit, to each image
+assigned alone. Conventions (GT boxes, ties, sorting, blocks) are those of :mod:`efpn.det.assign`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from efpn.det.priors import Priors
 
 def _aligned_iou(gt: Tensor, boxes: Tensor) -> Tensor:
     """IoU of each GT (b, 4) with every box of its own row (b, R, 4) -> (b, R): torchvision's ``box_iou`` formula
-    term by term (so equal values), NaN (both boxes empty) -> 0 as :func:`efpn.det.assign._iou`."""
+    term by term (so equal values to an all-pairs ``box_iou``), NaN (both boxes empty) -> 0."""
     area_gt = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])  # (b,)
     area_box = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (b, R)
     lt = torch.max(gt[:, None, :2], boxes[..., :2])  # (b, R, 2)
@@ -43,7 +44,7 @@ def assign_tal_batch(
     beta: float = 6.0,
     eps: float = 1e-9,
 ) -> list[Assignment]:
-    """:func:`~efpn.det.assign.assign_tal` for N images at once: ``gt_boxes[i]`` (M_i, 4) xyxy and ``gt_labels[i]``
+    """:func:`assign_tal` for N images at once: ``gt_boxes[i]`` (M_i, 4) xyxy and ``gt_labels[i]``
     (M_i,) of image i, ``pred_scores`` (N, R, K) probabilities, ``pred_boxes`` (N, R, 4) decoded xyxy. Returns the
     N assignments, each equal to ``assign_tal(priors, gt_boxes[i], gt_labels[i], pred_scores[i], pred_boxes[i])``.
     Raises ValueError on the shapes or labels :func:`assign_tal` refuses, naming the image."""
@@ -105,3 +106,37 @@ def assign_tal_batch(
     for i, (pp, gg, ii, qq) in enumerate(zip(*(x.split(per_image) for x in (prior_idx, gt_idx, iou, quality)))):
         out.append(_assignment(pp, gg - starts[i], r, iou=ii, quality=qq))
     return out
+
+
+@torch.no_grad()
+def assign_tal(
+    priors: Priors,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    pred_scores: Tensor,
+    pred_boxes: Tensor,
+    topk: int = 10,
+    alpha: float = 0.5,
+    beta: float = 6.0,
+    eps: float = 1e-9,
+) -> Assignment:
+    """Task-aligned assignment of one image.
+
+    ``pred_scores`` (R, K) are probabilities (after sigmoid), ``pred_boxes`` (R, 4) decoded xyxy,
+    ``gt_labels`` (M,) in [0, K). Candidates of a GT are the priors whose point is strictly inside it; the
+    alignment metric is ``t = score[gt_label] ** alpha * IoU(pred, gt) ** beta`` (plain IoU; Ultralytics uses
+    CIoU clamped at 0); the ``topk`` candidates by ``t`` are positive (fewer when the GT holds fewer points).
+    A point claimed by several GTs goes to the one with the highest IoU among them. ``quality`` is the
+    normalised metric ``t / (max t of the GT's positives + eps) * (max IoU of the GT's positives)`` — the soft
+    class target.
+    """
+    r = len(priors)
+    labels = gt_labels.reshape(-1)
+    if pred_scores.dim() != 2 or pred_scores.shape[0] != r or pred_boxes.shape != (r, 4) or (
+            labels.shape[0] != gt_boxes.reshape(-1, 4).shape[0]):
+        raise ValueError(
+            f"need pred_scores (R, K), pred_boxes (R, 4) with R={r} and one label per GT; got "
+            f"{tuple(pred_scores.shape)}, {tuple(pred_boxes.shape)}, {tuple(labels.shape)}"
+        )
+    return assign_tal_batch(priors, [gt_boxes], [labels], pred_scores[None], pred_boxes[None], topk=topk,
+                            alpha=alpha, beta=beta, eps=eps)[0]
