@@ -400,8 +400,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-e2e", action="store_true", help="skip efpn.engine.train.train")
     ap.add_argument("--e2e-steps", type=int, default=None, help="end-to-end steps (default 10, --quick 5)")
     ap.add_argument("--workers", type=int, default=None,
-                    help="DataLoader workers for the end-to-end run (default 0 on CPU, where a worker process "
-                         "competes with the compute threads for the few cores; 4 on CUDA)")
+                    help="DataLoader workers for the end-to-end run (default: efpn train's own, 4 capped at the "
+                         "usable CPUs; 0 loads in the training process)")
     ap.add_argument("--quick", action="store_true", help="fewer steps")
     ap.add_argument("--sgdm-path", choices=SGDM_PATHS, default="fast",
                     help="SGDM execution path of our models (default fast; reference: module by module)")
@@ -414,8 +414,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.steps = 4 if args.quick else 12
     if args.e2e_steps is None:
         args.e2e_steps = 5 if args.quick else 10
-    if args.workers is None:
-        args.workers = 4 if args.device.startswith("cuda") else 0
+    if args.workers is None:  # what a user's run gets: on 2 CPUs, 2 workers gave 6-28 % more img/s than 0
+        args.workers = 4
     if args.num_images is None:
         args.num_images = 4 * args.batch
     if args.amp == "fp16" and not args.device.startswith("cuda"):
