@@ -282,6 +282,62 @@ def assign_atss(priors: Priors, gt_boxes: Tensor, topk: int = 9) -> Assignment:
 
 
 @torch.no_grad()
+def assign_yolov5_batch(priors: Priors, gt_boxes: Sequence[Tensor], anchor_t: float = 4.0,
+                        offset: float = 0.5) -> list[Assignment]:
+    """:func:`assign_yolov5` for N images at once (``gt_boxes[i]`` (M_i, 4) of image i): the batch's GTs are stacked
+    and matched on every level together, pairs keyed by (image, prior, GT). Each image's assignment is exactly what
+    :func:`assign_yolov5` gives it alone; the per-image operators' dispatch, not their arithmetic, was the cost of
+    assigning a training batch image by image."""
+    r = len(priors)
+    device = priors.device
+    per_image = [_as_gt(b, priors) for b in gt_boxes]
+    counts = [g.shape[0] for g, _ in per_image]
+    n, m, a = len(per_image), sum(counts), priors.anchors_per_loc
+    empty = torch.zeros(0, dtype=torch.int64, device=device)
+    if m == 0:
+        return [_assignment(empty, empty, r, iou=torch.zeros(0, device=device)) for _ in range(n)]
+    gt = torch.cat([g for g, _ in per_image])  # (M, 4) over the batch, image by image
+    valid = torch.cat([v for _, v in per_image])
+    image = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor(counts, device=device))  # (M,)
+    centre = (gt[:, :2] + gt[:, 2:]) / 2  # (M, 2) x, y
+    wh = (gt[:, 2:] - gt[:, :2]).clamp(min=1e-12)  # (M, 2); invalid boxes are masked below
+    # centre cell, then the left, up, right, down neighbours: cell = floor(g - shift)
+    directions = [[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]]
+    shifts = offset * torch.tensor(directions, dtype=torch.float32, device=device)  # (5, 2)
+    sizes = priors.feature_sizes()
+    keys = []
+    for name, sl in priors.level_slices().items():
+        h, w = sizes[name]
+        if h == 0 or w == 0:
+            continue
+        anchor_wh = priors.boxes[sl][:a, 2:] - priors.boxes[sl][:a, :2]  # (A, 2)
+        ratio = wh[:, None, :] / anchor_wh[None]  # (M, A, 2)
+        match = torch.maximum(ratio, 1 / ratio).amax(2) < anchor_t  # (M, A)
+        match &= valid[:, None]
+        g = centre / level_stride(name)  # (M, 2) grid units
+        g_inv = torch.tensor([w, h], dtype=torch.float32, device=device) - g  # (M, 2) distance to far edge
+        lo = (g % 1 < offset) & (g > 1)  # (M, 2) left, up
+        hi = (g_inv % 1 < offset) & (g_inv > 1)  # (M, 2) right, down
+        use = torch.cat([torch.ones_like(lo[:, :1]), lo, hi], dim=1)  # (M, 5)
+        cells = (g[:, None, :] - shifts[None]).floor().long()  # (M, 5, 2) x, y
+        loc = cells[..., 1].clamp(0, h - 1) * w + cells[..., 0].clamp(0, w - 1)  # (M, 5)
+        gi, di, ai = (use[:, :, None] & match[:, None, :]).nonzero(as_tuple=True)
+        prior = sl.start + loc[gi, di] * a + ai
+        keys.append((image[gi] * r + prior) * m + gi)  # sorts by image, then prior, then GT
+    if not keys:  # no level has a cell
+        return [_assignment(empty, empty, r, iou=torch.zeros(0, device=device)) for _ in range(n)]
+    key = torch.unique(torch.cat(keys))  # sorted, duplicate (prior, GT) pairs dropped
+    gt_idx, prior_idx = key % m, (key // m) % r
+    iou = box_iou_pairwise(priors.boxes[prior_idx], gt[gt_idx])
+    split = torch.bincount(image[gt_idx], minlength=n).tolist()
+    start = [0]
+    for c in counts[:-1]:
+        start.append(start[-1] + c)
+    return [_assignment(p, g - s, r, iou=i) for p, g, i, s in
+            zip(prior_idx.split(split), gt_idx.split(split), iou.split(split), start)]
+
+
+@torch.no_grad()
 def assign_yolov5(priors: Priors, gt_boxes: Tensor, anchor_t: float = 4.0, offset: float = 0.5) -> Assignment:
     """Ultralytics YOLOv5 ``build_targets`` on :func:`~efpn.det.priors.yolo_priors`.
 
@@ -297,45 +353,7 @@ def assign_yolov5(priors: Priors, gt_boxes: Tensor, anchor_t: float = 4.0, offse
     (Ultralytics would count the centre cell twice when ``g_x`` is an exact integer). A prior may repeat for
     several GTs; nothing is fallback or ignored.
     """
-    r = len(priors)
-    device = priors.device
-    gt, valid = _as_gt(gt_boxes, priors)
-    m, a = gt.shape[0], priors.anchors_per_loc
-    if m == 0:
-        return _resolved([], [], [], r, device, resolve=False)
-    centre = (gt[:, :2] + gt[:, 2:]) / 2  # (M, 2) x, y
-    wh = (gt[:, 2:] - gt[:, :2]).clamp(min=1e-12)  # (M, 2); invalid boxes are masked below
-    # centre cell, then the left, up, right, down neighbours: cell = floor(g - shift)
-    directions = [[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]]
-    shifts = offset * torch.tensor(directions, dtype=torch.float32, device=device)  # (5, 2)
-    sizes = priors.feature_sizes()
-    pairs_p, pairs_g = [], []
-    for name, sl in priors.level_slices().items():
-        h, w = sizes[name]
-        if h == 0 or w == 0:
-            continue
-        anchor_wh = priors.boxes[sl][:a, 2:] - priors.boxes[sl][:a, :2]  # (A, 2)
-        ratio = wh[:, None, :] / anchor_wh[None]  # (M, A, 2)
-        match = torch.maximum(ratio, 1 / ratio).amax(2) < anchor_t  # (M, A)
-        match &= valid[:, None]
-        g = centre / level_stride(name)  # (M, 2) grid units
-        g_inv = torch.tensor([w, h], dtype=torch.float32, device=device) - g  # (M, 2) distance to far edge
-        lo = (g % 1 < offset) & (g > 1)  # (M, 2) left, up
-        hi = (g_inv % 1 < offset) & (g_inv > 1)  # (M, 2) right, down
-        use = torch.cat([torch.ones_like(lo[:, :1]), lo, hi], dim=1)  # (M, 5)
-        cells = (g[:, None, :] - shifts[None]).floor().long()  # (M, 5, 2) x, y
-        cx = cells[..., 0].clamp(0, w - 1)
-        cy = cells[..., 1].clamp(0, h - 1)
-        loc = cy * w + cx  # (M, 5)
-        gi, di, ai = (use[:, :, None] & match[:, None, :]).nonzero(as_tuple=True)
-        pairs_p.append(sl.start + loc[gi, di] * a + ai)
-        pairs_g.append(gi)
-    if not pairs_p:
-        return _resolved([], [], [], r, device, resolve=False)
-    key = torch.unique(torch.cat(pairs_p) * m + torch.cat(pairs_g))  # sorted, duplicates dropped
-    prior_idx, gt_idx = key // m, key % m
-    iou = box_iou_pairwise(priors.boxes[prior_idx], gt[gt_idx])
-    return _assignment(prior_idx, gt_idx, r, iou=iou)
+    return assign_yolov5_batch(priors, [gt_boxes], anchor_t, offset)[0]
 
 
 @torch.no_grad()

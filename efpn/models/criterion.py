@@ -19,7 +19,7 @@ from efpn.config import HeadConfig, LossConfig
 from efpn.det import boxes as bx
 from efpn.det import losses as L
 from efpn.det.accounting import LevelAccounting, account
-from efpn.det.assign import Assignment, assign_atss, assign_maxiou, assign_yolov5
+from efpn.det.assign import Assignment, assign_atss, assign_maxiou, assign_yolov5_batch
 from efpn.det.priors import Priors
 from efpn.det.tal import assign_tal_batch
 from efpn.layers.fbsm import box_mask_target, gate_mass_inside
@@ -180,9 +180,10 @@ class YOLOv5Criterion(_Base):
         n, r, k = out.cls_logits.shape
         stats = CriterionStats()
         img_l, prior_l, gt_l, lab_l, bucket_l = [], [], [], [], []
-        for i, t in enumerate(targets):
+        # the whole batch assigned at once (each image exactly as assign_yolov5 alone would)
+        assignments = assign_yolov5_batch(priors, [t["boxes"] for t in targets])
+        for i, (t, a) in enumerate(zip(targets, assignments)):
             gt, labels = t["boxes"], t["labels"]
-            a = assign_yolov5(priors, gt)
             acc = account(a, priors, gt, scale=float(t.get("scale", 1.0)))
             stats.accounting = acc if stats.accounting is None else stats.accounting.merge(acc)
             img_l.append(torch.full_like(a.prior_idx, i))

@@ -7,12 +7,11 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-import efpn
-import efpn.models.criterion as criterion
 from efpn.det import assign_tal
 from efpn.det.assign import Assignment, _assignment, _best_pair_per_prior
 from efpn.det.priors import Priors, feature_sizes_for, point_priors
 from efpn.det.tal import assign_tal_batch
+from tests.det.criterion_steps import assert_same_step
 
 
 def _reference(priors: Priors, gt: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
@@ -101,31 +100,5 @@ def test_bad_input_says_which() -> None:
 
 
 def test_the_yolov8_criterion_trains_as_with_one_image_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The criterion's losses, gradients and per-level accounting with the batched assigner equal those with
-    the per-image reference (the wiring: images, labels and predictions stay paired)."""
-    torch.manual_seed(0)
-    model = efpn.build_model("yolov8n", num_classes=3, image_size=96).train()
-    images = torch.rand(3, 3, 96, 96)
-    targets = [{"boxes": torch.tensor([[10.0, 12.0, 30.0, 40.0], [50.0, 50.0, 58.0, 57.0]]),
-                "labels": torch.tensor([2, 0])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
-               {"boxes": torch.tensor([[5.0, 60.0, 90.0, 95.0]]), "labels": torch.tensor([1])}]
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        run = model.run(images, targets=targets)
-        sum(run.losses.values()).backward()
-        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-        return run.losses, run.stats, grads
-
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    batched = step()
-    model.load_state_dict(state)  # BatchNorm's running statistics as before the first step
-    monkeypatch.setattr(criterion, "assign_tal_batch", lambda priors, gts, labels, scores, boxes: [
+    assert_same_step(monkeypatch, "yolov8n", "assign_tal_batch", lambda priors, gts, labels, scores, boxes: [
         _reference(priors, g.float(), lab, s, b) for g, lab, s, b in zip(gts, labels, scores, boxes)])
-    single = step()
-    for name in batched[0]:
-        assert torch.equal(batched[0][name], single[0][name]), name
-    assert batched[1].num_pos == single[1].num_pos > 0
-    assert batched[1].accounting.to_dict() == single[1].accounting.to_dict()
-    assert all(torch.equal(a, b) for a, b in zip(batched[2], single[2]))
