@@ -283,7 +283,9 @@ def end_to_end(preset: str, data_yaml: Path, run_root: Path, args: argparse.Name
         return {"available": False, "reason": f"efpn.engine.train not importable: {e}"}
     cfg = TrainConfig(
         model=preset, data=str(data_yaml), epochs=1000, batch_size=args.batch, image_size=args.imgsz,
-        max_steps=args.e2e_steps, val_split=None, workers=args.workers,
+        max_steps=args.e2e_steps, val_split=None,
+        # None: what a user's run gets (on 2 CPUs 1-2 loader processes gave 6-28 % more img/s than 0, bench/README)
+        **({} if args.workers is None else {"workers": args.workers}),
         device="cuda" if args.device.startswith("cuda") else "cpu", amp=args.amp,
         channels_last=args.channels_last, out=str(run_root), name=f"e2e_{preset}", log_every=1, progress=False,
         seed=args.seed, warmup_iters=1,
@@ -414,8 +416,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.steps = 4 if args.quick else 12
     if args.e2e_steps is None:
         args.e2e_steps = 5 if args.quick else 10
-    if args.workers is None:  # what a user's run gets: on 2 CPUs, 2 workers gave 6-28 % more img/s than 0
-        args.workers = 4
     if args.num_images is None:
         args.num_images = 4 * args.batch
     if args.amp == "fp16" and not args.device.startswith("cuda"):

@@ -19,6 +19,7 @@ Shared conventions:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,30 @@ def _as_gt(gt_boxes: Tensor, priors: Priors) -> tuple[Tensor, Tensor]:
     gt = gt_boxes.to(device=priors.device, dtype=torch.float32).reshape(-1, 4)
     valid = torch.isfinite(gt).all(1) & (gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])
     return gt, valid
+
+
+def _stacked(gt_boxes: Sequence[Tensor], priors: Priors) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    """A batch's GTs stacked image by image, for the batch assigners: boxes (M, 4) and their usable mask (M,) as
+    :func:`_as_gt` gives them, each GT's image (M,), and each image's count."""
+    device = priors.device
+    per_image = [_as_gt(b, priors) for b in gt_boxes]
+    counts = [g.shape[0] for g, _ in per_image]
+    gt = torch.cat([g for g, _ in per_image]) if per_image else torch.zeros(0, 4, device=device)
+    valid = torch.cat([v for _, v in per_image]) if per_image else torch.zeros(0, dtype=torch.bool, device=device)
+    image = torch.repeat_interleave(torch.arange(len(counts), device=device),
+                                    torch.tensor(counts, dtype=torch.int64, device=device))
+    return gt, valid, image, counts
+
+
+def _per_image(image: Tensor, counts: list[int], num_priors: int, prior_idx: Tensor, gt_idx: Tensor,
+               **fields: Tensor) -> list[Assignment]:
+    """Pairs of a batch, grouped by image (batch GT indices, ascending image by image), split into each image's
+    :class:`Assignment` with the image's own GT indices; ``fields`` (``iou``, ``quality``) split alike."""
+    split = torch.bincount(image[gt_idx], minlength=len(counts)).tolist()
+    starts = itertools.accumulate([0, *counts[:-1]])
+    parts = {name: t.split(split) for name, t in fields.items()}
+    return [_assignment(p, g - start, num_priors, **{name: part[i] for name, part in parts.items()})
+            for i, (p, g, start) in enumerate(zip(prior_idx.split(split), gt_idx.split(split), starts))]
 
 
 def _iou(a: Tensor, b: Tensor) -> Tensor:
@@ -290,15 +315,11 @@ def assign_yolov5_batch(priors: Priors, gt_boxes: Sequence[Tensor], anchor_t: fl
     assigning a training batch image by image."""
     r = len(priors)
     device = priors.device
-    per_image = [_as_gt(b, priors) for b in gt_boxes]
-    counts = [g.shape[0] for g, _ in per_image]
-    n, m, a = len(per_image), sum(counts), priors.anchors_per_loc
+    gt, valid, image, counts = _stacked(gt_boxes, priors)  # (M, 4), (M,), (M,) over the batch, image by image
+    m, a = gt.shape[0], priors.anchors_per_loc
     empty = torch.zeros(0, dtype=torch.int64, device=device)
     if m == 0:
-        return [_assignment(empty, empty, r, iou=torch.zeros(0, device=device)) for _ in range(n)]
-    gt = torch.cat([g for g, _ in per_image])  # (M, 4) over the batch, image by image
-    valid = torch.cat([v for _, v in per_image])
-    image = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor(counts, device=device))  # (M,)
+        return _per_image(image, counts, r, empty, empty, iou=torch.zeros(0, device=device))
     centre = (gt[:, :2] + gt[:, 2:]) / 2  # (M, 2) x, y
     wh = (gt[:, 2:] - gt[:, :2]).clamp(min=1e-12)  # (M, 2); invalid boxes are masked below
     # centre cell, then the left, up, right, down neighbours: cell = floor(g - shift)
@@ -325,16 +346,10 @@ def assign_yolov5_batch(priors: Priors, gt_boxes: Sequence[Tensor], anchor_t: fl
         prior = sl.start + loc[gi, di] * a + ai
         keys.append((image[gi] * r + prior) * m + gi)  # sorts by image, then prior, then GT
     if not keys:  # no level has a cell
-        return [_assignment(empty, empty, r, iou=torch.zeros(0, device=device)) for _ in range(n)]
+        return _per_image(image, counts, r, empty, empty, iou=torch.zeros(0, device=device))
     key = torch.unique(torch.cat(keys))  # sorted, duplicate (prior, GT) pairs dropped
     gt_idx, prior_idx = key % m, (key // m) % r
-    iou = box_iou_pairwise(priors.boxes[prior_idx], gt[gt_idx])
-    split = torch.bincount(image[gt_idx], minlength=n).tolist()
-    start = [0]
-    for c in counts[:-1]:
-        start.append(start[-1] + c)
-    return [_assignment(p, g - s, r, iou=i) for p, g, i, s in
-            zip(prior_idx.split(split), gt_idx.split(split), iou.split(split), start)]
+    return _per_image(image, counts, r, prior_idx, gt_idx, iou=box_iou_pairwise(priors.boxes[prior_idx], gt[gt_idx]))
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from efpn.det.assign import Assignment, _as_gt, _assignment, _best_pair_per_prior, _gt_blocks, _ltrb
+from efpn.det.assign import Assignment, _best_pair_per_prior, _gt_blocks, _ltrb, _per_image, _stacked
 from efpn.det.priors import Priors
 
 
@@ -56,18 +56,14 @@ def assign_tal_batch(
     if len(gt_labels) != n or scores.shape[:2] != (n, r) or boxes.shape != (n, r, 4):
         raise ValueError(f"need N={n} label tensors, pred_scores (N, R, K) and pred_boxes (N, R, 4) with R={r}; got "
                          f"{len(gt_labels)}, {tuple(scores.shape)}, {tuple(boxes.shape)}")
-    gts, valids, labels = [], [], []
-    for i, (b, lab) in enumerate(zip(gt_boxes, gt_labels)):
-        gt, valid = _as_gt(b, priors)
-        lab = lab.to(device=device, dtype=torch.int64).reshape(-1)
-        if lab.shape[0] != gt.shape[0]:
-            raise ValueError(f"image {i}: {gt.shape[0]} boxes but {lab.shape[0]} labels")
-        gts.append(gt), valids.append(valid), labels.append(lab)
-    counts = [g.shape[0] for g in gts]
-    gt, valid, label = torch.cat(gts), torch.cat(valids), torch.cat(labels)  # (M, 4), (M,), (M,) over the batch
+    gt, valid, image, counts = _stacked(gt_boxes, priors)  # (M, 4), (M,), (M,) over the batch, image by image
+    labels = [lab.to(device=device, dtype=torch.int64).reshape(-1) for lab in gt_labels]
+    for i, (count, lab) in enumerate(zip(counts, labels)):
+        if lab.shape[0] != count:
+            raise ValueError(f"image {i}: {count} boxes but {lab.shape[0]} labels")
+    label = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64, device=device)  # (M,)
     if label.numel() and (label.min() < 0 or label.max() >= scores.shape[2]):
         raise ValueError(f"gt_labels must lie in [0, {scores.shape[2]}), got {label.tolist()}")
-    image = torch.repeat_interleave(torch.arange(n, device=device), torch.tensor(counts, device=device))  # (M,)
     prior_ids = torch.arange(r, device=device)
     pairs_p, pairs_g, pairs_iou, pairs_t = [], [], [], []
     for sl in _gt_blocks(gt.shape[0], r, per_prior=4):
@@ -83,10 +79,9 @@ def assign_tal_batch(
         pairs_g.append(g + sl.start)
         pairs_iou.append(iou[g, p])
         pairs_t.append(t[g, p])
-    empty = torch.zeros(0, dtype=torch.int64, device=device)
     if not pairs_p:  # no GT in the whole batch
-        return [_assignment(empty, empty, r, iou=torch.zeros(0, device=device), quality=torch.zeros(0, device=device))
-                for _ in range(n)]
+        empty, none = torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, device=device)
+        return _per_image(image, counts, r, empty, empty, iou=none, quality=none)
     prior_idx, gt_idx = torch.cat(pairs_p), torch.cat(pairs_g)  # gt_idx over the batch, ascending
     iou, t = torch.cat(pairs_iou), torch.cat(pairs_t)
     # one prior of one image to one GT: the key (image, prior) makes the per-image rule a batch one; GT indices keep
@@ -97,15 +92,8 @@ def assign_tal_batch(
     max_t = torch.zeros(m, device=device).scatter_reduce(0, gt_idx, t, reduce="amax")  # (M,)
     max_iou = torch.zeros(m, device=device).scatter_reduce(0, gt_idx, iou, reduce="amax")  # (M,)
     quality = t / (max_t[gt_idx] + eps) * max_iou[gt_idx]  # (P,)
-    # pairs come grouped by image (GTs are stacked in image order): split them by each image's count
-    per_image = torch.bincount(image[gt_idx], minlength=n).tolist()
-    starts = [0]
-    for c in counts[:-1]:
-        starts.append(starts[-1] + c)
-    out = []
-    for i, (pp, gg, ii, qq) in enumerate(zip(*(x.split(per_image) for x in (prior_idx, gt_idx, iou, quality)))):
-        out.append(_assignment(pp, gg - starts[i], r, iou=ii, quality=qq))
-    return out
+    # pairs come grouped by image (GTs are stacked in image order, blocks in GT order)
+    return _per_image(image, counts, r, prior_idx, gt_idx, iou=iou, quality=quality)
 
 
 @torch.no_grad()
